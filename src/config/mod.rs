@@ -1,1 +1,359 @@
-//! (in progress)
+//! The config file (CONTRACT.md "Config file"): its serde model, loading with every error
+//! reported by key path and line, semantic validation, secret references and the built-in
+//! default.
+//!
+//! - [`model`]: the structs, one per TOML table, with the contract's defaults.
+//! - [`document`]: TOML text to structs, collecting all syntax/type/unknown-key errors.
+//! - [`validate`]: cross-references, addresses, files, limits, secrets.
+//! - [`secret`]: `env:`/`file:`/literal secrets, zeroized values, live-reloaded file secrets.
+//! - [`address`]: listen addresses, `host:port` targets, CIDRs.
+//! - [`default`]: the built-in config used when no file is given.
+//!
+//! The config is read and checked on a slow path (startup, reload, `check`); nothing here
+//! runs per request except [`LiveSecret::current`] and [`Cidr::contains`].
+
+pub mod address;
+mod default;
+mod document;
+mod error;
+mod model;
+pub mod secret;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use address::{parse_listen_addr, Cidr, HostPort};
+pub use default::{
+    builtin_default, resolve_default_path, BUILTIN_DEFAULT_TOML, DEFAULT_CONFIG_FILE,
+};
+pub use error::{CheckReport, ConfigError, ConfigErrors, ConfigWarning};
+pub use model::{
+    AiConfig, AuthKind, Config, CredentialConfig, JwtConfig, LimitsConfig, LuaConfig, ModelConfig,
+    PromptConfig, ProviderConfig, ProviderKind, RateLimitConfig, RouteConfig, ServerConfig,
+    TlsListenConfig, UpstreamConfig,
+};
+pub use secret::{LiveSecret, Secret, SecretRef, SecretWatcher};
+
+/// Reads, parses and validates the config file at `path`. Warnings go to the log.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = read_file(path)?;
+    parse(&text, &config_dir(path))
+}
+
+/// Parses and validates config text; relative paths in it resolve against `base_dir`.
+/// Warnings go to the log.
+pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    let (config, report) = analyse(text, base_dir);
+    for warning in &report.warnings {
+        log::warn!("config: {warning}");
+    }
+    match config {
+        Some(config) if report.is_ok() => Ok(config),
+        _ => Err(ConfigErrors(report.errors)),
+    }
+}
+
+/// Everything `credentialflow check` reports for the file at `path`.
+pub fn check(path: &Path) -> CheckReport {
+    match read_file(path) {
+        Ok(text) => check_text(&text, &config_dir(path)),
+        Err(errors) => CheckReport {
+            errors: errors.0,
+            warnings: Vec::new(),
+        },
+    }
+}
+
+/// Everything `check` reports for config text whose relative paths start at `base_dir`.
+pub fn check_text(text: &str, base_dir: &Path) -> CheckReport {
+    analyse(text, base_dir).1
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::single(format!("cannot read {}: {e}", path.display())))
+}
+
+/// The directory of the config file, absolute, so paths stay right whatever the process's
+/// working directory is later.
+fn config_dir(path: &Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Parses and validates; the config is `Some` when it could be built (it may still have
+/// semantic errors, which are in the report).
+fn analyse(text: &str, base_dir: &Path) -> (Option<Config>, CheckReport) {
+    let parsed = document::parse_text(text);
+    let mut report = CheckReport {
+        errors: parsed.errors,
+        warnings: Vec::new(),
+    };
+    let Some(mut config) = parsed.config else {
+        return (None, report);
+    };
+    config.base_dir = base_dir.to_path_buf();
+    config.fill_derived_defaults();
+    config.anchor_secrets();
+
+    let findings = validate::validate(&config);
+    // A key dropped after a type error fell back to its default; checking that default
+    // would only report the same mistake again.
+    let damaged = |path: &str| {
+        parsed.damaged.iter().any(|d| {
+            path.strip_prefix(d.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        })
+    };
+    for (path, message) in findings.errors {
+        if !damaged(&path) {
+            let line = parsed.source.line_of_path(&path);
+            report.errors.push(ConfigError {
+                path,
+                line,
+                message,
+            });
+        }
+    }
+    for (path, message) in findings.warnings {
+        let line = parsed.source.line_of_path(&path);
+        report.warnings.push(ConfigWarning {
+            path,
+            line,
+            message,
+        });
+    }
+    // File order reads best; errors without a line keep their place at the end.
+    report.errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    report
+        .warnings
+        .sort_by_key(|w| w.line.unwrap_or(usize::MAX));
+    (Some(config), report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cf-config-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn paths(report: &CheckReport) -> Vec<&str> {
+        report.errors.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    const CONTRACT_EXAMPLE: &str = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+workers = 0
+admin_listen = "127.0.0.1:9901"
+admin_token = "env:CF_TEST_ADMIN_TOKEN"
+data_dir = "./data"
+access_log = "./data/access.log"
+
+[limits]
+max_header_bytes = 32768
+max_body_bytes = 10485760
+header_timeout_ms = 10000
+idle_timeout_ms = 60000
+upstream_connect_timeout_ms = 3000
+upstream_timeout_ms = 300000
+
+[[upstream]]
+name = "backend"
+targets = ["127.0.0.1:9000"]
+tls = false
+ca_file = ""
+sni = ""
+credential = { header = "authorization", value = "Bearer {secret}", secret = "env:CF_TEST_BACKEND_TOKEN" }
+
+[[route]]
+name = "api"
+host = ""
+path_prefix = "/api/"
+strip_prefix = false
+upstream = "backend"
+auth = "api_key"
+scopes = []
+allow_ips = []
+deny_ips = []
+rate_limit = { rps = 0, burst = 0 }
+hooks = ""
+jwt = { issuer = "", audience = "", jwks_url = "", public_key = "", hs_secret = "", leeway_s = 30 }
+
+[[provider]]
+name = "openai"
+kind = "openai"
+base_url = "https://api.openai.com"
+api_key = "file:openai.key"
+ca_file = ""
+
+[[model]]
+name = "gpt-4o-mini"
+provider = "openai"
+upstream_model = "gpt-4o-mini"
+input_price_per_mtok = 0.15
+output_price_per_mtok = 0.60
+cached_input_price_per_mtok = 0.075
+fallbacks = []
+
+[[prompt]]
+name = "sentiment"
+version = 1
+model = "gpt-4o-mini"
+system = "You classify sentiment."
+template = "Classify the sentiment of: {{text}}"
+
+[ai]
+auth = "api_key"
+hooks = ""
+
+[lua]
+hook_timeout_ms = 10
+memory_limit_mb = 32
+"#;
+
+    #[test]
+    fn contract_example_loads() {
+        let dir = temp_dir("example");
+        fs::write(dir.join("openai.key"), "sk-test\n").unwrap();
+        let path = dir.join("credentialflow.toml");
+        fs::write(&path, CONTRACT_EXAMPLE).unwrap();
+        std::env::set_var("CF_TEST_ADMIN_TOKEN", "admin");
+        std::env::set_var("CF_TEST_BACKEND_TOKEN", "backend");
+
+        let config = load(&path).unwrap();
+        assert_eq!(config.base_dir, dir);
+        assert_eq!(config.route[0].auth, AuthKind::ApiKey);
+        assert_eq!(
+            config.provider[0].api_key,
+            Some(SecretRef::File(dir.join("openai.key")))
+        );
+        assert_eq!(
+            config.provider[0]
+                .api_key
+                .as_ref()
+                .unwrap()
+                .resolve()
+                .unwrap()
+                .expose(),
+            "sk-test"
+        );
+        assert_eq!(
+            config.resolve_path(&config.server.data_dir),
+            dir.join("data")
+        );
+    }
+
+    #[test]
+    fn structural_and_semantic_errors_are_reported_together() {
+        let text = "[server]\nlisten = [\"nohost\"]\nworkerz = 2\n\n\
+                    [[route]]\nname = \"a\"\nupstream = \"ghost\"\n\n\
+                    [[model]]\nname = \"m\"\nprovider = \"nope\"\nprice = 1\n";
+        let report = check_text(text, Path::new("/nonexistent-cf"));
+        assert_eq!(
+            paths(&report),
+            [
+                "server.listen[0]",
+                "server.workerz",
+                "route[0].upstream",
+                "model[0].provider",
+                "model[0].price"
+            ]
+        );
+        let lines: Vec<Option<usize>> = report.errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(2), Some(3), Some(7), Some(11), Some(12)]);
+    }
+
+    #[test]
+    fn semantic_error_on_defaulted_key_points_at_its_table() {
+        let report = check_text("\n[[route]]\nname = \"a\"\n", Path::new("/nonexistent-cf"));
+        assert_eq!(paths(&report), ["route[0].upstream"]);
+        assert_eq!(report.errors[0].line, Some(2));
+    }
+
+    #[test]
+    fn key_dropped_after_type_error_is_not_reported_twice() {
+        let report = check_text(
+            "[[upstream]]\nname = 5\ntargets = [\"a:1\"]\n",
+            Path::new("/x"),
+        );
+        assert_eq!(paths(&report), ["upstream[0].name"]);
+    }
+
+    #[test]
+    fn literal_secret_gives_a_warning_line_naming_the_key_only() {
+        let text = "[server]\nadmin_token = \"hunter2-literal\"\n";
+        let report = check_text(text, Path::new("/x"));
+        assert!(report.is_ok());
+        let shown = report.to_string();
+        assert_eq!(shown, "warning: server.admin_token (line 2): literal secret in the config file; use env:NAME or file:PATH\n");
+        assert!(!shown.contains("hunter2"));
+    }
+
+    #[test]
+    fn unresolvable_secret_fails_load_naming_the_reference() {
+        let text = "[server]\nadmin_token = \"env:CF_TEST_SURELY_UNSET_TOKEN\"\n";
+        let errors = parse(text, Path::new("/x")).unwrap_err();
+        assert_eq!(errors[0].path, "server.admin_token");
+        assert!(errors[0].message.contains("env:CF_TEST_SURELY_UNSET_TOKEN"));
+    }
+
+    #[test]
+    fn hooks_path_is_relative_to_the_config_dir() {
+        let dir = temp_dir("hooks");
+        fs::create_dir_all(dir.join("hooks")).unwrap();
+        fs::write(dir.join("hooks/ai.lua"), "").unwrap();
+        let path = dir.join("cf.toml");
+        fs::write(&path, "[ai]\nhooks = \"hooks/ai.lua\"\n").unwrap();
+        assert!(check(&path).is_ok(), "{}", check(&path));
+    }
+
+    #[test]
+    fn unreadable_config_file_is_one_error() {
+        let report = check(Path::new("/nonexistent-cf/credentialflow.toml"));
+        assert_eq!(report.errors.len(), 1);
+        assert!(report.errors[0].message.contains("cannot read"));
+    }
+
+    #[test]
+    fn syntax_error_is_reported_with_its_line() {
+        let report = check_text("[server]\nworkers = = 1\n", Path::new("/x"));
+        assert_eq!(report.errors.len(), 1);
+        assert_eq!(report.errors[0].line, Some(2));
+        assert!(report
+            .to_string()
+            .starts_with("error: line 2: TOML syntax error"));
+    }
+
+    #[test]
+    fn parse_fills_provider_base_url_from_kind() {
+        let text =
+            "[[provider]]\nname = \"g\"\nkind = \"gemini\"\napi_key = \"env:CF_TEST_GEMINI\"\n";
+        std::env::set_var("CF_TEST_GEMINI", "k");
+        let config = parse(text, Path::new("/x")).unwrap();
+        assert_eq!(
+            config.provider[0].base_url,
+            "https://generativelanguage.googleapis.com"
+        );
+    }
+
+    #[test]
+    fn debug_of_config_never_shows_literal_secrets() {
+        let text = "[server]\nadmin_token = \"lit-admin-value\"\n\
+                    [[upstream]]\nname = \"u\"\ntargets = [\"a:1\"]\n\
+                    credential = { header = \"x-key\", secret = \"lit-upstream-value\" }\n";
+        let config = parse(text, Path::new("/x")).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("lit-admin-value") && !shown.contains("lit-upstream-value"));
+        assert!(shown.contains("SecretRef(literal, redacted)"));
+    }
+}

@@ -1,0 +1,77 @@
+//! The command line (CONTRACT.md, "Command line"). Exit codes: 0 ok, 1 bad input, 2 runtime
+//! failure; errors go to stderr as one line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config;
+use crate::serve::{self, DriverChoice, EXIT_BAD_INPUT};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "credentialflow",
+    version,
+    about = "API and AI gateway with gateway-issued credentials"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file (default: ./credentialflow.toml, else the built-in default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// I/O driver for the workers.
+        #[arg(long, value_enum, default_value_t = DriverChoice::Auto)]
+        driver: DriverChoice,
+    },
+    /// Validate a config file and print every error with its key path.
+    Check {
+        /// Config file to validate.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Parses the arguments, runs the command and returns the process exit code.
+pub fn main() -> i32 {
+    crate::logging::init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                _ => EXIT_BAD_INPUT,
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match cli.command {
+        Command::Serve { config, driver } => serve::run(config, driver),
+        Command::Check { config } => check(&config),
+    }
+}
+
+fn check(path: &std::path::Path) -> i32 {
+    let report = config::check(path);
+    for w in &report.warnings {
+        println!("warning: {w}");
+    }
+    for e in &report.errors {
+        println!("error: {e}");
+    }
+    if report.errors.is_empty() {
+        println!("ok: {}", path.display());
+        0
+    } else {
+        eprintln!("{}: {} error(s)", path.display(), report.errors.len());
+        EXIT_BAD_INPUT
+    }
+}

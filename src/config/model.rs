@@ -1,0 +1,624 @@
+//! The config file's shape: one serde struct per TOML table of CONTRACT.md.
+//!
+//! Every struct denies unknown keys (a typo must not silently fall back to a default) and
+//! every optional key has the default shown in CONTRACT.md's example. Keys that are required
+//! but plain strings (`name`, `upstream`, ...) default to `""` here and are reported as
+//! missing by validation, which can name the exact key path.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::{self, SecretRef};
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`: listeners, workers, admin API, data directory.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[limits]`: request size and time limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// `[[upstream]]`: plain API backends.
+    #[serde(default)]
+    pub upstream: Vec<UpstreamConfig>,
+    /// `[[route]]`: path/host matches onto upstreams.
+    #[serde(default)]
+    pub route: Vec<RouteConfig>,
+    /// `[[provider]]`: AI providers.
+    #[serde(default)]
+    pub provider: Vec<ProviderConfig>,
+    /// `[[model]]`: client-facing model names onto providers.
+    #[serde(default)]
+    pub model: Vec<ModelConfig>,
+    /// `[[prompt]]`: named, versioned prompt templates.
+    #[serde(default)]
+    pub prompt: Vec<PromptConfig>,
+    /// `[ai]`: auth and hooks of the AI front doors.
+    #[serde(default)]
+    pub ai: AiConfig,
+    /// `[lua]`: hook time and memory budgets.
+    #[serde(default)]
+    pub lua: LuaConfig,
+    /// Directory of the config file; relative paths in it resolve against this.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Names of the top-level tables, in file order (used to report unknown top-level keys).
+pub(crate) const SECTIONS: &[&str] = &[
+    "server", "limits", "upstream", "route", "provider", "model", "prompt", "ai", "lua",
+];
+
+impl Config {
+    /// `p` as an absolute-or-cwd-relative path: relative paths are taken from the config
+    /// file's directory, as users expect from nginx-style configs moved around with their files.
+    pub fn resolve_path(&self, p: impl AsRef<Path>) -> PathBuf {
+        let p = p.as_ref();
+        if p.is_absolute() {
+            return p.to_path_buf();
+        }
+        self.base_dir
+            .join(p)
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .collect()
+    }
+
+    /// Every secret reference in the config with its key path (`server.admin_token`,
+    /// `upstream[0].credential.secret`, `route[1].jwt.hs_secret`, `provider[2].api_key`).
+    pub fn secrets(&self) -> Vec<(String, &SecretRef)> {
+        let mut out = Vec::new();
+        if let Some(token) = &self.server.admin_token {
+            out.push(("server.admin_token".to_string(), token));
+        }
+        for (i, upstream) in self.upstream.iter().enumerate() {
+            if let Some(credential) = &upstream.credential {
+                out.push((
+                    format!("upstream[{i}].credential.secret"),
+                    &credential.secret,
+                ));
+            }
+        }
+        for (i, route) in self.route.iter().enumerate() {
+            if let Some(secret) = &route.jwt.hs_secret {
+                out.push((format!("route[{i}].jwt.hs_secret"), secret));
+            }
+        }
+        for (i, provider) in self.provider.iter().enumerate() {
+            if let Some(key) = &provider.api_key {
+                out.push((format!("provider[{i}].api_key"), key));
+            }
+        }
+        out
+    }
+
+    /// Makes every relative `file:` secret relative to `base_dir`.
+    pub(crate) fn anchor_secrets(&mut self) {
+        let base_dir = self.base_dir.clone();
+        let server = self.server.admin_token.iter_mut();
+        let upstreams = self
+            .upstream
+            .iter_mut()
+            .filter_map(|u| u.credential.as_mut().map(|c| &mut c.secret));
+        let routes = self
+            .route
+            .iter_mut()
+            .filter_map(|r| r.jwt.hs_secret.as_mut());
+        let providers = self.provider.iter_mut().filter_map(|p| p.api_key.as_mut());
+        for secret in server.chain(upstreams).chain(routes).chain(providers) {
+            secret.anchor(&base_dir);
+        }
+    }
+
+    /// Fills defaults that depend on other keys: a provider's `base_url` from its kind, a
+    /// model's `upstream_model` from its name.
+    pub(crate) fn fill_derived_defaults(&mut self) {
+        for provider in &mut self.provider {
+            if provider.base_url.is_empty() {
+                if let Some(url) = provider.kind.default_base_url() {
+                    provider.base_url = url.to_string();
+                }
+            }
+        }
+        for model in &mut self.model {
+            if model.upstream_model.is_empty() {
+                model.upstream_model = model.name.clone();
+            }
+        }
+    }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Plain HTTP listen addresses, `ip:port` (IPv6 in brackets).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Worker threads; 0 = one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Admin API address.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// Bearer token for `/admin/*`; `None` refuses every `/admin/*` call with 401.
+    #[serde(default, deserialize_with = "secret::deserialize_optional")]
+    pub admin_token: Option<SecretRef>,
+    /// Embedded store: keys, usage ledger, audit log.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Access log path; `"-"` = stdout, `""` = off.
+    #[serde(default = "default_access_log")]
+    pub access_log: String,
+    /// `[server.tls]`: optional HTTPS listeners.
+    #[serde(default)]
+    pub tls: Option<TlsListenConfig>,
+    /// Extension: cap of open client connections per worker.
+    #[serde(default = "default_connections_per_worker")]
+    pub connections_per_worker: usize,
+    /// Extension: how long graceful shutdown waits for open requests.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:8080".to_string()]
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9901".to_string()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_access_log() -> String {
+    "./data/access.log".to_string()
+}
+fn default_connections_per_worker() -> usize {
+    10_000
+}
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            workers: 0,
+            admin_listen: default_admin_listen(),
+            admin_token: None,
+            data_dir: default_data_dir(),
+            access_log: default_access_log(),
+            tls: None,
+            connections_per_worker: default_connections_per_worker(),
+            drain_timeout_ms: default_drain_timeout_ms(),
+        }
+    }
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenConfig {
+    /// HTTPS listen addresses.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// PEM certificate chain.
+    #[serde(default)]
+    pub cert: PathBuf,
+    /// PEM private key.
+    #[serde(default)]
+    pub key: PathBuf,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request head accepted (431 past it).
+    pub max_header_bytes: usize,
+    /// Largest request body accepted (413 past it).
+    pub max_body_bytes: u64,
+    /// Time for the whole request head, however slowly it trickles in (408 past it).
+    pub header_timeout_ms: u64,
+    /// Keep-alive idle time before the connection is closed.
+    pub idle_timeout_ms: u64,
+    /// Time to connect to an upstream.
+    pub upstream_connect_timeout_ms: u64,
+    /// Time to the upstream's response head; streams may run longer.
+    pub upstream_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_header_bytes: 32_768,
+            max_body_bytes: 10_485_760,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            upstream_connect_timeout_ms: 3_000,
+            upstream_timeout_ms: 300_000,
+        }
+    }
+}
+
+/// `[[upstream]]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name that routes refer to.
+    #[serde(default)]
+    pub name: String,
+    /// `host:port` targets; several are load balanced.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// Speak TLS to the targets.
+    #[serde(default)]
+    pub tls: bool,
+    /// Extra CA (PEM) for a private upstream; `""` = web roots only.
+    #[serde(default)]
+    pub ca_file: String,
+    /// SNI and certificate name; `""` = the target's host.
+    #[serde(default)]
+    pub sni: String,
+    /// Credential injected toward this upstream.
+    #[serde(default)]
+    pub credential: Option<CredentialConfig>,
+}
+
+/// An upstream's injected credential header.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Header name, e.g. `authorization`.
+    #[serde(default)]
+    pub header: String,
+    /// Header value; `{secret}` is replaced by the secret.
+    #[serde(default = "default_credential_value")]
+    pub value: String,
+    /// The secret.
+    pub secret: SecretRef,
+}
+
+fn default_credential_value() -> String {
+    "{secret}".to_string()
+}
+
+/// How a route (or the AI front doors) authenticates clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    /// No client credential; client credential headers pass through.
+    #[default]
+    None,
+    /// A gateway-issued API key.
+    ApiKey,
+    /// A JWT checked against the route's `[jwt]` settings.
+    Jwt,
+    /// The route's Lua `on_access` hook decides.
+    Lua,
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in keys' route lists, logs and metrics.
+    #[serde(default)]
+    pub name: String,
+    /// Exact host match; `""` = any host.
+    #[serde(default)]
+    pub host: String,
+    /// Path prefix; the longest matching prefix wins.
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    /// Remove the prefix before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Name of the `[[upstream]]` to forward to.
+    #[serde(default)]
+    pub upstream: String,
+    /// Client authentication.
+    #[serde(default)]
+    pub auth: AuthKind,
+    /// Scopes a key or token must carry.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Allowed client CIDRs; empty = all.
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+    /// Denied client CIDRs.
+    #[serde(default)]
+    pub deny_ips: Vec<String>,
+    /// Route-wide rate limit.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    /// Lua script for this route; `""` = none.
+    #[serde(default)]
+    pub hooks: String,
+    /// JWT settings when `auth = "jwt"`.
+    #[serde(default)]
+    pub jwt: JwtConfig,
+}
+
+fn default_path_prefix() -> String {
+    "/".to_string()
+}
+
+/// A route-wide rate limit; 0 = none.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second.
+    pub rps: f64,
+    /// Extra requests allowed at once.
+    pub burst: u32,
+}
+
+/// A route's JWT settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Required `iss`; `""` = not checked.
+    #[serde(default)]
+    pub issuer: String,
+    /// Required `aud`; `""` = not checked.
+    #[serde(default)]
+    pub audience: String,
+    /// JWKS endpoint for RS/ES keys.
+    #[serde(default)]
+    pub jwks_url: String,
+    /// PEM public key.
+    #[serde(default)]
+    pub public_key: String,
+    /// HMAC secret for HS256.
+    #[serde(default, deserialize_with = "secret::deserialize_optional")]
+    pub hs_secret: Option<SecretRef>,
+    /// Clock skew allowed on `exp`/`nbf`.
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+}
+
+fn default_leeway_s() -> u64 {
+    30
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: String::new(),
+            public_key: String::new(),
+            hs_secret: None,
+            leeway_s: default_leeway_s(),
+        }
+    }
+}
+
+/// An AI provider's API dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI.
+    Openai,
+    /// Azure OpenAI (base_url is the resource's endpoint; no default).
+    AzureOpenai,
+    /// Anthropic.
+    Anthropic,
+    /// Google Gemini.
+    Gemini,
+    /// The in-process mock provider.
+    Mock,
+}
+
+impl ProviderKind {
+    /// The public endpoint used when `base_url` is left out.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Openai => Some("https://api.openai.com"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
+            ProviderKind::Mock => Some("http://mock.invalid"),
+            ProviderKind::AzureOpenai => None,
+        }
+    }
+}
+
+/// `[[provider]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Name that models refer to.
+    #[serde(default)]
+    pub name: String,
+    /// API dialect.
+    pub kind: ProviderKind,
+    /// Endpoint without `/v1`; defaults per kind (see [`ProviderKind::default_base_url`]).
+    #[serde(default)]
+    pub base_url: String,
+    /// The provider's API key, injected upstream.
+    #[serde(default, deserialize_with = "secret::deserialize_optional")]
+    pub api_key: Option<SecretRef>,
+    /// Extra CA (PEM); `""` = web roots only.
+    #[serde(default)]
+    pub ca_file: String,
+}
+
+/// `[[model]]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// What clients ask for.
+    #[serde(default)]
+    pub name: String,
+    /// Name of the `[[provider]]`.
+    #[serde(default)]
+    pub provider: String,
+    /// The provider's model name; defaults to `name`.
+    #[serde(default)]
+    pub upstream_model: String,
+    /// USD per million input tokens.
+    #[serde(default)]
+    pub input_price_per_mtok: f64,
+    /// USD per million output tokens.
+    #[serde(default)]
+    pub output_price_per_mtok: f64,
+    /// USD per million prompt-cache-read tokens; `None` = input price.
+    #[serde(default)]
+    pub cached_input_price_per_mtok: Option<f64>,
+    /// Other models tried in order when this one fails.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+}
+
+/// `[[prompt]]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptConfig {
+    /// Name in `/prompts/{name}`.
+    #[serde(default)]
+    pub name: String,
+    /// Version in `/prompts/{name}/v{N}`; the highest is served at `/prompts/{name}`.
+    #[serde(default = "default_prompt_version")]
+    pub version: u32,
+    /// Name of the `[[model]]` to run it on.
+    #[serde(default)]
+    pub model: String,
+    /// System message.
+    #[serde(default)]
+    pub system: String,
+    /// User message template with `{{var}}` placeholders.
+    #[serde(default)]
+    pub template: String,
+}
+
+fn default_prompt_version() -> u32 {
+    1
+}
+
+/// `[ai]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiConfig {
+    /// Auth for `/v1/*` and `/prompts/*`.
+    #[serde(default = "default_ai_auth")]
+    pub auth: AuthKind,
+    /// Lua script for AI requests; `""` = none.
+    #[serde(default)]
+    pub hooks: String,
+}
+
+fn default_ai_auth() -> AuthKind {
+    AuthKind::ApiKey
+}
+
+impl Default for AiConfig {
+    fn default() -> Self {
+        AiConfig {
+            auth: default_ai_auth(),
+            hooks: String::new(),
+        }
+    }
+}
+
+/// `[lua]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LuaConfig {
+    /// Budget of one hook call; past it the call is interrupted.
+    pub hook_timeout_ms: u64,
+    /// Memory cap of one worker's VM.
+    pub memory_limit_mb: u64,
+}
+
+impl Default for LuaConfig {
+    fn default() -> Self {
+        LuaConfig {
+            hook_timeout_ms: 10,
+            memory_limit_mb: 32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_document_gives_contract_defaults() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config.server.listen, vec!["127.0.0.1:8080"]);
+        assert_eq!(config.server.admin_listen, "127.0.0.1:9901");
+        assert_eq!(config.server.connections_per_worker, 10_000);
+        assert_eq!(config.server.drain_timeout_ms, 30_000);
+        assert_eq!(config.limits.max_header_bytes, 32_768);
+        assert_eq!(config.limits.upstream_timeout_ms, 300_000);
+        assert_eq!(config.ai.auth, AuthKind::ApiKey);
+        assert_eq!(config.lua.hook_timeout_ms, 10);
+        assert_eq!(config.lua.memory_limit_mb, 32);
+    }
+
+    #[test]
+    fn route_defaults_to_no_auth_and_root_prefix() {
+        let config: Config = toml::from_str("[[route]]\nname = \"r\"").unwrap();
+        assert_eq!(config.route[0].auth, AuthKind::None);
+        assert_eq!(config.route[0].path_prefix, "/");
+        assert_eq!(config.route[0].jwt.leeway_s, 30);
+    }
+
+    #[test]
+    fn credential_value_defaults_to_the_bare_secret() {
+        let text = "[[upstream]]\ncredential = { header = \"x-key\", secret = \"env:K\" }";
+        let config: Config = toml::from_str(text).unwrap();
+        assert_eq!(
+            config.upstream[0].credential.as_ref().unwrap().value,
+            "{secret}"
+        );
+    }
+
+    #[test]
+    fn empty_optional_secret_means_unset() {
+        let text = "[[route]]\njwt = { hs_secret = \"\" }";
+        let config: Config = toml::from_str(text).unwrap();
+        assert!(config.route[0].jwt.hs_secret.is_none());
+    }
+
+    #[test]
+    fn section_list_matches_config_fields() {
+        let json = serde_json::to_value(Config::default()).unwrap();
+        let mut fields: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut sections = SECTIONS.to_vec();
+        fields.sort_unstable();
+        sections.sort_unstable();
+        assert_eq!(fields, sections);
+    }
+
+    #[test]
+    fn resolve_path_joins_relative_paths_to_base_dir() {
+        let config = Config {
+            base_dir: PathBuf::from("/etc/cf"),
+            ..Config::default()
+        };
+        assert_eq!(config.resolve_path("./data"), PathBuf::from("/etc/cf/data"));
+        assert_eq!(config.resolve_path("/var/x"), PathBuf::from("/var/x"));
+    }
+
+    #[test]
+    fn derived_defaults_fill_base_url_and_upstream_model() {
+        let text = "[[provider]]\nname = \"p\"\nkind = \"anthropic\"\n\
+                    [[model]]\nname = \"m\"\nprovider = \"p\"";
+        let mut config: Config = toml::from_str(text).unwrap();
+        config.fill_derived_defaults();
+        assert_eq!(config.provider[0].base_url, "https://api.anthropic.com");
+        assert_eq!(config.model[0].upstream_model, "m");
+    }
+}

@@ -1,0 +1,984 @@
+//! Semantic checks of a deserialized [`Config`]: addresses, references between tables, files
+//! that must exist, limits, secrets. Every finding names its key path.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::address::{parse_listen_addr, Cidr, HostPort};
+use super::model::{AuthKind, Config, ProviderKind, RouteConfig, ServerConfig, UpstreamConfig};
+
+/// Errors and warnings as (key path, message).
+#[derive(Debug, Default)]
+pub(crate) struct Findings {
+    pub errors: Vec<(String, String)>,
+    pub warnings: Vec<(String, String)>,
+}
+
+impl Findings {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push((path.into(), message.into()));
+    }
+
+    fn warning(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push((path.into(), message.into()));
+    }
+
+    /// `path` must not be empty.
+    fn required(&mut self, path: String, value: &str) -> bool {
+        if value.trim().is_empty() {
+            self.error(path, "is required and must not be empty");
+            return false;
+        }
+        true
+    }
+
+    /// `name` must be unique among `kind` names; `first` remembers where each was seen.
+    fn unique<'a>(
+        &mut self,
+        first: &mut HashMap<&'a str, String>,
+        name: &'a str,
+        path: String,
+        kind: &str,
+    ) {
+        match first.get(name) {
+            Some(earlier) => self.error(
+                path,
+                format!("duplicate {kind} `{name}` (first defined at {earlier})"),
+            ),
+            None => {
+                first.insert(name, path);
+            }
+        }
+    }
+}
+
+/// Runs every check on `config`.
+pub(crate) fn validate(config: &Config) -> Findings {
+    let mut findings = Findings::default();
+    check_server(config, &mut findings);
+    check_limits(config, &mut findings);
+    check_upstreams(config, &mut findings);
+    check_routes(config, &mut findings);
+    check_providers(config, &mut findings);
+    check_models(config, &mut findings);
+    check_prompts(config, &mut findings);
+    check_ai(config, &mut findings);
+    check_secrets(config, &mut findings);
+    findings
+}
+
+/// Ports collide across `listen`, `tls.listen` and `admin_listen`: with SO_REUSEPORT a
+/// duplicate would not fail to bind, it would silently split traffic between two listeners.
+fn check_server(config: &Config, findings: &mut Findings) {
+    let server: &ServerConfig = &config.server;
+    let mut bound: HashMap<std::net::SocketAddr, String> = HashMap::new();
+    let mut check_addr =
+        |findings: &mut Findings, path: String, text: &str| match parse_listen_addr(text) {
+            // Port 0 asks the kernel for a fresh port per listener: never a collision.
+            Ok(addr) if addr.port() == 0 => {}
+            Ok(addr) => match bound.get(&addr) {
+                Some(earlier) => findings.error(path, format!("{addr} is also used by {earlier}")),
+                None => {
+                    bound.insert(addr, path);
+                }
+            },
+            Err(e) => findings.error(path, e),
+        };
+    for (i, addr) in server.listen.iter().enumerate() {
+        check_addr(findings, format!("server.listen[{i}]"), addr);
+    }
+    if let Some(tls) = &server.tls {
+        for (i, addr) in tls.listen.iter().enumerate() {
+            check_addr(findings, format!("server.tls.listen[{i}]"), addr);
+        }
+        if tls.listen.is_empty() {
+            findings.error(
+                "server.tls.listen",
+                "[server.tls] needs at least one listen address",
+            );
+        }
+        for (key, file) in [("cert", &tls.cert), ("key", &tls.key)] {
+            let path = format!("server.tls.{key}");
+            if file.as_os_str().is_empty() {
+                findings.error(path, "is required when [server.tls] is set");
+            } else {
+                check_file_exists(config, findings, path, file);
+            }
+        }
+    }
+    check_addr(
+        findings,
+        "server.admin_listen".to_string(),
+        &server.admin_listen,
+    );
+    let tls_listeners = server.tls.as_ref().map_or(0, |tls| tls.listen.len());
+    if server.listen.is_empty() && tls_listeners == 0 {
+        findings.error(
+            "server.listen",
+            "no listener: set server.listen or [server.tls] listen",
+        );
+    }
+    if server.connections_per_worker == 0 {
+        findings.error("server.connections_per_worker", "must be greater than 0");
+    }
+    let data_dir = config.resolve_path(&server.data_dir);
+    if data_dir.exists() && !data_dir.is_dir() {
+        findings.error(
+            "server.data_dir",
+            format!("{} exists and is not a directory", data_dir.display()),
+        );
+    }
+}
+
+fn check_limits(config: &Config, findings: &mut Findings) {
+    let limits = &config.limits;
+    let positive = [
+        ("limits.max_header_bytes", limits.max_header_bytes as u64),
+        ("limits.max_body_bytes", limits.max_body_bytes),
+        ("limits.header_timeout_ms", limits.header_timeout_ms),
+        ("limits.idle_timeout_ms", limits.idle_timeout_ms),
+        (
+            "limits.upstream_connect_timeout_ms",
+            limits.upstream_connect_timeout_ms,
+        ),
+        ("limits.upstream_timeout_ms", limits.upstream_timeout_ms),
+        ("lua.hook_timeout_ms", config.lua.hook_timeout_ms),
+        ("lua.memory_limit_mb", config.lua.memory_limit_mb),
+    ];
+    for (path, value) in positive {
+        if value == 0 {
+            findings.error(path, "must be greater than 0");
+        }
+    }
+}
+
+fn check_upstreams(config: &Config, findings: &mut Findings) {
+    let mut names = HashMap::new();
+    for (i, upstream) in config.upstream.iter().enumerate() {
+        let at = |key: &str| format!("upstream[{i}].{key}");
+        if findings.required(at("name"), &upstream.name) {
+            findings.unique(&mut names, &upstream.name, at("name"), "upstream name");
+        }
+        if upstream.targets.is_empty() {
+            findings.error(at("targets"), "needs at least one host:port target");
+        }
+        for (t, target) in upstream.targets.iter().enumerate() {
+            if let Err(e) = target.parse::<HostPort>() {
+                findings.error(format!("upstream[{i}].targets[{t}]"), e);
+            }
+        }
+        if !upstream.sni.is_empty() && !super::address::is_dns_name(&upstream.sni) {
+            findings.error(at("sni"), "must be a DNS name");
+        }
+        check_optional_file(config, findings, at("ca_file"), &upstream.ca_file);
+        check_credential(upstream, i, findings);
+    }
+}
+
+/// Header names and values that would let an injected credential rewrite message framing or
+/// routing; the gateway owns these (RFC 9112 §6, RFC 9110 §7.2).
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+];
+
+fn check_credential(upstream: &UpstreamConfig, i: usize, findings: &mut Findings) {
+    let Some(credential) = &upstream.credential else {
+        return;
+    };
+    let at = |key: &str| format!("upstream[{i}].credential.{key}");
+    if findings.required(at("header"), &credential.header) {
+        if !is_token(&credential.header) {
+            findings.error(
+                at("header"),
+                "is not a valid header name (RFC 9110 §5.6.2 token)",
+            );
+        } else if RESERVED_HEADERS.contains(&credential.header.to_ascii_lowercase().as_str()) {
+            findings.error(at("header"), "names a header the gateway must control");
+        }
+    }
+    if !credential.value.contains("{secret}") {
+        findings.error(at("value"), "must contain {secret}, where the secret goes");
+    }
+    if !is_field_value(&credential.value) {
+        findings.error(
+            at("value"),
+            "contains a character not allowed in a header value (RFC 9110 §5.5)",
+        );
+    }
+}
+
+/// RFC 9110 §5.6.2: token = 1*tchar.
+pub(crate) fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// RFC 9110 §5.5: visible characters, spaces and tabs; no CR, LF or NUL.
+fn is_field_value(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80)
+}
+
+/// A name used in URLs, CLI lists (`--routes a,b`) and logs: no spaces, commas or controls.
+fn is_plain_name(text: &str) -> bool {
+    text.chars()
+        .all(|c| !c.is_whitespace() && !c.is_control() && c != ',')
+}
+
+fn check_routes(config: &Config, findings: &mut Findings) {
+    let mut names = HashMap::new();
+    let mut matches: HashMap<(&str, &str), String> = HashMap::new();
+    for (i, route) in config.route.iter().enumerate() {
+        let at = |key: &str| format!("route[{i}].{key}");
+        if findings.required(at("name"), &route.name) {
+            if is_plain_name(&route.name) {
+                findings.unique(&mut names, &route.name, at("name"), "route name");
+            } else {
+                findings.error(at("name"), "must not contain spaces or commas");
+            }
+        }
+        if !route.path_prefix.starts_with('/') {
+            findings.error(at("path_prefix"), "must start with '/'");
+        } else {
+            let key = (route.host.as_str(), route.path_prefix.as_str());
+            match matches.get(&key) {
+                Some(earlier) => findings.error(
+                    at("path_prefix"),
+                    format!("{earlier} already matches the same host and path_prefix"),
+                ),
+                None => {
+                    matches.insert(key, format!("route[{i}]"));
+                }
+            }
+        }
+        if !route.host.is_empty() && !is_route_host(&route.host) {
+            findings.error(at("host"), "must be a host name, optionally with :port");
+        }
+        if findings.required(at("upstream"), &route.upstream)
+            && !config.upstream.iter().any(|u| u.name == route.upstream)
+        {
+            findings.error(
+                at("upstream"),
+                format!("no [[upstream]] named `{}`", route.upstream),
+            );
+        }
+        for (s, scope) in route.scopes.iter().enumerate() {
+            if scope.is_empty() || !is_plain_name(scope) {
+                findings.error(
+                    format!("route[{i}].scopes[{s}]"),
+                    "must be a non-empty word without spaces or commas",
+                );
+            }
+        }
+        for (key, list) in [
+            ("allow_ips", &route.allow_ips),
+            ("deny_ips", &route.deny_ips),
+        ] {
+            for (c, cidr) in list.iter().enumerate() {
+                if let Err(e) = cidr.parse::<Cidr>() {
+                    findings.error(format!("route[{i}].{key}[{c}]"), e);
+                }
+            }
+        }
+        let rps = route.rate_limit.rps;
+        if !rps.is_finite() || rps < 0.0 {
+            findings.error(at("rate_limit.rps"), "must be a number >= 0");
+        }
+        check_optional_file(config, findings, at("hooks"), &route.hooks);
+        check_route_auth(route, i, findings);
+    }
+}
+
+/// `Host` header value as matched by a route: a DNS name, IPv4 or bracketed IPv6 address,
+/// with an optional port (RFC 9110 §7.2).
+fn is_route_host(host: &str) -> bool {
+    let is_port = |p: &str| p.parse::<u16>().is_ok();
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        return ip.parse::<std::net::Ipv6Addr>().is_ok()
+            && (after.is_empty() || after.strip_prefix(':').is_some_and(is_port));
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) => is_port(port) && super::address::is_dns_name(name),
+        None => super::address::is_dns_name(host),
+    }
+}
+
+fn check_route_auth(route: &RouteConfig, i: usize, findings: &mut Findings) {
+    let at = |key: &str| format!("route[{i}].{key}");
+    match route.auth {
+        AuthKind::Jwt => {
+            let jwt = &route.jwt;
+            if jwt.public_key.is_empty() && jwt.jwks_url.is_empty() && jwt.hs_secret.is_none() {
+                findings.error(
+                    at("jwt"),
+                    "auth = \"jwt\" needs one of jwt.public_key, jwt.jwks_url, jwt.hs_secret",
+                );
+            }
+            if !jwt.jwks_url.is_empty() && !is_http_url(&jwt.jwks_url) {
+                findings.error(at("jwt.jwks_url"), "must start with http:// or https://");
+            }
+        }
+        AuthKind::Lua if route.hooks.is_empty() => {
+            findings.error(at("hooks"), "auth = \"lua\" needs a hooks script");
+        }
+        _ => {}
+    }
+}
+
+fn is_http_url(url: &str) -> bool {
+    ["http://", "https://"]
+        .iter()
+        .any(|scheme| url.len() > scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme))
+}
+
+fn check_providers(config: &Config, findings: &mut Findings) {
+    let mut providers = HashMap::new();
+    for (i, provider) in config.provider.iter().enumerate() {
+        let at = |key: &str| format!("provider[{i}].{key}");
+        if findings.required(at("name"), &provider.name) {
+            findings.unique(&mut providers, &provider.name, at("name"), "provider name");
+        }
+        if provider.base_url.is_empty() {
+            findings.error(
+                at("base_url"),
+                "is required for kind = \"azure_openai\" (your resource's endpoint)",
+            );
+        } else if !is_http_url(&provider.base_url) {
+            findings.error(at("base_url"), "must start with http:// or https://");
+        }
+        check_optional_file(config, findings, at("ca_file"), &provider.ca_file);
+        if provider.api_key.is_none() && provider.kind != ProviderKind::Mock {
+            findings.warning(
+                at("api_key"),
+                "no api_key: requests go to the provider without a credential",
+            );
+        }
+    }
+}
+
+fn check_models(config: &Config, findings: &mut Findings) {
+    let mut models = HashMap::new();
+    for (i, model) in config.model.iter().enumerate() {
+        let at = |key: &str| format!("model[{i}].{key}");
+        if findings.required(at("name"), &model.name) {
+            if is_plain_name(&model.name) {
+                findings.unique(&mut models, &model.name, at("name"), "model name");
+            } else {
+                findings.error(at("name"), "must not contain spaces or commas");
+            }
+        }
+        if findings.required(at("provider"), &model.provider)
+            && !config.provider.iter().any(|p| p.name == model.provider)
+        {
+            findings.error(
+                at("provider"),
+                format!("no [[provider]] named `{}`", model.provider),
+            );
+        }
+        let prices = [
+            ("input_price_per_mtok", Some(model.input_price_per_mtok)),
+            ("output_price_per_mtok", Some(model.output_price_per_mtok)),
+            (
+                "cached_input_price_per_mtok",
+                model.cached_input_price_per_mtok,
+            ),
+        ];
+        for (key, price) in prices {
+            if price.is_some_and(|p| !p.is_finite() || p < 0.0) {
+                findings.error(at(key), "must be a price >= 0");
+            }
+        }
+    }
+    for (i, model) in config.model.iter().enumerate() {
+        for (f, fallback) in model.fallbacks.iter().enumerate() {
+            let path = format!("model[{i}].fallbacks[{f}]");
+            if *fallback == model.name {
+                findings.error(path, "a model cannot fall back to itself");
+            } else if !config.model.iter().any(|m| m.name == *fallback) {
+                findings.error(path, format!("no [[model]] named `{fallback}`"));
+            } else if model.fallbacks[..f].contains(fallback) {
+                findings.error(path, format!("`{fallback}` is listed twice"));
+            }
+        }
+    }
+}
+
+fn check_prompts(config: &Config, findings: &mut Findings) {
+    let mut prompts: HashMap<(&str, u32), String> = HashMap::new();
+    for (i, prompt) in config.prompt.iter().enumerate() {
+        let at = |key: &str| format!("prompt[{i}].{key}");
+        if findings.required(at("name"), &prompt.name) {
+            if !is_url_segment(&prompt.name) {
+                findings.error(
+                    at("name"),
+                    "may only use letters, digits, '.', '_' and '-' (it is a URL path segment)",
+                );
+            }
+            match prompts.get(&(prompt.name.as_str(), prompt.version)) {
+                Some(earlier) => findings.error(
+                    at("version"),
+                    format!(
+                        "duplicate prompt `{}` v{} (first defined at {earlier})",
+                        prompt.name, prompt.version
+                    ),
+                ),
+                None => {
+                    prompts.insert(
+                        (prompt.name.as_str(), prompt.version),
+                        format!("prompt[{i}]"),
+                    );
+                }
+            }
+        }
+        if prompt.version == 0 {
+            findings.error(at("version"), "versions start at 1");
+        }
+        if findings.required(at("model"), &prompt.model)
+            && !config.model.iter().any(|m| m.name == prompt.model)
+        {
+            findings.error(
+                at("model"),
+                format!("no [[model]] named `{}`", prompt.model),
+            );
+        }
+        findings.required(at("template"), &prompt.template);
+    }
+}
+
+/// `[ai]`: only auth kinds that can work without route settings.
+fn check_ai(config: &Config, findings: &mut Findings) {
+    check_optional_file(config, findings, "ai.hooks".to_string(), &config.ai.hooks);
+    match config.ai.auth {
+        AuthKind::Jwt => findings.error(
+            "ai.auth",
+            "\"jwt\" is not available for the AI front doors (no [ai] jwt settings); use api_key or lua",
+        ),
+        AuthKind::Lua if config.ai.hooks.is_empty() => {
+            findings.error("ai.hooks", "ai.auth = \"lua\" needs a hooks script")
+        }
+        _ => {}
+    }
+}
+
+fn is_url_segment(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name != "."
+        && name != ".."
+}
+
+/// Unresolvable `env:`/`file:` references are errors (the gateway could not use them);
+/// literal values are warnings. Messages name the reference, never the value.
+fn check_secrets(config: &Config, findings: &mut Findings) {
+    for (path, secret) in config.secrets() {
+        if secret.is_literal() {
+            findings.warning(
+                path,
+                "literal secret in the config file; use env:NAME or file:PATH",
+            );
+            continue;
+        }
+        match secret.resolve() {
+            Ok(value) if !is_field_value(value.expose()) => findings.error(
+                path,
+                format!("{secret} contains a line break or control character"),
+            ),
+            Ok(_) => {}
+            Err(e) => findings.error(path, format!("cannot resolve secret: {e}")),
+        }
+    }
+}
+
+fn check_optional_file(config: &Config, findings: &mut Findings, path: String, file: &str) {
+    if !file.is_empty() {
+        check_file_exists(config, findings, path, Path::new(file));
+    }
+}
+
+fn check_file_exists(config: &Config, findings: &mut Findings, path: String, file: &Path) {
+    let resolved = config.resolve_path(file);
+    if !resolved.is_file() {
+        findings.error(path, format!("file {} does not exist", resolved.display()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::*;
+    use crate::config::secret::SecretRef;
+    use std::path::PathBuf;
+
+    /// A small valid config: one upstream + route, one provider + model + prompt.
+    fn valid() -> Config {
+        Config {
+            upstream: vec![UpstreamConfig {
+                name: "backend".into(),
+                targets: vec!["127.0.0.1:9000".into()],
+                ..UpstreamConfig::default()
+            }],
+            route: vec![RouteConfig {
+                name: "api".into(),
+                path_prefix: "/api/".into(),
+                upstream: "backend".into(),
+                ..RouteConfig::default()
+            }],
+            provider: vec![ProviderConfig {
+                name: "mock".into(),
+                kind: ProviderKind::Mock,
+                base_url: "http://mock.invalid".into(),
+                api_key: None,
+                ca_file: String::new(),
+            }],
+            model: vec![ModelConfig {
+                name: "m".into(),
+                provider: "mock".into(),
+                ..ModelConfig::default()
+            }],
+            prompt: vec![PromptConfig {
+                name: "echo".into(),
+                version: 1,
+                model: "m".into(),
+                template: "{{text}}".into(),
+                ..PromptConfig::default()
+            }],
+            base_dir: PathBuf::from("/nonexistent-cf-base"),
+            ..Config::default()
+        }
+    }
+
+    fn errors_of(config: &Config) -> Vec<String> {
+        validate(config)
+            .errors
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    fn temp_file(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("cf-validate-{}-{name}", std::process::id()));
+        std::fs::write(&path, "x").unwrap();
+        path
+    }
+
+    #[test]
+    fn valid_config_has_no_findings() {
+        let findings = validate(&valid());
+        assert!(findings.errors.is_empty(), "{:?}", findings.errors);
+        assert!(findings.warnings.is_empty(), "{:?}", findings.warnings);
+    }
+
+    #[test]
+    fn unparsable_listen_address_is_an_error() {
+        let mut config = valid();
+        config.server.listen = vec!["127.0.0.1:8080".into(), "nohost".into()];
+        assert_eq!(errors_of(&config), ["server.listen[1]"]);
+    }
+
+    #[test]
+    fn ipv6_listen_address_in_brackets_is_accepted() {
+        let mut config = valid();
+        config.server.listen = vec!["[::1]:8080".into()];
+        assert!(errors_of(&config).is_empty());
+    }
+
+    #[test]
+    fn no_listener_at_all_is_an_error() {
+        let mut config = valid();
+        config.server.listen.clear();
+        assert_eq!(errors_of(&config), ["server.listen"]);
+    }
+
+    #[test]
+    fn tls_listener_alone_is_enough() {
+        let mut config = valid();
+        config.server.listen.clear();
+        config.server.tls = Some(TlsListenConfig {
+            listen: vec!["127.0.0.1:8443".into()],
+            cert: temp_file("cert.pem"),
+            key: temp_file("key.pem"),
+        });
+        assert!(errors_of(&config).is_empty(), "{:?}", errors_of(&config));
+    }
+
+    #[test]
+    fn missing_tls_files_are_errors() {
+        let mut config = valid();
+        config.server.tls = Some(TlsListenConfig {
+            listen: vec!["127.0.0.1:8443".into()],
+            cert: "missing-cert.pem".into(),
+            key: PathBuf::new(),
+        });
+        assert_eq!(errors_of(&config), ["server.tls.cert", "server.tls.key"]);
+    }
+
+    #[test]
+    fn same_address_on_two_listeners_is_an_error() {
+        let mut config = valid();
+        config.server.admin_listen = "127.0.0.1:8080".into();
+        assert_eq!(errors_of(&config), ["server.admin_listen"]);
+    }
+
+    #[test]
+    fn unparsable_admin_listen_is_an_error() {
+        let mut config = valid();
+        config.server.admin_listen = "9901".into();
+        assert_eq!(errors_of(&config), ["server.admin_listen"]);
+    }
+
+    #[test]
+    fn zero_limits_are_errors() {
+        let mut config = valid();
+        config.limits.max_body_bytes = 0;
+        config.limits.header_timeout_ms = 0;
+        config.lua.memory_limit_mb = 0;
+        assert_eq!(
+            errors_of(&config),
+            [
+                "limits.max_body_bytes",
+                "limits.header_timeout_ms",
+                "lua.memory_limit_mb"
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_upstream_names_are_errors() {
+        let mut config = valid();
+        config.upstream.push(config.upstream[0].clone());
+        assert_eq!(errors_of(&config), ["upstream[1].name"]);
+    }
+
+    #[test]
+    fn upstream_without_targets_is_an_error() {
+        let mut config = valid();
+        config.upstream[0].targets.clear();
+        assert_eq!(errors_of(&config), ["upstream[0].targets"]);
+    }
+
+    #[test]
+    fn target_without_port_is_an_error() {
+        let mut config = valid();
+        config.upstream[0].targets.push("backend.internal".into());
+        assert_eq!(errors_of(&config), ["upstream[0].targets[1]"]);
+    }
+
+    #[test]
+    fn missing_upstream_ca_file_is_an_error() {
+        let mut config = valid();
+        config.upstream[0].ca_file = "ca.pem".into();
+        assert_eq!(errors_of(&config), ["upstream[0].ca_file"]);
+    }
+
+    fn credential(header: &str, value: &str) -> Option<CredentialConfig> {
+        std::env::set_var("CF_VALIDATE_CRED", "token");
+        Some(CredentialConfig {
+            header: header.into(),
+            value: value.into(),
+            secret: SecretRef::Env("CF_VALIDATE_CRED".into()),
+        })
+    }
+
+    #[test]
+    fn valid_credential_header_is_accepted() {
+        let mut config = valid();
+        config.upstream[0].credential = credential("authorization", "Bearer {secret}");
+        assert!(errors_of(&config).is_empty(), "{:?}", errors_of(&config));
+    }
+
+    #[test]
+    fn credential_header_that_is_not_a_token_is_an_error() {
+        let mut config = valid();
+        config.upstream[0].credential = credential("x api key", "{secret}");
+        assert_eq!(errors_of(&config), ["upstream[0].credential.header"]);
+    }
+
+    #[test]
+    fn credential_header_controlling_framing_is_an_error() {
+        let mut config = valid();
+        config.upstream[0].credential = credential("Content-Length", "{secret}");
+        assert_eq!(errors_of(&config), ["upstream[0].credential.header"]);
+    }
+
+    #[test]
+    fn credential_value_without_placeholder_is_an_error() {
+        let mut config = valid();
+        config.upstream[0].credential = credential("x-key", "Bearer");
+        assert_eq!(errors_of(&config), ["upstream[0].credential.value"]);
+    }
+
+    #[test]
+    fn route_to_unknown_upstream_is_an_error() {
+        let mut config = valid();
+        config.route[0].upstream = "nope".into();
+        assert_eq!(errors_of(&config), ["route[0].upstream"]);
+    }
+
+    #[test]
+    fn route_prefix_without_slash_is_an_error() {
+        let mut config = valid();
+        config.route[0].path_prefix = "api/".into();
+        assert_eq!(errors_of(&config), ["route[0].path_prefix"]);
+    }
+
+    #[test]
+    fn duplicate_route_names_are_errors() {
+        let mut config = valid();
+        let mut second = config.route[0].clone();
+        second.path_prefix = "/other/".into();
+        config.route.push(second);
+        assert_eq!(errors_of(&config), ["route[1].name"]);
+    }
+
+    #[test]
+    fn two_routes_with_same_host_and_prefix_are_an_error() {
+        let mut config = valid();
+        let mut second = config.route[0].clone();
+        second.name = "api2".into();
+        config.route.push(second);
+        assert_eq!(errors_of(&config), ["route[1].path_prefix"]);
+    }
+
+    #[test]
+    fn route_host_with_port_is_accepted_and_garbage_is_not() {
+        let mut config = valid();
+        config.route[0].host = "api.example.com:8443".into();
+        assert!(errors_of(&config).is_empty());
+        config.route[0].host = "[::1]".into();
+        assert!(errors_of(&config).is_empty());
+        config.route[0].host = "api example".into();
+        assert_eq!(errors_of(&config), ["route[0].host"]);
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_cidrs_are_accepted() {
+        let mut config = valid();
+        config.route[0].allow_ips = vec!["10.0.0.0/8".into(), "2001:db8::/32".into()];
+        config.route[0].deny_ips = vec!["10.1.2.3".into()];
+        assert!(errors_of(&config).is_empty());
+    }
+
+    #[test]
+    fn bad_cidrs_are_errors() {
+        let mut config = valid();
+        config.route[0].allow_ips = vec!["10.0.0.0/8".into(), "10.0.0.0/40".into()];
+        config.route[0].deny_ips = vec!["nope".into()];
+        assert_eq!(
+            errors_of(&config),
+            ["route[0].allow_ips[1]", "route[0].deny_ips[0]"]
+        );
+    }
+
+    #[test]
+    fn negative_rate_is_an_error() {
+        let mut config = valid();
+        config.route[0].rate_limit.rps = -1.0;
+        assert_eq!(errors_of(&config), ["route[0].rate_limit.rps"]);
+    }
+
+    #[test]
+    fn missing_hooks_file_is_an_error() {
+        let mut config = valid();
+        config.route[0].hooks = "hooks/api.lua".into();
+        config.ai.hooks = "hooks/ai.lua".into();
+        assert_eq!(errors_of(&config), ["route[0].hooks", "ai.hooks"]);
+    }
+
+    #[test]
+    fn existing_hooks_file_is_accepted() {
+        let mut config = valid();
+        config.route[0].hooks = temp_file("hook.lua").display().to_string();
+        assert!(errors_of(&config).is_empty());
+    }
+
+    #[test]
+    fn jwt_route_without_key_source_is_an_error() {
+        let mut config = valid();
+        config.route[0].auth = AuthKind::Jwt;
+        assert_eq!(errors_of(&config), ["route[0].jwt"]);
+    }
+
+    #[test]
+    fn jwt_route_with_jwks_url_is_accepted() {
+        let mut config = valid();
+        config.route[0].auth = AuthKind::Jwt;
+        config.route[0].jwt.jwks_url = "https://idp.example.com/jwks.json".into();
+        assert!(errors_of(&config).is_empty());
+    }
+
+    #[test]
+    fn lua_auth_without_hooks_is_an_error() {
+        let mut config = valid();
+        config.route[0].auth = AuthKind::Lua;
+        assert_eq!(errors_of(&config), ["route[0].hooks"]);
+    }
+
+    #[test]
+    fn jwt_auth_for_ai_is_an_error() {
+        let mut config = valid();
+        config.ai.auth = AuthKind::Jwt;
+        assert_eq!(errors_of(&config), ["ai.auth"]);
+    }
+
+    #[test]
+    fn provider_base_url_without_http_scheme_is_an_error() {
+        let mut config = valid();
+        config.provider[0].base_url = "api.openai.com".into();
+        assert_eq!(errors_of(&config), ["provider[0].base_url"]);
+    }
+
+    #[test]
+    fn azure_provider_without_base_url_is_an_error() {
+        let mut config = valid();
+        config.provider[0].kind = ProviderKind::AzureOpenai;
+        config.provider[0].base_url.clear();
+        assert_eq!(errors_of(&config), ["provider[0].base_url"]);
+    }
+
+    #[test]
+    fn real_provider_without_api_key_is_a_warning() {
+        let mut config = valid();
+        config.provider[0].kind = ProviderKind::Openai;
+        let findings = validate(&config);
+        assert!(findings.errors.is_empty());
+        assert_eq!(findings.warnings[0].0, "provider[0].api_key");
+    }
+
+    #[test]
+    fn duplicate_provider_names_are_errors() {
+        let mut config = valid();
+        config.provider.push(config.provider[0].clone());
+        assert_eq!(errors_of(&config), ["provider[1].name"]);
+    }
+
+    #[test]
+    fn model_on_unknown_provider_is_an_error() {
+        let mut config = valid();
+        config.model[0].provider = "nope".into();
+        assert_eq!(errors_of(&config), ["model[0].provider"]);
+    }
+
+    #[test]
+    fn duplicate_model_names_are_errors() {
+        let mut config = valid();
+        config.model.push(config.model[0].clone());
+        assert_eq!(errors_of(&config), ["model[1].name"]);
+    }
+
+    #[test]
+    fn negative_price_is_an_error() {
+        let mut config = valid();
+        config.model[0].cached_input_price_per_mtok = Some(-0.1);
+        assert_eq!(errors_of(&config), ["model[0].cached_input_price_per_mtok"]);
+    }
+
+    #[test]
+    fn fallback_to_existing_model_is_accepted() {
+        let mut config = valid();
+        let mut other = config.model[0].clone();
+        other.name = "m2".into();
+        config.model.push(other);
+        config.model[0].fallbacks = vec!["m2".into()];
+        assert!(errors_of(&config).is_empty());
+    }
+
+    #[test]
+    fn fallback_to_unknown_or_same_model_is_an_error() {
+        let mut config = valid();
+        config.model[0].fallbacks = vec!["ghost".into(), "m".into()];
+        assert_eq!(
+            errors_of(&config),
+            ["model[0].fallbacks[0]", "model[0].fallbacks[1]"]
+        );
+    }
+
+    #[test]
+    fn prompt_on_unknown_model_is_an_error() {
+        let mut config = valid();
+        config.prompt[0].model = "ghost".into();
+        assert_eq!(errors_of(&config), ["prompt[0].model"]);
+    }
+
+    #[test]
+    fn same_prompt_name_and_version_twice_is_an_error() {
+        let mut config = valid();
+        config.prompt.push(config.prompt[0].clone());
+        assert_eq!(errors_of(&config), ["prompt[1].version"]);
+    }
+
+    #[test]
+    fn same_prompt_name_with_new_version_is_accepted() {
+        let mut config = valid();
+        let mut v2 = config.prompt[0].clone();
+        v2.version = 2;
+        config.prompt.push(v2);
+        assert!(errors_of(&config).is_empty());
+    }
+
+    #[test]
+    fn prompt_name_with_slash_is_an_error() {
+        let mut config = valid();
+        config.prompt[0].name = "a/b".into();
+        assert_eq!(errors_of(&config), ["prompt[0].name"]);
+    }
+
+    #[test]
+    fn required_names_are_reported_when_empty() {
+        let mut config = valid();
+        config.route[0].name.clear();
+        config.upstream.push(UpstreamConfig {
+            targets: vec!["a:1".into()],
+            ..UpstreamConfig::default()
+        });
+        assert_eq!(errors_of(&config), ["upstream[1].name", "route[0].name"]);
+    }
+
+    #[test]
+    fn unresolvable_env_secret_is_an_error_naming_the_variable() {
+        let mut config = valid();
+        config.server.admin_token = Some(SecretRef::Env("CF_VALIDATE_SURELY_UNSET".into()));
+        let findings = validate(&config);
+        assert_eq!(findings.errors[0].0, "server.admin_token");
+        assert!(findings.errors[0]
+            .1
+            .contains("env:CF_VALIDATE_SURELY_UNSET"));
+    }
+
+    #[test]
+    fn unreadable_file_secret_is_an_error() {
+        let mut config = valid();
+        config.provider[0].api_key = Some(SecretRef::File("/nonexistent/cf/key".into()));
+        assert_eq!(errors_of(&config), ["provider[0].api_key"]);
+    }
+
+    #[test]
+    fn literal_secret_is_a_warning_without_the_value() {
+        let mut config = valid();
+        config.server.admin_token = Some(SecretRef::parse("hunter2-literal").unwrap());
+        let findings = validate(&config);
+        assert!(findings.errors.is_empty());
+        assert_eq!(findings.warnings[0].0, "server.admin_token");
+        assert!(!findings.warnings[0].1.contains("hunter2"));
+    }
+
+    #[test]
+    fn secret_with_line_break_is_an_error() {
+        let mut config = valid();
+        std::env::set_var("CF_VALIDATE_CRLF", "abc\r\nx-injected: 1");
+        config.server.admin_token = Some(SecretRef::Env("CF_VALIDATE_CRLF".into()));
+        assert_eq!(errors_of(&config), ["server.admin_token"]);
+    }
+}

@@ -1,0 +1,207 @@
+//! Every gateway-made error becomes a response here, and only here.
+//!
+//! Handlers return a [`GatewayError`]; [`GatewayError::write_response`] turns it into the
+//! contract's status, error type and JSON body (see CONTRACT.md, "Data plane").
+
+use std::fmt::Write as _;
+
+/// A request that the gateway answers itself instead of (or instead of finishing) forwarding it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GatewayError {
+    /// Malformed or ambiguous framing; the connection is closed afterwards (RFC 9112 11.2).
+    BadRequest(&'static str),
+    /// A transfer coding we do not implement (RFC 9112 6.1: 501).
+    NotImplemented(&'static str),
+    /// No route matches the request's host and path.
+    NotFound,
+    /// The request head did not arrive within `header_timeout_ms`.
+    HeaderTimeout,
+    /// The body is larger than `max_body_bytes`.
+    BodyTooLarge,
+    /// The head is larger than `max_header_bytes`.
+    HeadersTooLarge,
+    /// The upstream refused the connection, failed TLS, or sent a response we cannot parse.
+    Upstream(&'static str),
+    /// The upstream did not connect or answer within its timeout.
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::BadRequest(_) => 400,
+            GatewayError::NotImplemented(_) => 501,
+            GatewayError::NotFound => 404,
+            GatewayError::HeaderTimeout => 408,
+            GatewayError::BodyTooLarge => 413,
+            GatewayError::HeadersTooLarge => 431,
+            GatewayError::Upstream(_) => 502,
+            GatewayError::UpstreamTimeout => 504,
+        }
+    }
+
+    /// The contract's `error.type`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_)
+            | GatewayError::NotImplemented(_)
+            | GatewayError::BodyTooLarge
+            | GatewayError::HeadersTooLarge => "invalid_request_error",
+            GatewayError::NotFound => "not_found_error",
+            GatewayError::HeaderTimeout | GatewayError::UpstreamTimeout => "timeout_error",
+            GatewayError::Upstream(_) => "upstream_error",
+        }
+    }
+
+    /// A stable machine-readable `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::NotImplemented(_) => "not_implemented",
+            GatewayError::NotFound => "route_not_found",
+            GatewayError::HeaderTimeout => "header_timeout",
+            GatewayError::BodyTooLarge => "body_too_large",
+            GatewayError::HeadersTooLarge => "headers_too_large",
+            GatewayError::Upstream(_) => "upstream_unavailable",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The human-readable `error.message`. Never contains request data, so no secret can leak.
+    pub fn message(&self) -> String {
+        match self {
+            GatewayError::BadRequest(why) => format!("malformed request: {why}"),
+            GatewayError::NotImplemented(why) => format!("not implemented: {why}"),
+            GatewayError::NotFound => "no route matches this request".to_string(),
+            GatewayError::HeaderTimeout => "request head not received in time".to_string(),
+            GatewayError::BodyTooLarge => "request body too large".to_string(),
+            GatewayError::HeadersTooLarge => "request headers too large".to_string(),
+            GatewayError::Upstream(why) => format!("upstream error: {why}"),
+            GatewayError::UpstreamTimeout => "upstream timed out".to_string(),
+        }
+    }
+
+    /// Whether the connection must close after this response: framing errors leave the byte
+    /// stream in an unknown state, so nothing after them may be parsed as a request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BadRequest(_)
+                | GatewayError::NotImplemented(_)
+                | GatewayError::HeaderTimeout
+                | GatewayError::HeadersTooLarge
+        )
+    }
+
+    /// Appends the complete HTTP/1.1 response for this error to `out`.
+    pub fn write_response(&self, request_id: &str, close: bool, out: &mut Vec<u8>) {
+        let body = error_body(self.error_type(), self.code(), &self.message());
+        write_json_response(self.status(), request_id, close, &body, out);
+    }
+}
+
+/// The contract's JSON error body: `{"error":{"message":..,"type":..,"code":..}}`.
+pub fn error_body(error_type: &str, code: &str, message: &str) -> String {
+    serde_json::json!({ "error": { "message": message, "type": error_type, "code": code } })
+        .to_string()
+}
+
+/// Appends a complete response with a JSON body.
+pub fn write_json_response(
+    status: u16,
+    request_id: &str,
+    close: bool,
+    body: &str,
+    out: &mut Vec<u8>,
+) {
+    let mut head = String::with_capacity(160);
+    let _ = write!(
+        head,
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    if close {
+        head.push_str("connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(body.as_bytes());
+}
+
+/// The standard reason phrase for the statuses the gateway makes itself.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response_text(err: GatewayError, close: bool) -> String {
+        let mut out = Vec::new();
+        err.write_response("rid-1", close, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn every_error_maps_to_the_contract_status_and_type() {
+        let table = [
+            (GatewayError::BadRequest("x"), 400, "invalid_request_error"),
+            (GatewayError::NotFound, 404, "not_found_error"),
+            (GatewayError::HeaderTimeout, 408, "timeout_error"),
+            (GatewayError::BodyTooLarge, 413, "invalid_request_error"),
+            (GatewayError::HeadersTooLarge, 431, "invalid_request_error"),
+            (GatewayError::Upstream("x"), 502, "upstream_error"),
+            (GatewayError::UpstreamTimeout, 504, "timeout_error"),
+        ];
+        for (err, status, kind) in table {
+            assert_eq!(err.status(), status, "{err:?}");
+            assert_eq!(err.error_type(), kind, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn error_response_is_json_with_request_id_and_length() {
+        let text = response_text(GatewayError::NotFound, false);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(head.contains("x-request-id: rid-1\r\n"));
+        assert!(head.contains(&format!("content-length: {}\r\n", body.len())));
+        assert!(!head.contains("connection: close"));
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["type"], "not_found_error");
+        assert_eq!(json["error"]["code"], "route_not_found");
+    }
+
+    #[test]
+    fn closing_errors_say_connection_close() {
+        let err = GatewayError::BadRequest("bare LF");
+        assert!(err.closes_connection());
+        assert!(response_text(err, true).contains("connection: close\r\n"));
+        assert!(!GatewayError::NotFound.closes_connection());
+    }
+}

@@ -1,0 +1,768 @@
+//! The request path, in order. Read this file top to bottom to follow one request:
+//!
+//! 1. **route**: host + longest path prefix picks a `[[route]]` (404 if none).
+//! 2. **access / auth / limits / prompt**: arrive with the credentials, limits, Lua and AI
+//!    features; each is a phase function called here, in this order.
+//! 3. **upstream**: pick a target, reuse or open a connection, send the rewritten head and
+//!    stream the body (chunked bodies are validated before any byte goes out).
+//! 4. **response**: stream the upstream's response back as it arrives, re-framed for the client.
+//! 5. **log**: metrics (and the access log) for every request, including rejected ones.
+//!
+//! Phases return `Err(Failure)`; [`handle`] turns a failure into a response in one place.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
+
+use crate::error::GatewayError;
+use crate::http1::{
+    encode_chunk, encode_last_chunk, parse_response, BodyFraming, ChunkedDecoder, RequestHead,
+    ResponseBody, ResponseHead, Version,
+};
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::{self, ConnectError, Upstream, UpstreamStream};
+use crate::worker::{BufConn, ReadError, Worker};
+
+/// What the connection does after a request.
+pub enum Outcome {
+    /// Read the next request.
+    KeepAlive,
+    /// Close the connection.
+    Close,
+    /// The upstream switched protocols (101): relay bytes both ways until either side closes.
+    Tunnel(BufConn<UpstreamStream>),
+}
+
+/// Why a phase stopped the request.
+pub enum Failure {
+    /// Answer with this error (nothing of a response has been sent yet).
+    Respond(GatewayError),
+    /// A response was already under way, or the client went away: just close.
+    Abort,
+}
+
+impl From<GatewayError> for Failure {
+    fn from(e: GatewayError) -> Self {
+        Failure::Respond(e)
+    }
+}
+
+/// Everything known about one request as it moves through the phases.
+pub struct RequestCtx {
+    /// The `x-request-id`: the client's if well-formed, else ours.
+    pub request_id: String,
+    /// When the head was parsed, for latency.
+    pub started: Instant,
+    /// The client's address.
+    pub client_addr: SocketAddr,
+    /// Whether the client connection is TLS.
+    pub https: bool,
+    /// Index of the matched route, once routed.
+    pub route: Option<usize>,
+    /// The status sent to the client.
+    pub status: u16,
+    /// Whether the request body has been fully read; if not, the connection cannot be reused.
+    pub body_done: bool,
+}
+
+/// Read buffer for each upstream connection.
+const UPSTREAM_BUFFER: usize = 16 * 1024;
+
+/// Runs one request through every phase and answers it.
+pub async fn handle<S>(
+    worker: &Worker,
+    client: &mut BufConn<S>,
+    head: RequestHead,
+    client_addr: SocketAddr,
+    https: bool,
+) -> Outcome
+where
+    S: AsyncReadRent + AsyncWriteRent + Split,
+{
+    let snapshot = worker.shared.snapshot();
+    let mut ctx = RequestCtx {
+        request_id: client_request_id(&head).unwrap_or_else(|| worker.next_request_id()),
+        started: Instant::now(),
+        client_addr,
+        https,
+        route: None,
+        status: 0,
+        body_done: matches!(head.body(), BodyFraming::None),
+    };
+    let outcome = match run_phases(worker, &snapshot, client, &head, &mut ctx).await {
+        Ok(outcome) => outcome,
+        Err(Failure::Abort) => Outcome::Close,
+        Err(Failure::Respond(err)) => {
+            discard_buffered_body(client, &head, &mut ctx);
+            let close = err.closes_connection()
+                || !ctx.body_done
+                || !head.keep_alive()
+                || worker.shutting_down();
+            ctx.status = err.status();
+            let mut out = Vec::with_capacity(256);
+            err.write_response(&ctx.request_id, close, &mut out);
+            let (res, _) = client.write_all(out).await;
+            if close || res.is_err() {
+                Outcome::Close
+            } else {
+                Outcome::KeepAlive
+            }
+        }
+    };
+    log_phase(&snapshot, &ctx);
+    outcome
+}
+
+/// Answers a request whose head could not be parsed (or did not arrive in time), then the
+/// connection closes: after a framing error nothing more on it can be trusted.
+pub async fn reject<S>(worker: &Worker, client: &mut BufConn<S>, err: &GatewayError, id: &str)
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(256);
+    err.write_response(id, true, &mut out);
+    let _ = client.write_all(out).await;
+    worker
+        .shared
+        .snapshot()
+        .unrouted
+        .record(err.status(), started.elapsed());
+}
+
+async fn run_phases<S>(
+    worker: &Worker,
+    snapshot: &Snapshot,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent + Split,
+{
+    // Phase: route.
+    let route_index = snapshot
+        .router
+        .route(head.host(), head.path())
+        .ok_or(GatewayError::NotFound)?;
+    ctx.route = Some(route_index);
+    let route = &snapshot.routes[route_index];
+
+    // Phases access, auth, limits and prompt come with their features (see module docs).
+
+    // Phases upstream and response.
+    proxy(worker, snapshot, route, client, head, ctx).await
+}
+
+/// Phase log: every request, answered or rejected, is counted on its route.
+fn log_phase(snapshot: &Snapshot, ctx: &RequestCtx) {
+    let metrics = match ctx.route {
+        Some(i) => &snapshot.routes[i].metrics,
+        None => &snapshot.unrouted,
+    };
+    metrics.record(ctx.status, ctx.started.elapsed());
+}
+
+/// Forwards the request to the route's upstream and relays the response.
+async fn proxy<S>(
+    worker: &Worker,
+    snapshot: &Snapshot,
+    route: &Route,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent + Split,
+{
+    let limits = &snapshot.limits;
+    let upstream = &snapshot.upstreams[route.upstream];
+    if let BodyFraming::Length(n) = head.body() {
+        if n > limits.max_body_bytes {
+            return Err(GatewayError::BodyTooLarge.into());
+        }
+    }
+
+    // Body bytes that came with the head are framed (and, for chunked, validated) before any
+    // upstream is contacted, so a malformed body never reaches it.
+    let mut body = RequestBody::new(head.body(), limits.max_body_bytes);
+    let mut first_body = Vec::new();
+    body.take_buffered(client, &mut first_body)?;
+    ctx.body_done = body.done;
+
+    // RFC 9110 10.1.1: we answer 100 ourselves once the request is accepted, rather than
+    // forwarding Expect (the upstream may not support it).
+    if head.expects_continue() && head.version() == Version::Http11 && !body.done {
+        let (res, _) = client
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            .await;
+        res.map_err(|_| Failure::Abort)?;
+    }
+
+    let tail = upstream_head_tail(head, ctx, route, upstream);
+    let path = forwarded_path(head, route);
+    // The whole request can be sent again only if its body is all in `first_body`.
+    let resendable = body.done;
+
+    let mut target = upstream.pick();
+    let mut attempts_left = upstream.targets.len() + 1;
+    let mut fresh_only = false;
+    let (mut conn, response) = loop {
+        attempts_left -= 1;
+        let key = upstream.targets[target].pool_key();
+        let pooled = if fresh_only {
+            None
+        } else {
+            worker.pool.checkout(key)
+        };
+        let reused = pooled.is_some();
+        let stream = match pooled {
+            Some(s) => s,
+            None => {
+                match upstream::connect(upstream, target, limits.upstream_connect_timeout).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Nothing was sent, so another target is safe for any method.
+                        if attempts_left > 0 {
+                            if let Some(next) = upstream.next_after(target) {
+                                target = next;
+                                continue;
+                            }
+                        }
+                        return Err(match e {
+                            ConnectError::Timeout => GatewayError::UpstreamTimeout,
+                            ConnectError::Refused(_) => GatewayError::Upstream("connect failed"),
+                            ConnectError::Tls(_) => GatewayError::Upstream("TLS handshake failed"),
+                        }
+                        .into());
+                    }
+                }
+            }
+        };
+        let mut conn = BufConn::new(stream, UPSTREAM_BUFFER);
+        let mut out = Vec::with_capacity(path.len() + tail.len() + first_body.len() + 64);
+        let _ = write!(
+            StrBuf(&mut out),
+            "{} {} HTTP/1.1\r\nhost: {}\r\n",
+            head.method(),
+            path,
+            upstream.targets[target].authority
+        );
+        out.extend_from_slice(&tail);
+        out.extend_from_slice(&first_body);
+        let (res, _) = conn.write_all(out).await;
+        if res.is_err() {
+            // A stale pooled connection: the kernel refused the write, nothing was delivered.
+            if reused && attempts_left > 0 {
+                fresh_only = true;
+                continue;
+            }
+            return Err(GatewayError::Upstream("write failed").into());
+        }
+        if !body.done {
+            stream_request_body(client, &mut conn, &mut body, limits.idle_timeout).await?;
+        }
+        ctx.body_done = true;
+        match read_response_head(&mut conn, head.method(), limits).await {
+            Ok(resp) => break (conn, resp),
+            Err(HeadFailure::Timeout) => return Err(GatewayError::UpstreamTimeout.into()),
+            Err(HeadFailure::ClosedBeforeResponse)
+                if reused && resendable && head.is_idempotent() && attempts_left > 0 =>
+            {
+                // The upstream closed an idle keep-alive connection as we reused it.
+                fresh_only = true;
+                continue;
+            }
+            Err(_) => return Err(GatewayError::Upstream("invalid or missing response").into()),
+        }
+    };
+
+    // Phase response.
+    let status = response.status();
+    ctx.status = status;
+    if status == 101 {
+        if !head.is_upgrade() {
+            return Err(GatewayError::Upstream("unrequested protocol switch").into());
+        }
+        let mut out = Vec::with_capacity(512);
+        write_response_head(
+            &mut out,
+            &response,
+            ctx,
+            ClientFraming::Tunnel,
+            false,
+            false,
+        );
+        let (res, _) = client.write_all(out).await;
+        res.map_err(|_| Failure::Abort)?;
+        return Ok(Outcome::Tunnel(conn));
+    }
+    let client_wants_close = !head.keep_alive() || worker.shutting_down();
+    let body_kind = response.body(head.method());
+    let framing = match body_kind {
+        ResponseBody::None => ClientFraming::NoBody,
+        ResponseBody::Length(n) => ClientFraming::Length(n),
+        ResponseBody::Chunked | ResponseBody::UntilClose if head.version() == Version::Http11 => {
+            ClientFraming::Chunked
+        }
+        ResponseBody::Chunked | ResponseBody::UntilClose => ClientFraming::UntilClose,
+    };
+    let close = client_wants_close || framing == ClientFraming::UntilClose;
+    let mut out = Vec::with_capacity(UPSTREAM_BUFFER);
+    let http10 = head.version() == Version::Http10;
+    write_response_head(&mut out, &response, ctx, framing, close, http10);
+    let finished = relay_response_body(client, &mut conn, body_kind, framing, out, limits).await?;
+
+    if finished && response.keep_alive() && conn.buffered().is_empty() {
+        let (stream, _) = conn.into_parts();
+        worker
+            .pool
+            .checkin(upstream.targets[target].pool_key().clone(), stream);
+    }
+    Ok(if close {
+        Outcome::Close
+    } else {
+        Outcome::KeepAlive
+    })
+}
+
+/// The request body as it is read from the client and re-framed for the upstream.
+struct RequestBody {
+    /// Bytes still to come for a Content-Length body.
+    remaining: u64,
+    /// Decoder for a chunked body; decoded data is re-chunked toward the upstream.
+    chunked: Option<ChunkedDecoder>,
+    /// Whether the whole body has been read.
+    done: bool,
+    max: u64,
+    scratch: Vec<u8>,
+}
+
+impl RequestBody {
+    fn new(framing: BodyFraming, max: u64) -> RequestBody {
+        let (remaining, chunked) = match framing {
+            BodyFraming::None => (0, None),
+            BodyFraming::Length(n) => (n, None),
+            BodyFraming::Chunked => (0, Some(ChunkedDecoder::new())),
+        };
+        RequestBody {
+            remaining,
+            done: remaining == 0 && chunked.is_none(),
+            chunked,
+            max,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Moves the body bytes buffered in `client` into `out`, framed for the upstream.
+    fn take_buffered<S>(
+        &mut self,
+        client: &mut BufConn<S>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), GatewayError>
+    where
+        S: AsyncReadRent + AsyncWriteRent,
+    {
+        if self.done {
+            return Ok(());
+        }
+        match &mut self.chunked {
+            None => {
+                let n = (client.buffered().len() as u64).min(self.remaining) as usize;
+                out.extend_from_slice(&client.buffered()[..n]);
+                client.consume(n);
+                self.remaining -= n as u64;
+                self.done = self.remaining == 0;
+            }
+            Some(decoder) => {
+                self.scratch.clear();
+                let decoded = decoder
+                    .decode(client.buffered(), &mut self.scratch)
+                    .map_err(|_| GatewayError::BadRequest("invalid chunked body"))?;
+                client.consume(decoded.consumed);
+                if decoder.body_bytes() > self.max {
+                    return Err(GatewayError::BodyTooLarge);
+                }
+                if !self.scratch.is_empty() {
+                    encode_chunk(&self.scratch, out);
+                }
+                if decoded.done {
+                    encode_last_chunk(out);
+                    self.done = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Streams the rest of the request body from the client to the upstream, one read at a time,
+/// so a body of any size passes through in constant memory.
+async fn stream_request_body<S>(
+    client: &mut BufConn<S>,
+    upstream: &mut BufConn<UpstreamStream>,
+    body: &mut RequestBody,
+    idle: std::time::Duration,
+) -> Result<(), Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let mut out = Vec::with_capacity(64 * 1024);
+    while !body.done {
+        match client.fill_within(idle).await {
+            Ok(n) if n > 0 => {}
+            _ => return Err(Failure::Abort), // the client stopped sending its body
+        }
+        body.take_buffered(client, &mut out)?;
+        if !out.is_empty() {
+            let (res, emptied) = upstream.write_all(out).await;
+            out = emptied;
+            res.map_err(|_| GatewayError::Upstream("upstream stopped reading the body"))?;
+        }
+    }
+    Ok(())
+}
+
+enum HeadFailure {
+    Timeout,
+    ClosedBeforeResponse,
+    Invalid,
+}
+
+/// Reads the upstream's final response head (skipping 1xx interim responses other than 101).
+async fn read_response_head(
+    conn: &mut BufConn<UpstreamStream>,
+    method: &str,
+    limits: &crate::snapshot::Limits,
+) -> Result<ResponseHead, HeadFailure> {
+    let deadline = Instant::now() + limits.upstream_timeout;
+    let _ = method;
+    let mut got_bytes = false;
+    loop {
+        match parse_response(conn.buffered(), limits.max_header_bytes) {
+            Ok(Some((head, used))) => {
+                conn.consume(used);
+                let status = head.status();
+                if (100..200).contains(&status) && status != 101 {
+                    got_bytes = true;
+                    continue;
+                }
+                return Ok(head);
+            }
+            Ok(None) => {}
+            Err(_) => return Err(HeadFailure::Invalid),
+        }
+        match conn.fill_until(deadline).await {
+            Ok(0) if !got_bytes && conn.buffered().is_empty() => {
+                return Err(HeadFailure::ClosedBeforeResponse)
+            }
+            Ok(0) => return Err(HeadFailure::Invalid),
+            Ok(_) => got_bytes = true,
+            Err(ReadError::Timeout) => return Err(HeadFailure::Timeout),
+            Err(ReadError::Io(_)) if !got_bytes => return Err(HeadFailure::ClosedBeforeResponse),
+            Err(ReadError::Io(_)) => return Err(HeadFailure::Invalid),
+        }
+    }
+}
+
+/// How the response body is framed toward the client.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ClientFraming {
+    NoBody,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 clients get unknown-length bodies delimited by close.
+    UntilClose,
+    /// 101: the connection becomes a byte tunnel.
+    Tunnel,
+}
+
+/// Writes the response head for the client: the upstream's status and end-to-end headers,
+/// our framing, and our `x-request-id`.
+fn write_response_head(
+    out: &mut Vec<u8>,
+    resp: &ResponseHead,
+    ctx: &RequestCtx,
+    framing: ClientFraming,
+    close: bool,
+    http10: bool,
+) {
+    let status = resp.status();
+    let _ = write!(StrBuf(out), "HTTP/1.1 {} {}\r\n", status, resp.reason());
+    let tunnel = framing == ClientFraming::Tunnel;
+    let mut upstream_length: Option<&[u8]> = None;
+    for (name, value) in resp.headers() {
+        if name.eq_ignore_ascii_case("content-length") {
+            upstream_length = Some(value);
+            continue;
+        }
+        if resp.is_hop_by_hop(name) && !(tunnel && name.eq_ignore_ascii_case("upgrade")) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("x-request-id")
+        {
+            continue;
+        }
+        push_header(out, name, value);
+    }
+    push_header(out, "x-request-id", ctx.request_id.as_bytes());
+    match framing {
+        // HEAD and 304 keep the upstream's Content-Length (RFC 9110 8.6); 204 has none.
+        ClientFraming::NoBody if status >= 200 && status != 204 => {
+            if let Some(v) = upstream_length {
+                push_header(out, "content-length", v);
+            }
+        }
+        ClientFraming::Length(n) => {
+            let _ = write!(StrBuf(out), "content-length: {n}\r\n");
+        }
+        ClientFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if tunnel {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Relays the response body, writing each upstream read to the client as soon as it arrives
+/// (so server-sent events are never held back). `out` already holds the response head.
+/// Returns whether the upstream body ended cleanly (the connection may be pooled).
+async fn relay_response_body<S>(
+    client: &mut BufConn<S>,
+    upstream: &mut BufConn<UpstreamStream>,
+    kind: ResponseBody,
+    framing: ClientFraming,
+    mut out: Vec<u8>,
+    limits: &crate::snapshot::Limits,
+) -> Result<bool, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    // Streams may run longer than the response-head timeout, but not sit silent longer.
+    let silence = limits.upstream_timeout;
+    let chunk_out = framing == ClientFraming::Chunked;
+    let mut decoder = ChunkedDecoder::new();
+    let mut decoded = Vec::new();
+    let mut remaining = match kind {
+        ResponseBody::Length(n) => n,
+        _ => 0,
+    };
+    let mut finished =
+        matches!(kind, ResponseBody::None) || (matches!(kind, ResponseBody::Length(0)));
+    loop {
+        if !finished {
+            match kind {
+                ResponseBody::None => {}
+                ResponseBody::Length(_) => {
+                    let n = (upstream.buffered().len() as u64).min(remaining) as usize;
+                    out.extend_from_slice(&upstream.buffered()[..n]);
+                    upstream.consume(n);
+                    remaining -= n as u64;
+                    finished = remaining == 0;
+                }
+                ResponseBody::Chunked => {
+                    decoded.clear();
+                    let d = decoder
+                        .decode(upstream.buffered(), &mut decoded)
+                        .map_err(|_| Failure::Abort)?;
+                    upstream.consume(d.consumed);
+                    if !decoded.is_empty() {
+                        frame_data(&decoded, chunk_out, &mut out);
+                    }
+                    finished = d.done;
+                }
+                ResponseBody::UntilClose => {
+                    let data = upstream.buffered();
+                    if !data.is_empty() {
+                        let n = data.len();
+                        frame_data(upstream.buffered(), chunk_out, &mut out);
+                        upstream.consume(n);
+                    }
+                }
+            }
+        }
+        if finished && chunk_out {
+            encode_last_chunk(&mut out);
+        }
+        if !out.is_empty() {
+            let (res, emptied) = client.write_all(out).await;
+            out = emptied;
+            res.map_err(|_| Failure::Abort)?;
+        }
+        if finished {
+            return Ok(!matches!(kind, ResponseBody::UntilClose));
+        }
+        match upstream.fill_within(silence).await {
+            Ok(n) if n > 0 => {}
+            Ok(_) if matches!(kind, ResponseBody::UntilClose) => finished = true,
+            _ => return Err(Failure::Abort), // truncated: the client must not see a clean end
+        }
+    }
+}
+
+fn frame_data(data: &[u8], chunked: bool, out: &mut Vec<u8>) {
+    if chunked {
+        encode_chunk(data, out);
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+/// Everything after the request line and Host: end-to-end headers from the client, the
+/// gateway's forwarding headers, the injected credential and the body framing.
+fn upstream_head_tail(
+    head: &RequestHead,
+    ctx: &RequestCtx,
+    route: &Route,
+    upstream: &Upstream,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    let upgrade = head.is_upgrade();
+    let mut forwarded_for: Option<Vec<u8>> = None;
+    for (name, value) in head.headers() {
+        if head.is_hop_by_hop(name) && !(upgrade && name.eq_ignore_ascii_case("upgrade")) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            let prior = forwarded_for.get_or_insert_with(Vec::new);
+            if !prior.is_empty() {
+                prior.extend_from_slice(b", ");
+            }
+            prior.extend_from_slice(value);
+            continue;
+        }
+        if is_replaced_header(name)
+            || (route.strip_client_credentials && is_client_credential(name))
+            || (upstream.injects_credential() && is_client_credential(name))
+        {
+            continue;
+        }
+        push_header(&mut out, name, value);
+    }
+    let mut xff = forwarded_for.unwrap_or_default();
+    if !xff.is_empty() {
+        xff.extend_from_slice(b", ");
+    }
+    let _ = write!(StrBuf(&mut xff), "{}", ctx.client_addr.ip());
+    push_header(&mut out, "x-forwarded-for", &xff);
+    push_header(
+        &mut out,
+        "x-forwarded-proto",
+        if ctx.https { b"https" } else { b"http" },
+    );
+    push_header(&mut out, "x-forwarded-host", head.host().as_bytes());
+    push_header(&mut out, "x-request-id", ctx.request_id.as_bytes());
+    if let Some((name, value)) = upstream.credential_header() {
+        push_header(&mut out, name, value.as_bytes());
+    }
+    match head.body() {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => {
+            let _ = write!(StrBuf(&mut out), "content-length: {n}\r\n");
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Headers the gateway sets itself (or must not forward: Expect is answered here).
+fn is_replaced_header(name: &str) -> bool {
+    [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "expect",
+        "x-request-id",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The headers a client presents its credential in (CONTRACT.md: never forwarded upstream
+/// on an authenticated route or where the gateway injects its own).
+pub fn is_client_credential(name: &str) -> bool {
+    ["authorization", "x-api-key", "api-key"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The path (and query) sent upstream, with the route prefix removed when `strip_prefix`.
+fn forwarded_path(head: &RequestHead, route: &Route) -> String {
+    let path = head.path();
+    let rest = if route.strip_prefix {
+        path.strip_prefix(route.path_prefix.as_str())
+            .unwrap_or(path)
+    } else {
+        path
+    };
+    let mut forwarded =
+        String::with_capacity(rest.len() + 1 + head.query().map_or(0, |q| q.len() + 1));
+    if !rest.starts_with('/') {
+        forwarded.push('/');
+    }
+    forwarded.push_str(rest);
+    if let Some(q) = head.query() {
+        forwarded.push('?');
+        forwarded.push_str(q);
+    }
+    forwarded
+}
+
+/// The client's `x-request-id` if it is well-formed: 1 to 128 visible token characters.
+fn client_request_id(head: &RequestHead) -> Option<String> {
+    let value = head.header("x-request-id")?;
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b));
+    ok.then(|| String::from_utf8_lossy(value).into_owned())
+}
+
+/// After an early answer, skip a Content-Length body that is already fully buffered so the
+/// connection can be reused; anything else means the connection closes.
+fn discard_buffered_body<S>(client: &mut BufConn<S>, head: &RequestHead, ctx: &mut RequestCtx)
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    if ctx.body_done {
+        return;
+    }
+    if let BodyFraming::Length(n) = head.body() {
+        if (client.buffered().len() as u64) >= n && n <= 64 * 1024 {
+            client.consume(n as usize);
+            ctx.body_done = true;
+        }
+    }
+}
+
+fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `fmt::Write` into a byte buffer, so numbers are formatted without a temporary String.
+struct StrBuf<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for StrBuf<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! `credentialflow serve`: start the workers and the admin API, then wait for signals.
+//!
+//! The main thread owns the process lifecycle: SIGHUP reloads, SIGTERM/SIGINT drain and stop.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{mpsc, Arc};
+
+use crate::admin::{self, AdminState};
+use crate::config::{self, Config, SecretWatcher};
+use crate::metrics;
+use crate::snapshot::{Shared, Snapshot};
+use crate::worker::{self, Driver, ListenSpec};
+
+/// `--driver`: which I/O driver the workers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverChoice {
+    /// io_uring where the kernel allows it, else epoll.
+    Auto,
+    /// io_uring, or fail.
+    Uring,
+    /// epoll.
+    Epoll,
+}
+
+/// Exit code for bad input (invalid config).
+pub const EXIT_BAD_INPUT: i32 = 1;
+/// Exit code for runtime failures (for example an address in use).
+pub const EXIT_RUNTIME: i32 = 2;
+
+/// Runs the gateway until a stop signal; returns the process exit code.
+pub fn run(config_path: Option<PathBuf>, driver: DriverChoice) -> i32 {
+    let config_path = config_path.or_else(config::resolve_default_path);
+    let config = match &config_path {
+        Some(path) => match config::load(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors.iter() {
+                    eprintln!("error: {e}");
+                }
+                return EXIT_BAD_INPUT;
+            }
+        },
+        None => {
+            log::info!("no --config and no ./credentialflow.toml: using the built-in default");
+            config::builtin_default()
+        }
+    };
+    let secrets = SecretWatcher::start();
+    let snapshot = match Snapshot::build(config.clone(), &secrets) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return EXIT_BAD_INPUT;
+        }
+    };
+    match start(config, snapshot, config_path, secrets, driver) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+fn start(
+    config: Config,
+    snapshot: Snapshot,
+    config_path: Option<PathBuf>,
+    secrets: SecretWatcher,
+    choice: DriverChoice,
+) -> Result<i32, String> {
+    let driver = pick_driver(choice)?;
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    };
+    let mut specs = Vec::new();
+    for addr in &config.server.listen {
+        specs.push(ListenSpec {
+            addr: reserve_port(addr)?,
+            tls: false,
+        });
+    }
+    if let Some(tls) = &config.server.tls {
+        for addr in &tls.listen {
+            specs.push(ListenSpec {
+                addr: reserve_port(addr)?,
+                tls: true,
+            });
+        }
+    }
+    let admin_listener = TcpListener::bind(&config.server.admin_listen)
+        .map_err(|e| format!("admin_listen {}: {e}", config.server.admin_listen))?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+
+    metrics::global().set_driver(driver.name());
+    metrics::global().set_workers(workers);
+    let shared = Arc::new(Shared::new(snapshot, config_path, secrets, workers));
+
+    let (bound_tx, bound_rx) = mpsc::channel();
+    let mut threads = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let shared = shared.clone();
+        let specs = specs.clone();
+        let bound_tx = bound_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("cf-worker-{id}"))
+            .spawn(move || {
+                pin_to_core(id);
+                worker::run(id, shared, specs, driver, |r| {
+                    let _ = bound_tx.send(r);
+                })
+            })
+            .map_err(|e| format!("cannot start worker thread: {e}"))?;
+        threads.push(thread);
+    }
+    drop(bound_tx);
+    for _ in 0..workers {
+        match bound_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shared.begin_shutdown();
+                return Err(format!("listen {e}"));
+            }
+            Err(_) => {
+                shared.begin_shutdown();
+                return Err("a worker failed to start".into());
+            }
+        }
+    }
+
+    let admin_shutdown = Arc::new(AtomicBool::new(false));
+    let admin_thread = {
+        let ready_shared = shared.clone();
+        let reload_shared = shared.clone();
+        let token = match &config.server.admin_token {
+            Some(r) => Some(shared_secret(&shared, r)?),
+            None => None,
+        };
+        admin::spawn(
+            admin_listener,
+            AdminState {
+                token,
+                ready: Arc::new(move || ready_shared.all_serving()),
+                reload: Arc::new(move || reload_shared.reload()),
+            },
+            admin_shutdown.clone(),
+        )
+    };
+
+    let join = |kind: bool, list: &[ListenSpec]| {
+        list.iter()
+            .filter(|s| s.tls == kind)
+            .map(|s| s.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let tls_part = if specs.iter().any(|s| s.tls) {
+        format!(" tls={}", join(true, &specs))
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "credentialflow ready listen={}{} admin={} driver={} workers={}",
+        join(false, &specs),
+        tls_part,
+        admin_addr,
+        driver.name(),
+        workers
+    );
+
+    wait_for_signals(&shared);
+    admin_shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in threads {
+        let _ = t.join();
+    }
+    let _ = admin_thread.join();
+    log::info!("stopped");
+    Ok(0)
+}
+
+/// Blocks the main thread: SIGHUP reloads; SIGTERM or SIGINT begins the drain and returns.
+fn wait_for_signals(shared: &Shared) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install signal handlers: {e}");
+            return;
+        }
+    };
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            let _ = shared.reload();
+        } else {
+            log::info!("stopping: draining connections");
+            shared.begin_shutdown();
+            return;
+        }
+    }
+}
+
+/// Resolves the address a listener will use. Port 0 becomes a concrete free port here, so that
+/// every worker's SO_REUSEPORT socket joins the same port. Also catches an address already in use
+/// by another process (a SO_REUSEPORT bind alone would silently share it).
+fn reserve_port(addr: &str) -> Result<SocketAddr, String> {
+    let probe = TcpListener::bind(addr).map_err(|e| format!("listen {addr}: {e}"))?;
+    probe
+        .local_addr()
+        .map_err(|e| format!("listen {addr}: {e}"))
+}
+
+/// Chooses the driver: io_uring when asked or available; otherwise epoll, logged once.
+fn pick_driver(choice: DriverChoice) -> Result<Driver, String> {
+    let available = monoio::utils::detect_uring();
+    match choice {
+        DriverChoice::Uring if available => Ok(Driver::Uring),
+        DriverChoice::Uring => Err("io_uring is not available on this host (kernel, seccomp, io_uring_disabled or RLIMIT_MEMLOCK); use --driver epoll".into()),
+        DriverChoice::Epoll => Ok(Driver::Epoll),
+        DriverChoice::Auto if available => Ok(Driver::Uring),
+        DriverChoice::Auto => {
+            log::warn!("io_uring is not available on this host; using the epoll driver");
+            Ok(Driver::Epoll)
+        }
+    }
+}
+
+fn shared_secret(
+    shared: &Shared,
+    reference: &config::SecretRef,
+) -> Result<config::LiveSecret, String> {
+    shared
+        .secrets()
+        .watch(reference)
+        .map_err(|e| format!("server.admin_token: {e}"))
+}
+
+/// Pins worker `id` to core `id` when there are at least that many cores, so each worker's
+/// caches stay warm; harmless to skip when the affinity call is not allowed.
+fn pin_to_core(id: usize) {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    if id >= cores {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only read
+    // and write that local set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(id, &mut set);
+        let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}

@@ -1,0 +1,220 @@
+//! A compiled, immutable view of one config load, and the one place that swaps it.
+//!
+//! Workers load the current [`Snapshot`] once per request (one atomic load, no lock), so a
+//! reload takes effect for the next request on every worker while requests in flight finish on
+//! the snapshot they started with.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::config::{self, AuthKind, Config, SecretWatcher};
+use crate::metrics::{self, RouteMetrics};
+use crate::router::{RouteEntry, Router};
+use crate::tls;
+use crate::upstream::Upstream;
+
+/// One `[[route]]`, resolved against its upstream.
+pub struct Route {
+    /// The route's name, for logs and metric labels.
+    pub name: String,
+    /// The matched prefix, removed from the path when `strip_prefix` is set.
+    pub path_prefix: String,
+    /// Whether to remove `path_prefix` before forwarding.
+    pub strip_prefix: bool,
+    /// Index into [`Snapshot::upstreams`].
+    pub upstream: usize,
+    /// Whether the client's own credential headers are removed before forwarding: on any
+    /// authenticated route, and wherever the gateway injects its own credential.
+    pub strip_client_credentials: bool,
+    /// Request counters and latency for this route; carried across reloads by name.
+    pub metrics: Arc<RouteMetrics>,
+}
+
+/// Limits from `[limits]`, as the hot path uses them.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+}
+
+/// Everything a worker needs from one config load.
+pub struct Snapshot {
+    pub config: Config,
+    pub router: Router,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub limits: Limits,
+    /// Server TLS for the HTTPS listeners (certificates are re-read on every reload).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Metrics for requests that matched no route.
+    pub unrouted: Arc<RouteMetrics>,
+}
+
+impl Snapshot {
+    /// Compiles `config`; every error found is returned, not just the first.
+    pub fn build(config: Config, secrets: &SecretWatcher) -> Result<Snapshot, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut upstreams = Vec::with_capacity(config.upstream.len());
+        for (i, up) in config.upstream.iter().enumerate() {
+            match Upstream::build(up, &config, secrets) {
+                Ok(u) => upstreams.push(Arc::new(u)),
+                Err(e) => errors.push(format!("upstream[{i}]: {e}")),
+            }
+        }
+        let mut routes = Vec::with_capacity(config.route.len());
+        for (i, r) in config.route.iter().enumerate() {
+            let Some(upstream) = config.upstream.iter().position(|u| u.name == r.upstream) else {
+                errors.push(format!(
+                    "route[{i}].upstream: no upstream named {:?}",
+                    r.upstream
+                ));
+                continue;
+            };
+            let injects = config.upstream[upstream].credential.is_some();
+            routes.push(Route {
+                name: r.name.clone(),
+                path_prefix: r.path_prefix.clone(),
+                strip_prefix: r.strip_prefix,
+                upstream,
+                strip_client_credentials: injects || !matches!(r.auth, AuthKind::None),
+                metrics: metrics::global().route(&r.name),
+            });
+        }
+        let tls = match &config.server.tls {
+            Some(t) if !t.listen.is_empty() => {
+                let cert = config.resolve_path(&t.cert);
+                let key = config.resolve_path(&t.key);
+                match tls::server_config(&cert, &key) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        errors.push(format!("server.tls: {e}"));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let router = Router::new(config.route.iter().map(|r| RouteEntry {
+            host: &r.host,
+            path_prefix: &r.path_prefix,
+        }));
+        let l = &config.limits;
+        let limits = Limits {
+            max_header_bytes: l.max_header_bytes,
+            max_body_bytes: l.max_body_bytes,
+            header_timeout: Duration::from_millis(l.header_timeout_ms),
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            upstream_connect_timeout: Duration::from_millis(l.upstream_connect_timeout_ms),
+            upstream_timeout: Duration::from_millis(l.upstream_timeout_ms),
+        };
+        Ok(Snapshot {
+            router,
+            routes,
+            upstreams,
+            limits,
+            tls,
+            unrouted: metrics::global().route("-"),
+            config,
+        })
+    }
+}
+
+/// State shared by every thread of a running gateway.
+pub struct Shared {
+    current: ArcSwap<Snapshot>,
+    /// Serializes reloads (SIGHUP and the admin API may race); never taken on the hot path.
+    reload_lock: Mutex<()>,
+    /// Where the config came from (`None` = the built-in default).
+    config_path: Option<PathBuf>,
+    secrets: SecretWatcher,
+    shutting_down: AtomicBool,
+    workers_serving: AtomicUsize,
+    /// How many worker threads run.
+    pub workers: usize,
+}
+
+impl Shared {
+    /// Shared state starting with `first`.
+    pub fn new(
+        first: Snapshot,
+        config_path: Option<PathBuf>,
+        secrets: SecretWatcher,
+        workers: usize,
+    ) -> Shared {
+        Shared {
+            current: ArcSwap::from_pointee(first),
+            reload_lock: Mutex::new(()),
+            config_path,
+            secrets,
+            shutting_down: AtomicBool::new(false),
+            workers_serving: AtomicUsize::new(0),
+            workers,
+        }
+    }
+
+    /// The snapshot new requests use.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the config file, compiles it and makes it current. On any error the current
+    /// snapshot stays and every error is returned.
+    pub fn reload(&self) -> Result<(), Vec<String>> {
+        let _one_at_a_time = self.reload_lock.lock();
+        let config = match &self.config_path {
+            Some(path) => config::load(path)
+                .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?,
+            None => config::builtin_default(),
+        };
+        let listen_before = self.current.load().config.server.listen.clone();
+        if config.server.listen != listen_before {
+            log::warn!("reload: changed [server].listen takes effect only after a restart");
+        }
+        let result = Snapshot::build(config, &self.secrets).map(|snap| {
+            self.current.store(Arc::new(snap));
+        });
+        metrics::global().config_reloaded(result.is_ok());
+        match &result {
+            Ok(()) => log::info!("config reloaded"),
+            Err(errors) => log::error!("reload refused, old config kept: {}", errors.join("; ")),
+        }
+        result
+    }
+
+    /// The watcher that keeps `file:` secrets current.
+    pub fn secrets(&self) -> &SecretWatcher {
+        &self.secrets
+    }
+
+    /// Starts a graceful shutdown: workers stop accepting and drain.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Called by each worker once its listeners are bound.
+    pub fn worker_serving(&self) {
+        self.workers_serving.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether every worker is serving (for `/healthz`).
+    pub fn all_serving(&self) -> bool {
+        self.workers_serving.load(Ordering::SeqCst) >= self.workers && !self.is_shutting_down()
+    }
+}

@@ -1,0 +1,335 @@
+//! Each worker's idle keep-alive connections to upstream targets.
+//!
+//! Per worker thread, never shared: plain `RefCell`, no locks. Keyed by target address and
+//! TLS server name, not by upstream, so a reload that keeps a target keeps its connections.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::stream::UpstreamStream;
+
+/// Default cap of idle connections kept per [`PoolKey`].
+pub const DEFAULT_MAX_IDLE_PER_KEY: usize = 128;
+/// Default time an idle connection is kept before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What makes two connections interchangeable: the same address, and the same TLS server
+/// name (`None` = cleartext). Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The target's resolved address.
+    pub addr: SocketAddr,
+    /// The TLS server name the connection was verified for; `None` for cleartext.
+    pub tls_name: Option<Arc<str>>,
+}
+
+impl PoolKey {
+    /// A key for `addr`, verified for `tls_name` when TLS.
+    pub fn new(addr: SocketAddr, tls_name: Option<String>) -> PoolKey {
+        PoolKey {
+            addr,
+            tls_name: tls_name.map(Arc::from),
+        }
+    }
+}
+
+struct IdleConn {
+    stream: UpstreamStream,
+    since: Instant,
+}
+
+/// One worker's idle upstream connections. Reuse is LIFO: the most recently used connection
+/// is the least likely to have been closed by the upstream's own idle timeout, and the oldest
+/// ones age out.
+pub struct Pool {
+    /// Per key, oldest first.
+    idle: RefCell<HashMap<PoolKey, VecDeque<IdleConn>>>,
+    max_idle_per_key: usize,
+    idle_timeout: Duration,
+}
+
+impl Default for Pool {
+    /// [`DEFAULT_MAX_IDLE_PER_KEY`] and [`DEFAULT_IDLE_TIMEOUT`].
+    fn default() -> Pool {
+        Pool::new(DEFAULT_MAX_IDLE_PER_KEY, DEFAULT_IDLE_TIMEOUT)
+    }
+}
+
+impl Pool {
+    /// An empty pool keeping at most `max_idle_per_key` connections per key (0 = no pooling)
+    /// for at most `idle_timeout` each.
+    pub fn new(max_idle_per_key: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            idle: RefCell::new(HashMap::new()),
+            max_idle_per_key,
+            idle_timeout,
+        }
+    }
+
+    /// The most recently returned idle connection for `key` that is still usable, if any.
+    /// Expired connections and ones the peer has closed are dropped on the way.
+    pub fn checkout(&self, key: &PoolKey) -> Option<UpstreamStream> {
+        self.checkout_at(key, Instant::now())
+    }
+
+    /// Returns a connection whose last exchange ended cleanly (response fully read, both sides
+    /// keep-alive). When the key is at its cap, the oldest idle connection is closed.
+    pub fn checkin(&self, key: PoolKey, stream: UpstreamStream) {
+        self.checkin_at(key, stream, Instant::now());
+    }
+
+    /// Closes every expired idle connection and forgets empty keys; returns how many were
+    /// closed. Call now and then (e.g. every few seconds from the worker), so idle
+    /// connections to targets no longer used do not linger.
+    pub fn evict_expired(&self) -> usize {
+        self.evict_expired_at(Instant::now())
+    }
+
+    /// How many idle connections are held, over all keys.
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(VecDeque::len).sum()
+    }
+
+    fn checkout_at(&self, key: &PoolKey, now: Instant) -> Option<UpstreamStream> {
+        let mut idle = self.idle.borrow_mut();
+        let queue = idle.get_mut(key)?;
+        drop_expired(queue, now, self.idle_timeout);
+        while let Some(conn) = queue.pop_back() {
+            if conn.stream.is_reusable() {
+                return Some(conn.stream);
+            }
+        }
+        None
+    }
+
+    fn checkin_at(&self, key: PoolKey, stream: UpstreamStream, now: Instant) {
+        if self.max_idle_per_key == 0 {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let queue = idle.entry(key).or_default();
+        if queue.len() >= self.max_idle_per_key {
+            queue.pop_front();
+        }
+        queue.push_back(IdleConn { stream, since: now });
+    }
+
+    fn evict_expired_at(&self, now: Instant) -> usize {
+        let mut idle = self.idle.borrow_mut();
+        let mut closed = 0;
+        idle.retain(|_, queue| {
+            closed += drop_expired(queue, now, self.idle_timeout);
+            !queue.is_empty()
+        });
+        closed
+    }
+}
+
+/// Drops the expired connections at the old end of `queue`; returns how many.
+fn drop_expired(queue: &mut VecDeque<IdleConn>, now: Instant, idle_timeout: Duration) -> usize {
+    let mut dropped = 0;
+    while queue
+        .front()
+        .is_some_and(|c| now.saturating_duration_since(c.since) >= idle_timeout)
+    {
+        queue.pop_front();
+        dropped += 1;
+    }
+    dropped
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use monoio::net::TcpStream;
+
+    use super::*;
+    use crate::upstream::test_support::{on_each_driver, serve_one, wait_readable};
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn key(addr: SocketAddr) -> PoolKey {
+        PoolKey::new(addr, None)
+    }
+
+    /// A connection to `listener`: the kernel completes it without an accept.
+    async fn conn_to(listener: &TcpListener) -> UpstreamStream {
+        let addr = listener.local_addr().unwrap();
+        UpstreamStream::Plain(TcpStream::connect_addr(addr).await.expect("connect"))
+    }
+
+    fn port_of(stream: &UpstreamStream) -> u16 {
+        stream.local_addr().unwrap().port()
+    }
+
+    #[test]
+    fn checkout_of_an_unknown_key_is_none() {
+        let pool = Pool::default();
+        assert!(pool
+            .checkout(&key("127.0.0.1:1".parse().unwrap()))
+            .is_none());
+    }
+
+    #[test]
+    fn checked_in_connection_is_checked_out_again() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = key(listener.local_addr().unwrap());
+            let pool = Pool::default();
+            let conn = conn_to(&listener).await;
+            let port = port_of(&conn);
+            pool.checkin(k.clone(), conn);
+            assert_eq!(pool.idle_count(), 1);
+            let again = pool.checkout(&k).expect("pooled connection");
+            assert_eq!(port_of(&again), port);
+            assert_eq!(pool.idle_count(), 0);
+        });
+    }
+
+    #[test]
+    fn checkout_reuses_the_most_recent_connection_first() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = key(listener.local_addr().unwrap());
+            let pool = Pool::default();
+            let (first, second) = (conn_to(&listener).await, conn_to(&listener).await);
+            let (first_port, second_port) = (port_of(&first), port_of(&second));
+            pool.checkin(k.clone(), first);
+            pool.checkin(k.clone(), second);
+            assert_eq!(port_of(&pool.checkout(&k).unwrap()), second_port);
+            assert_eq!(port_of(&pool.checkout(&k).unwrap()), first_port);
+        });
+    }
+
+    #[test]
+    fn expired_connection_is_not_reused() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = key(listener.local_addr().unwrap());
+            let pool = Pool::new(8, TIMEOUT);
+            let t0 = Instant::now();
+            pool.checkin_at(k.clone(), conn_to(&listener).await, t0);
+            assert!(pool.checkout_at(&k, t0 + TIMEOUT).is_none());
+            assert_eq!(pool.idle_count(), 0);
+        });
+    }
+
+    #[test]
+    fn connection_just_under_the_idle_timeout_is_reused() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = key(listener.local_addr().unwrap());
+            let pool = Pool::new(8, TIMEOUT);
+            let t0 = Instant::now();
+            pool.checkin_at(k.clone(), conn_to(&listener).await, t0);
+            let almost = t0 + TIMEOUT - Duration::from_millis(1);
+            assert!(pool.checkout_at(&k, almost).is_some());
+        });
+    }
+
+    #[test]
+    fn cap_closes_the_oldest_idle_connection() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = key(listener.local_addr().unwrap());
+            let pool = Pool::new(2, TIMEOUT);
+            let mut ports = Vec::new();
+            for _ in 0..3 {
+                let conn = conn_to(&listener).await;
+                ports.push(port_of(&conn));
+                pool.checkin(k.clone(), conn);
+            }
+            assert_eq!(pool.idle_count(), 2);
+            assert_eq!(port_of(&pool.checkout(&k).unwrap()), ports[2]);
+            assert_eq!(port_of(&pool.checkout(&k).unwrap()), ports[1]);
+            assert!(pool.checkout(&k).is_none());
+        });
+    }
+
+    #[test]
+    fn zero_cap_keeps_nothing() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = key(listener.local_addr().unwrap());
+            let pool = Pool::new(0, TIMEOUT);
+            pool.checkin(k.clone(), conn_to(&listener).await);
+            assert_eq!(pool.idle_count(), 0);
+            assert!(pool.checkout(&k).is_none());
+        });
+    }
+
+    #[test]
+    fn keys_with_different_tls_names_do_not_share_connections() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let pool = Pool::default();
+            pool.checkin(
+                PoolKey::new(addr, Some("a.example".into())),
+                conn_to(&listener).await,
+            );
+            assert!(pool
+                .checkout(&PoolKey::new(addr, Some("b.example".into())))
+                .is_none());
+            assert!(pool.checkout(&PoolKey::new(addr, None)).is_none());
+            assert!(pool
+                .checkout(&PoolKey::new(addr, Some("a.example".into())))
+                .is_some());
+        });
+    }
+
+    #[test]
+    fn connection_closed_by_the_upstream_is_not_reused() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = key(listener.local_addr().unwrap());
+            let pool = Pool::default();
+            let conn = conn_to(&listener).await;
+            let fd = conn.raw_fd();
+            serve_one(listener, b"", true).join().unwrap();
+            wait_readable(fd);
+            pool.checkin(k.clone(), conn);
+            assert!(pool.checkout(&k).is_none());
+            assert_eq!(pool.idle_count(), 0);
+        });
+    }
+
+    #[test]
+    fn plain_connection_with_unsolicited_bytes_is_not_reused() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = key(listener.local_addr().unwrap());
+            let pool = Pool::default();
+            let conn = conn_to(&listener).await;
+            let fd = conn.raw_fd();
+            let server = serve_one(listener, b"HTTP/1.1 408 Request Timeout\r\n\r\n", false);
+            let _held_open = server.join().unwrap();
+            wait_readable(fd);
+            pool.checkin(k.clone(), conn);
+            assert!(pool.checkout(&k).is_none());
+        });
+    }
+
+    #[test]
+    fn evict_expired_closes_old_connections_and_keeps_fresh_ones() {
+        on_each_driver(|| async {
+            let old_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let fresh_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let pool = Pool::new(8, TIMEOUT);
+            let t0 = Instant::now();
+            let old_key = key(old_listener.local_addr().unwrap());
+            let fresh_key = key(fresh_listener.local_addr().unwrap());
+            pool.checkin_at(old_key.clone(), conn_to(&old_listener).await, t0);
+            let later = t0 + Duration::from_secs(20);
+            pool.checkin_at(fresh_key.clone(), conn_to(&fresh_listener).await, later);
+            assert_eq!(pool.evict_expired_at(t0 + TIMEOUT), 1);
+            assert_eq!(pool.idle_count(), 1);
+            assert!(!pool.idle.borrow().contains_key(&old_key));
+            assert!(pool.idle.borrow().contains_key(&fresh_key));
+        });
+    }
+}

@@ -1,0 +1,110 @@
+//! A connection with its read buffer, for monoio's owned-buffer ("rent") I/O.
+//!
+//! io_uring takes ownership of a buffer for the duration of a read, so the buffer lives in the
+//! connection and is lent to each read. Unconsumed bytes stay at `buf[start..]`; parsers look at
+//! [`BufConn::buffered`] and say how much they used with [`BufConn::consume`].
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+/// Smallest free space worth handing to a read.
+const MIN_READ: usize = 4096;
+
+/// Why a timed read did not deliver bytes.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The deadline passed first. The connection's buffer is gone with the cancelled read, so
+    /// the connection must not be used again.
+    Timeout,
+    /// The socket failed.
+    Io(io::Error),
+}
+
+/// A stream plus the bytes read from it that nobody has consumed yet.
+pub struct BufConn<S> {
+    /// The underlying stream, for writes and for taking it apart (tunnels, pool check-in).
+    pub io: S,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
+    /// Wraps `io` with a read buffer of `capacity` bytes (grown on demand for long heads).
+    pub fn new(io: S, capacity: usize) -> Self {
+        BufConn {
+            io,
+            buf: Vec::with_capacity(capacity),
+            start: 0,
+        }
+    }
+
+    /// Bytes read but not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Marks the first `n` buffered bytes as used.
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.buf.len() - self.start);
+        self.start += n;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Reads more bytes after the buffered ones; `Ok(0)` means the peer closed.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        self.make_room();
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let (res, slice) = self.io.read(buf.slice_mut(len..)).await;
+        self.buf = slice.into_inner();
+        res
+    }
+
+    /// [`fill`](Self::fill) that gives up at `deadline`.
+    pub async fn fill_until(&mut self, deadline: Instant) -> Result<usize, ReadError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.fill_within(left).await
+    }
+
+    /// [`fill`](Self::fill) that gives up after `limit`.
+    pub async fn fill_within(&mut self, limit: Duration) -> Result<usize, ReadError> {
+        if limit.is_zero() {
+            return Err(ReadError::Timeout);
+        }
+        match monoio::time::timeout(limit, self.fill()).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(ReadError::Io(e)),
+            Err(_) => Err(ReadError::Timeout),
+        }
+    }
+
+    /// Writes all of `data` and hands the buffer back for reuse (cleared).
+    pub async fn write_all(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let (res, mut data) = self.io.write_all(data).await;
+        data.clear();
+        (res.map(|_| ()), data)
+    }
+
+    /// Takes the stream back, with any bytes still buffered.
+    pub fn into_parts(mut self) -> (S, Vec<u8>) {
+        let rest = self.buf.split_off(self.start);
+        (self.io, rest)
+    }
+
+    /// Moves unconsumed bytes to the front, or grows the buffer, so a read has room.
+    fn make_room(&mut self) {
+        if self.start > 0 && self.buf.capacity() - self.buf.len() < MIN_READ {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < MIN_READ {
+            self.buf.reserve(self.buf.capacity().max(MIN_READ));
+        }
+    }
+}

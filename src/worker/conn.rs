@@ -1,0 +1,129 @@
+//! One client connection: TLS handshake, then requests in order until close.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
+use monoio::net::TcpStream;
+
+use super::{BufConn, ReadError, Worker};
+use crate::error::GatewayError;
+use crate::http1::{HeadError, HeadParser};
+use crate::pipeline::{self, Outcome};
+use crate::upstream::UpstreamStream;
+
+/// Initial read buffer per connection; heads larger than this grow it up to `max_header_bytes`.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// Serves one accepted connection until it closes.
+pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool) {
+    if !tls {
+        serve_http(worker, BufConn::new(stream, READ_BUFFER), peer, false).await;
+        return;
+    }
+    let snapshot = worker.shared.snapshot();
+    let Some(config) = snapshot.tls.clone() else {
+        return;
+    };
+    let acceptor = monoio_rustls::TlsAcceptor::from(config);
+    let limit = snapshot.limits.header_timeout;
+    drop(snapshot);
+    match monoio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => {
+            serve_http(worker, BufConn::new(tls_stream, READ_BUFFER), peer, true).await
+        }
+        Ok(Err(e)) => log::debug!("TLS handshake with {peer} failed: {e}"),
+        Err(_) => log::debug!("TLS handshake with {peer} timed out"),
+    }
+}
+
+/// The keep-alive loop: read a head, run the pipeline, repeat.
+async fn serve_http<S>(worker: Rc<Worker>, mut client: BufConn<S>, peer: SocketAddr, https: bool)
+where
+    S: AsyncReadRent + AsyncWriteRent + Split + 'static,
+{
+    let mut parser = HeadParser::new();
+    let mut first_request = true;
+    loop {
+        let limits = worker.shared.snapshot().limits;
+        // The first head must start within the header timeout of accept; later ones may wait
+        // for the idle timeout, then get the header timeout once their first byte arrives.
+        if client.buffered().is_empty() {
+            let wait = if first_request {
+                limits.header_timeout
+            } else {
+                limits.idle_timeout
+            };
+            let read = monoio::select! {
+                r = client.fill_within(wait) => Some(r),
+                _ = worker.shutdown.notified() => None,
+            };
+            match read {
+                Some(Ok(n)) if n > 0 => {}
+                _ => return, // closed, idle too long, failed, or shutting down
+            }
+        }
+        let head_deadline = Instant::now() + limits.header_timeout;
+        let request_id_for_errors = || worker.next_request_id();
+        parser.reset();
+        let head = loop {
+            match parser.parse(client.buffered(), limits.max_header_bytes) {
+                Ok(Some((head, used))) => {
+                    client.consume(used);
+                    break head;
+                }
+                Ok(None) => match client.fill_until(head_deadline).await {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) | Err(ReadError::Io(_)) => return,
+                    Err(ReadError::Timeout) => {
+                        // The cancelled read took the buffer with it; answer on the raw stream.
+                        let err = GatewayError::HeaderTimeout;
+                        pipeline::reject(&worker, &mut client, &err, &request_id_for_errors())
+                            .await;
+                        return;
+                    }
+                },
+                Err(e) => {
+                    let err = match e {
+                        HeadError::TooLarge => GatewayError::HeadersTooLarge,
+                        HeadError::NotImplemented(why) => GatewayError::NotImplemented(why),
+                        HeadError::Malformed(why) => GatewayError::BadRequest(why),
+                    };
+                    pipeline::reject(&worker, &mut client, &err, &request_id_for_errors()).await;
+                    return;
+                }
+            }
+        };
+        first_request = false;
+        match pipeline::handle(&worker, &mut client, head, peer, https).await {
+            Outcome::KeepAlive if !worker.shutting_down() => continue,
+            Outcome::Tunnel(upstream) => return tunnel(client, upstream).await,
+            _ => return,
+        }
+    }
+}
+
+/// After a 101, relays bytes both ways until either side closes (RFC 9110 7.8).
+async fn tunnel<S>(client: BufConn<S>, upstream: BufConn<UpstreamStream>)
+where
+    S: AsyncReadRent + AsyncWriteRent + Split + 'static,
+{
+    let (client_io, client_early) = client.into_parts();
+    let (upstream_io, upstream_early) = upstream.into_parts();
+    let (mut client_rx, mut client_tx) = client_io.into_split();
+    let (mut upstream_rx, mut upstream_tx) = upstream_io.into_split();
+    // Bytes that arrived with the heads belong to the new protocol.
+    if !client_early.is_empty() && upstream_tx.write_all(client_early).await.0.is_err() {
+        return;
+    }
+    if !upstream_early.is_empty() && client_tx.write_all(upstream_early).await.0.is_err() {
+        return;
+    }
+    let to_upstream = monoio::io::copy(&mut client_rx, &mut upstream_tx);
+    let to_client = monoio::io::copy(&mut upstream_rx, &mut client_tx);
+    monoio::select! {
+        _ = to_upstream => {},
+        _ = to_client => {},
+    }
+}

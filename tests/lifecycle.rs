@@ -1,0 +1,362 @@
+//! The gateway's life: `check`, reload by SIGHUP and by the admin API (under
+//! load, and with a bad config), graceful shutdown, health and metrics.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn check_reports_every_error_with_its_key_path() {
+    let out = check_config(&config(
+        r#"
+[[upstream]]
+name = "backend"
+targets = ["not-an-address"]
+
+[[route]]
+name = "api"
+path_prefix = "/"
+upstream = "no_such_upstream"
+auth = "none"
+"#,
+    ));
+    assert_eq!(out.code, Some(1), "{}", out.output());
+    let output = out.output();
+    let lines: Vec<&str> = output.lines().collect();
+    let targets_line = lines.iter().position(|l| l.contains("targets"));
+    let route_line = lines
+        .iter()
+        .position(|l| l.contains("route") && l.contains("upstream") && !l.contains("targets"));
+    assert!(
+        targets_line.is_some(),
+        "no error names upstream targets:\n{output}"
+    );
+    assert!(
+        route_line.is_some(),
+        "no error names route upstream:\n{output}"
+    );
+}
+
+#[test]
+fn check_rejects_an_unknown_key() {
+    let out = check_config(&config("[limits]\nmax_header_byte = 100\n"));
+    assert_eq!(out.code, Some(1), "{}", out.output());
+    assert!(out.output().contains("max_header_byte"), "{}", out.output());
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let out = check_config(&config(&proxy_config("127.0.0.1:9")));
+    assert_eq!(out.code, Some(0), "{}", out.output());
+}
+
+#[test]
+fn check_warns_about_a_literal_secret_without_printing_it() {
+    let out = check_config(&config(&format!(
+        "{}{}",
+        upstream_toml(
+            "backend",
+            "127.0.0.1:9",
+            r#"credential = { header = "authorization", value = "Bearer {secret}", secret = "sk-literal-abc123" }"#,
+        ),
+        route_toml("api", "/", "backend", ""),
+    )));
+    let output = out.output();
+    assert_eq!(out.code, Some(0), "{output}");
+    assert!(
+        output.lines().any(|l| l.contains("warning")),
+        "no warning line:\n{output}"
+    );
+    assert!(
+        !output.contains("sk-literal-abc123"),
+        "the secret was printed:\n{output}"
+    );
+}
+
+/// Three echo upstreams `a`, `b`, `c` and a config routing `/` to one of them.
+struct ThreeUpstreams {
+    a: Upstream,
+    b: Upstream,
+    c: Upstream,
+}
+
+impl ThreeUpstreams {
+    fn start() -> ThreeUpstreams {
+        ThreeUpstreams {
+            a: Upstream::echo("a"),
+            b: Upstream::echo("b"),
+            c: Upstream::echo("c"),
+        }
+    }
+
+    /// The config with the route pointing at `target` and extra `rest`.
+    fn config_routing_to(&self, target: &str, rest: &str) -> String {
+        config(&format!(
+            "{}{}{}{}{rest}",
+            upstream_toml("a", &self.a.target(), ""),
+            upstream_toml("b", &self.b.target(), ""),
+            upstream_toml("c", &self.c.target(), ""),
+            route_toml("svc", "/", target, ""),
+        ))
+    }
+}
+
+/// What the load threads saw.
+#[derive(Default)]
+struct LoadReport {
+    ok: usize,
+    failures: Vec<String>,
+}
+
+/// Client threads sending GETs in a loop on keep-alive connections, opening a
+/// new connection every 20 requests, until stopped (or 60 s pass).
+struct Load {
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<LoadReport>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(LoadReport::default()));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                let report = report.clone();
+                std::thread::spawn(move || load_loop(addr, &stop, &report))
+            })
+            .collect();
+        Load {
+            stop,
+            report,
+            threads,
+        }
+    }
+
+    fn finish(self) -> LoadReport {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads {
+            thread.join().expect("load thread panicked");
+        }
+        std::mem::take(&mut *self.report.lock().unwrap())
+    }
+}
+
+fn load_loop(addr: SocketAddr, stop: &AtomicBool, report: &Mutex<LoadReport>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let mut client = match Client::try_connect(addr) {
+            Ok(client) => client,
+            Err(e) => {
+                report
+                    .lock()
+                    .unwrap()
+                    .failures
+                    .push(format!("connect: {e}"));
+                continue;
+            }
+        };
+        for _ in 0..20 {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let outcome = client
+                .try_send(&get("/load"))
+                .map_err(|e| format!("send: {e}"))
+                .and_then(|()| client.try_read_final_response().map_err(|e| e.to_string()));
+            let mut report = report.lock().unwrap();
+            match outcome {
+                Ok(response) if response.status == 200 => {
+                    report.ok += 1;
+                    if response.header_has_token("connection", "close") {
+                        break;
+                    }
+                }
+                Ok(response) => {
+                    report
+                        .failures
+                        .push(format!("{} {}", response.status, response.text()));
+                    break;
+                }
+                Err(e) => {
+                    report.failures.push(e);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The upstream that answered a GET on a new connection.
+fn answering_upstream(gw: &Gateway) -> String {
+    Echo::of(&http_get(gw.addr(), "/probe")).upstream
+}
+
+on_both_drivers! {
+    /// Reloads by SIGHUP and by the admin API under load fail no request, and
+    /// afterwards new requests go to the newly configured upstream.
+    fn reload_under_load_fails_no_request_and_switches_upstream(driver) {
+        let ups = ThreeUpstreams::start();
+        let gw = Gateway::start(&ups.config_routing_to("a", ""), driver);
+        let load = Load::start(gw.addr(), 2);
+        assert!(ups.a.wait_for_requests(20, WAIT), "the load never got going");
+
+        gw.write_config(&ups.config_routing_to("b", ""));
+        gw.reload_sighup();
+        let mut last = String::new();
+        let switched = wait_until(WAIT, || {
+            last = answering_upstream(&gw);
+            last == "b"
+        });
+        assert!(switched, "SIGHUP never switched the route to b (still {last})");
+
+        gw.write_config(&ups.config_routing_to("c", ""));
+        let reload = gw.reload_admin();
+        assert_eq!(reload.status, 200, "{}", reload.text());
+        // 200 means live on every worker: every new connection now reaches c.
+        for _ in 0..6 {
+            assert_eq!(answering_upstream(&gw), "c");
+        }
+        let seen_by_c = ups.c.request_count();
+        assert!(
+            ups.c.wait_for_requests(seen_by_c + 20, WAIT),
+            "the load never reached the new upstream"
+        );
+
+        let report = load.finish();
+        assert!(report.failures.is_empty(), "failed requests: {:?}", report.failures);
+        assert!(report.ok >= 20, "only {} requests succeeded", report.ok);
+    }
+}
+
+#[test]
+fn invalid_config_on_admin_reload_is_400_with_the_errors_and_the_old_config_stays() {
+    let ups = ThreeUpstreams::start();
+    let gw = Gateway::start(&ups.config_routing_to("a", ""), Driver::Epoll);
+    assert_eq!(answering_upstream(&gw), "a");
+
+    gw.write_config(&ups.config_routing_to("b", "\n[limits]\nbogus_limit = 1\n"));
+    let reload = gw.reload_admin();
+    assert_eq!(reload.status, 400, "{}", reload.text());
+    assert!(
+        reload.text().contains("bogus_limit"),
+        "errors not named: {}",
+        reload.text()
+    );
+    assert_eq!(answering_upstream(&gw), "a");
+}
+
+#[test]
+fn invalid_config_on_sighup_keeps_the_old_config() {
+    let ups = ThreeUpstreams::start();
+    let gw = Gateway::start(&ups.config_routing_to("a", ""), Driver::Epoll);
+    gw.write_config(&ups.config_routing_to("b", "\n[limits]\nbogus_limit = 1\n"));
+    gw.reload_sighup();
+    // The rejected reload is logged with its errors; that is the signal it ran.
+    assert!(
+        wait_until(WAIT, || gw.stderr().contains("bogus_limit")),
+        "the failed reload was never reported; stderr:\n{}",
+        gw.stderr()
+    );
+    assert_eq!(answering_upstream(&gw), "a");
+}
+
+#[test]
+fn admin_reload_without_the_admin_token_is_401() {
+    let upstream = Upstream::echo("backend");
+    let gw = Gateway::start(&config(&proxy_config(&upstream.target())), Driver::Epoll);
+    let raw = request("POST", "/admin/reload", &[("Connection", "close")], b"");
+    roundtrip(gw.admin_addr(), &raw).assert_error(401, "authentication_error");
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_refuses_new_connections_and_exits_0() {
+    let release = Gate::new();
+    let upstream = Upstream::replying(
+        "slow",
+        Reply::Held(release.clone(), Box::new(Reply::text("done"))),
+    );
+    let mut gw = Gateway::start(&config(&proxy_config(&upstream.target())), Driver::Epoll);
+    let mut in_flight: Vec<Client> = (0..3)
+        .map(|i| {
+            let mut client = Client::connect(gw.addr());
+            client.send(&get(&format!("/slow/{i}")));
+            client
+        })
+        .collect();
+    assert!(
+        upstream.wait_for_requests(3, WAIT),
+        "requests never reached the upstream"
+    );
+
+    gw.signal(libc::SIGTERM);
+    let addr = gw.addr();
+    assert!(
+        wait_until(WAIT, || TcpStream::connect(addr).is_err()),
+        "the listener still accepts connections after SIGTERM"
+    );
+
+    release.open();
+    for client in &mut in_flight {
+        let response = client.read_final_response();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.text(), "done");
+    }
+    let status = gw.wait_exit(Duration::from_secs(40));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", gw.stderr());
+}
+
+#[test]
+fn sigint_stops_the_gateway_with_exit_code_0() {
+    let upstream = Upstream::echo("backend");
+    let mut gw = Gateway::start(&config(&proxy_config(&upstream.target())), Driver::Epoll);
+    assert_eq!(http_get(gw.addr(), "/before").status, 200);
+    gw.signal(libc::SIGINT);
+    let status = gw.wait_exit(Duration::from_secs(40));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", gw.stderr());
+}
+
+#[test]
+fn healthz_answers_200_ok() {
+    let upstream = Upstream::echo("backend");
+    let gw = Gateway::start(&config(&proxy_config(&upstream.target())), Driver::Epoll);
+    let response = gw.admin_get("/healthz");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["status"], "ok");
+}
+
+/// The sum of `credentialflow_requests_total` samples labelled `route="api"`.
+fn api_requests_total(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("credentialflow_requests_total{") && l.contains("route=\"api\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+on_both_drivers! {
+    /// `/metrics` counts proxied requests by route and names the driver in use.
+    fn metrics_count_requests_by_route_and_name_the_driver(driver) {
+        let upstream = Upstream::echo("backend");
+        let gw = Gateway::start(&config(&proxy_config(&upstream.target())), driver);
+        for _ in 0..3 {
+            assert_eq!(http_get(gw.addr(), "/counted").status, 200);
+        }
+        let mut metrics = String::new();
+        let counted = wait_until(WAIT, || {
+            let response = gw.admin_get("/metrics");
+            metrics = response.text();
+            response.status == 200 && api_requests_total(&metrics) >= 3.0
+        });
+        assert!(counted, "credentialflow_requests_total{{route=\"api\"}} < 3:\n{metrics}");
+        let driver_label = format!("driver=\"{}\"", driver.as_str());
+        assert!(metrics.contains(&driver_label), "no {driver_label} in /metrics:\n{metrics}");
+    }
+}
