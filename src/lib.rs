@@ -8,6 +8,7 @@
 //! - `metrics`: Prometheus counters and histograms, lock-free on the hot path.
 //! - `admin`: the admin listener (`/healthz`, `/metrics`, `/admin/*`) on its own thread.
 
+pub mod accesslog;
 pub mod admin;
 pub mod config;
 pub mod http1;

@@ -111,7 +111,7 @@ where
             }
         }
     };
-    log_phase(&snapshot, &ctx);
+    log_phase(worker, &snapshot, &head, &ctx);
     outcome
 }
 
@@ -156,13 +156,32 @@ where
     proxy(worker, snapshot, route, client, head, ctx).await
 }
 
-/// Phase log: every request, answered or rejected, is counted on its route.
-fn log_phase(snapshot: &Snapshot, ctx: &RequestCtx) {
-    let metrics = match ctx.route {
-        Some(i) => &snapshot.routes[i].metrics,
-        None => &snapshot.unrouted,
-    };
-    metrics.record(ctx.status, ctx.started.elapsed());
+/// Phase log: every request, answered or rejected, is counted on its route and written to
+/// the access log.
+fn log_phase(worker: &Worker, snapshot: &Snapshot, head: &RequestHead, ctx: &RequestCtx) {
+    let elapsed = ctx.started.elapsed();
+    let route = ctx.route.map(|i| &snapshot.routes[i]);
+    match route {
+        Some(r) => r.metrics.record(ctx.status, elapsed),
+        None => snapshot.unrouted.record(ctx.status, elapsed),
+    }
+    if worker.access_log.enabled() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let line = serde_json::json!({
+            "ts_ms": now.as_millis() as u64,
+            "request_id": ctx.request_id,
+            "client": ctx.client_addr.ip().to_string(),
+            "method": head.method(),
+            "host": head.host(),
+            "path": head.path(),
+            "route": route.map(|r| r.name.as_str()),
+            "status": ctx.status,
+            "duration_us": elapsed.as_micros() as u64,
+        });
+        worker.access_log.write(line.to_string());
+    }
 }
 
 /// Forwards the request to the route's upstream and relays the response.

@@ -99,6 +99,13 @@ fn start(
         .map_err(|e| format!("admin_listen {}: {e}", config.server.admin_listen))?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
+    let access_log_path = match config.server.access_log.as_str() {
+        "" | "-" => PathBuf::from(&config.server.access_log),
+        path => config.resolve_path(path),
+    };
+    let (access_log, access_log_writer) = crate::accesslog::start(&access_log_path)
+        .map_err(|e| format!("access_log {}: {e}", access_log_path.display()))?;
+
     metrics::global().set_driver(driver.name());
     metrics::global().set_workers(workers);
     let shared = Arc::new(Shared::new(snapshot, config_path, secrets, workers));
@@ -109,11 +116,12 @@ fn start(
         let shared = shared.clone();
         let specs = specs.clone();
         let bound_tx = bound_tx.clone();
+        let access_log = access_log.clone();
         let thread = std::thread::Builder::new()
             .name(format!("cf-worker-{id}"))
             .spawn(move || {
                 pin_to_core(id);
-                worker::run(id, shared, specs, driver, |r| {
+                worker::run(id, shared, specs, driver, access_log, |r| {
                     let _ = bound_tx.send(r);
                 })
             })
@@ -181,6 +189,11 @@ fn start(
         let _ = t.join();
     }
     let _ = admin_thread.join();
+    // Every worker's sender is gone; dropping ours lets the writer finish the queue.
+    drop(access_log);
+    if let Some(writer) = access_log_writer {
+        let _ = writer.join();
+    }
     log::info!("stopped");
     Ok(0)
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpListener;
 
+use crate::accesslog::AccessLog;
 use crate::metrics;
 use crate::snapshot::Shared;
 use crate::upstream::Pool;
@@ -51,12 +52,17 @@ pub struct ListenSpec {
 /// idle worker takes to notice SIGTERM.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 
+/// How often idle upstream connections past their idle timeout are closed.
+const POOL_EVICTION: Duration = Duration::from_secs(5);
+
 /// Per-worker state, owned by the worker thread and shared by its tasks through `Rc`.
 pub struct Worker {
     /// Index of this worker (0-based), for metrics.
     pub id: usize,
     /// Process-wide state: the current snapshot and the shutdown flag.
     pub shared: Arc<Shared>,
+    /// This worker's handle on the access-log writer.
+    pub access_log: AccessLog,
     /// Idle keep-alive connections to upstream targets.
     pub pool: Pool,
     /// Fired once when shutdown begins: stops accept loops and closes idle connections.
@@ -89,9 +95,10 @@ pub fn run(
     shared: Arc<Shared>,
     listeners: Vec<ListenSpec>,
     driver: Driver,
+    access_log: AccessLog,
     on_bound: impl FnOnce(io::Result<()>),
 ) {
-    let work = move || serve(id, shared, listeners, driver, on_bound);
+    let work = move || serve(id, shared, listeners, access_log, on_bound);
     let built = match driver {
         Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(4096)
@@ -115,7 +122,7 @@ async fn serve(
     id: usize,
     shared: Arc<Shared>,
     specs: Vec<ListenSpec>,
-    _driver: Driver,
+    access_log: AccessLog,
     on_bound: impl FnOnce(io::Result<()>),
 ) {
     let mut listeners = Vec::with_capacity(specs.len());
@@ -131,6 +138,7 @@ async fn serve(
     let worker = Rc::new(Worker {
         id,
         shared: shared.clone(),
+        access_log,
         pool: Pool::new(128, Duration::from_secs(30)),
         shutdown: LocalNotify::default(),
         slot_freed: LocalNotify::default(),
@@ -145,8 +153,15 @@ async fn serve(
     for (listener, tls) in listeners {
         accept_loops.push(monoio::spawn(accept_loop(worker.clone(), listener, tls)));
     }
+    // The worker's housekeeping loop: notice shutdown, and close idle upstream connections that
+    // outlived the pool's idle timeout (targets no longer used would otherwise keep them).
+    let mut last_eviction = Instant::now();
     while !worker.shutting_down() {
         monoio::time::sleep(SHUTDOWN_POLL).await;
+        if last_eviction.elapsed() >= POOL_EVICTION {
+            worker.pool.evict_expired();
+            last_eviction = Instant::now();
+        }
     }
     worker.shutdown.notify_all();
     for handle in accept_loops {

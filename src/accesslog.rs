@@ -1,0 +1,121 @@
+//! The access log: one JSON line per request, written by its own thread.
+//!
+//! Workers hand finished lines over a bounded channel and never wait: if the writer falls
+//! behind, lines are dropped and counted (`credentialflow_access_log_dropped_total`).
+
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use crate::metrics;
+
+/// Lines that may wait for the writer before new ones are dropped.
+const QUEUE: usize = 64 * 1024;
+/// The writer flushes at least this often, so a crash loses at most about this much.
+const FLUSH_EVERY: Duration = Duration::from_millis(500);
+
+/// The workers' side of the access log. Cloning is cheap; `Off` logs nothing.
+#[derive(Clone)]
+pub enum AccessLog {
+    /// `access_log = ""`.
+    Off,
+    /// Lines go to the writer thread.
+    On { tx: Sender<String>, dropped: Arc<AtomicU64> },
+}
+
+impl AccessLog {
+    /// Whether lines are wanted (so workers skip formatting them when off).
+    pub fn enabled(&self) -> bool {
+        matches!(self, AccessLog::On { .. })
+    }
+
+    /// Queues one line (without its newline); never blocks.
+    pub fn write(&self, line: String) {
+        if let AccessLog::On { tx, dropped } = self {
+            if let Err(TrySendError::Full(_)) = tx.try_send(line) {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Starts the writer for `target` ("-" = stdout, "" = off, else a file appended to).
+/// The returned handle finishes once every [`AccessLog`] clone is dropped and the queue is written.
+pub fn start(target: &Path) -> std::io::Result<(AccessLog, Option<JoinHandle<()>>)> {
+    if target.as_os_str().is_empty() {
+        return Ok((AccessLog::Off, None));
+    }
+    let out: Box<dyn Write + Send> = if target == Path::new("-") {
+        Box::new(std::io::stdout())
+    } else {
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        Box::new(OpenOptions::new().create(true).append(true).open(target)?)
+    };
+    let (tx, rx) = bounded(QUEUE);
+    let dropped = metrics::global().counter(
+        "credentialflow_access_log_dropped_total",
+        "Access-log lines dropped because the writer fell behind.",
+    );
+    let handle = std::thread::Builder::new()
+        .name("cf-access-log".into())
+        .spawn(move || write_lines(rx, BufWriter::with_capacity(64 * 1024, out)))?;
+    Ok((AccessLog::On { tx, dropped }, Some(handle)))
+}
+
+fn write_lines(rx: Receiver<String>, mut out: BufWriter<Box<dyn Write + Send>>) {
+    loop {
+        match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(line) => {
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.write_all(b"\n");
+                // Drain what is queued before flushing, so a busy log flushes in big writes.
+                while let Ok(line) = rx.try_recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    let _ = out.write_all(b"\n");
+                }
+                let _ = out.flush();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_reach_the_file_and_the_writer_finishes_when_senders_drop() {
+        let dir = std::env::temp_dir().join(format!("cf-accesslog-{}", std::process::id()));
+        let path = dir.join("access.log");
+        let (log, handle) = start(&path).unwrap();
+        assert!(log.enabled());
+        log.write("{\"a\":1}".into());
+        log.write("{\"a\":2}".into());
+        drop(log);
+        handle.unwrap().join().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn empty_target_is_off() {
+        let (log, handle) = start(Path::new("")).unwrap();
+        assert!(!log.enabled());
+        assert!(handle.is_none());
+        log.write("ignored".into());
+    }
+}
