@@ -26,7 +26,10 @@ pub enum AccessLog {
     /// `access_log = ""`.
     Off,
     /// Lines go to the writer thread.
-    On { tx: Sender<String>, dropped: Arc<AtomicU64> },
+    On {
+        tx: Sender<String>,
+        dropped: Arc<AtomicU64>,
+    },
 }
 
 impl AccessLog {

@@ -30,6 +30,21 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DriverChoice::Auto)]
         driver: DriverChoice,
     },
+    /// A fixed-response HTTP upstream for load tests.
+    BenchUpstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// Response body size in bytes.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+        /// Worker threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
+        /// Delay before each response, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
     /// Validate a config file and print every error with its key path.
     Check {
         /// Config file to validate.
@@ -56,6 +71,26 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Serve { config, driver } => serve::run(config, driver),
         Command::Check { config } => check(&config),
+        Command::BenchUpstream {
+            listen,
+            size,
+            workers,
+            delay_ms,
+        } => {
+            let opts = crate::bench::upstream::Options {
+                listen,
+                body_bytes: size,
+                workers,
+                delay: std::time::Duration::from_millis(delay_ms),
+            };
+            match crate::bench::upstream::run(opts) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: bench-upstream: {e}");
+                    serve::EXIT_RUNTIME
+                }
+            }
+        }
     }
 }
 

@@ -188,6 +188,7 @@ mod tests {
     fn error_response_is_json_with_request_id_and_length() {
         let text = response_text(GatewayError::NotFound, false);
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let head = format!("{head}\r\n");
         assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(head.contains("x-request-id: rid-1\r\n"));
         assert!(head.contains(&format!("content-length: {}\r\n", body.len())));

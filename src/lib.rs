@@ -7,19 +7,28 @@
 //! - `tls`: rustls server and client configurations.
 //! - `metrics`: Prometheus counters and histograms, lock-free on the hot path.
 //! - `admin`: the admin listener (`/healthz`, `/metrics`, `/admin/*`) on its own thread.
+//! - `worker`: threads, runtimes, listeners, the keep-alive loop, connection cap and drain.
+//! - `pipeline`: one request's phases in order, from route to log.
+//! - `router`: exact host, then longest path prefix.
+//! - `snapshot`: the compiled config, swapped atomically on reload; process-wide state.
+//! - `error`: every gateway-made error response.
+//! - `serve`, `cli`: the process lifecycle and the command line.
+//! - `accesslog`, `logging`: the access log writer and the gateway's own log.
+//! - `bench`: load-test tools shipped in the product.
 
 pub mod accesslog;
 pub mod admin;
-pub mod config;
-pub mod http1;
-pub mod metrics;
-pub mod tls;
-pub mod upstream;
+pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod error;
+pub mod http1;
 pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod router;
 pub mod serve;
 pub mod snapshot;
+pub mod tls;
+pub mod upstream;
 pub mod worker;

@@ -520,7 +520,9 @@ fn write_response_head(
         if resp.is_hop_by_hop(name) && !(tunnel && name.eq_ignore_ascii_case("upgrade")) {
             continue;
         }
+        // Bodies are re-framed and trailers dropped, so a `Trailer` announcement would lie.
         if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("trailer")
             || name.eq_ignore_ascii_case("x-request-id")
         {
             continue;
@@ -696,12 +698,14 @@ fn upstream_head_tail(
     out
 }
 
-/// Headers the gateway sets itself (or must not forward: Expect is answered here).
+/// Headers the gateway sets itself, or must not forward: Expect is answered here, and bodies
+/// are re-framed with trailers dropped, so `Trailer` would announce trailers that never come.
 fn is_replaced_header(name: &str) -> bool {
     [
         "host",
         "content-length",
         "transfer-encoding",
+        "trailer",
         "expect",
         "x-request-id",
         "x-forwarded-proto",

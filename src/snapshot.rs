@@ -174,8 +174,15 @@ impl Shared {
     pub fn reload(&self) -> Result<(), Vec<String>> {
         let _one_at_a_time = self.reload_lock.lock();
         let config = match &self.config_path {
-            Some(path) => config::load(path)
-                .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?,
+            Some(path) => match config::load(path) {
+                Ok(config) => config,
+                Err(errs) => {
+                    let errors: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+                    metrics::global().config_reloaded(false);
+                    log::error!("reload refused, old config kept: {}", errors.join("; "));
+                    return Err(errors);
+                }
+            },
             None => config::builtin_default(),
         };
         let listen_before = self.current.load().config.server.listen.clone();

@@ -236,100 +236,106 @@ on_both_drivers! {
     }
 }
 
-#[test]
-fn invalid_config_on_admin_reload_is_400_with_the_errors_and_the_old_config_stays() {
-    let ups = ThreeUpstreams::start();
-    let gw = Gateway::start(&ups.config_routing_to("a", ""), Driver::Epoll);
-    assert_eq!(answering_upstream(&gw), "a");
+on_both_drivers! {
+    fn invalid_config_on_admin_reload_is_400_with_the_errors_and_the_old_config_stays(driver) {
+        let ups = ThreeUpstreams::start();
+        let gw = Gateway::start(&ups.config_routing_to("a", ""), driver);
+        assert_eq!(answering_upstream(&gw), "a");
 
-    gw.write_config(&ups.config_routing_to("b", "\n[limits]\nbogus_limit = 1\n"));
-    let reload = gw.reload_admin();
-    assert_eq!(reload.status, 400, "{}", reload.text());
-    assert!(
-        reload.text().contains("bogus_limit"),
-        "errors not named: {}",
-        reload.text()
-    );
-    assert_eq!(answering_upstream(&gw), "a");
-}
-
-#[test]
-fn invalid_config_on_sighup_keeps_the_old_config() {
-    let ups = ThreeUpstreams::start();
-    let gw = Gateway::start(&ups.config_routing_to("a", ""), Driver::Epoll);
-    gw.write_config(&ups.config_routing_to("b", "\n[limits]\nbogus_limit = 1\n"));
-    gw.reload_sighup();
-    // The rejected reload is logged with its errors; that is the signal it ran.
-    assert!(
-        wait_until(WAIT, || gw.stderr().contains("bogus_limit")),
-        "the failed reload was never reported; stderr:\n{}",
-        gw.stderr()
-    );
-    assert_eq!(answering_upstream(&gw), "a");
-}
-
-#[test]
-fn admin_reload_without_the_admin_token_is_401() {
-    let upstream = Upstream::echo("backend");
-    let gw = Gateway::start(&config(&proxy_config(&upstream.target())), Driver::Epoll);
-    let raw = request("POST", "/admin/reload", &[("Connection", "close")], b"");
-    roundtrip(gw.admin_addr(), &raw).assert_error(401, "authentication_error");
-}
-
-#[test]
-fn sigterm_lets_in_flight_requests_finish_refuses_new_connections_and_exits_0() {
-    let release = Gate::new();
-    let upstream = Upstream::replying(
-        "slow",
-        Reply::Held(release.clone(), Box::new(Reply::text("done"))),
-    );
-    let mut gw = Gateway::start(&config(&proxy_config(&upstream.target())), Driver::Epoll);
-    let mut in_flight: Vec<Client> = (0..3)
-        .map(|i| {
-            let mut client = Client::connect(gw.addr());
-            client.send(&get(&format!("/slow/{i}")));
-            client
-        })
-        .collect();
-    assert!(
-        upstream.wait_for_requests(3, WAIT),
-        "requests never reached the upstream"
-    );
-
-    gw.signal(libc::SIGTERM);
-    let addr = gw.addr();
-    assert!(
-        wait_until(WAIT, || TcpStream::connect(addr).is_err()),
-        "the listener still accepts connections after SIGTERM"
-    );
-
-    release.open();
-    for client in &mut in_flight {
-        let response = client.read_final_response();
-        assert_eq!(response.status, 200);
-        assert_eq!(response.text(), "done");
+        gw.write_config(&ups.config_routing_to("b", "\n[limits]\nbogus_limit = 1\n"));
+        let reload = gw.reload_admin();
+        assert_eq!(reload.status, 400, "{}", reload.text());
+        assert!(
+            reload.text().contains("bogus_limit"),
+            "errors not named: {}",
+            reload.text()
+        );
+        assert_eq!(answering_upstream(&gw), "a");
     }
-    let status = gw.wait_exit(Duration::from_secs(40));
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", gw.stderr());
 }
 
-#[test]
-fn sigint_stops_the_gateway_with_exit_code_0() {
-    let upstream = Upstream::echo("backend");
-    let mut gw = Gateway::start(&config(&proxy_config(&upstream.target())), Driver::Epoll);
-    assert_eq!(http_get(gw.addr(), "/before").status, 200);
-    gw.signal(libc::SIGINT);
-    let status = gw.wait_exit(Duration::from_secs(40));
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", gw.stderr());
+on_both_drivers! {
+    fn invalid_config_on_sighup_keeps_the_old_config(driver) {
+        let ups = ThreeUpstreams::start();
+        let gw = Gateway::start(&ups.config_routing_to("a", ""), driver);
+        gw.write_config(&ups.config_routing_to("b", "\n[limits]\nbogus_limit = 1\n"));
+        gw.reload_sighup();
+        // The rejected reload is logged with its errors; that is the signal it ran.
+        assert!(
+            wait_until(WAIT, || gw.stderr().contains("bogus_limit")),
+            "the failed reload was never reported; stderr:\n{}",
+            gw.stderr()
+        );
+        assert_eq!(answering_upstream(&gw), "a");
+    }
 }
 
-#[test]
-fn healthz_answers_200_ok() {
-    let upstream = Upstream::echo("backend");
-    let gw = Gateway::start(&config(&proxy_config(&upstream.target())), Driver::Epoll);
-    let response = gw.admin_get("/healthz");
-    assert_eq!(response.status, 200);
-    assert_eq!(response.json()["status"], "ok");
+on_both_drivers! {
+    fn admin_reload_without_the_admin_token_is_401(driver) {
+        let upstream = Upstream::echo("backend");
+        let gw = Gateway::start(&config(&proxy_config(&upstream.target())), driver);
+        let raw = request("POST", "/admin/reload", &[("Connection", "close")], b"");
+        roundtrip(gw.admin_addr(), &raw).assert_error(401, "authentication_error");
+    }
+}
+
+on_both_drivers! {
+    fn sigterm_lets_in_flight_requests_finish_refuses_new_connections_and_exits_0(driver) {
+        let release = Gate::new();
+        let upstream = Upstream::replying(
+            "slow",
+            Reply::Held(release.clone(), Box::new(Reply::text("done"))),
+        );
+        let mut gw = Gateway::start(&config(&proxy_config(&upstream.target())), driver);
+        let mut in_flight: Vec<Client> = (0..3)
+            .map(|i| {
+                let mut client = Client::connect(gw.addr());
+                client.send(&get(&format!("/slow/{i}")));
+                client
+            })
+            .collect();
+        assert!(
+            upstream.wait_for_requests(3, WAIT),
+            "requests never reached the upstream"
+        );
+
+        gw.signal(libc::SIGTERM);
+        let addr = gw.addr();
+        assert!(
+            wait_until(WAIT, || TcpStream::connect(addr).is_err()),
+            "the listener still accepts connections after SIGTERM"
+        );
+
+        release.open();
+        for client in &mut in_flight {
+            let response = client.read_final_response();
+            assert_eq!(response.status, 200);
+            assert_eq!(response.text(), "done");
+        }
+        let status = gw.wait_exit(Duration::from_secs(40));
+        assert_eq!(status.code(), Some(0), "stderr:\n{}", gw.stderr());
+    }
+}
+
+on_both_drivers! {
+    fn sigint_stops_the_gateway_with_exit_code_0(driver) {
+        let upstream = Upstream::echo("backend");
+        let mut gw = Gateway::start(&config(&proxy_config(&upstream.target())), driver);
+        assert_eq!(http_get(gw.addr(), "/before").status, 200);
+        gw.signal(libc::SIGINT);
+        let status = gw.wait_exit(Duration::from_secs(40));
+        assert_eq!(status.code(), Some(0), "stderr:\n{}", gw.stderr());
+    }
+}
+
+on_both_drivers! {
+    fn healthz_answers_200_ok(driver) {
+        let upstream = Upstream::echo("backend");
+        let gw = Gateway::start(&config(&proxy_config(&upstream.target())), driver);
+        let response = gw.admin_get("/healthz");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.json()["status"], "ok");
+    }
 }
 
 /// The sum of `credentialflow_requests_total` samples labelled `route="api"`.

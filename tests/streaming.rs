@@ -48,26 +48,28 @@ on_both_drivers! {
     }
 }
 
-#[test]
-fn close_delimited_response_reaches_the_client_intact() {
-    let body = pattern(300_000);
-    let upstream = Upstream::replying("backend", Reply::CloseDelimited(body.clone()));
-    let gw = gateway_for(&upstream, "", Driver::Epoll);
-    let response = http_get(gw.addr(), "/until-close");
-    assert_eq!(response.status, 200);
-    assert_eq!(response.body.len(), body.len());
-    assert!(response.body == body, "close-delimited body corrupted");
+on_both_drivers! {
+    fn close_delimited_response_reaches_the_client_intact(driver) {
+        let body = pattern(300_000);
+        let upstream = Upstream::replying("backend", Reply::CloseDelimited(body.clone()));
+        let gw = gateway_for(&upstream, "", driver);
+        let response = http_get(gw.addr(), "/until-close");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body.len(), body.len());
+        assert!(response.body == body, "close-delimited body corrupted");
+    }
 }
 
-#[test]
-fn large_response_streams_through_intact() {
-    let len = 64 * 1024 * 1024;
-    let upstream = Upstream::replying("backend", Reply::Large(len as u64));
-    let gw = gateway_for(&upstream, "", Driver::Epoll);
-    let response = http_get(gw.addr(), "/large");
-    assert_eq!(response.status, 200);
-    assert_eq!(response.body.len(), len);
-    assert!(response.body == pattern(len), "large body corrupted");
+on_both_drivers! {
+    fn large_response_streams_through_intact(driver) {
+        let len = 64 * 1024 * 1024;
+        let upstream = Upstream::replying("backend", Reply::Large(len as u64));
+        let gw = gateway_for(&upstream, "", driver);
+        let response = http_get(gw.addr(), "/large");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body.len(), len);
+        assert!(response.body == pattern(len), "large body corrupted");
+    }
 }
 
 on_both_drivers! {
@@ -152,41 +154,42 @@ fn big_body_bytes() -> u64 {
     mib * 1024 * 1024
 }
 
-#[test]
-fn huge_request_body_streams_through_with_bounded_gateway_memory() {
-    let total = big_body_bytes();
-    let upstream = Upstream::builder("sink")
-        .count_only()
-        .start(|_| Reply::Echo);
-    let gw = gateway_for(
-        &upstream,
-        &format!("max_body_bytes = {}", total * 2),
-        Driver::Epoll,
-    );
-    let mut client = Client::connect(gw.addr());
-    let length = total.to_string();
-    client.send(&request(
-        "POST",
-        "/sink",
-        &[
-            ("Content-Length", length.as_str()),
-            ("Content-Type", "application/octet-stream"),
-        ],
-        b"",
-    ));
-    let block = pattern_block();
-    let mut sent = 0u64;
-    while sent < total {
-        let n = (total - sent).min(block.len() as u64) as usize;
-        client.send(&block[..n]);
-        sent += n as u64;
-    }
-    let echo = Echo::of(&client.read_final_response());
-    assert_eq!(echo.body_len, total);
+on_both_drivers! {
+    fn huge_request_body_streams_through_with_bounded_gateway_memory(driver) {
+        let total = big_body_bytes();
+        let upstream = Upstream::builder("sink")
+            .count_only()
+            .start(|_| Reply::Echo);
+        let gw = gateway_for(
+            &upstream,
+            &format!("max_body_bytes = {}", total * 2),
+            driver,
+        );
+        let mut client = Client::connect(gw.addr());
+        let length = total.to_string();
+        client.send(&request(
+            "POST",
+            "/sink",
+            &[
+                ("Content-Length", length.as_str()),
+                ("Content-Type", "application/octet-stream"),
+            ],
+            b"",
+        ));
+        let block = pattern_block();
+        let mut sent = 0u64;
+        while sent < total {
+            let n = (total - sent).min(block.len() as u64) as usize;
+            client.send(&block[..n]);
+            sent += n as u64;
+        }
+        let echo = Echo::of(&client.read_final_response());
+        assert_eq!(echo.body_len, total);
 
-    let peak_kib = gw.proc_status_kib("VmHWM");
-    assert!(
-        peak_kib < 64 * 1024,
-        "gateway peak RSS {peak_kib} KiB while streaming {total} bytes (limit 64 MiB)"
-    );
+        let peak_kib = gw.proc_status_kib("VmHWM");
+        assert!(
+            peak_kib < 64 * 1024,
+            "gateway peak RSS {peak_kib} KiB while streaming {total} bytes (limit 64 MiB)"
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! The header section shared by requests and responses: field-line syntax, the
 //! owned copy of the head with an index of its fields, and connection options.
 
-use super::syntax::{ascii_str, is_field_value_byte, is_ows, is_tchar, is_token, list_elements};
+use super::syntax::{
+    ascii_str, find_invalid_value_byte, find_lf, is_ows, is_tchar, is_token, list_elements,
+};
 use super::HeadError;
 
 /// A byte range inside a head. Heads are bounded by `max_header_bytes`, so `u32`
@@ -76,8 +78,9 @@ impl Fields {
     /// Parses the field lines of `bytes` from `pos` (the byte after the start-line)
     /// to the empty line that ends the head. `visit` sees each name and value as
     /// they are read (with the value's span in `bytes`), to collect the fields that
-    /// carry meaning. `capacity` sizes
-    /// the index once; more than `max_fields` fields is `TooLarge`.
+    /// carry meaning. `capacity` sizes the index once; more than `max_fields`
+    /// fields is `TooLarge`. `bytes` must end with the head's empty line, which
+    /// the scanner guarantees.
     pub fn parse(
         bytes: Box<[u8]>,
         mut pos: usize,
@@ -86,21 +89,12 @@ impl Fields {
         mut visit: impl FnMut(&[u8], &[u8], Span) -> Result<(), HeadError>,
     ) -> Result<Fields, HeadError> {
         let mut list = Vec::with_capacity(capacity.min(max_fields));
-        loop {
-            let (end, next) = line_at(&bytes, pos);
-            if end == pos {
-                break;
-            }
+        while !bytes[pos..].starts_with(b"\r\n") && !bytes[pos..].starts_with(b"\n") {
             if list.len() == max_fields {
                 return Err(HeadError::TooLarge);
             }
-            let line = &bytes[pos..end];
-            let (name, value) = parse_field_line(line).map_err(HeadError::Malformed)?;
-            let field = Field {
-                name: name.offset(pos),
-                value: value.offset(pos),
-            };
-            visit(name.get(line), value.get(line), field.value)?;
+            let (field, next) = parse_field_line(&bytes, pos).map_err(HeadError::Malformed)?;
+            visit(field.name.get(&bytes), field.value.get(&bytes), field.value)?;
             list.push(field);
             pos = next;
         }
@@ -159,32 +153,27 @@ impl Fields {
     }
 }
 
-/// Where the line starting at `pos` ends: `(content_end, next_line_start)`. The
-/// scanner has already found the head's terminator, so an LF always follows; a CR
-/// before it belongs to the line ending.
-fn line_at(bytes: &[u8], pos: usize) -> (usize, usize) {
-    let lf = pos
-        + bytes[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .unwrap_or(bytes.len() - pos);
-    let end = if lf > pos && bytes[lf - 1] == b'\r' {
+/// The start-line at the front of a head (without its line ending), and where
+/// the next line starts. The scanner has already found the head's terminator,
+/// so an LF always follows; a CR just before it belongs to the line ending.
+pub(crate) fn start_line(bytes: &[u8]) -> (&[u8], usize) {
+    let lf = find_lf(bytes).unwrap_or(bytes.len());
+    let end = if lf > 0 && bytes[lf - 1] == b'\r' {
         lf - 1
     } else {
         lf
     };
-    (end, lf + 1)
+    (&bytes[..end], lf + 1)
 }
 
-/// The content of the start-line beginning at `pos`, and where the next line starts.
-pub(crate) fn start_line(bytes: &[u8], pos: usize) -> (&[u8], usize) {
-    let (end, next) = line_at(bytes, pos);
-    (&bytes[pos..end], next)
-}
-
-/// Splits one field line (without its line ending) into name and value spans,
-/// relative to the line: `field-name ":" OWS field-value OWS` (RFC 9112 5).
-fn parse_field_line(line: &[u8]) -> Result<(Span, Span), &'static str> {
+/// Parses the field line starting at `pos` (RFC 9112 5): `field-name ":" OWS
+/// field-value OWS`, then the line ending. Returns the field, value trimmed of
+/// OWS, and where the next line starts. One pass: the value check stops at the
+/// line ending, so lines are not searched separately. A bare LF can only be here
+/// when the scanner allowed it (responses).
+#[inline(always)]
+fn parse_field_line(bytes: &[u8], pos: usize) -> Result<(Field, usize), &'static str> {
+    let line = &bytes[pos..];
     if is_ows(line[0]) {
         // obs-fold, or whitespace between the start-line and the first field:
         // both must be refused or repaired (RFC 9112 2.2, 5.2); we refuse.
@@ -199,25 +188,27 @@ fn parse_field_line(line: &[u8]) -> Result<(Span, Span), &'static str> {
         Some(b':') => return Err("empty header name"),
         // RFC 9112 5.1: whitespace between name and colon MUST be answered with 400.
         Some(&b) if is_ows(b) => return Err("whitespace between header name and colon"),
-        None => return Err("header line without a colon"),
+        Some(b'\r' | b'\n') | None => return Err("header line without a colon"),
         Some(_) => return Err("invalid character in header name"),
     }
     let rest = &line[name_end + 1..];
     let lead = rest.iter().position(|&b| !is_ows(b)).unwrap_or(rest.len());
     let value = &rest[lead..];
-    if let Some(&bad) = value.iter().find(|&&b| !is_field_value_byte(b)) {
-        return Err(if bad == b'\r' {
-            "bare CR in header value"
-        } else {
-            "control character in header value"
-        });
-    }
+    let stop = find_invalid_value_byte(value).ok_or("header line without a line ending")?;
+    let next = match &value[stop..] {
+        [b'\r', b'\n', ..] => stop + 2,
+        [b'\n', ..] => stop + 1,
+        [b'\r', ..] => return Err("bare CR in header value"),
+        _ => return Err("control character in header value"),
+    };
+    let value = &value[..stop];
     let trail = value.iter().rev().take_while(|&&b| is_ows(b)).count();
-    let value_start = name_end + 1 + lead;
-    Ok((
-        Span::new(0, name_end),
-        Span::new(value_start, value_start + value.len() - trail),
-    ))
+    let value_start = pos + name_end + 1 + lead;
+    let field = Field {
+        name: Span::new(pos, pos + name_end),
+        value: Span::new(value_start, value_start + value.len() - trail),
+    };
+    Ok((field, value_start + next))
 }
 
 /// What the Connection fields of a message ask for (RFC 9110 7.6.1, RFC 9112 9.3).
@@ -279,27 +270,35 @@ mod tests {
         Fields::parse(head.into(), 0, 4, 8, |_, _, _| Ok(()))
     }
 
-    fn spans(line: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
-        parse_field_line(line).map(|(n, v)| (n.get(line), v.get(line)))
+    /// Name and value of `line` followed by CRLF.
+    fn spans(line: &[u8]) -> Result<(Vec<u8>, Vec<u8>), &'static str> {
+        let bytes = [line, b"\r\n"].concat();
+        let (field, next) = parse_field_line(&bytes, 0)?;
+        assert_eq!(next, bytes.len());
+        Ok((
+            field.name.get(&bytes).to_vec(),
+            field.value.get(&bytes).to_vec(),
+        ))
+    }
+
+    fn ok(name: &[u8], value: &[u8]) -> Result<(Vec<u8>, Vec<u8>), &'static str> {
+        Ok((name.to_vec(), value.to_vec()))
     }
 
     #[test]
     fn field_line_value_is_trimmed_of_ows() {
-        assert_eq!(spans(b"Name: \t v a \t"), Ok((&b"Name"[..], &b"v a"[..])));
+        assert_eq!(spans(b"Name: \t v a \t"), ok(b"Name", b"v a"));
     }
 
     #[test]
     fn field_line_allows_an_empty_value() {
-        assert_eq!(spans(b"Name:"), Ok((&b"Name"[..], &b""[..])));
-        assert_eq!(spans(b"Name:   "), Ok((&b"Name"[..], &b""[..])));
+        assert_eq!(spans(b"Name:"), ok(b"Name", b""));
+        assert_eq!(spans(b"Name:   "), ok(b"Name", b""));
     }
 
     #[test]
     fn field_line_allows_obs_text_in_values() {
-        assert_eq!(
-            spans(b"N: caf\xc3\xa9"),
-            Ok((&b"N"[..], &b"caf\xc3\xa9"[..]))
-        );
+        assert_eq!(spans(b"N: caf\xc3\xa9"), ok(b"N", b"caf\xc3\xa9"));
     }
 
     #[test]
@@ -336,7 +335,7 @@ mod tests {
 
     #[test]
     fn field_line_allows_htab_inside_values() {
-        assert_eq!(spans(b"N: a\tb"), Ok((&b"N"[..], &b"a\tb"[..])));
+        assert_eq!(spans(b"N: a\tb"), ok(b"N", b"a\tb"));
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub const MAX_HEADERS: usize = 256;
 #[derive(Clone, Debug, Default)]
 pub struct HeadParser {
     scanner: HeadScanner,
+    /// Whether the request-line of the head in progress was already checked.
+    line_checked: bool,
 }
 
 impl HeadParser {
@@ -41,8 +43,10 @@ impl HeadParser {
         max_head: usize,
     ) -> Result<Option<(RequestHead, usize)>, HeadError> {
         let Some(bounds) = self.scanner.scan(buf, max_head, LineEndings::CrLf)? else {
+            self.check_request_line_early(buf)?;
             return Ok(None);
         };
+        self.line_checked = false;
         let bytes = buf[bounds.start..bounds.end].into();
         let head = RequestHead::parse(bytes, bounds.lines.saturating_sub(1))?;
         Ok(Some((head, bounds.end)))
@@ -51,6 +55,33 @@ impl HeadParser {
     /// Forgets any partial progress.
     pub fn reset(&mut self) {
         self.scanner.reset();
+        self.line_checked = false;
+    }
+
+    /// Refuses a bad request-line as soon as it is complete, rather than waiting for a
+    /// blank line that an HTTP/0.9 client (`GET /` CRLF) will never send.
+    fn check_request_line_early(&mut self, buf: &[u8]) -> Result<(), HeadError> {
+        if self.line_checked {
+            return Ok(());
+        }
+        // Leading empty lines may precede the request-line (RFC 9112 2.2); the scanner has
+        // already refused bare LFs among them.
+        let mut start = 0;
+        while buf[start..].starts_with(b"\r\n") {
+            start += 2;
+        }
+        let rest = &buf[start..];
+        if !rest.contains(&b'\n') {
+            return Ok(());
+        }
+        let (line, _) = start_line(rest);
+        let result = RequestLine::parse(line).map(|_| ());
+        if result.is_err() {
+            self.reset();
+        } else {
+            self.line_checked = true;
+        }
+        result
     }
 }
 
@@ -174,7 +205,7 @@ impl RequestHead {
 
     /// Validates a complete head (`bytes` ends with the empty line).
     fn parse(bytes: Box<[u8]>, field_lines: usize) -> Result<RequestHead, HeadError> {
-        let (line, fields_start) = start_line(&bytes, 0);
+        let (line, fields_start) = start_line(&bytes);
         let line = RequestLine::parse(line)?;
         let method = line.method.get(&bytes);
         if method == b"CONNECT" {
@@ -494,6 +525,27 @@ mod tests {
             .expect("test heads are complete");
         assert_eq!(consumed, head.len());
         Ok(request)
+    }
+
+    #[test]
+    fn http_0_9_request_line_is_refused_before_the_head_ends() {
+        let mut parser = HeadParser::new();
+        assert!(matches!(parser.parse(b"GET /", MAX), Ok(None)));
+        assert!(matches!(
+            parser.parse(b"GET /\r\n", MAX),
+            Err(HeadError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn valid_request_line_waits_for_the_rest_of_the_head() {
+        let mut parser = HeadParser::new();
+        assert!(matches!(
+            parser.parse(b"\r\nGET / HTTP/1.1\r\n", MAX),
+            Ok(None)
+        ));
+        let done = parser.parse(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", MAX);
+        assert!(matches!(done, Ok(Some(_))));
     }
 
     /// A GET with `Host: a` and the given extra field lines.

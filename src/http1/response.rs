@@ -145,7 +145,7 @@ impl ResponseHead {
     }
 
     fn parse(bytes: Box<[u8]>, field_lines: usize) -> Result<ResponseHead, HeadError> {
-        let (line, fields_start) = start_line(&bytes, 0);
+        let (line, fields_start) = start_line(&bytes);
         let line = StatusLine::parse(line)?;
         let mut seen = SeenFields::default();
         let fields = Fields::parse(bytes, fields_start, field_lines, MAX_HEADERS, |n, v, _| {

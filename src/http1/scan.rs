@@ -4,6 +4,7 @@
 //! looked, so each byte is examined once however the head is split; the full parse
 //! runs once, on the complete head.
 
+use super::syntax::find_lf;
 use super::HeadError;
 
 /// Which line endings a head may use.
@@ -78,7 +79,7 @@ impl HeadScanner {
         // A head that ends past `max_head` is too large, so never look further.
         let limit = buf.len().min(max_head);
         while self.scanned < limit {
-            let Some(offset) = buf[self.scanned..limit].iter().position(|&b| b == b'\n') else {
+            let Some(offset) = find_lf(&buf[self.scanned..limit]) else {
                 self.scanned = limit;
                 break;
             };

@@ -68,6 +68,63 @@ pub(crate) fn is_field_value_byte(b: u8) -> bool {
     FIELD_VALUE[b as usize]
 }
 
+/// Eight copies of a byte, for word-at-a-time (SWAR) scans.
+const fn splat(b: u8) -> u64 {
+    0x0101_0101_0101_0101 * b as u64
+}
+
+/// The high bit of each byte of `word` whose byte is below `n` (`n <= 0x80`).
+/// Borrows can flag bytes above a true match, never below it, so the lowest
+/// flag is exact and a zero result means no byte matched.
+#[inline]
+fn bytes_below(word: u64, n: u8) -> u64 {
+    word.wrapping_sub(splat(n)) & !word & splat(0x80)
+}
+
+/// Position of the first LF in `bytes`, eight bytes at a time: the head scanner
+/// and the field parser both look for line ends, and heads are mostly long lines.
+#[inline]
+pub(crate) fn find_lf(bytes: &[u8]) -> Option<usize> {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+        let hits = bytes_below(word ^ splat(b'\n'), 1);
+        if hits != 0 {
+            return Some(offset + (hits.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| offset + i)
+}
+
+/// Position of the first byte in `value` that may not appear in a field value
+/// (see [`is_field_value_byte`]). Words without any control byte or DEL are
+/// skipped whole; a word with one (usually just an HTAB) is checked bytewise.
+#[inline]
+pub(crate) fn find_invalid_value_byte(value: &[u8]) -> Option<usize> {
+    let mut chunks = value.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+        if bytes_below(word, 0x20) | bytes_below(word ^ splat(0x7f), 1) != 0 {
+            if let Some(i) = chunk.iter().position(|&b| !is_field_value_byte(b)) {
+                return Some(offset + i);
+            }
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| !is_field_value_byte(b))
+        .map(|i| offset + i)
+}
+
 /// Whether `b` is optional whitespace (OWS, RFC 9110 5.6.3): SP or HTAB.
 #[inline]
 pub(crate) fn is_ows(b: u8) -> bool {
@@ -200,6 +257,38 @@ mod tests {
         assert!(!is_field_value_byte(b'\n'));
         assert!(!is_field_value_byte(0));
         assert!(!is_field_value_byte(0x7f));
+    }
+
+    #[test]
+    fn find_lf_finds_the_first_lf_at_every_position() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut bytes = vec![b'a'; len];
+                bytes[at] = b'\n';
+                if at + 1 < len {
+                    bytes[len - 1] = b'\n';
+                }
+                assert_eq!(find_lf(&bytes), Some(at), "len {len} at {at}");
+            }
+            assert_eq!(find_lf(&vec![0x8a; len]), None);
+        }
+    }
+
+    #[test]
+    fn find_invalid_value_byte_agrees_with_the_byte_table() {
+        for bad in 0..=255u8 {
+            for at in 0..20 {
+                let mut value = vec![b'v'; 20];
+                value[at] = bad;
+                let expected = (!is_field_value_byte(bad)).then_some(at);
+                assert_eq!(
+                    find_invalid_value_byte(&value),
+                    expected,
+                    "byte {bad:#x} at {at}"
+                );
+            }
+        }
+        assert_eq!(find_invalid_value_byte(b"\t\t\t\t\t\t\t\t\t\x00"), Some(9));
     }
 
     #[test]

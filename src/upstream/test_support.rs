@@ -1,5 +1,10 @@
 //! Helpers for the upstream tests: running a test under each monoio driver, and small
 //! blocking servers on loopback.
+//!
+//! A test body runs on the runtime's thread, so it must not block on anything that needs the
+//! runtime to make progress: under io_uring even closing a dropped socket is an operation the
+//! runtime submits later. Tests close their side with `shutdown().await` before they join a
+//! server thread that waits for that close.
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -48,6 +53,9 @@ pub(crate) fn echo_server_once() -> (SocketAddr, JoinHandle<()>) {
     let addr = listener.local_addr().expect("local addr");
     let handle = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().expect("accept");
+        // A test that forgets to close its side fails instead of hanging.
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("read timeout");
         let mut buf = [0u8; 4096];
         loop {
             match conn.read(&mut buf) {
