@@ -12,6 +12,11 @@ pub enum GatewayError {
     BadRequest(&'static str),
     /// A transfer coding we do not implement (RFC 9112 6.1: 501).
     NotImplemented(&'static str),
+    /// Missing, unknown, revoked or expired credential. The message is the same in every case,
+    /// so a client cannot probe which keys exist.
+    Unauthorized,
+    /// Authenticated (or addressed) but not allowed: scope, route, model or client address.
+    Forbidden(&'static str),
     /// No route matches the request's host and path.
     NotFound,
     /// The request head did not arrive within `header_timeout_ms`.
@@ -32,6 +37,8 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => 400,
             GatewayError::NotImplemented(_) => 501,
+            GatewayError::Unauthorized => 401,
+            GatewayError::Forbidden(_) => 403,
             GatewayError::NotFound => 404,
             GatewayError::HeaderTimeout => 408,
             GatewayError::BodyTooLarge => 413,
@@ -48,6 +55,8 @@ impl GatewayError {
             | GatewayError::NotImplemented(_)
             | GatewayError::BodyTooLarge
             | GatewayError::HeadersTooLarge => "invalid_request_error",
+            GatewayError::Unauthorized => "authentication_error",
+            GatewayError::Forbidden(_) => "permission_error",
             GatewayError::NotFound => "not_found_error",
             GatewayError::HeaderTimeout | GatewayError::UpstreamTimeout => "timeout_error",
             GatewayError::Upstream(_) => "upstream_error",
@@ -59,6 +68,8 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::NotImplemented(_) => "not_implemented",
+            GatewayError::Unauthorized => "invalid_api_key",
+            GatewayError::Forbidden(_) => "permission_denied",
             GatewayError::NotFound => "route_not_found",
             GatewayError::HeaderTimeout => "header_timeout",
             GatewayError::BodyTooLarge => "body_too_large",
@@ -73,6 +84,8 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(why) => format!("malformed request: {why}"),
             GatewayError::NotImplemented(why) => format!("not implemented: {why}"),
+            GatewayError::Unauthorized => "missing or invalid credential".to_string(),
+            GatewayError::Forbidden(why) => format!("not allowed: {why}"),
             GatewayError::NotFound => "no route matches this request".to_string(),
             GatewayError::HeaderTimeout => "request head not received in time".to_string(),
             GatewayError::BodyTooLarge => "request body too large".to_string(),
@@ -171,6 +184,8 @@ mod tests {
     fn every_error_maps_to_the_contract_status_and_type() {
         let table = [
             (GatewayError::BadRequest("x"), 400, "invalid_request_error"),
+            (GatewayError::Unauthorized, 401, "authentication_error"),
+            (GatewayError::Forbidden("scope"), 403, "permission_error"),
             (GatewayError::NotFound, 404, "not_found_error"),
             (GatewayError::HeaderTimeout, 408, "timeout_error"),
             (GatewayError::BodyTooLarge, 413, "invalid_request_error"),

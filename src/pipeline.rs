@@ -81,7 +81,7 @@ pub async fn handle<S>(
 where
     S: AsyncReadRent + AsyncWriteRent + Split,
 {
-    let snapshot = worker.shared.snapshot();
+    let snapshot = worker.snapshot();
     let mut ctx = RequestCtx {
         request_id: client_request_id(&head).unwrap_or_else(|| worker.next_request_id()),
         started: Instant::now(),

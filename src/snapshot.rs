@@ -5,7 +5,7 @@
 //! the snapshot they started with.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,6 +134,9 @@ impl Snapshot {
 /// State shared by every thread of a running gateway.
 pub struct Shared {
     current: ArcSwap<Snapshot>,
+    /// Bumped after each swap, so workers can keep their own handle on the current snapshot
+    /// and notice a change with one plain atomic load.
+    generation: AtomicU64,
     /// Serializes reloads (SIGHUP and the admin API may race); never taken on the hot path.
     reload_lock: Mutex<()>,
     /// Where the config came from (`None` = the built-in default).
@@ -155,6 +158,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             current: ArcSwap::from_pointee(first),
+            generation: AtomicU64::new(0),
             reload_lock: Mutex::new(()),
             config_path,
             secrets,
@@ -167,6 +171,11 @@ impl Shared {
     /// The snapshot new requests use.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// Changes whenever [`snapshot`](Self::snapshot) does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Re-reads the config file, compiles it and makes it current. On any error the current
@@ -191,6 +200,7 @@ impl Shared {
         }
         let result = Snapshot::build(config, &self.secrets).map(|snap| {
             self.current.store(Arc::new(snap));
+            self.generation.fetch_add(1, Ordering::Release);
         });
         metrics::global().config_reloaded(result.is_ok());
         match &result {

@@ -22,7 +22,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: Socke
         serve_http(worker, BufConn::new(stream, READ_BUFFER), peer, false).await;
         return;
     }
-    let snapshot = worker.shared.snapshot();
+    let snapshot = worker.snapshot();
     let Some(config) = snapshot.tls.clone() else {
         return;
     };
@@ -46,7 +46,7 @@ where
     let mut parser = HeadParser::new();
     let mut first_request = true;
     loop {
-        let limits = worker.shared.snapshot().limits;
+        let limits = worker.snapshot().limits;
         // The first head must start within the header timeout of accept; later ones may wait
         // for the idle timeout, then get the header timeout once their first byte arrives.
         if client.buffered().is_empty() {

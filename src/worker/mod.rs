@@ -8,7 +8,7 @@ mod notify;
 pub use bufconn::{BufConn, ReadError};
 pub use notify::LocalNotify;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -19,7 +19,7 @@ use monoio::net::TcpListener;
 
 use crate::accesslog::AccessLog;
 use crate::metrics;
-use crate::snapshot::Shared;
+use crate::snapshot::{Shared, Snapshot};
 use crate::upstream::Pool;
 
 /// The I/O driver a worker runs on.
@@ -68,12 +68,25 @@ pub struct Worker {
     /// Fired once when shutdown begins: stops accept loops and closes idle connections.
     pub shutdown: LocalNotify,
     slot_freed: LocalNotify,
+    /// This worker's handle on the current snapshot: cloning an `Rc` per request instead of
+    /// the shared `Arc` keeps the snapshot's reference count off the other cores' caches.
+    snapshot: RefCell<(u64, Rc<Arc<Snapshot>>)>,
     open_connections: Cell<usize>,
     request_seq: Cell<u64>,
     request_id_seed: u64,
 }
 
 impl Worker {
+    /// The snapshot for a new request: the current one, refreshed after a reload.
+    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
+        let generation = self.shared.generation();
+        let mut cached = self.snapshot.borrow_mut();
+        if cached.0 != generation {
+            *cached = (generation, Rc::new(self.shared.snapshot()));
+        }
+        cached.1.clone()
+    }
+
     /// A fresh request id: unique per process run, cheap, 32 hex digits.
     pub fn next_request_id(&self) -> String {
         let seq = self.request_seq.get().wrapping_add(1);
@@ -142,6 +155,7 @@ async fn serve(
         pool: Pool::new(128, Duration::from_secs(30)),
         shutdown: LocalNotify::default(),
         slot_freed: LocalNotify::default(),
+        snapshot: RefCell::new((shared.generation(), Rc::new(shared.snapshot()))),
         open_connections: Cell::new(0),
         request_seq: Cell::new(0),
         request_id_seed: random_seed() ^ (id as u64).rotate_left(56),
@@ -172,7 +186,7 @@ async fn serve(
 
 /// Waits for open connections to finish, up to `drain_timeout_ms`.
 async fn drain(worker: &Worker) {
-    let timeout = Duration::from_millis(worker.shared.snapshot().config.server.drain_timeout_ms);
+    let timeout = Duration::from_millis(worker.snapshot().config.server.drain_timeout_ms);
     let deadline = Instant::now() + timeout;
     while worker.open_connections.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
