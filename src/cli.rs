@@ -1,6 +1,8 @@
 //! The command line (CONTRACT.md, "Command line"). Exit codes: 0 ok, 1 bad input, 2 runtime
 //! failure; errors go to stderr as one line.
 
+mod keys;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +53,10 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Issue, list, show, update, revoke and rotate virtual keys.
+    Keys(Box<keys::KeysArgs>),
+    /// Print the audit log of admin actions.
+    Audit(keys::AuditArgs),
 }
 
 /// Parses the arguments, runs the command and returns the process exit code.
@@ -71,6 +77,8 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Serve { config, driver } => serve::run(config, driver),
         Command::Check { config } => check(&config),
+        Command::Keys(args) => keys::run_keys(*args),
+        Command::Audit(args) => keys::run_audit(args),
         Command::BenchUpstream {
             listen,
             size,

@@ -11,6 +11,7 @@
 //! - `pipeline`: one request's phases in order, from route to log.
 //! - `router`: exact host, then longest path prefix.
 //! - `snapshot`: the compiled config, swapped atomically on reload; process-wide state.
+//! - `store`: the embedded SQLite key store in `data_dir`, its pepper, and the audit log.
 //! - `error`: every gateway-made error response.
 //! - `serve`, `cli`: the process lifecycle and the command line.
 //! - `accesslog`, `logging`: the access log writer and the gateway's own log.
@@ -18,6 +19,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -29,6 +31,7 @@ pub mod pipeline;
 pub mod router;
 pub mod serve;
 pub mod snapshot;
+pub mod store;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

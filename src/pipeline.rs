@@ -16,6 +16,8 @@ use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
+use crate::auth::{self, Consumer};
+use crate::config::AuthKind;
 use crate::error::GatewayError;
 use crate::http1::{
     encode_chunk, encode_last_chunk, parse_response, BodyFraming, ChunkedDecoder, RequestHead,
@@ -65,6 +67,8 @@ pub struct RequestCtx {
     pub status: u16,
     /// Whether the request body has been fully read; if not, the connection cannot be reused.
     pub body_done: bool,
+    /// Who is calling, once authenticated.
+    pub consumer: Option<Consumer>,
 }
 
 /// Read buffer for each upstream connection.
@@ -90,6 +94,7 @@ where
         route: None,
         status: 0,
         body_done: matches!(head.body(), BodyFraming::None),
+        consumer: None,
     };
     let outcome = match run_phases(worker, &snapshot, client, &head, &mut ctx).await {
         Ok(outcome) => outcome,
@@ -150,10 +155,96 @@ where
     ctx.route = Some(route_index);
     let route = &snapshot.routes[route_index];
 
-    // Phases access, auth, limits and prompt come with their features (see module docs).
+    // Phase access: client-address rules come before anything about credentials.
+    if let Some(rules) = &route.ip_rules {
+        if !rules.permits(ctx.client_addr.ip()) {
+            return Err(GatewayError::Forbidden("client address").into());
+        }
+    }
+
+    // Phase auth: who is calling, and may they use this route?
+    ctx.consumer = auth_phase(worker, route, head)?;
+
+    // Phases limits and prompt come with their features (see module docs).
 
     // Phases upstream and response.
     proxy(worker, snapshot, route, client, head, ctx).await
+}
+
+/// Phase auth: authenticates the caller per the route's `auth` and checks what the identity
+/// may do. Any credential problem is the same 401, so a client learns nothing about which
+/// keys exist; a valid identity without the route or its scopes is 403.
+fn auth_phase(
+    worker: &Worker,
+    route: &Route,
+    head: &RequestHead,
+) -> Result<Option<Consumer>, GatewayError> {
+    let now = unix_now();
+    let consumer = match route.auth {
+        AuthKind::None => return Ok(None),
+        AuthKind::ApiKey => {
+            let presented = auth::presented_key(head).ok_or(GatewayError::Unauthorized)?;
+            let key = worker
+                .shared
+                .credentials
+                .authenticate(presented, now)
+                .ok_or(GatewayError::Unauthorized)?;
+            if !auth::key_permits_route(&key, &route.name) {
+                return Err(GatewayError::Forbidden("route"));
+            }
+            Consumer::from_key(&key)
+        }
+        AuthKind::Jwt => {
+            let verifier = route.jwt.as_ref().ok_or(GatewayError::Unauthorized)?;
+            let token = bearer_token(head).ok_or(GatewayError::Unauthorized)?;
+            let claims = verifier.verify(token, now).map_err(|e| {
+                log::debug!("JWT rejected on route {}: {}", route.name, e.reason());
+                GatewayError::Unauthorized
+            })?;
+            // A token may name a virtual key whose limits apply; a dead key fails closed.
+            let key = match &claims.key_id {
+                Some(id) => {
+                    let key = worker.shared.credentials.by_id(id);
+                    match key {
+                        Some(k) if k.is_active(now) => Some(k),
+                        _ => return Err(GatewayError::Unauthorized),
+                    }
+                }
+                None => None,
+            };
+            Consumer {
+                id: claims.key_id,
+                name: claims.subject,
+                team: claims.team,
+                scopes: claims.scopes,
+                metadata: Default::default(),
+                key,
+            }
+        }
+        // Lua authentication arrives with the Lua hooks; until then such a route fails closed.
+        AuthKind::Lua => return Err(GatewayError::Unauthorized),
+    };
+    if !auth::has_scopes(&consumer.scopes, &route.scopes) {
+        return Err(GatewayError::Forbidden("scope"));
+    }
+    Ok(Some(consumer))
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 9110 11.1).
+fn bearer_token(head: &RequestHead) -> Option<&str> {
+    let value = std::str::from_utf8(head.header("authorization")?).ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Phase log: every request, answered or rejected, is counted on its route and written to

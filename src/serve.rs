@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
 use crate::admin::{self, AdminState};
+use crate::auth::CredentialCache;
 use crate::config::{self, Config, SecretWatcher};
 use crate::metrics;
 use crate::snapshot::{Shared, Snapshot};
@@ -73,6 +77,10 @@ fn start(
     secrets: SecretWatcher,
     choice: DriverChoice,
 ) -> Result<i32, String> {
+    // Handlers go in before anything is announced: a SIGHUP that arrives right after the ready
+    // line must reload, not kill the process (SIGHUP's default action).
+    let signals = Signals::new([SIGHUP, SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let driver = pick_driver(choice)?;
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism()
@@ -106,9 +114,19 @@ fn start(
     let (access_log, access_log_writer) = crate::accesslog::start(&access_log_path)
         .map_err(|e| format!("access_log {}: {e}", access_log_path.display()))?;
 
+    let data_dir = config.resolve_path(&config.server.data_dir);
+    let credentials = CredentialCache::start(&data_dir)
+        .map_err(|e| format!("key store in {}: {e}", data_dir.display()))?;
+
     metrics::global().set_driver(driver.name());
     metrics::global().set_workers(workers);
-    let shared = Arc::new(Shared::new(snapshot, config_path, secrets, workers));
+    let shared = Arc::new(Shared::new(
+        snapshot,
+        config_path,
+        secrets,
+        credentials,
+        workers,
+    ));
 
     let (bound_tx, bound_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(workers);
@@ -157,6 +175,7 @@ fn start(
                 token,
                 ready: Arc::new(move || ready_shared.all_serving()),
                 reload: Arc::new(move || reload_shared.reload()),
+                data_dir: data_dir.clone(),
             },
             admin_shutdown.clone(),
         )
@@ -183,7 +202,7 @@ fn start(
         workers
     );
 
-    wait_for_signals(&shared);
+    wait_for_signals(&shared, signals);
     admin_shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
     for t in threads {
         let _ = t.join();
@@ -199,15 +218,7 @@ fn start(
 }
 
 /// Blocks the main thread: SIGHUP reloads; SIGTERM or SIGINT begins the drain and returns.
-fn wait_for_signals(shared: &Shared) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM]) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot install signal handlers: {e}");
-            return;
-        }
-    };
+fn wait_for_signals(shared: &Shared, mut signals: Signals) {
     for signal in signals.forever() {
         if signal == SIGHUP {
             let _ = shared.reload();

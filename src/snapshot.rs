@@ -12,6 +12,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::auth::jwt::JwtVerifier;
+use crate::auth::{CredentialCache, IpRules};
 use crate::config::{self, AuthKind, Config, SecretWatcher};
 use crate::metrics::{self, RouteMetrics};
 use crate::router::{RouteEntry, Router};
@@ -33,6 +35,14 @@ pub struct Route {
     pub strip_client_credentials: bool,
     /// Request counters and latency for this route; carried across reloads by name.
     pub metrics: Arc<RouteMetrics>,
+    /// How callers authenticate.
+    pub auth: AuthKind,
+    /// Scopes the caller must hold.
+    pub scopes: Vec<String>,
+    /// Client-address rules, checked before authentication (`None` = everyone).
+    pub ip_rules: Option<IpRules>,
+    /// The token verifier of an `auth = "jwt"` route.
+    pub jwt: Option<Arc<JwtVerifier>>,
 }
 
 /// Limits from `[limits]`, as the hot path uses them.
@@ -80,6 +90,24 @@ impl Snapshot {
                 continue;
             };
             let injects = config.upstream[upstream].credential.is_some();
+            let ip_rules = match IpRules::new(&r.allow_ips, &r.deny_ips) {
+                Ok(rules) if rules.is_empty() => None,
+                Ok(rules) => Some(rules),
+                Err(e) => {
+                    errors.push(format!("route[{i}]: {e}"));
+                    None
+                }
+            };
+            let jwt = match r.auth {
+                AuthKind::Jwt => match JwtVerifier::new(&r.jwt, &config, secrets) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        errors.push(format!("route[{i}].jwt: {e}"));
+                        None
+                    }
+                },
+                _ => None,
+            };
             routes.push(Route {
                 name: r.name.clone(),
                 path_prefix: r.path_prefix.clone(),
@@ -87,6 +115,10 @@ impl Snapshot {
                 upstream,
                 strip_client_credentials: injects || !matches!(r.auth, AuthKind::None),
                 metrics: metrics::global().route(&r.name),
+                auth: r.auth,
+                scopes: r.scopes.clone(),
+                ip_rules,
+                jwt,
             });
         }
         let tls = match &config.server.tls {
@@ -144,6 +176,8 @@ pub struct Shared {
     secrets: SecretWatcher,
     shutting_down: AtomicBool,
     workers_serving: AtomicUsize,
+    /// The in-memory replica of the key store, read lock-free by every worker.
+    pub credentials: Arc<CredentialCache>,
     /// How many worker threads run.
     pub workers: usize,
 }
@@ -154,6 +188,7 @@ impl Shared {
         first: Snapshot,
         config_path: Option<PathBuf>,
         secrets: SecretWatcher,
+        credentials: Arc<CredentialCache>,
         workers: usize,
     ) -> Shared {
         Shared {
@@ -164,6 +199,7 @@ impl Shared {
             secrets,
             shutting_down: AtomicBool::new(false),
             workers_serving: AtomicUsize::new(0),
+            credentials,
             workers,
         }
     }

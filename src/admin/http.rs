@@ -62,10 +62,6 @@ pub(crate) struct Request {
     /// Header fields in order, names lowercased.
     pub headers: Vec<(String, String)>,
     /// The body, exactly `Content-Length` bytes.
-    #[expect(
-        dead_code,
-        reason = "read by the /admin/keys and /admin/usage handlers to come"
-    )]
     pub body: Vec<u8>,
     /// Whether the client lets the connection stay open after the response.
     pub keep_alive: bool,

@@ -6,6 +6,7 @@
 
 mod auth;
 mod http;
+mod keys;
 mod routes;
 
 pub use auth::constant_time_eq;
@@ -15,6 +16,7 @@ use std::hash::BuildHasher;
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
@@ -41,6 +43,8 @@ pub struct AdminState {
     /// or returns its errors with the old config kept (`POST /admin/reload`). Called on the
     /// admin connection's thread; it may block.
     pub reload: Arc<dyn Fn() -> Result<(), Vec<String>> + Send + Sync>,
+    /// `server.data_dir`: the key store behind `/admin/keys*` and the audit log.
+    pub data_dir: PathBuf,
 }
 
 /// Serves the admin API on `listener` from a new thread until `shutdown` is set. The thread
@@ -352,6 +356,8 @@ mod tests {
             token: Some(LiveSecret::fixed(Secret::new(TOKEN))),
             ready: Arc::new(move || ready),
             reload: Arc::new(move || reload.clone()),
+            data_dir: std::env::temp_dir()
+                .join(format!("cf-admin-test-{}", crate::store::ids::new_key_id())),
         }
     }
 

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::auth;
 use super::http::{Request, Response};
-use super::AdminState;
+use super::{keys, AdminState};
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -29,9 +29,18 @@ pub(crate) fn dispatch(state: &AdminState, request: &Request) -> Response {
         ("GET", ["healthz"]) => healthz(state),
         ("GET", ["metrics"]) => metrics(),
         ("POST", ["admin", "reload"]) => reload(state),
+        ("POST", ["admin", "keys"]) => keys::create(state, request),
+        ("GET", ["admin", "keys"]) => keys::list(state),
+        ("GET", ["admin", "keys", id]) => keys::show(state, id),
+        ("PATCH", ["admin", "keys", id]) => keys::update(state, id, request),
+        ("DELETE", ["admin", "keys", id]) => keys::revoke(state, id),
+        ("POST", ["admin", "keys", id, "rotate"]) => keys::rotate(state, id, request),
 
         (_, ["healthz"] | ["metrics"]) => method_not_allowed("GET, HEAD"),
         (_, ["admin", "reload"]) => method_not_allowed("POST"),
+        (_, ["admin", "keys"]) => method_not_allowed("GET, HEAD, POST"),
+        (_, ["admin", "keys", _]) => method_not_allowed("GET, HEAD, PATCH, DELETE"),
+        (_, ["admin", "keys", _, "rotate"]) => method_not_allowed("POST"),
         _ => error(
             404,
             "not_found_error",
@@ -65,7 +74,14 @@ fn metrics() -> Response {
 /// config's errors (the old config stays).
 fn reload(state: &AdminState) -> Response {
     match (state.reload)() {
-        Ok(()) => json_response(200, &json!({ "status": "reloaded" })),
+        Ok(()) => {
+            if let Err(e) =
+                crate::store::audit::append(&state.data_dir, "admin", "reload", None, None, None)
+            {
+                log::error!("audit log write failed for reload: {e}");
+            }
+            json_response(200, &json!({ "status": "reloaded" }))
+        }
         Err(errors) => json_response(
             400,
             &json!({

@@ -70,6 +70,7 @@ pub struct Worker {
     slot_freed: LocalNotify,
     /// This worker's handle on the current snapshot: cloning an `Rc` per request instead of
     /// the shared `Arc` keeps the snapshot's reference count off the other cores' caches.
+    #[allow(clippy::redundant_allocation)] // the extra Rc is the point: a core-local count
     snapshot: RefCell<(u64, Rc<Arc<Snapshot>>)>,
     open_connections: Cell<usize>,
     request_seq: Cell<u64>,
@@ -78,6 +79,7 @@ pub struct Worker {
 
 impl Worker {
     /// The snapshot for a new request: the current one, refreshed after a reload.
+    #[allow(clippy::redundant_allocation)]
     pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
         let generation = self.shared.generation();
         let mut cached = self.snapshot.borrow_mut();

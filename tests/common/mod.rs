@@ -8,6 +8,8 @@
 pub mod certs;
 pub mod client;
 pub mod gateway;
+pub mod jwt;
+pub mod keys;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,281 @@
+//! `/admin/keys*`: the key life cycle over HTTP (CONTRACT.md, "Admin API").
+//!
+//! Each call opens the store in `data_dir` (one SQLite connection, a file read for the
+//! pepper: cheap next to an admin round trip) so no connection is shared between the admin
+//! connection threads. Changes reach the workers through the credential cache, which follows
+//! the store's change sequence.
+
+use serde_json::{json, Map, Value};
+
+use super::http::{Request, Response};
+use super::routes::{error, json_response};
+use super::AdminState;
+use crate::store::{ids, KeyPatch, KeyStore, NewKey, StoreError};
+
+/// Actor recorded in the audit log for admin API calls.
+const ACTOR: &str = "admin";
+
+/// `POST /admin/keys`: 201 with the record and `key`, the only time the secret is shown.
+pub(crate) fn create(state: &AdminState, request: &Request) -> Response {
+    let result = body_object(request)
+        .and_then(|body| new_key(&body))
+        .and_then(|new| open(state)?.create(new, ACTOR));
+    match result {
+        Ok((record, secret)) => {
+            let mut body = record_json(&record);
+            body.insert("key".into(), Value::String(secret));
+            json_response(201, &Value::Object(body))
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+/// `GET /admin/keys`: every key, revoked ones included, without secrets.
+pub(crate) fn list(state: &AdminState) -> Response {
+    match open(state).and_then(|store| store.list()) {
+        Ok(records) => json_response(200, &json!(records)),
+        Err(e) => store_error(&e),
+    }
+}
+
+/// `GET /admin/keys/{id}`.
+pub(crate) fn show(state: &AdminState, id: &str) -> Response {
+    match open(state).and_then(|store| store.get(id)) {
+        Ok(Some(record)) => json_response(200, &json!(record)),
+        Ok(None) => store_error(&StoreError::NotFound(id.to_owned())),
+        Err(e) => store_error(&e),
+    }
+}
+
+/// `PATCH /admin/keys/{id}`: any field of create; `null` clears an optional one.
+pub(crate) fn update(state: &AdminState, id: &str, request: &Request) -> Response {
+    let result = body_object(request)
+        .and_then(|body| key_patch(&body))
+        .and_then(|patch| open(state)?.update(id, patch, ACTOR));
+    match result {
+        Ok(record) => json_response(200, &json!(record)),
+        Err(e) => store_error(&e),
+    }
+}
+
+/// `POST /admin/keys/{id}/rotate` with an optional `{"grace":"1h"}` (default: no grace).
+pub(crate) fn rotate(state: &AdminState, id: &str, request: &Request) -> Response {
+    let result = rotate_grace(request).and_then(|grace| open(state)?.rotate(id, grace, ACTOR));
+    match result {
+        Ok((record, secret)) => json_response(200, &json!({ "id": record.id, "key": secret })),
+        Err(e) => store_error(&e),
+    }
+}
+
+/// `DELETE /admin/keys/{id}`: revokes (the key stays listed); 204.
+pub(crate) fn revoke(state: &AdminState, id: &str) -> Response {
+    match open(state).and_then(|mut store| store.revoke(id, ACTOR)) {
+        Ok(_) => Response {
+            status: 204,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: Vec::new(),
+            close: false,
+        },
+        Err(e) => store_error(&e),
+    }
+}
+
+fn open(state: &AdminState) -> Result<KeyStore, StoreError> {
+    KeyStore::open(&state.data_dir)
+}
+
+fn record_json(record: &crate::store::KeyRecord) -> Map<String, Value> {
+    match json!(record) {
+        Value::Object(map) => map,
+        _ => unreachable!("a key record serializes to an object"),
+    }
+}
+
+/// The store's errors as the contract's statuses. Failures of the machine are logged here and
+/// answered without detail.
+fn store_error(e: &StoreError) -> Response {
+    match e {
+        StoreError::NotFound(_) => error(404, "not_found_error", "key_not_found", "no such key"),
+        StoreError::Invalid { .. } => error(
+            400,
+            "invalid_request_error",
+            "invalid_field",
+            &e.to_string(),
+        ),
+        StoreError::Conflict(message) => error(409, "invalid_request_error", "conflict", message),
+        StoreError::Db(_) | StoreError::Io(_) => {
+            log::error!("admin: {e}");
+            error(
+                500,
+                "api_error",
+                "store_error",
+                "the key store is unavailable",
+            )
+        }
+    }
+}
+
+/// The body as a JSON object; an empty body is an empty object.
+fn body_object(request: &Request) -> Result<Map<String, Value>, StoreError> {
+    if request.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice(&request.body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(StoreError::invalid("body", "must be a JSON object")),
+        Err(e) => Err(StoreError::invalid("body", format!("not valid JSON: {e}"))),
+    }
+}
+
+fn rotate_grace(request: &Request) -> Result<std::time::Duration, StoreError> {
+    let body = body_object(request)?;
+    if let Some(unknown) = body.keys().find(|k| k.as_str() != "grace") {
+        return Err(unknown_field(unknown));
+    }
+    match body.get("grace") {
+        None | Some(Value::Null) => Ok(std::time::Duration::ZERO),
+        Some(Value::String(text)) => {
+            ids::parse_duration(text).map_err(|e| StoreError::invalid("grace", e))
+        }
+        Some(_) => Err(StoreError::invalid(
+            "grace",
+            "must be a duration like \"1h\"",
+        )),
+    }
+}
+
+/// Fields a key body may hold, as `POST /admin/keys` names them.
+const FIELDS: &[&str] = &[
+    "name",
+    "team",
+    "models",
+    "routes",
+    "scopes",
+    "rps",
+    "rpm",
+    "tpm",
+    "max_concurrency",
+    "budget_usd",
+    "budget_tokens",
+    "budget_period",
+    "expires_in",
+    "metadata",
+];
+
+fn unknown_field(name: &str) -> StoreError {
+    // The message quotes the name escaped, so a hostile name cannot break the log line.
+    StoreError::Invalid {
+        field: "body",
+        message: format!("unknown field {name:?}"),
+    }
+}
+
+/// A body of `POST /admin/keys` as a [`NewKey`].
+fn new_key(body: &Map<String, Value>) -> Result<NewKey, StoreError> {
+    let patch = key_patch(body)?;
+    let name = patch
+        .name
+        .ok_or_else(|| StoreError::invalid("name", "is required"))?;
+    Ok(NewKey {
+        name,
+        team: patch.team.unwrap_or_default(),
+        models: patch.models.unwrap_or_default(),
+        routes: patch.routes.unwrap_or_default(),
+        scopes: patch.scopes.unwrap_or_default(),
+        rps: patch.rps.flatten(),
+        rpm: patch.rpm.flatten(),
+        tpm: patch.tpm.flatten(),
+        max_concurrency: patch.max_concurrency.flatten(),
+        budget_usd: patch.budget_usd.flatten(),
+        budget_tokens: patch.budget_tokens.flatten(),
+        budget_period: patch.budget_period.flatten(),
+        expires_in: patch.expires_in.flatten(),
+        metadata: patch.metadata.unwrap_or_default(),
+    })
+}
+
+/// A body of `PATCH /admin/keys/{id}` as a [`KeyPatch`]: absent fields stay, `null` clears
+/// the optional ones. Every type error names its field.
+fn key_patch(body: &Map<String, Value>) -> Result<KeyPatch, StoreError> {
+    if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(unknown_field(unknown));
+    }
+    Ok(KeyPatch {
+        name: required(body, "name", string)?,
+        team: required(body, "team", string)?,
+        models: required(body, "models", strings)?,
+        routes: required(body, "routes", strings)?,
+        scopes: required(body, "scopes", strings)?,
+        rps: nullable(body, "rps", number)?,
+        rpm: nullable(body, "rpm", unsigned)?,
+        tpm: nullable(body, "tpm", unsigned)?,
+        max_concurrency: nullable(body, "max_concurrency", |v| {
+            unsigned(v).and_then(|n| u32::try_from(n).ok())
+        })?,
+        budget_usd: nullable(body, "budget_usd", number)?,
+        budget_tokens: nullable(body, "budget_tokens", unsigned)?,
+        budget_period: nullable(body, "budget_period", string)?,
+        expires_in: nullable(body, "expires_in", string)?,
+        metadata: required(body, "metadata", |v| v.as_object().cloned())?,
+    })
+}
+
+/// What each field must be, for error messages.
+fn expected(field: &str) -> &'static str {
+    match field {
+        "models" | "routes" | "scopes" => "must be an array of strings",
+        "rps" | "budget_usd" => "must be a number",
+        "rpm" | "tpm" | "budget_tokens" | "max_concurrency" => "must be a non-negative integer",
+        "metadata" => "must be an object",
+        _ => "must be a string",
+    }
+}
+
+/// A field that may be absent but not `null`.
+fn required<T>(
+    body: &Map<String, Value>,
+    field: &'static str,
+    parse: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<T>, StoreError> {
+    match body.get(field) {
+        None => Ok(None),
+        Some(value) => parse(value)
+            .map(Some)
+            .ok_or_else(|| StoreError::invalid(field, expected(field))),
+    }
+}
+
+/// A field that may be absent (`None`) or `null` (`Some(None)`).
+fn nullable<T>(
+    body: &Map<String, Value>,
+    field: &'static str,
+    parse: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<Option<T>>, StoreError> {
+    match body.get(field) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(value) => parse(value)
+            .map(|v| Some(Some(v)))
+            .ok_or_else(|| StoreError::invalid(field, expected(field))),
+    }
+}
+
+fn string(value: &Value) -> Option<String> {
+    value.as_str().map(str::to_owned)
+}
+
+fn strings(value: &Value) -> Option<Vec<String>> {
+    value.as_array()?.iter().map(string).collect()
+}
+
+fn number(value: &Value) -> Option<f64> {
+    value.as_f64()
+}
+
+fn unsigned(value: &Value) -> Option<u64> {
+    value.as_u64()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,333 @@
+//! `/admin/keys*` over real sockets against a real store in a temporary data directory.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::admin::{spawn, AdminState};
+use crate::config::{LiveSecret, Secret};
+use crate::store::{audit, ids, KeyStore};
+
+const TOKEN: &str = "keys-admin-t0ken";
+
+/// An admin server over a fresh data directory; stopped and cleaned up on drop.
+struct Admin {
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    shutdown: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Admin {
+    fn start() -> Admin {
+        let data_dir = std::env::temp_dir().join(format!("cf-admin-keys-{}", ids::new_key_id()));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let state = AdminState {
+            token: Some(LiveSecret::fixed(Secret::new(TOKEN))),
+            ready: Arc::new(|| true),
+            reload: Arc::new(|| Ok(())),
+            data_dir: data_dir.clone(),
+        };
+        let handle = spawn(listener, state, shutdown.clone());
+        Admin {
+            addr,
+            data_dir,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// Sends one request with the admin token and reads the whole response.
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        self.call_with(
+            method,
+            path,
+            body,
+            &format!("Authorization: Bearer {TOKEN}\r\n"),
+        )
+    }
+
+    fn call_with(&self, method: &str, path: &str, body: Option<&str>, headers: &str) -> Reply {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let body = body.unwrap_or("");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{headers}\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let raw = String::from_utf8(raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let status = head[9..12].parse().unwrap();
+        Reply {
+            status,
+            head: head.to_owned(),
+            body: body.to_owned(),
+        }
+    }
+
+    fn create(&self, body: Value) -> Value {
+        let reply = self.call("POST", "/admin/keys", Some(&body.to_string()));
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        reply.json()
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+
+    fn error_type(&self) -> Value {
+        self.json()["error"]["type"].clone()
+    }
+}
+
+#[test]
+fn post_creates_a_key_and_shows_the_secret_once() {
+    let admin = Admin::start();
+    let created = admin.create(json!({
+        "name": "ci", "team": "platform", "models": ["gpt-*"], "scopes": ["chat"],
+        "rpm": 60, "budget_usd": 5.0, "budget_period": "month", "expires_in": "30d",
+        "metadata": {"owner": "alice"}
+    }));
+    let key = created["key"].as_str().unwrap();
+    assert!(key.starts_with("cf_"));
+    assert!(created["id"].as_str().unwrap().starts_with("key_"));
+    assert_eq!(created["name"], "ci");
+    assert_eq!(created["team"], "platform");
+    assert_eq!(created["rpm"], 60);
+    assert_eq!(created["metadata"]["owner"], "alice");
+    assert_eq!(created["prefix"], &key[..12]);
+    assert!(created["expires_at"].is_i64());
+    assert!(created.get("hash").is_none());
+
+    let store = KeyStore::open(&admin.data_dir).unwrap();
+    let stored = store.get(created["id"].as_str().unwrap()).unwrap().unwrap();
+    assert_eq!(stored.hash, store.pepper().hash(key.as_bytes()));
+}
+
+#[test]
+fn get_lists_keys_without_secrets() {
+    let admin = Admin::start();
+    let a = admin.create(json!({ "name": "a" }));
+    admin.create(json!({ "name": "b" }));
+    let reply = admin.call("GET", "/admin/keys", None);
+    assert_eq!(reply.status, 200);
+    let list = reply.json();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(!reply.body.contains(a["key"].as_str().unwrap()));
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k.get("key").is_none()));
+}
+
+#[test]
+fn get_one_key_by_id() {
+    let admin = Admin::start();
+    let created = admin.create(json!({ "name": "ci" }));
+    let id = created["id"].as_str().unwrap();
+    let reply = admin.call("GET", &format!("/admin/keys/{id}"), None);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["id"], id);
+    assert_eq!(reply.json()["name"], "ci");
+    assert!(reply.json().get("key").is_none());
+}
+
+#[test]
+fn unknown_id_is_404_not_found_error() {
+    let admin = Admin::start();
+    for (method, path) in [
+        ("GET", "/admin/keys/key_nope"),
+        ("PATCH", "/admin/keys/key_nope"),
+        ("DELETE", "/admin/keys/key_nope"),
+        ("POST", "/admin/keys/key_nope/rotate"),
+    ] {
+        let reply = admin.call(method, path, None);
+        assert_eq!(reply.status, 404, "{method} {path}");
+        assert_eq!(reply.error_type(), "not_found_error");
+    }
+}
+
+#[test]
+fn patch_changes_the_given_fields_and_null_clears() {
+    let admin = Admin::start();
+    let created = admin.create(json!({ "name": "ci", "rpm": 10, "tpm": 99 }));
+    let id = created["id"].as_str().unwrap();
+    let reply = admin.call(
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(r#"{"team":"ml","rpm":null,"scopes":["chat"]}"#),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let record = reply.json();
+    assert_eq!(record["team"], "ml");
+    assert_eq!(record["rpm"], Value::Null);
+    assert_eq!(record["tpm"], 99);
+    assert_eq!(record["scopes"], json!(["chat"]));
+}
+
+#[test]
+fn bad_body_is_400_naming_the_field() {
+    let admin = Admin::start();
+    for (body, field) in [
+        (r#"{"team":"x"}"#, "name"),
+        (r#"{"name":"x","rpm":"ten"}"#, "rpm"),
+        (r#"{"name":"x","models":"gpt-*"}"#, "models"),
+        (r#"{"name":"x","budget_period":"week"}"#, "budget_period"),
+        (r#"{"name":"x","expires_in":"soon"}"#, "expires_in"),
+        (r#"{"name":"x","rps":-3}"#, "rps"),
+        (r#"{"name":"x","colour":"red"}"#, "colour"),
+        ("not json", "body"),
+        ("[1,2]", "body"),
+    ] {
+        let reply = admin.call("POST", "/admin/keys", Some(body));
+        assert_eq!(reply.status, 400, "{body}");
+        assert_eq!(reply.error_type(), "invalid_request_error");
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    assert!(KeyStore::open(&admin.data_dir)
+        .unwrap()
+        .list()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn rotate_answers_the_same_id_and_a_new_key() {
+    let admin = Admin::start();
+    let created = admin.create(json!({ "name": "ci" }));
+    let id = created["id"].as_str().unwrap();
+    let reply = admin.call(
+        "POST",
+        &format!("/admin/keys/{id}/rotate"),
+        Some(r#"{"grace":"1h"}"#),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let rotated = reply.json();
+    assert_eq!(rotated["id"], id);
+    let new_key = rotated["key"].as_str().unwrap();
+    assert!(new_key.starts_with("cf_"));
+    assert_ne!(new_key, created["key"].as_str().unwrap());
+
+    let store = KeyStore::open(&admin.data_dir).unwrap();
+    let record = store.get(id).unwrap().unwrap();
+    assert_eq!(record.hash, store.pepper().hash(new_key.as_bytes()));
+    let old = store
+        .pepper()
+        .hash(created["key"].as_str().unwrap().as_bytes());
+    assert_eq!(record.previous_hash, Some(old));
+    assert!(record.previous_is_valid(crate::store::unix_now()));
+}
+
+#[test]
+fn rotate_with_a_bad_grace_is_400() {
+    let admin = Admin::start();
+    let created = admin.create(json!({ "name": "ci" }));
+    let id = created["id"].as_str().unwrap();
+    let reply = admin.call(
+        "POST",
+        &format!("/admin/keys/{id}/rotate"),
+        Some(r#"{"grace":"a while"}"#),
+    );
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains("grace"));
+}
+
+#[test]
+fn delete_revokes_with_204_and_the_key_stays_listed() {
+    let admin = Admin::start();
+    let created = admin.create(json!({ "name": "ci" }));
+    let id = created["id"].as_str().unwrap();
+    let reply = admin.call("DELETE", &format!("/admin/keys/{id}"), None);
+    assert_eq!(reply.status, 204);
+    assert!(reply.body.is_empty());
+    assert!(!reply.head.to_ascii_lowercase().contains("content-length"));
+    let shown = admin.call("GET", &format!("/admin/keys/{id}"), None).json();
+    assert!(shown["revoked_at"].is_i64());
+}
+
+#[test]
+fn key_calls_need_the_admin_token() {
+    let admin = Admin::start();
+    let reply = admin.call_with("GET", "/admin/keys", None, "");
+    assert_eq!(reply.status, 401);
+    let reply = admin.call_with(
+        "POST",
+        "/admin/keys",
+        Some(r#"{"name":"x"}"#),
+        "Authorization: Bearer wrong\r\n",
+    );
+    assert_eq!(reply.status, 401);
+    assert!(!admin.data_dir.join("keys.db").exists());
+}
+
+#[test]
+fn wrong_method_on_keys_is_405_with_allow() {
+    let admin = Admin::start();
+    let reply = admin.call("PUT", "/admin/keys", None);
+    assert_eq!(reply.status, 405);
+    assert!(reply.head.contains("allow: GET, HEAD, POST"));
+    let reply = admin.call("GET", "/admin/keys/key_x/rotate", None);
+    assert_eq!(reply.status, 405);
+    assert!(reply.head.contains("allow: POST"));
+}
+
+#[test]
+fn admin_actions_are_audited_as_admin() {
+    let admin = Admin::start();
+    let created = admin.create(json!({ "name": "ci" }));
+    let id = created["id"].as_str().unwrap();
+    admin.call("DELETE", &format!("/admin/keys/{id}"), None);
+    assert_eq!(admin.call("POST", "/admin/reload", None).status, 200);
+    let entries = audit::read(&admin.data_dir).unwrap();
+    let actions: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("admin", "create"),
+            ("admin", "revoke"),
+            ("admin", "reload")
+        ]
+    );
+    let log = std::fs::read_to_string(admin.data_dir.join(audit::AUDIT_FILE)).unwrap();
+    assert!(!log.contains(created["key"].as_str().unwrap()));
+}

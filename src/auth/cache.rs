@@ -1,0 +1,707 @@
+//! The credential cache: a complete in-memory replica of the key table, read without locks.
+//!
+//! Workers look keys up here on every request; nothing on that path touches SQLite, takes a
+//! lock or allocates. The indexes are `papaya` hash maps: readers only pin an epoch
+//! (a thread-local counter) and follow atomic pointers, while the single writer (the watcher
+//! thread) inserts and removes entries one at a time, so a change costs O(1) however many
+//! keys the table holds, with no rebuild and no swap of the whole table.
+//!
+//! The watcher polls the store's change sequence every [`POLL_INTERVAL`], so a revocation,
+//! rotation or limit change made by the CLI, the admin API or any other process writing the
+//! same `data_dir` reaches every worker well within the contract's 1 s. Expiry needs no
+//! watcher: [`KeyRecord::is_active`] is checked against the request's clock.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use subtle::{Choice, ConstantTimeEq};
+
+use crate::store::{unix_now, KeyRecord, KeyStore, Pepper};
+
+/// How often the watcher asks the store for changes. Bounds how stale the cache can be.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Every key the gateway issues starts with this.
+const KEY_PREFIX: &[u8] = b"cf_";
+/// Shortest plausible key: the prefix and at least 32 characters of encoded randomness (the
+/// gateway issues 32 random bytes, 43 characters in base64url or base62).
+const MIN_KEY_LEN: usize = KEY_PREFIX.len() + 32;
+/// Longest plausible key; anything longer is refused before it is hashed.
+const MAX_KEY_LEN: usize = 256;
+
+/// An HMAC-SHA256 of a presented secret, as the hash index's key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SecretHash([u8; 32]);
+
+impl Hash for SecretHash {
+    /// The HMAC output is already uniformly distributed and unknowable without the pepper, so
+    /// its first 8 bytes are a perfect hash: no SipHash pass on the hot path, and no way for a
+    /// client to aim collisions at one bucket.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+/// Passes through the `u64` that [`SecretHash`] writes.
+#[derive(Clone, Copy, Default)]
+struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than `SecretHash` is hashed; fold it in anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct BuildPassThroughHasher;
+
+impl BuildHasher for BuildPassThroughHasher {
+    type Hasher = PassThroughHasher;
+
+    fn build_hasher(&self) -> PassThroughHasher {
+        PassThroughHasher(0)
+    }
+}
+
+/// Declares an index key that reads its text (`id` or `name`) from the record it indexes, so a
+/// million keys do not carry a second copy of every id and name (two million allocations
+/// fewer at startup). Lookups by `&str` go through [`papaya::Equivalent`].
+macro_rules! record_field_key {
+    ($name:ident, $field:ident) => {
+        #[derive(Clone)]
+        struct $name(Arc<KeyRecord>);
+
+        impl Hash for $name {
+            fn hash<H: Hasher>(&self, state: &mut H) {
+                // Must hash exactly as `str` does, for lookups by `&str`.
+                self.0.$field.as_str().hash(state);
+            }
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.0.$field == other.0.$field
+            }
+        }
+
+        impl Eq for $name {}
+
+        impl papaya::Equivalent<$name> for str {
+            fn equivalent(&self, key: &$name) -> bool {
+                self == key.0.$field.as_str()
+            }
+        }
+    };
+}
+
+record_field_key!(IdKey, id);
+record_field_key!(NameKey, name);
+
+/// A rotated key's previous hash, indexed until its grace period ends.
+struct Grace {
+    valid_until: i64,
+    hash: [u8; 32],
+    key_id: String,
+}
+
+/// The in-memory replica of the key table, shared by every worker (`Arc` in
+/// `snapshot::Shared`). Lookups are lock-free; only the watcher thread writes.
+pub struct CredentialCache {
+    pepper: Pepper,
+    /// HMAC of the current secret, and of the previous one while its grace lasts -> key.
+    /// Revoked keys are not in this index.
+    by_hash: papaya::HashMap<SecretHash, Arc<KeyRecord>, BuildPassThroughHasher>,
+    /// Every key, revoked ones included (the record is the map's key; the value is unused).
+    by_id: papaya::HashMap<IdKey, ()>,
+    /// Keys that are not revoked, by name (the store keeps names unique among them).
+    by_name: papaya::HashMap<NameKey, ()>,
+    /// Previous hashes still indexed, for the watcher to drop when their grace ends. Only the
+    /// writer touches it.
+    graces: Mutex<Vec<Grace>>,
+    /// Set by [`CredentialCache::stop`]: the watcher exits at its next tick.
+    stop: AtomicBool,
+}
+
+impl CredentialCache {
+    /// Opens the store in `data_dir` (creating it and its pepper on first start), loads every
+    /// key, and starts the watcher thread that applies later changes every [`POLL_INTERVAL`].
+    /// The watcher ends when the returned cache is dropped or [`CredentialCache::stop`] is
+    /// called.
+    pub fn start(data_dir: &Path) -> Result<Arc<CredentialCache>, String> {
+        let where_ = data_dir.display();
+        let store = KeyStore::open(data_dir)
+            .map_err(|e| format!("cannot open the key store in {where_}: {e}"))?;
+        // The store keeps its pepper private; load our own copy of the same file.
+        let pepper = Pepper::load_or_create(data_dir)
+            .map_err(|e| format!("cannot read the pepper in {where_}: {e}"))?;
+        let records = store
+            .changes_since(0)
+            .map_err(|e| format!("cannot load keys from {where_}: {e}"))?;
+        // The sequence to resume from is that of the rows actually read: a change committed
+        // after this read has a higher sequence and is picked up by the first poll.
+        let last_seq = records.iter().map(|r| r.seq).max().unwrap_or(0);
+        let cache = Arc::new(CredentialCache::from_records(pepper, records));
+        let watcher = Watcher {
+            cache: Arc::downgrade(&cache),
+            store,
+            last_seq,
+            failing: false,
+        };
+        thread::Builder::new()
+            .name("cf-key-watcher".into())
+            .spawn(move || watcher.run())
+            .map_err(|e| format!("cannot start the key watcher thread: {e}"))?;
+        Ok(cache)
+    }
+
+    /// A cache holding `records` (later rows of an id replace earlier ones), with no
+    /// store and no watcher: what [`CredentialCache::start`] builds from its first load, and
+    /// what tests and benchmarks use to build a large table in memory.
+    pub fn from_records(pepper: Pepper, records: Vec<KeyRecord>) -> CredentialCache {
+        let capacity = records.len();
+        let cache = CredentialCache {
+            pepper,
+            by_hash: papaya::HashMap::builder()
+                .capacity(capacity)
+                .hasher(BuildPassThroughHasher)
+                .build(),
+            by_id: papaya::HashMap::with_capacity(capacity),
+            by_name: papaya::HashMap::with_capacity(capacity),
+            graces: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        };
+        let now = unix_now();
+        for record in records {
+            cache.apply(record, now);
+        }
+        cache
+    }
+
+    /// The key whose secret is `presented`, if it is known, not revoked and not expired at
+    /// `now` (unix seconds); a rotated key's previous secret only until its grace ends.
+    ///
+    /// Anything that does not look like a gateway key (`cf_` prefix, plausible length) is
+    /// refused before hashing; otherwise the cost is one HMAC-SHA256, one hash-map probe and
+    /// a constant-time compare, with no allocation, so a flood of unknown keys is cheap.
+    pub fn authenticate(&self, presented: &[u8], now: i64) -> Option<Arc<KeyRecord>> {
+        if !is_plausible_key(presented) {
+            return None;
+        }
+        let computed = self.pepper.hash(presented);
+        let index = self.by_hash.pin();
+        let key = index.get(&SecretHash(computed))?;
+        // The probe compared the hash with `==`; the compare that decides is constant-time, so
+        // response timing says nothing about how much of a guess was right.
+        let current = key.hash.ct_eq(&computed);
+        let previous = match key.previous_hash {
+            Some(previous) => {
+                previous.ct_eq(&computed) & Choice::from(u8::from(key.previous_is_valid(now)))
+            }
+            None => Choice::from(0),
+        };
+        if !bool::from(current | previous) || !key.is_active(now) {
+            return None;
+        }
+        Some(Arc::clone(key))
+    }
+
+    /// The key with this id, revoked or expired ones included (callers check
+    /// [`KeyRecord::is_active`]).
+    pub fn by_id(&self, id: &str) -> Option<Arc<KeyRecord>> {
+        self.by_id
+            .pin()
+            .get_key_value(id)
+            .map(|(key, ())| Arc::clone(&key.0))
+    }
+
+    /// The non-revoked key with this name (for Lua's `ctx:set_consumer`). Callers check
+    /// [`KeyRecord::is_active`] for expiry.
+    pub fn by_name(&self, name: &str) -> Option<Arc<KeyRecord>> {
+        self.by_name
+            .pin()
+            .get_key_value(name)
+            .map(|(key, ())| Arc::clone(&key.0))
+    }
+
+    /// How many keys the cache holds, revoked ones included.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True when the cache holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks the watcher thread to exit at its next tick; the cache keeps serving what it holds.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Inserts or replaces one key row and drops index entries it no longer owns (a rotated
+    /// key's old hash, a revoked key's hashes, a renamed key's old name). New entries go in
+    /// before stale ones come out, so a reader never sees a live key missing.
+    fn apply(&self, record: KeyRecord, now: i64) {
+        let record = Arc::new(record);
+        let id = record.id.as_str();
+        let ids = self.by_id.pin();
+        let old = ids.get_key_value(id).map(|(key, ())| Arc::clone(&key.0));
+        ids.insert(IdKey(Arc::clone(&record)), ());
+
+        let live = live_hashes(&record, now);
+        let hashes = self.by_hash.pin();
+        for hash in live.iter().flatten() {
+            hashes.insert(SecretHash(*hash), Arc::clone(&record));
+        }
+        if let (Some(previous), Some(valid_until)) = (live[1], record.previous_valid_until) {
+            self.graces.lock().push(Grace {
+                valid_until,
+                hash: previous,
+                key_id: id.to_owned(),
+            });
+        }
+        if let Some(old) = &old {
+            for stale in [Some(old.hash), old.previous_hash].into_iter().flatten() {
+                if !live.contains(&Some(stale)) {
+                    let _ = hashes.remove_if(&SecretHash(stale), |_, key| key.id == id);
+                }
+            }
+        }
+
+        let names = self.by_name.pin();
+        let revoked = record.revoked_at.is_some();
+        if let Some(old) = &old {
+            if old.name != record.name || revoked {
+                let _ = names.remove_if(old.name.as_str(), |key, ()| key.0.id == id);
+            }
+        }
+        if !revoked {
+            names.insert(NameKey(Arc::clone(&record)), ());
+        }
+    }
+
+    /// Drops previous-secret hashes whose grace ended by `now`. Lookups already refuse
+    /// them; this only keeps the index from growing with every rotation.
+    fn expire_graces(&self, now: i64) {
+        let mut graces = self.graces.lock();
+        if graces.is_empty() {
+            return;
+        }
+        let hashes = self.by_hash.pin();
+        graces.retain(|grace| {
+            if grace.valid_until > now {
+                return true;
+            }
+            // Only if the entry still belongs to that key as a previous secret.
+            let _ = hashes.remove_if(&SecretHash(grace.hash), |_, key| {
+                key.id == grace.key_id && key.hash != grace.hash
+            });
+            false
+        });
+    }
+}
+
+impl fmt::Debug for CredentialCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialCache")
+            .field("keys", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The hashes under which `record` must be found: none when revoked; the current one; the
+/// previous one while its grace lasts.
+fn live_hashes(record: &KeyRecord, now: i64) -> [Option<[u8; 32]>; 2] {
+    if record.revoked_at.is_some() {
+        return [None, None];
+    }
+    let previous = match (record.previous_hash, record.previous_valid_until) {
+        (Some(previous), Some(until)) if until > now && previous != record.hash => Some(previous),
+        _ => None,
+    };
+    [Some(record.hash), previous]
+}
+
+/// Whether `presented` could be a gateway-issued key at all.
+fn is_plausible_key(presented: &[u8]) -> bool {
+    (MIN_KEY_LEN..=MAX_KEY_LEN).contains(&presented.len()) && presented.starts_with(KEY_PREFIX)
+}
+
+/// The background thread that replays store changes into the cache.
+struct Watcher {
+    cache: Weak<CredentialCache>,
+    store: KeyStore,
+    last_seq: u64,
+    /// Whether the last poll failed, so a persistent failure is logged once, not 10 times a second.
+    failing: bool,
+}
+
+impl Watcher {
+    fn run(mut self) {
+        loop {
+            thread::sleep(POLL_INTERVAL);
+            // Hold the cache only for the length of one tick, so dropping it ends the thread.
+            let Some(cache) = self.cache.upgrade() else {
+                return;
+            };
+            if cache.stop.load(Ordering::Acquire) {
+                return;
+            }
+            self.tick(&cache, unix_now());
+        }
+    }
+
+    fn tick(&mut self, cache: &CredentialCache, now: i64) {
+        match self.store.changes_since(self.last_seq) {
+            Ok(rows) => {
+                if self.failing {
+                    log::info!("key store readable again; credential cache catching up");
+                    self.failing = false;
+                }
+                for row in rows {
+                    self.last_seq = self.last_seq.max(row.seq);
+                    cache.apply(row, now);
+                }
+            }
+            Err(e) => {
+                if !self.failing {
+                    log::warn!("cannot read key changes (will retry every 100 ms): {e}");
+                    self.failing = true;
+                }
+            }
+        }
+        cache.expire_graces(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::auth::test_support;
+    use crate::store::{KeyPatch, NewKey};
+
+    /// A fresh data directory, removed when the test ends.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(label: &str) -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir()
+                .join(format!("cf-auth-cache-{label}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn new_key(name: &str) -> NewKey {
+        NewKey {
+            name: name.to_owned(),
+            ..NewKey::default()
+        }
+    }
+
+    /// Polls `condition` until it holds or 1 s (the contract's bound) has passed; returns how
+    /// long it took, or panics.
+    fn within_one_second(what: &str, mut condition: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while !condition() {
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "{what}: not seen by the cache within 1 s"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        start.elapsed()
+    }
+
+    fn in_memory(records: Vec<KeyRecord>) -> CredentialCache {
+        CredentialCache::from_records(Pepper::from_bytes([7; 32]), records)
+    }
+
+    fn secret(label: &str) -> String {
+        format!("cf_{label:x>43}")
+    }
+
+    #[test]
+    fn issued_key_authenticates_to_its_record() {
+        let dir = TempDir::new("hit");
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let (record, key) = store.create(new_key("alice"), "test").unwrap();
+        let cache = CredentialCache::start(&dir.0).unwrap();
+
+        let found = cache.authenticate(key.as_bytes(), unix_now()).expect("hit");
+        assert_eq!(found.id, record.id);
+        assert_eq!(found.name, "alice");
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let dir = TempDir::new("miss");
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let (_, key) = store.create(new_key("alice"), "test").unwrap();
+        let cache = CredentialCache::start(&dir.0).unwrap();
+
+        let mut other = key.into_bytes();
+        let last = other.len() - 1;
+        other[last] = if other[last] == b'A' { b'B' } else { b'A' };
+        assert!(cache.authenticate(&other, unix_now()).is_none());
+        assert!(cache
+            .authenticate(secret("unknown").as_bytes(), unix_now())
+            .is_none());
+    }
+
+    #[test]
+    fn key_without_the_cf_prefix_or_of_implausible_length_is_refused() {
+        let dir = TempDir::new("shape");
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let (_, key) = store.create(new_key("alice"), "test").unwrap();
+        let cache = CredentialCache::start(&dir.0).unwrap();
+
+        let wrong_prefix = format!("sk_{}", &key[3..]);
+        assert!(cache
+            .authenticate(wrong_prefix.as_bytes(), unix_now())
+            .is_none());
+        assert!(cache.authenticate(b"cf_short", unix_now()).is_none());
+        let huge = format!("{key}{}", "a".repeat(MAX_KEY_LEN));
+        assert!(cache.authenticate(huge.as_bytes(), unix_now()).is_none());
+        assert!(cache.authenticate(b"", unix_now()).is_none());
+    }
+
+    #[test]
+    fn revoke_by_another_connection_stops_the_key_within_one_second() {
+        let dir = TempDir::new("revoke");
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let (record, key) = store.create(new_key("alice"), "test").unwrap();
+        let cache = CredentialCache::start(&dir.0).unwrap();
+        assert!(cache.authenticate(key.as_bytes(), unix_now()).is_some());
+
+        // A second connection, as the CLI in another process would open.
+        let mut other = KeyStore::open(&dir.0).unwrap();
+        other.revoke(&record.id, "test").unwrap();
+        within_one_second("revocation", || {
+            cache.authenticate(key.as_bytes(), unix_now()).is_none()
+        });
+        let revoked = cache
+            .by_id(&record.id)
+            .expect("revoked keys stay known by id");
+        assert!(revoked.revoked_at.is_some());
+        assert!(cache.by_name("alice").is_none());
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_secret_until_the_grace_ends() {
+        let dir = TempDir::new("rotate");
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let (record, old_key) = store.create(new_key("alice"), "test").unwrap();
+        let cache = CredentialCache::start(&dir.0).unwrap();
+
+        let (rotated, new_key) = KeyStore::open(&dir.0)
+            .unwrap()
+            .rotate(&record.id, Duration::from_secs(3600), "test")
+            .unwrap();
+        within_one_second("rotation", || {
+            cache.authenticate(new_key.as_bytes(), unix_now()).is_some()
+        });
+        let now = unix_now();
+        let grace_end = rotated.previous_valid_until.unwrap();
+        let old = cache
+            .authenticate(old_key.as_bytes(), now)
+            .expect("old key in grace");
+        assert_eq!(old.id, record.id);
+        assert!(cache
+            .authenticate(old_key.as_bytes(), grace_end - 1)
+            .is_some());
+        assert!(cache.authenticate(old_key.as_bytes(), grace_end).is_none());
+        assert!(cache.authenticate(new_key.as_bytes(), grace_end).is_some());
+    }
+
+    #[test]
+    fn rotation_without_grace_kills_the_old_secret_within_one_second() {
+        let dir = TempDir::new("rotate0");
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let (record, old_key) = store.create(new_key("alice"), "test").unwrap();
+        let cache = CredentialCache::start(&dir.0).unwrap();
+
+        let (_, new_key) = store.rotate(&record.id, Duration::ZERO, "test").unwrap();
+        within_one_second("rotation", || {
+            cache.authenticate(new_key.as_bytes(), unix_now()).is_some()
+        });
+        assert!(cache.authenticate(old_key.as_bytes(), unix_now()).is_none());
+    }
+
+    #[test]
+    fn second_rotation_drops_the_first_secret_from_the_index() {
+        let first = secret("first");
+        let second = secret("second");
+        let third = secret("third");
+        let cache = in_memory(Vec::new());
+        let now = 1_000;
+        let mut record = test_support::record("key_r", "r");
+        record.hash = cache.pepper.hash(first.as_bytes());
+        cache.apply(record.clone(), now);
+
+        record.previous_hash = Some(record.hash);
+        record.previous_valid_until = Some(now + 60);
+        record.hash = cache.pepper.hash(second.as_bytes());
+        cache.apply(record.clone(), now);
+        assert!(cache.authenticate(first.as_bytes(), now).is_some());
+
+        record.previous_hash = Some(record.hash);
+        record.hash = cache.pepper.hash(third.as_bytes());
+        cache.apply(record, now);
+        assert!(cache.authenticate(first.as_bytes(), now).is_none());
+        assert!(cache.authenticate(second.as_bytes(), now).is_some());
+        assert!(cache.authenticate(third.as_bytes(), now).is_some());
+        assert_eq!(cache.by_hash.len(), 2);
+    }
+
+    #[test]
+    fn ended_grace_entries_leave_the_index() {
+        let old = secret("old");
+        let new = secret("new");
+        let cache = in_memory(Vec::new());
+        let mut record = test_support::record("key_g", "g");
+        record.hash = cache.pepper.hash(new.as_bytes());
+        record.previous_hash = Some(cache.pepper.hash(old.as_bytes()));
+        record.previous_valid_until = Some(1_060);
+        cache.apply(record, 1_000);
+        assert_eq!(cache.by_hash.len(), 2);
+
+        cache.expire_graces(1_059);
+        assert_eq!(cache.by_hash.len(), 2);
+        cache.expire_graces(1_060);
+        assert_eq!(cache.by_hash.len(), 1);
+        assert!(cache.authenticate(new.as_bytes(), 1_060).is_some());
+    }
+
+    #[test]
+    fn expired_key_is_refused_from_its_expiry_second() {
+        let dir = TempDir::new("expiry");
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let new = NewKey {
+            expires_in: Some("1h".into()),
+            ..new_key("alice")
+        };
+        let (record, key) = store.create(new, "test").unwrap();
+        let cache = CredentialCache::start(&dir.0).unwrap();
+
+        let expires_at = record.expires_at.expect("expiry set");
+        assert!(cache.authenticate(key.as_bytes(), expires_at - 1).is_some());
+        assert!(cache.authenticate(key.as_bytes(), expires_at).is_none());
+    }
+
+    #[test]
+    fn limit_change_by_another_connection_reaches_the_cache_within_one_second() {
+        let dir = TempDir::new("update");
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let (record, key) = store.create(new_key("alice"), "test").unwrap();
+        let cache = CredentialCache::start(&dir.0).unwrap();
+
+        let patch = KeyPatch {
+            rpm: Some(Some(42)),
+            name: Some("alice-2".into()),
+            ..KeyPatch::default()
+        };
+        KeyStore::open(&dir.0)
+            .unwrap()
+            .update(&record.id, patch, "test")
+            .unwrap();
+        within_one_second("update", || {
+            cache.by_id(&record.id).is_some_and(|k| k.rpm == Some(42))
+        });
+        let by_key = cache.authenticate(key.as_bytes(), unix_now()).unwrap();
+        assert_eq!(by_key.rpm, Some(42));
+        assert!(cache.by_name("alice").is_none());
+        assert_eq!(cache.by_name("alice-2").unwrap().id, record.id);
+    }
+
+    #[test]
+    fn thousand_keys_all_authenticate_including_ones_created_after_start() {
+        let dir = TempDir::new("bulk");
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let mut issued = Vec::new();
+        for i in 0..500 {
+            issued.push(store.create(new_key(&format!("k{i}")), "test").unwrap());
+        }
+        let cache = CredentialCache::start(&dir.0).unwrap();
+        for i in 500..1000 {
+            issued.push(store.create(new_key(&format!("k{i}")), "test").unwrap());
+        }
+        within_one_second("bulk creation", || cache.len() == 1000);
+        let now = unix_now();
+        for (record, key) in &issued {
+            let found = cache
+                .authenticate(key.as_bytes(), now)
+                .expect("every key hits");
+            assert_eq!(found.id, record.id);
+            assert_eq!(cache.by_name(&record.name).unwrap().id, record.id);
+        }
+    }
+
+    #[test]
+    fn stopped_watcher_applies_no_more_changes() {
+        let dir = TempDir::new("stop");
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let cache = CredentialCache::start(&dir.0).unwrap();
+        cache.stop();
+        thread::sleep(POLL_INTERVAL * 2);
+        store.create(new_key("late"), "test").unwrap();
+        thread::sleep(POLL_INTERVAL * 3);
+        assert!(cache.by_name("late").is_none());
+    }
+
+    #[test]
+    fn dropping_the_cache_frees_it_so_the_watcher_ends() {
+        let dir = TempDir::new("drop");
+        let cache = CredentialCache::start(&dir.0).unwrap();
+        let weak = Arc::downgrade(&cache);
+        drop(cache);
+        // The watcher holds only a Weak between ticks, so nothing keeps the cache alive.
+        assert!(
+            weak.upgrade().is_none() || {
+                thread::sleep(POLL_INTERVAL * 2);
+                weak.upgrade().is_none()
+            }
+        );
+    }
+
+    #[test]
+    fn start_fails_with_a_message_when_the_data_dir_cannot_be_created() {
+        let dir = TempDir::new("bad");
+        let file = dir.0.join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = CredentialCache::start(&file.join("sub")).unwrap_err();
+        assert!(err.contains("key store"), "{err}");
+    }
+}

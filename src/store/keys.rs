@@ -1,0 +1,661 @@
+//! The key table: virtual keys in SQLite (`data_dir/keys.db`), their life cycle, and the
+//! change sequence the credential cache follows.
+//!
+//! Only HMAC-SHA256(pepper, secret) and a display prefix are stored, never the secret.
+//! Every mutation runs in one `BEGIN IMMEDIATE` transaction that also bumps the store-wide
+//! sequence in `meta` and stamps the changed row with it. Writers are serialised by SQLite,
+//! so sequence order is commit order: a reader that has applied everything up to `n` only
+//! needs the rows with `seq > n` ([`KeyStore::changes_since`]).
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use super::ids::{display_prefix, new_key_id, new_secret, parse_duration};
+use super::pepper::Pepper;
+use super::{audit, unix_now, StoreError};
+
+/// File name of the key database inside the data directory.
+pub const DB_FILE: &str = "keys.db";
+
+/// How long a writer waits for another process's transaction (the CLI and a running gateway
+/// share the file) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest accepted name, team, glob, scope or metadata (as JSON), in bytes.
+const MAX_TEXT: usize = 256;
+const MAX_LIST: usize = 256;
+const MAX_METADATA_JSON: usize = 16 * 1024;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('seq', 0);
+CREATE TABLE IF NOT EXISTS keys (
+    id                   TEXT PRIMARY KEY,
+    name                 TEXT NOT NULL,
+    team                 TEXT NOT NULL,
+    prefix               TEXT NOT NULL,
+    hash                 BLOB NOT NULL UNIQUE,
+    previous_hash        BLOB,
+    previous_valid_until INTEGER,
+    models               TEXT NOT NULL,
+    routes               TEXT NOT NULL,
+    scopes               TEXT NOT NULL,
+    rps                  REAL,
+    rpm                  INTEGER,
+    tpm                  INTEGER,
+    max_concurrency      INTEGER,
+    budget_usd           REAL,
+    budget_tokens        INTEGER,
+    budget_period        TEXT,
+    metadata             TEXT NOT NULL,
+    created_at           INTEGER NOT NULL,
+    updated_at           INTEGER NOT NULL,
+    expires_at           INTEGER,
+    revoked_at           INTEGER,
+    seq                  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_by_seq ON keys (seq);
+";
+
+const COLUMNS: &str = "id, name, team, prefix, hash, previous_hash, previous_valid_until, \
+    models, routes, scopes, rps, rpm, tpm, max_concurrency, budget_usd, budget_tokens, \
+    budget_period, metadata, created_at, updated_at, expires_at, revoked_at, seq";
+
+/// One virtual key as stored. Its serde form (admin API, CLI `--json`, audit log) leaves out
+/// the hashes and the sequence, and its `Debug` redacts the hashes; the secret is never part
+/// of it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// `key_` and 20 random lowercase base32 characters.
+    pub id: String,
+    pub name: String,
+    pub team: String,
+    /// The secret's first 12 characters, for telling keys apart.
+    pub prefix: String,
+    /// Model-name globs the key may use (empty = all).
+    pub models: Vec<String>,
+    /// Route-name globs the key may use (empty = all).
+    pub routes: Vec<String>,
+    pub scopes: Vec<String>,
+    pub rps: Option<f64>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrency: Option<u32>,
+    pub budget_usd: Option<f64>,
+    pub budget_tokens: Option<u64>,
+    /// `day`, `month` or `total`.
+    pub budget_period: Option<String>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    /// HMAC-SHA256(pepper, current secret).
+    #[serde(skip)]
+    pub hash: [u8; 32],
+    /// The hash of the secret before the last rotation, accepted until
+    /// `previous_valid_until`.
+    #[serde(skip)]
+    pub previous_hash: Option<[u8; 32]>,
+    /// End of the rotation grace (unix seconds); not secret, so shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_valid_until: Option<i64>,
+    /// Store-wide sequence number of the last change to this row.
+    #[serde(skip)]
+    pub seq: u64,
+}
+
+impl KeyRecord {
+    /// Whether the key may authenticate at `now`: not revoked and not expired.
+    pub fn is_active(&self, now: i64) -> bool {
+        // Revocation takes effect at once; expiry at the stamped second.
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|t| t > now)
+    }
+
+    /// Whether the pre-rotation secret is still accepted at `now`.
+    pub fn previous_is_valid(&self, now: i64) -> bool {
+        self.previous_hash.is_some() && self.previous_valid_until.is_some_and(|t| t > now)
+    }
+
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+        Ok(KeyRecord {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            team: row.get(2)?,
+            prefix: row.get(3)?,
+            hash: row.get(4)?,
+            previous_hash: row.get(5)?,
+            previous_valid_until: row.get(6)?,
+            models: json_column(row, 7)?,
+            routes: json_column(row, 8)?,
+            scopes: json_column(row, 9)?,
+            rps: row.get(10)?,
+            rpm: row.get(11)?,
+            tpm: row.get(12)?,
+            max_concurrency: row.get(13)?,
+            budget_usd: row.get(14)?,
+            budget_tokens: row.get(15)?,
+            budget_period: row.get(16)?,
+            metadata: json_column(row, 17)?,
+            created_at: row.get(18)?,
+            updated_at: row.get(19)?,
+            expires_at: row.get(20)?,
+            revoked_at: row.get(21)?,
+            seq: row.get(22)?,
+        })
+    }
+}
+
+impl std::fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The hashes are not the secret, but with the pepper they are a way to test guesses
+        // offline: they stay out of logs and panic messages.
+        f.debug_struct("KeyRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("team", &self.team)
+            .field("prefix", &self.prefix)
+            .field("models", &self.models)
+            .field("routes", &self.routes)
+            .field("scopes", &self.scopes)
+            .field("rps", &self.rps)
+            .field("rpm", &self.rpm)
+            .field("tpm", &self.tpm)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("budget_usd", &self.budget_usd)
+            .field("budget_tokens", &self.budget_tokens)
+            .field("budget_period", &self.budget_period)
+            .field("metadata", &self.metadata)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("hash", &"<redacted>")
+            .field("previous_hash", &self.previous_hash.map(|_| "<redacted>"))
+            .field("previous_valid_until", &self.previous_valid_until)
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(i)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// The fields of a new key (the body of `POST /admin/keys`, the flags of `keys create`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NewKey {
+    /// Required, non-empty; unique among keys that are not revoked.
+    pub name: String,
+    pub team: String,
+    pub models: Vec<String>,
+    pub routes: Vec<String>,
+    pub scopes: Vec<String>,
+    pub rps: Option<f64>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrency: Option<u32>,
+    pub budget_usd: Option<f64>,
+    pub budget_tokens: Option<u64>,
+    pub budget_period: Option<String>,
+    /// Lifetime from now, like `30d`, `12h`, `90m`, `3600s`; `None` = never expires.
+    pub expires_in: Option<String>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A partial update (`PATCH /admin/keys/{id}`, `keys update`): `None` leaves a field alone;
+/// for optional fields `Some(None)` clears it (JSON `null`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub team: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub routes: Option<Vec<String>>,
+    pub scopes: Option<Vec<String>>,
+    pub rps: Option<Option<f64>>,
+    pub rpm: Option<Option<u64>>,
+    pub tpm: Option<Option<u64>>,
+    pub max_concurrency: Option<Option<u32>>,
+    pub budget_usd: Option<Option<f64>>,
+    pub budget_tokens: Option<Option<u64>>,
+    pub budget_period: Option<Option<String>>,
+    /// A new lifetime counted from now; `Some(None)` makes the key never expire.
+    pub expires_in: Option<Option<String>>,
+    /// Replaces the whole metadata object.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The key store: one SQLite connection. Not shared across threads; open one per thread.
+pub struct KeyStore {
+    conn: Connection,
+    pepper: Pepper,
+    data_dir: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyStore {
+    /// Opens (creating as needed) the data directory, `keys.db` in WAL mode with its schema,
+    /// and the pepper.
+    pub fn open(data_dir: &Path) -> Result<KeyStore, StoreError> {
+        fs::create_dir_all(data_dir)?;
+        let pepper = Pepper::load_or_create(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        let is_new = !path.exists();
+        let conn = Connection::open(&path)?;
+        if is_new {
+            // Key metadata is nobody else's business; SQLite gives the -wal and -shm files
+            // the database file's permissions.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        }
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL lets the gateway's refresher read while the CLI writes (sqlite.org/wal.html);
+        // NORMAL sync is durable across application crashes, which is what WAL needs.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(KeyStore {
+            conn,
+            pepper,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    /// The pepper secrets are hashed under.
+    pub fn pepper(&self) -> &Pepper {
+        &self.pepper
+    }
+
+    /// The data directory this store lives in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Issues a key. Returns the record and the secret, which is shown once and never
+    /// stored. The action is audited as `create` by `actor`.
+    pub fn create(&mut self, new: NewKey, actor: &str) -> Result<(KeyRecord, String), StoreError> {
+        let now = unix_now();
+        let mut record = KeyRecord {
+            id: new_key_id(),
+            name: new.name,
+            team: new.team,
+            prefix: String::new(),
+            models: new.models,
+            routes: new.routes,
+            scopes: new.scopes,
+            rps: new.rps,
+            rpm: new.rpm,
+            tpm: new.tpm,
+            max_concurrency: new.max_concurrency,
+            budget_usd: new.budget_usd,
+            budget_tokens: new.budget_tokens,
+            budget_period: new.budget_period,
+            metadata: new.metadata,
+            created_at: now,
+            updated_at: now,
+            expires_at: expiry(new.expires_in.as_deref(), now)?,
+            revoked_at: None,
+            hash: [0; 32],
+            previous_hash: None,
+            previous_valid_until: None,
+            seq: 0,
+        };
+        validate(&record)?;
+        let secret = new_secret();
+        record.prefix = display_prefix(&secret);
+        record.hash = self.pepper.hash(secret.as_bytes());
+
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        ensure_name_free(&tx, &record.name, None)?;
+        record.seq = bump_seq(&tx)?;
+        write_row(&tx, &record, true)?;
+        tx.commit()?;
+        self.audit(actor, "create", &record.id, None, Some(&record));
+        Ok((record, secret.as_str().to_owned()))
+    }
+
+    /// Every key, revoked ones included, oldest first.
+    pub fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut statement = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM keys ORDER BY created_at, id"
+        ))?;
+        let rows = statement.query_map([], KeyRecord::from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The key with this id.
+    pub fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(get_row(&self.conn, id)?)
+    }
+
+    /// Applies a partial update; audited as `update`.
+    pub fn update(
+        &mut self,
+        id: &str,
+        patch: KeyPatch,
+        actor: &str,
+    ) -> Result<KeyRecord, StoreError> {
+        let now = unix_now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let before = get_row(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let mut after = before.clone();
+        apply(&mut after, patch, now)?;
+        validate(&after)?;
+        if after.name != before.name {
+            ensure_name_free(&tx, &after.name, Some(id))?;
+        }
+        after.updated_at = now;
+        after.seq = bump_seq(&tx)?;
+        write_row(&tx, &after, false)?;
+        tx.commit()?;
+        self.audit(actor, "update", id, Some(&before), Some(&after));
+        Ok(after)
+    }
+
+    /// Revokes a key: it stops authenticating (within the cache's refresh interval) but stays
+    /// listed. Revoking a revoked key changes nothing and returns it. Audited as `revoke`.
+    pub fn revoke(&mut self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+        let now = unix_now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let before = get_row(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        if before.revoked_at.is_some() {
+            return Ok(before);
+        }
+        let mut after = before.clone();
+        after.revoked_at = Some(now);
+        after.updated_at = now;
+        after.seq = bump_seq(&tx)?;
+        write_row(&tx, &after, false)?;
+        tx.commit()?;
+        self.audit(actor, "revoke", id, Some(&before), Some(&after));
+        Ok(after)
+    }
+
+    /// Gives a key a new secret, same id. The old secret keeps working for `grace` (zero:
+    /// it dies now); a secret from an earlier rotation dies at once. Audited as `rotate`.
+    pub fn rotate(
+        &mut self,
+        id: &str,
+        grace: Duration,
+        actor: &str,
+    ) -> Result<(KeyRecord, String), StoreError> {
+        let now = unix_now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let before = get_row(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        if before.revoked_at.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "key {id} is revoked and cannot be rotated"
+            )));
+        }
+        let secret = new_secret();
+        let mut after = before.clone();
+        after.previous_hash = Some(before.hash);
+        after.previous_valid_until = Some(now.saturating_add(grace.as_secs() as i64));
+        after.hash = self.pepper.hash(secret.as_bytes());
+        after.prefix = display_prefix(&secret);
+        after.updated_at = now;
+        after.seq = bump_seq(&tx)?;
+        write_row(&tx, &after, false)?;
+        tx.commit()?;
+        self.audit(actor, "rotate", id, Some(&before), Some(&after));
+        Ok((after, secret.as_str().to_owned()))
+    }
+
+    /// Rows changed after sequence `seq` (revoked ones included), in sequence order.
+    pub fn changes_since(&self, seq: u64) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut statement = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM keys WHERE seq > ?1 ORDER BY seq"
+        ))?;
+        let rows = statement.query_map([seq], KeyRecord::from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The sequence number of the last change (0 for a new store). Cheap: one row.
+    pub fn max_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE name = 'seq'")?
+            .query_row([], |row| row.get(0))?)
+    }
+
+    /// Appends to the audit log. The change is already committed, so a failing log write is
+    /// reported, not undone.
+    fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        id: &str,
+        before: Option<&KeyRecord>,
+        after: Option<&KeyRecord>,
+    ) {
+        if let Err(e) = audit::append(&self.data_dir, actor, action, Some(id), before, after) {
+            log::error!("audit log write failed for {action} {id}: {e}");
+        }
+    }
+}
+
+fn get_row(conn: &Connection, id: &str) -> rusqlite::Result<Option<KeyRecord>> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM keys WHERE id = ?1"))?
+        .query_row([id], KeyRecord::from_row)
+        .optional()
+}
+
+/// Increments the change sequence inside the caller's transaction and returns the new value.
+fn bump_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.prepare_cached("UPDATE meta SET value = value + 1 WHERE name = 'seq' RETURNING value")?
+        .query_row([], |row| row.get(0))
+}
+
+/// Names identify keys to Lua's `ctx:set_consumer(name)`, so no two unrevoked keys share one.
+fn ensure_name_free(
+    conn: &Connection,
+    name: &str,
+    except_id: Option<&str>,
+) -> Result<(), StoreError> {
+    let taken: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM keys WHERE name = ?1 AND revoked_at IS NULL \
+             AND id IS NOT ?2)",
+        )?
+        .query_row(params![name, except_id], |row| row.get(0))?;
+    if taken {
+        return Err(StoreError::Conflict(format!(
+            "a key named {name:?} already exists"
+        )));
+    }
+    Ok(())
+}
+
+fn write_row(conn: &Connection, r: &KeyRecord, insert: bool) -> Result<(), StoreError> {
+    let verb = if insert { "INSERT" } else { "REPLACE" };
+    conn.prepare_cached(&format!(
+        "{verb} INTO keys ({COLUMNS}) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
+          ?19, ?20, ?21, ?22, ?23)"
+    ))?
+    .execute(params![
+        r.id,
+        r.name,
+        r.team,
+        r.prefix,
+        r.hash,
+        r.previous_hash,
+        r.previous_valid_until,
+        json(&r.models),
+        json(&r.routes),
+        json(&r.scopes),
+        r.rps,
+        r.rpm,
+        r.tpm,
+        r.max_concurrency,
+        r.budget_usd,
+        r.budget_tokens,
+        r.budget_period,
+        json(&r.metadata),
+        r.created_at,
+        r.updated_at,
+        r.expires_at,
+        r.revoked_at,
+        r.seq,
+    ])?;
+    Ok(())
+}
+
+/// JSON text of a list or map column.
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("lists and maps of JSON values serialize")
+}
+
+fn expiry(expires_in: Option<&str>, now: i64) -> Result<Option<i64>, StoreError> {
+    expires_in
+        .map(|text| {
+            parse_duration(text)
+                .map(|d| now.saturating_add(d.as_secs() as i64))
+                .map_err(|e| StoreError::invalid("expires_in", e))
+        })
+        .transpose()
+}
+
+fn apply(record: &mut KeyRecord, patch: KeyPatch, now: i64) -> Result<(), StoreError> {
+    let KeyPatch {
+        name,
+        team,
+        models,
+        routes,
+        scopes,
+        rps,
+        rpm,
+        tpm,
+        max_concurrency,
+        budget_usd,
+        budget_tokens,
+        budget_period,
+        expires_in,
+        metadata,
+    } = patch;
+    fn set<T>(slot: &mut T, value: Option<T>) {
+        if let Some(value) = value {
+            *slot = value;
+        }
+    }
+    set(&mut record.name, name);
+    set(&mut record.team, team);
+    set(&mut record.models, models);
+    set(&mut record.routes, routes);
+    set(&mut record.scopes, scopes);
+    set(&mut record.rps, rps);
+    set(&mut record.rpm, rpm);
+    set(&mut record.tpm, tpm);
+    set(&mut record.max_concurrency, max_concurrency);
+    set(&mut record.budget_usd, budget_usd);
+    set(&mut record.budget_tokens, budget_tokens);
+    set(&mut record.budget_period, budget_period);
+    set(&mut record.metadata, metadata);
+    if let Some(expires_in) = expires_in {
+        record.expires_at = expiry(expires_in.as_deref(), now)?;
+    }
+    Ok(())
+}
+
+/// Checks a record's fields before it is written; errors name the API field.
+fn validate(r: &KeyRecord) -> Result<(), StoreError> {
+    if r.name.trim().is_empty() {
+        return Err(StoreError::invalid("name", "must not be empty"));
+    }
+    check_text("name", &r.name)?;
+    check_text("team", &r.team)?;
+    for (field, list) in [
+        ("models", &r.models),
+        ("routes", &r.routes),
+        ("scopes", &r.scopes),
+    ] {
+        if list.len() > MAX_LIST {
+            return Err(StoreError::invalid(
+                field,
+                format!("at most {MAX_LIST} entries"),
+            ));
+        }
+        for item in list {
+            if item.is_empty() {
+                return Err(StoreError::invalid(field, "entries must not be empty"));
+            }
+            check_text(field, item)?;
+        }
+    }
+    for (field, value) in [
+        ("rpm", r.rpm),
+        ("tpm", r.tpm),
+        ("budget_tokens", r.budget_tokens),
+    ] {
+        // SQLite integers are signed 64-bit.
+        if value.is_some_and(|v| v > i64::MAX as u64) {
+            return Err(StoreError::invalid(field, "is too large"));
+        }
+    }
+    for (field, value) in [("rps", r.rps), ("budget_usd", r.budget_usd)] {
+        if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+            return Err(StoreError::invalid(field, "must be a number >= 0"));
+        }
+    }
+    if let Some(period) = &r.budget_period {
+        if !matches!(period.as_str(), "day" | "month" | "total") {
+            return Err(StoreError::invalid(
+                "budget_period",
+                "must be \"day\", \"month\" or \"total\"",
+            ));
+        }
+    }
+    if serde_json::to_string(&r.metadata).map_or(0, |s| s.len()) > MAX_METADATA_JSON {
+        return Err(StoreError::invalid(
+            "metadata",
+            format!("at most {MAX_METADATA_JSON} bytes as JSON"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_text(field: &'static str, text: &str) -> Result<(), StoreError> {
+    if text.len() > MAX_TEXT {
+        return Err(StoreError::invalid(
+            field,
+            format!("at most {MAX_TEXT} bytes"),
+        ));
+    }
+    // Names end up in logs, headers and terminal output: no control characters.
+    if text.chars().any(char::is_control) {
+        return Err(StoreError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

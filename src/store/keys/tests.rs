@@ -1,0 +1,480 @@
+use super::*;
+use crate::store::audit;
+use crate::store::ids::new_key_id;
+use std::path::PathBuf;
+
+/// A fresh data directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!("cf-keys-{}", new_key_id()));
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn open() -> (TempDir, KeyStore) {
+    let dir = TempDir::new();
+    let store = KeyStore::open(&dir.0).unwrap();
+    (dir, store)
+}
+
+fn named(name: &str) -> NewKey {
+    NewKey {
+        name: name.into(),
+        ..NewKey::default()
+    }
+}
+
+#[test]
+fn create_returns_a_cf_secret_whose_hmac_is_stored() {
+    let (_dir, mut store) = open();
+    let (record, secret) = store.create(named("ci"), "test").unwrap();
+    assert!(secret.starts_with("cf_") && secret.len() >= 46);
+    assert!(record.id.starts_with("key_"));
+    assert_eq!(record.prefix, &secret[..12]);
+    assert_eq!(record.hash, store.pepper().hash(secret.as_bytes()));
+    assert_eq!(store.get(&record.id).unwrap(), Some(record));
+}
+
+#[test]
+fn create_stores_every_field() {
+    let (_dir, mut store) = open();
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("owner".into(), "alice".into());
+    let new = NewKey {
+        name: "ci".into(),
+        team: "platform".into(),
+        models: vec!["gpt-*".into()],
+        routes: vec!["api".into()],
+        scopes: vec!["chat".into(), "embed".into()],
+        rps: Some(2.5),
+        rpm: Some(100),
+        tpm: Some(50_000),
+        max_concurrency: Some(4),
+        budget_usd: Some(12.5),
+        budget_tokens: Some(1_000_000),
+        budget_period: Some("month".into()),
+        expires_in: Some("30d".into()),
+        metadata: metadata.clone(),
+    };
+    let (record, _) = store.create(new, "test").unwrap();
+    let stored = store.get(&record.id).unwrap().unwrap();
+    assert_eq!(stored.team, "platform");
+    assert_eq!(stored.models, ["gpt-*"]);
+    assert_eq!(stored.routes, ["api"]);
+    assert_eq!(stored.scopes, ["chat", "embed"]);
+    assert_eq!(stored.rps, Some(2.5));
+    assert_eq!(stored.rpm, Some(100));
+    assert_eq!(stored.tpm, Some(50_000));
+    assert_eq!(stored.max_concurrency, Some(4));
+    assert_eq!(stored.budget_usd, Some(12.5));
+    assert_eq!(stored.budget_tokens, Some(1_000_000));
+    assert_eq!(stored.budget_period.as_deref(), Some("month"));
+    assert_eq!(stored.metadata, metadata);
+    assert_eq!(stored.expires_at, Some(stored.created_at + 30 * 86_400));
+}
+
+#[test]
+fn get_unknown_id_is_none() {
+    let (_dir, store) = open();
+    assert_eq!(store.get("key_nope").unwrap(), None);
+}
+
+#[test]
+fn list_returns_every_key_including_revoked() {
+    let (_dir, mut store) = open();
+    let (a, _) = store.create(named("a"), "test").unwrap();
+    let (b, _) = store.create(named("b"), "test").unwrap();
+    store.revoke(&a.id, "test").unwrap();
+    let ids: Vec<String> = store.list().unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&a.id) && ids.contains(&b.id));
+}
+
+#[test]
+fn create_without_name_is_invalid_naming_the_field() {
+    let (_dir, mut store) = open();
+    let err = store.create(named("  "), "test").unwrap_err();
+    assert!(
+        matches!(err, StoreError::Invalid { field: "name", .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_fields_are_invalid_naming_the_field() {
+    let (_dir, mut store) = open();
+    let cases: [(NewKey, &str); 4] = [
+        (
+            NewKey {
+                rps: Some(-1.0),
+                ..named("x")
+            },
+            "rps",
+        ),
+        (
+            NewKey {
+                budget_period: Some("week".into()),
+                ..named("x")
+            },
+            "budget_period",
+        ),
+        (
+            NewKey {
+                expires_in: Some("30x".into()),
+                ..named("x")
+            },
+            "expires_in",
+        ),
+        (
+            NewKey {
+                models: vec![String::new()],
+                ..named("x")
+            },
+            "models",
+        ),
+    ];
+    for (new, expected) in cases {
+        match store.create(new, "test") {
+            Err(StoreError::Invalid { field, .. }) => assert_eq!(field, expected),
+            other => panic!("{expected}: {other:?}"),
+        }
+    }
+    assert!(store.list().unwrap().is_empty());
+}
+
+#[test]
+fn duplicate_active_name_is_a_conflict_but_a_revoked_name_is_reusable() {
+    let (_dir, mut store) = open();
+    let (first, _) = store.create(named("ci"), "test").unwrap();
+    assert!(matches!(
+        store.create(named("ci"), "test"),
+        Err(StoreError::Conflict(_))
+    ));
+    store.revoke(&first.id, "test").unwrap();
+    assert!(store.create(named("ci"), "test").is_ok());
+}
+
+#[test]
+fn update_changes_only_the_given_fields() {
+    let (_dir, mut store) = open();
+    let new = NewKey {
+        team: "a".into(),
+        rpm: Some(10),
+        ..named("ci")
+    };
+    let (before, _) = store.create(new, "test").unwrap();
+    let patch = KeyPatch {
+        team: Some("b".into()),
+        tpm: Some(Some(500)),
+        ..KeyPatch::default()
+    };
+    let after = store.update(&before.id, patch, "test").unwrap();
+    assert_eq!(after.team, "b");
+    assert_eq!(after.tpm, Some(500));
+    assert_eq!(after.rpm, Some(10));
+    assert_eq!(after.name, "ci");
+    assert_eq!(after.hash, before.hash);
+    assert!(after.seq > before.seq);
+    assert_eq!(store.get(&before.id).unwrap(), Some(after));
+}
+
+#[test]
+fn update_with_null_clears_an_optional_field() {
+    let (_dir, mut store) = open();
+    let new = NewKey {
+        rpm: Some(10),
+        expires_in: Some("1h".into()),
+        ..named("ci")
+    };
+    let (before, _) = store.create(new, "test").unwrap();
+    let patch = KeyPatch {
+        rpm: Some(None),
+        expires_in: Some(None),
+        ..KeyPatch::default()
+    };
+    let after = store.update(&before.id, patch, "test").unwrap();
+    assert_eq!(after.rpm, None);
+    assert_eq!(after.expires_at, None);
+}
+
+#[test]
+fn update_unknown_id_is_not_found() {
+    let (_dir, mut store) = open();
+    let err = store
+        .update("key_nope", KeyPatch::default(), "test")
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)));
+    assert!(err.is_bad_input());
+}
+
+#[test]
+fn update_with_invalid_value_changes_nothing() {
+    let (_dir, mut store) = open();
+    let (before, _) = store.create(named("ci"), "test").unwrap();
+    let patch = KeyPatch {
+        team: Some("b".into()),
+        budget_period: Some(Some("fortnight".into())),
+        ..KeyPatch::default()
+    };
+    assert!(store.update(&before.id, patch, "test").is_err());
+    assert_eq!(store.get(&before.id).unwrap(), Some(before));
+}
+
+#[test]
+fn revoke_sets_revoked_at_and_deactivates() {
+    let (_dir, mut store) = open();
+    let (before, _) = store.create(named("ci"), "test").unwrap();
+    let now = unix_now();
+    assert!(before.is_active(now));
+    let after = store.revoke(&before.id, "test").unwrap();
+    assert!(after.revoked_at.is_some());
+    assert!(!after.is_active(now));
+    assert!(after.seq > before.seq);
+}
+
+#[test]
+fn revoke_unknown_id_is_not_found() {
+    let (_dir, mut store) = open();
+    assert!(matches!(
+        store.revoke("key_nope", "test"),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[test]
+fn rotate_issues_a_new_secret_and_keeps_the_old_for_the_grace() {
+    let (_dir, mut store) = open();
+    let (before, old_secret) = store.create(named("ci"), "test").unwrap();
+    let (after, new_secret) = store
+        .rotate(&before.id, Duration::from_secs(3600), "test")
+        .unwrap();
+    assert_eq!(after.id, before.id);
+    assert_ne!(new_secret, old_secret);
+    assert_eq!(after.hash, store.pepper().hash(new_secret.as_bytes()));
+    assert_eq!(
+        after.previous_hash,
+        Some(store.pepper().hash(old_secret.as_bytes()))
+    );
+    let now = unix_now();
+    assert!(after.previous_valid_until.unwrap() >= now + 3599);
+    assert!(after.previous_is_valid(now));
+    assert_eq!(after.prefix, &new_secret[..12]);
+}
+
+#[test]
+fn rotate_with_zero_grace_ends_the_old_secret_now() {
+    let (_dir, mut store) = open();
+    let (before, _) = store.create(named("ci"), "test").unwrap();
+    let (after, _) = store.rotate(&before.id, Duration::ZERO, "test").unwrap();
+    assert!(!after.previous_is_valid(unix_now()));
+}
+
+#[test]
+fn rotating_a_revoked_key_is_a_conflict() {
+    let (_dir, mut store) = open();
+    let (before, _) = store.create(named("ci"), "test").unwrap();
+    store.revoke(&before.id, "test").unwrap();
+    assert!(matches!(
+        store.rotate(&before.id, Duration::ZERO, "test"),
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+#[test]
+fn expired_key_is_inactive() {
+    let (_dir, mut store) = open();
+    let new = NewKey {
+        expires_in: Some("90m".into()),
+        ..named("ci")
+    };
+    let (record, _) = store.create(new, "test").unwrap();
+    let expires = record.created_at + 90 * 60;
+    assert_eq!(record.expires_at, Some(expires));
+    assert!(record.is_active(expires - 1));
+    assert!(!record.is_active(expires));
+}
+
+#[test]
+fn seq_increases_with_every_mutation() {
+    let (_dir, mut store) = open();
+    assert_eq!(store.max_seq().unwrap(), 0);
+    let (r, _) = store.create(named("ci"), "test").unwrap();
+    assert_eq!(store.max_seq().unwrap(), 1);
+    store.update(&r.id, KeyPatch::default(), "test").unwrap();
+    store.rotate(&r.id, Duration::ZERO, "test").unwrap();
+    store.revoke(&r.id, "test").unwrap();
+    assert_eq!(store.max_seq().unwrap(), 4);
+    // A failed mutation leaves the sequence alone.
+    let _ = store.create(named(""), "test");
+    assert_eq!(store.max_seq().unwrap(), 4);
+}
+
+#[test]
+fn changes_since_returns_newer_rows_in_seq_order_including_revoked() {
+    let (_dir, mut store) = open();
+    let (a, _) = store.create(named("a"), "test").unwrap();
+    let (b, _) = store.create(named("b"), "test").unwrap();
+    let mark = store.max_seq().unwrap();
+    store.revoke(&a.id, "test").unwrap();
+    let (c, _) = store.create(named("c"), "test").unwrap();
+
+    let changed = store.changes_since(mark).unwrap();
+    let ids: Vec<&str> = changed.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, [a.id.as_str(), c.id.as_str()]);
+    assert!(changed[0].revoked_at.is_some());
+    assert!(changed.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(store.changes_since(0).unwrap().len(), 3);
+    assert!(store
+        .changes_since(store.max_seq().unwrap())
+        .unwrap()
+        .is_empty());
+    assert!(b.seq <= mark);
+}
+
+#[test]
+fn a_second_connection_sees_changes_from_the_first() {
+    let (dir, mut writer) = open();
+    let reader = KeyStore::open(&dir.0).unwrap();
+    let (r, _) = writer.create(named("ci"), "test").unwrap();
+    assert_eq!(reader.max_seq().unwrap(), 1);
+    assert_eq!(reader.changes_since(0).unwrap()[0].id, r.id);
+    // Both connections hash with the same pepper.
+    assert_eq!(reader.pepper().hash(b"x"), writer.pepper().hash(b"x"));
+}
+
+#[test]
+fn the_secret_is_never_stored() {
+    let (dir, mut store) = open();
+    let (r, created) = store.create(named("ci"), "test").unwrap();
+    let (_, rotated) = store
+        .rotate(&r.id, Duration::from_secs(60), "test")
+        .unwrap();
+    drop(store);
+    for entry in fs::read_dir(&dir.0).unwrap() {
+        let bytes = fs::read(entry.unwrap().path()).unwrap();
+        for secret in [&created, &rotated] {
+            // The whole secret, and the part of it past the display prefix.
+            for needle in [secret.as_bytes(), &secret.as_bytes()[12..]] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "secret found in the data directory"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_mutation_is_audited_with_actor_and_before_after() {
+    let (dir, mut store) = open();
+    let (r, _) = store.create(named("ci"), "cli:alice").unwrap();
+    store
+        .update(
+            &r.id,
+            KeyPatch {
+                team: Some("b".into()),
+                ..KeyPatch::default()
+            },
+            "admin",
+        )
+        .unwrap();
+    store.rotate(&r.id, Duration::ZERO, "admin").unwrap();
+    store.revoke(&r.id, "admin").unwrap();
+    let entries = audit::read(&dir.0).unwrap();
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["create", "update", "rotate", "revoke"]);
+    assert_eq!(entries[0].actor, "cli:alice");
+    assert!(entries[0].before.is_none());
+    assert_eq!(entries[1].before.as_ref().unwrap().team, "");
+    assert_eq!(entries[1].after.as_ref().unwrap().team, "b");
+    assert!(entries
+        .iter()
+        .all(|e| e.key_id.as_deref() == Some(r.id.as_str())));
+}
+
+#[test]
+fn record_json_has_no_hash_or_seq() {
+    let (_dir, mut store) = open();
+    let (r, _) = store.create(named("ci"), "test").unwrap();
+    let json = serde_json::to_value(&r).unwrap();
+    let object = json.as_object().unwrap();
+    for hidden in ["hash", "previous_hash", "seq", "key", "secret"] {
+        assert!(!object.contains_key(hidden), "{hidden} shown");
+    }
+    for shown in [
+        "id",
+        "name",
+        "team",
+        "prefix",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+    ] {
+        assert!(object.contains_key(shown), "{shown} missing");
+    }
+}
+
+#[test]
+fn open_creates_the_data_dir_with_a_wal_database() {
+    let dir = TempDir::new();
+    let nested = dir.0.join("nested");
+    let store = KeyStore::open(&nested).unwrap();
+    let mode: String = store
+        .conn
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    assert!(nested.join(DB_FILE).is_file());
+    assert!(nested.join(crate::store::pepper::PEPPER_FILE).is_file());
+}
+
+#[test]
+fn debug_redacts_the_hashes() {
+    let (_dir, mut store) = open();
+    let (r, secret) = store.create(named("ci"), "test").unwrap();
+    let (r, _) = store
+        .rotate(&r.id, Duration::from_secs(60), "test")
+        .unwrap();
+    let shown = format!("{r:?}");
+    assert!(shown.contains("<redacted>"));
+    assert!(!shown.contains(&format!("{:?}", r.hash)));
+    assert!(!shown.contains(&format!("{:?}", r.previous_hash.unwrap())));
+    assert!(!shown.contains(&secret));
+}
+
+#[test]
+fn concurrent_writers_on_separate_connections_get_distinct_seqs() {
+    let dir = TempDir::new();
+    KeyStore::open(&dir.0).unwrap();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let path = dir.0.clone();
+            std::thread::spawn(move || {
+                let mut store = KeyStore::open(&path).unwrap();
+                for i in 0..20 {
+                    store.create(named(&format!("w{w}-{i}")), "test").unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let store = KeyStore::open(&dir.0).unwrap();
+    let seqs: Vec<u64> = store
+        .changes_since(0)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, (1..=80).collect::<Vec<u64>>());
+    assert_eq!(store.max_seq().unwrap(), 80);
+}

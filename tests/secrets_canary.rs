@@ -1,0 +1,483 @@
+//! Secrets never leak (issue 3): plant canary secrets (virtual keys, an
+//! upstream credential, the admin token, a JWT signing secret and JWTs), run a
+//! session of good and bad requests, then grep everything the gateway and its
+//! commands wrote: responses, stdout/stderr, the access log, the audit log and
+//! every other file in `data_dir`, `check`, `/metrics`, `keys list|show`,
+//! `audit`. The upstream credential may appear only in what the upstream got.
+
+mod common;
+
+use std::path::Path;
+
+use common::client::contains;
+use common::jwt::{b64url, now, sign, token, Signer};
+use common::keys::*;
+use common::*;
+use serde_json::{json, Value};
+
+const ADMIN_CANARY: &str = "canary-admin-token-7d1f0c9e5b2a4f8c";
+const WRONG_ADMIN_CANARY: &str = "canary-wrong-admin-token-41c7aa90e3";
+const UPSTREAM_CANARY: &str = "canary-upstream-secret-93be27d4c01f";
+const LITERAL_CANARY: &str = "canary-literal-secret-5a60f2e8d7b1";
+const JWT_HS_CANARY: &str = "canary-jwt-hs-secret-0f4e9b1c7a2d5e8f";
+const UNKNOWN_KEY_CANARY: &str = "cf_canaryUnknownKeyXq7Lp2Vw9Rt4Zk8Mn3Bc6Hd";
+
+/// The canary config: an upstream with an injected credential, a keyed
+/// route, a JWT route and an `auth = "none"` route, an access log file.
+fn canary_config(target: &str, upstream_secret: &str) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+admin_listen = "127.0.0.1:0"
+admin_token = "env:CF_ADMIN_TOKEN"
+data_dir = "@DIR@/data"
+access_log = "@DIR@/data/access.log"
+workers = 2
+
+[[upstream]]
+name = "backend"
+targets = ["{target}"]
+credential = {{ header = "authorization", value = "Bearer {{secret}}", secret = "{upstream_secret}" }}
+
+[[route]]
+name = "keyed"
+path_prefix = "/"
+upstream = "backend"
+auth = "api_key"
+
+[[route]]
+name = "jwt"
+path_prefix = "/jwt/"
+upstream = "backend"
+auth = "jwt"
+jwt = {{ issuer = "canary-issuer", hs_secret = "env:CF_CANARY_JWT_HS" }}
+
+[[route]]
+name = "open"
+path_prefix = "/open/"
+upstream = "backend"
+auth = "none"
+"#
+    )
+}
+
+/// The environment every process of the session gets.
+fn canary_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("CF_ADMIN_TOKEN", ADMIN_CANARY),
+        ("CF_CANARY_UPSTREAM", UPSTREAM_CANARY),
+        ("CF_CANARY_JWT_HS", JWT_HS_CANARY),
+        ("CF_LOG", "debug"),
+    ]
+}
+
+/// Everything observed during the session, as one text to grep.
+#[derive(Default)]
+struct Observed {
+    sources: Vec<(String, Vec<u8>)>,
+}
+
+impl Observed {
+    fn add(&mut self, source: impl Into<String>, bytes: impl Into<Vec<u8>>) {
+        self.sources.push((source.into(), bytes.into()));
+    }
+
+    fn response(&mut self, what: &str, response: &Response) -> Response {
+        let mut bytes = format!("{} {}\n", response.status, response.reason).into_bytes();
+        for (name, value) in &response.headers {
+            bytes.extend_from_slice(format!("{name}: {value}\n").as_bytes());
+        }
+        bytes.extend_from_slice(&response.body);
+        self.add(format!("response to {what}"), bytes);
+        response.clone()
+    }
+
+    fn cli(&mut self, what: &str, out: &CliOutput) {
+        self.add(format!("`{what}` stdout"), out.stdout.clone());
+        self.add(format!("`{what}` stderr"), out.stderr.clone());
+    }
+
+    /// Fails naming every source that contains `needle`.
+    fn assert_absent(&self, label: &str, needle: &[u8]) {
+        let hits: Vec<&str> = self
+            .sources
+            .iter()
+            .filter(|(_, bytes)| contains(bytes, needle))
+            .map(|(source, _)| source.as_str())
+            .collect();
+        assert!(hits.is_empty(), "canary {label} leaked into: {hits:?}");
+    }
+}
+
+/// Every file under `dir`, recursively, with its path.
+fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path.display().to_string(), bytes));
+        }
+    }
+    out
+}
+
+fn admin_as(
+    gw: &Gateway,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Response {
+    admin_call(gw.admin_addr(), method, path, token, body)
+}
+
+fn get_with(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut all = vec![("Connection", "close")];
+    all.extend_from_slice(headers);
+    roundtrip(gw.addr(), &request("GET", path, &all, b""))
+}
+
+on_both_drivers! {
+    fn canary_secrets_never_appear_outside_the_upstream(driver) {
+        canary_session(driver);
+    }
+}
+
+/// The session: plant, exercise, collect, grep.
+fn canary_session(driver: Driver) {
+    let upstream = Upstream::replying("backend", Reply::text("upstream-ok"));
+    let cfg = canary_config(&upstream.target(), "env:CF_CANARY_UPSTREAM");
+    let mut builder = Gateway::builder(&cfg, driver);
+    for (k, v) in canary_env() {
+        builder = builder.env(k, v);
+    }
+    let mut gw = builder.start();
+    let env = canary_env();
+    let run = |args: &[&str]| run_cli(&config_path(&gw), gw.dir(), args, &env);
+    let mut seen = Observed::default();
+
+    // Keys: one from the admin API, one from the CLI.
+    let created = admin_as(
+        &gw,
+        Some(ADMIN_CANARY),
+        "POST",
+        "/admin/keys",
+        Some(&json!({ "name": "canary-a", "team": "t" })),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let key_a = issued_key(&created.json());
+    let cli_created = run(&["keys", "create", "--name", "canary-b", "--json"]);
+    cli_created.assert_ok("keys create");
+    let key_b =
+        issued_key(&serde_json::from_str(cli_created.stdout.trim()).expect("keys create --json"));
+    // Both answers show a secret once, by design; they are not greped.
+
+    // Good requests, each credential header form.
+    assert!(
+        wait_until(WAIT, || get_with(
+            &gw,
+            "/a",
+            &[("Authorization", &format!("Bearer {}", key_b.secret))]
+        )
+        .status
+            == 200),
+        "the CLI-made key never worked"
+    );
+    let bearer_a = format!("Bearer {}", key_a.secret);
+    for (path, headers) in [
+        ("/a", vec![("Authorization", bearer_a.as_str())]),
+        ("/b?x=1", vec![("x-api-key", key_b.secret.as_str())]),
+        (
+            "/open/c",
+            vec![
+                ("api-key", key_a.secret.as_str()),
+                ("x-api-key", key_b.secret.as_str()),
+            ],
+        ),
+    ] {
+        let r = seen.response(path, &get_with(&gw, path, &headers));
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+
+    // JWTs: good, expired, signed with the wrong secret, alg none.
+    let hs = Signer::hs256(JWT_HS_CANARY.as_bytes());
+    let t = now();
+    let good_jwt = token(
+        &hs,
+        &json!({ "sub": "canary-user", "iss": "canary-issuer", "exp": t + 600 }),
+    );
+    let expired_jwt = token(
+        &hs,
+        &json!({ "sub": "canary-user", "iss": "canary-issuer", "exp": t - 600 }),
+    );
+    let wrong_jwt = token(
+        &Signer::hs256(b"not-the-secret-but-long-enough-0123"),
+        &json!({ "sub": "x", "iss": "canary-issuer", "exp": t + 600 }),
+    );
+    let none_jwt = sign(
+        &Signer::Unsigned,
+        json!({}),
+        &json!({ "sub": "x", "iss": "canary-issuer", "exp": t + 600 }),
+    );
+    let bearer = |jwt: &str| format!("Bearer {jwt}");
+    let r = seen.response(
+        "good jwt",
+        &get_with(&gw, "/jwt/ok", &[("Authorization", &bearer(&good_jwt))]),
+    );
+    assert_eq!(r.status, 200, "good JWT: {}", r.text());
+    for (what, jwt) in [
+        ("expired jwt", &expired_jwt),
+        ("wrong-key jwt", &wrong_jwt),
+        ("alg none jwt", &none_jwt),
+    ] {
+        let r = seen.response(
+            what,
+            &get_with(&gw, "/jwt/no", &[("Authorization", &bearer(jwt))]),
+        );
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+    }
+
+    // Bad keys and bad admin tokens.
+    let bearer_unknown = format!("Bearer {UNKNOWN_KEY_CANARY}");
+    for (what, headers) in [
+        (
+            "unknown key",
+            vec![("Authorization", bearer_unknown.as_str())],
+        ),
+        ("unknown x-api-key", vec![("x-api-key", UNKNOWN_KEY_CANARY)]),
+        ("admin token as a key", vec![("x-api-key", ADMIN_CANARY)]),
+        (
+            "upstream secret as a key",
+            vec![("x-api-key", UPSTREAM_CANARY)],
+        ),
+        (
+            "jwt on a keyed route",
+            vec![("Authorization", &*bearer(&good_jwt))],
+        ),
+    ] {
+        let r = seen.response(what, &get_with(&gw, "/bad", &headers));
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+    }
+    for token in [None, Some(WRONG_ADMIN_CANARY), Some(UNKNOWN_KEY_CANARY)] {
+        let r = seen.response(
+            "bad admin token",
+            &admin_as(&gw, token, "GET", "/admin/keys", None),
+        );
+        assert_eq!(r.status, 401);
+    }
+
+    // The rest of a key's life, and the admin reads.
+    let rotated = admin_as(
+        &gw,
+        Some(ADMIN_CANARY),
+        "POST",
+        &format!("/admin/keys/{}/rotate", key_a.id),
+        Some(&json!({ "grace": "1h" })),
+    );
+    assert_eq!(rotated.status, 200, "{}", rotated.text());
+    let key_a2 = issued_key(&rotated.json());
+    let patched = admin_as(
+        &gw,
+        Some(ADMIN_CANARY),
+        "PATCH",
+        &format!("/admin/keys/{}", key_a.id),
+        Some(&json!({ "metadata": { "owner": "canary" } })),
+    );
+    seen.response("PATCH", &patched);
+    run(&["keys", "revoke", &key_b.id]).assert_ok("keys revoke");
+    assert!(
+        wait_until(WAIT, || get_with(
+            &gw,
+            "/a",
+            &[("x-api-key", &key_b.secret)]
+        )
+        .status
+            == 401),
+        "the revoked key kept working"
+    );
+    seen.response(
+        "revoked key",
+        &get_with(&gw, "/a", &[("x-api-key", &key_b.secret)]),
+    );
+    assert!(
+        wait_until(WAIT, || get_with(
+            &gw,
+            "/a",
+            &[("x-api-key", &key_a2.secret)]
+        )
+        .status
+            == 200),
+        "the rotated key never worked"
+    );
+    seen.response(
+        "rotated key",
+        &get_with(&gw, "/a", &[("x-api-key", &key_a2.secret)]),
+    );
+    seen.response(
+        "old key in grace",
+        &get_with(&gw, "/a", &[("x-api-key", &key_a.secret)]),
+    );
+    seen.response(
+        "list",
+        &admin_as(&gw, Some(ADMIN_CANARY), "GET", "/admin/keys", None),
+    );
+    seen.response(
+        "show",
+        &admin_as(
+            &gw,
+            Some(ADMIN_CANARY),
+            "GET",
+            &format!("/admin/keys/{}", key_a.id),
+            None,
+        ),
+    );
+    seen.response(
+        "reload",
+        &admin_as(&gw, Some(ADMIN_CANARY), "POST", "/admin/reload", None),
+    );
+    seen.response("metrics", &gw.admin_get("/metrics"));
+    seen.response("healthz", &gw.admin_get("/healthz"));
+
+    // Commands on the same store and config.
+    seen.cli("keys list", &run(&["keys", "list"]));
+    seen.cli("keys show", &run(&["keys", "show", &key_a.id]));
+    seen.cli("audit", &run(&["audit"]));
+    seen.cli("check", &run(&["check"]));
+
+    // Stop so every log line is flushed, then collect the logs and files.
+    let status = gw.stop();
+    assert!(status.success(), "gateway exit: {status:?}");
+    seen.add("gateway stderr", gw.stderr());
+    seen.add("gateway stdout", gw.stdout());
+    let data = data_dir(&gw);
+    let pepper = std::fs::read(data.join("pepper")).ok();
+    let files = files_under(&data);
+    assert!(
+        files
+            .iter()
+            .any(|(p, b)| p.ends_with("access.log") && !b.is_empty()),
+        "no access log was written"
+    );
+    for (path, bytes) in files {
+        if !path.ends_with("/pepper") {
+            seen.add(path, bytes);
+        }
+    }
+
+    // The checks.
+    let key_secrets = [&key_a.secret, &key_a2.secret, &key_b.secret];
+    for secret in key_secrets {
+        seen.assert_absent(
+            &format!("virtual key {}..", &secret[..6]),
+            secret.as_bytes(),
+        );
+    }
+    for (label, canary) in [
+        ("admin token", ADMIN_CANARY),
+        ("wrong admin token", WRONG_ADMIN_CANARY),
+        ("upstream credential", UPSTREAM_CANARY),
+        ("jwt hs secret", JWT_HS_CANARY),
+        ("unknown key", UNKNOWN_KEY_CANARY),
+    ] {
+        seen.assert_absent(label, canary.as_bytes());
+    }
+    for (label, jwt) in [
+        ("good jwt", &good_jwt),
+        ("expired jwt", &expired_jwt),
+        ("wrong jwt", &wrong_jwt),
+    ] {
+        seen.assert_absent(label, jwt.as_bytes());
+        let signature = jwt.rsplit('.').next().unwrap();
+        seen.assert_absent(&format!("{label} signature"), signature.as_bytes());
+    }
+    if let Some(pepper) = pepper {
+        assert!(
+            pepper.len() >= 16,
+            "the pepper file is too short: {} bytes",
+            pepper.len()
+        );
+        let pepper_text = String::from_utf8_lossy(&pepper).trim().to_string();
+        let hex: String = pepper.iter().map(|b| format!("{b:02x}")).collect();
+        seen.assert_absent("pepper file", &pepper);
+        seen.assert_absent("pepper text", pepper_text.as_bytes());
+        seen.assert_absent("pepper as hex", hex.as_bytes());
+        seen.assert_absent("pepper as base64url", b64url(&pepper).as_bytes());
+    } else {
+        panic!("no pepper file in {}", data.display());
+    }
+
+    // The upstream got its credential, and never a client credential.
+    let raw = upstream.raw_received();
+    assert!(
+        contains(&raw, UPSTREAM_CANARY.as_bytes()),
+        "the upstream credential was not injected"
+    );
+    for secret in key_secrets {
+        assert!(
+            !contains(&raw, secret.as_bytes()),
+            "a client key reached the upstream"
+        );
+    }
+    assert!(
+        !contains(&raw, good_jwt.as_bytes()),
+        "the JWT reached the upstream"
+    );
+    assert!(
+        !contains(&raw, ADMIN_CANARY.as_bytes()),
+        "the admin token reached the upstream"
+    );
+}
+
+/// `credentialflow check` on `config_toml` with the canary environment.
+fn check_with_canary_env(config_toml: &str) -> CliOutput {
+    let dir = TempDir::new("canary-check");
+    let path = dir.join("credentialflow.toml");
+    std::fs::write(
+        &path,
+        config_toml.replace("@DIR@", &dir.path().to_string_lossy()),
+    )
+    .expect("write config");
+    run_cli(&path, dir.path(), &["check"], &canary_env())
+}
+
+#[test]
+fn check_warns_about_a_literal_secret_without_printing_it() {
+    let upstream = Upstream::replying("backend", Reply::text("ok"));
+    let out = check_with_canary_env(&canary_config(&upstream.target(), LITERAL_CANARY));
+    let text = out.output();
+    assert_eq!(out.code, Some(0), "a literal secret is accepted: {text}");
+    assert!(
+        text.to_ascii_lowercase().contains("warning"),
+        "no warning: {text}"
+    );
+    assert!(
+        !text.contains(LITERAL_CANARY),
+        "check printed the secret: {text}"
+    );
+}
+
+#[test]
+fn check_with_an_error_next_to_a_secret_does_not_print_the_secret() {
+    let upstream = Upstream::replying("backend", Reply::text("ok"));
+    let cfg = canary_config(&upstream.target(), LITERAL_CANARY).replace(
+        "value = \"Bearer {secret}\"",
+        "value = \"Bearer {secret}\", bogus = 1",
+    );
+    let out = check_with_canary_env(&cfg);
+    let text = out.output();
+    assert_eq!(out.code, Some(1), "an unknown key is an error: {text}");
+    assert!(text.contains("bogus"), "the error names the key: {text}");
+    assert!(
+        !text.contains(LITERAL_CANARY),
+        "check printed the secret: {text}"
+    );
+    assert!(
+        !text.contains(ADMIN_CANARY),
+        "check printed the admin token: {text}"
+    );
+}
