@@ -3,7 +3,7 @@
 //! The main thread owns the process lifecycle: SIGHUP reloads, SIGTERM/SIGINT drain and stop.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 
@@ -12,6 +12,7 @@ use signal_hook::iterator::Signals;
 
 use crate::admin::{self, AdminState};
 use crate::auth::CredentialCache;
+use crate::store::audit;
 use crate::config::{self, Config, SecretWatcher};
 use crate::metrics;
 use crate::snapshot::{Shared, Snapshot};
@@ -202,7 +203,7 @@ fn start(
         workers
     );
 
-    wait_for_signals(&shared, signals);
+    wait_for_signals(&shared, &data_dir, signals);
     admin_shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
     for t in threads {
         let _ = t.join();
@@ -218,10 +219,14 @@ fn start(
 }
 
 /// Blocks the main thread: SIGHUP reloads; SIGTERM or SIGINT begins the drain and returns.
-fn wait_for_signals(shared: &Shared, mut signals: Signals) {
+fn wait_for_signals(shared: &Shared, data_dir: &Path, mut signals: Signals) {
     for signal in signals.forever() {
         if signal == SIGHUP {
-            let _ = shared.reload();
+            if shared.reload().is_ok() {
+                if let Err(e) = audit::append(data_dir, "signal:SIGHUP", "reload", None, None, None) {
+                    log::warn!("audit log: {e}");
+                }
+            }
         } else {
             log::info!("stopping: draining connections");
             shared.begin_shutdown();

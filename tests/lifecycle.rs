@@ -233,6 +233,12 @@ on_both_drivers! {
         let report = load.finish();
         assert!(report.failures.is_empty(), "failed requests: {:?}", report.failures);
         assert!(report.ok >= 20, "only {} requests succeeded", report.ok);
+
+        // Both reloads are admin actions, so both are in the audit log with their actor.
+        let audit = std::fs::read_to_string(gw.dir().join("data/audit.log")).unwrap_or_default();
+        let reloads: Vec<&str> = audit.lines().filter(|l| l.contains("\"reload\"")).collect();
+        assert!(reloads.iter().any(|l| l.contains("signal:SIGHUP")), "audit log: {audit}");
+        assert!(reloads.iter().any(|l| l.contains("\"admin\"")), "audit log: {audit}");
     }
 }
 
