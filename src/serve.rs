@@ -12,10 +12,10 @@ use signal_hook::iterator::Signals;
 
 use crate::admin::{self, AdminState};
 use crate::auth::CredentialCache;
-use crate::store::audit;
 use crate::config::{self, Config, SecretWatcher};
 use crate::metrics;
 use crate::snapshot::{Shared, Snapshot};
+use crate::store::audit;
 use crate::worker::{self, Driver, ListenSpec};
 
 /// `--driver`: which I/O driver the workers use.
@@ -90,19 +90,14 @@ fn start(
         n => n,
     };
     let mut specs = Vec::new();
-    for addr in &config.server.listen {
-        specs.push(ListenSpec {
-            addr: reserve_port(addr)?,
-            tls: false,
-        });
-    }
-    if let Some(tls) = &config.server.tls {
-        for addr in &tls.listen {
-            specs.push(ListenSpec {
-                addr: reserve_port(addr)?,
-                tls: true,
-            });
-        }
+    // Held until every worker has bound, so no other process can take a port picked for us.
+    let mut reservations = Vec::new();
+    let tls_listen = config.server.tls.iter().flat_map(|t| t.listen.iter());
+    let all_listen = config.server.listen.iter().map(|a| (a, false));
+    for (addr, tls) in all_listen.chain(tls_listen.map(|a| (a, true))) {
+        let (addr, reservation) = reserve_port(addr)?;
+        reservations.push(reservation);
+        specs.push(ListenSpec { addr, tls });
     }
     let admin_listener = TcpListener::bind(&config.server.admin_listen)
         .map_err(|e| format!("admin_listen {}: {e}", config.server.admin_listen))?;
@@ -161,6 +156,8 @@ fn start(
             }
         }
     }
+
+    drop(reservations);
 
     let admin_shutdown = Arc::new(AtomicBool::new(false));
     let admin_thread = {
@@ -223,7 +220,8 @@ fn wait_for_signals(shared: &Shared, data_dir: &Path, mut signals: Signals) {
     for signal in signals.forever() {
         if signal == SIGHUP {
             if shared.reload().is_ok() {
-                if let Err(e) = audit::append(data_dir, "signal:SIGHUP", "reload", None, None, None) {
+                if let Err(e) = audit::append(data_dir, "signal:SIGHUP", "reload", None, None, None)
+                {
                     log::warn!("audit log: {e}");
                 }
             }
@@ -235,14 +233,35 @@ fn wait_for_signals(shared: &Shared, data_dir: &Path, mut signals: Signals) {
     }
 }
 
-/// Resolves the address a listener will use. Port 0 becomes a concrete free port here, so that
-/// every worker's SO_REUSEPORT socket joins the same port. Also catches an address already in use
-/// by another process (a SO_REUSEPORT bind alone would silently share it).
-fn reserve_port(addr: &str) -> Result<SocketAddr, String> {
-    let probe = TcpListener::bind(addr).map_err(|e| format!("listen {addr}: {e}"))?;
-    probe
+/// Resolves the address a listener will use and holds it. Port 0 becomes a concrete free port
+/// here, so that every worker's SO_REUSEPORT socket joins the same port; the returned socket is
+/// bound with SO_REUSEPORT but never listens (so it gets no connections) and keeps the port ours
+/// until the workers have bound. A plain bind first catches an address already in use by another
+/// process (a SO_REUSEPORT bind alone could silently share it).
+fn reserve_port(addr: &str) -> Result<(SocketAddr, socket2::Socket), String> {
+    let fail = |e: std::io::Error| format!("listen {addr}: {e}");
+    let requested: SocketAddr = addr.parse().map_err(|e| format!("listen {addr}: {e}"))?;
+    if requested.port() != 0 {
+        drop(TcpListener::bind(requested).map_err(fail)?);
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(requested),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_reuse_port(true).map_err(fail)?;
+    if requested.is_ipv6() {
+        socket.set_only_v6(true).map_err(fail)?;
+    }
+    socket.bind(&requested.into()).map_err(fail)?;
+    let bound = socket
         .local_addr()
-        .map_err(|e| format!("listen {addr}: {e}"))
+        .map_err(fail)?
+        .as_socket()
+        .ok_or_else(|| format!("listen {addr}: not an IP address"))?;
+    Ok((bound, socket))
 }
 
 /// Chooses the driver: io_uring when asked or available; otherwise epoll, logged once.

@@ -195,7 +195,7 @@ impl Connection {
             format!(
                 "HTTP/1.1 {} {}\r\ncontent-type: {}\r\nx-request-id: {request_id}\r\ncache-control: no-store\r\n",
                 response.status,
-                reason_phrase(response.status),
+                crate::error::reason_phrase(response.status),
                 response.content_type,
             )
             .as_bytes(),
@@ -395,28 +395,6 @@ fn body_length(headers: &[(String, String)]) -> Result<usize, ReadError> {
 
 fn reject(status: u16, message: &'static str) -> ReadError {
     ReadError::Reject { status, message }
-}
-
-/// The reason phrase for the statuses the admin API answers with.
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "",
-    }
 }
 
 #[cfg(test)]

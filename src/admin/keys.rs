@@ -176,23 +176,9 @@ fn new_key(body: &Map<String, Value>) -> Result<NewKey, StoreError> {
     let patch = key_patch(body)?;
     let name = patch
         .name
+        .clone()
         .ok_or_else(|| StoreError::invalid("name", "is required"))?;
-    Ok(NewKey {
-        name,
-        team: patch.team.unwrap_or_default(),
-        models: patch.models.unwrap_or_default(),
-        routes: patch.routes.unwrap_or_default(),
-        scopes: patch.scopes.unwrap_or_default(),
-        rps: patch.rps.flatten(),
-        rpm: patch.rpm.flatten(),
-        tpm: patch.tpm.flatten(),
-        max_concurrency: patch.max_concurrency.flatten(),
-        budget_usd: patch.budget_usd.flatten(),
-        budget_tokens: patch.budget_tokens.flatten(),
-        budget_period: patch.budget_period.flatten(),
-        expires_in: patch.expires_in.flatten(),
-        metadata: patch.metadata.unwrap_or_default(),
-    })
+    Ok(NewKey::from_patch(name, patch))
 }
 
 /// A body of `PATCH /admin/keys/{id}` as a [`KeyPatch`]: absent fields stay, `null` clears

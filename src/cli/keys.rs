@@ -180,22 +180,7 @@ impl KeyFlags {
 
     fn into_new_key(self, name: String) -> NewKey {
         let patch = self.into_patch(Some(name.clone()));
-        NewKey {
-            name,
-            team: patch.team.unwrap_or_default(),
-            models: patch.models.unwrap_or_default(),
-            routes: patch.routes.unwrap_or_default(),
-            scopes: patch.scopes.unwrap_or_default(),
-            rps: patch.rps.flatten(),
-            rpm: patch.rpm.flatten(),
-            tpm: patch.tpm.flatten(),
-            max_concurrency: patch.max_concurrency.flatten(),
-            budget_usd: patch.budget_usd.flatten(),
-            budget_tokens: patch.budget_tokens.flatten(),
-            budget_period: patch.budget_period.flatten(),
-            expires_in: patch.expires_in.flatten(),
-            metadata: patch.metadata.unwrap_or_default(),
-        }
+        NewKey::from_patch(name, patch)
     }
 }
 

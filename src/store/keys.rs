@@ -214,6 +214,28 @@ pub struct NewKey {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
+impl NewKey {
+    /// A key named `name` with the fields a [`KeyPatch`] sets; unset fields take their defaults.
+    pub fn from_patch(name: String, patch: KeyPatch) -> NewKey {
+        NewKey {
+            name,
+            team: patch.team.unwrap_or_default(),
+            models: patch.models.unwrap_or_default(),
+            routes: patch.routes.unwrap_or_default(),
+            scopes: patch.scopes.unwrap_or_default(),
+            rps: patch.rps.flatten(),
+            rpm: patch.rpm.flatten(),
+            tpm: patch.tpm.flatten(),
+            max_concurrency: patch.max_concurrency.flatten(),
+            budget_usd: patch.budget_usd.flatten(),
+            budget_tokens: patch.budget_tokens.flatten(),
+            budget_period: patch.budget_period.flatten(),
+            expires_in: patch.expires_in.flatten(),
+            metadata: patch.metadata.unwrap_or_default(),
+        }
+    }
+}
+
 /// A partial update (`PATCH /admin/keys/{id}`, `keys update`): `None` leaves a field alone;
 /// for optional fields `Some(None)` clears it (JSON `null`).
 #[derive(Clone, Debug, Default, PartialEq)]
