@@ -10,6 +10,7 @@
 //! - `worker`: threads, runtimes, listeners, the keep-alive loop, connection cap and drain.
 //! - `pipeline`: one request's phases in order, from route to log.
 //! - `router`: exact host, then longest path prefix.
+//! - `limits`: lock-free GCRA rate limits, concurrency permits, keyed limiter tables.
 //! - `snapshot`: the compiled config, swapped atomically on reload; process-wide state.
 //! - `store`: the embedded SQLite key store in `data_dir`, its pepper, and the audit log.
 //! - `error`: every gateway-made error response.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http1;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;

@@ -1,0 +1,318 @@
+//! GCRA, the Generic Cell Rate Algorithm (ITU-T I.371 "virtual scheduling"; the same rate
+//! limiter as a leaky bucket, but its whole state is one timestamp).
+//!
+//! Each limited thing keeps a theoretical arrival time (TAT) in one `AtomicU64`: the instant
+//! at which it would be back to an empty bucket. A request at `now` is admitted when
+//! `max(TAT, now) + T <= now + burst * T` (T = emission interval), and then TAT moves
+//! to `max(TAT, now) + T`. A check is one load plus one compare-and-swap when uncontended;
+//! a rejection stores nothing, so a refused request consumes no quota.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// TAT value that marks a state retired by [`LimiterTable::sweep`](super::LimiterTable::sweep):
+/// whoever loads it must look the key up again. Real TATs saturate just below it.
+pub(crate) const RETIRED: u64 = u64::MAX;
+
+/// Largest TAT a check ever stores, so a live state can never look retired.
+const MAX_TAT: u64 = RETIRED - 1;
+
+/// One rate: `count` requests per `period`, with up to `burst` admitted back to back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gcra {
+    /// T: the steady-state spacing between two admitted requests (period / count).
+    emission_interval_ns: u64,
+    /// τ: how far ahead of schedule a caller may run: T * (burst - 1).
+    tolerance_ns: u64,
+}
+
+/// The outcome of one check, with everything a 429 and the `x-ratelimit-*` headers need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request is admitted (and counted).
+    pub allowed: bool,
+    /// The burst capacity: requests admissible at once from rest
+    /// (`x-ratelimit-limit-requests`).
+    pub limit: u64,
+    /// Requests still admissible right now after this one
+    /// (`x-ratelimit-remaining-requests`).
+    pub remaining: u64,
+    /// Nanoseconds until the limiter is back to full capacity
+    /// (`x-ratelimit-reset-requests`).
+    pub reset_after_ns: u64,
+    /// On rejection, nanoseconds until the same request would be admitted; 0 when allowed.
+    pub retry_after_ns: u64,
+}
+
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+impl Decision {
+    /// `Retry-After` value in whole seconds, rounded up so a client that obeys it is
+    /// admitted (RFC 9110 §10.2.3 allows only whole seconds).
+    pub fn retry_after_secs(&self) -> u64 {
+        self.retry_after_ns.div_ceil(NANOS_PER_SEC)
+    }
+
+    /// Time until full capacity, in whole seconds rounded up.
+    pub fn reset_after_secs(&self) -> u64 {
+        self.reset_after_ns.div_ceil(NANOS_PER_SEC)
+    }
+}
+
+impl Gcra {
+    /// `count` requests per `period`, admitting up to `burst` at once from rest.
+    ///
+    /// `burst == 0` means "the whole period's quota at once" (`burst = count`), which is what
+    /// a user of "N per minute" expects from a quiet client. Returns `None` when `count` or
+    /// `period` is zero: the contract's "0 = no limit".
+    pub fn new(count: u64, period: Duration, burst: u64) -> Option<Self> {
+        let period_ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+        if count == 0 || period_ns == 0 {
+            return None;
+        }
+        let burst = if burst == 0 { count } else { burst };
+        let emission_interval_ns = (period_ns / count).max(1);
+        Some(Self {
+            emission_interval_ns,
+            tolerance_ns: emission_interval_ns.saturating_mul(burst - 1),
+        })
+    }
+
+    /// `rps` requests per second with the given burst (see [`Gcra::new`]).
+    pub fn per_second(rps: u64, burst: u64) -> Option<Self> {
+        Self::new(rps, Duration::from_secs(1), burst)
+    }
+
+    /// `rpm` requests per minute with the given burst (see [`Gcra::new`]).
+    pub fn per_minute(rpm: u64, burst: u64) -> Option<Self> {
+        Self::new(rpm, Duration::from_secs(60), burst)
+    }
+
+    /// The steady-state spacing between admitted requests, in nanoseconds.
+    pub fn emission_interval_ns(&self) -> u64 {
+        self.emission_interval_ns
+    }
+
+    /// Requests admissible back to back from rest.
+    pub fn burst(&self) -> u64 {
+        self.tolerance_ns / self.emission_interval_ns + 1
+    }
+
+    /// Checks one request against the TAT in `state` at time `now` (nanoseconds from the
+    /// same [`Clock`](super::Clock) every caller of this state uses), and records it if admitted.
+    ///
+    /// A fresh state is `AtomicU64::new(0)`.
+    pub fn check(&self, state: &AtomicU64, now: u64) -> Decision {
+        // A standalone state is never retired; if someone stored the marker anyway, treat it
+        // as a state that is a full window ahead rather than admitting.
+        self.check_live(state, now).unwrap_or(Decision {
+            allowed: false,
+            limit: self.burst(),
+            remaining: 0,
+            reset_after_ns: self.window_ns(),
+            retry_after_ns: self.emission_interval_ns,
+        })
+    }
+
+    /// Like [`Gcra::check`], but returns `None` without touching `state` when it holds the
+    /// [`RETIRED`] marker, so the table can look the key up again.
+    pub(crate) fn check_live(&self, state: &AtomicU64, now: u64) -> Option<Decision> {
+        let mut stored = state.load(Ordering::Acquire);
+        loop {
+            if stored == RETIRED {
+                return None;
+            }
+            let (decision, new_tat) = self.decide(stored, now);
+            if !decision.allowed {
+                // Not stored: a rejected request consumes no quota.
+                return Some(decision);
+            }
+            match state.compare_exchange_weak(stored, new_tat, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(decision),
+                Err(actual) => stored = actual,
+            }
+        }
+    }
+
+    /// burst * T: how far past `now` the TAT may reach.
+    fn window_ns(&self) -> u64 {
+        self.tolerance_ns.saturating_add(self.emission_interval_ns)
+    }
+
+    /// The decision for the first request of a state that is not kept (full capacity).
+    pub(crate) fn check_fresh(&self, now: u64) -> Decision {
+        self.decide(0, now).0
+    }
+
+    /// The pure GCRA step: the decision for a request at `now` given the stored TAT, and the
+    /// TAT to store if it is admitted.
+    fn decide(&self, stored_tat: u64, now: u64) -> (Decision, u64) {
+        let tat = stored_tat.max(now);
+        let new_tat = tat.saturating_add(self.emission_interval_ns).min(MAX_TAT);
+        let horizon = now.saturating_add(self.window_ns());
+        let limit = self.burst();
+        if new_tat > horizon {
+            let decision = Decision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                reset_after_ns: tat - now,
+                retry_after_ns: new_tat - horizon,
+            };
+            return (decision, stored_tat);
+        }
+        let decision = Decision {
+            allowed: true,
+            limit,
+            remaining: (horizon - new_tat) / self.emission_interval_ns,
+            reset_after_ns: new_tat - now,
+            retry_after_ns: 0,
+        };
+        (decision, new_tat)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::clock::{Clock, ManualClock};
+    use std::sync::Arc;
+
+    const SEC: u64 = NANOS_PER_SEC;
+
+    #[test]
+    fn zero_count_means_no_limit() {
+        assert_eq!(Gcra::per_second(0, 5), None);
+        assert_eq!(Gcra::new(5, Duration::ZERO, 5), None);
+    }
+
+    #[test]
+    fn zero_burst_defaults_to_the_whole_period_quota() {
+        let gcra = Gcra::per_minute(60, 0).unwrap();
+        assert_eq!(gcra.burst(), 60);
+        assert_eq!(gcra.emission_interval_ns(), SEC);
+    }
+
+    #[test]
+    fn admits_exactly_n_per_window_then_rejects() {
+        let clock = ManualClock::new(1_000 * SEC);
+        let gcra = Gcra::per_minute(10, 0).unwrap();
+        let state = AtomicU64::new(0);
+        let now = clock.now_nanos();
+        for i in 0..10u64 {
+            let d = gcra.check(&state, now);
+            assert!(d.allowed, "request {i} should be admitted");
+            assert_eq!(d.limit, 10);
+            assert_eq!(d.remaining, 9 - i);
+            assert_eq!(d.retry_after_ns, 0);
+            assert_eq!(d.reset_after_ns, (i + 1) * 6 * SEC);
+        }
+        let rejected = gcra.check(&state, now);
+        assert!(!rejected.allowed);
+        assert_eq!(rejected.remaining, 0);
+        assert_eq!(rejected.limit, 10);
+        // One slot frees up every 6 s (60 s / 10).
+        assert_eq!(rejected.retry_after_ns, 6 * SEC);
+        assert_eq!(rejected.retry_after_secs(), 6);
+        assert_eq!(rejected.reset_after_ns, 60 * SEC);
+        assert_eq!(rejected.reset_after_secs(), 60);
+    }
+
+    #[test]
+    fn retry_after_seconds_round_up() {
+        let gcra = Gcra::new(3, Duration::from_secs(1), 1).unwrap();
+        let state = AtomicU64::new(0);
+        assert!(gcra.check(&state, SEC).allowed);
+        let rejected = gcra.check(&state, SEC);
+        assert!(!rejected.allowed);
+        assert_eq!(rejected.retry_after_ns, 333_333_333);
+        assert_eq!(rejected.retry_after_secs(), 1);
+    }
+
+    #[test]
+    fn admits_again_once_the_retry_after_has_passed() {
+        let clock = ManualClock::new(0);
+        let gcra = Gcra::per_second(2, 2).unwrap();
+        let state = AtomicU64::new(0);
+        assert!(gcra.check(&state, clock.now_nanos()).allowed);
+        assert!(gcra.check(&state, clock.now_nanos()).allowed);
+        let rejected = gcra.check(&state, clock.now_nanos());
+        assert!(!rejected.allowed);
+        clock.advance(Duration::from_nanos(rejected.retry_after_ns - 1));
+        assert!(!gcra.check(&state, clock.now_nanos()).allowed);
+        clock.advance(Duration::from_nanos(1));
+        assert!(gcra.check(&state, clock.now_nanos()).allowed);
+    }
+
+    #[test]
+    fn quota_refills_fully_after_a_quiet_window() {
+        let clock = ManualClock::new(0);
+        let gcra = Gcra::per_second(5, 5).unwrap();
+        let state = AtomicU64::new(0);
+        for _ in 0..5 {
+            assert!(gcra.check(&state, clock.now_nanos()).allowed);
+        }
+        assert!(!gcra.check(&state, clock.now_nanos()).allowed);
+        clock.advance(Duration::from_secs(1));
+        let admitted = (0..10)
+            .filter(|_| gcra.check(&state, clock.now_nanos()).allowed)
+            .count();
+        assert_eq!(admitted, 5);
+    }
+
+    #[test]
+    fn rejected_request_consumes_nothing() {
+        let gcra = Gcra::per_second(1, 1).unwrap();
+        let state = AtomicU64::new(0);
+        assert!(gcra.check(&state, 0).allowed);
+        let tat_after_admit = state.load(Ordering::Relaxed);
+        for _ in 0..100 {
+            assert!(!gcra.check(&state, SEC / 2).allowed);
+        }
+        assert_eq!(state.load(Ordering::Relaxed), tat_after_admit);
+        // Exactly one interval after the admitted one, the next is admitted.
+        assert!(gcra.check(&state, SEC).allowed);
+    }
+
+    #[test]
+    fn burst_is_admitted_at_once_then_steady_rate_applies() {
+        let gcra = Gcra::per_second(1, 3).unwrap();
+        let state = AtomicU64::new(0);
+        let now = 10 * SEC;
+        let burst = (0..10).filter(|_| gcra.check(&state, now).allowed).count();
+        assert_eq!(burst, 3);
+        // After the burst, one more per second.
+        assert!(!gcra.check(&state, now + SEC - 1).allowed);
+        assert!(gcra.check(&state, now + SEC).allowed);
+        assert!(!gcra.check(&state, now + SEC).allowed);
+    }
+
+    #[test]
+    fn two_threads_on_one_state_admit_exactly_the_burst() {
+        let gcra = Gcra::per_minute(1_000, 1_000).unwrap();
+        let state = Arc::new(AtomicU64::new(0));
+        let now = 5 * SEC;
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let state = Arc::clone(&state);
+                std::thread::spawn(move || {
+                    (0..2_000)
+                        .filter(|_| gcra.check(&state, now).allowed)
+                        .count()
+                })
+            })
+            .collect();
+        let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(admitted, 1_000);
+    }
+
+    #[test]
+    fn retired_state_is_reported_not_checked() {
+        let gcra = Gcra::per_second(1, 1).unwrap();
+        let state = AtomicU64::new(RETIRED);
+        assert_eq!(gcra.check_live(&state, 0), None);
+        assert!(!gcra.check(&state, 0).allowed);
+        assert_eq!(state.load(Ordering::Relaxed), RETIRED);
+    }
+}
