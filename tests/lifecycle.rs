@@ -372,3 +372,32 @@ on_both_drivers! {
         assert!(metrics.contains(&driver_label), "no {driver_label} in /metrics:\n{metrics}");
     }
 }
+
+/// A listen address another process holds is a runtime failure: exit 2 with one clear line,
+/// never a silent share of the port (SO_REUSEPORT alone would allow that).
+#[test]
+fn listen_address_in_use_exits_2() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind holder");
+    let taken = holder.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("cf-in-use-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("credentialflow.toml");
+    let text = config("").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"{taken}\"]"),
+    );
+    std::fs::write(&path, text.replace("@DIR@", &dir.to_string_lossy())).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_credentialflow"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("CF_ADMIN_TOKEN", "in-use-test-token")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run credentialflow serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(&taken.to_string()), "stderr: {stderr}");
+    assert!(stderr.contains("in use"), "stderr: {stderr}");
+    drop(holder);
+    let _ = std::fs::remove_dir_all(dir);
+}
