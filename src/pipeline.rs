@@ -375,7 +375,7 @@ where
             stream_request_body(client, &mut conn, &mut body, limits.idle_timeout).await?;
         }
         ctx.body_done = true;
-        match read_response_head(&mut conn, head.method(), limits).await {
+        match read_response_head(&mut conn, limits).await {
             Ok(resp) => break (conn, resp),
             Err(HeadFailure::Timeout) => return Err(GatewayError::UpstreamTimeout.into()),
             Err(HeadFailure::ClosedBeforeResponse)
@@ -544,11 +544,9 @@ enum HeadFailure {
 /// Reads the upstream's final response head (skipping 1xx interim responses other than 101).
 async fn read_response_head(
     conn: &mut BufConn<UpstreamStream>,
-    method: &str,
     limits: &crate::snapshot::Limits,
 ) -> Result<ResponseHead, HeadFailure> {
     let deadline = Instant::now() + limits.upstream_timeout;
-    let _ = method;
     let mut got_bytes = false;
     loop {
         match parse_response(conn.buffered(), limits.max_header_bytes) {
