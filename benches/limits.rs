@@ -1,5 +1,6 @@
 //! The limiter core on the request path: GCRA checks (alone and contended from two threads
-//! on one key), a keyed table lookup plus check, and concurrency acquire plus release.
+//! on one key), weighted (token) checks, a keyed table lookup plus check, and concurrency
+//! acquire plus release.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +29,26 @@ fn gcra_single_thread(c: &mut Criterion) {
     limited.check(&full, 0);
     c.bench_function("gcra/check, rejected, one thread", |b| {
         b.iter(|| black_box(limited.check(black_box(&full), 1)))
+    });
+}
+
+fn gcra_weighted(c: &mut Criterion) {
+    // 1e9 units per second: 1 000 units every simulated microsecond always fit.
+    let gcra = Gcra::per_second(1_000_000_000, 0).unwrap();
+    let state = AtomicU64::new(0);
+    let mut now = 0u64;
+    c.bench_function("gcra/check_n 1000 units, admitted, one thread", |b| {
+        b.iter(|| {
+            now += 1_000;
+            black_box(gcra.check_n(black_box(&state), now, 1_000))
+        })
+    });
+    let mut now = 0u64;
+    c.bench_function("gcra/adjust refund, one thread", |b| {
+        b.iter(|| {
+            now += 1_000;
+            gcra.adjust(black_box(&state), now, -100);
+        })
     });
 }
 
@@ -94,6 +115,7 @@ fn concurrency(c: &mut Criterion) {
 criterion_group!(
     benches,
     gcra_single_thread,
+    gcra_weighted,
     gcra_contended,
     table_check,
     concurrency

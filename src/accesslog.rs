@@ -48,6 +48,52 @@ impl AccessLog {
     }
 }
 
+/// One request's access-log line. Serialized straight to JSON text (no intermediate map),
+/// with absent optional fields left out.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct AccessEntry<'a> {
+    /// Unix time in milliseconds.
+    pub ts_ms: u64,
+    pub request_id: &'a str,
+    /// The client's IP address.
+    pub client: String,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    /// The matched route's name (`null` for the AI front doors and unrouted requests).
+    pub route: Option<&'a str>,
+    pub status: u16,
+    pub duration_us: u64,
+    /// The virtual key, when one authenticated the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<&'a str>,
+    /// The caller's team, when authenticated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<&'a str>,
+    /// The client-facing model of an AI request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<&'a str>,
+    /// Tokens and cost of an AI request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageFields>,
+}
+
+/// The `usage` object of an AI request's line.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct UsageFields {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl AccessEntry<'_> {
+    /// The JSON line, without its newline.
+    pub fn render(&self) -> String {
+        serde_json::to_string(self).expect("access-log entries serialize")
+    }
+}
+
 /// Starts the writer for `target` ("-" = stdout, "" = off, else a file appended to).
 /// The returned handle finishes once every [`AccessLog`] clone is dropped and the queue is written.
 pub fn start(target: &Path) -> std::io::Result<(AccessLog, Option<JoinHandle<()>>)> {

@@ -2,6 +2,7 @@
 //! failure; errors go to stderr as one line.
 
 mod keys;
+mod usage;
 
 use std::path::PathBuf;
 
@@ -57,6 +58,8 @@ enum Command {
     Keys(Box<keys::KeysArgs>),
     /// Print the audit log of admin actions.
     Audit(keys::AuditArgs),
+    /// Spend report from the usage ledger.
+    Usage(usage::UsageArgs),
 }
 
 /// Parses the arguments, runs the command and returns the process exit code.
@@ -79,6 +82,10 @@ pub fn main() -> i32 {
         Command::Check { config } => check(&config),
         Command::Keys(args) => keys::run_keys(*args),
         Command::Audit(args) => keys::run_audit(args),
+        Command::Usage(args) => match keys::data_dir_or_exit(args.config.as_deref()) {
+            Ok(data_dir) => usage::run_usage(args, &data_dir),
+            Err(code) => code,
+        },
         Command::BenchUpstream {
             listen,
             size,

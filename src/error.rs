@@ -29,6 +29,34 @@ pub enum GatewayError {
     Upstream(&'static str),
     /// The upstream did not connect or answer within its timeout.
     UpstreamTimeout,
+    /// A well-framed request whose content is not acceptable (an AI body without `model`,
+    /// say); unlike [`GatewayError::BadRequest`] the connection stays usable.
+    InvalidRequest(String),
+    /// The requested model is not configured.
+    UnknownModel(String),
+    /// A rate, concurrency or token-per-minute limit refused the request.
+    RateLimited {
+        /// `error.code`: `rate_limit_exceeded`, `concurrency_limit_exceeded` or
+        /// `tokens_limit_exceeded`.
+        code: &'static str,
+        /// Which limit, for the message (`key`, `route`, `client address`, `team`).
+        scope: &'static str,
+        /// `Retry-After` in whole seconds (at least 1).
+        retry_after_secs: u64,
+    },
+    /// The key's or team's budget cannot cover the request.
+    InsufficientQuota(&'static str),
+}
+
+/// Which API dialect an error body is written in: the AI front door `/v1/messages` speaks
+/// Anthropic's, everything else OpenAI's (CONTRACT.md, "Data plane").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorDialect {
+    /// `{"error":{"message","type","code"}}`.
+    #[default]
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}`.
+    Anthropic,
 }
 
 impl GatewayError {
@@ -45,6 +73,9 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => 431,
             GatewayError::Upstream(_) => 502,
             GatewayError::UpstreamTimeout => 504,
+            GatewayError::InvalidRequest(_) => 400,
+            GatewayError::UnknownModel(_) => 404,
+            GatewayError::RateLimited { .. } | GatewayError::InsufficientQuota(_) => 429,
         }
     }
 
@@ -54,12 +85,15 @@ impl GatewayError {
             GatewayError::BadRequest(_)
             | GatewayError::NotImplemented(_)
             | GatewayError::BodyTooLarge
-            | GatewayError::HeadersTooLarge => "invalid_request_error",
+            | GatewayError::HeadersTooLarge
+            | GatewayError::InvalidRequest(_) => "invalid_request_error",
             GatewayError::Unauthorized => "authentication_error",
             GatewayError::Forbidden(_) => "permission_error",
-            GatewayError::NotFound => "not_found_error",
+            GatewayError::NotFound | GatewayError::UnknownModel(_) => "not_found_error",
             GatewayError::HeaderTimeout | GatewayError::UpstreamTimeout => "timeout_error",
             GatewayError::Upstream(_) => "upstream_error",
+            GatewayError::RateLimited { .. } => "rate_limit_error",
+            GatewayError::InsufficientQuota(_) => "insufficient_quota",
         }
     }
 
@@ -76,6 +110,10 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => "headers_too_large",
             GatewayError::Upstream(_) => "upstream_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::InvalidRequest(_) => "invalid_request",
+            GatewayError::UnknownModel(_) => "model_not_found",
+            GatewayError::RateLimited { code, .. } => code,
+            GatewayError::InsufficientQuota(_) => "insufficient_quota",
         }
     }
 
@@ -92,6 +130,16 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => "request headers too large".to_string(),
             GatewayError::Upstream(why) => format!("upstream error: {why}"),
             GatewayError::UpstreamTimeout => "upstream timed out".to_string(),
+            GatewayError::InvalidRequest(why) => why.clone(),
+            GatewayError::UnknownModel(model) => format!("the model `{model}` does not exist"),
+            GatewayError::RateLimited {
+                scope,
+                retry_after_secs,
+                ..
+            } => format!("{scope} rate limit reached; retry in {retry_after_secs} s"),
+            GatewayError::InsufficientQuota(scope) => {
+                format!("{scope} budget exhausted for this period")
+            }
         }
     }
 
@@ -109,9 +157,54 @@ impl GatewayError {
 
     /// Appends the complete HTTP/1.1 response for this error to `out`.
     pub fn write_response(&self, request_id: &str, close: bool, out: &mut Vec<u8>) {
-        let body = error_body(self.error_type(), self.code(), &self.message());
-        write_json_response(self.status(), request_id, close, &body, out);
+        self.write_response_with(request_id, close, ErrorDialect::OpenAi, &[], out);
     }
+
+    /// Like [`GatewayError::write_response`], in `dialect`, with `extra_headers` (complete
+    /// `name: value\r\n` lines, such as `x-ratelimit-*`) and `Retry-After` on a 429 from a limit.
+    pub fn write_response_with(
+        &self,
+        request_id: &str,
+        close: bool,
+        dialect: ErrorDialect,
+        extra_headers: &[u8],
+        out: &mut Vec<u8>,
+    ) {
+        let message = self.message();
+        let body = match dialect {
+            ErrorDialect::OpenAi => error_body(self.error_type(), self.code(), &message),
+            ErrorDialect::Anthropic => anthropic_error_body(self.anthropic_type(), &message),
+        };
+        let mut headers = Vec::with_capacity(extra_headers.len() + 24);
+        if let GatewayError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            let _ = write!(
+                crate::http1::StrBuf(&mut headers),
+                "retry-after: {}\r\n",
+                (*retry_after_secs).max(1)
+            );
+        }
+        headers.extend_from_slice(extra_headers);
+        write_json_response_with(self.status(), request_id, close, &headers, &body, out);
+    }
+
+    /// Anthropic's `error.type` for this error (its API names some types differently).
+    fn anthropic_type(&self) -> &'static str {
+        match self {
+            GatewayError::Upstream(_) => "api_error",
+            GatewayError::InsufficientQuota(_) => "rate_limit_error",
+            GatewayError::HeaderTimeout | GatewayError::UpstreamTimeout => "timeout_error",
+            other => other.error_type(),
+        }
+    }
+}
+
+/// Anthropic's error body: `{"type":"error","error":{"type":..,"message":..}}`.
+pub fn anthropic_error_body(error_type: &str, message: &str) -> String {
+    serde_json::json!({ "type": "error", "error": { "type": error_type, "message": message } })
+        .to_string()
 }
 
 /// The contract's JSON error body: `{"error":{"message":..,"type":..,"code":..}}`.
@@ -128,6 +221,18 @@ pub fn write_json_response(
     body: &str,
     out: &mut Vec<u8>,
 ) {
+    write_json_response_with(status, request_id, close, &[], body, out);
+}
+
+/// Appends a complete response with a JSON body and `extra_headers` (complete lines).
+pub fn write_json_response_with(
+    status: u16,
+    request_id: &str,
+    close: bool,
+    extra_headers: &[u8],
+    body: &str,
+    out: &mut Vec<u8>,
+) {
     let mut head = String::with_capacity(160);
     let _ = write!(
         head,
@@ -138,8 +243,9 @@ pub fn write_json_response(
     if close {
         head.push_str("connection: close\r\n");
     }
-    head.push_str("\r\n");
     out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(extra_headers);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
 }
 

@@ -20,6 +20,8 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod admission;
+pub mod ai;
 pub mod auth;
 pub mod bench;
 pub mod cli;
@@ -28,6 +30,7 @@ pub mod error;
 pub mod http1;
 pub mod limits;
 pub mod logging;
+pub mod meter;
 pub mod metrics;
 pub mod pipeline;
 pub mod router;
@@ -36,4 +39,5 @@ pub mod snapshot;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+pub mod usage;
 pub mod worker;

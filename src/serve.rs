@@ -11,11 +11,14 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::admin::{self, AdminState};
+use crate::admission::{budget_limit, key_scope, team_scope, Admission};
 use crate::auth::CredentialCache;
 use crate::config::{self, Config, SecretWatcher};
+use crate::meter::{period_start_ms, BudgetTable, Period};
 use crate::metrics;
-use crate::snapshot::{Shared, Snapshot};
+use crate::snapshot::{Services, Shared, Snapshot};
 use crate::store::audit;
+use crate::usage::Ledger;
 use crate::worker::{self, Driver, ListenSpec};
 
 /// `--driver`: which I/O driver the workers use.
@@ -53,7 +56,8 @@ pub fn run(config_path: Option<PathBuf>, driver: DriverChoice) -> i32 {
         }
     };
     let secrets = SecretWatcher::start();
-    let snapshot = match Snapshot::build(config.clone(), &secrets) {
+    let admission = Arc::new(Admission::default());
+    let snapshot = match Snapshot::build(config.clone(), &secrets, &admission) {
         Ok(s) => s,
         Err(errors) => {
             for e in errors {
@@ -62,7 +66,7 @@ pub fn run(config_path: Option<PathBuf>, driver: DriverChoice) -> i32 {
             return EXIT_BAD_INPUT;
         }
     };
-    match start(config, snapshot, config_path, secrets, driver) {
+    match start(config, snapshot, config_path, secrets, admission, driver) {
         Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
@@ -76,6 +80,7 @@ fn start(
     snapshot: Snapshot,
     config_path: Option<PathBuf>,
     secrets: SecretWatcher,
+    admission: Arc<Admission>,
     choice: DriverChoice,
 ) -> Result<i32, String> {
     // Handlers go in before anything is announced: a SIGHUP that arrives right after the ready
@@ -116,13 +121,24 @@ fn start(
 
     metrics::global().set_driver(driver.name());
     metrics::global().set_workers(workers);
+    let (ledger, usage) = Ledger::start(&data_dir)
+        .map_err(|e| format!("usage ledger in {}: {e}", data_dir.display()))?;
+    let budgets = Arc::new(BudgetTable::new());
+    resume_budgets(&data_dir, &credentials, &snapshot, &budgets)?;
     let shared = Arc::new(Shared::new(
         snapshot,
         config_path,
         secrets,
-        credentials,
+        Services {
+            credentials,
+            admission,
+            budgets,
+            usage,
+        },
         workers,
     ));
+    let sweeper_stop = Arc::new(AtomicBool::new(false));
+    let sweeper = shared.admission.start_sweeper(sweeper_stop.clone());
 
     let (bound_tx, bound_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(workers);
@@ -206,6 +222,10 @@ fn start(
         let _ = t.join();
     }
     let _ = admin_thread.join();
+    sweeper_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = sweeper.join();
+    // Every request has finished: write the last usage records before exiting.
+    ledger.stop();
     // Every worker's sender is gone; dropping ours lets the writer finish the queue.
     drop(access_log);
     if let Some(writer) = access_log_writer {
@@ -213,6 +233,54 @@ fn start(
     }
     log::info!("stopped");
     Ok(0)
+}
+
+/// Seeds every key and team budget with what the ledger recorded since its period began, so
+/// a restart does not hand out a fresh budget.
+fn resume_budgets(
+    data_dir: &Path,
+    credentials: &CredentialCache,
+    snapshot: &Snapshot,
+    budgets: &BudgetTable,
+) -> Result<(), String> {
+    let now_ms = crate::usage::unix_now_ms();
+    let failed =
+        |e: crate::usage::LedgerError| format!("usage ledger in {}: {e}", data_dir.display());
+    for period in [Period::Day, Period::Month, Period::Total] {
+        let since = period_start_ms(period, now_ms);
+        for (id, spent) in crate::usage::totals_by_key(data_dir, since).map_err(failed)? {
+            let Some(key) = credentials.by_id(&id) else {
+                continue;
+            };
+            let limit = budget_limit(
+                key.budget_usd,
+                key.budget_tokens,
+                key.budget_period.as_deref(),
+            );
+            if limit.is_some_and(|l| l.period == period) {
+                budgets.seed(
+                    &key_scope(&id),
+                    period,
+                    now_ms,
+                    spent.tokens,
+                    spent.cost_nano_usd,
+                );
+            }
+        }
+        for (team, spent) in crate::usage::totals_by_team(data_dir, since).map_err(failed)? {
+            let limit = snapshot.teams.get(&team).and_then(|t| t.budget);
+            if limit.is_some_and(|l| l.period == period) {
+                budgets.seed(
+                    &team_scope(&team),
+                    period,
+                    now_ms,
+                    spent.tokens,
+                    spent.cost_nano_usd,
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Blocks the main thread: SIGHUP reloads; SIGTERM or SIGINT begins the drain and returns.

@@ -4,6 +4,7 @@
 //! reload takes effect for the next request on every worker while requests in flight finish on
 //! the snapshot they started with.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,13 +13,18 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::admission::{budget_limit, gcra_per_minute, gcra_per_second, Admission, RouteLimiter};
+use crate::ai::Catalog;
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::{CredentialCache, IpRules};
 use crate::config::{self, AuthKind, Config, SecretWatcher};
+use crate::limits::Gcra;
+use crate::meter::{BudgetLimit, BudgetTable};
 use crate::metrics::{self, RouteMetrics};
 use crate::router::{RouteEntry, Router};
 use crate::tls;
 use crate::upstream::Upstream;
+use crate::usage::UsageSender;
 
 /// One `[[route]]`, resolved against its upstream.
 pub struct Route {
@@ -43,6 +49,12 @@ pub struct Route {
     pub ip_rules: Option<IpRules>,
     /// The token verifier of an `auth = "jwt"` route.
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// The route-wide `rate_limit`, if any.
+    pub rate_limit: Option<Gcra>,
+    /// The per-client-address `ip_rate_limit`, if any.
+    pub ip_rate_limit: Option<Gcra>,
+    /// Counters of both limits; carried across reloads by route name.
+    pub limiter: Arc<RouteLimiter>,
 }
 
 /// Limits from `[limits]`, as the hot path uses them.
@@ -56,6 +68,17 @@ pub struct Limits {
     pub upstream_timeout: Duration,
 }
 
+/// One `[[team]]`'s limits over the sum of its keys.
+#[derive(Debug, Clone, Default)]
+pub struct TeamLimits {
+    /// Requests per minute.
+    pub rpm: Option<Gcra>,
+    /// Tokens per minute, with its capacity in tokens.
+    pub tpm: Option<Gcra>,
+    /// Spend cap over the team's keys.
+    pub budget: Option<BudgetLimit>,
+}
+
 /// Everything a worker needs from one config load.
 pub struct Snapshot {
     pub config: Config,
@@ -67,11 +90,21 @@ pub struct Snapshot {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Metrics for requests that matched no route.
     pub unrouted: Arc<RouteMetrics>,
+    /// `[[team]]` limits by team name.
+    pub teams: HashMap<String, TeamLimits>,
+    /// `[[provider]]` and `[[model]]`; the AI front doors are mounted when it has models.
+    pub catalog: Catalog,
+    /// Metrics of the AI front doors' requests.
+    pub ai_metrics: Arc<RouteMetrics>,
 }
 
 impl Snapshot {
     /// Compiles `config`; every error found is returned, not just the first.
-    pub fn build(config: Config, secrets: &SecretWatcher) -> Result<Snapshot, Vec<String>> {
+    pub fn build(
+        config: Config,
+        secrets: &SecretWatcher,
+        admission: &Admission,
+    ) -> Result<Snapshot, Vec<String>> {
         let mut errors = Vec::new();
         let mut upstreams = Vec::with_capacity(config.upstream.len());
         for (i, up) in config.upstream.iter().enumerate() {
@@ -119,8 +152,18 @@ impl Snapshot {
                 scopes: r.scopes.clone(),
                 ip_rules,
                 jwt,
+                rate_limit: gcra_per_second(r.rate_limit.rps, r.rate_limit.burst),
+                ip_rate_limit: gcra_per_second(r.ip_rate_limit.rps, r.ip_rate_limit.burst),
+                limiter: admission.route(&r.name),
             });
         }
+        let catalog = match Catalog::build(&config, secrets) {
+            Ok(c) => c,
+            Err(errs) => {
+                errors.extend(errs);
+                Catalog::default()
+            }
+        };
         let tls = match &config.server.tls {
             Some(t) if !t.listen.is_empty() => {
                 let cert = config.resolve_path(&t.cert);
@@ -151,7 +194,22 @@ impl Snapshot {
             upstream_connect_timeout: Duration::from_millis(l.upstream_connect_timeout_ms),
             upstream_timeout: Duration::from_millis(l.upstream_timeout_ms),
         };
+        let teams = config
+            .team
+            .iter()
+            .map(|t| {
+                let limits = TeamLimits {
+                    rpm: t.rpm.and_then(gcra_per_minute),
+                    tpm: t.tpm.and_then(gcra_per_minute),
+                    budget: budget_limit(t.budget_usd, t.budget_tokens, t.budget_period.as_deref()),
+                };
+                (t.name.clone(), limits)
+            })
+            .collect();
         Ok(Snapshot {
+            teams,
+            catalog,
+            ai_metrics: metrics::global().route("(ai)"),
             router,
             routes,
             upstreams,
@@ -161,6 +219,18 @@ impl Snapshot {
             config,
         })
     }
+}
+
+/// The long-lived services a [`Shared`] hands to every worker.
+pub struct Services {
+    /// The key store's in-memory replica.
+    pub credentials: Arc<CredentialCache>,
+    /// Limiter state.
+    pub admission: Arc<Admission>,
+    /// Budget spend.
+    pub budgets: Arc<BudgetTable>,
+    /// The usage ledger's channel.
+    pub usage: UsageSender,
 }
 
 /// State shared by every thread of a running gateway.
@@ -178,6 +248,12 @@ pub struct Shared {
     workers_serving: AtomicUsize,
     /// The in-memory replica of the key store, read lock-free by every worker.
     pub credentials: Arc<CredentialCache>,
+    /// Rate, concurrency and token limiter state, for the life of the process.
+    pub admission: Arc<Admission>,
+    /// Spend against key and team budgets, resumed from the ledger at start.
+    pub budgets: Arc<BudgetTable>,
+    /// Where workers send each metered request's usage (the ledger thread).
+    pub usage: UsageSender,
     /// How many worker threads run.
     pub workers: usize,
 }
@@ -188,7 +264,7 @@ impl Shared {
         first: Snapshot,
         config_path: Option<PathBuf>,
         secrets: SecretWatcher,
-        credentials: Arc<CredentialCache>,
+        services: Services,
         workers: usize,
     ) -> Shared {
         Shared {
@@ -199,7 +275,10 @@ impl Shared {
             secrets,
             shutting_down: AtomicBool::new(false),
             workers_serving: AtomicUsize::new(0),
-            credentials,
+            credentials: services.credentials,
+            admission: services.admission,
+            budgets: services.budgets,
+            usage: services.usage,
             workers,
         }
     }
@@ -234,7 +313,9 @@ impl Shared {
         if config.server.listen != listen_before {
             log::warn!("reload: changed [server].listen takes effect only after a restart");
         }
-        let result = Snapshot::build(config, &self.secrets).map(|snap| {
+        let result = Snapshot::build(config, &self.secrets, &self.admission).map(|snap| {
+            let names: Vec<&str> = snap.routes.iter().map(|r| r.name.as_str()).collect();
+            self.admission.retain_routes(&names);
             self.current.store(Arc::new(snap));
             self.generation.fetch_add(1, Ordering::Release);
         });

@@ -54,10 +54,6 @@ pub(crate) struct Request {
     /// The request target's path, without the query.
     pub path: String,
     /// The query string after `?`, if any.
-    #[expect(
-        dead_code,
-        reason = "read by the /admin/keys and /admin/usage handlers to come"
-    )]
     pub query: Option<String>,
     /// Header fields in order, names lowercased.
     pub headers: Vec<(String, String)>,

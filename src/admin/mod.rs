@@ -8,6 +8,7 @@ mod auth;
 mod http;
 mod keys;
 mod routes;
+mod usage;
 
 pub use auth::constant_time_eq;
 

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::auth;
 use super::http::{Request, Response};
-use super::{keys, AdminState};
+use super::{keys, usage, AdminState};
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -35,12 +35,14 @@ pub(crate) fn dispatch(state: &AdminState, request: &Request) -> Response {
         ("PATCH", ["admin", "keys", id]) => keys::update(state, id, request),
         ("DELETE", ["admin", "keys", id]) => keys::revoke(state, id),
         ("POST", ["admin", "keys", id, "rotate"]) => keys::rotate(state, id, request),
+        ("GET", ["admin", "usage"]) => usage::usage(state, request),
 
         (_, ["healthz"] | ["metrics"]) => method_not_allowed("GET, HEAD"),
         (_, ["admin", "reload"]) => method_not_allowed("POST"),
         (_, ["admin", "keys"]) => method_not_allowed("GET, HEAD, POST"),
         (_, ["admin", "keys", _]) => method_not_allowed("GET, HEAD, PATCH, DELETE"),
         (_, ["admin", "keys", _, "rotate"]) => method_not_allowed("POST"),
+        (_, ["admin", "usage"]) => method_not_allowed("GET, HEAD"),
         _ => error(
             404,
             "not_found_error",

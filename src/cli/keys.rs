@@ -336,6 +336,12 @@ fn changed_fields(before: Option<&KeyRecord>, after: Option<&KeyRecord>) -> Vec<
 
 /// The store directory: `server.data_dir` of `--config`, of `./credentialflow.toml`, or of
 /// the built-in default.
+/// `server.data_dir` of the config at `config_path` (or the default config), for the other
+/// commands that read the store; on failure, the exit code after printing the error.
+pub(super) fn data_dir_or_exit(config_path: Option<&Path>) -> Result<PathBuf, i32> {
+    data_dir(config_path).map_err(|failure| report(Err(failure)))
+}
+
 fn data_dir(config_path: Option<&Path>) -> Result<PathBuf, Failure> {
     let path = config_path
         .map(Path::to_path_buf)

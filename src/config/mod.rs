@@ -30,7 +30,7 @@ pub use error::{CheckReport, ConfigError, ConfigErrors, ConfigWarning};
 pub use model::{
     AiConfig, AuthKind, Config, CredentialConfig, JwtConfig, LimitsConfig, LuaConfig, ModelConfig,
     PromptConfig, ProviderConfig, ProviderKind, RateLimitConfig, RouteConfig, ServerConfig,
-    TlsListenConfig, UpstreamConfig,
+    TeamConfig, TlsListenConfig, UpstreamConfig,
 };
 pub use secret::{LiveSecret, Secret, SecretRef, SecretWatcher};
 

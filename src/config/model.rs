@@ -42,6 +42,9 @@ pub struct Config {
     /// `[lua]`: hook time and memory budgets.
     #[serde(default)]
     pub lua: LuaConfig,
+    /// Extension `[[team]]`: limits and budgets shared by every key of a team.
+    #[serde(default)]
+    pub team: Vec<TeamConfig>,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -49,7 +52,7 @@ pub struct Config {
 
 /// Names of the top-level tables, in file order (used to report unknown top-level keys).
 pub(crate) const SECTIONS: &[&str] = &[
-    "server", "limits", "upstream", "route", "provider", "model", "prompt", "ai", "lua",
+    "server", "limits", "upstream", "route", "provider", "model", "prompt", "ai", "lua", "team",
 ];
 
 impl Config {
@@ -336,6 +339,9 @@ pub struct RouteConfig {
     /// Route-wide rate limit.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// Extension: the same kind of limit, per client IP on this route, checked before auth.
+    #[serde(default)]
+    pub ip_rate_limit: RateLimitConfig,
     /// Lua script for this route; `""` = none.
     #[serde(default)]
     pub hooks: String,
@@ -352,10 +358,35 @@ fn default_path_prefix() -> String {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Sustained requests per second.
+    /// Sustained requests per second (may be fractional).
     pub rps: f64,
-    /// Extra requests allowed at once.
+    /// Requests admitted at once from rest; 0 = one second's worth (at least 1).
     pub burst: u32,
+}
+
+/// Extension `[[team]]`: limits and budgets over the sum of a team's keys. A key's `team`
+/// field names its team; keys of teams without an entry here have only their own limits.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamConfig {
+    /// The team name, as in keys' `team`.
+    #[serde(default)]
+    pub name: String,
+    /// Requests per minute over all of the team's keys.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute over all of the team's keys (AI requests).
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Spend cap in USD per `budget_period`.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// Token cap per `budget_period`.
+    #[serde(default)]
+    pub budget_tokens: Option<u64>,
+    /// `day`, `month` (UTC calendar) or `total` (the default).
+    #[serde(default)]
+    pub budget_period: Option<String>,
 }
 
 /// A route's JWT settings.
@@ -510,6 +541,14 @@ pub struct AiConfig {
     /// Lua script for AI requests; `""` = none.
     #[serde(default)]
     pub hooks: String,
+    /// Extension: completion tokens reserved for a request without `max_tokens`, for the
+    /// token-per-minute limits and budgets until the provider reports the real usage.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u64,
+}
+
+fn default_max_tokens() -> u64 {
+    1024
 }
 
 fn default_ai_auth() -> AuthKind {
@@ -521,6 +560,7 @@ impl Default for AiConfig {
         AiConfig {
             auth: default_ai_auth(),
             hooks: String::new(),
+            default_max_tokens: default_max_tokens(),
         }
     }
 }

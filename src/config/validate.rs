@@ -63,8 +63,30 @@ pub(crate) fn validate(config: &Config) -> Findings {
     check_models(config, &mut findings);
     check_prompts(config, &mut findings);
     check_ai(config, &mut findings);
+    check_teams(config, &mut findings);
     check_secrets(config, &mut findings);
     findings
+}
+
+/// `[[team]]`: named once each, with budgets that mean something.
+fn check_teams(config: &Config, findings: &mut Findings) {
+    let mut names = HashMap::new();
+    for (i, team) in config.team.iter().enumerate() {
+        let at = |key: &str| format!("team[{i}].{key}");
+        if findings.required(at("name"), &team.name) {
+            findings.unique(&mut names, &team.name, at("name"), "team name");
+        }
+        if let Some(usd) = team.budget_usd {
+            if !usd.is_finite() || usd < 0.0 {
+                findings.error(at("budget_usd"), "must be a number >= 0");
+            }
+        }
+        if let Some(period) = &team.budget_period {
+            if !matches!(period.as_str(), "day" | "month" | "total") {
+                findings.error(at("budget_period"), "must be day, month or total");
+            }
+        }
+    }
 }
 
 /// Ports collide across `listen`, `tls.listen` and `admin_listen`: with SO_REUSEPORT a
@@ -290,9 +312,13 @@ fn check_routes(config: &Config, findings: &mut Findings) {
                 }
             }
         }
-        let rps = route.rate_limit.rps;
-        if !rps.is_finite() || rps < 0.0 {
-            findings.error(at("rate_limit.rps"), "must be a number >= 0");
+        for (key, limit) in [
+            ("rate_limit.rps", &route.rate_limit),
+            ("ip_rate_limit.rps", &route.ip_rate_limit),
+        ] {
+            if !limit.rps.is_finite() || limit.rps < 0.0 {
+                findings.error(at(key), "must be a number >= 0");
+            }
         }
         check_optional_file(config, findings, at("hooks"), &route.hooks);
         check_route_auth(route, i, findings);
@@ -786,7 +812,11 @@ mod tests {
     fn negative_rate_is_an_error() {
         let mut config = valid();
         config.route[0].rate_limit.rps = -1.0;
-        assert_eq!(errors_of(&config), ["route[0].rate_limit.rps"]);
+        config.route[0].ip_rate_limit.rps = f64::NAN;
+        assert_eq!(
+            errors_of(&config),
+            ["route[0].rate_limit.rps", "route[0].ip_rate_limit.rps"]
+        );
     }
 
     #[test]
@@ -980,5 +1010,28 @@ mod tests {
         std::env::set_var("CF_VALIDATE_CRLF", "abc\r\nx-injected: 1");
         config.server.admin_token = Some(SecretRef::Env("CF_VALIDATE_CRLF".into()));
         assert_eq!(errors_of(&config), ["server.admin_token"]);
+    }
+
+    #[test]
+    fn teams_need_unique_names_and_known_periods() {
+        let mut config = valid();
+        let team = TeamConfig {
+            name: "research".into(),
+            budget_period: Some("week".into()),
+            budget_usd: Some(-1.0),
+            ..TeamConfig::default()
+        };
+        config.team = vec![team.clone(), team, TeamConfig::default()];
+        assert_eq!(
+            errors_of(&config),
+            [
+                "team[0].budget_usd",
+                "team[0].budget_period",
+                "team[1].name",
+                "team[1].budget_usd",
+                "team[1].budget_period",
+                "team[2].name"
+            ]
+        );
     }
 }

@@ -44,6 +44,24 @@ pub fn is_valid_field_value(value: &[u8]) -> bool {
         && !value.last().is_some_and(|&b| b == b' ' || b == b'\t')
 }
 
+/// `fmt::Write` into a byte buffer, so numbers are formatted without a temporary String.
+pub struct StrBuf<'a>(pub &'a mut Vec<u8>);
+
+impl std::fmt::Write for StrBuf<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Appends one `name: value\r\n` header line.
+pub fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

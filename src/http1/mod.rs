@@ -25,7 +25,9 @@ mod scan;
 mod syntax;
 
 pub use chunked::{ChunkError, ChunkedDecoder, Decoded, MAX_CHUNK_LINE, MAX_TRAILER_BYTES};
-pub use encode::{encode_chunk, encode_last_chunk, is_valid_field_name, is_valid_field_value};
+pub use encode::{
+    encode_chunk, encode_last_chunk, is_valid_field_name, is_valid_field_value, push_header, StrBuf,
+};
 pub use request::{HeadParser, RequestHead, MAX_HEADERS};
 pub use response::{parse_response, ResponseBody, ResponseHead, ResponseParser};
 

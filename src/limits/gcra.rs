@@ -6,6 +6,10 @@
 //! `max(TAT, now) + T <= now + burst * T` (T = emission interval), and then TAT moves
 //! to `max(TAT, now) + T`. A check is one load plus one compare-and-swap when uncontended;
 //! a rejection stores nothing, so a refused request consumes no quota.
+//!
+//! Weighted use (tokens per minute): a request of `n` units is `n` cells arriving at once, so
+//! it is admitted when `max(TAT, now) + n * T <= now + burst * T` ([`Gcra::check_n`]). A
+//! reservation made on an estimate is settled afterwards with [`Gcra::adjust`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -78,6 +82,30 @@ impl Gcra {
         })
     }
 
+    /// `per_second` requests per second, which may be fractional (`0.5` = one request every
+    /// 2 s), admitting up to `burst` at once from rest.
+    ///
+    /// `burst == 0` means one second's worth: `max(1, ceil(per_second))`. Returns `None`
+    /// (no limit) when the rate is zero, negative, NaN or infinite. The emission interval is
+    /// rounded to the nearest nanosecond (at least 1 ns).
+    pub fn from_rate(per_second: f64, burst: u64) -> Option<Self> {
+        if !(per_second.is_finite() && per_second > 0.0) {
+            return None;
+        }
+        let burst = if burst == 0 {
+            // `as` saturates, so an absurd rate gives a huge burst, not a wrap.
+            (per_second.ceil() as u64).max(1)
+        } else {
+            burst
+        };
+        // `as` saturates: a rate below one per 584 years is simply "never again".
+        let emission_interval_ns = ((NANOS_PER_SEC as f64 / per_second).round() as u64).max(1);
+        Some(Self {
+            emission_interval_ns,
+            tolerance_ns: emission_interval_ns.saturating_mul(burst - 1),
+        })
+    }
+
     /// `rps` requests per second with the given burst (see [`Gcra::new`]).
     pub fn per_second(rps: u64, burst: u64) -> Option<Self> {
         Self::new(rps, Duration::from_secs(1), burst)
@@ -103,26 +131,94 @@ impl Gcra {
     ///
     /// A fresh state is `AtomicU64::new(0)`.
     pub fn check(&self, state: &AtomicU64, now: u64) -> Decision {
-        // A standalone state is never retired; if someone stored the marker anyway, treat it
-        // as a state that is a full window ahead rather than admitting.
-        self.check_live(state, now).unwrap_or(Decision {
+        self.check_live(state, now)
+            .unwrap_or_else(|| self.retired_decision())
+    }
+
+    /// A standalone state is never retired; if someone stored the marker anyway, treat it as
+    /// a state that is a full window ahead rather than admitting.
+    fn retired_decision(&self) -> Decision {
+        Decision {
             allowed: false,
             limit: self.burst(),
             remaining: 0,
             reset_after_ns: self.window_ns(),
             retry_after_ns: self.emission_interval_ns,
-        })
+        }
     }
 
-    /// Like [`Gcra::check`], but returns `None` without touching `state` when it holds the
+    /// Checks a request of `n` units (tokens) at once: admitted and recorded only if all `n`
+    /// fit right now; a rejection consumes nothing. One compare-and-swap when uncontended.
+    ///
+    /// In the decision, `limit` is the capacity in units ([`Gcra::burst`]) and `remaining` the
+    /// units still admissible now (after this request if admitted). When `n` fits the capacity
+    /// but not now, `retry_after_ns` is the wait until it fits.
+    ///
+    /// A request larger than the whole capacity (`n > burst()`) can never pass: it is rejected
+    /// with `retry_after_ns` = time until full capacity (0 if already full), which is not a
+    /// useful wait. The caller tells this case apart with `n > gcra.burst()` and decides (for
+    /// example, refuse with a message, or clamp the reservation to the capacity).
+    pub fn check_n(&self, state: &AtomicU64, now: u64, n: u64) -> Decision {
+        self.check_n_live(state, now, n)
+            .unwrap_or_else(|| self.retired_decision())
+    }
+
+    /// Settles a reservation after the fact: `delta > 0` charges that many more units,
+    /// `delta < 0` refunds units reserved but not used. One compare-and-swap loop, no lock.
+    ///
+    /// A charge is always applied, counted from `max(TAT, now)` (the units were spent; a full
+    /// bucket holds no credit to absorb them), and may push the TAT past the tolerance: the
+    /// next request then waits. A refund moves the TAT back, but never below `now`: a bucket
+    /// cannot be more than full.
+    pub fn adjust(&self, state: &AtomicU64, now: u64, delta: i64) {
+        // A retired marker in a standalone state: nothing to settle against.
+        let _ = self.adjust_live(state, now, delta);
+    }
+
+    /// Like [`Gcra::adjust`], but returns `None` without touching `state` when it holds the
     /// [`RETIRED`] marker, so the table can look the key up again.
-    pub(crate) fn check_live(&self, state: &AtomicU64, now: u64) -> Option<Decision> {
+    pub(crate) fn adjust_live(&self, state: &AtomicU64, now: u64, delta: i64) -> Option<()> {
+        if delta == 0 {
+            return Some(());
+        }
+        let shift = self
+            .emission_interval_ns
+            .saturating_mul(delta.unsigned_abs());
         let mut stored = state.load(Ordering::Acquire);
         loop {
             if stored == RETIRED {
                 return None;
             }
-            let (decision, new_tat) = self.decide(stored, now);
+            let new_tat = if delta > 0 {
+                stored.max(now).saturating_add(shift).min(MAX_TAT)
+            } else if stored <= now {
+                // Already at full capacity: nothing to give back.
+                return Some(());
+            } else {
+                stored.saturating_sub(shift).max(now)
+            };
+            match state.compare_exchange_weak(stored, new_tat, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(()),
+                Err(actual) => stored = actual,
+            }
+        }
+    }
+
+    /// Like [`Gcra::check`], but returns `None` without touching `state` when it holds the
+    /// [`RETIRED`] marker, so the table can look the key up again.
+    pub(crate) fn check_live(&self, state: &AtomicU64, now: u64) -> Option<Decision> {
+        self.check_n_live(state, now, 1)
+    }
+
+    /// Like [`Gcra::check_n`], but returns `None` on the [`RETIRED`] marker.
+    pub(crate) fn check_n_live(&self, state: &AtomicU64, now: u64, n: u64) -> Option<Decision> {
+        let mut stored = state.load(Ordering::Acquire);
+        loop {
+            if stored == RETIRED {
+                return None;
+            }
+            let (decision, new_tat) = self.decide(stored, now, n);
             if !decision.allowed {
                 // Not stored: a rejected request consumes no quota.
                 return Some(decision);
@@ -140,25 +236,37 @@ impl Gcra {
         self.tolerance_ns.saturating_add(self.emission_interval_ns)
     }
 
-    /// The decision for the first request of a state that is not kept (full capacity).
-    pub(crate) fn check_fresh(&self, now: u64) -> Decision {
-        self.decide(0, now).0
+    /// The decision for a first request of `n` units on a state that is not kept (full
+    /// capacity).
+    pub(crate) fn check_fresh(&self, now: u64, n: u64) -> Decision {
+        self.decide(0, now, n).0
     }
 
-    /// The pure GCRA step: the decision for a request at `now` given the stored TAT, and the
-    /// TAT to store if it is admitted.
-    fn decide(&self, stored_tat: u64, now: u64) -> (Decision, u64) {
+    /// The pure GCRA step: the decision for `n` cells at `now` given the stored TAT, and the
+    /// TAT to store if they are admitted.
+    fn decide(&self, stored_tat: u64, now: u64, n: u64) -> (Decision, u64) {
         let tat = stored_tat.max(now);
-        let new_tat = tat.saturating_add(self.emission_interval_ns).min(MAX_TAT);
-        let horizon = now.saturating_add(self.window_ns());
+        let cost = self.emission_interval_ns.saturating_mul(n);
+        let new_tat = tat.saturating_add(cost).min(MAX_TAT);
+        let window = self.window_ns();
+        let horizon = now.saturating_add(window);
         let limit = self.burst();
         if new_tat > horizon {
+            // What is left now, short of `n`: 0 for a single cell, since it did not fit.
+            let remaining = horizon.saturating_sub(tat) / self.emission_interval_ns;
+            let reset_after_ns = tat - now;
+            // More than the whole capacity never fits: report the wait until full capacity.
+            let retry_after_ns = if cost > window {
+                reset_after_ns
+            } else {
+                new_tat - horizon
+            };
             let decision = Decision {
                 allowed: false,
                 limit,
-                remaining: 0,
-                reset_after_ns: tat - now,
-                retry_after_ns: new_tat - horizon,
+                remaining,
+                reset_after_ns,
+                retry_after_ns,
             };
             return (decision, stored_tat);
         }
@@ -314,5 +422,202 @@ mod tests {
         assert_eq!(gcra.check_live(&state, 0), None);
         assert!(!gcra.check(&state, 0).allowed);
         assert_eq!(state.load(Ordering::Relaxed), RETIRED);
+    }
+
+    #[test]
+    fn fractional_rate_spaces_requests_two_seconds_apart() {
+        let gcra = Gcra::from_rate(0.5, 0).unwrap();
+        assert_eq!(gcra.emission_interval_ns(), 2 * SEC);
+        assert_eq!(gcra.burst(), 1);
+        let state = AtomicU64::new(0);
+        assert!(gcra.check(&state, 10 * SEC).allowed);
+        let rejected = gcra.check(&state, 11 * SEC);
+        assert!(!rejected.allowed);
+        assert_eq!(rejected.retry_after_ns, SEC);
+        assert!(gcra.check(&state, 12 * SEC).allowed);
+    }
+
+    #[test]
+    fn fractional_rate_zero_burst_is_one_seconds_worth_rounded_up() {
+        let gcra = Gcra::from_rate(2.5, 0).unwrap();
+        assert_eq!(gcra.emission_interval_ns(), 400_000_000);
+        assert_eq!(gcra.burst(), 3);
+        assert_eq!(Gcra::from_rate(2.5, 7).unwrap().burst(), 7);
+    }
+
+    #[test]
+    fn fractional_rate_whole_number_matches_per_second() {
+        assert_eq!(Gcra::from_rate(5.0, 5), Gcra::per_second(5, 5));
+    }
+
+    #[test]
+    fn non_positive_or_nan_rate_means_no_limit() {
+        assert_eq!(Gcra::from_rate(0.0, 1), None);
+        assert_eq!(Gcra::from_rate(-1.0, 1), None);
+        assert_eq!(Gcra::from_rate(f64::NAN, 1), None);
+        assert_eq!(Gcra::from_rate(f64::INFINITY, 1), None);
+    }
+
+    /// 600 tokens per minute: one token every 100 ms, capacity 600.
+    fn tpm_600() -> Gcra {
+        Gcra::per_minute(600, 0).unwrap()
+    }
+
+    #[test]
+    fn weighted_check_admits_n_units_that_fit_and_reports_tokens_left() {
+        let gcra = tpm_600();
+        let state = AtomicU64::new(0);
+        let now = 100 * SEC;
+        let d = gcra.check_n(&state, now, 250);
+        assert!(d.allowed);
+        assert_eq!(d.limit, 600);
+        assert_eq!(d.remaining, 350);
+        assert_eq!(d.reset_after_ns, 25 * SEC);
+        assert_eq!(d.retry_after_ns, 0);
+        assert_eq!(state.load(Ordering::Relaxed), now + 25 * SEC);
+        let d = gcra.check_n(&state, now, 350);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 0);
+        assert_eq!(d.reset_after_ns, 60 * SEC);
+    }
+
+    #[test]
+    fn weighted_check_rejects_what_does_not_fit_yet_and_stores_nothing() {
+        let gcra = tpm_600();
+        let state = AtomicU64::new(0);
+        let now = 100 * SEC;
+        assert!(gcra.check_n(&state, now, 500).allowed);
+        let stored = state.load(Ordering::Relaxed);
+        let d = gcra.check_n(&state, now, 150);
+        assert!(!d.allowed);
+        assert_eq!(d.limit, 600);
+        assert_eq!(d.remaining, 100);
+        // 50 more tokens refill in 5 s.
+        assert_eq!(d.retry_after_ns, 5 * SEC);
+        assert_eq!(d.reset_after_ns, 50 * SEC);
+        assert_eq!(state.load(Ordering::Relaxed), stored);
+        assert!(!gcra.check_n(&state, now + 5 * SEC - 1, 150).allowed);
+        assert!(gcra.check_n(&state, now + 5 * SEC, 150).allowed);
+    }
+
+    #[test]
+    fn weighted_check_of_one_unit_matches_check() {
+        let gcra = Gcra::per_minute(10, 0).unwrap();
+        let (a, b) = (AtomicU64::new(0), AtomicU64::new(0));
+        for i in 0..12 {
+            let now = i * SEC;
+            assert_eq!(gcra.check(&a, now), gcra.check_n(&b, now, 1));
+        }
+        assert_eq!(a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn weighted_check_bigger_than_capacity_never_passes() {
+        let gcra = tpm_600();
+        let state = AtomicU64::new(0);
+        let now = 100 * SEC;
+        let at_rest = gcra.check_n(&state, now, 601);
+        assert!(!at_rest.allowed);
+        assert_eq!(at_rest.remaining, 600);
+        assert_eq!(at_rest.retry_after_ns, 0);
+        assert!(gcra.check_n(&state, now, 100).allowed);
+        let busy = gcra.check_n(&state, now, 10_000);
+        assert!(!busy.allowed);
+        // Retry-after is the time until full capacity: 100 tokens = 10 s.
+        assert_eq!(busy.retry_after_ns, 10 * SEC);
+        assert_eq!(busy.reset_after_ns, 10 * SEC);
+        assert!(!gcra.check_n(&state, now + 3_600 * SEC, 601).allowed);
+        assert_eq!(state.load(Ordering::Relaxed), now + 10 * SEC);
+    }
+
+    #[test]
+    fn adjust_charge_moves_tat_past_the_tolerance_and_next_request_waits() {
+        let gcra = tpm_600();
+        let state = AtomicU64::new(0);
+        let now = 100 * SEC;
+        assert!(gcra.check_n(&state, now, 500).allowed);
+        gcra.adjust(&state, now, 300);
+        // 800 tokens charged against a capacity of 600: 200 over, 20 s of refill.
+        assert_eq!(state.load(Ordering::Relaxed), now + 80 * SEC);
+        let d = gcra.check_n(&state, now, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.remaining, 0);
+        assert_eq!(d.retry_after_ns, 20 * SEC + 100_000_000);
+        assert!(
+            gcra.check_n(&state, now + 20 * SEC + 100_000_000, 1)
+                .allowed
+        );
+    }
+
+    #[test]
+    fn adjust_charge_on_a_full_bucket_counts_from_now() {
+        let gcra = tpm_600();
+        let state = AtomicU64::new(0);
+        gcra.adjust(&state, 100 * SEC, 50);
+        assert_eq!(state.load(Ordering::Relaxed), 105 * SEC);
+    }
+
+    #[test]
+    fn adjust_refund_gives_back_unused_units() {
+        let gcra = tpm_600();
+        let state = AtomicU64::new(0);
+        let now = 100 * SEC;
+        assert!(gcra.check_n(&state, now, 600).allowed);
+        assert!(!gcra.check_n(&state, now, 200).allowed);
+        gcra.adjust(&state, now, -400);
+        assert_eq!(state.load(Ordering::Relaxed), now + 20 * SEC);
+        let d = gcra.check_n(&state, now, 200);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 200);
+    }
+
+    #[test]
+    fn adjust_refund_never_goes_below_now() {
+        let gcra = tpm_600();
+        let state = AtomicU64::new(0);
+        let now = 100 * SEC;
+        assert!(gcra.check_n(&state, now, 100).allowed);
+        // Half the reservation has refilled already; refunding all of it must not bank credit.
+        gcra.adjust(&state, now + 5 * SEC, -100);
+        assert_eq!(state.load(Ordering::Relaxed), now + 5 * SEC);
+        let d = gcra.check_n(&state, now + 5 * SEC, 600);
+        assert!(d.allowed);
+        assert!(!gcra.check_n(&state, now + 5 * SEC, 1).allowed);
+    }
+
+    #[test]
+    fn adjust_refund_on_a_full_bucket_changes_nothing() {
+        let gcra = tpm_600();
+        let state = AtomicU64::new(7 * SEC);
+        gcra.adjust(&state, 100 * SEC, -50);
+        assert_eq!(state.load(Ordering::Relaxed), 7 * SEC);
+    }
+
+    #[test]
+    fn adjust_leaves_a_retired_state_alone() {
+        let gcra = tpm_600();
+        let state = AtomicU64::new(RETIRED);
+        assert_eq!(gcra.adjust_live(&state, 0, 10), None);
+        gcra.adjust(&state, 0, -10);
+        assert_eq!(state.load(Ordering::Relaxed), RETIRED);
+    }
+
+    #[test]
+    fn two_threads_weighted_admit_exactly_the_capacity() {
+        let gcra = Gcra::per_minute(10_000, 0).unwrap();
+        let state = Arc::new(AtomicU64::new(0));
+        let now = 5 * SEC;
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let state = Arc::clone(&state);
+                std::thread::spawn(move || {
+                    (0..1_000)
+                        .filter(|_| gcra.check_n(&state, now, 7).allowed)
+                        .count()
+                })
+            })
+            .collect();
+        let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(admitted, 10_000 / 7);
     }
 }

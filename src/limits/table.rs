@@ -144,12 +144,71 @@ impl<K: Hash + Eq> LimiterTable<K> {
         loop {
             let Some(state) = self.state_for(key, now, &guard) else {
                 self.stateless_admits.fetch_add(1, Ordering::Relaxed);
-                return gcra.check_fresh(now);
+                return gcra.check_fresh(now, 1);
             };
             if let Some(decision) = gcra.check_live(&state.tat, now) {
                 return decision;
             }
             // Retired under us: a sweep is removing it right now; look it up again.
+            spins = back_off(spins);
+        }
+    }
+
+    /// Checks a request of `n` units (tokens) of `key` at once, as [`Gcra::check_n`], and
+    /// records it if admitted.
+    pub fn check_n<Q>(&self, key: &Q, gcra: &Gcra, now: u64, n: u64) -> Decision
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let guard = self.map.guard();
+        let mut spins = 0;
+        loop {
+            let Some(state) = self.state_for(key, now, &guard) else {
+                self.stateless_admits.fetch_add(1, Ordering::Relaxed);
+                return gcra.check_fresh(now, n);
+            };
+            if let Some(decision) = gcra.check_n_live(&state.tat, now, n) {
+                return decision;
+            }
+            spins = back_off(spins);
+        }
+    }
+
+    /// Settles a reservation of `key`, as [`Gcra::adjust`]: `delta > 0` charges more units,
+    /// `delta < 0` refunds.
+    ///
+    /// A refund for a key no longer held (swept: it was back to full capacity) does nothing
+    /// and inserts nothing. A charge for such a key starts a fresh state; when the table is
+    /// full even after a sweep, the charge is dropped (counted as a stateless admission).
+    pub fn adjust<Q>(&self, key: &Q, gcra: &Gcra, now: u64, delta: i64)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if delta == 0 {
+            return;
+        }
+        let guard = self.map.guard();
+        let mut spins = 0;
+        loop {
+            let state = if delta < 0 {
+                match self.map.get(key, &guard) {
+                    Some(state) => state,
+                    None => return,
+                }
+            } else {
+                match self.state_for(key, now, &guard) {
+                    Some(state) => state,
+                    None => {
+                        self.stateless_admits.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            };
+            if gcra.adjust_live(&state.tat, now, delta).is_some() {
+                return;
+            }
             spins = back_off(spins);
         }
     }
@@ -464,5 +523,54 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         sweeper.join().unwrap();
         assert_eq!(peak.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn table_weighted_check_and_adjust_settle_a_reservation() {
+        let table: LimiterTable<String> = LimiterTable::new(16);
+        let gcra = Gcra::per_minute(600, 0).unwrap();
+        let now = 100 * SEC;
+        let d = table.check_n("key_a", &gcra, now, 500);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 100);
+        assert!(!table.check_n("key_a", &gcra, now, 200).allowed);
+        table.adjust("key_a", &gcra, now, -300);
+        let d = table.check_n("key_a", &gcra, now, 200);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 200);
+        table.adjust("key_a", &gcra, now, 400);
+        assert!(!table.check_n("key_a", &gcra, now, 1).allowed);
+    }
+
+    #[test]
+    fn table_refund_for_an_unknown_key_inserts_nothing() {
+        let table: LimiterTable<String> = LimiterTable::new(16);
+        let gcra = Gcra::per_minute(600, 0).unwrap();
+        table.adjust("gone", &gcra, SEC, -50);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn table_charge_for_a_swept_key_starts_from_now() {
+        let table: LimiterTable<String> = LimiterTable::new(16);
+        let gcra = Gcra::per_minute(600, 0).unwrap();
+        assert!(table.check_n("k", &gcra, 0, 10).allowed);
+        assert_eq!(table.sweep(10 * SEC), 1);
+        table.adjust("k", &gcra, 10 * SEC, 600);
+        let d = table.check_n("k", &gcra, 10 * SEC, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_ns, SEC / 10);
+    }
+
+    #[test]
+    fn full_table_admits_weighted_request_without_state() {
+        let table: LimiterTable<usize> = LimiterTable::new(1);
+        let gcra = Gcra::per_minute(600, 0).unwrap();
+        assert!(table.check_n(&1, &gcra, SEC, 600).allowed);
+        let d = table.check_n(&2, &gcra, SEC, 100);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 500);
+        assert_eq!(table.stateless_admits(), 1);
+        assert_eq!(table.len(), 1);
     }
 }

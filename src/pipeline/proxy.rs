@@ -1,282 +1,23 @@
-//! The request path, in order. Read this file top to bottom to follow one request:
-//!
-//! 1. **route**: host + longest path prefix picks a `[[route]]` (404 if none).
-//! 2. **access / auth / limits / prompt**: arrive with the credentials, limits, Lua and AI
-//!    features; each is a phase function called here, in this order.
-//! 3. **upstream**: pick a target, reuse or open a connection, send the rewritten head and
-//!    stream the body (chunked bodies are validated before any byte goes out).
-//! 4. **response**: stream the upstream's response back as it arrives, re-framed for the client.
-//! 5. **log**: metrics (and the access log) for every request, including rejected ones.
-//!
-//! Phases return `Err(Failure)`; [`handle`] turns a failure into a response in one place.
+//! Phases upstream and response for `[[route]]` traffic: pick a target, reuse or open a
+//! connection, send the rewritten head, stream the body both ways.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
-use crate::auth::{self, Consumer};
-use crate::config::AuthKind;
+use super::{Failure, Outcome, RequestCtx, UPSTREAM_BUFFER};
 use crate::error::GatewayError;
 use crate::http1::{
-    encode_chunk, encode_last_chunk, parse_response, BodyFraming, ChunkedDecoder, RequestHead,
-    ResponseBody, ResponseHead, Version,
+    encode_chunk, encode_last_chunk, parse_response, push_header, BodyFraming, ChunkedDecoder,
+    RequestHead, ResponseBody, ResponseHead, StrBuf, Version,
 };
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{self, ConnectError, Upstream, UpstreamStream};
 use crate::worker::{BufConn, ReadError, Worker};
 
-/// What the connection does after a request.
-pub enum Outcome {
-    /// Read the next request.
-    KeepAlive,
-    /// Close the connection.
-    Close,
-    /// The upstream switched protocols (101): relay bytes both ways until either side closes.
-    Tunnel(BufConn<UpstreamStream>),
-}
-
-/// Why a phase stopped the request.
-pub enum Failure {
-    /// Answer with this error (nothing of a response has been sent yet).
-    Respond(GatewayError),
-    /// A response was already under way, or the client went away: just close.
-    Abort,
-}
-
-impl From<GatewayError> for Failure {
-    fn from(e: GatewayError) -> Self {
-        Failure::Respond(e)
-    }
-}
-
-/// Everything known about one request as it moves through the phases.
-pub struct RequestCtx {
-    /// The `x-request-id`: the client's if well-formed, else ours.
-    pub request_id: String,
-    /// When the head was parsed, for latency.
-    pub started: Instant,
-    /// The client's address.
-    pub client_addr: SocketAddr,
-    /// Whether the client connection is TLS.
-    pub https: bool,
-    /// Index of the matched route, once routed.
-    pub route: Option<usize>,
-    /// The status sent to the client.
-    pub status: u16,
-    /// Whether the request body has been fully read; if not, the connection cannot be reused.
-    pub body_done: bool,
-    /// Who is calling, once authenticated.
-    pub consumer: Option<Consumer>,
-}
-
-/// Read buffer for each upstream connection.
-const UPSTREAM_BUFFER: usize = 16 * 1024;
-
-/// Runs one request through every phase and answers it.
-pub async fn handle<S>(
-    worker: &Worker,
-    client: &mut BufConn<S>,
-    head: RequestHead,
-    client_addr: SocketAddr,
-    https: bool,
-) -> Outcome
-where
-    S: AsyncReadRent + AsyncWriteRent + Split,
-{
-    let snapshot = worker.snapshot();
-    let mut ctx = RequestCtx {
-        request_id: client_request_id(&head).unwrap_or_else(|| worker.next_request_id()),
-        started: Instant::now(),
-        client_addr,
-        https,
-        route: None,
-        status: 0,
-        body_done: matches!(head.body(), BodyFraming::None),
-        consumer: None,
-    };
-    let outcome = match run_phases(worker, &snapshot, client, &head, &mut ctx).await {
-        Ok(outcome) => outcome,
-        Err(Failure::Abort) => Outcome::Close,
-        Err(Failure::Respond(err)) => {
-            discard_buffered_body(client, &head, &mut ctx);
-            let close = err.closes_connection()
-                || !ctx.body_done
-                || !head.keep_alive()
-                || worker.shutting_down();
-            ctx.status = err.status();
-            let mut out = Vec::with_capacity(256);
-            err.write_response(&ctx.request_id, close, &mut out);
-            let (res, _) = client.write_all(out).await;
-            if close || res.is_err() {
-                Outcome::Close
-            } else {
-                Outcome::KeepAlive
-            }
-        }
-    };
-    log_phase(worker, &snapshot, &head, &ctx);
-    outcome
-}
-
-/// Answers a request whose head could not be parsed (or did not arrive in time), then the
-/// connection closes: after a framing error nothing more on it can be trusted.
-pub async fn reject<S>(worker: &Worker, client: &mut BufConn<S>, err: &GatewayError, id: &str)
-where
-    S: AsyncReadRent + AsyncWriteRent,
-{
-    let started = Instant::now();
-    let mut out = Vec::with_capacity(256);
-    err.write_response(id, true, &mut out);
-    let _ = client.write_all(out).await;
-    worker
-        .shared
-        .snapshot()
-        .unrouted
-        .record(err.status(), started.elapsed());
-}
-
-async fn run_phases<S>(
-    worker: &Worker,
-    snapshot: &Snapshot,
-    client: &mut BufConn<S>,
-    head: &RequestHead,
-    ctx: &mut RequestCtx,
-) -> Result<Outcome, Failure>
-where
-    S: AsyncReadRent + AsyncWriteRent + Split,
-{
-    // Phase: route.
-    let route_index = snapshot
-        .router
-        .route(head.host(), head.path())
-        .ok_or(GatewayError::NotFound)?;
-    ctx.route = Some(route_index);
-    let route = &snapshot.routes[route_index];
-
-    // Phase access: client-address rules come before anything about credentials.
-    if let Some(rules) = &route.ip_rules {
-        if !rules.permits(ctx.client_addr.ip()) {
-            return Err(GatewayError::Forbidden("client address").into());
-        }
-    }
-
-    // Phase auth: who is calling, and may they use this route?
-    ctx.consumer = auth_phase(worker, route, head)?;
-
-    // Phases limits and prompt come with their features (see module docs).
-
-    // Phases upstream and response.
-    proxy(worker, snapshot, route, client, head, ctx).await
-}
-
-/// Phase auth: authenticates the caller per the route's `auth` and checks what the identity
-/// may do. Any credential problem is the same 401, so a client learns nothing about which
-/// keys exist; a valid identity without the route or its scopes is 403.
-fn auth_phase(
-    worker: &Worker,
-    route: &Route,
-    head: &RequestHead,
-) -> Result<Option<Consumer>, GatewayError> {
-    let now = unix_now();
-    let consumer = match route.auth {
-        AuthKind::None => return Ok(None),
-        AuthKind::ApiKey => {
-            let presented = auth::presented_key(head).ok_or(GatewayError::Unauthorized)?;
-            let key = worker
-                .shared
-                .credentials
-                .authenticate(presented, now)
-                .ok_or(GatewayError::Unauthorized)?;
-            if !auth::key_permits_route(&key, &route.name) {
-                return Err(GatewayError::Forbidden("route"));
-            }
-            Consumer::from_key(&key)
-        }
-        AuthKind::Jwt => {
-            let verifier = route.jwt.as_ref().ok_or(GatewayError::Unauthorized)?;
-            let token = bearer_token(head).ok_or(GatewayError::Unauthorized)?;
-            let claims = verifier.verify(token, now).map_err(|e| {
-                log::debug!("JWT rejected on route {}: {}", route.name, e.reason());
-                GatewayError::Unauthorized
-            })?;
-            // A token may name a virtual key whose limits apply; a dead key fails closed.
-            let key = match &claims.key_id {
-                Some(id) => {
-                    let key = worker.shared.credentials.by_id(id);
-                    match key {
-                        Some(k) if k.is_active(now) => Some(k),
-                        _ => return Err(GatewayError::Unauthorized),
-                    }
-                }
-                None => None,
-            };
-            Consumer {
-                id: claims.key_id,
-                name: claims.subject,
-                team: claims.team,
-                scopes: claims.scopes,
-                metadata: Default::default(),
-                key,
-            }
-        }
-        // Lua authentication arrives with the Lua hooks; until then such a route fails closed.
-        AuthKind::Lua => return Err(GatewayError::Unauthorized),
-    };
-    if !auth::has_scopes(&consumer.scopes, &route.scopes) {
-        return Err(GatewayError::Forbidden("scope"));
-    }
-    Ok(Some(consumer))
-}
-
-/// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 9110 11.1).
-fn bearer_token(head: &RequestHead) -> Option<&str> {
-    let value = std::str::from_utf8(head.header("authorization")?).ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Phase log: every request, answered or rejected, is counted on its route and written to
-/// the access log.
-fn log_phase(worker: &Worker, snapshot: &Snapshot, head: &RequestHead, ctx: &RequestCtx) {
-    let elapsed = ctx.started.elapsed();
-    let route = ctx.route.map(|i| &snapshot.routes[i]);
-    match route {
-        Some(r) => r.metrics.record(ctx.status, elapsed),
-        None => snapshot.unrouted.record(ctx.status, elapsed),
-    }
-    if worker.access_log.enabled() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let line = serde_json::json!({
-            "ts_ms": now.as_millis() as u64,
-            "request_id": ctx.request_id,
-            "client": ctx.client_addr.ip().to_string(),
-            "method": head.method(),
-            "host": head.host(),
-            "path": head.path(),
-            "route": route.map(|r| r.name.as_str()),
-            "status": ctx.status,
-            "duration_us": elapsed.as_micros() as u64,
-        });
-        worker.access_log.write(line.to_string());
-    }
-}
-
 /// Forwards the request to the route's upstream and relays the response.
-async fn proxy<S>(
+pub(super) async fn proxy<S>(
     worker: &Worker,
     snapshot: &Snapshot,
     route: &Route,
@@ -535,14 +276,14 @@ where
     Ok(())
 }
 
-enum HeadFailure {
+pub(super) enum HeadFailure {
     Timeout,
     ClosedBeforeResponse,
     Invalid,
 }
 
 /// Reads the upstream's final response head (skipping 1xx interim responses other than 101).
-async fn read_response_head(
+pub(super) async fn read_response_head(
     conn: &mut BufConn<UpstreamStream>,
     limits: &crate::snapshot::Limits,
 ) -> Result<ResponseHead, HeadFailure> {
@@ -600,6 +341,8 @@ fn write_response_head(
     let status = resp.status();
     let _ = write!(StrBuf(out), "HTTP/1.1 {} {}\r\n", status, resp.reason());
     let tunnel = framing == ClientFraming::Tunnel;
+    // Where the gateway limits, its own figures replace the upstream's.
+    let own_rate_headers = !ctx.rate.is_empty();
     let mut upstream_length: Option<&[u8]> = None;
     for (name, value) in resp.headers() {
         if name.eq_ignore_ascii_case("content-length") {
@@ -613,12 +356,14 @@ fn write_response_head(
         if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("trailer")
             || name.eq_ignore_ascii_case("x-request-id")
+            || (own_rate_headers && is_rate_limit_header(name))
         {
             continue;
         }
         push_header(out, name, value);
     }
     push_header(out, "x-request-id", ctx.request_id.as_bytes());
+    ctx.rate.write_headers(out);
     match framing {
         // HEAD and 304 keep the upstream's Content-Length (RFC 9110 8.6); 204 has none.
         ClientFraming::NoBody if status >= 200 && status != 204 => {
@@ -787,6 +532,11 @@ fn upstream_head_tail(
     out
 }
 
+/// `x-ratelimit-*`, OpenAI's rate-limit headers.
+fn is_rate_limit_header(name: &str) -> bool {
+    name.len() > 12 && name.as_bytes()[..12].eq_ignore_ascii_case(b"x-ratelimit-")
+}
+
 /// Headers the gateway sets itself, or must not forward: Expect is answered here, and bodies
 /// are re-framed with trailers dropped, so `Trailer` would announce trailers that never come.
 fn is_replaced_header(name: &str) -> bool {
@@ -832,49 +582,4 @@ fn forwarded_path(head: &RequestHead, route: &Route) -> String {
         forwarded.push_str(q);
     }
     forwarded
-}
-
-/// The client's `x-request-id` if it is well-formed: 1 to 128 visible token characters.
-fn client_request_id(head: &RequestHead) -> Option<String> {
-    let value = head.header("x-request-id")?;
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && value
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b));
-    ok.then(|| String::from_utf8_lossy(value).into_owned())
-}
-
-/// After an early answer, skip a Content-Length body that is already fully buffered so the
-/// connection can be reused; anything else means the connection closes.
-fn discard_buffered_body<S>(client: &mut BufConn<S>, head: &RequestHead, ctx: &mut RequestCtx)
-where
-    S: AsyncReadRent + AsyncWriteRent,
-{
-    if ctx.body_done {
-        return;
-    }
-    if let BodyFraming::Length(n) = head.body() {
-        if (client.buffered().len() as u64) >= n && n <= 64 * 1024 {
-            client.consume(n as usize);
-            ctx.body_done = true;
-        }
-    }
-}
-
-fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `fmt::Write` into a byte buffer, so numbers are formatted without a temporary String.
-struct StrBuf<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for StrBuf<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }

@@ -1,0 +1,267 @@
+//! `GET /admin/usage?group_by=key|team|model&since=..`: the spend report from the usage
+//! ledger (CONTRACT.md, "Admin API"), the same array `credentialflow usage --json` prints.
+//!
+//! `group_by` defaults to `key`, `since` to all time. Values are percent-decoded
+//! (RFC 3986 §2.1); a `+` stays a `+` (it is only a space in HTML forms, and RFC 3339 offsets
+//! need it), so `since=2026-11-30T00:00:00+01:00` and `...%2B01:00` mean the same.
+//! Unknown or repeated parameters are refused, like unknown fields in the keys API.
+
+use super::http::{Request, Response};
+use super::routes::{error, json_response};
+use super::AdminState;
+use crate::usage::{self, GroupBy};
+
+/// `GET /admin/usage`: 200 with the rows, 400 for a bad parameter.
+pub(crate) fn usage(state: &AdminState, request: &Request) -> Response {
+    usage_at(state, request, usage::unix_now_ms())
+}
+
+fn usage_at(state: &AdminState, request: &Request, now_ms: i64) -> Response {
+    let (group_by, since_ms) = match parameters(request.query.as_deref(), now_ms) {
+        Ok(parameters) => parameters,
+        Err(message) => return error(400, "invalid_request_error", "invalid_parameter", &message),
+    };
+    match usage::report(&state.data_dir, group_by, since_ms) {
+        Ok(rows) => json_response(200, &serde_json::json!(rows)),
+        Err(e) => {
+            log::error!("admin: {e}");
+            error(
+                500,
+                "api_error",
+                "ledger_error",
+                "the usage ledger is unavailable",
+            )
+        }
+    }
+}
+
+/// `group_by` and `since` (as unix ms) from the query string.
+fn parameters(query: Option<&str>, now_ms: i64) -> Result<(GroupBy, i64), String> {
+    let mut group_by = None;
+    let mut since = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(name)?;
+        let slot = match name.as_str() {
+            "group_by" => &mut group_by,
+            "since" => &mut since,
+            _ => {
+                return Err(format!(
+                    "unknown parameter {name:?}; use group_by and since"
+                ))
+            }
+        };
+        if slot.replace(percent_decode(value)?).is_some() {
+            return Err(format!("parameter {name} is given twice"));
+        }
+    }
+    let group_by = match group_by {
+        Some(text) => text.parse().map_err(|e| format!("group_by: {e}"))?,
+        None => GroupBy::Key,
+    };
+    let since_ms = match since {
+        Some(text) => usage::parse_since(&text, now_ms).map_err(|e| format!("since: {e}"))?,
+        None => 0,
+    };
+    Ok((group_by, since_ms))
+}
+
+/// Decodes `%XX` escapes (RFC 3986 §2.1); the result must be UTF-8.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bad = || format!("bad percent-encoding in {text:?}");
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            let hex = tail.get(..2).ok_or_else(bad)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+            bytes.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(byte);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LiveSecret, Secret};
+    use crate::usage::{Ledger, UsageEvent};
+    use serde_json::{json, Value};
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    const NOW_MS: i64 = 1_764_460_800_000; // 2025-11-30T00:00:00Z
+
+    /// Admin state over a data directory with a small ledger; removed on drop.
+    struct Setup(AdminState);
+
+    impl Setup {
+        fn new() -> Setup {
+            let data_dir: PathBuf = std::env::temp_dir().join(format!(
+                "cf-admin-usage-{}",
+                crate::store::ids::new_key_id()
+            ));
+            let (ledger, sender) = Ledger::start(&data_dir).unwrap();
+            for (ago_ms, key, team, model, cost) in [
+                (3_600_000, "key_a", "research", "gpt-4o", 2_000_000),
+                (60_000, "key_b", "research", "claude", 1_000_000),
+                (1_000, "key_b", "ops", "gpt-4o", 500_000),
+            ] {
+                sender.record(UsageEvent {
+                    ts_ms: NOW_MS - ago_ms,
+                    request_id: format!("req-{ago_ms}"),
+                    key_id: Some(key.into()),
+                    team: team.into(),
+                    model: Some(model.into()),
+                    prompt: None,
+                    route: Some("ai".into()),
+                    status: 200,
+                    prompt_tokens: 10,
+                    completion_tokens: 3,
+                    cached_tokens: 0,
+                    cost_nano_usd: cost,
+                });
+            }
+            ledger.stop();
+            Setup(AdminState {
+                token: Some(LiveSecret::fixed(Secret::new("t"))),
+                ready: Arc::new(|| true),
+                reload: Arc::new(|| Ok(())),
+                data_dir,
+            })
+        }
+
+        /// `GET /admin/usage?<query>` at [`NOW_MS`]; returns the status and the JSON body.
+        fn get(&self, query: Option<&str>) -> (u16, Value) {
+            let request = Request {
+                method: "GET".into(),
+                path: "/admin/usage".into(),
+                query: query.map(str::to_owned),
+                headers: Vec::new(),
+                body: Vec::new(),
+                keep_alive: true,
+            };
+            let response = usage_at(&self.0, &request, NOW_MS);
+            assert_eq!(response.content_type, "application/json");
+            (
+                response.status,
+                serde_json::from_slice(&response.body).unwrap(),
+            )
+        }
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0.data_dir);
+        }
+    }
+
+    fn groups(body: &Value) -> Vec<&str> {
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["group"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn default_is_every_request_grouped_by_key() {
+        let setup = Setup::new();
+        let (status, body) = setup.get(None);
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            json!([
+                {"group": "key_a", "requests": 1, "prompt_tokens": 10,
+                 "completion_tokens": 3, "cost_usd": 0.002},
+                {"group": "key_b", "requests": 2, "prompt_tokens": 20,
+                 "completion_tokens": 6, "cost_usd": 0.0015},
+            ])
+        );
+    }
+
+    #[test]
+    fn group_by_team_and_model() {
+        let setup = Setup::new();
+        assert_eq!(
+            groups(&setup.get(Some("group_by=team")).1),
+            ["research", "ops"]
+        );
+        assert_eq!(
+            groups(&setup.get(Some("group_by=model")).1),
+            ["gpt-4o", "claude"]
+        );
+    }
+
+    #[test]
+    fn since_duration_limits_the_report() {
+        let setup = Setup::new();
+        let (status, body) = setup.get(Some("group_by=key&since=30m"));
+        assert_eq!(status, 200);
+        assert_eq!(groups(&body), ["key_b"]);
+        assert_eq!(body[0]["requests"], 2);
+    }
+
+    #[test]
+    fn since_rfc3339_offset_may_be_plain_or_percent_encoded() {
+        let setup = Setup::new();
+        // 23:59:30Z, written with a +01:00 offset: only the last request is after it.
+        for query in [
+            "since=2025-11-30T00:59:30+01:00",
+            "since=2025-11-30T00%3A59%3A30%2B01%3A00",
+        ] {
+            let (status, body) = setup.get(Some(query));
+            assert_eq!(status, 200, "{query}: {body}");
+            assert_eq!(body[0]["requests"], 1, "{query}");
+            assert_eq!(body.as_array().unwrap().len(), 1, "{query}");
+        }
+    }
+
+    fn assert_bad_parameter(setup: &Setup, query: &str, mentions: &str) {
+        let (status, body) = setup.get(Some(query));
+        assert_eq!(status, 400, "{query}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["code"], "invalid_parameter");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(mentions), "{query}: {message}");
+    }
+
+    #[test]
+    fn bad_group_by_is_400() {
+        let setup = Setup::new();
+        assert_bad_parameter(&setup, "group_by=route", "group_by");
+        assert_bad_parameter(&setup, "group_by=", "group_by");
+    }
+
+    #[test]
+    fn bad_since_is_400() {
+        let setup = Setup::new();
+        assert_bad_parameter(&setup, "since=yesterday", "since");
+        assert_bad_parameter(&setup, "since=%ZZ", "percent-encoding");
+    }
+
+    #[test]
+    fn unknown_or_repeated_parameter_is_400() {
+        let setup = Setup::new();
+        assert_bad_parameter(&setup, "group=key", "unknown parameter");
+        assert_bad_parameter(&setup, "since=1h&since=2h", "twice");
+    }
+
+    #[test]
+    fn empty_ledger_is_an_empty_array() {
+        let setup = Setup::new();
+        std::fs::remove_dir_all(&setup.0.data_dir).unwrap();
+        assert_eq!(setup.get(None), (200, json!([])));
+    }
+
+    #[test]
+    fn percent_decode_decodes_escapes_and_keeps_plus() {
+        assert_eq!(percent_decode("a%2Bb+c%3a").unwrap(), "a+b+c:");
+        assert!(percent_decode("%2").is_err());
+        assert!(percent_decode("%FF").is_err());
+    }
+}

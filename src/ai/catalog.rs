@@ -1,0 +1,475 @@
+//! The model catalog: `[[provider]]` and `[[model]]` compiled into what the AI front doors
+//! look up per request (a model by its client-facing name, its provider's upstream and key).
+//!
+//! Built on the slow path (startup, reload) with every error collected; read without locks
+//! on the hot path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{Config, HostPort, LiveSecret, ProviderConfig, ProviderKind, SecretWatcher};
+use crate::upstream::{TlsSettings, Upstream};
+
+/// One `[[provider]]`, ready to be sent requests.
+#[derive(Debug)]
+pub struct Provider {
+    /// The `[[provider]].name`.
+    pub name: String,
+    /// The API dialect it speaks.
+    pub kind: ProviderKind,
+    /// Where its requests go; `None` for `kind = "mock"` (served in-process, no network).
+    pub upstream: Option<Arc<Upstream>>,
+    /// The path part of `base_url` without a trailing slash: `""` for
+    /// `https://api.openai.com`, `"/openai"` for `http://h:1/openai/`. Provider paths such as
+    /// `/v1/chat/completions` are appended to it.
+    pub base_path: String,
+    /// The provider's API key; the caller injects it in the provider's header.
+    pub api_key: Option<LiveSecret>,
+}
+
+/// One `[[model]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    /// What clients ask for.
+    pub name: String,
+    /// Index of its provider (see [`Catalog::provider`]).
+    pub provider: usize,
+    /// The model name sent to the provider (the config's `upstream_model`, else `name`).
+    pub upstream_model: String,
+    /// USD per million input tokens.
+    pub input_price_per_mtok: f64,
+    /// USD per million output tokens.
+    pub output_price_per_mtok: f64,
+    /// USD per million prompt-cache-read tokens; `None` = the input price.
+    pub cached_input_price_per_mtok: Option<f64>,
+    /// Models to try in order when this one fails, as indexes into [`Catalog::models`].
+    pub fallbacks: Vec<usize>,
+}
+
+/// Every provider and model of one config.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    providers: Vec<Provider>,
+    models: Vec<Model>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Catalog {
+    /// Compiles the config's providers and models: parses each `base_url`, resolves its host
+    /// (blocking DNS: this runs off the data plane), builds TLS settings, registers API keys
+    /// with `secrets` and resolves model references. Returns every error, each prefixed with
+    /// its key path (`provider[0].base_url: ...`, `model[2].fallbacks[0]: ...`).
+    pub fn build(config: &Config, secrets: &SecretWatcher) -> Result<Catalog, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut providers = Vec::with_capacity(config.provider.len());
+        let mut provider_index = HashMap::new();
+        for (i, cfg) in config.provider.iter().enumerate() {
+            if provider_index.insert(cfg.name.as_str(), i).is_some() {
+                errors.push(format!(
+                    "provider[{i}].name: duplicate provider name `{}`",
+                    cfg.name
+                ));
+            }
+            match build_provider(i, cfg, config, secrets) {
+                Ok(provider) => providers.push(provider),
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
+
+        let mut by_name = HashMap::with_capacity(config.model.len());
+        for (i, model) in config.model.iter().enumerate() {
+            if model.name.is_empty() {
+                errors.push(format!("model[{i}].name: is required"));
+            } else if by_name.insert(model.name.clone(), i).is_some() {
+                errors.push(format!(
+                    "model[{i}].name: duplicate model name `{}`",
+                    model.name
+                ));
+            }
+        }
+        let mut models = Vec::with_capacity(config.model.len());
+        for (i, cfg) in config.model.iter().enumerate() {
+            let provider = match provider_index.get(cfg.provider.as_str()) {
+                Some(&p) => p,
+                None => {
+                    errors.push(format!(
+                        "model[{i}].provider: no [[provider]] named `{}`",
+                        cfg.provider
+                    ));
+                    continue;
+                }
+            };
+            let mut fallbacks = Vec::with_capacity(cfg.fallbacks.len());
+            for (f, fallback) in cfg.fallbacks.iter().enumerate() {
+                match by_name.get(fallback) {
+                    Some(&m) if m == i => errors.push(format!(
+                        "model[{i}].fallbacks[{f}]: a model cannot fall back to itself"
+                    )),
+                    Some(&m) => fallbacks.push(m),
+                    None => errors.push(format!(
+                        "model[{i}].fallbacks[{f}]: no [[model]] named `{fallback}`"
+                    )),
+                }
+            }
+            let upstream_model = if cfg.upstream_model.is_empty() {
+                cfg.name.clone()
+            } else {
+                cfg.upstream_model.clone()
+            };
+            models.push(Model {
+                name: cfg.name.clone(),
+                provider,
+                upstream_model,
+                input_price_per_mtok: cfg.input_price_per_mtok,
+                output_price_per_mtok: cfg.output_price_per_mtok,
+                cached_input_price_per_mtok: cfg.cached_input_price_per_mtok,
+                fallbacks,
+            });
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Catalog {
+            providers,
+            models,
+            by_name,
+        })
+    }
+
+    /// True when the config has no `[[model]]`: the AI front doors are not mounted.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// The model a client asked for, with its index.
+    pub fn model(&self, name: &str) -> Option<(usize, &Model)> {
+        let &index = self.by_name.get(name)?;
+        Some((index, &self.models[index]))
+    }
+
+    /// Every model, in config order.
+    pub fn models(&self) -> &[Model] {
+        &self.models
+    }
+
+    /// The provider at `index` (a [`Model::provider`]). Panics on an index not from this
+    /// catalog.
+    pub fn provider(&self, index: usize) -> &Provider {
+        &self.providers[index]
+    }
+}
+
+/// Compiles `provider[i]`.
+fn build_provider(
+    i: usize,
+    cfg: &ProviderConfig,
+    config: &Config,
+    secrets: &SecretWatcher,
+) -> Result<Provider, Vec<String>> {
+    let mut errors = Vec::new();
+    let base_url = cfg
+        .base_url
+        .is_empty()
+        .then(|| cfg.kind.default_base_url())
+        .flatten()
+        .unwrap_or(&cfg.base_url);
+    let parsed = parse_base_url(base_url);
+    let api_key = match &cfg.api_key {
+        None => None,
+        Some(secret) => match secrets.watch(secret) {
+            Ok(live) => Some(live),
+            Err(e) => {
+                errors.push(format!("provider[{i}].api_key: {e}"));
+                None
+            }
+        },
+    };
+    let (upstream, base_path) = match parsed {
+        Err(e) => {
+            errors.push(format!("provider[{i}].base_url: {e}"));
+            (None, String::new())
+        }
+        // The mock is served in-process: its base_url is never connected to.
+        Ok(_) if cfg.kind == ProviderKind::Mock => (None, String::new()),
+        Ok(url) => match build_upstream(i, cfg, config, &url) {
+            Ok(upstream) => (Some(Arc::new(upstream)), url.path),
+            Err(e) => {
+                errors.push(e);
+                (None, String::new())
+            }
+        },
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Provider {
+        name: cfg.name.clone(),
+        kind: cfg.kind,
+        upstream,
+        base_path,
+        api_key,
+    })
+}
+
+fn build_upstream(
+    i: usize,
+    cfg: &ProviderConfig,
+    config: &Config,
+    url: &BaseUrl,
+) -> Result<Upstream, String> {
+    let tls = if url.https {
+        let ca_file = (!cfg.ca_file.is_empty()).then(|| config.resolve_path(&cfg.ca_file));
+        let client = crate::tls::client_config(ca_file.as_deref())
+            .map_err(|e| format!("provider[{i}].ca_file: {e}"))?;
+        Some(TlsSettings {
+            config: client,
+            sni: None,
+        })
+    } else {
+        None
+    };
+    Upstream::from_parts(&cfg.name, &[url.authority.to_string()], tls, None)
+        .map_err(|e| format!("provider[{i}].base_url: {e}"))
+}
+
+/// A provider's `base_url`, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BaseUrl {
+    https: bool,
+    /// Host and port, the scheme's default port filled in.
+    authority: HostPort,
+    /// Path without trailing slashes; `""` for none.
+    path: String,
+}
+
+/// Parses `http://host[:port][/path]` or `https://host[:port][/path]` (RFC 3986 §3; default
+/// ports 80 and 443 per RFC 9110 §4.2). User info, queries and fragments are refused: none
+/// has a meaning for a provider endpoint.
+fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
+    let (https, rest) = if let Some(rest) = strip_prefix_ignore_case(url, "https://") {
+        (true, rest)
+    } else if let Some(rest) = strip_prefix_ignore_case(url, "http://") {
+        (false, rest)
+    } else {
+        return Err(format!("`{url}` must start with http:// or https://"));
+    };
+    if rest.contains(['?', '#']) {
+        return Err(format!("`{url}` must not have a query or fragment"));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err(format!(
+            "`{url}` must not contain user info (put keys in api_key)"
+        ));
+    }
+    if authority.is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    // A port follows the last colon, unless that colon is inside an IPv6 literal's brackets.
+    let has_port = authority
+        .rfind(':')
+        .is_some_and(|colon| !authority[colon..].contains(']'));
+    let authority = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:{}", if https { 443 } else { 80 })
+    };
+    let authority: HostPort = authority.parse().map_err(|e| format!("in `{url}`: {e}"))?;
+    Ok(BaseUrl {
+        https,
+        authority,
+        path: path.trim_end_matches('/').to_string(),
+    })
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ModelConfig, SecretRef};
+    use std::time::Duration;
+
+    fn provider(name: &str, kind: ProviderKind, base_url: &str) -> ProviderConfig {
+        ProviderConfig {
+            name: name.into(),
+            kind,
+            base_url: base_url.into(),
+            api_key: None,
+            ca_file: String::new(),
+        }
+    }
+
+    fn model(name: &str, provider: &str) -> ModelConfig {
+        ModelConfig {
+            name: name.into(),
+            provider: provider.into(),
+            ..ModelConfig::default()
+        }
+    }
+
+    fn build(config: &Config) -> Result<Catalog, Vec<String>> {
+        let secrets = SecretWatcher::with_poll_interval(Duration::from_secs(60));
+        Catalog::build(config, &secrets)
+    }
+
+    fn two_providers() -> Config {
+        let mut openai = provider("openai", ProviderKind::Openai, "http://127.0.0.1:9/openai/");
+        openai.api_key = Some(SecretRef::parse("sk-test").unwrap());
+        let mut fast = model("fast", "openai");
+        fast.upstream_model = "gpt-4o-mini".into();
+        fast.input_price_per_mtok = 0.15;
+        fast.fallbacks = vec!["local".into()];
+        Config {
+            provider: vec![openai, provider("mock", ProviderKind::Mock, "")],
+            model: vec![fast, model("local", "mock")],
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn models_are_found_by_name_with_resolved_provider_and_fallbacks() {
+        let catalog = build(&two_providers()).unwrap();
+        assert!(!catalog.is_empty());
+        let (index, fast) = catalog.model("fast").unwrap();
+        assert_eq!(index, 0);
+        assert_eq!(fast.upstream_model, "gpt-4o-mini");
+        assert_eq!(fast.input_price_per_mtok, 0.15);
+        assert_eq!(fast.fallbacks, [1]);
+        assert_eq!(catalog.provider(fast.provider).name, "openai");
+        assert!(catalog.model("nope").is_none());
+        assert_eq!(catalog.models().len(), 2);
+    }
+
+    #[test]
+    fn upstream_model_defaults_to_the_name() {
+        let catalog = build(&two_providers()).unwrap();
+        assert_eq!(catalog.model("local").unwrap().1.upstream_model, "local");
+    }
+
+    #[test]
+    fn http_provider_gets_an_upstream_its_base_path_and_key() {
+        let catalog = build(&two_providers()).unwrap();
+        let openai = catalog.provider(0);
+        let upstream = openai.upstream.as_ref().unwrap();
+        assert_eq!(upstream.targets[0].authority, "127.0.0.1:9");
+        assert!(upstream.tls.is_none());
+        assert_eq!(openai.base_path, "/openai");
+        assert_eq!(
+            openai.api_key.as_ref().unwrap().current().expose(),
+            "sk-test"
+        );
+    }
+
+    #[test]
+    fn mock_provider_has_no_upstream() {
+        let catalog = build(&two_providers()).unwrap();
+        let mock = catalog.provider(1);
+        assert_eq!(mock.kind, ProviderKind::Mock);
+        assert!(mock.upstream.is_none());
+        assert!(mock.api_key.is_none());
+    }
+
+    #[test]
+    fn https_provider_gets_tls_and_the_default_port() {
+        let config = Config {
+            provider: vec![provider("p", ProviderKind::Openai, "https://127.0.0.1")],
+            model: vec![model("m", "p")],
+            ..Config::default()
+        };
+        let catalog = build(&config).unwrap();
+        let upstream = catalog.provider(0).upstream.as_ref().unwrap();
+        assert!(upstream.tls.is_some());
+        assert_eq!(upstream.targets[0].authority, "127.0.0.1:443");
+        assert_eq!(catalog.provider(0).base_path, "");
+    }
+
+    #[test]
+    fn no_models_is_an_empty_catalog() {
+        assert!(build(&Config::default()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_provider_and_fallback_and_duplicate_model_are_all_reported() {
+        let mut config = two_providers();
+        config.model.push(model("ghost", "nowhere"));
+        config.model.push(model("fast", "mock"));
+        config.model[1].fallbacks = vec!["missing".into()];
+        let errors = build(&config).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "model[3].name: duplicate model name `fast`",
+                "model[1].fallbacks[0]: no [[model]] named `missing`",
+                "model[2].provider: no [[provider]] named `nowhere`",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_base_url_is_reported_with_its_key_path() {
+        let config = Config {
+            provider: vec![
+                provider("a", ProviderKind::Openai, "ftp://x"),
+                provider("b", ProviderKind::Openai, "http://user@h:1"),
+                provider("c", ProviderKind::Openai, "http://h:99999"),
+            ],
+            ..Config::default()
+        };
+        let errors = build(&config).unwrap_err();
+        assert_eq!(errors.len(), 3);
+        for (i, error) in errors.iter().enumerate() {
+            assert!(
+                error.starts_with(&format!("provider[{i}].base_url: ")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_api_key_is_reported_with_its_key_path() {
+        let mut config = two_providers();
+        config.provider[0].api_key =
+            Some(SecretRef::parse("file:/nonexistent/credentialflow-key").unwrap());
+        let errors = build(&config).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with("provider[0].api_key: "),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn base_url_parts_are_taken_apart() {
+        let url = parse_base_url("HTTP://[::1]:8080/a/b//").unwrap();
+        assert!(!url.https);
+        assert_eq!(url.authority.to_string(), "[::1]:8080");
+        assert_eq!(url.path, "/a/b");
+        let url = parse_base_url("https://api.openai.com").unwrap();
+        assert!(url.https);
+        assert_eq!(url.authority.to_string(), "api.openai.com:443");
+        assert_eq!(url.path, "");
+        assert_eq!(
+            parse_base_url("http://[::1]/x")
+                .unwrap()
+                .authority
+                .to_string(),
+            "[::1]:80"
+        );
+    }
+
+    #[test]
+    fn base_url_with_query_or_without_host_is_refused() {
+        assert!(parse_base_url("http://h/?a=1").is_err());
+        assert!(parse_base_url("http:///path").is_err());
+    }
+}

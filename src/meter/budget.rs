@@ -1,0 +1,1008 @@
+//! Spend budgets per key and per team, in tokens and/or money, over a UTC calendar period.
+//!
+//! Admission is by reservation: before a request goes upstream, its estimated tokens and cost
+//! are reserved against each budget that applies ([`BudgetTable::try_reserve`]); when the
+//! response is done, the reservation is replaced by the actual spend ([`BudgetTable::settle`]).
+//! The spend may then exceed the budget (a stream that crosses it finishes); the next request
+//! is refused.
+//!
+//! Exactness: per dimension, the state keeps one counter of *committed* spend, settled plus
+//! in-flight reservations. Admission is a compare-and-swap loop on it (`committed + request <=
+//! limit`), so concurrent requests can never all pass on the same headroom; settlement is one
+//! atomic add of `actual - reserved` (plus one add to the settled-spend counter, which only
+//! reporting reads). With both a token and a money limit, the token counter
+//! is reserved first and rolled back if money refuses: never an over-admission, but for that
+//! instant a third request may see the rolled-back tokens and be refused too.
+//!
+//! Periods: a state moves forward to a later period, never back. A request stamped a hair
+//! before midnight by another worker's clock counts in the new period; a reload that changes
+//! a budget to a longer period (day to month) keeps counting from the current spend, which
+//! then under-counts until the next start-up seeds it from the ledger.
+//!
+//! Memory: there is one entry per scope (`"key:<id>"`, `"team:<name>"`) that has a budget, so
+//! the table is bounded by the configuration and needs no sweep; [`BudgetTable::remove`]
+//! drops the entry of a deleted key.
+
+use std::cell::Cell;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use papaya::HashMap;
+use rustc_hash::FxBuildHasher;
+
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// The span a budget covers before it starts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Period {
+    /// A UTC calendar day: resets at 00:00 UTC.
+    Day,
+    /// A UTC calendar month: resets on the 1st at 00:00 UTC.
+    Month,
+    /// Never resets. A key or team with no `budget_period` has a total budget.
+    #[default]
+    Total,
+}
+
+/// A `budget_period` that is not `day`, `month` or `total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownPeriod(pub String);
+
+impl fmt::Display for UnknownPeriod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown budget period {:?} (expected day, month or total)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownPeriod {}
+
+impl FromStr for Period {
+    type Err = UnknownPeriod;
+
+    /// `"day"`, `"month"` or `"total"`, exactly; anything else (the empty string too) is an
+    /// error. An absent setting is [`Period::Total`]: see [`Period::from_setting`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "day" => Ok(Self::Day),
+            "month" => Ok(Self::Month),
+            "total" => Ok(Self::Total),
+            other => Err(UnknownPeriod(other.to_owned())),
+        }
+    }
+}
+
+impl Period {
+    /// The period of an optional `budget_period` setting: absent means [`Period::Total`].
+    pub fn from_setting(setting: Option<&str>) -> Result<Self, UnknownPeriod> {
+        setting.map_or(Ok(Self::Total), str::parse)
+    }
+
+    /// The setting's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Month => "month",
+            Self::Total => "total",
+        }
+    }
+}
+
+thread_local! {
+    /// The last day number seen on this thread and the start of its month: the calendar
+    /// math then runs once per day per thread instead of twice per metered request.
+    static MONTH_START: Cell<(i64, i64)> = const { Cell::new((i64::MIN, 0)) };
+}
+
+/// Start of the period containing `now_ms` (milliseconds since the Unix epoch, UTC), in the
+/// same unit; 0 for [`Period::Total`].
+pub fn period_start_ms(period: Period, now_ms: i64) -> i64 {
+    let day = now_ms.div_euclid(MS_PER_DAY);
+    match period {
+        Period::Total => 0,
+        Period::Day => day * MS_PER_DAY,
+        Period::Month => MONTH_START.with(|cache| {
+            let (cached_day, cached_start) = cache.get();
+            if cached_day == day {
+                return cached_start;
+            }
+            let start = month_start_of_day(day);
+            cache.set((day, start));
+            start
+        }),
+    }
+}
+
+/// Start (ms) of the month containing day number `day` (days since 1970-01-01).
+fn month_start_of_day(day: i64) -> i64 {
+    let (year, month, _) = civil_from_days(day);
+    days_from_civil(year, month, 1) * MS_PER_DAY
+}
+
+/// Proleptic Gregorian (year, month 1-12, day 1-31) of a day count since 1970-01-01.
+///
+/// Works in 400-year eras starting on March 1st, so the leap day is the last day of the
+/// shifted year and month lengths follow a fixed 153-days-per-5-months pattern (the method
+/// of H. Hinnant's "chrono-Compatible Low-Level Date Algorithms").
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    // Shift the epoch to 0000-03-01: 719_468 days before 1970-01-01.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097); // [0, 146096]
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365; // [0, 399]
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100); // [0, 365]
+    let shifted_month = (5 * day_of_year + 2) / 153; // [0, 11], March = 0
+    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Day count since 1970-01-01 of a proleptic Gregorian date (inverse of [`civil_from_days`]).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let shifted_month = i64::from(if month > 2 { month - 3 } else { month + 9 });
+    let day_of_year = (153 * shifted_month + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// One budget: limits in tokens and/or nano-USD (`None` = that dimension unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BudgetLimit {
+    /// Most tokens (prompt + completion) per period.
+    pub tokens: Option<u64>,
+    /// Most spend per period, in nano-USD (1e-9 USD).
+    pub nano_usd: Option<u64>,
+    /// When the spend starts again from zero.
+    pub period: Period,
+}
+
+impl BudgetLimit {
+    /// Whether any dimension is limited; a caller skips budgets entirely when not.
+    pub fn is_limited(&self) -> bool {
+        self.tokens.is_some() || self.nano_usd.is_some()
+    }
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetDimension {
+    /// The token budget.
+    Tokens,
+    /// The money budget (values in nano-USD).
+    Cost,
+}
+
+/// A refusal: the budget's spend plus in-flight reservations leave no room for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetExceeded {
+    /// The limit that refused.
+    pub dimension: BudgetDimension,
+    /// That limit (tokens, or nano-USD).
+    pub limit: u64,
+    /// Settled spend plus in-flight reservations when refused.
+    pub committed: u64,
+    /// What this request asked to reserve.
+    pub requested: u64,
+}
+
+impl fmt::Display for BudgetExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.dimension {
+            BudgetDimension::Tokens => write!(
+                f,
+                "token budget exceeded: {} of {} tokens used or reserved, request needs {}",
+                self.committed, self.limit, self.requested
+            ),
+            BudgetDimension::Cost => write!(
+                f,
+                "spend budget exceeded: ${:.6} of ${:.6} used or reserved, request needs ${:.6}",
+                nano_to_usd(self.committed),
+                nano_to_usd(self.limit),
+                nano_to_usd(self.requested)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BudgetExceeded {}
+
+/// One scope's spend in its current period.
+#[derive(Debug, Default)]
+struct BudgetState {
+    /// Start (ms since epoch) of the period the counters below belong to.
+    period_start_ms: AtomicI64,
+    /// Settled tokens plus in-flight reserved tokens: what admission compares to the limit.
+    committed_tokens: AtomicU64,
+    /// Settled plus in-flight reserved nano-USD.
+    committed_nano: AtomicU64,
+    /// Settled tokens alone, for reporting (admission never reads it).
+    settled_tokens: AtomicU64,
+    /// Settled nano-USD alone, for reporting.
+    settled_nano: AtomicU64,
+}
+
+impl BudgetState {
+    /// Moves the state into the period starting at `start` if that is later than its own,
+    /// and returns the state's period start afterwards.
+    ///
+    /// The thread that wins the compare-and-swap on the period zeroes the counters. A
+    /// reservation racing that instant (made by a thread that already saw the new period,
+    /// before the zeroing) is wiped from the new period's count and its later release
+    /// saturates at zero: the new period under-counts by at most the reservations taken in
+    /// those few instructions, once per period. In-flight reservations of the old period are
+    /// not carried over; their actual spend is added to the period they settle in (the same
+    /// period the ledger will file it under).
+    fn roll_to(&self, start: i64) -> i64 {
+        let mut current = self.period_start_ms.load(Ordering::Acquire);
+        while start > current {
+            match self.period_start_ms.compare_exchange_weak(
+                current,
+                start,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.committed_tokens.store(0, Ordering::Release);
+                    self.committed_nano.store(0, Ordering::Release);
+                    self.settled_tokens.store(0, Ordering::Release);
+                    self.settled_nano.store(0, Ordering::Release);
+                    return start;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+        current
+    }
+
+    /// Settled spend of the current period.
+    fn spent(&self) -> (u64, u64) {
+        (
+            self.settled_tokens.load(Ordering::Acquire),
+            self.settled_nano.load(Ordering::Acquire),
+        )
+    }
+
+    /// In-flight reservations of the current period (committed minus settled; a racy
+    /// snapshot, for reporting).
+    fn reserved(&self) -> (u64, u64) {
+        let (tokens, nano) = self.spent();
+        (
+            self.committed_tokens
+                .load(Ordering::Acquire)
+                .saturating_sub(tokens),
+            self.committed_nano
+                .load(Ordering::Acquire)
+                .saturating_sub(nano),
+        )
+    }
+
+    /// Drops a reservation made in period `period_start_ms` and adds `actual` spend to the
+    /// current period.
+    fn settle(&self, period_start_ms: i64, amounts: Amounts, actual: Amounts) {
+        let same_period = self.period_start_ms.load(Ordering::Acquire) == period_start_ms;
+        let reserved = if same_period {
+            amounts
+        } else {
+            // The rollover wiped this reservation already; only the spend is added.
+            Amounts::default()
+        };
+        add_signed(&self.committed_tokens, actual.tokens, reserved.tokens);
+        add_signed(&self.committed_nano, actual.nano, reserved.nano);
+        add(&self.settled_tokens, actual.tokens);
+        add(&self.settled_nano, actual.nano);
+    }
+}
+
+/// `counter += add - sub`, in one atomic step, floored at 0 (see [`BudgetState::roll_to`]).
+fn add_signed(counter: &AtomicU64, add: u64, sub: u64) {
+    if add >= sub {
+        if add > sub {
+            counter.fetch_add(add - sub, Ordering::AcqRel);
+        }
+    } else {
+        sub_saturating(counter, sub - add);
+    }
+}
+
+fn add(counter: &AtomicU64, amount: u64) {
+    if amount != 0 {
+        counter.fetch_add(amount, Ordering::AcqRel);
+    }
+}
+
+fn sub_saturating(counter: &AtomicU64, sub: u64) {
+    if sub == 0 {
+        return;
+    }
+    // Never fails: the closure always returns Some.
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+        Some(v.saturating_sub(sub))
+    });
+}
+
+/// Reserves `amount` on `counter` if it stays within `limit`; the compare-and-swap loop that
+/// makes admission exact.
+fn reserve_one(
+    counter: &AtomicU64,
+    limit: Option<u64>,
+    amount: u64,
+    dimension: BudgetDimension,
+) -> Result<(), BudgetExceeded> {
+    let Some(limit) = limit else {
+        add(counter, amount);
+        return Ok(());
+    };
+    let mut committed = counter.load(Ordering::Acquire);
+    loop {
+        if committed.saturating_add(amount) > limit {
+            return Err(BudgetExceeded {
+                dimension,
+                limit,
+                committed,
+                requested: amount,
+            });
+        }
+        match counter.compare_exchange_weak(
+            committed,
+            committed + amount,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(actual) => committed = actual,
+        }
+    }
+}
+
+/// Tokens and nano-USD together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Amounts {
+    tokens: u64,
+    nano: u64,
+}
+
+/// An admitted request's hold on one budget; settle it with [`BudgetTable::settle`].
+///
+/// Dropping it unsettled (the client vanished before the upstream answered) releases the
+/// reservation with no spend, as `settle(r, now, 0, 0)` would; settling explicitly is still
+/// preferred, since it also rolls the period over when due.
+#[derive(Debug)]
+#[must_use = "dropping a reservation releases it at once"]
+pub struct Reservation {
+    /// `None` when nothing was limited (nothing to settle).
+    state: Option<Arc<BudgetState>>,
+    /// The budget's period, to roll over at settlement.
+    period: Period,
+    /// Start of the period the reservation was counted in.
+    period_start_ms: i64,
+    amounts: Amounts,
+}
+
+impl Reservation {
+    /// Tokens reserved.
+    pub fn tokens(&self) -> u64 {
+        self.amounts.tokens
+    }
+
+    /// Nano-USD reserved.
+    pub fn nano_usd(&self) -> u64 {
+        self.amounts.nano
+    }
+
+    /// Whether this reservation is counted against a budget.
+    pub fn is_tracked(&self) -> bool {
+        self.state.is_some()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            state.settle(self.period_start_ms, self.amounts, Amounts::default());
+        }
+    }
+}
+
+/// Budget state of every scope that has a budget, shared by all workers; lock-free.
+///
+/// Hashed with FxHash rather than SipHash: scope names are key ids the gateway generated and
+/// team names from the configuration, so no client can pick colliding names, and the lookup
+/// is on every metered request.
+pub struct BudgetTable {
+    map: HashMap<String, Arc<BudgetState>, FxBuildHasher>,
+}
+
+impl Default for BudgetTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BudgetTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self {
+            map: HashMap::builder().hasher(FxBuildHasher).build(),
+        }
+    }
+
+    /// Admission: refuses when settled spend + in-flight reservations + this reservation
+    /// would exceed a limit of `limit`. On success records the reservation and returns the
+    /// handle to settle later. A limit with no dimension set admits without touching the
+    /// table (callers normally skip the call instead).
+    ///
+    /// `scope` names the budget: `"key:<id>"` or `"team:<name>"`. `now_ms` is wall-clock
+    /// milliseconds since the Unix epoch (UTC), for the calendar period.
+    pub fn try_reserve(
+        &self,
+        scope: &str,
+        limit: &BudgetLimit,
+        now_ms: i64,
+        tokens: u64,
+        nano_usd: u64,
+    ) -> Result<Reservation, BudgetExceeded> {
+        if !limit.is_limited() {
+            return Ok(Reservation {
+                state: None,
+                period: limit.period,
+                period_start_ms: 0,
+                amounts: Amounts::default(),
+            });
+        }
+        let state = self.state_for(scope);
+        let period_start_ms = state.roll_to(period_start_ms(limit.period, now_ms));
+        reserve_one(
+            &state.committed_tokens,
+            limit.tokens,
+            tokens,
+            BudgetDimension::Tokens,
+        )?;
+        if let Err(refused) = reserve_one(
+            &state.committed_nano,
+            limit.nano_usd,
+            nano_usd,
+            BudgetDimension::Cost,
+        ) {
+            sub_saturating(&state.committed_tokens, tokens);
+            return Err(refused);
+        }
+        Ok(Reservation {
+            state: Some(state),
+            period: limit.period,
+            period_start_ms,
+            amounts: Amounts {
+                tokens,
+                nano: nano_usd,
+            },
+        })
+    }
+
+    /// Settlement: drops the reservation and adds the actual spend, which may take the budget
+    /// past its limit (a stream that crosses the budget finishes; the next request is
+    /// refused). When `now_ms` is past the period the reservation was made in, the new
+    /// period starts first and the actual spend is counted in it.
+    pub fn settle(
+        &self,
+        mut r: Reservation,
+        now_ms: i64,
+        actual_tokens: u64,
+        actual_nano_usd: u64,
+    ) {
+        let Some(state) = r.state.take() else {
+            return;
+        };
+        state.roll_to(period_start_ms(r.period, now_ms));
+        state.settle(
+            r.period_start_ms,
+            r.amounts,
+            Amounts {
+                tokens: actual_tokens,
+                nano: actual_nano_usd,
+            },
+        );
+    }
+
+    /// Start-up: sets the settled spend of `scope` for the period containing `now_ms` to
+    /// what the ledger recorded since that period's start.
+    pub fn seed(&self, scope: &str, period: Period, now_ms: i64, tokens: u64, nano_usd: u64) {
+        let state = self.state_for(scope);
+        state.roll_to(period_start_ms(period, now_ms));
+        // Nothing is normally in flight at start-up; keep whatever is, to stay exact.
+        let (in_flight_tokens, in_flight_nano) = state.reserved();
+        state.settled_tokens.store(tokens, Ordering::Release);
+        state.settled_nano.store(nano_usd, Ordering::Release);
+        state
+            .committed_tokens
+            .store(tokens.saturating_add(in_flight_tokens), Ordering::Release);
+        state
+            .committed_nano
+            .store(nano_usd.saturating_add(in_flight_nano), Ordering::Release);
+    }
+
+    /// Settled spend `(tokens, nano_usd)` of `scope` in the period containing `now_ms`
+    /// (zero if that period has not been entered yet, or the scope is unknown).
+    pub fn spent(&self, scope: &str, period: Period, now_ms: i64) -> (u64, u64) {
+        let guard = self.map.guard();
+        match self.map.get(scope, &guard) {
+            Some(state)
+                if state.period_start_ms.load(Ordering::Acquire)
+                    >= period_start_ms(period, now_ms) =>
+            {
+                state.spent()
+            }
+            _ => (0, 0),
+        }
+    }
+
+    /// In-flight reservations `(tokens, nano_usd)` of `scope` in its current period.
+    pub fn reserved(&self, scope: &str) -> (u64, u64) {
+        let guard = self.map.guard();
+        self.map
+            .get(scope, &guard)
+            .map_or((0, 0), |state| state.reserved())
+    }
+
+    /// Forgets `scope` (its key or team was deleted). Outstanding reservations settle
+    /// against the detached state harmlessly.
+    pub fn remove(&self, scope: &str) {
+        self.map.pin().remove(scope);
+    }
+
+    /// Scopes held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no scope is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn state_for(&self, scope: &str) -> Arc<BudgetState> {
+        let guard = self.map.guard();
+        if let Some(state) = self.map.get(scope, &guard) {
+            return Arc::clone(state);
+        }
+        Arc::clone(self.map.get_or_insert_with(
+            scope.to_owned(),
+            || Arc::new(BudgetState::default()),
+            &guard,
+        ))
+    }
+}
+
+/// Model prices in USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Prices {
+    /// Uncached prompt tokens.
+    pub input_per_mtok: f64,
+    /// Completion tokens.
+    pub output_per_mtok: f64,
+    /// Prompt tokens read from a prompt cache; `None` = billed as input.
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+/// Cost in nano-USD, rounded to nearest: `cached_tokens` (the part of `prompt_tokens` read
+/// from a prompt cache, clamped to it) at the cached price, the rest of the prompt at the
+/// input price, the completion at the output price. Negative or NaN prices count as 0.
+pub fn cost_nano_usd(
+    prices: &Prices,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cached_tokens: u64,
+) -> u64 {
+    let cached = cached_tokens.min(prompt_tokens);
+    let uncached = prompt_tokens - cached;
+    let cached_price = prices
+        .cached_input_per_mtok
+        .unwrap_or(prices.input_per_mtok);
+    // USD per million tokens = 1e9 nano-USD per 1e6 tokens = 1_000 nano-USD per token.
+    let nano = uncached as f64 * nano_per_token(prices.input_per_mtok)
+        + cached as f64 * nano_per_token(cached_price)
+        + completion_tokens as f64 * nano_per_token(prices.output_per_mtok);
+    // `as` saturates (and maps NaN to 0).
+    nano.round() as u64
+}
+
+fn nano_per_token(usd_per_mtok: f64) -> f64 {
+    if usd_per_mtok > 0.0 {
+        usd_per_mtok * 1_000.0
+    } else {
+        0.0
+    }
+}
+
+/// USD to nano-USD, rounded to nearest; negative or NaN gives 0.
+pub fn usd_to_nano(usd: f64) -> u64 {
+    // `as` saturates: negative to 0, NaN to 0, huge to u64::MAX.
+    (usd * 1e9).round() as u64
+}
+
+/// Nano-USD to USD, for display and the ledger's `cost_usd`.
+pub fn nano_to_usd(nano: u64) -> f64 {
+    nano as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-03-15T12:34:56.789Z
+    const MID_MARCH_2026: i64 = 1_773_578_096_789;
+    /// 2026-03-01T00:00:00Z
+    const MARCH_1_2026: i64 = 1_772_323_200_000;
+
+    fn tokens_limit(tokens: u64, period: Period) -> BudgetLimit {
+        BudgetLimit {
+            tokens: Some(tokens),
+            nano_usd: None,
+            period,
+        }
+    }
+
+    #[test]
+    fn period_parses_the_three_settings_and_defaults_to_total() {
+        assert_eq!("day".parse(), Ok(Period::Day));
+        assert_eq!("month".parse(), Ok(Period::Month));
+        assert_eq!("total".parse(), Ok(Period::Total));
+        assert_eq!(Period::from_setting(None), Ok(Period::Total));
+        assert_eq!(Period::from_setting(Some("month")), Ok(Period::Month));
+        assert!("".parse::<Period>().is_err());
+        assert!("weekly".parse::<Period>().is_err());
+    }
+
+    #[test]
+    fn day_starts_at_midnight_utc() {
+        assert_eq!(
+            period_start_ms(Period::Day, MID_MARCH_2026),
+            MARCH_1_2026 + 14 * MS_PER_DAY
+        );
+        assert_eq!(period_start_ms(Period::Day, MARCH_1_2026), MARCH_1_2026);
+        assert_eq!(
+            period_start_ms(Period::Day, MARCH_1_2026 - 1),
+            MARCH_1_2026 - MS_PER_DAY
+        );
+    }
+
+    #[test]
+    fn month_starts_on_the_first_at_midnight_utc() {
+        assert_eq!(period_start_ms(Period::Month, MID_MARCH_2026), MARCH_1_2026);
+        assert_eq!(period_start_ms(Period::Month, MARCH_1_2026), MARCH_1_2026);
+        // The last millisecond of February 2026 (28 days).
+        assert_eq!(
+            period_start_ms(Period::Month, MARCH_1_2026 - 1),
+            MARCH_1_2026 - 28 * MS_PER_DAY
+        );
+    }
+
+    #[test]
+    fn month_start_handles_leap_february_and_year_end() {
+        // 2024-03-01T00:00:00Z; 2024 is a leap year, so February has 29 days.
+        let march_1_2024 = 1_709_251_200_000;
+        assert_eq!(
+            period_start_ms(Period::Month, march_1_2024 - 1),
+            march_1_2024 - 29 * MS_PER_DAY
+        );
+        // 2025-12-31T23:59:59.999Z is in December, which started 2025-12-01.
+        let jan_1_2026 = 1_767_225_600_000;
+        assert_eq!(
+            period_start_ms(Period::Month, jan_1_2026 - 1),
+            jan_1_2026 - 31 * MS_PER_DAY
+        );
+        assert_eq!(period_start_ms(Period::Month, jan_1_2026), jan_1_2026);
+        assert_eq!(period_start_ms(Period::Month, 0), 0);
+    }
+
+    #[test]
+    fn civil_date_round_trips_over_four_centuries() {
+        for day in (-200_000..200_000).step_by(7) {
+            let (y, m, d) = civil_from_days(day);
+            assert_eq!(days_from_civil(y, m, d), day);
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn month_start_is_right_for_every_day_of_two_years() {
+        // Also exercises the per-thread cache across day changes, in and out of order.
+        let jan_1_2024 = 1_704_067_200_000;
+        for day in (0..731).chain((0..731).rev()) {
+            let now = jan_1_2024 + day * MS_PER_DAY + 12 * 3_600_000;
+            let expected = month_start_of_day(now.div_euclid(MS_PER_DAY));
+            assert_eq!(period_start_ms(Period::Month, now), expected);
+            let (_, _, day_of_month) = civil_from_days(expected / MS_PER_DAY);
+            assert_eq!(day_of_month, 1);
+            assert!(now - expected < 31 * MS_PER_DAY);
+        }
+    }
+
+    #[test]
+    fn total_period_starts_at_zero() {
+        assert_eq!(period_start_ms(Period::Total, MID_MARCH_2026), 0);
+    }
+
+    #[test]
+    fn reserve_admits_within_the_limit_and_refuses_beyond_it() {
+        let table = BudgetTable::new();
+        let limit = tokens_limit(1_000, Period::Total);
+        let first = table.try_reserve("key:a", &limit, 0, 600, 0).unwrap();
+        let refused = table.try_reserve("key:a", &limit, 0, 401, 0).unwrap_err();
+        assert_eq!(
+            refused,
+            BudgetExceeded {
+                dimension: BudgetDimension::Tokens,
+                limit: 1_000,
+                committed: 600,
+                requested: 401
+            }
+        );
+        let second = table.try_reserve("key:a", &limit, 0, 400, 0).unwrap();
+        assert_eq!(table.reserved("key:a"), (1_000, 0));
+        table.settle(first, 0, 0, 0);
+        table.settle(second, 0, 0, 0);
+    }
+
+    #[test]
+    fn settle_replaces_the_reservation_with_actual_spend() {
+        let table = BudgetTable::new();
+        let limit = tokens_limit(1_000, Period::Total);
+        let r = table.try_reserve("key:a", &limit, 0, 800, 0).unwrap();
+        table.settle(r, 0, 300, 0);
+        assert_eq!(table.spent("key:a", Period::Total, 0), (300, 0));
+        assert_eq!(table.reserved("key:a"), (0, 0));
+        assert!(table.try_reserve("key:a", &limit, 0, 700, 0).is_ok());
+    }
+
+    #[test]
+    fn settle_may_exceed_the_limit_and_the_next_request_is_refused() {
+        let table = BudgetTable::new();
+        let limit = tokens_limit(1_000, Period::Total);
+        let r = table.try_reserve("key:a", &limit, 0, 500, 0).unwrap();
+        table.settle(r, 0, 1_200, 0);
+        assert_eq!(table.spent("key:a", Period::Total, 0), (1_200, 0));
+        assert!(table.try_reserve("key:a", &limit, 0, 1, 0).is_err());
+    }
+
+    #[test]
+    fn dropped_reservation_is_released() {
+        let table = BudgetTable::new();
+        let limit = tokens_limit(100, Period::Total);
+        let r = table.try_reserve("key:a", &limit, 0, 100, 0).unwrap();
+        drop(r);
+        assert_eq!(table.reserved("key:a"), (0, 0));
+        assert_eq!(table.spent("key:a", Period::Total, 0), (0, 0));
+        assert!(table.try_reserve("key:a", &limit, 0, 100, 0).is_ok());
+    }
+
+    #[test]
+    fn cost_limit_refuses_and_rolls_back_the_token_reservation() {
+        let table = BudgetTable::new();
+        let limit = BudgetLimit {
+            tokens: Some(1_000),
+            nano_usd: Some(usd_to_nano(0.01)),
+            period: Period::Total,
+        };
+        let refused = table
+            .try_reserve("team:r", &limit, 0, 10, usd_to_nano(0.02))
+            .unwrap_err();
+        assert_eq!(refused.dimension, BudgetDimension::Cost);
+        assert_eq!(table.reserved("team:r"), (0, 0));
+        assert!(table.try_reserve("team:r", &limit, 0, 1_000, 0).is_ok());
+    }
+
+    #[test]
+    fn unlimited_budget_admits_without_state() {
+        let table = BudgetTable::new();
+        let r = table
+            .try_reserve("key:a", &BudgetLimit::default(), 0, u64::MAX, u64::MAX)
+            .unwrap();
+        assert!(!r.is_tracked());
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn unlimited_dimension_is_still_counted() {
+        let table = BudgetTable::new();
+        let limit = tokens_limit(1_000, Period::Total);
+        let r = table.try_reserve("key:a", &limit, 0, 10, 5_000).unwrap();
+        table.settle(r, 0, 10, 4_000);
+        assert_eq!(table.spent("key:a", Period::Total, 0), (10, 4_000));
+    }
+
+    #[test]
+    fn daily_budget_resets_at_midnight_utc() {
+        let table = BudgetTable::new();
+        let limit = tokens_limit(100, Period::Day);
+        let midnight = MARCH_1_2026 + MS_PER_DAY;
+        let r = table
+            .try_reserve("key:a", &limit, midnight - 1, 100, 0)
+            .unwrap();
+        table.settle(r, midnight - 1, 100, 0);
+        assert!(table
+            .try_reserve("key:a", &limit, midnight - 1, 1, 0)
+            .is_err());
+        assert_eq!(table.spent("key:a", Period::Day, midnight), (0, 0));
+        let r = table
+            .try_reserve("key:a", &limit, midnight, 100, 0)
+            .unwrap();
+        table.settle(r, midnight, 40, 0);
+        assert_eq!(table.spent("key:a", Period::Day, midnight), (40, 0));
+    }
+
+    #[test]
+    fn monthly_budget_resets_on_the_first() {
+        let table = BudgetTable::new();
+        let limit = tokens_limit(100, Period::Month);
+        let r = table
+            .try_reserve("key:a", &limit, MARCH_1_2026 - 1, 100, 0)
+            .unwrap();
+        table.settle(r, MARCH_1_2026 - 1, 100, 0);
+        assert!(table
+            .try_reserve("key:a", &limit, MARCH_1_2026 - 1, 1, 0)
+            .is_err());
+        let r = table
+            .try_reserve("key:a", &limit, MID_MARCH_2026, 100, 0)
+            .unwrap();
+        table.settle(r, MID_MARCH_2026, 100, 0);
+        assert_eq!(
+            table.spent("key:a", Period::Month, MID_MARCH_2026),
+            (100, 0)
+        );
+    }
+
+    #[test]
+    fn request_stamped_in_an_earlier_period_counts_in_the_current_one() {
+        // Wall clocks of two workers may differ by a hair around midnight: the state never
+        // moves back to an older period.
+        let table = BudgetTable::new();
+        let limit = tokens_limit(100, Period::Day);
+        let midnight = MARCH_1_2026;
+        let r = table.try_reserve("key:a", &limit, midnight, 60, 0).unwrap();
+        table.settle(r, midnight, 60, 0);
+        assert!(table
+            .try_reserve("key:a", &limit, midnight - 1, 41, 0)
+            .is_err());
+    }
+
+    #[test]
+    fn reservation_spanning_a_rollover_charges_its_spend_to_the_new_period() {
+        let table = BudgetTable::new();
+        let limit = tokens_limit(1_000, Period::Day);
+        let midnight = MARCH_1_2026;
+        let r = table
+            .try_reserve("key:a", &limit, midnight - 10, 500, 0)
+            .unwrap();
+        table.settle(r, midnight + 10, 300, 0);
+        assert_eq!(table.spent("key:a", Period::Day, midnight + 10), (300, 0));
+        assert_eq!(table.reserved("key:a"), (0, 0));
+    }
+
+    #[test]
+    fn seed_sets_settled_spend_for_the_current_period() {
+        let table = BudgetTable::new();
+        let limit = tokens_limit(1_000, Period::Month);
+        table.seed("key:a", Period::Month, MID_MARCH_2026, 900, 7);
+        assert_eq!(
+            table.spent("key:a", Period::Month, MID_MARCH_2026),
+            (900, 7)
+        );
+        assert!(table
+            .try_reserve("key:a", &limit, MID_MARCH_2026, 101, 0)
+            .is_err());
+        assert!(table
+            .try_reserve("key:a", &limit, MID_MARCH_2026, 100, 0)
+            .is_ok());
+    }
+
+    #[test]
+    fn remove_forgets_a_scope() {
+        let table = BudgetTable::new();
+        table.seed("key:a", Period::Total, 0, 5, 0);
+        table.remove("key:a");
+        assert!(table.is_empty());
+        assert_eq!(table.spent("key:a", Period::Total, 0), (0, 0));
+    }
+
+    #[test]
+    fn two_threads_never_admit_past_the_limit() {
+        let table = Arc::new(BudgetTable::new());
+        let limit = tokens_limit(10_000, Period::Total);
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let table = Arc::clone(&table);
+                std::thread::spawn(move || {
+                    let mut held = Vec::new();
+                    for _ in 0..10_000 {
+                        if let Ok(r) = table.try_reserve("team:hot", &limit, 0, 7, 0) {
+                            held.push(r);
+                        }
+                    }
+                    held
+                })
+            })
+            .collect();
+        let held: Vec<Reservation> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(held.len(), 10_000 / 7);
+        assert_eq!(table.reserved("team:hot"), (7 * (10_000 / 7), 0));
+        for r in held {
+            table.settle(r, 0, 1, 0);
+        }
+        assert_eq!(table.spent("team:hot", Period::Total, 0), (10_000 / 7, 0));
+    }
+
+    #[test]
+    fn cost_prices_prompt_completion_and_cached_tokens() {
+        let prices = Prices {
+            input_per_mtok: 2.5,
+            output_per_mtok: 10.0,
+            cached_input_per_mtok: Some(1.25),
+        };
+        // 1000 uncached * 2500 + 1000 cached * 1250 + 500 * 10000 nano-USD.
+        assert_eq!(cost_nano_usd(&prices, 2_000, 500, 1_000), 8_750_000);
+    }
+
+    #[test]
+    fn cached_tokens_without_a_cached_price_pay_the_input_price() {
+        let prices = Prices {
+            input_per_mtok: 3.0,
+            output_per_mtok: 15.0,
+            cached_input_per_mtok: None,
+        };
+        assert_eq!(
+            cost_nano_usd(&prices, 1_000, 0, 400),
+            cost_nano_usd(&prices, 1_000, 0, 0)
+        );
+        // Cached tokens beyond the prompt are clamped to it.
+        assert_eq!(cost_nano_usd(&prices, 10, 0, 50), 30_000);
+    }
+
+    #[test]
+    fn cost_rounds_to_the_nearest_nano_usd() {
+        let prices = Prices {
+            input_per_mtok: 0.0015,
+            output_per_mtok: 0.0,
+            cached_input_per_mtok: None,
+        };
+        // 1.5 nano-USD per token.
+        assert_eq!(cost_nano_usd(&prices, 1, 0, 0), 2);
+        assert_eq!(cost_nano_usd(&prices, 3, 0, 0), 5);
+    }
+
+    #[test]
+    fn negative_prices_cost_nothing() {
+        let prices = Prices {
+            input_per_mtok: -1.0,
+            output_per_mtok: f64::NAN,
+            cached_input_per_mtok: None,
+        };
+        assert_eq!(cost_nano_usd(&prices, 100, 100, 0), 0);
+    }
+
+    #[test]
+    fn usd_converts_to_nano_usd() {
+        assert_eq!(usd_to_nano(1.0), 1_000_000_000);
+        assert_eq!(usd_to_nano(0.000_000_001_4), 1);
+        assert_eq!(usd_to_nano(-5.0), 0);
+        assert_eq!(usd_to_nano(f64::NAN), 0);
+        assert_eq!(nano_to_usd(2_500_000_000), 2.5);
+    }
+}

@@ -1,0 +1,22 @@
+//! Token meters and spend budgets for AI requests.
+//!
+//! - [`tokens`]: prompt token estimates (tiktoken for OpenAI model families, bytes/4
+//!   otherwise) and the completion reservation, made before a request goes upstream.
+//! - [`budget`]: per-key and per-team budgets in tokens and nano-USD over UTC calendar
+//!   periods, with exact lock-free reservation and settlement; model prices to cost.
+//!
+//! Tokens-per-minute limits themselves are weighted GCRA checks in
+//! [`crate::limits`] ([`Gcra::check_n`](crate::limits::Gcra::check_n) to admit a
+//! reservation, [`Gcra::adjust`](crate::limits::Gcra::adjust) to settle it).
+
+pub mod budget;
+pub mod tokens;
+
+pub use budget::{
+    cost_nano_usd, nano_to_usd, period_start_ms, usd_to_nano, BudgetDimension, BudgetExceeded,
+    BudgetLimit, BudgetTable, Period, Prices, Reservation, UnknownPeriod,
+};
+pub use tokens::{
+    completion_reservation, estimate_anthropic_prompt_tokens, estimate_chat_prompt_tokens,
+    estimate_embedding_tokens, estimate_text_tokens, requested_max_tokens, TokenCounter,
+};
