@@ -20,6 +20,8 @@ fn entry() -> AccessEntry<'static> {
         key_id: Some("key_433ls4mwmqobi66yeva6"),
         team: Some("research"),
         model: Some("gpt-4o-mini"),
+        prompt: None,
+        attempts: &[],
         usage: Some(UsageFields {
             prompt_tokens: 812,
             completion_tokens: 164,

@@ -48,11 +48,20 @@ fn estimate(c: &mut Criterion) {
     });
 }
 
+/// A monthly budget in both tokens and money: the most work per request.
 fn budget_limit() -> BudgetLimit {
     BudgetLimit {
         tokens: Some(u64::MAX / 2),
         nano_usd: Some(u64::MAX / 2),
         period: Period::Month,
+    }
+}
+
+/// A monthly money-only budget (`budget_usd`), the usual configuration.
+fn money_only_limit() -> BudgetLimit {
+    BudgetLimit {
+        tokens: None,
+        ..budget_limit()
     }
 }
 
@@ -65,7 +74,7 @@ fn budget(c: &mut Criterion) {
     for i in 0..1_000 {
         table.seed(&format!("key:{i:08}"), Period::Month, NOW_MS, 0, 0);
     }
-    c.bench_function("budget/try_reserve+settle, one thread", |b| {
+    c.bench_function("budget/try_reserve+settle, tokens+money, one thread", |b| {
         b.iter(|| {
             let r = table
                 .try_reserve(black_box("key:00000500"), &limit, NOW_MS, 1_280, 9_000)
@@ -73,8 +82,17 @@ fn budget(c: &mut Criterion) {
             table.settle(r, NOW_MS, 1_100, 8_000);
         })
     });
+    let money_only = money_only_limit();
+    c.bench_function("budget/try_reserve+settle, money only, one thread", |b| {
+        b.iter(|| {
+            let r = table
+                .try_reserve(black_box("key:00000501"), &money_only, NOW_MS, 1_280, 9_000)
+                .unwrap();
+            table.settle(r, NOW_MS, 1_100, 8_000);
+        })
+    });
     c.bench_function(
-        "budget/try_reserve+settle, contended by a second thread",
+        "budget/try_reserve+settle, tokens+money, contended by a second thread",
         |b| {
             b.iter_custom(|iters| {
                 let table = Arc::new(BudgetTable::new());
@@ -132,26 +150,5 @@ fn weighted_gcra(c: &mut Criterion) {
     });
 }
 
-fn probe(c: &mut Criterion) {
-    use credentialflow::meter::period_start_ms;
-    let table = BudgetTable::new();
-    let limit = budget_limit();
-    table.seed("key:00000500", Period::Month, NOW_MS, 0, 0);
-    c.bench_function("probe/period_start month", |b| {
-        b.iter(|| black_box(period_start_ms(Period::Month, black_box(NOW_MS))))
-    });
-    c.bench_function("probe/spent lookup", |b| {
-        b.iter(|| black_box(table.spent(black_box("key:00000500"), Period::Month, NOW_MS)))
-    });
-    c.bench_function("probe/reserve+drop", |b| {
-        b.iter(|| black_box(table.try_reserve(black_box("key:00000500"), &limit, NOW_MS, 1_280, 9_000)))
-    });
-    let table2: LimiterTable<String> = LimiterTable::new(100);
-    let gcra = Gcra::per_second(1_000_000_000, 0).unwrap();
-    c.bench_function("probe/limiter table check_n one key", |b| {
-        b.iter(|| black_box(table2.check_n(black_box("key:00000500"), &gcra, 0, 0)))
-    });
-}
-
-criterion_group!(benches, estimate, budget, weighted_gcra, probe);
+criterion_group!(benches, estimate, budget, weighted_gcra);
 criterion_main!(benches);

@@ -73,9 +73,15 @@ pub struct AccessEntry<'a> {
     /// The client-facing model of an AI request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<&'a str>,
+    /// The prompt endpoint called, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<&'a str>,
     /// Tokens and cost of an AI request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageFields>,
+    /// Every provider attempt of an AI request (retries and fallbacks), in order.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub attempts: &'a [crate::pipeline::AttemptLog],
 }
 
 /// The `usage` object of an AI request's line.

@@ -34,6 +34,8 @@ pub enum GatewayError {
     InvalidRequest(String),
     /// The requested model is not configured.
     UnknownModel(String),
+    /// No `[[prompt]]` (or no such version of it) answers this path.
+    UnknownPrompt(String),
     /// A rate, concurrency or token-per-minute limit refused the request.
     RateLimited {
         /// `error.code`: `rate_limit_exceeded`, `concurrency_limit_exceeded` or
@@ -74,7 +76,7 @@ impl GatewayError {
             GatewayError::Upstream(_) => 502,
             GatewayError::UpstreamTimeout => 504,
             GatewayError::InvalidRequest(_) => 400,
-            GatewayError::UnknownModel(_) => 404,
+            GatewayError::UnknownModel(_) | GatewayError::UnknownPrompt(_) => 404,
             GatewayError::RateLimited { .. } | GatewayError::InsufficientQuota(_) => 429,
         }
     }
@@ -89,7 +91,9 @@ impl GatewayError {
             | GatewayError::InvalidRequest(_) => "invalid_request_error",
             GatewayError::Unauthorized => "authentication_error",
             GatewayError::Forbidden(_) => "permission_error",
-            GatewayError::NotFound | GatewayError::UnknownModel(_) => "not_found_error",
+            GatewayError::NotFound
+            | GatewayError::UnknownModel(_)
+            | GatewayError::UnknownPrompt(_) => "not_found_error",
             GatewayError::HeaderTimeout | GatewayError::UpstreamTimeout => "timeout_error",
             GatewayError::Upstream(_) => "upstream_error",
             GatewayError::RateLimited { .. } => "rate_limit_error",
@@ -112,6 +116,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::InvalidRequest(_) => "invalid_request",
             GatewayError::UnknownModel(_) => "model_not_found",
+            GatewayError::UnknownPrompt(_) => "prompt_not_found",
             GatewayError::RateLimited { code, .. } => code,
             GatewayError::InsufficientQuota(_) => "insufficient_quota",
         }
@@ -132,6 +137,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => "upstream timed out".to_string(),
             GatewayError::InvalidRequest(why) => why.clone(),
             GatewayError::UnknownModel(model) => format!("the model `{model}` does not exist"),
+            GatewayError::UnknownPrompt(prompt) => format!("no prompt `{prompt}`"),
             GatewayError::RateLimited {
                 scope,
                 retry_after_secs,

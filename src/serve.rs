@@ -121,6 +121,13 @@ fn start(
 
     metrics::global().set_driver(driver.name());
     metrics::global().set_workers(workers);
+    if !snapshot.catalog.is_empty() {
+        // Building the tokenizers takes a moment; do it now, off the workers, so the first
+        // AI request does not pay for it.
+        let _ = std::thread::Builder::new()
+            .name("cf-warm-up".into())
+            .spawn(crate::meter::tokens::warm_up);
+    }
     let (ledger, usage) = Ledger::start(&data_dir)
         .map_err(|e| format!("usage ledger in {}: {e}", data_dir.display()))?;
     let budgets = Arc::new(BudgetTable::new());

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::admission::{budget_limit, gcra_per_minute, gcra_per_second, Admission, RouteLimiter};
+use crate::ai::prompt::Prompts;
 use crate::ai::Catalog;
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::{CredentialCache, IpRules};
@@ -94,6 +95,8 @@ pub struct Snapshot {
     pub teams: HashMap<String, TeamLimits>,
     /// `[[provider]]` and `[[model]]`; the AI front doors are mounted when it has models.
     pub catalog: Catalog,
+    /// `[[prompt]]` templates by name and version.
+    pub prompts: Prompts,
     /// Metrics of the AI front doors' requests.
     pub ai_metrics: Arc<RouteMetrics>,
 }
@@ -208,6 +211,7 @@ impl Snapshot {
             .collect();
         Ok(Snapshot {
             teams,
+            prompts: Prompts::new(&config.prompt),
             catalog,
             ai_metrics: metrics::global().route("(ai)"),
             router,

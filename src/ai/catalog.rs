@@ -7,7 +7,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{Config, HostPort, LiveSecret, ProviderConfig, ProviderKind, SecretWatcher};
+use super::breaker::Breaker;
+use crate::config::{
+    Config, HostPort, LiveSecret, MockOptions, ProviderConfig, ProviderKind, SecretWatcher,
+};
 use crate::upstream::{TlsSettings, Upstream};
 
 /// One `[[provider]]`, ready to be sent requests.
@@ -25,6 +28,12 @@ pub struct Provider {
     pub base_path: String,
     /// The provider's API key; the caller injects it in the provider's header.
     pub api_key: Option<LiveSecret>,
+    /// Azure's `api-version`.
+    pub api_version: String,
+    /// The mock's pacing.
+    pub mock: MockOptions,
+    /// Skips the provider after repeated failures; restarts closed on reload.
+    pub breaker: Breaker,
 }
 
 /// One `[[model]]`.
@@ -209,6 +218,13 @@ fn build_provider(
         upstream,
         base_path,
         api_key,
+        api_version: if cfg.api_version.is_empty() {
+            super::azure_default_api_version().to_string()
+        } else {
+            cfg.api_version.clone()
+        },
+        mock: cfg.mock.clone(),
+        breaker: Breaker::default(),
     })
 }
 
@@ -305,6 +321,8 @@ mod tests {
             base_url: base_url.into(),
             api_key: None,
             ca_file: String::new(),
+            api_version: String::new(),
+            mock: Default::default(),
         }
     }
 

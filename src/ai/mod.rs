@@ -7,12 +7,35 @@
 //! - [`sse`]: server-sent events, parsed incrementally and encoded.
 //! - [`mock`]: the in-process mock provider (deterministic replies and usage).
 
+pub mod anthropic;
+pub mod azure;
+pub mod breaker;
 pub mod catalog;
+pub mod gemini;
 pub mod mock;
 pub mod openai;
+pub mod prompt;
 pub mod sse;
 
 pub use catalog::{Catalog, Model, Provider};
 pub use mock::MockReply;
 pub use openai::{ChatRequest, ChatStreamRelay, EmbeddingsRequest, RequestError, Usage};
 pub use sse::{encode_event, SseError, SseEvent, SseParser};
+
+/// A provider response that cannot be translated into the front door's format (not the JSON
+/// its API documents). The message names what was wrong, never request or response content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateError(pub String);
+
+impl std::fmt::Display for TranslateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "untranslatable provider response: {}", self.0)
+    }
+}
+
+impl std::error::Error for TranslateError {}
+
+/// Azure OpenAI's `api-version` when a provider sets none.
+pub fn azure_default_api_version() -> &'static str {
+    "2024-10-21"
+}

@@ -274,6 +274,7 @@ impl SectionReader<'_> {
         if let Some(v) = self.read_table(root, "lua") {
             config.lua = v;
         }
+        config.team = self.read_array(root, "team");
         config
     }
 
@@ -443,6 +444,19 @@ mod tests {
         let config = parsed.config.unwrap();
         assert_eq!(config.server.workers, 2);
         assert_eq!(config.route[0].name, "a");
+    }
+
+    #[test]
+    fn every_section_is_read_including_extensions() {
+        let parsed = parse_text(
+            "[ai]\ndefault_max_tokens = 7\n[[team]]\nname = \"t\"\ntpm = 5\nbudget_usd = 1.5\n",
+        );
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let config = parsed.config.unwrap();
+        assert_eq!(config.ai.default_max_tokens, 7);
+        assert_eq!(config.team[0].name, "t");
+        assert_eq!(config.team[0].tpm, Some(5));
+        assert_eq!(config.team[0].budget_usd, Some(1.5));
     }
 
     #[test]

@@ -477,6 +477,23 @@ pub struct ProviderConfig {
     /// Extra CA (PEM); `""` = web roots only.
     #[serde(default)]
     pub ca_file: String,
+    /// Extension, `azure_openai` only: the `api-version` query parameter (default
+    /// `2024-10-21`).
+    #[serde(default)]
+    pub api_version: String,
+    /// Extension, `mock` only: simulated latency and streaming speed.
+    #[serde(default)]
+    pub mock: MockOptions,
+}
+
+/// How the in-process mock provider paces its answers.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockOptions {
+    /// Delay before the response head (time to first token).
+    pub latency_ms: u64,
+    /// Streaming speed; 0 = as fast as possible.
+    pub tokens_per_second: u64,
 }
 
 /// `[[model]]`.
@@ -545,6 +562,18 @@ pub struct AiConfig {
     /// token-per-minute limits and budgets until the provider reports the real usage.
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u64,
+    /// Extension: extra attempts on the same model after a 429, 5xx, timeout or connection
+    /// error (with backoff and jitter), before its `fallbacks` are tried.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Extension: time to the provider's response head per attempt; 0 = `[limits]
+    /// upstream_timeout_ms`.
+    #[serde(default)]
+    pub attempt_timeout_ms: u64,
+}
+
+fn default_max_retries() -> u32 {
+    2
 }
 
 fn default_max_tokens() -> u64 {
@@ -561,6 +590,8 @@ impl Default for AiConfig {
             auth: default_ai_auth(),
             hooks: String::new(),
             default_max_tokens: default_max_tokens(),
+            max_retries: default_max_retries(),
+            attempt_timeout_ms: 0,
         }
     }
 }

@@ -568,6 +568,8 @@ mod tests {
                 base_url: "http://mock.invalid".into(),
                 api_key: None,
                 ca_file: String::new(),
+                api_version: String::new(),
+                mock: Default::default(),
             }],
             model: vec![ModelConfig {
                 name: "m".into(),

@@ -29,7 +29,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use papaya::HashMap;
+use papaya::{HashMap, ResizeMode};
 use rustc_hash::FxBuildHasher;
 
 const MS_PER_DAY: i64 = 86_400_000;
@@ -338,14 +338,10 @@ fn sub_saturating(counter: &AtomicU64, sub: u64) {
 /// makes admission exact.
 fn reserve_one(
     counter: &AtomicU64,
-    limit: Option<u64>,
+    limit: u64,
     amount: u64,
     dimension: BudgetDimension,
 ) -> Result<(), BudgetExceeded> {
-    let Some(limit) = limit else {
-        add(counter, amount);
-        return Ok(());
-    };
     let mut committed = counter.load(Ordering::Acquire);
     loop {
         if committed.saturating_add(amount) > limit {
@@ -389,16 +385,20 @@ pub struct Reservation {
     period: Period,
     /// Start of the period the reservation was counted in.
     period_start_ms: i64,
+    /// Reserved amounts; 0 in a dimension without a limit.
     amounts: Amounts,
+    /// Which dimensions this budget counts (the limited ones).
+    counts_tokens: bool,
+    counts_nano: bool,
 }
 
 impl Reservation {
-    /// Tokens reserved.
+    /// Tokens reserved (0 when the budget has no token limit).
     pub fn tokens(&self) -> u64 {
         self.amounts.tokens
     }
 
-    /// Nano-USD reserved.
+    /// Nano-USD reserved (0 when the budget has no money limit).
     pub fn nano_usd(&self) -> u64 {
         self.amounts.nano
     }
@@ -436,7 +436,13 @@ impl BudgetTable {
     /// An empty table.
     pub fn new() -> Self {
         Self {
-            map: HashMap::builder().hasher(FxBuildHasher).build(),
+            // Blocking resizes, as in `limits::table`: an incremental resize left half-done
+            // makes every lookup probe two tables (measured here: ~190 ns instead of 80-100 ns
+            // per reserve+settle on a 1 000-scope table). Scopes are inserted rarely.
+            map: HashMap::builder()
+                .hasher(FxBuildHasher)
+                .resize_mode(ResizeMode::Blocking)
+                .build(),
         }
     }
 
@@ -461,33 +467,48 @@ impl BudgetTable {
                 period: limit.period,
                 period_start_ms: 0,
                 amounts: Amounts::default(),
+                counts_tokens: false,
+                counts_nano: false,
             });
         }
         let state = self.state_for(scope);
         let period_start_ms = state.roll_to(period_start_ms(limit.period, now_ms));
-        reserve_one(
-            &state.committed_tokens,
-            limit.tokens,
-            tokens,
-            BudgetDimension::Tokens,
-        )?;
-        if let Err(refused) = reserve_one(
-            &state.committed_nano,
-            limit.nano_usd,
-            nano_usd,
-            BudgetDimension::Cost,
-        ) {
-            sub_saturating(&state.committed_tokens, tokens);
-            return Err(refused);
+        // Only limited dimensions are counted: each counted one costs atomic operations on
+        // every request, and an unlimited one has nothing to enforce.
+        let amounts = Amounts {
+            tokens: if limit.tokens.is_some() { tokens } else { 0 },
+            nano: if limit.nano_usd.is_some() {
+                nano_usd
+            } else {
+                0
+            },
+        };
+        if let Some(max) = limit.tokens {
+            reserve_one(
+                &state.committed_tokens,
+                max,
+                amounts.tokens,
+                BudgetDimension::Tokens,
+            )?;
+        }
+        if let Some(max) = limit.nano_usd {
+            if let Err(refused) = reserve_one(
+                &state.committed_nano,
+                max,
+                amounts.nano,
+                BudgetDimension::Cost,
+            ) {
+                sub_saturating(&state.committed_tokens, amounts.tokens);
+                return Err(refused);
+            }
         }
         Ok(Reservation {
             state: Some(state),
             period: limit.period,
             period_start_ms,
-            amounts: Amounts {
-                tokens,
-                nano: nano_usd,
-            },
+            amounts,
+            counts_tokens: limit.tokens.is_some(),
+            counts_nano: limit.nano_usd.is_some(),
         })
     }
 
@@ -510,8 +531,8 @@ impl BudgetTable {
             r.period_start_ms,
             r.amounts,
             Amounts {
-                tokens: actual_tokens,
-                nano: actual_nano_usd,
+                tokens: if r.counts_tokens { actual_tokens } else { 0 },
+                nano: if r.counts_nano { actual_nano_usd } else { 0 },
             },
         );
     }
@@ -534,7 +555,8 @@ impl BudgetTable {
     }
 
     /// Settled spend `(tokens, nano_usd)` of `scope` in the period containing `now_ms`
-    /// (zero if that period has not been entered yet, or the scope is unknown).
+    /// (zero if that period has not been entered yet, or the scope is unknown). A dimension
+    /// the budget does not limit is not counted and reads 0 (the ledger has the full usage).
     pub fn spent(&self, scope: &str, period: Period, now_ms: i64) -> (u64, u64) {
         let guard = self.map.guard();
         match self.map.get(scope, &guard) {
@@ -817,12 +839,31 @@ mod tests {
     }
 
     #[test]
-    fn unlimited_dimension_is_still_counted() {
+    fn unlimited_dimension_is_not_counted() {
         let table = BudgetTable::new();
         let limit = tokens_limit(1_000, Period::Total);
         let r = table.try_reserve("key:a", &limit, 0, 10, 5_000).unwrap();
+        assert_eq!((r.tokens(), r.nano_usd()), (10, 0));
         table.settle(r, 0, 10, 4_000);
-        assert_eq!(table.spent("key:a", Period::Total, 0), (10, 4_000));
+        assert_eq!(table.spent("key:a", Period::Total, 0), (10, 0));
+    }
+
+    #[test]
+    fn money_only_budget_refuses_on_cost() {
+        let table = BudgetTable::new();
+        let limit = BudgetLimit {
+            tokens: None,
+            nano_usd: Some(1_000),
+            period: Period::Total,
+        };
+        let r = table
+            .try_reserve("key:a", &limit, 0, 1_000_000, 600)
+            .unwrap();
+        table.settle(r, 0, 1_000_000, 700);
+        let refused = table.try_reserve("key:a", &limit, 0, 1, 301).unwrap_err();
+        assert_eq!(refused.dimension, BudgetDimension::Cost);
+        assert_eq!(refused.committed, 700);
+        assert!(table.try_reserve("key:a", &limit, 0, 1, 300).is_ok());
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! Phases return `Err(Failure)`; [`handle`] turns a failure into a response in one place.
 
 mod ai;
+
+pub use ai::AttemptLog;
 mod exchange;
 mod limits;
 mod proxy;
@@ -85,6 +87,8 @@ pub struct RequestCtx {
     pub front_door: bool,
     /// Model and usage of an AI request, for the access log.
     pub ai: Option<ai::AiRecord>,
+    /// Every provider attempt of an AI request, for the access log.
+    pub attempts: Vec<ai::AttemptLog>,
 }
 
 impl RequestCtx {
@@ -125,6 +129,7 @@ where
         dialect: ErrorDialect::OpenAi,
         front_door: false,
         ai: None,
+        attempts: Vec::new(),
     };
     let outcome = match run_phases(worker, &snapshot, client, &head, &mut ctx).await {
         Ok(outcome) => outcome,
@@ -335,6 +340,8 @@ fn log_phase(worker: &Worker, snapshot: &Snapshot, head: &RequestHead, ctx: &Req
             key_id: consumer.and_then(|c| c.id.as_deref()),
             team: consumer.map(|c| c.team.as_str()),
             model: ctx.ai.as_ref().map(|ai| ai.model.as_str()),
+            prompt: ctx.ai.as_ref().and_then(|ai| ai.prompt.as_deref()),
+            attempts: &ctx.attempts,
             usage: ctx.ai.as_ref().map(|ai| UsageFields {
                 prompt_tokens: ai.usage.prompt_tokens,
                 completion_tokens: ai.usage.completion_tokens,

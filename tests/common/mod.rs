@@ -7,9 +7,13 @@
 
 pub mod certs;
 pub mod client;
+pub mod fake_anthropic;
+pub mod fake_gemini;
+pub mod fake_openai;
 pub mod gateway;
 pub mod jwt;
 pub mod keys;
+pub mod limits;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use certs::{Leaf, TestCa};
 pub use client::{chunked_body, get, http_get, request, roundtrip, Client, Response};
+pub use fake_anthropic::FakeAnthropic;
+pub use fake_gemini::FakeGemini;
+pub use fake_openai::{FakeOpenAi, FakeServer, FakeUsage};
 pub use gateway::{
     check_config, config, config_with, proxy_config, route_toml, upstream_toml, Driver, Gateway,
     ADMIN_TOKEN,

@@ -1,0 +1,230 @@
+//! Provider error bodies between Anthropic's format (`{"type":"error","error":{"type",
+//! "message"}}`, Anthropic API reference "Errors") and the OpenAI format the gateway uses
+//! (`{"error":{"message","type","code"}}`, see the contract).
+
+use serde_json::{json, Value};
+
+/// Anthropic error types (Anthropic API reference, "Errors", HTTP errors) → OpenAI-format
+/// types, using the gateway's own names where the contract has one.
+fn openai_type_for(anthropic_type: &str) -> Option<&'static str> {
+    Some(match anthropic_type {
+        "invalid_request_error" | "request_too_large" => "invalid_request_error",
+        "authentication_error" => "authentication_error",
+        "permission_error" => "permission_error",
+        "not_found_error" => "not_found_error",
+        "rate_limit_error" => "rate_limit_error",
+        "billing_error" => "insufficient_quota",
+        "timeout_error" => "timeout_error",
+        "api_error" | "overloaded_error" => "server_error",
+        _ => return None,
+    })
+}
+
+/// OpenAI-format error types (OpenAI's own and the gateway's) → Anthropic error types.
+fn anthropic_type_for(openai_type: &str) -> Option<&'static str> {
+    Some(match openai_type {
+        "invalid_request_error" => "invalid_request_error",
+        "authentication_error" => "authentication_error",
+        "permission_error" => "permission_error",
+        "not_found_error" => "not_found_error",
+        "rate_limit_error" | "requests" | "tokens" => "rate_limit_error",
+        "insufficient_quota" => "billing_error",
+        "timeout_error" => "timeout_error",
+        "server_error" | "upstream_error" => "api_error",
+        _ => return None,
+    })
+}
+
+/// The OpenAI-format type an error status means when the body does not say.
+fn openai_type_for_status(status: u16) -> &'static str {
+    match status {
+        400 | 413 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        408 | 504 => "timeout_error",
+        429 => "rate_limit_error",
+        _ => "server_error",
+    }
+}
+
+/// The Anthropic type an error status means when the body does not say (Anthropic API
+/// reference, "Errors": 529 is `overloaded_error`; 503 means the same for OpenAI).
+fn anthropic_type_for_status(status: u16) -> &'static str {
+    match status {
+        400 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        408 | 504 => "timeout_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+/// The `error` member of a body, when the body is a JSON object with one.
+fn error_member(body: &[u8]) -> Option<serde_json::Map<String, Value>> {
+    match serde_json::from_slice::<Value>(body)
+        .ok()?
+        .get_mut("error")?
+        .take()
+    {
+        Value::Object(error) => Some(error),
+        _ => None,
+    }
+}
+
+fn string_field<'a>(error: &'a serde_json::Map<String, Value>, field: &str) -> Option<&'a str> {
+    error.get(field).and_then(Value::as_str)
+}
+
+/// A provider's Anthropic-format error (status and body) as an OpenAI-format error body:
+/// `{"error":{"message","type","code"}}`, `code` being the Anthropic error type. A body
+/// that is not Anthropic's error format gets a message naming the status.
+pub fn error_to_openai(status: u16, body: &[u8]) -> Vec<u8> {
+    let error = error_member(body);
+    let anthropic_type = error.as_ref().and_then(|e| string_field(e, "type"));
+    let message = error
+        .as_ref()
+        .and_then(|e| string_field(e, "message"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("the provider answered with status {status}"));
+    let openai_type = anthropic_type
+        .and_then(openai_type_for)
+        .unwrap_or_else(|| openai_type_for_status(status));
+    let code = anthropic_type.unwrap_or(openai_type);
+    let body = json!({"error": {"message": message, "type": openai_type, "code": code}});
+    serde_json::to_vec(&body).expect("serialize JSON value")
+}
+
+/// An OpenAI-format error (status and body) as an Anthropic error body:
+/// `{"type":"error","error":{"type","message"}}`. The type comes from the body's `type`
+/// when it has an Anthropic counterpart, else from the status.
+pub fn error_from_openai(status: u16, body: &[u8]) -> Vec<u8> {
+    let error = error_member(body);
+    let message = error
+        .as_ref()
+        .and_then(|e| string_field(e, "message"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("the provider answered with status {status}"));
+    let anthropic_type = error
+        .as_ref()
+        .and_then(|e| string_field(e, "type"))
+        .and_then(anthropic_type_for)
+        .unwrap_or_else(|| anthropic_type_for_status(status));
+    let body = json!({"type": "error", "error": {"type": anthropic_type, "message": message}});
+    serde_json::to_vec(&body).expect("serialize JSON value")
+}
+
+/// The status an OpenAI-format client should see for an Anthropic provider's status:
+/// Anthropic's non-standard 529 ("overloaded") becomes 503, which OpenAI clients know to
+/// retry; every other status is kept.
+pub fn status_to_openai(status: u16) -> u16 {
+    if status == 529 {
+        503
+    } else {
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_of(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    fn anthropic_error(kind: &str, message: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({"type": "error", "error": {"type": kind, "message": message}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn anthropic_error_types_map_to_openai_types_with_the_source_type_as_code() {
+        for (status, kind, openai) in [
+            (400, "invalid_request_error", "invalid_request_error"),
+            (401, "authentication_error", "authentication_error"),
+            (403, "permission_error", "permission_error"),
+            (404, "not_found_error", "not_found_error"),
+            (413, "request_too_large", "invalid_request_error"),
+            (429, "rate_limit_error", "rate_limit_error"),
+            (500, "api_error", "server_error"),
+            (529, "overloaded_error", "server_error"),
+        ] {
+            let body = json_of(&error_to_openai(status, &anthropic_error(kind, "m")));
+            assert_eq!(
+                body,
+                json!({"error": {"message": "m", "type": openai, "code": kind}}),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn unparsable_anthropic_error_is_typed_by_its_status() {
+        let body = json_of(&error_to_openai(429, b"<html>busy</html>"));
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+        assert_eq!(
+            body["error"]["message"],
+            "the provider answered with status 429"
+        );
+    }
+
+    #[test]
+    fn openai_error_types_map_to_anthropic_types() {
+        for (status, kind, anthropic) in [
+            (400, "invalid_request_error", "invalid_request_error"),
+            (401, "authentication_error", "authentication_error"),
+            (429, "insufficient_quota", "billing_error"),
+            (429, "tokens", "rate_limit_error"),
+            (500, "server_error", "api_error"),
+            (502, "upstream_error", "api_error"),
+        ] {
+            let openai =
+                serde_json::to_vec(&json!({"error": {"message": "m", "type": kind, "code": null}}))
+                    .unwrap();
+            let body = json_of(&error_from_openai(status, &openai));
+            assert_eq!(
+                body,
+                json!({"type": "error", "error": {"type": anthropic, "message": "m"}}),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn openai_error_with_unknown_type_is_typed_by_its_status() {
+        for (status, anthropic) in [
+            (401, "authentication_error"),
+            (403, "permission_error"),
+            (404, "not_found_error"),
+            (429, "rate_limit_error"),
+            (503, "overloaded_error"),
+            (500, "api_error"),
+        ] {
+            let openai = br#"{"error":{"message":"x","type":"weird","code":"y"}}"#;
+            let body = json_of(&error_from_openai(status, openai));
+            assert_eq!(body["error"]["type"], anthropic, "{status}");
+        }
+    }
+
+    #[test]
+    fn unparsable_openai_error_names_the_status() {
+        let body = json_of(&error_from_openai(502, b"Bad Gateway"));
+        assert_eq!(
+            body,
+            json!({"type": "error", "error": {"type": "api_error",
+                   "message": "the provider answered with status 502"}})
+        );
+    }
+
+    #[test]
+    fn overloaded_status_becomes_service_unavailable_for_openai_clients() {
+        assert_eq!(status_to_openai(529), 503);
+        assert_eq!(status_to_openai(429), 429);
+    }
+}

@@ -1,0 +1,254 @@
+//! Translation between the Anthropic Messages API and the OpenAI chat-completions format, the
+//! gateway's canonical format. Pure, synchronous functions; the caller does the I/O.
+//!
+//! Two uses:
+//! - the `POST /v1/messages` front door onto any provider: [`parse_messages_request`] and
+//!   [`request_to_openai`] on the way in, [`response_from_openai`] / [`StreamFromOpenAi`] /
+//!   [`error_from_openai`] on the way back;
+//! - a `kind = "anthropic"` provider behind the OpenAI front door: [`request_from_openai`] on
+//!   the way out, [`response_to_openai`] / [`StreamToOpenAi`] / [`error_to_openai`] back.
+//!
+//! Wire formats follow the Anthropic API reference ("Messages", "Streaming Messages",
+//! "Errors", "Tool use", "Vision", "Prompt caching") and the OpenAI API reference ("Chat
+//! Completions": request, `chat.completion`, `chat.completion.chunk`, tool calls).
+//!
+//! What does not survive translation (each is noted where it happens):
+//! - Anthropic → OpenAI: `top_k`, `thinking`, `service_tier`, `cache_control` marks,
+//!   `is_error` on tool results, thinking blocks in assistant turns, images inside tool
+//!   results; the split between cache-creation and plain input tokens is folded into
+//!   `prompt_tokens`.
+//! - OpenAI → Anthropic: `response_format` (Anthropic has no such field: it is left out, so
+//!   JSON output is only as good as the prompt asks for), `n`, `seed`, penalties, `logprobs`,
+//!   `reasoning_effort`, message `name`s; `temperature` is clamped to Anthropic's 0..=1;
+//!   system/developer messages anywhere in the conversation move to the top-level `system`.
+
+mod error;
+mod request;
+mod response;
+mod stream;
+
+pub use error::{error_from_openai, error_to_openai, status_to_openai};
+pub use request::{
+    parse_messages_request, request_from_openai, request_to_openai, MessagesRequest,
+};
+pub use response::{response_from_openai, response_to_openai};
+pub use stream::{StreamFromOpenAi, StreamToOpenAi};
+
+use serde_json::{json, Value};
+
+use super::openai::Usage;
+
+/// Prefix of the ids of chat completions made from Anthropic messages.
+const CHAT_ID_PREFIX: &str = "chatcmpl-";
+/// Prefix of the ids of Anthropic messages made from chat completions.
+const MESSAGE_ID_PREFIX: &str = "msg_";
+
+/// The chat completion id for an Anthropic message id: the source id kept inside, so logs on
+/// both sides can be matched.
+fn chat_id_for(message_id: &str) -> String {
+    format!("{CHAT_ID_PREFIX}{message_id}")
+}
+
+/// The Anthropic message id for a chat completion id (source id kept inside).
+fn message_id_for(chat_id: &str) -> String {
+    format!("{MESSAGE_ID_PREFIX}{chat_id}")
+}
+
+/// Anthropic `stop_reason` → OpenAI `finish_reason`. `pause_turn` (a server tool paused a
+/// long turn) is a normal end for the client; `refusal` is the closest thing to OpenAI's
+/// `content_filter`; running out of context is a length stop.
+fn finish_reason_for(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        // end_turn, stop_sequence, pause_turn and anything newer.
+        _ => "stop",
+    }
+}
+
+/// OpenAI `finish_reason` → Anthropic `stop_reason`. OpenAI does not say whether a stop
+/// sequence ended the text, so `stop` is always `end_turn`.
+fn stop_reason_for(finish_reason: &str) -> &'static str {
+    match finish_reason {
+        "length" => "max_tokens",
+        "tool_calls" | "function_call" => "tool_use",
+        "content_filter" => "refusal",
+        _ => "end_turn",
+    }
+}
+
+/// The token counts of an Anthropic `usage` object (Messages API, "Prompt caching": the
+/// input is split into plain, cache-read and cache-creation tokens).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct AnthropicUsage {
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_creation: u64,
+}
+
+impl AnthropicUsage {
+    /// Overwrites each count present in `usage` (a `message_delta` may carry only some).
+    fn update(&mut self, usage: &Value) {
+        let count = |field: &str| usage.get(field).and_then(Value::as_u64);
+        if let Some(n) = count("input_tokens") {
+            self.input = n;
+        }
+        if let Some(n) = count("output_tokens") {
+            self.output = n;
+        }
+        if let Some(n) = count("cache_read_input_tokens") {
+            self.cache_read = n;
+        }
+        if let Some(n) = count("cache_creation_input_tokens") {
+            self.cache_creation = n;
+        }
+    }
+
+    fn read(usage: &Value) -> Self {
+        let mut counts = AnthropicUsage::default();
+        counts.update(usage);
+        counts
+    }
+
+    /// Anthropic's `input_tokens` excludes cached input; OpenAI's `prompt_tokens` includes it.
+    fn to_usage(self) -> Usage {
+        Usage {
+            prompt_tokens: self.input + self.cache_read + self.cache_creation,
+            completion_tokens: self.output,
+            cached_tokens: self.cache_read,
+        }
+    }
+
+    /// The reverse: cache-creation tokens are not reported by OpenAI, so they stay in input.
+    fn from_usage(usage: Usage) -> Self {
+        AnthropicUsage {
+            input: usage.prompt_tokens.saturating_sub(usage.cached_tokens),
+            output: usage.completion_tokens,
+            cache_read: usage.cached_tokens,
+            cache_creation: 0,
+        }
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "input_tokens": self.input,
+            "output_tokens": self.output,
+            "cache_creation_input_tokens": self.cache_creation,
+            "cache_read_input_tokens": self.cache_read,
+        })
+    }
+}
+
+/// An OpenAI `usage` object.
+fn openai_usage_json(usage: Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    })
+}
+
+/// Reads an OpenAI `usage` object; `None` when it is not an object.
+fn read_openai_usage(usage: &Value) -> Option<Usage> {
+    let usage = usage.as_object()?;
+    let count = |field: &str| usage.get(field).and_then(Value::as_u64).unwrap_or(0);
+    Some(Usage {
+        prompt_tokens: count("prompt_tokens"),
+        completion_tokens: count("completion_tokens"),
+        cached_tokens: usage
+            .get("prompt_tokens_details")
+            .and_then(|d| d.get("cached_tokens"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_reasons_map_to_finish_reasons() {
+        for (stop, finish) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("pause_turn", "stop"),
+            ("max_tokens", "length"),
+            ("tool_use", "tool_calls"),
+            ("refusal", "content_filter"),
+        ] {
+            assert_eq!(finish_reason_for(stop), finish, "{stop}");
+        }
+    }
+
+    #[test]
+    fn finish_reasons_map_to_stop_reasons() {
+        for (finish, stop) in [
+            ("stop", "end_turn"),
+            ("length", "max_tokens"),
+            ("tool_calls", "tool_use"),
+            ("function_call", "tool_use"),
+            ("content_filter", "refusal"),
+        ] {
+            assert_eq!(stop_reason_for(finish), stop, "{finish}");
+        }
+    }
+
+    #[test]
+    fn anthropic_usage_counts_cached_input_as_prompt_tokens() {
+        let usage = AnthropicUsage::read(&json!({
+            "input_tokens": 10, "output_tokens": 5,
+            "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20
+        }));
+        assert_eq!(
+            usage.to_usage(),
+            Usage {
+                prompt_tokens: 130,
+                completion_tokens: 5,
+                cached_tokens: 100
+            }
+        );
+    }
+
+    #[test]
+    fn openai_usage_splits_cached_tokens_out_of_input() {
+        let usage = AnthropicUsage::from_usage(Usage {
+            prompt_tokens: 130,
+            completion_tokens: 5,
+            cached_tokens: 100,
+        });
+        assert_eq!(
+            usage.to_json(),
+            json!({"input_tokens": 30, "output_tokens": 5,
+                   "cache_creation_input_tokens": 0, "cache_read_input_tokens": 100})
+        );
+    }
+
+    #[test]
+    fn usage_round_trips_without_cache_creation() {
+        let usage = Usage {
+            prompt_tokens: 42,
+            completion_tokens: 7,
+            cached_tokens: 12,
+        };
+        assert_eq!(AnthropicUsage::from_usage(usage).to_usage(), usage);
+        assert_eq!(read_openai_usage(&openai_usage_json(usage)), Some(usage));
+    }
+
+    #[test]
+    fn usage_update_keeps_counts_the_update_lacks() {
+        let mut usage = AnthropicUsage::read(&json!({"input_tokens": 25, "output_tokens": 1}));
+        usage.update(&json!({"output_tokens": 15}));
+        assert_eq!(usage.input, 25);
+        assert_eq!(usage.output, 15);
+    }
+
+    #[test]
+    fn ids_keep_the_source_id() {
+        assert_eq!(chat_id_for("msg_01AB"), "chatcmpl-msg_01AB");
+        assert_eq!(message_id_for("chatcmpl-9x"), "msg_chatcmpl-9x");
+    }
+}

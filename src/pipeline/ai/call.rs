@@ -1,0 +1,577 @@
+//! One model call, from the canonical request to the client's answer: retries with backoff on
+//! the same model, then its fallbacks in order, each provider behind its circuit breaker,
+//! while nothing has reached the client; then the answer, translated to the front door's
+//! dialect (streamed event by event when the client asked for a stream).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use serde_json::{Map, Value};
+
+use super::stream::{Translation, MAX_EVENT};
+use super::{respond, AttemptLog, EventStream, RequestCtx};
+use crate::ai::{
+    anthropic, azure, gemini, mock, openai, ChatRequest, Model, Provider, SseParser, Usage,
+};
+use crate::config::ProviderKind;
+use crate::error::GatewayError;
+use crate::http1::{push_header, RequestHead, StrBuf};
+use crate::pipeline::exchange::{self, BodyDecoder, Exchange};
+use crate::pipeline::{Failure, Outcome};
+use crate::snapshot::{Limits, Snapshot};
+use crate::worker::{BufConn, Worker};
+
+/// Largest provider response body read whole.
+const MAX_PROVIDER_BODY: usize = 64 * 1024 * 1024;
+
+/// Largest provider error body kept for the client.
+const MAX_ERROR_BODY: usize = 1024 * 1024;
+
+/// The Anthropic API version the gateway speaks.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Which dialect the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Front {
+    /// `/v1/chat/completions` and `/prompts/*`.
+    OpenAi,
+    /// `/v1/messages`.
+    Anthropic,
+}
+
+/// A chat call as the front door received it.
+pub(super) struct Call {
+    pub front: Front,
+    /// The request in canonical (OpenAI chat) form, `model` as the client named it.
+    pub request: ChatRequest,
+    /// The client's Messages body, sent as it is (model replaced) to Anthropic providers.
+    pub anthropic_body: Option<Map<String, Value>>,
+}
+
+/// The outcome of one call: what the client got, and what it used on which model.
+pub(super) struct Served<'s> {
+    pub result: Result<Outcome, Failure>,
+    /// The model that answered (the primary when none did).
+    pub model: &'s Model,
+    /// Usage the provider reported.
+    pub usage: Option<Usage>,
+}
+
+/// Why an attempt did not produce an answer.
+enum Miss {
+    /// The gateway could not get an answer (connect error, timeout, bad response).
+    Gateway(GatewayError),
+    /// The provider answered with an error status; `body` is in its own dialect.
+    Provider {
+        kind: ProviderKind,
+        status: u16,
+        body: Vec<u8>,
+    },
+}
+
+enum Attempt {
+    Answer(Exchange),
+    Mock,
+    /// Worth another try (429, 5xx, connection trouble).
+    Retry(Miss),
+    /// Final: the request itself is at fault (other 4xx), or it cannot be sent.
+    Fail(Miss),
+}
+
+/// Runs `call` on `primary` and, when it keeps failing, on its fallbacks.
+pub(super) async fn run<'s, S>(
+    worker: &Worker,
+    snapshot: &'s Snapshot,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    call: &Call,
+    primary: &'s Model,
+) -> Served<'s>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let catalog = &snapshot.catalog;
+    let chain =
+        std::iter::once(primary).chain(primary.fallbacks.iter().map(|&i| &catalog.models()[i]));
+    let retries = snapshot.config.ai.max_retries;
+    let mut last = Miss::Gateway(GatewayError::Upstream("no provider available"));
+    let mut last_model = primary;
+    for model in chain {
+        let provider = catalog.provider(model.provider);
+        if !provider.breaker.allows(crate::usage::unix_now_ms()) {
+            ctx.attempts
+                .push(AttemptLog::new(model, provider, "circuit open"));
+            last = Miss::Gateway(GatewayError::Upstream("provider circuit open"));
+            last_model = model;
+            continue;
+        }
+        for attempt in 0..=retries {
+            if attempt > 0 {
+                monoio::time::sleep(backoff(attempt, &ctx.request_id)).await;
+            }
+            match try_once(worker, snapshot, call, model, provider, &ctx.request_id).await {
+                Attempt::Answer(exchange) => {
+                    provider.breaker.record_success();
+                    ctx.attempts.push(AttemptLog::new(
+                        model,
+                        provider,
+                        &exchange.response.status().to_string(),
+                    ));
+                    let (result, usage) = deliver(
+                        worker, snapshot, client, head, ctx, call, model, provider, exchange,
+                    )
+                    .await;
+                    return Served {
+                        result,
+                        model,
+                        usage,
+                    };
+                }
+                Attempt::Mock => {
+                    ctx.attempts.push(AttemptLog::new(model, provider, "200"));
+                    let (result, usage) =
+                        deliver_mock(client, head, ctx, call, model, provider).await;
+                    return Served {
+                        result,
+                        model,
+                        usage,
+                    };
+                }
+                Attempt::Retry(miss) => {
+                    provider.breaker.record_failure(crate::usage::unix_now_ms());
+                    ctx.attempts
+                        .push(AttemptLog::new(model, provider, &miss.describe()));
+                    last = miss;
+                    last_model = model;
+                }
+                Attempt::Fail(miss) => {
+                    ctx.attempts
+                        .push(AttemptLog::new(model, provider, &miss.describe()));
+                    let result = answer_miss(client, head, ctx, call.front, miss).await;
+                    return Served {
+                        result,
+                        model,
+                        usage: None,
+                    };
+                }
+            }
+        }
+    }
+    let result = answer_miss(client, head, ctx, call.front, last).await;
+    Served {
+        result,
+        model: last_model,
+        usage: None,
+    }
+}
+
+impl Miss {
+    fn describe(&self) -> String {
+        match self {
+            Miss::Gateway(e) => e.message(),
+            Miss::Provider { status, .. } => status.to_string(),
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: up to 100 ms, 200 ms, 400 ms ... capped at 2 s.
+fn backoff(attempt: u32, seed: &str) -> Duration {
+    let cap_ms = (100u64 << attempt.min(5)).min(2_000);
+    // A cheap hash of the request id and the clock: jitter only needs to differ per request.
+    let mut x = crate::usage::unix_now_ms() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+    for b in seed.bytes() {
+        x = (x ^ b as u64).wrapping_mul(0x0100_0000_01B3);
+    }
+    Duration::from_millis(cap_ms / 2 + x % (cap_ms / 2 + 1))
+}
+
+/// One attempt on `model`: sends the request and reads the response head (and the body of
+/// an error answer).
+async fn try_once(
+    worker: &Worker,
+    snapshot: &Snapshot,
+    call: &Call,
+    model: &Model,
+    provider: &Provider,
+    request_id: &str,
+) -> Attempt {
+    if provider.kind == ProviderKind::Mock {
+        return Attempt::Mock;
+    }
+    let Some(upstream) = &provider.upstream else {
+        return Attempt::Fail(Miss::Gateway(GatewayError::Upstream(
+            "provider has no address",
+        )));
+    };
+    let (path, body) = match provider_body(snapshot, call, model, provider) {
+        Ok(parts) => parts,
+        Err(e) => return Attempt::Fail(Miss::Gateway(e)),
+    };
+    let limits = attempt_limits(snapshot);
+    let sent = exchange::send(worker, upstream, &limits, |target| {
+        provider_request(provider, &target.authority, &path, &body, request_id)
+    })
+    .await;
+    let mut exchange = match sent {
+        Ok(e) => e,
+        Err(e) => return Attempt::Retry(Miss::Gateway(e)),
+    };
+    let status = exchange.response.status();
+    if (200..300).contains(&status) {
+        return Attempt::Answer(exchange);
+    }
+    let body = exchange::read_response_body(
+        &mut exchange,
+        "POST",
+        MAX_ERROR_BODY,
+        limits.upstream_timeout,
+    )
+    .await
+    .unwrap_or_default();
+    exchange.finish(worker, upstream, true);
+    let miss = Miss::Provider {
+        kind: provider.kind,
+        status,
+        body,
+    };
+    if status == 429 || status >= 500 {
+        Attempt::Retry(miss)
+    } else {
+        Attempt::Fail(miss)
+    }
+}
+
+/// `[limits]` with the per-attempt time to the response head.
+fn attempt_limits(snapshot: &Snapshot) -> Limits {
+    let mut limits = snapshot.limits;
+    let attempt_ms = snapshot.config.ai.attempt_timeout_ms;
+    if attempt_ms > 0 {
+        limits.upstream_timeout = Duration::from_millis(attempt_ms);
+    }
+    limits
+}
+
+/// The path (under `base_url`) and body of the request to `provider` for `model`.
+fn provider_body(
+    snapshot: &Snapshot,
+    call: &Call,
+    model: &Model,
+    provider: &Provider,
+) -> Result<(String, Vec<u8>), GatewayError> {
+    let invalid = |e: openai::RequestError| GatewayError::InvalidRequest(e.to_string());
+    let base = &provider.base_path;
+    Ok(match provider.kind {
+        ProviderKind::Openai | ProviderKind::Mock => (
+            format!("{base}/v1/chat/completions"),
+            openai::upstream_chat_body(&call.request, &model.upstream_model),
+        ),
+        ProviderKind::AzureOpenai => (
+            format!(
+                "{base}{}",
+                azure::chat_path(&model.upstream_model, &provider.api_version)
+            ),
+            openai::upstream_chat_body(&call.request, &model.upstream_model),
+        ),
+        ProviderKind::Anthropic => {
+            let body = match &call.anthropic_body {
+                Some(original) => {
+                    let mut body = original.clone();
+                    body.insert("model".into(), model.upstream_model.clone().into());
+                    serde_json::to_vec(&body).expect("JSON maps serialize")
+                }
+                None => anthropic::request_from_openai(
+                    &call.request.body,
+                    &model.upstream_model,
+                    snapshot.config.ai.default_max_tokens,
+                )
+                .map_err(invalid)?,
+            };
+            (format!("{base}/v1/messages"), body)
+        }
+        ProviderKind::Gemini => (
+            format!(
+                "{base}{}",
+                gemini::chat_path(&model.upstream_model, call.request.stream)
+            ),
+            gemini::request_from_openai(&call.request.body).map_err(invalid)?,
+        ),
+    })
+}
+
+/// The complete request toward a provider: its path, JSON body and the provider key in the
+/// provider's own header. The client's credential never goes upstream.
+pub(super) fn provider_request(
+    provider: &Provider,
+    authority: &str,
+    path: &str,
+    body: &[u8],
+    request_id: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 512);
+    let _ = write!(
+        StrBuf(&mut out),
+        "POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(key) = &provider.api_key {
+        let secret = key.current();
+        let value = secret.expose().as_bytes();
+        match provider.kind {
+            ProviderKind::AzureOpenai => push_header(&mut out, "api-key", value),
+            ProviderKind::Anthropic => push_header(&mut out, "x-api-key", value),
+            ProviderKind::Gemini => push_header(&mut out, "x-goog-api-key", value),
+            ProviderKind::Openai | ProviderKind::Mock => {
+                out.extend_from_slice(b"authorization: Bearer ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    if provider.kind == ProviderKind::Anthropic {
+        push_header(&mut out, "anthropic-version", ANTHROPIC_VERSION.as_bytes());
+    }
+    push_header(&mut out, "x-request-id", request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// Answers the client with a failed call's last error, in the front door's dialect.
+async fn answer_miss<S>(
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    front: Front,
+    miss: Miss,
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    match miss {
+        Miss::Gateway(e) => Err(e.into()),
+        Miss::Provider { kind, status, body } => {
+            let body = translate_error(kind, front, status, &body);
+            respond(client, head, ctx, status, "application/json", &body).await
+        }
+    }
+}
+
+/// A provider's error body in the front door's dialect.
+fn translate_error(kind: ProviderKind, front: Front, status: u16, body: &[u8]) -> Vec<u8> {
+    let canonical = match kind {
+        ProviderKind::Anthropic if front == Front::Anthropic => return body.to_vec(),
+        ProviderKind::Anthropic => anthropic::error_to_openai(status, body),
+        ProviderKind::Gemini => gemini::error_to_openai(status, body),
+        _ => body.to_vec(),
+    };
+    match front {
+        Front::OpenAi => canonical,
+        Front::Anthropic => anthropic::error_from_openai(status, &canonical),
+    }
+}
+
+fn is_event_stream(exchange: &Exchange) -> bool {
+    exchange
+        .response
+        .header("content-type")
+        .is_some_and(|v| v.starts_with(b"text/event-stream"))
+}
+
+/// Relays a provider's successful answer.
+#[allow(clippy::too_many_arguments)]
+async fn deliver<S>(
+    worker: &Worker,
+    snapshot: &Snapshot,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    call: &Call,
+    model: &Model,
+    provider: &Provider,
+    mut exchange: Exchange,
+) -> (Result<Outcome, Failure>, Option<Usage>)
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let upstream = provider
+        .upstream
+        .as_deref()
+        .expect("network providers have an upstream");
+    let created = crate::usage::unix_now_ms() / 1000;
+    let id = format!("chatcmpl-{}", ctx.request_id);
+    let silence = snapshot.limits.upstream_timeout;
+    if !call.request.stream || !is_event_stream(&exchange) {
+        let body =
+            match exchange::read_response_body(&mut exchange, "POST", MAX_PROVIDER_BODY, silence)
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => return (Err(e.into()), None),
+            };
+        let status = exchange.response.status();
+        exchange.finish(worker, upstream, true);
+        return match translate_whole(provider.kind, call.front, body, model, &id, created) {
+            Ok((body, usage)) => {
+                let r = respond(client, head, ctx, status, "application/json", &body).await;
+                (r, usage)
+            }
+            Err(e) => {
+                log::warn!("provider {}: {e}", provider.name);
+                (
+                    Err(GatewayError::Upstream("untranslatable provider response").into()),
+                    None,
+                )
+            }
+        };
+    }
+    let mut translation = Translation::new(
+        provider.kind,
+        call.front,
+        &model.name,
+        &id,
+        created,
+        call.request.client_wants_usage,
+    );
+    let result = async {
+        let stream = EventStream::start(client, head, ctx).await?;
+        let mut decoder = BodyDecoder::new(exchange.response.body("POST"));
+        let mut parser = SseParser::new(MAX_EVENT);
+        let mut piece = Vec::with_capacity(16 * 1024);
+        let mut out = Vec::with_capacity(16 * 1024);
+        while decoder
+            .next(&mut exchange.conn, &mut piece, silence)
+            .await?
+        {
+            parser.push(&piece).map_err(|_| Failure::Abort)?;
+            piece.clear();
+            out.clear();
+            while let Some(event) = parser.next_event() {
+                translation.on_event(&event, &mut out);
+            }
+            stream.send(client, &out).await?;
+        }
+        out.clear();
+        translation.finish(&mut out);
+        stream.send(client, &out).await?;
+        stream.end(client, head).await
+    }
+    .await;
+    let usage = translation.usage();
+    if result.is_ok() {
+        exchange.finish(worker, upstream, true);
+    }
+    (result, usage)
+}
+
+/// A whole provider answer in the front door's dialect, with its usage.
+fn translate_whole(
+    kind: ProviderKind,
+    front: Front,
+    body: Vec<u8>,
+    model: &Model,
+    id: &str,
+    created: i64,
+) -> Result<(Vec<u8>, Option<Usage>), crate::ai::TranslateError> {
+    let (canonical, usage) = match kind {
+        ProviderKind::Anthropic => {
+            let (canonical, usage) = anthropic::response_to_openai(&body, &model.name, created)?;
+            if front == Front::Anthropic {
+                return Ok((body, Some(usage)));
+            }
+            (canonical, Some(usage))
+        }
+        ProviderKind::Gemini => {
+            let (canonical, usage) = gemini::response_to_openai(&body, &model.name, id, created)?;
+            (canonical, Some(usage))
+        }
+        _ => {
+            let usage = openai::usage_from_chat_response(&body);
+            (body, usage)
+        }
+    };
+    match front {
+        Front::OpenAi => Ok((canonical, usage)),
+        Front::Anthropic => {
+            let (body, from_body) = anthropic::response_from_openai(&canonical, &model.name)?;
+            Ok((body, usage.or(Some(from_body))))
+        }
+    }
+}
+
+/// The in-process mock: its canonical answer, paced by the provider's `mock` options and
+/// translated for the front door like any provider's.
+async fn deliver_mock<S>(
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    call: &Call,
+    model: &Model,
+    provider: &Provider,
+) -> (Result<Outcome, Failure>, Option<Usage>)
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let reply = mock::reply(&call.request.body);
+    let usage = Some(reply.usage);
+    let id = format!("chatcmpl-{}", ctx.request_id);
+    let created = crate::usage::unix_now_ms() / 1000;
+    if provider.mock.latency_ms > 0 {
+        monoio::time::sleep(Duration::from_millis(provider.mock.latency_ms)).await;
+    }
+    if !call.request.stream {
+        let canonical = mock::chat_completion_body(&model.name, &id, created, &reply);
+        let result = match translate_whole(
+            ProviderKind::Mock,
+            call.front,
+            canonical,
+            model,
+            &id,
+            created,
+        ) {
+            Ok((body, _)) => respond(client, head, ctx, 200, "application/json", &body).await,
+            Err(_) => Err(GatewayError::Upstream("mock answer untranslatable").into()),
+        };
+        return (result, usage);
+    }
+    let include_usage = call.request.client_wants_usage || call.front == Front::Anthropic;
+    let events = mock::chat_completion_chunks(&model.name, &id, created, &reply, include_usage);
+    // Spread the completion's tokens evenly over the events at `tokens_per_second`.
+    let pause = match provider.mock.tokens_per_second {
+        0 => Duration::ZERO,
+        tps => Duration::from_secs_f64(
+            reply.usage.completion_tokens as f64 / tps as f64 / events.len().max(1) as f64,
+        ),
+    };
+    let mut translation = Translation::new(
+        ProviderKind::Mock,
+        call.front,
+        &model.name,
+        &id,
+        created,
+        call.request.client_wants_usage,
+    );
+    let result = async {
+        let stream = EventStream::start(client, head, ctx).await?;
+        let mut parser = SseParser::new(MAX_EVENT);
+        let mut out = Vec::with_capacity(4096);
+        for event in events {
+            if !pause.is_zero() {
+                monoio::time::sleep(pause).await;
+            }
+            parser.push(&event).map_err(|_| Failure::Abort)?;
+            out.clear();
+            while let Some(e) = parser.next_event() {
+                translation.on_event(&e, &mut out);
+            }
+            stream.send(client, &out).await?;
+        }
+        out.clear();
+        translation.finish(&mut out);
+        stream.send(client, &out).await?;
+        stream.end(client, head).await
+    }
+    .await;
+    (result, usage)
+}

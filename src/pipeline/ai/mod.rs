@@ -1,0 +1,608 @@
+//! The AI front doors: the same phases as a route, with the prompt phase in the middle.
+//!
+//! route (by path: `/v1/chat/completions`, `/v1/messages`, `/v1/embeddings`, `/v1/models`,
+//! `/prompts/{name}[/v{N}]`) → auth (`[ai].auth`) → prompt (read and parse the body into the
+//! canonical OpenAI chat form, pick the model) → limits (request rates, concurrency, then
+//! tokens per minute and budgets on the request's estimated tokens) → upstream (the model's
+//! provider, with retries and fallbacks: [`call`]) → response (translated, streamed event by
+//! event: [`stream`]) → settle (token limits and budgets corrected to the reported usage;
+//! usage to the ledger and the access log).
+
+mod call;
+mod stream;
+
+use std::fmt::Write as _;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use serde_json::Value;
+
+use super::exchange;
+use super::limits::{self, TokenAsk, TokenHold};
+use super::{Failure, Outcome, RequestCtx};
+use crate::ai::{anthropic, mock, openai, prompt, Model, Provider, Usage};
+use crate::auth;
+use crate::config::ProviderKind;
+use crate::error::{ErrorDialect, GatewayError};
+use crate::http1::{encode_chunk, encode_last_chunk, push_header, RequestHead, StrBuf, Version};
+use crate::meter::{self, cost_nano_usd, Prices};
+use crate::snapshot::Snapshot;
+use crate::usage::UsageEvent;
+use crate::worker::{BufConn, Worker};
+
+pub(crate) use call::Front;
+
+/// Which front door a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Endpoint {
+    ChatCompletions,
+    Messages,
+    Embeddings,
+    Models,
+    Prompt,
+}
+
+impl Endpoint {
+    /// The front door at `path`, if any.
+    pub fn at(path: &str) -> Option<Endpoint> {
+        match path {
+            "/v1/chat/completions" => Some(Endpoint::ChatCompletions),
+            "/v1/messages" => Some(Endpoint::Messages),
+            "/v1/embeddings" => Some(Endpoint::Embeddings),
+            "/v1/models" => Some(Endpoint::Models),
+            p if p.starts_with("/prompts/") => Some(Endpoint::Prompt),
+            _ => None,
+        }
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Endpoint::Models => "GET",
+            _ => "POST",
+        }
+    }
+}
+
+/// One attempt of an AI request on a provider, for the access log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttemptLog {
+    /// The client-facing model tried.
+    pub model: String,
+    /// Its provider.
+    pub provider: String,
+    /// The provider's status, or what went wrong.
+    pub outcome: String,
+}
+
+impl AttemptLog {
+    fn new(model: &Model, provider: &Provider, outcome: &str) -> AttemptLog {
+        AttemptLog {
+            model: model.name.clone(),
+            provider: provider.name.clone(),
+            outcome: outcome.to_string(),
+        }
+    }
+}
+
+/// What an AI request used, for the access log.
+#[derive(Debug, Clone, Default)]
+pub struct AiRecord {
+    /// The client-facing model that served the request.
+    pub model: String,
+    /// The prompt endpoint called, if any.
+    pub prompt: Option<String>,
+    /// Reported (or, when the provider reported nothing, estimated) usage.
+    pub usage: Usage,
+    /// Cost in nano-USD.
+    pub cost_nano_usd: u64,
+}
+
+/// Serves one request to an AI front door.
+pub(super) async fn serve<S>(
+    worker: &Worker,
+    snapshot: &Snapshot,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    endpoint: Endpoint,
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    if endpoint == Endpoint::Messages {
+        ctx.dialect = ErrorDialect::Anthropic;
+    }
+    if head.method() != endpoint.method() {
+        return Err(GatewayError::InvalidRequest(format!(
+            "{} needs method {}",
+            head.path(),
+            endpoint.method()
+        ))
+        .into());
+    }
+    ctx.consumer = super::ai_auth(worker, snapshot, head)?;
+    if endpoint == Endpoint::Models {
+        let _counts = limits::requests(worker, snapshot, None, ctx)?;
+        let key = ctx.consumer.as_ref().and_then(|c| c.key.as_deref());
+        let names: Vec<&str> = snapshot
+            .catalog
+            .models()
+            .iter()
+            .map(|m| m.name.as_str())
+            .filter(|name| key.is_none_or(|k| auth::key_permits_model(k, name)))
+            .collect();
+        let body = openai::models_list_body(&names, crate::usage::unix_now_ms() / 1000);
+        return respond(client, head, ctx, 200, "application/json", &body).await;
+    }
+    let limits_cfg = &snapshot.limits;
+    let body = exchange::read_request_body(
+        client,
+        head,
+        limits_cfg.max_body_bytes,
+        limits_cfg.idle_timeout,
+    )
+    .await?;
+    ctx.body_done = true;
+    if endpoint == Endpoint::Embeddings {
+        return embeddings(worker, snapshot, client, head, ctx, &body).await;
+    }
+    let (call, prompt_name) = parse_call(snapshot, head, endpoint, &body)?;
+    let model = pick_model(snapshot, ctx, &call.request.model)?;
+    let prompt_tokens = match &call.anthropic_body {
+        Some(original) => {
+            let value = Value::Object(original.clone());
+            meter::estimate_anthropic_prompt_tokens(&model.upstream_model, &value)
+        }
+        None => meter::estimate_chat_prompt_tokens(
+            &model.upstream_model,
+            &Value::Object(call.request.body.clone()),
+        ),
+    };
+    let completion = meter::completion_reservation(
+        call.request.max_tokens,
+        snapshot.config.ai.default_max_tokens,
+    );
+    let hold = admit(worker, snapshot, ctx, model, prompt_tokens, completion)?;
+    let served = call::run(worker, snapshot, client, head, ctx, &call, model).await;
+    settle(
+        worker,
+        ctx,
+        served.model,
+        hold,
+        served.usage,
+        prompt_tokens,
+        prompt_name,
+    );
+    served.result
+}
+
+/// The body of a chat-like request in canonical form: an OpenAI chat request as it is, an
+/// Anthropic Messages request translated (and kept for Anthropic providers), a prompt call
+/// rendered from its template.
+fn parse_call(
+    snapshot: &Snapshot,
+    head: &RequestHead,
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<(call::Call, Option<String>), GatewayError> {
+    let invalid = |e: openai::RequestError| GatewayError::InvalidRequest(e.to_string());
+    Ok(match endpoint {
+        Endpoint::Messages => {
+            let messages = anthropic::parse_messages_request(body).map_err(invalid)?;
+            let canonical = anthropic::request_to_openai(&messages).map_err(invalid)?;
+            let bytes = serde_json::to_vec(&canonical).expect("JSON maps serialize");
+            let request = openai::parse_chat_request(&bytes).map_err(invalid)?;
+            let call = call::Call {
+                front: Front::Anthropic,
+                request,
+                anthropic_body: Some(messages.body),
+            };
+            (call, None)
+        }
+        Endpoint::Prompt => {
+            let (name, version) = prompt::parse_path(head.path())
+                .ok_or_else(|| GatewayError::UnknownPrompt(head.path().to_string()))?;
+            let config = snapshot
+                .prompts
+                .get(name, version)
+                .ok_or_else(|| GatewayError::UnknownPrompt(name.to_string()))?;
+            let variables: Value = serde_json::from_slice(body).map_err(|e| {
+                GatewayError::InvalidRequest(format!("the request body is not valid JSON: {e}"))
+            })?;
+            let stream = head
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "stream=true"));
+            let canonical = prompt::render(config, &variables, stream)
+                .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+            let bytes = serde_json::to_vec(&canonical).expect("JSON maps serialize");
+            let request = openai::parse_chat_request(&bytes).map_err(invalid)?;
+            let call = call::Call {
+                front: Front::OpenAi,
+                request,
+                anthropic_body: None,
+            };
+            (call, Some(config.name.clone()))
+        }
+        _ => {
+            let request = openai::parse_chat_request(body).map_err(invalid)?;
+            let call = call::Call {
+                front: Front::OpenAi,
+                request,
+                anthropic_body: None,
+            };
+            (call, None)
+        }
+    })
+}
+
+/// `POST /v1/embeddings`: one model (retried by the caller's client, not here), any provider
+/// that has embeddings.
+async fn embeddings<S>(
+    worker: &Worker,
+    snapshot: &Snapshot,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    body: &[u8],
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let request = openai::parse_embeddings_request(body)
+        .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+    let model = pick_model(snapshot, ctx, &request.model)?;
+    let input = request.body.get("input").unwrap_or(&Value::Null);
+    let prompt_tokens = meter::estimate_embedding_tokens(&model.upstream_model, input);
+    let hold = admit(worker, snapshot, ctx, model, prompt_tokens, 0)?;
+    let provider = snapshot.catalog.provider(model.provider);
+    let (result, usage) = match provider.kind {
+        ProviderKind::Mock => {
+            let body = mock::embeddings_body(&model.name, input);
+            let usage = openai::usage_from_embeddings_response(&body);
+            let r = respond(client, head, ctx, 200, "application/json", &body).await;
+            (r, usage)
+        }
+        ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::Gemini => {
+            embeddings_upstream(
+                worker, snapshot, client, head, ctx, provider, model, &request,
+            )
+            .await
+        }
+        ProviderKind::Anthropic => (
+            Err(GatewayError::InvalidRequest(format!(
+                "the model `{}` has no embeddings",
+                model.name
+            ))
+            .into()),
+            None,
+        ),
+    };
+    settle(worker, ctx, model, hold, usage, prompt_tokens, None);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn embeddings_upstream<S>(
+    worker: &Worker,
+    snapshot: &Snapshot,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    provider: &Provider,
+    model: &Model,
+    request: &openai::EmbeddingsRequest,
+) -> (Result<Outcome, Failure>, Option<Usage>)
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let Some(upstream) = &provider.upstream else {
+        return (
+            Err(GatewayError::Upstream("provider has no address").into()),
+            None,
+        );
+    };
+    let base = &provider.base_path;
+    let (path, body) = match provider.kind {
+        ProviderKind::Gemini => match crate::ai::gemini::embeddings_request_from_openai(
+            &request.body,
+            &model.upstream_model,
+        ) {
+            Ok(body) => (
+                format!(
+                    "{base}{}",
+                    crate::ai::gemini::embeddings_path(&model.upstream_model)
+                ),
+                body,
+            ),
+            Err(e) => {
+                return (
+                    Err(GatewayError::InvalidRequest(e.to_string()).into()),
+                    None,
+                )
+            }
+        },
+        ProviderKind::AzureOpenai => (
+            format!(
+                "{base}{}",
+                crate::ai::azure::embeddings_path(&model.upstream_model, &provider.api_version)
+            ),
+            openai::upstream_embeddings_body(request, &model.upstream_model),
+        ),
+        _ => (
+            format!("{base}/v1/embeddings"),
+            openai::upstream_embeddings_body(request, &model.upstream_model),
+        ),
+    };
+    let sent = exchange::send(worker, upstream, &snapshot.limits, |target| {
+        call::provider_request(provider, &target.authority, &path, &body, &ctx.request_id)
+    })
+    .await;
+    let mut exchange = match sent {
+        Ok(e) => e,
+        Err(e) => return (Err(e.into()), None),
+    };
+    let body = match exchange::read_response_body(
+        &mut exchange,
+        "POST",
+        64 * 1024 * 1024,
+        snapshot.limits.upstream_timeout,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => return (Err(e.into()), None),
+    };
+    let status = exchange.response.status();
+    exchange.finish(worker, upstream, true);
+    let ok = (200..300).contains(&status);
+    let (body, usage) = match provider.kind {
+        ProviderKind::Gemini if ok => {
+            match crate::ai::gemini::embeddings_response_to_openai(
+                &body,
+                &model.name,
+                &request.body,
+            ) {
+                Ok(b) => {
+                    let usage = openai::usage_from_embeddings_response(&b);
+                    (b, usage)
+                }
+                Err(_) => {
+                    return (
+                        Err(GatewayError::Upstream("untranslatable provider response").into()),
+                        None,
+                    )
+                }
+            }
+        }
+        ProviderKind::Gemini => (crate::ai::gemini::error_to_openai(status, &body), None),
+        _ if ok => {
+            let usage = openai::usage_from_embeddings_response(&body);
+            (body, usage)
+        }
+        _ => (body, None),
+    };
+    let r = respond(client, head, ctx, status, "application/json", &body).await;
+    (r, usage)
+}
+
+/// The requested model, if it exists and the caller's key may use it.
+fn pick_model<'s>(
+    snapshot: &'s Snapshot,
+    ctx: &RequestCtx,
+    name: &str,
+) -> Result<&'s Model, GatewayError> {
+    let (_, model) = snapshot
+        .catalog
+        .model(name)
+        .ok_or_else(|| GatewayError::UnknownModel(name.to_string()))?;
+    if let Some(key) = ctx.consumer.as_ref().and_then(|c| c.key.as_deref()) {
+        if !auth::key_permits_model(key, &model.name) {
+            return Err(GatewayError::Forbidden("model"));
+        }
+    }
+    Ok(model)
+}
+
+fn prices(model: &Model) -> Prices {
+    Prices {
+        input_per_mtok: model.input_price_per_mtok,
+        output_per_mtok: model.output_price_per_mtok,
+        cached_input_per_mtok: model.cached_input_price_per_mtok,
+    }
+}
+
+/// Phase limits for an AI request: request rates and concurrency, then tokens per minute and
+/// budgets on the estimated prompt plus the completion reservation.
+fn admit(
+    worker: &Worker,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    model: &Model,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+) -> Result<TokenHold, GatewayError> {
+    let ask = TokenAsk {
+        tokens: prompt_tokens + completion_tokens,
+        nano_usd: cost_nano_usd(&prices(model), prompt_tokens, completion_tokens, 0),
+    };
+    let counts = limits::requests(worker, snapshot, None, ctx)?;
+    limits::tokens(worker, snapshot, ctx, &ask).inspect_err(|_| {
+        // A refused request consumes no quota: give back its request counts and its slot.
+        counts.give_back(worker);
+        ctx.permit = None;
+    })
+}
+
+/// Settles the token limits and budgets against what the request really used, records it in
+/// the ledger and keeps it for the access log. Without reported usage, a request that got no
+/// answer costs nothing, and one cut short costs its estimated prompt.
+fn settle(
+    worker: &Worker,
+    ctx: &mut RequestCtx,
+    model: &Model,
+    hold: TokenHold,
+    usage: Option<Usage>,
+    prompt_estimate: u64,
+    prompt: Option<String>,
+) {
+    let usage = usage.unwrap_or(Usage {
+        prompt_tokens: if (200..300).contains(&ctx.status) {
+            prompt_estimate
+        } else {
+            0
+        },
+        ..Usage::default()
+    });
+    let cost = cost_nano_usd(
+        &prices(model),
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.cached_tokens,
+    );
+    limits::settle_tokens(
+        worker,
+        hold,
+        usage.prompt_tokens + usage.completion_tokens,
+        cost,
+    );
+    let consumer = ctx.consumer.as_ref();
+    worker.shared.usage.record(UsageEvent {
+        ts_ms: crate::usage::unix_now_ms(),
+        request_id: ctx.request_id.clone(),
+        key_id: consumer.and_then(|c| c.id.clone()),
+        team: consumer.map(|c| c.team.clone()).unwrap_or_default(),
+        model: Some(model.name.clone()),
+        prompt: prompt.clone(),
+        route: None,
+        status: ctx.status,
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        cached_tokens: usage.cached_tokens,
+        cost_nano_usd: cost,
+    });
+    ctx.ai = Some(AiRecord {
+        model: model.name.clone(),
+        prompt,
+        usage,
+        cost_nano_usd: cost,
+    });
+}
+
+/// Answers with a complete body made by the gateway.
+pub(super) async fn respond<S>(
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let close = !head.keep_alive();
+    let mut out = Vec::with_capacity(body.len() + 256);
+    let _ = write!(
+        StrBuf(&mut out),
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+        crate::error::reason_phrase(status),
+        body.len()
+    );
+    finish_head(&mut out, ctx, close, head.version() == Version::Http10);
+    out.extend_from_slice(body);
+    ctx.status = status;
+    let (res, _) = client.write_all(out).await;
+    res.map_err(|_| Failure::Abort)?;
+    Ok(if close {
+        Outcome::Close
+    } else {
+        Outcome::KeepAlive
+    })
+}
+
+/// The end of every front-door response head: request id, limit headers, connection.
+fn finish_head(out: &mut Vec<u8>, ctx: &RequestCtx, close: bool, http10: bool) {
+    push_header(out, "x-request-id", ctx.request_id.as_bytes());
+    // Which model answered (after retries and fallbacks, the last one tried).
+    if let Some(attempt) = ctx.attempts.last() {
+        push_header(out, "x-credentialflow-model", attempt.model.as_bytes());
+    }
+    ctx.rate.write_headers(out);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A streamed response toward the client: SSE, chunked (or until close for HTTP/1.0).
+pub(super) struct EventStream {
+    chunked: bool,
+}
+
+impl EventStream {
+    /// Writes the head of a `200 text/event-stream` response.
+    pub(super) async fn start<S>(
+        client: &mut BufConn<S>,
+        head: &RequestHead,
+        ctx: &mut RequestCtx,
+    ) -> Result<EventStream, Failure>
+    where
+        S: AsyncReadRent + AsyncWriteRent,
+    {
+        let chunked = head.version() == Version::Http11;
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n",
+        );
+        if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        finish_head(&mut out, ctx, !chunked || !head.keep_alive(), false);
+        ctx.status = 200;
+        let (res, _) = client.write_all(out).await;
+        res.map_err(|_| Failure::Abort)?;
+        Ok(EventStream { chunked })
+    }
+
+    /// Sends `data` (complete events) at once.
+    pub(super) async fn send<S>(&self, client: &mut BufConn<S>, data: &[u8]) -> Result<(), Failure>
+    where
+        S: AsyncReadRent + AsyncWriteRent,
+    {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut out = Vec::with_capacity(data.len() + 16);
+        if self.chunked {
+            encode_chunk(data, &mut out);
+        } else {
+            out.extend_from_slice(data);
+        }
+        let (res, _) = client.write_all(out).await;
+        res.map_err(|_| Failure::Abort)
+    }
+
+    /// Ends the stream.
+    pub(super) async fn end<S>(
+        &self,
+        client: &mut BufConn<S>,
+        head: &RequestHead,
+    ) -> Result<Outcome, Failure>
+    where
+        S: AsyncReadRent + AsyncWriteRent,
+    {
+        if !self.chunked {
+            return Ok(Outcome::Close);
+        }
+        let mut out = Vec::with_capacity(8);
+        encode_last_chunk(&mut out);
+        let (res, _) = client.write_all(out).await;
+        res.map_err(|_| Failure::Abort)?;
+        Ok(if head.keep_alive() {
+            Outcome::KeepAlive
+        } else {
+            Outcome::Close
+        })
+    }
+}
