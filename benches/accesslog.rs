@@ -22,6 +22,7 @@ fn entry() -> AccessEntry<'static> {
         model: Some("gpt-4o-mini"),
         prompt: None,
         attempts: &[],
+        extra: Default::default(),
         usage: Some(UsageFields {
             prompt_tokens: 812,
             completion_tokens: 164,

@@ -82,6 +82,9 @@ pub struct AccessEntry<'a> {
     /// Every provider attempt of an AI request (retries and fallbacks), in order.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub attempts: &'a [crate::pipeline::AttemptLog],
+    /// Fields a Lua `on_log` hook added (they cannot replace the fields above).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The `usage` object of an AI request's line.
@@ -92,6 +95,26 @@ pub struct UsageFields {
     pub cached_tokens: u64,
     pub cost_usd: f64,
 }
+
+/// The names of the fields the gateway writes itself; `on_log` fields with these names are
+/// dropped, so a script cannot spoof what the gateway recorded.
+pub const OWN_FIELDS: &[&str] = &[
+    "ts_ms",
+    "request_id",
+    "client",
+    "method",
+    "host",
+    "path",
+    "route",
+    "status",
+    "duration_us",
+    "key_id",
+    "team",
+    "model",
+    "prompt",
+    "usage",
+    "attempts",
+];
 
 impl AccessEntry<'_> {
     /// The JSON line, without its newline.

@@ -33,6 +33,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DriverChoice::Auto)]
         driver: DriverChoice,
     },
+    /// Load-test a URL: closed loop (-c, -d/-n) or open loop (--rate), HTTP/1.1 or HTTPS.
+    Bench(Box<crate::bench::load::BenchArgs>),
     /// A fixed-response HTTP upstream for load tests.
     BenchUpstream {
         /// Address to listen on.
@@ -47,6 +49,16 @@ enum Command {
         /// Delay before each response, in milliseconds.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Send the body with chunked transfer coding instead of Content-Length.
+        #[arg(long, conflicts_with = "sse")]
+        chunked: bool,
+        /// Answer with a server-sent event stream of this many events (each of --size bytes
+        /// of data), then end it.
+        #[arg(long)]
+        sse: Option<u32>,
+        /// Milliseconds between two events of --sse.
+        #[arg(long, default_value_t = 0, requires = "sse")]
+        sse_interval_ms: u64,
     },
     /// Validate a config file and print every error with its key path.
     Check {
@@ -86,17 +98,31 @@ pub fn main() -> i32 {
             Ok(data_dir) => usage::run_usage(args, &data_dir),
             Err(code) => code,
         },
+        Command::Bench(args) => crate::bench::load::main(*args),
         Command::BenchUpstream {
             listen,
             size,
             workers,
             delay_ms,
+            chunked,
+            sse,
+            sse_interval_ms,
         } => {
+            use crate::bench::upstream::Body;
+            let body = match (sse, chunked) {
+                (Some(events), _) => Body::Sse {
+                    events,
+                    interval: std::time::Duration::from_millis(sse_interval_ms),
+                },
+                (None, true) => Body::Chunked,
+                (None, false) => Body::Fixed,
+            };
             let opts = crate::bench::upstream::Options {
                 listen,
                 body_bytes: size,
                 workers,
                 delay: std::time::Duration::from_millis(delay_ms),
+                body,
             };
             match crate::bench::upstream::run(opts) {
                 Ok(()) => 0,
@@ -110,7 +136,21 @@ pub fn main() -> i32 {
 }
 
 fn check(path: &std::path::Path) -> i32 {
-    let report = config::check(path);
+    let mut report = config::check(path);
+    // A valid config's Lua scripts are compiled too, as a reload would.
+    if report.errors.is_empty() {
+        if let Ok(config) = config::load(path) {
+            if let Err(errors) = crate::lua::ScriptSet::load(&config) {
+                report
+                    .errors
+                    .extend(errors.into_iter().map(|message| config::ConfigError {
+                        path: String::new(),
+                        line: None,
+                        message,
+                    }));
+            }
+        }
+    }
     for w in &report.warnings {
         println!("warning: {w}");
     }

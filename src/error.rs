@@ -48,6 +48,15 @@ pub enum GatewayError {
     },
     /// The key's or team's budget cannot cover the request.
     InsufficientQuota(&'static str),
+    /// A Lua hook failed, ran out of memory or time (details go to the gateway's log only).
+    HookFailed,
+    /// A Lua hook answered the request itself with `ctx:deny(status, msg)`.
+    Denied {
+        /// The status the hook chose (400-599; anything else is answered as 403).
+        status: u16,
+        /// `error.message`, as the hook wrote it.
+        message: String,
+    },
 }
 
 /// Which API dialect an error body is written in: the AI front door `/v1/messages` speaks
@@ -78,6 +87,9 @@ impl GatewayError {
             GatewayError::InvalidRequest(_) => 400,
             GatewayError::UnknownModel(_) | GatewayError::UnknownPrompt(_) => 404,
             GatewayError::RateLimited { .. } | GatewayError::InsufficientQuota(_) => 429,
+            GatewayError::HookFailed => 500,
+            GatewayError::Denied { status, .. } if (400..600).contains(status) => *status,
+            GatewayError::Denied { .. } => 403,
         }
     }
 
@@ -98,6 +110,15 @@ impl GatewayError {
             GatewayError::Upstream(_) => "upstream_error",
             GatewayError::RateLimited { .. } => "rate_limit_error",
             GatewayError::InsufficientQuota(_) => "insufficient_quota",
+            GatewayError::HookFailed => "hook_error",
+            GatewayError::Denied { .. } => match self.status() {
+                400 | 404..=422 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                429 => "rate_limit_error",
+                500..=599 => "api_error",
+                _ => "permission_error",
+            },
         }
     }
 
@@ -119,6 +140,8 @@ impl GatewayError {
             GatewayError::UnknownPrompt(_) => "prompt_not_found",
             GatewayError::RateLimited { code, .. } => code,
             GatewayError::InsufficientQuota(_) => "insufficient_quota",
+            GatewayError::HookFailed => "hook_error",
+            GatewayError::Denied { .. } => "denied_by_hook",
         }
     }
 
@@ -146,6 +169,8 @@ impl GatewayError {
             GatewayError::InsufficientQuota(scope) => {
                 format!("{scope} budget exhausted for this period")
             }
+            GatewayError::HookFailed => "a gateway hook failed".to_string(),
+            GatewayError::Denied { message, .. } => message.clone(),
         }
     }
 

@@ -15,6 +15,7 @@
 //! - `store`: the embedded SQLite key store in `data_dir`, its pepper, and the audit log.
 //! - `error`: every gateway-made error response.
 //! - `serve`, `cli`: the process lifecycle and the command line.
+//! - `lua`: sandboxed Luau hook scripts, one VM per worker.
 //! - `accesslog`, `logging`: the access log writer and the gateway's own log.
 //! - `bench`: load-test tools shipped in the product.
 
@@ -30,6 +31,7 @@ pub mod error;
 pub mod http1;
 pub mod limits;
 pub mod logging;
+pub mod lua;
 pub mod meter;
 pub mod metrics;
 pub mod pipeline;

@@ -20,6 +20,7 @@ use crate::auth::jwt::JwtVerifier;
 use crate::auth::{CredentialCache, IpRules};
 use crate::config::{self, AuthKind, Config, SecretWatcher};
 use crate::limits::Gcra;
+use crate::lua::{ScriptId, ScriptSet};
 use crate::meter::{BudgetLimit, BudgetTable};
 use crate::metrics::{self, RouteMetrics};
 use crate::router::{RouteEntry, Router};
@@ -56,6 +57,8 @@ pub struct Route {
     pub ip_rate_limit: Option<Gcra>,
     /// Counters of both limits; carried across reloads by route name.
     pub limiter: Arc<RouteLimiter>,
+    /// The route's Lua script (`hooks`), in [`Snapshot::scripts`].
+    pub hooks: Option<ScriptId>,
 }
 
 /// Limits from `[limits]`, as the hot path uses them.
@@ -99,6 +102,10 @@ pub struct Snapshot {
     pub prompts: Prompts,
     /// Metrics of the AI front doors' requests.
     pub ai_metrics: Arc<RouteMetrics>,
+    /// Every Lua script the config references, compiled.
+    pub scripts: Arc<ScriptSet>,
+    /// The AI front doors' script (`[ai].hooks`).
+    pub ai_hooks: Option<ScriptId>,
 }
 
 impl Snapshot {
@@ -116,6 +123,15 @@ impl Snapshot {
                 Err(e) => errors.push(format!("upstream[{i}]: {e}")),
             }
         }
+        // Every referenced script is read and compiled here, so a reload with a broken script
+        // is refused (with its file and line) and the old scripts keep running.
+        let scripts = match ScriptSet::load(&config) {
+            Ok(s) => Arc::new(s),
+            Err(errs) => {
+                errors.extend(errs);
+                Arc::new(ScriptSet::empty())
+            }
+        };
         let mut routes = Vec::with_capacity(config.route.len());
         for (i, r) in config.route.iter().enumerate() {
             let Some(upstream) = config.upstream.iter().position(|u| u.name == r.upstream) else {
@@ -158,6 +174,7 @@ impl Snapshot {
                 rate_limit: gcra_per_second(r.rate_limit.rps, r.rate_limit.burst),
                 ip_rate_limit: gcra_per_second(r.ip_rate_limit.rps, r.ip_rate_limit.burst),
                 limiter: admission.route(&r.name),
+                hooks: script_id(&scripts, &config, &r.hooks),
             });
         }
         let catalog = match Catalog::build(&config, secrets) {
@@ -214,6 +231,8 @@ impl Snapshot {
             prompts: Prompts::new(&config.prompt),
             catalog,
             ai_metrics: metrics::global().route("(ai)"),
+            ai_hooks: script_id(&scripts, &config, &config.ai.hooks),
+            scripts,
             router,
             routes,
             upstreams,
@@ -235,6 +254,14 @@ pub struct Services {
     pub budgets: Arc<BudgetTable>,
     /// The usage ledger's channel.
     pub usage: UsageSender,
+}
+
+/// The id of the script a `hooks` setting names (`""` = none).
+fn script_id(scripts: &ScriptSet, config: &Config, hooks: &str) -> Option<ScriptId> {
+    if hooks.is_empty() {
+        return None;
+    }
+    scripts.id_for(&config.resolve_path(hooks))
 }
 
 /// State shared by every thread of a running gateway.

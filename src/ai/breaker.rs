@@ -30,7 +30,12 @@ impl Breaker {
             return false;
         }
         self.open_until_ms
-            .compare_exchange(until, now_ms + COOL_DOWN_MS, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                until,
+                now_ms + COOL_DOWN_MS,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_ok()
     }
 

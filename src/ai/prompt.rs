@@ -81,7 +81,8 @@ pub fn render(
     let user = fill(&prompt.template, vars)?;
     let mut messages = Vec::with_capacity(2);
     if !prompt.system.is_empty() {
-        messages.push(serde_json::json!({ "role": "system", "content": fill(&prompt.system, vars)? }));
+        messages
+            .push(serde_json::json!({ "role": "system", "content": fill(&prompt.system, vars)? }));
     }
     messages.push(serde_json::json!({ "role": "user", "content": user }));
     let mut request = Map::new();
@@ -153,12 +154,20 @@ mod tests {
     #[test]
     fn render_fills_variables_and_ignores_extras() {
         let p = prompt(1, "Classify: {{text}} ({{ n }})");
-        let req = render(&p, &json!({"text": "great day", "n": 3, "extra": true}), false).unwrap();
+        let req = render(
+            &p,
+            &json!({"text": "great day", "n": 3, "extra": true}),
+            false,
+        )
+        .unwrap();
         assert_eq!(req["model"], "gpt-4o-mini");
         assert_eq!(req["messages"][0]["role"], "system");
         assert_eq!(req["messages"][1]["content"], "Classify: great day (3)");
         assert!(req.get("stream").is_none());
-        assert_eq!(render(&p, &json!({"text": "x", "n": 1}), true).unwrap()["stream"], true);
+        assert_eq!(
+            render(&p, &json!({"text": "x", "n": 1}), true).unwrap()["stream"],
+            true
+        );
     }
 
     #[test]
@@ -168,6 +177,9 @@ mod tests {
             render(&p, &json!({"other": 1}), false),
             Err(PromptError::MissingVariable("text".into()))
         );
-        assert_eq!(render(&p, &json!([1]), false), Err(PromptError::NotAnObject));
+        assert_eq!(
+            render(&p, &json!([1]), false),
+            Err(PromptError::NotAnObject)
+        );
     }
 }

@@ -1,8 +1,14 @@
 //! `credentialflow bench-upstream`: a fixed-response HTTP/1.1 server for load tests, built
 //! like the gateway (one monoio runtime per core, SO_REUSEPORT), so it is not the bottleneck.
 //!
-//! Every request gets the same pre-encoded response. Request bodies are not supported: it
-//! answers each head as soon as its blank line arrives (GET load).
+//! Every request gets the same response, encoded once at start: a body of `--size` bytes
+//! with Content-Length (default) or chunked (`--chunked`), or a server-sent event stream
+//! (`--sse N --sse-interval-ms M`: N events of `--size` bytes of data, M ms apart, the first
+//! with the head, then the last chunk that ends the body). `--delay-ms` delays each answer.
+//!
+//! Requests are answered as soon as their head is complete (pipelined heads in one read
+//! are answered together). A request body framed by Content-Length is read past; chunked
+//! request bodies are not supported.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,20 +16,43 @@ use std::time::Duration;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
+use crate::http1::{encode_chunk, encode_last_chunk};
+
+/// The largest piece of a chunked body (one chunk each).
+const CHUNK_BYTES: usize = 16 * 1024;
+
+/// How the response body is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// `Content-Length` and the body.
+    Fixed,
+    /// `Transfer-Encoding: chunked`, in chunks of up to 16 KiB (RFC 9112 section 7.1).
+    Chunked,
+    /// A `text/event-stream` of `events` events, `interval` apart, chunked.
+    Sse {
+        /// How many events.
+        events: u32,
+        /// The pause between two events.
+        interval: Duration,
+    },
+}
+
 /// Options for the fixed-response upstream.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Address to listen on (port 0 picks one; the chosen one is printed).
     pub listen: SocketAddr,
-    /// Response body size in bytes.
+    /// Response body size in bytes (for `Sse`: the data of each event).
     pub body_bytes: usize,
     /// Worker threads (0 = one per core).
     pub workers: usize,
     /// Delay before each response.
     pub delay: Duration,
+    /// How the body is sent.
+    pub body: Body,
 }
 
-/// The complete response sent for every request.
+/// The complete response with a Content-Length body of `body_bytes` bytes.
 pub fn encode_response(body_bytes: usize) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {body_bytes}\r\n\r\n"
@@ -31,6 +60,82 @@ pub fn encode_response(body_bytes: usize) -> Vec<u8> {
     .into_bytes();
     out.extend(std::iter::repeat_n(b'x', body_bytes));
     out
+}
+
+/// The complete response with a chunked body of `body_bytes` bytes.
+pub fn encode_chunked_response(body_bytes: usize) -> Vec<u8> {
+    let mut out =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
+    let body = vec![b'x'; body_bytes];
+    for piece in body.chunks(CHUNK_BYTES) {
+        encode_chunk(piece, &mut out);
+    }
+    encode_last_chunk(&mut out);
+    out
+}
+
+/// The writes of one event-stream response, each after its pause: the head with the first
+/// event, every further event `interval` after the previous one, and the last chunk with
+/// the last event (so the body ends as soon as the last event is out).
+pub fn encode_sse_writes(
+    events: u32,
+    interval: Duration,
+    data_bytes: usize,
+) -> Vec<(Duration, Vec<u8>)> {
+    let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
+    // WHATWG HTML 9.2.6: one `data:` line, then the empty line that dispatches the event.
+    let mut event_text = b"data: ".to_vec();
+    event_text.extend(std::iter::repeat_n(b'x', data_bytes));
+    event_text.extend_from_slice(b"\n\n");
+    let mut event = Vec::new();
+    encode_chunk(&event_text, &mut event);
+
+    let mut writes: Vec<(Duration, Vec<u8>)> = vec![(Duration::ZERO, head.to_vec())];
+    for i in 0..events {
+        if i > 0 {
+            writes.push((interval, Vec::new()));
+        }
+        writes
+            .last_mut()
+            .expect("never empty")
+            .1
+            .extend_from_slice(&event);
+    }
+    encode_last_chunk(&mut writes.last_mut().expect("never empty").1);
+    writes
+}
+
+/// What every connection sends, encoded once and kept for the life of the process.
+struct Reply {
+    /// `(pause before, bytes)` per write of one response.
+    writes: Vec<(Duration, &'static [u8])>,
+}
+
+impl Reply {
+    fn new(opts: &Options) -> Reply {
+        let writes = match &opts.body {
+            Body::Fixed => vec![(Duration::ZERO, encode_response(opts.body_bytes))],
+            Body::Chunked => vec![(Duration::ZERO, encode_chunked_response(opts.body_bytes))],
+            Body::Sse { events, interval } => {
+                encode_sse_writes(*events, *interval, opts.body_bytes)
+            }
+        };
+        Reply {
+            writes: writes
+                .into_iter()
+                .map(|(pause, bytes)| (pause, &*Box::leak(bytes.into_boxed_slice())))
+                .collect(),
+        }
+    }
+
+    /// One write without pauses: several pipelined answers can go out together.
+    fn single(&self) -> Option<&'static [u8]> {
+        match self.writes.as_slice() {
+            [(_, bytes)] => Some(bytes),
+            _ => None,
+        }
+    }
 }
 
 /// Runs until the process is killed. Prints `bench-upstream listening on ADDR` once bound.
@@ -44,17 +149,16 @@ pub fn run(opts: Options) -> std::io::Result<()> {
             .unwrap_or(1),
         n => n,
     };
-    let response = encode_response(opts.body_bytes);
+    let reply: &'static Reply = Box::leak(Box::new(Reply::new(&opts)));
     let mut threads = Vec::new();
     for _ in 0..workers {
-        let response = response.clone();
         let delay = opts.delay;
         threads.push(std::thread::spawn(move || {
             let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                 .enable_timer()
                 .build()
                 .expect("runtime");
-            rt.block_on(serve(addr, response, delay))
+            rt.block_on(serve(addr, reply, delay))
         }));
     }
     eprintln!("bench-upstream listening on {addr}");
@@ -65,7 +169,7 @@ pub fn run(opts: Options) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn serve(addr: SocketAddr, response: Vec<u8>, delay: Duration) -> std::io::Result<()> {
+async fn serve(addr: SocketAddr, reply: &'static Reply, delay: Duration) -> std::io::Result<()> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -77,17 +181,17 @@ async fn serve(addr: SocketAddr, response: Vec<u8>, delay: Duration) -> std::io:
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     let listener = monoio::net::TcpListener::from_std(socket.into())?;
-    let response: &'static [u8] = Box::leak(response.into_boxed_slice());
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        monoio::spawn(connection(stream, response, delay));
+        monoio::spawn(connection(stream, reply, delay));
     }
 }
 
-async fn connection(mut stream: monoio::net::TcpStream, response: &'static [u8], delay: Duration) {
+async fn connection(mut stream: monoio::net::TcpStream, reply: &'static Reply, delay: Duration) {
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut out: Vec<u8> = Vec::with_capacity(response.len() * 4);
+    let mut out: Vec<u8> = Vec::with_capacity(reply.single().map_or(0, |r| r.len() * 4));
+    let mut requests = RequestSplitter::default();
     loop {
         let len = buf.len();
         if buf.capacity() - len < 4096 {
@@ -99,16 +203,18 @@ async fn connection(mut stream: monoio::net::TcpStream, response: &'static [u8],
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        // Answer every complete head in the buffer (pipelining), keep the partial rest.
-        let mut consumed = 0;
-        while let Some(end) = find_head_end(&buf[consumed..]) {
-            consumed += end;
-            out.extend_from_slice(response);
-        }
+        let (complete, consumed) = requests.split(&buf);
         buf.drain(..consumed);
-        if !out.is_empty() {
-            if !delay.is_zero() {
-                monoio::time::sleep(delay).await;
+        if complete == 0 {
+            continue;
+        }
+        if !delay.is_zero() {
+            monoio::time::sleep(delay).await;
+        }
+        if let Some(response) = reply.single() {
+            // Every complete head in the buffer (pipelining) is answered in one write.
+            for _ in 0..complete {
+                out.extend_from_slice(response);
             }
             let (res, o) = stream.write_all(out).await;
             out = o;
@@ -116,7 +222,53 @@ async fn connection(mut stream: monoio::net::TcpStream, response: &'static [u8],
             if res.is_err() {
                 return;
             }
+            continue;
         }
+        for _ in 0..complete {
+            for &(pause, bytes) in &reply.writes {
+                if !pause.is_zero() {
+                    monoio::time::sleep(pause).await;
+                }
+                if stream.write_all(bytes).await.0.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Finds where requests end in the received bytes: each head at its empty line, then its
+/// Content-Length body (RFC 9112 section 6.3), which may span reads.
+#[derive(Debug, Default)]
+struct RequestSplitter {
+    /// Body bytes of the last request still to come.
+    body_left: u64,
+}
+
+impl RequestSplitter {
+    /// Returns how many requests' heads completed in `buf` and how many bytes were used
+    /// (the rest is an incomplete head, kept for the next read).
+    fn split(&mut self, buf: &[u8]) -> (usize, usize) {
+        let mut consumed = 0;
+        let mut complete = 0;
+        loop {
+            if self.body_left > 0 {
+                let available = (buf.len() - consumed) as u64;
+                let take = self.body_left.min(available);
+                consumed += take as usize;
+                self.body_left -= take;
+                if self.body_left > 0 {
+                    break;
+                }
+            }
+            let Some(end) = find_head_end(&buf[consumed..]) else {
+                break;
+            };
+            self.body_left = content_length(&buf[consumed..consumed + end]).unwrap_or(0);
+            consumed += end;
+            complete += 1;
+        }
+        (complete, consumed)
     }
 }
 
@@ -124,9 +276,21 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
+/// The Content-Length of a request head, if it has a valid one.
+fn content_length(head: &[u8]) -> Option<u64> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+        if !name.eq_ignore_ascii_case(b"content-length") {
+            return None;
+        }
+        std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http1::{parse_response, ChunkedDecoder, ResponseBody};
 
     #[test]
     fn response_has_exact_length() {
@@ -138,10 +302,80 @@ mod tests {
     }
 
     #[test]
+    fn chunked_response_decodes_to_the_body_size() {
+        let r = encode_chunked_response(40_000);
+        let (head, len) = parse_response(&r, 4096).unwrap().unwrap();
+        assert_eq!(head.body("GET"), ResponseBody::Chunked);
+        let mut body = Vec::new();
+        let decoded = ChunkedDecoder::new().decode(&r[len..], &mut body).unwrap();
+        assert!(decoded.done);
+        assert_eq!(decoded.consumed, r.len() - len);
+        assert_eq!(body.len(), 40_000);
+    }
+
+    #[test]
+    fn sse_stream_sends_the_head_with_the_first_event_and_ends_the_body() {
+        let writes = encode_sse_writes(3, Duration::from_millis(40), 4);
+        let pauses: Vec<Duration> = writes.iter().map(|(p, _)| *p).collect();
+        assert_eq!(
+            pauses,
+            vec![
+                Duration::ZERO,
+                Duration::from_millis(40),
+                Duration::from_millis(40)
+            ]
+        );
+        let all: Vec<u8> = writes.iter().flat_map(|(_, b)| b.clone()).collect();
+        let (head, len) = parse_response(&all, 4096).unwrap().unwrap();
+        assert_eq!(head.header("content-type"), Some(&b"text/event-stream"[..]));
+        let mut body = Vec::new();
+        let decoded = ChunkedDecoder::new()
+            .decode(&all[len..], &mut body)
+            .unwrap();
+        assert!(decoded.done);
+        assert_eq!(body, b"data: xxxx\n\n".repeat(3));
+        assert!(writes[0].1.ends_with(b"data: xxxx\n\n\r\n"));
+        assert!(writes[2].1.ends_with(b"0\r\n\r\n"));
+    }
+
+    #[test]
+    fn sse_stream_of_zero_events_is_an_empty_body() {
+        let writes = encode_sse_writes(0, Duration::from_millis(40), 4);
+        assert_eq!(writes.len(), 1);
+        assert!(writes[0].1.ends_with(b"\r\n\r\n0\r\n\r\n"));
+    }
+
+    #[test]
     fn pipelined_heads_are_found_one_by_one() {
         let two = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n";
         let first = find_head_end(two).unwrap();
         assert_eq!(&two[..first], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert!(find_head_end(&two[first..]).is_none());
+    }
+
+    #[test]
+    fn request_bodies_are_read_past_by_content_length() {
+        let mut splitter = RequestSplitter::default();
+        let input =
+            b"POST / HTTP/1.1\r\nContent-Length: 8\r\n\r\n\r\n\r\nabcdGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(splitter.split(input), (2, input.len()));
+    }
+
+    #[test]
+    fn request_body_split_over_reads_is_skipped_across_them() {
+        let mut splitter = RequestSplitter::default();
+        let first = b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\n12345";
+        assert_eq!(splitter.split(first), (1, first.len()));
+        let second = b"67890GET / HTTP/1.1\r\n";
+        assert_eq!(splitter.split(second), (0, 5));
+    }
+
+    #[test]
+    fn content_length_is_found_case_insensitively() {
+        assert_eq!(
+            content_length(b"POST / HTTP/1.1\r\nCONTENT-LENGTH:  42 \r\n\r\n"),
+            Some(42)
+        );
+        assert_eq!(content_length(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), None);
     }
 }

@@ -14,6 +14,7 @@ mod ai;
 
 pub use ai::AttemptLog;
 mod exchange;
+mod hooks;
 mod limits;
 mod proxy;
 
@@ -89,6 +90,8 @@ pub struct RequestCtx {
     pub ai: Option<ai::AiRecord>,
     /// Every provider attempt of an AI request, for the access log.
     pub attempts: Vec<ai::AttemptLog>,
+    /// Lua hook state, when the route or front door has a script.
+    pub hooked: Option<Box<hooks::Hooked>>,
 }
 
 impl RequestCtx {
@@ -130,6 +133,7 @@ where
         front_door: false,
         ai: None,
         attempts: Vec::new(),
+        hooked: None,
     };
     let outcome = match run_phases(worker, &snapshot, client, &head, &mut ctx).await {
         Ok(outcome) => outcome,
@@ -152,7 +156,7 @@ where
             }
         }
     };
-    log_phase(worker, &snapshot, &head, &ctx);
+    log_phase(worker, &snapshot, &head, &mut ctx);
     // Dropping the context releases the concurrency slot.
     outcome
 }
@@ -206,9 +210,15 @@ where
         }
     }
     limits::client_address(worker, route, ctx)?;
+    ctx.hooked = hooks::begin(route.hooks, head, ctx, Some(&route.name));
+    hooks::access(worker, snapshot, ctx)?;
 
-    // Phase auth: who is calling, and may they use this route?
-    ctx.consumer = auth_phase(worker, route, head)?;
+    // Phase auth: who is calling, and may they use this route? An `on_access` hook may have
+    // named the consumer (custom auth); an `auth = "lua"` route needs it to.
+    ctx.consumer = match hooks::chosen_consumer(worker, ctx, unix_now())? {
+        Some(consumer) => Some(permit_route(route, consumer)?),
+        None => auth_phase(worker, route, head)?,
+    };
 
     // Phase limits: route, key and team request rates, then the key's concurrency.
     let _counts = limits::requests(worker, snapshot, Some(route), ctx)?;
@@ -262,13 +272,26 @@ fn auth_phase(
                 key,
             }
         }
-        // Lua authentication arrives with the Lua hooks; until then such a route fails closed.
+        // Its `on_access` hook did not name a consumer: fail closed.
         AuthKind::Lua => return Err(GatewayError::Unauthorized),
     };
     if !auth::has_scopes(&consumer.scopes, &route.scopes) {
         return Err(GatewayError::Forbidden("scope"));
     }
     Ok(Some(consumer))
+}
+
+/// The route checks for a consumer named by a hook: the key's routes and the route's scopes.
+fn permit_route(route: &Route, consumer: Consumer) -> Result<Consumer, GatewayError> {
+    if let Some(key) = &consumer.key {
+        if !auth::key_permits_route(key, &route.name) {
+            return Err(GatewayError::Forbidden("route"));
+        }
+    }
+    if !auth::has_scopes(&consumer.scopes, &route.scopes) {
+        return Err(GatewayError::Forbidden("scope"));
+    }
+    Ok(consumer)
 }
 
 /// The live virtual key the request presents (`Authorization: Bearer` or `x-api-key`).
@@ -290,7 +313,12 @@ fn ai_auth(
 ) -> Result<Option<Consumer>, GatewayError> {
     match snapshot.config.ai.auth {
         AuthKind::None => Ok(None),
-        AuthKind::ApiKey => Ok(Some(Consumer::from_key(&api_key(worker, head, unix_now())?))),
+        AuthKind::ApiKey => Ok(Some(Consumer::from_key(&api_key(
+            worker,
+            head,
+            unix_now(),
+        )?))),
+        // `auth = "lua"`: the `on_access` hook did not name a consumer.
         AuthKind::Jwt | AuthKind::Lua => Err(GatewayError::Unauthorized),
     }
 }
@@ -314,7 +342,8 @@ fn unix_now() -> i64 {
 
 /// Phase log: every request, answered or rejected, is counted on its route and written to
 /// the access log.
-fn log_phase(worker: &Worker, snapshot: &Snapshot, head: &RequestHead, ctx: &RequestCtx) {
+fn log_phase(worker: &Worker, snapshot: &Snapshot, head: &RequestHead, ctx: &mut RequestCtx) {
+    let extra = hooks::log(worker, snapshot, ctx);
     let elapsed = ctx.started.elapsed();
     let route = ctx.route.map(|i| &snapshot.routes[i]);
     match route {
@@ -342,6 +371,7 @@ fn log_phase(worker: &Worker, snapshot: &Snapshot, head: &RequestHead, ctx: &Req
             model: ctx.ai.as_ref().map(|ai| ai.model.as_str()),
             prompt: ctx.ai.as_ref().and_then(|ai| ai.prompt.as_deref()),
             attempts: &ctx.attempts,
+            extra,
             usage: ctx.ai.as_ref().map(|ai| UsageFields {
                 prompt_tokens: ai.usage.prompt_tokens,
                 completion_tokens: ai.usage.completion_tokens,

@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
-use super::{Failure, Outcome, RequestCtx, UPSTREAM_BUFFER};
+use super::{hooks, Failure, Outcome, RequestCtx, UPSTREAM_BUFFER};
 use crate::error::GatewayError;
 use crate::http1::{
     encode_chunk, encode_last_chunk, parse_response, push_header, BodyFraming, ChunkedDecoder,
     RequestHead, ResponseBody, ResponseHead, StrBuf, Version,
 };
+use crate::lua::ResponseInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{self, ConnectError, Upstream, UpstreamStream};
 use crate::worker::{BufConn, ReadError, Worker};
@@ -52,8 +53,9 @@ where
         res.map_err(|_| Failure::Abort)?;
     }
 
+    hooks::request(worker, snapshot, ctx)?;
     let tail = upstream_head_tail(head, ctx, route, upstream);
-    let path = forwarded_path(head, route);
+    let path = forwarded_path(head, ctx, route);
     // The whole request can be sent again only if its body is all in `first_body`.
     let resendable = body.done;
 
@@ -141,6 +143,7 @@ where
         write_response_head(
             &mut out,
             &response,
+            None,
             ctx,
             ClientFraming::Tunnel,
             false,
@@ -150,6 +153,27 @@ where
         res.map_err(|_| Failure::Abort)?;
         return Ok(Outcome::Tunnel(conn));
     }
+    // An `on_response` hook sees the head and may change status and headers.
+    let edited = if hooks::wants_response(snapshot, ctx) {
+        let mut info = ResponseInfo {
+            status,
+            headers: response
+                .headers()
+                .map(|(n, v)| {
+                    (
+                        n.to_ascii_lowercase(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
+                .collect(),
+            ..ResponseInfo::default()
+        };
+        hooks::response(worker, snapshot, ctx, &mut info)?;
+        ctx.status = info.status;
+        Some(info)
+    } else {
+        None
+    };
     let client_wants_close = !head.keep_alive() || worker.shutting_down();
     let body_kind = response.body(head.method());
     let framing = match body_kind {
@@ -163,7 +187,15 @@ where
     let close = client_wants_close || framing == ClientFraming::UntilClose;
     let mut out = Vec::with_capacity(UPSTREAM_BUFFER);
     let http10 = head.version() == Version::Http10;
-    write_response_head(&mut out, &response, ctx, framing, close, http10);
+    write_response_head(
+        &mut out,
+        &response,
+        edited.as_ref(),
+        ctx,
+        framing,
+        close,
+        http10,
+    );
     let finished = relay_response_body(client, &mut conn, body_kind, framing, out, limits).await?;
 
     if finished && response.keep_alive() && conn.buffered().is_empty() {
@@ -333,18 +365,37 @@ enum ClientFraming {
 fn write_response_head(
     out: &mut Vec<u8>,
     resp: &ResponseHead,
+    edited: Option<&ResponseInfo>,
     ctx: &RequestCtx,
     framing: ClientFraming,
     close: bool,
     http10: bool,
 ) {
-    let status = resp.status();
-    let _ = write!(StrBuf(out), "HTTP/1.1 {} {}\r\n", status, resp.reason());
+    let status = edited.map_or(resp.status(), |e| e.status);
+    let reason = if status == resp.status() {
+        resp.reason()
+    } else {
+        crate::error::reason_phrase(status)
+    };
+    let _ = write!(StrBuf(out), "HTTP/1.1 {status} {reason}\r\n");
     let tunnel = framing == ClientFraming::Tunnel;
     // Where the gateway limits, its own figures replace the upstream's.
     let own_rate_headers = !ctx.rate.is_empty();
     let mut upstream_length: Option<&[u8]> = None;
-    for (name, value) in resp.headers() {
+    // The upstream's headers, or an `on_response` hook's edit of them.
+    let mut from_hook;
+    let mut from_upstream;
+    let headers: &mut dyn Iterator<Item = (&str, &[u8])> = match edited {
+        Some(e) if e.headers_changed => {
+            from_hook = e.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+            &mut from_hook
+        }
+        _ => {
+            from_upstream = resp.headers();
+            &mut from_upstream
+        }
+    };
+    for (name, value) in headers {
         if name.eq_ignore_ascii_case("content-length") {
             upstream_length = Some(value);
             continue;
@@ -482,7 +533,24 @@ fn upstream_head_tail(
     let mut out = Vec::with_capacity(1024);
     let upgrade = head.is_upgrade();
     let mut forwarded_for: Option<Vec<u8>> = None;
-    for (name, value) in head.headers() {
+    // The client's headers, or a Lua hook's edit of them.
+    let mut from_hook;
+    let mut from_client;
+    let headers: &mut dyn Iterator<Item = (&str, &[u8])> = match ctx.hooked.as_deref() {
+        Some(h) if h.req.headers_changed => {
+            from_hook = h
+                .req
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes()));
+            &mut from_hook
+        }
+        _ => {
+            from_client = head.headers();
+            &mut from_client
+        }
+    };
+    for (name, value) in headers {
         if head.is_hop_by_hop(name) && !(upgrade && name.eq_ignore_ascii_case("upgrade")) {
             continue;
         }
@@ -563,21 +631,24 @@ pub fn is_client_credential(name: &str) -> bool {
 }
 
 /// The path (and query) sent upstream, with the route prefix removed when `strip_prefix`.
-fn forwarded_path(head: &RequestHead, route: &Route) -> String {
-    let path = head.path();
+fn forwarded_path(head: &RequestHead, ctx: &RequestCtx, route: &Route) -> String {
+    // An `on_request` hook may have rewritten path and query.
+    let (path, query) = match ctx.hooked.as_deref() {
+        Some(h) if h.req.target_changed => (h.req.path.as_str(), h.req.query.as_deref()),
+        _ => (head.path(), head.query()),
+    };
     let rest = if route.strip_prefix {
         path.strip_prefix(route.path_prefix.as_str())
             .unwrap_or(path)
     } else {
         path
     };
-    let mut forwarded =
-        String::with_capacity(rest.len() + 1 + head.query().map_or(0, |q| q.len() + 1));
+    let mut forwarded = String::with_capacity(rest.len() + 1 + query.map_or(0, |q| q.len() + 1));
     if !rest.starts_with('/') {
         forwarded.push('/');
     }
     forwarded.push_str(rest);
-    if let Some(q) = head.query() {
+    if let Some(q) = query {
         forwarded.push('?');
         forwarded.push_str(q);
     }

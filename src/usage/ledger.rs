@@ -67,9 +67,32 @@ pub struct LedgerStats {
 
 #[derive(Debug, Default)]
 struct Counters {
-    flushed: AtomicU64,
-    failed: AtomicU64,
-    write_errors: AtomicU64,
+    flushed: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    write_errors: Arc<AtomicU64>,
+}
+
+impl LedgerStats {
+    /// Counters that `/metrics` exports (the process's one ledger uses these).
+    fn exported() -> LedgerStats {
+        let m = crate::metrics::global();
+        LedgerStats {
+            counters: Arc::new(Counters {
+                flushed: m.counter(
+                    "credentialflow_usage_records_written_total",
+                    "Usage records written to the ledger.",
+                ),
+                failed: m.counter(
+                    "credentialflow_usage_records_dropped_total",
+                    "Usage records dropped after repeated ledger write failures.",
+                ),
+                write_errors: m.counter(
+                    "credentialflow_usage_write_errors_total",
+                    "Failed ledger write attempts (retried or not).",
+                ),
+            }),
+        }
+    }
 }
 
 impl LedgerStats {
@@ -123,18 +146,26 @@ impl Ledger {
     /// If the directory or the database cannot be created or opened, or the thread cannot
     /// start.
     pub fn start(data_dir: &Path) -> Result<(Ledger, UsageSender), LedgerError> {
-        Ledger::start_with(data_dir, Settings::default())
+        Ledger::start_counted(data_dir, Settings::default(), LedgerStats::exported())
     }
 
+    #[cfg(test)]
     fn start_with(
         data_dir: &Path,
         settings: Settings,
+    ) -> Result<(Ledger, UsageSender), LedgerError> {
+        Ledger::start_counted(data_dir, settings, LedgerStats::default())
+    }
+
+    fn start_counted(
+        data_dir: &Path,
+        settings: Settings,
+        stats: LedgerStats,
     ) -> Result<(Ledger, UsageSender), LedgerError> {
         let conn = open_for_writing(data_dir)?;
         conn.busy_timeout(settings.busy_timeout)?;
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
-        let stats = LedgerStats::default();
         let writer = Writer {
             conn,
             settings,
@@ -433,7 +464,7 @@ mod tests {
     #[test]
     fn events_are_written_within_a_second_without_stop() {
         let dir = TempDir::new();
-        let (ledger, sender) = Ledger::start(&dir.0).unwrap();
+        let (ledger, sender) = Ledger::start_with(&dir.0, Settings::default()).unwrap();
         sender.record(event(1));
         assert!(eventually(Duration::from_secs(3), || rows(&dir.0) == 1));
         assert_eq!(ledger.flushed(), 1);
@@ -443,7 +474,7 @@ mod tests {
     #[test]
     fn stop_writes_every_event_already_sent() {
         let dir = TempDir::new();
-        let (ledger, sender) = Ledger::start(&dir.0).unwrap();
+        let (ledger, sender) = Ledger::start_with(&dir.0, Settings::default()).unwrap();
         let stats = ledger.stats();
         for n in 0..10 {
             sender.record(event(n));

@@ -8,6 +8,7 @@ mod notify;
 pub use bufconn::{BufConn, ReadError};
 pub use notify::LocalNotify;
 
+use crate::lua::{LuaLimits, LuaRuntime};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
@@ -67,6 +68,8 @@ pub struct Worker {
     pub pool: Pool,
     /// Fired once when shutdown begins: stops accept loops and closes idle connections.
     pub shutdown: LocalNotify,
+    /// This worker's Lua VM for hooks (created on this thread, never shared).
+    pub lua: RefCell<LuaRuntime>,
     slot_freed: LocalNotify,
     /// This worker's handle on the current snapshot: cloning an `Rc` per request instead of
     /// the shared `Arc` keeps the snapshot's reference count off the other cores' caches.
@@ -156,6 +159,9 @@ async fn serve(
         access_log,
         pool: Pool::new(128, Duration::from_secs(30)),
         shutdown: LocalNotify::default(),
+        lua: RefCell::new(LuaRuntime::new(LuaLimits::from_config(
+            &shared.snapshot().config.lua,
+        ))),
         slot_freed: LocalNotify::default(),
         snapshot: RefCell::new((shared.generation(), Rc::new(shared.snapshot()))),
         open_connections: Cell::new(0),

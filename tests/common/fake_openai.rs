@@ -82,6 +82,8 @@ struct Behaviour {
     usage: FakeUsage,
     reply: String,
     stream_delay: Duration,
+    /// `(name, arguments JSON text)` of a function call answered instead of text.
+    tool_call: Option<(String, String)>,
     failures: VecDeque<Failure>,
 }
 
@@ -123,6 +125,7 @@ impl FakeOpenAi {
                 },
                 reply: DEFAULT_REPLY.to_string(),
                 stream_delay: Duration::ZERO,
+                tool_call: None,
                 failures: VecDeque::new(),
             }),
             requests: Mutex::new(Vec::new()),
@@ -180,6 +183,20 @@ impl FakeOpenAi {
     /// The pause before each chunk of a streamed answer after the first.
     pub fn set_stream_delay(&self, per_chunk: Duration) {
         self.behaviour().stream_delay = per_chunk;
+    }
+
+    /// The next chat answers call the function `name` with `arguments_json`
+    /// (a JSON object as text) instead of answering text: `tool_calls` with
+    /// `finish_reason: "tool_calls"`; streamed as OpenAI does, the name in
+    /// the first delta and the arguments in pieces.
+    pub fn set_tool_call(&self, name: &str, arguments_json: &str) {
+        serde_json::from_str::<Value>(arguments_json).expect("arguments must be JSON");
+        self.behaviour().tool_call = Some((name.to_string(), arguments_json.to_string()));
+    }
+
+    /// Back to text answers.
+    pub fn clear_tool_call(&self) {
+        self.behaviour().tool_call = None;
     }
 
     /// The next `n` requests (of any path) answer `status` with an OpenAI
@@ -474,6 +491,7 @@ struct Snapshot {
     usage: FakeUsage,
     reply: String,
     stream_delay: Duration,
+    tool_call: Option<(String, String)>,
 }
 
 impl Snapshot {
@@ -482,6 +500,7 @@ impl Snapshot {
             usage: behaviour.usage,
             reply: behaviour.reply.clone(),
             stream_delay: behaviour.stream_delay,
+            tool_call: behaviour.tool_call.clone(),
         }
     }
 
@@ -646,6 +665,25 @@ impl Snapshot {
 
     /// A `chat.completion` object.
     fn chat_completion(&self, id: &str, model: &str) -> Value {
+        let (message, finish_reason) = match &self.tool_call {
+            Some((name, arguments)) => (
+                json!({
+                    "role": "assistant",
+                    "content": null,
+                    "refusal": null,
+                    "tool_calls": [{
+                        "id": "call_fake0",
+                        "type": "function",
+                        "function": { "name": name, "arguments": arguments },
+                    }],
+                }),
+                "tool_calls",
+            ),
+            None => (
+                json!({ "role": "assistant", "content": self.reply, "refusal": null }),
+                "stop",
+            ),
+        };
         json!({
             "id": id,
             "object": "chat.completion",
@@ -653,9 +691,9 @@ impl Snapshot {
             "model": model,
             "choices": [{
                 "index": 0,
-                "message": { "role": "assistant", "content": self.reply, "refusal": null },
+                "message": message,
                 "logprobs": null,
-                "finish_reason": "stop",
+                "finish_reason": finish_reason,
             }],
             "usage": self.usage_json(),
             "service_tier": "default",
@@ -699,18 +737,48 @@ impl Snapshot {
             ),
             null_usage.clone(),
         )];
-        for piece in reply_pieces(&self.reply) {
-            events.push(self.chunk(
-                id,
-                model,
-                stream_choice(json!({ "content": piece }), Value::Null),
-                null_usage.clone(),
-            ));
-        }
+        let finish_reason = match &self.tool_call {
+            Some((name, arguments)) => {
+                let mut deltas = vec![json!({ "tool_calls": [{
+                    "index": 0,
+                    "id": "call_fake0",
+                    "type": "function",
+                    "function": { "name": name, "arguments": "" },
+                }]})];
+                let chars: Vec<char> = arguments.chars().collect();
+                for piece in chars.chunks(chars.len().div_ceil(3).max(1)) {
+                    let piece: String = piece.iter().collect();
+                    deltas.push(json!({ "tool_calls": [{
+                        "index": 0,
+                        "function": { "arguments": piece },
+                    }]}));
+                }
+                for delta in deltas {
+                    events.push(self.chunk(
+                        id,
+                        model,
+                        stream_choice(delta, Value::Null),
+                        null_usage.clone(),
+                    ));
+                }
+                "tool_calls"
+            }
+            None => {
+                for piece in reply_pieces(&self.reply) {
+                    events.push(self.chunk(
+                        id,
+                        model,
+                        stream_choice(json!({ "content": piece }), Value::Null),
+                        null_usage.clone(),
+                    ));
+                }
+                "stop"
+            }
+        };
         events.push(self.chunk(
             id,
             model,
-            stream_choice(json!({}), json!("stop")),
+            stream_choice(json!({}), json!(finish_reason)),
             null_usage.clone(),
         ));
         if include_usage {

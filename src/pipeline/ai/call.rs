@@ -231,6 +231,17 @@ async fn try_once(
     .await
     .unwrap_or_default();
     exchange.finish(worker, upstream, true);
+    if status == 401 || status == 403 {
+        // The provider refused the gateway's own key: a gateway problem, not the client's
+        // (whose virtual key was fine), so not an authentication error toward the client.
+        log::warn!(
+            "provider {} refused the gateway's api_key ({status})",
+            provider.name
+        );
+        return Attempt::Retry(Miss::Gateway(GatewayError::Upstream(
+            "the provider refused the gateway's credentials",
+        )));
+    }
     let miss = Miss::Provider {
         kind: provider.kind,
         status,
@@ -454,8 +465,7 @@ where
         }
         out.clear();
         translation.finish(&mut out);
-        stream.send(client, &out).await?;
-        stream.end(client, head).await
+        stream.end(client, head, &out).await
     }
     .await;
     let usage = translation.usage();
@@ -557,20 +567,19 @@ where
         let mut parser = SseParser::new(MAX_EVENT);
         let mut out = Vec::with_capacity(4096);
         for event in events {
-            if !pause.is_zero() {
-                monoio::time::sleep(pause).await;
-            }
             parser.push(&event).map_err(|_| Failure::Abort)?;
-            out.clear();
             while let Some(e) = parser.next_event() {
                 translation.on_event(&e, &mut out);
             }
-            stream.send(client, &out).await?;
+            // Unpaced, the whole answer goes out in one write.
+            if !pause.is_zero() {
+                monoio::time::sleep(pause).await;
+                stream.send(client, &out).await?;
+                out.clear();
+            }
         }
-        out.clear();
         translation.finish(&mut out);
-        stream.send(client, &out).await?;
-        stream.end(client, head).await
+        stream.end(client, head, &out).await
     }
     .await;
     (result, usage)

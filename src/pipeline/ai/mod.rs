@@ -16,8 +16,8 @@ use std::fmt::Write as _;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::Value;
 
-use super::exchange;
 use super::limits::{self, TokenAsk, TokenHold};
+use super::{exchange, hooks};
 use super::{Failure, Outcome, RequestCtx};
 use crate::ai::{anthropic, mock, openai, prompt, Model, Provider, Usage};
 use crate::auth;
@@ -119,7 +119,12 @@ where
         ))
         .into());
     }
-    ctx.consumer = super::ai_auth(worker, snapshot, head)?;
+    ctx.hooked = hooks::begin(snapshot.ai_hooks, head, ctx, None);
+    hooks::access(worker, snapshot, ctx)?;
+    ctx.consumer = match hooks::chosen_consumer(worker, ctx, crate::usage::unix_now_ms() / 1000)? {
+        Some(consumer) => Some(consumer),
+        None => super::ai_auth(worker, snapshot, head)?,
+    };
     if endpoint == Endpoint::Models {
         let _counts = limits::requests(worker, snapshot, None, ctx)?;
         let key = ctx.consumer.as_ref().and_then(|c| c.key.as_deref());
@@ -145,7 +150,17 @@ where
     if endpoint == Endpoint::Embeddings {
         return embeddings(worker, snapshot, client, head, ctx, &body).await;
     }
-    let (call, prompt_name) = parse_call(snapshot, head, endpoint, &body)?;
+    let (mut call, prompt_name) = parse_call(snapshot, head, endpoint, &body)?;
+    // Phase prompt, Lua part: what `on_prompt` returns is what is forwarded.
+    let chat = Value::Object(call.request.body.clone());
+    if let Some(changed) = hooks::prompt(worker, snapshot, ctx, &chat)? {
+        let bytes = serde_json::to_vec(&changed).expect("JSON values serialize");
+        call.request = openai::parse_chat_request(&bytes).map_err(|e| {
+            GatewayError::InvalidRequest(format!("on_prompt returned an invalid chat: {e}"))
+        })?;
+        // The client's Anthropic body no longer says what is to be sent.
+        call.anthropic_body = None;
+    }
     let model = pick_model(snapshot, ctx, &call.request.model)?;
     let prompt_tokens = match &call.anthropic_body {
         Some(original) => {
@@ -584,18 +599,24 @@ impl EventStream {
     }
 
     /// Ends the stream.
+    /// Sends the last events, `data`, and ends the stream, in one write.
     pub(super) async fn end<S>(
         &self,
         client: &mut BufConn<S>,
         head: &RequestHead,
+        data: &[u8],
     ) -> Result<Outcome, Failure>
     where
         S: AsyncReadRent + AsyncWriteRent,
     {
         if !self.chunked {
+            self.send(client, data).await?;
             return Ok(Outcome::Close);
         }
-        let mut out = Vec::with_capacity(8);
+        let mut out = Vec::with_capacity(data.len() + 16);
+        if !data.is_empty() {
+            encode_chunk(data, &mut out);
+        }
         encode_last_chunk(&mut out);
         let (res, _) = client.write_all(out).await;
         res.map_err(|_| Failure::Abort)?;

@@ -132,10 +132,15 @@ impl Translation {
         };
         let client = match front {
             Front::OpenAi => None,
-            Front::Anthropic => Some((
-                SseParser::new(MAX_EVENT),
-                Box::new(anthropic::StreamFromOpenAi::new(model, id)) as Box<dyn EventStage>,
-            )),
+            Front::Anthropic => {
+                // Anthropic message ids read `msg_...`.
+                let message_id = format!("msg_{}", id.trim_start_matches("chatcmpl-"));
+                let stage = anthropic::StreamFromOpenAi::new(model, &message_id);
+                Some((
+                    SseParser::new(MAX_EVENT),
+                    Box::new(stage) as Box<dyn EventStage>,
+                ))
+            }
         };
         Translation {
             provider,

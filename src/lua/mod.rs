@@ -1,0 +1,137 @@
+//! Lua hooks: sandboxed Luau scripts that run inside the request pipeline.
+//!
+//! Why Luau: its VM has an interrupt callback that fires on loop back-edges, function calls and
+//! inside the string pattern matcher, so a hook's time budget is enforced by the VM itself
+//! (`while true do end` is cut off); its sandbox mode makes the globals and libraries read-only;
+//! its `load`/`loadstring` compile source only and never accept bytecode. LuaJIT is not used:
+//! its compiled traces skip debug hooks, so a hot loop could not be interrupted.
+//!
+//! Shape:
+//! - [`ScriptSet`] (`scripts`): the hook scripts of one config load, read and compiled to Luau
+//!   bytecode once, on the loading thread. `Send + Sync`, shared by every worker.
+//! - [`LuaRuntime`] (`runtime`): one per worker thread, `!Send`. Owns that thread's VM (`vm`),
+//!   rebuilds it after an out-of-memory or timeout, and calls the hooks.
+//! - [`HookRequest`] / [`ResponseInfo`] (`ctx`): what a hook sees as `ctx` and `resp`, and the
+//!   changes it made, which the pipeline applies after the call.
+//! - `cf`: the `cf` module (JSON, hashes, base64, clock, log, a per-worker cache in `cache`).
+//! - [`HookError`] (`error`): a failed call, with script, line and a message free of request data.
+
+mod cache;
+mod cf;
+mod ctx;
+mod error;
+mod runtime;
+mod scripts;
+mod vm;
+
+#[cfg(test)]
+mod test_support;
+
+use std::time::Duration;
+
+use crate::config::LuaConfig;
+
+pub use ctx::{BudgetInfo, ConsumerInfo, HookRequest, ResponseInfo};
+pub use error::{HookError, HookErrorKind};
+pub use runtime::LuaRuntime;
+pub use scripts::{ScriptId, ScriptSet};
+
+/// The global functions a script may define, one per pipeline phase (CONTRACT.md "Lua hooks").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// `on_access(ctx)`: after routing, before auth limits; may deny or set the consumer.
+    Access,
+    /// `on_request(ctx)`: before forwarding; may rewrite headers, path and query.
+    Request,
+    /// `on_prompt(ctx, chat)`: AI requests after auth; may return a changed chat table.
+    Prompt,
+    /// `on_response(ctx, resp)`: the response head (and text of a non-streamed AI response).
+    Response,
+    /// `on_log(ctx, entry)`: after the response; may add fields to the access-log entry.
+    Log,
+}
+
+impl Hook {
+    /// Every hook, in pipeline order.
+    pub const ALL: [Hook; 5] = [
+        Hook::Access,
+        Hook::Request,
+        Hook::Prompt,
+        Hook::Response,
+        Hook::Log,
+    ];
+
+    /// The name of the global function a script defines for this hook (`"on_access"`, ...).
+    pub fn function_name(self) -> &'static str {
+        match self {
+            Hook::Access => "on_access",
+            Hook::Request => "on_request",
+            Hook::Prompt => "on_prompt",
+            Hook::Response => "on_response",
+            Hook::Log => "on_log",
+        }
+    }
+
+    /// Position in [`Hook::ALL`], for per-hook arrays.
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The budgets of one worker's VM, from `[lua]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LuaLimits {
+    /// Wall-clock budget of one hook call; past it the VM interrupts the call.
+    pub hook_timeout: Duration,
+    /// Cap on the memory of one VM (scripts, their data and per-request tables).
+    pub memory_limit_bytes: usize,
+}
+
+impl LuaLimits {
+    /// The limits `[lua]` asks for.
+    pub fn from_config(c: &LuaConfig) -> Self {
+        LuaLimits {
+            hook_timeout: Duration::from_millis(c.hook_timeout_ms),
+            memory_limit_bytes: usize::try_from(c.memory_limit_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+        }
+    }
+}
+
+impl Default for LuaLimits {
+    /// The contract's defaults: 10 ms per call, 32 MiB per VM.
+    fn default() -> Self {
+        LuaLimits::from_config(&LuaConfig::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_come_from_the_lua_section() {
+        let limits = LuaLimits::from_config(&LuaConfig {
+            hook_timeout_ms: 25,
+            memory_limit_mb: 4,
+        });
+        assert_eq!(limits.hook_timeout, Duration::from_millis(25));
+        assert_eq!(limits.memory_limit_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn hook_function_names_follow_the_contract() {
+        let names: Vec<_> = Hook::ALL.iter().map(|h| h.function_name()).collect();
+        assert_eq!(
+            names,
+            [
+                "on_access",
+                "on_request",
+                "on_prompt",
+                "on_response",
+                "on_log"
+            ]
+        );
+        assert!(Hook::ALL.iter().enumerate().all(|(i, h)| h.index() == i));
+    }
+}

@@ -1,0 +1,326 @@
+//! `credentialflow bench`, the bundled load generator, against the real binary: the fixed
+//! `bench-upstream` (plain, chunked, delayed, SSE) and the recording test upstream (keys,
+//! bodies, warm-up, TLS). Every run uses `--json` and checks the documented fields.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use serde_json::Value;
+
+/// A running `credentialflow bench-upstream` on a free port; killed on drop.
+struct BenchUpstream {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl BenchUpstream {
+    /// Starts one worker with `args` and waits for its `listening on` line.
+    fn start(args: &[&str]) -> BenchUpstream {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_credentialflow"))
+            .args(["bench-upstream", "--listen", &listen, "--workers", "1"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bench-upstream");
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .expect("read bench-upstream stderr");
+        assert!(
+            line.contains("listening on"),
+            "bench-upstream said {line:?}"
+        );
+        // The workers bind right after the line; give them a moment.
+        let addr: SocketAddr = listen.parse().unwrap();
+        assert!(wait_until(WAIT, || std::net::TcpStream::connect(addr).is_ok()));
+        BenchUpstream { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+impl Drop for BenchUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The outcome of one `credentialflow bench` run.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The `--json` summary.
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON object ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+fn bench(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_credentialflow"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("run bench");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs bench with `--json`, expects exit 0 and returns the summary.
+fn bench_ok(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let run = bench(&all);
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    run.json()
+}
+
+fn ms(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn closed_loop_sends_exactly_n_requests_and_counts_every_byte() {
+    let upstream = BenchUpstream::start(&["--size", "128"]);
+    let s = bench_ok(&[&upstream.url(), "-n", "2000", "-c", "8"]);
+    assert_eq!(s["mode"], "closed");
+    assert_eq!(s["requests"], 2000, "{s}");
+    assert_eq!(s["responses"], 2000, "{s}");
+    assert_eq!(s["status"]["200"], 2000, "{s}");
+    assert_eq!(s["errors_total"], 0, "{s}");
+    assert_eq!(s["body_bytes"], 2000 * 128, "{s}");
+    let response_len = credentialflow::bench::upstream::encode_response(128).len() as u64;
+    assert_eq!(s["bytes_read"], 2000 * response_len, "{s}");
+    assert!(ms(&s["rps"]) > 0.0, "{s}");
+}
+
+#[test]
+fn chunked_responses_are_decoded_and_connections_reused() {
+    let upstream = BenchUpstream::start(&["--size", "40000", "--chunked"]);
+    let s = bench_ok(&[&upstream.url(), "-n", "200", "-c", "2"]);
+    assert_eq!(s["status"]["200"], 200, "{s}");
+    assert_eq!(s["body_bytes"], 200 * 40000, "{s}");
+}
+
+#[test]
+fn open_loop_sends_the_offered_rate() {
+    let upstream = BenchUpstream::start(&[]);
+    let s = bench_ok(&[&upstream.url(), "--rate", "500", "-d", "3s", "-c", "4"]);
+    assert_eq!(s["mode"], "open");
+    let requests = s["requests"].as_u64().unwrap();
+    assert!((1350..=1650).contains(&requests), "{s}");
+    let rps = ms(&s["rps"]);
+    assert!((450.0..=550.0).contains(&rps), "{s}");
+    assert_eq!(s["errors_total"], 0, "{s}");
+}
+
+#[test]
+fn latency_percentiles_reflect_a_known_server_delay() {
+    let upstream = BenchUpstream::start(&["--delay-ms", "50"]);
+    let s = bench_ok(&[&upstream.url(), "-d", "2s", "-c", "4"]);
+    let latency = &s["latency_ms"];
+    assert!(ms(&latency["p50"]) >= 50.0, "{s}");
+    assert!(ms(&latency["p99"]) >= 50.0, "{s}");
+    assert!(ms(&latency["p99"]) < 90.0, "{s}");
+    assert!(ms(&latency["min"]) >= 50.0, "{s}");
+}
+
+#[test]
+fn open_loop_counts_queueing_behind_a_slow_server() {
+    // One connection, 50 ms per response: at most 20 req/s against 100 offered. Each
+    // request's latency counts from its intended send time, so the queue shows.
+    let upstream = BenchUpstream::start(&["--delay-ms", "50"]);
+    let open = bench_ok(&[&upstream.url(), "--rate", "100", "-d", "2s", "-c", "1"]);
+    assert!(ms(&open["latency_ms"]["p99"]) > 500.0, "{open}");
+    assert!(open["unsent"].as_u64().unwrap() > 100, "{open}");
+    let closed = bench_ok(&[&upstream.url(), "-d", "1s", "-c", "1"]);
+    assert!(ms(&closed["latency_ms"]["p99"]) < 90.0, "{closed}");
+    assert_eq!(closed["unsent"], 0, "{closed}");
+}
+
+#[test]
+fn stream_times_the_first_and_the_last_event() {
+    let upstream = BenchUpstream::start(&["--sse", "5", "--sse-interval-ms", "40", "--size", "16"]);
+    let s = bench_ok(&[&upstream.url(), "--stream", "-n", "20", "-c", "2"]);
+    let stream = &s["stream"];
+    assert_eq!(stream["events"], 100, "{s}");
+    assert_eq!(stream["responses_with_events"], 20, "{s}");
+    assert!(ms(&stream["first_event_ms"]["p99"]) < 40.0, "{s}");
+    assert!(ms(&stream["last_event_ms"]["p50"]) >= 160.0, "{s}");
+    assert!(ms(&stream["last_event_ms"]["p50"]) < 250.0, "{s}");
+}
+
+#[test]
+fn without_stream_there_is_no_stream_section() {
+    let upstream = BenchUpstream::start(&[]);
+    let s = bench_ok(&[&upstream.url(), "-n", "10", "-c", "1"]);
+    assert!(s["stream"].is_null(), "{s}");
+}
+
+#[test]
+fn keys_are_rotated_evenly_as_bearer_credentials() {
+    let upstream = Upstream::replying("keys", Reply::text("ok"));
+    let dir = TempDir::new("bench-keys");
+    let keys = dir.join("keys.txt");
+    std::fs::write(&keys, "# test keys\nkey-a\nkey-b\n\nkey-c\n").unwrap();
+    let url = format!("http://{}/", upstream.addr());
+    let s = bench_ok(&[
+        &url,
+        "-n",
+        "300",
+        "-c",
+        "1",
+        "--keys",
+        keys.to_str().unwrap(),
+    ]);
+    assert_eq!(s["status"]["200"], 300, "{s}");
+    let requests = upstream.requests();
+    for key in ["key-a", "key-b", "key-c"] {
+        let bearer = format!("Bearer {key}");
+        let n = requests
+            .iter()
+            .filter(|r| r.header("authorization") == Some(bearer.as_str()))
+            .count();
+        assert_eq!(n, 100, "{key}");
+    }
+}
+
+#[test]
+fn method_headers_and_body_come_from_the_flags() {
+    let upstream = Upstream::replying("body", Reply::text("ok"));
+    let url = format!("http://{}/v1/x?q=1", upstream.addr());
+    let s = bench_ok(&[
+        &url,
+        "-n",
+        "3",
+        "-c",
+        "1",
+        "-m",
+        "PUT",
+        "-H",
+        "content-type: application/json",
+        "-b",
+        "{\"a\":1}",
+    ]);
+    assert_eq!(s["status"]["200"], 3, "{s}");
+    let request = upstream.last_request();
+    assert_eq!(request.method, "PUT");
+    assert_eq!(request.target, "/v1/x?q=1");
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    assert_eq!(request.body, b"{\"a\":1}");
+}
+
+#[test]
+fn warm_up_requests_are_sent_but_not_recorded() {
+    let upstream = Upstream::replying("warm", Reply::text("ok"));
+    let url = format!("http://{}/", upstream.addr());
+    let s = bench_ok(&[&url, "--warmup", "500ms", "-n", "50", "-c", "1"]);
+    assert_eq!(s["requests"], 50, "{s}");
+    assert!(
+        upstream.request_count() > 50,
+        "{}",
+        upstream.request_count()
+    );
+}
+
+#[test]
+fn https_with_insecure_accepts_a_self_signed_certificate() {
+    let leaf = TestCa::new().issue(&["localhost", "127.0.0.1"]);
+    let upstream = Upstream::builder("tls")
+        .tls(leaf.server_config())
+        .start(|_| Reply::text("secure"));
+    let url = format!("https://{}/", upstream.addr());
+    let s = bench_ok(&[&url, "-n", "20", "-c", "2", "--insecure"]);
+    assert_eq!(s["status"]["200"], 20, "{s}");
+    assert_eq!(s["body_bytes"], 20 * 6, "{s}");
+}
+
+#[test]
+fn https_certificate_from_an_unknown_ca_fails_every_request_with_exit_2() {
+    let leaf = TestCa::new().issue(&["localhost", "127.0.0.1"]);
+    let upstream = Upstream::builder("tls")
+        .tls(leaf.server_config())
+        .start(|_| Reply::text("secure"));
+    let url = format!("https://{}/", upstream.addr());
+    let run = bench(&[&url, "-n", "5", "-c", "1", "--json"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let s = run.json();
+    assert_eq!(s["errors"]["tls"], 5, "{s}");
+    assert_eq!(s["responses"], 0, "{s}");
+}
+
+#[test]
+fn refused_connections_are_counted_and_exit_2() {
+    let url = format!("http://{}/", refused_addr());
+    let run = bench(&[&url, "-n", "20", "-c", "2", "--json"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let s = run.json();
+    assert_eq!(s["errors"]["connect"], 20, "{s}");
+    assert_eq!(s["requests"], 20, "{s}");
+    assert!(
+        s["first_error"].as_str().unwrap().starts_with("connect:"),
+        "{s}"
+    );
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(lines[0].starts_with("error: bench:"), "{}", run.stderr);
+}
+
+#[test]
+fn bad_url_exits_1_with_one_line() {
+    let run = bench(&["localhost:8080/"]);
+    assert_eq!(run.code, Some(1));
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(lines[0].contains("bad URL"), "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+}
+
+#[test]
+fn unknown_flag_exits_1() {
+    let run = bench(&["http://127.0.0.1:1/", "--no-such-flag"]);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.starts_with("error:"), "{}", run.stderr);
+    assert!(run.stderr.contains("--no-such-flag"), "{}", run.stderr);
+}
+
+#[test]
+fn text_summary_names_the_figures() {
+    let upstream = BenchUpstream::start(&[]);
+    let run = bench(&[&upstream.url(), "-n", "100", "-c", "2"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    for word in [
+        "requests", "req/s", "200: 100", "p50", "p99.9", "max", "read",
+    ] {
+        assert!(run.stdout.contains(word), "no {word:?} in:\n{}", run.stdout);
+    }
+}
