@@ -367,17 +367,23 @@ fn shared_secret(
 /// Pins worker `id` to core `id` when there are at least that many cores, so each worker's
 /// caches stay warm; harmless to skip when the affinity call is not allowed.
 fn pin_to_core(id: usize) {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    if id >= cores {
-        return;
-    }
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only read
-    // and write that local set.
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills the local set,
+    // CPU_ISSET/CPU_SET only read and write it, and sched_setaffinity only reads it.
     unsafe {
+        // The CPUs this process may use (taskset, systemd CPUAffinity=): worker N goes to the
+        // Nth of them, never outside the mask.
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return;
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &allowed))
+            .collect();
+        let Some(&cpu) = cpus.get(id) else {
+            return;
+        };
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(id, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
