@@ -152,8 +152,13 @@ where
     }
     let (mut call, prompt_name) = parse_call(snapshot, head, endpoint, &body)?;
     // Phase prompt, Lua part: what `on_prompt` returns is what is forwarded.
-    let chat = Value::Object(call.request.body.clone());
-    if let Some(changed) = hooks::prompt(worker, snapshot, ctx, &chat)? {
+    // The body is moved into a JSON value for the hook and back, never copied.
+    let chat = Value::Object(std::mem::take(&mut call.request.body));
+    let changed = hooks::prompt(worker, snapshot, ctx, &chat);
+    if let Value::Object(body) = chat {
+        call.request.body = body;
+    }
+    if let Some(changed) = changed? {
         let bytes = serde_json::to_vec(&changed).expect("JSON values serialize");
         call.request = openai::parse_chat_request(&bytes).map_err(|e| {
             GatewayError::InvalidRequest(format!("on_prompt returned an invalid chat: {e}"))
@@ -162,15 +167,24 @@ where
         call.anthropic_body = None;
     }
     let model = pick_model(snapshot, ctx, &call.request.model)?;
-    let prompt_tokens = match &call.anthropic_body {
+    // Estimated over the body moved into a JSON value and back, not a copy of it.
+    let prompt_tokens = match call.anthropic_body.take() {
         Some(original) => {
-            let value = Value::Object(original.clone());
-            meter::estimate_anthropic_prompt_tokens(&model.upstream_model, &value)
+            let value = Value::Object(original);
+            let n = meter::estimate_anthropic_prompt_tokens(&model.upstream_model, &value);
+            if let Value::Object(original) = value {
+                call.anthropic_body = Some(original);
+            }
+            n
         }
-        None => meter::estimate_chat_prompt_tokens(
-            &model.upstream_model,
-            &Value::Object(call.request.body.clone()),
-        ),
+        None => {
+            let value = Value::Object(std::mem::take(&mut call.request.body));
+            let n = meter::estimate_chat_prompt_tokens(&model.upstream_model, &value);
+            if let Value::Object(body) = value {
+                call.request.body = body;
+            }
+            n
+        }
     };
     let completion = meter::completion_reservation(
         call.request.max_tokens,
