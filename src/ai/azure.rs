@@ -89,11 +89,6 @@ mod tests {
     }
 
     #[test]
-    fn default_api_version_matches_the_catalog_default() {
-        assert_eq!(DEFAULT_API_VERSION, crate::ai::azure_default_api_version());
-    }
-
-    #[test]
     fn deployment_name_cannot_escape_its_segment() {
         assert_eq!(
             chat_path("../x/y?z#w %", "v&1"),

@@ -219,7 +219,7 @@ fn build_provider(
         base_path,
         api_key,
         api_version: if cfg.api_version.is_empty() {
-            super::azure_default_api_version().to_string()
+            super::azure::DEFAULT_API_VERSION.to_string()
         } else {
             cfg.api_version.clone()
         },

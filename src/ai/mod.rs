@@ -34,8 +34,3 @@ impl std::fmt::Display for TranslateError {
 }
 
 impl std::error::Error for TranslateError {}
-
-/// Azure OpenAI's `api-version` when a provider sets none.
-pub fn azure_default_api_version() -> &'static str {
-    "2024-10-21"
-}
