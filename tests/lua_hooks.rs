@@ -613,6 +613,79 @@ end
 }
 
 #[test]
+fn on_response_edits_the_text_of_ai_answers_and_the_head_of_streams() {
+    let dir = TempDir::new("lua");
+    let hooks = script(
+        &dir,
+        "answer.lua",
+        r#"
+function on_response(ctx, resp)
+    resp:set_header("x-reviewed", resp.text and "text" or "head")
+    if resp.text then
+        resp.text = string.gsub(resp.text, "secret%-%w+", "[hidden]")
+    end
+end
+"#,
+    );
+    let fake = FakeOpenAi::start();
+    fake.set_reply("the code is secret-abc123, keep it");
+    let (gw, key) = ai_gateway(&fake, &hooks, &json!({ "name": "reviewed" }));
+
+    // OpenAI front door, not streamed: the hook sees and rewrites the assistant's text.
+    let plain = chat(SMALL_MODEL, json!([{ "role": "user", "content": "code?" }]));
+    let response = post_chat(&gw, &key.secret, &plain);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("x-reviewed"), Some("text"));
+    let body = response.json();
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "the code is [hidden], keep it",
+        "{body}"
+    );
+    assert!(
+        body["usage"]["completion_tokens"].as_u64().is_some(),
+        "{body}"
+    );
+
+    // Anthropic front door: the same text, in Anthropic's content blocks.
+    let auth = format!("Bearer {}", key.secret);
+    let messages = json!({ "model": SMALL_MODEL, "max_tokens": 16,
+        "messages": [{ "role": "user", "content": "code?" }] })
+    .to_string();
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Connection", "close"),
+        ("Authorization", auth.as_str()),
+    ];
+    let response = roundtrip(
+        gw.addr(),
+        &request("POST", "/v1/messages", &headers, messages.as_bytes()),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["content"][0]["type"], "text", "{body}");
+    assert_eq!(body["content"][0]["text"], "the code is [hidden], keep it");
+
+    // Streamed: the head goes through the hook, the events are relayed as they come.
+    let mut streamed = plain.clone();
+    streamed["stream"] = json!(true);
+    let response = post_chat(&gw, &key.secret, &streamed);
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-reviewed"), Some("head"));
+    let text: String = response
+        .text()
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "the code is secret-abc123, keep it");
+}
+
+#[test]
 fn ctx_vars_are_shared_by_on_access_and_on_log_of_one_request_only() {
     let dir = TempDir::new("lua");
     let hooks = script(

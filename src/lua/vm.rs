@@ -16,16 +16,22 @@
 //! - `require(name)` loads `<scripts folder>/<name>.lua` (`.` or `/` between path segments),
 //!   from sources read and compiled when the config was loaded: never from disk at run time.
 //! - Memory: `Lua::set_memory_limit`. Time: the Luau interrupt callback, which the VM calls on
-//!   loop back-edges, calls and inside the string pattern matcher, compares the clock with the
-//!   call's deadline.
+//!   loop back-edges, calls and at every step of the string pattern matcher, compares the
+//!   clock with the call's deadline. Because it runs so often, the callback is our own plain
+//!   function ([`interrupt_gate`]) that counts and reads the clock; mlua's wrapper (which can
+//!   raise a Lua error safely) is only entered to stop a call that ran out of time.
 
 use std::cell::{Cell, RefCell};
+use std::ffi::c_int;
+use std::ptr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlua::chunk::ChunkMode;
-use mlua::{AnyUserData, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value, VmState};
+use mlua::{
+    ffi, AnyUserData, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value, VmState,
+};
 
 use super::cache::Cache;
 use super::ctx::{CtxHandle, HookRequest, RespHandle, ResponseInfo};
@@ -57,7 +63,6 @@ pub(crate) struct CallState {
     hard_deadline: Cell<Instant>,
     cpu_baseline: Cell<Option<(Option<Duration>, Instant)>>,
     timed_out: Cell<bool>,
-    ticks: Cell<u32>,
     script: RefCell<Rc<str>>,
 }
 
@@ -71,7 +76,6 @@ impl CallState {
             hard_deadline: Cell::new(now),
             cpu_baseline: Cell::new(None),
             timed_out: Cell::new(false),
-            ticks: Cell::new(0),
             script: RefCell::new(Rc::from("")),
         }
     }
@@ -84,7 +88,6 @@ impl CallState {
     fn begin(&self, script: &Rc<str>, budget: Duration) {
         let now = Instant::now();
         self.timed_out.set(false);
-        self.ticks.set(0);
         self.cpu_baseline.set(None);
         *self.script.borrow_mut() = Rc::clone(script);
         self.budget.set(budget);
@@ -99,34 +102,41 @@ impl CallState {
         self.timed_out.get()
     }
 
-    /// The interrupt check. Once the budget is spent, every later interrupt raises again, so
-    /// a script that catches the error with `pcall` is stopped at its next step.
-    fn check(&self) -> mlua::Result<VmState> {
-        let Some(deadline) = self.deadline.get() else {
-            return Ok(VmState::Continue);
-        };
-        if !self.timed_out.get() {
-            let ticks = self.ticks.get().wrapping_add(1);
-            self.ticks.set(ticks);
-            if !ticks.is_multiple_of(TICKS_PER_CLOCK_READ) {
-                return Ok(VmState::Continue);
-            }
-            let now = Instant::now();
-            if self.cpu_baseline.get().is_none() {
-                self.cpu_baseline.set(Some((thread_cpu_time(), now)));
-            }
-            if now < deadline {
-                return Ok(VmState::Continue);
-            }
-            if let Some(remaining) = self.cpu_budget_left() {
-                if now < self.hard_deadline.get() {
-                    self.deadline.set(Some(now + remaining));
-                    return Ok(VmState::Continue);
-                }
-            }
-            self.timed_out.set(true);
+    /// The interrupt check, called by [`interrupt_gate`]: false once the call is out of time.
+    /// Once the budget is spent it stays false, so a script that catches the error with
+    /// `pcall` is stopped at its next step.
+    fn keep_going(&self) -> bool {
+        if self.timed_out.get() {
+            return false;
         }
-        Err(mlua::Error::runtime("hook ran past its time budget"))
+        let Some(deadline) = self.deadline.get() else {
+            return true;
+        };
+        let now = Instant::now();
+        if self.cpu_baseline.get().is_none() {
+            self.cpu_baseline.set(Some((thread_cpu_time(), now)));
+        }
+        if now < deadline {
+            return true;
+        }
+        if let Some(remaining) = self.cpu_budget_left() {
+            if now < self.hard_deadline.get() {
+                self.deadline.set(Some(now + remaining));
+                return true;
+            }
+        }
+        self.timed_out.set(true);
+        false
+    }
+
+    /// What mlua's interrupt callback does once [`keep_going`](Self::keep_going) said no:
+    /// raise the timeout as a Lua error.
+    fn raise_if_timed_out(&self) -> mlua::Result<VmState> {
+        if self.timed_out.get() {
+            Err(mlua::Error::runtime("hook ran past its time budget"))
+        } else {
+            Ok(VmState::Continue)
+        }
     }
 
     /// What is left of the budget in CPU time, `None` when it is spent (or the CPU clock is
@@ -152,6 +162,48 @@ fn thread_cpu_time() -> Option<Duration> {
     (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
+/// An interrupt callback as Luau stores it.
+type InterruptFn = unsafe extern "C-unwind" fn(*mut ffi::lua_State, c_int);
+
+thread_local! {
+    /// The call running on this thread's VM (set by [`Vm::call`] for its duration) and mlua's
+    /// interrupt callback of that VM, which raises the timeout error.
+    static RUNNING: Cell<(*const CallState, Option<InterruptFn>)> =
+        const { Cell::new((ptr::null(), None)) };
+    /// Interrupts left before the gate next reads the clock.
+    static TICKS_LEFT: Cell<u32> = const { Cell::new(TICKS_PER_CLOCK_READ) };
+}
+
+/// The VM's interrupt callback. Luau calls it at every loop iteration, call and pattern
+/// matcher step, so it must cost a few nanoseconds: it counts and reads the clock itself,
+/// and enters mlua's callback (which turns an error into a Lua error without unwinding
+/// through C++ frames) only to stop a call that is out of time.
+///
+/// # Safety
+/// Called by Luau only; the `CallState` pointer is valid while it is set (see [`Vm::call`]).
+unsafe extern "C-unwind" fn interrupt_gate(state: *mut ffi::lua_State, gc: c_int) {
+    if gc >= 0 {
+        return; // a garbage-collector step, not running code
+    }
+    let left = TICKS_LEFT.get();
+    if left > 1 {
+        TICKS_LEFT.set(left - 1);
+        return;
+    }
+    TICKS_LEFT.set(TICKS_PER_CLOCK_READ);
+    let (call, raise) = RUNNING.get();
+    // SAFETY: Vm::call sets the pointer from an Rc it holds and clears it before returning.
+    if call.is_null() || unsafe { (*call).keep_going() } {
+        return;
+    }
+    // Out of time: every later interrupt raises too, so `pcall` cannot swallow the stop.
+    TICKS_LEFT.set(1);
+    if let Some(raise) = raise {
+        // SAFETY: mlua's own callback for this VM, called as Luau would call it.
+        unsafe { raise(state, gc) };
+    }
+}
+
 /// A script's hook functions inside one VM.
 struct LoadedScript {
     name: Rc<str>,
@@ -168,6 +220,8 @@ pub(crate) struct Vm {
     resp: AnyUserData,
     resp_slot: Rc<RefCell<ResponseInfo>>,
     scripts: Vec<Result<LoadedScript, HookError>>,
+    /// mlua's interrupt callback, entered by [`interrupt_gate`] to raise a timeout.
+    mlua_interrupt: Option<InterruptFn>,
 }
 
 impl Vm {
@@ -216,7 +270,17 @@ impl Vm {
         })?;
 
         let interrupt_state = Rc::clone(&state);
-        lua.set_interrupt(move |_| interrupt_state.check());
+        lua.set_interrupt(move |_| interrupt_state.raise_if_timed_out());
+        let mut mlua_interrupt = None;
+        // SAFETY: only swaps the interrupt field of this VM's callbacks; `exec_raw` runs the
+        // closure on the VM's own state.
+        unsafe {
+            lua.exec_raw::<()>((), |l| {
+                let callbacks = ffi::lua_callbacks(l);
+                mlua_interrupt = (*callbacks).interrupt;
+                (*callbacks).interrupt = Some(interrupt_gate);
+            })?;
+        }
         lua.set_memory_limit(limits.memory_limit_bytes)?;
         Ok(Vm {
             lua,
@@ -227,6 +291,7 @@ impl Vm {
             resp,
             resp_slot,
             scripts: Vec::new(),
+            mlua_interrupt,
         })
     }
 
@@ -255,13 +320,30 @@ impl Vm {
         matches!(self.scripts.get(id), Some(Ok(s)) if s.hooks[hook.index()].is_some())
     }
 
+    /// Runs `run` under the hook time budget; also says whether it was cut off.
+    fn timed<R>(&self, script: &Rc<str>, run: impl FnOnce() -> R) -> (R, bool) {
+        /// Puts the outer call back even if `run` unwinds, so no pointer outlives its call.
+        struct Restore((*const CallState, Option<InterruptFn>));
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                RUNNING.set(self.0);
+            }
+        }
+        self.state.begin(script, self.limits.hook_timeout);
+        let _restore = Restore(RUNNING.replace((Rc::as_ptr(&self.state), self.mlua_interrupt)));
+        TICKS_LEFT.set(TICKS_PER_CLOCK_READ);
+        let result = run();
+        drop(_restore);
+        (result, self.state.end())
+    }
+
     fn load_script(&self, set: &Arc<ScriptSet>, id: ScriptId) -> Result<LoadedScript, HookError> {
         let script = set.script(id);
         let name: Rc<str> = Rc::from(script.name.as_str());
         let require = make_require(&self.lua, set, id).map_err(|e| self.error(&name, &e))?;
-        self.state.begin(&name, self.limits.hook_timeout);
-        let result = run_chunk(&self.lua, &script.name, &script.bytecode, require);
-        let timed_out = self.state.end();
+        let (result, timed_out) = self.timed(&name, || {
+            run_chunk(&self.lua, &script.name, &script.bytecode, require)
+        });
         let (env, _) = result.map_err(|e| self.classify(&name, &e, timed_out))?;
         let mut hooks: [Option<Function>; 5] = Default::default();
         for hook in Hook::ALL {
@@ -312,12 +394,10 @@ impl Vm {
         if let Some(r) = resp_data.as_deref_mut() {
             std::mem::swap(&mut *self.resp_slot.borrow_mut(), r);
         }
-        self.state.begin(&name, self.limits.hook_timeout);
-        let result = match second {
+        let (result, timed_out) = self.timed(&name, || match second {
             Some(arg) => function.call::<Value>((&self.ctx, arg)),
             None => function.call::<Value>(&self.ctx),
-        };
-        let timed_out = self.state.end();
+        });
         std::mem::swap(&mut *self.ctx_slot.borrow_mut(), req);
         if let Some(r) = resp_data {
             std::mem::swap(&mut *self.resp_slot.borrow_mut(), r);

@@ -10,7 +10,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::{Map, Value};
 
 use super::stream::{Translation, MAX_EVENT};
-use super::{respond, AttemptLog, EventStream, RequestCtx};
+use super::{reply, respond, AttemptLog, EventStream, RequestCtx};
 use crate::ai::{
     anthropic, azure, gemini, mock, openai, ChatRequest, Model, Provider, SseParser, Usage,
 };
@@ -132,7 +132,8 @@ where
                 Attempt::Mock => {
                     ctx.attempts.push(AttemptLog::new(model, provider, "200"));
                     let (result, usage) =
-                        deliver_mock(client, head, ctx, call, model, provider).await;
+                        deliver_mock(worker, snapshot, client, head, ctx, call, model, provider)
+                            .await;
                     return Served {
                         result,
                         model,
@@ -425,7 +426,7 @@ where
         exchange.finish(worker, upstream, true);
         return match translate_whole(provider.kind, call.front, body, model, &id, created) {
             Ok((body, usage)) => {
-                let r = respond(client, head, ctx, status, "application/json", &body).await;
+                let r = reply::answer(worker, snapshot, client, head, ctx, status, body).await;
                 (r, usage)
             }
             Err(e) => {
@@ -446,7 +447,7 @@ where
         call.request.client_wants_usage,
     );
     let result = async {
-        let stream = EventStream::start(client, head, ctx).await?;
+        let stream = EventStream::start(worker, snapshot, client, head, ctx).await?;
         let mut decoder = BodyDecoder::new(exchange.response.body("POST"));
         let mut parser = SseParser::new(MAX_EVENT);
         let mut piece = Vec::with_capacity(16 * 1024);
@@ -512,7 +513,10 @@ fn translate_whole(
 
 /// The in-process mock: its canonical answer, paced by the provider's `mock` options and
 /// translated for the front door like any provider's.
+#[allow(clippy::too_many_arguments)]
 async fn deliver_mock<S>(
+    worker: &Worker,
+    snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
     ctx: &mut RequestCtx,
@@ -540,7 +544,7 @@ where
             &id,
             created,
         ) {
-            Ok((body, _)) => respond(client, head, ctx, 200, "application/json", &body).await,
+            Ok((body, _)) => reply::answer(worker, snapshot, client, head, ctx, 200, body).await,
             Err(_) => Err(GatewayError::Upstream("mock answer untranslatable").into()),
         };
         return (result, usage);
@@ -563,7 +567,7 @@ where
         call.request.client_wants_usage,
     );
     let result = async {
-        let stream = EventStream::start(client, head, ctx).await?;
+        let stream = EventStream::start(worker, snapshot, client, head, ctx).await?;
         let mut parser = SseParser::new(MAX_EVENT);
         let mut out = Vec::with_capacity(4096);
         for event in events {

@@ -9,6 +9,7 @@
 //! usage to the ledger and the access log).
 
 mod call;
+mod reply;
 mod stream;
 
 use std::fmt::Write as _;
@@ -570,8 +571,11 @@ pub(super) struct EventStream {
 }
 
 impl EventStream {
-    /// Writes the head of a `200 text/event-stream` response.
+    /// Writes the head of a `200 text/event-stream` response (after `on_response`, which
+    /// may change its status and headers).
     pub(super) async fn start<S>(
+        worker: &Worker,
+        snapshot: &Snapshot,
         client: &mut BufConn<S>,
         head: &RequestHead,
         ctx: &mut RequestCtx,
@@ -579,16 +583,24 @@ impl EventStream {
     where
         S: AsyncReadRent + AsyncWriteRent,
     {
+        let edited = reply::stream_head(worker, snapshot, ctx)?;
         let chunked = head.version() == Version::Http11;
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n",
-        );
+        match &edited {
+            None => out.extend_from_slice(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n",
+            ),
+            Some(info) => {
+                let reason = crate::error::reason_phrase(info.status);
+                let _ = write!(StrBuf(&mut out), "HTTP/1.1 {} {reason}\r\n", info.status);
+                reply::push_edited_headers(&mut out, info);
+            }
+        }
         if chunked {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
         finish_head(&mut out, ctx, !chunked || !head.keep_alive(), false);
-        ctx.status = 200;
+        ctx.status = edited.map_or(200, |info| info.status);
         let (res, _) = client.write_all(out).await;
         res.map_err(|_| Failure::Abort)?;
         Ok(EventStream { chunked })
