@@ -1187,6 +1187,15 @@ def tuning_backlog(env, modes, systems, tables):
     tables.append(t)
 
 
+def scenario_micro(env, tables):
+    """The criterion micro-benchmarks (see micro.py): read from target/criterion, after running
+    every bench file when --micro-run. Needs no peers, keys or running gateway."""
+    sys.dont_write_bytecode = True  # no __pycache__ left in the source tree
+    import micro  # beside this file: scripts/bench/micro.py
+
+    tables.append(micro.section(ROOT, run=env.args.micro_run, record_command=LOG.command))
+
+
 # ---------------------------------------------------------------------------------------------
 # The report
 
@@ -1330,7 +1339,10 @@ def main():
     ap.add_argument("--duration", type=int, default=8, help="seconds per run")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--idle", type=int, default=10000, help="connections in scenario 5")
-    ap.add_argument("--scenarios", default="1,open,2,3,4,5,6,7,tuning")
+    ap.add_argument("--scenarios", default="1,open,2,3,4,5,6,7,tuning,micro")
+    ap.add_argument("--micro-run", action="store_true",
+                    help="micro: run every `cargo bench --bench B` first (default: report the "
+                    "results already in target/criterion)")
     ap.add_argument("--open-rate", type=int, default=5000,
                     help="offered rate of the open-loop table when scenario 1 did not run")
     ap.add_argument("--modes", default="pinned,unpinned")
@@ -1352,19 +1364,21 @@ def main():
     load_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     env = Env(args)
     env.tables = tables = []
-    if not env.have["wrk"]:
+    want = set(args.scenarios.split(","))
+    load_runs = bool(want - {"micro"})  # micro reads criterion's files: no wrk, keys or peers
+    if load_runs and not env.have["wrk"]:
         raise SystemExit("wrk is required (apt-get install -y wrk)")
     if (os.cpu_count() or 1) < 2:
         LOG.note("fewer than 2 cores: pinned mode shares core 0 with the generator")
     print(f"work dir {env.work}; tools: {env.have}", flush=True)
     for k, v in machine_facts(env).items():
         print(f"{k}: {v}", flush=True)
-    env.create_keys()
+    if load_runs:
+        env.create_keys()
     modes = [Mode(m) for m in args.modes.split(",")]
-    want = set(args.scenarios.split(","))
     ours = ["ours-uring", "ours-epoll"]
     chosen = args.systems.split(",")
-    systems = peers(env, [s for s in ("nginx", "haproxy") if s in chosen])
+    systems = peers(env, [s for s in ("nginx", "haproxy") if s in chosen and load_runs])
     systems += [s for s in ours if s in chosen]
     steps = [
         ("1", lambda: scenario_plain(env, modes, systems, tables)),
@@ -1389,6 +1403,7 @@ def main():
         ("7", lambda: scenario_litellm(env, modes, tables)),
         ("tuning", lambda: tuning_backlog(env, modes, [s for s in systems
                                                        if s in ("nginx", "ours-uring")], tables)),
+        ("micro", lambda: scenario_micro(env, tables)),
     ]
     try:
         for key, step in steps:
