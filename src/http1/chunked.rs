@@ -213,6 +213,13 @@ impl ChunkedDecoder {
         }
     }
 
+    /// Whether the first chunk-size line is still being read: until it is complete, a body
+    /// could still turn out malformed before a single data byte (a proxy waits for it before
+    /// contacting an upstream).
+    pub fn in_first_size_line(&self) -> bool {
+        self.body_bytes == 0 && (self.in_size_line() || self.state == State::SizeLf)
+    }
+
     /// Whether the whole body has been read.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
@@ -365,6 +372,20 @@ fn ext_error(b: u8) -> ChunkError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_size_line_is_pending_until_its_line_ends() {
+        let mut decoder = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        assert!(decoder.in_first_size_line());
+        decoder.decode(b"5;ext=1", &mut out).unwrap();
+        assert!(decoder.in_first_size_line());
+        decoder.decode(b"\r\nhel", &mut out).unwrap();
+        assert!(!decoder.in_first_size_line());
+        let mut empty = ChunkedDecoder::new();
+        empty.decode(b"0\r\n", &mut out).unwrap();
+        assert!(!empty.in_first_size_line());
+    }
 
     /// Decodes `input` in one call.
     fn decode_all(input: &[u8]) -> Result<(Vec<u8>, Decoded), ChunkError> {

@@ -53,6 +53,16 @@ where
         res.map_err(|_| Failure::Abort)?;
     }
 
+    // A chunked body's first size line (extensions and all) is complete before an upstream
+    // is contacted, however the client's bytes were split across reads.
+    while body.in_first_size_line() {
+        match client.fill_within(limits.idle_timeout).await {
+            Ok(n) if n > 0 => body.take_buffered(client, &mut first_body)?,
+            _ => return Err(Failure::Abort),
+        }
+    }
+    ctx.body_done = body.done;
+
     hooks::request(worker, snapshot, ctx)?;
     let tail = upstream_head_tail(head, ctx, route, upstream);
     let path = forwarded_path(head, ctx, route);
@@ -185,7 +195,8 @@ where
         ResponseBody::Chunked | ResponseBody::UntilClose => ClientFraming::UntilClose,
     };
     let close = client_wants_close || framing == ClientFraming::UntilClose;
-    let mut out = Vec::with_capacity(UPSTREAM_BUFFER);
+    // The head plus what the upstream already sent of the body; larger bodies grow it.
+    let mut out = Vec::with_capacity(512 + conn.buffered().len());
     let http10 = head.version() == Version::Http10;
     write_response_head(
         &mut out,
@@ -237,6 +248,15 @@ impl RequestBody {
             max,
             scratch: Vec::new(),
         }
+    }
+
+    /// Whether a chunked body's first size line has not been read whole yet.
+    fn in_first_size_line(&self) -> bool {
+        !self.done
+            && self
+                .chunked
+                .as_ref()
+                .is_some_and(|d| d.in_first_size_line())
     }
 
     /// Moves the body bytes buffered in `client` into `out`, framed for the upstream.

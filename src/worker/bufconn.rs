@@ -12,6 +12,9 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 /// Smallest free space worth handing to a read.
 const MIN_READ: usize = 4096;
+/// A read that fills all the room it was given doubles the buffer for the next one, up to
+/// this: small buffers for small messages, few reads for large bodies.
+const GROWN_READ_LIMIT: usize = 64 * 1024;
 
 /// Why a timed read did not deliver bytes.
 #[derive(Debug)]
@@ -63,7 +66,22 @@ impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
         let len = buf.len();
         let (res, slice) = self.io.read(buf.slice_mut(len..)).await;
         self.buf = slice.into_inner();
+        if matches!(res, Ok(n) if n > 0)
+            && self.buf.len() == self.buf.capacity()
+            && self.buf.capacity() < GROWN_READ_LIMIT
+        {
+            self.buf.reserve(self.buf.capacity());
+        }
         res
+    }
+
+    /// Gives back a buffer that grew past `capacity` (a long head, a body read through it)
+    /// when nothing is buffered, so an idle connection holds only `capacity` bytes.
+    pub fn shrink_to(&mut self, capacity: usize) {
+        if self.start == self.buf.len() && self.buf.capacity() > capacity {
+            self.buf = Vec::with_capacity(capacity);
+            self.start = 0;
+        }
     }
 
     /// [`fill`](Self::fill) that gives up at `deadline`.

@@ -13,15 +13,24 @@ use crate::http1::{HeadError, HeadParser};
 use crate::pipeline::{self, Outcome};
 use crate::upstream::UpstreamStream;
 
-/// Initial read buffer per connection; heads larger than this grow it up to `max_header_bytes`.
-const READ_BUFFER: usize = 16 * 1024;
+/// Read buffer per client connection, held while it waits idle between requests: enough for
+/// nearly every request head; longer heads grow it up to `max_header_bytes` and request
+/// bodies grow it as they stream, and it shrinks back before the next idle wait.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// Serves one accepted connection until it closes.
 pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool) {
-    if !tls {
+    if tls {
+        // Boxed: a TLS session's state is large, and plain connections should not carry room
+        // for it in every task.
+        Box::pin(serve_tls(worker, stream, peer)).await;
+    } else {
         serve_http(worker, BufConn::new(stream, READ_BUFFER), peer, false).await;
-        return;
     }
+}
+
+/// The TLS handshake, then the keep-alive loop over the session.
+async fn serve_tls(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let snapshot = worker.snapshot();
     let Some(config) = snapshot.tls.clone() else {
         return;
@@ -50,6 +59,7 @@ where
         // The first head must start within the header timeout of accept; later ones may wait
         // for the idle timeout, then get the header timeout once their first byte arrives.
         if client.buffered().is_empty() {
+            client.shrink_to(READ_BUFFER);
             let wait = if first_request {
                 limits.header_timeout
             } else {
@@ -79,8 +89,8 @@ where
                     Err(ReadError::Timeout) => {
                         // The cancelled read took the buffer with it; answer on the raw stream.
                         let err = GatewayError::HeaderTimeout;
-                        pipeline::reject(&worker, &mut client, &err, &request_id_for_errors())
-                            .await;
+                        let id = request_id_for_errors();
+                        Box::pin(pipeline::reject(&worker, &mut client, &err, &id)).await;
                         return;
                     }
                 },
@@ -90,15 +100,18 @@ where
                         HeadError::NotImplemented(why) => GatewayError::NotImplemented(why),
                         HeadError::Malformed(why) => GatewayError::BadRequest(why),
                     };
-                    pipeline::reject(&worker, &mut client, &err, &request_id_for_errors()).await;
+                    let id = request_id_for_errors();
+                    Box::pin(pipeline::reject(&worker, &mut client, &err, &id)).await;
                     return;
                 }
             }
         };
         first_request = false;
-        match pipeline::handle(&worker, &mut client, head, peer, https).await {
+        // Boxed: the request's state (several KiB across the phases) lives only while a
+        // request is in flight, not for the whole life of an idle keep-alive connection.
+        match Box::pin(pipeline::handle(&worker, &mut client, head, peer, https)).await {
             Outcome::KeepAlive if !worker.shutting_down() => continue,
-            Outcome::Tunnel(upstream) => return tunnel(client, upstream).await,
+            Outcome::Tunnel(upstream) => return Box::pin(tunnel(client, upstream)).await,
             _ => return,
         }
     }
