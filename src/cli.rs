@@ -74,6 +74,18 @@ enum Command {
     Usage(usage::UsageArgs),
 }
 
+/// clap's multi-line usage error as the one line the contract asks for: the message and
+/// its details (a missing argument's name, say), without the usage block and help hint.
+fn one_line_error(rendered: &str) -> String {
+    let message: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:"))
+        .filter(|line| !line.is_empty() && !line.starts_with("For more information"))
+        .collect();
+    format!("{} (see --help)", message.join(" "))
+}
+
 /// Parses the arguments, runs the command and returns the process exit code.
 pub fn main() -> i32 {
     crate::logging::init();
@@ -81,12 +93,12 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            let code = match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                _ => EXIT_BAD_INPUT,
-            };
-            let _ = e.print();
-            return code;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return 0;
+            }
+            eprintln!("{}", one_line_error(&e.render().to_string()));
+            return EXIT_BAD_INPUT;
         }
     };
     match cli.command {
@@ -163,5 +175,34 @@ fn check(path: &std::path::Path) -> i32 {
     } else {
         eprintln!("{}: {} error(s)", path.display(), report.errors.len());
         EXIT_BAD_INPUT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_error(args: &[&str]) -> String {
+        let err = Cli::try_parse_from(args).err().expect("arguments are refused");
+        one_line_error(&err.render().to_string())
+    }
+
+    #[test]
+    fn unknown_flag_is_one_line_naming_it() {
+        let line = parse_error(&["credentialflow", "serve", "--bogus"]);
+        assert_eq!(line, "error: unexpected argument '--bogus' found (see --help)");
+    }
+
+    #[test]
+    fn missing_argument_is_one_line_naming_it() {
+        let line = parse_error(&["credentialflow", "check"]);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("--config"), "{line}");
+    }
+
+    #[test]
+    fn unknown_command_is_one_line() {
+        let line = parse_error(&["credentialflow", "frob"]);
+        assert!(!line.contains('\n') && line.contains("'frob'"), "{line}");
     }
 }
