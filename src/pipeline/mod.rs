@@ -103,8 +103,9 @@ impl RequestCtx {
     }
 }
 
-/// Read buffer for each upstream connection.
-const UPSTREAM_BUFFER: usize = 16 * 1024;
+/// Read buffer for each upstream exchange: a response head plus a few KiB of body in one
+/// read; larger bodies grow it as they stream (see `BufConn::fill`).
+const UPSTREAM_BUFFER: usize = 8 * 1024;
 
 /// Runs one request through every phase and answers it.
 pub async fn handle<S>(
