@@ -183,7 +183,9 @@ mod tests {
     use super::*;
 
     fn parse_error(args: &[&str]) -> String {
-        let err = Cli::try_parse_from(args).err().expect("arguments are refused");
+        let Err(err) = Cli::try_parse_from(args) else {
+            panic!("{args:?} should be refused");
+        };
         one_line_error(&err.render().to_string())
     }
 
