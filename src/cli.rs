@@ -192,7 +192,10 @@ mod tests {
     #[test]
     fn unknown_flag_is_one_line_naming_it() {
         let line = parse_error(&["credentialflow", "serve", "--bogus"]);
-        assert_eq!(line, "error: unexpected argument '--bogus' found (see --help)");
+        assert_eq!(
+            line,
+            "error: unexpected argument '--bogus' found (see --help)"
+        );
     }
 
     #[test]
