@@ -290,16 +290,22 @@ mod tests {
         });
     }
 
+    /// A connection whose upstream has closed it (the close already seen by the kernel).
+    async fn closed_by_the_upstream() -> (PoolKey, UpstreamStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let k = key(listener.local_addr().unwrap());
+        let conn = conn_to(&listener).await;
+        let fd = conn.raw_fd();
+        serve_one(listener, b"", true).join().unwrap();
+        wait_readable(fd);
+        (k, conn)
+    }
+
     #[test]
     fn connection_closed_by_the_upstream_is_not_reused() {
         on_each_driver(|| async {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let k = key(listener.local_addr().unwrap());
+            let (k, conn) = closed_by_the_upstream().await;
             let pool = Pool::default();
-            let conn = conn_to(&listener).await;
-            let fd = conn.raw_fd();
-            serve_one(listener, b"", true).join().unwrap();
-            wait_readable(fd);
             pool.checkin(k.clone(), conn);
             assert!(pool
                 .checkout_at(&k, Instant::now() + TRUSTED_IDLE)
@@ -329,13 +335,8 @@ mod tests {
     #[test]
     fn connection_back_for_a_moment_is_reused_without_the_check() {
         on_each_driver(|| async {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let k = key(listener.local_addr().unwrap());
+            let (k, conn) = closed_by_the_upstream().await;
             let pool = Pool::default();
-            let conn = conn_to(&listener).await;
-            let fd = conn.raw_fd();
-            serve_one(listener, b"", true).join().unwrap();
-            wait_readable(fd);
             let t0 = Instant::now();
             pool.checkin_at(k.clone(), conn, t0);
             // Closed, but trusted: the request on it meets the close and is resent if it can be.

@@ -529,14 +529,33 @@ pub(super) async fn respond<S>(
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
+    let content_type =
+        |out: &mut Vec<u8>| push_header(out, "content-type", content_type.as_bytes());
+    send_whole(client, head, ctx, status, content_type, body).await
+}
+
+/// Writes a whole response in one write: status line, length, the header lines `headers`
+/// writes, the gateway's own headers, then `body`.
+pub(super) async fn send_whole<S>(
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    status: u16,
+    headers: impl FnOnce(&mut Vec<u8>),
+    body: &[u8],
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
     let close = !head.keep_alive();
     let mut out = Vec::with_capacity(body.len() + 256);
     let _ = write!(
         StrBuf(&mut out),
-        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-length: {}\r\n",
         crate::error::reason_phrase(status),
         body.len()
     );
+    headers(&mut out);
     finish_head(&mut out, ctx, close, head.version() == Version::Http10);
     out.extend_from_slice(body);
     ctx.status = status;

@@ -5,9 +5,9 @@
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::Value;
 
-use super::{finish_head, respond};
+use super::{respond, send_whole};
 use crate::error::ErrorDialect;
-use crate::http1::{push_header, RequestHead, StrBuf, Version};
+use crate::http1::{push_header, RequestHead};
 use crate::lua::ResponseInfo;
 use crate::pipeline::{hooks, Failure, Outcome, RequestCtx};
 use crate::snapshot::Snapshot;
@@ -44,7 +44,8 @@ where
         }
         _ => body,
     };
-    respond_edited(client, head, ctx, &info, &body).await
+    let headers = |out: &mut Vec<u8>| push_edited_headers(out, &info);
+    send_whole(client, head, ctx, info.status, headers, &body).await
 }
 
 /// The response head of a stream, after `on_response` (status and headers only): the extra
@@ -85,40 +86,6 @@ pub(super) fn push_edited_headers(out: &mut Vec<u8>, info: &ResponseInfo) {
         }
         push_header(out, name, value.as_bytes());
     }
-}
-
-/// [`respond`] with the status and headers an `on_response` hook chose.
-async fn respond_edited<S>(
-    client: &mut BufConn<S>,
-    head: &RequestHead,
-    ctx: &mut RequestCtx,
-    info: &ResponseInfo,
-    body: &[u8],
-) -> Result<Outcome, Failure>
-where
-    S: AsyncReadRent + AsyncWriteRent,
-{
-    use std::fmt::Write as _;
-    let close = !head.keep_alive();
-    let mut out = Vec::with_capacity(body.len() + 256);
-    let _ = write!(
-        StrBuf(&mut out),
-        "HTTP/1.1 {} {}\r\ncontent-length: {}\r\n",
-        info.status,
-        crate::error::reason_phrase(info.status),
-        body.len()
-    );
-    push_edited_headers(&mut out, info);
-    finish_head(&mut out, ctx, close, head.version() == Version::Http10);
-    out.extend_from_slice(body);
-    ctx.status = info.status;
-    let (res, _) = client.write_all(out).await;
-    res.map_err(|_| Failure::Abort)?;
-    Ok(if close {
-        Outcome::Close
-    } else {
-        Outcome::KeepAlive
-    })
 }
 
 /// The assistant's text in an answer: OpenAI's `choices[0].message.content`, or Anthropic's
