@@ -20,50 +20,62 @@ const READ_BUFFER: usize = 4 * 1024;
 
 /// Serves one accepted connection until it closes.
 pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, tls: bool) {
+    // `header_timeout` covers the first request's whole head counted from here, the TLS
+    // handshake and the wait for the first byte included: one deadline, not one per phase,
+    // so a client cannot stretch it by spending it on the first byte and then trickling.
+    let first_head_deadline = Instant::now() + worker.snapshot().limits.header_timeout;
     if tls {
         // Boxed: a TLS session's state is large, and plain connections should not carry room
         // for it in every task.
-        Box::pin(serve_tls(worker, stream, peer)).await;
+        Box::pin(serve_tls(worker, stream, peer, first_head_deadline)).await;
     } else {
-        serve_http(worker, BufConn::new(stream, READ_BUFFER), peer, false).await;
+        let client = BufConn::new(stream, READ_BUFFER);
+        serve_http(worker, client, peer, false, first_head_deadline).await;
     }
 }
 
-/// The TLS handshake, then the keep-alive loop over the session.
-async fn serve_tls(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
-    let snapshot = worker.snapshot();
-    let Some(config) = snapshot.tls.clone() else {
+/// The TLS handshake, then the keep-alive loop over the session; the handshake spends the
+/// first head's deadline.
+async fn serve_tls(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, deadline: Instant) {
+    let Some(config) = worker.snapshot().tls.clone() else {
         return;
     };
     let acceptor = monoio_rustls::TlsAcceptor::from(config);
-    let limit = snapshot.limits.header_timeout;
-    drop(snapshot);
-    match monoio::time::timeout(limit, acceptor.accept(stream)).await {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match monoio::time::timeout(left, acceptor.accept(stream)).await {
         Ok(Ok(tls_stream)) => {
-            serve_http(worker, BufConn::new(tls_stream, READ_BUFFER), peer, true).await
+            let client = BufConn::new(tls_stream, READ_BUFFER);
+            serve_http(worker, client, peer, true, deadline).await
         }
         Ok(Err(e)) => log::debug!("TLS handshake with {peer} failed: {e}"),
         Err(_) => log::debug!("TLS handshake with {peer} timed out"),
     }
 }
 
-/// The keep-alive loop: read a head, run the pipeline, repeat.
-async fn serve_http<S>(worker: Rc<Worker>, mut client: BufConn<S>, peer: SocketAddr, https: bool)
-where
+/// The keep-alive loop: read a head, run the pipeline, repeat. The first head must be
+/// complete by `first_head_deadline`.
+async fn serve_http<S>(
+    worker: Rc<Worker>,
+    mut client: BufConn<S>,
+    peer: SocketAddr,
+    https: bool,
+    first_head_deadline: Instant,
+) where
     S: AsyncReadRent + AsyncWriteRent + Split + 'static,
 {
     let mut parser = HeadParser::new();
-    let mut first_request = true;
+    let mut first_head_deadline = Some(first_head_deadline);
     loop {
         let limits = worker.snapshot().limits;
-        // The first head must start within the header timeout of accept; later ones may wait
-        // for the idle timeout, then get the header timeout once their first byte arrives.
+        // A later head may wait up to the idle timeout for its first byte, then has the
+        // header timeout from that byte on; bytes already buffered when the previous
+        // response ended start that clock now.
+        let first_head = first_head_deadline.take();
         if client.buffered().is_empty() {
             client.shrink_to(READ_BUFFER);
-            let wait = if first_request {
-                limits.header_timeout
-            } else {
-                limits.idle_timeout
+            let wait = match first_head {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => limits.idle_timeout,
             };
             let read = monoio::select! {
                 r = client.fill_within(wait) => Some(r),
@@ -74,7 +86,7 @@ where
                 _ => return, // closed, idle too long, failed, or shutting down
             }
         }
-        let head_deadline = Instant::now() + limits.header_timeout;
+        let head_deadline = first_head.unwrap_or_else(|| Instant::now() + limits.header_timeout);
         let request_id_for_errors = || worker.next_request_id();
         parser.reset();
         let head = loop {
@@ -106,7 +118,6 @@ where
                 }
             }
         };
-        first_request = false;
         // Boxed: the request's state (several KiB across the phases) lives only while a
         // request is in flight, not for the whole life of an idle keep-alive connection.
         match Box::pin(pipeline::handle(&worker, &mut client, head, peer, https)).await {
