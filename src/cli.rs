@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config;
 use crate::serve::{self, DriverChoice, EXIT_BAD_INPUT};
+use crate::snapshot::{Purpose, Snapshot};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -147,22 +148,13 @@ pub fn main() -> i32 {
     }
 }
 
+/// Builds everything `serve` builds from the file except sockets, threads and fetches, so
+/// `check` refuses exactly what `serve` and reload refuse, with the same error lines.
 fn check(path: &std::path::Path) -> i32 {
-    let mut report = config::check(path);
-    // A valid config's Lua scripts are compiled too, as a reload would.
-    if report.errors.is_empty() {
-        if let Ok(config) = config::load(path) {
-            if let Err(errors) = crate::lua::ScriptSet::load(&config) {
-                report
-                    .errors
-                    .extend(errors.into_iter().map(|message| config::ConfigError {
-                        path: String::new(),
-                        line: None,
-                        message,
-                    }));
-            }
-        }
-    }
+    // Nothing is watched for long: the watcher only resolves `file:` secrets here.
+    let secrets = config::SecretWatcher::start();
+    let admission = crate::admission::Admission::default();
+    let (_, report) = Snapshot::load(path, &secrets, &admission, Purpose::Check);
     for w in &report.warnings {
         println!("warning: {w}");
     }

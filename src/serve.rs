@@ -16,7 +16,7 @@ use crate::auth::CredentialCache;
 use crate::config::{self, Config, SecretWatcher};
 use crate::meter::{period_start_ms, BudgetTable, Period};
 use crate::metrics;
-use crate::snapshot::{Services, Shared, Snapshot};
+use crate::snapshot::{Purpose, Services, Shared, Snapshot};
 use crate::store::audit;
 use crate::usage::Ledger;
 use crate::worker::{self, Driver, ListenSpec};
@@ -40,25 +40,33 @@ pub const EXIT_RUNTIME: i32 = 2;
 /// Runs the gateway until a stop signal; returns the process exit code.
 pub fn run(config_path: Option<PathBuf>, driver: DriverChoice) -> i32 {
     let config_path = config_path.or_else(config::resolve_default_path);
-    let config = match &config_path {
-        Some(path) => match config::load(path) {
-            Ok(c) => c,
-            Err(errors) => {
-                for e in errors.iter() {
-                    eprintln!("error: {e}");
-                }
-                return EXIT_BAD_INPUT;
-            }
-        },
-        None => {
-            log::info!("no --config and no ./credentialflow.toml: using the built-in default");
-            config::builtin_default()
-        }
-    };
     let secrets = SecretWatcher::start();
     let admission = Arc::new(Admission::default());
-    let snapshot = match Snapshot::build(config.clone(), &secrets, &admission) {
-        Ok(s) => s,
+    // The same load as `check` and reload: what one refuses, all refuse, with the same lines.
+    let built = match &config_path {
+        Some(path) => {
+            let (snapshot, report) = Snapshot::load(path, &secrets, &admission, Purpose::Serve);
+            for warning in &report.warnings {
+                log::warn!("config: {warning}");
+            }
+            snapshot.ok_or(report.errors)
+        }
+        None => {
+            log::info!("no --config and no ./credentialflow.toml: using the built-in default");
+            Snapshot::build(config::builtin_default(), &secrets, &admission).map_err(|errors| {
+                errors
+                    .into_iter()
+                    .map(|message| config::ConfigError {
+                        path: String::new(),
+                        line: None,
+                        message,
+                    })
+                    .collect()
+            })
+        }
+    };
+    let snapshot = match built {
+        Ok(snapshot) => snapshot,
         Err(errors) => {
             for e in errors {
                 eprintln!("error: {e}");
@@ -66,6 +74,7 @@ pub fn run(config_path: Option<PathBuf>, driver: DriverChoice) -> i32 {
             return EXIT_BAD_INPUT;
         }
     };
+    let config = snapshot.config.clone();
     match start(config, snapshot, config_path, secrets, admission, driver) {
         Ok(code) => code,
         Err(message) => {

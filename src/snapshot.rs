@@ -5,7 +5,7 @@
 //! the snapshot they started with.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,12 +108,45 @@ pub struct Snapshot {
     pub ai_hooks: Option<ScriptId>,
 }
 
+/// What a snapshot is built for: both build the same things and refuse the same configs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// To serve: JWKS endpoints are fetched.
+    Serve,
+    /// For `credentialflow check`: nothing is fetched, no background work is started.
+    Check,
+}
+
 impl Snapshot {
-    /// Compiles `config`; every error found is returned, not just the first.
+    /// Reads the config file at `path` and compiles it: the one path for `serve`, reload and
+    /// `check`. Returns the snapshot when there is no error, and every error and warning,
+    /// each with its key path and line where known.
+    pub fn load(
+        path: &Path,
+        secrets: &SecretWatcher,
+        admission: &Admission,
+        purpose: Purpose,
+    ) -> (Option<Snapshot>, config::CheckReport) {
+        config::load_and_build(path, |config| {
+            Snapshot::build_for(config, secrets, admission, purpose)
+        })
+    }
+
+    /// Compiles `config` to serve it; every error found is returned, not just the first.
     pub fn build(
         config: Config,
         secrets: &SecretWatcher,
         admission: &Admission,
+    ) -> Result<Snapshot, Vec<String>> {
+        Snapshot::build_for(config, secrets, admission, Purpose::Serve)
+    }
+
+    /// Compiles `config`; errors are `key.path: message`.
+    fn build_for(
+        config: Config,
+        secrets: &SecretWatcher,
+        admission: &Admission,
+        purpose: Purpose,
     ) -> Result<Snapshot, Vec<String>> {
         let mut errors = Vec::new();
         let mut upstreams = Vec::with_capacity(config.upstream.len());
@@ -151,13 +184,20 @@ impl Snapshot {
                 }
             };
             let jwt = match r.auth {
-                AuthKind::Jwt => match JwtVerifier::new(&r.jwt, &config, secrets) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        errors.push(format!("route[{i}].jwt: {e}"));
-                        None
+                AuthKind::Jwt => {
+                    let verifier = match purpose {
+                        Purpose::Serve => JwtVerifier::new(&r.jwt, &config, secrets),
+                        Purpose::Check => JwtVerifier::without_fetching(&r.jwt, &config, secrets),
+                    };
+                    match verifier {
+                        Ok(v) => Some(v),
+                        // The verifier's errors start with the setting (`jwt.public_key: ..`).
+                        Err(e) => {
+                            errors.push(format!("route[{i}].{e}"));
+                            None
+                        }
                     }
-                },
+                }
                 _ => None,
             };
             routes.push(Route {
@@ -328,23 +368,22 @@ impl Shared {
     /// snapshot stays and every error is returned.
     pub fn reload(&self) -> Result<(), Vec<String>> {
         let _one_at_a_time = self.reload_lock.lock();
-        let config = match &self.config_path {
-            Some(path) => match config::load(path) {
-                Ok(config) => config,
-                Err(errs) => {
-                    let errors: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-                    metrics::global().config_reloaded(false);
-                    log::error!("reload refused, old config kept: {}", errors.join("; "));
-                    return Err(errors);
+        let built = match &self.config_path {
+            Some(path) => {
+                let (snapshot, report) =
+                    Snapshot::load(path, &self.secrets, &self.admission, Purpose::Serve);
+                for warning in &report.warnings {
+                    log::warn!("config: {warning}");
                 }
-            },
-            None => config::builtin_default(),
+                snapshot.ok_or_else(|| report.errors.iter().map(|e| e.to_string()).collect())
+            }
+            None => Snapshot::build(config::builtin_default(), &self.secrets, &self.admission),
         };
-        let listen_before = self.current.load().config.server.listen.clone();
-        if config.server.listen != listen_before {
-            log::warn!("reload: changed [server].listen takes effect only after a restart");
-        }
-        let result = Snapshot::build(config, &self.secrets, &self.admission).map(|snap| {
+        let result = built.map(|snap| {
+            let listen_before = &self.current.load().config.server.listen;
+            if snap.config.server.listen != *listen_before {
+                log::warn!("reload: changed [server].listen takes effect only after a restart");
+            }
             let names: Vec<&str> = snap.routes.iter().map(|r| r.name.as_str()).collect();
             self.admission.retain_routes(&names);
             self.current.store(Arc::new(snap));

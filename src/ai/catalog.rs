@@ -263,15 +263,17 @@ struct BaseUrl {
 /// ports 80 and 443 per RFC 9110 §4.2). User info, queries and fragments are refused: none
 /// has a meaning for a provider endpoint.
 fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
+    // Messages show the URL without user info or query: those are what may hold a secret.
+    let shown = crate::config::redact::redact_url(url);
     let (https, rest) = if let Some(rest) = strip_prefix_ignore_case(url, "https://") {
         (true, rest)
     } else if let Some(rest) = strip_prefix_ignore_case(url, "http://") {
         (false, rest)
     } else {
-        return Err(format!("`{url}` must start with http:// or https://"));
+        return Err(format!("`{shown}` must start with http:// or https://"));
     };
     if rest.contains(['?', '#']) {
-        return Err(format!("`{url}` must not have a query or fragment"));
+        return Err(format!("`{shown}` must not have a query or fragment"));
     }
     let (authority, path) = match rest.find('/') {
         Some(slash) => rest.split_at(slash),
@@ -279,11 +281,12 @@ fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
     };
     if authority.contains('@') {
         return Err(format!(
-            "`{url}` must not contain user info (put keys in api_key)"
+            "`{shown}`: {}",
+            crate::config::redact::CREDENTIALS_IN_URL
         ));
     }
     if authority.is_empty() {
-        return Err(format!("`{url}` has no host"));
+        return Err(format!("`{shown}` has no host"));
     }
     // A port follows the last colon, unless that colon is inside an IPv6 literal's brackets.
     let has_port = authority
@@ -294,7 +297,9 @@ fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
     } else {
         format!("{authority}:{}", if https { 443 } else { 80 })
     };
-    let authority: HostPort = authority.parse().map_err(|e| format!("in `{url}`: {e}"))?;
+    let authority: HostPort = authority
+        .parse()
+        .map_err(|e| format!("in `{shown}`: {e}"))?;
     Ok(BaseUrl {
         https,
         authority,

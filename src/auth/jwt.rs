@@ -164,6 +164,26 @@ impl JwtVerifier {
         secrets: &SecretWatcher,
         timing: JwksTiming,
     ) -> Result<Arc<JwtVerifier>, String> {
+        JwtVerifier::build(cfg, config, secrets, Some(timing))
+    }
+
+    /// [`JwtVerifier::new`] without starting the JWKS fetch (its URL is still checked): the
+    /// same errors, for `credentialflow check`. The verifier has no JWKS keys.
+    pub fn without_fetching(
+        cfg: &JwtConfig,
+        config: &Config,
+        secrets: &SecretWatcher,
+    ) -> Result<Arc<JwtVerifier>, String> {
+        JwtVerifier::build(cfg, config, secrets, None)
+    }
+
+    /// `timing` = `None`: do not start the JWKS fetch.
+    fn build(
+        cfg: &JwtConfig,
+        config: &Config,
+        secrets: &SecretWatcher,
+        timing: Option<JwksTiming>,
+    ) -> Result<Arc<JwtVerifier>, String> {
         let pem_keys = if cfg.public_key.trim().is_empty() {
             Vec::new()
         } else {
@@ -186,10 +206,12 @@ impl JwtVerifier {
         let jwks = if cfg.jwks_url.trim().is_empty() {
             None
         } else {
-            Some(
-                jwks::JwksSource::start(cfg.jwks_url.trim(), timing)
-                    .map_err(|e| format!("jwt.jwks_url: {e}"))?,
-            )
+            let url = cfg.jwks_url.trim();
+            let source = match timing {
+                Some(timing) => jwks::JwksSource::start(url, timing),
+                None => jwks::JwksSource::unstarted(url),
+            };
+            Some(source.map_err(|e| format!("jwt.jwks_url: {e}"))?)
         };
         if pem_keys.is_empty() && hs_secret.is_none() && jwks.is_none() {
             return Err("jwt: needs one of public_key, jwks_url, hs_secret".to_string());

@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
+use super::redact::{has_userinfo, redact_url, CREDENTIALS_IN_URL};
+
 /// Parses a listen address: an IP literal and a port, IPv6 in brackets (`[::1]:8080`).
 /// Host names are refused: what a name resolves to can change between check and bind.
 pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
@@ -25,10 +27,16 @@ pub struct HostPort {
 impl FromStr for HostPort {
     type Err = String;
 
+    /// Errors show the text redacted ([`redact_url`]): a target is refused for holding
+    /// credentials, and must not print them while saying so.
     fn from_str(text: &str) -> Result<HostPort, String> {
-        let bad = || format!("`{text}` is not host:port (e.g. 10.0.0.5:8000 or api.internal:443)");
+        if has_userinfo(text) {
+            return Err(CREDENTIALS_IN_URL.to_string());
+        }
+        let shown = redact_url(text);
+        let bad = || format!("`{shown}` is not host:port (e.g. 10.0.0.5:8000 or api.internal:443)");
         if text.contains("://") {
-            return Err(format!("`{text}` has a scheme; write host:port only"));
+            return Err(format!("`{shown}` has a scheme; write host:port only"));
         }
         let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
         let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
@@ -178,6 +186,23 @@ mod tests {
         assert!(parse_listen_addr("localhost:8080").is_err());
         assert!(parse_listen_addr("127.0.0.1").is_err());
         assert!(parse_listen_addr("::1:8080").is_err());
+    }
+
+    #[test]
+    fn target_with_user_info_is_refused_without_showing_it() {
+        for text in [
+            "user:PW-planted@api.internal:443",
+            "http://u:PW-planted@h:80",
+        ] {
+            let error = text.parse::<HostPort>().unwrap_err();
+            assert!(
+                error.contains("credentials in URLs are not allowed"),
+                "{error}"
+            );
+            assert!(!error.contains("PW-planted"), "{error}");
+        }
+        let error = "h:80?key=PW-planted".parse::<HostPort>().unwrap_err();
+        assert!(!error.contains("PW-planted"), "{error}");
     }
 
     #[test]

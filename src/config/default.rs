@@ -54,7 +54,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "credentialflow.toml";
 /// this never fails; the text itself is validated by a unit test.
 pub fn builtin_default() -> Config {
     super::analyse(BUILTIN_DEFAULT_TOML, Path::new("."))
-        .0
+        .config
         .expect("the built-in default config parses (checked by its unit test)")
 }
 

@@ -7,6 +7,7 @@
 //! - [`validate`]: cross-references, addresses, files, limits, secrets.
 //! - [`secret`]: `env:`/`file:`/literal secrets, zeroized values, live-reloaded file secrets.
 //! - [`address`]: listen addresses, `host:port` targets, CIDRs.
+//! - [`redact`]: URLs as error messages show them, without user info or query.
 //! - [`default`]: the built-in config used when no file is given.
 //!
 //! The config is read and checked on a slow path (startup, reload, `check`); nothing here
@@ -17,6 +18,7 @@ mod default;
 mod document;
 mod error;
 mod model;
+pub mod redact;
 pub mod secret;
 mod validate;
 
@@ -43,13 +45,68 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Parses and validates config text; relative paths in it resolve against `base_dir`.
 /// Warnings go to the log.
 pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
-    let (config, report) = analyse(text, base_dir);
+    let Analysis { config, report, .. } = analyse(text, base_dir);
     for warning in &report.warnings {
         log::warn!("config: {warning}");
     }
     match config {
         Some(config) if report.is_ok() => Ok(config),
         _ => Err(ConfigErrors(report.errors)),
+    }
+}
+
+/// Loads the file at `path` and compiles it with `build`: the one path `check`, `serve` and
+/// reload all take, so whatever one refuses the others refuse with the same lines. `build`
+/// runs only on a config without errors; its errors (`key.path: message`) come back located
+/// by line like the loader's. The value is `Some` when there is no error at all.
+pub fn load_and_build<T>(
+    path: &Path,
+    build: impl FnOnce(Config) -> Result<T, Vec<String>>,
+) -> (Option<T>, CheckReport) {
+    let text = match read_file(path) {
+        Ok(text) => text,
+        Err(errors) => {
+            let report = CheckReport {
+                errors: errors.0,
+                warnings: Vec::new(),
+            };
+            return (None, report);
+        }
+    };
+    let analysis = analyse(&text, &config_dir(path));
+    let mut report = analysis.report;
+    let config = match analysis.config {
+        Some(config) if report.is_ok() => config,
+        _ => return (None, report),
+    };
+    match build(config) {
+        Ok(built) => (Some(built), report),
+        Err(errors) => {
+            report.errors = errors
+                .into_iter()
+                .map(|e| locate(e, &analysis.source))
+                .collect();
+            (None, report)
+        }
+    }
+}
+
+/// A `key.path: message` error from compiling a config, with the line of its key path.
+fn locate(error: String, source: &document::SourceMap) -> ConfigError {
+    let key_path = error.split_once(": ").filter(|(path, _)| {
+        path.starts_with(|c: char| c.is_ascii_alphabetic()) && !path.contains(char::is_whitespace)
+    });
+    match key_path {
+        Some((path, message)) => ConfigError {
+            line: source.line_of_path(path),
+            path: path.to_string(),
+            message: message.to_string(),
+        },
+        None => ConfigError {
+            path: String::new(),
+            line: None,
+            message: error,
+        },
     }
 }
 
@@ -66,7 +123,7 @@ pub fn check(path: &Path) -> CheckReport {
 
 /// Everything `check` reports for config text whose relative paths start at `base_dir`.
 pub fn check_text(text: &str, base_dir: &Path) -> CheckReport {
-    analyse(text, base_dir).1
+    analyse(text, base_dir).report
 }
 
 fn read_file(path: &Path) -> Result<String, ConfigErrors> {
@@ -84,16 +141,28 @@ fn config_dir(path: &Path) -> PathBuf {
     std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
-/// Parses and validates; the config is `Some` when it could be built (it may still have
-/// semantic errors, which are in the report).
-fn analyse(text: &str, base_dir: &Path) -> (Option<Config>, CheckReport) {
+/// What parsing and validating config text found.
+struct Analysis {
+    /// `Some` when the config could be built (it may still have semantic errors).
+    config: Option<Config>,
+    report: CheckReport,
+    /// Where each key path is written, to locate errors found later.
+    source: document::SourceMap,
+}
+
+/// Parses and validates.
+fn analyse(text: &str, base_dir: &Path) -> Analysis {
     let parsed = document::parse_text(text);
     let mut report = CheckReport {
         errors: parsed.errors,
         warnings: Vec::new(),
     };
     let Some(mut config) = parsed.config else {
-        return (None, report);
+        return Analysis {
+            config: None,
+            report,
+            source: parsed.source,
+        };
     };
     config.base_dir = base_dir.to_path_buf();
     config.fill_derived_defaults();
@@ -131,7 +200,11 @@ fn analyse(text: &str, base_dir: &Path) -> (Option<Config>, CheckReport) {
     report
         .warnings
         .sort_by_key(|w| w.line.unwrap_or(usize::MAX));
-    (Some(config), report)
+    Analysis {
+        config: Some(config),
+        report,
+        source: parsed.source,
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::address::{parse_listen_addr, Cidr, HostPort};
-use super::model::{AuthKind, Config, ProviderKind, RouteConfig, ServerConfig, UpstreamConfig};
+use super::model::{
+    AuthKind, Config, JwtConfig, ProviderKind, RouteConfig, ServerConfig, UpstreamConfig,
+};
+use super::redact::{has_userinfo, redact_url, CREDENTIALS_IN_URL};
+use crate::auth::jwt::MIN_HS_SECRET_BYTES;
 
 /// Errors and warnings as (key path, message).
 #[derive(Debug, Default)]
@@ -321,6 +325,14 @@ fn check_routes(config: &Config, findings: &mut Findings) {
             }
         }
         check_optional_file(config, findings, at("hooks"), &route.hooks);
+        // Refused whatever the route's auth: the credential leaks by being written there.
+        if has_userinfo(&route.jwt.jwks_url) {
+            let shown = redact_url(&route.jwt.jwks_url);
+            findings.error(
+                at("jwt.jwks_url"),
+                format!("`{shown}`: {CREDENTIALS_IN_URL}"),
+            );
+        }
         check_route_auth(route, i, findings);
     }
 }
@@ -356,11 +368,31 @@ fn check_route_auth(route: &RouteConfig, i: usize, findings: &mut Findings) {
             if !jwt.jwks_url.is_empty() && !is_http_url(&jwt.jwks_url) {
                 findings.error(at("jwt.jwks_url"), "must start with http:// or https://");
             }
+            check_hs_secret_length(jwt, at("jwt.hs_secret"), findings);
         }
         AuthKind::Lua if route.hooks.is_empty() => {
             findings.error(at("hooks"), "auth = \"lua\" needs a hooks script");
         }
         _ => {}
+    }
+}
+
+/// RFC 7518 §3.2: an HS256 key shorter than the hash output is refused. Measured on the
+/// resolved value; the message names the reference, never the value. A reference that does
+/// not resolve is reported by `check_secrets`.
+fn check_hs_secret_length(jwt: &JwtConfig, path: String, findings: &mut Findings) {
+    let Some(reference) = &jwt.hs_secret else {
+        return;
+    };
+    if let Ok(value) = reference.resolve() {
+        if value.expose().len() < MIN_HS_SECRET_BYTES {
+            findings.error(
+                path,
+                format!(
+                    "{reference} must be at least {MIN_HS_SECRET_BYTES} bytes for HS256 (RFC 7518 §3.2)"
+                ),
+            );
+        }
     }
 }
 
@@ -382,8 +414,8 @@ fn check_providers(config: &Config, findings: &mut Findings) {
                 at("base_url"),
                 "is required for kind = \"azure_openai\" (your resource's endpoint)",
             );
-        } else if !is_http_url(&provider.base_url) {
-            findings.error(at("base_url"), "must start with http:// or https://");
+        } else {
+            check_base_url(findings, at("base_url"), &provider.base_url);
         }
         check_optional_file(config, findings, at("ca_file"), &provider.ca_file);
         if provider.api_key.is_none() && provider.kind != ProviderKind::Mock {
@@ -392,6 +424,33 @@ fn check_providers(config: &Config, findings: &mut Findings) {
                 "no api_key: requests go to the provider without a credential",
             );
         }
+    }
+}
+
+/// A provider endpoint: http(s), and nothing in it that could be a credential. Keys go in
+/// `api_key`, where they are a secret reference and never printed; a URL is logged and shown
+/// in errors. Messages show the URL redacted.
+fn check_base_url(findings: &mut Findings, path: String, url: &str) {
+    let shown = redact_url(url);
+    if has_userinfo(url) {
+        findings.error(path, format!("`{shown}`: {CREDENTIALS_IN_URL}"));
+    } else if !is_http_url(url) {
+        findings.error(
+            path,
+            format!("`{shown}` must start with http:// or https://"),
+        );
+    } else if url.contains('?') {
+        findings.error(
+            path,
+            format!(
+                "`{shown}`: a query string is not allowed in base_url; providers take their key from api_key"
+            ),
+        );
+    } else if url.contains('#') {
+        findings.error(
+            path,
+            format!("`{shown}`: a fragment is not allowed in base_url"),
+        );
     }
 }
 
@@ -848,6 +907,66 @@ mod tests {
         let mut config = valid();
         config.route[0].auth = AuthKind::Jwt;
         config.route[0].jwt.jwks_url = "https://idp.example.com/jwks.json".into();
+        assert!(errors_of(&config).is_empty());
+    }
+
+    fn all_errors(config: &Config) -> String {
+        let errors = validate(config).errors;
+        errors.iter().map(|(p, m)| format!("{p}: {m}\n")).collect()
+    }
+
+    #[test]
+    fn provider_base_url_with_user_info_or_query_is_refused_without_the_secret() {
+        for url in [
+            "http://user:PW-planted@api.example.com",
+            "https://api.example.com/v1?key=PW-planted",
+            "https://api.example.com/v1#PW-planted",
+        ] {
+            let mut config = valid();
+            config.provider[0].base_url = url.into();
+            assert_eq!(errors_of(&config), ["provider[0].base_url"], "{url}");
+            let shown = all_errors(&config);
+            assert!(!shown.contains("PW-planted"), "{shown}");
+        }
+        let mut config = valid();
+        config.provider[0].base_url = "http://user:PW-planted@api.example.com".into();
+        assert!(all_errors(&config)
+            .contains("credentials in URLs are not allowed; use api_key/credential"));
+        config.provider[0].base_url = "https://api.example.com/v1?key=PW-planted".into();
+        assert!(all_errors(&config).contains("providers take their key from api_key"));
+    }
+
+    #[test]
+    fn jwks_url_with_user_info_is_refused_on_any_route() {
+        let mut config = valid();
+        config.route[0].jwt.jwks_url = "https://u:PW-planted@idp.example.com/jwks".into();
+        assert_eq!(errors_of(&config), ["route[0].jwt.jwks_url"]);
+        assert!(!all_errors(&config).contains("PW-planted"));
+    }
+
+    #[test]
+    fn upstream_target_with_user_info_is_refused_without_the_secret() {
+        let mut config = valid();
+        config.upstream[0].targets = vec!["user:PW-planted@127.0.0.1:9000".into()];
+        assert_eq!(errors_of(&config), ["upstream[0].targets[0]"]);
+        assert!(!all_errors(&config).contains("PW-planted"));
+    }
+
+    #[test]
+    fn short_hs_secret_is_refused_by_its_reference_only() {
+        std::env::set_var("CF_TEST_SHORT_HS", "short-PW-planted");
+        std::env::set_var("CF_TEST_LONG_HS", "x".repeat(32));
+        let mut config = valid();
+        config.route[0].auth = AuthKind::Jwt;
+        config.route[0].jwt.hs_secret = Some(SecretRef::Env("CF_TEST_SHORT_HS".into()));
+        assert_eq!(errors_of(&config), ["route[0].jwt.hs_secret"]);
+        let shown = all_errors(&config);
+        assert!(
+            shown.contains("env:CF_TEST_SHORT_HS must be at least 32 bytes"),
+            "{shown}"
+        );
+        assert!(!shown.contains("PW-planted"), "{shown}");
+        config.route[0].jwt.hs_secret = Some(SecretRef::Env("CF_TEST_LONG_HS".into()));
         assert!(errors_of(&config).is_empty());
     }
 

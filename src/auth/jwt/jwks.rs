@@ -80,12 +80,7 @@ impl JwksSource {
     /// Checks `url`, starts the fetch thread and waits up to `timing.startup_wait` for the
     /// first fetch. Errors are about the URL or the TLS setup, never about the fetch itself.
     pub fn start(url: &str, timing: JwksTiming) -> Result<JwksSource, String> {
-        let target = HttpUrl::parse(url)?;
-        let tls = if target.tls {
-            Some(crate::tls::client_config(None)?)
-        } else {
-            None
-        };
+        let (target, tls) = checked_target(url)?;
         let keys = Arc::new(ArcSwap::from_pointee(Vec::new()));
         let (wake, woken) = crossbeam_channel::bounded(1);
         let (first_done, first_seen) = crossbeam_channel::bounded(1);
@@ -107,6 +102,21 @@ impl JwksSource {
             epoch: Instant::now(),
             last_request_ms: AtomicU64::new(0),
             min_refresh_ms: u64::try_from(timing.min_refresh.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// A source for `url` with the same checks as [`JwksSource::start`] but no fetch thread:
+    /// it never has keys. For `credentialflow check`, which must refuse what `serve` refuses
+    /// without reaching out to the network.
+    pub fn unstarted(url: &str) -> Result<JwksSource, String> {
+        checked_target(url)?;
+        let (wake, _) = crossbeam_channel::bounded(1);
+        Ok(JwksSource {
+            keys: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            wake,
+            epoch: Instant::now(),
+            last_request_ms: AtomicU64::new(0),
+            min_refresh_ms: u64::MAX,
         })
     }
 
@@ -221,6 +231,17 @@ impl Fetcher {
         self.keys.store(Arc::new(keys));
         Ok(ttl)
     }
+}
+
+/// `url` parsed, with the TLS client configuration it needs (`None` for `http://`).
+fn checked_target(url: &str) -> Result<(HttpUrl, Option<Arc<rustls::ClientConfig>>), String> {
+    let target = HttpUrl::parse(url)?;
+    let tls = if target.tls {
+        Some(crate::tls::client_config(None)?)
+    } else {
+        None
+    };
+    Ok((target, tls))
 }
 
 /// An `http://` or `https://` URL split for a request.
