@@ -150,9 +150,11 @@ fn redact_tokens(text: &str, known: &KnownSecrets) -> String {
             .position(|&b| is_token_byte(b))
             .map_or(bytes.len(), |n| i + n);
         let gap = &bytes[i..gap_end];
-        before = if is_scheme && !gap.is_empty() && gap.iter().all(|&b| b == b' ' || b == b'\t') {
-            Before::CredentialFollows
-        } else if end == i && names_a_credential(&lower) && introduces_value(gap) {
+        // `Bearer <credential>`, or `key=<credential>`, `"api-key": "<credential>"`.
+        let scheme_then_value =
+            is_scheme && !gap.is_empty() && gap.iter().all(|&b| b == b' ' || b == b'\t');
+        let name_then_value = end == i && names_a_credential(&lower) && introduces_value(gap);
+        before = if scheme_then_value || name_then_value {
             Before::CredentialFollows
         } else {
             Before::Nothing
@@ -184,7 +186,7 @@ fn is_secret(token: &str, known: &KnownSecrets) -> bool {
     // Each part between separators that keys do not contain, checked on its own:
     // "sk-proj-****abcd" is the parts "sk-proj-" and "abcd".
     let parts = token
-        .split(|c: char| matches!(c, '*' | '.' | '/' | '+' | '~' | '%'))
+        .split(['*', '.', '/', '+', '~', '%'])
         .filter(|p| !p.is_empty());
     for part in parts {
         if part.len() > 3 && has_vendor_prefix(part) {
