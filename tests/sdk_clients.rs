@@ -787,7 +787,7 @@ fn openai_errors_are_typed_exceptions_through_fake_openai() {
         "provider_rate_limit",
         "RateLimitError",
         429,
-        "requests",
+        "rate_limit_error",
     );
     assert_raised(
         &seen,

@@ -6,6 +6,8 @@
 //!   relay, `GET /v1/models`.
 //! - [`sse`]: server-sent events, parsed incrementally and encoded.
 //! - [`mock`]: the in-process mock provider (deterministic replies and usage).
+//! - [`provider_error`]: a provider's error answer as the gateway's error, its message made
+//!   safe by [`scrub`].
 
 pub mod anthropic;
 pub mod azure;
@@ -15,6 +17,8 @@ pub mod gemini;
 pub mod mock;
 pub mod openai;
 pub mod prompt;
+pub mod provider_error;
+pub mod scrub;
 pub mod sse;
 
 pub use catalog::{Catalog, Model, Provider};

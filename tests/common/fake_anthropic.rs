@@ -25,7 +25,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::fake_openai::{
-    reply_pieces, send_event_stream, send_json, Conn, FakeServer, RecordedRequest,
+    echo_failure_headers, reply_pieces, send_event_stream, send_json, Conn, FakeServer, KeyEcho,
+    RecordedRequest,
 };
 
 /// The assistant text answered until a test sets its own.
@@ -58,6 +59,8 @@ struct ToolCall {
 struct Failure {
     status: u16,
     error_type: String,
+    /// Whether (and how) the message repeats the credential the request carried.
+    echo: Option<KeyEcho>,
 }
 
 struct Behaviour {
@@ -110,14 +113,16 @@ impl FakeAnthropic {
                 (Answer::of(&b), failure, b.required_key.clone())
             };
             if let Some(failure) = failure {
-                let body = error_body(&failure.error_type, "The fake was told to fail.");
-                return send_json(
-                    conn,
-                    failure.status,
-                    &body,
-                    keep_alive,
-                    &request_id(ordinal),
-                );
+                let message = match failure.echo {
+                    Some(echo) => echo.message(request),
+                    None => "The fake was told to fail.".to_string(),
+                };
+                let body = error_body(&failure.error_type, &message);
+                let mut headers = request_id(ordinal);
+                if failure.echo.is_some() {
+                    headers.extend(echo_failure_headers(failure.status));
+                }
+                return send_json(conn, failure.status, &body, keep_alive, &headers);
             }
             answer.respond(conn, request, ordinal, keep_alive, required_key.as_deref())
         }));
@@ -180,6 +185,20 @@ impl FakeAnthropic {
             b.failures.push_back(Failure {
                 status,
                 error_type: error_type.to_string(),
+                echo: None,
+            });
+        }
+    }
+
+    /// Like [`FakeAnthropic::fail_next`], with a message that repeats the request's
+    /// credential as `echo` says (and `Retry-After` on a 429).
+    pub fn fail_next_echoing(&self, status: u16, error_type: &str, echo: KeyEcho, n: usize) {
+        let mut b = self.behaviour();
+        for _ in 0..n {
+            b.failures.push_back(Failure {
+                status,
+                error_type: error_type.to_string(),
+                echo: Some(echo),
             });
         }
     }

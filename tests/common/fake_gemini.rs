@@ -24,7 +24,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::fake_openai::{
-    reply_pieces, send_event_stream, send_json, Conn, FakeServer, RecordedRequest,
+    echo_failure_headers, reply_pieces, send_event_stream, send_json, Conn, FakeServer, KeyEcho,
+    RecordedRequest,
 };
 
 /// The assistant text answered until a test sets its own.
@@ -51,6 +52,8 @@ struct FunctionCall {
 struct Failure {
     status: u16,
     status_name: String,
+    /// Whether (and how) the message repeats the credential the request carried.
+    echo: Option<KeyEcho>,
 }
 
 struct Behaviour {
@@ -103,12 +106,16 @@ impl FakeGemini {
                 (Answer::of(&b), failure, b.required_key.clone())
             };
             if let Some(failure) = failure {
-                let body = error_body(
-                    failure.status,
-                    &failure.status_name,
-                    "The fake was told to fail.",
-                );
-                return send_json(conn, failure.status, &body, keep_alive, &[]);
+                let message = match failure.echo {
+                    Some(echo) => echo.message(request),
+                    None => "The fake was told to fail.".to_string(),
+                };
+                let body = error_body(failure.status, &failure.status_name, &message);
+                let headers = match failure.echo {
+                    Some(_) => echo_failure_headers(failure.status),
+                    None => Vec::new(),
+                };
+                return send_json(conn, failure.status, &body, keep_alive, &headers);
             }
             answer.respond(conn, request, ordinal, keep_alive, required_key.as_deref())
         }));
@@ -171,6 +178,20 @@ impl FakeGemini {
             b.failures.push_back(Failure {
                 status,
                 status_name: status_name.to_string(),
+                echo: None,
+            });
+        }
+    }
+
+    /// Like [`FakeGemini::fail_next`], with a message that repeats the request's credential
+    /// as `echo` says (and `Retry-After` on a 429).
+    pub fn fail_next_echoing(&self, status: u16, status_name: &str, echo: KeyEcho, n: usize) {
+        let mut b = self.behaviour();
+        for _ in 0..n {
+            b.failures.push_back(Failure {
+                status,
+                status_name: status_name.to_string(),
+                echo: Some(echo),
             });
         }
     }

@@ -75,6 +75,81 @@ pub struct FakeUsage {
 struct Failure {
     status: u16,
     error_type: String,
+    /// Whether (and how) the message repeats the credential the request carried.
+    echo: Option<KeyEcho>,
+}
+
+/// How a misbehaving provider repeats the credential it received in an error message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyEcho {
+    /// The whole key, then its first 10 and last 8 characters (as OpenAI's 401 quotes
+    /// fragments of a key).
+    Key,
+    /// The `Authorization: Bearer <key>` header line.
+    AuthorizationHeader,
+    /// A Google-style request URL with `?key=<key>`.
+    KeyUrl,
+}
+
+impl KeyEcho {
+    /// Every way of echoing, for tests that try them all.
+    pub const ALL: [KeyEcho; 3] = [KeyEcho::Key, KeyEcho::AuthorizationHeader, KeyEcho::KeyUrl];
+
+    /// The error message for a request that carried `request`'s credential.
+    pub fn message(self, request: &RecordedRequest) -> String {
+        let key = received_key(request);
+        match self {
+            KeyEcho::Key => {
+                let first: String = key.chars().take(10).collect();
+                let last: String = key
+                    .chars()
+                    .skip(key.chars().count().saturating_sub(8))
+                    .collect();
+                format!(
+                    "Incorrect API key provided: {key}. It starts {first}... and ends ...{last}."
+                )
+            }
+            KeyEcho::AuthorizationHeader => {
+                format!("Request rejected. Headers were: Authorization: Bearer {key}; accept: */*")
+            }
+            KeyEcho::KeyUrl => format!(
+                "Error calling POST https://generativelanguage.googleapis.com/v1beta/models/                 m:generateContent?key={key}&alt=sse"
+            ),
+        }
+    }
+}
+
+/// The provider key a request carried, in whichever header (or `?key=`) its provider uses.
+pub fn received_key(request: &RecordedRequest) -> String {
+    if let Some(bearer) = request
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return bearer.to_string();
+    }
+    for name in ["api-key", "x-api-key", "x-goog-api-key"] {
+        if let Some(v) = request.header(name) {
+            return v.to_string();
+        }
+    }
+    request
+        .query
+        .split('&')
+        .find_map(|p| p.strip_prefix("key="))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `Retry-After` sent with echoing 429 failures.
+pub const ECHO_RETRY_AFTER_SECS: u64 = 7;
+
+/// The extra headers of an echoing failure: `Retry-After` on a 429.
+pub fn echo_failure_headers(status: u16) -> Vec<(&'static str, String)> {
+    if status == 429 {
+        vec![("retry-after", ECHO_RETRY_AFTER_SECS.to_string())]
+    } else {
+        Vec::new()
+    }
 }
 
 /// What the fake answers; set by the test.
@@ -207,6 +282,20 @@ impl FakeOpenAi {
             behaviour.failures.push_back(Failure {
                 status,
                 error_type: error_type.to_string(),
+                echo: None,
+            });
+        }
+    }
+
+    /// Like [`FakeOpenAi::fail_next`], with a message that repeats the request's credential
+    /// as `echo` says (and `Retry-After` on a 429).
+    pub fn fail_next_echoing(&self, status: u16, error_type: &str, echo: KeyEcho, n: usize) {
+        let mut behaviour = self.behaviour();
+        for _ in 0..n {
+            behaviour.failures.push_back(Failure {
+                status,
+                error_type: error_type.to_string(),
+                echo: Some(echo),
             });
         }
     }
@@ -468,6 +557,15 @@ fn serve(stream: TcpStream, connection: usize, shared: &Shared) {
         }
         let ordinal = shared.requests.lock().unwrap().len();
         let ok = match failure {
+            Some(Failure {
+                status,
+                error_type,
+                echo: Some(echo),
+            }) => {
+                let body = error_body(&error_type, &echo.message(&request));
+                let headers = echo_failure_headers(status);
+                send_json(&mut conn, status, &body, keep_alive, &headers)
+            }
             Some(failure) => {
                 let body = error_body(&failure.error_type, "The fake was told to fail.");
                 send_json(&mut conn, failure.status, &body, keep_alive, &[])

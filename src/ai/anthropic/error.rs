@@ -4,6 +4,8 @@
 
 use serde_json::{json, Value};
 
+use crate::ai::scrub::scrub_message;
+
 /// Anthropic error types (Anthropic API reference, "Errors", HTTP errors) → OpenAI-format
 /// types, using the gateway's own names where the contract has one.
 fn openai_type_for(anthropic_type: &str) -> Option<&'static str> {
@@ -90,7 +92,8 @@ pub fn error_to_openai(status: u16, body: &[u8]) -> Vec<u8> {
     let message = error
         .as_ref()
         .and_then(|e| string_field(e, "message"))
-        .map(str::to_owned)
+        // Mid-stream errors come here: no credential-looking text reaches the client.
+        .map(|m| scrub_message(m, &[]))
         .unwrap_or_else(|| format!("the provider answered with status {status}"));
     let openai_type = anthropic_type
         .and_then(openai_type_for)
@@ -108,7 +111,8 @@ pub fn error_from_openai(status: u16, body: &[u8]) -> Vec<u8> {
     let message = error
         .as_ref()
         .and_then(|e| string_field(e, "message"))
-        .map(str::to_owned)
+        // Mid-stream errors come here: no credential-looking text reaches the client.
+        .map(|m| scrub_message(m, &[]))
         .unwrap_or_else(|| format!("the provider answered with status {status}"));
     let anthropic_type = error
         .as_ref()

@@ -7,6 +7,8 @@
 
 use serde_json::{json, Value};
 
+use crate::ai::scrub::scrub_message;
+
 /// The OpenAI error body for a Gemini error response of HTTP `status`. The message is
 /// Gemini's; the type comes from the gRPC status (else the HTTP status); the code is the gRPC
 /// status in lower case (`resource_exhausted`). A body that is not Gemini's error format gets
@@ -30,7 +32,8 @@ pub(super) fn openai_error(status: u16, error: Option<&Value>) -> Value {
     let field = |name: &str| error.and_then(|e| e.get(name));
     let grpc_status = field("status").and_then(Value::as_str);
     let message = match field("message").and_then(Value::as_str) {
-        Some(message) if !message.is_empty() => message.to_string(),
+        // Mid-stream errors come here: no credential-looking text reaches the client.
+        Some(message) if !message.is_empty() => scrub_message(message, &[]),
         _ => format!("the Gemini API answered with HTTP status {status}"),
     };
     let kind = if has_reason(error, "API_KEY_INVALID") {

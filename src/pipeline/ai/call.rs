@@ -10,12 +10,13 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::{Map, Value};
 
 use super::stream::{Translation, MAX_EVENT};
-use super::{reply, respond, AttemptLog, EventStream, RequestCtx};
+use super::{reply, send_whole, AttemptLog, EventStream, RequestCtx};
+use crate::ai::provider_error::{self, ProviderError, MAX_ERROR_BODY};
 use crate::ai::{
     anthropic, azure, gemini, mock, openai, ChatRequest, Model, Provider, SseParser, Usage,
 };
 use crate::config::ProviderKind;
-use crate::error::GatewayError;
+use crate::error::{ErrorDialect, GatewayError};
 use crate::http1::{push_header, RequestHead, StrBuf};
 use crate::pipeline::exchange::{self, BodyDecoder, Exchange};
 use crate::pipeline::{Failure, Outcome};
@@ -24,9 +25,6 @@ use crate::worker::{BufConn, Worker};
 
 /// Largest provider response body read whole.
 const MAX_PROVIDER_BODY: usize = 64 * 1024 * 1024;
-
-/// Largest provider error body kept for the client.
-const MAX_ERROR_BODY: usize = 1024 * 1024;
 
 /// The Anthropic API version the gateway speaks.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -62,20 +60,16 @@ pub(super) struct Served<'s> {
 enum Miss {
     /// The gateway could not get an answer (connect error, timeout, bad response).
     Gateway(GatewayError),
-    /// The provider answered with an error status; `body` is in its own dialect.
-    Provider {
-        kind: ProviderKind,
-        status: u16,
-        body: Vec<u8>,
-    },
+    /// The provider answered with an error status.
+    Provider(ProviderError),
 }
 
 enum Attempt {
     Answer(Exchange),
     Mock,
-    /// Worth another try (429, 5xx, connection trouble).
+    /// Worth another try (the provider's key, limits or failures; connection trouble).
     Retry(Miss),
-    /// Final: the request itself is at fault (other 4xx), or it cannot be sent.
+    /// Final: the request itself is at fault (most 4xx), or it cannot be sent.
     Fail(Miss),
 }
 
@@ -172,7 +166,7 @@ impl Miss {
     fn describe(&self) -> String {
         match self {
             Miss::Gateway(e) => e.message(),
-            Miss::Provider { status, .. } => status.to_string(),
+            Miss::Provider(e) => e.provider_status.to_string(),
         }
     }
 }
@@ -215,7 +209,7 @@ async fn try_once(
         provider_request(provider, &target.authority, &path, &body, request_id)
     })
     .await;
-    let mut exchange = match sent {
+    let exchange = match sent {
         Ok(e) => e,
         Err(e) => return Attempt::Retry(Miss::Gateway(e)),
     };
@@ -223,36 +217,48 @@ async fn try_once(
     if (200..300).contains(&status) {
         return Attempt::Answer(exchange);
     }
+    let error = read_provider_error(worker, upstream, provider, exchange, &limits).await;
+    if error.worth_retrying() {
+        Attempt::Retry(Miss::Provider(error))
+    } else {
+        Attempt::Fail(Miss::Provider(error))
+    }
+}
+
+/// Reads a provider's error answer (at most [`MAX_ERROR_BODY`] bytes of it) and maps it to
+/// the gateway's error, the provider's key scrubbed from the message. Every front door and
+/// endpoint answers provider errors through this.
+pub(super) async fn read_provider_error(
+    worker: &Worker,
+    upstream: &crate::upstream::Upstream,
+    provider: &Provider,
+    mut exchange: Exchange,
+    limits: &Limits,
+) -> ProviderError {
+    let status = exchange.response.status();
+    let retry_after = exchange.response.header("retry-after").map(<[u8]>::to_vec);
     let body = exchange::read_response_body(
         &mut exchange,
         "POST",
         MAX_ERROR_BODY,
         limits.upstream_timeout,
     )
-    .await
-    .unwrap_or_default();
-    exchange.finish(worker, upstream, true);
-    if status == 401 || status == 403 {
+    .await;
+    // A body too large or cut short leaves bytes on the connection: it is not reused.
+    exchange.finish(worker, upstream, body.is_ok());
+    let body = body.unwrap_or_default();
+    let key = provider.api_key.as_ref().map(|k| k.current());
+    let secrets: Vec<&str> = key.iter().map(|k| k.expose()).collect();
+    let error = provider_error::from_response(status, &body, retry_after.as_deref(), &secrets);
+    if error.kind == provider_error::ProviderErrorKind::CredentialRefused {
         // The provider refused the gateway's own key: a gateway problem, not the client's
         // (whose virtual key was fine), so not an authentication error toward the client.
         log::warn!(
             "provider {} refused the gateway's api_key ({status})",
             provider.name
         );
-        return Attempt::Retry(Miss::Gateway(GatewayError::Upstream(
-            "the provider refused the gateway's credentials",
-        )));
     }
-    let miss = Miss::Provider {
-        kind: provider.kind,
-        status,
-        body,
-    };
-    if status == 429 || status >= 500 {
-        Attempt::Retry(miss)
-    } else {
-        Attempt::Fail(miss)
-    }
+    error
 }
 
 /// `[limits]` with the per-attempt time to the response head.
@@ -363,25 +369,36 @@ where
 {
     match miss {
         Miss::Gateway(e) => Err(e.into()),
-        Miss::Provider { kind, status, body } => {
-            let body = translate_error(kind, front, status, &body);
-            respond(client, head, ctx, status, "application/json", &body).await
+        Miss::Provider(e) => {
+            let dialect = match front {
+                Front::OpenAi => ErrorDialect::OpenAi,
+                Front::Anthropic => ErrorDialect::Anthropic,
+            };
+            answer_provider_error(client, head, ctx, dialect, &e).await
         }
     }
 }
 
-/// A provider's error body in the front door's dialect.
-fn translate_error(kind: ProviderKind, front: Front, status: u16, body: &[u8]) -> Vec<u8> {
-    let canonical = match kind {
-        ProviderKind::Anthropic if front == Front::Anthropic => return body.to_vec(),
-        ProviderKind::Anthropic => anthropic::error_to_openai(status, body),
-        ProviderKind::Gemini => gemini::error_to_openai(status, body),
-        _ => body.to_vec(),
+/// Answers the client with a provider's error, mapped: the gateway's error shape in
+/// `dialect`, with `Retry-After` when the provider gave one.
+pub(super) async fn answer_provider_error<S>(
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    dialect: ErrorDialect,
+    error: &ProviderError,
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let body = error.body(dialect);
+    let headers = |out: &mut Vec<u8>| {
+        push_header(out, "content-type", b"application/json");
+        if let Some(secs) = error.retry_after_secs {
+            push_header(out, "retry-after", secs.to_string().as_bytes());
+        }
     };
-    match front {
-        Front::OpenAi => canonical,
-        Front::Anthropic => anthropic::error_from_openai(status, &canonical),
-    }
+    send_whole(client, head, ctx, error.status, headers, body.as_bytes()).await
 }
 
 fn is_event_stream(exchange: &Exchange) -> bool {

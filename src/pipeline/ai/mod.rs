@@ -370,6 +370,14 @@ where
         Ok(e) => e,
         Err(e) => return (Err(e.into()), None),
     };
+    let status = exchange.response.status();
+    if !(200..300).contains(&status) {
+        // Mapped like a chat call's: a provider 401/403 is the gateway's 502, never passed on.
+        let error =
+            call::read_provider_error(worker, upstream, provider, exchange, &snapshot.limits).await;
+        let r = call::answer_provider_error(client, head, ctx, ErrorDialect::OpenAi, &error).await;
+        return (r, None);
+    }
     let body = match exchange::read_response_body(
         &mut exchange,
         "POST",
@@ -381,11 +389,9 @@ where
         Ok(b) => b,
         Err(e) => return (Err(e.into()), None),
     };
-    let status = exchange.response.status();
     exchange.finish(worker, upstream, true);
-    let ok = (200..300).contains(&status);
     let (body, usage) = match provider.kind {
-        ProviderKind::Gemini if ok => {
+        ProviderKind::Gemini => {
             match crate::ai::gemini::embeddings_response_to_openai(
                 &body,
                 &model.name,
@@ -403,12 +409,10 @@ where
                 }
             }
         }
-        ProviderKind::Gemini => (crate::ai::gemini::error_to_openai(status, &body), None),
-        _ if ok => {
+        _ => {
             let usage = openai::usage_from_embeddings_response(&body);
             (body, usage)
         }
-        _ => (body, None),
     };
     let r = respond(client, head, ctx, status, "application/json", &body).await;
     (r, usage)
