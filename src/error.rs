@@ -290,6 +290,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
+        402 => "Payment Required",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -297,6 +298,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
         409 => "Conflict",
         411 => "Length Required",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
@@ -317,6 +320,13 @@ mod tests {
         let mut out = Vec::new();
         err.write_response("rid-1", close, &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn statuses_relayed_from_providers_have_reason_phrases() {
+        for status in [400, 402, 404, 408, 413, 415, 422, 429, 500, 502, 503, 504] {
+            assert!(!reason_phrase(status).is_empty(), "{status} has no reason phrase");
+        }
     }
 
     #[test]
