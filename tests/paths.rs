@@ -320,3 +320,29 @@ on_both_drivers! {
         assert_eq!(access_entry(&gw, &id)["path"], "/v1/items/~me");
     }
 }
+
+on_both_drivers! {
+    fn ai_front_doors_are_matched_on_the_normalized_path(driver) {
+        // A catch-all route too: a raw-path match would send these to the echo upstream.
+        let upstream = Upstream::echo("backend");
+        let rest = format!(
+            "[ai]\nauth = \"none\"\n\n\
+             [[provider]]\nname = \"mock\"\nkind = \"mock\"\n\n\
+             [[model]]\nname = \"m\"\nprovider = \"mock\"\n{}",
+            proxy_config(&upstream.target())
+        );
+        let gw = Gateway::start(&config(&rest), driver);
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let body = body.to_string();
+        for target in ["/v1/x/../chat/completions", "/v1/%63hat//completions"] {
+            let headers = [("Content-Type", "application/json")];
+            let response = roundtrip(
+                gw.addr(),
+                &request("POST", target, &headers, body.as_bytes()),
+            );
+            assert_eq!(response.status, 200, "{target}: {}", response.text());
+            assert_eq!(response.json()["object"], "chat.completion", "{target}");
+        }
+        assert_eq!(upstream.request_count(), 0);
+    }
+}
