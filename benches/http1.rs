@@ -1,4 +1,5 @@
-//! HTTP/1.1 hot-path benchmarks: request head parse + validation, chunked decode.
+//! HTTP/1.1 hot-path benchmarks: request head parse + validation, path normalization,
+//! chunked decode.
 //!
 //! Kept short on purpose (small samples, 1 s measurement):
 //! `cargo bench --bench http1`.
@@ -6,7 +7,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use credentialflow::http1::{encode_chunk, encode_last_chunk, ChunkedDecoder, HeadParser};
+use credentialflow::http1::{
+    encode_chunk, encode_last_chunk, normalize_path, ChunkedDecoder, HeadParser,
+};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 /// A typical browser navigation: about 500 bytes, 10 header fields.
@@ -46,6 +49,25 @@ fn parse_heads(c: &mut Criterion) {
     group.finish();
 }
 
+/// Path normalization: an ordinary path (one scan, borrowed) and one needing every rule
+/// (escapes to decode and to upper-case, dot segments, `//`).
+fn normalize_paths(c: &mut Criterion) {
+    let mut group = c.benchmark_group("http1_path");
+    for (name, path) in [
+        ("ordinary", "/v1/chat/completions"),
+        (
+            "needs_work",
+            "/v1/%7eteam/./models//gpt-4o/%2E%2e/chat/x/../completions%3a",
+        ),
+    ] {
+        group.throughput(Throughput::Bytes(path.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(normalize_path(black_box(path), true).expect("normalizable")));
+        });
+    }
+    group.finish();
+}
+
 fn decode_chunked(c: &mut Criterion) {
     let body: Vec<u8> = (0..16 * 1024).map(|i| (i % 251) as u8).collect();
     let mut wire = Vec::new();
@@ -76,6 +98,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    targets = parse_heads, decode_chunked
+    targets = parse_heads, normalize_paths, decode_chunked
 }
 criterion_main!(benches);

@@ -70,6 +70,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub upstream_timeout: Duration,
+    /// Whether request paths have runs of `/` folded into one (`merge_slashes`).
+    pub merge_slashes: bool,
 }
 
 /// One `[[team]]`'s limits over the sum of its keys.
@@ -253,6 +255,7 @@ impl Snapshot {
             idle_timeout: Duration::from_millis(l.idle_timeout_ms),
             upstream_connect_timeout: Duration::from_millis(l.upstream_connect_timeout_ms),
             upstream_timeout: Duration::from_millis(l.upstream_timeout_ms),
+            merge_slashes: l.merge_slashes,
         };
         let teams = config
             .team

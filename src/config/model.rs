@@ -233,6 +233,8 @@ pub struct LimitsConfig {
     pub upstream_connect_timeout_ms: u64,
     /// Time to the upstream's response head; streams may run longer.
     pub upstream_timeout_ms: u64,
+    /// Fold runs of `/` in a request path into one before routing (and forwarding).
+    pub merge_slashes: bool,
 }
 
 impl Default for LimitsConfig {
@@ -244,6 +246,7 @@ impl Default for LimitsConfig {
             idle_timeout_ms: 60_000,
             upstream_connect_timeout_ms: 3_000,
             upstream_timeout_ms: 300_000,
+            merge_slashes: true,
         }
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::http1::normalize_path;
+
 use super::address::{parse_listen_addr, Cidr, HostPort};
 use super::model::{
     AuthKind, Config, JwtConfig, ProviderKind, RouteConfig, ServerConfig, UpstreamConfig,
@@ -275,6 +277,10 @@ fn check_routes(config: &Config, findings: &mut Findings) {
         }
         if !route.path_prefix.starts_with('/') {
             findings.error(at("path_prefix"), "must start with '/'");
+        } else if let Some(problem) =
+            prefix_never_matches(&route.path_prefix, config.limits.merge_slashes)
+        {
+            findings.error(at("path_prefix"), problem);
         } else {
             let key = (route.host.as_str(), route.path_prefix.as_str());
             match matches.get(&key) {
@@ -339,6 +345,18 @@ fn check_routes(config: &Config, findings: &mut Findings) {
 
 /// `Host` header value as matched by a route: a DNS name, IPv4 or bracketed IPv6 address,
 /// with an optional port (RFC 9110 §7.2).
+/// Requests are routed on their normalized path (`limits.merge_slashes` included), so a
+/// prefix that normalization would change or refuse could never match.
+fn prefix_never_matches(prefix: &str, merge_slashes: bool) -> Option<String> {
+    match normalize_path(prefix, merge_slashes) {
+        Ok(normal) if normal == prefix => None,
+        Ok(normal) => Some(format!(
+            "can never match: request paths are normalized first (this one becomes {normal:?})"
+        )),
+        Err(e) => Some(format!("can never match: {e}")),
+    }
+}
+
 fn is_route_host(host: &str) -> bool {
     let is_port = |p: &str| p.parse::<u16>().is_ok();
     if let Some(rest) = host.strip_prefix('[') {
@@ -740,6 +758,23 @@ mod tests {
                 "lua.memory_limit_mb"
             ]
         );
+    }
+
+    #[test]
+    fn path_prefix_that_normalization_changes_is_an_error() {
+        for prefix in ["/a/../b/", "/%7euser/", "/a//b/", "/a%2fb/", "/.."] {
+            let mut config = valid();
+            config.route[0].path_prefix = prefix.into();
+            assert_eq!(errors_of(&config), ["route[0].path_prefix"], "{prefix}");
+        }
+    }
+
+    #[test]
+    fn double_slash_prefix_is_fine_when_slashes_are_kept() {
+        let mut config = valid();
+        config.limits.merge_slashes = false;
+        config.route[0].path_prefix = "/a//b/".into();
+        assert!(errors_of(&config).is_empty());
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   resume offset so no byte is scanned twice, and validates it once complete.
 //! - [`RequestHead`] / [`ResponseHead`] own a copy of the head bytes; accessors
 //!   return slices into it (one allocation for the bytes, one for the field index).
+//! - [`normalize_path`] gives the one spelling of a request path that routing, auth and the
+//!   upstream all see (dot segments resolved, unreserved escapes decoded), or refuses it.
 //! - [`ChunkedDecoder`] decodes `Transfer-Encoding: chunked` bodies, resumably and
 //!   strictly; [`encode_chunk`] and [`encode_last_chunk`] write them.
 //!
@@ -19,6 +21,7 @@ mod chunked;
 mod encode;
 mod fields;
 mod framing;
+mod path;
 mod request;
 mod response;
 mod scan;
@@ -28,6 +31,7 @@ pub use chunked::{ChunkError, ChunkedDecoder, Decoded, MAX_CHUNK_LINE, MAX_TRAIL
 pub use encode::{
     encode_chunk, encode_last_chunk, is_valid_field_name, is_valid_field_value, push_header, StrBuf,
 };
+pub use path::{normalize_path, PathError};
 pub use request::{HeadParser, RequestHead, MAX_HEADERS};
 pub use response::{parse_response, ResponseBody, ResponseHead, ResponseParser};
 

@@ -2,6 +2,7 @@
 
 use super::fields::{start_line, ConnectionOptions, Fields, Span};
 use super::framing::{parse_content_length, CodingVerdict, TransferCodings};
+use super::path::{normalize_path, PathError};
 use super::scan::{HeadScanner, LineEndings};
 use super::syntax::{
     ascii_str, hex_value, is_tchar, is_underscore_spelling, is_valid_host, list_elements,
@@ -94,6 +95,9 @@ pub struct RequestHead {
     target: Span,
     /// Empty for an absolute-form target with an empty path, which means `/`.
     path: Span,
+    /// The normalized path, set by [`RequestHead::normalize_path`] only when it differs
+    /// from the raw one, so an ordinary path costs no allocation.
+    normalized: Option<Box<str>>,
     query: Option<Span>,
     version: Version,
     /// The Host value; for an HTTP/1.0 absolute-form request without Host, the
@@ -116,14 +120,38 @@ impl RequestHead {
         ascii_str(self.target.get(self.fields.bytes()))
     }
 
-    /// The path without the query, still percent-encoded. For an absolute-form
-    /// target it is the path part (`/` when empty); for `OPTIONS *` it is `*`.
+    /// The path without the query: the normalized one once [`RequestHead::normalize_path`]
+    /// has run (what routing, auth and the upstream see), the raw one before. For an
+    /// absolute-form target it is the path part (`/` when empty); for `OPTIONS *` it is `*`.
     pub fn path(&self) -> &str {
+        match &self.normalized {
+            Some(normalized) => normalized,
+            None => self.raw_path(),
+        }
+    }
+
+    /// The path exactly as sent (percent-encoding and dot segments untouched).
+    pub fn raw_path(&self) -> &str {
         if self.path.is_empty() {
             "/"
         } else {
             ascii_str(self.path.get(self.fields.bytes()))
         }
+    }
+
+    /// Brings the path to its normal form (see [`normalize_path`]) so that [`RequestHead::path`]
+    /// returns it from now on; the query is left untouched. The asterisk-form `*` of
+    /// `OPTIONS *` has no path to normalize. On error the path is left as sent.
+    pub fn normalize_path(&mut self, merge_slashes: bool) -> Result<(), PathError> {
+        let raw = self.raw_path();
+        if raw == "*" {
+            return Ok(());
+        }
+        self.normalized = match normalize_path(raw, merge_slashes)? {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(normal) => Some(normal.into_boxed_str()),
+        };
+        Ok(())
     }
 
     /// The query after the first `?` (possibly empty), or `None` without a `?`.
@@ -250,6 +278,7 @@ impl RequestHead {
             method: line.method,
             target: line.target,
             path: target.path.offset(target_start),
+            normalized: None,
             query: target.query.map(|q| q.offset(target_start)),
             version: line.version,
             host,
@@ -707,6 +736,54 @@ mod tests {
         let head = parse("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
         assert_eq!(head.path(), "*");
         assert_eq!(head.query(), None);
+    }
+
+    #[test]
+    fn normalized_path_replaces_the_raw_one_and_leaves_the_query() {
+        let mut head =
+            parse("GET /public/%2e%2E/api/x?a=/../b HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(head.path(), "/public/%2e%2E/api/x");
+        head.normalize_path(true).unwrap();
+        assert_eq!(head.path(), "/api/x");
+        assert_eq!(head.raw_path(), "/public/%2e%2E/api/x");
+        assert_eq!(head.query(), Some("a=/../b"));
+        assert_eq!(head.target(), "/public/%2e%2E/api/x?a=/../b");
+    }
+
+    #[test]
+    fn ordinary_path_needs_no_normalized_copy() {
+        let mut head = get_with("").unwrap();
+        head.normalize_path(true).unwrap();
+        assert!(head.normalized.is_none());
+        assert_eq!(head.path(), "/");
+    }
+
+    #[test]
+    fn absolute_form_path_part_is_normalized() {
+        let mut head = parse("GET http://a/x/./y/../z?q HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        head.normalize_path(true).unwrap();
+        assert_eq!(head.path(), "/x/z");
+        assert_eq!(head.query(), Some("q"));
+        let mut head = parse("GET http://a HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        head.normalize_path(true).unwrap();
+        assert_eq!(head.path(), "/");
+    }
+
+    #[test]
+    fn asterisk_form_is_left_alone_by_normalization() {
+        let mut head = parse("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        head.normalize_path(true).unwrap();
+        assert_eq!(head.path(), "*");
+    }
+
+    #[test]
+    fn refused_path_keeps_the_raw_path() {
+        let mut head = parse("GET /a/..;/b HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(
+            head.normalize_path(true),
+            Err(PathError::DotSegmentParameters)
+        );
+        assert_eq!(head.path(), "/a/..;/b");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The request path, in order. Read this file top to bottom to follow one request:
 //!
-//! 1. **route**: host + longest path prefix picks a `[[route]]` (404 if none).
+//! 1. **route**: the path is normalized (dot segments, unreserved escapes, `//`; 400 when it
+//!    cannot be safely), then host + longest path prefix picks a `[[route]]` (404 if none).
 //! 2. **access / auth / limits / prompt**: arrive with the credentials, limits, Lua and AI
 //!    features; each is a phase function called here, in this order.
 //! 3. **upstream**: pick a target, reuse or open a connection, send the rewritten head and
@@ -136,7 +137,14 @@ where
         attempts: Vec::new(),
         hooked: None,
     };
-    let outcome = match run_phases(worker, &snapshot, client, &head, &mut ctx).await {
+    let mut head = head;
+    // Every later phase, the access log and the upstream see the normalized path; a path
+    // that cannot be normalized safely is refused before it is routed anywhere.
+    let routed = match head.normalize_path(snapshot.limits.merge_slashes) {
+        Ok(()) => run_phases(worker, &snapshot, client, &head, &mut ctx).await,
+        Err(e) => Err(Failure::Respond(GatewayError::BadRequest(e.reason()))),
+    };
+    let outcome = match routed {
         Ok(outcome) => outcome,
         Err(Failure::Abort) => Outcome::Close,
         Err(Failure::Respond(err)) => {
