@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::address::{parse_listen_addr, Cidr, HostPort};
-use super::model::{AuthKind, Config, ProviderKind, RouteConfig, ServerConfig, UpstreamConfig};
+use super::model::{
+    AuthKind, Config, ProviderKind, RouteConfig, ServerConfig, UpstreamConfig,
+    MAX_DRAIN_AFTER_DISCONNECT_MS,
+};
 
 /// Errors and warnings as (key path, message).
 #[derive(Debug, Default)]
@@ -497,6 +500,13 @@ fn check_ai(config: &Config, findings: &mut Findings) {
         }
         _ => {}
     }
+    // Each drain holds a provider connection and the key's concurrency slot: bounded.
+    if config.ai.drain_after_disconnect_ms > MAX_DRAIN_AFTER_DISCONNECT_MS {
+        findings.error(
+            "ai.drain_after_disconnect_ms",
+            format!("must be at most {MAX_DRAIN_AFTER_DISCONNECT_MS} (10 minutes)"),
+        );
+    }
 }
 
 fn is_url_segment(name: &str) -> bool {
@@ -681,6 +691,17 @@ mod tests {
                 "lua.memory_limit_mb"
             ]
         );
+    }
+
+    #[test]
+    fn drain_after_disconnect_is_bounded_and_zero_turns_it_off() {
+        let mut config = valid();
+        config.ai.drain_after_disconnect_ms = 0;
+        assert!(errors_of(&config).is_empty());
+        config.ai.drain_after_disconnect_ms = MAX_DRAIN_AFTER_DISCONNECT_MS;
+        assert!(errors_of(&config).is_empty());
+        config.ai.drain_after_disconnect_ms = MAX_DRAIN_AFTER_DISCONNECT_MS + 1;
+        assert_eq!(errors_of(&config), ["ai.drain_after_disconnect_ms"]);
     }
 
     #[test]
