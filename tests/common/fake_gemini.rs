@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::fake_openai::{
-    reply_pieces, send_event_stream, send_json, Conn, FakeServer, RecordedRequest,
+    reply_pieces, send_event_stream_ending, send_json, Conn, FakeServer, RecordedRequest, StreamEnd,
 };
 
 /// The assistant text answered until a test sets its own.
@@ -57,6 +57,7 @@ struct Behaviour {
     usage: GeminiUsage,
     reply: String,
     stream_delay: Duration,
+    stream_end: StreamEnd,
     function_call: Option<FunctionCall>,
     failures: VecDeque<Failure>,
     required_key: Option<String>,
@@ -91,6 +92,7 @@ impl FakeGemini {
             },
             reply: DEFAULT_REPLY.to_string(),
             stream_delay: Duration::ZERO,
+            stream_end: StreamEnd::Complete,
             function_call: None,
             failures: VecDeque::new(),
             required_key: None,
@@ -138,6 +140,11 @@ impl FakeGemini {
     /// The pause before each streamed chunk after the first.
     pub fn set_stream_delay(&self, per_chunk: Duration) {
         self.behaviour().stream_delay = per_chunk;
+    }
+
+    /// How the next streamed answers end (a cut or stalled provider stream).
+    pub fn set_stream_end(&self, end: StreamEnd) {
+        self.behaviour().stream_end = end;
     }
 
     /// The next answers are one `functionCall` part calling `name` with
@@ -190,6 +197,7 @@ struct Answer {
     usage: GeminiUsage,
     reply: String,
     stream_delay: Duration,
+    stream_end: StreamEnd,
     function_call: Option<FunctionCall>,
 }
 
@@ -199,6 +207,7 @@ impl Answer {
             usage: b.usage,
             reply: b.reply.clone(),
             stream_delay: b.stream_delay,
+            stream_end: b.stream_end,
             function_call: b.function_call.clone(),
         }
     }
@@ -290,7 +299,14 @@ impl Answer {
                 .iter()
                 .map(|c| format!("data: {c}\r\n\r\n").into_bytes())
                 .collect();
-            send_event_stream(conn, &events, self.stream_delay, keep_alive, &[])
+            send_event_stream_ending(
+                conn,
+                &events,
+                self.stream_delay,
+                keep_alive,
+                &[],
+                self.stream_end,
+            )
         } else {
             send_json(conn, 200, &Value::Array(chunks), keep_alive, &[])
         }
