@@ -87,12 +87,30 @@ impl Fakes {
 
 /// A gateway (2 workers, access log) in front of `fakes`, `extra` appended.
 fn start_gateway(fakes: &Fakes, extra: &str, driver: Driver) -> Gateway {
-    let config = format!(
+    start_config(
+        &gateway_config(fakes, &format!("{DIR}/data"), extra),
+        driver,
+    )
+}
+
+/// Starts a gateway on `config` with the providers' keys in its environment.
+fn start_config(config: &str, driver: Driver) -> Gateway {
+    Gateway::builder(config, driver)
+        .env("FAKE_OPENAI_KEY", OPENAI_KEY)
+        .env("FAKE_ANTHROPIC_KEY", ANTHROPIC_KEY)
+        .env("FAKE_GEMINI_KEY", GEMINI_KEY)
+        .start()
+}
+
+/// The config of a gateway in front of `fakes` keeping its data in
+/// `data_dir`, `extra` appended.
+fn gateway_config(fakes: &Fakes, data_dir: &str, extra: &str) -> String {
+    format!(
         r#"[server]
 listen = ["127.0.0.1:0"]
 admin_listen = "127.0.0.1:0"
 admin_token = "env:CF_ADMIN_TOKEN"
-data_dir = "{DIR}/data"
+data_dir = "{data_dir}"
 access_log = "{DIR}/access.log"
 workers = 2
 
@@ -140,12 +158,7 @@ output_price_per_mtok = 1.5
         openai = fakes.openai.base_url(),
         anthropic = fakes.anthropic.base_url(),
         gemini = fakes.gemini.base_url(),
-    );
-    Gateway::builder(&config, driver)
-        .env("FAKE_OPENAI_KEY", OPENAI_KEY)
-        .env("FAKE_ANTHROPIC_KEY", ANTHROPIC_KEY)
-        .env("FAKE_GEMINI_KEY", GEMINI_KEY)
-        .start()
+    )
 }
 
 /// A key made through the admin API (`body`), known to every worker.
@@ -390,6 +403,36 @@ fn anthropic_stream_cut_after_message_start_is_not_charged_its_partial_usage() {
         row["prompt_tokens"], REPORTED_PROMPT,
         "message_start's input count: {row}"
     );
+}
+
+#[test]
+fn shutdown_stops_a_drain_at_once_and_the_cut_stream_is_still_charged() {
+    let fakes = Fakes::start();
+    // The provider goes silent for up to a minute and the drain would wait
+    // ten: only shutdown can end this drain early.
+    fakes.openai.set_stream_end(StreamEnd::StallAfter(40));
+    let long_drain = "[ai]\ndrain_after_disconnect_ms = 600000\n";
+    let mut first = start_gateway(&fakes, long_drain, Driver::Uring);
+    let key = key_for(&first, json!({ "name": "shutdown", "team": "t" }));
+    let raw = stream_request(Front::OpenAi, OPENAI_MODEL, &key.secret, 400);
+    leave_mid_stream(first.addr(), &raw, 20);
+    assert!(
+        fakes.openai.wait_for_requests(1, WAIT),
+        "the request reached the provider"
+    );
+
+    // drain_timeout_ms is 30 s by default: exiting well within it means the
+    // drain stopped as shutdown began rather than being dropped at the end.
+    first.signal(libc::SIGTERM);
+    let status = first.wait_exit(WAIT);
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+
+    // The stopped drain was settled as a cut stream before the exit.
+    let data_dir = first.dir().join("data");
+    let config = gateway_config(&fakes, &data_dir.to_string_lossy(), "");
+    let second = start_config(&config, Driver::Uring);
+    let row = usage_row_when(&second, OPENAI_MODEL, |r| r["requests"] == 1);
+    assert_eq!(row["completion_tokens"], 400, "the reservation: {row}");
 }
 
 // ---------------------------------------------------------------------------
