@@ -573,6 +573,19 @@ pub struct AiConfig {
     /// upstream_timeout_ms`.
     #[serde(default)]
     pub attempt_timeout_ms: u64,
+    /// Extension: after a client leaves a stream, how long the gateway keeps reading the
+    /// provider's stream (relaying nothing) to capture the usage it reports at the end, so
+    /// the request is charged what it really used; 0 = stop at once (the stream is then
+    /// charged as cut short: the larger of the completion tokens relayed and reserved).
+    #[serde(default = "default_drain_after_disconnect_ms")]
+    pub drain_after_disconnect_ms: u64,
+}
+
+/// The longest `drain_after_disconnect_ms` accepted.
+pub const MAX_DRAIN_AFTER_DISCONNECT_MS: u64 = 10 * 60 * 1000;
+
+fn default_drain_after_disconnect_ms() -> u64 {
+    30_000
 }
 
 fn default_max_retries() -> u32 {
@@ -595,6 +608,7 @@ impl Default for AiConfig {
             default_max_tokens: default_max_tokens(),
             max_retries: default_max_retries(),
             attempt_timeout_ms: 0,
+            drain_after_disconnect_ms: default_drain_after_disconnect_ms(),
         }
     }
 }
@@ -632,6 +646,7 @@ mod tests {
         assert_eq!(config.limits.max_header_bytes, 32_768);
         assert_eq!(config.limits.upstream_timeout_ms, 300_000);
         assert_eq!(config.ai.auth, AuthKind::ApiKey);
+        assert_eq!(config.ai.drain_after_disconnect_ms, 30_000);
         assert_eq!(config.lua.hook_timeout_ms, 10);
         assert_eq!(config.lua.memory_limit_mb, 32);
     }

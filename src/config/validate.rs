@@ -9,6 +9,7 @@ use crate::http1::normalize_path;
 use super::address::{parse_listen_addr, Cidr, HostPort};
 use super::model::{
     AuthKind, Config, JwtConfig, ProviderKind, RouteConfig, ServerConfig, UpstreamConfig,
+    MAX_DRAIN_AFTER_DISCONNECT_MS,
 };
 use super::redact::{has_userinfo, redact_url, CREDENTIALS_IN_URL};
 use crate::auth::jwt::MIN_HS_SECRET_BYTES;
@@ -574,6 +575,13 @@ fn check_ai(config: &Config, findings: &mut Findings) {
         }
         _ => {}
     }
+    // Each drain holds a provider connection and the key's concurrency slot: bounded.
+    if config.ai.drain_after_disconnect_ms > MAX_DRAIN_AFTER_DISCONNECT_MS {
+        findings.error(
+            "ai.drain_after_disconnect_ms",
+            format!("must be at most {MAX_DRAIN_AFTER_DISCONNECT_MS} (10 minutes)"),
+        );
+    }
 }
 
 fn is_url_segment(name: &str) -> bool {
@@ -775,6 +783,17 @@ mod tests {
         config.limits.merge_slashes = false;
         config.route[0].path_prefix = "/a//b/".into();
         assert!(errors_of(&config).is_empty());
+    }
+
+    #[test]
+    fn drain_after_disconnect_is_bounded_and_zero_turns_it_off() {
+        let mut config = valid();
+        config.ai.drain_after_disconnect_ms = 0;
+        assert!(errors_of(&config).is_empty());
+        config.ai.drain_after_disconnect_ms = MAX_DRAIN_AFTER_DISCONNECT_MS;
+        assert!(errors_of(&config).is_empty());
+        config.ai.drain_after_disconnect_ms = MAX_DRAIN_AFTER_DISCONNECT_MS + 1;
+        assert_eq!(errors_of(&config), ["ai.drain_after_disconnect_ms"]);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub const TOKENS_PER_NAME: u64 = 1;
 pub const REPLY_PRIMING_TOKENS: u64 = 3;
 
 /// Bytes per token for models without a known tokenizer (see the module docs).
-const BYTES_PER_TOKEN: u64 = 4;
+pub(super) const BYTES_PER_TOKEN: u64 = 4;
 
 /// How a model's text is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

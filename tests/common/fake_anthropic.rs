@@ -25,8 +25,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::fake_openai::{
-    echo_failure_headers, reply_pieces, send_event_stream, send_json, Conn, FakeServer, KeyEcho,
-    RecordedRequest,
+    echo_failure_headers, reply_pieces, send_event_stream, send_event_stream_ending, send_json, Conn,
+    FakeServer, KeyEcho, RecordedRequest, StreamEnd,
 };
 
 /// The assistant text answered until a test sets its own.
@@ -67,6 +67,7 @@ struct Behaviour {
     usage: AnthropicUsage,
     reply: String,
     stream_delay: Duration,
+    stream_end: StreamEnd,
     tool_call: Option<ToolCall>,
     failures: VecDeque<Failure>,
     required_key: Option<String>,
@@ -101,6 +102,7 @@ impl FakeAnthropic {
             },
             reply: DEFAULT_REPLY.to_string(),
             stream_delay: Duration::ZERO,
+            stream_end: StreamEnd::Complete,
             tool_call: None,
             failures: VecDeque::new(),
             required_key: None,
@@ -152,6 +154,11 @@ impl FakeAnthropic {
     /// The pause before each event of a streamed answer after the first.
     pub fn set_stream_delay(&self, per_event: Duration) {
         self.behaviour().stream_delay = per_event;
+    }
+
+    /// How the next streamed answers end (a cut or stalled provider stream).
+    pub fn set_stream_end(&self, end: StreamEnd) {
+        self.behaviour().stream_end = end;
     }
 
     /// The next answers are one `tool_use` block calling `name` with
@@ -223,6 +230,7 @@ struct Answer {
     usage: AnthropicUsage,
     reply: String,
     stream_delay: Duration,
+    stream_end: StreamEnd,
     tool_call: Option<ToolCall>,
 }
 
@@ -232,6 +240,7 @@ impl Answer {
             usage: b.usage,
             reply: b.reply.clone(),
             stream_delay: b.stream_delay,
+            stream_end: b.stream_end,
             tool_call: b.tool_call.clone(),
         }
     }
@@ -301,12 +310,13 @@ impl Answer {
         let id = format!("msg_fake{ordinal}");
         if body["stream"].as_bool() == Some(true) {
             let events = self.events(&id, model, ordinal);
-            send_event_stream(
+            send_event_stream_ending(
                 conn,
                 &events,
                 self.stream_delay,
                 keep_alive,
                 &request_id(ordinal),
+                self.stream_end,
             )
         } else {
             let message = self.message(&id, model, ordinal);

@@ -24,8 +24,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::fake_openai::{
-    echo_failure_headers, reply_pieces, send_event_stream, send_json, Conn, FakeServer, KeyEcho,
-    RecordedRequest,
+    echo_failure_headers, reply_pieces, send_event_stream, send_event_stream_ending, send_json, Conn,
+    FakeServer, KeyEcho, RecordedRequest, StreamEnd,
 };
 
 /// The assistant text answered until a test sets its own.
@@ -60,6 +60,7 @@ struct Behaviour {
     usage: GeminiUsage,
     reply: String,
     stream_delay: Duration,
+    stream_end: StreamEnd,
     function_call: Option<FunctionCall>,
     failures: VecDeque<Failure>,
     required_key: Option<String>,
@@ -94,6 +95,7 @@ impl FakeGemini {
             },
             reply: DEFAULT_REPLY.to_string(),
             stream_delay: Duration::ZERO,
+            stream_end: StreamEnd::Complete,
             function_call: None,
             failures: VecDeque::new(),
             required_key: None,
@@ -145,6 +147,11 @@ impl FakeGemini {
     /// The pause before each streamed chunk after the first.
     pub fn set_stream_delay(&self, per_chunk: Duration) {
         self.behaviour().stream_delay = per_chunk;
+    }
+
+    /// How the next streamed answers end (a cut or stalled provider stream).
+    pub fn set_stream_end(&self, end: StreamEnd) {
+        self.behaviour().stream_end = end;
     }
 
     /// The next answers are one `functionCall` part calling `name` with
@@ -211,6 +218,7 @@ struct Answer {
     usage: GeminiUsage,
     reply: String,
     stream_delay: Duration,
+    stream_end: StreamEnd,
     function_call: Option<FunctionCall>,
 }
 
@@ -220,6 +228,7 @@ impl Answer {
             usage: b.usage,
             reply: b.reply.clone(),
             stream_delay: b.stream_delay,
+            stream_end: b.stream_end,
             function_call: b.function_call.clone(),
         }
     }
@@ -311,7 +320,14 @@ impl Answer {
                 .iter()
                 .map(|c| format!("data: {c}\r\n\r\n").into_bytes())
                 .collect();
-            send_event_stream(conn, &events, self.stream_delay, keep_alive, &[])
+            send_event_stream_ending(
+                conn,
+                &events,
+                self.stream_delay,
+                keep_alive,
+                &[],
+                self.stream_end,
+            )
         } else {
             send_json(conn, 200, &Value::Array(chunks), keep_alive, &[])
         }

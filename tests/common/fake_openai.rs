@@ -45,6 +45,22 @@ pub const FAKE_REQUEST_LIMIT: u64 = 30_000;
 /// Length of each embedding vector the fake returns.
 const EMBEDDING_DIMENSIONS: usize = 8;
 
+/// Longest a stalled stream waits for the peer to close before giving up.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// How a fake's streamed answer ends; tests of streams the provider never
+/// finishes set the other variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Every event, then the end of the chunked body.
+    Complete,
+    /// After the first `n` events the connection is closed, the body unfinished.
+    CutAfter(usize),
+    /// After the first `n` events nothing more is sent; the connection stays
+    /// open until the peer closes it (at most [`STALL_LIMIT`]).
+    StallAfter(usize),
+}
+
 impl RecordedRequest {
     /// The body as JSON (fails the test if it is not).
     pub fn json(&self) -> Value {
@@ -157,6 +173,7 @@ struct Behaviour {
     usage: FakeUsage,
     reply: String,
     stream_delay: Duration,
+    stream_end: StreamEnd,
     /// `(name, arguments JSON text)` of a function call answered instead of text.
     tool_call: Option<(String, String)>,
     failures: VecDeque<Failure>,
@@ -200,6 +217,7 @@ impl FakeOpenAi {
                 },
                 reply: DEFAULT_REPLY.to_string(),
                 stream_delay: Duration::ZERO,
+                stream_end: StreamEnd::Complete,
                 tool_call: None,
                 failures: VecDeque::new(),
             }),
@@ -258,6 +276,11 @@ impl FakeOpenAi {
     /// The pause before each chunk of a streamed answer after the first.
     pub fn set_stream_delay(&self, per_chunk: Duration) {
         self.behaviour().stream_delay = per_chunk;
+    }
+
+    /// How the next streamed answers end (events counted with `data: [DONE]`).
+    pub fn set_stream_end(&self, end: StreamEnd) {
+        self.behaviour().stream_end = end;
     }
 
     /// The next chat answers call the function `name` with `arguments_json`
@@ -445,6 +468,39 @@ impl Conn {
         self.stream.write_all(bytes).is_ok() && self.stream.flush().is_ok()
     }
 
+    /// Closes the connection in both directions now (the server's list of
+    /// open connections keeps a clone, so dropping this one would not).
+    pub fn close(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Sends nothing and waits until the peer closes the connection (or
+    /// `limit` passes); returns whether the peer closed it.
+    pub fn wait_for_peer_close(&mut self, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let _ = self
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(50)));
+        let mut scratch = [0u8; 4096];
+        let closed = loop {
+            if std::time::Instant::now() >= deadline {
+                break false;
+            }
+            match self.stream.read(&mut scratch) {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => break true,
+            }
+        };
+        let _ = self.stream.set_read_timeout(Some(CONN_READ_TIMEOUT));
+        closed
+    }
+
     /// Reads one request; None at EOF or on bytes that are not a request.
     pub fn read_request(&mut self, connection: usize) -> Option<RecordedRequest> {
         let head_len = loop {
@@ -589,6 +645,7 @@ struct Snapshot {
     usage: FakeUsage,
     reply: String,
     stream_delay: Duration,
+    stream_end: StreamEnd,
     tool_call: Option<(String, String)>,
 }
 
@@ -598,6 +655,7 @@ impl Snapshot {
             usage: behaviour.usage,
             reply: behaviour.reply.clone(),
             stream_delay: behaviour.stream_delay,
+            stream_end: behaviour.stream_end,
             tool_call: behaviour.tool_call.clone(),
         }
     }
@@ -887,34 +945,14 @@ impl Snapshot {
             .map(|e| format!("data: {e}\n\n").into_bytes())
             .collect();
         data.push(b"data: [DONE]\n\n".to_vec());
-
-        let mut head = status_line(200);
-        head.push_str(
-            "Content-Type: text/event-stream; charset=utf-8\r\n\
-             Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n",
-        );
-        for (name, value) in rate_limit_headers() {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str(&format!(
-            "Connection: {}\r\n\r\n",
-            connection_token(keep_alive)
-        ));
-        if !conn.send(head.as_bytes()) {
-            return false;
-        }
-        for (i, event) in data.iter().enumerate() {
-            if i > 0 && !self.stream_delay.is_zero() {
-                std::thread::sleep(self.stream_delay);
-            }
-            let mut chunk = format!("{:x}\r\n", event.len()).into_bytes();
-            chunk.extend_from_slice(event);
-            chunk.extend_from_slice(b"\r\n");
-            if !conn.send(&chunk) {
-                return false;
-            }
-        }
-        conn.send(b"0\r\n\r\n")
+        send_event_stream_ending(
+            conn,
+            &data,
+            self.stream_delay,
+            keep_alive,
+            &rate_limit_headers(),
+            self.stream_end,
+        )
     }
 
     /// An embeddings `list`: one vector per input, usage = the prompt tokens set.
@@ -1091,6 +1129,20 @@ pub fn send_event_stream(
     keep_alive: bool,
     extra: &[(&str, String)],
 ) -> bool {
+    send_event_stream_ending(conn, events, delay, keep_alive, extra, StreamEnd::Complete)
+}
+
+/// [`send_event_stream`], ending as `end` says: complete, cut (the
+/// connection closed after some events) or stalled (nothing more sent until
+/// the peer closes). Returns whether every byte was sent.
+pub fn send_event_stream_ending(
+    conn: &mut Conn,
+    events: &[Vec<u8>],
+    delay: Duration,
+    keep_alive: bool,
+    extra: &[(&str, String)],
+    end: StreamEnd,
+) -> bool {
     let mut head = status_line(200);
     head.push_str(
         "Content-Type: text/event-stream; charset=utf-8\r\n\
@@ -1107,6 +1159,18 @@ pub fn send_event_stream(
         return false;
     }
     for (i, event) in events.iter().enumerate() {
+        match end {
+            StreamEnd::CutAfter(n) if i == n => {
+                conn.close();
+                return false;
+            }
+            StreamEnd::StallAfter(n) if i == n => {
+                conn.wait_for_peer_close(STALL_LIMIT);
+                conn.close();
+                return false;
+            }
+            _ => {}
+        }
         if i > 0 && !delay.is_zero() {
             std::thread::sleep(delay);
         }

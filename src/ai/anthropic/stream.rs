@@ -24,6 +24,7 @@ use super::{
 };
 use crate::ai::openai::Usage;
 use crate::ai::sse::{encode_event, SseEvent};
+use crate::meter::{RelayedTokens, TokenCounter};
 
 /// The message of the error event sent when a stream ends before it is complete.
 const CUT_SHORT: &str = "the provider's stream ended before the message was complete";
@@ -74,6 +75,10 @@ pub struct StreamToOpenAi {
     finish_reason: Option<&'static str>,
     /// `[DONE]` (or a terminal error) was written: nothing more goes out.
     ended: bool,
+    /// A `message_delta` carried the usage: the output count is final.
+    saw_final_usage: bool,
+    /// Tokens of the text, tool names and tool input seen, for a stream cut before its usage.
+    relayed: RelayedTokens,
 }
 
 impl StreamToOpenAi {
@@ -90,7 +95,15 @@ impl StreamToOpenAi {
             tool_calls: Vec::new(),
             finish_reason: None,
             ended: false,
+            saw_final_usage: false,
+            relayed: RelayedTokens::default(),
         }
+    }
+
+    /// Counts relayed completion text with `counter` (the upstream model's estimator) rather
+    /// than the default 4 bytes per token.
+    pub fn set_token_counter(&mut self, counter: TokenCounter) {
+        self.relayed = RelayedTokens::new(counter);
     }
 
     /// Appends the chunks for one upstream event. `ping`, comments, unknown events and
@@ -123,6 +136,7 @@ impl StreamToOpenAi {
                     Some("text") => {
                         let text = str_of(block, "text").unwrap_or_default();
                         if !text.is_empty() {
+                            self.relayed.add(text);
                             self.chunk(json!({"content": text}), None, out);
                         }
                     }
@@ -131,6 +145,7 @@ impl StreamToOpenAi {
                         self.tool_calls.push((index_of(&data), call));
                         let id = str_of(block, "id").unwrap_or_default();
                         let name = str_of(block, "name").unwrap_or_default();
+                        self.relayed.add(name);
                         let delta = json!({"tool_calls": [{
                             "index": call,
                             "id": id,
@@ -148,11 +163,13 @@ impl StreamToOpenAi {
                     Some("text_delta") => {
                         let text = str_of(delta, "text").unwrap_or_default();
                         if !text.is_empty() {
+                            self.relayed.add(text);
                             self.chunk(json!({"content": text}), None, out);
                         }
                     }
                     Some("input_json_delta") => {
                         let partial = str_of(delta, "partial_json").unwrap_or_default();
+                        self.relayed.add(partial);
                         let block = index_of(&data);
                         let call = self.tool_calls.iter().find(|(b, _)| *b == block);
                         if let (Some(&(_, call)), false) = (call, partial.is_empty()) {
@@ -170,6 +187,7 @@ impl StreamToOpenAi {
             Some("message_delta") => {
                 if let Some(usage) = data.get("usage") {
                     self.usage.update(usage);
+                    self.saw_final_usage = true;
                 }
                 if let Some(stop_reason) = str_of(&data["delta"], "stop_reason") {
                     let finish_reason = finish_reason_for(stop_reason);
@@ -209,6 +227,17 @@ impl StreamToOpenAi {
     /// `message_delta`); `None` before `message_start`.
     pub fn usage(&self) -> Option<Usage> {
         self.saw_start.then(|| self.usage.to_usage())
+    }
+
+    /// Whether the stream got as far as its final usage (`message_delta`); a stream cut
+    /// before it, or ended by an `error` event, did not.
+    pub fn reached_end(&self) -> bool {
+        self.saw_start && self.saw_final_usage
+    }
+
+    /// Completion tokens in the text and tool calls seen so far (estimated).
+    pub fn relayed_tokens(&self) -> u64 {
+        self.relayed.tokens()
     }
 
     fn chunk(&self, delta: Value, finish_reason: Option<&str>, out: &mut Vec<u8>) {
@@ -709,6 +738,56 @@ data: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(chunks[n - 2]["error"]["type"], "upstream_error");
         assert_eq!(chunks[n - 1], "[DONE]");
         assert_eq!(translator.usage().map(|u| u.prompt_tokens), Some(30));
+    }
+
+    #[test]
+    fn anthropic_stream_reaches_its_end_only_with_the_message_delta_usage() {
+        let (whole, _) = to_openai(ANTHROPIC_TEXT, false, false);
+        assert!(whole.reached_end());
+        let cut = &ANTHROPIC_TEXT[..ANTHROPIC_TEXT.find("event: message_delta").unwrap()];
+        let (translator, _) = to_openai(cut, false, false);
+        assert!(!translator.reached_end());
+        // The partial usage of `message_start` is there, but it is not the final one.
+        assert_eq!(translator.usage().map(|u| u.completion_tokens), Some(1));
+    }
+
+    #[test]
+    fn anthropic_stream_ended_by_an_error_event_did_not_reach_its_end() {
+        let stream = "event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n\
+event: error\n\
+data: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n";
+        let (translator, _) = to_openai(stream, false, true);
+        assert!(!translator.reached_end());
+    }
+
+    #[test]
+    fn relayed_tokens_count_the_text_deltas_seen() {
+        // "Hello" and "!" are 6 bytes: 2 tokens at 4 bytes per token.
+        let cut = &ANTHROPIC_TEXT[..ANTHROPIC_TEXT.find("event: content_block_stop").unwrap()];
+        let (translator, _) = to_openai(cut, false, false);
+        assert_eq!(translator.relayed_tokens(), 2);
+        let mut bpe = StreamToOpenAi::new("my-claude", 1, false);
+        bpe.set_token_counter(TokenCounter::O200kBase);
+        for event in events_of(cut.as_bytes()) {
+            bpe.on_event(&event, &mut Vec::new());
+        }
+        assert_eq!(
+            bpe.relayed_tokens(),
+            TokenCounter::O200kBase.count("Hello!")
+        );
+    }
+
+    #[test]
+    fn relayed_tokens_count_tool_names_and_input_json() {
+        let (translator, _) = to_openai(ANTHROPIC_TOOL, false, false);
+        // Tool input and names are completion tokens too: more than the text alone.
+        let text_only = "Okay, let's check.".len() as u64;
+        assert!(
+            translator.relayed_tokens() > text_only.div_ceil(4),
+            "{}",
+            translator.relayed_tokens()
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::ai::openai::Usage;
 use crate::ai::sse::{encode_event, SseEvent};
+use crate::meter::{RelayedTokens, TokenCounter};
 
 /// Turns Gemini stream events into `chat.completion.chunk` events, as OpenAI streams them:
 /// per choice a role chunk first, then content deltas and tool call deltas in the order Gemini
@@ -39,6 +40,8 @@ pub struct StreamToOpenAi {
     finished: bool,
     /// An error event was sent, or [`StreamToOpenAi::finish`] ran: nothing more is sent.
     closed: bool,
+    /// Tokens of the text and function calls seen, for a stream cut before its last event.
+    relayed: RelayedTokens,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -66,7 +69,19 @@ impl StreamToOpenAi {
             usage: None,
             finished: false,
             closed: false,
+            relayed: RelayedTokens::default(),
         }
+    }
+
+    /// Counts relayed completion text with `counter` (the upstream model's estimator) rather
+    /// than the default 4 bytes per token.
+    pub fn set_token_counter(&mut self, counter: TokenCounter) {
+        self.relayed = RelayedTokens::new(counter);
+    }
+
+    /// Completion tokens in the text and function calls seen so far (estimated).
+    pub fn relayed_tokens(&self) -> u64 {
+        self.relayed.tokens()
     }
 
     /// Appends to `out` the client's events for one upstream event. Comments and events
@@ -175,6 +190,11 @@ impl StreamToOpenAi {
                 state.tool_calls += 1;
                 let mut delta = tool_call(call, id);
                 delta["index"] = json!(call_index);
+                let function = &delta["function"];
+                for piece in ["name", "arguments"] {
+                    self.relayed
+                        .add(function[piece].as_str().unwrap_or_default());
+                }
                 self.emit_chunk(index, json!({ "tool_calls": [delta] }), None, out);
             }
         }
@@ -189,8 +209,9 @@ impl StreamToOpenAi {
         }
     }
 
-    fn flush_text(&self, index: u64, text: &mut String, out: &mut Vec<u8>) {
+    fn flush_text(&mut self, index: u64, text: &mut String, out: &mut Vec<u8>) {
         if !text.is_empty() {
+            self.relayed.add(text);
             self.emit_chunk(index, json!({ "content": text }), None, out);
             text.clear();
         }
@@ -405,6 +426,41 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"Checking.\"},{\"
         assert!(events.iter().all(|e| e["choices"] != json!([])));
         assert!(!translator.saw_finish());
         assert_eq!(translator.usage().map(|u| u.prompt_tokens), Some(1));
+    }
+
+    #[test]
+    fn relayed_tokens_count_the_visible_text_of_a_cut_stream() {
+        // Cut after the first two events: "Hello!" and " How can I help you today".
+        let second_end = TEXT_STREAM
+            .windows(4)
+            .enumerate()
+            .filter(|(_, w)| w == b"\r\n\r\n")
+            .nth(1)
+            .map(|(i, _)| i + 4)
+            .unwrap();
+        let (translator, _) = run(&TEXT_STREAM[..second_end], usize::MAX, false);
+        assert!(!translator.saw_finish());
+        let text = "Hello! How can I help you today";
+        assert_eq!(translator.relayed_tokens(), (text.len() as u64).div_ceil(4));
+        // The running usage before the last event has no completion count.
+        assert_eq!(translator.usage().map(|u| u.completion_tokens), Some(0));
+    }
+
+    #[test]
+    fn relayed_tokens_count_function_calls_but_not_thoughts() {
+        let mut translator = StreamToOpenAi::new("gem", "chatcmpl-1", 1, false);
+        translator.set_token_counter(TokenCounter::O200kBase);
+        let mut parser = SseParser::new(1 << 20);
+        parser.push(TOOL_STREAM).unwrap();
+        while let Some(event) = parser.next_event() {
+            translator.on_event(&event, &mut Vec::new());
+        }
+        // The pieces in stream order; "Planning" is a thought, not relayed.
+        let relayed = "Checking.get_weather{\"city\":\"Paris\"}get_weather{\"city\":\"Rome\"}";
+        assert_eq!(
+            translator.relayed_tokens(),
+            TokenCounter::O200kBase.count(relayed)
+        );
     }
 
     #[test]

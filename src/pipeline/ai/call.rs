@@ -9,6 +9,7 @@ use std::time::Duration;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::{Map, Value};
 
+use super::relay::{relay, Relayed};
 use super::stream::{Translation, MAX_EVENT};
 use super::{reply, send_whole, AttemptLog, EventStream, RequestCtx};
 use crate::ai::provider_error::{self, ProviderError, MAX_ERROR_BODY};
@@ -18,7 +19,8 @@ use crate::ai::{
 use crate::config::ProviderKind;
 use crate::error::{ErrorDialect, GatewayError};
 use crate::http1::{push_header, RequestHead, StrBuf};
-use crate::pipeline::exchange::{self, BodyDecoder, Exchange};
+use crate::meter::{Metered, TokenCounter};
+use crate::pipeline::exchange::{self, Exchange};
 use crate::pipeline::{Failure, Outcome};
 use crate::snapshot::{Limits, Snapshot};
 use crate::worker::{BufConn, Worker};
@@ -52,8 +54,8 @@ pub(super) struct Served<'s> {
     pub result: Result<Outcome, Failure>,
     /// The model that answered (the primary when none did).
     pub model: &'s Model,
-    /// Usage the provider reported.
-    pub usage: Option<Usage>,
+    /// What the answer tells about its usage.
+    pub metered: Metered,
 }
 
 /// Why an attempt did not produce an answer.
@@ -113,14 +115,14 @@ where
                         provider,
                         &exchange.response.status().to_string(),
                     ));
-                    let (result, usage) = deliver(
+                    let (result, metered) = deliver(
                         worker, snapshot, client, head, ctx, call, model, provider, exchange,
                     )
                     .await;
                     return Served {
                         result,
                         model,
-                        usage,
+                        metered,
                     };
                 }
                 Attempt::Mock => {
@@ -131,7 +133,8 @@ where
                     return Served {
                         result,
                         model,
-                        usage,
+                        // The mock's usage is known before it answers, streamed or not.
+                        metered: Metered::whole(usage),
                     };
                 }
                 Attempt::Retry(miss) => {
@@ -148,7 +151,7 @@ where
                     return Served {
                         result,
                         model,
-                        usage: None,
+                        metered: Metered::whole(None),
                     };
                 }
             }
@@ -158,7 +161,7 @@ where
     Served {
         result,
         model: last_model,
-        usage: None,
+        metered: Metered::whole(None),
     }
 }
 
@@ -420,7 +423,7 @@ async fn deliver<S>(
     model: &Model,
     provider: &Provider,
     mut exchange: Exchange,
-) -> (Result<Outcome, Failure>, Option<Usage>)
+) -> (Result<Outcome, Failure>, Metered)
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
@@ -437,20 +440,20 @@ where
                 .await
             {
                 Ok(b) => b,
-                Err(e) => return (Err(e.into()), None),
+                Err(e) => return (Err(e.into()), Metered::whole(None)),
             };
         let status = exchange.response.status();
         exchange.finish(worker, upstream, true);
         return match translate_whole(provider.kind, call.front, body, model, &id, created) {
             Ok((body, usage)) => {
                 let r = reply::answer(worker, snapshot, client, head, ctx, status, body).await;
-                (r, usage)
+                (r, Metered::whole(usage))
             }
             Err(e) => {
                 log::warn!("provider {}: {e}", provider.name);
                 (
                     Err(GatewayError::Upstream("untranslatable provider response").into()),
-                    None,
+                    Metered::whole(None),
                 )
             }
         };
@@ -462,35 +465,28 @@ where
         &id,
         created,
         call.request.client_wants_usage,
+        TokenCounter::for_model(&model.upstream_model),
     );
-    let result = async {
-        let stream = EventStream::start(worker, snapshot, client, head, ctx).await?;
-        let mut decoder = BodyDecoder::new(exchange.response.body("POST"));
-        let mut parser = SseParser::new(MAX_EVENT);
-        let mut piece = Vec::with_capacity(16 * 1024);
-        let mut out = Vec::with_capacity(16 * 1024);
-        while decoder
-            .next(&mut exchange.conn, &mut piece, silence)
-            .await?
-        {
-            parser.push(&piece).map_err(|_| Failure::Abort)?;
-            piece.clear();
-            out.clear();
-            while let Some(event) = parser.next_event() {
-                translation.on_event(&event, &mut out);
-            }
-            stream.send(client, &out).await?;
-        }
-        out.clear();
-        translation.finish(&mut out);
-        stream.end(client, head, &out).await
-    }
+    let Relayed {
+        result,
+        metered,
+        body_complete,
+    } = relay(
+        worker,
+        snapshot,
+        client,
+        head,
+        ctx,
+        &mut exchange,
+        &mut translation,
+    )
     .await;
-    let usage = translation.usage();
-    if result.is_ok() {
+    // A body read to its end leaves the connection reusable, whether or not the client
+    // stayed for it.
+    if body_complete {
         exchange.finish(worker, upstream, true);
     }
-    (result, usage)
+    (result, metered)
 }
 
 /// A whole provider answer in the front door's dialect, with its usage.
@@ -582,6 +578,7 @@ where
         &id,
         created,
         call.request.client_wants_usage,
+        TokenCounter::for_model(&model.upstream_model),
     );
     let result = async {
         let stream = EventStream::start(worker, snapshot, client, head, ctx).await?;

@@ -9,6 +9,7 @@
 //! usage to the ledger and the access log).
 
 mod call;
+mod relay;
 mod reply;
 mod stream;
 
@@ -25,7 +26,7 @@ use crate::auth;
 use crate::config::ProviderKind;
 use crate::error::{ErrorDialect, GatewayError};
 use crate::http1::{encode_chunk, encode_last_chunk, push_header, RequestHead, StrBuf, Version};
-use crate::meter::{self, cost_nano_usd, Prices};
+use crate::meter::{self, charged_usage, cost_nano_usd, Metered, Prices};
 use crate::snapshot::Snapshot;
 use crate::usage::UsageEvent;
 use crate::worker::{BufConn, Worker};
@@ -193,13 +194,17 @@ where
     );
     let hold = admit(worker, snapshot, ctx, model, prompt_tokens, completion)?;
     let served = call::run(worker, snapshot, client, head, ctx, &call, model).await;
-    settle(
+    let reserved = Reserved {
+        prompt_tokens,
+        completion_tokens: completion,
+    };
+    settle_metered(
         worker,
         ctx,
         served.model,
         hold,
-        served.usage,
-        prompt_tokens,
+        served.metered,
+        reserved,
         prompt_name,
     );
     served.result
@@ -466,9 +471,8 @@ fn admit(
     })
 }
 
-/// Settles the token limits and budgets against what the request really used, records it in
-/// the ledger and keeps it for the access log. Without reported usage, a request that got no
-/// answer costs nothing, and one cut short costs its estimated prompt.
+/// Settles a whole answer (or none) with the provider's reported `usage`, if any: see
+/// [`settle_metered`].
 fn settle(
     worker: &Worker,
     ctx: &mut RequestCtx,
@@ -478,14 +482,43 @@ fn settle(
     prompt_estimate: u64,
     prompt: Option<String>,
 ) {
-    let usage = usage.unwrap_or(Usage {
-        prompt_tokens: if (200..300).contains(&ctx.status) {
-            prompt_estimate
-        } else {
-            0
-        },
-        ..Usage::default()
-    });
+    let reserved = Reserved {
+        prompt_tokens: prompt_estimate,
+        completion_tokens: 0,
+    };
+    let metered = Metered::whole(usage);
+    settle_metered(worker, ctx, model, hold, metered, reserved, prompt);
+}
+
+/// What a request was admitted with: its estimated prompt and its completion reservation.
+#[derive(Debug, Clone, Copy)]
+struct Reserved {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+/// Settles the token limits and budgets against what the request really used, records it in
+/// the ledger and keeps it for the access log. The charge is [`charged_usage`]'s: reported
+/// usage when the answer was complete; without it, a request that got no answer costs
+/// nothing and a complete one its estimated prompt and relayed completion; a stream cut
+/// short (by the provider, or a client that left before the drain could finish it) costs at
+/// least its completion reservation.
+fn settle_metered(
+    worker: &Worker,
+    ctx: &mut RequestCtx,
+    model: &Model,
+    hold: TokenHold,
+    metered: Metered,
+    reserved: Reserved,
+    prompt: Option<String>,
+) {
+    let answered = (200..300).contains(&ctx.status);
+    let usage = charged_usage(
+        metered,
+        answered,
+        reserved.prompt_tokens,
+        reserved.completion_tokens,
+    );
     let cost = cost_nano_usd(
         &prices(model),
         usage.prompt_tokens,
