@@ -93,6 +93,11 @@ fn table_len(args: &MultiValue, i: usize) -> Option<f64> {
 fn check_count(function: &str, what: &str, count: f64, cap: f64) -> mlua::Result<()> {
     if count <= cap {
         Ok(())
+    } else if cap == MAX_BUILT_BYTES {
+        Err(mlua::Error::runtime(format!(
+            "{function}: {what} is over the sandbox cap of {cap} bytes (the memory limit of one \
+             library call)"
+        )))
     } else {
         Err(over_cap(function, what, cap))
     }
