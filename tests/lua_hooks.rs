@@ -1027,3 +1027,67 @@ fn reload_with_a_changed_script_under_load_fails_no_request() {
         assert_eq!(send(addr, "GET", "/", &[]).header("x-script"), Some("v2"));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Redaction of what hooks log
+// ---------------------------------------------------------------------------
+
+/// The upstream credential of the redaction test.
+const UPSTREAM_CANARY: &str = "canary-upstream-secret-4be1d07a93c2";
+/// A client key shape (the route has no auth: any key-shaped value will do).
+const CLIENT_KEY_CANARY: &str = "cf_canaryClientKeyQ7Lp2Vw9Rt4Zk8Mn3Bc6HdXs1";
+
+#[test]
+fn hooks_cannot_log_client_keys_or_configured_secrets() {
+    let dir = TempDir::new("lua");
+    let hooks = script(
+        &dir,
+        "leaky.lua",
+        &format!(
+            r#"
+function on_access(ctx)
+    cf.log("auth:", ctx:header("authorization"))
+    print("raw key", ctx:header("x-key"), "upstream {UPSTREAM_CANARY}", "admin {ADMIN_TOKEN}")
+end
+function on_log(ctx, entry)
+    entry.auth = ctx:header("authorization")
+    entry.secrets = {{ "{UPSTREAM_CANARY}", "{ADMIN_TOKEN}", ctx:header("x-key") }}
+end
+function on_request(ctx)
+    if ctx:header("x-fail") then error("leak " .. ctx:header("x-key")) end
+end
+"#
+        ),
+    );
+    let upstream = Upstream::echo("backend");
+    let route = hooked_route(&upstream.target(), "none", &hooks).replace(
+        "targets = [",
+        &format!(
+            "credential = {{ header = \"x-upstream-auth\", value = \"{{secret}}\", \
+             secret = \"{UPSTREAM_CANARY}\" }}\ntargets = ["
+        ),
+    );
+    let gw = Gateway::start(&server(1, &route), DRIVER);
+    let bearer = format!("Bearer {CLIENT_KEY_CANARY}");
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("x-key", CLIENT_KEY_CANARY),
+    ];
+    let ok = send(gw.addr(), "GET", "/", &headers);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let failing = [headers[0], headers[1], ("x-fail", "1")];
+    assert_hook_error(&send(gw.addr(), "GET", "/", &failing));
+
+    let entry = access_log_line(&gw, &request_id_of(&ok));
+    assert_eq!(entry["auth"], "Bearer [redacted]");
+    assert_logged(&gw, "leak [redacted]");
+    assert!(wait_until(WAIT, || gw.stderr().contains("raw key")));
+    let access_log = std::fs::read_to_string(gw.dir().join("access.log")).unwrap();
+    let stderr = gw.stderr();
+    for (what, text) in [("stderr", &stderr), ("access log", &access_log)] {
+        for secret in [CLIENT_KEY_CANARY, UPSTREAM_CANARY, ADMIN_TOKEN] {
+            assert!(!text.contains(secret), "{what} holds {secret}:\n{text}");
+        }
+        assert!(text.contains("[redacted]"), "{what}:\n{text}");
+    }
+}

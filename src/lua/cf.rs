@@ -165,6 +165,8 @@ pub(crate) fn log_line(state: &CallState, args: &MultiValue) {
             break;
         }
     }
+    // Redacted whole, before the cut, so no prefix of a secret is left at the end.
+    let mut line = state.redactor().redact(&line).into_owned();
     if line.len() > MAX_LOG_BYTES {
         let mut cut = MAX_LOG_BYTES;
         while !line.is_char_boundary(cut) {

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::redact::Redactor;
+
 /// Why a hook call failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HookErrorKind {
@@ -58,8 +60,15 @@ impl HookError {
 
     /// Turns an mlua error raised while running `script` into a `HookError`, taking the
     /// position from the message (`file.lua:12: text`) or, for errors raised inside a Rust
-    /// callback, from the first frame of the traceback that names a Lua file.
-    pub(crate) fn from_lua(script: &str, kind: HookErrorKind, err: &mlua::Error) -> Self {
+    /// callback, from the first frame of the traceback that names a Lua file. The message is
+    /// redacted (a script's `error(..)` text may quote request data) before it is cut to
+    /// length, so no part of a secret survives the cut.
+    pub(crate) fn from_lua(
+        script: &str,
+        kind: HookErrorKind,
+        err: &mlua::Error,
+        redactor: &Redactor,
+    ) -> Self {
         let (cause, traceback) = root_cause(err);
         let text = match cause {
             mlua::Error::RuntimeError(m) | mlua::Error::MemoryError(m) => m.clone(),
@@ -82,7 +91,7 @@ impl HookError {
                 }
             }
         }
-        out.message = truncate_chars(&out.message, MAX_MESSAGE_CHARS);
+        out.message = truncate_chars(&redactor.redact(&out.message), MAX_MESSAGE_CHARS);
         out
     }
 }
@@ -148,7 +157,12 @@ mod tests {
         let err = mlua::Error::RuntimeError(
             "scripts/auth.lua:12: boom\nstack traceback:\n\tscripts/auth.lua:12".into(),
         );
-        let e = HookError::from_lua("scripts/auth.lua", HookErrorKind::Error, &err);
+        let e = HookError::from_lua(
+            "scripts/auth.lua",
+            HookErrorKind::Error,
+            &err,
+            &Redactor::default(),
+        );
         assert_eq!(e.script, "scripts/auth.lua");
         assert_eq!(e.line, Some(12));
         assert_eq!(e.message, "boom");
@@ -162,14 +176,28 @@ mod tests {
                 .into(),
             cause: mlua::Error::RuntimeError("bad header name".into()).into(),
         };
-        let e = HookError::from_lua("scripts/a.lua", HookErrorKind::Error, &err);
+        let e = HookError::from_lua(
+            "scripts/a.lua",
+            HookErrorKind::Error,
+            &err,
+            &Redactor::default(),
+        );
         assert_eq!((e.line, e.message.as_str()), (Some(7), "bad header name"));
+    }
+
+    #[test]
+    fn messages_are_redacted_before_they_are_cut() {
+        let key = format!("cf_{}", "k".repeat(43));
+        let err = mlua::Error::RuntimeError(format!("{} {key}", "x".repeat(MAX_MESSAGE_CHARS - 6)));
+        let e = HookError::from_lua("a.lua", HookErrorKind::Error, &err, &Redactor::default());
+        assert!(!e.message.contains("cf_k"), "{}", e.message);
+        assert!(e.message.ends_with("[reda..."), "{}", e.message);
     }
 
     #[test]
     fn long_messages_are_truncated() {
         let err = mlua::Error::RuntimeError("x".repeat(1000));
-        let e = HookError::from_lua("a.lua", HookErrorKind::Error, &err);
+        let e = HookError::from_lua("a.lua", HookErrorKind::Error, &err, &Redactor::default());
         assert_eq!(e.message.len(), MAX_MESSAGE_CHARS + 3);
         assert_eq!(e.line, None);
     }

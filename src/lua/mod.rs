@@ -17,9 +17,11 @@
 //! - [`HookError`] (`error`): a failed call, with script, line and a message free of request data.
 
 mod cache;
+mod caps;
 mod cf;
 mod ctx;
 mod error;
+mod redact;
 mod runtime;
 mod scripts;
 mod vm;
@@ -27,12 +29,16 @@ mod vm;
 #[cfg(test)]
 mod test_support;
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use crate::config::LuaConfig;
 
+pub use caps::{MAX_BUILT_BYTES, MAX_PACK_FORMAT_BYTES, MAX_SORT_ELEMENTS, MAX_TABLE_SPAN};
 pub use ctx::{BudgetInfo, ConsumerInfo, HookRequest, ResponseInfo};
 pub use error::{HookError, HookErrorKind};
+pub use redact::{Redactor, REDACTED};
 pub use runtime::LuaRuntime;
 pub use scripts::{ScriptId, ScriptSet};
 
@@ -103,6 +109,53 @@ impl Default for LuaLimits {
     fn default() -> Self {
         LuaLimits::from_config(&LuaConfig::default())
     }
+}
+
+/// Limits of the VM behind [`fuzz_library_call`]: short, so that every input ends quickly.
+const FUZZ_LIMITS: LuaLimits = LuaLimits {
+    hook_timeout: Duration::from_millis(20),
+    memory_limit_bytes: 8 << 20,
+};
+
+/// Longest snippet [`fuzz_library_call`] compiles: compiling is linear in the source, and
+/// hook scripts are far smaller.
+pub const MAX_FUZZ_SOURCE_BYTES: usize = 64 * 1024;
+
+/// Runs `script` as a chunk in a hook sandbox (the same libraries, caps and redaction as a
+/// worker's VM) with short limits (20 ms, 8 MiB); the entry point of the library fuzz target
+/// and of the tests of the caps. `Ok` when the chunk ran to its end, else the hook error as
+/// text (over a cap, out of time or memory, a script error). Never panics, and returns within
+/// about the time budget (plus the ~1 ms a capped library call may take) for any input.
+///
+/// The VM is built once per thread and rebuilt after a timeout or memory failure, as a
+/// worker does.
+pub fn fuzz_library_call(script: &str) -> Result<(), String> {
+    thread_local! {
+        static VM: RefCell<Option<vm::Vm>> = const { RefCell::new(None) };
+    }
+    if script.len() > MAX_FUZZ_SOURCE_BYTES {
+        return Err(format!(
+            "snippet of {} bytes is over {MAX_FUZZ_SOURCE_BYTES}",
+            script.len()
+        ));
+    }
+    VM.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.is_none() {
+            let cache = Rc::new(RefCell::new(cache::Cache::new(1 << 20)));
+            let vm = vm::Vm::new(FUZZ_LIMITS, cache, Rc::new(Redactor::default()))
+                .map_err(|e| format!("cannot create the VM: {e}"))?;
+            *slot = Some(vm);
+        }
+        let Some(vm) = slot.as_ref() else {
+            return Err("no VM".into());
+        };
+        let result = vm.run_source("snippet.lua", script);
+        if matches!(&result, Err(e) if e.kind != HookErrorKind::Error) {
+            *slot = None; // possibly half-updated: rebuilt for the next snippet
+        }
+        result.map_err(|e| e.to_string())
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use super::cache::Cache;
 use super::cf::{json_to_lua, lua_to_json};
 use super::ctx::{HookRequest, ResponseInfo};
 use super::error::{HookError, HookErrorKind};
+use super::redact::Redactor;
 use super::scripts::{ScriptId, ScriptSet};
 use super::vm::Vm;
 use super::{Hook, LuaLimits};
@@ -63,6 +64,7 @@ pub struct LuaRuntime {
     cache: Rc<RefCell<Cache>>,
     counters: ErrorCounters,
     rebuilds: u64,
+    redactor: Rc<Redactor>,
 }
 
 impl LuaRuntime {
@@ -76,6 +78,7 @@ impl LuaRuntime {
             cache: Rc::new(RefCell::new(Cache::new(limits.memory_limit_bytes / 2))),
             counters: ErrorCounters::new(),
             rebuilds: 0,
+            redactor: Rc::new(Redactor::default()),
         }
     }
 
@@ -91,6 +94,18 @@ impl LuaRuntime {
             // Build now rather than on the first request, so that request does not pay for it.
             let _ = self.vm();
         }
+    }
+
+    /// Whether `scripts` is the current script set (then [`LuaRuntime::sync`] is a no-op).
+    pub fn is_current(&self, scripts: &Arc<ScriptSet>) -> bool {
+        Arc::ptr_eq(&self.scripts, scripts)
+    }
+
+    /// Sets the redaction of what hooks log (the config's secrets); takes effect with the
+    /// next VM, so call it before [`LuaRuntime::sync`] with a new config's scripts.
+    pub fn set_redactor(&mut self, redactor: Redactor) {
+        self.redactor = Rc::new(redactor);
+        self.vm = None;
     }
 
     /// Changes the limits (a reload may change `[lua]`); takes effect with the next VM.
@@ -197,6 +212,7 @@ impl LuaRuntime {
             return Ok(());
         }
         let name = script_name(&self.scripts, id);
+        let redactor = Rc::clone(&self.redactor);
         let vm = self.vm()?;
         let result = vm
             .lua()
@@ -206,6 +222,9 @@ impl LuaRuntime {
                 vm.call(id, Hook::Log, req, None, Some(Value::Table(entry.clone())))?;
                 let fields =
                     lua_to_json(vm.lua(), Value::Table(entry)).map_err(|e| vm.error(&name, &e))?;
+                let mut fields = fields;
+                // The fields go to the access log: no secret a hook copied into them.
+                redactor.redact_json(&mut fields);
                 match fields {
                     Json::Object(map) => req.log_fields.extend(map),
                     // An empty table converts to `{}`; anything else means the hook stored a
@@ -227,7 +246,12 @@ impl LuaRuntime {
     /// The VM, built (with the current scripts) if there is none.
     fn vm(&mut self) -> Result<&mut Vm, HookError> {
         if self.vm.is_none() {
-            let mut vm = Vm::new(self.limits, Rc::clone(&self.cache)).map_err(|e| {
+            let vm = Vm::new(
+                self.limits,
+                Rc::clone(&self.cache),
+                Rc::clone(&self.redactor),
+            );
+            let mut vm = vm.map_err(|e| {
                 self.counters.count(HookErrorKind::Error);
                 HookError::new(
                     "lua",
@@ -411,7 +435,7 @@ mod tests {
             "local calls = 0
              function on_access(ctx)
                calls += 1
-               if ctx.path == '/bomb' then local s = string.rep('x', 1e8) end
+               if ctx.path == '/bomb' then local s = string.rep('x', 3e6) .. string.rep('y', 3e6) end
                ctx:set_consumer(tostring(calls))
              end",
             limits,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::config::Config;
 
 use super::cache::Cache;
+use super::redact::Redactor;
 use super::vm::Vm;
 use super::{Hook, LuaLimits};
 
@@ -222,7 +223,7 @@ impl ScriptSet {
         }
         let shared = Arc::new(self.clone());
         let cache = Rc::new(RefCell::new(Cache::new(limits.memory_limit_bytes / 2)));
-        let mut vm = Vm::new(limits, cache)
+        let mut vm = Vm::new(limits, cache, Rc::new(Redactor::default()))
             .map_err(|e| vec![format!("lua: cannot create a VM within the limits: {e}")])?;
         vm.load_scripts(&shared);
         let errors: Vec<String> = vm

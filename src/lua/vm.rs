@@ -36,8 +36,9 @@ use mlua::{
 use super::cache::Cache;
 use super::ctx::{CtxHandle, HookRequest, RespHandle, ResponseInfo};
 use super::error::{is_memory_error, HookError, HookErrorKind};
+use super::redact::Redactor;
 use super::scripts::{module_relative_path, ScriptId, ScriptSet};
-use super::{cf, Hook, LuaLimits};
+use super::{caps, cf, Hook, LuaLimits};
 
 /// Interrupts between two clock reads: the interrupt fires very often (every loop iteration),
 /// so reading the clock each time would cost more than the loops it guards.
@@ -63,11 +64,32 @@ pub(crate) struct CallState {
     hard_deadline: Cell<Instant>,
     cpu_baseline: Cell<Option<(Option<Duration>, Instant)>>,
     timed_out: Cell<bool>,
+    /// Set once an allocation of this call failed under the VM memory limit; sticky like
+    /// `timed_out`, so a script that catches the error (`pcall`) still fails the call.
+    memory_hit: Cell<bool>,
+    /// The refusal of a library call over a sandbox cap (`caps`), sticky like `memory_hit`:
+    /// a script cannot catch it and go on.
+    cap_hit: RefCell<Option<String>>,
     script: RefCell<Rc<str>>,
+    /// Applied to everything the hooks of this VM log.
+    redactor: Rc<Redactor>,
+}
+
+/// Why a call was stopped by the VM's limits, if it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// The call ran to its end (or failed with an ordinary error).
+    No,
+    /// The time budget ran out.
+    Timeout,
+    /// An allocation failed under the memory limit (even if the script caught the error).
+    Memory,
+    /// A library call was over a sandbox cap (even if the script caught the error).
+    Cap,
 }
 
 impl CallState {
-    fn new() -> CallState {
+    fn new(redactor: Rc<Redactor>) -> CallState {
         let now = Instant::now();
         CallState {
             budget: Cell::new(Duration::ZERO),
@@ -76,8 +98,16 @@ impl CallState {
             hard_deadline: Cell::new(now),
             cpu_baseline: Cell::new(None),
             timed_out: Cell::new(false),
+            memory_hit: Cell::new(false),
+            cap_hit: RefCell::new(None),
             script: RefCell::new(Rc::from("")),
+            redactor,
         }
+    }
+
+    /// The redaction of what hooks log.
+    pub(crate) fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     /// The script being run, for log lines.
@@ -88,6 +118,8 @@ impl CallState {
     fn begin(&self, script: &Rc<str>, budget: Duration) {
         let now = Instant::now();
         self.timed_out.set(false);
+        self.memory_hit.set(false);
+        *self.cap_hit.borrow_mut() = None;
         self.cpu_baseline.set(None);
         *self.script.borrow_mut() = Rc::clone(script);
         self.budget.set(budget);
@@ -96,17 +128,58 @@ impl CallState {
         self.hard_deadline.set(now + budget * WALL_CLOCK_BUDGETS);
     }
 
-    /// Ends a call; true when it was cut off by its deadline.
-    fn end(&self) -> bool {
+    /// Ends a call; says whether (and why) the limits cut it off.
+    fn end(&self) -> Cut {
         self.deadline.set(None);
-        self.timed_out.get()
+        if self.timed_out.get() {
+            Cut::Timeout
+        } else if self.memory_hit.get() {
+            Cut::Memory
+        } else if self.cap_hit.borrow().is_some() {
+            Cut::Cap
+        } else {
+            Cut::No
+        }
     }
 
-    /// The interrupt check, called by [`interrupt_gate`]: false once the call is out of time.
-    /// Once the budget is spent it stays false, so a script that catches the error with
-    /// `pcall` is stopped at its next step.
+    /// Records a library call refused over a sandbox cap, and returns the error to raise.
+    /// Like a memory failure, it fails the call whatever the script does with the error.
+    pub(crate) fn note_cap(&self, message: String) -> mlua::Error {
+        if self.deadline.get().is_some() {
+            *self.cap_hit.borrow_mut() = Some(message.clone());
+            TICKS_LEFT.set(1);
+        }
+        mlua::Error::runtime(message)
+    }
+
+    /// Records that an allocation of the running call failed under the memory limit. The
+    /// next interrupt raises again and the call fails at its end, whatever the script does
+    /// with the error.
+    pub(crate) fn note_memory_limit(&self) {
+        if self.deadline.get().is_some() {
+            self.memory_hit.set(true);
+            TICKS_LEFT.set(1);
+        }
+    }
+
+    /// The check after a library call returns: Luau interrupts never fire inside C
+    /// functions, so a long one is cut here, as soon as it is back, the same way the
+    /// interrupt cuts a loop. Reads the clock every time (a library call is rare next to
+    /// loop iterations).
+    pub(crate) fn check_after_library_call(&self) -> mlua::Result<()> {
+        if self.keep_going() {
+            return Ok(());
+        }
+        // Every later interrupt raises too, so `pcall` cannot swallow the stop.
+        TICKS_LEFT.set(1);
+        self.raise_if_stopped().map(drop)
+    }
+
+    /// The interrupt check, called by [`interrupt_gate`]: false once the call is out of time
+    /// or hit the memory limit. Once the budget is spent it stays false, so a script that
+    /// catches the error with `pcall` is stopped at its next step.
     fn keep_going(&self) -> bool {
-        if self.timed_out.get() {
+        if self.timed_out.get() || self.memory_hit.get() || self.cap_hit.borrow().is_some() {
             return false;
         }
         let Some(deadline) = self.deadline.get() else {
@@ -130,10 +203,16 @@ impl CallState {
     }
 
     /// What mlua's interrupt callback does once [`keep_going`](Self::keep_going) said no:
-    /// raise the timeout as a Lua error.
-    fn raise_if_timed_out(&self) -> mlua::Result<VmState> {
+    /// raise the timeout (or the memory failure) as a Lua error.
+    fn raise_if_stopped(&self) -> mlua::Result<VmState> {
         if self.timed_out.get() {
             Err(mlua::Error::runtime("hook ran past its time budget"))
+        } else if self.memory_hit.get() {
+            Err(mlua::Error::MemoryError(
+                "hook ran past the VM memory limit".into(),
+            ))
+        } else if let Some(message) = self.cap_hit.borrow().as_ref() {
+            Err(mlua::Error::runtime(message.clone()))
         } else {
             Ok(VmState::Continue)
         }
@@ -226,7 +305,11 @@ pub(crate) struct Vm {
 
 impl Vm {
     /// A sandboxed VM with `cf`, `ctx` and `resp`, no scripts yet.
-    pub(crate) fn new(limits: LuaLimits, cache: Rc<RefCell<Cache>>) -> mlua::Result<Vm> {
+    pub(crate) fn new(
+        limits: LuaLimits,
+        cache: Rc<RefCell<Cache>>,
+        redactor: Rc<Redactor>,
+    ) -> mlua::Result<Vm> {
         let libs = StdLib::STRING
             | StdLib::TABLE
             | StdLib::MATH
@@ -235,7 +318,7 @@ impl Vm {
             | StdLib::BUFFER
             | StdLib::COROUTINE;
         let lua = Lua::new_with(libs, LuaOptions::default())?;
-        let state = Rc::new(CallState::new());
+        let state = Rc::new(CallState::new(redactor));
         let globals = lua.globals();
         for name in [
             "require",
@@ -257,6 +340,7 @@ impl Vm {
             })?,
         )?;
         globals.raw_set("cf", cf::module(&lua, Rc::clone(&state), cache)?)?;
+        caps::install(&lua, &state)?;
         lua.set_named_registry_value(LOADED_MODULES, lua.create_table()?)?;
         lua.sandbox(true)?;
 
@@ -270,7 +354,7 @@ impl Vm {
         })?;
 
         let interrupt_state = Rc::clone(&state);
-        lua.set_interrupt(move |_| interrupt_state.raise_if_timed_out());
+        lua.set_interrupt(move |_| interrupt_state.raise_if_stopped());
         let mut mlua_interrupt = None;
         // SAFETY: only swaps the interrupt field of this VM's callbacks; `exec_raw` runs the
         // closure on the VM's own state.
@@ -320,8 +404,8 @@ impl Vm {
         matches!(self.scripts.get(id), Some(Ok(s)) if s.hooks[hook.index()].is_some())
     }
 
-    /// Runs `run` under the hook time budget; also says whether it was cut off.
-    fn timed<R>(&self, script: &Rc<str>, run: impl FnOnce() -> R) -> (R, bool) {
+    /// Runs `run` under the hook time budget; also says whether the limits cut it off.
+    fn timed<R>(&self, script: &Rc<str>, run: impl FnOnce() -> R) -> (R, Cut) {
         /// Puts the outer call back even if `run` unwinds, so no pointer outlives its call.
         struct Restore((*const CallState, Option<InterruptFn>));
         impl Drop for Restore {
@@ -341,10 +425,10 @@ impl Vm {
         let script = set.script(id);
         let name: Rc<str> = Rc::from(script.name.as_str());
         let require = make_require(&self.lua, set, id).map_err(|e| self.error(&name, &e))?;
-        let (result, timed_out) = self.timed(&name, || {
+        let (result, cut) = self.timed(&name, || {
             run_chunk(&self.lua, &script.name, &script.bytecode, require)
         });
-        let (env, _) = result.map_err(|e| self.classify(&name, &e, timed_out))?;
+        let (env, _) = self.settle(&name, result, cut)?;
         let mut hooks: [Option<Function>; 5] = Default::default();
         for hook in Hook::ALL {
             match env.raw_get::<Value>(hook.function_name()) {
@@ -394,7 +478,7 @@ impl Vm {
         if let Some(r) = resp_data.as_deref_mut() {
             std::mem::swap(&mut *self.resp_slot.borrow_mut(), r);
         }
-        let (result, timed_out) = self.timed(&name, || match second {
+        let (result, cut) = self.timed(&name, || match second {
             Some(arg) => function.call::<Value>((&self.ctx, arg)),
             None => function.call::<Value>(&self.ctx),
         });
@@ -402,7 +486,36 @@ impl Vm {
         if let Some(r) = resp_data {
             std::mem::swap(&mut *self.resp_slot.borrow_mut(), r);
         }
-        result.map_err(|e| self.classify(&name, &e, timed_out))
+        self.settle(&name, result, cut)
+    }
+
+    /// Compiles `source` (text, not bytecode) and runs it as a chunk under the hook limits,
+    /// in its own environment like a script's top level. For [`crate::lua::fuzz_library_call`].
+    pub(crate) fn run_source(&self, name: &str, source: &str) -> Result<(), HookError> {
+        let name: Rc<str> = Rc::from(name);
+        let (result, cut) = self.timed(&name, || {
+            let env = script_env(&self.lua)?;
+            self.lua
+                .load(source)
+                .set_name(format!("@{name}"))
+                .set_mode(ChunkMode::Text)
+                .set_environment(env)
+                .call::<()>(())
+        });
+        self.settle(&name, result, cut)
+    }
+
+    /// The outcome of a call: a call the limits cut off fails even when the script caught
+    /// the error and returned normally.
+    fn settle<T>(&self, script: &str, result: mlua::Result<T>, cut: Cut) -> Result<T, HookError> {
+        match (result, cut) {
+            (Ok(v), Cut::No) => Ok(v),
+            (Err(e), cut) => Err(self.classify(script, &e, cut)),
+            (Ok(_), cut) => {
+                let placeholder = mlua::Error::runtime("");
+                Err(self.classify(script, &placeholder, cut))
+            }
+        }
     }
 
     /// The `resp` userdata, to pass as `on_response`'s second argument.
@@ -412,26 +525,30 @@ impl Vm {
 
     /// Maps an error raised while building arguments or reading results.
     pub(crate) fn error(&self, script: &str, err: &mlua::Error) -> HookError {
-        self.classify(script, err, false)
+        self.classify(script, err, Cut::No)
     }
 
-    fn classify(&self, script: &str, err: &mlua::Error, timed_out: bool) -> HookError {
-        if timed_out {
-            let mut e = HookError::from_lua(script, HookErrorKind::Timeout, err);
+    fn classify(&self, script: &str, err: &mlua::Error, cut: Cut) -> HookError {
+        if cut == Cut::Timeout {
+            let mut e =
+                HookError::from_lua(script, HookErrorKind::Timeout, err, &Redactor::default());
             e.message = format!(
                 "ran past its time budget of {} ms",
                 self.limits.hook_timeout.as_millis()
             );
             e
-        } else if is_memory_error(err) {
-            let mut e = HookError::from_lua(script, HookErrorKind::Memory, err);
+        } else if cut == Cut::Memory || is_memory_error(err) {
+            let mut e =
+                HookError::from_lua(script, HookErrorKind::Memory, err, &Redactor::default());
             e.message = format!(
                 "ran past the VM memory limit of {} MiB",
                 self.limits.memory_limit_bytes >> 20
             );
             e
+        } else if let (Cut::Cap, Some(message)) = (cut, self.state.cap_hit.borrow().as_ref()) {
+            HookError::new(script, HookErrorKind::Error, message.clone())
         } else {
-            HookError::from_lua(script, HookErrorKind::Error, err)
+            HookError::from_lua(script, HookErrorKind::Error, err, self.state.redactor())
         }
     }
 }
@@ -444,11 +561,7 @@ fn run_chunk(
     bytecode: &[u8],
     require: Function,
 ) -> mlua::Result<(Table, MultiValue)> {
-    let env = lua.create_table()?;
-    let meta = lua.create_table()?;
-    meta.raw_set("__index", lua.globals())?;
-    meta.set_readonly(true);
-    env.set_metatable(Some(meta))?;
+    let env = script_env(lua)?;
     env.raw_set("require", require)?;
     let results = lua
         .load(bytecode)
@@ -461,6 +574,16 @@ fn run_chunk(
     // environment can no longer change: safe to let the VM take them.
     env.set_safeenv(true);
     Ok((env, results))
+}
+
+/// A fresh environment table that reads through to the (read-only) globals.
+fn script_env(lua: &Lua) -> mlua::Result<Table> {
+    let env = lua.create_table()?;
+    let meta = lua.create_table()?;
+    meta.raw_set("__index", lua.globals())?;
+    meta.set_readonly(true);
+    env.set_metatable(Some(meta))?;
+    Ok(env)
 }
 
 /// The `require` of script `id`: modules under the script's folder, loaded once per VM.
@@ -623,7 +746,8 @@ mod tests {
     #[test]
     fn string_rep_bomb_fails_with_memory() {
         let mut rt = runtime_with(
-            "function on_access(ctx) local s = string.rep('x', 1e9) end",
+            "function on_access(ctx) local s = string.rep('x', 4e6) local t = {} \
+             for i = 1, 8 do t[i] = s .. i end end",
             short_limits(),
         );
         let err = rt

@@ -10,7 +10,9 @@ use crate::admission::{budget_limit, key_scope, team_scope};
 use crate::auth::Consumer;
 use crate::error::GatewayError;
 use crate::http1::RequestHead;
-use crate::lua::{BudgetInfo, Hook, HookError, HookRequest, ResponseInfo, ScriptId};
+use crate::lua::{
+    BudgetInfo, Hook, HookError, HookRequest, LuaRuntime, Redactor, ResponseInfo, ScriptId,
+};
 use crate::meter::nano_to_usd;
 use crate::snapshot::Snapshot;
 use crate::worker::Worker;
@@ -46,6 +48,17 @@ pub(super) fn begin(
     Some(Box::new(Hooked { script, req }))
 }
 
+/// Makes the snapshot's scripts current on this worker's runtime; on a new config load, first
+/// gives it the redaction of that config's secrets (resolved here, once per load and worker,
+/// not per request).
+fn sync(lua: &mut LuaRuntime, snapshot: &Snapshot) {
+    if !lua.is_current(&snapshot.scripts) {
+        lua.set_redactor(Redactor::for_config(&snapshot.config));
+    }
+    lua.sync(&snapshot.scripts);
+}
+
+/// Logs a failed hook. The message is already redacted ([`HookError`] messages are).
 fn failed(err: HookError, hook: Hook) -> GatewayError {
     log::warn!(target: "lua", "{} failed: {err}", hook.function_name());
     GatewayError::HookFailed
@@ -66,7 +79,7 @@ fn run(
     }
     hooked.req.consumer = ctx.consumer.as_ref().map(Into::into);
     let mut lua = worker.lua.borrow_mut();
-    lua.sync(&snapshot.scripts);
+    sync(&mut lua, snapshot);
     lua.call(hooked.script, hook, &mut hooked.req)
         .map_err(|e| failed(e, hook))?;
     if let Some((status, message)) = hooked.req.deny.take() {
@@ -135,7 +148,7 @@ pub(super) fn prompt(
     hooked.req.consumer = consumer;
     hooked.req.budget = budget_info(worker, snapshot, ctx_consumer);
     let mut lua = worker.lua.borrow_mut();
-    lua.sync(&snapshot.scripts);
+    sync(&mut lua, snapshot);
     let changed = lua
         .call_prompt(hooked.script, &mut hooked.req, chat)
         .map_err(|e| failed(e, Hook::Prompt))?;
@@ -192,7 +205,7 @@ pub(super) fn response(
         return Ok(());
     };
     let mut lua = worker.lua.borrow_mut();
-    lua.sync(&snapshot.scripts);
+    sync(&mut lua, snapshot);
     lua.call_response(hooked.script, &mut hooked.req, resp)
         .map_err(|e| failed(e, Hook::Response))
 }
@@ -209,7 +222,7 @@ pub(super) fn log(
     };
     let mut lua = worker.lua.borrow_mut();
     if snapshot.scripts.defines(hooked.script, Hook::Log) {
-        lua.sync(&snapshot.scripts);
+        sync(&mut lua, snapshot);
         if let Err(e) = lua.call(hooked.script, Hook::Log, &mut hooked.req) {
             failed(e, Hook::Log);
         }
