@@ -110,13 +110,13 @@ fn accept_loop(
                 };
                 let (state, shutdown, limits) = (state.clone(), shutdown.clone(), limits.clone());
                 let held = slot.clone();
-                let spawned =
-                    thread::Builder::new()
-                        .name("cf-admin-conn".into())
-                        .spawn(move || {
-                            serve_connection(stream, &held, &state, &shutdown, &limits);
-                            held.finish();
-                        });
+                let serve = move || {
+                    serve_connection(stream, &held, &state, &shutdown, &limits);
+                    held.finish();
+                };
+                let spawned = thread::Builder::new()
+                    .name("cf-admin-conn".into())
+                    .spawn(serve);
                 match spawned {
                     Ok(handle) => connections.insert(client, slot, handle),
                     Err(e) => log::warn!("admin: cannot start a connection thread: {e}"),
