@@ -269,13 +269,9 @@ mod tests {
         let mut fx = Fixture::new();
         // Client 1 holds one slot (the oldest); clients 2.. fill the rest, client 2 most.
         assert!(fx.admit(v4(1)));
-        let mut client = 2;
         while fx.slots.len() < MAX_CONNECTIONS {
-            let held = fx.slots.len() - 1;
-            if held > 0 && held % MAX_CONNECTIONS_PER_CLIENT == 0 {
-                client += 1;
-            }
-            assert!(fx.admit(v4(client)));
+            let client = 2 + (fx.slots.len() - 1) / MAX_CONNECTIONS_PER_CLIENT;
+            assert!(fx.admit(v4(client as u8)));
         }
         // Protect client 2's oldest: the next oldest of client 2 must go instead.
         assert!(fx.slots[1].protect());
