@@ -10,16 +10,24 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Bounds on what one admin connection may cost.
+/// Bounds on what one admin connection may cost. Every deadline is cheap to keep: reads wake
+/// every [`Limits::poll_interval`] to check it.
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     /// Largest request head (request line and headers).
     pub max_head_bytes: usize,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Time a new connection may take to send its first byte. Short: a connection that says
+    /// nothing holds a slot for nothing.
+    pub first_byte_timeout: Duration,
+    /// Time allowed for a whole request head: from the accept for a connection's first
+    /// request, from the request's first byte for later ones. A head trickled a byte at a
+    /// time (slow loris) is cut here however steady the trickle.
+    pub head_timeout: Duration,
     /// Time allowed for a whole request (head and body) from its first byte.
     pub request_timeout: Duration,
-    /// Time a keep-alive connection may sit without starting a request.
+    /// Time a keep-alive connection may sit after an answer without starting a request.
     pub idle_timeout: Duration,
     /// Time allowed for writing one response to a client that does not read.
     pub write_timeout: Duration,
@@ -32,8 +40,10 @@ impl Default for Limits {
         Limits {
             max_head_bytes: 32 * 1024,
             max_body_bytes: 1024 * 1024,
+            first_byte_timeout: Duration::from_secs(2),
+            head_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(15),
             write_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(100),
         }
@@ -101,6 +111,10 @@ pub(crate) enum ReadError {
 pub(crate) struct Connection {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// When the connection was accepted: the first request's deadlines count from here.
+    accepted_at: Instant,
+    /// Requests read so far.
+    requests_read: usize,
 }
 
 impl Connection {
@@ -113,6 +127,8 @@ impl Connection {
         Ok(Connection {
             stream,
             buf: Vec::with_capacity(4096),
+            accepted_at: Instant::now(),
+            requests_read: 0,
         })
     }
 
@@ -122,10 +138,24 @@ impl Connection {
         limits: &Limits,
         shutdown: &AtomicBool,
     ) -> Result<Request, ReadError> {
-        let idle_deadline = Instant::now() + limits.idle_timeout;
+        let first = self.requests_read == 0;
+        // Until the request's first byte: silence past this closes without an answer.
+        let wait_deadline = if first {
+            self.accepted_at + limits.first_byte_timeout
+        } else {
+            Instant::now() + limits.idle_timeout
+        };
+        // The first request's head counts from the accept, so waiting and trickling share
+        // one budget; a later request's head counts from its first byte (set below).
+        let mut head_deadline = first.then(|| self.accepted_at + limits.head_timeout);
+        // From the request's first byte: the whole request, head and body.
+        let mut request_deadline = None;
         // Leftover pipelined bytes mean the next request has already started.
-        let mut request_deadline =
-            (!self.buf.is_empty()).then(|| Instant::now() + limits.request_timeout);
+        if !self.buf.is_empty() {
+            let now = Instant::now();
+            request_deadline = Some(now + limits.request_timeout);
+            head_deadline.get_or_insert(now + limits.head_timeout);
+        }
 
         let (head, head_len) = loop {
             if !self.buf.is_empty() {
@@ -137,11 +167,14 @@ impl Connection {
                     None => {}
                 }
             }
-            let deadline = request_deadline.unwrap_or(idle_deadline);
             let idle = request_deadline.is_none();
+            let deadline = request_deadline.unwrap_or(wait_deadline);
+            let deadline = head_deadline.map_or(deadline, |head| head.min(deadline));
             self.fill(deadline, idle, shutdown)?;
             if request_deadline.is_none() {
-                request_deadline = Some(Instant::now() + limits.request_timeout);
+                let now = Instant::now();
+                request_deadline = Some(now + limits.request_timeout);
+                head_deadline.get_or_insert(now + limits.head_timeout);
             }
         };
         if head_len > limits.max_head_bytes {
@@ -162,12 +195,13 @@ impl Connection {
             self.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                 .map_err(|_| ReadError::Closed)?;
         }
-        let deadline = request_deadline.unwrap_or(idle_deadline);
+        let deadline = request_deadline.unwrap_or(wait_deadline);
         while self.buf.len() < end {
             self.fill(deadline, false, shutdown)?;
         }
         let body = self.buf[head_len..end].to_vec();
         self.buf.drain(..end);
+        self.requests_read += 1;
 
         Ok(Request {
             method: head.method,

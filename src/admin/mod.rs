@@ -1,16 +1,21 @@
 //! The admin listener: `/healthz`, `/metrics` and the token-protected `/admin/*` API.
 //!
 //! It runs on its own threads, off the data plane: one accept thread, and a thread per
-//! connection (at most [`MAX_CONNECTIONS`] at once) using plain blocking sockets. Nothing here
-//! is on a worker's hot path.
+//! connection using plain blocking sockets. Nothing here is on a worker's hot path.
+//!
+//! The network must not be able to lock an operator out: connections are capped per client
+//! and in total, and idle or slow ones make room for new ones (see [`slots`]); every read has
+//! a deadline and every request a size bound (see [`http::Limits`]).
 
 mod auth;
 mod http;
 mod keys;
 mod routes;
+mod slots;
 mod usage;
 
 pub use auth::constant_time_eq;
+pub use slots::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT};
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -25,9 +30,11 @@ use std::time::Duration;
 
 use crate::config;
 use http::{Connection, Limits, ReadError, Response};
+use slots::{Connections, Slot};
 
-/// Most admin connections served at once; more are answered 503 and closed.
-pub const MAX_CONNECTIONS: usize = 32;
+/// Most requests served on one keep-alive connection before it is closed (nginx's
+/// `keepalive_requests` default): a client cannot pin one connection, and its thread, forever.
+const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
 
 /// How long the accept thread sleeps when no connection is waiting; bounds how late it
 /// notices shutdown.
@@ -85,21 +92,33 @@ fn accept_loop(
         log::error!("admin listener unusable: {e}");
         return;
     }
-    let mut connections: Vec<JoinHandle<()>> = Vec::new();
+    let mut connections = Connections::default();
     while !shutdown.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, _peer)) => {
-                connections.retain(|c| !c.is_finished());
-                if connections.len() >= MAX_CONNECTIONS {
+            Ok((stream, peer)) => {
+                let client = slots::client_of(peer.ip());
+                if !connections.make_room(client) {
                     refuse(stream);
                     continue;
                 }
+                let slot = match stream.try_clone() {
+                    Ok(socket) => Arc::new(Slot::new(socket)),
+                    Err(e) => {
+                        log::warn!("admin: cannot track a connection: {e}");
+                        continue;
+                    }
+                };
                 let (state, shutdown, limits) = (state.clone(), shutdown.clone(), limits.clone());
+                let held = slot.clone();
+                let serve = move || {
+                    serve_connection(stream, &held, &state, &shutdown, &limits);
+                    held.finish();
+                };
                 let spawned = thread::Builder::new()
                     .name("cf-admin-conn".into())
-                    .spawn(move || serve_connection(stream, &state, &shutdown, &limits));
+                    .spawn(serve);
                 match spawned {
-                    Ok(handle) => connections.push(handle),
+                    Ok(handle) => connections.insert(client, slot, handle),
                     Err(e) => log::warn!("admin: cannot start a connection thread: {e}"),
                 }
             }
@@ -112,13 +131,11 @@ fn accept_loop(
             }
         }
     }
-    for connection in connections {
-        let _ = connection.join();
-    }
+    connections.join_all();
 }
 
-/// Answers 503 on a connection over the limit. The accept thread does this itself, so the
-/// write is bounded by a short timeout.
+/// Answers 503 on a connection there is no room for (every slot serves an authenticated
+/// request). The accept thread does this itself, so the write is bounded by a short timeout.
 fn refuse(stream: TcpStream) {
     let limits = Limits {
         write_timeout: Duration::from_secs(1),
@@ -137,13 +154,20 @@ fn refuse(stream: TcpStream) {
     let _ = connection.write_response(&response, &new_request_id(), false);
 }
 
-/// Serves requests on one connection until the client closes, asks to close, idles out, or
-/// shutdown begins.
-fn serve_connection(stream: TcpStream, state: &AdminState, shutdown: &AtomicBool, limits: &Limits) {
+/// Serves requests on one connection until the client closes, asks to close, idles out, is
+/// evicted, or shutdown begins. `slot` is protected from eviction while an authenticated
+/// request is served.
+fn serve_connection(
+    stream: TcpStream,
+    slot: &Slot,
+    state: &AdminState,
+    shutdown: &AtomicBool,
+    limits: &Limits,
+) {
     let Ok(mut connection) = Connection::new(stream, limits) else {
         return;
     };
-    loop {
+    for served in 1..=MAX_REQUESTS_PER_CONNECTION {
         let request = match connection.read_request(limits, shutdown) {
             Ok(request) => request,
             Err(ReadError::Closed) => return,
@@ -159,6 +183,12 @@ fn serve_connection(stream: TcpStream, state: &AdminState, shutdown: &AtomicBool
                 return;
             }
         };
+        // Only the token holder's requests are kept from eviction; `protect` fails if the
+        // accept thread evicted this connection while the request was being read.
+        let protected = routes::authorized(state, &request);
+        if protected && !slot.protect() {
+            return;
+        }
         let request_id = request
             .header("x-request-id")
             .filter(|id| is_acceptable_request_id(id))
@@ -173,13 +203,15 @@ fn serve_connection(stream: TcpStream, state: &AdminState, shutdown: &AtomicBool
                     failed.close = true;
                     failed
                 });
-        response.close |= !request.keep_alive || shutdown.load(Ordering::Relaxed);
+        response.close |= !request.keep_alive
+            || shutdown.load(Ordering::Relaxed)
+            || served == MAX_REQUESTS_PER_CONNECTION;
         let head_only = request.method == "HEAD";
-        if connection
-            .write_response(&response, &request_id, head_only)
-            .is_err()
-            || response.close
-        {
+        let written = connection.write_response(&response, &request_id, head_only);
+        if protected {
+            slot.release();
+        }
+        if written.is_err() || response.close {
             return;
         }
     }
@@ -626,7 +658,22 @@ mod tests {
     }
 
     #[test]
-    fn idle_connection_is_closed_after_idle_timeout() {
+    fn silent_new_connection_is_closed_after_first_byte_timeout() {
+        let limits = Limits {
+            first_byte_timeout: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(20),
+            ..Limits::default()
+        };
+        let server = Server::start_with(ready_state(), limits);
+        let mut stream = server.connect();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0);
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn keep_alive_connection_is_closed_after_idle_timeout() {
         let limits = Limits {
             idle_timeout: Duration::from_millis(200),
             poll_interval: Duration::from_millis(20),
@@ -634,8 +681,76 @@ mod tests {
         };
         let server = Server::start_with(ready_state(), limits);
         let mut stream = server.connect();
-        let mut rest = Vec::new();
-        assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0);
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(read_reply(&mut stream, &mut buf).status, 200);
+        let started = Instant::now();
+        assert_eq!(stream.read_to_end(&mut buf).unwrap(), 0);
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn trickled_head_is_cut_at_head_timeout() {
+        let limits = Limits {
+            head_timeout: Duration::from_millis(400),
+            poll_interval: Duration::from_millis(20),
+            ..Limits::default()
+        };
+        let server = Server::start_with(ready_state(), limits);
+        let mut stream = server.connect();
+        let started = Instant::now();
+        // Each byte arrives well inside every per-read wait; only the head deadline cuts it.
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: admin\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaa" {
+            if stream.write_all(&[*byte]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(30));
+        }
+        let reply = read_reply(&mut stream, &mut Vec::new());
+        assert_eq!(reply.status, 408);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn keep_alive_connection_closes_after_the_request_cap() {
+        let server = Server::start(ready_state());
+        let mut stream = server.connect();
+        let mut writer = stream.try_clone().unwrap();
+        // Exactly the cap, pipelined, written while the answers are read (more would be
+        // unread at the close, and the reset could destroy answers in flight).
+        let sender = thread::spawn(move || {
+            let request = b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n";
+            for _ in 0..MAX_REQUESTS_PER_CONNECTION {
+                if writer.write_all(request).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut buf = Vec::new();
+        for served in 1..=MAX_REQUESTS_PER_CONNECTION {
+            let reply = read_reply(&mut stream, &mut buf);
+            assert_eq!(reply.status, 200);
+            let closing = reply.header("connection") == Some("close");
+            assert_eq!(
+                closing,
+                served == MAX_REQUESTS_PER_CONNECTION,
+                "at {served}"
+            );
+        }
+        sender.join().unwrap();
+        assert_eq!(stream.read_to_end(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn held_idle_connections_make_room_for_healthz() {
+        let server = Server::start(ready_state());
+        let idle: Vec<TcpStream> = (0..MAX_CONNECTIONS + 8).map(|_| server.connect()).collect();
+        assert_eq!(server.get("/healthz", "").status, 200);
+        let reply = server.post("/admin/reload", &bearer());
+        assert_eq!(reply.status, 200);
+        drop(idle);
     }
 
     #[test]

@@ -98,7 +98,8 @@ fn reload(state: &AdminState) -> Response {
     }
 }
 
-fn authorized(state: &AdminState, request: &Request) -> bool {
+/// Whether `request` carries the admin token.
+pub(crate) fn authorized(state: &AdminState, request: &Request) -> bool {
     let current = state.token.as_ref().map(|token| token.current());
     let configured = current.as_ref().map(|secret| secret.expose());
     auth::is_authorized(configured, request.header("authorization"))

@@ -1,12 +1,14 @@
 //! Starting, reloading and stopping a real `credentialflow serve` process.
 
+use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::client::{request, Client, Response};
@@ -24,6 +26,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long the gateway may take to exit after SIGTERM.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// How long the secret sweep waits for the output readers to reach EOF once the
+/// process is gone.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The monoio driver a gateway runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +180,9 @@ impl GatewayBuilder {
         let text = self.config.replace(DIR, &dir.path().to_string_lossy());
         write_atomically(&config_path, text.as_bytes());
 
+        let mut sweep = SecretSweep::new(&self.env);
+        sweep.learn_config(&text, dir.path());
+
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_credentialflow"));
         cmd.arg("serve")
             .arg("--config")
@@ -198,12 +207,14 @@ impl GatewayBuilder {
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
-        drain_lines(
-            child.stderr.take().expect("stderr"),
-            stderr.clone(),
-            Some(ready_tx),
-        );
-        drain_lines(child.stdout.take().expect("stdout"), stdout.clone(), None);
+        let drains = vec![
+            drain_lines(
+                child.stderr.take().expect("stderr"),
+                stderr.clone(),
+                Some(ready_tx),
+            ),
+            drain_lines(child.stdout.take().expect("stdout"), stdout.clone(), None),
+        ];
 
         let line = match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok(line) => line,
@@ -235,6 +246,8 @@ impl GatewayBuilder {
             ready,
             stderr,
             stdout,
+            drains,
+            sweep: Mutex::new(sweep),
             dir,
         };
         assert_eq!(
@@ -287,6 +300,11 @@ pub struct Gateway {
     ready: ReadyLine,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
+    /// The threads reading stderr and stdout; they end at EOF.
+    drains: Vec<JoinHandle<()>>,
+    /// The secrets this gateway was given, checked against its output on drop
+    /// (behind a lock because a config rewrite through `&self` adds to it).
+    sweep: Mutex<SecretSweep>,
     dir: TempDir,
 }
 
@@ -354,6 +372,10 @@ impl Gateway {
     pub fn write_config(&self, config_toml: &str) {
         let text = config_toml.replace(DIR, &self.dir.path().to_string_lossy());
         write_atomically(&self.config_path, text.as_bytes());
+        self.sweep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .learn_config(&text, self.dir.path());
     }
 
     /// Sends a signal to the gateway.
@@ -453,7 +475,215 @@ impl Drop for Gateway {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // A test already failing needs no second panic (which would abort).
+        if !std::thread::panicking() {
+            self.sweep_secrets();
+        }
     }
+}
+
+impl Gateway {
+    /// Fails the test if the gateway's stderr, stdout or access log holds a
+    /// secret it was given or a full virtual key issued through the harness.
+    /// Runs once the process is gone, so the output is complete.
+    fn sweep_secrets(&mut self) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.drains.iter().any(|d| !d.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let sweep = self.sweep.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut outputs = vec![
+            ("stderr".to_string(), self.stderr.lock().unwrap().clone()),
+            ("stdout".to_string(), self.stdout.lock().unwrap().clone()),
+        ];
+        for path in &sweep.access_logs {
+            if let Ok(bytes) = std::fs::read(path) {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                outputs.push((format!("access log {}", path.display()), text));
+            }
+        }
+        let mut leaks = Vec::new();
+        for (source, text) in &outputs {
+            for (label, secret) in &sweep.secrets {
+                if text.contains(secret.as_str()) {
+                    leaks.push(format!("{label} in {source}"));
+                }
+            }
+            for key in issued_keys_in(text) {
+                leaks.push(format!("full virtual key {key}... in {source}"));
+            }
+        }
+        assert!(
+            leaks.is_empty(),
+            "gateway (temp dir {}) leaked secrets: {}",
+            self.dir.path().display(),
+            leaks.join("; ")
+        );
+    }
+}
+
+/// Shortest value the sweep looks for: a shorter "secret" would match
+/// ordinary text by chance.
+const MIN_SECRET_LEN: usize = 8;
+
+/// Config fields whose string value is a secret or a secret reference
+/// (`env:NAME`, `file:PATH`).
+const SECRET_FIELDS: &[&str] = &[
+    "admin_token",
+    "secret",
+    "api_key",
+    "hs_secret",
+    "client_secret",
+    "secret_access_key",
+    "pepper",
+];
+
+/// What one gateway was given that must never appear in its output.
+struct SecretSweep {
+    /// The environment the gateway runs with, as the harness set it.
+    env: Vec<(String, String)>,
+    /// `(label, value)`: the label names the secret without showing it.
+    secrets: Vec<(String, String)>,
+    /// Access log files the configs named.
+    access_logs: BTreeSet<PathBuf>,
+}
+
+impl SecretSweep {
+    fn new(extra_env: &[(String, String)]) -> SecretSweep {
+        // The builder's variables are set after CF_ADMIN_TOKEN, so they win.
+        let mut env = vec![("CF_ADMIN_TOKEN".to_string(), ADMIN_TOKEN.to_string())];
+        env.extend(extra_env.iter().cloned());
+        let mut sweep = SecretSweep {
+            env,
+            secrets: Vec::new(),
+            access_logs: BTreeSet::new(),
+        };
+        if let Some(token) = sweep.env_value("CF_ADMIN_TOKEN") {
+            sweep.add("the admin token (CF_ADMIN_TOKEN)".into(), token);
+        }
+        sweep
+    }
+
+    fn env_value(&self, name: &str) -> Option<String> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    }
+
+    fn add(&mut self, label: String, value: String) {
+        if value.len() >= MIN_SECRET_LEN && !self.secrets.iter().any(|(_, v)| *v == value) {
+            self.secrets.push((label, value));
+        }
+    }
+
+    /// Learns the secrets and the access log of config `text` (already
+    /// expanded; `dir` is where relative paths start). Text that is not TOML
+    /// teaches nothing: the gateway refuses it anyway.
+    fn learn_config(&mut self, text: &str, dir: &Path) {
+        let Ok(root) = text.parse::<toml::Table>() else {
+            return;
+        };
+        let access_log = root
+            .get("server")
+            .and_then(|server| server.get("access_log"))
+            .and_then(toml::Value::as_str)
+            .unwrap_or("./data/access.log");
+        if !matches!(access_log, "" | "-") {
+            self.access_logs.insert(dir.join(access_log));
+        }
+        let mut found = Vec::new();
+        collect_secrets(&toml::Value::Table(root), "", false, &mut found);
+        for (path, value) in found {
+            if let Some(name) = value.strip_prefix("env:") {
+                if let Some(resolved) = self.env_value(name) {
+                    self.add(format!("env {name} (named by {path})"), resolved);
+                }
+            } else if let Some(file) = value.strip_prefix("file:") {
+                if let Ok(contents) = std::fs::read_to_string(dir.join(file)) {
+                    self.add(
+                        format!("the contents of {file} (named by {path})"),
+                        contents.trim_end().to_string(),
+                    );
+                }
+            } else {
+                self.add(format!("the literal secret at {path}"), value);
+            }
+        }
+    }
+}
+
+/// Every string in `value` that is a secret: an `env:` reference anywhere
+/// (references name secrets only), or any value of a [`SECRET_FIELDS`] field.
+/// Pushes `(dotted path, value)`.
+fn collect_secrets(
+    value: &toml::Value,
+    path: &str,
+    in_secret_field: bool,
+    out: &mut Vec<(String, String)>,
+) {
+    match value {
+        toml::Value::String(s) if in_secret_field || s.starts_with("env:") => {
+            out.push((path.to_string(), s.clone()));
+        }
+        toml::Value::Table(table) => {
+            for (key, child) in table {
+                let child_path = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                let secret = SECRET_FIELDS.contains(&key.as_str());
+                collect_secrets(child, &child_path, secret, out);
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                collect_secrets(child, &format!("{path}[{i}]"), in_secret_field, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every full virtual key issued through the harness in this process (the
+/// admin API and the CLI helpers in `keys.rs` record them).
+fn issued_keys() -> &'static Mutex<IssuedKeys> {
+    static KEYS: OnceLock<Mutex<IssuedKeys>> = OnceLock::new();
+    KEYS.get_or_init(|| Mutex::new(IssuedKeys::default()))
+}
+
+#[derive(Default)]
+struct IssuedKeys {
+    keys: HashSet<String>,
+    /// The distinct lengths of `keys` (one in practice), so a sweep looks up
+    /// each `cf_` in the text once per length instead of searching for every key.
+    lengths: BTreeSet<usize>,
+}
+
+/// Records a full virtual key the test was issued, for the secret sweep.
+pub fn remember_issued_key(secret: &str) {
+    let mut issued = issued_keys().lock().unwrap_or_else(|e| e.into_inner());
+    issued.lengths.insert(secret.len());
+    issued.keys.insert(secret.to_string());
+}
+
+/// The display prefixes (`cf_` and 9 more characters, not secret) of the
+/// issued keys that occur in full in `text`.
+fn issued_keys_in(text: &str) -> Vec<String> {
+    let issued = issued_keys().lock().unwrap_or_else(|e| e.into_inner());
+    let mut hits = Vec::new();
+    for (at, _) in text.match_indices("cf_") {
+        for &len in &issued.lengths {
+            if let Some(candidate) = text.get(at..at + len) {
+                if issued.keys.contains(candidate) {
+                    hits.push(candidate.chars().take(12).collect());
+                }
+            }
+        }
+    }
+    hits
 }
 
 /// The outcome of `credentialflow check`.

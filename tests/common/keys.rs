@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::client::{request, roundtrip, Client, Response};
-use super::gateway::{Gateway, ADMIN_TOKEN};
+use super::gateway::{remember_issued_key, Gateway, ADMIN_TOKEN};
 
 /// The gateway's config file (as `Gateway::start` wrote it).
 pub fn config_path(gw: &Gateway) -> PathBuf {
@@ -59,7 +59,8 @@ pub struct IssuedKey {
     pub secret: String,
 }
 
-/// Reads `{"id","key"}` out of a create or rotate answer.
+/// Reads `{"id","key"}` out of a create or rotate answer, and records the key
+/// for the secret sweep (no gateway output may ever contain it).
 pub fn issued_key(json: &Value) -> IssuedKey {
     let field = |name: &str| {
         json[name]
@@ -67,10 +68,12 @@ pub fn issued_key(json: &Value) -> IssuedKey {
             .unwrap_or_else(|| panic!("no string {name:?} in {json}"))
             .to_string()
     };
-    IssuedKey {
+    let issued = IssuedKey {
         id: field("id"),
         secret: field("key"),
-    }
+    };
+    remember_issued_key(&issued.secret);
+    issued
 }
 
 /// `POST /admin/keys` with `body`; fails unless the answer is 201 with an id and a key.
