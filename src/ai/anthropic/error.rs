@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 
+use crate::ai::provider_error::{self, ProviderError};
 use crate::ai::scrub::scrub_message;
 
 /// Anthropic error types (Anthropic API reference, "Errors", HTTP errors) → OpenAI-format
@@ -20,6 +21,38 @@ fn openai_type_for(anthropic_type: &str) -> Option<&'static str> {
         "api_error" | "overloaded_error" => "server_error",
         _ => return None,
     })
+}
+
+/// The HTTP status Anthropic answers each error type with (Anthropic API reference,
+/// "Errors"). A mid-stream `error` event has no status of its own (the stream's was 200), so
+/// its type stands for the status it would have had.
+fn status_for_type(anthropic_type: &str) -> u16 {
+    match anthropic_type {
+        "invalid_request_error" => 400,
+        "authentication_error" => 401,
+        "billing_error" => 402,
+        "permission_error" => 403,
+        "not_found_error" => 404,
+        "request_too_large" => 413,
+        "rate_limit_error" => 429,
+        "timeout_error" => 504,
+        "overloaded_error" => 529,
+        // api_error and types added after this was written.
+        _ => 500,
+    }
+}
+
+/// The gateway's error for an `error` event in an Anthropic stream (`data` is the event's
+/// data, `{"type":"error","error":{"type","message"}}`, or anything else a broken provider
+/// sends there): mapped as a whole error answer of the status its type stands for, the
+/// message scrubbed of `secrets` and everything credential-shaped.
+pub fn stream_error(data: &[u8], secrets: &[&str]) -> ProviderError {
+    let status = error_member(data)
+        .as_ref()
+        .and_then(|e| string_field(e, "type"))
+        .map(status_for_type)
+        .unwrap_or(500);
+    provider_error::from_response(status, data, None, secrets)
 }
 
 /// OpenAI-format error types (OpenAI's own and the gateway's) → Anthropic error types.

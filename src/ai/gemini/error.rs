@@ -7,6 +7,7 @@
 
 use serde_json::{json, Value};
 
+use crate::ai::provider_error::{self, ProviderError};
 use crate::ai::scrub::scrub_message;
 
 /// The OpenAI error body for a Gemini error response of HTTP `status`. The message is
@@ -48,6 +49,38 @@ pub(super) fn openai_error(status: u16, error: Option<&Value>) -> Value {
         "param": null,
         "code": grpc_status.map(str::to_ascii_lowercase),
     })
+}
+
+/// The gateway's error for an error object inside a Gemini stream (`data` is the event's
+/// data, `{"error":{"code","message","status",..}}`): mapped as a whole error answer of the
+/// HTTP status it names (its `code`, else the one its gRPC status stands for), the message
+/// scrubbed of `secrets` and everything credential-shaped.
+pub(super) fn stream_error(error: &Value, data: &[u8], secrets: &[&str]) -> ProviderError {
+    let code = error
+        .get("code")
+        .and_then(Value::as_u64)
+        .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| (400..=599).contains(c));
+    let grpc_status = error.get("status").and_then(Value::as_str);
+    let status = code.unwrap_or_else(|| status_for_grpc(grpc_status));
+    provider_error::from_response(status, data, None, secrets)
+}
+
+/// The HTTP status of a gRPC status name (Google's "HTTP mapping" of the canonical codes).
+fn status_for_grpc(grpc_status: Option<&str>) -> u16 {
+    match grpc_status {
+        Some("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE") => 400,
+        Some("UNAUTHENTICATED") => 401,
+        Some("PERMISSION_DENIED") => 403,
+        Some("NOT_FOUND") => 404,
+        Some("ABORTED" | "ALREADY_EXISTS") => 409,
+        Some("RESOURCE_EXHAUSTED") => 429,
+        Some("CANCELLED") => 499,
+        Some("UNIMPLEMENTED") => 501,
+        Some("UNAVAILABLE") => 503,
+        Some("DEADLINE_EXCEEDED") => 504,
+        _ => 500,
+    }
 }
 
 /// Whether one of the error's `details` is a `google.rpc.ErrorInfo` with this `reason`.
