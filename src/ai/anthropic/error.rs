@@ -260,6 +260,70 @@ mod tests {
     }
 
     #[test]
+    fn stream_errors_are_mapped_as_whole_answers_of_the_status_their_type_stands_for() {
+        use crate::ai::provider_error::{ProviderErrorKind, CREDENTIAL_REFUSED};
+        let key = "prv7Lm9Rt4Kp8Wz3Vn6Yb1Hc5Jd0FgTe";
+        for (kind, status, expected, anthropic) in [
+            (
+                "overloaded_error",
+                503,
+                ProviderErrorKind::Overloaded,
+                "overloaded_error",
+            ),
+            (
+                "rate_limit_error",
+                429,
+                ProviderErrorKind::RateLimited,
+                "rate_limit_error",
+            ),
+            (
+                "billing_error",
+                402,
+                ProviderErrorKind::InsufficientQuota,
+                "billing_error",
+            ),
+            (
+                "request_too_large",
+                413,
+                ProviderErrorKind::InvalidRequest,
+                "request_too_large",
+            ),
+            (
+                "authentication_error",
+                502,
+                ProviderErrorKind::CredentialRefused,
+                "api_error",
+            ),
+            ("api_error", 502, ProviderErrorKind::Failed, "api_error"),
+            (
+                "brand_new_error",
+                502,
+                ProviderErrorKind::Failed,
+                "api_error",
+            ),
+        ] {
+            let data = anthropic_error(kind, &format!("about {key}"));
+            let error = stream_error(&data, &[key]);
+            assert_eq!(
+                (error.status, error.kind, error.anthropic_type()),
+                (status, expected, anthropic),
+                "{kind}"
+            );
+            assert!(
+                !error.message.contains(&key[..8]),
+                "{kind}: {}",
+                error.message
+            );
+            if expected == ProviderErrorKind::CredentialRefused {
+                assert_eq!(error.message, CREDENTIAL_REFUSED);
+            }
+        }
+        let garbage = stream_error(format!("oops {key}").as_bytes(), &[key]);
+        assert_eq!(garbage.kind, ProviderErrorKind::Failed);
+        assert_eq!(garbage.message, "the provider answered with status 500");
+    }
+
+    #[test]
     fn overloaded_status_becomes_service_unavailable_for_openai_clients() {
         assert_eq!(status_to_openai(529), 503);
         assert_eq!(status_to_openai(429), 429);

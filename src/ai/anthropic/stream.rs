@@ -771,9 +771,60 @@ data: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(chunks.len(), 3);
         assert_eq!(
             chunks[1],
-            json!({"error": {"message": "Overloaded", "type": "server_error", "code": "overloaded_error"}})
+            json!({"error": {"message": "Overloaded", "type": "upstream_error", "code": "overloaded_error"}})
         );
         assert_eq!(chunks[2], "[DONE]");
+    }
+
+    const KEY: &str = "prv7Lm9Rt4Kp8Wz3Vn6Yb1Hc5Jd0FgTe";
+
+    fn keyed(include_usage: bool) -> StreamToOpenAi {
+        let mut translator = StreamToOpenAi::new("my-claude", 1_700_000_000, include_usage);
+        translator.set_secrets(vec![Arc::new(Secret::new(KEY))]);
+        translator
+    }
+
+    #[test]
+    fn anthropic_error_event_is_scrubbed_of_the_configured_key_and_kept_for_the_caller() {
+        let stream = format!(
+            "event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"rate_limit_error\",\"message\":\"slow down, {KEY}\"}}}}\n\n"
+        );
+        let mut translator = keyed(false);
+        let mut out = Vec::new();
+        for event in events_of(stream.as_bytes()) {
+            translator.on_event(&event, &mut out);
+        }
+        let chunks = decoded(&out);
+        assert_eq!(
+            chunks[0].1,
+            json!({"error": {"message": "slow down, [redacted]", "type": "rate_limit_error",
+                             "code": "rate_limit_error"}})
+        );
+        assert_eq!(chunks[1].1, "[DONE]");
+        let error = translator.take_error().expect("the error is kept");
+        assert_eq!(
+            error.kind,
+            crate::ai::provider_error::ProviderErrorKind::RateLimited
+        );
+        assert_eq!(translator.take_error(), None);
+    }
+
+    #[test]
+    fn error_event_whose_data_is_not_json_is_still_mapped() {
+        let stream = format!("event: error\ndata: broken {KEY}\n\n");
+        let mut translator = keyed(false);
+        let mut out = Vec::new();
+        for event in events_of(stream.as_bytes()) {
+            translator.on_event(&event, &mut out);
+        }
+        assert!(!String::from_utf8_lossy(&out).contains(&KEY[..8]));
+        let chunks = decoded(&out);
+        assert_eq!(chunks[0].1["error"]["type"], "upstream_error");
+        assert_eq!(
+            chunks[0].1["error"]["message"],
+            "the provider answered with status 500"
+        );
+        assert_eq!(chunks[1].1, "[DONE]");
     }
 
     #[test]
@@ -1012,6 +1063,34 @@ data: [DONE]\n\n";
             json!({"type": "error", "error": {"type": "api_error", "message": "The server had an error"}})
         );
         assert!(!names(&events).contains(&"message_stop"));
+    }
+
+    #[test]
+    fn fail_ends_the_stream_with_the_mapped_anthropic_error() {
+        let (mut translator, _) = from_openai(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n",
+            false,
+        );
+        let error = super::super::error::stream_error(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            &[],
+        );
+        let mut out = Vec::new();
+        translator.fail(&error, &mut out);
+        // Ended: neither more chunks nor `finish` add anything.
+        for event in
+            events_of(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}]}\n\n")
+        {
+            translator.on_event(&event, &mut out);
+        }
+        translator.finish(&mut out);
+        let events: Vec<SseEvent> = events_of(&out);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event.as_deref(), Some("error"));
+        assert_eq!(
+            serde_json::from_str::<Value>(&events[0].data).unwrap(),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        );
     }
 
     #[test]

@@ -182,6 +182,39 @@ mod tests {
     }
 
     #[test]
+    fn stream_error_status_is_its_code_else_its_grpc_status() {
+        use crate::ai::provider_error::ProviderErrorKind;
+        for (error, status, kind) in [
+            (
+                json!({"code": 429, "message": "m", "status": "RESOURCE_EXHAUSTED"}),
+                429,
+                ProviderErrorKind::RateLimited,
+            ),
+            (
+                json!({"message": "m", "status": "UNAVAILABLE"}),
+                503,
+                ProviderErrorKind::Overloaded,
+            ),
+            (
+                json!({"code": 0, "message": "m", "status": "NOT_FOUND"}),
+                404,
+                ProviderErrorKind::NotFound,
+            ),
+            (json!({"message": "m"}), 502, ProviderErrorKind::Failed),
+            (
+                json!({"code": 400, "message": "API key not valid.", "status": "INVALID_ARGUMENT",
+                    "details": [{"reason": "API_KEY_INVALID"}]}),
+                502,
+                ProviderErrorKind::CredentialRefused,
+            ),
+        ] {
+            let data = json!({ "error": error }).to_string();
+            let mapped = stream_error(&error, data.as_bytes(), &[]);
+            assert_eq!((mapped.status, mapped.kind), (status, kind), "{error}");
+        }
+    }
+
+    #[test]
     fn body_that_is_not_gemini_json_gets_a_generic_message() {
         let out = translate(502, "<html>Bad Gateway</html>");
         assert_eq!(

@@ -498,9 +498,34 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"late\"}],\"role\
         assert_eq!(events.len(), 3);
         assert_eq!(
             events[2],
-            json!({"error": {"message": "The model is overloaded.", "type": "server_error",
-                             "param": null, "code": "unavailable"}})
+            json!({"error": {"message": "The model is overloaded.", "type": "upstream_error",
+                             "code": "unavailable"}})
         );
+    }
+
+    #[test]
+    fn error_object_is_scrubbed_of_the_configured_key_and_kept_for_the_caller() {
+        const KEY: &str = "prv7Lm9Rt4Kp8Wz3Vn6Yb1Hc5Jd0FgTe";
+        let stream = format!(
+            "data: {{\"error\": {{\"code\": 429,\"message\": \"quota of {KEY} exceeded\",\"status\": \"RESOURCE_EXHAUSTED\"}}}}\r\n\r\n"
+        );
+        let mut parser = SseParser::new(1 << 20);
+        let mut translator = StreamToOpenAi::new("gem", "chatcmpl-1", 1_700_000_000, false);
+        translator.set_secrets(vec![Arc::new(Secret::new(KEY))]);
+        parser.push(stream.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        while let Some(event) = parser.next_event() {
+            translator.on_event(&event, &mut out);
+        }
+        translator.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "data: {\"error\":{\"code\":\"resource_exhausted\",\"message\":\"quota of [redacted] exceeded\",\"type\":\"rate_limit_error\"}}\n\n"
+        );
+        let error = translator.take_error().expect("the error is kept");
+        assert_eq!(error.provider_status, 429);
+        assert_eq!(translator.take_error(), None);
     }
 
     #[test]

@@ -490,6 +490,7 @@ impl Translation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// Runs `stream` through a translation from `kind` to `front`; returns it and the client's
     /// bytes.
@@ -692,5 +693,188 @@ mod tests {
                 relayed_tokens: 2,
             }
         );
+    }
+
+    const KEY: &str = "prv7Lm9Rt4Kp8Wz3Vn6Yb1Hc5Jd0FgTe";
+
+    /// [`translate`] with the provider key `KEY` configured, also running `finish` (the
+    /// provider's body ended).
+    fn translate_keyed(kind: ProviderKind, front: Front, stream: &str) -> (Translation, String) {
+        let mut translation = Translation::new(
+            kind,
+            front,
+            "model",
+            "chatcmpl-1",
+            1_700_000_000,
+            false,
+            TokenCounter::Bytes,
+        )
+        .with_secrets(vec![Arc::new(Secret::new(KEY))]);
+        let mut parser = SseParser::new(1 << 20);
+        parser.push(stream.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        while let Some(event) = parser.next_event() {
+            translation.on_event(&event, &mut out);
+        }
+        translation.finish(&mut out);
+        (translation, String::from_utf8(out).unwrap())
+    }
+
+    fn assert_no_key_part(text: &str) {
+        for window in KEY.as_bytes().windows(8) {
+            let window = std::str::from_utf8(window).unwrap();
+            assert!(!text.contains(window), "{window:?} leaked in {text}");
+        }
+    }
+
+    /// The `(event name, data as JSON or the [DONE] marker)` of each event with data.
+    fn client_events(out: &str) -> Vec<(Option<String>, Value)> {
+        let mut parser = SseParser::new(1 << 20);
+        parser.push(out.as_bytes()).unwrap();
+        std::iter::from_fn(|| parser.next_event())
+            .filter(|e| e.has_data)
+            .map(|e| {
+                let data = serde_json::from_str(&e.data).unwrap_or(Value::String(e.data.clone()));
+                (e.event, data)
+            })
+            .collect()
+    }
+
+    fn event(name: Option<&str>, data: &str) -> SseEvent {
+        let mut raw = Vec::new();
+        crate::ai::encode_event(name, data, &mut raw);
+        let mut parser = SseParser::new(1 << 20);
+        parser.push(&raw).unwrap();
+        parser.next_event().unwrap()
+    }
+
+    #[test]
+    fn only_error_events_are_taken_for_errors() {
+        for (name, data) in [
+            (None, r#"{"error":{"message":"m","type":"server_error"}}"#),
+            (None, r#"{"error":"overloaded"}"#),
+            (
+                None,
+                r#"{"type":"error","error":{"type":"api_error","message":"m"}}"#,
+            ),
+            (Some("error"), "not even JSON"),
+        ] {
+            assert!(is_error_event(&event(name, data)), "{data}");
+        }
+        for (name, data) in [
+            // The model's text saying "error", escaped in its JSON string.
+            (
+                None,
+                r#"{"choices":[{"delta":{"content":"an \"error\" here"}}]}"#,
+            ),
+            // A tool named `error`.
+            (
+                None,
+                r#"{"type":"content_block_start","content_block":{"type":"tool_use","name":"error"}}"#,
+            ),
+            (None, r#"{"choices":[],"error":null}"#),
+            (None, "[DONE]"),
+        ] {
+            assert!(!is_error_event(&event(name, data)), "{data}");
+        }
+    }
+
+    #[test]
+    fn openai_error_objects_stand_for_the_status_of_their_type_or_code() {
+        for (data, status) in [
+            (r#"{"error":{"type":"invalid_request_error"}}"#, 400),
+            (
+                r#"{"error":{"type":"requests","code":"rate_limit_exceeded"}}"#,
+                429,
+            ),
+            (r#"{"error":{"type":"insufficient_quota"}}"#, 429),
+            (r#"{"error":{"code":"rate_limit_exceeded"}}"#, 429),
+            (r#"{"error":{"code":"429","message":"Azure says"}}"#, 429),
+            (r#"{"error":{"code":503}}"#, 503),
+            (r#"{"error":{"type":"server_error"}}"#, 500),
+            (r#"{"error":{"code":"200"}}"#, 500),
+            ("not JSON", 500),
+        ] {
+            assert_eq!(openai_error_status(data.as_bytes()), status, "{data}");
+        }
+    }
+
+    #[test]
+    fn openai_error_chunk_is_mapped_scrubbed_and_ends_the_relayed_stream() {
+        let stream = format!(
+            "{}data: {{\"error\":{{\"message\":\"Incorrect API key provided: {KEY}\",\"type\":\"requests\",\"code\":\"rate_limit_exceeded\"}}}}\n\n{}{OPENAI_USAGE}data: [DONE]\n\n",
+            openai_chunk("Hi"),
+            openai_chunk("late"),
+        );
+        let (translation, out) = translate_keyed(ProviderKind::Openai, Front::OpenAi, &stream);
+        assert_no_key_part(&out);
+        let events = client_events(&out);
+        assert_eq!(events.len(), 2, "{out}");
+        assert_eq!(
+            events[1].1,
+            json!({"error": {"message": "Incorrect API key provided: [redacted]",
+                             "type": "rate_limit_error", "code": "rate_limit_exceeded"}})
+        );
+        // Ended by an error: cut, whatever came after it.
+        assert!(matches!(translation.metered(true), Metered::Cut { .. }));
+    }
+
+    #[test]
+    fn anthropic_error_event_passed_through_is_the_gateways_error() {
+        let stream = format!(
+            "{ANTHROPIC_START}{}event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"overloaded_error\",\"message\":\"key {KEY} is busy\"}}}}\n\n{ANTHROPIC_END}",
+            anthropic_text("Hi")
+        );
+        let (translation, out) =
+            translate_keyed(ProviderKind::Anthropic, Front::Anthropic, &stream);
+        assert_no_key_part(&out);
+        // Everything before the error is the provider's bytes; nothing after it goes out.
+        let before = format!("{ANTHROPIC_START}{}", anthropic_text("Hi"));
+        assert!(out.starts_with(&before), "{out}");
+        let events = client_events(&out[before.len()..]);
+        assert_eq!(
+            events,
+            [(
+                Some("error".to_string()),
+                json!({"type": "error", "error": {"type": "overloaded_error",
+                                                  "message": "key [redacted] is busy"}})
+            )]
+        );
+        assert!(matches!(translation.metered(true), Metered::Cut { .. }));
+    }
+
+    #[test]
+    fn errors_translated_to_the_anthropic_front_door_get_its_mapped_type() {
+        let openai = format!(
+            "{}data: {{\"error\":{{\"message\":\"over quota for {KEY}\",\"type\":\"insufficient_quota\",\"code\":\"insufficient_quota\"}}}}\n\n",
+            openai_chunk("Hi")
+        );
+        let gemini = format!(
+            "data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"Hi\"}}],\"role\":\"model\"}}}}]}}\n\n\
+             data: {{\"error\":{{\"code\":503,\"message\":\"overloaded ?key={KEY}\",\"status\":\"UNAVAILABLE\"}}}}\n\n"
+        );
+        for (kind, stream, anthropic_type) in [
+            (ProviderKind::Openai, openai, "billing_error"),
+            (ProviderKind::Gemini, gemini, "overloaded_error"),
+        ] {
+            let (translation, out) = translate_keyed(kind, Front::Anthropic, &stream);
+            assert_no_key_part(&out);
+            let events = client_events(&out);
+            let (name, data) = events.last().unwrap();
+            assert_eq!(name.as_deref(), Some("error"), "{kind:?}: {out}");
+            assert_eq!(data["error"]["type"], anthropic_type, "{kind:?}: {out}");
+            assert!(
+                data["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("[redacted]"),
+                "{kind:?}: {out}"
+            );
+            // The text before the error was relayed; only one error, no message_stop.
+            assert!(out.contains("\"Hi\""), "{kind:?}: {out}");
+            assert_eq!(out.matches("event: error").count(), 1, "{kind:?}: {out}");
+            assert!(!out.contains("message_stop"), "{kind:?}: {out}");
+            assert!(matches!(translation.metered(true), Metered::Cut { .. }));
+        }
     }
 }
