@@ -125,7 +125,8 @@ pub fn error_to_openai(status: u16, body: &[u8]) -> Vec<u8> {
     let message = error
         .as_ref()
         .and_then(|e| string_field(e, "message"))
-        // Mid-stream errors come here: no credential-looking text reaches the client.
+        // No credential-looking text passes, whoever calls this (provider errors, whole or
+        // mid-stream, are mapped with the provider key by `provider_error` instead).
         .map(|m| scrub_message(m, &[]))
         .unwrap_or_else(|| format!("the provider answered with status {status}"));
     let openai_type = anthropic_type
@@ -144,7 +145,8 @@ pub fn error_from_openai(status: u16, body: &[u8]) -> Vec<u8> {
     let message = error
         .as_ref()
         .and_then(|e| string_field(e, "message"))
-        // Mid-stream errors come here: no credential-looking text reaches the client.
+        // No credential-looking text passes, whoever calls this (provider errors, whole or
+        // mid-stream, are mapped with the provider key by `provider_error` instead).
         .map(|m| scrub_message(m, &[]))
         .unwrap_or_else(|| format!("the provider answered with status {status}"));
     let anthropic_type = error

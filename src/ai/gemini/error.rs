@@ -33,7 +33,8 @@ pub(super) fn openai_error(status: u16, error: Option<&Value>) -> Value {
     let field = |name: &str| error.and_then(|e| e.get(name));
     let grpc_status = field("status").and_then(Value::as_str);
     let message = match field("message").and_then(Value::as_str) {
-        // Mid-stream errors come here: no credential-looking text reaches the client.
+        // No credential-looking text passes, whoever calls this (provider errors, whole or
+        // mid-stream, are mapped with the provider key by `provider_error` instead).
         Some(message) if !message.is_empty() => scrub_message(message, &[]),
         _ => format!("the Gemini API answered with HTTP status {status}"),
     };
