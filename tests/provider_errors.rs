@@ -515,3 +515,146 @@ fn an_oversized_provider_error_body_is_not_relayed() {
     assert_eq!(body["error"]["message"], "second");
     assert_eq!(provider.request_count(), 2);
 }
+
+/// Calls `door` for `model` with `"stream": true`.
+fn call_stream(gw: &Gateway, key: &str, door: Door, model: &str) -> Response {
+    let bearer = format!("Bearer {key}");
+    match door {
+        Door::Chat => post_json(
+            gw.addr(),
+            "/v1/chat/completions",
+            &[("Authorization", bearer.as_str())],
+            &json!({"model": model, "stream": true,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        Door::Messages => post_json(
+            gw.addr(),
+            "/v1/messages",
+            &[("x-api-key", key), ("anthropic-version", ANTHROPIC_VERSION)],
+            &json!({"model": model, "max_tokens": 16, "stream": true,
+                    "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        _ => unreachable!("only chat and messages stream"),
+    }
+}
+
+/// The `(event name, data)` of every event of a streamed body that has data.
+fn sse_events(body: &str) -> Vec<(Option<String>, String)> {
+    body.replace("\r\n", "\n")
+        .split("\n\n")
+        .filter_map(|block| {
+            let mut name = None;
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v));
+                }
+            }
+            (!data.is_empty()).then(|| (name, data.join("\n")))
+        })
+        .collect()
+}
+
+/// A provider's error sent mid-stream, and what the client must get for it.
+struct MidStream {
+    /// The provider behind the model called.
+    kind: Kind,
+    door: Door,
+    model: &'static str,
+    /// `(status, provider's type or gRPC status)` of the provider's error event.
+    error: (u16, &'static str),
+    /// The client's `error.type` (in the door's dialect).
+    client_type: &'static str,
+}
+
+impl Fakes {
+    /// The next stream from `kind`'s fake breaks off after `after` events with an error
+    /// event echoing the key.
+    fn error_mid_stream_next(&self, kind: Kind, after: usize, error: (u16, &str), echo: KeyEcho) {
+        let (status, error_type) = error;
+        match kind {
+            Kind::OpenAi => self.openai.error_mid_stream_next(after, error_type, echo),
+            Kind::Azure => self.azure.error_mid_stream_next(after, error_type, echo),
+            Kind::Anthropic => self
+                .anthropic
+                .error_mid_stream_next(after, error_type, echo),
+            Kind::Gemini => self
+                .gemini
+                .error_mid_stream_next(after, status, error_type, echo),
+        }
+    }
+}
+
+on_both_drivers! {
+    fn errors_sent_mid_stream_reach_the_client_mapped_in_its_dialect_without_the_key(driver) {
+        let fakes = Fakes::start();
+        let (gw, key) = gateway(&fakes, driver);
+        let cases = [
+            // OpenAI-format streams relayed to OpenAI clients.
+            MidStream { kind: Kind::OpenAi, door: Door::Chat, model: "gpt",
+                        error: (500, "server_error"), client_type: "upstream_error" },
+            MidStream { kind: Kind::Azure, door: Door::Chat, model: "azure-gpt",
+                        error: (429, "requests"), client_type: "rate_limit_error" },
+            // Anthropic's stream passed through to `/v1/messages`.
+            MidStream { kind: Kind::Anthropic, door: Door::Messages, model: "claude",
+                        error: (529, "overloaded_error"), client_type: "overloaded_error" },
+            // Translated mid-stream.
+            MidStream { kind: Kind::Anthropic, door: Door::Chat, model: "claude",
+                        error: (529, "overloaded_error"), client_type: "upstream_error" },
+            MidStream { kind: Kind::Gemini, door: Door::Chat, model: "gemini",
+                        error: (429, "RESOURCE_EXHAUSTED"), client_type: "rate_limit_error" },
+            MidStream { kind: Kind::OpenAi, door: Door::Messages, model: "gpt",
+                        error: (500, "server_error"), client_type: "api_error" },
+            MidStream { kind: Kind::Gemini, door: Door::Messages, model: "gemini",
+                        error: (503, "UNAVAILABLE"), client_type: "overloaded_error" },
+        ];
+        for case in &cases {
+            for echo in KeyEcho::ALL {
+                let what = format!("{:?} via {:?} {echo:?}", case.kind, case.door);
+                // After two events: the client has had content before the error.
+                fakes.error_mid_stream_next(case.kind, 2, case.error, echo);
+                let response = call_stream(&gw, &key, case.door, case.model);
+                assert_eq!(response.status, 200, "{what}: {}", response.text());
+                assert_nothing_of(case.kind.key(), &response, &what);
+                let events = sse_events(&response.text());
+                let errors: Vec<usize> = events
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (name, data))| {
+                        name.as_deref() == Some("error") || data.contains("\"error\"")
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                assert_eq!(errors.len(), 1, "{what}: {events:?}");
+                let at = errors[0];
+                assert!(at > 0, "{what}: nothing before the error: {events:?}");
+                let (name, data) = &events[at];
+                let body: Value = serde_json::from_str(data)
+                    .unwrap_or_else(|e| panic!("{what}: {e}: {data}"));
+                let error = body["error"].as_object().unwrap_or_else(|| panic!("{what}: {body}"));
+                if case.door == Door::Messages {
+                    assert_eq!(name.as_deref(), Some("error"), "{what}");
+                    assert_eq!(body["type"], "error", "{what}: {body}");
+                    assert_eq!(body.as_object().unwrap().len(), 2, "{what}: {body}");
+                    assert_eq!(error.len(), 2, "{what}: {body}");
+                    // Nothing follows Anthropic's error event.
+                    assert_eq!(at + 1, events.len(), "{what}: {events:?}");
+                } else {
+                    assert_eq!(name.as_deref(), None, "{what}");
+                    assert_eq!(body.as_object().unwrap().len(), 1, "{what}: {body}");
+                    assert_eq!(error.len(), 3, "{what}: {body}");
+                    assert!(error["code"].is_string(), "{what}: {body}");
+                    // At most the end marker follows.
+                    let after: Vec<&str> = events[at + 1..].iter().map(|(_, d)| d.as_str()).collect();
+                    assert!(after.is_empty() || after == ["[DONE]"], "{what}: {events:?}");
+                }
+                assert_eq!(error["type"], case.client_type, "{what}: {body}");
+                let message = error["message"].as_str().unwrap();
+                assert!(message.contains("[redacted]"), "{what}: {body}");
+                assert!(message.chars().count() <= 513, "{what}: {body}");
+            }
+        }
+    }
+}

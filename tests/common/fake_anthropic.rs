@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use super::fake_openai::{
     echo_failure_headers, reply_pieces, send_event_stream, send_event_stream_ending, send_json,
-    Conn, FakeServer, KeyEcho, RecordedRequest, StreamEnd,
+    Conn, FakeServer, KeyEcho, MidStreamError, RecordedRequest, StreamEnd,
 };
 
 /// The assistant text answered until a test sets its own.
@@ -71,6 +71,8 @@ struct Behaviour {
     tool_call: Option<ToolCall>,
     failures: VecDeque<Failure>,
     required_key: Option<String>,
+    /// Sent in the next streamed answer, then cleared.
+    stream_error: Option<MidStreamError>,
 }
 
 /// A running fake Anthropic server; stops on drop. Dereferences to its
@@ -106,13 +108,22 @@ impl FakeAnthropic {
             tool_call: None,
             failures: VecDeque::new(),
             required_key: None,
+            stream_error: None,
         }));
         let shared = behaviour.clone();
         let server = FakeServer::start(Box::new(move |conn, request, ordinal, keep_alive| {
             let (answer, failure, required_key) = {
                 let mut b = shared.lock().unwrap();
                 let failure = b.failures.pop_front();
-                (Answer::of(&b), failure, b.required_key.clone())
+                let mut answer = Answer::of(&b);
+                answer.stream_error = b.stream_error.take().map(|e| {
+                    let body = error_body(&e.error_type, &e.echo.message(request));
+                    (
+                        e.after,
+                        format!("event: error\ndata: {body}\n\n").into_bytes(),
+                    )
+                });
+                (answer, failure, b.required_key.clone())
             };
             if let Some(failure) = failure {
                 let message = match failure.echo {
@@ -197,6 +208,18 @@ impl FakeAnthropic {
         }
     }
 
+    /// The next request's streamed answer breaks off with an `error` event of type
+    /// `error_type` (as Anthropic reports `overloaded_error` mid-stream) after `after`
+    /// events, its message echoing the key as `echo` says.
+    pub fn error_mid_stream_next(&self, after: usize, error_type: &str, echo: KeyEcho) {
+        self.behaviour().stream_error = Some(MidStreamError {
+            after,
+            status: 500,
+            error_type: error_type.to_string(),
+            echo,
+        });
+    }
+
     /// Like [`FakeAnthropic::fail_next`], with a message that repeats the request's
     /// credential as `echo` says (and `Retry-After` on a 429).
     pub fn fail_next_echoing(&self, status: u16, error_type: &str, echo: KeyEcho, n: usize) {
@@ -232,6 +255,8 @@ struct Answer {
     stream_delay: Duration,
     stream_end: StreamEnd,
     tool_call: Option<ToolCall>,
+    /// `(events before it, the error event)` that breaks this answer's stream off.
+    stream_error: Option<(usize, Vec<u8>)>,
 }
 
 impl Answer {
@@ -242,6 +267,7 @@ impl Answer {
             stream_delay: b.stream_delay,
             stream_end: b.stream_end,
             tool_call: b.tool_call.clone(),
+            stream_error: None,
         }
     }
 
@@ -309,7 +335,11 @@ impl Answer {
         let model = body["model"].as_str().unwrap_or_default();
         let id = format!("msg_fake{ordinal}");
         if body["stream"].as_bool() == Some(true) {
-            let events = self.events(&id, model, ordinal);
+            let mut events = self.events(&id, model, ordinal);
+            if let Some((after, error)) = &self.stream_error {
+                events.truncate(*after);
+                events.push(error.clone());
+            }
             send_event_stream_ending(
                 conn,
                 &events,

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 
 use super::fake_openai::{
     echo_failure_headers, reply_pieces, send_event_stream, send_event_stream_ending, send_json,
-    Conn, FakeServer, KeyEcho, RecordedRequest, StreamEnd,
+    Conn, FakeServer, KeyEcho, MidStreamError, RecordedRequest, StreamEnd,
 };
 
 /// The assistant text answered until a test sets its own.
@@ -64,6 +64,8 @@ struct Behaviour {
     function_call: Option<FunctionCall>,
     failures: VecDeque<Failure>,
     required_key: Option<String>,
+    /// Sent in the next streamed answer, then cleared.
+    stream_error: Option<MidStreamError>,
 }
 
 /// A running fake Gemini server; stops on drop. Dereferences to its
@@ -99,13 +101,20 @@ impl FakeGemini {
             function_call: None,
             failures: VecDeque::new(),
             required_key: None,
+            stream_error: None,
         }));
         let shared = behaviour.clone();
         let server = FakeServer::start(Box::new(move |conn, request, ordinal, keep_alive| {
             let (answer, failure, required_key) = {
                 let mut b = shared.lock().unwrap();
                 let failure = b.failures.pop_front();
-                (Answer::of(&b), failure, b.required_key.clone())
+                let mut answer = Answer::of(&b);
+                answer.stream_error = b.stream_error.take().map(|e| {
+                    let message = e.echo.message(request);
+                    let body = error_body(e.status, &e.error_type, &message);
+                    (e.after, format!("data: {body}\r\n\r\n").into_bytes())
+                });
+                (answer, failure, b.required_key.clone())
             };
             if let Some(failure) = failure {
                 let message = match failure.echo {
@@ -190,6 +199,24 @@ impl FakeGemini {
         }
     }
 
+    /// The next request's streamed answer (`alt=sse`) breaks off with an error object
+    /// (`data: {"error":{"code","message","status"}}`) of `status` and gRPC status
+    /// `status_name` after `after` chunks, its message echoing the key as `echo` says.
+    pub fn error_mid_stream_next(
+        &self,
+        after: usize,
+        status: u16,
+        status_name: &str,
+        echo: KeyEcho,
+    ) {
+        self.behaviour().stream_error = Some(MidStreamError {
+            after,
+            status,
+            error_type: status_name.to_string(),
+            echo,
+        });
+    }
+
     /// Like [`FakeGemini::fail_next`], with a message that repeats the request's credential
     /// as `echo` says (and `Retry-After` on a 429).
     pub fn fail_next_echoing(&self, status: u16, status_name: &str, echo: KeyEcho, n: usize) {
@@ -220,6 +247,8 @@ struct Answer {
     stream_delay: Duration,
     stream_end: StreamEnd,
     function_call: Option<FunctionCall>,
+    /// `(events before it, the error event)` that breaks this answer's stream off.
+    stream_error: Option<(usize, Vec<u8>)>,
 }
 
 impl Answer {
@@ -230,6 +259,7 @@ impl Answer {
             stream_delay: b.stream_delay,
             stream_end: b.stream_end,
             function_call: b.function_call.clone(),
+            stream_error: None,
         }
     }
 
@@ -316,10 +346,14 @@ impl Answer {
         let chunks = self.chunks(model, &response_id);
         let sse = request.query.split('&').any(|p| p == "alt=sse");
         if sse {
-            let events: Vec<Vec<u8>> = chunks
+            let mut events: Vec<Vec<u8>> = chunks
                 .iter()
                 .map(|c| format!("data: {c}\r\n\r\n").into_bytes())
                 .collect();
+            if let Some((after, error)) = &self.stream_error {
+                events.truncate(*after);
+                events.push(error.clone());
+            }
             send_event_stream_ending(
                 conn,
                 &events,

@@ -168,6 +168,21 @@ pub fn echo_failure_headers(status: u16) -> Vec<(&'static str, String)> {
     }
 }
 
+/// An error event a fake sends in the middle of its next streamed answer: the first `after`
+/// events of the answer, then the error (its message echoing the request's credential as
+/// `echo` says), then the end of the body.
+#[derive(Debug, Clone)]
+pub struct MidStreamError {
+    /// Events of the answer sent before the error.
+    pub after: usize,
+    /// The error's status (Gemini's `code`; the others say it by `error_type` only).
+    pub status: u16,
+    /// The provider's name for the error: its `type` (OpenAI, Anthropic) or gRPC status.
+    pub error_type: String,
+    /// How the message repeats the credential.
+    pub echo: KeyEcho,
+}
+
 /// What the fake answers; set by the test.
 struct Behaviour {
     usage: FakeUsage,
@@ -177,6 +192,8 @@ struct Behaviour {
     /// `(name, arguments JSON text)` of a function call answered instead of text.
     tool_call: Option<(String, String)>,
     failures: VecDeque<Failure>,
+    /// Sent in the next streamed answer, then cleared.
+    stream_error: Option<MidStreamError>,
 }
 
 struct Shared {
@@ -220,6 +237,7 @@ impl FakeOpenAi {
                 stream_end: StreamEnd::Complete,
                 tool_call: None,
                 failures: VecDeque::new(),
+                stream_error: None,
             }),
             requests: Mutex::new(Vec::new()),
             requests_changed: Condvar::new(),
@@ -308,6 +326,18 @@ impl FakeOpenAi {
                 echo: None,
             });
         }
+    }
+
+    /// The next request's streamed answer breaks off with an OpenAI error chunk
+    /// (`data: {"error":{..}}`, as OpenAI reports a failure mid-stream) of type `error_type`
+    /// after `after` chunks, its message echoing the key as `echo` says.
+    pub fn error_mid_stream_next(&self, after: usize, error_type: &str, echo: KeyEcho) {
+        self.behaviour().stream_error = Some(MidStreamError {
+            after,
+            status: 500,
+            error_type: error_type.to_string(),
+            echo,
+        });
     }
 
     /// Like [`FakeOpenAi::fail_next`], with a message that repeats the request's credential
@@ -604,7 +634,12 @@ fn serve(stream: TcpStream, connection: usize, shared: &Shared) {
         let (answer, failure) = {
             let mut behaviour = shared.behaviour.lock().unwrap();
             let failure = behaviour.failures.pop_front();
-            (Snapshot::of(&behaviour), failure)
+            let mut snapshot = Snapshot::of(&behaviour);
+            snapshot.stream_error = behaviour.stream_error.take().map(|e| {
+                let body = error_body(&e.error_type, &e.echo.message(&request));
+                (e.after, format!("data: {body}\n\n").into_bytes())
+            });
+            (snapshot, failure)
         };
         {
             let mut requests = shared.requests.lock().unwrap();
@@ -647,6 +682,8 @@ struct Snapshot {
     stream_delay: Duration,
     stream_end: StreamEnd,
     tool_call: Option<(String, String)>,
+    /// `(events before it, the error event)` that breaks this answer's stream off.
+    stream_error: Option<(usize, Vec<u8>)>,
 }
 
 impl Snapshot {
@@ -657,6 +694,7 @@ impl Snapshot {
             stream_delay: behaviour.stream_delay,
             stream_end: behaviour.stream_end,
             tool_call: behaviour.tool_call.clone(),
+            stream_error: None,
         }
     }
 
@@ -945,6 +983,10 @@ impl Snapshot {
             .map(|e| format!("data: {e}\n\n").into_bytes())
             .collect();
         data.push(b"data: [DONE]\n\n".to_vec());
+        if let Some((after, error)) = &self.stream_error {
+            data.truncate(*after);
+            data.push(error.clone());
+        }
         send_event_stream_ending(
             conn,
             &data,

@@ -4,6 +4,7 @@
 
 use serde_json::{json, Value};
 
+use crate::ai::provider_error::{self, ProviderError};
 use crate::ai::scrub::scrub_message;
 
 /// Anthropic error types (Anthropic API reference, "Errors", HTTP errors) → OpenAI-format
@@ -20,6 +21,38 @@ fn openai_type_for(anthropic_type: &str) -> Option<&'static str> {
         "api_error" | "overloaded_error" => "server_error",
         _ => return None,
     })
+}
+
+/// The HTTP status Anthropic answers each error type with (Anthropic API reference,
+/// "Errors"). A mid-stream `error` event has no status of its own (the stream's was 200), so
+/// its type stands for the status it would have had.
+fn status_for_type(anthropic_type: &str) -> u16 {
+    match anthropic_type {
+        "invalid_request_error" => 400,
+        "authentication_error" => 401,
+        "billing_error" => 402,
+        "permission_error" => 403,
+        "not_found_error" => 404,
+        "request_too_large" => 413,
+        "rate_limit_error" => 429,
+        "timeout_error" => 504,
+        "overloaded_error" => 529,
+        // api_error and types added after this was written.
+        _ => 500,
+    }
+}
+
+/// The gateway's error for an `error` event in an Anthropic stream (`data` is the event's
+/// data, `{"type":"error","error":{"type","message"}}`, or anything else a broken provider
+/// sends there): mapped as a whole error answer of the status its type stands for, the
+/// message scrubbed of `secrets` and everything credential-shaped.
+pub fn stream_error(data: &[u8], secrets: &[&str]) -> ProviderError {
+    let status = error_member(data)
+        .as_ref()
+        .and_then(|e| string_field(e, "type"))
+        .map(status_for_type)
+        .unwrap_or(500);
+    provider_error::from_response(status, data, None, secrets)
 }
 
 /// OpenAI-format error types (OpenAI's own and the gateway's) → Anthropic error types.
@@ -92,7 +125,8 @@ pub fn error_to_openai(status: u16, body: &[u8]) -> Vec<u8> {
     let message = error
         .as_ref()
         .and_then(|e| string_field(e, "message"))
-        // Mid-stream errors come here: no credential-looking text reaches the client.
+        // No credential-looking text passes, whoever calls this (provider errors, whole or
+        // mid-stream, are mapped with the provider key by `provider_error` instead).
         .map(|m| scrub_message(m, &[]))
         .unwrap_or_else(|| format!("the provider answered with status {status}"));
     let openai_type = anthropic_type
@@ -111,7 +145,8 @@ pub fn error_from_openai(status: u16, body: &[u8]) -> Vec<u8> {
     let message = error
         .as_ref()
         .and_then(|e| string_field(e, "message"))
-        // Mid-stream errors come here: no credential-looking text reaches the client.
+        // No credential-looking text passes, whoever calls this (provider errors, whole or
+        // mid-stream, are mapped with the provider key by `provider_error` instead).
         .map(|m| scrub_message(m, &[]))
         .unwrap_or_else(|| format!("the provider answered with status {status}"));
     let anthropic_type = error
@@ -224,6 +259,70 @@ mod tests {
             json!({"type": "error", "error": {"type": "api_error",
                    "message": "the provider answered with status 502"}})
         );
+    }
+
+    #[test]
+    fn stream_errors_are_mapped_as_whole_answers_of_the_status_their_type_stands_for() {
+        use crate::ai::provider_error::{ProviderErrorKind, CREDENTIAL_REFUSED};
+        let key = "prv7Lm9Rt4Kp8Wz3Vn6Yb1Hc5Jd0FgTe";
+        for (kind, status, expected, anthropic) in [
+            (
+                "overloaded_error",
+                503,
+                ProviderErrorKind::Overloaded,
+                "overloaded_error",
+            ),
+            (
+                "rate_limit_error",
+                429,
+                ProviderErrorKind::RateLimited,
+                "rate_limit_error",
+            ),
+            (
+                "billing_error",
+                402,
+                ProviderErrorKind::InsufficientQuota,
+                "billing_error",
+            ),
+            (
+                "request_too_large",
+                413,
+                ProviderErrorKind::InvalidRequest,
+                "request_too_large",
+            ),
+            (
+                "authentication_error",
+                502,
+                ProviderErrorKind::CredentialRefused,
+                "api_error",
+            ),
+            ("api_error", 502, ProviderErrorKind::Failed, "api_error"),
+            (
+                "brand_new_error",
+                502,
+                ProviderErrorKind::Failed,
+                "api_error",
+            ),
+        ] {
+            let data = anthropic_error(kind, &format!("about {key}"));
+            let error = stream_error(&data, &[key]);
+            assert_eq!(
+                (error.status, error.kind, error.anthropic_type()),
+                (status, expected, anthropic),
+                "{kind}"
+            );
+            assert!(
+                !error.message.contains(&key[..8]),
+                "{kind}: {}",
+                error.message
+            );
+            if expected == ProviderErrorKind::CredentialRefused {
+                assert_eq!(error.message, CREDENTIAL_REFUSED);
+            }
+        }
+        let garbage = stream_error(format!("oops {key}").as_bytes(), &[key]);
+        assert_eq!(garbage.kind, ProviderErrorKind::Failed);
+        assert_eq!(garbage.message, "the provider answered with status 500");
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod request;
 mod response;
 mod stream;
 
-pub use error::{error_from_openai, error_to_openai, status_to_openai};
+pub use error::{error_from_openai, error_to_openai, status_to_openai, stream_error};
 pub use request::{
     parse_messages_request, request_from_openai, request_to_openai, MessagesRequest,
 };

@@ -14,16 +14,21 @@
 //! Each `on_event` appends only complete events and keeps nothing of the upstream's bytes;
 //! the state is the block and tool-call bookkeeping.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::error::{error_from_openai, error_to_openai};
+use super::error::{error_from_openai, stream_error};
 use super::{
     chat_id_for, finish_reason_for, openai_usage_json, read_openai_usage, stop_reason_for,
     AnthropicUsage,
 };
 use crate::ai::openai::Usage;
+use crate::ai::provider_error::ProviderError;
 use crate::ai::sse::{encode_event, SseEvent};
+use crate::config::Secret;
+use crate::error::ErrorDialect;
 use crate::meter::{RelayedTokens, TokenCounter};
 
 /// The message of the error event sent when a stream ends before it is complete.
@@ -79,6 +84,11 @@ pub struct StreamToOpenAi {
     saw_final_usage: bool,
     /// Tokens of the text, tool names and tool input seen, for a stream cut before its usage.
     relayed: RelayedTokens,
+    /// The provider's key (and any other value it must never echo): removed from the
+    /// message of an `error` event.
+    secrets: Vec<Arc<Secret>>,
+    /// The provider's `error` event, mapped, until the caller takes it.
+    error: Option<ProviderError>,
 }
 
 impl StreamToOpenAi {
@@ -97,7 +107,21 @@ impl StreamToOpenAi {
             ended: false,
             saw_final_usage: false,
             relayed: RelayedTokens::default(),
+            secrets: Vec::new(),
+            error: None,
         }
+    }
+
+    /// The values an `error` event's message must not carry (the provider's configured
+    /// key): they are scrubbed from it with everything credential-shaped.
+    pub fn set_secrets(&mut self, secrets: Vec<Arc<Secret>>) {
+        self.secrets = secrets;
+    }
+
+    /// The provider's `error` event that ended the stream, mapped to the gateway's error
+    /// (its OpenAI form is already in the output); `None` once taken.
+    pub fn take_error(&mut self) -> Option<ProviderError> {
+        self.error.take()
     }
 
     /// Counts relayed completion text with `counter` (the upstream model's estimator) rather
@@ -108,14 +132,21 @@ impl StreamToOpenAi {
 
     /// Appends the chunks for one upstream event. `ping`, comments, unknown events and
     /// blocks without an OpenAI counterpart (thinking) give nothing; an `error` event gives
-    /// an OpenAI-format error event (`{"error":{..}}`, as OpenAI sends mid-stream errors),
-    /// then `data: [DONE]`, and ends the stream.
+    /// the gateway's OpenAI-format error event (`{"error":{..}}`, as OpenAI sends mid-stream
+    /// errors; mapped and scrubbed as a whole error answer would be), then `data: [DONE]`,
+    /// and ends the stream.
     pub fn on_event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
         if self.ended || !event.has_data {
             return;
         }
-        let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
-            return;
+        let data = match serde_json::from_str::<Value>(&event.data) {
+            Ok(data) => data,
+            // Still the provider's error, whatever its data: it must not pass unmapped.
+            Err(_) if event.event.as_deref() == Some("error") => {
+                self.fail(event.data.as_bytes(), out);
+                return;
+            }
+            Err(_) => return,
         };
         let kind = str_of(&data, "type").or(event.event.as_deref());
         match kind {
@@ -196,11 +227,7 @@ impl StreamToOpenAi {
                 }
             }
             Some("message_stop") => self.close(out),
-            Some("error") => {
-                let body = error_to_openai(500, event.data.as_bytes());
-                encode_event(None, &String::from_utf8_lossy(&body), out);
-                self.done(out);
-            }
+            Some("error") => self.fail(event.data.as_bytes(), out),
             // ping, content_block_stop and events added after this was written.
             _ => {}
         }
@@ -280,6 +307,15 @@ impl StreamToOpenAi {
     fn done(&mut self, out: &mut Vec<u8>) {
         encode_event(None, "[DONE]", out);
         self.ended = true;
+    }
+
+    /// Ends the stream with the provider's error event `data`, mapped.
+    fn fail(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        let secrets: Vec<&str> = self.secrets.iter().map(|s| s.expose()).collect();
+        let error = stream_error(data, &secrets);
+        encode_event(None, &error.body(ErrorDialect::OpenAi), out);
+        self.error = Some(error);
+        self.done(out);
     }
 }
 
@@ -401,6 +437,16 @@ impl StreamFromOpenAi {
     /// The usage of the stream, once a chunk carried it.
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// Ends the stream with the provider's mid-stream `error`, as an Anthropic `error` event
+    /// of the type the gateway maps it to (the same as for a whole error answer).
+    pub fn fail(&mut self, error: &ProviderError, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        encode_event(Some("error"), &error.body(ErrorDialect::Anthropic), out);
+        self.ended = true;
     }
 
     fn emit(&self, data: &Value, out: &mut Vec<u8>) {
@@ -725,9 +771,60 @@ data: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(chunks.len(), 3);
         assert_eq!(
             chunks[1],
-            json!({"error": {"message": "Overloaded", "type": "server_error", "code": "overloaded_error"}})
+            json!({"error": {"message": "Overloaded", "type": "upstream_error", "code": "overloaded_error"}})
         );
         assert_eq!(chunks[2], "[DONE]");
+    }
+
+    const KEY: &str = "prv7Lm9Rt4Kp8Wz3Vn6Yb1Hc5Jd0FgTe";
+
+    fn keyed(include_usage: bool) -> StreamToOpenAi {
+        let mut translator = StreamToOpenAi::new("my-claude", 1_700_000_000, include_usage);
+        translator.set_secrets(vec![Arc::new(Secret::new(KEY))]);
+        translator
+    }
+
+    #[test]
+    fn anthropic_error_event_is_scrubbed_of_the_configured_key_and_kept_for_the_caller() {
+        let stream = format!(
+            "event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"rate_limit_error\",\"message\":\"slow down, {KEY}\"}}}}\n\n"
+        );
+        let mut translator = keyed(false);
+        let mut out = Vec::new();
+        for event in events_of(stream.as_bytes()) {
+            translator.on_event(&event, &mut out);
+        }
+        let chunks = decoded(&out);
+        assert_eq!(
+            chunks[0].1,
+            json!({"error": {"message": "slow down, [redacted]", "type": "rate_limit_error",
+                             "code": "rate_limit_error"}})
+        );
+        assert_eq!(chunks[1].1, "[DONE]");
+        let error = translator.take_error().expect("the error is kept");
+        assert_eq!(
+            error.kind,
+            crate::ai::provider_error::ProviderErrorKind::RateLimited
+        );
+        assert_eq!(translator.take_error(), None);
+    }
+
+    #[test]
+    fn error_event_whose_data_is_not_json_is_still_mapped() {
+        let stream = format!("event: error\ndata: broken {KEY}\n\n");
+        let mut translator = keyed(false);
+        let mut out = Vec::new();
+        for event in events_of(stream.as_bytes()) {
+            translator.on_event(&event, &mut out);
+        }
+        assert!(!String::from_utf8_lossy(&out).contains(&KEY[..8]));
+        let chunks = decoded(&out);
+        assert_eq!(chunks[0].1["error"]["type"], "upstream_error");
+        assert_eq!(
+            chunks[0].1["error"]["message"],
+            "the provider answered with status 500"
+        );
+        assert_eq!(chunks[1].1, "[DONE]");
     }
 
     #[test]
@@ -966,6 +1063,34 @@ data: [DONE]\n\n";
             json!({"type": "error", "error": {"type": "api_error", "message": "The server had an error"}})
         );
         assert!(!names(&events).contains(&"message_stop"));
+    }
+
+    #[test]
+    fn fail_ends_the_stream_with_the_mapped_anthropic_error() {
+        let (mut translator, _) = from_openai(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n",
+            false,
+        );
+        let error = super::super::error::stream_error(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            &[],
+        );
+        let mut out = Vec::new();
+        translator.fail(&error, &mut out);
+        // Ended: neither more chunks nor `finish` add anything.
+        for event in
+            events_of(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"b\"}}]}\n\n")
+        {
+            translator.on_event(&event, &mut out);
+        }
+        translator.finish(&mut out);
+        let events: Vec<SseEvent> = events_of(&out);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event.as_deref(), Some("error"));
+        assert_eq!(
+            serde_json::from_str::<Value>(&events[0].data).unwrap(),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        );
     }
 
     #[test]

@@ -5,15 +5,20 @@
 //! a call's arguments across events), the `finishReason` on the last, and the running
 //! `usageMetadata` (complete on the last). There is no end marker: the HTTP body just ends.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
-use super::error::openai_error;
+use super::error::stream_error;
 use super::{
     candidate_index, finish_reason_for, prompt_block_reason, tool_call, tool_call_id, visible_text,
     GeminiUsage,
 };
 use crate::ai::openai::Usage;
+use crate::ai::provider_error::ProviderError;
 use crate::ai::sse::{encode_event, SseEvent};
+use crate::config::Secret;
+use crate::error::ErrorDialect;
 use crate::meter::{RelayedTokens, TokenCounter};
 
 /// Turns Gemini stream events into `chat.completion.chunk` events, as OpenAI streams them:
@@ -23,8 +28,8 @@ use crate::meter::{RelayedTokens, TokenCounter};
 ///
 /// A stream that ends before any candidate finished is cut short: [`StreamToOpenAi::finish`]
 /// then adds nothing, so the client sees no `[DONE]`, as with a cut OpenAI stream. An error
-/// object inside the stream becomes one OpenAI error event (`data: {"error": {..}}`), and the
-/// stream ends there.
+/// object inside the stream becomes one OpenAI error event (`data: {"error": {..}}`), mapped
+/// and scrubbed as a whole error answer would be, and the stream ends there.
 #[derive(Debug)]
 pub struct StreamToOpenAi {
     model: String,
@@ -42,6 +47,11 @@ pub struct StreamToOpenAi {
     closed: bool,
     /// Tokens of the text and function calls seen, for a stream cut before its last event.
     relayed: RelayedTokens,
+    /// The provider's key (and any other value it must never echo): removed from the
+    /// message of an error object.
+    secrets: Vec<Arc<Secret>>,
+    /// The provider's error object, mapped, until the caller takes it.
+    error: Option<ProviderError>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -70,7 +80,21 @@ impl StreamToOpenAi {
             finished: false,
             closed: false,
             relayed: RelayedTokens::default(),
+            secrets: Vec::new(),
+            error: None,
         }
+    }
+
+    /// The values an error object's message must not carry (the provider's configured
+    /// key): they are scrubbed from it with everything credential-shaped.
+    pub fn set_secrets(&mut self, secrets: Vec<Arc<Secret>>) {
+        self.secrets = secrets;
+    }
+
+    /// The provider's error object that ended the stream, mapped to the gateway's error (its
+    /// OpenAI form is already in the output); `None` once taken.
+    pub fn take_error(&mut self) -> Option<ProviderError> {
+        self.error.take()
     }
 
     /// Counts relayed completion text with `counter` (the upstream model's estimator) rather
@@ -102,9 +126,11 @@ impl StreamToOpenAi {
             }
         };
         if let Some(error) = response.get("error").filter(|e| e.is_object()) {
-            let status = error.get("code").and_then(Value::as_u64).unwrap_or(500);
-            let status = u16::try_from(status).unwrap_or(500);
-            self.close_with_error(openai_error(status, Some(error)), out);
+            let secrets: Vec<&str> = self.secrets.iter().map(|s| s.expose()).collect();
+            let error = stream_error(error, event.data.as_bytes(), &secrets);
+            self.closed = true;
+            encode_event(None, &error.body(ErrorDialect::OpenAi), out);
+            self.error = Some(error);
             return;
         }
         if let Some(usage) = response.get("usageMetadata") {
@@ -472,9 +498,34 @@ data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"late\"}],\"role\
         assert_eq!(events.len(), 3);
         assert_eq!(
             events[2],
-            json!({"error": {"message": "The model is overloaded.", "type": "server_error",
-                             "param": null, "code": "unavailable"}})
+            json!({"error": {"message": "The model is overloaded.", "type": "upstream_error",
+                             "code": "unavailable"}})
         );
+    }
+
+    #[test]
+    fn error_object_is_scrubbed_of_the_configured_key_and_kept_for_the_caller() {
+        const KEY: &str = "prv7Lm9Rt4Kp8Wz3Vn6Yb1Hc5Jd0FgTe";
+        let stream = format!(
+            "data: {{\"error\": {{\"code\": 429,\"message\": \"quota of {KEY} exceeded\",\"status\": \"RESOURCE_EXHAUSTED\"}}}}\r\n\r\n"
+        );
+        let mut parser = SseParser::new(1 << 20);
+        let mut translator = StreamToOpenAi::new("gem", "chatcmpl-1", 1_700_000_000, false);
+        translator.set_secrets(vec![Arc::new(Secret::new(KEY))]);
+        parser.push(stream.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        while let Some(event) = parser.next_event() {
+            translator.on_event(&event, &mut out);
+        }
+        translator.finish(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "data: {\"error\":{\"code\":\"resource_exhausted\",\"message\":\"quota of [redacted] exceeded\",\"type\":\"rate_limit_error\"}}\n\n"
+        );
+        let error = translator.take_error().expect("the error is kept");
+        assert_eq!(error.provider_status, 429);
+        assert_eq!(translator.take_error(), None);
     }
 
     #[test]

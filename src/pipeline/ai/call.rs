@@ -466,7 +466,9 @@ where
         created,
         call.request.client_wants_usage,
         TokenCounter::for_model(&model.upstream_model),
-    );
+    )
+    // A provider may echo its key in an error it sends mid-stream.
+    .with_secrets(provider_secrets(provider));
     let Relayed {
         result,
         metered,
@@ -487,6 +489,15 @@ where
         exchange.finish(worker, upstream, true);
     }
     (result, metered)
+}
+
+/// The values no provider error may show a client: the provider's key as it is now.
+fn provider_secrets(provider: &Provider) -> Vec<std::sync::Arc<crate::config::Secret>> {
+    provider
+        .api_key
+        .iter()
+        .map(|key| arc_swap::Guard::into_inner(key.current()))
+        .collect()
 }
 
 /// A whole provider answer in the front door's dialect, with its usage.

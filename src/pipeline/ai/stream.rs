@@ -5,13 +5,23 @@
 //! The provider-side stage also meters the stream: the usage the provider reports, whether
 //! the stream got as far as its final usage, and the completion tokens of the deltas seen
 //! (what a stream cut before its end is charged at least).
+//!
+//! An error the provider sends mid-stream ends the stream for the client with the gateway's
+//! error in the front door's dialect: typed as a whole error answer would be (see
+//! [`crate::ai::provider_error`]), its message scrubbed of the provider's key. A stream ended
+//! by an error did not reach its end, so it is metered as cut. Ordinary chunks are not parsed
+//! for this: only an event named `error`, or whose data holds `"error"`, is looked at.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::Deserialize;
+use serde_json::Value;
 
+use crate::ai::provider_error::{self, ProviderError};
 use crate::ai::{anthropic, gemini, ChatStreamRelay, SseEvent, SseParser, Usage};
-use crate::config::ProviderKind;
+use crate::config::{ProviderKind, Secret};
+use crate::error::ErrorDialect;
 use crate::meter::{Metered, RelayedTokens, TokenCounter};
 
 use super::call::Front;
@@ -35,13 +45,84 @@ pub(super) trait ProviderStage: EventStage {
     fn reached_end(&self) -> bool;
     /// Completion tokens of the text and tool-call deltas seen so far.
     fn relayed_tokens(&self) -> u64;
+    /// The values a provider's error message must not carry (its configured key).
+    fn set_secrets(&mut self, secrets: Vec<Arc<Secret>>);
+    /// The provider's mid-stream error that the last event ended the stream with (already
+    /// written to the output in this stage's dialect); `None` once taken.
+    fn take_error(&mut self) -> Option<ProviderError>;
+}
+
+/// A client-side stage, from canonical chunks to the front door's dialect.
+pub(super) trait ClientStage: EventStage {
+    /// Ends the stream with the provider's mid-stream `error`, in this stage's dialect.
+    fn fail(&mut self, error: &ProviderError, out: &mut Vec<u8>);
+}
+
+/// Whether `event` is a provider's mid-stream error: an event named `error`, a chunk with an
+/// `error` member (OpenAI, Azure, Gemini), or an Anthropic `{"type":"error"}`. Only an event
+/// whose data holds `"error"` is parsed; a content delta's text cannot hold it unescaped.
+fn is_error_event(event: &SseEvent) -> bool {
+    if event.event.as_deref() == Some("error") {
+        return true;
+    }
+    if !event.has_data || !event.data.contains("\"error\"") {
+        return false;
+    }
+    let Ok(Value::Object(data)) = serde_json::from_str::<Value>(&event.data) else {
+        return false;
+    };
+    matches!(data.get("error"), Some(Value::Object(_) | Value::String(_)))
+        || data.get("type").and_then(Value::as_str) == Some("error")
+}
+
+/// The status an OpenAI-format error object stands for: a mid-stream error has none of its
+/// own (the stream's was 200), so its `type` (else a numeric `code`, as Azure sends) names
+/// the status it would have come with as a whole answer.
+fn openai_error_status(data: &[u8]) -> u16 {
+    let Ok(data) = serde_json::from_slice::<Value>(data) else {
+        return 500;
+    };
+    let error = &data["error"];
+    let field = |name: &str| error.get(name).and_then(Value::as_str);
+    let by_type = match field("type") {
+        Some("invalid_request_error") => Some(400),
+        Some("authentication_error") => Some(401),
+        Some("permission_error") => Some(403),
+        Some("not_found_error") => Some(404),
+        Some("timeout_error") => Some(408),
+        Some("rate_limit_error" | "requests" | "tokens" | "insufficient_quota") => Some(429),
+        Some("overloaded_error" | "service_unavailable") => Some(503),
+        Some("server_error" | "api_error") => Some(500),
+        _ => None,
+    };
+    let by_code = || match field("code") {
+        Some("rate_limit_exceeded" | "insufficient_quota") => Some(429),
+        Some("context_length_exceeded" | "content_filter") => Some(400),
+        Some(code) => code.parse::<u16>().ok().filter(|s| (400..=599).contains(s)),
+        None => error
+            .get("code")
+            .and_then(Value::as_u64)
+            .and_then(|c| u16::try_from(c).ok())
+            .filter(|s| (400..=599).contains(s)),
+    };
+    by_type.or_else(by_code).unwrap_or(500)
+}
+
+/// The `&str`s of `secrets`, for the scrubber.
+fn exposed(secrets: &[Arc<Secret>]) -> Vec<&str> {
+    secrets.iter().map(|s| s.expose()).collect()
 }
 
 /// The relay of an OpenAI-format stream (OpenAI, Azure OpenAI, the mock), counting the
-/// completion text of its chunks on the side.
+/// completion text of its chunks on the side. A provider error ends what is relayed.
 struct OpenAiRelay {
     relay: ChatStreamRelay,
     relayed: RelayedTokens,
+    secrets: Vec<Arc<Secret>>,
+    /// An error ended the stream: nothing more is relayed.
+    failed: bool,
+    /// That error, until [`ProviderStage::take_error`].
+    error: Option<ProviderError>,
 }
 
 /// The parts of a `chat.completion.chunk` that are completion text; everything else is
@@ -99,6 +180,18 @@ fn count_chunk_text(data: &str, relayed: &mut RelayedTokens) {
 
 impl EventStage for OpenAiRelay {
     fn on_event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
+        if self.failed {
+            return;
+        }
+        if is_error_event(event) {
+            let data = event.data.as_bytes();
+            let status = openai_error_status(data);
+            let error = provider_error::from_response(status, data, None, &exposed(&self.secrets));
+            crate::ai::encode_event(None, &error.body(ErrorDialect::OpenAi), out);
+            self.failed = true;
+            self.error = Some(error);
+            return;
+        }
         if event.has_data && !event.is_done() {
             count_chunk_text(&event.data, &mut self.relayed);
         }
@@ -114,10 +207,16 @@ impl ProviderStage for OpenAiRelay {
     /// The usage chunk is the last before `[DONE]`; a provider that never reports usage
     /// still ends with `[DONE]`.
     fn reached_end(&self) -> bool {
-        self.relay.saw_done() || self.relay.usage().is_some()
+        !self.failed && (self.relay.saw_done() || self.relay.usage().is_some())
     }
     fn relayed_tokens(&self) -> u64 {
         self.relayed.tokens()
+    }
+    fn set_secrets(&mut self, secrets: Vec<Arc<Secret>>) {
+        self.secrets = secrets;
+    }
+    fn take_error(&mut self) -> Option<ProviderError> {
+        self.error.take()
     }
 }
 
@@ -140,6 +239,12 @@ impl ProviderStage for anthropic::StreamToOpenAi {
     fn relayed_tokens(&self) -> u64 {
         anthropic::StreamToOpenAi::relayed_tokens(self)
     }
+    fn set_secrets(&mut self, secrets: Vec<Arc<Secret>>) {
+        anthropic::StreamToOpenAi::set_secrets(self, secrets)
+    }
+    fn take_error(&mut self) -> Option<ProviderError> {
+        anthropic::StreamToOpenAi::take_error(self)
+    }
 }
 
 impl EventStage for anthropic::StreamFromOpenAi {
@@ -151,6 +256,12 @@ impl EventStage for anthropic::StreamFromOpenAi {
     }
     fn usage(&self) -> Option<Usage> {
         anthropic::StreamFromOpenAi::usage(self)
+    }
+}
+
+impl ClientStage for anthropic::StreamFromOpenAi {
+    fn fail(&mut self, error: &ProviderError, out: &mut Vec<u8>) {
+        anthropic::StreamFromOpenAi::fail(self, error, out)
     }
 }
 
@@ -174,20 +285,43 @@ impl ProviderStage for gemini::StreamToOpenAi {
     fn relayed_tokens(&self) -> u64 {
         gemini::StreamToOpenAi::relayed_tokens(self)
     }
+    fn set_secrets(&mut self, secrets: Vec<Arc<Secret>>) {
+        gemini::StreamToOpenAi::set_secrets(self, secrets)
+    }
+    fn take_error(&mut self) -> Option<ProviderError> {
+        gemini::StreamToOpenAi::take_error(self)
+    }
 }
 
 /// Forwards an Anthropic stream untouched to an Anthropic client, reading its usage on the
-/// side (the translation's output is discarded).
+/// side (the translation's output is discarded). An `error` event is the exception: the
+/// client gets the gateway's error instead, and nothing after it.
 struct AnthropicPassthrough {
     meter: anthropic::StreamToOpenAi,
     scratch: Vec<u8>,
+    secrets: Vec<Arc<Secret>>,
+    /// An error ended the stream: nothing more is forwarded.
+    failed: bool,
+    /// That error, until [`ProviderStage::take_error`].
+    error: Option<ProviderError>,
 }
 
 impl EventStage for AnthropicPassthrough {
     fn on_event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
-        out.extend_from_slice(&event.raw);
+        if self.failed {
+            return;
+        }
+        // The meter sees the error too: it ends the metered stream short of its end.
         self.scratch.clear();
         self.meter.on_event(event, &mut self.scratch);
+        if is_error_event(event) {
+            let error = anthropic::stream_error(event.data.as_bytes(), &exposed(&self.secrets));
+            crate::ai::encode_event(Some("error"), &error.body(ErrorDialect::Anthropic), out);
+            self.failed = true;
+            self.error = Some(error);
+            return;
+        }
+        out.extend_from_slice(&event.raw);
     }
     fn finish(&mut self, _out: &mut Vec<u8>) {}
     fn usage(&self) -> Option<Usage> {
@@ -202,12 +336,18 @@ impl ProviderStage for AnthropicPassthrough {
     fn relayed_tokens(&self) -> u64 {
         self.meter.relayed_tokens()
     }
+    fn set_secrets(&mut self, secrets: Vec<Arc<Secret>>) {
+        self.secrets = secrets;
+    }
+    fn take_error(&mut self) -> Option<ProviderError> {
+        self.error.take()
+    }
 }
 
 /// The provider-side stage, then (for the Anthropic front door) the client-side stage.
 pub(super) struct Translation {
     provider: Box<dyn ProviderStage>,
-    client: Option<(SseParser, Box<dyn EventStage>)>,
+    client: Option<(SseParser, Box<dyn ClientStage>)>,
     canonical: Vec<u8>,
 }
 
@@ -233,6 +373,9 @@ impl Translation {
                 provider: Box::new(AnthropicPassthrough {
                     meter,
                     scratch: Vec::new(),
+                    secrets: Vec::new(),
+                    failed: false,
+                    error: None,
                 }),
                 client: None,
                 canonical: Vec::new(),
@@ -253,6 +396,9 @@ impl Translation {
             _ => Box::new(OpenAiRelay {
                 relay: ChatStreamRelay::new(canonical_usage),
                 relayed: RelayedTokens::new(counter),
+                secrets: Vec::new(),
+                failed: false,
+                error: None,
             }),
         };
         let client = match front {
@@ -263,7 +409,7 @@ impl Translation {
                 let stage = anthropic::StreamFromOpenAi::new(model, &message_id);
                 Some((
                     SseParser::new(MAX_EVENT),
-                    Box::new(stage) as Box<dyn EventStage>,
+                    Box::new(stage) as Box<dyn ClientStage>,
                 ))
             }
         };
@@ -274,6 +420,13 @@ impl Translation {
         }
     }
 
+    /// The same stages, with the values a provider's error message must not carry (the
+    /// provider's configured key) scrubbed from every mid-stream error.
+    pub fn with_secrets(mut self, secrets: Vec<Arc<Secret>>) -> Translation {
+        self.provider.set_secrets(secrets);
+        self
+    }
+
     /// Translates one provider event into `out`.
     pub fn on_event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
         match &mut self.client {
@@ -281,6 +434,13 @@ impl Translation {
             Some((parser, stage)) => {
                 self.canonical.clear();
                 self.provider.on_event(event, &mut self.canonical);
+                if let Some(error) = self.provider.take_error() {
+                    // The canonical output of an error event is that error in OpenAI's
+                    // dialect: the client stage maps the provider's error itself, so that its
+                    // type is the one a whole error answer gets on this front door.
+                    stage.fail(&error, out);
+                    return;
+                }
                 // Canonical events are complete and small; a parse error cannot happen here.
                 let _ = parser.push(&self.canonical);
                 while let Some(e) = parser.next_event() {
@@ -330,6 +490,7 @@ impl Translation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// Runs `stream` through a translation from `kind` to `front`; returns it and the client's
     /// bytes.
@@ -532,5 +693,188 @@ mod tests {
                 relayed_tokens: 2,
             }
         );
+    }
+
+    const KEY: &str = "prv7Lm9Rt4Kp8Wz3Vn6Yb1Hc5Jd0FgTe";
+
+    /// [`translate`] with the provider key `KEY` configured, also running `finish` (the
+    /// provider's body ended).
+    fn translate_keyed(kind: ProviderKind, front: Front, stream: &str) -> (Translation, String) {
+        let mut translation = Translation::new(
+            kind,
+            front,
+            "model",
+            "chatcmpl-1",
+            1_700_000_000,
+            false,
+            TokenCounter::Bytes,
+        )
+        .with_secrets(vec![Arc::new(Secret::new(KEY))]);
+        let mut parser = SseParser::new(1 << 20);
+        parser.push(stream.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        while let Some(event) = parser.next_event() {
+            translation.on_event(&event, &mut out);
+        }
+        translation.finish(&mut out);
+        (translation, String::from_utf8(out).unwrap())
+    }
+
+    fn assert_no_key_part(text: &str) {
+        for window in KEY.as_bytes().windows(8) {
+            let window = std::str::from_utf8(window).unwrap();
+            assert!(!text.contains(window), "{window:?} leaked in {text}");
+        }
+    }
+
+    /// The `(event name, data as JSON or the [DONE] marker)` of each event with data.
+    fn client_events(out: &str) -> Vec<(Option<String>, Value)> {
+        let mut parser = SseParser::new(1 << 20);
+        parser.push(out.as_bytes()).unwrap();
+        std::iter::from_fn(|| parser.next_event())
+            .filter(|e| e.has_data)
+            .map(|e| {
+                let data = serde_json::from_str(&e.data).unwrap_or(Value::String(e.data.clone()));
+                (e.event, data)
+            })
+            .collect()
+    }
+
+    fn event(name: Option<&str>, data: &str) -> SseEvent {
+        let mut raw = Vec::new();
+        crate::ai::encode_event(name, data, &mut raw);
+        let mut parser = SseParser::new(1 << 20);
+        parser.push(&raw).unwrap();
+        parser.next_event().unwrap()
+    }
+
+    #[test]
+    fn only_error_events_are_taken_for_errors() {
+        for (name, data) in [
+            (None, r#"{"error":{"message":"m","type":"server_error"}}"#),
+            (None, r#"{"error":"overloaded"}"#),
+            (
+                None,
+                r#"{"type":"error","error":{"type":"api_error","message":"m"}}"#,
+            ),
+            (Some("error"), "not even JSON"),
+        ] {
+            assert!(is_error_event(&event(name, data)), "{data}");
+        }
+        for (name, data) in [
+            // The model's text saying "error", escaped in its JSON string.
+            (
+                None,
+                r#"{"choices":[{"delta":{"content":"an \"error\" here"}}]}"#,
+            ),
+            // A tool named `error`.
+            (
+                None,
+                r#"{"type":"content_block_start","content_block":{"type":"tool_use","name":"error"}}"#,
+            ),
+            (None, r#"{"choices":[],"error":null}"#),
+            (None, "[DONE]"),
+        ] {
+            assert!(!is_error_event(&event(name, data)), "{data}");
+        }
+    }
+
+    #[test]
+    fn openai_error_objects_stand_for_the_status_of_their_type_or_code() {
+        for (data, status) in [
+            (r#"{"error":{"type":"invalid_request_error"}}"#, 400),
+            (
+                r#"{"error":{"type":"requests","code":"rate_limit_exceeded"}}"#,
+                429,
+            ),
+            (r#"{"error":{"type":"insufficient_quota"}}"#, 429),
+            (r#"{"error":{"code":"rate_limit_exceeded"}}"#, 429),
+            (r#"{"error":{"code":"429","message":"Azure says"}}"#, 429),
+            (r#"{"error":{"code":503}}"#, 503),
+            (r#"{"error":{"type":"server_error"}}"#, 500),
+            (r#"{"error":{"code":"200"}}"#, 500),
+            ("not JSON", 500),
+        ] {
+            assert_eq!(openai_error_status(data.as_bytes()), status, "{data}");
+        }
+    }
+
+    #[test]
+    fn openai_error_chunk_is_mapped_scrubbed_and_ends_the_relayed_stream() {
+        let stream = format!(
+            "{}data: {{\"error\":{{\"message\":\"Incorrect API key provided: {KEY}\",\"type\":\"requests\",\"code\":\"rate_limit_exceeded\"}}}}\n\n{}{OPENAI_USAGE}data: [DONE]\n\n",
+            openai_chunk("Hi"),
+            openai_chunk("late"),
+        );
+        let (translation, out) = translate_keyed(ProviderKind::Openai, Front::OpenAi, &stream);
+        assert_no_key_part(&out);
+        let events = client_events(&out);
+        assert_eq!(events.len(), 2, "{out}");
+        assert_eq!(
+            events[1].1,
+            json!({"error": {"message": "Incorrect API key provided: [redacted]",
+                             "type": "rate_limit_error", "code": "rate_limit_exceeded"}})
+        );
+        // Ended by an error: cut, whatever came after it.
+        assert!(matches!(translation.metered(true), Metered::Cut { .. }));
+    }
+
+    #[test]
+    fn anthropic_error_event_passed_through_is_the_gateways_error() {
+        let stream = format!(
+            "{ANTHROPIC_START}{}event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"overloaded_error\",\"message\":\"key {KEY} is busy\"}}}}\n\n{ANTHROPIC_END}",
+            anthropic_text("Hi")
+        );
+        let (translation, out) =
+            translate_keyed(ProviderKind::Anthropic, Front::Anthropic, &stream);
+        assert_no_key_part(&out);
+        // Everything before the error is the provider's bytes; nothing after it goes out.
+        let before = format!("{ANTHROPIC_START}{}", anthropic_text("Hi"));
+        assert!(out.starts_with(&before), "{out}");
+        let events = client_events(&out[before.len()..]);
+        assert_eq!(
+            events,
+            [(
+                Some("error".to_string()),
+                json!({"type": "error", "error": {"type": "overloaded_error",
+                                                  "message": "key [redacted] is busy"}})
+            )]
+        );
+        assert!(matches!(translation.metered(true), Metered::Cut { .. }));
+    }
+
+    #[test]
+    fn errors_translated_to_the_anthropic_front_door_get_its_mapped_type() {
+        let openai = format!(
+            "{}data: {{\"error\":{{\"message\":\"over quota for {KEY}\",\"type\":\"insufficient_quota\",\"code\":\"insufficient_quota\"}}}}\n\n",
+            openai_chunk("Hi")
+        );
+        let gemini = format!(
+            "data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"Hi\"}}],\"role\":\"model\"}}}}]}}\n\n\
+             data: {{\"error\":{{\"code\":503,\"message\":\"overloaded ?key={KEY}\",\"status\":\"UNAVAILABLE\"}}}}\n\n"
+        );
+        for (kind, stream, anthropic_type) in [
+            (ProviderKind::Openai, openai, "billing_error"),
+            (ProviderKind::Gemini, gemini, "overloaded_error"),
+        ] {
+            let (translation, out) = translate_keyed(kind, Front::Anthropic, &stream);
+            assert_no_key_part(&out);
+            let events = client_events(&out);
+            let (name, data) = events.last().unwrap();
+            assert_eq!(name.as_deref(), Some("error"), "{kind:?}: {out}");
+            assert_eq!(data["error"]["type"], anthropic_type, "{kind:?}: {out}");
+            assert!(
+                data["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("[redacted]"),
+                "{kind:?}: {out}"
+            );
+            // The text before the error was relayed; only one error, no message_stop.
+            assert!(out.contains("\"Hi\""), "{kind:?}: {out}");
+            assert_eq!(out.matches("event: error").count(), 1, "{kind:?}: {out}");
+            assert!(!out.contains("message_stop"), "{kind:?}: {out}");
+            assert!(matches!(translation.metered(true), Metered::Cut { .. }));
+        }
     }
 }
