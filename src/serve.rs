@@ -16,7 +16,7 @@ use crate::auth::CredentialCache;
 use crate::config::{self, Config, SecretWatcher};
 use crate::meter::{period_start_ms, BudgetTable, Period};
 use crate::metrics;
-use crate::snapshot::{Purpose, Services, Shared, Snapshot};
+use crate::snapshot::{Carried, Purpose, Services, Shared, Snapshot};
 use crate::store::audit;
 use crate::usage::Ledger;
 use crate::worker::{self, Driver, ListenSpec};
@@ -42,10 +42,12 @@ pub fn run(config_path: Option<PathBuf>, driver: DriverChoice) -> i32 {
     let config_path = config_path.or_else(config::resolve_default_path);
     let secrets = SecretWatcher::start();
     let admission = Arc::new(Admission::default());
+    let carried = Arc::new(Carried::default());
     // The same load as `check` and reload: what one refuses, all refuse, with the same lines.
     let built = match &config_path {
         Some(path) => {
-            let (snapshot, report) = Snapshot::load(path, &secrets, &admission, Purpose::Serve);
+            let (snapshot, report) =
+                Snapshot::load_carrying(path, &secrets, &admission, &carried, Purpose::Serve);
             for warning in &report.warnings {
                 log::warn!("config: {warning}");
             }
@@ -53,16 +55,18 @@ pub fn run(config_path: Option<PathBuf>, driver: DriverChoice) -> i32 {
         }
         None => {
             log::info!("no --config and no ./credentialflow.toml: using the built-in default");
-            Snapshot::build(config::builtin_default(), &secrets, &admission).map_err(|errors| {
-                errors
-                    .into_iter()
-                    .map(|message| config::ConfigError {
-                        path: String::new(),
-                        line: None,
-                        message,
-                    })
-                    .collect()
-            })
+            Snapshot::build(config::builtin_default(), &secrets, &admission, &carried).map_err(
+                |errors| {
+                    errors
+                        .into_iter()
+                        .map(|message| config::ConfigError {
+                            path: String::new(),
+                            line: None,
+                            message,
+                        })
+                        .collect()
+                },
+            )
         }
     };
     let snapshot = match built {
@@ -75,7 +79,8 @@ pub fn run(config_path: Option<PathBuf>, driver: DriverChoice) -> i32 {
         }
     };
     let config = snapshot.config.clone();
-    match start(config, snapshot, config_path, secrets, admission, driver) {
+    let services = Started { admission, carried };
+    match start(config, snapshot, config_path, secrets, services, driver) {
         Ok(code) => code,
         Err(message) => {
             eprintln!("error: {message}");
@@ -84,12 +89,18 @@ pub fn run(config_path: Option<PathBuf>, driver: DriverChoice) -> i32 {
     }
 }
 
+/// The state the first snapshot was built with, handed on to [`Shared`].
+struct Started {
+    admission: Arc<Admission>,
+    carried: Arc<Carried>,
+}
+
 fn start(
     config: Config,
     snapshot: Snapshot,
     config_path: Option<PathBuf>,
     secrets: SecretWatcher,
-    admission: Arc<Admission>,
+    started: Started,
     choice: DriverChoice,
 ) -> Result<i32, String> {
     // Handlers go in before anything is announced: a SIGHUP that arrives right after the ready
@@ -147,9 +158,10 @@ fn start(
         secrets,
         Services {
             credentials,
-            admission,
+            admission: started.admission,
             budgets,
             usage,
+            carried: started.carried,
         },
         workers,
     ));

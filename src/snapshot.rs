@@ -28,6 +28,10 @@ use crate::tls;
 use crate::upstream::Upstream;
 use crate::usage::UsageSender;
 
+mod carry;
+
+pub use carry::{ByName, Carried};
+
 /// One `[[route]]`, resolved against its upstream.
 pub struct Route {
     /// The route's name, for logs and metric labels.
@@ -120,17 +124,30 @@ pub enum Purpose {
 }
 
 impl Snapshot {
-    /// Reads the config file at `path` and compiles it: the one path for `serve`, reload and
-    /// `check`. Returns the snapshot when there is no error, and every error and warning,
-    /// each with its key path and line where known.
+    /// Reads the config file at `path` and compiles it with fresh runtime state (for
+    /// `check`, which serves nothing). Returns the snapshot when there is no error, and every
+    /// error and warning, each with its key path and line where known.
     pub fn load(
         path: &Path,
         secrets: &SecretWatcher,
         admission: &Admission,
         purpose: Purpose,
     ) -> (Option<Snapshot>, config::CheckReport) {
+        Snapshot::load_carrying(path, secrets, admission, &Carried::default(), purpose)
+    }
+
+    /// Reads the config file at `path` and compiles it: the one path for `serve`, reload and
+    /// `check`. Route limiters come from `admission` and target health and circuit breakers
+    /// from `carried`, by name, so a reload continues where the previous snapshot left off.
+    pub fn load_carrying(
+        path: &Path,
+        secrets: &SecretWatcher,
+        admission: &Admission,
+        carried: &Carried,
+        purpose: Purpose,
+    ) -> (Option<Snapshot>, config::CheckReport) {
         config::load_and_build(path, |config| {
-            Snapshot::build_for(config, secrets, admission, purpose)
+            Snapshot::build_for(config, secrets, admission, carried, purpose)
         })
     }
 
@@ -139,8 +156,9 @@ impl Snapshot {
         config: Config,
         secrets: &SecretWatcher,
         admission: &Admission,
+        carried: &Carried,
     ) -> Result<Snapshot, Vec<String>> {
-        Snapshot::build_for(config, secrets, admission, Purpose::Serve)
+        Snapshot::build_for(config, secrets, admission, carried, Purpose::Serve)
     }
 
     /// Compiles `config`; errors are `key.path: message`.
@@ -148,13 +166,17 @@ impl Snapshot {
         config: Config,
         secrets: &SecretWatcher,
         admission: &Admission,
+        carried: &Carried,
         purpose: Purpose,
     ) -> Result<Snapshot, Vec<String>> {
         let mut errors = Vec::new();
         let mut upstreams = Vec::with_capacity(config.upstream.len());
         for (i, up) in config.upstream.iter().enumerate() {
             match Upstream::build(up, &config, secrets) {
-                Ok(u) => upstreams.push(Arc::new(u)),
+                Ok(mut u) => {
+                    carried.adopt_upstream(&mut u);
+                    upstreams.push(Arc::new(u));
+                }
                 Err(e) => errors.push(format!("upstream[{i}]: {e}")),
             }
         }
@@ -220,7 +242,10 @@ impl Snapshot {
             });
         }
         let catalog = match Catalog::build(&config, secrets) {
-            Ok(c) => c,
+            Ok(mut c) => {
+                carried.adopt_catalog(&mut c);
+                c
+            }
             Err(errs) => {
                 errors.extend(errs);
                 Catalog::default()
@@ -297,6 +322,8 @@ pub struct Services {
     pub budgets: Arc<BudgetTable>,
     /// The usage ledger's channel.
     pub usage: UsageSender,
+    /// Target health and circuit breakers (the first snapshot must be built with it).
+    pub carried: Arc<Carried>,
 }
 
 /// The id of the script a `hooks` setting names (`""` = none).
@@ -328,6 +355,8 @@ pub struct Shared {
     pub budgets: Arc<BudgetTable>,
     /// Where workers send each metered request's usage (the ledger thread).
     pub usage: UsageSender,
+    /// Target health and circuit breakers, carried from snapshot to snapshot.
+    pub carried: Arc<Carried>,
     /// How many worker threads run.
     pub workers: usize,
 }
@@ -353,6 +382,7 @@ impl Shared {
             admission: services.admission,
             budgets: services.budgets,
             usage: services.usage,
+            carried: services.carried,
             workers,
         }
     }
@@ -373,14 +403,24 @@ impl Shared {
         let _one_at_a_time = self.reload_lock.lock();
         let built = match &self.config_path {
             Some(path) => {
-                let (snapshot, report) =
-                    Snapshot::load(path, &self.secrets, &self.admission, Purpose::Serve);
+                let (snapshot, report) = Snapshot::load_carrying(
+                    path,
+                    &self.secrets,
+                    &self.admission,
+                    &self.carried,
+                    Purpose::Serve,
+                );
                 for warning in &report.warnings {
                     log::warn!("config: {warning}");
                 }
                 snapshot.ok_or_else(|| report.errors.iter().map(|e| e.to_string()).collect())
             }
-            None => Snapshot::build(config::builtin_default(), &self.secrets, &self.admission),
+            None => Snapshot::build(
+                config::builtin_default(),
+                &self.secrets,
+                &self.admission,
+                &self.carried,
+            ),
         };
         let result = built.map(|snap| {
             let listen_before = &self.current.load().config.server.listen;
@@ -392,6 +432,9 @@ impl Shared {
             self.current.store(Arc::new(snap));
             self.generation.fetch_add(1, Ordering::Release);
         });
+        // A refused build may have registered state for names it had; keep only the current
+        // snapshot's, either way.
+        self.carried.retain_for(&self.current.load());
         metrics::global().config_reloaded(result.is_ok());
         match &result {
             Ok(()) => log::info!("config reloaded"),

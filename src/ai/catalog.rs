@@ -11,7 +11,7 @@ use super::breaker::Breaker;
 use crate::config::{
     Config, HostPort, LiveSecret, MockOptions, ProviderConfig, ProviderKind, SecretWatcher,
 };
-use crate::upstream::{TlsSettings, Upstream};
+use crate::upstream::{pool_settings, TlsSettings, Upstream};
 
 /// One `[[provider]]`, ready to be sent requests.
 #[derive(Debug)]
@@ -32,8 +32,21 @@ pub struct Provider {
     pub api_version: String,
     /// The mock's pacing.
     pub mock: MockOptions,
-    /// Skips the provider after repeated failures; restarts closed on reload.
-    pub breaker: Breaker,
+    /// Skips the provider after repeated failures; carried across reloads by provider name
+    /// and endpoint (see [`Provider::endpoint`]).
+    pub breaker: Arc<Breaker>,
+}
+
+impl Provider {
+    /// What the provider's state belongs to besides its name: where its requests go
+    /// (`host:port` and base path; `""` for the in-process mock). A reload that points the
+    /// provider elsewhere starts it with a fresh circuit breaker.
+    pub fn endpoint(&self) -> String {
+        match &self.upstream {
+            Some(up) => format!("{}{}", up.targets[0].authority, self.base_path),
+            None => String::new(),
+        }
+    }
 }
 
 /// One `[[model]]`.
@@ -167,6 +180,17 @@ impl Catalog {
     pub fn provider(&self, index: usize) -> &Provider {
         &self.providers[index]
     }
+
+    /// Every provider, in config order.
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+
+    /// Every provider, for handing them their carried-over state while the catalog is being
+    /// built into a snapshot.
+    pub fn providers_mut(&mut self) -> &mut [Provider] {
+        &mut self.providers
+    }
 }
 
 /// Compiles `provider[i]`.
@@ -224,7 +248,7 @@ fn build_provider(
             cfg.api_version.clone()
         },
         mock: cfg.mock.clone(),
-        breaker: Breaker::default(),
+        breaker: Arc::new(Breaker::default()),
     })
 }
 
@@ -246,6 +270,7 @@ fn build_upstream(
         None
     };
     Upstream::from_parts(&cfg.name, &[url.authority.to_string()], tls, None)
+        .map(|u| u.with_pool(pool_settings(cfg.keepalive, cfg.keepalive_timeout_ms)))
         .map_err(|e| format!("provider[{i}].base_url: {e}"))
 }
 
@@ -328,6 +353,8 @@ mod tests {
             ca_file: String::new(),
             api_version: String::new(),
             mock: Default::default(),
+            keepalive: 128,
+            keepalive_timeout_ms: 30_000,
         }
     }
 

@@ -252,7 +252,7 @@ impl Default for LimitsConfig {
 }
 
 /// `[[upstream]]`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Name that routes refer to.
@@ -273,6 +273,40 @@ pub struct UpstreamConfig {
     /// Credential injected toward this upstream.
     #[serde(default)]
     pub credential: Option<CredentialConfig>,
+    /// Idle connections each worker keeps per target; 0 = no reuse.
+    #[serde(default = "default_keepalive")]
+    pub keepalive: usize,
+    /// How long an idle connection is kept.
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            name: String::new(),
+            targets: Vec::new(),
+            tls: false,
+            ca_file: String::new(),
+            sni: String::new(),
+            credential: None,
+            keepalive: default_keepalive(),
+            keepalive_timeout_ms: default_keepalive_timeout_ms(),
+        }
+    }
+}
+
+/// Largest `keepalive`: each idle connection holds a file descriptor in every worker.
+pub const MAX_KEEPALIVE: usize = 10_000;
+/// Longest `keepalive_timeout_ms` (one hour).
+pub const MAX_KEEPALIVE_TIMEOUT_MS: u64 = 3_600_000;
+
+fn default_keepalive() -> usize {
+    crate::upstream::DEFAULT_MAX_IDLE_PER_KEY
+}
+
+fn default_keepalive_timeout_ms() -> u64 {
+    crate::upstream::DEFAULT_IDLE_TIMEOUT.as_millis() as u64
 }
 
 /// An upstream's injected credential header.
@@ -487,6 +521,12 @@ pub struct ProviderConfig {
     /// Extension, `mock` only: simulated latency and streaming speed.
     #[serde(default)]
     pub mock: MockOptions,
+    /// Idle connections each worker keeps to the provider; 0 = no reuse.
+    #[serde(default = "default_keepalive")]
+    pub keepalive: usize,
+    /// How long an idle connection to the provider is kept.
+    #[serde(default = "default_keepalive_timeout_ms")]
+    pub keepalive_timeout_ms: u64,
 }
 
 /// How the in-process mock provider paces its answers.

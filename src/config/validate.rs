@@ -9,7 +9,7 @@ use crate::http1::normalize_path;
 use super::address::{parse_listen_addr, Cidr, HostPort};
 use super::model::{
     AuthKind, Config, JwtConfig, ProviderKind, RouteConfig, ServerConfig, UpstreamConfig,
-    MAX_DRAIN_AFTER_DISCONNECT_MS,
+    MAX_DRAIN_AFTER_DISCONNECT_MS, MAX_KEEPALIVE, MAX_KEEPALIVE_TIMEOUT_MS,
 };
 use super::redact::{has_userinfo, redact_url, CREDENTIALS_IN_URL};
 use crate::auth::jwt::MIN_HS_SECRET_BYTES;
@@ -201,6 +201,29 @@ fn check_upstreams(config: &Config, findings: &mut Findings) {
         }
         check_optional_file(config, findings, at("ca_file"), &upstream.ca_file);
         check_credential(upstream, i, findings);
+        check_keepalive(
+            findings,
+            &format!("upstream[{i}]"),
+            upstream.keepalive,
+            upstream.keepalive_timeout_ms,
+        );
+    }
+}
+
+/// `keepalive` and `keepalive_timeout_ms` of an upstream or provider at `at`: bounded, since
+/// every idle connection holds a descriptor in each worker.
+fn check_keepalive(findings: &mut Findings, at: &str, keepalive: usize, timeout_ms: u64) {
+    if keepalive > MAX_KEEPALIVE {
+        findings.error(
+            format!("{at}.keepalive"),
+            format!("must be at most {MAX_KEEPALIVE}"),
+        );
+    }
+    if timeout_ms == 0 || timeout_ms > MAX_KEEPALIVE_TIMEOUT_MS {
+        findings.error(
+            format!("{at}.keepalive_timeout_ms"),
+            format!("must be 1 to {MAX_KEEPALIVE_TIMEOUT_MS} (one hour); use keepalive = 0 for no reuse"),
+        );
     }
 }
 
@@ -437,6 +460,12 @@ fn check_providers(config: &Config, findings: &mut Findings) {
             check_base_url(findings, at("base_url"), &provider.base_url);
         }
         check_optional_file(config, findings, at("ca_file"), &provider.ca_file);
+        check_keepalive(
+            findings,
+            &format!("provider[{i}]"),
+            provider.keepalive,
+            provider.keepalive_timeout_ms,
+        );
         if provider.api_key.is_none() && provider.kind != ProviderKind::Mock {
             findings.warning(
                 at("api_key"),
@@ -655,6 +684,8 @@ mod tests {
                 ca_file: String::new(),
                 api_version: String::new(),
                 mock: Default::default(),
+                keepalive: 4,
+                keepalive_timeout_ms: 1_000,
             }],
             model: vec![ModelConfig {
                 name: "m".into(),
@@ -783,6 +814,36 @@ mod tests {
         config.limits.merge_slashes = false;
         config.route[0].path_prefix = "/a//b/".into();
         assert!(errors_of(&config).is_empty());
+    }
+
+    #[test]
+    fn keepalive_is_bounded_and_zero_turns_reuse_off() {
+        let mut config = valid();
+        config.upstream[0].keepalive = 0;
+        config.provider[0].keepalive = MAX_KEEPALIVE;
+        assert!(errors_of(&config).is_empty());
+        config.upstream[0].keepalive = MAX_KEEPALIVE + 1;
+        config.provider[0].keepalive = MAX_KEEPALIVE + 1;
+        assert_eq!(
+            errors_of(&config),
+            ["upstream[0].keepalive", "provider[0].keepalive"]
+        );
+    }
+
+    #[test]
+    fn keepalive_timeout_must_be_positive_and_at_most_an_hour() {
+        let mut config = valid();
+        config.upstream[0].keepalive_timeout_ms = MAX_KEEPALIVE_TIMEOUT_MS;
+        assert!(errors_of(&config).is_empty());
+        config.upstream[0].keepalive_timeout_ms = 0;
+        config.provider[0].keepalive_timeout_ms = MAX_KEEPALIVE_TIMEOUT_MS + 1;
+        assert_eq!(
+            errors_of(&config),
+            [
+                "upstream[0].keepalive_timeout_ms",
+                "provider[0].keepalive_timeout_ms"
+            ]
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::config::{Config, SecretWatcher, UpstreamConfig};
 pub use connect::{acquire, connect, Acquired, ConnectError};
 pub use credential::{InjectedCredential, SECRET_PLACEHOLDER};
 pub use health::{now_ms, TargetHealth, COOL_DOWN};
-pub use pool::{Pool, PoolKey, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IDLE_PER_KEY};
+pub use pool::{Pool, PoolKey, PoolSettings, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_IDLE_PER_KEY};
 pub use stream::{TlsConn, UpstreamStream};
 
 /// One upstream: a named set of targets, balanced round-robin, skipping targets that recently
@@ -46,6 +46,8 @@ pub struct Upstream {
     /// Client TLS configuration when the upstream speaks TLS.
     pub tls: Option<Arc<ClientConfig>>,
     credential: Option<InjectedCredential>,
+    /// How each worker's [`Pool`] keeps idle connections to these targets.
+    pub pool: PoolSettings,
     /// Round-robin position, shared by all workers.
     cursor: CacheLinePadded<AtomicUsize>,
 }
@@ -65,8 +67,9 @@ pub struct Target {
     pub authority: String,
     /// The TLS server name (SNI and the name the certificate must match); `Some` iff TLS.
     pub server_name: Option<ServerName<'static>>,
-    /// Passive health, shared by every worker.
-    pub health: TargetHealth,
+    /// Passive health, shared by every worker; carried across reloads by upstream name and
+    /// target (see [`Upstream::share_health`]).
+    pub health: Arc<TargetHealth>,
     pool_key: PoolKey,
 }
 
@@ -125,7 +128,28 @@ impl Upstream {
                 )
             }
         };
-        Upstream::from_parts(name, &cfg.targets, tls, credential)
+        Ok(Upstream::from_parts(name, &cfg.targets, tls, credential)?
+            .with_pool(pool_settings(cfg.keepalive, cfg.keepalive_timeout_ms)))
+    }
+
+    /// This upstream with `pool` as its connection-pool settings.
+    pub fn with_pool(mut self, pool: PoolSettings) -> Upstream {
+        self.pool = pool;
+        self
+    }
+
+    /// Replaces each target's health with the one `health_of(authority)` returns, so a
+    /// freshly built upstream continues where an earlier build of the same target left off.
+    pub fn share_health(&mut self, mut health_of: impl FnMut(&str) -> Arc<TargetHealth>) {
+        for target in &mut self.targets {
+            target.health = health_of(&target.authority);
+        }
+    }
+
+    /// Every target's pool key with this upstream's pool settings (what a worker hands to
+    /// [`Pool::configure`]).
+    pub fn pool_settings(&self) -> impl Iterator<Item = (PoolKey, PoolSettings)> + '_ {
+        self.targets.iter().map(|t| (t.pool_key.clone(), self.pool))
     }
 
     /// Builds an upstream from its parts (also for upstreams that are not `[[upstream]]`
@@ -157,6 +181,7 @@ impl Upstream {
             targets: built,
             tls: tls.map(|t| t.config),
             credential,
+            pool: PoolSettings::default(),
             cursor: CacheLinePadded::default(),
         })
     }
@@ -174,6 +199,15 @@ impl Upstream {
     pub fn credential_header(&self) -> Option<(&str, String)> {
         let credential = self.credential.as_ref()?;
         credential.value().map(|value| (credential.header(), value))
+    }
+}
+
+/// The pool settings of a `keepalive` / `keepalive_timeout_ms` pair (of an upstream or a
+/// provider).
+pub fn pool_settings(keepalive: usize, keepalive_timeout_ms: u64) -> PoolSettings {
+    PoolSettings {
+        max_idle: keepalive,
+        idle_timeout: std::time::Duration::from_millis(keepalive_timeout_ms),
     }
 }
 
@@ -227,7 +261,7 @@ fn build_target(
         addr,
         authority: authority.to_string(),
         server_name,
-        health: TargetHealth::new(),
+        health: Arc::new(TargetHealth::new()),
         pool_key,
     })
 }

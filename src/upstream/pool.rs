@@ -2,6 +2,9 @@
 //!
 //! Per worker thread, never shared: plain `RefCell`, no locks. Keyed by target address and
 //! TLS server name, not by upstream, so a reload that keeps a target keeps its connections.
+//! How many connections each key keeps, and for how long, is the config's (`keepalive`,
+//! `keepalive_timeout_ms` of the upstream or provider naming the target): the worker hands
+//! every config load's settings to [`Pool::configure`].
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -15,6 +18,26 @@ use super::stream::UpstreamStream;
 pub const DEFAULT_MAX_IDLE_PER_KEY: usize = 128;
 /// Default time an idle connection is kept before it is closed.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many idle connections a worker keeps for one target, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Idle connections kept per target and worker; 0 = every connection is closed after
+    /// its exchange (no reuse).
+    pub max_idle: usize,
+    /// How long an idle connection is kept before it is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    /// [`DEFAULT_MAX_IDLE_PER_KEY`] and [`DEFAULT_IDLE_TIMEOUT`].
+    fn default() -> PoolSettings {
+        PoolSettings {
+            max_idle: DEFAULT_MAX_IDLE_PER_KEY,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
 
 /// What makes two connections interchangeable: the same address, and the same TLS server
 /// name (`None` = cleartext). Cheap to clone.
@@ -48,32 +71,68 @@ struct IdleConn {
     since: Instant,
 }
 
+/// One key's idle connections and the settings they are kept by.
+struct KeyPool {
+    /// Oldest first.
+    conns: VecDeque<IdleConn>,
+    settings: PoolSettings,
+    /// Whether the current config names this key; an entry the config no longer names is
+    /// forgotten once its last connection is gone (it keeps its last settings until then).
+    configured: bool,
+}
+
+impl KeyPool {
+    fn new(settings: PoolSettings, configured: bool) -> KeyPool {
+        KeyPool {
+            conns: VecDeque::new(),
+            settings,
+            configured,
+        }
+    }
+
+    /// Closes the connections the settings no longer allow: expired ones, then the oldest
+    /// past the cap. Returns how many.
+    fn trim(&mut self, now: Instant) -> usize {
+        let expired = drop_expired(&mut self.conns, now, self.settings.idle_timeout);
+        let over = self.conns.len().saturating_sub(self.settings.max_idle);
+        self.conns.drain(..over);
+        expired + over
+    }
+}
+
 /// One worker's idle upstream connections. Reuse is LIFO: the most recently used connection
 /// is the least likely to have been closed by the upstream's own idle timeout, and the oldest
 /// ones age out.
 pub struct Pool {
-    /// Per key, oldest first.
-    idle: RefCell<HashMap<PoolKey, VecDeque<IdleConn>>>,
-    max_idle_per_key: usize,
-    idle_timeout: Duration,
+    idle: RefCell<HashMap<PoolKey, KeyPool>>,
+    /// The settings of keys no config load has named (a pool used without [`Pool::configure`]).
+    default: PoolSettings,
 }
 
 impl Default for Pool {
-    /// [`DEFAULT_MAX_IDLE_PER_KEY`] and [`DEFAULT_IDLE_TIMEOUT`].
+    /// [`PoolSettings::default`] for every key.
     fn default() -> Pool {
-        Pool::new(DEFAULT_MAX_IDLE_PER_KEY, DEFAULT_IDLE_TIMEOUT)
+        Pool::new(PoolSettings::default())
     }
 }
 
 impl Pool {
-    /// An empty pool keeping at most `max_idle_per_key` connections per key (0 = no pooling)
-    /// for at most `idle_timeout` each.
-    pub fn new(max_idle_per_key: usize, idle_timeout: Duration) -> Pool {
+    /// An empty pool keeping connections by `default` until [`Pool::configure`] says
+    /// otherwise for a key.
+    pub fn new(default: PoolSettings) -> Pool {
         Pool {
             idle: RefCell::new(HashMap::new()),
-            max_idle_per_key,
-            idle_timeout,
+            default,
         }
+    }
+
+    /// Applies a config load's settings, one per target the config names; connections the
+    /// new settings do not allow (past a lowered cap, older than a shortened timeout) are
+    /// closed now. A key named twice (two upstreams with the same target) keeps the first
+    /// settings given. Keys no longer named keep their settings until their connections
+    /// expire.
+    pub fn configure(&self, settings: impl IntoIterator<Item = (PoolKey, PoolSettings)>) {
+        self.configure_at(settings, Instant::now());
     }
 
     /// The most recently returned idle connection for `key` that is still usable, if any.
@@ -97,13 +156,45 @@ impl Pool {
 
     /// How many idle connections are held, over all keys.
     pub fn idle_count(&self) -> usize {
-        self.idle.borrow().values().map(VecDeque::len).sum()
+        self.idle.borrow().values().map(|k| k.conns.len()).sum()
+    }
+
+    /// The settings `key`'s connections are kept by.
+    pub fn settings(&self, key: &PoolKey) -> PoolSettings {
+        self.idle
+            .borrow()
+            .get(key)
+            .map_or(self.default, |k| k.settings)
+    }
+
+    fn configure_at(
+        &self,
+        settings: impl IntoIterator<Item = (PoolKey, PoolSettings)>,
+        now: Instant,
+    ) {
+        let mut idle = self.idle.borrow_mut();
+        for entry in idle.values_mut() {
+            entry.configured = false;
+        }
+        for (key, wanted) in settings {
+            let entry = idle
+                .entry(key)
+                .or_insert_with(|| KeyPool::new(wanted, false));
+            if entry.configured {
+                continue;
+            }
+            entry.configured = true;
+            entry.settings = wanted;
+            entry.trim(now);
+        }
+        idle.retain(|_, k| k.configured || !k.conns.is_empty());
     }
 
     fn checkout_at(&self, key: &PoolKey, now: Instant) -> Option<UpstreamStream> {
         let mut idle = self.idle.borrow_mut();
-        let queue = idle.get_mut(key)?;
-        drop_expired(queue, now, self.idle_timeout);
+        let entry = idle.get_mut(key)?;
+        let queue = &mut entry.conns;
+        drop_expired(queue, now, entry.settings.idle_timeout);
         while let Some(conn) = queue.pop_back() {
             let fresh = now.saturating_duration_since(conn.since) < TRUSTED_IDLE;
             if fresh || conn.stream.is_reusable() {
@@ -114,12 +205,18 @@ impl Pool {
     }
 
     fn checkin_at(&self, key: PoolKey, stream: UpstreamStream, now: Instant) {
-        if self.max_idle_per_key == 0 {
+        let mut idle = self.idle.borrow_mut();
+        let default = self.default;
+        let entry = idle
+            .entry(key)
+            .or_insert_with(|| KeyPool::new(default, false));
+        let max_idle = entry.settings.max_idle;
+        if max_idle == 0 {
+            // Dropping the stream closes it: `keepalive = 0` reuses nothing.
             return;
         }
-        let mut idle = self.idle.borrow_mut();
-        let queue = idle.entry(key).or_default();
-        if queue.len() >= self.max_idle_per_key {
+        let queue = &mut entry.conns;
+        if queue.len() >= max_idle {
             queue.pop_front();
         }
         queue.push_back(IdleConn { stream, since: now });
@@ -128,9 +225,9 @@ impl Pool {
     fn evict_expired_at(&self, now: Instant) -> usize {
         let mut idle = self.idle.borrow_mut();
         let mut closed = 0;
-        idle.retain(|_, queue| {
-            closed += drop_expired(queue, now, self.idle_timeout);
-            !queue.is_empty()
+        idle.retain(|_, k| {
+            closed += drop_expired(&mut k.conns, now, k.settings.idle_timeout);
+            k.configured || !k.conns.is_empty()
         });
         closed
     }
@@ -162,6 +259,18 @@ mod tests {
 
     fn key(addr: SocketAddr) -> PoolKey {
         PoolKey::new(addr, None)
+    }
+
+    fn settings(max_idle: usize, idle_timeout: Duration) -> PoolSettings {
+        PoolSettings {
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// A pool keeping `max_idle` connections per key for [`TIMEOUT`].
+    fn capped(max_idle: usize) -> Pool {
+        Pool::new(settings(max_idle, TIMEOUT))
     }
 
     /// A connection to `listener`: the kernel completes it without an accept.
@@ -218,7 +327,7 @@ mod tests {
         on_each_driver(|| async {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let k = key(listener.local_addr().unwrap());
-            let pool = Pool::new(8, TIMEOUT);
+            let pool = capped(8);
             let t0 = Instant::now();
             pool.checkin_at(k.clone(), conn_to(&listener).await, t0);
             assert!(pool.checkout_at(&k, t0 + TIMEOUT).is_none());
@@ -231,7 +340,7 @@ mod tests {
         on_each_driver(|| async {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let k = key(listener.local_addr().unwrap());
-            let pool = Pool::new(8, TIMEOUT);
+            let pool = capped(8);
             let t0 = Instant::now();
             pool.checkin_at(k.clone(), conn_to(&listener).await, t0);
             let almost = t0 + TIMEOUT - Duration::from_millis(1);
@@ -244,7 +353,7 @@ mod tests {
         on_each_driver(|| async {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let k = key(listener.local_addr().unwrap());
-            let pool = Pool::new(2, TIMEOUT);
+            let pool = capped(2);
             let mut ports = Vec::new();
             for _ in 0..3 {
                 let conn = conn_to(&listener).await;
@@ -263,7 +372,7 @@ mod tests {
         on_each_driver(|| async {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let k = key(listener.local_addr().unwrap());
-            let pool = Pool::new(0, TIMEOUT);
+            let pool = capped(0);
             pool.checkin(k.clone(), conn_to(&listener).await);
             assert_eq!(pool.idle_count(), 0);
             assert!(pool.checkout(&k).is_none());
@@ -349,7 +458,7 @@ mod tests {
         on_each_driver(|| async {
             let old_listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let fresh_listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let pool = Pool::new(8, TIMEOUT);
+            let pool = capped(8);
             let t0 = Instant::now();
             let old_key = key(old_listener.local_addr().unwrap());
             let fresh_key = key(fresh_listener.local_addr().unwrap());
@@ -361,5 +470,92 @@ mod tests {
             assert!(!pool.idle.borrow().contains_key(&old_key));
             assert!(pool.idle.borrow().contains_key(&fresh_key));
         });
+    }
+
+    #[test]
+    fn configure_lowering_the_cap_closes_the_oldest_connections_now() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = key(listener.local_addr().unwrap());
+            let pool = capped(8);
+            let mut ports = Vec::new();
+            for _ in 0..3 {
+                let conn = conn_to(&listener).await;
+                ports.push(port_of(&conn));
+                pool.checkin(k.clone(), conn);
+            }
+            pool.configure([(k.clone(), settings(1, TIMEOUT))]);
+            assert_eq!(pool.idle_count(), 1);
+            assert_eq!(port_of(&pool.checkout(&k).unwrap()), ports[2]);
+            assert_eq!(pool.settings(&k), settings(1, TIMEOUT));
+        });
+    }
+
+    #[test]
+    fn configure_to_zero_closes_idle_connections_and_keeps_no_new_ones() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = key(listener.local_addr().unwrap());
+            let pool = capped(8);
+            pool.checkin(k.clone(), conn_to(&listener).await);
+            pool.configure([(k.clone(), settings(0, TIMEOUT))]);
+            assert_eq!(pool.idle_count(), 0);
+            pool.checkin(k.clone(), conn_to(&listener).await);
+            assert_eq!(pool.idle_count(), 0);
+            assert!(pool.checkout(&k).is_none());
+        });
+    }
+
+    #[test]
+    fn configure_shortening_the_idle_timeout_expires_older_connections() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = key(listener.local_addr().unwrap());
+            let pool = capped(8);
+            let t0 = Instant::now();
+            pool.checkin_at(k.clone(), conn_to(&listener).await, t0);
+            let short = Duration::from_secs(1);
+            pool.configure_at([(k.clone(), settings(8, short))], t0);
+            assert!(pool.checkout_at(&k, t0 + short).is_none());
+        });
+    }
+
+    #[test]
+    fn configure_raising_the_cap_applies_to_later_checkins() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let k = key(listener.local_addr().unwrap());
+            let pool = capped(0);
+            pool.configure([(k.clone(), settings(2, TIMEOUT))]);
+            for _ in 0..3 {
+                pool.checkin(k.clone(), conn_to(&listener).await);
+            }
+            assert_eq!(pool.idle_count(), 2);
+        });
+    }
+
+    #[test]
+    fn a_key_named_twice_keeps_the_first_settings() {
+        let k = key("127.0.0.1:9000".parse().unwrap());
+        let pool = Pool::default();
+        pool.configure([
+            (k.clone(), settings(3, TIMEOUT)),
+            (k.clone(), settings(9, TIMEOUT)),
+        ]);
+        assert_eq!(pool.settings(&k), settings(3, TIMEOUT));
+    }
+
+    #[test]
+    fn a_key_no_longer_configured_is_forgotten_once_empty() {
+        let k = key("127.0.0.1:9000".parse().unwrap());
+        let pool = capped(8);
+        pool.configure([(k.clone(), settings(3, TIMEOUT))]);
+        assert_eq!(pool.settings(&k), settings(3, TIMEOUT));
+        pool.configure([]);
+        assert_eq!(
+            pool.settings(&k),
+            settings(8, TIMEOUT),
+            "back to the default"
+        );
     }
 }

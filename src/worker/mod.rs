@@ -21,7 +21,7 @@ use monoio::net::TcpListener;
 use crate::accesslog::AccessLog;
 use crate::metrics;
 use crate::snapshot::{Shared, Snapshot};
-use crate::upstream::Pool;
+use crate::upstream::{Pool, PoolKey, PoolSettings};
 
 /// The I/O driver a worker runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,15 +81,35 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// The snapshot for a new request: the current one, refreshed after a reload.
+    /// The snapshot for a new request: the current one, refreshed after a reload. A new
+    /// snapshot's per-worker settings are applied here, before anything runs on it.
     #[allow(clippy::redundant_allocation)]
     pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
         let generation = self.shared.generation();
         let mut cached = self.snapshot.borrow_mut();
         if cached.0 != generation {
-            *cached = (generation, Rc::new(self.shared.snapshot()));
+            let current = Rc::new(self.shared.snapshot());
+            let applied = self.apply(&current);
+            // Not applied (the VM was busy): the next call tries again.
+            *cached = (if applied { generation } else { cached.0 }, current);
         }
         cached.1.clone()
+    }
+
+    /// Applies the sections of `snapshot` that live in this worker's own state: `[lua]`
+    /// limits to its VM, `keepalive` settings to its upstream pool. Returns false when the VM
+    /// was borrowed (a call from inside a hook), so the caller retries later.
+    fn apply(&self, snapshot: &Snapshot) -> bool {
+        self.pool.configure(pool_settings(snapshot));
+        match self.lua.try_borrow_mut() {
+            Ok(mut lua) => {
+                // A no-op unless `[lua]` changed; otherwise the next call gets a VM built
+                // with the new budget.
+                lua.set_limits(LuaLimits::from_config(&snapshot.config.lua));
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// A fresh request id: unique per process run, cheap, 32 hex digits.
@@ -157,7 +177,7 @@ async fn serve(
         id,
         shared: shared.clone(),
         access_log,
-        pool: Pool::new(128, Duration::from_secs(30)),
+        pool: Pool::default(),
         shutdown: LocalNotify::default(),
         lua: RefCell::new(LuaRuntime::new(LuaLimits::from_config(
             &shared.snapshot().config.lua,
@@ -168,6 +188,7 @@ async fn serve(
         request_seq: Cell::new(0),
         request_id_seed: random_seed() ^ (id as u64).rotate_left(56),
     });
+    worker.pool.configure(pool_settings(&worker.snapshot()));
     shared.worker_serving();
     on_bound(Ok(()));
 
@@ -180,6 +201,9 @@ async fn serve(
     let mut last_eviction = Instant::now();
     while !worker.shutting_down() {
         monoio::time::sleep(SHUTDOWN_POLL).await;
+        // Picks up a reload even when no request comes: new pool settings and Lua limits
+        // apply now, not with the next request.
+        let _ = worker.snapshot();
         if last_eviction.elapsed() >= POOL_EVICTION {
             worker.pool.evict_expired();
             last_eviction = Instant::now();
@@ -190,6 +214,23 @@ async fn serve(
         handle.await;
     }
     drain(&worker).await;
+}
+
+/// Every upstream and provider target of `snapshot` with the pool settings of its
+/// `[[upstream]]` or `[[provider]]`, upstreams first.
+fn pool_settings(snapshot: &Snapshot) -> Vec<(PoolKey, PoolSettings)> {
+    let providers = snapshot
+        .catalog
+        .providers()
+        .iter()
+        .filter_map(|p| p.upstream.as_deref());
+    snapshot
+        .upstreams
+        .iter()
+        .map(|u| &**u)
+        .chain(providers)
+        .flat_map(|u| u.pool_settings())
+        .collect()
 }
 
 /// Waits for open connections to finish, up to `drain_timeout_ms`.
