@@ -245,6 +245,14 @@ mod tests {
     }
 
     #[test]
+    fn since_without_a_unit_is_400_naming_the_grammar() {
+        let setup = Setup::new();
+        assert_bad_parameter(&setup, "since=24", "needs a unit");
+        assert_bad_parameter(&setup, "since=1.5h", "30d");
+        assert_bad_parameter(&setup, "since=2025-11-30T00:00:00%2B0100", "RFC 3339");
+    }
+
+    #[test]
     fn unknown_or_repeated_parameter_is_400() {
         let setup = Setup::new();
         assert_bad_parameter(&setup, "group=key", "unknown parameter");
