@@ -1,4 +1,4 @@
-//! `/admin/keys*`: the key life cycle over HTTP (CONTRACT.md, "Admin API").
+//! `/admin/keys*`: the key life cycle over HTTP (README, "Admin API").
 //!
 //! Each call opens the store in `data_dir` (one SQLite connection, a file read for the
 //! pepper: cheap next to an admin round trip) so no connection is shared between the admin

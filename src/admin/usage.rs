@@ -1,5 +1,5 @@
 //! `GET /admin/usage?group_by=key|team|model&since=..`: the spend report from the usage
-//! ledger (CONTRACT.md, "Admin API"), the same array `credentialflow usage --json` prints.
+//! ledger (README, "Admin API"), the same array `credentialflow usage --json` prints.
 //!
 //! `group_by` defaults to `key`, `since` to all time. Values are percent-decoded
 //! (RFC 3986 §2.1); a `+` stays a `+` (it is only a space in HTML forms, and RFC 3339 offsets
