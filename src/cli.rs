@@ -1,4 +1,4 @@
-//! The command line (CONTRACT.md, "Command line"). Exit codes: 0 ok, 1 bad input, 2 runtime
+//! The command line (README, "Commands"). Exit codes: 0 ok, 1 bad input, 2 runtime
 //! failure; errors go to stderr as one line.
 
 mod keys;

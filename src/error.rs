@@ -1,7 +1,7 @@
 //! Every gateway-made error becomes a response here, and only here.
 //!
 //! Handlers return a [`GatewayError`]; [`GatewayError::write_response`] turns it into the
-//! contract's status, error type and JSON body (see CONTRACT.md, "Data plane").
+//! contract's status, error type and JSON body (see the README, "Reverse proxy behaviour").
 
 use std::fmt::Write as _;
 
@@ -60,7 +60,7 @@ pub enum GatewayError {
 }
 
 /// Which API dialect an error body is written in: the AI front door `/v1/messages` speaks
-/// Anthropic's, everything else OpenAI's (CONTRACT.md, "Data plane").
+/// Anthropic's, everything else OpenAI's (README, "AI front doors").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ErrorDialect {
     /// `{"error":{"message","type","code"}}`.
@@ -242,17 +242,6 @@ pub fn anthropic_error_body(error_type: &str, message: &str) -> String {
 pub fn error_body(error_type: &str, code: &str, message: &str) -> String {
     serde_json::json!({ "error": { "message": message, "type": error_type, "code": code } })
         .to_string()
-}
-
-/// Appends a complete response with a JSON body.
-pub fn write_json_response(
-    status: u16,
-    request_id: &str,
-    close: bool,
-    body: &str,
-    out: &mut Vec<u8>,
-) {
-    write_json_response_with(status, request_id, close, &[], body, out);
 }
 
 /// Appends a complete response with a JSON body and `extra_headers` (complete lines).

@@ -10,6 +10,7 @@
 //! - `worker`: threads, runtimes, listeners, the keep-alive loop, connection cap and drain.
 //! - `pipeline`: one request's phases in order, from route to log.
 //! - `router`: exact host, then longest path prefix.
+//! - `clock`: injectable monotonic time, the one duration grammar, UTC dates (jiff).
 //! - `limits`: lock-free GCRA rate limits, concurrency permits, keyed limiter tables.
 //! - `snapshot`: the compiled config, swapped atomically on reload; process-wide state.
 //! - `store`: the embedded SQLite key store in `data_dir`, its pepper, and the audit log.
@@ -26,6 +27,7 @@ pub mod ai;
 pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http1;

@@ -33,7 +33,7 @@ const MINI_UPSTREAM: &str = "gpt-4o-mini-2024-07-18";
 const BIG: &str = "gpt-4o";
 
 /// The contract's bound for a key made through the admin API to reach every
-/// worker (CONTRACT.md: "a running gateway sees the change within 1 s").
+/// worker (README, "Commands": "a running gateway sees each change within a second").
 const KEY_PROPAGATION: Duration = Duration::from_secs(1);
 
 /// A response is settled (its reservation corrected to the reported usage)

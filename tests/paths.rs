@@ -1,5 +1,5 @@
-//! Request paths are normalized before routing (CONTRACT.md, "Paths and what reaches the
-//! upstream"): routing, auth, hooks, the access log and the upstream all see one spelling of
+//! Request paths are normalized before routing (README, "Reverse proxy behaviour",
+//! "Paths"): routing, auth, hooks, the access log and the upstream all see one spelling of
 //! the path, and a path that cannot be normalized safely is refused with 400 before anything
 //! is forwarded. The shapes come from nginx's and Envoy's path-normalization cases and from
 //! the dot-segment auth bypass (`/public/../api/secret`).

@@ -1,4 +1,4 @@
-//! `/admin/keys*`: the key life cycle over HTTP (CONTRACT.md, "Admin API").
+//! `/admin/keys*`: the key life cycle over HTTP (README, "Admin API").
 //!
 //! Each call opens the store in `data_dir` (one SQLite connection, a file read for the
 //! pepper: cheap next to an admin round trip) so no connection is shared between the admin
@@ -10,7 +10,8 @@ use serde_json::{json, Map, Value};
 use super::http::{Request, Response};
 use super::routes::{error, json_response};
 use super::AdminState;
-use crate::store::{ids, KeyPatch, KeyStore, NewKey, StoreError};
+use crate::clock::parse_duration;
+use crate::store::{KeyPatch, KeyStore, NewKey, StoreError};
 
 /// Actor recorded in the audit log for admin API calls.
 const ACTOR: &str = "admin";
@@ -136,7 +137,7 @@ fn rotate_grace(request: &Request) -> Result<std::time::Duration, StoreError> {
     match body.get("grace") {
         None | Some(Value::Null) => Ok(std::time::Duration::ZERO),
         Some(Value::String(text)) => {
-            ids::parse_duration(text).map_err(|e| StoreError::invalid("grace", e))
+            parse_duration(text).map_err(|e| StoreError::invalid("grace", e))
         }
         Some(_) => Err(StoreError::invalid(
             "grace",

@@ -1,5 +1,5 @@
 //! `GET /admin/usage?group_by=key|team|model&since=..`: the spend report from the usage
-//! ledger (CONTRACT.md, "Admin API"), the same array `credentialflow usage --json` prints.
+//! ledger (README, "Admin API"), the same array `credentialflow usage --json` prints.
 //!
 //! `group_by` defaults to `key`, `since` to all time. Values are percent-decoded
 //! (RFC 3986 §2.1); a `+` stays a `+` (it is only a space in HTML forms, and RFC 3339 offsets
@@ -242,6 +242,14 @@ mod tests {
         let setup = Setup::new();
         assert_bad_parameter(&setup, "since=yesterday", "since");
         assert_bad_parameter(&setup, "since=%ZZ", "percent-encoding");
+    }
+
+    #[test]
+    fn since_without_a_unit_is_400_naming_the_grammar() {
+        let setup = Setup::new();
+        assert_bad_parameter(&setup, "since=24", "needs a unit");
+        assert_bad_parameter(&setup, "since=1.5h", "30d");
+        assert_bad_parameter(&setup, "since=2025-11-30T00:00:00%2B0100", "RFC 3339");
     }
 
     #[test]

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use crate::clock::{calendar, parse_duration};
 use crate::config;
 use crate::serve::{EXIT_BAD_INPUT, EXIT_RUNTIME};
-use crate::store::{audit, ids, KeyPatch, KeyRecord, KeyStore, NewKey, StoreError};
+use crate::store::{audit, KeyPatch, KeyRecord, KeyStore, NewKey, StoreError};
 
 /// `credentialflow keys`.
 #[derive(Args, Debug)]
@@ -63,8 +64,8 @@ enum KeysCommand {
     Rotate {
         /// Key id (`key_...`).
         id: String,
-        /// How long the old secret keeps working (`0`, `90m`, `1h`, `7d`).
-        #[arg(long, default_value = "0", value_parser = parse_grace)]
+        /// How long the old secret keeps working (`0s`, `90m`, `1h`, `7d`).
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
         grace: Duration,
     },
 }
@@ -92,10 +93,6 @@ fn setting<T: FromStr>(text: &str) -> Result<Setting<T>, String> {
     text.parse()
         .map(Setting::Set)
         .map_err(|_| format!("{text:?} is not a valid number (or \"none\")"))
-}
-
-fn parse_grace(text: &str) -> Result<Duration, String> {
-    ids::parse_duration(text)
 }
 
 /// Key fields shared by `create` and `update`. List flags take comma-separated values; an
@@ -281,8 +278,12 @@ fn run_keys_to(args: KeysArgs, out: &mut dyn Write) -> Result<(), Failure> {
             print_secret(out, &record, &secret, json)?;
             if !json {
                 if let Some(until) = record.previous_valid_until.filter(|_| !grace.is_zero()) {
-                    writeln!(out, "previous key valid until: {}", audit::rfc3339(until))
-                        .map_err(runtime)?;
+                    writeln!(
+                        out,
+                        "previous key valid until: {}",
+                        calendar::rfc3339(until)
+                    )
+                    .map_err(runtime)?;
                 }
             }
             Ok(())
@@ -415,7 +416,8 @@ fn print_table(out: &mut dyn Write, records: &[KeyRecord]) -> Result<(), Failure
                 r.team.clone(),
                 r.prefix.clone(),
                 status.to_owned(),
-                r.expires_at.map_or_else(|| "-".to_owned(), audit::rfc3339),
+                r.expires_at
+                    .map_or_else(|| "-".to_owned(), calendar::rfc3339),
             ]
         })
         .collect();

@@ -268,6 +268,18 @@ mod tests {
     }
 
     #[test]
+    fn since_without_a_unit_exits_1() {
+        let setup = Setup::new();
+        for bare in ["24", "0", "1.5h"] {
+            assert_eq!(
+                setup.run(&["--since", bare]),
+                (EXIT_BAD_INPUT, String::new()),
+                "{bare:?}"
+            );
+        }
+    }
+
+    #[test]
     fn unreadable_ledger_exits_2() {
         let setup = Setup::new();
         std::fs::write(

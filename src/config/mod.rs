@@ -1,4 +1,4 @@
-//! The config file (CONTRACT.md "Config file"): its serde model, loading with every error
+//! The config file (README, "Config reference"): its serde model, loading with every error
 //! reported by key path and line, semantic validation, secret references and the built-in
 //! default.
 //!

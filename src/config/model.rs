@@ -1,7 +1,8 @@
-//! The config file's shape: one serde struct per TOML table of CONTRACT.md.
+//! The config file's shape: one serde struct per TOML table of the README's
+//! "Config reference".
 //!
 //! Every struct denies unknown keys (a typo must not silently fall back to a default) and
-//! every optional key has the default shown in CONTRACT.md's example. Keys that are required
+//! every optional key has the default shown in that section's example. Keys that are required
 //! but plain strings (`name`, `upstream`, ...) default to `""` here and are reported as
 //! missing by validation, which can name the exact key path.
 

@@ -284,7 +284,7 @@ impl Gcra {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::clock::{Clock, ManualClock};
+    use crate::clock::{Clock, ManualClock};
     use std::sync::Arc;
 
     const SEC: u64 = NANOS_PER_SEC;

@@ -350,7 +350,7 @@ fn back_off(spins: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::clock::{Clock, ManualClock};
+    use crate::clock::{Clock, ManualClock};
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::atomic::AtomicU32;
     use std::time::Duration;

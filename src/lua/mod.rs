@@ -42,7 +42,7 @@ pub use redact::{Redactor, REDACTED};
 pub use runtime::LuaRuntime;
 pub use scripts::{ScriptId, ScriptSet};
 
-/// The global functions a script may define, one per pipeline phase (CONTRACT.md "Lua hooks").
+/// The global functions a script may define, one per pipeline phase (README, "Lua hooks").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hook {
     /// `on_access(ctx)`: after routing, before auth limits; may deny or set the consumer.

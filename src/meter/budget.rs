@@ -32,6 +32,8 @@ use std::sync::Arc;
 use papaya::{HashMap, ResizeMode};
 use rustc_hash::FxBuildHasher;
 
+use crate::clock::calendar;
+
 const MS_PER_DAY: i64 = 86_400_000;
 
 /// The span a budget covers before it starts again.
@@ -105,58 +107,17 @@ pub fn period_start_ms(period: Period, now_ms: i64) -> i64 {
     let day = now_ms.div_euclid(MS_PER_DAY);
     match period {
         Period::Total => 0,
-        Period::Day => day * MS_PER_DAY,
+        Period::Day => calendar::day_start_ms(now_ms),
         Period::Month => MONTH_START.with(|cache| {
             let (cached_day, cached_start) = cache.get();
             if cached_day == day {
                 return cached_start;
             }
-            let start = month_start_of_day(day);
+            let start = calendar::month_start_ms(now_ms);
             cache.set((day, start));
             start
         }),
     }
-}
-
-/// Start (ms) of the month containing day number `day` (days since 1970-01-01).
-fn month_start_of_day(day: i64) -> i64 {
-    let (year, month, _) = civil_from_days(day);
-    days_from_civil(year, month, 1) * MS_PER_DAY
-}
-
-/// Proleptic Gregorian (year, month 1-12, day 1-31) of a day count since 1970-01-01.
-///
-/// Works in 400-year eras starting on March 1st, so the leap day is the last day of the
-/// shifted year and month lengths follow a fixed 153-days-per-5-months pattern (the method
-/// of H. Hinnant's "chrono-Compatible Low-Level Date Algorithms").
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // Shift the epoch to 0000-03-01: 719_468 days before 1970-01-01.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097); // [0, 146096]
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365; // [0, 399]
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100); // [0, 365]
-    let shifted_month = (5 * day_of_year + 2) / 153; // [0, 11], March = 0
-    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Day count since 1970-01-01 of a proleptic Gregorian date (inverse of [`civil_from_days`]).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year.rem_euclid(400);
-    let shifted_month = i64::from(if month > 2 { month - 3 } else { month + 9 });
-    let day_of_year = (153 * shifted_month + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
 }
 
 /// One budget: limits in tokens and/or nano-USD (`None` = that dimension unlimited).
@@ -730,26 +691,16 @@ mod tests {
     }
 
     #[test]
-    fn civil_date_round_trips_over_four_centuries() {
-        for day in (-200_000..200_000).step_by(7) {
-            let (y, m, d) = civil_from_days(day);
-            assert_eq!(days_from_civil(y, m, d), day);
-        }
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-    }
-
-    #[test]
     fn month_start_is_right_for_every_day_of_two_years() {
         // Also exercises the per-thread cache across day changes, in and out of order.
         let jan_1_2024 = 1_704_067_200_000;
         for day in (0..731).chain((0..731).rev()) {
             let now = jan_1_2024 + day * MS_PER_DAY + 12 * 3_600_000;
-            let expected = month_start_of_day(now.div_euclid(MS_PER_DAY));
+            let expected = calendar::month_start_ms(now);
             assert_eq!(period_start_ms(Period::Month, now), expected);
-            let (_, _, day_of_month) = civil_from_days(expected / MS_PER_DAY);
-            assert_eq!(day_of_month, 1);
+            let start = jiff::Timestamp::from_millisecond(expected).unwrap();
+            let start = jiff::tz::Offset::UTC.to_datetime(start);
+            assert_eq!((start.day(), start.hour(), start.minute()), (1, 0, 0));
             assert!(now - expected < 31 * MS_PER_DAY);
         }
     }

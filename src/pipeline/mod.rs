@@ -313,8 +313,9 @@ fn api_key(worker: &Worker, head: &RequestHead, now: i64) -> Result<Arc<KeyRecor
         .ok_or(GatewayError::Unauthorized)
 }
 
-/// Phase auth for the AI front doors, per `[ai].auth`. Lua authentication arrives with the
-/// Lua hooks; until then it fails closed, like JWT (which `check` refuses for `[ai]`).
+/// Phase auth for the AI front doors, per `[ai].auth`. With `lua`, the `on_access` hook names
+/// the caller before this phase; reaching it means the hook named none, so it fails closed,
+/// like JWT (which `check` refuses for `[ai]`).
 fn ai_auth(
     worker: &Worker,
     snapshot: &Snapshot,

@@ -642,8 +642,8 @@ fn is_replaced_header(name: &str) -> bool {
     .any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// The headers a client presents its credential in (CONTRACT.md: never forwarded upstream
-/// on an authenticated route or where the gateway injects its own).
+/// The headers a client presents its credential in (README, "Reverse proxy behaviour": never
+/// forwarded upstream on an authenticated route or where the gateway injects its own).
 pub fn is_client_credential(name: &str) -> bool {
     ["authorization", "x-api-key", "api-key"]
         .iter()

@@ -1,6 +1,4 @@
-//! Key ids, key secrets and human durations (`30d`, `12h`, `90m`, `3600s`).
-
-use std::time::Duration;
+//! Key ids and key secrets.
 
 use zeroize::Zeroizing;
 
@@ -71,36 +69,6 @@ pub fn display_prefix(secret: &str) -> String {
     secret.chars().take(DISPLAY_PREFIX_LEN).collect()
 }
 
-/// Parses a duration such as `30d`, `12h`, `90m`, `3600s` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let seconds_per_unit: u64 = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => {
-            return Err(format!(
-                "bad duration {text:?}: use a number with s, m, h, d or w, like \"30d\""
-            ))
-        }
-    };
-    let number: u64 = number.parse().map_err(|_| {
-        format!("bad duration {text:?}: use a number with s, m, h, d or w, like \"30d\"")
-    })?;
-    // Bounded so that `now + duration` stays a sane unix time (about 100 years).
-    let seconds = number
-        .checked_mul(seconds_per_unit)
-        .filter(|&s| s <= 100 * 366 * 86_400)
-        .ok_or_else(|| format!("duration {text:?} is too long"))?;
-    Ok(Duration::from_secs(seconds))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,21 +109,5 @@ mod tests {
     #[test]
     fn display_prefix_is_the_first_12_characters() {
         assert_eq!(display_prefix("cf_AbCdEfGhIjKlMn"), "cf_AbCdEfGhI");
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
-        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(90 * 60)));
-        assert_eq!(parse_duration("3600s"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-    }
-
-    #[test]
-    fn bad_durations_are_rejected() {
-        for bad in ["", "d", "30x", "-5m", "1.5h", "30 d", "99999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
     }
 }

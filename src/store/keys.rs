@@ -14,9 +14,10 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use super::ids::{display_prefix, new_key_id, new_secret, parse_duration};
+use super::ids::{display_prefix, new_key_id, new_secret};
 use super::pepper::Pepper;
 use super::{audit, unix_now, StoreError};
+use crate::clock::parse_duration;
 
 /// File name of the key database inside the data directory.
 pub const DB_FILE: &str = "keys.db";

@@ -187,7 +187,7 @@ impl Upstream {
     }
 
     /// Whether this upstream injects a credential (then the client's own credential headers
-    /// must not be forwarded: CONTRACT.md, config section).
+    /// must not be forwarded: README, "Reverse proxy behaviour").
     pub fn injects_credential(&self) -> bool {
         self.credential.is_some()
     }

@@ -270,6 +270,31 @@ fn rotate_with_a_bad_grace_is_400() {
 }
 
 #[test]
+fn bare_number_durations_are_400_naming_the_grammar() {
+    let admin = Admin::start();
+    let reply = admin.call(
+        "POST",
+        "/admin/keys",
+        Some(r#"{"name":"x","expires_in":"30"}"#),
+    );
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("expires_in") && reply.body.contains("needs a unit"));
+
+    let created = admin.create(json!({ "name": "ci" }));
+    let id = created["id"].as_str().unwrap();
+    let reply = admin.call(
+        "POST",
+        &format!("/admin/keys/{id}/rotate"),
+        Some(r#"{"grace":"1"}"#),
+    );
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("grace") && reply.body.contains("needs a unit"));
+    // The refused rotation left the key's secret alone.
+    let store = KeyStore::open(&admin.data_dir).unwrap();
+    assert_eq!(store.get(id).unwrap().unwrap().previous_hash, None);
+}
+
+#[test]
 fn delete_revokes_with_204_and_the_key_stays_listed() {
     let admin = Admin::start();
     let created = admin.create(json!({ "name": "ci" }));

@@ -8,6 +8,7 @@ use clap::Args;
 use super::request::{encode_requests, load_keys, parse_header, RequestSpec};
 use super::target::Target;
 use super::Options;
+use crate::clock::parse_duration;
 
 /// `credentialflow bench URL [options]`.
 #[derive(Args, Debug, Clone)]
@@ -141,26 +142,6 @@ impl BenchArgs {
     }
 }
 
-/// Parses a duration: a number (decimals allowed) with `ms`, `s`, `m` or `h`; a bare number
-/// is seconds. Examples: `10s`, `500ms`, `1.5s`, `2m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let bad = || format!("bad duration {text:?}: use a number with ms, s, m or h, like 10s");
-    let seconds_per_unit = match unit {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(bad()),
-    };
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    Duration::try_from_secs_f64(number * seconds_per_unit).map_err(|_| bad())
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -184,19 +165,47 @@ mod tests {
     }
 
     #[test]
-    fn durations_take_ms_s_m_h_and_decimals() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+    fn durations_use_the_one_grammar() {
+        let duration = |args: &[&str]| parse(args).map(|a| a.duration);
+        assert_eq!(
+            duration(&["http://h/", "-d", "10s"]).unwrap(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            duration(&["http://h/", "-d", "500ms"]).unwrap(),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            duration(&["http://h/", "-d", "1s500ms"]).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            duration(&["http://h/", "-d", "2m"]).unwrap(),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            duration(&["http://h/", "-d", "1h"]).unwrap(),
+            Some(Duration::from_secs(3600))
+        );
+        // Days too, which the bench's former grammar lacked.
+        assert_eq!(
+            duration(&["http://h/", "-d", "1d"]).unwrap(),
+            Some(Duration::from_secs(86_400))
+        );
+        let warmup = parse(&["http://h/", "--warmup", "2s", "--timeout", "1m"]).unwrap();
+        assert_eq!(
+            (warmup.warmup, warmup.timeout),
+            (Duration::from_secs(2), Duration::from_secs(60))
+        );
     }
 
     #[test]
     fn bad_durations_are_refused() {
-        for text in ["", "s", "10x", "-1s", "1.2.3s", "10 s"] {
-            assert!(parse_duration(text).is_err(), "{text:?}");
+        for text in ["", "s", "10x", "1.2.3s", "10 s", "3", "1.5s"] {
+            for flag in ["-d", "--warmup", "--timeout"] {
+                let error = parse(&["http://h/", flag, text]).unwrap_err().to_string();
+                assert!(error.contains("30d"), "{flag} {text:?}: {error}");
+            }
         }
     }
 

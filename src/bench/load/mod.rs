@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 
-pub use args::{parse_duration, BenchArgs};
+pub use args::BenchArgs;
 pub use client::{ErrorKind, Failure, Response};
 pub use report::{Percentiles, StreamSummary, Summary};
 pub use request::{encode_requests, parse_keys, KeyRotation, RequestSpec};

@@ -1,5 +1,6 @@
 use super::*;
 use crate::cli::{Cli, Command};
+use crate::store::ids;
 use clap::Parser;
 
 /// A directory with a config file whose `data_dir` is `data` beside it; removed on drop.
@@ -160,6 +161,48 @@ fn bad_flag_values_are_usage_errors() {
     assert!(parse(&["keys", "create", "--name", "x", "--budget-period", "week"]).is_err());
     assert!(parse(&["keys", "rotate", "key_x", "--grace", "later"]).is_err());
     assert!(parse(&["keys", "update", "key_x", "--metadata", "[1]"]).is_err());
+}
+
+#[test]
+fn grace_without_a_unit_is_a_usage_error_naming_the_grammar() {
+    for grace in ["1", "0", "1.5h"] {
+        let error = parse(&["keys", "rotate", "key_x", "--grace", grace])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("500ms") && error.contains("30d"),
+            "{grace:?}: {error}"
+        );
+    }
+}
+
+#[test]
+fn expires_without_a_unit_exits_1() {
+    let setup = Setup::new();
+    for expires in ["30", "1.5h"] {
+        let (code, _) = setup.run(&[
+            "keys",
+            "create",
+            "--name",
+            "x",
+            "--expires",
+            expires,
+            "--config",
+            setup.config(),
+        ]);
+        assert_eq!(code, EXIT_BAD_INPUT, "{expires:?}");
+    }
+    let (code, _) = setup.run(&[
+        "keys",
+        "create",
+        "--name",
+        "x",
+        "--expires",
+        "1h30m",
+        "--config",
+        setup.config(),
+    ]);
+    assert_eq!(code, 0);
 }
 
 #[test]

@@ -1,8 +1,23 @@
-//! Injectable monotonic time in nanoseconds.
+//! Time, in one place: the injectable monotonic clock, the duration grammar and the UTC
+//! calendar.
 //!
-//! Limiters never read the wall clock themselves: callers pass `now`, taken from a [`Clock`].
-//! Production uses [`SystemClock`]; tests use [`ManualClock`] and move time by hand, so a
-//! one-minute window is tested exactly and without sleeping.
+//! - This module: injectable monotonic time in nanoseconds. Limiters never read the wall
+//!   clock themselves: callers pass `now`, taken from a [`Clock`]. Production uses
+//!   [`SystemClock`]; tests use [`ManualClock`] and move time by hand, so a one-minute window
+//!   is tested exactly and without sleeping.
+//! - [`duration`]: the one grammar for durations people type (`500ms`, `30s`, `15m`, `8h`,
+//!   `30d`), used by every flag, admin field and query parameter that takes one.
+//! - [`calendar`]: wall-clock dates in UTC through jiff: RFC 3339 text, and the day and month
+//!   starts budgets reset on.
+//!
+//! The grammar and the calendar live beside the monotonic clock rather than in `limits/`
+//! because their users are spread over the CLI, the admin API, the store, the usage report
+//! and the budgets; what they share is being about time, not about admission.
+
+pub mod calendar;
+pub mod duration;
+
+pub use duration::parse_duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
