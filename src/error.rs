@@ -325,7 +325,10 @@ mod tests {
     #[test]
     fn statuses_relayed_from_providers_have_reason_phrases() {
         for status in [400, 402, 404, 408, 413, 415, 422, 429, 500, 502, 503, 504] {
-            assert!(!reason_phrase(status).is_empty(), "{status} has no reason phrase");
+            assert!(
+                !reason_phrase(status).is_empty(),
+                "{status} has no reason phrase"
+            );
         }
     }
 

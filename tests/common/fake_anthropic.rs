@@ -25,8 +25,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::fake_openai::{
-    echo_failure_headers, reply_pieces, send_event_stream, send_event_stream_ending, send_json, Conn,
-    FakeServer, KeyEcho, RecordedRequest, StreamEnd,
+    echo_failure_headers, reply_pieces, send_event_stream, send_event_stream_ending, send_json,
+    Conn, FakeServer, KeyEcho, RecordedRequest, StreamEnd,
 };
 
 /// The assistant text answered until a test sets its own.
