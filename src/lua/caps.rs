@@ -720,4 +720,83 @@ mod tests {
             assert!(took < Duration::from_millis(500), "{snippet}: {took:?}");
         }
     }
+
+    /// How long one call of a function the caps leave alone takes on the largest input the
+    /// default 32 MiB memory limit allows: the time of `setup` plus the call, less the time of
+    /// `setup` alone, best of five. A measurement, run by hand in a release build
+    /// (`cargo test --release --lib lua::caps::tests::uncapped -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement: run by hand in a release build"]
+    fn uncapped_calls_at_the_default_memory_limit() {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+
+        use crate::lua::{cache::Cache, redact::Redactor, vm::Vm, LuaLimits};
+
+        let limits = LuaLimits {
+            hook_timeout: Duration::from_secs(5),
+            ..LuaLimits::default()
+        };
+        let vm = Vm::new(
+            limits,
+            Rc::new(RefCell::new(Cache::new(1 << 20))),
+            Rc::new(Redactor::default()),
+        )
+        .expect("VM");
+        // 2^19 copies of `v`, built within the per-call span of table.create and table.move.
+        let array = |v: &str| {
+            format!(
+                "local t = table.create(65536, {v}) \
+                 for at = 65537, 524288, 65536 do table.move(t, 1, 65536, at) end "
+            )
+        };
+        let text = "local s = string.rep('aB', 2097152) s = s .. s ";
+        let cases = [
+            (
+                "string.char(unpack(t)), 2^19 args",
+                array("65"),
+                "string.char(unpack(t))",
+            ),
+            (
+                "utf8.char(unpack(t)), 2^19 args",
+                array("0x10FFFF"),
+                "utf8.char(unpack(t))",
+            ),
+            (
+                "unpack(t), 2^19 results",
+                array("1"),
+                "select('#', unpack(t))",
+            ),
+            ("string.lower, 8 MiB", text.to_string(), "s:lower()"),
+            ("string.upper, 8 MiB", text.to_string(), "s:upper()"),
+            ("string.reverse, 8 MiB", text.to_string(), "s:reverse()"),
+            (
+                "string.gsub('a', 'b'), 8 MiB",
+                text.to_string(),
+                "s:gsub('a', 'b')",
+            ),
+            (
+                "string.format('%q'), 8 MiB",
+                text.to_string(),
+                "string.format('%q', s)",
+            ),
+        ];
+        let time = |source: &str| {
+            (0..5)
+                .map(|_| {
+                    let started = Instant::now();
+                    let result = vm.run_source("measure.lua", source);
+                    (started.elapsed(), result.map_err(|e| e.to_string()))
+                })
+                .min_by_key(|(took, _)| *took)
+                .expect("five runs")
+        };
+        for (what, setup, call) in cases {
+            let (base, setup_result) = time(&setup);
+            assert!(setup_result.is_ok(), "{what}: setup {setup_result:?}");
+            let (with_call, result) = time(&format!("{setup} local r = {call}"));
+            let took = with_call.saturating_sub(base);
+            println!("{took:>12?}  {what}  -> {result:?}");
+        }
+    }
 }
