@@ -780,6 +780,32 @@ mod tests {
                 text.to_string(),
                 "string.format('%q', s)",
             ),
+            // Capped calls at their caps, for the bounds the caps' doc comments give.
+            (
+                "table.move at the span, into the hash part",
+                "local t = table.create(65536, 1)".to_string(),
+                "table.move(t, 1, 65536, 1e6, {})",
+            ),
+            (
+                "table.concat at the span, numbers",
+                "local t = table.create(65536, 0.1)".to_string(),
+                "table.concat(t, ',')",
+            ),
+            (
+                "table.create at the span",
+                String::new(),
+                "table.create(65536, 1)",
+            ),
+            (
+                "table.sort at the cap, descending",
+                "local t = {} for i = 1, 32768 do t[i] = -i end".to_string(),
+                "table.sort(t)",
+            ),
+            (
+                "string.rep at the cap",
+                String::new(),
+                "string.rep('ab', 2097152)",
+            ),
         ];
         let time = |source: &str| {
             (0..5)
