@@ -19,7 +19,7 @@
 //! pays almost nothing) to record a memory failure they caught.
 //!
 //! Functions left as they are, and why they are bounded (one call's worst case at the default
-//! 32 MiB memory limit, from `uncapped_calls_at_the_default_memory_limit`, a release build on
+//! 32 MiB memory limit, from `cargo bench --bench lua -- "library call"` and earlier runs, a release build on
 //! a loaded 2-core machine): `string.char`, `utf8.char` (many arguments come only from
 //! `unpack`, which is capped: 2^16 arguments take 1.3-1.6 ms) and `utf8.codepoint` (Luau's
 //! stack check allows at most 8,000 results); `string.format` (Luau refuses widths and
@@ -725,119 +725,6 @@ mod tests {
             let took = started.elapsed();
             println!("{took:>12?}  {snippet}  -> {result:?}");
             assert!(took < Duration::from_millis(500), "{snippet}: {took:?}");
-        }
-    }
-
-    /// How long one call of a function the caps leave alone takes on the largest input the
-    /// default 32 MiB memory limit allows (and capped calls at their caps): the time of
-    /// `setup` plus the call, less the time of `setup` alone, best of five, each run in a
-    /// fresh VM. A measurement, run by hand in a release build
-    /// (`cargo test --release --lib lua::caps::tests::uncapped -- --ignored --nocapture`).
-    #[test]
-    #[ignore = "a measurement: run by hand in a release build"]
-    fn uncapped_calls_at_the_default_memory_limit() {
-        use std::cell::RefCell;
-        use std::rc::Rc;
-
-        use crate::lua::{cache::Cache, redact::Redactor, vm::Vm, LuaLimits};
-
-        let limits = LuaLimits {
-            hook_timeout: Duration::from_secs(5),
-            ..LuaLimits::default()
-        };
-        let time = |source: &str| {
-            (0..5)
-                .map(|_| {
-                    let vm = Vm::new(
-                        limits,
-                        Rc::new(RefCell::new(Cache::new(1 << 20))),
-                        Rc::new(Redactor::default()),
-                    )
-                    .expect("VM");
-                    let started = Instant::now();
-                    let result = vm.run_source("measure.lua", source);
-                    (started.elapsed(), result.map_err(|e| e.to_string()))
-                })
-                .min_by_key(|(took, _)| *took)
-                .expect("five runs")
-        };
-        let args = |v: &str| format!("local t = table.create(65536, {v}) ");
-        let text = "local s = string.rep('aB', 2097152) s = s .. s ";
-        let cases = [
-            (
-                "string.char, 2^16 args",
-                args("65"),
-                "string.char(unpack(t))",
-            ),
-            (
-                "utf8.char, 2^16 args",
-                args("0x10FFFF"),
-                "utf8.char(unpack(t))",
-            ),
-            (
-                "unpack(t), 2^16 results",
-                args("1"),
-                "select('#', unpack(t))",
-            ),
-            ("string.lower, 8 MiB", text.to_string(), "s:lower()"),
-            ("string.upper, 8 MiB", text.to_string(), "s:upper()"),
-            ("string.reverse, 8 MiB", text.to_string(), "s:reverse()"),
-            (
-                "string.gsub('a', 'b'), 8 MiB",
-                text.to_string(),
-                "s:gsub('a', 'b')",
-            ),
-            (
-                "string.format('%q'), 4 MiB",
-                "local s = string.rep('aB', 2097152)".to_string(),
-                "string.format('%q', s)",
-            ),
-            (
-                "string.format('%s'), 8 MiB",
-                text.to_string(),
-                "string.format('%s', s)",
-            ),
-            // The `..` operator (a VM instruction, not a library call), for comparison.
-            (
-                "s .. s, 8 MiB result",
-                "local s = string.rep('aB', 2097152)".to_string(),
-                "s .. s",
-            ),
-            ("table.clone, 2^16", args("1"), "table.clone(t)"),
-            ("table.find, 2^16, absent", args("1"), "table.find(t, 2)"),
-            // Capped calls at their caps, for the bounds the caps' doc comments give.
-            (
-                "table.move at the span, into the hash part",
-                args("1"),
-                "table.move(t, 1, 65536, 1e6, {})",
-            ),
-            (
-                "table.concat at the span, numbers",
-                args("0.1"),
-                "table.concat(t, ',')",
-            ),
-            (
-                "table.create at the span",
-                String::new(),
-                "table.create(65536, 1)",
-            ),
-            (
-                "table.sort at the cap, descending",
-                "local t = {} for i = 1, 32768 do t[i] = -i end".to_string(),
-                "table.sort(t)",
-            ),
-            (
-                "string.rep at the cap",
-                String::new(),
-                "string.rep('ab', 2097152)",
-            ),
-        ];
-        for (what, setup, call) in cases {
-            let (base, setup_result) = time(&setup);
-            assert!(setup_result.is_ok(), "{what}: setup {setup_result:?}");
-            let (with_call, result) = time(&format!("{setup} local r = {call}"));
-            let took = with_call.saturating_sub(base);
-            println!("{took:>12?}  {what}  -> {result:?}");
         }
     }
 }
