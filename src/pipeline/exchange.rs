@@ -9,10 +9,11 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use super::proxy::{read_response_head, HeadFailure};
 use super::{Failure, UPSTREAM_BUFFER};
 use crate::error::GatewayError;
+use crate::http1::BufConn;
 use crate::http1::{BodyFraming, ChunkedDecoder, RequestHead, ResponseBody, ResponseHead, Version};
 use crate::snapshot::Limits;
 use crate::upstream::{self, ConnectError, Target, Upstream, UpstreamStream};
-use crate::worker::{BufConn, Worker};
+use crate::worker::Worker;
 
 /// An upstream response whose head has been read; the body is still on `conn`.
 pub(super) struct Exchange {

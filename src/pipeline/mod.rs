@@ -30,12 +30,13 @@ use crate::admission::RateReport;
 use crate::auth::{self, Consumer};
 use crate::config::AuthKind;
 use crate::error::{ErrorDialect, GatewayError};
+use crate::http1::BufConn;
 use crate::http1::{BodyFraming, RequestHead};
 use crate::limits::KeyPermit;
 use crate::snapshot::{Route, Snapshot};
 use crate::store::KeyRecord;
 use crate::upstream::UpstreamStream;
-use crate::worker::{BufConn, Worker};
+use crate::worker::Worker;
 
 /// What the connection does after a request.
 pub enum Outcome {

@@ -7,8 +7,9 @@ use std::time::Instant;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
 use monoio::net::TcpStream;
 
-use super::{BufConn, ReadError, Worker};
+use super::Worker;
 use crate::error::GatewayError;
+use crate::http1::{BufConn, ReadError};
 use crate::http1::{HeadError, HeadParser};
 use crate::pipeline::{self, Outcome};
 use crate::upstream::UpstreamStream;

@@ -1,11 +1,9 @@
 //! Worker threads: one per core, each with its own monoio runtime, SO_REUSEPORT listeners,
 //! upstream pool and buffers. Nothing here is shared between workers except [`Shared`].
 
-mod bufconn;
 mod conn;
 mod notify;
 
-pub use bufconn::{BufConn, ReadError};
 pub use notify::LocalNotify;
 
 use crate::lua::{LuaLimits, LuaRuntime};

@@ -18,12 +18,13 @@ use crate::ai::{
 };
 use crate::config::ProviderKind;
 use crate::error::{ErrorDialect, GatewayError};
+use crate::http1::BufConn;
 use crate::http1::{push_header, RequestHead, StrBuf};
 use crate::meter::{Metered, TokenCounter};
 use crate::pipeline::exchange::{self, Exchange};
 use crate::pipeline::{Failure, Outcome};
 use crate::snapshot::{Limits, Snapshot};
-use crate::worker::{BufConn, Worker};
+use crate::worker::Worker;
 
 /// Largest provider response body read whole.
 const MAX_PROVIDER_BODY: usize = 64 * 1024 * 1024;

@@ -25,11 +25,12 @@ use crate::ai::{anthropic, mock, openai, prompt, Model, Provider, Usage};
 use crate::auth;
 use crate::config::ProviderKind;
 use crate::error::{ErrorDialect, GatewayError};
+use crate::http1::BufConn;
 use crate::http1::{encode_chunk, encode_last_chunk, push_header, RequestHead, StrBuf, Version};
 use crate::meter::{self, charged_usage, cost_nano_usd, Metered, Prices};
 use crate::snapshot::Snapshot;
 use crate::usage::UsageEvent;
-use crate::worker::{BufConn, Worker};
+use crate::worker::Worker;
 
 pub(crate) use call::Front;
 

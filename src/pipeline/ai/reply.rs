@@ -7,11 +7,12 @@ use serde_json::Value;
 
 use super::{respond, send_whole};
 use crate::error::ErrorDialect;
+use crate::http1::BufConn;
 use crate::http1::{push_header, RequestHead};
 use crate::lua::ResponseInfo;
 use crate::pipeline::{hooks, Failure, Outcome, RequestCtx};
 use crate::snapshot::Snapshot;
-use crate::worker::{BufConn, Worker};
+use crate::worker::Worker;
 
 /// Sends a whole answer (`body` in the front door's dialect, JSON) after `on_response`.
 pub(super) async fn answer<S>(
