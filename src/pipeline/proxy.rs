@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
+use super::ThreadState;
 use super::{hooks, Failure, Outcome, RequestCtx, UPSTREAM_BUFFER};
 use crate::error::GatewayError;
 use crate::http1::{
@@ -16,11 +17,10 @@ use crate::http1::{BufConn, ReadError};
 use crate::lua::ResponseInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{self, ConnectError, Upstream, UpstreamStream};
-use crate::worker::Worker;
 
 /// Forwards the request to the route's upstream and relays the response.
 pub(super) async fn proxy<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     route: &Route,
     client: &mut BufConn<S>,

@@ -22,9 +22,9 @@ use crate::http1::BufConn;
 use crate::http1::{push_header, RequestHead, StrBuf};
 use crate::meter::{Metered, TokenCounter};
 use crate::pipeline::exchange::{self, Exchange};
+use crate::pipeline::ThreadState;
 use crate::pipeline::{Failure, Outcome};
 use crate::snapshot::{Limits, Snapshot};
-use crate::worker::Worker;
 
 /// Largest provider response body read whole.
 const MAX_PROVIDER_BODY: usize = 64 * 1024 * 1024;
@@ -78,7 +78,7 @@ enum Attempt {
 
 /// Runs `call` on `primary` and, when it keeps failing, on its fallbacks.
 pub(super) async fn run<'s, S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &'s Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
@@ -189,7 +189,7 @@ fn backoff(attempt: u32, seed: &str) -> Duration {
 /// One attempt on `model`: sends the request and reads the response head (and the body of
 /// an error answer).
 async fn try_once(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     call: &Call,
     model: &Model,
@@ -233,7 +233,7 @@ async fn try_once(
 /// the gateway's error, the provider's key scrubbed from the message. Every front door and
 /// endpoint answers provider errors through this.
 pub(super) async fn read_provider_error(
-    worker: &Worker,
+    worker: &ThreadState,
     upstream: &crate::upstream::Upstream,
     provider: &Provider,
     mut exchange: Exchange,
@@ -415,7 +415,7 @@ fn is_event_stream(exchange: &Exchange) -> bool {
 /// Relays a provider's successful answer.
 #[allow(clippy::too_many_arguments)]
 async fn deliver<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
@@ -540,7 +540,7 @@ fn translate_whole(
 /// translated for the front door like any provider's.
 #[allow(clippy::too_many_arguments)]
 async fn deliver_mock<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,

@@ -28,9 +28,9 @@ use crate::error::{ErrorDialect, GatewayError};
 use crate::http1::BufConn;
 use crate::http1::{encode_chunk, encode_last_chunk, push_header, RequestHead, StrBuf, Version};
 use crate::meter::{self, charged_usage, cost_nano_usd, Metered, Prices};
+use crate::pipeline::ThreadState;
 use crate::snapshot::Snapshot;
 use crate::usage::UsageEvent;
-use crate::worker::Worker;
 
 pub(crate) use call::Front;
 
@@ -101,7 +101,7 @@ pub struct AiRecord {
 
 /// Serves one request to an AI front door.
 pub(super) async fn serve<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
@@ -273,7 +273,7 @@ fn parse_call(
 /// `POST /v1/embeddings`: one model (retried by the caller's client, not here), any provider
 /// that has embeddings.
 async fn embeddings<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
@@ -318,7 +318,7 @@ where
 
 #[allow(clippy::too_many_arguments)]
 async fn embeddings_upstream<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
@@ -453,7 +453,7 @@ fn prices(model: &Model) -> Prices {
 /// Phase limits for an AI request: request rates and concurrency, then tokens per minute and
 /// budgets on the estimated prompt plus the completion reservation.
 fn admit(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     model: &Model,
@@ -475,7 +475,7 @@ fn admit(
 /// Settles a whole answer (or none) with the provider's reported `usage`, if any: see
 /// [`settle_metered`].
 fn settle(
-    worker: &Worker,
+    worker: &ThreadState,
     ctx: &mut RequestCtx,
     model: &Model,
     hold: TokenHold,
@@ -505,7 +505,7 @@ struct Reserved {
 /// short (by the provider, or a client that left before the drain could finish it) costs at
 /// least its completion reservation.
 fn settle_metered(
-    worker: &Worker,
+    worker: &ThreadState,
     ctx: &mut RequestCtx,
     model: &Model,
     hold: TokenHold,
@@ -631,7 +631,7 @@ impl EventStream {
     /// Writes the head of a `200 text/event-stream` response (after `on_response`, which
     /// may change its status and headers).
     pub(super) async fn start<S>(
-        worker: &Worker,
+        worker: &ThreadState,
         snapshot: &Snapshot,
         client: &mut BufConn<S>,
         head: &RequestHead,
