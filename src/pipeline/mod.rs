@@ -12,8 +12,6 @@
 //! Phases return `Err(Failure)`; [`handle`] turns a failure into a response in one place.
 
 mod ai;
-
-pub use ai::AttemptLog;
 mod exchange;
 mod hooks;
 mod limits;
@@ -30,7 +28,7 @@ use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
-use crate::accesslog::{AccessEntry, UsageFields};
+use crate::accesslog::{AccessEntry, AttemptLog, UsageFields};
 use crate::admission::RateReport;
 use crate::auth::{self, Consumer};
 use crate::config::AuthKind;
@@ -95,7 +93,7 @@ pub struct RequestCtx {
     /// Model and usage of an AI request, for the access log.
     pub ai: Option<ai::AiRecord>,
     /// Every provider attempt of an AI request, for the access log.
-    pub attempts: Vec<ai::AttemptLog>,
+    pub attempts: Vec<AttemptLog>,
     /// Lua hook state, when the route or front door has a script.
     pub hooked: Option<Box<hooks::Hooked>>,
 }

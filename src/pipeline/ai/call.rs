@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::relay::{relay, Relayed};
 use super::stream::{Translation, MAX_EVENT};
-use super::{reply, send_whole, AttemptLog, EventStream, RequestCtx};
+use super::{attempt_log, reply, send_whole, EventStream, RequestCtx};
 use crate::ai::provider_error::{self, ProviderError, MAX_ERROR_BODY};
 use crate::ai::{
     anthropic, azure, gemini, mock, openai, ChatRequest, Model, Provider, SseParser, Usage,
@@ -99,7 +99,7 @@ where
         let provider = catalog.provider(model.provider);
         if !provider.breaker.allows(crate::usage::unix_now_ms()) {
             ctx.attempts
-                .push(AttemptLog::new(model, provider, "circuit open"));
+                .push(attempt_log(model, provider, "circuit open"));
             last = Miss::Gateway(GatewayError::Upstream("provider circuit open"));
             last_model = model;
             continue;
@@ -111,7 +111,7 @@ where
             match try_once(worker, snapshot, call, model, provider, &ctx.request_id).await {
                 Attempt::Answer(exchange) => {
                     provider.breaker.record_success();
-                    ctx.attempts.push(AttemptLog::new(
+                    ctx.attempts.push(attempt_log(
                         model,
                         provider,
                         &exchange.response.status().to_string(),
@@ -127,7 +127,7 @@ where
                     };
                 }
                 Attempt::Mock => {
-                    ctx.attempts.push(AttemptLog::new(model, provider, "200"));
+                    ctx.attempts.push(attempt_log(model, provider, "200"));
                     let (result, usage) =
                         deliver_mock(worker, snapshot, client, head, ctx, call, model, provider)
                             .await;
@@ -141,13 +141,13 @@ where
                 Attempt::Retry(miss) => {
                     provider.breaker.record_failure(crate::usage::unix_now_ms());
                     ctx.attempts
-                        .push(AttemptLog::new(model, provider, &miss.describe()));
+                        .push(attempt_log(model, provider, &miss.describe()));
                     last = miss;
                     last_model = model;
                 }
                 Attempt::Fail(miss) => {
                     ctx.attempts
-                        .push(AttemptLog::new(model, provider, &miss.describe()));
+                        .push(attempt_log(model, provider, &miss.describe()));
                     let result = answer_miss(client, head, ctx, call.front, miss).await;
                     return Served {
                         result,

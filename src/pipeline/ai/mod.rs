@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::limits::{self, TokenAsk, TokenHold};
 use super::{exchange, hooks};
 use super::{Failure, Outcome, RequestCtx};
+use crate::accesslog::AttemptLog;
 use crate::ai::{anthropic, mock, openai, prompt, Model, Provider, Usage};
 use crate::auth;
 use crate::config::ProviderKind;
@@ -65,24 +66,12 @@ impl Endpoint {
     }
 }
 
-/// One attempt of an AI request on a provider, for the access log.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AttemptLog {
-    /// The client-facing model tried.
-    pub model: String,
-    /// Its provider.
-    pub provider: String,
-    /// The provider's status, or what went wrong.
-    pub outcome: String,
-}
-
-impl AttemptLog {
-    fn new(model: &Model, provider: &Provider, outcome: &str) -> AttemptLog {
-        AttemptLog {
-            model: model.name.clone(),
-            provider: provider.name.clone(),
-            outcome: outcome.to_string(),
-        }
+/// The access-log record of one attempt of `model` on `provider`.
+fn attempt_log(model: &Model, provider: &Provider, outcome: &str) -> AttemptLog {
+    AttemptLog {
+        model: model.name.clone(),
+        provider: provider.name.clone(),
+        outcome: outcome.to_string(),
     }
 }
 
