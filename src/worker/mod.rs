@@ -267,3 +267,6 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
 }
+
+#[cfg(test)]
+mod tests;
