@@ -81,10 +81,21 @@ pub struct AccessEntry<'a> {
     pub usage: Option<UsageFields>,
     /// Every provider attempt of an AI request (retries and fallbacks), in order.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    pub attempts: &'a [crate::pipeline::AttemptLog],
+    pub attempts: &'a [AttemptLog],
     /// Fields a Lua `on_log` hook added (they cannot replace the fields above).
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One attempt of an AI request on a provider (retries and fallbacks each add one).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttemptLog {
+    /// The client-facing model tried.
+    pub model: String,
+    /// Its provider.
+    pub provider: String,
+    /// The provider's status, or what went wrong.
+    pub outcome: String,
 }
 
 /// The `usage` object of an AI request's line.

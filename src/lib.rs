@@ -2,12 +2,14 @@
 //!
 //! Module map (one owner per piece of state):
 //! - `config`: the TOML file, validation, secret references, the built-in default.
-//! - `http1`: strict HTTP/1.1 parsing and body framing (request heads, chunked, responses).
+//! - `http1`: strict HTTP/1.1 parsing and body framing (request heads, chunked, responses) and
+//!   `BufConn`, the connection read buffer.
 //! - `upstream`: per-worker connection pools, balancing, passive health, TLS toward upstreams.
 //! - `tls`: rustls server and client configurations.
 //! - `metrics`: Prometheus counters and histograms, lock-free on the hot path.
 //! - `admin`: the admin listener (`/healthz`, `/metrics`, `/admin/*`) on its own thread.
-//! - `worker`: threads, runtimes, listeners, the keep-alive loop, connection cap and drain.
+//! - `worker`: threads, runtimes, listeners, the keep-alive loop, connection cap and drain; it
+//!   builds the pipeline's per-thread `ThreadState` and nothing imports it back.
 //! - `pipeline`: one request's phases in order, from route to log.
 //! - `router`: exact host, then longest path prefix.
 //! - `clock`: injectable monotonic time, the one duration grammar, UTC dates (jiff).

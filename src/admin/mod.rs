@@ -344,17 +344,14 @@ mod tests {
     /// bytes past it to the next call.
     fn read_reply(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Reply {
         loop {
-            let mut slots = [httparse::EMPTY_HEADER; 32];
-            let mut parsed = httparse::Response::new(&mut slots);
-            if let httparse::Status::Complete(head_len) = parsed.parse(buf).unwrap() {
-                let status = parsed.code.unwrap();
-                let headers: Vec<(String, String)> = parsed
-                    .headers
-                    .iter()
-                    .map(|h| {
+            if let Some((head, head_len)) = crate::http1::parse_response(buf, 64 * 1024).unwrap() {
+                let status = head.status();
+                let headers: Vec<(String, String)> = head
+                    .headers()
+                    .map(|(name, value)| {
                         (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8(h.value.to_vec()).unwrap(),
+                            name.to_ascii_lowercase(),
+                            String::from_utf8(value.to_vec()).unwrap(),
                         )
                     })
                     .collect();

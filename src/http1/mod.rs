@@ -11,12 +11,15 @@
 //!   return slices into it (one allocation for the bytes, one for the field index).
 //! - [`normalize_path`] gives the one spelling of a request path that routing, auth and the
 //!   upstream all see (dot segments resolved, unreserved escapes decoded), or refuses it.
+//! - [`BufConn`] is a connection with its read buffer (monoio's owned-buffer I/O): the
+//!   parsers above read from it and say how much they used.
 //! - [`ChunkedDecoder`] decodes `Transfer-Encoding: chunked` bodies, resumably and
 //!   strictly; [`encode_chunk`] and [`encode_last_chunk`] write them.
 //!
 //! Error mapping: [`HeadError::status`] gives the status for a request head (400,
 //! 431, 501); for an upstream's head or body any error means 502.
 
+mod bufconn;
 mod chunked;
 mod encode;
 mod fields;
@@ -27,6 +30,7 @@ mod response;
 mod scan;
 mod syntax;
 
+pub use bufconn::{BufConn, ReadError};
 pub use chunked::{ChunkError, ChunkedDecoder, Decoded, MAX_CHUNK_LINE, MAX_TRAILER_BYTES};
 pub use encode::{
     encode_chunk, encode_last_chunk, is_valid_field_name, is_valid_field_value, push_header, StrBuf,

@@ -7,12 +7,13 @@ use std::time::Duration;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::proxy::{read_response_head, HeadFailure};
+use super::ThreadState;
 use super::{Failure, UPSTREAM_BUFFER};
 use crate::error::GatewayError;
+use crate::http1::BufConn;
 use crate::http1::{BodyFraming, ChunkedDecoder, RequestHead, ResponseBody, ResponseHead, Version};
 use crate::snapshot::Limits;
 use crate::upstream::{self, ConnectError, Target, Upstream, UpstreamStream};
-use crate::worker::{BufConn, Worker};
 
 /// An upstream response whose head has been read; the body is still on `conn`.
 pub(super) struct Exchange {
@@ -27,7 +28,7 @@ pub(super) struct Exchange {
 /// that was closed under us is replaced by a fresh one and the request sent again, since the
 /// upstream never saw it.
 pub(super) async fn send(
-    worker: &Worker,
+    worker: &ThreadState,
     upstream: &Upstream,
     limits: &Limits,
     build: impl Fn(&Target) -> Vec<u8>,
@@ -94,7 +95,7 @@ pub(super) async fn send(
 impl Exchange {
     /// Returns the connection to the worker's pool if the response ended cleanly and the
     /// upstream keeps it open.
-    pub fn finish(self, worker: &Worker, upstream: &Upstream, body_finished: bool) {
+    pub fn finish(self, worker: &ThreadState, upstream: &Upstream, body_finished: bool) {
         if body_finished && self.response.keep_alive() && self.conn.buffered().is_empty() {
             let (stream, _) = self.conn.into_parts();
             worker

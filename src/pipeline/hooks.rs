@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use super::RequestCtx;
+use super::ThreadState;
 use crate::admission::{budget_limit, key_scope, team_scope};
 use crate::auth::Consumer;
 use crate::error::GatewayError;
@@ -15,7 +16,6 @@ use crate::lua::{
 };
 use crate::meter::nano_to_usd;
 use crate::snapshot::Snapshot;
-use crate::worker::Worker;
 
 /// A request's hook state: its script and what the hooks see and changed.
 pub struct Hooked {
@@ -66,7 +66,7 @@ fn failed(err: HookError, hook: Hook) -> GatewayError {
 
 /// Runs `hook` (on_access or on_request) if the script defines it, with the caller known so far.
 fn run(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     hook: Hook,
@@ -91,7 +91,7 @@ fn run(
 /// Phase access, Lua part: `on_access` may deny, set headers, or name the consumer
 /// (`ctx:set_consumer`), which the auth phase then uses.
 pub(super) fn access(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
@@ -101,7 +101,7 @@ pub(super) fn access(
 /// The consumer an `on_access` hook named with `ctx:set_consumer(key_id_or_name)`:
 /// `Ok(None)` when it named none; a name that matches no live key fails closed (401).
 pub(super) fn chosen_consumer(
-    worker: &Worker,
+    worker: &ThreadState,
     ctx: &mut RequestCtx,
     now: i64,
 ) -> Result<Option<Consumer>, GatewayError> {
@@ -123,7 +123,7 @@ pub(super) fn chosen_consumer(
 
 /// Before forwarding: `on_request` may rewrite headers, path and query.
 pub(super) fn request(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
@@ -132,7 +132,7 @@ pub(super) fn request(
 
 /// AI requests after auth: `on_prompt` gets the chat request and may return a changed one.
 pub(super) fn prompt(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     chat: &Value,
@@ -160,7 +160,7 @@ pub(super) fn prompt(
 
 /// Spend against the caller's budget for `ctx:budget()`: the key's budget, else its team's.
 fn budget_info(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     consumer: Option<&Consumer>,
 ) -> Option<BudgetInfo> {
@@ -196,7 +196,7 @@ pub(super) fn wants_response(snapshot: &Snapshot, ctx: &RequestCtx) -> bool {
 /// The response head (and the text of a non-streamed AI answer): `on_response` may change
 /// status, headers and text.
 pub(super) fn response(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     resp: &mut ResponseInfo,
@@ -213,7 +213,7 @@ pub(super) fn response(
 /// After the response: `on_log` adds fields to the access-log entry (returned); a failure
 /// here is logged and counted, the response being already sent. Frees the request's Lua state.
 pub(super) fn log(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
 ) -> serde_json::Map<String, Value> {

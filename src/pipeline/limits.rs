@@ -8,6 +8,7 @@
 use std::sync::atomic::AtomicU64;
 
 use super::RequestCtx;
+use super::ThreadState;
 use crate::admission::{
     budget_limit, gcra_per_minute, gcra_per_second, key_scope, team_scope, Admission,
 };
@@ -15,12 +16,11 @@ use crate::error::GatewayError;
 use crate::limits::{Decision, Gcra, LimiterTable};
 use crate::meter::Reservation;
 use crate::snapshot::{Route, Snapshot};
-use crate::worker::Worker;
 
 /// Phase access, second half: the route's per-client-address limit. It runs before auth and
 /// counts every request that reaches it (the flood guard), whatever happens to it later.
 pub(super) fn client_address(
-    worker: &Worker,
+    worker: &ThreadState,
     route: &Route,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
@@ -52,7 +52,7 @@ pub(super) struct RequestCounts<'a>(Vec<Counted<'a>>);
 
 impl RequestCounts<'_> {
     /// Gives back the quota this request took (a later limit refused it).
-    pub fn give_back(self, worker: &Worker) {
+    pub fn give_back(self, worker: &ThreadState) {
         give_back(&self.0, worker.shared.admission.now());
     }
 }
@@ -60,7 +60,7 @@ impl RequestCounts<'_> {
 /// Phase limits: the route's `rate_limit`, the key's `rps`/`rpm`, the team's `rpm`, then the
 /// key's `max_concurrency` (its slot is held in `ctx.permit` until the request ends).
 pub(super) fn requests<'a>(
-    worker: &'a Worker,
+    worker: &'a ThreadState,
     snapshot: &'a Snapshot,
     route: Option<&'a Route>,
     ctx: &mut RequestCtx,
@@ -198,7 +198,7 @@ impl TokenScope {
 /// Phase limits, AI part: the key's and team's tokens per minute, then their budgets, on the
 /// request's reservation. A refusal gives back whatever this phase had taken.
 pub(super) fn tokens(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     ask: &TokenAsk,
@@ -283,7 +283,7 @@ fn release(admission: &Admission, hold: &TokenHold, now: u64) {
 
 /// Corrects the token limits and budgets from the reservation to what was really used.
 pub(super) fn settle_tokens(
-    worker: &Worker,
+    worker: &ThreadState,
     hold: TokenHold,
     used_tokens: u64,
     used_nano_usd: u64,

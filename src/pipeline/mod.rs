@@ -12,12 +12,15 @@
 //! Phases return `Err(Failure)`; [`handle`] turns a failure into a response in one place.
 
 mod ai;
-
-pub use ai::AttemptLog;
 mod exchange;
 mod hooks;
 mod limits;
+mod notify;
 mod proxy;
+mod state;
+
+pub use notify::LocalNotify;
+pub use state::ThreadState;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,17 +28,17 @@ use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
-use crate::accesslog::{AccessEntry, UsageFields};
+use crate::accesslog::{AccessEntry, AttemptLog, UsageFields};
 use crate::admission::RateReport;
 use crate::auth::{self, Consumer};
 use crate::config::AuthKind;
 use crate::error::{ErrorDialect, GatewayError};
+use crate::http1::BufConn;
 use crate::http1::{BodyFraming, RequestHead};
 use crate::limits::KeyPermit;
 use crate::snapshot::{Route, Snapshot};
 use crate::store::KeyRecord;
 use crate::upstream::UpstreamStream;
-use crate::worker::{BufConn, Worker};
 
 /// What the connection does after a request.
 pub enum Outcome {
@@ -90,7 +93,7 @@ pub struct RequestCtx {
     /// Model and usage of an AI request, for the access log.
     pub ai: Option<ai::AiRecord>,
     /// Every provider attempt of an AI request, for the access log.
-    pub attempts: Vec<ai::AttemptLog>,
+    pub attempts: Vec<AttemptLog>,
     /// Lua hook state, when the route or front door has a script.
     pub hooked: Option<Box<hooks::Hooked>>,
 }
@@ -110,7 +113,7 @@ const UPSTREAM_BUFFER: usize = 8 * 1024;
 
 /// Runs one request through every phase and answers it.
 pub async fn handle<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     client: &mut BufConn<S>,
     head: RequestHead,
     client_addr: SocketAddr,
@@ -172,7 +175,7 @@ where
 
 /// Answers a request whose head could not be parsed (or did not arrive in time), then the
 /// connection closes: after a framing error nothing more on it can be trusted.
-pub async fn reject<S>(worker: &Worker, client: &mut BufConn<S>, err: &GatewayError, id: &str)
+pub async fn reject<S>(worker: &ThreadState, client: &mut BufConn<S>, err: &GatewayError, id: &str)
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
@@ -188,7 +191,7 @@ where
 }
 
 async fn run_phases<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
@@ -240,7 +243,7 @@ where
 /// may do. Any credential problem is the same 401, so a client learns nothing about which
 /// keys exist; a valid identity without the route or its scopes is 403.
 fn auth_phase(
-    worker: &Worker,
+    worker: &ThreadState,
     route: &Route,
     head: &RequestHead,
 ) -> Result<Option<Consumer>, GatewayError> {
@@ -304,7 +307,11 @@ fn permit_route(route: &Route, consumer: Consumer) -> Result<Consumer, GatewayEr
 }
 
 /// The live virtual key the request presents (`Authorization: Bearer` or `x-api-key`).
-fn api_key(worker: &Worker, head: &RequestHead, now: i64) -> Result<Arc<KeyRecord>, GatewayError> {
+fn api_key(
+    worker: &ThreadState,
+    head: &RequestHead,
+    now: i64,
+) -> Result<Arc<KeyRecord>, GatewayError> {
     let presented = auth::presented_key(head).ok_or(GatewayError::Unauthorized)?;
     worker
         .shared
@@ -317,7 +324,7 @@ fn api_key(worker: &Worker, head: &RequestHead, now: i64) -> Result<Arc<KeyRecor
 /// the caller before this phase; reaching it means the hook named none, so it fails closed,
 /// like JWT (which `check` refuses for `[ai]`).
 fn ai_auth(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     head: &RequestHead,
 ) -> Result<Option<Consumer>, GatewayError> {
@@ -352,7 +359,7 @@ fn unix_now() -> i64 {
 
 /// Phase log: every request, answered or rejected, is counted on its route and written to
 /// the access log.
-fn log_phase(worker: &Worker, snapshot: &Snapshot, head: &RequestHead, ctx: &mut RequestCtx) {
+fn log_phase(worker: &ThreadState, snapshot: &Snapshot, head: &RequestHead, ctx: &mut RequestCtx) {
     let extra = hooks::log(worker, snapshot, ctx);
     let elapsed = ctx.started.elapsed();
     let route = ctx.route.map(|i| &snapshot.routes[i]);

@@ -6,20 +6,21 @@ use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
+use super::ThreadState;
 use super::{hooks, Failure, Outcome, RequestCtx, UPSTREAM_BUFFER};
 use crate::error::GatewayError;
 use crate::http1::{
     encode_chunk, encode_last_chunk, parse_response, push_header, BodyFraming, ChunkedDecoder,
     RequestHead, ResponseBody, ResponseHead, StrBuf, Version,
 };
+use crate::http1::{BufConn, ReadError};
 use crate::lua::ResponseInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{self, ConnectError, Upstream, UpstreamStream};
-use crate::worker::{BufConn, ReadError, Worker};
 
 /// Forwards the request to the route's upstream and relays the response.
 pub(super) async fn proxy<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     route: &Route,
     client: &mut BufConn<S>,

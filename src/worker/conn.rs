@@ -7,8 +7,9 @@ use std::time::Instant;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Split, Splitable};
 use monoio::net::TcpStream;
 
-use super::{BufConn, ReadError, Worker};
+use super::Worker;
 use crate::error::GatewayError;
+use crate::http1::{BufConn, ReadError};
 use crate::http1::{HeadError, HeadParser};
 use crate::pipeline::{self, Outcome};
 use crate::upstream::UpstreamStream;
@@ -23,7 +24,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: Socke
     // `header_timeout` covers the first request's whole head counted from here, the TLS
     // handshake and the wait for the first byte included: one deadline, not one per phase,
     // so a client cannot stretch it by spending it on the first byte and then trickling.
-    let first_head_deadline = Instant::now() + worker.snapshot().limits.header_timeout;
+    let first_head_deadline = Instant::now() + worker.state.snapshot().limits.header_timeout;
     if tls {
         // Boxed: a TLS session's state is large, and plain connections should not carry room
         // for it in every task.
@@ -37,7 +38,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: Socke
 /// The TLS handshake, then the keep-alive loop over the session; the handshake spends the
 /// first head's deadline.
 async fn serve_tls(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, deadline: Instant) {
-    let Some(config) = worker.snapshot().tls.clone() else {
+    let Some(config) = worker.state.snapshot().tls.clone() else {
         return;
     };
     let acceptor = monoio_rustls::TlsAcceptor::from(config);
@@ -66,7 +67,7 @@ async fn serve_http<S>(
     let mut parser = HeadParser::new();
     let mut first_head_deadline = Some(first_head_deadline);
     loop {
-        let limits = worker.snapshot().limits;
+        let limits = worker.state.snapshot().limits;
         // A later head may wait up to the idle timeout for its first byte, then has the
         // header timeout from that byte on; bytes already buffered when the previous
         // response ended start that clock now.
@@ -79,7 +80,7 @@ async fn serve_http<S>(
             };
             let read = monoio::select! {
                 r = client.fill_within(wait) => Some(r),
-                _ = worker.shutdown.notified() => None,
+                _ = worker.state.shutdown.notified() => None,
             };
             match read {
                 Some(Ok(n)) if n > 0 => {}
@@ -87,7 +88,7 @@ async fn serve_http<S>(
             }
         }
         let head_deadline = first_head.unwrap_or_else(|| Instant::now() + limits.header_timeout);
-        let request_id_for_errors = || worker.next_request_id();
+        let request_id_for_errors = || worker.state.next_request_id();
         parser.reset();
         let head = loop {
             match parser.parse(client.buffered(), limits.max_header_bytes) {
@@ -102,7 +103,7 @@ async fn serve_http<S>(
                         // The cancelled read took the buffer with it; answer on the raw stream.
                         let err = GatewayError::HeaderTimeout;
                         let id = request_id_for_errors();
-                        Box::pin(pipeline::reject(&worker, &mut client, &err, &id)).await;
+                        Box::pin(pipeline::reject(&worker.state, &mut client, &err, &id)).await;
                         return;
                     }
                 },
@@ -113,15 +114,23 @@ async fn serve_http<S>(
                         HeadError::Malformed(why) => GatewayError::BadRequest(why),
                     };
                     let id = request_id_for_errors();
-                    Box::pin(pipeline::reject(&worker, &mut client, &err, &id)).await;
+                    Box::pin(pipeline::reject(&worker.state, &mut client, &err, &id)).await;
                     return;
                 }
             }
         };
         // Boxed: the request's state (several KiB across the phases) lives only while a
         // request is in flight, not for the whole life of an idle keep-alive connection.
-        match Box::pin(pipeline::handle(&worker, &mut client, head, peer, https)).await {
-            Outcome::KeepAlive if !worker.shutting_down() => continue,
+        match Box::pin(pipeline::handle(
+            &worker.state,
+            &mut client,
+            head,
+            peer,
+            https,
+        ))
+        .await
+        {
+            Outcome::KeepAlive if !worker.state.shutting_down() => continue,
             Outcome::Tunnel(upstream) => return Box::pin(tunnel(client, upstream)).await,
             _ => return,
         }

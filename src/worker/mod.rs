@@ -1,15 +1,14 @@
 //! Worker threads: one per core, each with its own monoio runtime, SO_REUSEPORT listeners,
 //! upstream pool and buffers. Nothing here is shared between workers except [`Shared`].
+//!
+//! The worker owns threads, listeners, the accept loop, the connection cap and the drain; it
+//! builds the pipeline's per-thread [`ThreadState`] and hands it to each request. The
+//! pipeline never imports this module back.
 
-mod bufconn;
 mod conn;
-mod notify;
 
-pub use bufconn::{BufConn, ReadError};
-pub use notify::LocalNotify;
-
-use crate::lua::{LuaLimits, LuaRuntime};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -20,8 +19,8 @@ use monoio::net::TcpListener;
 
 use crate::accesslog::AccessLog;
 use crate::metrics;
-use crate::snapshot::{Shared, Snapshot};
-use crate::upstream::{Pool, PoolKey, PoolSettings};
+use crate::pipeline::{LocalNotify, ThreadState};
+use crate::snapshot::Shared;
 
 /// The I/O driver a worker runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,73 +55,14 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 /// How often idle upstream connections past their idle timeout are closed.
 const POOL_EVICTION: Duration = Duration::from_secs(5);
 
-/// Per-worker state, owned by the worker thread and shared by its tasks through `Rc`.
-pub struct Worker {
-    /// Index of this worker (0-based), for metrics.
-    pub id: usize,
-    /// Process-wide state: the current snapshot and the shutdown flag.
-    pub shared: Arc<Shared>,
-    /// This worker's handle on the access-log writer.
-    pub access_log: AccessLog,
-    /// Idle keep-alive connections to upstream targets.
-    pub pool: Pool,
-    /// Fired once when shutdown begins: stops accept loops and closes idle connections.
-    pub shutdown: LocalNotify,
-    /// This worker's Lua VM for hooks (created on this thread, never shared).
-    pub lua: RefCell<LuaRuntime>,
+/// What the connection loop needs besides the pipeline's [`ThreadState`]: the connection
+/// count behind the cap and the drain, and the signal that a slot freed. Owned by the worker
+/// thread and shared by its tasks through `Rc`.
+pub(crate) struct Worker {
+    /// The per-thread state handed to every request.
+    pub(crate) state: ThreadState,
     slot_freed: LocalNotify,
-    /// This worker's handle on the current snapshot: cloning an `Rc` per request instead of
-    /// the shared `Arc` keeps the snapshot's reference count off the other cores' caches.
-    #[allow(clippy::redundant_allocation)] // the extra Rc is the point: a core-local count
-    snapshot: RefCell<(u64, Rc<Arc<Snapshot>>)>,
     open_connections: Cell<usize>,
-    request_seq: Cell<u64>,
-    request_id_seed: u64,
-}
-
-impl Worker {
-    /// The snapshot for a new request: the current one, refreshed after a reload. A new
-    /// snapshot's per-worker settings are applied here, before anything runs on it.
-    #[allow(clippy::redundant_allocation)]
-    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
-        let generation = self.shared.generation();
-        let mut cached = self.snapshot.borrow_mut();
-        if cached.0 != generation {
-            let current = Rc::new(self.shared.snapshot());
-            let applied = self.apply(&current);
-            // Not applied (the VM was busy): the next call tries again.
-            *cached = (if applied { generation } else { cached.0 }, current);
-        }
-        cached.1.clone()
-    }
-
-    /// Applies the sections of `snapshot` that live in this worker's own state: `[lua]`
-    /// limits to its VM, `keepalive` settings to its upstream pool. Returns false when the VM
-    /// was borrowed (a call from inside a hook), so the caller retries later.
-    fn apply(&self, snapshot: &Snapshot) -> bool {
-        self.pool.configure(pool_settings(snapshot));
-        match self.lua.try_borrow_mut() {
-            Ok(mut lua) => {
-                // A no-op unless `[lua]` changed; otherwise the next call gets a VM built
-                // with the new budget.
-                lua.set_limits(LuaLimits::from_config(&snapshot.config.lua));
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// A fresh request id: unique per process run, cheap, 32 hex digits.
-    pub fn next_request_id(&self) -> String {
-        let seq = self.request_seq.get().wrapping_add(1);
-        self.request_seq.set(seq);
-        format!("{:016x}{:016x}", self.request_id_seed, seq)
-    }
-
-    /// Whether the gateway is draining.
-    pub fn shutting_down(&self) -> bool {
-        self.shared.is_shutting_down()
-    }
 }
 
 /// Runs one worker thread until shutdown has drained its connections.
@@ -136,8 +76,18 @@ pub fn run(
     access_log: AccessLog,
     on_bound: impl FnOnce(io::Result<()>),
 ) {
-    let work = move || serve(id, shared, listeners, access_log, on_bound);
-    let built = match driver {
+    let work = move || bind_and_serve(id, shared, listeners, access_log, on_bound);
+    if let Err(e) = block_on(driver, work) {
+        log::error!(
+            "worker {id}: cannot build the {} runtime: {e}",
+            driver.name()
+        );
+    }
+}
+
+/// Runs `work` to completion on a new monoio runtime with `driver` on this thread.
+pub fn block_on<F: Future>(driver: Driver, work: impl FnOnce() -> F) -> io::Result<F::Output> {
+    match driver {
         Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(4096)
             .enable_timer()
@@ -147,16 +97,10 @@ pub fn run(
             .enable_timer()
             .build()
             .map(|mut rt| rt.block_on(work())),
-    };
-    if let Err(e) = built {
-        log::error!(
-            "worker {id}: cannot build the {} runtime: {e}",
-            driver.name()
-        );
     }
 }
 
-async fn serve(
+async fn bind_and_serve(
     id: usize,
     shared: Arc<Shared>,
     specs: Vec<ListenSpec>,
@@ -173,24 +117,29 @@ async fn serve(
             }
         }
     }
+    serve(id, shared, access_log, listeners, || on_bound(Ok(()))).await;
+}
+
+/// Serves already-bound `listeners` (each with whether it speaks TLS) as worker `id` until
+/// `shared` begins shutdown, then drains this worker's connections and returns.
+///
+/// Builds the worker's [`ThreadState`] and hands it to every request. `on_serving` is called
+/// once the worker counts as serving (readiness), before the first accept. Must run inside a
+/// monoio runtime with timers (see [`block_on`]); a test can call it on a port-0 listener.
+pub async fn serve(
+    id: usize,
+    shared: Arc<Shared>,
+    access_log: AccessLog,
+    listeners: Vec<(TcpListener, bool)>,
+    on_serving: impl FnOnce(),
+) {
     let worker = Rc::new(Worker {
-        id,
-        shared: shared.clone(),
-        access_log,
-        pool: Pool::default(),
-        shutdown: LocalNotify::default(),
-        lua: RefCell::new(LuaRuntime::new(LuaLimits::from_config(
-            &shared.snapshot().config.lua,
-        ))),
+        state: ThreadState::new(id, shared.clone(), access_log),
         slot_freed: LocalNotify::default(),
-        snapshot: RefCell::new((shared.generation(), Rc::new(shared.snapshot()))),
         open_connections: Cell::new(0),
-        request_seq: Cell::new(0),
-        request_id_seed: random_seed() ^ (id as u64).rotate_left(56),
     });
-    worker.pool.configure(pool_settings(&worker.snapshot()));
     shared.worker_serving();
-    on_bound(Ok(()));
+    on_serving();
 
     let mut accept_loops = Vec::new();
     for (listener, tls) in listeners {
@@ -198,44 +147,28 @@ async fn serve(
     }
     // The worker's housekeeping loop: notice shutdown, and close idle upstream connections that
     // outlived the pool's idle timeout (targets no longer used would otherwise keep them).
+    let state = &worker.state;
     let mut last_eviction = Instant::now();
-    while !worker.shutting_down() {
+    while !state.shutting_down() {
         monoio::time::sleep(SHUTDOWN_POLL).await;
         // Picks up a reload even when no request comes: new pool settings and Lua limits
         // apply now, not with the next request.
-        let _ = worker.snapshot();
+        let _ = state.snapshot();
         if last_eviction.elapsed() >= POOL_EVICTION {
-            worker.pool.evict_expired();
+            state.pool.evict_expired();
             last_eviction = Instant::now();
         }
     }
-    worker.shutdown.notify_all();
+    state.shutdown.notify_all();
     for handle in accept_loops {
         handle.await;
     }
     drain(&worker).await;
 }
 
-/// Every upstream and provider target of `snapshot` with the pool settings of its
-/// `[[upstream]]` or `[[provider]]`, upstreams first.
-fn pool_settings(snapshot: &Snapshot) -> Vec<(PoolKey, PoolSettings)> {
-    let providers = snapshot
-        .catalog
-        .providers()
-        .iter()
-        .filter_map(|p| p.upstream.as_deref());
-    snapshot
-        .upstreams
-        .iter()
-        .map(|u| &**u)
-        .chain(providers)
-        .flat_map(|u| u.pool_settings())
-        .collect()
-}
-
 /// Waits for open connections to finish, up to `drain_timeout_ms`.
 async fn drain(worker: &Worker) {
-    let timeout = Duration::from_millis(worker.snapshot().config.server.drain_timeout_ms);
+    let timeout = Duration::from_millis(worker.state.snapshot().config.server.drain_timeout_ms);
     let deadline = Instant::now() + timeout;
     while worker.open_connections.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
@@ -243,7 +176,7 @@ async fn drain(worker: &Worker) {
     if worker.open_connections.get() > 0 {
         log::warn!(
             "worker {}: drain timeout, closing {} connections",
-            worker.id,
+            worker.state.id,
             worker.open_connections.get()
         );
     }
@@ -255,25 +188,26 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
         // slowing the ones being served.
         loop {
             let cap = worker
+                .state
                 .shared
                 .snapshot()
                 .config
                 .server
                 .connections_per_worker;
-            if worker.open_connections.get() < cap.max(1) || worker.shutting_down() {
+            if worker.open_connections.get() < cap.max(1) || worker.state.shutting_down() {
                 break;
             }
             monoio::select! {
                 _ = worker.slot_freed.notified() => {},
-                _ = worker.shutdown.notified() => {},
+                _ = worker.state.shutdown.notified() => {},
             }
         }
-        if worker.shutting_down() {
+        if worker.state.shutting_down() {
             return;
         }
         let accepted = monoio::select! {
             r = listener.accept() => Some(r),
-            _ = worker.shutdown.notified() => None,
+            _ = worker.state.shutdown.notified() => None,
         };
         match accepted {
             None => return,
@@ -287,7 +221,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, tls: bool) {
             }
             Some(Err(e)) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                log::warn!("worker {}: accept failed: {e}", worker.id);
+                log::warn!("worker {}: accept failed: {e}", worker.state.id);
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -304,7 +238,7 @@ impl ConnectionSlot {
         worker
             .open_connections
             .set(worker.open_connections.get() + 1);
-        metrics::global().connection_opened(worker.id);
+        metrics::global().connection_opened(worker.state.id);
         ConnectionSlot { worker }
     }
 }
@@ -313,7 +247,7 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let w = &self.worker;
         w.open_connections.set(w.open_connections.get() - 1);
-        metrics::global().connection_closed(w.id);
+        metrics::global().connection_closed(w.state.id);
         w.slot_freed.notify_all();
     }
 }
@@ -334,12 +268,5 @@ fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// 64 bits from the OS, so request ids differ across restarts.
-fn random_seed() -> u64 {
-    let mut bytes = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut bytes);
-    }
-    u64::from_le_bytes(bytes) ^ std::process::id() as u64
-}
+#[cfg(test)]
+mod tests;

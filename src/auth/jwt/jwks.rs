@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use rustls::pki_types::ServerName;
 
 use super::keys::{keys_from_jwks, PublicKey};
-use crate::http1::ChunkedDecoder;
+use crate::http1::{ChunkedDecoder, HeadError, ResponseParser};
 
 /// Timing of a JWKS source. [`JwksTiming::default`] is what the gateway uses; tests shorten it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,21 +387,23 @@ fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<HttpRespons
         .and_then(|()| stream.flush())
         .map_err(|e| format!("sending the request: {e}"))?;
     let mut buf = Vec::with_capacity(8192);
+    // The gateway's own response-head parser, resumed across reads so a trickled head is
+    // scanned once; it bounds the head at MAX_HEAD_BYTES while it is still incomplete.
+    let mut parser = ResponseParser::new();
     let (head_len, status, framing, max_age) = loop {
         if read_more(&mut stream, &mut buf)? == 0 {
             return Err("connection closed before the response head".to_string());
         }
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut headers);
-        match response.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let status = response.code.unwrap_or(0);
-                let (framing, max_age) = read_headers(response.headers)?;
-                break (len, status, framing, max_age);
+        match parser.parse(&buf, MAX_HEAD_BYTES) {
+            Ok(Some((head, len))) => {
+                let (framing, max_age) = read_headers(head.headers())?;
+                break (len, head.status(), framing, max_age);
             }
-            Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => {}
-            Ok(httparse::Status::Partial) => return Err("response head too large".to_string()),
-            Err(e) => return Err(format!("malformed response head: {e}")),
+            Ok(None) => {}
+            Err(HeadError::TooLarge) => return Err("response head too large".to_string()),
+            Err(HeadError::Malformed(why) | HeadError::NotImplemented(why)) => {
+                return Err(format!("malformed response head: {why}"))
+            }
         }
     };
     let rest = buf.split_off(head_len);
@@ -433,12 +435,14 @@ enum Framing {
     Close,
 }
 
-fn read_headers(headers: &[httparse::Header<'_>]) -> Result<(Framing, Option<Duration>), String> {
+fn read_headers<'a>(
+    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> Result<(Framing, Option<Duration>), String> {
     let mut framing = Framing::Close;
     let mut max_age = None;
-    for header in headers {
-        let value = std::str::from_utf8(header.value).unwrap_or("").trim();
-        if header.name.eq_ignore_ascii_case("content-length") {
+    for (name, value) in headers {
+        let value = std::str::from_utf8(value).unwrap_or("").trim();
+        if name.eq_ignore_ascii_case("content-length") {
             let len = value
                 .parse::<usize>()
                 .map_err(|_| "bad Content-Length".to_string())?;
@@ -448,7 +452,7 @@ fn read_headers(headers: &[httparse::Header<'_>]) -> Result<(Framing, Option<Dur
             if framing == Framing::Close {
                 framing = Framing::Length(len);
             }
-        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // RFC 9112 §6.3: chunked, when last, wins over Content-Length.
             if value
                 .rsplit(',')
@@ -459,7 +463,7 @@ fn read_headers(headers: &[httparse::Header<'_>]) -> Result<(Framing, Option<Dur
             } else {
                 return Err("unsupported Transfer-Encoding".to_string());
             }
-        } else if header.name.eq_ignore_ascii_case("cache-control") {
+        } else if name.eq_ignore_ascii_case("cache-control") {
             max_age = max_age.or(parse_max_age(value));
         }
     }

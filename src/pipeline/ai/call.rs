@@ -11,19 +11,20 @@ use serde_json::{Map, Value};
 
 use super::relay::{relay, Relayed};
 use super::stream::{Translation, MAX_EVENT};
-use super::{reply, send_whole, AttemptLog, EventStream, RequestCtx};
+use super::{attempt_log, reply, send_whole, EventStream, RequestCtx};
 use crate::ai::provider_error::{self, ProviderError, MAX_ERROR_BODY};
 use crate::ai::{
     anthropic, azure, gemini, mock, openai, ChatRequest, Model, Provider, SseParser, Usage,
 };
 use crate::config::ProviderKind;
 use crate::error::{ErrorDialect, GatewayError};
+use crate::http1::BufConn;
 use crate::http1::{push_header, RequestHead, StrBuf};
 use crate::meter::{Metered, TokenCounter};
 use crate::pipeline::exchange::{self, Exchange};
+use crate::pipeline::ThreadState;
 use crate::pipeline::{Failure, Outcome};
 use crate::snapshot::{Limits, Snapshot};
-use crate::worker::{BufConn, Worker};
 
 /// Largest provider response body read whole.
 const MAX_PROVIDER_BODY: usize = 64 * 1024 * 1024;
@@ -77,7 +78,7 @@ enum Attempt {
 
 /// Runs `call` on `primary` and, when it keeps failing, on its fallbacks.
 pub(super) async fn run<'s, S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &'s Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
@@ -98,7 +99,7 @@ where
         let provider = catalog.provider(model.provider);
         if !provider.breaker.allows(crate::usage::unix_now_ms()) {
             ctx.attempts
-                .push(AttemptLog::new(model, provider, "circuit open"));
+                .push(attempt_log(model, provider, "circuit open"));
             last = Miss::Gateway(GatewayError::Upstream("provider circuit open"));
             last_model = model;
             continue;
@@ -110,7 +111,7 @@ where
             match try_once(worker, snapshot, call, model, provider, &ctx.request_id).await {
                 Attempt::Answer(exchange) => {
                     provider.breaker.record_success();
-                    ctx.attempts.push(AttemptLog::new(
+                    ctx.attempts.push(attempt_log(
                         model,
                         provider,
                         &exchange.response.status().to_string(),
@@ -126,7 +127,7 @@ where
                     };
                 }
                 Attempt::Mock => {
-                    ctx.attempts.push(AttemptLog::new(model, provider, "200"));
+                    ctx.attempts.push(attempt_log(model, provider, "200"));
                     let (result, usage) =
                         deliver_mock(worker, snapshot, client, head, ctx, call, model, provider)
                             .await;
@@ -140,13 +141,13 @@ where
                 Attempt::Retry(miss) => {
                     provider.breaker.record_failure(crate::usage::unix_now_ms());
                     ctx.attempts
-                        .push(AttemptLog::new(model, provider, &miss.describe()));
+                        .push(attempt_log(model, provider, &miss.describe()));
                     last = miss;
                     last_model = model;
                 }
                 Attempt::Fail(miss) => {
                     ctx.attempts
-                        .push(AttemptLog::new(model, provider, &miss.describe()));
+                        .push(attempt_log(model, provider, &miss.describe()));
                     let result = answer_miss(client, head, ctx, call.front, miss).await;
                     return Served {
                         result,
@@ -188,7 +189,7 @@ fn backoff(attempt: u32, seed: &str) -> Duration {
 /// One attempt on `model`: sends the request and reads the response head (and the body of
 /// an error answer).
 async fn try_once(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     call: &Call,
     model: &Model,
@@ -232,7 +233,7 @@ async fn try_once(
 /// the gateway's error, the provider's key scrubbed from the message. Every front door and
 /// endpoint answers provider errors through this.
 pub(super) async fn read_provider_error(
-    worker: &Worker,
+    worker: &ThreadState,
     upstream: &crate::upstream::Upstream,
     provider: &Provider,
     mut exchange: Exchange,
@@ -414,7 +415,7 @@ fn is_event_stream(exchange: &Exchange) -> bool {
 /// Relays a provider's successful answer.
 #[allow(clippy::too_many_arguments)]
 async fn deliver<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
@@ -539,7 +540,7 @@ fn translate_whole(
 /// translated for the front door like any provider's.
 #[allow(clippy::too_many_arguments)]
 async fn deliver_mock<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,

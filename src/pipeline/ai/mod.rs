@@ -21,15 +21,17 @@ use serde_json::Value;
 use super::limits::{self, TokenAsk, TokenHold};
 use super::{exchange, hooks};
 use super::{Failure, Outcome, RequestCtx};
+use crate::accesslog::AttemptLog;
 use crate::ai::{anthropic, mock, openai, prompt, Model, Provider, Usage};
 use crate::auth;
 use crate::config::ProviderKind;
 use crate::error::{ErrorDialect, GatewayError};
+use crate::http1::BufConn;
 use crate::http1::{encode_chunk, encode_last_chunk, push_header, RequestHead, StrBuf, Version};
 use crate::meter::{self, charged_usage, cost_nano_usd, Metered, Prices};
+use crate::pipeline::ThreadState;
 use crate::snapshot::Snapshot;
 use crate::usage::UsageEvent;
-use crate::worker::{BufConn, Worker};
 
 pub(crate) use call::Front;
 
@@ -64,24 +66,12 @@ impl Endpoint {
     }
 }
 
-/// One attempt of an AI request on a provider, for the access log.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AttemptLog {
-    /// The client-facing model tried.
-    pub model: String,
-    /// Its provider.
-    pub provider: String,
-    /// The provider's status, or what went wrong.
-    pub outcome: String,
-}
-
-impl AttemptLog {
-    fn new(model: &Model, provider: &Provider, outcome: &str) -> AttemptLog {
-        AttemptLog {
-            model: model.name.clone(),
-            provider: provider.name.clone(),
-            outcome: outcome.to_string(),
-        }
+/// The access-log record of one attempt of `model` on `provider`.
+fn attempt_log(model: &Model, provider: &Provider, outcome: &str) -> AttemptLog {
+    AttemptLog {
+        model: model.name.clone(),
+        provider: provider.name.clone(),
+        outcome: outcome.to_string(),
     }
 }
 
@@ -100,7 +90,7 @@ pub struct AiRecord {
 
 /// Serves one request to an AI front door.
 pub(super) async fn serve<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
@@ -272,7 +262,7 @@ fn parse_call(
 /// `POST /v1/embeddings`: one model (retried by the caller's client, not here), any provider
 /// that has embeddings.
 async fn embeddings<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
@@ -317,7 +307,7 @@ where
 
 #[allow(clippy::too_many_arguments)]
 async fn embeddings_upstream<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
@@ -452,7 +442,7 @@ fn prices(model: &Model) -> Prices {
 /// Phase limits for an AI request: request rates and concurrency, then tokens per minute and
 /// budgets on the estimated prompt plus the completion reservation.
 fn admit(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     model: &Model,
@@ -474,7 +464,7 @@ fn admit(
 /// Settles a whole answer (or none) with the provider's reported `usage`, if any: see
 /// [`settle_metered`].
 fn settle(
-    worker: &Worker,
+    worker: &ThreadState,
     ctx: &mut RequestCtx,
     model: &Model,
     hold: TokenHold,
@@ -504,7 +494,7 @@ struct Reserved {
 /// short (by the provider, or a client that left before the drain could finish it) costs at
 /// least its completion reservation.
 fn settle_metered(
-    worker: &Worker,
+    worker: &ThreadState,
     ctx: &mut RequestCtx,
     model: &Model,
     hold: TokenHold,
@@ -630,7 +620,7 @@ impl EventStream {
     /// Writes the head of a `200 text/event-stream` response (after `on_response`, which
     /// may change its status and headers).
     pub(super) async fn start<S>(
-        worker: &Worker,
+        worker: &ThreadState,
         snapshot: &Snapshot,
         client: &mut BufConn<S>,
         head: &RequestHead,

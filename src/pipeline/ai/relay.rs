@@ -16,12 +16,13 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use super::stream::{Translation, MAX_EVENT};
 use super::{EventStream, RequestCtx};
 use crate::ai::SseParser;
+use crate::http1::BufConn;
 use crate::http1::RequestHead;
 use crate::meter::Metered;
 use crate::pipeline::exchange::{BodyDecoder, Exchange};
+use crate::pipeline::ThreadState;
 use crate::pipeline::{Failure, Outcome};
 use crate::snapshot::Snapshot;
-use crate::worker::{BufConn, Worker};
 
 /// Most provider body bytes read after the client left. A completion's tail is far smaller;
 /// this bounds what one abandoned stream can cost the gateway in reads and translation.
@@ -100,7 +101,7 @@ impl Read {
 /// Relays the provider's stream in `exchange` to the client through `translation`; when
 /// the client goes away, drains it (see the module docs).
 pub(super) async fn relay<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,

@@ -7,15 +7,16 @@ use serde_json::Value;
 
 use super::{respond, send_whole};
 use crate::error::ErrorDialect;
+use crate::http1::BufConn;
 use crate::http1::{push_header, RequestHead};
 use crate::lua::ResponseInfo;
+use crate::pipeline::ThreadState;
 use crate::pipeline::{hooks, Failure, Outcome, RequestCtx};
 use crate::snapshot::Snapshot;
-use crate::worker::{BufConn, Worker};
 
 /// Sends a whole answer (`body` in the front door's dialect, JSON) after `on_response`.
 pub(super) async fn answer<S>(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
     head: &RequestHead,
@@ -51,7 +52,7 @@ where
 /// The response head of a stream, after `on_response` (status and headers only): the extra
 /// header lines to write and the status to send.
 pub(super) fn stream_head(
-    worker: &Worker,
+    worker: &ThreadState,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
 ) -> Result<Option<ResponseInfo>, Failure> {
