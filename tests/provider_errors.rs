@@ -11,7 +11,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::thread::sleep;
-use std::time::Duration;
 
 use common::fake_anthropic::ANTHROPIC_VERSION;
 use common::fake_openai::{send_json, KeyEcho, ECHO_RETRY_AFTER_SECS};
@@ -25,9 +24,6 @@ const OPENAI_KEY: &str = "opn4Q7x2Lm9Rt4Kp8Wz3Vn6Yb1Hc5Jd0";
 const AZURE_KEY: &str = "azr7Q2x9LmTk4Wp8Rz3Vn6Yb1Hc5Jd0F";
 const ANTHROPIC_KEY: &str = "ant5Lm9Rt4Kp8Wz3Vn6Yb1Hc5Jd0FgTe";
 const GEMINI_KEY: &str = "gem6Rt4Kp8Wz3Vn6Yb1Hc5Jd0FgTeQ7x";
-
-/// The contract's bound for a new key to reach every worker.
-const KEY_PROPAGATION: Duration = Duration::from_secs(1);
 
 /// One fake per provider kind (Azure is a second FakeOpenAi on Azure paths).
 struct Fakes {
@@ -353,7 +349,7 @@ fn doors(kind: Kind) -> Vec<(Door, &'static str)> {
     doors
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn provider_errors_keep_their_class_and_never_echo_the_provider_key(driver) {
         let fakes = Fakes::start();
         let (gw, key) = gateway(&fakes, driver);
@@ -394,7 +390,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn a_provider_refusing_the_gateways_key_is_502_upstream_error_everywhere(driver) {
         let fakes = Fakes::start();
         let (gw, key) = gateway(&fakes, driver);
@@ -587,7 +583,7 @@ impl Fakes {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn errors_sent_mid_stream_reach_the_client_mapped_in_its_dialect_without_the_key(driver) {
         let fakes = Fakes::start();
         let (gw, key) = gateway(&fakes, driver);
