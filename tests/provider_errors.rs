@@ -10,7 +10,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::thread::sleep;
 
 use common::fake_anthropic::ANTHROPIC_VERSION;
 use common::fake_openai::{send_json, KeyEcho, ECHO_RETRY_AFTER_SECS};
@@ -228,7 +227,7 @@ fn gateway(fakes: &Fakes, driver: Driver) -> (Gateway, String) {
         .env("FAKE_GEMINI_KEY", GEMINI_KEY)
         .start();
     let key = create_key(&gw, &json!({ "name": "provider-errors", "team": "t" }));
-    sleep(KEY_PROPAGATION);
+    wait_for_ai_key(&gw, &key.secret);
     (gw, key.secret)
 }
 
@@ -481,7 +480,7 @@ fn an_oversized_provider_error_body_is_not_relayed() {
         .env("FAKE_OPENAI_KEY", OPENAI_KEY)
         .start();
     let key = create_key(&gw, &json!({ "name": "big", "team": "t" })).secret;
-    sleep(KEY_PROPAGATION);
+    wait_for_ai_key(&gw, &key);
 
     let response = call(&gw, &key, Door::Chat, "gpt");
     assert_nothing_of(OPENAI_KEY, &response, "oversized");
