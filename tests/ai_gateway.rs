@@ -30,9 +30,6 @@ const AZURE_KEY: &str = "azure-fake-key-0123456789abcdef";
 const ANTHROPIC_KEY: &str = "sk-ant-fake-0123456789abcdef";
 const GEMINI_KEY: &str = "AIzaFakeGeminiKey0123456789abcdef";
 
-/// The contract's bound for a new key to reach every worker.
-const KEY_PROPAGATION: Duration = Duration::from_secs(1);
-
 /// The ledger is written at least once a second; with a margin.
 const LEDGER_FLUSH: Duration = Duration::from_millis(1500);
 
@@ -453,7 +450,7 @@ fn start_gateway(config: &str, driver: Driver) -> Gateway {
 fn gateway_with_key(fakes: &Fakes, extra: &str, driver: Driver) -> (Gateway, IssuedKey) {
     let gw = start_gateway(&ai_config(fakes, extra), driver);
     let key = create_key(&gw, &json!({ "name": "ai-gateway-test", "team": "t" }));
-    sleep(KEY_PROPAGATION);
+    wait_for_ai_key(&gw, &key.secret);
     (gw, key)
 }
 
@@ -598,7 +595,7 @@ fn request_id_of(response: &Response) -> String {
 // OpenAI front door to each provider
 // ---------------------------------------------------------------------------
 
-on_both_drivers! {
+on_default_driver! {
     fn openai_front_door_to_anthropic_provider_speaks_messages_both_ways(driver) {
         let fakes = Fakes::start();
         fakes.anthropic.set_usage(20, 6, 4);
@@ -633,7 +630,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn openai_front_door_to_gemini_provider_speaks_generate_content_both_ways(driver) {
         let fakes = Fakes::start();
         fakes.gemini.set_usage(17, 9, 0);
@@ -674,7 +671,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn openai_front_door_to_azure_provider_uses_the_deployment_path_and_api_key(driver) {
         let fakes = Fakes::start();
         fakes.azure.set_usage(13, 8, 0);
@@ -763,7 +760,7 @@ fn expect_message_stream(response: &Response, text: &str) {
     assert_eq!(anthropic_streamed_text(&response.body), text);
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn anthropic_front_door_to_openai_provider_answers_in_anthropic_format(driver) {
         let fakes = Fakes::start();
         fakes.openai.set_usage(15, 4, 0);
@@ -796,7 +793,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn anthropic_front_door_to_anthropic_provider_passes_messages_through(driver) {
         let fakes = Fakes::start();
         fakes.anthropic.set_usage(30, 12, 0);
@@ -948,7 +945,7 @@ fn streamed_finish_reason(body: &[u8]) -> Value {
         .unwrap_or(Value::Null)
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn openai_tools_reach_anthropic_as_tools_and_tool_use_comes_back_as_tool_calls(driver) {
         let fakes = Fakes::start();
         fakes.anthropic.set_tool_call("get_weather", r#"{"city":"Paris"}"#);
@@ -1025,7 +1022,7 @@ fn messages_with_tools(model: &str, stream: bool) -> Value {
     body
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn anthropic_tools_reach_openai_as_functions_and_tool_calls_come_back_as_tool_use(driver) {
         let fakes = Fakes::start();
         fakes.openai.set_tool_call("get_weather", r#"{"city":"Paris"}"#);
@@ -1420,7 +1417,7 @@ fn mock_latency_delays_the_first_byte() {
     );
     let gw = start_gateway(&config, Driver::Uring);
     let key = create_key(&gw, &json!({ "name": "mock-latency" }));
-    sleep(KEY_PROPAGATION);
+    wait_for_ai_key(&gw, &key.secret);
 
     for stream in [false, true] {
         let auth = format!("Bearer {}", key.secret);
@@ -1478,7 +1475,7 @@ auth = "api_key"
 fn default_like_config_serves_mock_gpt_with_a_key() {
     let gw = Gateway::start(&config(DEFAULT_LIKE), Driver::Uring);
     let key = create_key(&gw, &json!({ "name": "mock-user" }));
-    sleep(KEY_PROPAGATION);
+    wait_for_ai_key(&gw, &key.secret);
 
     let response = post_chat(&gw, &key.secret, &chat_body("mock-gpt", false));
     assert_eq!(response.status, 200, "{}", response.text());
@@ -1536,7 +1533,8 @@ fn models_list_shows_only_the_models_the_key_may_use() {
         &json!({ "name": "limited", "models": ["claude", "gem*"] }),
     );
     let open = create_key(&gw, &json!({ "name": "open" }));
-    sleep(KEY_PROPAGATION);
+    // The store applies changes in order: once the later key is known, so is the earlier.
+    wait_for_ai_key(&gw, &open.secret);
 
     let ids = model_ids(&get_with_key(
         gw.addr(),

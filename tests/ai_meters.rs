@@ -32,10 +32,6 @@ const MINI_UPSTREAM: &str = "gpt-4o-mini-2024-07-18";
 /// A second model, priced 2.5 / 10.0 USD per Mtok.
 const BIG: &str = "gpt-4o";
 
-/// The contract's bound for a key made through the admin API to reach every
-/// worker (README, "Commands": "a running gateway sees each change within a second").
-const KEY_PROPAGATION: Duration = Duration::from_secs(1);
-
 /// A response is settled (its reservation corrected to the reported usage)
 /// as the upstream's answer ends, which may trail the client's last byte by
 /// a moment; the next request of a metering test waits this long first.
@@ -726,7 +722,7 @@ fn assert_no_trace_of(fake: &FakeOpenAi, secret: &str) {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn chat_reaches_the_provider_with_its_key_and_upstream_model_only(driver) {
         let fake = FakeOpenAi::start();
         let gw = ai_gateway(&fake, "", driver);
@@ -757,7 +753,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn missing_key_unknown_model_and_forbidden_model_never_reach_the_provider(driver) {
         let fake = FakeOpenAi::start();
         let gw = ai_gateway(&fake, "", driver);
@@ -781,7 +777,7 @@ on_both_drivers! {
 // Streaming usage
 // ---------------------------------------------------------------------------
 
-on_both_drivers! {
+on_default_driver! {
     fn stream_usage_is_requested_upstream_and_hidden_from_a_client_that_did_not_ask(driver) {
         let fake = FakeOpenAi::start();
         fake.set_usage(21, 7, 0);
@@ -806,7 +802,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn client_that_asked_for_stream_usage_gets_the_usage_chunk_before_done(driver) {
         let fake = FakeOpenAi::start();
         fake.set_usage(21, 7, 0);
@@ -864,13 +860,13 @@ fn tpm_admits_two_then_refuses(driver: Driver, mode: Mode) {
     );
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn tpm_refuses_once_reported_usage_fills_the_minute(driver) {
         tpm_admits_two_then_refuses(driver, Mode::Whole);
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn tpm_counts_streamed_usage_the_client_did_not_ask_for(driver) {
         tpm_admits_two_then_refuses(driver, Mode::Stream);
     }
@@ -924,7 +920,7 @@ fn usd_budget_refuses_once_priced_usage_would_exceed_it() {
     assert_eq!(fake.request_count(), 3);
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn stream_that_crosses_the_budget_finishes_and_the_next_request_is_refused(driver) {
         let fake = FakeOpenAi::start();
         let gw = ai_gateway(&fake, "", driver);

@@ -11,19 +11,25 @@ use std::process::{Child, Command, Stdio};
 use common::*;
 use serde_json::Value;
 
-/// A running `credentialflow bench-upstream` on a free port; killed on drop.
+/// A running `credentialflow bench-upstream` on the port it chose; killed on drop.
 struct BenchUpstream {
     child: Child,
     addr: SocketAddr,
 }
 
 impl BenchUpstream {
-    /// Starts one worker with `args` and waits for its `listening on` line.
+    /// Starts one worker with `args` on `127.0.0.1:0` and reads the address it
+    /// bound from its `listening on ADDR` line (no port picked here and freed
+    /// for it: another process could take that port in between).
     fn start(args: &[&str]) -> BenchUpstream {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_credentialflow"))
-            .args(["bench-upstream", "--listen", &listen, "--workers", "1"])
+            .args([
+                "bench-upstream",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+            ])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -33,12 +39,13 @@ impl BenchUpstream {
         BufReader::new(child.stderr.take().unwrap())
             .read_line(&mut line)
             .expect("read bench-upstream stderr");
-        assert!(
-            line.contains("listening on"),
-            "bench-upstream said {line:?}"
-        );
+        let addr: SocketAddr = line
+            .trim()
+            .strip_prefix("bench-upstream listening on ")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("bench-upstream said {line:?}"));
+        assert_ne!(addr.port(), 0, "bench-upstream reported port 0: {line:?}");
         // The workers bind right after the line; give them a moment.
-        let addr: SocketAddr = listen.parse().unwrap();
         assert!(wait_until(WAIT, || std::net::TcpStream::connect(addr).is_ok()));
         BenchUpstream { child, addr }
     }
@@ -53,14 +60,6 @@ impl Drop for BenchUpstream {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The outcome of one `credentialflow bench` run.
@@ -108,6 +107,23 @@ fn ms(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
+/// Fails unless `latency` has every percentile the summary documents, each a
+/// number, in order: min <= p50 <= p90 <= p99 <= p99.9 <= max. Orders, not
+/// speeds: how fast a shared test machine answers is no part of the contract
+/// (speed targets live in `scripts/bench-matrix.sh`).
+fn assert_ordered_latency(latency: &Value, summary: &Value) {
+    let fields = ["min", "p50", "p90", "p99", "p99_9", "max"];
+    let values: Vec<f64> = fields.iter().map(|f| ms(&latency[*f])).collect();
+    for (pair, names) in values.windows(2).zip(fields.windows(2)) {
+        assert!(
+            pair[0] <= pair[1],
+            "{} > {} in {summary}",
+            names[0],
+            names[1]
+        );
+    }
+}
+
 #[test]
 fn closed_loop_sends_exactly_n_requests_and_counts_every_byte() {
     let upstream = BenchUpstream::start(&["--size", "128"]);
@@ -136,10 +152,17 @@ fn open_loop_sends_the_offered_rate() {
     let upstream = BenchUpstream::start(&[]);
     let s = bench_ok(&[&upstream.url(), "--rate", "500", "-d", "3s", "-c", "4"]);
     assert_eq!(s["mode"], "open");
+    // 500/s for 3 s schedules 1500 sends. An open loop never sends ahead of its
+    // schedule, so the count is at most that (a slot per connection of rounding
+    // at the window's edges allowed); a loaded machine may send fewer, but not
+    // fewer than a tenth of it.
+    let scheduled = 500 * 3;
     let requests = s["requests"].as_u64().unwrap();
-    assert!((1350..=1650).contains(&requests), "{s}");
+    assert!((scheduled / 10..=scheduled + 4).contains(&requests), "{s}");
+    // The achieved rate is the count over the run's duration, never above the
+    // offered rate (give or take the edges of the measured window).
     let rps = ms(&s["rps"]);
-    assert!((450.0..=550.0).contains(&rps), "{s}");
+    assert!(rps > 0.0 && rps <= 500.0 * 1.05, "{s}");
     assert_eq!(s["errors_total"], 0, "{s}");
 }
 
@@ -148,10 +171,11 @@ fn latency_percentiles_reflect_a_known_server_delay() {
     let upstream = BenchUpstream::start(&["--delay-ms", "50"]);
     let s = bench_ok(&[&upstream.url(), "-d", "2s", "-c", "4"]);
     let latency = &s["latency_ms"];
+    // The server waits 50 ms before every answer: no request can be faster.
     assert!(ms(&latency["p50"]) >= 50.0, "{s}");
     assert!(ms(&latency["p99"]) >= 50.0, "{s}");
-    assert!(ms(&latency["p99"]) < 90.0, "{s}");
     assert!(ms(&latency["min"]) >= 50.0, "{s}");
+    assert_ordered_latency(latency, &s);
 }
 
 #[test]
@@ -163,7 +187,14 @@ fn open_loop_counts_queueing_behind_a_slow_server() {
     assert!(ms(&open["latency_ms"]["p99"]) > 500.0, "{open}");
     assert!(open["unsent"].as_u64().unwrap() > 100, "{open}");
     let closed = bench_ok(&[&upstream.url(), "-d", "1s", "-c", "1"]);
-    assert!(ms(&closed["latency_ms"]["p99"]) < 90.0, "{closed}");
+    // A closed loop never queues: its latency is the server's own, far below the
+    // open loop's queue of a second or more.
+    assert!(ms(&closed["latency_ms"]["p99"]) >= 50.0, "{closed}");
+    assert!(
+        ms(&closed["latency_ms"]["p99"]) < ms(&open["latency_ms"]["p99"]),
+        "closed {closed}\nopen {open}"
+    );
+    assert_ordered_latency(&closed["latency_ms"], &closed);
     assert_eq!(closed["unsent"], 0, "{closed}");
 }
 
@@ -174,9 +205,15 @@ fn stream_times_the_first_and_the_last_event() {
     let stream = &s["stream"];
     assert_eq!(stream["events"], 100, "{s}");
     assert_eq!(stream["responses_with_events"], 20, "{s}");
-    assert!(ms(&stream["first_event_ms"]["p99"]) < 40.0, "{s}");
+    // Five events 40 ms apart: the last comes at least 160 ms after the first,
+    // and never before it.
     assert!(ms(&stream["last_event_ms"]["p50"]) >= 160.0, "{s}");
-    assert!(ms(&stream["last_event_ms"]["p50"]) < 250.0, "{s}");
+    assert_ordered_latency(&stream["first_event_ms"], &s);
+    assert_ordered_latency(&stream["last_event_ms"], &s);
+    assert!(
+        ms(&stream["first_event_ms"]["p50"]) + 160.0 <= ms(&stream["last_event_ms"]["p50"]),
+        "{s}"
+    );
 }
 
 #[test]

@@ -92,7 +92,7 @@ fn expect_status_within(
 /// to a second after the nominal instant.
 const SECOND_GRANULARITY: Duration = Duration::from_secs(1);
 
-on_both_drivers! {
+on_default_driver! {
     fn key_from_admin_api_reaches_the_upstream_without_the_client_credential(driver) {
         let (upstream, gw) = keyed_gateway(driver);
         let key = create_key(&gw, &json!({ "name": "svc-a", "team": "payments" }));
@@ -119,7 +119,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn missing_unknown_and_revoked_keys_get_the_same_401(driver) {
         let (upstream, gw) = keyed_gateway(driver);
         let key = create_key(&gw, &json!({ "name": "soon-revoked" }));
@@ -146,7 +146,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn key_from_cli_works_and_cli_revoke_rejects_it_within_1s(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let key = cli_create_key(&gw, "cli-made", &["--team", "ops"]);
@@ -157,7 +157,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn admin_revoke_rejects_on_every_worker_within_1s(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let key = create_key(&gw, &json!({ "name": "to-revoke" }));
@@ -228,7 +228,7 @@ fn revocation_reaches_every_worker_within_1s_worst_of_50_trials() {
     );
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn rotation_keeps_the_old_secret_during_grace_then_rejects_it(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let old = create_key(&gw, &json!({ "name": "rotating" }));
@@ -259,7 +259,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn rotation_with_zero_grace_rejects_the_old_secret_within_1s(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let old = create_key(&gw, &json!({ "name": "rotating-now" }));
@@ -270,7 +270,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn cli_rotation_with_zero_grace_rejects_the_old_secret_within_1s(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let old = cli_create_key(&gw, "cli-rotating", &[]);
@@ -282,7 +282,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn key_stops_working_when_it_expires(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let created_at = Instant::now();
@@ -307,7 +307,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn patching_routes_away_turns_200_into_403_within_1s(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let key = create_key(&gw, &json!({ "name": "narrowed", "routes": ["api"] }));
@@ -326,7 +326,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn cli_update_of_routes_turns_200_into_403_within_1s(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let key = cli_create_key(&gw, "cli-narrowed", &["--routes", "api"]);
@@ -337,7 +337,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn key_outside_its_routes_or_scopes_is_403(driver) {
         let (upstream, gw) = keyed_gateway(driver);
         let api_only = create_key(&gw, &json!({ "name": "api-only", "routes": ["api"] }));
@@ -356,7 +356,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn admin_keys_api_needs_the_admin_token(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let body = json!({ "name": "x" });
@@ -408,7 +408,7 @@ fn assert_record_without_secret(record: &Value, secret: &str) {
     );
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn admin_lists_records_without_secrets_and_keeps_revoked_keys(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let kept = create_key(&gw, &json!({ "name": "kept", "team": "t1", "rpm": 60 }));
@@ -449,7 +449,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn cli_list_and_show_print_no_secret(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let api_key = create_key(&gw, &json!({ "name": "listed-a" }));
@@ -480,7 +480,7 @@ fn audit_action_is(line: &str, action: &str) -> bool {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn audit_shows_every_key_action_with_actor_and_key_id_but_no_secret(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let created = create_key(&gw, &json!({ "name": "audited" }));

@@ -38,7 +38,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn client_outside_allow_list_is_403(driver) {
         let (upstream, gw) = gateway_with("none", "allow_ips = [\"10.0.0.0/8\"]", driver);
         assert_denied(&upstream, &gw);
@@ -54,7 +54,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn deny_wins_over_allow(driver) {
         let (upstream, gw) = gateway_with(
             "none",
@@ -65,7 +65,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn ipv6_lists_do_not_match_an_ipv4_client(driver) {
         // Only an IPv6 range allowed: a 127.0.0.1 client is outside it.
         let (upstream, gw) = gateway_with("none", "allow_ips = [\"::1/128\"]", driver);
@@ -76,7 +76,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn ip_lists_are_checked_before_authentication(driver) {
         // Without a key this route would answer 401; the IP rule answers first.
         let (upstream, gw) = gateway_with("api_key", "deny_ips = [\"127.0.0.0/8\"]", driver);

@@ -158,35 +158,35 @@ fn test_signer_base64url_matches_rfc_4648_vectors_without_padding() {
     assert_eq!(b64url(&[0xfb, 0xff]), "-_8");
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn hs256_token_is_accepted(driver) {
         let s = jwt_gateway(driver);
         s.assert_accepted("hs", &token(&Signer::hs256(HS_SECRET.as_bytes()), &good_claims()));
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn rs256_token_is_accepted_with_a_public_key_pem(driver) {
         let s = jwt_gateway(driver);
         s.assert_accepted("rs", &token(&Signer::rs256(), &good_claims()));
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn es256_token_is_accepted_with_a_public_key_pem(driver) {
         let s = jwt_gateway(driver);
         s.assert_accepted("es", &token(&s.es256.signer, &good_claims()));
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn eddsa_token_is_accepted_with_a_public_key_pem(driver) {
         let s = jwt_gateway(driver);
         s.assert_accepted("ed", &token(&s.ed25519.signer, &good_claims()));
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn rs256_token_is_accepted_with_a_key_from_the_jwks_url(driver) {
         let s = jwt_gateway(driver);
         let jwt = sign(&Signer::rs256(), json!({ "kid": KID }), &good_claims());
@@ -195,7 +195,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn missing_or_malformed_token_is_401(driver) {
         let s = jwt_gateway(driver);
         assert_unauthenticated(&get_with_key(s.gw.addr(), "/hs/x", None));
@@ -205,7 +205,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn expired_token_is_401(driver) {
         let s = jwt_gateway(driver);
         let now = now();
@@ -216,7 +216,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn token_not_yet_valid_is_401(driver) {
         let s = jwt_gateway(driver);
         let claims = claims_with("nbf", json!(now() + 120));
@@ -225,7 +225,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn wrong_issuer_is_401(driver) {
         let s = jwt_gateway(driver);
         let claims = claims_with("iss", json!("https://evil.test"));
@@ -234,7 +234,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn wrong_audience_is_401(driver) {
         let s = jwt_gateway(driver);
         let claims = claims_with("aud", json!("someone-else"));
@@ -243,7 +243,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn token_signed_with_another_key_is_401(driver) {
         let s = jwt_gateway(driver);
         let claims = good_claims();
@@ -258,7 +258,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn unknown_kid_is_401_after_refetching_the_jwks(driver) {
         let s = jwt_gateway(driver);
         s.assert_accepted("jwks", &sign(&Signer::rs256(), json!({ "kid": KID }), &good_claims()));
@@ -277,7 +277,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn alg_none_is_401(driver) {
         let s = jwt_gateway(driver);
         for route in ["hs", "rs", "es", "ed", "jwks"] {
@@ -294,7 +294,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn hs256_signed_with_the_rsa_public_key_is_401(driver) {
         // The classic confusion: a verifier that takes `alg` from the token
         // would check this HMAC with the PEM bytes as the secret.
@@ -312,7 +312,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn token_scopes_are_checked_against_route_scopes(driver) {
         let s = jwt_gateway(driver);
         let hs = Signer::hs256(HS_SECRET.as_bytes());

@@ -24,9 +24,6 @@ use serde_json::{json, Value};
 /// is enough (the suites of issues 1-2 cover both).
 const DRIVER: Driver = Driver::Uring;
 
-/// The contract's bound for a new key to reach every worker, with a margin.
-const KEY_PROPAGATION: Duration = Duration::from_millis(1200);
-
 /// `[lua] hook_timeout_ms` of the failure-mode gateways.
 const HOOK_TIMEOUT_MS: u64 = 50;
 

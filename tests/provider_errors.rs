@@ -10,8 +10,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::thread::sleep;
-use std::time::Duration;
 
 use common::fake_anthropic::ANTHROPIC_VERSION;
 use common::fake_openai::{send_json, KeyEcho, ECHO_RETRY_AFTER_SECS};
@@ -25,9 +23,6 @@ const OPENAI_KEY: &str = "opn4Q7x2Lm9Rt4Kp8Wz3Vn6Yb1Hc5Jd0";
 const AZURE_KEY: &str = "azr7Q2x9LmTk4Wp8Rz3Vn6Yb1Hc5Jd0F";
 const ANTHROPIC_KEY: &str = "ant5Lm9Rt4Kp8Wz3Vn6Yb1Hc5Jd0FgTe";
 const GEMINI_KEY: &str = "gem6Rt4Kp8Wz3Vn6Yb1Hc5Jd0FgTeQ7x";
-
-/// The contract's bound for a new key to reach every worker.
-const KEY_PROPAGATION: Duration = Duration::from_secs(1);
 
 /// One fake per provider kind (Azure is a second FakeOpenAi on Azure paths).
 struct Fakes {
@@ -232,7 +227,7 @@ fn gateway(fakes: &Fakes, driver: Driver) -> (Gateway, String) {
         .env("FAKE_GEMINI_KEY", GEMINI_KEY)
         .start();
     let key = create_key(&gw, &json!({ "name": "provider-errors", "team": "t" }));
-    sleep(KEY_PROPAGATION);
+    wait_for_ai_key(&gw, &key.secret);
     (gw, key.secret)
 }
 
@@ -353,7 +348,7 @@ fn doors(kind: Kind) -> Vec<(Door, &'static str)> {
     doors
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn provider_errors_keep_their_class_and_never_echo_the_provider_key(driver) {
         let fakes = Fakes::start();
         let (gw, key) = gateway(&fakes, driver);
@@ -394,7 +389,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn a_provider_refusing_the_gateways_key_is_502_upstream_error_everywhere(driver) {
         let fakes = Fakes::start();
         let (gw, key) = gateway(&fakes, driver);
@@ -485,7 +480,7 @@ fn an_oversized_provider_error_body_is_not_relayed() {
         .env("FAKE_OPENAI_KEY", OPENAI_KEY)
         .start();
     let key = create_key(&gw, &json!({ "name": "big", "team": "t" })).secret;
-    sleep(KEY_PROPAGATION);
+    wait_for_ai_key(&gw, &key);
 
     let response = call(&gw, &key, Door::Chat, "gpt");
     assert_nothing_of(OPENAI_KEY, &response, "oversized");
@@ -587,7 +582,7 @@ impl Fakes {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn errors_sent_mid_stream_reach_the_client_mapped_in_its_dialect_without_the_key(driver) {
         let fakes = Fakes::start();
         let (gw, key) = gateway(&fakes, driver);

@@ -163,7 +163,7 @@ fn reset_values_parse_as_go_durations() {
     assert_eq!(parse_go_duration(""), None);
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn key_rpm_admits_n_of_3n_concurrent_requests_and_answers_the_rest_429(driver) {
         const N: usize = 20;
         const THREADS: usize = 16;
@@ -212,7 +212,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn key_rpm_headers_count_down_one_slot_per_request(driver) {
         const N: u64 = 5;
         let slot = Duration::from_secs(60 / N);
@@ -250,7 +250,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn key_rps_bursts_then_admits_again_after_retry_after(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let key = limited_key(&gw, "rps", json!({ "rps": 2 }));
@@ -299,7 +299,7 @@ fn route_limited_config(target: &str) -> String {
     config(&cfg)
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn route_rate_limit_admits_its_burst_then_429s_everyone_and_spares_other_routes(driver) {
         let upstream = Upstream::echo("backend");
         let gw = Gateway::start(&route_limited_config(&upstream.target()), driver);
@@ -356,7 +356,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn route_rate_limit_with_burst_0_admits_one_seconds_worth_of_a_fractional_rps(driver) {
         let upstream = Upstream::echo("backend");
         let gw = Gateway::start(&route_limited_config(&upstream.target()), driver);
@@ -371,7 +371,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn upstream_x_ratelimit_headers_are_replaced_by_the_gateways_own(driver) {
         let upstream = Upstream::replying(
             "backend",
@@ -413,7 +413,7 @@ fn ip_limited_config(target: &str) -> String {
     config(&cfg)
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn ip_rate_limit_limits_one_client_address_and_not_another(driver) {
         let upstream = Upstream::echo("backend");
         let gw = Gateway::start(&ip_limited_config(&upstream.target()), driver);
@@ -437,7 +437,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn ip_rate_limit_is_checked_before_auth_so_bad_credentials_are_limited_too(driver) {
         let upstream = Upstream::echo("backend");
         let gw = Gateway::start(&ip_limited_config(&upstream.target()), driver);
@@ -462,7 +462,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn rejected_requests_do_not_consume_the_key_quota(driver) {
         // rpm 30: 30 at once, then one slot every 2 s.
         const N: u64 = 30;
@@ -530,7 +530,7 @@ auth = "api_key"
     )
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn requests_refused_by_auth_do_not_consume_the_route_rate_limit(driver) {
         let upstream = Upstream::echo("backend");
         let gw = Gateway::start(&config(&guarded_config(&upstream.target())), driver);
@@ -559,7 +559,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn a_request_refused_by_the_key_limit_does_not_consume_the_route_limit(driver) {
         let upstream = Upstream::echo("backend");
         let gw = Gateway::start(&config(&guarded_config(&upstream.target())), driver);
@@ -584,7 +584,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn the_limiter_with_the_lowest_remaining_is_reported(driver) {
         let upstream = Upstream::echo("backend");
         let gw = Gateway::start(&config(&guarded_config(&upstream.target())), driver);
@@ -640,8 +640,11 @@ on_both_drivers! {
                 let third = get_keyed(&gw, &format!("/held-{round}/third"), &key.secret);
                 let waited = sent.elapsed();
                 assert_rate_limited(&third, "concurrency_limit_exceeded");
+                // Waiting for a slot would mean waiting for the gate, which opens
+                // only after this check: any bound short of the client's read
+                // timeout tells the two apart, so a loaded machine cannot flake it.
                 assert!(
-                    waited < Duration::from_millis(500),
+                    waited < WAIT / 2,
                     "round {round}: the 429 took {waited:?}; it must not wait for a slot"
                 );
                 assert_eq!(
@@ -668,7 +671,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn key_rpm_is_shared_by_connections_on_every_worker(driver) {
         const N: usize = 16;
         const CONNECTIONS: usize = 16;
@@ -727,7 +730,7 @@ on_both_drivers! {
     }
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn key_limit_changed_through_the_admin_api_applies_within_1s_without_restart(driver) {
         let (_upstream, gw) = keyed_gateway(driver);
         let key = limited_key(&gw, "raised", json!({ "rpm": 1 }));

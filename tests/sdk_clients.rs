@@ -31,9 +31,6 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 /// The provider's own API key, given to the gateway as `env:PROVIDER_KEY`.
 const PROVIDER_KEY: &str = "sk-provider-secret-0123456789abcdef";
 
-/// The contract's bound for a key made through the admin API to reach every worker.
-const KEY_PROPAGATION: Duration = Duration::from_secs(1);
-
 /// The user message of `openai_chat.py` and `anthropic_messages.py` (the mock echoes it).
 const GREETING: &str = "Say hello to the gateway.";
 

@@ -142,7 +142,7 @@ fn get_with(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Response {
     roundtrip(gw.addr(), &request("GET", path, &all, b""))
 }
 
-on_both_drivers! {
+on_default_driver! {
     fn canary_secrets_never_appear_outside_the_upstream(driver) {
         canary_session(driver);
     }

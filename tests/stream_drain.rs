@@ -27,9 +27,6 @@ const OPENAI_MODEL: &str = "gpt-mini";
 const CLAUDE_MODEL: &str = "claude";
 const GEMINI_MODEL: &str = "gemini";
 
-/// The contract's bound for a new key to reach every worker.
-const KEY_PROPAGATION: Duration = Duration::from_secs(1);
-
 /// Words in the fakes' streamed replies: one event each.
 const WORDS: usize = 100;
 

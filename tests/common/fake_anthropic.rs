@@ -24,9 +24,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::fake_openai::{
-    echo_failure_headers, reply_pieces, send_event_stream, send_event_stream_ending, send_json,
-    Conn, FakeServer, KeyEcho, MidStreamError, RecordedRequest, StreamEnd,
+use super::fake_openai::reply_pieces;
+use super::fake_server::{
+    echo_failure_headers, send_event_stream, send_event_stream_ending, send_json, Conn, Failure,
+    FakeServer, KeyEcho, MidStreamError, RecordedRequest, StreamEnd,
 };
 
 /// The assistant text answered until a test sets its own.
@@ -55,13 +56,9 @@ struct ToolCall {
     input_json: String,
 }
 
-#[derive(Debug, Clone)]
-struct Failure {
-    status: u16,
-    error_type: String,
-    /// Whether (and how) the message repeats the credential the request carried.
-    echo: Option<KeyEcho>,
-}
+/// What one request is answered with, read before the request is recorded:
+/// the answer, a queued failure and the key the fake requires.
+type Planned = (Answer, Option<Failure>, Option<String>);
 
 struct Behaviour {
     usage: AnthropicUsage,
@@ -111,26 +108,30 @@ impl FakeAnthropic {
             stream_error: None,
         }));
         let shared = behaviour.clone();
-        let server = FakeServer::start(Box::new(move |conn, request, ordinal, keep_alive| {
-            let (answer, failure, required_key) = {
-                let mut b = shared.lock().unwrap();
-                let failure = b.failures.pop_front();
-                let mut answer = Answer::of(&b);
-                answer.stream_error = b.stream_error.take().map(|e| {
-                    let body = error_body(&e.error_type, &e.echo.message(request));
-                    (
-                        e.after,
-                        format!("event: error\ndata: {body}\n\n").into_bytes(),
-                    )
-                });
-                (answer, failure, b.required_key.clone())
-            };
+        let plan = move |request: &RecordedRequest| {
+            let mut b = shared.lock().unwrap();
+            let failure = b.failures.pop_front();
+            let mut answer = Answer::of(&b);
+            answer.stream_error = b.stream_error.take().map(|e| {
+                let body = error_body(&e.error_type, &e.echo.message(request));
+                (
+                    e.after,
+                    format!("event: error\ndata: {body}\n\n").into_bytes(),
+                )
+            });
+            (answer, failure, b.required_key.clone())
+        };
+        let respond = |conn: &mut Conn,
+                       request: &RecordedRequest,
+                       (answer, failure, required_key): Planned,
+                       ordinal: usize,
+                       keep_alive: bool| {
             if let Some(failure) = failure {
                 let message = match failure.echo {
                     Some(echo) => echo.message(request),
                     None => "The fake was told to fail.".to_string(),
                 };
-                let body = error_body(&failure.error_type, &message);
+                let body = error_body(&failure.name, &message);
                 let mut headers = request_id(ordinal);
                 if failure.echo.is_some() {
                     headers.extend(echo_failure_headers(failure.status));
@@ -138,7 +139,8 @@ impl FakeAnthropic {
                 return send_json(conn, failure.status, &body, keep_alive, &headers);
             }
             answer.respond(conn, request, ordinal, keep_alive, required_key.as_deref())
-        }));
+        };
+        let server = FakeServer::start_planned(plan, respond);
         FakeAnthropic { server, behaviour }
     }
 
@@ -202,7 +204,7 @@ impl FakeAnthropic {
         for _ in 0..n {
             b.failures.push_back(Failure {
                 status,
-                error_type: error_type.to_string(),
+                name: error_type.to_string(),
                 echo: None,
             });
         }
@@ -227,7 +229,7 @@ impl FakeAnthropic {
         for _ in 0..n {
             b.failures.push_back(Failure {
                 status,
-                error_type: error_type.to_string(),
+                name: error_type.to_string(),
                 echo: Some(echo),
             });
         }

@@ -23,9 +23,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::fake_openai::{
-    echo_failure_headers, reply_pieces, send_event_stream, send_event_stream_ending, send_json,
-    Conn, FakeServer, KeyEcho, MidStreamError, RecordedRequest, StreamEnd,
+use super::fake_openai::reply_pieces;
+use super::fake_server::{
+    echo_failure_headers, send_event_stream, send_event_stream_ending, send_json, Conn, Failure,
+    FakeServer, KeyEcho, MidStreamError, RecordedRequest, StreamEnd,
 };
 
 /// The assistant text answered until a test sets its own.
@@ -48,13 +49,9 @@ struct FunctionCall {
     args_json: String,
 }
 
-#[derive(Debug, Clone)]
-struct Failure {
-    status: u16,
-    status_name: String,
-    /// Whether (and how) the message repeats the credential the request carried.
-    echo: Option<KeyEcho>,
-}
+/// What one request is answered with, read before the request is recorded:
+/// the answer, a queued failure and the key the fake requires.
+type Planned = (Answer, Option<Failure>, Option<String>);
 
 struct Behaviour {
     usage: GeminiUsage,
@@ -104,24 +101,28 @@ impl FakeGemini {
             stream_error: None,
         }));
         let shared = behaviour.clone();
-        let server = FakeServer::start(Box::new(move |conn, request, ordinal, keep_alive| {
-            let (answer, failure, required_key) = {
-                let mut b = shared.lock().unwrap();
-                let failure = b.failures.pop_front();
-                let mut answer = Answer::of(&b);
-                answer.stream_error = b.stream_error.take().map(|e| {
-                    let message = e.echo.message(request);
-                    let body = error_body(e.status, &e.error_type, &message);
-                    (e.after, format!("data: {body}\r\n\r\n").into_bytes())
-                });
-                (answer, failure, b.required_key.clone())
-            };
+        let plan = move |request: &RecordedRequest| {
+            let mut b = shared.lock().unwrap();
+            let failure = b.failures.pop_front();
+            let mut answer = Answer::of(&b);
+            answer.stream_error = b.stream_error.take().map(|e| {
+                let message = e.echo.message(request);
+                let body = error_body(e.status, &e.error_type, &message);
+                (e.after, format!("data: {body}\r\n\r\n").into_bytes())
+            });
+            (answer, failure, b.required_key.clone())
+        };
+        let respond = |conn: &mut Conn,
+                       request: &RecordedRequest,
+                       (answer, failure, required_key): Planned,
+                       ordinal: usize,
+                       keep_alive: bool| {
             if let Some(failure) = failure {
                 let message = match failure.echo {
                     Some(echo) => echo.message(request),
                     None => "The fake was told to fail.".to_string(),
                 };
-                let body = error_body(failure.status, &failure.status_name, &message);
+                let body = error_body(failure.status, &failure.name, &message);
                 let headers = match failure.echo {
                     Some(_) => echo_failure_headers(failure.status),
                     None => Vec::new(),
@@ -129,7 +130,8 @@ impl FakeGemini {
                 return send_json(conn, failure.status, &body, keep_alive, &headers);
             }
             answer.respond(conn, request, ordinal, keep_alive, required_key.as_deref())
-        }));
+        };
+        let server = FakeServer::start_planned(plan, respond);
         FakeGemini { server, behaviour }
     }
 
@@ -193,7 +195,7 @@ impl FakeGemini {
         for _ in 0..n {
             b.failures.push_back(Failure {
                 status,
-                status_name: status_name.to_string(),
+                name: status_name.to_string(),
                 echo: None,
             });
         }
@@ -224,7 +226,7 @@ impl FakeGemini {
         for _ in 0..n {
             b.failures.push_back(Failure {
                 status,
-                status_name: status_name.to_string(),
+                name: status_name.to_string(),
                 echo: Some(echo),
             });
         }

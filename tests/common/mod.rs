@@ -10,6 +10,7 @@ pub mod client;
 pub mod fake_anthropic;
 pub mod fake_gemini;
 pub mod fake_openai;
+pub mod fake_server;
 pub mod gateway;
 pub mod jwt;
 pub mod keys;
@@ -24,7 +25,8 @@ pub use certs::{Leaf, TestCa};
 pub use client::{chunked_body, get, http_get, request, roundtrip, Client, Response};
 pub use fake_anthropic::FakeAnthropic;
 pub use fake_gemini::FakeGemini;
-pub use fake_openai::{FakeOpenAi, FakeServer, FakeUsage};
+pub use fake_openai::{FakeOpenAi, FakeUsage};
+pub use fake_server::FakeServer;
 pub use gateway::{
     check_config, config, config_with, proxy_config, route_toml, upstream_toml, Driver, Gateway,
     ADMIN_TOKEN,
@@ -35,8 +37,26 @@ pub use upstream::{refused_addr, Echo, Gate, RecordedRequest, Reply, Upstream};
 /// on purpose: the suite runs on a loaded 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How long a key change made in the store (create, revoke, rotate, a limit or
+/// route update, by the admin API or the CLI) may take to reach every worker.
+///
+/// The credential cache's watcher applies store changes every
+/// [`credentialflow::auth::POLL_INTERVAL`], so a change lands within one
+/// interval of being written; two intervals cover a watcher pass already under
+/// way, and the slack covers a loaded 2-core machine scheduling the watcher
+/// late. Derived rather than written out so a faster or slower watcher moves
+/// every test's bound with it.
+pub const KEY_PROPAGATION: Duration = Duration::from_millis(
+    credentialflow::auth::POLL_INTERVAL.as_millis() as u64 * 2 + KEY_PROPAGATION_SLACK_MS,
+);
+
+/// The scheduling slack in [`KEY_PROPAGATION`], in milliseconds.
+const KEY_PROPAGATION_SLACK_MS: u64 = 800;
+
 /// Generates two tests, `NAME::uring` and `NAME::epoll`, running the same body
-/// under each monoio driver.
+/// under each monoio driver. For suites whose subject is I/O (framing,
+/// proxying, streaming, timeouts, TLS, connection limits): the drivers differ
+/// exactly there. Logic-only tests use [`on_default_driver!`].
 #[macro_export]
 macro_rules! on_both_drivers {
     ($(#[$meta:meta])* fn $name:ident($driver:ident) $body:block) => {
@@ -55,6 +75,30 @@ macro_rules! on_both_drivers {
             #[test]
             fn epoll() {
                 run($crate::common::Driver::Epoll)
+            }
+        }
+    };
+}
+
+/// Generates one test, `NAME::uring`, running the body on the default driver
+/// (io_uring). For tests whose subject is logic above the socket layer (auth,
+/// translation, metering, error mapping, admission): both drivers hand the
+/// same bytes to that logic, so a second run adds time, not coverage. The body
+/// keeps its `driver` argument, so a test moves between this macro and
+/// [`on_both_drivers!`] by changing the macro name alone.
+#[macro_export]
+macro_rules! on_default_driver {
+    ($(#[$meta:meta])* fn $name:ident($driver:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($driver: $crate::common::Driver) $body
+
+            #[test]
+            fn uring() {
+                run($crate::common::Driver::Uring)
             }
         }
     };

@@ -414,10 +414,23 @@ impl Drop for Upstream {
 }
 
 /// An address on which nothing listens: connecting is refused.
+///
+/// The port stays bound, by a socket that never listens, for the rest of the
+/// test process: a port bound and then freed could be taken by anything else
+/// starting meanwhile (another test's server), which would then answer.
 pub fn refused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("create a socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind 127.0.0.1:0");
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("the bound address");
+    // Held, never listened on: a connect gets a reset, and the port is not free.
+    Box::leak(Box::new(socket));
     addr
 }
 
