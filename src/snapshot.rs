@@ -13,20 +13,20 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::admission::{budget_limit, gcra_per_minute, gcra_per_second, Admission, RouteLimiter};
 use crate::ai::prompt::Prompts;
 use crate::ai::Catalog;
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::{CredentialCache, IpRules};
 use crate::config::{self, AuthKind, Config, SecretWatcher};
 use crate::limits::Gcra;
+use crate::limits::{budget_limit, gcra_per_minute, gcra_per_second, Admission, RouteLimiter};
+use crate::limits::{BudgetLimit, BudgetTable};
 use crate::lua::{ScriptId, ScriptSet};
-use crate::meter::{BudgetLimit, BudgetTable};
 use crate::metrics::{self, RouteMetrics};
 use crate::router::{RouteEntry, Router};
+use crate::store::usage::UsageSender;
 use crate::tls;
 use crate::upstream::Upstream;
-use crate::usage::UsageSender;
 
 mod carry;
 

@@ -16,9 +16,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::budget::{usd_to_nano, BudgetLimit, Period};
+use super::gcra::{Decision, Gcra};
+use super::table::LimiterTable;
+use crate::clock::{Clock, SystemClock};
 use crate::http1::StrBuf;
-use crate::limits::{Clock, Decision, Gcra, LimiterTable, SystemClock};
-use crate::meter::{usd_to_nano, BudgetLimit, Period};
 
 /// Entries per keyed table before new keys are admitted without state (see
 /// [`LimiterTable`]): far above any real key count, small enough to bound memory (~100 MB).
@@ -174,7 +176,7 @@ pub fn budget_limit(
     limit.is_limited().then_some(limit)
 }
 
-/// Budget scope names in the [`BudgetTable`](crate::meter::BudgetTable).
+/// Budget scope names in the [`BudgetTable`](crate::limits::BudgetTable).
 pub fn key_scope(id: &str) -> String {
     format!("key:{id}")
 }

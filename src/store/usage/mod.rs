@@ -1,5 +1,6 @@
-//! The usage ledger (issue 4): one row per metered request in `data_dir/usage.db`, and the
-//! reports read from it.
+//! The usage ledger: one row per metered request in `data_dir/usage.db`, and the reports
+//! read from it. It sits in the store beside the keys and the audit log: all three are the
+//! gateway's records in `data_dir`, written off the data plane.
 //!
 //! - [`ledger`]: workers hand [`UsageEvent`]s to a [`UsageSender`] (never blocks); one
 //!   writer thread owned by the [`Ledger`] stores them in batches at least once a second.
@@ -158,11 +159,4 @@ fn open_for_reading(data_dir: &Path) -> Result<Option<Connection>, LedgerError> 
         |row| row.get(0),
     )?;
     Ok(has_table.then_some(conn))
-}
-
-/// The current time in unix milliseconds, what `--since 24h` counts back from.
-pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -180,7 +180,7 @@ fn count(value: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::{Ledger, UsageEvent};
+    use crate::store::usage::{Ledger, UsageEvent};
     use std::path::PathBuf;
 
     /// A data directory holding a ledger with the given events; removed on drop.
