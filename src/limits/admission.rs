@@ -1,5 +1,5 @@
 //! Admission state shared by every worker: the limiter tables that keys, teams, routes and
-//! client addresses are counted in, and the `x-ratelimit-*` headers their decisions report.
+//! client addresses are counted in.
 //!
 //! One [`Admission`] lives in [`Shared`](crate::snapshot::Shared) for the life of the process,
 //! so a key's quota survives config reloads and is the same on every core. Route limiter state
@@ -7,7 +7,6 @@
 //! that keeps a route keeps its counters too. A background thread sweeps quiet entries.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -16,11 +15,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::budget::{usd_to_nano, BudgetLimit, Period};
-use super::gcra::{Decision, Gcra};
 use super::table::LimiterTable;
 use crate::clock::{Clock, SystemClock};
-use crate::http1::StrBuf;
 
 /// Entries per keyed table before new keys are admitted without state (see
 /// [`LimiterTable`]): far above any real key count, small enough to bound memory (~100 MB).
@@ -146,175 +142,11 @@ impl Admission {
     }
 }
 
-/// A rate of `per_second` requests with `burst` at once, 0 = one second's worth (at least 1).
-pub fn gcra_per_second(per_second: f64, burst: u32) -> Option<Gcra> {
-    let burst = if burst == 0 {
-        per_second.ceil().max(1.0) as u64
-    } else {
-        burst as u64
-    };
-    Gcra::from_rate(per_second, burst)
-}
-
-/// `per_minute` requests with a whole minute's quota admissible at once.
-pub fn gcra_per_minute(per_minute: u64) -> Option<Gcra> {
-    Gcra::per_minute(per_minute, per_minute)
-}
-
-/// A budget from its settings (a key's or a `[[team]]`'s); `None` when nothing is capped.
-/// An unknown period counts as `total`: config validation and the key store refuse them.
-pub fn budget_limit(
-    usd: Option<f64>,
-    tokens: Option<u64>,
-    period: Option<&str>,
-) -> Option<BudgetLimit> {
-    let limit = BudgetLimit {
-        tokens,
-        nano_usd: usd.map(usd_to_nano),
-        period: Period::from_setting(period).unwrap_or(Period::Total),
-    };
-    limit.is_limited().then_some(limit)
-}
-
-/// Budget scope names in the [`BudgetTable`](crate::limits::BudgetTable).
-pub fn key_scope(id: &str) -> String {
-    format!("key:{id}")
-}
-
-/// See [`key_scope`].
-pub fn team_scope(team: &str) -> String {
-    format!("team:{team}")
-}
-
-/// The decisions a response reports in its `x-ratelimit-*` headers.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RateReport {
-    /// The request limiter with the least remaining.
-    pub requests: Option<Decision>,
-    /// The token limiter with the least remaining.
-    pub tokens: Option<Decision>,
-}
-
-impl RateReport {
-    /// Records a request-limiter decision, keeping the most constraining one.
-    pub fn requests(&mut self, d: Decision) {
-        self.requests = Some(most_constraining(self.requests, d));
-    }
-
-    /// Records a token-limiter decision, keeping the most constraining one.
-    pub fn tokens(&mut self, d: Decision) {
-        self.tokens = Some(most_constraining(self.tokens, d));
-    }
-
-    /// Whether there is anything to report.
-    pub fn is_empty(&self) -> bool {
-        self.requests.is_none() && self.tokens.is_none()
-    }
-
-    /// Appends the `x-ratelimit-*` header lines (OpenAI's names) to `out`.
-    pub fn write_headers(&self, out: &mut Vec<u8>) {
-        for (suffix, decision) in [("requests", self.requests), ("tokens", self.tokens)] {
-            if let Some(d) = decision {
-                let _ = write!(
-                    StrBuf(out),
-                    "x-ratelimit-limit-{suffix}: {}\r\nx-ratelimit-remaining-{suffix}: {}\r\nx-ratelimit-reset-{suffix}: {}\r\n",
-                    d.limit,
-                    d.remaining,
-                    format_reset(d.reset_after_ns)
-                );
-            }
-        }
-    }
-}
-
-fn most_constraining(current: Option<Decision>, new: Decision) -> Decision {
-    match current {
-        Some(c) if c.remaining < new.remaining => c,
-        Some(c) if c.remaining == new.remaining && c.reset_after_ns >= new.reset_after_ns => c,
-        _ => new,
-    }
-}
-
-/// A duration in the style OpenAI uses for `x-ratelimit-reset-*` (Go's `Duration.String`
-/// rounded to milliseconds): `"0s"`, `"250ms"`, `"1s"`, `"1.5s"`, `"6m0s"`, `"1h2m3s"`.
-pub fn format_reset(ns: u64) -> String {
-    let ms = ns.div_ceil(1_000_000);
-    if ms == 0 {
-        return "0s".to_string();
-    }
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let hours = ms / 3_600_000;
-    let minutes = (ms / 60_000) % 60;
-    let seconds_ms = ms % 60_000;
-    let mut out = String::new();
-    if hours > 0 {
-        let _ = write!(out, "{hours}h");
-    }
-    if hours > 0 || minutes > 0 {
-        let _ = write!(out, "{minutes}m");
-    }
-    let (whole, frac) = (seconds_ms / 1000, seconds_ms % 1000);
-    if frac == 0 {
-        let _ = write!(out, "{whole}s");
-    } else {
-        let frac = format!("{frac:03}");
-        let _ = write!(out, "{whole}.{}s", frac.trim_end_matches('0'));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::ManualClock;
-
-    fn decision(remaining: u64, reset_after_ns: u64) -> Decision {
-        Decision {
-            allowed: true,
-            limit: 10,
-            remaining,
-            reset_after_ns,
-            retry_after_ns: 0,
-        }
-    }
-
-    #[test]
-    fn reset_durations_read_like_openai_headers() {
-        assert_eq!(format_reset(0), "0s");
-        assert_eq!(format_reset(250_000_000), "250ms");
-        assert_eq!(format_reset(1), "1ms");
-        assert_eq!(format_reset(1_000_000_000), "1s");
-        assert_eq!(format_reset(1_500_000_000), "1.5s");
-        assert_eq!(format_reset(360_000_000_000), "6m0s");
-        assert_eq!(format_reset(3_723_000_000_000), "1h2m3s");
-        assert_eq!(format_reset(61_250_000_000), "1m1.25s");
-    }
-
-    #[test]
-    fn report_keeps_the_limiter_with_least_remaining() {
-        let mut report = RateReport::default();
-        report.requests(decision(5, 1_000_000_000));
-        report.requests(decision(2, 500_000_000));
-        report.requests(decision(7, 9_000_000_000));
-        assert_eq!(report.requests.unwrap().remaining, 2);
-        let mut out = Vec::new();
-        report.write_headers(&mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "x-ratelimit-limit-requests: 10\r\nx-ratelimit-remaining-requests: 2\r\nx-ratelimit-reset-requests: 500ms\r\n"
-        );
-    }
-
-    #[test]
-    fn default_burst_is_one_seconds_worth_and_at_least_one() {
-        assert_eq!(gcra_per_second(5.0, 0).unwrap().burst(), 5);
-        assert_eq!(gcra_per_second(0.5, 0).unwrap().burst(), 1);
-        assert_eq!(gcra_per_second(2.0, 7).unwrap().burst(), 7);
-        assert!(gcra_per_second(0.0, 0).is_none());
-        assert_eq!(gcra_per_minute(30).unwrap().burst(), 30);
-    }
+    use crate::clock::ManualClock;
+    use crate::limits::gcra_per_second;
 
     #[test]
     fn route_state_survives_a_lookup_by_the_same_name() {

@@ -1,14 +1,17 @@
 //! Admission: every limit a request is counted against before it goes upstream, and the
 //! settlement afterwards. One owner for rates, concurrency, tokens per minute and budgets.
 //!
-//! - [`gcra`]: the Generic Cell Rate Algorithm over one `AtomicU64` per limited thing.
+//! - [`gcra`]: the Generic Cell Rate Algorithm over one `AtomicU64` per limited thing, and
+//!   the rates built from settings ([`gcra_per_second`], [`gcra_per_minute`]).
 //! - [`concurrency`]: in-flight counters with RAII permits.
 //! - [`table`]: keyed limiter state (key id, route, client IP) shared by every worker,
 //!   bounded in memory and reclaimed when keys go quiet.
 //! - [`admission`]: the process-wide [`Admission`] tables (keys, teams, routes) that survive
-//!   reloads, their sweeper thread, and the `x-ratelimit-*` headers a response reports.
+//!   reloads, and their sweeper thread.
+//! - [`rate_headers`]: the `x-ratelimit-*` headers a response reports its decisions in.
 //! - [`budget`]: per-key and per-team budgets in tokens and nano-USD over UTC calendar
-//!   periods, with exact lock-free reservation and settlement; model prices to cost.
+//!   periods, with exact lock-free reservation and settlement; model prices to cost; budgets
+//!   and their scope names from settings ([`budget_limit`], [`key_scope`], [`team_scope`]).
 //! - [`charge`]: what an AI request reserves at admission and is charged when it ends
 //!   (reported usage, or for a stream that was cut, the larger of what it relayed and what it
 //!   reserved).
@@ -26,18 +29,18 @@ pub mod budget;
 pub mod charge;
 pub mod concurrency;
 pub mod gcra;
+pub mod rate_headers;
 pub mod table;
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
-pub use admission::{
-    budget_limit, gcra_per_minute, gcra_per_second, key_scope, team_scope, Admission, RateReport,
-    RouteLimiter,
-};
+pub use admission::{Admission, RouteLimiter};
 pub use budget::{
-    cost_nano_usd, nano_to_usd, period_start_ms, usd_to_nano, BudgetDimension, BudgetExceeded,
-    BudgetLimit, BudgetTable, Period, Prices, Reservation, UnknownPeriod,
+    budget_limit, cost_nano_usd, key_scope, nano_to_usd, period_start_ms, team_scope, usd_to_nano,
+    BudgetDimension, BudgetExceeded, BudgetLimit, BudgetTable, Period, Prices, Reservation,
+    UnknownPeriod,
 };
 pub use charge::{charged_usage, completion_reservation, Metered};
 pub use concurrency::{InFlight, Permit};
-pub use gcra::{Decision, Gcra};
+pub use gcra::{gcra_per_minute, gcra_per_second, Decision, Gcra};
+pub use rate_headers::RateReport;
 pub use table::{KeyPermit, LimiterTable};
