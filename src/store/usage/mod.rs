@@ -5,19 +5,19 @@
 //! - [`ledger`]: workers hand [`UsageEvent`]s to a [`UsageSender`] (never blocks); one
 //!   writer thread owned by the [`Ledger`] stores them in batches at least once a second.
 //! - [`report`]: spend per key, team or model since a point in time (`credentialflow usage`,
-//!   `GET /admin/usage`), and the totals budgets resume from at start-up.
-//! - [`since`]: the `--since` / `?since=` argument (`24h` or an RFC 3339 timestamp).
+//!   `GET /admin/usage`), the `--since` / `?since=` argument (`24h` or an RFC 3339
+//!   timestamp), and the totals budgets resume from at start-up.
 //!
 //! SQLite is touched only by the writer thread and by readers off the data plane (CLI, admin
 //! thread, start-up); a worker only pushes onto a channel.
 
 pub mod ledger;
 pub mod report;
-pub mod since;
 
 pub use ledger::{Ledger, LedgerStats, UsageSender};
-pub use report::{report, totals_by_key, totals_by_team, GroupBy, SpendTotals, UsageRow};
-pub use since::parse_since;
+pub use report::{
+    parse_since, report, totals_by_key, totals_by_team, GroupBy, SpendTotals, UsageRow,
+};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
