@@ -65,9 +65,10 @@ pub struct Route {
     pub hooks: Option<ScriptId>,
 }
 
-/// Limits from `[limits]`, as the hot path uses them.
+/// The `[limits]` section as the hot path uses them: size and time bounds on a request and its
+/// connections (admission limits such as rates and budgets are [`crate::limits`]).
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub struct RequestBounds {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub header_timeout: Duration,
@@ -95,7 +96,7 @@ pub struct Snapshot {
     pub router: Router,
     pub routes: Vec<Route>,
     pub upstreams: Vec<Arc<Upstream>>,
-    pub limits: Limits,
+    pub limits: RequestBounds,
     /// Server TLS for the HTTPS listeners (certificates are re-read on every reload).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Metrics for requests that matched no route.
@@ -273,7 +274,7 @@ impl Snapshot {
             path_prefix: &r.path_prefix,
         }));
         let l = &config.limits;
-        let limits = Limits {
+        let limits = RequestBounds {
             max_header_bytes: l.max_header_bytes,
             max_body_bytes: l.max_body_bytes,
             header_timeout: Duration::from_millis(l.header_timeout_ms),

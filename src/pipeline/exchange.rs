@@ -10,7 +10,7 @@ use super::proxy::{read_response_head, HeadFailure};
 use super::{Failure, UPSTREAM_BUFFER};
 use crate::error::GatewayError;
 use crate::http1::{BodyFraming, ChunkedDecoder, RequestHead, ResponseBody, ResponseHead, Version};
-use crate::snapshot::Limits;
+use crate::snapshot::RequestBounds;
 use crate::upstream::{self, ConnectError, Target, Upstream, UpstreamStream};
 use crate::worker::{BufConn, Worker};
 
@@ -29,7 +29,7 @@ pub(super) struct Exchange {
 pub(super) async fn send(
     worker: &Worker,
     upstream: &Upstream,
-    limits: &Limits,
+    limits: &RequestBounds,
     build: impl Fn(&Target) -> Vec<u8>,
 ) -> Result<Exchange, GatewayError> {
     let mut target = upstream.pick();

@@ -23,7 +23,7 @@ use crate::http1::{push_header, RequestHead, StrBuf};
 use crate::limits::Metered;
 use crate::pipeline::exchange::{self, Exchange};
 use crate::pipeline::{Failure, Outcome};
-use crate::snapshot::{Limits, Snapshot};
+use crate::snapshot::{RequestBounds, Snapshot};
 use crate::worker::{BufConn, Worker};
 
 /// Largest provider response body read whole.
@@ -237,7 +237,7 @@ pub(super) async fn read_provider_error(
     upstream: &crate::upstream::Upstream,
     provider: &Provider,
     mut exchange: Exchange,
-    limits: &Limits,
+    limits: &RequestBounds,
 ) -> ProviderError {
     let status = exchange.response.status();
     let retry_after = exchange.response.header("retry-after").map(<[u8]>::to_vec);
@@ -266,7 +266,7 @@ pub(super) async fn read_provider_error(
 }
 
 /// `[limits]` with the per-attempt time to the response head.
-fn attempt_limits(snapshot: &Snapshot) -> Limits {
+fn attempt_limits(snapshot: &Snapshot) -> RequestBounds {
     let mut limits = snapshot.limits;
     let attempt_ms = snapshot.config.ai.attempt_timeout_ms;
     if attempt_ms > 0 {
