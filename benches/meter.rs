@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use credentialflow::ai::tokens::estimate_chat_prompt_tokens;
+use credentialflow::ai::tokens::warm_up;
+use credentialflow::limits::{BudgetLimit, BudgetTable, Period};
 use credentialflow::limits::{Gcra, LimiterTable};
-use credentialflow::meter::tokens::warm_up;
-use credentialflow::meter::{estimate_chat_prompt_tokens, BudgetLimit, BudgetTable, Period};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use serde_json::{json, Value};
 

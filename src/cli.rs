@@ -153,7 +153,7 @@ pub fn main() -> i32 {
 fn check(path: &std::path::Path) -> i32 {
     // Nothing is watched for long: the watcher only resolves `file:` secrets here.
     let secrets = config::SecretWatcher::start();
-    let admission = crate::admission::Admission::default();
+    let admission = crate::limits::Admission::default();
     let (_, report) = Snapshot::load(path, &secrets, &admission, Purpose::Check);
     for w in &report.warnings {
         println!("warning: {w}");

@@ -13,9 +13,11 @@
 //! - `pipeline`: one request's phases in order, from route to log.
 //! - `router`: exact host, then longest path prefix.
 //! - `clock`: injectable monotonic time, the one duration grammar, UTC dates (jiff).
-//! - `limits`: lock-free GCRA rate limits, concurrency permits, keyed limiter tables.
+//! - `limits`: all admission: lock-free GCRA rates, concurrency permits, keyed limiter
+//!   tables, tokens per minute, spend budgets and what a request is charged.
 //! - `snapshot`: the compiled config, swapped atomically on reload; process-wide state.
-//! - `store`: the embedded SQLite key store in `data_dir`, its pepper, and the audit log.
+//! - `store`: the embedded SQLite key store in `data_dir`, its pepper, the audit log and the
+//!   usage ledger.
 //! - `error`: every gateway-made error response.
 //! - `serve`, `cli`: the process lifecycle and the command line.
 //! - `lua`: sandboxed Luau hook scripts, one VM per worker.
@@ -24,7 +26,6 @@
 
 pub mod accesslog;
 pub mod admin;
-pub mod admission;
 pub mod ai;
 pub mod auth;
 pub mod bench;
@@ -36,7 +37,6 @@ pub mod http1;
 pub mod limits;
 pub mod logging;
 pub mod lua;
-pub mod meter;
 pub mod metrics;
 pub mod pipeline;
 pub mod router;
@@ -45,5 +45,4 @@ pub mod snapshot;
 pub mod store;
 pub mod tls;
 pub mod upstream;
-pub mod usage;
 pub mod worker;

@@ -11,14 +11,14 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::admin::{self, AdminState};
-use crate::admission::{budget_limit, key_scope, team_scope, Admission};
 use crate::auth::CredentialCache;
 use crate::config::{self, Config, SecretWatcher};
-use crate::meter::{period_start_ms, BudgetTable, Period};
+use crate::limits::{budget_limit, key_scope, team_scope, Admission};
+use crate::limits::{period_start_ms, BudgetTable, Period};
 use crate::metrics;
 use crate::snapshot::{Carried, Purpose, Services, Shared, Snapshot};
 use crate::store::audit;
-use crate::usage::Ledger;
+use crate::store::usage::Ledger;
 use crate::worker::{self, Driver, ListenSpec};
 
 /// `--driver`: which I/O driver the workers use.
@@ -146,7 +146,7 @@ fn start(
         // AI request does not pay for it.
         let _ = std::thread::Builder::new()
             .name("cf-warm-up".into())
-            .spawn(crate::meter::tokens::warm_up);
+            .spawn(crate::ai::tokens::warm_up);
     }
     let (ledger, usage) = Ledger::start(&data_dir)
         .map_err(|e| format!("usage ledger in {}: {e}", data_dir.display()))?;
@@ -271,12 +271,13 @@ fn resume_budgets(
     snapshot: &Snapshot,
     budgets: &BudgetTable,
 ) -> Result<(), String> {
-    let now_ms = crate::usage::unix_now_ms();
-    let failed =
-        |e: crate::usage::LedgerError| format!("usage ledger in {}: {e}", data_dir.display());
+    let now_ms = crate::clock::unix_now_ms();
+    let failed = |e: crate::store::usage::LedgerError| {
+        format!("usage ledger in {}: {e}", data_dir.display())
+    };
     for period in [Period::Day, Period::Month, Period::Total] {
         let since = period_start_ms(period, now_ms);
-        for (id, spent) in crate::usage::totals_by_key(data_dir, since).map_err(failed)? {
+        for (id, spent) in crate::store::usage::totals_by_key(data_dir, since).map_err(failed)? {
             let Some(key) = credentials.by_id(&id) else {
                 continue;
             };
@@ -295,7 +296,7 @@ fn resume_budgets(
                 );
             }
         }
-        for (team, spent) in crate::usage::totals_by_team(data_dir, since).map_err(failed)? {
+        for (team, spent) in crate::store::usage::totals_by_team(data_dir, since).map_err(failed)? {
             let limit = snapshot.teams.get(&team).and_then(|t| t.budget);
             if limit.is_some_and(|l| l.period == period) {
                 budgets.seed(

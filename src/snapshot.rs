@@ -13,20 +13,20 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::admission::{budget_limit, gcra_per_minute, gcra_per_second, Admission, RouteLimiter};
 use crate::ai::prompt::Prompts;
 use crate::ai::Catalog;
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::{CredentialCache, IpRules};
 use crate::config::{self, AuthKind, Config, SecretWatcher};
 use crate::limits::Gcra;
+use crate::limits::{budget_limit, gcra_per_minute, gcra_per_second, Admission, RouteLimiter};
+use crate::limits::{BudgetLimit, BudgetTable};
 use crate::lua::{ScriptId, ScriptSet};
-use crate::meter::{BudgetLimit, BudgetTable};
 use crate::metrics::{self, RouteMetrics};
 use crate::router::{RouteEntry, Router};
+use crate::store::usage::UsageSender;
 use crate::tls;
 use crate::upstream::Upstream;
-use crate::usage::UsageSender;
 
 mod carry;
 
@@ -65,9 +65,10 @@ pub struct Route {
     pub hooks: Option<ScriptId>,
 }
 
-/// Limits from `[limits]`, as the hot path uses them.
+/// The `[limits]` section as the hot path uses them: size and time bounds on a request and its
+/// connections (admission limits such as rates and budgets are [`crate::limits`]).
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub struct RequestBounds {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub header_timeout: Duration,
@@ -95,7 +96,7 @@ pub struct Snapshot {
     pub router: Router,
     pub routes: Vec<Route>,
     pub upstreams: Vec<Arc<Upstream>>,
-    pub limits: Limits,
+    pub limits: RequestBounds,
     /// Server TLS for the HTTPS listeners (certificates are re-read on every reload).
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Metrics for requests that matched no route.
@@ -273,7 +274,7 @@ impl Snapshot {
             path_prefix: &r.path_prefix,
         }));
         let l = &config.limits;
-        let limits = Limits {
+        let limits = RequestBounds {
             max_header_bytes: l.max_header_bytes,
             max_body_bytes: l.max_body_bytes,
             header_timeout: Duration::from_millis(l.header_timeout_ms),

@@ -9,11 +9,11 @@
 use super::http::{Request, Response};
 use super::routes::{error, json_response};
 use super::AdminState;
-use crate::usage::{self, GroupBy};
+use crate::store::usage::{self, GroupBy};
 
 /// `GET /admin/usage`: 200 with the rows, 400 for a bad parameter.
 pub(crate) fn usage(state: &AdminState, request: &Request) -> Response {
-    usage_at(state, request, usage::unix_now_ms())
+    usage_at(state, request, crate::clock::unix_now_ms())
 }
 
 fn usage_at(state: &AdminState, request: &Request, now_ms: i64) -> Response {
@@ -89,7 +89,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::config::{LiveSecret, Secret};
-    use crate::usage::{Ledger, UsageEvent};
+    use crate::store::usage::{Ledger, UsageEvent};
     use serde_json::{json, Value};
     use std::path::PathBuf;
     use std::sync::Arc;

@@ -8,6 +8,9 @@
 //! - [`mock`]: the in-process mock provider (deterministic replies and usage).
 //! - [`provider_error`]: a provider's error answer as the gateway's error, its message made
 //!   safe by [`scrub`].
+//! - [`tokens`]: prompt token estimates per request format (tiktoken for OpenAI model
+//!   families, bytes/4 otherwise), made before a request goes upstream so the limits can
+//!   admit it; [`relayed_tokens`]: completion tokens counted from a stream as it passes.
 
 pub mod anthropic;
 pub mod azure;
@@ -18,13 +21,17 @@ pub mod mock;
 pub mod openai;
 pub mod prompt;
 pub mod provider_error;
+pub mod relayed_tokens;
 pub mod scrub;
 pub mod sse;
+pub mod tokens;
 
 pub use catalog::{Catalog, Model, Provider};
 pub use mock::MockReply;
 pub use openai::{ChatRequest, ChatStreamRelay, EmbeddingsRequest, RequestError, Usage};
+pub use relayed_tokens::RelayedTokens;
 pub use sse::{encode_event, SseError, SseEvent, SseParser};
+pub use tokens::TokenCounter;
 
 /// A provider response that cannot be translated into the front door's format (not the JSON
 /// its API documents). The message names what was wrong, never request or response content.

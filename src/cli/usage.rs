@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use crate::serve::{EXIT_BAD_INPUT, EXIT_RUNTIME};
-use crate::usage::{self, GroupBy, UsageRow};
+use crate::store::usage::{self, GroupBy, UsageRow};
 
 /// `credentialflow usage`.
 #[derive(Args, Debug)]
@@ -30,7 +30,7 @@ pub(crate) struct UsageArgs {
 /// Runs `usage` on the ledger in `data_dir`, printing to stdout; returns the exit code
 /// (1 for a bad `--group-by` or `--since`, 2 when the ledger cannot be read).
 pub(crate) fn run_usage(args: UsageArgs, data_dir: &Path) -> i32 {
-    let now_ms = usage::unix_now_ms();
+    let now_ms = crate::clock::unix_now_ms();
     match run_usage_to(&args, data_dir, now_ms, &mut io::stdout().lock()) {
         Ok(()) => 0,
         Err((code, message)) => {
@@ -114,7 +114,7 @@ fn print_table(out: &mut dyn Write, rows: &[UsageRow]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::{Ledger, UsageEvent};
+    use crate::store::usage::{Ledger, UsageEvent};
     use clap::Parser;
 
     /// Just this command's arguments, parsed the way the top-level CLI parses them.
@@ -283,7 +283,7 @@ mod tests {
     fn unreadable_ledger_exits_2() {
         let setup = Setup::new();
         std::fs::write(
-            setup.0.join(crate::usage::DB_FILE),
+            setup.0.join(crate::store::usage::DB_FILE),
             b"not a database at all, no",
         )
         .unwrap();

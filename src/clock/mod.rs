@@ -1,7 +1,8 @@
 //! Time, in one place: the injectable monotonic clock, the duration grammar and the UTC
 //! calendar.
 //!
-//! - This module: injectable monotonic time in nanoseconds. Limiters never read the wall
+//! - This module: injectable monotonic time in nanoseconds, and [`unix_now_ms`] for the
+//!   wall clock. Limiters never read the wall
 //!   clock themselves: callers pass `now`, taken from a [`Clock`]. Production uses
 //!   [`SystemClock`]; tests use [`ManualClock`] and move time by hand, so a one-minute window
 //!   is tested exactly and without sleeping.
@@ -21,6 +22,14 @@ pub use duration::parse_duration;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// Wall-clock time in unix milliseconds: what usage rows are stamped with, budget periods
+/// and breaker windows are measured in, and `--since 24h` counts back from.
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// A source of monotonic time, in nanoseconds since an arbitrary fixed origin.
 pub trait Clock: Send + Sync {

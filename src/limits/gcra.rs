@@ -281,6 +281,21 @@ impl Gcra {
     }
 }
 
+/// A rate of `per_second` requests with `burst` at once, 0 = one second's worth (at least 1).
+pub fn gcra_per_second(per_second: f64, burst: u32) -> Option<Gcra> {
+    let burst = if burst == 0 {
+        per_second.ceil().max(1.0) as u64
+    } else {
+        burst as u64
+    };
+    Gcra::from_rate(per_second, burst)
+}
+
+/// `per_minute` requests with a whole minute's quota admissible at once.
+pub fn gcra_per_minute(per_minute: u64) -> Option<Gcra> {
+    Gcra::per_minute(per_minute, per_minute)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,5 +634,14 @@ mod tests {
             .collect();
         let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
         assert_eq!(admitted, 10_000 / 7);
+    }
+
+    #[test]
+    fn default_burst_is_one_seconds_worth_and_at_least_one() {
+        assert_eq!(gcra_per_second(5.0, 0).unwrap().burst(), 5);
+        assert_eq!(gcra_per_second(0.5, 0).unwrap().burst(), 1);
+        assert_eq!(gcra_per_second(2.0, 7).unwrap().burst(), 7);
+        assert!(gcra_per_second(0.0, 0).is_none());
+        assert_eq!(gcra_per_minute(30).unwrap().burst(), 30);
     }
 }

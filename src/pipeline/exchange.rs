@@ -12,7 +12,7 @@ use super::{Failure, UPSTREAM_BUFFER};
 use crate::error::GatewayError;
 use crate::http1::BufConn;
 use crate::http1::{BodyFraming, ChunkedDecoder, RequestHead, ResponseBody, ResponseHead, Version};
-use crate::snapshot::Limits;
+use crate::snapshot::RequestBounds;
 use crate::upstream::{self, ConnectError, Target, Upstream, UpstreamStream};
 
 /// An upstream response whose head has been read; the body is still on `conn`.
@@ -30,7 +30,7 @@ pub(super) struct Exchange {
 pub(super) async fn send(
     worker: &ThreadState,
     upstream: &Upstream,
-    limits: &Limits,
+    limits: &RequestBounds,
     build: impl Fn(&Target) -> Vec<u8>,
 ) -> Result<Exchange, GatewayError> {
     let mut target = upstream.pick();

@@ -7,14 +7,13 @@ use serde_json::Value;
 
 use super::RequestCtx;
 use super::ThreadState;
-use crate::admission::{budget_limit, key_scope, team_scope};
 use crate::auth::Consumer;
 use crate::error::GatewayError;
 use crate::http1::RequestHead;
+use crate::limits::{budget_limit, key_scope, nano_to_usd, team_scope};
 use crate::lua::{
     BudgetInfo, Hook, HookError, HookRequest, LuaRuntime, Redactor, ResponseInfo, ScriptId,
 };
-use crate::meter::nano_to_usd;
 use crate::snapshot::Snapshot;
 
 /// A request's hook state: its script and what the hooks see and changed.
@@ -177,7 +176,7 @@ fn budget_info(
         worker
             .shared
             .budgets
-            .spent(&scope, limit.period, crate::usage::unix_now_ms());
+            .spent(&scope, limit.period, crate::clock::unix_now_ms());
     Some(BudgetInfo {
         used_usd: nano_to_usd(nano),
         limit_usd: limit.nano_usd.map(nano_to_usd),

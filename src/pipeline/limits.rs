@@ -9,12 +9,11 @@ use std::sync::atomic::AtomicU64;
 
 use super::RequestCtx;
 use super::ThreadState;
-use crate::admission::{
-    budget_limit, gcra_per_minute, gcra_per_second, key_scope, team_scope, Admission,
-};
 use crate::error::GatewayError;
-use crate::limits::{Decision, Gcra, LimiterTable};
-use crate::meter::Reservation;
+use crate::limits::{
+    budget_limit, gcra_per_minute, gcra_per_second, key_scope, team_scope, Admission, Decision,
+    Gcra, LimiterTable, Reservation,
+};
 use crate::snapshot::{Route, Snapshot};
 
 /// Phase access, second half: the route's per-client-address limit. It runs before auth and
@@ -245,7 +244,7 @@ pub(super) fn tokens(
         hold.per_minute.push((scope, gcra));
     }
 
-    let now_ms = crate::usage::unix_now_ms();
+    let now_ms = crate::clock::unix_now_ms();
     let budgets = &worker.shared.budgets;
     let mut wanted = Vec::new();
     if let (Some(key), Some(id)) = (&consumer.key, &consumer.id) {
@@ -295,7 +294,7 @@ pub(super) fn settle_tokens(
         let (table, id) = scope.table(admission);
         table.adjust(id, gcra, now, delta);
     }
-    let now_ms = crate::usage::unix_now_ms();
+    let now_ms = crate::clock::unix_now_ms();
     for reservation in hold.budgets {
         worker
             .shared

@@ -29,13 +29,12 @@ use std::time::Instant;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
 use crate::accesslog::{AccessEntry, AttemptLog, UsageFields};
-use crate::admission::RateReport;
 use crate::auth::{self, Consumer};
 use crate::config::AuthKind;
 use crate::error::{ErrorDialect, GatewayError};
 use crate::http1::BufConn;
 use crate::http1::{BodyFraming, RequestHead};
-use crate::limits::KeyPermit;
+use crate::limits::{KeyPermit, RateReport};
 use crate::snapshot::{Route, Snapshot};
 use crate::store::KeyRecord;
 use crate::upstream::UpstreamStream;
@@ -393,7 +392,7 @@ fn log_phase(worker: &ThreadState, snapshot: &Snapshot, head: &RequestHead, ctx:
                 prompt_tokens: ai.usage.prompt_tokens,
                 completion_tokens: ai.usage.completion_tokens,
                 cached_tokens: ai.usage.cached_tokens,
-                cost_usd: crate::meter::nano_to_usd(ai.cost_nano_usd),
+                cost_usd: crate::limits::nano_to_usd(ai.cost_nano_usd),
             }),
         };
         worker.access_log.write(entry.render());

@@ -338,7 +338,7 @@ pub(super) enum HeadFailure {
 /// Reads the upstream's final response head (skipping 1xx interim responses other than 101).
 pub(super) async fn read_response_head(
     conn: &mut BufConn<UpstreamStream>,
-    limits: &crate::snapshot::Limits,
+    limits: &crate::snapshot::RequestBounds,
 ) -> Result<ResponseHead, HeadFailure> {
     let deadline = Instant::now() + limits.upstream_timeout;
     let mut got_bytes = false;
@@ -468,7 +468,7 @@ async fn relay_response_body<S>(
     kind: ResponseBody,
     framing: ClientFraming,
     mut out: Vec<u8>,
-    limits: &crate::snapshot::Limits,
+    limits: &crate::snapshot::RequestBounds,
 ) -> Result<bool, Failure>
 where
     S: AsyncReadRent + AsyncWriteRent,

@@ -9,7 +9,7 @@
 //! identity (a new target, a provider pointed elsewhere) starts that part fresh and keeps the
 //! rest. Registries:
 //!
-//! - route limiters: [`crate::admission::Admission::route`] (by route name);
+//! - route limiters: [`crate::limits::Admission::route`] (by route name);
 //! - route metrics: [`crate::metrics::Metrics::route`] (by route name);
 //! - target health and provider circuit breakers: [`Carried`], here.
 

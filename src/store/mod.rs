@@ -1,19 +1,22 @@
-//! The embedded store in `server.data_dir`: virtual keys in SQLite, their pepper, and the
-//! audit log.
+//! The embedded store in `server.data_dir`: virtual keys in SQLite, their pepper, the audit
+//! log and the usage ledger.
 //!
 //! - [`keys`]: the key table ([`KeyStore`], [`KeyRecord`]) and its change sequence, which the
 //!   credential cache follows to see every change within a second.
 //! - [`pepper`]: the secret HMAC key under which presented credentials are hashed.
 //! - [`audit`]: the append-only JSON-lines log of admin actions.
+//! - [`usage`]: the usage ledger (`usage.db`, one row per metered request) and the spend
+//!   reports read from it.
 //! - [`ids`]: key ids, key secrets and durations such as `30d`.
 //!
-//! Everything here is slow-path work (CLI, admin thread, the cache's refresher thread): SQLite
-//! is never touched while serving a request.
+//! Everything here is slow-path work (CLI, admin thread, the cache's refresher thread, the
+//! ledger's writer thread): SQLite is never touched while serving a request.
 
 pub mod audit;
 pub mod ids;
 pub mod keys;
 pub mod pepper;
+pub mod usage;
 
 pub use keys::{KeyPatch, KeyRecord, KeyStore, NewKey};
 pub use pepper::Pepper;

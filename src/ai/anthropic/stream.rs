@@ -27,9 +27,9 @@ use super::{
 use crate::ai::openai::Usage;
 use crate::ai::provider_error::ProviderError;
 use crate::ai::sse::{encode_event, SseEvent};
+use crate::ai::{RelayedTokens, TokenCounter};
 use crate::config::Secret;
 use crate::error::ErrorDialect;
-use crate::meter::{RelayedTokens, TokenCounter};
 
 /// The message of the error event sent when a stream ends before it is complete.
 const CUT_SHORT: &str = "the provider's stream ended before the message was complete";

@@ -3,15 +3,15 @@
 //!
 //! Gemini reports no token usage for embeddings, so the usage in the OpenAI response is an
 //! estimate made from the inputs: one token per 4 bytes of text, rounded up per input (the
-//! gateway's estimate for models without a known tokenizer, [`crate::meter::tokens`]).
+//! gateway's estimate for models without a known tokenizer, [`crate::ai::tokens`]).
 
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use super::{given, model_resource};
 use crate::ai::openai::RequestError;
+use crate::ai::TokenCounter;
 use crate::ai::TranslateError;
-use crate::meter::tokens::TokenCounter;
 
 /// The path under the provider's `base_url` of an embeddings call on `upstream_model`:
 /// `/v1beta/models/{model}:batchEmbedContents`.

@@ -17,9 +17,9 @@ use super::{
 use crate::ai::openai::Usage;
 use crate::ai::provider_error::ProviderError;
 use crate::ai::sse::{encode_event, SseEvent};
+use crate::ai::{RelayedTokens, TokenCounter};
 use crate::config::Secret;
 use crate::error::ErrorDialect;
-use crate::meter::{RelayedTokens, TokenCounter};
 
 /// Turns Gemini stream events into `chat.completion.chunk` events, as OpenAI streams them:
 /// per choice a role chunk first, then content deltas and tool call deltas in the order Gemini

@@ -13,6 +13,7 @@ use super::relay::{relay, Relayed};
 use super::stream::{Translation, MAX_EVENT};
 use super::{attempt_log, reply, send_whole, EventStream, RequestCtx};
 use crate::ai::provider_error::{self, ProviderError, MAX_ERROR_BODY};
+use crate::ai::TokenCounter;
 use crate::ai::{
     anthropic, azure, gemini, mock, openai, ChatRequest, Model, Provider, SseParser, Usage,
 };
@@ -20,11 +21,11 @@ use crate::config::ProviderKind;
 use crate::error::{ErrorDialect, GatewayError};
 use crate::http1::BufConn;
 use crate::http1::{push_header, RequestHead, StrBuf};
-use crate::meter::{Metered, TokenCounter};
+use crate::limits::Metered;
 use crate::pipeline::exchange::{self, Exchange};
 use crate::pipeline::ThreadState;
 use crate::pipeline::{Failure, Outcome};
-use crate::snapshot::{Limits, Snapshot};
+use crate::snapshot::{RequestBounds, Snapshot};
 
 /// Largest provider response body read whole.
 const MAX_PROVIDER_BODY: usize = 64 * 1024 * 1024;
@@ -97,7 +98,7 @@ where
     let mut last_model = primary;
     for model in chain {
         let provider = catalog.provider(model.provider);
-        if !provider.breaker.allows(crate::usage::unix_now_ms()) {
+        if !provider.breaker.allows(crate::clock::unix_now_ms()) {
             ctx.attempts
                 .push(attempt_log(model, provider, "circuit open"));
             last = Miss::Gateway(GatewayError::Upstream("provider circuit open"));
@@ -139,7 +140,7 @@ where
                     };
                 }
                 Attempt::Retry(miss) => {
-                    provider.breaker.record_failure(crate::usage::unix_now_ms());
+                    provider.breaker.record_failure(crate::clock::unix_now_ms());
                     ctx.attempts
                         .push(attempt_log(model, provider, &miss.describe()));
                     last = miss;
@@ -179,7 +180,7 @@ impl Miss {
 fn backoff(attempt: u32, seed: &str) -> Duration {
     let cap_ms = (100u64 << attempt.min(5)).min(2_000);
     // A cheap hash of the request id and the clock: jitter only needs to differ per request.
-    let mut x = crate::usage::unix_now_ms() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+    let mut x = crate::clock::unix_now_ms() as u64 ^ 0x9E37_79B9_7F4A_7C15;
     for b in seed.bytes() {
         x = (x ^ b as u64).wrapping_mul(0x0100_0000_01B3);
     }
@@ -237,7 +238,7 @@ pub(super) async fn read_provider_error(
     upstream: &crate::upstream::Upstream,
     provider: &Provider,
     mut exchange: Exchange,
-    limits: &Limits,
+    limits: &RequestBounds,
 ) -> ProviderError {
     let status = exchange.response.status();
     let retry_after = exchange.response.header("retry-after").map(<[u8]>::to_vec);
@@ -266,7 +267,7 @@ pub(super) async fn read_provider_error(
 }
 
 /// `[limits]` with the per-attempt time to the response head.
-fn attempt_limits(snapshot: &Snapshot) -> Limits {
+fn attempt_limits(snapshot: &Snapshot) -> RequestBounds {
     let mut limits = snapshot.limits;
     let attempt_ms = snapshot.config.ai.attempt_timeout_ms;
     if attempt_ms > 0 {
@@ -432,7 +433,7 @@ where
         .upstream
         .as_deref()
         .expect("network providers have an upstream");
-    let created = crate::usage::unix_now_ms() / 1000;
+    let created = crate::clock::unix_now_ms() / 1000;
     let id = format!("chatcmpl-{}", ctx.request_id);
     let silence = snapshot.limits.upstream_timeout;
     if !call.request.stream || !is_event_stream(&exchange) {
@@ -555,7 +556,7 @@ where
     let reply = mock::reply(&call.request.body);
     let usage = Some(reply.usage);
     let id = format!("chatcmpl-{}", ctx.request_id);
-    let created = crate::usage::unix_now_ms() / 1000;
+    let created = crate::clock::unix_now_ms() / 1000;
     if provider.mock.latency_ms > 0 {
         monoio::time::sleep(Duration::from_millis(provider.mock.latency_ms)).await;
     }

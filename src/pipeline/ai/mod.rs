@@ -22,16 +22,17 @@ use super::limits::{self, TokenAsk, TokenHold};
 use super::{exchange, hooks};
 use super::{Failure, Outcome, RequestCtx};
 use crate::accesslog::AttemptLog;
+use crate::ai::tokens;
 use crate::ai::{anthropic, mock, openai, prompt, Model, Provider, Usage};
 use crate::auth;
 use crate::config::ProviderKind;
 use crate::error::{ErrorDialect, GatewayError};
 use crate::http1::BufConn;
 use crate::http1::{encode_chunk, encode_last_chunk, push_header, RequestHead, StrBuf, Version};
-use crate::meter::{self, charged_usage, cost_nano_usd, Metered, Prices};
+use crate::limits::{charged_usage, completion_reservation, cost_nano_usd, Metered, Prices};
 use crate::pipeline::ThreadState;
 use crate::snapshot::Snapshot;
-use crate::usage::UsageEvent;
+use crate::store::usage::UsageEvent;
 
 pub(crate) use call::Front;
 
@@ -113,7 +114,7 @@ where
     }
     ctx.hooked = hooks::begin(snapshot.ai_hooks, head, ctx, None);
     hooks::access(worker, snapshot, ctx)?;
-    ctx.consumer = match hooks::chosen_consumer(worker, ctx, crate::usage::unix_now_ms() / 1000)? {
+    ctx.consumer = match hooks::chosen_consumer(worker, ctx, crate::clock::unix_now_ms() / 1000)? {
         Some(consumer) => Some(consumer),
         None => super::ai_auth(worker, snapshot, head)?,
     };
@@ -127,7 +128,7 @@ where
             .map(|m| m.name.as_str())
             .filter(|name| key.is_none_or(|k| auth::key_permits_model(k, name)))
             .collect();
-        let body = openai::models_list_body(&names, crate::usage::unix_now_ms() / 1000);
+        let body = openai::models_list_body(&names, crate::clock::unix_now_ms() / 1000);
         return respond(client, head, ctx, 200, "application/json", &body).await;
     }
     let limits_cfg = &snapshot.limits;
@@ -163,7 +164,7 @@ where
     let prompt_tokens = match call.anthropic_body.take() {
         Some(original) => {
             let value = Value::Object(original);
-            let n = meter::estimate_anthropic_prompt_tokens(&model.upstream_model, &value);
+            let n = tokens::estimate_anthropic_prompt_tokens(&model.upstream_model, &value);
             if let Value::Object(original) = value {
                 call.anthropic_body = Some(original);
             }
@@ -171,14 +172,14 @@ where
         }
         None => {
             let value = Value::Object(std::mem::take(&mut call.request.body));
-            let n = meter::estimate_chat_prompt_tokens(&model.upstream_model, &value);
+            let n = tokens::estimate_chat_prompt_tokens(&model.upstream_model, &value);
             if let Value::Object(body) = value {
                 call.request.body = body;
             }
             n
         }
     };
-    let completion = meter::completion_reservation(
+    let completion = completion_reservation(
         call.request.max_tokens,
         snapshot.config.ai.default_max_tokens,
     );
@@ -276,7 +277,7 @@ where
         .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
     let model = pick_model(snapshot, ctx, &request.model)?;
     let input = request.body.get("input").unwrap_or(&Value::Null);
-    let prompt_tokens = meter::estimate_embedding_tokens(&model.upstream_model, input);
+    let prompt_tokens = tokens::estimate_embedding_tokens(&model.upstream_model, input);
     let hold = admit(worker, snapshot, ctx, model, prompt_tokens, 0)?;
     let provider = snapshot.catalog.provider(model.provider);
     let (result, usage) = match provider.kind {
@@ -523,7 +524,7 @@ fn settle_metered(
     );
     let consumer = ctx.consumer.as_ref();
     worker.shared.usage.record(UsageEvent {
-        ts_ms: crate::usage::unix_now_ms(),
+        ts_ms: crate::clock::unix_now_ms(),
         request_id: ctx.request_id.clone(),
         key_id: consumer.and_then(|c| c.id.clone()),
         team: consumer.map(|c| c.team.clone()).unwrap_or_default(),

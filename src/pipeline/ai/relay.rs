@@ -7,7 +7,7 @@
 //! `[ai] drain_after_disconnect_ms` from the moment the client was found gone, by
 //! [`DRAIN_MAX_BYTES`] of provider body, and by graceful shutdown (a drain stops as soon as
 //! the worker starts shutting down, so it never holds the process past `drain_timeout_ms`).
-//! A drain that stops early leaves the stream cut, charged as such (see [`crate::meter::charge`]).
+//! A drain that stops early leaves the stream cut, charged as such (see [`crate::limits::charge`]).
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use super::{EventStream, RequestCtx};
 use crate::ai::SseParser;
 use crate::http1::BufConn;
 use crate::http1::RequestHead;
-use crate::meter::Metered;
+use crate::limits::Metered;
 use crate::pipeline::exchange::{BodyDecoder, Exchange};
 use crate::pipeline::ThreadState;
 use crate::pipeline::{Failure, Outcome};

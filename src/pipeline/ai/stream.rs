@@ -20,9 +20,10 @@ use serde_json::Value;
 
 use crate::ai::provider_error::{self, ProviderError};
 use crate::ai::{anthropic, gemini, ChatStreamRelay, SseEvent, SseParser, Usage};
+use crate::ai::{RelayedTokens, TokenCounter};
 use crate::config::{ProviderKind, Secret};
 use crate::error::ErrorDialect;
-use crate::meter::{Metered, RelayedTokens, TokenCounter};
+use crate::limits::Metered;
 
 use super::call::Front;
 

@@ -620,6 +620,31 @@ pub fn nano_to_usd(nano: u64) -> f64 {
     nano as f64 / 1e9
 }
 
+/// A budget from its settings (a key's or a `[[team]]`'s); `None` when nothing is capped.
+/// An unknown period counts as `total`: config validation and the key store refuse them.
+pub fn budget_limit(
+    usd: Option<f64>,
+    tokens: Option<u64>,
+    period: Option<&str>,
+) -> Option<BudgetLimit> {
+    let limit = BudgetLimit {
+        tokens,
+        nano_usd: usd.map(usd_to_nano),
+        period: Period::from_setting(period).unwrap_or(Period::Total),
+    };
+    limit.is_limited().then_some(limit)
+}
+
+/// Budget scope names in the [`BudgetTable`].
+pub fn key_scope(id: &str) -> String {
+    format!("key:{id}")
+}
+
+/// See [`key_scope`].
+pub fn team_scope(team: &str) -> String {
+    format!("team:{team}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,11 @@ impl Metered {
     }
 }
 
+/// Completion tokens to reserve: what the request asked for, else the configured default.
+pub fn completion_reservation(requested: Option<u64>, default: u64) -> u64 {
+    requested.unwrap_or(default)
+}
+
 /// The usage a request is charged.
 ///
 /// - `answered`: the client got a successful answer (a 2xx status);
@@ -101,6 +106,12 @@ pub fn charged_usage(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn completion_reservation_prefers_the_requested_cap() {
+        assert_eq!(completion_reservation(Some(200), 1024), 200);
+        assert_eq!(completion_reservation(None, 1024), 1024);
+    }
 
     fn usage(prompt: u64, completion: u64, cached: u64) -> Usage {
         Usage {

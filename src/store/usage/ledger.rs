@@ -395,7 +395,7 @@ fn sql_integer(n: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::DB_FILE;
+    use crate::store::usage::DB_FILE;
     use std::path::PathBuf;
 
     /// A fresh data directory, removed on drop.

@@ -170,11 +170,6 @@ pub fn estimate_embedding_tokens(model: &str, input: &Value) -> u64 {
     }
 }
 
-/// Completion tokens to reserve: what the request asked for, else the configured default.
-pub fn completion_reservation(requested: Option<u64>, default: u64) -> u64 {
-    requested.unwrap_or(default)
-}
-
 /// The completion cap a request asks for: `max_completion_tokens` (OpenAI's current name),
 /// else `max_tokens` (OpenAI's older name, and Anthropic's).
 pub fn requested_max_tokens(request: &Value) -> Option<u64> {
@@ -499,12 +494,6 @@ mod tests {
             estimate_embedding_tokens("text-embedding-3-small", &json!(null)),
             0
         );
-    }
-
-    #[test]
-    fn completion_reservation_prefers_the_requested_cap() {
-        assert_eq!(completion_reservation(Some(200), 1024), 200);
-        assert_eq!(completion_reservation(None, 1024), 1024);
     }
 
     #[test]

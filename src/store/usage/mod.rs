@@ -1,22 +1,23 @@
-//! The usage ledger (issue 4): one row per metered request in `data_dir/usage.db`, and the
-//! reports read from it.
+//! The usage ledger: one row per metered request in `data_dir/usage.db`, and the reports
+//! read from it. It sits in the store beside the keys and the audit log: all three are the
+//! gateway's records in `data_dir`, written off the data plane.
 //!
 //! - [`ledger`]: workers hand [`UsageEvent`]s to a [`UsageSender`] (never blocks); one
 //!   writer thread owned by the [`Ledger`] stores them in batches at least once a second.
 //! - [`report`]: spend per key, team or model since a point in time (`credentialflow usage`,
-//!   `GET /admin/usage`), and the totals budgets resume from at start-up.
-//! - [`since`]: the `--since` / `?since=` argument (`24h` or an RFC 3339 timestamp).
+//!   `GET /admin/usage`), the `--since` / `?since=` argument (`24h` or an RFC 3339
+//!   timestamp), and the totals budgets resume from at start-up.
 //!
 //! SQLite is touched only by the writer thread and by readers off the data plane (CLI, admin
 //! thread, start-up); a worker only pushes onto a channel.
 
 pub mod ledger;
 pub mod report;
-pub mod since;
 
 pub use ledger::{Ledger, LedgerStats, UsageSender};
-pub use report::{report, totals_by_key, totals_by_team, GroupBy, SpendTotals, UsageRow};
-pub use since::parse_since;
+pub use report::{
+    parse_since, report, totals_by_key, totals_by_team, GroupBy, SpendTotals, UsageRow,
+};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -158,11 +159,4 @@ fn open_for_reading(data_dir: &Path) -> Result<Option<Connection>, LedgerError> 
         |row| row.get(0),
     )?;
     Ok(has_table.then_some(conn))
-}
-
-/// The current time in unix milliseconds, what `--since 24h` counts back from.
-pub fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
