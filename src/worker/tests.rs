@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use super::{block_on, serve, Driver};
 use crate::accesslog::AccessLog;
-use crate::admission::Admission;
 use crate::auth::CredentialCache;
 use crate::config::{self, SecretWatcher};
-use crate::meter::BudgetTable;
+use crate::limits::{Admission, BudgetTable};
 use crate::snapshot::{Carried, Services, Shared, Snapshot};
-use crate::usage::UsageSender;
+use crate::store::usage::UsageSender;
 
 /// Bounds every wait, so a broken worker fails the test instead of hanging it.
 const PATIENCE: Duration = Duration::from_secs(10);
