@@ -28,6 +28,8 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http1;
 pub mod limits;
 pub mod logging;
