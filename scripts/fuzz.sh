@@ -3,6 +3,7 @@
 #
 #   scripts/fuzz.sh [TARGET|all] [SECONDS]      (default: all, 600 s each)
 #
+# Logs go to $FUZZ_LOG_DIR/fuzz-<target>.log (default tests/fuzz/target).
 # Needs the nightly toolchain (cargo-fuzz is installed if missing). Runs at nice 10: fuzzing
 # is a background job on a shared machine. New inputs go to tests/fuzz/target/corpus/<target>
 # (not committed); the committed seeds in tests/fuzz/corpus/<target> are read only. To keep a
@@ -53,11 +54,13 @@ esac
 # AddressSanitizer (-s address) would only halve the executions per second.
 nice -n 10 cargo +nightly fuzz build --fuzz-dir "$FUZZ_DIR" -s none
 
+log_dir=${FUZZ_LOG_DIR:-$FUZZ_DIR/target}
+mkdir -p "$log_dir"
 status=0
 for t in "${run[@]}"; do
     work=$FUZZ_DIR/target/corpus/$t
     mkdir -p "$work" "$FUZZ_DIR/artifacts/$t"
-    log=$FUZZ_DIR/target/fuzz-$t.log
+    log=$log_dir/fuzz-$t.log
     echo "== $t: ${seconds}s, log $log"
     # shellcheck disable=SC2046
     if ! nice -n 10 cargo +nightly fuzz run --fuzz-dir "$FUZZ_DIR" -s none "$t" "$work" \

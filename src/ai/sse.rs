@@ -69,6 +69,10 @@ pub struct SseParser {
     line_start: usize,
     /// The previous line ended with CR: an LF right after it belongs to that line end.
     skip_lf: bool,
+    /// `raw` starts with the LF of a CRLF split across pushes whose CR ended the previous
+    /// event: that byte is the previous event's, so it does not count toward this one's limit
+    /// (the limit must not depend on where the reads were split).
+    carried_lf: bool,
     /// Nothing seen yet: a leading byte order mark is skipped (spec: one U+FEFF at the start).
     at_stream_start: bool,
     event: Option<String>,
@@ -87,6 +91,7 @@ impl SseParser {
             raw: Vec::new(),
             line_start: 0,
             skip_lf: false,
+            carried_lf: false,
             at_stream_start: true,
             event: None,
             data: String::new(),
@@ -104,6 +109,7 @@ impl SseParser {
                     // The LF of a CRLF split across pushes: part of the line end already
                     // handled. If that line ended an event, the LF starts the next block's
                     // bytes (harmless: a client sees it as the same CRLF).
+                    self.carried_lf = self.raw.is_empty();
                     self.raw.push(b'\n');
                     self.line_start = self.raw.len();
                     bytes = &bytes[1..];
@@ -143,6 +149,7 @@ impl SseParser {
     pub fn finish(&mut self) -> Vec<u8> {
         self.line_start = 0;
         self.skip_lf = false;
+        self.carried_lf = false;
         self.event = None;
         self.data.clear();
         self.has_data = false;
@@ -150,7 +157,7 @@ impl SseParser {
     }
 
     fn check_size(&self) -> Result<(), SseError> {
-        if self.raw.len() > self.max_event_bytes {
+        if self.raw.len() - usize::from(self.carried_lf) > self.max_event_bytes {
             return Err(SseError::EventTooLarge {
                 limit: self.max_event_bytes,
             });
@@ -205,6 +212,7 @@ impl SseParser {
             raw: std::mem::take(&mut self.raw),
         };
         self.line_start = 0;
+        self.carried_lf = false;
         self.ready.push_back(event);
     }
 }
@@ -290,6 +298,26 @@ mod tests {
             let (split, leftover) = parse_all(&[&STREAM[..cut], &STREAM[cut..]]);
             assert_eq!(split, whole, "cut at {cut}");
             assert!(leftover.is_empty());
+        }
+    }
+
+    #[test]
+    fn size_limit_does_not_depend_on_a_crlf_split_between_events() {
+        // The second event is exactly at the limit; the LF of the first event's last CRLF
+        // arriving in the next read must not push it over.
+        let second = format!("data: {}\n\n", "x".repeat(24));
+        let stream = format!("data: a\r\n\r\n{second}");
+        let (head, tail) = stream.as_bytes().split_at("data: a\r\n\r".len());
+        for chunks in [vec![stream.as_bytes()], vec![head, tail]] {
+            let mut parser = SseParser::new(second.len());
+            for chunk in chunks {
+                parser.push(chunk).expect("every event is within the limit");
+            }
+            let events: Vec<SseEvent> = std::iter::from_fn(|| parser.next_event()).collect();
+            assert_eq!(
+                datas(&events),
+                [(None, "a"), (None, "x".repeat(24).as_str())]
+            );
         }
     }
 
