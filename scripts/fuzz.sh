@@ -50,6 +50,10 @@ case $target in
         ;;
 esac
 
+# Fuzz the dependency versions the gateway ships with: start from the main lock file (cargo
+# then adds libfuzzer-sys to it).
+[[ -f $FUZZ_DIR/Cargo.lock ]] || cp Cargo.lock "$FUZZ_DIR/Cargo.lock"
+
 # The fuzzed modules hold no unsafe code: panics and debug assertions are the oracle, so
 # AddressSanitizer (-s address) would only halve the executions per second.
 nice -n 10 cargo +nightly fuzz build --fuzz-dir "$FUZZ_DIR" -s none
