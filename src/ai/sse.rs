@@ -83,7 +83,8 @@ pub struct SseParser {
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl SseParser {
-    /// A parser refusing events larger than `max_event_bytes` (raw bytes, blank line included).
+    /// A parser refusing events larger than `max_event_bytes` (raw bytes, blank line included
+    /// except the LF of a final CRLF, so that the verdict does not depend on read boundaries).
     pub fn new(max_event_bytes: usize) -> Self {
         SseParser {
             max_event_bytes,
@@ -109,7 +110,9 @@ impl SseParser {
                     // The LF of a CRLF split across pushes: part of the line end already
                     // handled. If that line ended an event, the LF starts the next block's
                     // bytes (harmless: a client sees it as the same CRLF).
-                    self.carried_lf = self.raw.is_empty();
+                    if self.raw.is_empty() {
+                        self.carried_lf = true;
+                    }
                     self.raw.push(b'\n');
                     self.line_start = self.raw.len();
                     bytes = &bytes[1..];
@@ -132,10 +135,14 @@ impl SseParser {
             let line_end_in_raw = self.raw.len() + end;
             self.raw.extend_from_slice(&bytes[..end + terminator]);
             bytes = &bytes[end + terminator..];
-            self.check_size()?;
+            // The LF of a CRLF ending the event is not counted: when a read splits that CRLF the
+            // LF arrives after the event was taken (see `carried_lf`), and the limit must not
+            // depend on where the reads were split.
+            let final_lf = terminator == 2 && self.is_blank(line_end_in_raw);
+            self.check_size(usize::from(final_lf))?;
             self.end_line(line_end_in_raw);
         }
-        self.check_size()
+        self.check_size(0)
     }
 
     /// The next complete event, in stream order.
@@ -156,13 +163,23 @@ impl SseParser {
         std::mem::take(&mut self.raw)
     }
 
-    fn check_size(&self) -> Result<(), SseError> {
-        if self.raw.len() - usize::from(self.carried_lf) > self.max_event_bytes {
+    /// Fails when the event in progress, less `uncounted` bytes at its end and a carried LF at
+    /// its start, is over the limit.
+    fn check_size(&self, uncounted: usize) -> Result<(), SseError> {
+        let counted = self.raw.len() - usize::from(self.carried_lf) - uncounted;
+        if counted > self.max_event_bytes {
             return Err(SseError::EventTooLarge {
                 limit: self.max_event_bytes,
             });
         }
         Ok(())
+    }
+
+    /// Whether the line `raw[line_start..line_end]` is blank (ends the event), as
+    /// [`SseParser::end_line`] reads it.
+    fn is_blank(&self, line_end: usize) -> bool {
+        let line = &self.raw[self.line_start..line_end];
+        line.is_empty() || (self.at_stream_start && line == BOM)
     }
 
     /// Interprets the line `raw[line_start..line_end]`; a blank line completes the event.
@@ -304,11 +321,23 @@ mod tests {
     #[test]
     fn size_limit_does_not_depend_on_a_crlf_split_between_events() {
         // The second event is exactly at the limit; the LF of the first event's last CRLF
-        // arriving in the next read must not push it over.
-        let second = format!("data: {}\n\n", "x".repeat(24));
+        // arriving in the next read must not push it over, also when a CRLF inside the second
+        // event is split as well.
+        let second = format!("data: {}\r\nid: 1\n\n", "x".repeat(24));
         let stream = format!("data: a\r\n\r\n{second}");
-        let (head, tail) = stream.as_bytes().split_at("data: a\r\n\r".len());
-        for chunks in [vec![stream.as_bytes()], vec![head, tail]] {
+        let bytes = stream.as_bytes();
+        let first_cut = "data: a\r\n\r".len();
+        let inner_cut = stream.len() - "\nid: 1\n\n".len();
+        let splits = [
+            vec![bytes],
+            vec![&bytes[..first_cut], &bytes[first_cut..]],
+            vec![
+                &bytes[..first_cut],
+                &bytes[first_cut..inner_cut],
+                &bytes[inner_cut..],
+            ],
+        ];
+        for chunks in splits {
             let mut parser = SseParser::new(second.len());
             for chunk in chunks {
                 parser.push(chunk).expect("every event is within the limit");
@@ -319,6 +348,23 @@ mod tests {
                 [(None, "a"), (None, "x".repeat(24).as_str())]
             );
         }
+    }
+
+    #[test]
+    fn size_limit_does_not_depend_on_a_split_final_crlf() {
+        // With its final CRLF the event is one byte over the limit: the LF does not count,
+        // whether it arrives in the same read as the CR or in the next one.
+        let stream = format!("data: {}\r\n\r\n", "x".repeat(20));
+        let limit = stream.len() - 1;
+        let (head, tail) = stream.as_bytes().split_at(limit);
+        for chunks in [vec![stream.as_bytes()], vec![head, tail]] {
+            let mut parser = SseParser::new(limit);
+            for chunk in chunks {
+                parser.push(chunk).expect("the final LF is not counted");
+            }
+            assert_eq!(parser.next_event().map(|e| e.data), Some("x".repeat(20)));
+        }
+        assert!(SseParser::new(limit - 1).push(stream.as_bytes()).is_err());
     }
 
     #[test]
