@@ -343,8 +343,11 @@ fn parse_sse(pieces: &[&[u8]]) -> SseOutcome {
     for piece in pieces {
         outcome.error = parser.push(piece).is_err();
         while let Some(event) = parser.next_event() {
-            // A leading LF may be the previous event's CRLF split across pushes.
-            let own = event.raw.len() - usize::from(event.raw.starts_with(b"\n"));
+            // The limit leaves out a leading LF (the previous event's CRLF split across pushes)
+            // and the LF of a final CRLF.
+            let own = event.raw.len()
+                - usize::from(event.raw.starts_with(b"\n"))
+                - usize::from(event.raw.ends_with(b"\r\n"));
             assert!(own <= FUZZ_MAX_EVENT, "an event over the limit");
             assert!(
                 !event.has_data || event.raw.len() >= 5,
