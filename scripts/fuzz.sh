@@ -16,6 +16,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 FUZZ_DIR=tests/fuzz
+# Nightly fuzz builds stay in tests/fuzz/target, whatever target dir the stable builds use.
+unset CARGO_TARGET_DIR
 TARGETS=(http1_head http1_chunked sse ai_json config)
 target=${1:-all}
 seconds=${2:-600}
