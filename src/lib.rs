@@ -33,6 +33,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http1;
 pub mod limits;
 pub mod logging;

@@ -69,6 +69,10 @@ pub struct SseParser {
     line_start: usize,
     /// The previous line ended with CR: an LF right after it belongs to that line end.
     skip_lf: bool,
+    /// `raw` starts with the LF of a CRLF split across pushes whose CR ended the previous
+    /// event: that byte is the previous event's, so it does not count toward this one's limit
+    /// (the limit must not depend on where the reads were split).
+    carried_lf: bool,
     /// Nothing seen yet: a leading byte order mark is skipped (spec: one U+FEFF at the start).
     at_stream_start: bool,
     event: Option<String>,
@@ -79,7 +83,8 @@ pub struct SseParser {
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl SseParser {
-    /// A parser refusing events larger than `max_event_bytes` (raw bytes, blank line included).
+    /// A parser refusing events larger than `max_event_bytes` (raw bytes, blank line included
+    /// except the LF of a final CRLF, so that the verdict does not depend on read boundaries).
     pub fn new(max_event_bytes: usize) -> Self {
         SseParser {
             max_event_bytes,
@@ -87,6 +92,7 @@ impl SseParser {
             raw: Vec::new(),
             line_start: 0,
             skip_lf: false,
+            carried_lf: false,
             at_stream_start: true,
             event: None,
             data: String::new(),
@@ -104,6 +110,9 @@ impl SseParser {
                     // The LF of a CRLF split across pushes: part of the line end already
                     // handled. If that line ended an event, the LF starts the next block's
                     // bytes (harmless: a client sees it as the same CRLF).
+                    if self.raw.is_empty() {
+                        self.carried_lf = true;
+                    }
                     self.raw.push(b'\n');
                     self.line_start = self.raw.len();
                     bytes = &bytes[1..];
@@ -126,10 +135,14 @@ impl SseParser {
             let line_end_in_raw = self.raw.len() + end;
             self.raw.extend_from_slice(&bytes[..end + terminator]);
             bytes = &bytes[end + terminator..];
-            self.check_size()?;
+            // The LF of a CRLF ending the event is not counted: when a read splits that CRLF the
+            // LF arrives after the event was taken (see `carried_lf`), and the limit must not
+            // depend on where the reads were split.
+            let final_lf = terminator == 2 && self.is_blank(line_end_in_raw);
+            self.check_size(usize::from(final_lf))?;
             self.end_line(line_end_in_raw);
         }
-        self.check_size()
+        self.check_size(0)
     }
 
     /// The next complete event, in stream order.
@@ -143,19 +156,30 @@ impl SseParser {
     pub fn finish(&mut self) -> Vec<u8> {
         self.line_start = 0;
         self.skip_lf = false;
+        self.carried_lf = false;
         self.event = None;
         self.data.clear();
         self.has_data = false;
         std::mem::take(&mut self.raw)
     }
 
-    fn check_size(&self) -> Result<(), SseError> {
-        if self.raw.len() > self.max_event_bytes {
+    /// Fails when the event in progress, less `uncounted` bytes at its end and a carried LF at
+    /// its start, is over the limit.
+    fn check_size(&self, uncounted: usize) -> Result<(), SseError> {
+        let counted = self.raw.len() - usize::from(self.carried_lf) - uncounted;
+        if counted > self.max_event_bytes {
             return Err(SseError::EventTooLarge {
                 limit: self.max_event_bytes,
             });
         }
         Ok(())
+    }
+
+    /// Whether the line `raw[line_start..line_end]` is blank (ends the event), as
+    /// [`SseParser::end_line`] reads it.
+    fn is_blank(&self, line_end: usize) -> bool {
+        let line = &self.raw[self.line_start..line_end];
+        line.is_empty() || (self.at_stream_start && line == BOM)
     }
 
     /// Interprets the line `raw[line_start..line_end]`; a blank line completes the event.
@@ -205,6 +229,7 @@ impl SseParser {
             raw: std::mem::take(&mut self.raw),
         };
         self.line_start = 0;
+        self.carried_lf = false;
         self.ready.push_back(event);
     }
 }
@@ -291,6 +316,55 @@ mod tests {
             assert_eq!(split, whole, "cut at {cut}");
             assert!(leftover.is_empty());
         }
+    }
+
+    #[test]
+    fn size_limit_does_not_depend_on_a_crlf_split_between_events() {
+        // The second event is exactly at the limit; the LF of the first event's last CRLF
+        // arriving in the next read must not push it over, also when a CRLF inside the second
+        // event is split as well.
+        let second = format!("data: {}\r\nid: 1\n\n", "x".repeat(24));
+        let stream = format!("data: a\r\n\r\n{second}");
+        let bytes = stream.as_bytes();
+        let first_cut = "data: a\r\n\r".len();
+        let inner_cut = stream.len() - "\nid: 1\n\n".len();
+        let splits = [
+            vec![bytes],
+            vec![&bytes[..first_cut], &bytes[first_cut..]],
+            vec![
+                &bytes[..first_cut],
+                &bytes[first_cut..inner_cut],
+                &bytes[inner_cut..],
+            ],
+        ];
+        for chunks in splits {
+            let mut parser = SseParser::new(second.len());
+            for chunk in chunks {
+                parser.push(chunk).expect("every event is within the limit");
+            }
+            let events: Vec<SseEvent> = std::iter::from_fn(|| parser.next_event()).collect();
+            assert_eq!(
+                datas(&events),
+                [(None, "a"), (None, "x".repeat(24).as_str())]
+            );
+        }
+    }
+
+    #[test]
+    fn size_limit_does_not_depend_on_a_split_final_crlf() {
+        // With its final CRLF the event is one byte over the limit: the LF does not count,
+        // whether it arrives in the same read as the CR or in the next one.
+        let stream = format!("data: {}\r\n\r\n", "x".repeat(20));
+        let limit = stream.len() - 1;
+        let (head, tail) = stream.as_bytes().split_at(limit);
+        for chunks in [vec![stream.as_bytes()], vec![head, tail]] {
+            let mut parser = SseParser::new(limit);
+            for chunk in chunks {
+                parser.push(chunk).expect("the final LF is not counted");
+            }
+            assert_eq!(parser.next_event().map(|e| e.data), Some("x".repeat(20)));
+        }
+        assert!(SseParser::new(limit - 1).push(stream.as_bytes()).is_err());
     }
 
     #[test]

@@ -439,9 +439,11 @@ fn check_hs_secret_length(jwt: &JwtConfig, path: String, findings: &mut Findings
 }
 
 fn is_http_url(url: &str) -> bool {
-    ["http://", "https://"]
-        .iter()
-        .any(|scheme| url.len() > scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme))
+    // Compared as bytes: slicing the str could land inside a multi-byte character.
+    let url = url.as_bytes();
+    ["http://", "https://"].iter().any(|scheme| {
+        url.len() > scheme.len() && url[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+    })
 }
 
 fn check_providers(config: &Config, findings: &mut Findings) {
@@ -1104,6 +1106,16 @@ mod tests {
         let mut config = valid();
         config.provider[0].base_url = "api.openai.com".into();
         assert_eq!(errors_of(&config), ["provider[0].base_url"]);
+    }
+
+    #[test]
+    fn non_ascii_base_url_is_an_error_not_a_panic() {
+        let mut config = valid();
+        // A multi-byte character across the scheme's length used to panic the check.
+        config.provider[0].base_url = "http:\u{fffd}//mock.invalid".into();
+        assert_eq!(errors_of(&config), ["provider[0].base_url"]);
+        config.provider[0].base_url = "HTTPS://m\u{e9}tier.example".into();
+        assert!(errors_of(&config).is_empty());
     }
 
     #[test]
