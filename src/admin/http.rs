@@ -473,8 +473,8 @@ mod tests {
 
     #[test]
     fn repeated_content_lengths_are_rejected_even_when_identical() {
-        // httparse let `5` then `5, 5` through as one length; the gateway's parser refuses
-        // any repeat, so the admin API and the data plane agree on every framing.
+        // RFC 9110 §8.6 lets a recipient take identical lengths as one; the gateway's parser
+        // refuses any repeat, and the admin API agrees with the data plane on every framing.
         let h = headers(&[("content-length", "5"), ("content-length", "5, 5")]);
         assert_eq!(rejected_status(body_length_of(&h)), 400);
         let h = headers(&[("content-length", "5, 5")]);
@@ -541,7 +541,7 @@ mod tests {
     }
 
     #[test]
-    fn shapes_httparse_let_through_are_rejected_with_400() {
+    fn shapes_outside_the_strict_grammar_are_rejected_with_400() {
         for head in [
             // Bare LF line endings.
             &b"GET / HTTP/1.1\nX: 1\n\n"[..],
@@ -550,7 +550,7 @@ mod tests {
             b"GET /a%zz HTTP/1.1\r\n\r\n",
             // Two Host fields.
             b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            // Transfer-Encoding on HTTP/1.0 (answered 411 before).
+            // Transfer-Encoding on HTTP/1.0 is faulty framing (RFC 9112 §6.1), not a 411.
             b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert_eq!(
