@@ -8,7 +8,7 @@
 //!
 //! Requests are answered as soon as their head is complete (pipelined heads in one read
 //! are answered together). Heads are read by the gateway's own [`HeadParser`] (Host
-//! optional: this server answers for any name), at most [`MAX_HEAD_BYTES`] long. A request
+//! optional: this server answers for any name), at most `MAX_HEAD_BYTES` (64 KiB) long. A request
 //! body framed by Content-Length is read past; a chunked request body is answered 411 and a
 //! refused head with the parser's status (400, 431, 501), then the connection is closed.
 
