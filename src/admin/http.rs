@@ -1,5 +1,10 @@
 //! A small blocking HTTP/1.1 server side for the admin listener: read one request (head with
-//! httparse, body by `Content-Length`), write one response, keep the connection alive.
+//! the gateway's strict [`HeadParser`], body by `Content-Length`), write one response, keep the
+//! connection alive.
+//!
+//! The head is held to the same grammar and framing rules as the data plane's (one parser, so
+//! one answer to every smuggling shape), with two differences for a server that answers for a
+//! single host: Host is optional, and a head carries at most [`MAX_HEADERS`] fields.
 //!
 //! The admin API is low-volume and off the hot path, so plain blocking sockets are enough.
 //! Reads poll with a short socket timeout so the connection notices shutdown and its deadlines
@@ -9,6 +14,8 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::http1::{BodyFraming, HeadParser, RequestHead};
 
 /// Bounds on what one admin connection may cost. Every deadline is cheap to keep: reads wake
 /// every [`Limits::poll_interval`] to check it.
@@ -53,7 +60,8 @@ impl Default for Limits {
 /// How long [`Connection::linger_close`] keeps reading after a rejection.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Most headers accepted in one request head.
+/// Most headers accepted in one request head; more is 431. Well below the data plane's cap:
+/// admin clients send a handful.
 const MAX_HEADERS: usize = 64;
 
 /// A parsed admin request.
@@ -115,6 +123,8 @@ pub(crate) struct Connection {
     accepted_at: Instant,
     /// Requests read so far.
     requests_read: usize,
+    /// Resumes the head in progress across reads, so a trickled head is scanned once.
+    parser: HeadParser,
 }
 
 impl Connection {
@@ -129,6 +139,7 @@ impl Connection {
             buf: Vec::with_capacity(4096),
             accepted_at: Instant::now(),
             requests_read: 0,
+            parser: head_parser(),
         })
     }
 
@@ -158,13 +169,10 @@ impl Connection {
         }
 
         let (head, head_len) = loop {
+            // The parser answers 431 for a head past `max_head_bytes` even before it ends.
             if !self.buf.is_empty() {
-                match parse_head(&self.buf)? {
-                    Some(parsed) => break parsed,
-                    None if self.buf.len() > limits.max_head_bytes => {
-                        return Err(reject(431, "request headers too large"))
-                    }
-                    None => {}
+                if let Some(parsed) = parse_head(&mut self.parser, &self.buf, limits)? {
+                    break parsed;
                 }
             }
             let idle = request_deadline.is_none();
@@ -177,19 +185,10 @@ impl Connection {
                 head_deadline.get_or_insert(now + limits.head_timeout);
             }
         };
-        if head_len > limits.max_head_bytes {
-            return Err(reject(431, "request headers too large"));
-        }
 
-        let body_len = body_length(&head.headers)?;
-        if body_len > limits.max_body_bytes {
-            return Err(reject(413, "request body too large"));
-        }
-        let wants_continue = head
-            .header("expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        let body_len = body_length(head.body(), limits.max_body_bytes)?;
         let end = head_len + body_len;
-        if wants_continue && body_len > 0 && self.buf.len() < end {
+        if head.expects_continue() && body_len > 0 && self.buf.len() < end {
             // RFC 9110 §10.1.1: a client that sent `Expect: 100-continue` waits for this
             // interim response before sending the body.
             self.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -203,14 +202,7 @@ impl Connection {
         self.buf.drain(..end);
         self.requests_read += 1;
 
-        Ok(Request {
-            method: head.method,
-            path: head.path,
-            query: head.query,
-            keep_alive: head.keep_alive,
-            headers: head.headers,
-            body,
-        })
+        Ok(Request::new(&head, body))
     }
 
     /// Writes a complete response. `head_only` leaves the body out (answers to HEAD).
@@ -318,109 +310,63 @@ fn is_retryable(e: &io::Error) -> bool {
     )
 }
 
-/// The parts of a request head the admin API uses.
-struct Head {
-    method: String,
-    path: String,
-    query: Option<String>,
-    headers: Vec<(String, String)>,
-    keep_alive: bool,
+/// The admin server's head parser: Host optional (the admin API answers for one host whatever
+/// the client calls it) and at most [`MAX_HEADERS`] fields; every other rule is the gateway's.
+fn head_parser() -> HeadParser {
+    HeadParser::new()
+        .require_host(false)
+        .max_headers(MAX_HEADERS)
 }
 
-impl Head {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
+/// Feeds `buf` (which starts at the request's first byte) to `parser`: the complete head and
+/// its length including any leading empty lines, or `None` if more bytes are needed. A refused
+/// head is answered with the parser's status: 400 malformed, 431 too large, 501 unsupported.
+fn parse_head(
+    parser: &mut HeadParser,
+    buf: &[u8],
+    limits: &Limits,
+) -> Result<Option<(RequestHead, usize)>, ReadError> {
+    parser
+        .parse(buf, limits.max_head_bytes)
+        .map_err(|e| reject(e.status(), e.reason()))
 }
 
-/// Parses a complete head, returning it and its length, or `None` if more bytes are needed.
-fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ReadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    let head_len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(reject(431, "too many headers")),
-        Err(_) => return Err(reject(400, "malformed request")),
-    };
-    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
-    else {
-        return Err(reject(400, "malformed request"));
-    };
-    let headers: Vec<(String, String)> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).trim().to_owned(),
-            )
-        })
-        .collect();
-    // RFC 9112 §9.3: HTTP/1.1 is persistent unless "close"; HTTP/1.0 only with "keep-alive".
-    let connection_has = |token: &str| {
-        headers
-            .iter()
-            .filter(|(n, _)| n == "connection")
-            .flat_map(|(_, v)| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    let keep_alive = if version >= 1 {
-        !connection_has("close")
-    } else {
-        connection_has("keep-alive")
-    };
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
-        None => (target.to_owned(), None),
-    };
-    Ok(Some((
-        Head {
-            method: method.to_owned(),
-            path,
-            query,
-            headers,
-            keep_alive,
-        },
-        head_len,
-    )))
-}
-
-/// The body length from `Content-Length`, rejecting framings that are ambiguous or that this
-/// server does not read.
-fn body_length(headers: &[(String, String)]) -> Result<usize, ReadError> {
-    let has = |name: &str| headers.iter().any(|(n, _)| n == name);
-    if has("transfer-encoding") && has("content-length") {
-        // RFC 9112 §6.1: both together is the request-smuggling shape; never guess.
-        return Err(reject(400, "both transfer-encoding and content-length"));
-    }
-    if has("transfer-encoding") {
-        // The admin API reads bodies by Content-Length only. RFC 9110 §15.5.12: 411 asks the
-        // client to resend with a Content-Length.
-        return Err(reject(411, "send the body with a content-length"));
-    }
-    let mut length: Option<usize> = None;
-    for (_, value) in headers.iter().filter(|(n, _)| n == "content-length") {
-        // RFC 9112 §6.3: a list of identical values may be taken as one; anything else is an
-        // unrecoverable framing error.
-        for item in value.split(',') {
-            let item = item.trim();
-            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(reject(400, "invalid content-length"));
-            }
-            let parsed: usize = item
-                .parse()
-                .map_err(|_| reject(413, "request body too large"))?;
-            if length.is_some_and(|seen| seen != parsed) {
-                return Err(reject(400, "conflicting content-length"));
-            }
-            length = Some(parsed);
+impl Request {
+    /// The request from its validated head and its body. Names are lowercased so handlers
+    /// compare them directly; values are already trimmed of surrounding whitespace.
+    fn new(head: &RequestHead, body: Vec<u8>) -> Request {
+        Request {
+            method: head.method().to_owned(),
+            path: head.path().to_owned(),
+            query: head.query().map(str::to_owned),
+            headers: head
+                .headers()
+                .map(|(name, value)| {
+                    (
+                        name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(value).into_owned(),
+                    )
+                })
+                .collect(),
+            body,
+            keep_alive: head.keep_alive(),
         }
     }
-    Ok(length.unwrap_or(0))
+}
+
+/// The body length of a validated head. The parser has already refused ambiguous framing
+/// (Content-Length with Transfer-Encoding, repeated, signed or listed lengths) with 400.
+fn body_length(framing: BodyFraming, max_body_bytes: usize) -> Result<usize, ReadError> {
+    match framing {
+        BodyFraming::None => Ok(0),
+        BodyFraming::Length(length) => usize::try_from(length)
+            .ok()
+            .filter(|&length| length <= max_body_bytes)
+            .ok_or(reject(413, "request body too large")),
+        // The admin API reads bodies by Content-Length only. RFC 9110 §15.5.12: 411 asks the
+        // client to resend with a Content-Length.
+        BodyFraming::Chunked => Err(reject(411, "send the body with a content-length")),
+    }
 }
 
 fn reject(status: u16, message: &'static str) -> ReadError {
@@ -431,14 +377,24 @@ fn reject(status: u16, message: &'static str) -> ReadError {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect()
+    /// Parses `buf` with a fresh admin parser and the default limits.
+    fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, ReadError> {
+        super::parse_head(&mut head_parser(), buf, &Limits::default())
     }
 
-    fn rejected_status(result: Result<usize, ReadError>) -> u16 {
+    /// A POST head with the given field lines.
+    fn headers(pairs: &[(&str, &str)]) -> String {
+        let fields: String = pairs.iter().map(|(n, v)| format!("{n}: {v}\r\n")).collect();
+        format!("POST /admin/reload HTTP/1.1\r\n{fields}\r\n")
+    }
+
+    /// The body length the admin server reads for `head`, or why it refuses.
+    fn body_length_of(head: &str) -> Result<usize, ReadError> {
+        let (head, _) = parse_head(head.as_bytes())?.expect("test heads are complete");
+        body_length(head.body(), Limits::default().max_body_bytes)
+    }
+
+    fn rejected_status<T: std::fmt::Debug>(result: Result<T, ReadError>) -> u16 {
         match result {
             Err(ReadError::Reject { status, .. }) => status,
             other => panic!("expected a rejection, got {other:?}"),
@@ -457,8 +413,8 @@ mod tests {
         let (head, len) = parse_head(b"GET /admin/usage?group_by=key HTTP/1.1\r\n\r\nrest")
             .unwrap()
             .unwrap();
-        assert_eq!(head.path, "/admin/usage");
-        assert_eq!(head.query.as_deref(), Some("group_by=key"));
+        assert_eq!(head.path(), "/admin/usage");
+        assert_eq!(head.query(), Some("group_by=key"));
         assert_eq!(len, 42);
     }
 
@@ -468,8 +424,8 @@ mod tests {
         let (closed, _) = parse_head(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert!(open.keep_alive);
-        assert!(!closed.keep_alive);
+        assert!(open.keep_alive());
+        assert!(!closed.keep_alive());
     }
 
     #[test]
@@ -478,8 +434,8 @@ mod tests {
         let (open, _) = parse_head(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert!(!closed.keep_alive);
-        assert!(open.keep_alive);
+        assert!(!closed.keep_alive());
+        assert!(open.keep_alive());
     }
 
     #[test]
@@ -491,39 +447,118 @@ mod tests {
     }
 
     #[test]
-    fn missing_content_length_means_empty_body() {
-        assert_eq!(body_length(&headers(&[("host", "x")])).unwrap(), 0);
+    fn request_lowercases_names_and_keeps_values() {
+        let (head, _) = parse_head(b"GET /x?q HTTP/1.1\r\nX-Request-Id:  abc \r\n\r\n")
+            .unwrap()
+            .unwrap();
+        let request = Request::new(&head, Vec::new());
+        assert_eq!(request.method, "GET");
+        assert_eq!(request.path, "/x");
+        assert_eq!(request.query.as_deref(), Some("q"));
+        assert_eq!(request.header("x-request-id"), Some("abc"));
     }
 
     #[test]
-    fn identical_repeated_content_lengths_are_one() {
+    fn missing_content_length_means_empty_body() {
+        assert_eq!(body_length_of(&headers(&[("host", "x")])).unwrap(), 0);
+    }
+
+    #[test]
+    fn content_length_gives_the_body_length() {
+        assert_eq!(
+            body_length_of(&headers(&[("content-length", "5")])).unwrap(),
+            5
+        );
+    }
+
+    #[test]
+    fn repeated_content_lengths_are_rejected_even_when_identical() {
+        // RFC 9110 §8.6 lets a recipient take identical lengths as one; the gateway's parser
+        // refuses any repeat, and the admin API agrees with the data plane on every framing.
         let h = headers(&[("content-length", "5"), ("content-length", "5, 5")]);
-        assert_eq!(body_length(&h).unwrap(), 5);
+        assert_eq!(rejected_status(body_length_of(&h)), 400);
+        let h = headers(&[("content-length", "5, 5")]);
+        assert_eq!(rejected_status(body_length_of(&h)), 400);
     }
 
     #[test]
     fn conflicting_content_lengths_are_rejected() {
         let h = headers(&[("content-length", "5"), ("content-length", "6")]);
-        assert_eq!(rejected_status(body_length(&h)), 400);
+        assert_eq!(rejected_status(body_length_of(&h)), 400);
     }
 
     #[test]
     fn signed_content_length_is_rejected() {
         assert_eq!(
-            rejected_status(body_length(&headers(&[("content-length", "+5")]))),
+            rejected_status(body_length_of(&headers(&[("content-length", "+5")]))),
             400
         );
     }
 
     #[test]
+    fn content_length_past_the_body_cap_is_413() {
+        let over = (Limits::default().max_body_bytes + 1).to_string();
+        let h = headers(&[("content-length", &over)]);
+        assert_eq!(rejected_status(body_length_of(&h)), 413);
+    }
+
+    #[test]
+    fn content_length_past_u64_is_rejected_with_400() {
+        let h = headers(&[("content-length", "99999999999999999999999")]);
+        assert_eq!(rejected_status(body_length_of(&h)), 400);
+    }
+
+    #[test]
     fn transfer_encoding_with_content_length_is_rejected() {
         let h = headers(&[("transfer-encoding", "chunked"), ("content-length", "5")]);
-        assert_eq!(rejected_status(body_length(&h)), 400);
+        assert_eq!(rejected_status(body_length_of(&h)), 400);
     }
 
     #[test]
     fn transfer_encoding_is_answered_411() {
         let h = headers(&[("transfer-encoding", "chunked")]);
-        assert_eq!(rejected_status(body_length(&h)), 411);
+        assert_eq!(rejected_status(body_length_of(&h)), 411);
+    }
+
+    #[test]
+    fn transfer_coding_other_than_chunked_is_answered_501() {
+        let h = headers(&[("transfer-encoding", "gzip, chunked")]);
+        assert_eq!(rejected_status(body_length_of(&h)), 501);
+    }
+
+    #[test]
+    fn head_with_more_than_64_fields_is_431() {
+        let head = headers(&[("x", "1"); MAX_HEADERS + 1]);
+        assert_eq!(rejected_status(parse_head(head.as_bytes())), 431);
+        let head = headers(&[("x", "1"); MAX_HEADERS]);
+        assert!(parse_head(head.as_bytes()).unwrap().is_some());
+    }
+
+    #[test]
+    fn incomplete_head_past_32_kib_is_431() {
+        let head = format!("GET / HTTP/1.1\r\nX: {}", "v".repeat(32 * 1024));
+        assert_eq!(rejected_status(parse_head(head.as_bytes())), 431);
+    }
+
+    #[test]
+    fn shapes_outside_the_strict_grammar_are_rejected_with_400() {
+        for head in [
+            // Bare LF line endings.
+            &b"GET / HTTP/1.1\nX: 1\n\n"[..],
+            // A fragment and an invalid percent-escape in the target.
+            b"GET /a#b HTTP/1.1\r\n\r\n",
+            b"GET /a%zz HTTP/1.1\r\n\r\n",
+            // Two Host fields.
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            // Transfer-Encoding on HTTP/1.0 is faulty framing (RFC 9112 §6.1), not a 411.
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(
+                rejected_status(parse_head(head)),
+                400,
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
     }
 }

@@ -7,8 +7,10 @@
 //! with the head, then the last chunk that ends the body). `--delay-ms` delays each answer.
 //!
 //! Requests are answered as soon as their head is complete (pipelined heads in one read
-//! are answered together). A request body framed by Content-Length is read past; chunked
-//! request bodies are not supported.
+//! are answered together). Heads are read by the gateway's own [`HeadParser`] (Host
+//! optional: this server answers for any name), at most `MAX_HEAD_BYTES` (64 KiB) long. A request
+//! body framed by Content-Length is read past; a chunked request body is answered 411 and a
+//! refused head with the parser's status (400, 431, 501), then the connection is closed.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,10 +18,15 @@ use std::time::Duration;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 
-use crate::http1::{encode_chunk, encode_last_chunk};
+use crate::http1::{encode_chunk, encode_last_chunk, BodyFraming, HeadParser};
 
 /// The largest piece of a chunked body (one chunk each).
 const CHUNK_BYTES: usize = 16 * 1024;
+
+/// The longest request head accepted; a longer one is answered 431. Twice the gateway's
+/// default `[limits].max_header_bytes`, so whatever the gateway forwards fits, while a
+/// client that never ends its head cannot grow the read buffer without bound.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// How the response body is sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,88 +210,135 @@ async fn connection(mut stream: monoio::net::TcpStream, reply: &'static Reply, d
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let (complete, consumed) = requests.split(&buf);
+        let Split {
+            complete,
+            consumed,
+            refused,
+        } = requests.split(&buf);
         buf.drain(..consumed);
-        if complete == 0 {
-            continue;
+        if complete > 0 && !answer(&mut stream, reply, delay, complete, &mut out).await {
+            return;
         }
-        if !delay.is_zero() {
-            monoio::time::sleep(delay).await;
-        }
-        if let Some(response) = reply.single() {
-            // Every complete head in the buffer (pipelining) is answered in one write.
-            for _ in 0..complete {
-                out.extend_from_slice(response);
-            }
-            let (res, o) = stream.write_all(out).await;
-            out = o;
-            out.clear();
-            if res.is_err() {
-                return;
-            }
-            continue;
-        }
-        for _ in 0..complete {
-            for &(pause, bytes) in &reply.writes {
-                if !pause.is_zero() {
-                    monoio::time::sleep(pause).await;
-                }
-                if stream.write_all(bytes).await.0.is_err() {
-                    return;
-                }
-            }
+        if let Some(status) = refused {
+            // The bytes after a refused head cannot be trusted as request boundaries
+            // (RFC 9112 section 11.2): answer, then close.
+            let refusal = format!(
+                "HTTP/1.1 {status} {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                crate::error::reason_phrase(status)
+            );
+            let _ = stream.write_all(refusal.into_bytes()).await;
+            return;
         }
     }
 }
 
-/// Finds where requests end in the received bytes: each head at its empty line, then its
-/// Content-Length body (RFC 9112 section 6.3), which may span reads.
-#[derive(Debug, Default)]
+/// Sends `complete` responses after the configured delay; `false` if the client is gone.
+async fn answer(
+    stream: &mut monoio::net::TcpStream,
+    reply: &'static Reply,
+    delay: Duration,
+    complete: usize,
+    out: &mut Vec<u8>,
+) -> bool {
+    if !delay.is_zero() {
+        monoio::time::sleep(delay).await;
+    }
+    if let Some(response) = reply.single() {
+        // Every complete head in the buffer (pipelining) is answered in one write.
+        for _ in 0..complete {
+            out.extend_from_slice(response);
+        }
+        let (res, written) = stream.write_all(std::mem::take(out)).await;
+        *out = written;
+        out.clear();
+        return res.is_ok();
+    }
+    for _ in 0..complete {
+        for &(pause, bytes) in &reply.writes {
+            if !pause.is_zero() {
+                monoio::time::sleep(pause).await;
+            }
+            if stream.write_all(bytes).await.0.is_err() {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// What one look at the received bytes found.
+#[derive(Debug, PartialEq, Eq)]
+struct Split {
+    /// Requests whose heads completed: each is owed a response.
+    complete: usize,
+    /// Bytes used; the rest is an incomplete head, kept for the next read.
+    consumed: usize,
+    /// The status to refuse the request after the complete ones with, then close.
+    refused: Option<u16>,
+}
+
+/// Finds where requests end in the received bytes: each head where [`HeadParser`] says,
+/// then its Content-Length body (RFC 9112 section 6.3), which may span reads.
+#[derive(Debug)]
 struct RequestSplitter {
+    /// Keeps its place in a head that spans reads, so no byte is scanned twice.
+    parser: HeadParser,
     /// Body bytes of the last request still to come.
     body_left: u64,
 }
 
+impl Default for RequestSplitter {
+    fn default() -> Self {
+        RequestSplitter {
+            parser: HeadParser::new().require_host(false),
+            body_left: 0,
+        }
+    }
+}
+
 impl RequestSplitter {
-    /// Returns how many requests' heads completed in `buf` and how many bytes were used
-    /// (the rest is an incomplete head, kept for the next read).
-    fn split(&mut self, buf: &[u8]) -> (usize, usize) {
-        let mut consumed = 0;
-        let mut complete = 0;
+    /// Splits `buf`, which starts where the last call's `consumed` ended: an incomplete
+    /// head is offered again from its first byte once more bytes have arrived.
+    fn split(&mut self, buf: &[u8]) -> Split {
+        let mut split = Split {
+            complete: 0,
+            consumed: 0,
+            refused: None,
+        };
         loop {
             if self.body_left > 0 {
-                let available = (buf.len() - consumed) as u64;
+                let available = (buf.len() - split.consumed) as u64;
                 let take = self.body_left.min(available);
-                consumed += take as usize;
+                split.consumed += take as usize;
                 self.body_left -= take;
                 if self.body_left > 0 {
                     break;
                 }
             }
-            let Some(end) = find_head_end(&buf[consumed..]) else {
-                break;
+            let head = match self.parser.parse(&buf[split.consumed..], MAX_HEAD_BYTES) {
+                Ok(Some((head, len))) => {
+                    split.consumed += len;
+                    head
+                }
+                Ok(None) => break,
+                Err(refused) => {
+                    split.refused = Some(refused.status());
+                    break;
+                }
             };
-            self.body_left = content_length(&buf[consumed..consumed + end]).unwrap_or(0);
-            consumed += end;
-            complete += 1;
+            self.body_left = match head.body() {
+                BodyFraming::None => 0,
+                BodyFraming::Length(length) => length,
+                // RFC 9110 section 15.5.12: ask for the body with a Content-Length.
+                BodyFraming::Chunked => {
+                    split.refused = Some(411);
+                    break;
+                }
+            };
+            split.complete += 1;
         }
-        (complete, consumed)
+        split
     }
-}
-
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
-/// The Content-Length of a request head, if it has a valid one.
-fn content_length(head: &[u8]) -> Option<u64> {
-    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
-        let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
-        if !name.eq_ignore_ascii_case(b"content-length") {
-            return None;
-        }
-        std::str::from_utf8(&value[1..]).ok()?.trim().parse().ok()
-    })
 }
 
 #[cfg(test)]
@@ -345,12 +399,22 @@ mod tests {
         assert!(writes[0].1.ends_with(b"\r\n\r\n0\r\n\r\n"));
     }
 
+    /// A split that answers `complete` requests after using `consumed` bytes.
+    fn answered(complete: usize, consumed: usize) -> Split {
+        Split {
+            complete,
+            consumed,
+            refused: None,
+        }
+    }
+
     #[test]
     fn pipelined_heads_are_found_one_by_one() {
         let two = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\n";
-        let first = find_head_end(two).unwrap();
-        assert_eq!(&two[..first], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert!(find_head_end(&two[first..]).is_none());
+        let first = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".len();
+        let mut splitter = RequestSplitter::default();
+        assert_eq!(splitter.split(two), answered(1, first));
+        assert_eq!(splitter.split(&two[first..]), answered(0, 0));
     }
 
     #[test]
@@ -358,24 +422,74 @@ mod tests {
         let mut splitter = RequestSplitter::default();
         let input =
             b"POST / HTTP/1.1\r\nContent-Length: 8\r\n\r\n\r\n\r\nabcdGET / HTTP/1.1\r\n\r\n";
-        assert_eq!(splitter.split(input), (2, input.len()));
+        assert_eq!(splitter.split(input), answered(2, input.len()));
     }
 
     #[test]
     fn request_body_split_over_reads_is_skipped_across_them() {
         let mut splitter = RequestSplitter::default();
         let first = b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\n12345";
-        assert_eq!(splitter.split(first), (1, first.len()));
+        assert_eq!(splitter.split(first), answered(1, first.len()));
         let second = b"67890GET / HTTP/1.1\r\n";
-        assert_eq!(splitter.split(second), (0, 5));
+        assert_eq!(splitter.split(second), answered(0, 5));
+    }
+
+    #[test]
+    fn head_split_over_reads_completes_when_offered_again() {
+        let mut splitter = RequestSplitter::default();
+        let head = b"GET /x HTTP/1.1\r\nAccept: */*\r\n\r\n";
+        for len in 1..head.len() {
+            assert_eq!(splitter.split(&head[..len]), answered(0, 0), "at {len}");
+        }
+        assert_eq!(splitter.split(head), answered(1, head.len()));
     }
 
     #[test]
     fn content_length_is_found_case_insensitively() {
-        assert_eq!(
-            content_length(b"POST / HTTP/1.1\r\nCONTENT-LENGTH:  42 \r\n\r\n"),
-            Some(42)
-        );
-        assert_eq!(content_length(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), None);
+        let mut splitter = RequestSplitter::default();
+        splitter.split(b"POST / HTTP/1.1\r\nCONTENT-LENGTH:  42 \r\n\r\n");
+        assert_eq!(splitter.body_left, 42);
+        splitter.body_left = 0;
+        splitter.split(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(splitter.body_left, 0);
+    }
+
+    #[test]
+    fn malformed_head_after_good_ones_is_refused_with_400() {
+        let mut splitter = RequestSplitter::default();
+        let good = b"GET / HTTP/1.1\r\n\r\n";
+        let input = [&good[..], b"GET / HTTP/1.1\nX: 1\n\n"].concat();
+        let split = splitter.split(&input);
+        assert_eq!(split.complete, 1);
+        assert_eq!(split.refused, Some(400));
+    }
+
+    #[test]
+    fn smuggling_framing_is_refused_with_400() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        ] {
+            assert_eq!(RequestSplitter::default().split(head).refused, Some(400));
+        }
+    }
+
+    #[test]
+    fn chunked_request_body_is_refused_with_411() {
+        let mut splitter = RequestSplitter::default();
+        let split = splitter.split(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n");
+        assert_eq!(split.complete, 0);
+        assert_eq!(split.refused, Some(411));
+    }
+
+    #[test]
+    fn head_that_never_ends_is_refused_with_431_past_the_limit() {
+        let mut splitter = RequestSplitter::default();
+        let mut buf = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        buf.resize(MAX_HEAD_BYTES, b'v');
+        assert_eq!(splitter.split(&buf), answered(0, 0));
+        buf.push(b'v');
+        assert_eq!(splitter.split(&buf).refused, Some(431));
     }
 }

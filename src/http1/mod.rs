@@ -6,7 +6,9 @@
 //! upstreams and may use bare-LF line endings, but their framing is still checked.
 //!
 //! - [`HeadParser`] reads a request head that may arrive in many reads, keeping a
-//!   resume offset so no byte is scanned twice, and validates it once complete.
+//!   resume offset so no byte is scanned twice, and validates it once complete. The
+//!   data plane, the admin API and `bench-upstream` all read request heads with it;
+//!   single-host servers turn off [`HeadParser::require_host`].
 //! - [`RequestHead`] / [`ResponseHead`] own a copy of the head bytes; accessors
 //!   return slices into it (one allocation for the bytes, one for the field index).
 //! - [`normalize_path`] gives the one spelling of a request path that routing, auth and the

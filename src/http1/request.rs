@@ -21,17 +21,64 @@ pub const MAX_HEADERS: usize = 256;
 /// linear time. After it returns a head or an error it is reset, ready for the
 /// next request; [`HeadParser::reset`] does the same explicitly (for example
 /// after the caller drops or compacts the buffer).
-#[derive(Clone, Debug, Default)]
+///
+/// [`HeadParser::new`] holds a request to the rules for the gateway's listeners; the
+/// builder methods relax or tighten the ones that depend on the server's role.
+#[derive(Clone, Debug)]
 pub struct HeadParser {
     scanner: HeadScanner,
     /// Whether the request-line of the head in progress was already checked.
     line_checked: bool,
+    rules: HeadRules,
+}
+
+/// The checks that depend on what kind of server reads the head; the grammar and the
+/// framing rules never do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HeadRules {
+    /// Refuse an HTTP/1.1 request without Host (RFC 9112 3.2).
+    require_host: bool,
+    /// Most header fields accepted; more is 431.
+    max_headers: usize,
+}
+
+impl Default for HeadParser {
+    fn default() -> Self {
+        HeadParser {
+            scanner: HeadScanner::default(),
+            line_checked: false,
+            rules: HeadRules {
+                require_host: true,
+                max_headers: MAX_HEADERS,
+            },
+        }
+    }
 }
 
 impl HeadParser {
-    /// A parser at the start of a request.
+    /// A parser at the start of a request, with the gateway's rules: Host required on
+    /// HTTP/1.1, at most [`MAX_HEADERS`] fields.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether an HTTP/1.1 request without a Host field is refused (the default).
+    ///
+    /// RFC 9112 3.2 makes Host mandatory because a server may answer for many
+    /// hosts. Servers that answer for exactly one, whatever name the client used
+    /// (the admin API, the load-test upstream), turn this off and see an empty
+    /// [`RequestHead::host`] instead. A Host that is present is still validated,
+    /// and an absolute-form target still supplies it.
+    pub fn require_host(mut self, required: bool) -> Self {
+        self.rules.require_host = required;
+        self
+    }
+
+    /// Lowers the cap on header fields from [`MAX_HEADERS`] to `max` (a larger `max`
+    /// is held to [`MAX_HEADERS`]); a head with more fields is `TooLarge`.
+    pub fn max_headers(mut self, max: usize) -> Self {
+        self.rules.max_headers = max.min(MAX_HEADERS);
+        self
     }
 
     /// `Ok(None)`: need more bytes. `Ok(Some((head, consumed)))`: a complete,
@@ -49,7 +96,7 @@ impl HeadParser {
         };
         self.line_checked = false;
         let bytes = buf[bounds.start..bounds.end].into();
-        let head = RequestHead::parse(bytes, bounds.lines.saturating_sub(1))?;
+        let head = RequestHead::parse(bytes, bounds.lines.saturating_sub(1), self.rules)?;
         Ok(Some((head, bounds.end)))
     }
 
@@ -180,8 +227,9 @@ impl RequestHead {
     }
 
     /// The validated Host value (`uri-host [":" port]`), as sent. Empty when an
-    /// HTTP/1.1 client sent an empty Host (RFC 9112 3.2 allows it) or an HTTP/1.0
-    /// client sent none; for HTTP/1.0 absolute-form without Host, the authority.
+    /// HTTP/1.1 client sent an empty Host (RFC 9112 3.2 allows it) or a client sent
+    /// none where none is required (HTTP/1.0, or [`HeadParser::require_host`] off);
+    /// for an absolute-form target without Host, the authority.
     pub fn host(&self) -> &str {
         ascii_str(self.host.get(self.fields.bytes()))
     }
@@ -232,7 +280,11 @@ impl RequestHead {
     }
 
     /// Validates a complete head (`bytes` ends with the empty line).
-    fn parse(bytes: Box<[u8]>, field_lines: usize) -> Result<RequestHead, HeadError> {
+    fn parse(
+        bytes: Box<[u8]>,
+        field_lines: usize,
+        rules: HeadRules,
+    ) -> Result<RequestHead, HeadError> {
         let (line, fields_start) = start_line(&bytes);
         let line = RequestLine::parse(line)?;
         let method = line.method.get(&bytes);
@@ -244,14 +296,18 @@ impl RequestHead {
         let target_start = line.target.start();
 
         let mut seen = SeenFields::default();
-        let fields = Fields::parse(bytes, fields_start, field_lines, MAX_HEADERS, |n, v, s| {
-            seen.visit(n, v, s).map_err(HeadError::Malformed)
-        })?;
+        let fields = Fields::parse(
+            bytes,
+            fields_start,
+            field_lines,
+            rules.max_headers,
+            |n, v, s| seen.visit(n, v, s).map_err(HeadError::Malformed),
+        )?;
 
         let body = seen.framing(line.version)?;
         let authority = target.authority.map(|a| a.offset(target_start));
         let host = match (seen.host, authority) {
-            (None, _) if line.version == Version::Http11 => {
+            (None, _) if rules.require_host && line.version == Version::Http11 => {
                 return Err(HeadError::Malformed("missing Host header"));
             }
             (Some(host), Some(authority))
@@ -1094,6 +1150,56 @@ mod tests {
     #[test]
     fn absolute_form_with_empty_host_header_is_refused() {
         assert_malformed(parse("GET http://a.example/ HTTP/1.1\r\nHost:\r\n\r\n"));
+    }
+
+    // --- per-server rules ---
+
+    #[test]
+    fn missing_host_on_http11_is_accepted_when_not_required() {
+        let mut parser = HeadParser::new().require_host(false);
+        let (head, _) = parser
+            .parse(b"GET /healthz HTTP/1.1\r\n\r\n", MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.host(), "");
+        assert_eq!(head.path(), "/healthz");
+        // The relaxed rule survives the reset after each head.
+        assert!(parser
+            .parse(b"GET / HTTP/1.1\r\n\r\n", MAX)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn present_host_is_still_checked_when_not_required() {
+        let mut parser = HeadParser::new().require_host(false);
+        let invalid = parser.parse(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", MAX);
+        assert!(matches!(invalid, Err(HeadError::Malformed(_))));
+        let absolute = parser.parse(b"GET http://a.example/ HTTP/1.1\r\n\r\n", MAX);
+        assert_eq!(absolute.unwrap().unwrap().0.host(), "a.example");
+    }
+
+    #[test]
+    fn lowered_header_cap_refuses_one_field_past_it() {
+        let at_cap = format!("GET / HTTP/1.1\r\n{}\r\n", "X: 1\r\n".repeat(64));
+        let past_cap = format!("GET / HTTP/1.1\r\n{}\r\n", "X: 1\r\n".repeat(65));
+        let mut parser = HeadParser::new().require_host(false).max_headers(64);
+        assert!(parser.parse(at_cap.as_bytes(), MAX).unwrap().is_some());
+        assert_eq!(
+            parser.parse(past_cap.as_bytes(), MAX).err(),
+            Some(HeadError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn header_cap_cannot_be_raised_past_max_headers() {
+        let fields = "X: 1\r\n".repeat(MAX_HEADERS);
+        let head = format!("GET / HTTP/1.1\r\nHost: a\r\n{fields}\r\n");
+        let mut parser = HeadParser::new().max_headers(usize::MAX);
+        assert_eq!(
+            parser.parse(head.as_bytes(), 1 << 20).err(),
+            Some(HeadError::TooLarge)
+        );
     }
 
     // --- request-line refusals ---
