@@ -211,3 +211,208 @@ pub fn for_kind(kind: ProviderKind) -> &'static dyn Provider {
         ProviderKind::Mock => &Mock,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ai::openai::{parse_chat_request, parse_embeddings_request};
+
+    const ALL: [ProviderKind; 5] = [
+        ProviderKind::Openai,
+        ProviderKind::AzureOpenai,
+        ProviderKind::Anthropic,
+        ProviderKind::Gemini,
+        ProviderKind::Mock,
+    ];
+
+    fn target() -> Target<'static> {
+        Target {
+            base_path: "/base",
+            upstream_model: "up-model",
+            api_version: "2024-10-21",
+        }
+    }
+
+    fn call(stream: bool) -> Call {
+        let body = format!(
+            r#"{{"model":"m","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        Call {
+            front: Front::OpenAi,
+            request: parse_chat_request(body.as_bytes()).unwrap(),
+            anthropic_body: None,
+        }
+    }
+
+    fn headers(kind: ProviderKind, key: Option<&[u8]>) -> String {
+        let mut out = Vec::new();
+        for_kind(kind).push_headers(key, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn each_kind_sends_chat_to_its_own_path() {
+        let expected = [
+            (ProviderKind::Openai, false, "/base/v1/chat/completions"),
+            (ProviderKind::Mock, false, "/base/v1/chat/completions"),
+            (
+                ProviderKind::AzureOpenai,
+                false,
+                "/base/openai/deployments/up-model/chat/completions?api-version=2024-10-21",
+            ),
+            (ProviderKind::Anthropic, false, "/base/v1/messages"),
+            (
+                ProviderKind::Gemini,
+                false,
+                "/base/v1beta/models/up-model:generateContent",
+            ),
+            (
+                ProviderKind::Gemini,
+                true,
+                "/base/v1beta/models/up-model:streamGenerateContent?alt=sse",
+            ),
+        ];
+        for (kind, stream, path) in expected {
+            let (got, body) = for_kind(kind)
+                .chat_request(&call(stream), &target(), 1024)
+                .unwrap();
+            assert_eq!(got, path, "{kind:?}");
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            match kind {
+                // Gemini names the model in the path only.
+                ProviderKind::Gemini => assert!(body.get("model").is_none(), "{body}"),
+                _ => assert_eq!(body["model"], "up-model", "{kind:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn each_kind_puts_the_key_in_its_own_header() {
+        let key = Some(&b"sk-test"[..]);
+        assert_eq!(
+            headers(ProviderKind::Openai, key),
+            "authorization: Bearer sk-test\r\n"
+        );
+        assert_eq!(
+            headers(ProviderKind::AzureOpenai, key),
+            "api-key: sk-test\r\n"
+        );
+        assert_eq!(
+            headers(ProviderKind::Gemini, key),
+            "x-goog-api-key: sk-test\r\n"
+        );
+        assert_eq!(
+            headers(ProviderKind::Anthropic, key),
+            "x-api-key: sk-test\r\nanthropic-version: 2023-06-01\r\n"
+        );
+        // Without a key, nothing but the headers every call needs.
+        for kind in ALL {
+            let expected = match kind {
+                ProviderKind::Anthropic => "anthropic-version: 2023-06-01\r\n",
+                _ => "",
+            };
+            assert_eq!(headers(kind, None), expected, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn the_anthropic_front_doors_body_goes_to_anthropic_as_it_is_with_the_model_replaced() {
+        let mut call = call(false);
+        call.front = Front::Anthropic;
+        let original = serde_json::json!({"model": "m", "max_tokens": 7, "top_k": 3,
+            "messages": [{"role": "user", "content": "hi"}]});
+        call.anthropic_body = original.as_object().cloned();
+        let (_, body) = Anthropic.chat_request(&call, &target(), 1024).unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        let mut expected = original;
+        expected["model"] = "up-model".into();
+        assert_eq!(body, expected);
+    }
+
+    #[test]
+    fn embeddings_go_to_each_kinds_path_and_anthropic_has_none() {
+        let request = parse_embeddings_request(br#"{"model":"e","input":"hi"}"#).unwrap();
+        let path = |kind| {
+            for_kind(kind)
+                .embeddings_request(&request, &target())
+                .map(|r| r.unwrap().0)
+        };
+        assert_eq!(
+            path(ProviderKind::Openai).as_deref(),
+            Some("/base/v1/embeddings")
+        );
+        assert_eq!(
+            path(ProviderKind::AzureOpenai).as_deref(),
+            Some("/base/openai/deployments/up-model/embeddings?api-version=2024-10-21")
+        );
+        assert_eq!(
+            path(ProviderKind::Gemini).as_deref(),
+            Some("/base/v1beta/models/up-model:batchEmbedContents")
+        );
+        assert_eq!(path(ProviderKind::Anthropic), None);
+    }
+
+    #[test]
+    fn only_the_mock_answers_in_process() {
+        let reply = Reply {
+            model: "m",
+            id: "chatcmpl-1",
+            created: 1_700_000_000,
+        };
+        for kind in ALL {
+            let api = for_kind(kind);
+            let local = kind == ProviderKind::Mock;
+            assert_eq!(api.is_local(), local, "{kind:?}");
+            assert_eq!(api.local_chat(&call(false), &reply, false).is_some(), local);
+            assert_eq!(
+                api.local_embeddings("m", &Value::from("hi")).is_some(),
+                local
+            );
+        }
+        let whole = Mock.local_chat(&call(false), &reply, false).unwrap();
+        let LocalBody::Whole(body) = whole.body else {
+            panic!("a request without `stream` gets a whole answer");
+        };
+        // The usage a local answer stands for is the one its body reports.
+        assert_eq!(
+            crate::ai::openai::usage_from_chat_response(&body),
+            Some(whole.usage)
+        );
+        let streamed = Mock.local_chat(&call(true), &reply, true).unwrap();
+        let LocalBody::Events(events) = streamed.body else {
+            panic!("a streamed request gets events");
+        };
+        assert_eq!(events.last().unwrap(), b"data: [DONE]\n\n");
+    }
+
+    #[test]
+    fn an_anthropic_answer_stays_native_for_the_anthropic_front_door_only() {
+        let answer = br#"{"id":"msg_1","type":"message","role":"assistant","model":"x",
+            "content":[{"type":"text","text":"hello"}],"stop_reason":"end_turn",
+            "usage":{"input_tokens":3,"output_tokens":2}}"#;
+        let reply = Reply {
+            model: "m",
+            id: "chatcmpl-1",
+            created: 1,
+        };
+        let native = Anthropic
+            .chat_response(answer.to_vec(), Front::Anthropic, &reply)
+            .unwrap();
+        assert_eq!(native.dialect, Front::Anthropic);
+        assert_eq!(native.body, answer);
+        let canonical = Anthropic
+            .chat_response(answer.to_vec(), Front::OpenAi, &reply)
+            .unwrap();
+        assert_eq!(canonical.dialect, Front::OpenAi);
+        let body: Value = serde_json::from_slice(&canonical.body).unwrap();
+        assert_eq!(body["choices"][0]["message"]["content"], "hello");
+        for whole in [native, canonical] {
+            let usage = whole.usage.unwrap();
+            assert_eq!((usage.prompt_tokens, usage.completion_tokens), (3, 2));
+        }
+        // An answer that is not the provider's JSON is refused, not passed on.
+        assert!(Anthropic
+            .chat_response(b"not json".to_vec(), Front::Anthropic, &reply)
+            .is_err());
+    }
+}
