@@ -51,7 +51,7 @@ pub trait ClientStage: EventStage {
 /// Whether `event` is a provider's mid-stream error: an event named `error`, a chunk with an
 /// `error` member (OpenAI, Azure, Gemini), or an Anthropic `{"type":"error"}`. Only an event
 /// whose data holds `"error"` is parsed; a content delta's text cannot hold it unescaped.
-pub(crate) fn is_error_event(event: &SseEvent) -> bool {
+fn is_error_event(event: &SseEvent) -> bool {
     if event.event.as_deref() == Some("error") {
         return true;
     }
@@ -68,7 +68,7 @@ pub(crate) fn is_error_event(event: &SseEvent) -> bool {
 /// The status an OpenAI-format error object stands for: a mid-stream error has none of its
 /// own (the stream's was 200), so its `type` (else a numeric `code`, as Azure sends) names
 /// the status it would have come with as a whole answer.
-pub(crate) fn openai_error_status(data: &[u8]) -> u16 {
+fn openai_error_status(data: &[u8]) -> u16 {
     let Ok(data) = serde_json::from_slice::<Value>(data) else {
         return 500;
     };
@@ -153,7 +153,7 @@ struct FunctionText<'a> {
 
 /// Adds the completion text of one OpenAI chunk (`data`) to `relayed`; data that is not a
 /// chunk (the `[DONE]` marker, an error object, garbage) adds nothing.
-pub(crate) fn count_chunk_text(data: &str, relayed: &mut RelayedTokens) {
+fn count_chunk_text(data: &str, relayed: &mut RelayedTokens) {
     let Ok(chunk) = serde_json::from_str::<ChunkText<'_>>(data) else {
         return;
     };
@@ -358,5 +358,108 @@ impl ProviderStage for AnthropicPassthrough {
     }
     fn take_error(&mut self) -> Option<ProviderError> {
         self.error.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ai::SseParser;
+
+    #[test]
+    fn chunk_text_counts_content_and_tool_call_deltas() {
+        let mut relayed = RelayedTokens::default();
+        count_chunk_text(
+            r#"{"choices":[{"index":0,"delta":{"content":"abcd"}},{"index":1,"delta":{"tool_calls":[{"index":0,"function":{"name":"efgh","arguments":"{\"x\":1}"}}]}}]}"#,
+            &mut relayed,
+        );
+        // "abcd" + "efgh" + `{"x":1}` = 15 bytes: 4 tokens.
+        assert_eq!(relayed.tokens(), 4);
+    }
+
+    #[test]
+    fn chunk_text_ignores_nulls_usage_chunks_errors_and_garbage() {
+        let mut relayed = RelayedTokens::default();
+        for data in [
+            r#"{"choices":[{"index":0,"delta":{"content":null,"role":"assistant"}}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+            r#"{"choices":null}"#,
+            r#"{"error":{"message":"overloaded"}}"#,
+            "[DONE]",
+            "{broken",
+        ] {
+            count_chunk_text(data, &mut relayed);
+        }
+        assert_eq!(relayed.tokens(), 0);
+    }
+
+    #[test]
+    fn chunk_text_with_escapes_counts_the_unescaped_text() {
+        let mut relayed = RelayedTokens::default();
+        count_chunk_text(
+            r#"{"choices":[{"delta":{"content":"a\"b\ncd\u00e9"}}]}"#,
+            &mut relayed,
+        );
+        // a " b LF c d é(2 bytes) = 8 bytes: 2 tokens.
+        assert_eq!(relayed.tokens(), 2);
+    }
+
+    fn event(name: Option<&str>, data: &str) -> SseEvent {
+        let mut raw = Vec::new();
+        crate::ai::encode_event(name, data, &mut raw);
+        let mut parser = SseParser::new(1 << 20);
+        parser.push(&raw).unwrap();
+        parser.next_event().unwrap()
+    }
+
+    #[test]
+    fn only_error_events_are_taken_for_errors() {
+        for (name, data) in [
+            (None, r#"{"error":{"message":"m","type":"server_error"}}"#),
+            (None, r#"{"error":"overloaded"}"#),
+            (
+                None,
+                r#"{"type":"error","error":{"type":"api_error","message":"m"}}"#,
+            ),
+            (Some("error"), "not even JSON"),
+        ] {
+            assert!(is_error_event(&event(name, data)), "{data}");
+        }
+        for (name, data) in [
+            // The model's text saying "error", escaped in its JSON string.
+            (
+                None,
+                r#"{"choices":[{"delta":{"content":"an \"error\" here"}}]}"#,
+            ),
+            // A tool named `error`.
+            (
+                None,
+                r#"{"type":"content_block_start","content_block":{"type":"tool_use","name":"error"}}"#,
+            ),
+            (None, r#"{"choices":[],"error":null}"#),
+            (None, "[DONE]"),
+        ] {
+            assert!(!is_error_event(&event(name, data)), "{data}");
+        }
+    }
+
+    #[test]
+    fn openai_error_objects_stand_for_the_status_of_their_type_or_code() {
+        for (data, status) in [
+            (r#"{"error":{"type":"invalid_request_error"}}"#, 400),
+            (
+                r#"{"error":{"type":"requests","code":"rate_limit_exceeded"}}"#,
+                429,
+            ),
+            (r#"{"error":{"type":"insufficient_quota"}}"#, 429),
+            (r#"{"error":{"code":"rate_limit_exceeded"}}"#, 429),
+            (r#"{"error":{"code":"429","message":"Azure says"}}"#, 429),
+            (r#"{"error":{"code":503}}"#, 503),
+            (r#"{"error":{"type":"server_error"}}"#, 500),
+            (r#"{"error":{"code":"200"}}"#, 500),
+            ("not JSON", 500),
+        ] {
+            assert_eq!(openai_error_status(data.as_bytes()), status, "{data}");
+        }
     }
 }

@@ -144,9 +144,7 @@ impl Translation {
 mod tests {
     use super::*;
     use crate::ai::providers;
-    use crate::ai::providers::stage::{count_chunk_text, is_error_event, openai_error_status};
     use crate::ai::Usage;
-    use crate::meter::RelayedTokens;
     use serde_json::{json, Value};
 
     /// Runs `stream` through a translation from `kind` to `front`; returns it and the client's
@@ -184,44 +182,6 @@ mod tests {
             completion_tokens: completion,
             cached_tokens: 0,
         }
-    }
-
-    #[test]
-    fn chunk_text_counts_content_and_tool_call_deltas() {
-        let mut relayed = RelayedTokens::default();
-        count_chunk_text(
-            r#"{"choices":[{"index":0,"delta":{"content":"abcd"}},{"index":1,"delta":{"tool_calls":[{"index":0,"function":{"name":"efgh","arguments":"{\"x\":1}"}}]}}]}"#,
-            &mut relayed,
-        );
-        // "abcd" + "efgh" + `{"x":1}` = 15 bytes: 4 tokens.
-        assert_eq!(relayed.tokens(), 4);
-    }
-
-    #[test]
-    fn chunk_text_ignores_nulls_usage_chunks_errors_and_garbage() {
-        let mut relayed = RelayedTokens::default();
-        for data in [
-            r#"{"choices":[{"index":0,"delta":{"content":null,"role":"assistant"}}]}"#,
-            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
-            r#"{"choices":null}"#,
-            r#"{"error":{"message":"overloaded"}}"#,
-            "[DONE]",
-            "{broken",
-        ] {
-            count_chunk_text(data, &mut relayed);
-        }
-        assert_eq!(relayed.tokens(), 0);
-    }
-
-    #[test]
-    fn chunk_text_with_escapes_counts_the_unescaped_text() {
-        let mut relayed = RelayedTokens::default();
-        count_chunk_text(
-            r#"{"choices":[{"delta":{"content":"a\"b\ncd\u00e9"}}]}"#,
-            &mut relayed,
-        );
-        // a " b LF c d é(2 bytes) = 8 bytes: 2 tokens.
-        assert_eq!(relayed.tokens(), 2);
     }
 
     #[test]
@@ -391,65 +351,6 @@ mod tests {
                 (e.event, data)
             })
             .collect()
-    }
-
-    fn event(name: Option<&str>, data: &str) -> SseEvent {
-        let mut raw = Vec::new();
-        crate::ai::encode_event(name, data, &mut raw);
-        let mut parser = SseParser::new(1 << 20);
-        parser.push(&raw).unwrap();
-        parser.next_event().unwrap()
-    }
-
-    #[test]
-    fn only_error_events_are_taken_for_errors() {
-        for (name, data) in [
-            (None, r#"{"error":{"message":"m","type":"server_error"}}"#),
-            (None, r#"{"error":"overloaded"}"#),
-            (
-                None,
-                r#"{"type":"error","error":{"type":"api_error","message":"m"}}"#,
-            ),
-            (Some("error"), "not even JSON"),
-        ] {
-            assert!(is_error_event(&event(name, data)), "{data}");
-        }
-        for (name, data) in [
-            // The model's text saying "error", escaped in its JSON string.
-            (
-                None,
-                r#"{"choices":[{"delta":{"content":"an \"error\" here"}}]}"#,
-            ),
-            // A tool named `error`.
-            (
-                None,
-                r#"{"type":"content_block_start","content_block":{"type":"tool_use","name":"error"}}"#,
-            ),
-            (None, r#"{"choices":[],"error":null}"#),
-            (None, "[DONE]"),
-        ] {
-            assert!(!is_error_event(&event(name, data)), "{data}");
-        }
-    }
-
-    #[test]
-    fn openai_error_objects_stand_for_the_status_of_their_type_or_code() {
-        for (data, status) in [
-            (r#"{"error":{"type":"invalid_request_error"}}"#, 400),
-            (
-                r#"{"error":{"type":"requests","code":"rate_limit_exceeded"}}"#,
-                429,
-            ),
-            (r#"{"error":{"type":"insufficient_quota"}}"#, 429),
-            (r#"{"error":{"code":"rate_limit_exceeded"}}"#, 429),
-            (r#"{"error":{"code":"429","message":"Azure says"}}"#, 429),
-            (r#"{"error":{"code":503}}"#, 503),
-            (r#"{"error":{"type":"server_error"}}"#, 500),
-            (r#"{"error":{"code":"200"}}"#, 500),
-            ("not JSON", 500),
-        ] {
-            assert_eq!(openai_error_status(data.as_bytes()), status, "{data}");
-        }
     }
 
     #[test]
