@@ -20,6 +20,8 @@ pub struct Provider {
     pub name: String,
     /// The API dialect it speaks.
     pub kind: ProviderKind,
+    /// The implementation of that dialect: everything the pipeline asks of a provider.
+    pub api: &'static dyn super::providers::Provider,
     /// Where its requests go; `None` for `kind = "mock"` (served in-process, no network).
     pub upstream: Option<Arc<Upstream>>,
     /// The path part of `base_url` without a trailing slash: `""` for
@@ -45,6 +47,15 @@ impl Provider {
         match &self.upstream {
             Some(up) => format!("{}{}", up.targets[0].authority, self.base_path),
             None => String::new(),
+        }
+    }
+
+    /// Where a call for `upstream_model` goes on this provider.
+    pub fn target<'a>(&'a self, upstream_model: &'a str) -> super::providers::Target<'a> {
+        super::providers::Target {
+            base_path: &self.base_path,
+            upstream_model,
+            api_version: &self.api_version,
         }
     }
 }
@@ -208,6 +219,7 @@ fn build_provider(
         .flatten()
         .unwrap_or(&cfg.base_url);
     let parsed = parse_base_url(base_url);
+    let api = super::providers::for_kind(cfg.kind);
     let api_key = match &cfg.api_key {
         None => None,
         Some(secret) => match secrets.watch(secret) {
@@ -223,8 +235,8 @@ fn build_provider(
             errors.push(format!("provider[{i}].base_url: {e}"));
             (None, String::new())
         }
-        // The mock is served in-process: its base_url is never connected to.
-        Ok(_) if cfg.kind == ProviderKind::Mock => (None, String::new()),
+        // A provider served in-process (the mock): its base_url is never connected to.
+        Ok(_) if api.is_local() => (None, String::new()),
         Ok(url) => match build_upstream(i, cfg, config, &url) {
             Ok(upstream) => (Some(Arc::new(upstream)), url.path),
             Err(e) => {
@@ -239,6 +251,7 @@ fn build_provider(
     Ok(Provider {
         name: cfg.name.clone(),
         kind: cfg.kind,
+        api,
         upstream,
         base_path,
         api_key,

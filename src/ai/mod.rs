@@ -6,6 +6,7 @@
 //!   relay, `GET /v1/models`.
 //! - [`sse`]: server-sent events, parsed incrementally and encoded.
 //! - [`mock`]: the in-process mock provider (deterministic replies and usage).
+//! - [`providers`]: every provider behind the one trait the pipeline calls.
 //! - [`provider_error`]: a provider's error answer as the gateway's error, its message made
 //!   safe by [`scrub`].
 //! - [`tokens`]: prompt token estimates per request format (tiktoken for OpenAI model
@@ -21,6 +22,7 @@ pub mod mock;
 pub mod openai;
 pub mod prompt;
 pub mod provider_error;
+pub mod providers;
 pub mod relayed_tokens;
 pub mod scrub;
 pub mod sse;

@@ -7,17 +7,14 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
-use serde_json::{Map, Value};
 
 use super::relay::{relay, Relayed};
 use super::stream::{Translation, MAX_EVENT};
 use super::{attempt_log, reply, send_whole, EventStream, RequestCtx};
 use crate::ai::provider_error::{self, ProviderError, MAX_ERROR_BODY};
+use crate::ai::providers::{LocalBody, Reply, Whole};
 use crate::ai::TokenCounter;
-use crate::ai::{
-    anthropic, azure, gemini, mock, openai, ChatRequest, Model, Provider, SseParser, Usage,
-};
-use crate::config::ProviderKind;
+use crate::ai::{anthropic, Model, Provider, SseParser, Usage};
 use crate::error::{ErrorDialect, GatewayError};
 use crate::http1::BufConn;
 use crate::http1::{push_header, RequestHead, StrBuf};
@@ -30,26 +27,8 @@ use crate::snapshot::{RequestBounds, Snapshot};
 /// Largest provider response body read whole.
 const MAX_PROVIDER_BODY: usize = 64 * 1024 * 1024;
 
-/// The Anthropic API version the gateway speaks.
-const ANTHROPIC_VERSION: &str = "2023-06-01";
-
-/// Which dialect the client speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Front {
-    /// `/v1/chat/completions` and `/prompts/*`.
-    OpenAi,
-    /// `/v1/messages`.
-    Anthropic,
-}
-
-/// A chat call as the front door received it.
-pub(super) struct Call {
-    pub front: Front,
-    /// The request in canonical (OpenAI chat) form, `model` as the client named it.
-    pub request: ChatRequest,
-    /// The client's Messages body, sent as it is (model replaced) to Anthropic providers.
-    pub anthropic_body: Option<Map<String, Value>>,
-}
+pub(super) use crate::ai::providers::Call;
+pub(crate) use crate::ai::providers::Front;
 
 /// The outcome of one call: what the client got, and what it used on which model.
 pub(super) struct Served<'s> {
@@ -70,7 +49,8 @@ enum Miss {
 
 enum Attempt {
     Answer(Exchange),
-    Mock,
+    /// The provider answers in-process (see [`crate::ai::providers::Provider::local_chat`]).
+    Local,
     /// Worth another try (the provider's key, limits or failures; connection trouble).
     Retry(Miss),
     /// Final: the request itself is at fault (most 4xx), or it cannot be sent.
@@ -127,15 +107,15 @@ where
                         metered,
                     };
                 }
-                Attempt::Mock => {
+                Attempt::Local => {
                     ctx.attempts.push(attempt_log(model, provider, "200"));
                     let (result, usage) =
-                        deliver_mock(worker, snapshot, client, head, ctx, call, model, provider)
+                        deliver_local(worker, snapshot, client, head, ctx, call, model, provider)
                             .await;
                     return Served {
                         result,
                         model,
-                        // The mock's usage is known before it answers, streamed or not.
+                        // A local answer's usage is known before it is sent, streamed or not.
                         metered: Metered::whole(usage),
                     };
                 }
@@ -197,8 +177,8 @@ async fn try_once(
     provider: &Provider,
     request_id: &str,
 ) -> Attempt {
-    if provider.kind == ProviderKind::Mock {
-        return Attempt::Mock;
+    if provider.api.is_local() {
+        return Attempt::Local;
     }
     let Some(upstream) = &provider.upstream else {
         return Attempt::Fail(Miss::Gateway(GatewayError::Upstream(
@@ -254,7 +234,9 @@ pub(super) async fn read_provider_error(
     let body = body.unwrap_or_default();
     let key = provider.api_key.as_ref().map(|k| k.current());
     let secrets: Vec<&str> = key.iter().map(|k| k.expose()).collect();
-    let error = provider_error::from_response(status, &body, retry_after.as_deref(), &secrets);
+    let error = provider
+        .api
+        .error(status, &body, retry_after.as_deref(), &secrets);
     if error.kind == provider_error::ProviderErrorKind::CredentialRefused {
         // The provider refused the gateway's own key: a gateway problem, not the client's
         // (whose virtual key was fine), so not an authentication error toward the client.
@@ -283,44 +265,14 @@ fn provider_body(
     model: &Model,
     provider: &Provider,
 ) -> Result<(String, Vec<u8>), GatewayError> {
-    let invalid = |e: openai::RequestError| GatewayError::InvalidRequest(e.to_string());
-    let base = &provider.base_path;
-    Ok(match provider.kind {
-        ProviderKind::Openai | ProviderKind::Mock => (
-            format!("{base}/v1/chat/completions"),
-            openai::upstream_chat_body(&call.request, &model.upstream_model),
-        ),
-        ProviderKind::AzureOpenai => (
-            format!(
-                "{base}{}",
-                azure::chat_path(&model.upstream_model, &provider.api_version)
-            ),
-            openai::upstream_chat_body(&call.request, &model.upstream_model),
-        ),
-        ProviderKind::Anthropic => {
-            let body = match &call.anthropic_body {
-                Some(original) => {
-                    let mut body = original.clone();
-                    body.insert("model".into(), model.upstream_model.clone().into());
-                    serde_json::to_vec(&body).expect("JSON maps serialize")
-                }
-                None => anthropic::request_from_openai(
-                    &call.request.body,
-                    &model.upstream_model,
-                    snapshot.config.ai.default_max_tokens,
-                )
-                .map_err(invalid)?,
-            };
-            (format!("{base}/v1/messages"), body)
-        }
-        ProviderKind::Gemini => (
-            format!(
-                "{base}{}",
-                gemini::chat_path(&model.upstream_model, call.request.stream)
-            ),
-            gemini::request_from_openai(&call.request.body).map_err(invalid)?,
-        ),
-    })
+    provider
+        .api
+        .chat_request(
+            call,
+            &provider.target(&model.upstream_model),
+            snapshot.config.ai.default_max_tokens,
+        )
+        .map_err(|e| GatewayError::InvalidRequest(e.to_string()))
 }
 
 /// The complete request toward a provider: its path, JSON body and the provider key in the
@@ -338,23 +290,10 @@ pub(super) fn provider_request(
         "POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
         body.len()
     );
-    if let Some(key) = &provider.api_key {
-        let secret = key.current();
-        let value = secret.expose().as_bytes();
-        match provider.kind {
-            ProviderKind::AzureOpenai => push_header(&mut out, "api-key", value),
-            ProviderKind::Anthropic => push_header(&mut out, "x-api-key", value),
-            ProviderKind::Gemini => push_header(&mut out, "x-goog-api-key", value),
-            ProviderKind::Openai | ProviderKind::Mock => {
-                out.extend_from_slice(b"authorization: Bearer ");
-                out.extend_from_slice(value);
-                out.extend_from_slice(b"\r\n");
-            }
-        }
-    }
-    if provider.kind == ProviderKind::Anthropic {
-        push_header(&mut out, "anthropic-version", ANTHROPIC_VERSION.as_bytes());
-    }
+    let key = provider.api_key.as_ref().map(|k| k.current());
+    provider
+        .api
+        .push_headers(key.as_ref().map(|k| k.expose().as_bytes()), &mut out);
     push_header(&mut out, "x-request-id", request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
@@ -446,7 +385,7 @@ where
             };
         let status = exchange.response.status();
         exchange.finish(worker, upstream, true);
-        return match translate_whole(provider.kind, call.front, body, model, &id, created) {
+        return match translate_whole(provider, call.front, body, model, &id, created) {
             Ok((body, usage)) => {
                 let r = reply::answer(worker, snapshot, client, head, ctx, status, body).await;
                 (r, Metered::whole(usage))
@@ -461,7 +400,7 @@ where
         };
     }
     let mut translation = Translation::new(
-        provider.kind,
+        provider.api,
         call.front,
         &model.name,
         &id,
@@ -504,43 +443,35 @@ fn provider_secrets(provider: &Provider) -> Vec<std::sync::Arc<crate::config::Se
 
 /// A whole provider answer in the front door's dialect, with its usage.
 fn translate_whole(
-    kind: ProviderKind,
+    provider: &Provider,
     front: Front,
     body: Vec<u8>,
     model: &Model,
     id: &str,
     created: i64,
 ) -> Result<(Vec<u8>, Option<Usage>), crate::ai::TranslateError> {
-    let (canonical, usage) = match kind {
-        ProviderKind::Anthropic => {
-            let (canonical, usage) = anthropic::response_to_openai(&body, &model.name, created)?;
-            if front == Front::Anthropic {
-                return Ok((body, Some(usage)));
-            }
-            (canonical, Some(usage))
-        }
-        ProviderKind::Gemini => {
-            let (canonical, usage) = gemini::response_to_openai(&body, &model.name, id, created)?;
-            (canonical, Some(usage))
-        }
-        _ => {
-            let usage = openai::usage_from_chat_response(&body);
-            (body, usage)
-        }
+    let reply = Reply {
+        model: &model.name,
+        id,
+        created,
     };
-    match front {
-        Front::OpenAi => Ok((canonical, usage)),
-        Front::Anthropic => {
-            let (body, from_body) = anthropic::response_from_openai(&canonical, &model.name)?;
-            Ok((body, usage.or(Some(from_body))))
-        }
+    let Whole {
+        body,
+        usage,
+        dialect,
+    } = provider.api.chat_response(body, front, &reply)?;
+    if dialect == front {
+        return Ok((body, usage));
     }
+    // Otherwise the answer is canonical and the client speaks Anthropic.
+    let (body, from_body) = anthropic::response_from_openai(&body, &model.name)?;
+    Ok((body, usage.or(Some(from_body))))
 }
 
-/// The in-process mock: its canonical answer, paced by the provider's `mock` options and
-/// translated for the front door like any provider's.
+/// A provider's in-process answer, paced by the provider's `mock` options and translated for
+/// the front door like any provider's.
 #[allow(clippy::too_many_arguments)]
-async fn deliver_mock<S>(
+async fn deliver_local<S>(
     worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
@@ -553,39 +484,46 @@ async fn deliver_mock<S>(
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
-    let reply = mock::reply(&call.request.body);
-    let usage = Some(reply.usage);
     let id = format!("chatcmpl-{}", ctx.request_id);
     let created = crate::clock::unix_now_ms() / 1000;
+    let reply = Reply {
+        model: &model.name,
+        id: &id,
+        created,
+    };
+    let include_usage = call.request.client_wants_usage || call.front == Front::Anthropic;
+    let Some(local) = provider.api.local_chat(call, &reply, include_usage) else {
+        return (
+            Err(GatewayError::Upstream("provider has no address").into()),
+            None,
+        );
+    };
+    let usage = Some(local.usage);
     if provider.mock.latency_ms > 0 {
         monoio::time::sleep(Duration::from_millis(provider.mock.latency_ms)).await;
     }
-    if !call.request.stream {
-        let canonical = mock::chat_completion_body(&model.name, &id, created, &reply);
-        let result = match translate_whole(
-            ProviderKind::Mock,
-            call.front,
-            canonical,
-            model,
-            &id,
-            created,
-        ) {
-            Ok((body, _)) => reply::answer(worker, snapshot, client, head, ctx, 200, body).await,
-            Err(_) => Err(GatewayError::Upstream("mock answer untranslatable").into()),
-        };
-        return (result, usage);
-    }
-    let include_usage = call.request.client_wants_usage || call.front == Front::Anthropic;
-    let events = mock::chat_completion_chunks(&model.name, &id, created, &reply, include_usage);
+    let events = match local.body {
+        LocalBody::Whole(canonical) => {
+            let result = match translate_whole(provider, call.front, canonical, model, &id, created)
+            {
+                Ok((body, _)) => {
+                    reply::answer(worker, snapshot, client, head, ctx, 200, body).await
+                }
+                Err(_) => Err(GatewayError::Upstream("mock answer untranslatable").into()),
+            };
+            return (result, usage);
+        }
+        LocalBody::Events(events) => events,
+    };
     // Spread the completion's tokens evenly over the events at `tokens_per_second`.
     let pause = match provider.mock.tokens_per_second {
         0 => Duration::ZERO,
         tps => Duration::from_secs_f64(
-            reply.usage.completion_tokens as f64 / tps as f64 / events.len().max(1) as f64,
+            local.usage.completion_tokens as f64 / tps as f64 / events.len().max(1) as f64,
         ),
     };
     let mut translation = Translation::new(
-        ProviderKind::Mock,
+        provider.api,
         call.front,
         &model.name,
         &id,

@@ -23,9 +23,8 @@ use super::{exchange, hooks};
 use super::{Failure, Outcome, RequestCtx};
 use crate::accesslog::AttemptLog;
 use crate::ai::tokens;
-use crate::ai::{anthropic, mock, openai, prompt, Model, Provider, Usage};
+use crate::ai::{anthropic, openai, prompt, Model, Provider, Usage};
 use crate::auth;
-use crate::config::ProviderKind;
 use crate::error::{ErrorDialect, GatewayError};
 use crate::http1::BufConn;
 use crate::http1::{encode_chunk, encode_last_chunk, push_header, RequestHead, StrBuf, Version};
@@ -280,27 +279,35 @@ where
     let prompt_tokens = tokens::estimate_embedding_tokens(&model.upstream_model, input);
     let hold = admit(worker, snapshot, ctx, model, prompt_tokens, 0)?;
     let provider = snapshot.catalog.provider(model.provider);
-    let (result, usage) = match provider.kind {
-        ProviderKind::Mock => {
-            let body = mock::embeddings_body(&model.name, input);
-            let usage = openai::usage_from_embeddings_response(&body);
+    let local = provider.api.local_embeddings(&model.name, input);
+    let (result, usage) = match local {
+        Some((body, usage)) => {
             let r = respond(client, head, ctx, 200, "application/json", &body).await;
             (r, usage)
         }
-        ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::Gemini => {
-            embeddings_upstream(
-                worker, snapshot, client, head, ctx, provider, model, &request,
-            )
-            .await
-        }
-        ProviderKind::Anthropic => (
-            Err(GatewayError::InvalidRequest(format!(
-                "the model `{}` has no embeddings",
-                model.name
-            ))
-            .into()),
-            None,
-        ),
+        None => match provider
+            .api
+            .embeddings_request(&request, &provider.target(&model.upstream_model))
+        {
+            None => (
+                Err(GatewayError::InvalidRequest(format!(
+                    "the model `{}` has no embeddings",
+                    model.name
+                ))
+                .into()),
+                None,
+            ),
+            Some(Err(e)) => (
+                Err(GatewayError::InvalidRequest(e.to_string()).into()),
+                None,
+            ),
+            Some(Ok((path, body))) => {
+                embeddings_upstream(
+                    worker, snapshot, client, head, ctx, provider, model, &request, path, body,
+                )
+                .await
+            }
+        },
     };
     settle(worker, ctx, model, hold, usage, prompt_tokens, None);
     result
@@ -316,6 +323,8 @@ async fn embeddings_upstream<S>(
     provider: &Provider,
     model: &Model,
     request: &openai::EmbeddingsRequest,
+    path: String,
+    body: Vec<u8>,
 ) -> (Result<Outcome, Failure>, Option<Usage>)
 where
     S: AsyncReadRent + AsyncWriteRent,
@@ -325,38 +334,6 @@ where
             Err(GatewayError::Upstream("provider has no address").into()),
             None,
         );
-    };
-    let base = &provider.base_path;
-    let (path, body) = match provider.kind {
-        ProviderKind::Gemini => match crate::ai::gemini::embeddings_request_from_openai(
-            &request.body,
-            &model.upstream_model,
-        ) {
-            Ok(body) => (
-                format!(
-                    "{base}{}",
-                    crate::ai::gemini::embeddings_path(&model.upstream_model)
-                ),
-                body,
-            ),
-            Err(e) => {
-                return (
-                    Err(GatewayError::InvalidRequest(e.to_string()).into()),
-                    None,
-                )
-            }
-        },
-        ProviderKind::AzureOpenai => (
-            format!(
-                "{base}{}",
-                crate::ai::azure::embeddings_path(&model.upstream_model, &provider.api_version)
-            ),
-            openai::upstream_embeddings_body(request, &model.upstream_model),
-        ),
-        _ => (
-            format!("{base}/v1/embeddings"),
-            openai::upstream_embeddings_body(request, &model.upstream_model),
-        ),
     };
     let sent = exchange::send(worker, upstream, &snapshot.limits, |target| {
         call::provider_request(provider, &target.authority, &path, &body, &ctx.request_id)
@@ -386,28 +363,13 @@ where
         Err(e) => return (Err(e.into()), None),
     };
     exchange.finish(worker, upstream, true);
-    let (body, usage) = match provider.kind {
-        ProviderKind::Gemini => {
-            match crate::ai::gemini::embeddings_response_to_openai(
-                &body,
-                &model.name,
-                &request.body,
-            ) {
-                Ok(b) => {
-                    let usage = openai::usage_from_embeddings_response(&b);
-                    (b, usage)
-                }
-                Err(_) => {
-                    return (
-                        Err(GatewayError::Upstream("untranslatable provider response").into()),
-                        None,
-                    )
-                }
-            }
-        }
-        _ => {
-            let usage = openai::usage_from_embeddings_response(&body);
-            (body, usage)
+    let (body, usage) = match provider.api.embeddings_response(body, &model.name, request) {
+        Ok(translated) => translated,
+        Err(_) => {
+            return (
+                Err(GatewayError::Upstream("untranslatable provider response").into()),
+                None,
+            )
         }
     };
     let r = respond(client, head, ctx, status, "application/json", &body).await;
