@@ -4,9 +4,9 @@
 
 use super::stage::AnthropicPassthrough;
 use super::{Call, Front, Provider, Reply, Stage, Target, Whole};
+use crate::ai::TokenCounter;
 use crate::ai::{anthropic, EmbeddingsRequest, RequestError, TranslateError};
 use crate::http1::push_header;
-use crate::meter::TokenCounter;
 
 /// The Anthropic API version the gateway speaks.
 const ANTHROPIC_VERSION: &str = "2023-06-01";

@@ -3,9 +3,9 @@
 
 use super::openai::{canonical_stage, canonical_whole};
 use super::{Call, Front, Provider, Reply, Stage, Target, Whole};
+use crate::ai::TokenCounter;
 use crate::ai::{azure, openai, EmbeddingsRequest, RequestError, TranslateError};
 use crate::http1::push_header;
-use crate::meter::TokenCounter;
 
 /// The Azure OpenAI API.
 #[derive(Debug)]

@@ -2,9 +2,9 @@
 //! `batchEmbedContents`, the key in `x-goog-api-key` (see [`crate::ai::gemini`]).
 
 use super::{Call, Front, Provider, Reply, Stage, Target, Whole};
+use crate::ai::TokenCounter;
 use crate::ai::{gemini, openai, EmbeddingsRequest, RequestError, TranslateError, Usage};
 use crate::http1::push_header;
-use crate::meter::TokenCounter;
 
 /// The Gemini API.
 #[derive(Debug)]

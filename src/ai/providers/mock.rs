@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use super::{Call, Front, LocalBody, LocalChat, OpenAi, Provider, Reply, Stage, Target, Whole};
+use crate::ai::TokenCounter;
 use crate::ai::{mock, openai, EmbeddingsRequest, RequestError, TranslateError, Usage};
-use crate::meter::TokenCounter;
 
 /// The mock provider.
 #[derive(Debug)]

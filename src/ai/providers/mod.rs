@@ -26,9 +26,9 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::ai::provider_error::{self, ProviderError};
+use crate::ai::TokenCounter;
 use crate::ai::{ChatRequest, EmbeddingsRequest, RequestError, TranslateError, Usage};
 use crate::config::ProviderKind;
-use crate::meter::TokenCounter;
 
 pub use anthropic::Anthropic;
 pub use azure::AzureOpenAi;

@@ -3,8 +3,8 @@
 
 use super::stage::OpenAiRelay;
 use super::{Call, Front, Provider, Reply, Stage, Target, Whole};
+use crate::ai::TokenCounter;
 use crate::ai::{openai, EmbeddingsRequest, RequestError, TranslateError};
-use crate::meter::TokenCounter;
 
 /// The OpenAI API.
 #[derive(Debug)]

@@ -15,9 +15,9 @@ use serde_json::Value;
 
 use crate::ai::provider_error::{self, ProviderError};
 use crate::ai::{anthropic, gemini, ChatStreamRelay, SseEvent, Usage};
+use crate::ai::{RelayedTokens, TokenCounter};
 use crate::config::Secret;
 use crate::error::ErrorDialect;
-use crate::meter::{RelayedTokens, TokenCounter};
 
 /// One translation stage over server-sent events.
 pub trait EventStage {
