@@ -224,6 +224,7 @@ fn rejection(status: u16, message: &str) -> Response {
         411 => ("invalid_request_error", "length_required"),
         413 => ("invalid_request_error", "body_too_large"),
         431 => ("invalid_request_error", "headers_too_large"),
+        501 => ("invalid_request_error", "not_implemented"),
         _ => ("invalid_request_error", "bad_request"),
     };
     routes::error(status, error_type, code, message)

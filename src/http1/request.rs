@@ -29,6 +29,9 @@ pub struct HeadParser {
     scanner: HeadScanner,
     /// Whether the request-line of the head in progress was already checked.
     line_checked: bool,
+    /// How far the early request-line check has looked for its line feed, so a line
+    /// trickling in byte by byte is searched once in all, not once per read.
+    line_scanned: usize,
     rules: HeadRules,
 }
 
@@ -47,6 +50,7 @@ impl Default for HeadParser {
         HeadParser {
             scanner: HeadScanner::default(),
             line_checked: false,
+            line_scanned: 0,
             rules: HeadRules {
                 require_host: true,
                 max_headers: MAX_HEADERS,
@@ -95,6 +99,7 @@ impl HeadParser {
             return Ok(None);
         };
         self.line_checked = false;
+        self.line_scanned = 0;
         let bytes = buf[bounds.start..bounds.end].into();
         let head = RequestHead::parse(bytes, bounds.lines.saturating_sub(1), self.rules)?;
         Ok(Some((head, bounds.end)))
@@ -104,6 +109,7 @@ impl HeadParser {
     pub fn reset(&mut self) {
         self.scanner.reset();
         self.line_checked = false;
+        self.line_scanned = 0;
     }
 
     /// Refuses a bad request-line as soon as it is complete, rather than waiting for a
@@ -118,11 +124,12 @@ impl HeadParser {
         while buf[start..].starts_with(b"\r\n") {
             start += 2;
         }
-        let rest = &buf[start..];
-        if !rest.contains(&b'\n') {
+        let from = self.line_scanned.max(start);
+        if !buf[from..].contains(&b'\n') {
+            self.line_scanned = buf.len();
             return Ok(());
         }
-        let (line, _) = start_line(rest);
+        let (line, _) = start_line(&buf[start..]);
         let result = RequestLine::parse(line).map(|_| ());
         if result.is_err() {
             self.reset();
@@ -620,6 +627,33 @@ mod tests {
             parser.parse(b"GET /\r\n", MAX),
             Err(HeadError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn request_line_trickled_byte_by_byte_is_checked_once_complete() {
+        for (line, refused) in [
+            (&b"GET /a/b?c=d HTTP/1.1\r\n"[..], false),
+            (&b"\r\nGET / HTTP/1.1\r\n"[..], false),
+            (&b"GET /only-http-0.9\r\n"[..], true),
+        ] {
+            let mut parser = HeadParser::new();
+            let mut outcome = Ok(None);
+            for end in 1..=line.len() {
+                outcome = parser.parse(&line[..end], 8192);
+                if outcome.is_err() {
+                    assert_eq!(end, line.len(), "refused before the line ended");
+                }
+            }
+            assert_eq!(
+                outcome.is_err(),
+                refused,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+            if !refused {
+                assert!(parser.line_checked, "a complete good line is remembered");
+            }
+        }
     }
 
     #[test]
