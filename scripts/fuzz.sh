@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 FUZZ_DIR=tests/fuzz
 # Nightly fuzz builds stay in tests/fuzz/target, whatever target dir the stable builds use.
 unset CARGO_TARGET_DIR
-TARGETS=(http1_head http1_chunked sse ai_json config)
+TARGETS=(http1_head http1_chunked sse ai_json config http1_path lua_caps)
 target=${1:-all}
 seconds=${2:-600}
 

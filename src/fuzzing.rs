@@ -562,3 +562,161 @@ pub fn config(data: &[u8]) {
         }
     }
 }
+
+/// Path normalizer: the first byte's low bit is `merge_slashes`, the rest is the path. Every
+/// accepted path comes out rooted, without dot segments (so it cannot climb above the root),
+/// without `//` when merging, no longer than its input, and as a fixed point (normalizing it
+/// again borrows it unchanged). For paths of plain segment characters, the result must also
+/// equal a literal stack reading of RFC 3986 §5.2.4 (differential check).
+pub fn http1_path(data: &[u8]) {
+    let (flags, rest) = split_byte(data);
+    let merge_slashes = flags & 1 == 1;
+    let path = String::from_utf8_lossy(rest);
+    let result = crate::http1::normalize_path(&path, merge_slashes);
+    if let Some(expected) = reference_dot_removal(&path, merge_slashes) {
+        let got = result.as_deref().map_err(|_| ());
+        assert_eq!(
+            got,
+            expected.as_deref().map_err(|_| ()),
+            "normalizer and RFC 3986 stack disagree on {path:?}"
+        );
+    }
+    let Ok(normal) = result else { return };
+    assert!(
+        normal.starts_with('/'),
+        "{path:?} -> {normal:?} is not rooted"
+    );
+    assert!(
+        normal.len() <= path.len().max(1),
+        "{path:?} -> {normal:?} grew"
+    );
+    for segment in normal.split('/') {
+        assert!(
+            segment != "." && segment != "..",
+            "{path:?} -> {normal:?} keeps a dot segment"
+        );
+        let lower = segment.to_ascii_lowercase();
+        assert!(
+            !lower.contains("%2e") && !lower.contains("%2f") && !lower.contains("%5c"),
+            "{path:?} -> {normal:?} keeps an escaped dot or slash"
+        );
+    }
+    if merge_slashes {
+        assert!(!normal.contains("//"), "{path:?} -> {normal:?} keeps //");
+    }
+    match crate::http1::normalize_path(&normal, merge_slashes) {
+        Ok(std::borrow::Cow::Borrowed(again)) => assert_eq!(again, &*normal),
+        other => panic!("{path:?} -> {normal:?} is not a fixed point: {other:?}"),
+    }
+}
+
+/// RFC 3986 §5.2.4 read as a stack of segments, for paths of `[a-z0-9.-]` and `/` only
+/// (nothing to decode or refuse but climbing): `None` for any other path.
+fn reference_dot_removal(path: &str, merge_slashes: bool) -> Option<Result<String, ()>> {
+    let plain = path
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"./-".contains(&b));
+    let rest = path.strip_prefix('/').filter(|_| plain)?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let mut stack: Vec<&str> = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {}
+            ".." => {
+                if stack.pop().is_none() {
+                    return Some(Err(()));
+                }
+            }
+            "" if merge_slashes && !last => continue,
+            other => {
+                stack.push(other);
+                continue;
+            }
+        }
+        // A final dot segment leaves the directory it named: a trailing slash.
+        if last {
+            stack.push("");
+        }
+    }
+    Some(Ok(format!("/{}", stack.join("/"))))
+}
+
+/// Library functions whose arguments the Lua sandbox caps (`lua::caps`), and argument shapes
+/// around and past every cap.
+const LUA_CALLS: &[&str] = &[
+    "table.move",
+    "table.create",
+    "table.insert",
+    "table.remove",
+    "table.concat",
+    "table.unpack",
+    "unpack",
+    "table.sort",
+    "table.clear",
+    "string.rep",
+    "string.find",
+    "string.split",
+    "string.format",
+    "string.byte",
+    "string.char",
+    "string.pack",
+    "string.unpack",
+    "string.packsize",
+    "string.sub",
+    "string.gsub",
+    "buffer.create",
+    "buffer.fill",
+    "buffer.copy",
+    "utf8.char",
+    "select",
+];
+const LUA_ARGS: &[&str] = &[
+    "0",
+    "1",
+    "-1",
+    "1e9",
+    "-1e9",
+    "2^53",
+    "0/0",
+    "math.huge",
+    "65536",
+    "65537",
+    "4194305",
+    "{}",
+    "table.create(8, 1)",
+    "string.rep('ab', 64)",
+    "'%99d'",
+    "'x'",
+    "buffer.create(16)",
+    "'i4'",
+    "'s4'",
+    "'c1000000'",
+    "('a'):rep(300)",
+    "nil",
+];
+
+/// Lua argument caps: the first byte picks a capped library function, each later byte an
+/// argument shape (at most six); the call runs in the sandboxed fuzz VM under `pcall`. It must
+/// neither panic nor run for long: every call returns or is refused within the VM's budget
+/// (the bound here is generous so a loaded machine cannot trip it; libFuzzer's `-timeout`
+/// catches a real hang).
+pub fn lua_caps(data: &[u8]) {
+    let Some((&pick, args)) = data.split_first() else {
+        return;
+    };
+    let function = LUA_CALLS[usize::from(pick) % LUA_CALLS.len()];
+    let args: Vec<&str> = args
+        .iter()
+        .take(6)
+        .map(|&b| LUA_ARGS[usize::from(b) % LUA_ARGS.len()])
+        .collect();
+    let script = format!("pcall({function}, {})", args.join(", "));
+    let started = std::time::Instant::now();
+    let _ = crate::lua::fuzz_library_call(&script);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "{script} ran for {took:?}"
+    );
+}

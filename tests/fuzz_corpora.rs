@@ -61,3 +61,13 @@ fn ai_json_corpus() {
 fn config_corpus() {
     assert!(replay("config", fuzzing::config) > 0);
 }
+
+#[test]
+fn http1_path_corpus() {
+    assert!(replay("http1_path", fuzzing::http1_path) > 0);
+}
+
+#[test]
+fn lua_caps_corpus() {
+    assert!(replay("lua_caps", fuzzing::lua_caps) > 0);
+}
