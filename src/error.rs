@@ -59,14 +59,17 @@ pub enum GatewayError {
     },
 }
 
-/// Which API dialect an error body is written in: the AI front door `/v1/messages` speaks
-/// Anthropic's, everything else OpenAI's (README, "AI front doors").
+/// The API dialect a client speaks: the AI front door `/v1/messages` speaks Anthropic's,
+/// everything else OpenAI's (README, "AI front doors"). It decides how requests and answers
+/// are translated and which shape gateway-made error bodies take; for an answer, it also
+/// says which dialect a body is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ErrorDialect {
+pub enum Dialect {
+    /// OpenAI chat (`/v1/chat/completions`, `/prompts/*`), the canonical form; errors are
     /// `{"error":{"message","type","code"}}`.
     #[default]
     OpenAi,
-    /// `{"type":"error","error":{"type","message"}}`.
+    /// Anthropic Messages (`/v1/messages`); errors are `{"type":"error","error":{"type","message"}}`.
     Anthropic,
 }
 
@@ -188,7 +191,7 @@ impl GatewayError {
 
     /// Appends the complete HTTP/1.1 response for this error to `out`.
     pub fn write_response(&self, request_id: &str, close: bool, out: &mut Vec<u8>) {
-        self.write_response_with(request_id, close, ErrorDialect::OpenAi, &[], out);
+        self.write_response_with(request_id, close, Dialect::OpenAi, &[], out);
     }
 
     /// Like [`GatewayError::write_response`], in `dialect`, with `extra_headers` (complete
@@ -197,14 +200,14 @@ impl GatewayError {
         &self,
         request_id: &str,
         close: bool,
-        dialect: ErrorDialect,
+        dialect: Dialect,
         extra_headers: &[u8],
         out: &mut Vec<u8>,
     ) {
         let message = self.message();
         let body = match dialect {
-            ErrorDialect::OpenAi => error_body(self.error_type(), self.code(), &message),
-            ErrorDialect::Anthropic => anthropic_error_body(self.anthropic_type(), &message),
+            Dialect::OpenAi => error_body(self.error_type(), self.code(), &message),
+            Dialect::Anthropic => anthropic_error_body(self.anthropic_type(), &message),
         };
         let mut headers = Vec::with_capacity(extra_headers.len() + 24);
         if let GatewayError::RateLimited {

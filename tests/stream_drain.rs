@@ -167,7 +167,7 @@ fn key_for(gw: &Gateway, body: Value) -> IssuedKey {
 
 /// Which front door a request goes to.
 #[derive(Clone, Copy, Debug)]
-enum Front {
+enum Dialect {
     /// `POST /v1/chat/completions`.
     OpenAi,
     /// `POST /v1/messages`.
@@ -175,10 +175,10 @@ enum Front {
 }
 
 /// A streamed request for `model` at `front`, asking for `max_tokens`.
-fn stream_request(front: Front, model: &str, key: &str, max_tokens: u64) -> Vec<u8> {
+fn stream_request(front: Dialect, model: &str, key: &str, max_tokens: u64) -> Vec<u8> {
     let auth = format!("Bearer {key}");
     let (path, headers, body) = match front {
-        Front::OpenAi => (
+        Dialect::OpenAi => (
             "/v1/chat/completions",
             vec![("Authorization", auth.as_str())],
             json!({
@@ -188,7 +188,7 @@ fn stream_request(front: Front, model: &str, key: &str, max_tokens: u64) -> Vec<
                 "stream": true,
             }),
         ),
-        Front::Anthropic => (
+        Dialect::Anthropic => (
             "/v1/messages",
             vec![("x-api-key", key), ("anthropic-version", ANTHROPIC_VERSION)],
             json!({
@@ -264,7 +264,7 @@ fn access_log_lines(gw: &Gateway, model: &str, n: usize) -> Vec<Value> {
 /// reported at the end of the stream, which the gateway read to its end.
 fn leaving_client_is_charged_the_reported_usage(
     fakes: &Fakes,
-    front: Front,
+    front: Dialect,
     model: &str,
     driver: Driver,
 ) {
@@ -291,7 +291,7 @@ fn leaving_client_is_charged_the_reported_usage(
 on_both_drivers! {
     fn openai_client_leaving_an_openai_stream_is_charged_the_reported_usage(driver) {
         let fakes = Fakes::start();
-        leaving_client_is_charged_the_reported_usage(&fakes, Front::OpenAi, OPENAI_MODEL, driver);
+        leaving_client_is_charged_the_reported_usage(&fakes, Dialect::OpenAi, OPENAI_MODEL, driver);
         assert_eq!(fakes.openai.answered_count(), 1, "the provider's stream was read to its end");
         assert_eq!(fakes.openai.cut_short_count(), 0);
     }
@@ -302,7 +302,7 @@ on_both_drivers! {
         let fakes = Fakes::start();
         leaving_client_is_charged_the_reported_usage(
             &fakes,
-            Front::Anthropic,
+            Dialect::Anthropic,
             CLAUDE_MODEL,
             driver,
         );
@@ -315,7 +315,7 @@ fn openai_client_leaving_a_gemini_stream_is_charged_the_reported_usage() {
     let fakes = Fakes::start();
     leaving_client_is_charged_the_reported_usage(
         &fakes,
-        Front::OpenAi,
+        Dialect::OpenAi,
         GEMINI_MODEL,
         Driver::Uring,
     );
@@ -327,7 +327,7 @@ fn anthropic_client_leaving_an_openai_stream_is_charged_the_reported_usage() {
     let fakes = Fakes::start();
     leaving_client_is_charged_the_reported_usage(
         &fakes,
-        Front::Anthropic,
+        Dialect::Anthropic,
         OPENAI_MODEL,
         Driver::Epoll,
     );
@@ -351,7 +351,7 @@ on_both_drivers! {
         let gw = start_gateway(&fakes, SHORT_DRAIN, driver);
         let key = key_for(&gw, json!({ "name": "stall", "team": "t" }));
         let reservation = 500;
-        let raw = stream_request(Front::OpenAi, OPENAI_MODEL, &key.secret, reservation);
+        let raw = stream_request(Dialect::OpenAi, OPENAI_MODEL, &key.secret, reservation);
         leave_mid_stream(gw.addr(), &raw, 20);
 
         // The gateway hangs up on the silent provider once the drain bound
@@ -372,7 +372,7 @@ on_both_drivers! {
         fakes.openai.set_stream_end(StreamEnd::CutAfter(60));
         let gw = start_gateway(&fakes, SHORT_DRAIN, driver);
         let key = key_for(&gw, json!({ "name": "cut", "team": "t" }));
-        let raw = stream_request(Front::OpenAi, OPENAI_MODEL, &key.secret, 1);
+        let raw = stream_request(Dialect::OpenAi, OPENAI_MODEL, &key.secret, 1);
         leave_mid_stream(gw.addr(), &raw, 30);
 
         let row = usage_row_when(&gw, OPENAI_MODEL, |r| r["requests"] == 1);
@@ -391,7 +391,7 @@ fn anthropic_stream_cut_after_message_start_is_not_charged_its_partial_usage() {
     fakes.anthropic.set_stream_end(StreamEnd::CutAfter(30));
     let gw = start_gateway(&fakes, SHORT_DRAIN, Driver::Uring);
     let key = key_for(&gw, json!({ "name": "cut-claude", "team": "t" }));
-    let raw = stream_request(Front::Anthropic, CLAUDE_MODEL, &key.secret, 300);
+    let raw = stream_request(Dialect::Anthropic, CLAUDE_MODEL, &key.secret, 300);
     leave_mid_stream(gw.addr(), &raw, 10);
 
     let row = usage_row_when(&gw, CLAUDE_MODEL, |r| r["requests"] == 1);
@@ -411,7 +411,7 @@ fn shutdown_stops_a_drain_at_once_and_the_cut_stream_is_still_charged() {
     let long_drain = "[ai]\ndrain_after_disconnect_ms = 600000\n";
     let mut first = start_gateway(&fakes, long_drain, Driver::Uring);
     let key = key_for(&first, json!({ "name": "shutdown", "team": "t" }));
-    let raw = stream_request(Front::OpenAi, OPENAI_MODEL, &key.secret, 400);
+    let raw = stream_request(Dialect::OpenAi, OPENAI_MODEL, &key.secret, 400);
     leave_mid_stream(first.addr(), &raw, 20);
     assert!(
         fakes.openai.wait_for_requests(1, WAIT),
@@ -445,13 +445,13 @@ on_both_drivers! {
         // charged their prompt estimates only, they would cost under 100.
         let key = key_for(&gw, json!({ "name": "budget", "team": "t", "budget_tokens": 1650 }));
         for _ in 0..2 {
-            let raw = stream_request(Front::OpenAi, OPENAI_MODEL, &key.secret, 64);
+            let raw = stream_request(Dialect::OpenAi, OPENAI_MODEL, &key.secret, 64);
             leave_mid_stream(gw.addr(), &raw, 10);
         }
         usage_row_when(&gw, OPENAI_MODEL, |r| r["requests"] == 2 && r["completion_tokens"] != 0);
 
         let mut client = Client::connect(gw.addr());
-        client.send(&stream_request(Front::OpenAi, OPENAI_MODEL, &key.secret, 64));
+        client.send(&stream_request(Dialect::OpenAi, OPENAI_MODEL, &key.secret, 64));
         let refused = client.read_response();
         refused.assert_error(429, "insufficient_quota");
         assert_eq!(fakes.openai.request_count(), 2, "the refused request never went upstream");

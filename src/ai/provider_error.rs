@@ -22,7 +22,7 @@
 use serde_json::Value;
 
 use super::scrub::scrub_message;
-use crate::error::{anthropic_error_body, error_body, ErrorDialect};
+use crate::error::{anthropic_error_body, error_body, Dialect};
 
 /// Largest provider error body read: real ones are a few hundred bytes, and only a bounded
 /// message is kept from it.
@@ -165,10 +165,10 @@ impl ProviderError {
     }
 
     /// The JSON error body in `dialect`.
-    pub fn body(&self, dialect: ErrorDialect) -> String {
+    pub fn body(&self, dialect: Dialect) -> String {
         match dialect {
-            ErrorDialect::OpenAi => error_body(self.openai_type(), &self.code, &self.message),
-            ErrorDialect::Anthropic => anthropic_error_body(self.anthropic_type(), &self.message),
+            Dialect::OpenAi => error_body(self.openai_type(), &self.code, &self.message),
+            Dialect::Anthropic => anthropic_error_body(self.anthropic_type(), &self.message),
         }
     }
 }
@@ -548,13 +548,13 @@ mod tests {
     #[test]
     fn bodies_render_in_each_dialect() {
         let e = map(429, anthropic("rate_limit_error", "slow"));
-        let openai_body: Value = serde_json::from_str(&e.body(ErrorDialect::OpenAi)).unwrap();
+        let openai_body: Value = serde_json::from_str(&e.body(Dialect::OpenAi)).unwrap();
         assert_eq!(
             openai_body,
             json!({"error": {"message": "slow", "type": "rate_limit_error",
             "code": "rate_limit_error"}})
         );
-        let anthropic_body: Value = serde_json::from_str(&e.body(ErrorDialect::Anthropic)).unwrap();
+        let anthropic_body: Value = serde_json::from_str(&e.body(Dialect::Anthropic)).unwrap();
         assert_eq!(
             anthropic_body,
             json!({"type": "error", "error": {"type": "rate_limit_error",

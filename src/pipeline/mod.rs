@@ -31,7 +31,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 use crate::accesslog::{AccessEntry, AttemptLog, UsageFields};
 use crate::auth::{self, Consumer};
 use crate::config::AuthKind;
-use crate::error::{ErrorDialect, GatewayError};
+use crate::error::{Dialect, GatewayError};
 use crate::http1::BufConn;
 use crate::http1::{BodyFraming, RequestHead};
 use crate::limits::{KeyPermit, RateReport};
@@ -86,7 +86,7 @@ pub struct RequestCtx {
     /// The key's concurrency slot, held until the request is finished.
     pub permit: Option<KeyPermit>,
     /// The dialect gateway-made errors are written in.
-    pub dialect: ErrorDialect,
+    pub dialect: Dialect,
     /// Whether the request is for an AI front door.
     pub front_door: bool,
     /// Model and usage of an AI request, for the access log.
@@ -133,7 +133,7 @@ where
         consumer: None,
         rate: RateReport::default(),
         permit: None,
-        dialect: ErrorDialect::OpenAi,
+        dialect: Dialect::OpenAi,
         front_door: false,
         ai: None,
         attempts: Vec::new(),

@@ -29,7 +29,7 @@ use crate::ai::provider_error::ProviderError;
 use crate::ai::sse::{encode_event, SseEvent};
 use crate::ai::{RelayedTokens, TokenCounter};
 use crate::config::Secret;
-use crate::error::ErrorDialect;
+use crate::error::Dialect;
 
 /// The message of the error event sent when a stream ends before it is complete.
 const CUT_SHORT: &str = "the provider's stream ended before the message was complete";
@@ -313,7 +313,7 @@ impl StreamToOpenAi {
     fn fail(&mut self, data: &[u8], out: &mut Vec<u8>) {
         let secrets: Vec<&str> = self.secrets.iter().map(|s| s.expose()).collect();
         let error = stream_error(data, &secrets);
-        encode_event(None, &error.body(ErrorDialect::OpenAi), out);
+        encode_event(None, &error.body(Dialect::OpenAi), out);
         self.error = Some(error);
         self.done(out);
     }
@@ -445,7 +445,7 @@ impl StreamFromOpenAi {
         if self.ended {
             return;
         }
-        encode_event(Some("error"), &error.body(ErrorDialect::Anthropic), out);
+        encode_event(Some("error"), &error.body(Dialect::Anthropic), out);
         self.ended = true;
     }
 

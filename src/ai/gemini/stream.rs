@@ -19,7 +19,7 @@ use crate::ai::provider_error::ProviderError;
 use crate::ai::sse::{encode_event, SseEvent};
 use crate::ai::{RelayedTokens, TokenCounter};
 use crate::config::Secret;
-use crate::error::ErrorDialect;
+use crate::error::Dialect;
 
 /// Turns Gemini stream events into `chat.completion.chunk` events, as OpenAI streams them:
 /// per choice a role chunk first, then content deltas and tool call deltas in the order Gemini
@@ -129,7 +129,7 @@ impl StreamToOpenAi {
             let secrets: Vec<&str> = self.secrets.iter().map(|s| s.expose()).collect();
             let error = stream_error(error, event.data.as_bytes(), &secrets);
             self.closed = true;
-            encode_event(None, &error.body(ErrorDialect::OpenAi), out);
+            encode_event(None, &error.body(Dialect::OpenAi), out);
             self.error = Some(error);
             return;
         }

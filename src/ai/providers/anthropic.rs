@@ -3,7 +3,7 @@
 //! are translated. No embeddings.
 
 use super::stage::AnthropicPassthrough;
-use super::{Call, Front, Provider, Reply, Stage, Target, Whole};
+use super::{Call, Dialect, Provider, Reply, Stage, Target, Whole};
 use crate::ai::TokenCounter;
 use crate::ai::{anthropic, EmbeddingsRequest, RequestError, TranslateError};
 use crate::http1::push_header;
@@ -47,45 +47,45 @@ impl Provider for Anthropic {
     fn chat_response(
         &self,
         body: Vec<u8>,
-        front: Front,
+        front: Dialect,
         reply: &Reply<'_>,
     ) -> Result<Whole, TranslateError> {
         // Translated either way: it checks the answer and reads its usage.
         let (canonical, usage) = anthropic::response_to_openai(&body, reply.model, reply.created)?;
         Ok(match front {
-            Front::Anthropic => Whole {
+            Dialect::Anthropic => Whole {
                 body,
                 usage: Some(usage),
-                dialect: Front::Anthropic,
+                dialect: Dialect::Anthropic,
             },
-            Front::OpenAi => Whole {
+            Dialect::OpenAi => Whole {
                 body: canonical,
                 usage: Some(usage),
-                dialect: Front::OpenAi,
+                dialect: Dialect::OpenAi,
             },
         })
     }
 
     fn stream_stage(
         &self,
-        front: Front,
+        front: Dialect,
         reply: &Reply<'_>,
         canonical_usage: bool,
         counter: TokenCounter,
     ) -> Stage {
-        if front == Front::Anthropic {
+        if front == Dialect::Anthropic {
             let mut meter = anthropic::StreamToOpenAi::new(reply.model, reply.created, true);
             meter.set_token_counter(counter);
             return Stage {
                 stage: Box::new(AnthropicPassthrough::new(meter)),
-                dialect: Front::Anthropic,
+                dialect: Dialect::Anthropic,
             };
         }
         let mut stage = anthropic::StreamToOpenAi::new(reply.model, reply.created, canonical_usage);
         stage.set_token_counter(counter);
         Stage {
             stage: Box::new(stage),
-            dialect: Front::OpenAi,
+            dialect: Dialect::OpenAi,
         }
     }
 

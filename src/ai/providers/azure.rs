@@ -2,7 +2,7 @@
 //! paths (see [`crate::ai::azure`]), the key in `api-key`.
 
 use super::openai::{canonical_stage, canonical_whole};
-use super::{Call, Front, Provider, Reply, Stage, Target, Whole};
+use super::{Call, Dialect, Provider, Reply, Stage, Target, Whole};
 use crate::ai::TokenCounter;
 use crate::ai::{azure, openai, EmbeddingsRequest, RequestError, TranslateError};
 use crate::http1::push_header;
@@ -37,7 +37,7 @@ impl Provider for AzureOpenAi {
     fn chat_response(
         &self,
         body: Vec<u8>,
-        _front: Front,
+        _front: Dialect,
         _reply: &Reply<'_>,
     ) -> Result<Whole, TranslateError> {
         Ok(canonical_whole(body))
@@ -45,7 +45,7 @@ impl Provider for AzureOpenAi {
 
     fn stream_stage(
         &self,
-        _front: Front,
+        _front: Dialect,
         _reply: &Reply<'_>,
         canonical_usage: bool,
         counter: TokenCounter,

@@ -1,7 +1,7 @@
 //! Google Gemini (`kind = "gemini"`): `generateContent` and `streamGenerateContent?alt=sse`,
 //! `batchEmbedContents`, the key in `x-goog-api-key` (see [`crate::ai::gemini`]).
 
-use super::{Call, Front, Provider, Reply, Stage, Target, Whole};
+use super::{Call, Dialect, Provider, Reply, Stage, Target, Whole};
 use crate::ai::TokenCounter;
 use crate::ai::{gemini, openai, EmbeddingsRequest, RequestError, TranslateError, Usage};
 use crate::http1::push_header;
@@ -36,7 +36,7 @@ impl Provider for Gemini {
     fn chat_response(
         &self,
         body: Vec<u8>,
-        _front: Front,
+        _front: Dialect,
         reply: &Reply<'_>,
     ) -> Result<Whole, TranslateError> {
         let (canonical, usage) =
@@ -44,13 +44,13 @@ impl Provider for Gemini {
         Ok(Whole {
             body: canonical,
             usage: Some(usage),
-            dialect: Front::OpenAi,
+            dialect: Dialect::OpenAi,
         })
     }
 
     fn stream_stage(
         &self,
-        _front: Front,
+        _front: Dialect,
         reply: &Reply<'_>,
         canonical_usage: bool,
         counter: TokenCounter,
@@ -60,7 +60,7 @@ impl Provider for Gemini {
         stage.set_token_counter(counter);
         Stage {
             stage: Box::new(stage),
-            dialect: Front::OpenAi,
+            dialect: Dialect::OpenAi,
         }
     }
 

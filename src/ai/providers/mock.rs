@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{Call, Front, LocalBody, LocalChat, OpenAi, Provider, Reply, Stage, Target, Whole};
+use super::{Call, Dialect, LocalBody, LocalChat, OpenAi, Provider, Reply, Stage, Target, Whole};
 use crate::ai::TokenCounter;
 use crate::ai::{mock, openai, EmbeddingsRequest, RequestError, TranslateError, Usage};
 
@@ -28,7 +28,7 @@ impl Provider for Mock {
     fn chat_response(
         &self,
         body: Vec<u8>,
-        front: Front,
+        front: Dialect,
         reply: &Reply<'_>,
     ) -> Result<Whole, TranslateError> {
         OpenAi.chat_response(body, front, reply)
@@ -36,7 +36,7 @@ impl Provider for Mock {
 
     fn stream_stage(
         &self,
-        front: Front,
+        front: Dialect,
         reply: &Reply<'_>,
         canonical_usage: bool,
         counter: TokenCounter,

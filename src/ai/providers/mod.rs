@@ -37,19 +37,12 @@ pub use mock::Mock;
 pub use openai::OpenAi;
 pub use stage::{ClientStage, EventStage, ProviderStage};
 
-/// Which dialect the client speaks (and, for an answer, which dialect a body is in).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Front {
-    /// `/v1/chat/completions` and `/prompts/*`: OpenAI chat, the canonical form.
-    OpenAi,
-    /// `/v1/messages`.
-    Anthropic,
-}
+pub use crate::error::Dialect;
 
 /// A chat call as the front door received it.
 pub struct Call {
     /// The client's dialect.
-    pub front: Front,
+    pub front: Dialect,
     /// The request in canonical (OpenAI chat) form, `model` as the client named it.
     pub request: ChatRequest,
     /// The client's Messages body, sent as it is (model replaced) to Anthropic providers.
@@ -87,18 +80,18 @@ pub struct Whole {
     pub body: Vec<u8>,
     /// The usage the provider reported, if any.
     pub usage: Option<Usage>,
-    /// The dialect `body` is in: [`Front::OpenAi`] unless the provider speaks the front
+    /// The dialect `body` is in: [`Dialect::OpenAi`] unless the provider speaks the front
     /// door's dialect.
-    pub dialect: Front,
+    pub dialect: Dialect,
 }
 
 /// A provider-side stream stage and the dialect it emits.
 pub struct Stage {
     /// Reads the provider's events, meters them, and emits `dialect`.
     pub stage: Box<dyn ProviderStage>,
-    /// [`Front::OpenAi`] (canonical chunks) unless the provider's own events go to the
+    /// [`Dialect::OpenAi`] (canonical chunks) unless the provider's own events go to the
     /// client untouched.
-    pub dialect: Front,
+    pub dialect: Dialect,
 }
 
 /// An answer made in-process, without a network call.
@@ -136,7 +129,7 @@ pub trait Provider: Send + Sync + fmt::Debug {
     fn chat_response(
         &self,
         body: Vec<u8>,
-        front: Front,
+        front: Dialect,
         reply: &Reply<'_>,
     ) -> Result<Whole, TranslateError>;
 
@@ -144,7 +137,7 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// asks for the usage chunk in canonical output, `counter` counts relayed text.
     fn stream_stage(
         &self,
-        front: Front,
+        front: Dialect,
         reply: &Reply<'_>,
         canonical_usage: bool,
         counter: TokenCounter,
@@ -238,7 +231,7 @@ mod tests {
             r#"{{"model":"m","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
         );
         Call {
-            front: Front::OpenAi,
+            front: Dialect::OpenAi,
             request: parse_chat_request(body.as_bytes()).unwrap(),
             anthropic_body: None,
         }
@@ -318,7 +311,7 @@ mod tests {
     #[test]
     fn the_anthropic_front_doors_body_goes_to_anthropic_as_it_is_with_the_model_replaced() {
         let mut call = call(false);
-        call.front = Front::Anthropic;
+        call.front = Dialect::Anthropic;
         let original = serde_json::json!({"model": "m", "max_tokens": 7, "top_k": 3,
             "messages": [{"role": "user", "content": "hi"}]});
         call.anthropic_body = original.as_object().cloned();
@@ -396,14 +389,14 @@ mod tests {
             created: 1,
         };
         let native = Anthropic
-            .chat_response(answer.to_vec(), Front::Anthropic, &reply)
+            .chat_response(answer.to_vec(), Dialect::Anthropic, &reply)
             .unwrap();
-        assert_eq!(native.dialect, Front::Anthropic);
+        assert_eq!(native.dialect, Dialect::Anthropic);
         assert_eq!(native.body, answer);
         let canonical = Anthropic
-            .chat_response(answer.to_vec(), Front::OpenAi, &reply)
+            .chat_response(answer.to_vec(), Dialect::OpenAi, &reply)
             .unwrap();
-        assert_eq!(canonical.dialect, Front::OpenAi);
+        assert_eq!(canonical.dialect, Dialect::OpenAi);
         let body: Value = serde_json::from_slice(&canonical.body).unwrap();
         assert_eq!(body["choices"][0]["message"]["content"], "hello");
         for whole in [native, canonical] {
@@ -412,7 +405,7 @@ mod tests {
         }
         // An answer that is not the provider's JSON is refused, not passed on.
         assert!(Anthropic
-            .chat_response(b"not json".to_vec(), Front::Anthropic, &reply)
+            .chat_response(b"not json".to_vec(), Dialect::Anthropic, &reply)
             .is_err());
     }
 }

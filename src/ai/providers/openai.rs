@@ -2,7 +2,7 @@
 //! the model replaced. Azure OpenAI and the mock share its bodies and streams.
 
 use super::stage::OpenAiRelay;
-use super::{Call, Front, Provider, Reply, Stage, Target, Whole};
+use super::{Call, Dialect, Provider, Reply, Stage, Target, Whole};
 use crate::ai::TokenCounter;
 use crate::ai::{openai, EmbeddingsRequest, RequestError, TranslateError};
 
@@ -16,7 +16,7 @@ pub(super) fn canonical_whole(body: Vec<u8>) -> Whole {
     Whole {
         body,
         usage,
-        dialect: Front::OpenAi,
+        dialect: Dialect::OpenAi,
     }
 }
 
@@ -24,7 +24,7 @@ pub(super) fn canonical_whole(body: Vec<u8>) -> Whole {
 pub(super) fn canonical_stage(canonical_usage: bool, counter: TokenCounter) -> Stage {
     Stage {
         stage: Box::new(OpenAiRelay::new(canonical_usage, counter)),
-        dialect: Front::OpenAi,
+        dialect: Dialect::OpenAi,
     }
 }
 
@@ -52,7 +52,7 @@ impl Provider for OpenAi {
     fn chat_response(
         &self,
         body: Vec<u8>,
-        _front: Front,
+        _front: Dialect,
         _reply: &Reply<'_>,
     ) -> Result<Whole, TranslateError> {
         Ok(canonical_whole(body))
@@ -60,7 +60,7 @@ impl Provider for OpenAi {
 
     fn stream_stage(
         &self,
-        _front: Front,
+        _front: Dialect,
         _reply: &Reply<'_>,
         canonical_usage: bool,
         counter: TokenCounter,

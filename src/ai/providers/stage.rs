@@ -17,7 +17,7 @@ use crate::ai::provider_error::{self, ProviderError};
 use crate::ai::{anthropic, gemini, ChatStreamRelay, SseEvent, Usage};
 use crate::ai::{RelayedTokens, TokenCounter};
 use crate::config::Secret;
-use crate::error::ErrorDialect;
+use crate::error::Dialect;
 
 /// One translation stage over server-sent events.
 pub trait EventStage {
@@ -191,7 +191,7 @@ impl EventStage for OpenAiRelay {
             let data = event.data.as_bytes();
             let status = openai_error_status(data);
             let error = provider_error::from_response(status, data, None, &exposed(&self.secrets));
-            crate::ai::encode_event(None, &error.body(ErrorDialect::OpenAi), out);
+            crate::ai::encode_event(None, &error.body(Dialect::OpenAi), out);
             self.failed = true;
             self.error = Some(error);
             return;
@@ -333,7 +333,7 @@ impl EventStage for AnthropicPassthrough {
         self.meter.on_event(event, &mut self.scratch);
         if is_error_event(event) {
             let error = anthropic::stream_error(event.data.as_bytes(), &exposed(&self.secrets));
-            crate::ai::encode_event(Some("error"), &error.body(ErrorDialect::Anthropic), out);
+            crate::ai::encode_event(Some("error"), &error.body(Dialect::Anthropic), out);
             self.failed = true;
             self.error = Some(error);
             return;

@@ -15,7 +15,7 @@ use crate::ai::provider_error::{self, ProviderError, MAX_ERROR_BODY};
 use crate::ai::providers::{LocalBody, Reply, Whole};
 use crate::ai::TokenCounter;
 use crate::ai::{anthropic, Model, Provider, SseParser, Usage};
-use crate::error::{ErrorDialect, GatewayError};
+use crate::error::{Dialect, GatewayError};
 use crate::http1::BufConn;
 use crate::http1::{push_header, RequestHead, StrBuf};
 use crate::limits::Metered;
@@ -28,7 +28,6 @@ use crate::snapshot::{RequestBounds, Snapshot};
 const MAX_PROVIDER_BODY: usize = 64 * 1024 * 1024;
 
 pub(super) use crate::ai::providers::Call;
-pub(crate) use crate::ai::providers::Front;
 
 /// The outcome of one call: what the client got, and what it used on which model.
 pub(super) struct Served<'s> {
@@ -305,7 +304,7 @@ async fn answer_miss<S>(
     client: &mut BufConn<S>,
     head: &RequestHead,
     ctx: &mut RequestCtx,
-    front: Front,
+    front: Dialect,
     miss: Miss,
 ) -> Result<Outcome, Failure>
 where
@@ -313,13 +312,7 @@ where
 {
     match miss {
         Miss::Gateway(e) => Err(e.into()),
-        Miss::Provider(e) => {
-            let dialect = match front {
-                Front::OpenAi => ErrorDialect::OpenAi,
-                Front::Anthropic => ErrorDialect::Anthropic,
-            };
-            answer_provider_error(client, head, ctx, dialect, &e).await
-        }
+        Miss::Provider(e) => answer_provider_error(client, head, ctx, front, &e).await,
     }
 }
 
@@ -329,7 +322,7 @@ pub(super) async fn answer_provider_error<S>(
     client: &mut BufConn<S>,
     head: &RequestHead,
     ctx: &mut RequestCtx,
-    dialect: ErrorDialect,
+    dialect: Dialect,
     error: &ProviderError,
 ) -> Result<Outcome, Failure>
 where
@@ -444,7 +437,7 @@ fn provider_secrets(provider: &Provider) -> Vec<std::sync::Arc<crate::config::Se
 /// A whole provider answer in the front door's dialect, with its usage.
 fn translate_whole(
     provider: &Provider,
-    front: Front,
+    front: Dialect,
     body: Vec<u8>,
     model: &Model,
     id: &str,
@@ -491,7 +484,7 @@ where
         id: &id,
         created,
     };
-    let include_usage = call.request.client_wants_usage || call.front == Front::Anthropic;
+    let include_usage = call.request.client_wants_usage || call.front == Dialect::Anthropic;
     let Some(local) = provider.api.local_chat(call, &reply, include_usage) else {
         return (
             Err(GatewayError::Upstream("provider has no address").into()),

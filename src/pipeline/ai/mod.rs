@@ -25,15 +25,13 @@ use crate::accesslog::AttemptLog;
 use crate::ai::tokens;
 use crate::ai::{anthropic, openai, prompt, Model, Provider, Usage};
 use crate::auth;
-use crate::error::{ErrorDialect, GatewayError};
+use crate::error::{Dialect, GatewayError};
 use crate::http1::BufConn;
 use crate::http1::{encode_chunk, encode_last_chunk, push_header, RequestHead, StrBuf, Version};
 use crate::limits::{charged_usage, completion_reservation, cost_nano_usd, Metered, Prices};
 use crate::pipeline::ThreadState;
 use crate::snapshot::Snapshot;
 use crate::store::usage::UsageEvent;
-
-pub(crate) use call::Front;
 
 /// Which front door a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +99,7 @@ where
     S: AsyncReadRent + AsyncWriteRent,
 {
     if endpoint == Endpoint::Messages {
-        ctx.dialect = ErrorDialect::Anthropic;
+        ctx.dialect = Dialect::Anthropic;
     }
     if head.method() != endpoint.method() {
         return Err(GatewayError::InvalidRequest(format!(
@@ -217,7 +215,7 @@ fn parse_call(
             let bytes = serde_json::to_vec(&canonical).expect("JSON maps serialize");
             let request = openai::parse_chat_request(&bytes).map_err(invalid)?;
             let call = call::Call {
-                front: Front::Anthropic,
+                front: Dialect::Anthropic,
                 request,
                 anthropic_body: Some(messages.body),
             };
@@ -241,7 +239,7 @@ fn parse_call(
             let bytes = serde_json::to_vec(&canonical).expect("JSON maps serialize");
             let request = openai::parse_chat_request(&bytes).map_err(invalid)?;
             let call = call::Call {
-                front: Front::OpenAi,
+                front: Dialect::OpenAi,
                 request,
                 anthropic_body: None,
             };
@@ -250,7 +248,7 @@ fn parse_call(
         _ => {
             let request = openai::parse_chat_request(body).map_err(invalid)?;
             let call = call::Call {
-                front: Front::OpenAi,
+                front: Dialect::OpenAi,
                 request,
                 anthropic_body: None,
             };
@@ -348,7 +346,7 @@ where
         // Mapped like a chat call's: a provider 401/403 is the gateway's 502, never passed on.
         let error =
             call::read_provider_error(worker, upstream, provider, exchange, &snapshot.limits).await;
-        let r = call::answer_provider_error(client, head, ctx, ErrorDialect::OpenAi, &error).await;
+        let r = call::answer_provider_error(client, head, ctx, Dialect::OpenAi, &error).await;
         return (r, None);
     }
     let body = match exchange::read_response_body(

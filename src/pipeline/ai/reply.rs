@@ -6,7 +6,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::Value;
 
 use super::{respond, send_whole};
-use crate::error::ErrorDialect;
+use crate::error::Dialect;
 use crate::http1::BufConn;
 use crate::http1::{push_header, RequestHead};
 use crate::lua::ResponseInfo;
@@ -91,13 +91,13 @@ pub(super) fn push_edited_headers(out: &mut Vec<u8>, info: &ResponseInfo) {
 
 /// The assistant's text in an answer: OpenAI's `choices[0].message.content`, or Anthropic's
 /// text blocks joined. `None` for bodies without one (errors, tool-call-only answers).
-fn answer_text(dialect: ErrorDialect, body: &Value) -> Option<String> {
+fn answer_text(dialect: Dialect, body: &Value) -> Option<String> {
     match dialect {
-        ErrorDialect::OpenAi => body
+        Dialect::OpenAi => body
             .pointer("/choices/0/message/content")?
             .as_str()
             .map(str::to_owned),
-        ErrorDialect::Anthropic => {
+        Dialect::Anthropic => {
             let texts: Vec<&str> = body
                 .get("content")?
                 .as_array()?
@@ -112,16 +112,16 @@ fn answer_text(dialect: ErrorDialect, body: &Value) -> Option<String> {
 
 /// Replaces the assistant's text with `text`: OpenAI's first choice content; in Anthropic's
 /// content list the text blocks become one (where the first was), other blocks stay.
-fn set_answer_text(dialect: ErrorDialect, body: &mut Value, text: &str) {
+fn set_answer_text(dialect: Dialect, body: &mut Value, text: &str) {
     match dialect {
-        ErrorDialect::OpenAi => {
+        Dialect::OpenAi => {
             if let Some(message) = body.pointer_mut("/choices/0/message") {
                 if let Some(message) = message.as_object_mut() {
                     message.insert("content".into(), Value::String(text.to_owned()));
                 }
             }
         }
-        ErrorDialect::Anthropic => {
+        Dialect::Anthropic => {
             let Some(blocks) = body.get_mut("content").and_then(Value::as_array_mut) else {
                 return;
             };
@@ -142,28 +142,22 @@ mod tests {
     #[test]
     fn openai_text_is_the_first_choice_content() {
         let body = json!({"choices": [{"message": {"role": "assistant", "content": "hi"}}]});
-        assert_eq!(
-            answer_text(ErrorDialect::OpenAi, &body).as_deref(),
-            Some("hi")
-        );
+        assert_eq!(answer_text(Dialect::OpenAi, &body).as_deref(), Some("hi"));
     }
 
     #[test]
     fn openai_answer_without_content_has_no_text() {
         let body = json!({"choices": [{"message": {"role": "assistant", "content": null,
             "tool_calls": []}}]});
-        assert_eq!(answer_text(ErrorDialect::OpenAi, &body), None);
-        assert_eq!(
-            answer_text(ErrorDialect::OpenAi, &json!({"error": {}})),
-            None
-        );
+        assert_eq!(answer_text(Dialect::OpenAi, &body), None);
+        assert_eq!(answer_text(Dialect::OpenAi, &json!({"error": {}})), None);
     }
 
     #[test]
     fn setting_openai_text_changes_only_the_content() {
         let mut body = json!({"id": "x", "choices": [{"index": 0,
             "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]});
-        set_answer_text(ErrorDialect::OpenAi, &mut body, "bye");
+        set_answer_text(Dialect::OpenAi, &mut body, "bye");
         assert_eq!(
             body,
             json!({"id": "x", "choices": [{"index": 0,
@@ -177,7 +171,7 @@ mod tests {
             {"type": "tool_use", "id": "t", "name": "f", "input": {}},
             {"type": "text", "text": "b"}]});
         assert_eq!(
-            answer_text(ErrorDialect::Anthropic, &body).as_deref(),
+            answer_text(Dialect::Anthropic, &body).as_deref(),
             Some("ab")
         );
     }
@@ -187,7 +181,7 @@ mod tests {
         let mut body = json!({"content": [{"type": "text", "text": "a"},
             {"type": "tool_use", "id": "t", "name": "f", "input": {}},
             {"type": "text", "text": "b"}]});
-        set_answer_text(ErrorDialect::Anthropic, &mut body, "[redacted]");
+        set_answer_text(Dialect::Anthropic, &mut body, "[redacted]");
         assert_eq!(
             body,
             json!({"content": [{"type": "text", "text": "[redacted]"},

@@ -20,7 +20,7 @@ use crate::ai::{anthropic, SseEvent, SseParser};
 use crate::config::Secret;
 use crate::limits::Metered;
 
-use super::call::Front;
+use crate::error::Dialect;
 
 /// Largest single event translated.
 pub(super) const MAX_EVENT: usize = 4 * 1024 * 1024;
@@ -38,7 +38,7 @@ impl Translation {
     /// the upstream model's estimator.
     pub fn new(
         api: &dyn Provider,
-        front: Front,
+        front: Dialect,
         model: &str,
         id: &str,
         created: i64,
@@ -46,7 +46,7 @@ impl Translation {
         counter: TokenCounter,
     ) -> Translation {
         // The Anthropic front door needs usage from the canonical stream for `message_delta`.
-        let canonical_usage = client_wants_usage || front == Front::Anthropic;
+        let canonical_usage = client_wants_usage || front == Dialect::Anthropic;
         let reply = Reply { model, id, created };
         let Stage {
             stage: provider,
@@ -56,8 +56,8 @@ impl Translation {
         // Anthropic front door has a client-side stage from canonical chunks.
         let client = match front {
             _ if dialect == front => None,
-            Front::OpenAi => None,
-            Front::Anthropic => {
+            Dialect::OpenAi => None,
+            Dialect::Anthropic => {
                 // Anthropic message ids read `msg_...`.
                 let message_id = format!("msg_{}", id.trim_start_matches("chatcmpl-"));
                 let stage = anthropic::StreamFromOpenAi::new(model, &message_id);
@@ -150,7 +150,7 @@ mod tests {
 
     /// Runs `stream` through a translation from `kind` to `front`; returns it and the client's
     /// bytes.
-    fn translate(kind: &dyn Provider, front: Front, stream: &str) -> (Translation, Vec<u8>) {
+    fn translate(kind: &dyn Provider, front: Dialect, stream: &str) -> (Translation, Vec<u8>) {
         let mut translation = Translation::new(
             kind,
             front,
@@ -192,7 +192,7 @@ mod tests {
             openai_chunk("Hello"),
             openai_chunk(" you")
         );
-        let (translation, _) = translate(&providers::OpenAi, Front::OpenAi, &stream);
+        let (translation, _) = translate(&providers::OpenAi, Dialect::OpenAi, &stream);
         assert_eq!(
             translation.metered(true),
             Metered::Complete {
@@ -205,14 +205,14 @@ mod tests {
     #[test]
     fn openai_stream_whose_body_did_not_end_is_cut_even_with_its_usage() {
         let stream = format!("{}{OPENAI_USAGE}", openai_chunk("Hello"));
-        let (translation, _) = translate(&providers::OpenAi, Front::OpenAi, &stream);
+        let (translation, _) = translate(&providers::OpenAi, Dialect::OpenAi, &stream);
         assert!(matches!(translation.metered(false), Metered::Cut { .. }));
     }
 
     #[test]
     fn openai_stream_cut_before_its_usage_is_cut_with_the_relayed_tokens() {
         let stream: String = (0..10).map(|_| openai_chunk("word ")).collect();
-        let (translation, _) = translate(&providers::OpenAi, Front::OpenAi, &stream);
+        let (translation, _) = translate(&providers::OpenAi, Dialect::OpenAi, &stream);
         // Ended cleanly but without usage or [DONE]: still cut.
         assert_eq!(
             translation.metered(true),
@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn openai_stream_without_usage_but_with_done_is_complete() {
         let stream = format!("{}data: [DONE]\n\n", openai_chunk("Hello"));
-        let (translation, _) = translate(&providers::OpenAi, Front::OpenAi, &stream);
+        let (translation, _) = translate(&providers::OpenAi, Dialect::OpenAi, &stream);
         assert_eq!(
             translation.metered(true),
             Metered::Complete {
@@ -239,7 +239,7 @@ mod tests {
     #[test]
     fn openai_stream_to_the_anthropic_front_door_is_metered_on_the_provider_side() {
         let stream = format!("{}{OPENAI_USAGE}data: [DONE]\n\n", openai_chunk("Hello"));
-        let (translation, out) = translate(&providers::OpenAi, Front::Anthropic, &stream);
+        let (translation, out) = translate(&providers::OpenAi, Dialect::Anthropic, &stream);
         assert!(String::from_utf8_lossy(&out).contains("event: message_delta"));
         assert_eq!(
             translation.metered(true),
@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn anthropic_passthrough_is_metered_like_a_translation() {
-        for front in [Front::Anthropic, Front::OpenAi] {
+        for front in [Dialect::Anthropic, Dialect::OpenAi] {
             let whole = format!(
                 "{ANTHROPIC_START}{}{ANTHROPIC_END}",
                 anthropic_text("Hi there")
@@ -291,7 +291,7 @@ mod tests {
     fn gemini_stream_is_complete_only_with_its_finishing_event() {
         let first = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hello\"}],\"role\":\"model\"}}],\"usageMetadata\":{\"promptTokenCount\":4,\"totalTokenCount\":4}}\n\n";
         let last = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"!\"}],\"role\":\"model\"},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":12,\"totalTokenCount\":16}}\n\n";
-        let (cut, _) = translate(&providers::Gemini, Front::OpenAi, first);
+        let (cut, _) = translate(&providers::Gemini, Dialect::OpenAi, first);
         assert_eq!(
             cut.metered(true),
             Metered::Cut {
@@ -299,7 +299,11 @@ mod tests {
                 relayed_tokens: 2,
             }
         );
-        let (whole, _) = translate(&providers::Gemini, Front::OpenAi, &format!("{first}{last}"));
+        let (whole, _) = translate(
+            &providers::Gemini,
+            Dialect::OpenAi,
+            &format!("{first}{last}"),
+        );
         assert_eq!(
             whole.metered(true),
             Metered::Complete {
@@ -313,7 +317,7 @@ mod tests {
 
     /// [`translate`] with the provider key `KEY` configured, also running `finish` (the
     /// provider's body ended).
-    fn translate_keyed(kind: &dyn Provider, front: Front, stream: &str) -> (Translation, String) {
+    fn translate_keyed(kind: &dyn Provider, front: Dialect, stream: &str) -> (Translation, String) {
         let mut translation = Translation::new(
             kind,
             front,
@@ -361,7 +365,7 @@ mod tests {
             openai_chunk("Hi"),
             openai_chunk("late"),
         );
-        let (translation, out) = translate_keyed(&providers::OpenAi, Front::OpenAi, &stream);
+        let (translation, out) = translate_keyed(&providers::OpenAi, Dialect::OpenAi, &stream);
         assert_no_key_part(&out);
         let events = client_events(&out);
         assert_eq!(events.len(), 2, "{out}");
@@ -380,7 +384,8 @@ mod tests {
             "{ANTHROPIC_START}{}event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"overloaded_error\",\"message\":\"key {KEY} is busy\"}}}}\n\n{ANTHROPIC_END}",
             anthropic_text("Hi")
         );
-        let (translation, out) = translate_keyed(&providers::Anthropic, Front::Anthropic, &stream);
+        let (translation, out) =
+            translate_keyed(&providers::Anthropic, Dialect::Anthropic, &stream);
         assert_no_key_part(&out);
         // Everything before the error is the provider's bytes; nothing after it goes out.
         let before = format!("{ANTHROPIC_START}{}", anthropic_text("Hi"));
@@ -411,7 +416,7 @@ mod tests {
             (&providers::OpenAi as &dyn Provider, openai, "billing_error"),
             (&providers::Gemini, gemini, "overloaded_error"),
         ] {
-            let (translation, out) = translate_keyed(kind, Front::Anthropic, &stream);
+            let (translation, out) = translate_keyed(kind, Dialect::Anthropic, &stream);
             assert_no_key_part(&out);
             let events = client_events(&out);
             let (name, data) = events.last().unwrap();
