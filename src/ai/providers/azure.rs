@@ -1,10 +1,8 @@
 //! Azure OpenAI (`kind = "azure_openai"`): OpenAI's bodies and streams on Azure's deployment
 //! paths (see [`crate::ai::azure`]), the key in `api-key`.
 
-use super::openai::{canonical_stage, canonical_whole};
-use super::{Call, Dialect, Provider, Reply, Stage, Target, Whole};
-use crate::ai::TokenCounter;
-use crate::ai::{azure, openai, EmbeddingsRequest, RequestError, TranslateError};
+use super::{Call, Provider, Target};
+use crate::ai::{azure, openai, EmbeddingsRequest, RequestError};
 use crate::http1::push_header;
 
 /// The Azure OpenAI API.
@@ -32,25 +30,6 @@ impl Provider for AzureOpenAi {
         if let Some(key) = key {
             push_header(out, "api-key", key);
         }
-    }
-
-    fn chat_response(
-        &self,
-        body: Vec<u8>,
-        _front: Dialect,
-        _reply: &Reply<'_>,
-    ) -> Result<Whole, TranslateError> {
-        Ok(canonical_whole(body))
-    }
-
-    fn stream_stage(
-        &self,
-        _front: Dialect,
-        _reply: &Reply<'_>,
-        canonical_usage: bool,
-        counter: TokenCounter,
-    ) -> Stage {
-        canonical_stage(canonical_usage, counter)
     }
 
     fn embeddings_request(

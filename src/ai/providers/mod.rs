@@ -29,6 +29,7 @@ use crate::ai::provider_error::{self, ProviderError};
 use crate::ai::TokenCounter;
 use crate::ai::{ChatRequest, EmbeddingsRequest, RequestError, TranslateError, Usage};
 use crate::config::ProviderKind;
+use stage::OpenAiRelay;
 
 pub use anthropic::Anthropic;
 pub use azure::AzureOpenAi;
@@ -112,6 +113,24 @@ pub enum LocalBody {
 
 /// One provider API. Implementations are stateless: everything per provider instance comes
 /// in through [`Target`] and the key.
+/// A canonical `chat.completion` with the usage it reports.
+fn canonical_whole(body: Vec<u8>) -> Whole {
+    let usage = crate::ai::openai::usage_from_chat_response(&body);
+    Whole {
+        body,
+        usage,
+        dialect: Dialect::OpenAi,
+    }
+}
+
+/// The stage for a stream that is canonical already: relayed, metered on the side.
+fn canonical_stage(canonical_usage: bool, counter: TokenCounter) -> Stage {
+    Stage {
+        stage: Box::new(OpenAiRelay::new(canonical_usage, counter)),
+        dialect: Dialect::OpenAi,
+    }
+}
+
 pub trait Provider: Send + Sync + fmt::Debug {
     /// The path (under `base_path`) and body of a chat call.
     fn chat_request(
@@ -126,22 +145,28 @@ pub trait Provider: Send + Sync + fmt::Debug {
     fn push_headers(&self, key: Option<&[u8]>, out: &mut Vec<u8>);
 
     /// A whole successful chat answer translated toward `front`, with its usage.
+    /// The default suits a provider that answers in the canonical (OpenAI) form.
     fn chat_response(
         &self,
         body: Vec<u8>,
-        front: Dialect,
-        reply: &Reply<'_>,
-    ) -> Result<Whole, TranslateError>;
+        _front: Dialect,
+        _reply: &Reply<'_>,
+    ) -> Result<Whole, TranslateError> {
+        Ok(canonical_whole(body))
+    }
 
     /// The provider-side stage of a streamed chat answer toward `front`; `canonical_usage`
     /// asks for the usage chunk in canonical output, `counter` counts relayed text.
+    /// The default suits a provider that streams the canonical (OpenAI) form.
     fn stream_stage(
         &self,
-        front: Dialect,
-        reply: &Reply<'_>,
+        _front: Dialect,
+        _reply: &Reply<'_>,
         canonical_usage: bool,
         counter: TokenCounter,
-    ) -> Stage;
+    ) -> Stage {
+        canonical_stage(canonical_usage, counter)
+    }
 
     /// The path (under `base_path`) and body of an embeddings call; `None` when the provider
     /// has no embeddings endpoint.

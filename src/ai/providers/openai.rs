@@ -1,32 +1,12 @@
 //! OpenAI (`kind = "openai"`): the canonical dialect, so requests and answers pass with only
 //! the model replaced. Azure OpenAI and the mock share its bodies and streams.
 
-use super::stage::OpenAiRelay;
-use super::{Call, Dialect, Provider, Reply, Stage, Target, Whole};
-use crate::ai::TokenCounter;
-use crate::ai::{openai, EmbeddingsRequest, RequestError, TranslateError};
+use super::{Call, Provider, Target};
+use crate::ai::{openai, EmbeddingsRequest, RequestError};
 
 /// The OpenAI API.
 #[derive(Debug)]
 pub struct OpenAi;
-
-/// A canonical `chat.completion` with the usage it reports.
-pub(super) fn canonical_whole(body: Vec<u8>) -> Whole {
-    let usage = openai::usage_from_chat_response(&body);
-    Whole {
-        body,
-        usage,
-        dialect: Dialect::OpenAi,
-    }
-}
-
-/// The stage for a stream that is canonical already: relayed, metered on the side.
-pub(super) fn canonical_stage(canonical_usage: bool, counter: TokenCounter) -> Stage {
-    Stage {
-        stage: Box::new(OpenAiRelay::new(canonical_usage, counter)),
-        dialect: Dialect::OpenAi,
-    }
-}
 
 impl Provider for OpenAi {
     fn chat_request(
@@ -47,25 +27,6 @@ impl Provider for OpenAi {
             out.extend_from_slice(key);
             out.extend_from_slice(b"\r\n");
         }
-    }
-
-    fn chat_response(
-        &self,
-        body: Vec<u8>,
-        _front: Dialect,
-        _reply: &Reply<'_>,
-    ) -> Result<Whole, TranslateError> {
-        Ok(canonical_whole(body))
-    }
-
-    fn stream_stage(
-        &self,
-        _front: Dialect,
-        _reply: &Reply<'_>,
-        canonical_usage: bool,
-        counter: TokenCounter,
-    ) -> Stage {
-        canonical_stage(canonical_usage, counter)
     }
 
     fn embeddings_request(
