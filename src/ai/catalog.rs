@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::breaker::Breaker;
 use crate::config::{
-    Config, HostPort, LiveSecret, MockOptions, ProviderConfig, ProviderKind, SecretWatcher,
+    Config, HttpUrl, LiveSecret, MockOptions, ProviderConfig, ProviderKind, SecretWatcher,
 };
 use crate::upstream::{pool_settings, TlsSettings, Upstream};
 
@@ -238,7 +238,11 @@ fn build_provider(
         // A provider served in-process (the mock): its base_url is never connected to.
         Ok(_) if api.is_local() => (None, String::new()),
         Ok(url) => match build_upstream(i, cfg, config, &url) {
-            Ok(upstream) => (Some(Arc::new(upstream)), url.path),
+            // Provider paths (`/v1/...`) are appended to it: a trailing slash would double.
+            Ok(upstream) => (
+                Some(Arc::new(upstream)),
+                url.path().trim_end_matches('/').to_string(),
+            ),
             Err(e) => {
                 errors.push(e);
                 (None, String::new())
@@ -269,9 +273,9 @@ fn build_upstream(
     i: usize,
     cfg: &ProviderConfig,
     config: &Config,
-    url: &BaseUrl,
+    url: &HttpUrl,
 ) -> Result<Upstream, String> {
-    let tls = if url.https {
+    let tls = if url.tls() {
         let ca_file = (!cfg.ca_file.is_empty()).then(|| config.resolve_path(&cfg.ca_file));
         let client = crate::tls::client_config(ca_file.as_deref())
             .map_err(|e| format!("provider[{i}].ca_file: {e}"))?;
@@ -282,73 +286,20 @@ fn build_upstream(
     } else {
         None
     };
-    Upstream::from_parts(&cfg.name, &[url.authority.to_string()], tls, None)
+    Upstream::from_parts(&cfg.name, &[url.host_port().to_string()], tls, None)
         .map(|u| u.with_pool(pool_settings(cfg.keepalive, cfg.keepalive_timeout_ms)))
         .map_err(|e| format!("provider[{i}].base_url: {e}"))
 }
 
-/// A provider's `base_url`, taken apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct BaseUrl {
-    https: bool,
-    /// Host and port, the scheme's default port filled in.
-    authority: HostPort,
-    /// Path without trailing slashes; `""` for none.
-    path: String,
-}
-
-/// Parses `http://host[:port][/path]` or `https://host[:port][/path]` (RFC 3986 §3; default
-/// ports 80 and 443 per RFC 9110 §4.2). User info, queries and fragments are refused: none
-/// has a meaning for a provider endpoint.
-fn parse_base_url(url: &str) -> Result<BaseUrl, String> {
-    // Messages show the URL without user info or query: those are what may hold a secret.
-    let shown = crate::config::redact::redact_url(url);
-    let (https, rest) = if let Some(rest) = strip_prefix_ignore_case(url, "https://") {
-        (true, rest)
-    } else if let Some(rest) = strip_prefix_ignore_case(url, "http://") {
-        (false, rest)
-    } else {
-        return Err(format!("`{shown}` must start with http:// or https://"));
-    };
-    if rest.contains(['?', '#']) {
-        return Err(format!("`{shown}` must not have a query or fragment"));
+/// Parses a provider's `base_url` with the one URL parser, then refuses a query: a provider
+/// endpoint has no use for one, and a query is where a key would be smuggled in (keys go in
+/// `api_key`).
+fn parse_base_url(text: &str) -> Result<HttpUrl, String> {
+    let url = HttpUrl::parse(text)?;
+    if url.query().is_some() {
+        return Err(format!("`{url}` must not have a query"));
     }
-    let (authority, path) = match rest.find('/') {
-        Some(slash) => rest.split_at(slash),
-        None => (rest, ""),
-    };
-    if authority.contains('@') {
-        return Err(format!(
-            "`{shown}`: {}",
-            crate::config::redact::CREDENTIALS_IN_URL
-        ));
-    }
-    if authority.is_empty() {
-        return Err(format!("`{shown}` has no host"));
-    }
-    // A port follows the last colon, unless that colon is inside an IPv6 literal's brackets.
-    let has_port = authority
-        .rfind(':')
-        .is_some_and(|colon| !authority[colon..].contains(']'));
-    let authority = if has_port {
-        authority.to_string()
-    } else {
-        format!("{authority}:{}", if https { 443 } else { 80 })
-    };
-    let authority: HostPort = authority
-        .parse()
-        .map_err(|e| format!("in `{shown}`: {e}"))?;
-    Ok(BaseUrl {
-        https,
-        authority,
-        path: path.trim_end_matches('/').to_string(),
-    })
-}
-
-fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &text[prefix.len()..])
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -512,27 +463,27 @@ mod tests {
     }
 
     #[test]
-    fn base_url_parts_are_taken_apart() {
-        let url = parse_base_url("HTTP://[::1]:8080/a/b//").unwrap();
-        assert!(!url.https);
-        assert_eq!(url.authority.to_string(), "[::1]:8080");
-        assert_eq!(url.path, "/a/b");
-        let url = parse_base_url("https://api.openai.com").unwrap();
-        assert!(url.https);
-        assert_eq!(url.authority.to_string(), "api.openai.com:443");
-        assert_eq!(url.path, "");
-        assert_eq!(
-            parse_base_url("http://[::1]/x")
-                .unwrap()
-                .authority
-                .to_string(),
-            "[::1]:80"
-        );
+    fn base_url_with_a_query_is_refused_without_showing_it() {
+        let error = parse_base_url("http://h/v1?key=PW-planted").unwrap_err();
+        assert_eq!(error, "`http://h/v1?***` must not have a query");
+        let error = parse_base_url("http://h/?").unwrap_err();
+        assert!(error.contains("must not have a query"), "{error}");
     }
 
     #[test]
-    fn base_url_with_query_or_without_host_is_refused() {
-        assert!(parse_base_url("http://h/?a=1").is_err());
-        assert!(parse_base_url("http:///path").is_err());
+    fn base_path_loses_its_trailing_slashes() {
+        let config = Config {
+            provider: vec![provider(
+                "p",
+                ProviderKind::Openai,
+                "HTTP://[::1]:8080/a/b//",
+            )],
+            model: vec![model("m", "p")],
+            ..Config::default()
+        };
+        let catalog = build(&config).unwrap();
+        assert_eq!(catalog.provider(0).base_path, "/a/b");
+        let upstream = catalog.provider(0).upstream.as_ref().unwrap();
+        assert_eq!(upstream.targets[0].authority, "[::1]:8080");
     }
 }

@@ -7,6 +7,7 @@
 //! - [`validate`]: cross-references, addresses, files, limits, secrets.
 //! - [`secret`]: `env:`/`file:`/literal secrets, zeroized values, live-reloaded file secrets.
 //! - [`address`]: listen addresses, `host:port` targets, CIDRs.
+//! - [`url`]: `http(s)://` URLs of the endpoints the gateway calls, one parser for all.
 //! - [`redact`]: URLs as error messages show them, without user info or query.
 //! - [`default`]: the built-in config used when no file is given.
 //!
@@ -20,6 +21,7 @@ mod error;
 mod model;
 pub mod redact;
 pub mod secret;
+pub mod url;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +37,7 @@ pub use model::{
     ServerConfig, TeamConfig, TlsListenConfig, UpstreamConfig,
 };
 pub use secret::{LiveSecret, Secret, SecretRef, SecretWatcher};
+pub use url::HttpUrl;
 
 /// Reads, parses and validates the config file at `path`. Warnings go to the log.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use rustls::pki_types::ServerName;
 
 use super::keys::{keys_from_jwks, PublicKey};
+use crate::config::HttpUrl;
 use crate::http1::{ChunkedDecoder, HeadError, ResponseParser};
 
 /// Timing of a JWKS source. [`JwksTiming::default`] is what the gateway uses; tests shorten it.
@@ -175,7 +175,7 @@ impl Fetcher {
                         failures = failures.saturating_add(1);
                         log::warn!(
                             "jwks {}: {e}; keeping the last {} key(s)",
-                            self.target.display(),
+                            self.target,
                             self.keys.load().len()
                         );
                         next_due = now + self.backoff(failures);
@@ -213,10 +213,10 @@ impl Fetcher {
         }
         let (keys, skipped) = keys_from_jwks(&response.body)?;
         for why in &skipped {
-            log::debug!("jwks {}: skipped {why}", self.target.display());
+            log::debug!("jwks {}: skipped {why}", self.target);
         }
         if keys.is_empty() {
-            log::warn!("jwks {}: no usable signing key", self.target.display());
+            log::warn!("jwks {}: no usable signing key", self.target);
         }
         let ttl = response
             .max_age
@@ -224,7 +224,7 @@ impl Fetcher {
             .clamp(self.timing.min_refresh, self.timing.max_ttl);
         log::info!(
             "jwks {}: {} key(s), next refresh in {}s",
-            self.target.display(),
+            self.target,
             keys.len(),
             ttl.as_secs()
         );
@@ -236,94 +236,12 @@ impl Fetcher {
 /// `url` parsed, with the TLS client configuration it needs (`None` for `http://`).
 fn checked_target(url: &str) -> Result<(HttpUrl, Option<Arc<rustls::ClientConfig>>), String> {
     let target = HttpUrl::parse(url)?;
-    let tls = if target.tls {
+    let tls = if target.tls() {
         Some(crate::tls::client_config(None)?)
     } else {
         None
     };
     Ok((target, tls))
-}
-
-/// An `http://` or `https://` URL split for a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct HttpUrl {
-    tls: bool,
-    host: String,
-    port: u16,
-    /// The `Host` header value: the authority as written.
-    authority: String,
-    /// Path and query, at least `/`.
-    target: String,
-}
-
-impl HttpUrl {
-    fn parse(url: &str) -> Result<HttpUrl, String> {
-        let scheme_end = url
-            .find("://")
-            .ok_or("jwks_url needs http:// or https://")?;
-        let tls = match url[..scheme_end].to_ascii_lowercase().as_str() {
-            "http" => false,
-            "https" => true,
-            _ => return Err("jwks_url needs http:// or https://".to_string()),
-        };
-        let rest = &url[scheme_end + 3..];
-        let rest = rest.split('#').next().unwrap_or_default();
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, target) = rest.split_at(authority_end);
-        if authority.is_empty() || authority.contains('@') {
-            return Err("jwks_url needs a host and no user info".to_string());
-        }
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, after) = bracketed
-                .split_once(']')
-                .ok_or("jwks_url has an unclosed [IPv6] host")?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        let port = match port {
-            None => {
-                if tls {
-                    443
-                } else {
-                    80
-                }
-            }
-            Some(port) => port
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or("jwks_url has a bad port")?,
-        };
-        if host.is_empty() {
-            return Err("jwks_url needs a host".to_string());
-        }
-        let target = match target {
-            "" => "/".to_string(),
-            t if t.starts_with('?') => format!("/{t}"),
-            t => t.to_string(),
-        };
-        if target.bytes().any(|b| b <= b' ' || b == 0x7F) {
-            return Err("jwks_url has spaces or control characters".to_string());
-        }
-        Ok(HttpUrl {
-            tls,
-            host: host.to_string(),
-            port,
-            authority: authority.to_string(),
-            target,
-        })
-    }
-
-    /// For logs: scheme, authority and path, without the query (it may carry a token).
-    fn display(&self) -> String {
-        let path = self.target.split('?').next().unwrap_or("/");
-        let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{}{path}", self.authority)
-    }
 }
 
 /// What a fetch returns.
@@ -342,13 +260,13 @@ fn http_get(
     let tcp = connect(url, timeout)?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: credentialflow\r\nConnection: close\r\n\r\n",
-        url.target, url.authority
+        url.request_target(),
+        url.host_header()
     );
     match tls {
         None => exchange(tcp, request.as_bytes()),
         Some(config) => {
-            let name = ServerName::try_from(url.host.clone())
-                .map_err(|_| format!("{:?} is not a valid TLS server name", url.host))?;
+            let name = url.server_name()?;
             let connection = rustls::ClientConnection::new(Arc::clone(config), name)
                 .map_err(|e| format!("TLS: {e}"))?;
             exchange(
@@ -360,10 +278,10 @@ fn http_get(
 }
 
 fn connect(url: &HttpUrl, timeout: Duration) -> Result<TcpStream, String> {
-    let addrs = (url.host.as_str(), url.port)
+    let addrs = (url.host(), url.port())
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", url.host))?;
-    let mut last_error = format!("{} resolved to no address", url.host);
+        .map_err(|e| format!("cannot resolve {}: {e}", url.host()))?;
+    let mut last_error = format!("{} resolved to no address", url.host());
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, timeout) {
             Ok(stream) => {
@@ -560,37 +478,15 @@ mod tests {
     }
 
     #[test]
-    fn https_url_defaults_to_port_443_and_root_path() {
-        let url = HttpUrl::parse("https://idp.example.com").unwrap();
-        assert_eq!((url.tls, url.port, url.target.as_str()), (true, 443, "/"));
-    }
-
-    #[test]
-    fn url_with_port_path_and_query_is_split() {
-        let url = HttpUrl::parse("http://127.0.0.1:8081/keys?x=1#frag").unwrap();
-        assert_eq!(url.host, "127.0.0.1");
-        assert_eq!(url.port, 8081);
-        assert_eq!(url.authority, "127.0.0.1:8081");
-        assert_eq!(url.target, "/keys?x=1");
-    }
-
-    #[test]
-    fn ipv6_url_host_is_unbracketed() {
-        let url = HttpUrl::parse("http://[::1]:9000/jwks").unwrap();
-        assert_eq!((url.host.as_str(), url.port), ("::1", 9000));
-    }
-
-    #[test]
-    fn url_with_user_info_or_other_scheme_is_refused() {
-        assert!(HttpUrl::parse("http://user:pw@idp/jwks").is_err());
-        assert!(HttpUrl::parse("ftp://idp/jwks").is_err());
-        assert!(HttpUrl::parse("http://idp:0/jwks").is_err());
-    }
-
-    #[test]
-    fn url_display_leaves_out_the_query() {
-        let url = HttpUrl::parse("https://idp/jwks?token=abc").unwrap();
-        assert_eq!(url.display(), "https://idp/jwks");
+    fn a_refused_url_fails_the_start_before_any_thread() {
+        for url in [
+            "ftp://idp/jwks",
+            "http://idp/jwks#k",
+            "http://u:pw@idp/jwks",
+        ] {
+            assert!(JwksSource::unstarted(url).is_err(), "{url}");
+        }
+        assert!(JwksSource::unstarted("https://idp.example.com/jwks?x=1").is_ok());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::request::{encode_requests, load_keys, parse_header, RequestSpec};
-use super::target::Target;
+use super::target;
 use super::Options;
 use crate::clock::parse_duration;
 
@@ -87,7 +87,7 @@ impl BenchArgs {
         if self.timeout.is_zero() {
             return Err("--timeout must be longer than 0".to_string());
         }
-        let target = Target::parse(&self.url)?;
+        let target = target::parse(&self.url)?;
         let body = match (&self.body, &self.body_file) {
             (Some(body), _) => body.as_bytes().to_vec(),
             (None, Some(path)) => std::fs::read(path)
@@ -111,7 +111,7 @@ impl BenchArgs {
             body,
         };
         let encoded = encode_requests(&target, &spec, &keys)?;
-        let tls = if target.tls {
+        let tls = if target.tls() {
             Some(super::tls::client_config(
                 self.insecure,
                 self.ca_file.as_deref(),

@@ -40,13 +40,14 @@ use std::time::Duration;
 
 use rustls::ClientConfig;
 
+use crate::config::HttpUrl;
+
 pub use args::BenchArgs;
 pub use client::{ErrorKind, Failure, Response};
 pub use report::{Percentiles, StreamSummary, Summary};
 pub use request::{encode_requests, parse_keys, KeyRotation, RequestSpec};
 pub use runner::{run, Budget, Schedule};
 pub use sse::EventCounter;
-pub use target::Target;
 
 use crate::serve::{EXIT_BAD_INPUT, EXIT_RUNTIME};
 
@@ -56,7 +57,7 @@ pub struct Options {
     /// The URL as given.
     pub url: String,
     /// The parsed URL.
-    pub target: Target,
+    pub target: HttpUrl,
     /// Connections.
     pub connections: usize,
     /// Load threads (0 = one per core); never more than the connections.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::http1::{is_valid_field_name, is_valid_field_value};
 
-use super::target::Target;
+use crate::config::HttpUrl;
 
 /// What to send, from the command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub fn parse_keys(text: &str) -> Result<Vec<String>, String> {
 /// Framing stays ours: `Content-Length` and `Transfer-Encoding` from -H are refused, as is
 /// `Authorization` together with keys (the keys would silently lose).
 pub fn encode_requests(
-    target: &Target,
+    target: &HttpUrl,
     spec: &RequestSpec,
     keys: &[String],
 ) -> Result<Vec<Box<[u8]>>, String> {
@@ -95,9 +95,9 @@ pub fn encode_requests(
     if !keys.is_empty() && has("authorization") {
         return Err("-H authorization and --keys both set the credential: use one".to_string());
     }
-    let mut head = format!("{} {} HTTP/1.1\r\n", spec.method, target.path_and_query);
+    let mut head = format!("{} {} HTTP/1.1\r\n", spec.method, target.request_target());
     if !has("host") {
-        head.push_str(&format!("host: {}\r\n", target.authority));
+        head.push_str(&format!("host: {}\r\n", target.host_header()));
     }
     if !has("user-agent") {
         head.push_str(concat!(
@@ -168,8 +168,8 @@ impl KeyRotation {
 mod tests {
     use super::*;
 
-    fn target() -> Target {
-        Target::parse("http://127.0.0.1:9000/v1/chat?x=1").unwrap()
+    fn target() -> HttpUrl {
+        HttpUrl::parse("http://127.0.0.1:9000/v1/chat?x=1").unwrap()
     }
 
     fn get() -> RequestSpec {

@@ -26,7 +26,7 @@ use super::Options;
 /// Runs the load described by `opts` and returns its summary. Fails (before sending
 /// anything) only when the target cannot be resolved or a runtime cannot be built.
 pub fn run(opts: Options) -> Result<Summary, String> {
-    let addr = opts.target.resolve()?;
+    let addr = super::target::resolve(&opts.target)?;
     let tls = match &opts.tls {
         Some(config) => Some((config.clone(), opts.target.server_name()?)),
         None => None,
