@@ -435,11 +435,13 @@ mod tests {
                 provider("a", ProviderKind::Openai, "ftp://x"),
                 provider("b", ProviderKind::Openai, "http://user@h:1"),
                 provider("c", ProviderKind::Openai, "http://h:99999"),
+                // A line break would end the request line the base path is sent in.
+                provider("d", ProviderKind::Openai, "http://h/v1\r\nx-injected: 1"),
             ],
             ..Config::default()
         };
         let errors = build(&config).unwrap_err();
-        assert_eq!(errors.len(), 3);
+        assert_eq!(errors.len(), 4);
         for (i, error) in errors.iter().enumerate() {
             assert!(
                 error.starts_with(&format!("provider[{i}].base_url: ")),
