@@ -123,3 +123,42 @@ on_both_drivers! {
         assert_forbidden(&get_with_key(gw.addr(), "/probe", Some(&key.secret)));
     }
 }
+
+on_default_driver! {
+    fn cli_changes_arrive_through_the_watcher_without_undoing_admin_changes(driver) {
+        let (_upstream, gw) = keyed_gateway(driver);
+        // Another process (the CLI) writes the store: the watcher carries it,
+        // within its poll bound.
+        let by_cli = cli_create_key(&gw, "from-cli", &[]);
+        assert!(
+            wait_until(KEY_PROPAGATION, || status_with(&gw, &by_cli.secret) == 200),
+            "a key made by the CLI never worked within {KEY_PROPAGATION:?}"
+        );
+
+        // The admin API changes that key; the watcher later reads the same row
+        // (and, on its pass, possibly older ones): the change must stay.
+        let narrowed = admin(
+            &gw,
+            "PATCH",
+            &format!("/admin/keys/{}", by_cli.id),
+            Some(&json!({ "routes": ["elsewhere"] })),
+        );
+        assert_eq!(narrowed.status, 200, "PATCH routes: {}", narrowed.text());
+        assert_forbidden(&get_with_key(gw.addr(), "/probe", Some(&by_cli.secret)));
+
+        // A later CLI change is applied after the admin one, so once it is seen
+        // the watcher has passed the admin change's row too.
+        let marker = cli_create_key(&gw, "marker", &[]);
+        assert!(
+            wait_until(KEY_PROPAGATION, || status_with(&gw, &marker.secret) == 200),
+            "the marker key never worked within {KEY_PROPAGATION:?}"
+        );
+        assert_forbidden(&get_with_key(gw.addr(), "/probe", Some(&by_cli.secret)));
+
+        cli_revoke_key(&gw, &by_cli.id);
+        assert!(
+            wait_until(KEY_PROPAGATION, || status_with(&gw, &by_cli.secret) == 401),
+            "a key revoked by the CLI still answered after {KEY_PROPAGATION:?}"
+        );
+    }
+}
