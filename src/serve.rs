@@ -218,6 +218,7 @@ fn start(
                 ready: Arc::new(move || ready_shared.all_serving()),
                 reload: Arc::new(move || reload_shared.reload()),
                 data_dir: data_dir.clone(),
+                credentials: shared.credentials.clone(),
             },
             admin_shutdown.clone(),
         )

@@ -450,7 +450,6 @@ fn start_gateway(config: &str, driver: Driver) -> Gateway {
 fn gateway_with_key(fakes: &Fakes, extra: &str, driver: Driver) -> (Gateway, IssuedKey) {
     let gw = start_gateway(&ai_config(fakes, extra), driver);
     let key = create_key(&gw, &json!({ "name": "ai-gateway-test", "team": "t" }));
-    wait_for_ai_key(&gw, &key.secret);
     (gw, key)
 }
 
@@ -1417,7 +1416,6 @@ fn mock_latency_delays_the_first_byte() {
     );
     let gw = start_gateway(&config, Driver::Uring);
     let key = create_key(&gw, &json!({ "name": "mock-latency" }));
-    wait_for_ai_key(&gw, &key.secret);
 
     for stream in [false, true] {
         let auth = format!("Bearer {}", key.secret);
@@ -1475,7 +1473,6 @@ auth = "api_key"
 fn default_like_config_serves_mock_gpt_with_a_key() {
     let gw = Gateway::start(&config(DEFAULT_LIKE), Driver::Uring);
     let key = create_key(&gw, &json!({ "name": "mock-user" }));
-    wait_for_ai_key(&gw, &key.secret);
 
     let response = post_chat(&gw, &key.secret, &chat_body("mock-gpt", false));
     assert_eq!(response.status, 200, "{}", response.text());
@@ -1533,8 +1530,6 @@ fn models_list_shows_only_the_models_the_key_may_use() {
         &json!({ "name": "limited", "models": ["claude", "gem*"] }),
     );
     let open = create_key(&gw, &json!({ "name": "open" }));
-    // The store applies changes in order: once the later key is known, so is the earlier.
-    wait_for_ai_key(&gw, &open.secret);
 
     let ids = model_ids(&get_with_key(
         gw.addr(),

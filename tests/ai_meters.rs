@@ -117,12 +117,10 @@ fn ai_gateway(fake: &FakeOpenAi, extra: &str, driver: Driver) -> Gateway {
     start_with(&ai_config(fake, &data_dir, "", extra), driver)
 }
 
-/// Issues keys through the admin API, then waits the contract's propagation
-/// bound so every worker knows them.
+/// Issues keys through the admin API; each is in force on every worker when
+/// its answer arrives.
 fn create_keys(gw: &Gateway, bodies: &[Value]) -> Vec<IssuedKey> {
-    let keys = bodies.iter().map(|body| create_key(gw, body)).collect();
-    sleep(KEY_PROPAGATION);
-    keys
+    bodies.iter().map(|body| create_key(gw, body)).collect()
 }
 
 /// One key through [`create_keys`].

@@ -134,13 +134,12 @@ hooks = "{hooks}"
 }
 
 /// A 2-worker AI gateway in front of `fake` running `hooks`, and a key
-/// created with `key_body`, known to every worker.
+/// created with `key_body` (in force on every worker once the admin API answers).
 fn ai_gateway(fake: &FakeOpenAi, hooks: &str, key_body: &Value) -> (Gateway, IssuedKey) {
     let gw = Gateway::builder(&server(2, &ai_tables(fake, hooks)), DRIVER)
         .env("FAKE_OPENAI_KEY", OPENAI_KEY)
         .start();
     let key = create_key(&gw, key_body);
-    sleep(KEY_PROPAGATION);
     (gw, key)
 }
 
@@ -250,7 +249,6 @@ fn hmac_gateway() -> (Upstream, Gateway, IssuedKey) {
     let upstream = Upstream::echo("backend");
     let gw = route_gateway(&upstream, "lua", &example("hmac_auth.lua"));
     let key = create_key(&gw, &json!({ "name": "partner-a", "team": "partners" }));
-    sleep(KEY_PROPAGATION);
     (upstream, gw, key)
 }
 
@@ -348,7 +346,6 @@ fn tenant_header_makes_the_request_the_tenants_key() {
     let upstream = Upstream::echo("backend");
     let gw = route_gateway(&upstream, "lua", &example("tenant_header.lua"));
     let key = create_key(&gw, &json!({ "name": "tenant-acme", "team": "acme" }));
-    sleep(KEY_PROPAGATION);
 
     let response = send(gw.addr(), "GET", "/things", &[("x-tenant", "acme")]);
     Echo::of(&response);

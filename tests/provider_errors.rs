@@ -227,7 +227,6 @@ fn gateway(fakes: &Fakes, driver: Driver) -> (Gateway, String) {
         .env("FAKE_GEMINI_KEY", GEMINI_KEY)
         .start();
     let key = create_key(&gw, &json!({ "name": "provider-errors", "team": "t" }));
-    wait_for_ai_key(&gw, &key.secret);
     (gw, key.secret)
 }
 
@@ -480,7 +479,6 @@ fn an_oversized_provider_error_body_is_not_relayed() {
         .env("FAKE_OPENAI_KEY", OPENAI_KEY)
         .start();
     let key = create_key(&gw, &json!({ "name": "big", "team": "t" })).secret;
-    wait_for_ai_key(&gw, &key);
 
     let response = call(&gw, &key, Door::Chat, "gpt");
     assert_nothing_of(OPENAI_KEY, &response, "oversized");

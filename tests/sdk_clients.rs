@@ -243,15 +243,14 @@ fn fake_anthropic_gateway(fake: &FakeAnthropic) -> Gateway {
     ))
 }
 
-/// Issues a key for `model` alone (with `extra` limits), then waits until every worker knows it.
+/// Issues a key for `model` alone (with `extra` limits); it is in force on
+/// every worker once the admin API answers.
 fn key_for(gw: &Gateway, name: &str, model: &str, extra: Value) -> String {
     let mut body = json!({ "name": name, "models": [model] });
     if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
         body.extend(extra.clone());
     }
-    let key = create_key(gw, &body).secret;
-    std::thread::sleep(KEY_PROPAGATION);
-    key
+    create_key(gw, &body).secret
 }
 
 /// A fake OpenAI provider that answers every chat request with a call of [`TOOL_NAME`]

@@ -2,8 +2,9 @@
 //!
 //! Each call opens the store in `data_dir` (one SQLite connection, a file read for the
 //! pepper: cheap next to an admin round trip) so no connection is shared between the admin
-//! connection threads. Changes reach the workers through the credential cache, which follows
-//! the store's change sequence.
+//! connection threads. Every write, once committed, is applied to the credential cache
+//! before the answer is sent ([`in_force`]), so the change is in force on this node's very
+//! next request; the cache's watcher only carries changes made by other processes.
 
 use serde_json::{json, Map, Value};
 
@@ -11,7 +12,7 @@ use super::http::{Request, Response};
 use super::routes::{error, json_response};
 use super::AdminState;
 use crate::clock::parse_duration;
-use crate::store::{KeyPatch, KeyStore, NewKey, StoreError};
+use crate::store::{KeyPatch, KeyRecord, KeyStore, NewKey, StoreError};
 
 /// Actor recorded in the audit log for admin API calls.
 const ACTOR: &str = "admin";
@@ -23,6 +24,7 @@ pub(crate) fn create(state: &AdminState, request: &Request) -> Response {
         .and_then(|new| open(state)?.create(new, ACTOR));
     match result {
         Ok((record, secret)) => {
+            in_force(state, &record);
             let mut body = record_json(&record);
             body.insert("key".into(), Value::String(secret));
             json_response(201, &Value::Object(body))
@@ -54,7 +56,10 @@ pub(crate) fn update(state: &AdminState, id: &str, request: &Request) -> Respons
         .and_then(|body| key_patch(&body))
         .and_then(|patch| open(state)?.update(id, patch, ACTOR));
     match result {
-        Ok(record) => json_response(200, &json!(record)),
+        Ok(record) => {
+            in_force(state, &record);
+            json_response(200, &json!(record))
+        }
         Err(e) => store_error(&e),
     }
 }
@@ -63,7 +68,10 @@ pub(crate) fn update(state: &AdminState, id: &str, request: &Request) -> Respons
 pub(crate) fn rotate(state: &AdminState, id: &str, request: &Request) -> Response {
     let result = rotate_grace(request).and_then(|grace| open(state)?.rotate(id, grace, ACTOR));
     match result {
-        Ok((record, secret)) => json_response(200, &json!({ "id": record.id, "key": secret })),
+        Ok((record, secret)) => {
+            in_force(state, &record);
+            json_response(200, &json!({ "id": record.id, "key": secret }))
+        }
         Err(e) => store_error(&e),
     }
 }
@@ -71,22 +79,33 @@ pub(crate) fn rotate(state: &AdminState, id: &str, request: &Request) -> Respons
 /// `DELETE /admin/keys/{id}`: revokes (the key stays listed); 204.
 pub(crate) fn revoke(state: &AdminState, id: &str) -> Response {
     match open(state).and_then(|mut store| store.revoke(id, ACTOR)) {
-        Ok(_) => Response {
-            status: 204,
-            content_type: "application/json",
-            headers: Vec::new(),
-            body: Vec::new(),
-            close: false,
-        },
+        Ok(record) => {
+            in_force(state, &record);
+            Response {
+                status: 204,
+                content_type: "application/json",
+                headers: Vec::new(),
+                body: Vec::new(),
+                close: false,
+            }
+        }
         Err(e) => store_error(&e),
     }
+}
+
+/// Puts a committed key row in force on this node: the cache the workers authenticate
+/// against takes it now, not at the watcher's next poll. A row the cache already holds (the
+/// watcher got there first, or a revoke of a revoked key) or one older than what it holds
+/// changes nothing.
+fn in_force(state: &AdminState, record: &KeyRecord) {
+    state.credentials.apply_change(record.clone());
 }
 
 fn open(state: &AdminState) -> Result<KeyStore, StoreError> {
     KeyStore::open(&state.data_dir)
 }
 
-fn record_json(record: &crate::store::KeyRecord) -> Map<String, Value> {
+fn record_json(record: &KeyRecord) -> Map<String, Value> {
     match json!(record) {
         Value::Object(map) => map,
         _ => unreachable!("a key record serializes to an object"),

@@ -28,6 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crate::auth::CredentialCache;
 use crate::config;
 use http::{Connection, Limits, ReadError, Response};
 use slots::{Connections, Slot};
@@ -53,6 +54,9 @@ pub struct AdminState {
     pub reload: Arc<dyn Fn() -> Result<(), Vec<String>> + Send + Sync>,
     /// `server.data_dir`: the key store behind `/admin/keys*` and the audit log.
     pub data_dir: PathBuf,
+    /// The workers' credential cache over that store: every `/admin/keys*` write is applied
+    /// to it before the answer is sent.
+    pub credentials: Arc<CredentialCache>,
 }
 
 /// Serves the admin API on `listener` from a new thread until `shutdown` is set. The thread
@@ -389,6 +393,10 @@ mod tests {
             reload: Arc::new(move || reload.clone()),
             data_dir: std::env::temp_dir()
                 .join(format!("cf-admin-test-{}", crate::store::ids::new_key_id())),
+            credentials: Arc::new(CredentialCache::from_records(
+                crate::store::Pepper::from_bytes([0; 32]),
+                Vec::new(),
+            )),
         }
     }
 

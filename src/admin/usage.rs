@@ -88,6 +88,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::CredentialCache;
     use crate::config::{LiveSecret, Secret};
     use crate::store::usage::{Ledger, UsageEvent};
     use serde_json::{json, Value};
@@ -132,6 +133,10 @@ mod tests {
                 ready: Arc::new(|| true),
                 reload: Arc::new(|| Ok(())),
                 data_dir,
+                credentials: Arc::new(CredentialCache::from_records(
+                    crate::store::Pepper::from_bytes([0; 32]),
+                    Vec::new(),
+                )),
             })
         }
 

@@ -2,14 +2,22 @@
 //!
 //! Workers look keys up here on every request; nothing on that path touches SQLite, takes a
 //! lock or allocates. The indexes are `papaya` hash maps: readers only pin an epoch
-//! (a thread-local counter) and follow atomic pointers, while the single writer (the watcher
-//! thread) inserts and removes entries one at a time, so a change costs O(1) however many
-//! keys the table holds, with no rebuild and no swap of the whole table.
+//! (a thread-local counter) and follow atomic pointers, while a writer inserts and removes
+//! entries one at a time, so a change costs O(1) however many keys the table holds, with no
+//! rebuild and no swap of the whole table.
 //!
-//! The watcher polls the store's change sequence every [`POLL_INTERVAL`], so a revocation,
-//! rotation or limit change made by the CLI, the admin API or any other process writing the
-//! same `data_dir` reaches every worker well within the contract's 1 s. Expiry needs no
-//! watcher: [`KeyRecord::is_active`] is checked against the request's clock.
+//! A committed change enters the cache one way, [`CredentialCache::apply_change`], from two
+//! callers:
+//! - the admin API, right after its store commit and before it answers, so a key created,
+//!   rotated, revoked or changed through a node's admin API is in force on that node's very
+//!   next request;
+//! - the watcher thread, which polls the store's change sequence every [`POLL_INTERVAL`] for
+//!   changes made by other processes writing the same `data_dir` (the CLI, other nodes).
+//!
+//! Both may deliver the same row, and in either order, so a change is applied only if its
+//! store sequence is newer than the one the cache holds for that key: a duplicate is a no-op
+//! and an older read never replaces a newer record. Expiry needs no writer:
+//! [`KeyRecord::is_active`] is checked against the request's clock.
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -123,8 +131,16 @@ struct Grace {
     key_id: String,
 }
 
+/// What only a writer touches, behind [`CredentialCache::writer`].
+#[derive(Default)]
+struct Writer {
+    /// Previous hashes still indexed, for the watcher to drop when their grace ends.
+    graces: Vec<Grace>,
+}
+
 /// The in-memory replica of the key table, shared by every worker (`Arc` in
-/// `snapshot::Shared`). Lookups are lock-free; only the watcher thread writes.
+/// `snapshot::Shared`) and the admin API. Lookups are lock-free; writers (the watcher, admin
+/// connection threads) take turns.
 pub struct CredentialCache {
     pepper: Pepper,
     /// HMAC of the current secret, and of the previous one while its grace lasts -> key.
@@ -134,9 +150,10 @@ pub struct CredentialCache {
     by_id: papaya::HashMap<IdKey, ()>,
     /// Keys that are not revoked, by name (the store keeps names unique among them).
     by_name: papaya::HashMap<NameKey, ()>,
-    /// Previous hashes still indexed, for the watcher to drop when their grace ends. Only the
-    /// writer touches it.
-    graces: Mutex<Vec<Grace>>,
+    /// Held for the whole of one change: applying a record reads the entry it replaces and
+    /// then edits three indexes, which must not interleave with another writer's change to
+    /// the same key. Readers never take it.
+    writer: Mutex<Writer>,
     /// Set by [`CredentialCache::stop`]: the watcher exits at its next tick.
     stop: AtomicBool,
 }
@@ -173,8 +190,8 @@ impl CredentialCache {
         Ok(cache)
     }
 
-    /// A cache holding `records` (later rows of an id replace earlier ones), with no
-    /// store and no watcher: what [`CredentialCache::start`] builds from its first load, and
+    /// A cache holding `records` (of several rows of an id, the one with the highest `seq`),
+    /// with no store and no watcher: what [`CredentialCache::start`] builds from its first load, and
     /// what tests and benchmarks use to build a large table in memory.
     pub fn from_records(pepper: Pepper, records: Vec<KeyRecord>) -> CredentialCache {
         let capacity = records.len();
@@ -186,12 +203,15 @@ impl CredentialCache {
                 .build(),
             by_id: papaya::HashMap::with_capacity(capacity),
             by_name: papaya::HashMap::with_capacity(capacity),
-            graces: Mutex::new(Vec::new()),
+            writer: Mutex::new(Writer::default()),
             stop: AtomicBool::new(false),
         };
         let now = unix_now();
-        for record in records {
-            cache.apply(record, now);
+        {
+            let mut writer = cache.writer.lock();
+            for record in records {
+                cache.apply(&mut writer, record, now);
+            }
         }
         cache
     }
@@ -257,14 +277,32 @@ impl CredentialCache {
         self.stop.store(true, Ordering::Release);
     }
 
-    /// Inserts or replaces one key row and drops index entries it no longer owns (a rotated
-    /// key's old hash, a revoked key's hashes, a renamed key's old name). New entries go in
-    /// before stale ones come out, so a reader never sees a live key missing.
-    fn apply(&self, record: KeyRecord, now: i64) {
+    /// Applies one committed key row (as the store returned it from a write, or as the
+    /// watcher read it): the new or changed record, a rotated key's grace for its previous
+    /// secret, a revocation. Every worker sees it on its next lookup.
+    ///
+    /// Returns false, changing nothing, when the cache already holds this row or a newer one
+    /// of the same key (by the store's change sequence): the admin API and the watcher may
+    /// both deliver a change, in either order.
+    pub fn apply_change(&self, record: KeyRecord) -> bool {
+        let mut writer = self.writer.lock();
+        self.apply(&mut writer, record, unix_now())
+    }
+
+    /// Inserts or replaces one key row, unless the held row of that id is as new or newer,
+    /// and drops index entries it no longer owns (a rotated key's old hash, a revoked key's
+    /// hashes, a renamed key's old name). New entries go in before stale ones come out, so a
+    /// reader never sees a live key missing. The caller holds the writer lock.
+    fn apply(&self, writer: &mut Writer, record: KeyRecord, now: i64) -> bool {
+        let ids = self.by_id.pin();
+        let old = ids
+            .get_key_value(record.id.as_str())
+            .map(|(key, ())| Arc::clone(&key.0));
+        if old.as_ref().is_some_and(|old| old.seq >= record.seq) {
+            return false;
+        }
         let record = Arc::new(record);
         let id = record.id.as_str();
-        let ids = self.by_id.pin();
-        let old = ids.get_key_value(id).map(|(key, ())| Arc::clone(&key.0));
         ids.insert(IdKey(Arc::clone(&record)), ());
 
         let live = live_hashes(&record, now);
@@ -273,7 +311,7 @@ impl CredentialCache {
             hashes.insert(SecretHash(*hash), Arc::clone(&record));
         }
         if let (Some(previous), Some(valid_until)) = (live[1], record.previous_valid_until) {
-            self.graces.lock().push(Grace {
+            writer.graces.push(Grace {
                 valid_until,
                 hash: previous,
                 key_id: id.to_owned(),
@@ -297,17 +335,18 @@ impl CredentialCache {
         if !revoked {
             names.insert(NameKey(Arc::clone(&record)), ());
         }
+        true
     }
 
     /// Drops previous-secret hashes whose grace ended by `now`. Lookups already refuse
     /// them; this only keeps the index from growing with every rotation.
     fn expire_graces(&self, now: i64) {
-        let mut graces = self.graces.lock();
-        if graces.is_empty() {
+        let mut writer = self.writer.lock();
+        if writer.graces.is_empty() {
             return;
         }
         let hashes = self.by_hash.pin();
-        graces.retain(|grace| {
+        writer.graces.retain(|grace| {
             if grace.valid_until > now {
                 return true;
             }
@@ -377,9 +416,11 @@ impl Watcher {
                     log::info!("key store readable again; credential cache catching up");
                     self.failing = false;
                 }
+                // Rows the admin API already applied are skipped by sequence.
+                let mut writer = cache.writer.lock();
                 for row in rows {
                     self.last_seq = self.last_seq.max(row.seq);
-                    cache.apply(row, now);
+                    cache.apply(&mut writer, row, now);
                 }
             }
             Err(e) => {
@@ -451,6 +492,12 @@ mod tests {
 
     fn secret(label: &str) -> String {
         format!("cf_{label:x>43}")
+    }
+
+    /// Applies `record` as of `now`, as the watcher does; returns whether it changed the cache.
+    fn apply_at(cache: &CredentialCache, record: KeyRecord, now: i64) -> bool {
+        let mut writer = cache.writer.lock();
+        cache.apply(&mut writer, record, now)
     }
 
     #[test]
@@ -569,21 +616,125 @@ mod tests {
         let now = 1_000;
         let mut record = test_support::record("key_r", "r");
         record.hash = cache.pepper.hash(first.as_bytes());
-        cache.apply(record.clone(), now);
+        record.seq = 1;
+        assert!(apply_at(&cache, record.clone(), now));
 
         record.previous_hash = Some(record.hash);
         record.previous_valid_until = Some(now + 60);
         record.hash = cache.pepper.hash(second.as_bytes());
-        cache.apply(record.clone(), now);
+        record.seq = 2;
+        assert!(apply_at(&cache, record.clone(), now));
         assert!(cache.authenticate(first.as_bytes(), now).is_some());
 
         record.previous_hash = Some(record.hash);
         record.hash = cache.pepper.hash(third.as_bytes());
-        cache.apply(record, now);
+        record.seq = 3;
+        assert!(apply_at(&cache, record, now));
         assert!(cache.authenticate(first.as_bytes(), now).is_none());
         assert!(cache.authenticate(second.as_bytes(), now).is_some());
         assert!(cache.authenticate(third.as_bytes(), now).is_some());
         assert_eq!(cache.by_hash.len(), 2);
+    }
+
+    /// The race between the two writers: the watcher read a row, the admin API then
+    /// committed and applied a newer one, and the watcher's older read arrives last.
+    #[test]
+    fn older_row_arriving_after_a_newer_one_changes_nothing() {
+        let old = secret("old");
+        let new = secret("new");
+        let cache = in_memory(Vec::new());
+        let now = unix_now();
+        let mut before = test_support::record("key_race", "race");
+        before.hash = cache.pepper.hash(old.as_bytes());
+        before.seq = 4;
+        let mut after = before.clone();
+        after.hash = cache.pepper.hash(new.as_bytes());
+        after.rpm = Some(7);
+        after.seq = 5;
+
+        assert!(cache.apply_change(after));
+        assert!(!cache.apply_change(before));
+        let held = cache.by_id("key_race").unwrap();
+        assert_eq!((held.seq, held.rpm), (5, Some(7)));
+        assert!(cache.authenticate(new.as_bytes(), now).is_some());
+        assert!(cache.authenticate(old.as_bytes(), now).is_none());
+
+        // A revocation cannot be undone by a stale read of the live key either.
+        let mut revoked = cache.by_id("key_race").unwrap().as_ref().clone();
+        revoked.revoked_at = Some(now);
+        revoked.seq = 6;
+        let mut stale = revoked.clone();
+        stale.revoked_at = None;
+        stale.seq = 5;
+        assert!(cache.apply_change(revoked));
+        assert!(!cache.apply_change(stale));
+        assert!(cache.authenticate(new.as_bytes(), now).is_none());
+        assert!(cache.by_name("race").is_none());
+    }
+
+    /// Both writers deliver the same committed row; the second delivery is a no-op and does
+    /// not queue a second grace entry for the same previous secret.
+    #[test]
+    fn the_same_row_applied_twice_is_applied_once() {
+        let old = secret("old");
+        let new = secret("new");
+        let cache = in_memory(Vec::new());
+        let mut record = test_support::record("key_twice", "twice");
+        record.hash = cache.pepper.hash(new.as_bytes());
+        record.previous_hash = Some(cache.pepper.hash(old.as_bytes()));
+        record.previous_valid_until = Some(unix_now() + 3600);
+        record.seq = 9;
+
+        assert!(cache.apply_change(record.clone()));
+        assert!(!cache.apply_change(record));
+        assert_eq!(cache.writer.lock().graces.len(), 1);
+        assert_eq!(cache.by_hash.len(), 2);
+        assert_eq!(cache.len(), 1);
+    }
+
+    /// What the admin API relies on: a store write applied with `apply_change` is in force
+    /// at once, with no watcher running at all; the watcher then finds nothing new to do.
+    #[test]
+    fn applied_store_writes_are_in_force_without_the_watcher() {
+        let dir = TempDir::new("direct");
+        let cache = CredentialCache::start(&dir.0).unwrap();
+        cache.stop();
+        let mut store = KeyStore::open(&dir.0).unwrap();
+
+        let (created, first) = store.create(new_key("direct"), "test").unwrap();
+        assert!(cache.apply_change(created.clone()));
+        assert!(cache.authenticate(first.as_bytes(), unix_now()).is_some());
+
+        let (rotated, second) = store
+            .rotate(&created.id, Duration::from_secs(3600), "test")
+            .unwrap();
+        assert!(cache.apply_change(rotated));
+        assert!(cache.authenticate(second.as_bytes(), unix_now()).is_some());
+        assert!(cache.authenticate(first.as_bytes(), unix_now()).is_some());
+
+        let patch = KeyPatch {
+            rpm: Some(Some(3)),
+            ..KeyPatch::default()
+        };
+        assert!(cache.apply_change(store.update(&created.id, patch, "test").unwrap()));
+        assert_eq!(cache.by_id(&created.id).unwrap().rpm, Some(3));
+
+        let revoked = store.revoke(&created.id, "test").unwrap();
+        assert!(cache.apply_change(revoked.clone()));
+        assert!(cache.authenticate(second.as_bytes(), unix_now()).is_none());
+        assert!(cache.authenticate(first.as_bytes(), unix_now()).is_none());
+
+        // A watcher pass over the same rows (every one already applied) changes nothing.
+        let mut watcher = Watcher {
+            cache: Weak::new(),
+            store: KeyStore::open(&dir.0).unwrap(),
+            last_seq: 0,
+            failing: false,
+        };
+        watcher.tick(&cache, unix_now());
+        assert_eq!(watcher.last_seq, revoked.seq);
+        assert!(cache.by_id(&created.id).unwrap().revoked_at.is_some());
+        assert!(cache.authenticate(second.as_bytes(), unix_now()).is_none());
     }
 
     #[test]
@@ -595,7 +746,8 @@ mod tests {
         record.hash = cache.pepper.hash(new.as_bytes());
         record.previous_hash = Some(cache.pepper.hash(old.as_bytes()));
         record.previous_valid_until = Some(1_060);
-        cache.apply(record, 1_000);
+        record.seq = 1;
+        assert!(apply_at(&cache, record, 1_000));
         assert_eq!(cache.by_hash.len(), 2);
 
         cache.expire_graces(1_059);

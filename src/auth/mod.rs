@@ -1,7 +1,8 @@
 //! Authentication and edge authorization: who is calling, and may they.
 //!
 //! - [`CredentialCache`]: the lock-free in-memory replica of the key table that every worker
-//!   checks presented keys against; a watcher thread keeps it within 100 ms of the store.
+//!   checks presented keys against; admin API writes are applied to it before they are
+//!   answered, and a watcher thread brings in other processes' changes every 100 ms.
 //! - [`presented_key`]: the client's credential from `Authorization: Bearer` or `x-api-key`.
 //! - [`Consumer`]: the identity a request runs as once authenticated.
 //! - [`IpRules`], [`key_permits_route`], [`key_permits_model`], [`has_scopes`]: the checks

@@ -397,8 +397,8 @@ impl KeyStore {
         Ok(after)
     }
 
-    /// Revokes a key: it stops authenticating (within the cache's refresh interval) but stays
-    /// listed. Revoking a revoked key changes nothing and returns it. Audited as `revoke`.
+    /// Revokes a key: it stops authenticating (once the credential cache applies the returned
+    /// row, or its watcher reads it) but stays listed. Revoking a revoked key changes nothing and returns it. Audited as `revoke`.
     pub fn revoke(&mut self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
         let now = unix_now();
         let tx = self

@@ -260,24 +260,6 @@ pub fn time_until_status(
     None
 }
 
-/// Waits until the AI front door knows `secret` (its `GET /v1/models` stops
-/// answering 401), at most [`KEY_PROPAGATION`](super::KEY_PROPAGATION);
-/// fails the test otherwise. Every worker reads the one credential cache, so
-/// one answer speaks for all of them.
-///
-/// The probe is a request: use it only where the test does not count requests
-/// against the key's or a route's request limits.
-pub fn wait_for_ai_key(gw: &Gateway, secret: &str) {
-    let known = super::wait_until(super::KEY_PROPAGATION, || {
-        get_with_key(gw.addr(), "/v1/models", Some(secret)).status != 401
-    });
-    assert!(
-        known,
-        "the gateway did not know a new key within {:?}",
-        super::KEY_PROPAGATION
-    );
-}
-
 /// Fails the test unless the answer is a 401 `authentication_error`.
 pub fn assert_unauthenticated(response: &Response) {
     response.assert_error(401, "authentication_error");

@@ -37,10 +37,12 @@ pub use upstream::{refused_addr, Echo, Gate, RecordedRequest, Reply, Upstream};
 /// on purpose: the suite runs on a loaded 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// How long a key change made in the store (create, revoke, rotate, a limit or
-/// route update, by the admin API or the CLI) may take to reach every worker.
+/// How long a key change made by another process writing the store (the
+/// `credentialflow keys ...` CLI) may take to reach every worker: the bound of
+/// a `wait_until` poll after such a change. Changes made through the admin API
+/// need no wait: they are in force when the admin API answers.
 ///
-/// The credential cache's watcher applies store changes every
+/// The credential cache's watcher applies other processes' changes every
 /// [`credentialflow::auth::POLL_INTERVAL`], so a change lands within one
 /// interval of being written; two intervals cover a watcher pass already under
 /// way, and the slack covers a loaded 2-core machine scheduling the watcher

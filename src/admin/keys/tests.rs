@@ -11,8 +11,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::admin::{spawn, AdminState};
+use crate::auth::CredentialCache;
 use crate::config::{LiveSecret, Secret};
-use crate::store::{audit, ids, KeyStore};
+use crate::store::{audit, ids, unix_now, KeyStore};
 
 const TOKEN: &str = "keys-admin-t0ken";
 
@@ -20,6 +21,9 @@ const TOKEN: &str = "keys-admin-t0ken";
 struct Admin {
     addr: SocketAddr,
     data_dir: PathBuf,
+    /// The cache the handlers write to. Its watcher is stopped, so whatever it holds after
+    /// a call, the admin handler put there.
+    credentials: Arc<CredentialCache>,
     shutdown: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
@@ -30,16 +34,20 @@ impl Admin {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Arc::new(AtomicBool::new(false));
+        let credentials = CredentialCache::start(&data_dir).unwrap();
+        credentials.stop();
         let state = AdminState {
             token: Some(LiveSecret::fixed(Secret::new(TOKEN))),
             ready: Arc::new(|| true),
             reload: Arc::new(|| Ok(())),
             data_dir: data_dir.clone(),
+            credentials: credentials.clone(),
         };
         let handle = spawn(listener, state, shutdown.clone());
         Admin {
             addr,
             data_dir,
+            credentials,
             shutdown,
             handle: Some(handle),
         }
@@ -134,6 +142,74 @@ fn post_creates_a_key_and_shows_the_secret_once() {
     let store = KeyStore::open(&admin.data_dir).unwrap();
     let stored = store.get(created["id"].as_str().unwrap()).unwrap().unwrap();
     assert_eq!(stored.hash, store.pepper().hash(key.as_bytes()));
+}
+
+/// Every write is in the workers' cache when its answer arrives: the cache's watcher is
+/// stopped here, so nothing else could have put it there.
+#[test]
+fn every_key_write_is_in_the_cache_before_the_answer() {
+    let admin = Admin::start();
+    let cache = &admin.credentials;
+    let created = admin.create(json!({ "name": "script" }));
+    let id = created["id"].as_str().unwrap();
+    let first = created["key"].as_str().unwrap().to_owned();
+    let found = cache
+        .authenticate(first.as_bytes(), unix_now())
+        .expect("created key");
+    assert_eq!(found.id, id);
+
+    let patched = admin.call(
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(r#"{"rpm":5,"team":"ops"}"#),
+    );
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    let held = cache.by_id(id).unwrap();
+    assert_eq!((held.rpm, held.team.as_str()), (Some(5), "ops"));
+
+    let rotated = admin.call(
+        "POST",
+        &format!("/admin/keys/{id}/rotate"),
+        Some(r#"{"grace":"1h"}"#),
+    );
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    let second = rotated.json()["key"].as_str().unwrap().to_owned();
+    assert!(cache.authenticate(second.as_bytes(), unix_now()).is_some());
+    assert!(
+        cache.authenticate(first.as_bytes(), unix_now()).is_some(),
+        "old secret in grace"
+    );
+
+    let revoked = admin.call("DELETE", &format!("/admin/keys/{id}"), None);
+    assert_eq!(revoked.status, 204);
+    assert!(cache.authenticate(second.as_bytes(), unix_now()).is_none());
+    assert!(cache.authenticate(first.as_bytes(), unix_now()).is_none());
+    assert!(cache.by_id(id).unwrap().revoked_at.is_some());
+}
+
+/// A refused write leaves the cache alone.
+#[test]
+fn failed_key_writes_leave_the_cache_unchanged() {
+    let admin = Admin::start();
+    let created = admin.create(json!({ "name": "steady", "rpm": 9 }));
+    let id = created["id"].as_str().unwrap();
+    let before = admin.credentials.by_id(id).unwrap();
+
+    let bad = admin.call("PATCH", &format!("/admin/keys/{id}"), Some(r#"{"rpm":-1}"#));
+    assert_eq!(bad.status, 400);
+    let taken = admin.create(json!({ "name": "other" }));
+    let clash = admin.call(
+        "PATCH",
+        &format!("/admin/keys/{}", taken["id"].as_str().unwrap()),
+        Some(r#"{"name":"steady"}"#),
+    );
+    assert_eq!(clash.status, 409);
+    assert_eq!(
+        admin.credentials.by_id(id).unwrap().as_ref(),
+        before.as_ref()
+    );
+    assert_eq!(admin.credentials.by_name("steady").unwrap().id, id);
+    assert_eq!(admin.credentials.len(), 2);
 }
 
 #[test]
@@ -319,7 +395,11 @@ fn key_calls_need_the_admin_token() {
         "Authorization: Bearer wrong\r\n",
     );
     assert_eq!(reply.status, 401);
-    assert!(!admin.data_dir.join("keys.db").exists());
+    // The cache opened the store at start; the refused call must have added nothing to it.
+    let store = KeyStore::open(&admin.data_dir).unwrap();
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(store.max_seq().unwrap(), 0);
+    assert!(admin.credentials.is_empty());
 }
 
 #[test]
