@@ -268,7 +268,7 @@ where
         Door::Ai(endpoint) => {
             let body = ai::read_body(snapshot, client, head, ctx).await?;
             if endpoint == ai::Endpoint::Embeddings {
-                // Its own prompt, limits, upstream and settle phases: one model, no hooks.
+                // Its own prompt, limits, upstream and settle phases: one model, no `on_prompt`.
                 return ai::embeddings(worker, snapshot, client, head, ctx, &body).await;
             }
             // Phase prompt: parse into the canonical chat, `on_prompt`, the model, the
