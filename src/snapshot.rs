@@ -113,6 +113,9 @@ pub struct Snapshot {
     pub scripts: Arc<ScriptSet>,
     /// The AI front doors' script (`[ai].hooks`).
     pub ai_hooks: Option<ScriptId>,
+    /// The AI front doors' client-address rules (`[ai]` `allow_ips` / `deny_ips`), checked
+    /// before authentication as a route's are (`None` = everyone).
+    pub ai_ip_rules: Option<IpRules>,
 }
 
 /// What a snapshot is built for: both build the same things and refuse the same configs.
@@ -200,14 +203,10 @@ impl Snapshot {
                 continue;
             };
             let injects = config.upstream[upstream].credential.is_some();
-            let ip_rules = match IpRules::new(&r.allow_ips, &r.deny_ips) {
-                Ok(rules) if rules.is_empty() => None,
-                Ok(rules) => Some(rules),
-                Err(e) => {
-                    errors.push(format!("route[{i}]: {e}"));
-                    None
-                }
-            };
+            let ip_rules = compile_ip_rules(&r.allow_ips, &r.deny_ips).unwrap_or_else(|e| {
+                errors.push(format!("route[{i}]: {e}"));
+                None
+            });
             let jwt = match r.auth {
                 AuthKind::Jwt => {
                     let verifier = match purpose {
@@ -242,6 +241,11 @@ impl Snapshot {
                 hooks: script_id(&scripts, &config, &r.hooks),
             });
         }
+        let ai_ip_rules = compile_ip_rules(&config.ai.allow_ips, &config.ai.deny_ips)
+            .unwrap_or_else(|e| {
+                errors.push(format!("ai: {e}"));
+                None
+            });
         let catalog = match Catalog::build(&config, secrets) {
             Ok(mut c) => {
                 carried.adopt_catalog(&mut c);
@@ -301,6 +305,7 @@ impl Snapshot {
             catalog,
             ai_metrics: metrics::global().route("(ai)"),
             ai_hooks: script_id(&scripts, &config, &config.ai.hooks),
+            ai_ip_rules,
             scripts,
             router,
             routes,
@@ -311,6 +316,13 @@ impl Snapshot {
             config,
         })
     }
+}
+
+/// `allow_ips` / `deny_ips` compiled; `None` when both are empty, so the request path skips
+/// the check.
+fn compile_ip_rules(allow: &[String], deny: &[String]) -> Result<Option<IpRules>, String> {
+    let rules = IpRules::new(allow, deny)?;
+    Ok((!rules.is_empty()).then_some(rules))
 }
 
 /// The long-lived services a [`Shared`] hands to every worker.

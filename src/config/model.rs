@@ -602,6 +602,12 @@ pub struct AiConfig {
     /// Lua script for AI requests; `""` = none.
     #[serde(default)]
     pub hooks: String,
+    /// Client addresses (CIDRs or bare addresses) allowed on the front doors; empty = all.
+    #[serde(default)]
+    pub allow_ips: Vec<String>,
+    /// Client addresses refused on the front doors; checked first.
+    #[serde(default)]
+    pub deny_ips: Vec<String>,
     /// Extension: completion tokens reserved for a request without `max_tokens`, for the
     /// token-per-minute limits and budgets until the provider reports the real usage.
     #[serde(default = "default_max_tokens")]
@@ -646,6 +652,8 @@ impl Default for AiConfig {
         AiConfig {
             auth: default_ai_auth(),
             hooks: String::new(),
+            allow_ips: Vec::new(),
+            deny_ips: Vec::new(),
             default_max_tokens: default_max_tokens(),
             max_retries: default_max_retries(),
             attempt_timeout_ms: 0,

@@ -336,16 +336,12 @@ fn check_routes(config: &Config, findings: &mut Findings) {
                 );
             }
         }
-        for (key, list) in [
-            ("allow_ips", &route.allow_ips),
-            ("deny_ips", &route.deny_ips),
-        ] {
-            for (c, cidr) in list.iter().enumerate() {
-                if let Err(e) = cidr.parse::<Cidr>() {
-                    findings.error(format!("route[{i}].{key}[{c}]"), e);
-                }
-            }
-        }
+        check_ip_rules(
+            findings,
+            &format!("route[{i}]"),
+            &route.allow_ips,
+            &route.deny_ips,
+        );
         for (key, limit) in [
             ("rate_limit.rps", &route.rate_limit),
             ("ip_rate_limit.rps", &route.ip_rate_limit),
@@ -593,9 +589,22 @@ fn check_prompts(config: &Config, findings: &mut Findings) {
     }
 }
 
-/// `[ai]`: only auth kinds that can work without route settings.
+/// `allow_ips` / `deny_ips` of a route or of `[ai]` (at `owner`): each entry an address or
+/// CIDR, each bad one named by its index.
+fn check_ip_rules(findings: &mut Findings, owner: &str, allow: &[String], deny: &[String]) {
+    for (key, list) in [("allow_ips", allow), ("deny_ips", deny)] {
+        for (c, cidr) in list.iter().enumerate() {
+            if let Err(e) = cidr.parse::<Cidr>() {
+                findings.error(format!("{owner}.{key}[{c}]"), e);
+            }
+        }
+    }
+}
+
+/// `[ai]`: only auth kinds that can work without route settings; IP rules as a route's.
 fn check_ai(config: &Config, findings: &mut Findings) {
     check_optional_file(config, findings, "ai.hooks".to_string(), &config.ai.hooks);
+    check_ip_rules(findings, "ai", &config.ai.allow_ips, &config.ai.deny_ips);
     match config.ai.auth {
         AuthKind::Jwt => findings.error(
             "ai.auth",
@@ -984,6 +993,17 @@ mod tests {
             errors_of(&config),
             ["route[0].allow_ips[1]", "route[0].deny_ips[0]"]
         );
+    }
+
+    #[test]
+    fn ai_ip_rules_are_checked_like_a_routes() {
+        let mut config = valid();
+        config.ai.allow_ips = vec!["10.0.0.0/8".into(), "::1".into()];
+        config.ai.deny_ips = vec!["10.1.2.3".into()];
+        assert!(errors_of(&config).is_empty());
+        config.ai.allow_ips = vec!["10.0.0.0/8".into(), "10.0.0.0/40".into()];
+        config.ai.deny_ips = vec!["nope".into()];
+        assert_eq!(errors_of(&config), ["ai.allow_ips[1]", "ai.deny_ips[0]"]);
     }
 
     #[test]

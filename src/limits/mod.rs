@@ -15,6 +15,9 @@
 //! - [`charge`]: what an AI request reserves at admission and is charged when it ends
 //!   (reported usage, or for a stream that was cut, the larger of what it relayed and what it
 //!   reserved).
+//! - [`hold`]: what an admitted request holds until it ends: the request counts it took
+//!   ([`RequestCounts`], given back when a later check refuses it) and its token and budget
+//!   reservations ([`TokenHold`], released on refusal, settled to the real usage).
 //!
 //! Tokens-per-minute limits are weighted GCRA checks ([`Gcra::check_n`] to admit a
 //! reservation, [`Gcra::adjust`] to settle it). Token *estimates* live with the AI code
@@ -29,6 +32,7 @@ pub mod budget;
 pub mod charge;
 pub mod concurrency;
 pub mod gcra;
+pub mod hold;
 pub mod rate_headers;
 pub mod table;
 
@@ -42,5 +46,6 @@ pub use budget::{
 pub use charge::{charged_usage, completion_reservation, Metered};
 pub use concurrency::{InFlight, Permit};
 pub use gcra::{gcra_per_minute, gcra_per_second, Decision, Gcra};
+pub use hold::{RequestCounts, TokenHold, TokenScope};
 pub use rate_headers::RateReport;
 pub use table::{KeyPermit, LimiterTable};

@@ -3,16 +3,16 @@
 //! decided is kept in the request context for the `x-ratelimit-*` headers.
 //!
 //! A request refused by one limit gives back what earlier limits of the same phase counted
-//! for it, so a rejected request consumes no quota anywhere.
-
-use std::sync::atomic::AtomicU64;
+//! for it, so a rejected request consumes no quota anywhere. The counting, giving back and
+//! settling is [`crate::limits::hold`]'s; this file decides which limits apply to a request,
+//! records each decision for the `x-ratelimit-*` headers and maps a refusal to its error.
 
 use super::RequestCtx;
 use super::ThreadState;
 use crate::error::GatewayError;
 use crate::limits::{
-    budget_limit, gcra_per_minute, gcra_per_second, key_scope, team_scope, Admission, Decision,
-    Gcra, LimiterTable, Reservation,
+    budget_limit, gcra_per_minute, gcra_per_second, key_scope, team_scope, Decision, RequestCounts,
+    TokenHold, TokenScope,
 };
 use crate::snapshot::{Route, Snapshot};
 
@@ -38,24 +38,6 @@ pub(super) fn client_address(
     Ok(())
 }
 
-/// Something a request was counted in, to give back if a later limit refuses it.
-enum Counted<'a> {
-    Route(&'a Gcra, &'a AtomicU64),
-    Keyed(&'a LimiterTable<String>, &'a str, Gcra),
-    KeyOwned(&'a LimiterTable<String>, String, Gcra),
-}
-
-/// What [`requests`] counted an admitted request in.
-#[must_use = "keep it to give the quota back if a later check refuses the request"]
-pub(super) struct RequestCounts<'a>(Vec<Counted<'a>>);
-
-impl RequestCounts<'_> {
-    /// Gives back the quota this request took (a later limit refused it).
-    pub fn give_back(self, worker: &ThreadState) {
-        give_back(&self.0, worker.shared.admission.now());
-    }
-}
-
 /// Phase limits: the route's `rate_limit`, the key's `rps`/`rpm`, the team's `rpm`, then the
 /// key's `max_concurrency` (its slot is held in `ctx.permit` until the request ends).
 pub(super) fn requests<'a>(
@@ -66,16 +48,14 @@ pub(super) fn requests<'a>(
 ) -> Result<RequestCounts<'a>, GatewayError> {
     let admission = &worker.shared.admission;
     let now = admission.now();
-    let mut counted: Vec<Counted> = Vec::new();
+    let mut counts = RequestCounts::new();
     let mut refused: Option<(&'static str, Decision)> = None;
 
     if let Some(route) = route {
         if let Some(gcra) = &route.rate_limit {
-            let d = gcra.check(&route.limiter.tat, now);
+            let d = counts.check(gcra, &route.limiter.tat, now);
             ctx.rate.requests(d);
-            if d.allowed {
-                counted.push(Counted::Route(gcra, &route.limiter.tat));
-            } else {
+            if !d.allowed {
                 refused = Some(("route", d));
             }
         }
@@ -100,22 +80,18 @@ pub(super) fn requests<'a>(
             if refused.is_some() {
                 break;
             }
-            let d = table.check(key.id.as_str(), &gcra, now);
+            let d = counts.check_keyed(table, key.id.clone(), gcra, now);
             ctx.rate.requests(d);
-            if d.allowed {
-                counted.push(Counted::KeyOwned(table, key.id.clone(), gcra));
-            } else {
+            if !d.allowed {
                 refused = Some(("key", d));
             }
         }
     }
     if refused.is_none() && !team.is_empty() {
         if let Some(gcra) = snapshot.teams.get(team).and_then(|t| t.rpm) {
-            let d = admission.team_minute.check(team, &gcra, now);
+            let d = counts.check_keyed(&admission.team_minute, team, gcra, now);
             ctx.rate.requests(d);
-            if d.allowed {
-                counted.push(Counted::Keyed(&admission.team_minute, team, gcra));
-            } else {
+            if !d.allowed {
                 refused = Some(("team", d));
             }
         }
@@ -126,7 +102,7 @@ pub(super) fn requests<'a>(
                 match admission.key_second.try_acquire(key.id.as_str(), max, now) {
                     Some(permit) => ctx.permit = Some(permit),
                     None => {
-                        give_back(&counted, now);
+                        counts.give_back(now);
                         return Err(GatewayError::RateLimited {
                             code: "concurrency_limit_exceeded",
                             scope: "key concurrency",
@@ -138,20 +114,10 @@ pub(super) fn requests<'a>(
         }
     }
     match refused {
-        None => Ok(RequestCounts(counted)),
+        None => Ok(counts),
         Some((scope, d)) => {
-            give_back(&counted, now);
+            counts.give_back(now);
             Err(rate_limited(scope, &d))
-        }
-    }
-}
-
-fn give_back(counted: &[Counted], now: u64) {
-    for c in counted {
-        match c {
-            Counted::Route(gcra, tat) => gcra.adjust(tat, now, -1),
-            Counted::Keyed(table, key, gcra) => table.adjust(*key, gcra, now, -1),
-            Counted::KeyOwned(table, key, gcra) => table.adjust(key.as_str(), gcra, now, -1),
         }
     }
 }
@@ -172,31 +138,25 @@ pub(super) struct TokenAsk {
     pub nano_usd: u64,
 }
 
-/// The tokens and budget an admitted AI request holds until [`settle_tokens`].
-#[must_use = "settle it with the usage the provider reported"]
-pub(super) struct TokenHold {
-    per_minute: Vec<(TokenScope, Gcra)>,
-    reserved: u64,
-    budgets: Vec<Reservation>,
-}
-
-enum TokenScope {
-    Key(String),
-    Team(String),
-}
-
-impl TokenScope {
-    fn table<'a>(&self, admission: &'a Admission) -> (&'a LimiterTable<String>, &str) {
-        match self {
-            TokenScope::Key(id) => (&admission.key_tokens, id),
-            TokenScope::Team(team) => (&admission.team_tokens, team),
-        }
-    }
+/// Phase limits for an AI request: [`requests`], then [`tokens`] on what it asks. A refusal
+/// by the token limits gives back the request counts and the concurrency slot too: a refused
+/// request consumes no quota.
+pub(super) fn ai_request(
+    worker: &ThreadState,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    ask: &TokenAsk,
+) -> Result<TokenHold, GatewayError> {
+    let counts = requests(worker, snapshot, None, ctx)?;
+    tokens(worker, snapshot, ctx, ask).inspect_err(|_| {
+        counts.give_back(worker.shared.admission.now());
+        ctx.permit = None;
+    })
 }
 
 /// Phase limits, AI part: the key's and team's tokens per minute, then their budgets, on the
 /// request's reservation. A refusal gives back whatever this phase had taken.
-pub(super) fn tokens(
+fn tokens(
     worker: &ThreadState,
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
@@ -204,11 +164,7 @@ pub(super) fn tokens(
 ) -> Result<TokenHold, GatewayError> {
     let admission = &worker.shared.admission;
     let now = admission.now();
-    let mut hold = TokenHold {
-        per_minute: Vec::new(),
-        reserved: ask.tokens,
-        budgets: Vec::new(),
-    };
+    let mut hold = TokenHold::new(ask.tokens);
     let Some(consumer) = ctx.consumer.clone() else {
         return Ok(hold);
     };
@@ -219,29 +175,23 @@ pub(super) fn tokens(
     let mut scopes = Vec::new();
     if let (Some(key), Some(id)) = (&consumer.key, &consumer.id) {
         if let Some(gcra) = key.tpm.and_then(gcra_per_minute) {
-            scopes.push((TokenScope::Key(id.clone()), gcra, "key"));
+            scopes.push((TokenScope::Key(id.clone()), gcra, "key token"));
         }
     }
     if let Some(gcra) = team.and_then(|t| t.tpm) {
-        scopes.push((TokenScope::Team(consumer.team.clone()), gcra, "team"));
+        scopes.push((TokenScope::Team(consumer.team.clone()), gcra, "team token"));
     }
     for (scope, gcra, name) in scopes {
-        let (table, id) = scope.table(admission);
-        let d = table.check_n(id, &gcra, now, ask.tokens);
+        let d = hold.check_tokens(admission, scope, gcra, now);
         ctx.rate.tokens(d);
         if !d.allowed {
-            release(admission, &hold, now);
+            hold.release(admission, now);
             return Err(GatewayError::RateLimited {
                 code: "tokens_limit_exceeded",
-                scope: if name == "key" {
-                    "key token"
-                } else {
-                    "team token"
-                },
+                scope: name,
                 retry_after_secs: d.retry_after_secs().max(1),
             });
         }
-        hold.per_minute.push((scope, gcra));
     }
 
     let now_ms = crate::clock::unix_now_ms();
@@ -260,27 +210,19 @@ pub(super) fn tokens(
         wanted.push((team_scope(&consumer.team), limit, "team"));
     }
     for (scope, limit, name) in wanted {
-        match budgets.try_reserve(&scope, &limit, now_ms, ask.tokens, ask.nano_usd) {
-            Ok(r) => hold.budgets.push(r),
-            Err(_) => {
-                // Dropping the reservations taken so far releases them.
-                release(admission, &hold, now);
-                return Err(GatewayError::InsufficientQuota(name));
-            }
+        if hold
+            .reserve_budget(budgets, &scope, &limit, now_ms, ask.nano_usd)
+            .is_err()
+        {
+            hold.release(admission, now);
+            return Err(GatewayError::InsufficientQuota(name));
         }
     }
     Ok(hold)
 }
 
-/// Gives back the tokens-per-minute reservations of a refused request.
-fn release(admission: &Admission, hold: &TokenHold, now: u64) {
-    for (scope, gcra) in &hold.per_minute {
-        let (table, id) = scope.table(admission);
-        table.adjust(id, gcra, now, -(hold.reserved as i64));
-    }
-}
-
-/// Corrects the token limits and budgets from the reservation to what was really used.
+/// Phase settle: corrects the token limits and budgets from the reservation to what was
+/// really used.
 pub(super) fn settle_tokens(
     worker: &ThreadState,
     hold: TokenHold,
@@ -288,17 +230,12 @@ pub(super) fn settle_tokens(
     used_nano_usd: u64,
 ) {
     let admission = &worker.shared.admission;
-    let now = admission.now();
-    let delta = used_tokens as i64 - hold.reserved as i64;
-    for (scope, gcra) in &hold.per_minute {
-        let (table, id) = scope.table(admission);
-        table.adjust(id, gcra, now, delta);
-    }
-    let now_ms = crate::clock::unix_now_ms();
-    for reservation in hold.budgets {
-        worker
-            .shared
-            .budgets
-            .settle(reservation, now_ms, used_tokens, used_nano_usd);
-    }
+    hold.settle(
+        admission,
+        &worker.shared.budgets,
+        admission.now(),
+        crate::clock::unix_now_ms(),
+        used_tokens,
+        used_nano_usd,
+    );
 }

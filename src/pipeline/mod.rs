@@ -1,15 +1,20 @@
 //! The request path, in order. Read this file top to bottom to follow one request:
 //!
 //! 1. **route**: the path is normalized (dot segments, unreserved escapes, `//`; 400 when it
-//!    cannot be safely), then host + longest path prefix picks a `[[route]]` (404 if none).
-//! 2. **access / auth / limits / prompt**: arrive with the credentials, limits, Lua and AI
-//!    features; each is a phase function called here, in this order.
-//! 3. **upstream**: pick a target, reuse or open a connection, send the rewritten head and
-//!    stream the body (chunked bodies are validated before any byte goes out).
-//! 4. **response**: stream the upstream's response back as it arrives, re-framed for the client.
+//!    cannot be safely), then an AI front door by its path, else host + longest path prefix
+//!    picks a `[[route]]` (404 if none). A front door is a kind of route ([`Door`]) whose
+//!    settings are `[ai]`'s; every later shared phase serves both.
+//! 2. **access**: client-address rules, the per-address limit, the `on_access` hook.
+//! 3. **auth**: the consumer a hook named, else the route's `auth` (or `[ai].auth`).
+//! 4. for a route, **limits** (request rates, concurrency), then **upstream** (pick a target,
+//!    reuse or open a connection, send the rewritten head and stream the body; chunked bodies
+//!    are validated before any byte goes out) and **response** (streamed back as it arrives,
+//!    re-framed for the client); for a front door, the AI phases of [`ai`]: **prompt**,
+//!    **limits** (requests, then tokens and budgets), **upstream**, **settle**.
 //! 5. **log**: metrics (and the access log) for every request, including rejected ones.
 //!
-//! Phases return `Err(Failure)`; [`handle`] turns a failure into a response in one place.
+//! Phases return `Err(Failure)` (or a `GatewayError`, which converts); [`handle`] turns a
+//! failure into a response in one place.
 
 mod ai;
 mod exchange;
@@ -29,12 +34,13 @@ use std::time::Instant;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
 use crate::accesslog::{AccessEntry, AttemptLog, UsageFields};
-use crate::auth::{self, Consumer};
+use crate::auth::{self, Consumer, IpRules};
 use crate::config::AuthKind;
 use crate::error::{Dialect, GatewayError};
 use crate::http1::BufConn;
 use crate::http1::{BodyFraming, RequestHead};
 use crate::limits::{KeyPermit, RateReport};
+use crate::lua::ScriptId;
 use crate::snapshot::{Route, Snapshot};
 use crate::store::KeyRecord;
 use crate::upstream::UpstreamStream;
@@ -189,6 +195,50 @@ where
         .record(err.status(), started.elapsed());
 }
 
+/// What a request was routed to: a `[[route]]`, or an AI front door, a route whose settings
+/// (IP rules, hooks, auth) are `[ai]`'s. Both go through the same access and auth phases.
+#[derive(Clone, Copy)]
+enum Door<'s> {
+    Route(&'s Route),
+    Ai(ai::Endpoint),
+}
+
+impl<'s> Door<'s> {
+    /// The client-address rules (`None` = everyone).
+    fn ip_rules(self, snapshot: &'s Snapshot) -> Option<&'s IpRules> {
+        match self {
+            Door::Route(route) => route.ip_rules.as_ref(),
+            Door::Ai(_) => snapshot.ai_ip_rules.as_ref(),
+        }
+    }
+
+    /// The Lua script of the route or of `[ai]`.
+    fn hooks(self, snapshot: &Snapshot) -> Option<ScriptId> {
+        match self {
+            Door::Route(route) => route.hooks,
+            Door::Ai(_) => snapshot.ai_hooks,
+        }
+    }
+
+    /// How callers authenticate.
+    fn auth(self, snapshot: &Snapshot) -> AuthKind {
+        match self {
+            Door::Route(route) => route.auth,
+            Door::Ai(_) => snapshot.config.ai.auth,
+        }
+    }
+
+    /// The `[[route]]`, if the request is for one.
+    fn route(self) -> Option<&'s Route> {
+        match self {
+            Door::Route(route) => Some(route),
+            Door::Ai(_) => None,
+        }
+    }
+}
+
+/// The phases, in order. The route and the AI front doors share route, access, auth and
+/// log; they differ in what comes after auth.
 async fn run_phases<S>(
     worker: &ThreadState,
     snapshot: &Snapshot,
@@ -199,11 +249,53 @@ async fn run_phases<S>(
 where
     S: AsyncReadRent + AsyncWriteRent + Split,
 {
-    // Phase: route. The AI front doors' paths come first where models are configured.
+    let door = route_phase(snapshot, head, ctx)?;
+    access_phase(worker, snapshot, door, head, ctx)?;
+    ctx.consumer = auth_phase(worker, snapshot, door, head, ctx)?;
+    match door {
+        Door::Route(route) => {
+            // Phase limits: route, key and team request rates, then the key's concurrency.
+            let _counts = limits::requests(worker, snapshot, Some(route), ctx)?;
+            // Phases upstream and response.
+            proxy::proxy(worker, snapshot, route, client, head, ctx).await
+        }
+        Door::Ai(ai::Endpoint::Models) => {
+            // Phase limits (requests only: listing models uses no tokens), then the answer
+            // from the catalog.
+            let _counts = limits::requests(worker, snapshot, None, ctx)?;
+            ai::models(snapshot, client, head, ctx).await
+        }
+        Door::Ai(endpoint) => {
+            let body = ai::read_body(snapshot, client, head, ctx).await?;
+            if endpoint == ai::Endpoint::Embeddings {
+                // Its own prompt, limits, upstream and settle phases: one model, no `on_prompt`.
+                return ai::embeddings(worker, snapshot, client, head, ctx, &body).await;
+            }
+            // Phase prompt: parse into the canonical chat, `on_prompt`, the model, the
+            // token estimate and reservation.
+            let prompt = ai::prompt_phase(worker, snapshot, head, ctx, endpoint, &body)?;
+            // Phase limits: request rates and concurrency, then tokens per minute and budgets.
+            let hold = ai::limits_phase(worker, snapshot, ctx, &prompt)?;
+            // Phases upstream and response: the model's provider, with retries and fallbacks.
+            let served = ai::upstream_phase(worker, snapshot, client, head, ctx, &prompt).await;
+            // Phase settle: limits, budgets and the ledger corrected to the reported usage.
+            ai::settle_phase(worker, ctx, prompt, hold, served)
+        }
+    }
+}
+
+/// Phase route: an AI front door by its path (where models are configured), else host +
+/// longest path prefix picks a `[[route]]` (404 if none).
+fn route_phase<'s>(
+    snapshot: &'s Snapshot,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+) -> Result<Door<'s>, GatewayError> {
     if !snapshot.catalog.is_empty() {
         if let Some(endpoint) = ai::Endpoint::at(head.path()) {
             ctx.front_door = true;
-            return ai::serve(worker, snapshot, client, head, ctx, endpoint).await;
+            ai::route(endpoint, head, ctx)?;
+            return Ok(Door::Ai(endpoint));
         }
     }
     let route_index = snapshot
@@ -211,52 +303,67 @@ where
         .route(head.host(), head.path())
         .ok_or(GatewayError::NotFound)?;
     ctx.route = Some(route_index);
-    let route = &snapshot.routes[route_index];
-
-    // Phase access: client-address rules and limits come before anything about credentials,
-    // so a flood of bad credentials from one address is throttled too.
-    if let Some(rules) = &route.ip_rules {
-        if !rules.permits(ctx.client_addr.ip()) {
-            return Err(GatewayError::Forbidden("client address").into());
-        }
-    }
-    limits::client_address(worker, route, ctx)?;
-    ctx.hooked = hooks::begin(route.hooks, head, ctx, Some(&route.name));
-    hooks::access(worker, snapshot, ctx)?;
-
-    // Phase auth: who is calling, and may they use this route? An `on_access` hook may have
-    // named the consumer (custom auth); an `auth = "lua"` route needs it to.
-    ctx.consumer = match hooks::chosen_consumer(worker, ctx, unix_now())? {
-        Some(consumer) => Some(permit_route(route, consumer)?),
-        None => auth_phase(worker, route, head)?,
-    };
-
-    // Phase limits: route, key and team request rates, then the key's concurrency.
-    let _counts = limits::requests(worker, snapshot, Some(route), ctx)?;
-
-    // Phases upstream and response.
-    proxy::proxy(worker, snapshot, route, client, head, ctx).await
+    Ok(Door::Route(&snapshot.routes[route_index]))
 }
 
-/// Phase auth: authenticates the caller per the route's `auth` and checks what the identity
-/// may do. Any credential problem is the same 401, so a client learns nothing about which
-/// keys exist; a valid identity without the route or its scopes is 403.
+/// Phase access: client-address rules and limits come before anything about credentials, so
+/// a flood of bad credentials from one address is throttled too; then the `on_access` hook.
+fn access_phase(
+    worker: &ThreadState,
+    snapshot: &Snapshot,
+    door: Door,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+) -> Result<(), GatewayError> {
+    if let Some(rules) = door.ip_rules(snapshot) {
+        if !rules.permits(ctx.client_addr.ip()) {
+            return Err(GatewayError::Forbidden("client address"));
+        }
+    }
+    if let Some(route) = door.route() {
+        limits::client_address(worker, route, ctx)?;
+    }
+    let name = door.route().map(|r| r.name.as_str());
+    ctx.hooked = hooks::begin(door.hooks(snapshot), head, ctx, name);
+    hooks::access(worker, snapshot, ctx)
+}
+
+/// Phase auth: who is calling, and may they use this route? An `on_access` hook may have
+/// named the consumer (custom auth); an `auth = "lua"` route or front door needs it to.
+/// Otherwise the caller is authenticated per the route's `auth` (or `[ai].auth`) and what the
+/// identity may do is checked. Any credential problem is the same 401, so a client learns
+/// nothing about which keys exist; a valid identity without the route or its scopes is 403.
+/// A front door has no route to permit nor scopes to require: its models are checked once
+/// the request names one.
 fn auth_phase(
     worker: &ThreadState,
-    route: &Route,
+    snapshot: &Snapshot,
+    door: Door,
     head: &RequestHead,
+    ctx: &mut RequestCtx,
 ) -> Result<Option<Consumer>, GatewayError> {
     let now = unix_now();
-    let consumer = match route.auth {
+    let route = door.route();
+    if let Some(consumer) = hooks::chosen_consumer(worker, ctx, now)? {
+        return Ok(Some(match route {
+            Some(route) => permit_route(route, consumer)?,
+            None => consumer,
+        }));
+    }
+    let consumer = match door.auth(snapshot) {
         AuthKind::None => return Ok(None),
         AuthKind::ApiKey => {
             let key = api_key(worker, head, now)?;
-            if !auth::key_permits_route(&key, &route.name) {
-                return Err(GatewayError::Forbidden("route"));
+            if let Some(route) = route {
+                if !auth::key_permits_route(&key, &route.name) {
+                    return Err(GatewayError::Forbidden("route"));
+                }
             }
             Consumer::from_key(&key)
         }
         AuthKind::Jwt => {
+            // Only routes have JWT settings (`check` refuses `jwt` for `[ai]`).
+            let route = route.ok_or(GatewayError::Unauthorized)?;
             let verifier = route.jwt.as_ref().ok_or(GatewayError::Unauthorized)?;
             let token = bearer_token(head).ok_or(GatewayError::Unauthorized)?;
             let claims = verifier.verify(token, now).map_err(|e| {
@@ -286,7 +393,8 @@ fn auth_phase(
         // Its `on_access` hook did not name a consumer: fail closed.
         AuthKind::Lua => return Err(GatewayError::Unauthorized),
     };
-    if !auth::has_scopes(&consumer.scopes, &route.scopes) {
+    let required = route.map_or(&[][..], |r| r.scopes.as_slice());
+    if !auth::has_scopes(&consumer.scopes, required) {
         return Err(GatewayError::Forbidden("scope"));
     }
     Ok(Some(consumer))
@@ -317,26 +425,6 @@ fn api_key(
         .credentials
         .authenticate(presented, now)
         .ok_or(GatewayError::Unauthorized)
-}
-
-/// Phase auth for the AI front doors, per `[ai].auth`. With `lua`, the `on_access` hook names
-/// the caller before this phase; reaching it means the hook named none, so it fails closed,
-/// like JWT (which `check` refuses for `[ai]`).
-fn ai_auth(
-    worker: &ThreadState,
-    snapshot: &Snapshot,
-    head: &RequestHead,
-) -> Result<Option<Consumer>, GatewayError> {
-    match snapshot.config.ai.auth {
-        AuthKind::None => Ok(None),
-        AuthKind::ApiKey => Ok(Some(Consumer::from_key(&api_key(
-            worker,
-            head,
-            unix_now(),
-        )?))),
-        // `auth = "lua"`: the `on_access` hook did not name a consumer.
-        AuthKind::Jwt | AuthKind::Lua => Err(GatewayError::Unauthorized),
-    }
 }
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 9110 11.1).

@@ -1,12 +1,15 @@
-//! The AI front doors: the same phases as a route, with the prompt phase in the middle.
+//! The AI front doors' own phases, called from the one phase list in [`super`] after the
+//! shared route, access and auth phases (a front door is a route whose settings are `[ai]`'s):
 //!
-//! route (by path: `/v1/chat/completions`, `/v1/messages`, `/v1/embeddings`, `/v1/models`,
-//! `/prompts/{name}[/v{N}]`) → auth (`[ai].auth`) → prompt (read and parse the body into the
-//! canonical OpenAI chat form, pick the model) → limits (request rates, concurrency, then
-//! tokens per minute and budgets on the request's estimated tokens) → upstream (the model's
-//! provider, with retries and fallbacks: [`call`]) → response (translated, streamed event by
-//! event: [`stream`]) → settle (token limits and budgets corrected to the reported usage;
-//! usage to the ledger and the access log).
+//! route, front-door part (by path: `/v1/chat/completions`, `/v1/messages`, `/v1/embeddings`,
+//! `/v1/models`, `/prompts/{name}[/v{N}]`: [`route`]) → prompt (read and parse the body into
+//! the canonical OpenAI chat form, `on_prompt`, pick the model, estimate: [`prompt_phase`]) →
+//! limits (request rates, concurrency, then tokens per minute and budgets on the request's
+//! estimated tokens: [`limits_phase`]) → upstream (the model's provider, with retries and
+//! fallbacks: [`call`]) → response (translated, streamed event by event: [`stream`]) → settle
+//! (token limits and budgets corrected to the reported usage; usage to the ledger and the
+//! access log: [`settle_phase`]). `/v1/models` ([`models`]) and `/v1/embeddings`
+//! ([`embeddings`]) are the two special cases.
 
 mod call;
 mod relay;
@@ -18,7 +21,7 @@ use std::fmt::Write as _;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use serde_json::Value;
 
-use super::limits::{self, TokenAsk, TokenHold};
+use super::limits::{self, TokenAsk};
 use super::{exchange, hooks};
 use super::{Failure, Outcome, RequestCtx};
 use crate::accesslog::AttemptLog;
@@ -28,7 +31,9 @@ use crate::auth;
 use crate::error::{Dialect, GatewayError};
 use crate::http1::BufConn;
 use crate::http1::{encode_chunk, encode_last_chunk, push_header, RequestHead, StrBuf, Version};
-use crate::limits::{charged_usage, completion_reservation, cost_nano_usd, Metered, Prices};
+use crate::limits::{
+    charged_usage, completion_reservation, cost_nano_usd, Metered, Prices, TokenHold,
+};
 use crate::pipeline::ThreadState;
 use crate::snapshot::Snapshot;
 use crate::store::usage::UsageEvent;
@@ -86,18 +91,13 @@ pub struct AiRecord {
     pub cost_nano_usd: u64,
 }
 
-/// Serves one request to an AI front door.
-pub(super) async fn serve<S>(
-    worker: &ThreadState,
-    snapshot: &Snapshot,
-    client: &mut BufConn<S>,
+/// Phase route, front-door part: the dialect its errors are written in, and the method it
+/// takes (before the access phase, as for a route nothing about the caller is known yet).
+pub(super) fn route(
+    endpoint: Endpoint,
     head: &RequestHead,
     ctx: &mut RequestCtx,
-    endpoint: Endpoint,
-) -> Result<Outcome, Failure>
-where
-    S: AsyncReadRent + AsyncWriteRent,
-{
+) -> Result<(), GatewayError> {
     if endpoint == Endpoint::Messages {
         ctx.dialect = Dialect::Anthropic;
     }
@@ -106,43 +106,75 @@ where
             "{} needs method {}",
             head.path(),
             endpoint.method()
-        ))
-        .into());
+        )));
     }
-    ctx.hooked = hooks::begin(snapshot.ai_hooks, head, ctx, None);
-    hooks::access(worker, snapshot, ctx)?;
-    ctx.consumer = match hooks::chosen_consumer(worker, ctx, crate::clock::unix_now_ms() / 1000)? {
-        Some(consumer) => Some(consumer),
-        None => super::ai_auth(worker, snapshot, head)?,
-    };
-    if endpoint == Endpoint::Models {
-        let _counts = limits::requests(worker, snapshot, None, ctx)?;
-        let key = ctx.consumer.as_ref().and_then(|c| c.key.as_deref());
-        let names: Vec<&str> = snapshot
-            .catalog
-            .models()
-            .iter()
-            .map(|m| m.name.as_str())
-            .filter(|name| key.is_none_or(|k| auth::key_permits_model(k, name)))
-            .collect();
-        let body = openai::models_list_body(&names, crate::clock::unix_now_ms() / 1000);
-        return respond(client, head, ctx, 200, "application/json", &body).await;
-    }
-    let limits_cfg = &snapshot.limits;
-    let body = exchange::read_request_body(
-        client,
-        head,
-        limits_cfg.max_body_bytes,
-        limits_cfg.idle_timeout,
-    )
-    .await?;
+    Ok(())
+}
+
+/// `GET /v1/models`: the catalog's models the caller's key may use.
+pub(super) async fn models<S>(
+    snapshot: &Snapshot,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let key = ctx.consumer.as_ref().and_then(|c| c.key.as_deref());
+    let names: Vec<&str> = snapshot
+        .catalog
+        .models()
+        .iter()
+        .map(|m| m.name.as_str())
+        .filter(|name| key.is_none_or(|k| auth::key_permits_model(k, name)))
+        .collect();
+    let body = openai::models_list_body(&names, crate::clock::unix_now_ms() / 1000);
+    respond(client, head, ctx, 200, "application/json", &body).await
+}
+
+/// Reads the whole request body, bounded by `[limits] max_body_bytes`.
+pub(super) async fn read_body<S>(
+    snapshot: &Snapshot,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+) -> Result<Vec<u8>, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let bounds = &snapshot.limits;
+    let body =
+        exchange::read_request_body(client, head, bounds.max_body_bytes, bounds.idle_timeout)
+            .await?;
     ctx.body_done = true;
-    if endpoint == Endpoint::Embeddings {
-        return embeddings(worker, snapshot, client, head, ctx, &body).await;
-    }
-    let (mut call, prompt_name) = parse_call(snapshot, head, endpoint, &body)?;
-    // Phase prompt, Lua part: what `on_prompt` returns is what is forwarded.
-    // The body is moved into a JSON value for the hook and back, never copied.
+    Ok(body)
+}
+
+/// A chat-like request after the prompt phase: what is to be sent, to which model, and what
+/// it reserves.
+pub(super) struct Prompt<'s> {
+    call: call::Call,
+    model: &'s Model,
+    /// The `[[prompt]]` called, if any.
+    name: Option<String>,
+    reserved: Reserved,
+}
+
+/// Phase prompt: the body parsed into the canonical chat form, what `on_prompt` returns in
+/// its place, the model (which the caller's key must be allowed), and the tokens to reserve:
+/// the estimated prompt plus the completion reservation.
+pub(super) fn prompt_phase<'s>(
+    worker: &ThreadState,
+    snapshot: &'s Snapshot,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<Prompt<'s>, GatewayError> {
+    let (mut call, name) = parse_call(snapshot, head, endpoint, body)?;
+    // What `on_prompt` returns is what is forwarded. The body is moved into a JSON value
+    // for the hook and back, never copied.
     let chat = Value::Object(std::mem::take(&mut call.request.body));
     let changed = hooks::prompt(worker, snapshot, ctx, &chat);
     if let Value::Object(body) = chat {
@@ -176,24 +208,87 @@ where
             n
         }
     };
-    let completion = completion_reservation(
+    let completion_tokens = completion_reservation(
         call.request.max_tokens,
         snapshot.config.ai.default_max_tokens,
     );
-    let hold = admit(worker, snapshot, ctx, model, prompt_tokens, completion)?;
-    let served = call::run(worker, snapshot, client, head, ctx, &call, model).await;
-    let reserved = Reserved {
-        prompt_tokens,
-        completion_tokens: completion,
-    };
+    Ok(Prompt {
+        call,
+        model,
+        name,
+        reserved: Reserved {
+            prompt_tokens,
+            completion_tokens,
+        },
+    })
+}
+
+/// Phase limits for a chat-like request: see [`admit`].
+pub(super) fn limits_phase(
+    worker: &ThreadState,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    prompt: &Prompt,
+) -> Result<TokenHold, GatewayError> {
+    let reserved = prompt.reserved;
+    admit(
+        worker,
+        snapshot,
+        ctx,
+        prompt.model,
+        reserved.prompt_tokens,
+        reserved.completion_tokens,
+    )
+}
+
+/// What the upstream phase produced, for the settle phase.
+pub(super) struct Answered<'s>(call::Served<'s>);
+
+/// Phases upstream and response: the model's provider, with retries and fallbacks
+/// ([`call::run`]), its answer translated and streamed back.
+pub(super) async fn upstream_phase<'s, S>(
+    worker: &ThreadState,
+    snapshot: &'s Snapshot,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    prompt: &Prompt<'s>,
+) -> Answered<'s>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    Answered(
+        call::run(
+            worker,
+            snapshot,
+            client,
+            head,
+            ctx,
+            &prompt.call,
+            prompt.model,
+        )
+        .await,
+    )
+}
+
+/// Phase settle: token limits, budgets and the ledger corrected to what the model that
+/// answered reported (see [`settle_metered`]); returns how the response went.
+pub(super) fn settle_phase(
+    worker: &ThreadState,
+    ctx: &mut RequestCtx,
+    prompt: Prompt,
+    hold: TokenHold,
+    answered: Answered,
+) -> Result<Outcome, Failure> {
+    let served = answered.0;
     settle_metered(
         worker,
         ctx,
         served.model,
         hold,
         served.metered,
-        reserved,
-        prompt_name,
+        prompt.reserved,
+        prompt.name,
     );
     served.result
 }
@@ -257,9 +352,10 @@ fn parse_call(
     })
 }
 
-/// `POST /v1/embeddings`: one model (retried by the caller's client, not here), any provider
-/// that has embeddings.
-async fn embeddings<S>(
+/// `POST /v1/embeddings`, after auth: its own prompt (parse, model, estimate), limits,
+/// upstream and settle phases. One model (retried by the caller's client, not here), any
+/// provider that has embeddings; no `on_prompt` (there is no chat to show it).
+pub(super) async fn embeddings<S>(
     worker: &ThreadState,
     snapshot: &Snapshot,
     client: &mut BufConn<S>,
@@ -401,7 +497,8 @@ fn prices(model: &Model) -> Prices {
 }
 
 /// Phase limits for an AI request: request rates and concurrency, then tokens per minute and
-/// budgets on the estimated prompt plus the completion reservation.
+/// budgets on the estimated prompt plus the completion reservation, priced at the model's
+/// prices.
 fn admit(
     worker: &ThreadState,
     snapshot: &Snapshot,
@@ -414,12 +511,7 @@ fn admit(
         tokens: prompt_tokens + completion_tokens,
         nano_usd: cost_nano_usd(&prices(model), prompt_tokens, completion_tokens, 0),
     };
-    let counts = limits::requests(worker, snapshot, None, ctx)?;
-    limits::tokens(worker, snapshot, ctx, &ask).inspect_err(|_| {
-        // A refused request consumes no quota: give back its request counts and its slot.
-        counts.give_back(worker);
-        ctx.permit = None;
-    })
+    limits::ai_request(worker, snapshot, ctx, &ask)
 }
 
 /// Settles a whole answer (or none) with the provider's reported `usage`, if any: see
