@@ -34,8 +34,7 @@ pub(super) trait Outgoing {
     fn first_bytes(&mut self, target: &Target) -> Vec<u8>;
 
     /// Sends what [`Outgoing::first_bytes`] did not hold, once those bytes were written.
-    async fn send_rest(&mut self, conn: &mut BufConn<UpstreamStream>)
-        -> Result<(), Self::Error>;
+    async fn send_rest(&mut self, conn: &mut BufConn<UpstreamStream>) -> Result<(), Self::Error>;
 
     /// Whether the request may be sent again on a fresh connection after a reused one was
     /// closed before a byte of the response arrived (RFC 9112 9.3.1): the upstream may have
@@ -387,4 +386,244 @@ where
         }
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::{SocketAddr, TcpListener};
+    use std::thread::JoinHandle;
+
+    use monoio::io::{AsyncWriteRent, AsyncWriteRentExt};
+
+    use super::*;
+    use crate::upstream::test_support::{
+        on_each_driver, plain_upstream, refusing_addr, wait_readable,
+    };
+
+    const GENEROUS: Duration = Duration::from_secs(10);
+
+    fn bounds(upstream_timeout: Duration) -> RequestBounds {
+        RequestBounds {
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 1024 * 1024,
+            header_timeout: GENEROUS,
+            idle_timeout: GENEROUS,
+            upstream_connect_timeout: GENEROUS,
+            upstream_timeout,
+            merge_slashes: false,
+        }
+    }
+
+    /// A bodyless GET that counts how often it was written.
+    struct Get {
+        resendable: bool,
+        written: usize,
+    }
+
+    impl Get {
+        fn new(resendable: bool) -> Get {
+            Get {
+                resendable,
+                written: 0,
+            }
+        }
+    }
+
+    impl Outgoing for Get {
+        type Error = GatewayError;
+
+        fn first_bytes(&mut self, target: &Target) -> Vec<u8> {
+            self.written += 1;
+            format!("GET /x HTTP/1.1\r\nhost: {}\r\n\r\n", target.authority).into_bytes()
+        }
+
+        async fn send_rest(&mut self, _: &mut BufConn<UpstreamStream>) -> Result<(), GatewayError> {
+            Ok(())
+        }
+
+        fn resendable(&self) -> bool {
+            self.resendable
+        }
+    }
+
+    /// Accepts one connection, reads a request head, answers 200 and waits for the close;
+    /// returns the request head it read.
+    fn answer_once(listener: TcpListener) -> JoinHandle<String> {
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(GENEROUS)).expect("read timeout");
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).expect("read request");
+                assert!(n > 0, "closed before a whole request head");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .expect("write response");
+            // Until the client closes: a test that forgets to fails instead of hanging.
+            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            String::from_utf8_lossy(&seen).into_owned()
+        })
+    }
+
+    /// A pool holding one connection to `listener` that the upstream has closed, the close
+    /// already seen by the kernel (as when an upstream's keep-alive timeout ends). With
+    /// `reset`, the upstream had unread bytes, so it reset the connection instead.
+    async fn pool_with_a_closed_connection(
+        listener: &TcpListener,
+        upstream: &Upstream,
+        reset: bool,
+    ) -> Pool {
+        let mut stream = upstream::connect(upstream, 0, GENEROUS)
+            .await
+            .expect("connect");
+        if reset {
+            let (res, _) = stream.write_all(b"unread".to_vec()).await;
+            res.expect("write");
+        }
+        let fd = stream.raw_fd();
+        let (accepted, _) = listener.accept().expect("accept");
+        if reset {
+            // The bytes must have arrived for the close to be a reset.
+            accepted.set_read_timeout(Some(GENEROUS)).unwrap();
+            let mut probe = [0u8; 1];
+            assert_eq!(accepted.peek(&mut probe).expect("peek"), 1);
+        }
+        drop(accepted);
+        wait_readable(fd);
+        let pool = Pool::default();
+        pool.checkin(upstream.targets[0].pool_key().clone(), stream);
+        pool
+    }
+
+    /// Closes the exchange's connection (under io_uring a dropped socket closes only later).
+    async fn close(exchange: Exchange) {
+        let (mut stream, _) = exchange.conn.into_parts();
+        stream.shutdown().await.expect("shutdown");
+    }
+
+    /// Whether `listener` has a connection nobody accepted.
+    fn has_pending_connection(listener: &TcpListener) -> bool {
+        listener.set_nonblocking(true).unwrap();
+        match listener.accept() {
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+
+    #[test]
+    fn pooled_connection_closed_under_us_is_replaced_for_a_resendable_request() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let up = plain_upstream(&[listener.local_addr().unwrap()]);
+            let pool = pool_with_a_closed_connection(&listener, &up, false).await;
+            let server = answer_once(listener);
+            let mut get = Get::new(true);
+            let exchange = run(&pool, &up, &bounds(GENEROUS), &mut get)
+                .await
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            assert_eq!(exchange.response.status(), 200);
+            assert_eq!(
+                get.written, 2,
+                "sent on the pooled connection, then a new one"
+            );
+            close(exchange).await;
+            assert!(server.join().unwrap().starts_with("GET /x HTTP/1.1\r\n"));
+        });
+    }
+
+    #[test]
+    fn pooled_connection_closed_under_us_fails_a_request_that_may_not_be_resent() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let up = plain_upstream(&[listener.local_addr().unwrap()]);
+            let pool = pool_with_a_closed_connection(&listener, &up, false).await;
+            let mut get = Get::new(false);
+            let err = run(&pool, &up, &bounds(GENEROUS), &mut get)
+                .await
+                .err()
+                .expect("no response");
+            assert_eq!(err, GatewayError::Upstream("invalid or missing response"));
+            assert_eq!(get.written, 1);
+            assert!(!has_pending_connection(&listener), "the request was resent");
+        });
+    }
+
+    #[test]
+    fn pooled_connection_reset_before_the_write_is_replaced_for_any_request() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let up = plain_upstream(&[listener.local_addr().unwrap()]);
+            let pool = pool_with_a_closed_connection(&listener, &up, true).await;
+            let server = answer_once(listener);
+            // Not resendable: but a refused write delivered nothing, so a new connection is.
+            let mut get = Get::new(false);
+            let exchange = run(&pool, &up, &bounds(GENEROUS), &mut get)
+                .await
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            assert_eq!(exchange.response.status(), 200);
+            assert_eq!(get.written, 2);
+            close(exchange).await;
+            server.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn refused_target_cools_down_and_the_next_target_answers() {
+        on_each_driver(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let live: SocketAddr = listener.local_addr().unwrap();
+            let up = plain_upstream(&[refusing_addr(), live]);
+            let server = answer_once(listener);
+            let mut get = Get::new(false);
+            // The balancer's first pick is target 0, the refusing one.
+            let exchange = run(&Pool::default(), &up, &bounds(GENEROUS), &mut get)
+                .await
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            assert_eq!(exchange.target, 1);
+            assert_eq!(exchange.response.status(), 200);
+            assert!(up.targets[0].health.is_cooling());
+            assert!(!up.targets[1].health.is_cooling());
+            close(exchange).await;
+            server.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn every_target_refusing_is_an_upstream_error() {
+        on_each_driver(|| async {
+            let up = plain_upstream(&[refusing_addr(), refusing_addr()]);
+            let mut get = Get::new(true);
+            let err = run(&Pool::default(), &up, &bounds(GENEROUS), &mut get)
+                .await
+                .err()
+                .expect("no target");
+            assert_eq!(err, GatewayError::Upstream("connect failed"));
+            assert_eq!(get.written, 0);
+        });
+    }
+
+    #[test]
+    fn upstream_silent_past_upstream_timeout_is_a_timeout() {
+        on_each_driver(|| async {
+            // The kernel completes the handshake; nobody ever answers.
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let up = plain_upstream(&[listener.local_addr().unwrap()]);
+            let mut get = Get::new(true);
+            let err = run(
+                &Pool::default(),
+                &up,
+                &bounds(Duration::from_millis(200)),
+                &mut get,
+            )
+            .await
+            .err()
+            .expect("no response");
+            assert_eq!(err, GatewayError::UpstreamTimeout);
+            assert_eq!(get.written, 1, "a timeout is not retried");
+        });
+    }
 }

@@ -11,11 +11,11 @@ use super::exchange;
 use super::ThreadState;
 use super::{hooks, Failure, Outcome, RequestCtx};
 use crate::error::GatewayError;
+use crate::http1::BufConn;
 use crate::http1::{
     encode_chunk, encode_last_chunk, push_header, BodyFraming, ChunkedDecoder, RequestHead,
     ResponseBody, ResponseHead, StrBuf, Version,
 };
-use crate::http1::BufConn;
 use crate::lua::ResponseInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{Target, Upstream, UpstreamStream};
