@@ -82,13 +82,13 @@ where
         body: &mut body,
         idle: limits.idle_timeout,
         resendable,
-        sent: false,
+        body_sent: false,
     };
-    let sent = exchange::run(&worker.pool, upstream, limits, &mut outgoing).await;
-    if outgoing.sent {
+    let answered = exchange::run(&worker.pool, upstream, limits, &mut outgoing).await;
+    if outgoing.body_sent {
         ctx.body_done = true;
     }
-    let mut exchange = sent?;
+    let mut exchange = answered?;
     let response = &exchange.response;
 
     // Phase response.
@@ -260,7 +260,7 @@ struct Streamed<'a, S> {
     /// Idempotent, with the whole body in `first_body`.
     resendable: bool,
     /// Whether the whole body has been sent.
-    sent: bool,
+    body_sent: bool,
 }
 
 impl<S> exchange::Outgoing for Streamed<'_, S>
@@ -288,7 +288,7 @@ where
         if !self.body.done {
             stream_request_body(self.client, conn, self.body, self.idle).await?;
         }
-        self.sent = true;
+        self.body_sent = true;
         Ok(())
     }
 
