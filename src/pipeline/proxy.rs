@@ -1,22 +1,24 @@
-//! Phases upstream and response for `[[route]]` traffic: pick a target, reuse or open a
-//! connection, send the rewritten head, stream the body both ways.
+//! Phases upstream and response for `[[route]]` traffic: the rewritten head, the body
+//! streamed both ways, 101 tunnels. Picking a target, connections and retries are
+//! [`exchange::run`]'s.
 
 use std::fmt::Write as _;
-use std::time::Instant;
+use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
+use super::exchange;
 use super::ThreadState;
-use super::{hooks, Failure, Outcome, RequestCtx, UPSTREAM_BUFFER};
+use super::{hooks, Failure, Outcome, RequestCtx};
 use crate::error::GatewayError;
+use crate::http1::BufConn;
 use crate::http1::{
-    encode_chunk, encode_last_chunk, parse_response, push_header, BodyFraming, ChunkedDecoder,
-    RequestHead, ResponseBody, ResponseHead, StrBuf, Version,
+    encode_chunk, encode_last_chunk, push_header, BodyFraming, ChunkedDecoder, RequestHead,
+    ResponseBody, ResponseHead, StrBuf, Version,
 };
-use crate::http1::{BufConn, ReadError};
 use crate::lua::ResponseInfo;
 use crate::snapshot::{Route, Snapshot};
-use crate::upstream::{self, ConnectError, Upstream, UpstreamStream};
+use crate::upstream::{Target, Upstream, UpstreamStream};
 
 /// Forwards the request to the route's upstream and relays the response.
 pub(super) async fn proxy<S>(
@@ -67,81 +69,27 @@ where
     hooks::request(worker, snapshot, ctx)?;
     let tail = upstream_head_tail(head, ctx, route, upstream);
     let path = forwarded_path(head, ctx, route);
-    // The whole request can be sent again only if its body is all in `first_body`.
-    let resendable = body.done;
+    // The whole request can be sent again only if its body is all in `first_body`, and
+    // only if repeating it is safe.
+    let resendable = body.done && head.is_idempotent();
 
-    let mut target = upstream.pick();
-    let mut attempts_left = upstream.targets.len() + 1;
-    let mut fresh_only = false;
-    let (mut conn, response) = loop {
-        attempts_left -= 1;
-        let key = upstream.targets[target].pool_key();
-        let pooled = if fresh_only {
-            None
-        } else {
-            worker.pool.checkout(key)
-        };
-        let reused = pooled.is_some();
-        let stream = match pooled {
-            Some(s) => s,
-            None => {
-                match upstream::connect(upstream, target, limits.upstream_connect_timeout).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // Nothing was sent, so another target is safe for any method.
-                        if attempts_left > 0 {
-                            if let Some(next) = upstream.next_after(target) {
-                                target = next;
-                                continue;
-                            }
-                        }
-                        return Err(match e {
-                            ConnectError::Timeout => GatewayError::UpstreamTimeout,
-                            ConnectError::Refused(_) => GatewayError::Upstream("connect failed"),
-                            ConnectError::Tls(_) => GatewayError::Upstream("TLS handshake failed"),
-                        }
-                        .into());
-                    }
-                }
-            }
-        };
-        let mut conn = BufConn::new(stream, UPSTREAM_BUFFER);
-        let mut out = Vec::with_capacity(path.len() + tail.len() + first_body.len() + 64);
-        let _ = write!(
-            StrBuf(&mut out),
-            "{} {} HTTP/1.1\r\nhost: {}\r\n",
-            head.method(),
-            path,
-            upstream.targets[target].authority
-        );
-        out.extend_from_slice(&tail);
-        out.extend_from_slice(&first_body);
-        let (res, _) = conn.write_all(out).await;
-        if res.is_err() {
-            // A stale pooled connection: the kernel refused the write, nothing was delivered.
-            if reused && attempts_left > 0 {
-                fresh_only = true;
-                continue;
-            }
-            return Err(GatewayError::Upstream("write failed").into());
-        }
-        if !body.done {
-            stream_request_body(client, &mut conn, &mut body, limits.idle_timeout).await?;
-        }
-        ctx.body_done = true;
-        match read_response_head(&mut conn, limits).await {
-            Ok(resp) => break (conn, resp),
-            Err(HeadFailure::Timeout) => return Err(GatewayError::UpstreamTimeout.into()),
-            Err(HeadFailure::ClosedBeforeResponse)
-                if reused && resendable && head.is_idempotent() && attempts_left > 0 =>
-            {
-                // The upstream closed an idle keep-alive connection as we reused it.
-                fresh_only = true;
-                continue;
-            }
-            Err(_) => return Err(GatewayError::Upstream("invalid or missing response").into()),
-        }
+    let mut outgoing = Streamed {
+        method: head.method(),
+        path: &path,
+        tail: &tail,
+        first_body: &first_body,
+        client,
+        body: &mut body,
+        idle: limits.idle_timeout,
+        resendable,
+        body_sent: false,
     };
+    let answered = exchange::run(&worker.pool, upstream, limits, &mut outgoing).await;
+    if outgoing.body_sent {
+        ctx.body_done = true;
+    }
+    let mut exchange = answered?;
+    let response = &exchange.response;
 
     // Phase response.
     let status = response.status();
@@ -153,7 +101,7 @@ where
         let mut out = Vec::with_capacity(512);
         write_response_head(
             &mut out,
-            &response,
+            response,
             None,
             ctx,
             ClientFraming::Tunnel,
@@ -162,7 +110,7 @@ where
         );
         let (res, _) = client.write_all(out).await;
         res.map_err(|_| Failure::Abort)?;
-        return Ok(Outcome::Tunnel(conn));
+        return Ok(Outcome::Tunnel(exchange.conn));
     }
     // An `on_response` hook sees the head and may change status and headers.
     let edited = if hooks::wants_response(snapshot, ctx) {
@@ -197,25 +145,20 @@ where
     };
     let close = client_wants_close || framing == ClientFraming::UntilClose;
     // The head plus what the upstream already sent of the body; larger bodies grow it.
-    let mut out = Vec::with_capacity(512 + conn.buffered().len());
+    let mut out = Vec::with_capacity(512 + exchange.conn.buffered().len());
     let http10 = head.version() == Version::Http10;
     write_response_head(
         &mut out,
-        &response,
+        response,
         edited.as_ref(),
         ctx,
         framing,
         close,
         http10,
     );
-    let finished = relay_response_body(client, &mut conn, body_kind, framing, out, limits).await?;
-
-    if finished && response.keep_alive() && conn.buffered().is_empty() {
-        let (stream, _) = conn.into_parts();
-        worker
-            .pool
-            .checkin(upstream.targets[target].pool_key().clone(), stream);
-    }
+    let finished =
+        relay_response_body(client, &mut exchange.conn, body_kind, framing, out, limits).await?;
+    exchange.finish(worker, upstream, finished);
     Ok(if close {
         Outcome::Close
     } else {
@@ -302,13 +245,65 @@ impl RequestBody {
     }
 }
 
+/// A `[[route]]` request toward the upstream: the rewritten head and the body bytes that came
+/// with it, then the rest of the body streamed from the client.
+struct Streamed<'a, S> {
+    method: &'a str,
+    path: &'a str,
+    /// Everything after the request line and `Host` (see [`upstream_head_tail`]).
+    tail: &'a [u8],
+    /// The body bytes read before the upstream was contacted, framed for it.
+    first_body: &'a [u8],
+    client: &'a mut BufConn<S>,
+    body: &'a mut RequestBody,
+    idle: Duration,
+    /// Idempotent, with the whole body in `first_body`.
+    resendable: bool,
+    /// Whether the whole body has been sent.
+    body_sent: bool,
+}
+
+impl<S> exchange::Outgoing for Streamed<'_, S>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    type Error = Failure;
+
+    fn first_bytes(&mut self, target: &Target) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(self.path.len() + self.tail.len() + self.first_body.len() + 64);
+        let _ = write!(
+            StrBuf(&mut out),
+            "{} {} HTTP/1.1\r\nhost: {}\r\n",
+            self.method,
+            self.path,
+            target.authority
+        );
+        out.extend_from_slice(self.tail);
+        out.extend_from_slice(self.first_body);
+        out
+    }
+
+    async fn send_rest(&mut self, conn: &mut BufConn<UpstreamStream>) -> Result<(), Failure> {
+        if !self.body.done {
+            stream_request_body(self.client, conn, self.body, self.idle).await?;
+        }
+        self.body_sent = true;
+        Ok(())
+    }
+
+    fn resendable(&self) -> bool {
+        self.resendable
+    }
+}
+
 /// Streams the rest of the request body from the client to the upstream, one read at a time,
 /// so a body of any size passes through in constant memory.
 async fn stream_request_body<S>(
     client: &mut BufConn<S>,
     upstream: &mut BufConn<UpstreamStream>,
     body: &mut RequestBody,
-    idle: std::time::Duration,
+    idle: Duration,
 ) -> Result<(), Failure>
 where
     S: AsyncReadRent + AsyncWriteRent,
@@ -327,46 +322,6 @@ where
         }
     }
     Ok(())
-}
-
-pub(super) enum HeadFailure {
-    Timeout,
-    ClosedBeforeResponse,
-    Invalid,
-}
-
-/// Reads the upstream's final response head (skipping 1xx interim responses other than 101).
-pub(super) async fn read_response_head(
-    conn: &mut BufConn<UpstreamStream>,
-    limits: &crate::snapshot::RequestBounds,
-) -> Result<ResponseHead, HeadFailure> {
-    let deadline = Instant::now() + limits.upstream_timeout;
-    let mut got_bytes = false;
-    loop {
-        match parse_response(conn.buffered(), limits.max_header_bytes) {
-            Ok(Some((head, used))) => {
-                conn.consume(used);
-                let status = head.status();
-                if (100..200).contains(&status) && status != 101 {
-                    got_bytes = true;
-                    continue;
-                }
-                return Ok(head);
-            }
-            Ok(None) => {}
-            Err(_) => return Err(HeadFailure::Invalid),
-        }
-        match conn.fill_until(deadline).await {
-            Ok(0) if !got_bytes && conn.buffered().is_empty() => {
-                return Err(HeadFailure::ClosedBeforeResponse)
-            }
-            Ok(0) => return Err(HeadFailure::Invalid),
-            Ok(_) => got_bytes = true,
-            Err(ReadError::Timeout) => return Err(HeadFailure::Timeout),
-            Err(ReadError::Io(_)) if !got_bytes => return Err(HeadFailure::ClosedBeforeResponse),
-            Err(ReadError::Io(_)) => return Err(HeadFailure::Invalid),
-        }
-    }
 }
 
 /// How the response body is framed toward the client.

@@ -18,7 +18,7 @@ pub mod health;
 mod pool;
 mod stream;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::AtomicUsize;
