@@ -17,7 +17,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::ai::{anthropic, gemini, openai, SseEvent, SseParser};
+use crate::ai::providers::{anthropic, gemini};
+use crate::ai::{openai, SseEvent, SseParser};
 use crate::http1::{
     encode_chunk, encode_last_chunk, BodyFraming, ChunkError, ChunkedDecoder, HeadError,
     HeadParser, RequestHead, Version, MAX_HEADERS,

@@ -13,12 +13,8 @@
 //!   families, bytes/4 otherwise), made before a request goes upstream so the limits can
 //!   admit it; [`relayed_tokens`]: completion tokens counted from a stream as it passes.
 
-pub mod anthropic;
-pub mod azure;
 pub mod breaker;
 pub mod catalog;
-pub mod gemini;
-pub mod mock;
 pub mod openai;
 pub mod prompt;
 pub mod provider_error;
@@ -29,7 +25,6 @@ pub mod sse;
 pub mod tokens;
 
 pub use catalog::{Catalog, Model, Provider};
-pub use mock::MockReply;
 pub use openai::{ChatRequest, ChatStreamRelay, EmbeddingsRequest, RequestError, Usage};
 pub use relayed_tokens::RelayedTokens;
 pub use sse::{encode_event, SseError, SseEvent, SseParser};

@@ -4,7 +4,7 @@
 //! and every call names the REST API version: `POST {endpoint}/openai/deployments/
 //! {deployment-id}/chat/completions?api-version={version}` (Azure OpenAI REST API reference,
 //! "Data plane – inference"). The key goes in the `api-key` header (the caller sends it).
-//! Request and response bodies are OpenAI's, so the functions of [`super::openai`] apply
+//! Request and response bodies are OpenAI's, so the functions of [`crate::ai::openai`] apply
 //! unchanged; the `model` member Azure ignores (the deployment decides).
 
 /// The `api-version` used when a provider sets none: `2024-10-21`, the latest generally
