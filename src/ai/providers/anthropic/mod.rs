@@ -9,7 +9,8 @@
 //!   [`request_to_openai`] on the way in, [`response_from_openai`] / [`StreamFromOpenAi`] /
 //!   [`error_from_openai`] on the way back;
 //! - a `kind = "anthropic"` provider behind the OpenAI front door: [`request_from_openai`] on
-//!   the way out, [`response_to_openai`] / [`StreamToOpenAi`] / [`error_to_openai`] back.
+//!   the way out, [`response_to_openai`] / [`StreamToOpenAi`] back (its whole error answers
+//!   go through [`crate::ai::provider_error`], its mid-stream ones through [`stream_error`]).
 //!
 //! The front door's direction lives here, beside the provider's, because the two are one
 //! mapping read both ways (stop reasons, usage, ids, error types, content blocks): keeping
@@ -34,7 +35,7 @@ mod request;
 mod response;
 mod stream;
 
-pub use error::{error_from_openai, error_to_openai, status_to_openai, stream_error};
+pub use error::{error_from_openai, stream_error};
 pub use request::{
     parse_messages_request, request_from_openai, request_to_openai, MessagesRequest,
 };

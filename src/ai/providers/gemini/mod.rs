@@ -8,7 +8,8 @@
 //!   `models.streamGenerateContent?alt=sse` call for an OpenAI chat request;
 //! - [`response_to_openai`], [`StreamToOpenAi`]: the answer back as a `chat.completion` or
 //!   `chat.completion.chunk` events, with usage;
-//! - [`error_to_openai`]: a Gemini error body as an OpenAI error body;
+//! - errors: whole answers through [`crate::ai::provider_error`], mid-stream ones mapped by
+//!   their HTTP status (`error.rs`);
 //! - [`embeddings_path`], [`embeddings_request_from_openai`],
 //!   [`embeddings_response_to_openai`]: `POST /v1/embeddings` onto `models.batchEmbedContents`.
 //!
@@ -44,7 +45,6 @@ mod stream;
 pub use embeddings::{
     embeddings_path, embeddings_request_from_openai, embeddings_response_to_openai,
 };
-pub use error::error_to_openai;
 pub use request::request_from_openai;
 pub use response::response_to_openai;
 pub use stream::StreamToOpenAi;
