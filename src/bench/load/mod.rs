@@ -30,7 +30,6 @@ mod client;
 mod report;
 mod request;
 mod runner;
-mod sse;
 mod stats;
 mod target;
 mod tls;
@@ -45,7 +44,6 @@ pub use client::{ErrorKind, Failure, Response};
 pub use report::{Percentiles, StreamSummary, Summary};
 pub use request::{encode_requests, parse_keys, KeyRotation, RequestSpec};
 pub use runner::{run, Budget, Schedule};
-pub use sse::EventCounter;
 pub use target::Target;
 
 use crate::serve::{EXIT_BAD_INPUT, EXIT_RUNTIME};
