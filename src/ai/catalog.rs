@@ -256,7 +256,7 @@ fn build_provider(
         base_path,
         api_key,
         api_version: if cfg.api_version.is_empty() {
-            super::providers::azure::paths::DEFAULT_API_VERSION.to_string()
+            super::providers::DEFAULT_API_VERSION.to_string()
         } else {
             cfg.api_version.clone()
         },

@@ -2,11 +2,15 @@
 //! relaying a provider's answer. Nothing here does I/O or blocks.
 //!
 //! - [`catalog`]: `[[provider]]` and `[[model]]` compiled for lookup per request.
-//! - [`openai`]: the OpenAI wire format: request checks, upstream bodies, usage, the stream
-//!   relay, `GET /v1/models`.
-//! - [`sse`]: server-sent events, parsed incrementally and encoded.
-//! - [`mock`]: the in-process mock provider (deterministic replies and usage).
-//! - [`providers`]: every provider behind the one trait the pipeline calls.
+//! - [`openai`]: the canonical dialect every front door and provider translates through (the
+//!   OpenAI chat and embeddings requests the pipeline checks and meters, usage, the canonical
+//!   stream relay, `GET /v1/models`); it lives here, not under [`providers`], because the
+//!   front doors and every provider use it.
+//! - [`sse`]: server-sent events, parsed incrementally and encoded (the load generator
+//!   counts events with it too).
+//! - [`providers`]: every provider behind the one trait the pipeline calls, each with its
+//!   wire format (Anthropic's also serves the `/v1/messages` front door, see there); adding
+//!   a provider touches only that directory and the config.
 //! - [`provider_error`]: a provider's error answer as the gateway's error, its message made
 //!   safe by [`scrub`].
 //! - [`tokens`]: prompt token estimates per request format (tiktoken for OpenAI model

@@ -22,6 +22,7 @@ pub mod azure;
 pub mod gemini;
 pub mod mock;
 mod openai;
+mod segment;
 pub mod stage;
 
 use std::fmt;
@@ -42,6 +43,9 @@ pub use openai::OpenAi;
 pub use stage::{ClientStage, EventStage, ProviderStage};
 
 pub use crate::error::Dialect;
+
+/// The `api-version` a `[[provider]]` without one gets (only Azure's paths carry one).
+pub use azure::paths::DEFAULT_API_VERSION;
 
 /// A chat call as the front door received it.
 pub struct Call {

@@ -51,9 +51,9 @@ pub use stream::StreamToOpenAi;
 
 use serde_json::{json, Map, Value};
 
+use super::segment::encode_path_segment;
 use super::{Call, Dialect, Provider, Reply, Stage, Target, Whole};
 use crate::ai::openai::{self, Usage};
-use crate::ai::providers::azure::paths::encode_path_segment;
 use crate::ai::TokenCounter;
 use crate::ai::{EmbeddingsRequest, RequestError, TranslateError};
 use crate::http1::push_header;
