@@ -12,9 +12,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use credentialflow::ai::openai::{parse_chat_request, upstream_chat_body};
+use credentialflow::ai::providers::{anthropic, gemini};
 use credentialflow::ai::tokens::estimate_chat_prompt_tokens;
 use credentialflow::ai::tokens::warm_up;
-use credentialflow::ai::{anthropic, gemini, ChatStreamRelay, SseEvent, SseParser};
+use credentialflow::ai::{ChatStreamRelay, SseEvent, SseParser};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::{json, Value};
 

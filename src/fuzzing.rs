@@ -17,7 +17,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::ai::{anthropic, gemini, openai, SseEvent, SseParser};
+use crate::ai::provider_error::{self, ProviderError};
+use crate::ai::providers::{anthropic, gemini};
+use crate::ai::{openai, SseEvent, SseParser};
+use crate::error::Dialect;
 use crate::http1::{
     encode_chunk, encode_last_chunk, BodyFraming, ChunkError, ChunkedDecoder, HeadError,
     HeadParser, RequestHead, Version, MAX_HEADERS,
@@ -439,7 +442,9 @@ fn events_of(data: &[u8]) -> Vec<SseEvent> {
 
 /// AI translators: every request, response, error and stream translator between the OpenAI,
 /// Anthropic and Gemini dialects takes any bytes without panicking, and what a translator
-/// writes is JSON (an object for bodies, JSON events for streams). A Messages request that
+/// writes is JSON (an object for bodies, JSON events for streams). A provider's error answer,
+/// whatever its body and `Retry-After`, becomes an error body in both front-door dialects
+/// without the provider key. A Messages request that
 /// passes its check and translates becomes an OpenAI request that passes the OpenAI check.
 pub fn ai_json(data: &[u8]) {
     if let Ok(chat) = openai::parse_chat_request(data) {
@@ -490,14 +495,18 @@ pub fn ai_json(data: &[u8]) {
     }
     let _ = openai::usage_from_chat_response(data);
     let _ = openai::usage_from_embeddings_response(data);
-    for status in [400, 429, 500] {
-        assert_json_object("error to OpenAI", &anthropic::error_to_openai(status, data));
+    for status in [400, 401, 404, 429, 500, 503, 529] {
+        assert_provider_error(
+            status,
+            &provider_error::from_response(status, data, Some(data), &[FUZZ_SECRET]),
+        );
         assert_json_object(
             "error from OpenAI",
             &anthropic::error_from_openai(status, data),
         );
-        assert_json_object("Gemini error", &gemini::error_to_openai(status, data));
     }
+    let stream_error = anthropic::stream_error(data, &[FUZZ_SECRET]);
+    assert_provider_error(stream_error.provider_status, &stream_error);
 
     let events = events_of(data);
     let mut out = Vec::new();
@@ -529,6 +538,35 @@ pub fn ai_json(data: &[u8]) {
         for event in &events {
             relay.on_event(event, &mut out);
         }
+    }
+}
+
+/// The provider key the AI error mapping is given: it must not come out in any message.
+const FUZZ_SECRET: &str = "sk-fuzzQ7xK2mP9vL4nR8tW1yZ3";
+
+/// A mapped provider error: both dialects' bodies are JSON objects, the client sees the
+/// provider's status or a gateway one, a `Retry-After` only on 429 and 503, and nowhere the
+/// provider key.
+fn assert_provider_error(provider_status: u16, error: &ProviderError) {
+    assert!(
+        error.status == provider_status || matches!(error.status, 502 | 503),
+        "status {} for provider status {provider_status}",
+        error.status
+    );
+    if error.retry_after_secs.is_some() {
+        assert!(
+            matches!(error.status, 429 | 503),
+            "Retry-After on {}",
+            error.status
+        );
+    }
+    for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
+        let body = error.body(dialect);
+        assert_json_object("provider error body", body.as_bytes());
+        assert!(
+            !body.contains(FUZZ_SECRET),
+            "the provider key leaked: {body}"
+        );
     }
 }
 

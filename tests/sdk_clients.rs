@@ -416,7 +416,7 @@ fn chat_bodies(requests: &[RecordedRequest], path: &str) -> Vec<Value> {
 // ---------------------------------------------------------------------------
 
 /// The mock's usage for `openai_chat.py`'s messages: ceil(bytes / 4) + 3 per message prompt
-/// tokens, ceil(reply bytes / 4) completion tokens (src/ai/mock.rs).
+/// tokens, ceil(reply bytes / 4) completion tokens (src/ai/providers/mock/reply.rs).
 fn mock_chat_usage() -> (u64, u64) {
     let bytes = SYSTEM.len() + GREETING.len();
     (
@@ -656,7 +656,7 @@ fn openai_embeddings_and_models_through_mock_provider() {
     let gw = mock_gateway();
     let key = key_for(&gw, "embed", MOCK_MODEL, json!({}));
     let seen = Script::new("openai_models", &gw, &key, MOCK_MODEL).run();
-    // ceil(19 / 4) + ceil(23 / 4) tokens for the two inputs (src/ai/mock.rs).
+    // ceil(19 / 4) + ceil(23 / 4) tokens for the two inputs (src/ai/providers/mock/reply.rs).
     let embeddings = json!({ "count": 2, "indexes": [0, 1], "dimensions": [8, 8],
                              "prompt_tokens": 11, "total_tokens": 11 });
     assert_eq!(seen["embeddings"], embeddings, "{seen}");

@@ -260,7 +260,7 @@ fn build_provider(
         base_path,
         api_key,
         api_version: if cfg.api_version.is_empty() {
-            super::azure::DEFAULT_API_VERSION.to_string()
+            super::providers::DEFAULT_API_VERSION.to_string()
         } else {
             cfg.api_version.clone()
         },

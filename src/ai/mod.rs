@@ -2,23 +2,23 @@
 //! relaying a provider's answer. Nothing here does I/O or blocks.
 //!
 //! - [`catalog`]: `[[provider]]` and `[[model]]` compiled for lookup per request.
-//! - [`openai`]: the OpenAI wire format: request checks, upstream bodies, usage, the stream
-//!   relay, `GET /v1/models`.
-//! - [`sse`]: server-sent events, parsed incrementally and encoded.
-//! - [`mock`]: the in-process mock provider (deterministic replies and usage).
-//! - [`providers`]: every provider behind the one trait the pipeline calls.
+//! - [`openai`]: the canonical dialect every front door and provider translates through (the
+//!   OpenAI chat and embeddings requests the pipeline checks and meters, usage, the canonical
+//!   stream relay, `GET /v1/models`); it lives here, not under [`providers`], because the
+//!   front doors and every provider use it.
+//! - [`sse`]: server-sent events, parsed incrementally and encoded (the load generator
+//!   counts events with it too).
+//! - [`providers`]: every provider behind the one trait the pipeline calls, each with its
+//!   wire format (Anthropic's also serves the `/v1/messages` front door, see there); adding
+//!   a provider touches only that directory and the config.
 //! - [`provider_error`]: a provider's error answer as the gateway's error, its message made
 //!   safe by [`scrub`].
 //! - [`tokens`]: prompt token estimates per request format (tiktoken for OpenAI model
 //!   families, bytes/4 otherwise), made before a request goes upstream so the limits can
 //!   admit it; [`relayed_tokens`]: completion tokens counted from a stream as it passes.
 
-pub mod anthropic;
-pub mod azure;
 pub mod breaker;
 pub mod catalog;
-pub mod gemini;
-pub mod mock;
 pub mod openai;
 pub mod prompt;
 pub mod provider_error;
@@ -29,7 +29,6 @@ pub mod sse;
 pub mod tokens;
 
 pub use catalog::{Catalog, Model, Provider};
-pub use mock::MockReply;
 pub use openai::{ChatRequest, ChatStreamRelay, EmbeddingsRequest, RequestError, Usage};
 pub use relayed_tokens::RelayedTokens;
 pub use sse::{encode_event, SseError, SseEvent, SseParser};

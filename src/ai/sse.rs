@@ -414,6 +414,19 @@ mod tests {
     }
 
     #[test]
+    fn blocks_with_fields_but_no_data_carry_no_event() {
+        let (events, _) = parse_all(&[b"event: ping\n\nretry: 5\n\nid: 3\n\n"]);
+        assert_eq!(events.len(), 3);
+        assert!(events.iter().all(|e| !e.has_data));
+    }
+
+    #[test]
+    fn fields_that_only_start_like_data_are_not_data() {
+        let (events, _) = parse_all(&[b"datum: 1\n\ndat: 1\n\ndatas: 1\n\ndata: 2\n\n"]);
+        assert_eq!(datas(&events), [(None, "2")]);
+    }
+
+    #[test]
     fn empty_data_field_is_an_event_with_empty_data() {
         let (events, _) = parse_all(&[b"data\n\ndata:\n\n"]);
         assert_eq!(datas(&events), [(None, ""), (None, "")]);

@@ -94,11 +94,6 @@ pub fn warm_up() {
     let _ = tiktoken_rs::cl100k_base_singleton();
 }
 
-/// Tokens in `text` for the upstream `model` (see [`TokenCounter::for_model`]).
-pub fn estimate_text_tokens(model: &str, text: &str) -> u64 {
-    TokenCounter::for_model(model).count(text)
-}
-
 /// Prompt tokens of an OpenAI chat-completions request body.
 ///
 /// Counts, per message: [`TOKENS_PER_MESSAGE`], the role, the content (a string, or an array
@@ -168,15 +163,6 @@ pub fn estimate_embedding_tokens(model: &str, input: &Value) -> u64 {
             .sum(),
         _ => 0,
     }
-}
-
-/// The completion cap a request asks for: `max_completion_tokens` (OpenAI's current name),
-/// else `max_tokens` (OpenAI's older name, and Anthropic's).
-pub fn requested_max_tokens(request: &Value) -> Option<u64> {
-    request
-        .get("max_completion_tokens")
-        .and_then(Value::as_u64)
-        .or_else(|| request.get("max_tokens").and_then(Value::as_u64))
 }
 
 /// OpenAI message content: a string, or an array of parts.
@@ -254,6 +240,10 @@ fn count_json(counter: TokenCounter, value: Option<&Value>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text_tokens(model: &str, text: &str) -> u64 {
+        TokenCounter::for_model(model).count(text)
+    }
     use serde_json::json;
 
     #[test]
@@ -322,26 +312,23 @@ mod tests {
     #[test]
     fn tiktoken_counts_known_strings_exactly() {
         // "hello world" is two tokens in both encodings; "tiktoken is great!" is 6 in cl100k.
-        assert_eq!(estimate_text_tokens("gpt-4o", "hello world"), 2);
-        assert_eq!(estimate_text_tokens("gpt-4", "hello world"), 2);
-        assert_eq!(
-            estimate_text_tokens("gpt-3.5-turbo", "tiktoken is great!"),
-            6
-        );
+        assert_eq!(text_tokens("gpt-4o", "hello world"), 2);
+        assert_eq!(text_tokens("gpt-4", "hello world"), 2);
+        assert_eq!(text_tokens("gpt-3.5-turbo", "tiktoken is great!"), 6);
     }
 
     #[test]
     fn special_token_text_is_counted_as_ordinary_text() {
-        assert!(estimate_text_tokens("gpt-4o", "<|endoftext|>") > 1);
+        assert!(text_tokens("gpt-4o", "<|endoftext|>") > 1);
     }
 
     #[test]
     fn byte_estimate_rounds_up_to_a_whole_token_per_four_bytes() {
-        assert_eq!(estimate_text_tokens("claude-3", ""), 0);
-        assert_eq!(estimate_text_tokens("claude-3", "abcd"), 1);
-        assert_eq!(estimate_text_tokens("claude-3", "abcde"), 2);
+        assert_eq!(text_tokens("claude-3", ""), 0);
+        assert_eq!(text_tokens("claude-3", "abcd"), 1);
+        assert_eq!(text_tokens("claude-3", "abcde"), 2);
         // UTF-8 bytes, not characters: "é" is 2 bytes.
-        assert_eq!(estimate_text_tokens("claude-3", "ééé"), 2);
+        assert_eq!(text_tokens("claude-3", "ééé"), 2);
     }
 
     #[test]
@@ -494,16 +481,5 @@ mod tests {
             estimate_embedding_tokens("text-embedding-3-small", &json!(null)),
             0
         );
-    }
-
-    #[test]
-    fn requested_max_tokens_prefers_max_completion_tokens() {
-        assert_eq!(requested_max_tokens(&json!({"max_tokens": 10})), Some(10));
-        assert_eq!(
-            requested_max_tokens(&json!({"max_tokens": 10, "max_completion_tokens": 20})),
-            Some(20)
-        );
-        assert_eq!(requested_max_tokens(&json!({"max_tokens": -1})), None);
-        assert_eq!(requested_max_tokens(&json!({})), None);
     }
 }

@@ -6,19 +6,23 @@
 //!
 //! One implementation is chosen per `[[provider]]` when the catalog is built
 //! ([`for_kind`]); each is a unit struct, so the choice costs a `&'static` pointer and no
-//! allocation. The wire formats themselves live in their own modules ([`crate::ai::openai`],
-//! [`crate::ai::azure`], [`crate::ai::anthropic`], [`crate::ai::gemini`],
-//! [`crate::ai::mock`]); the implementations here only put them together.
+//! allocation. Each provider's module holds its implementation and its wire format
+//! (`openai`, whose bodies are the canonical ones; [`azure`]; [`anthropic`];
+//! [`gemini`]; [`mock`]); what several providers or the front doors share stays one level up:
+//! the canonical (OpenAI) dialect in [`crate::ai::openai`], [`crate::ai::sse`],
+//! [`crate::ai::provider_error`], [`crate::ai::scrub`], [`crate::ai::tokens`].
 //!
-//! Adding a provider: a module here with a unit struct implementing [`Provider`], its
-//! `kind` in [`crate::config::ProviderKind`] (with its default `base_url`), and its arm in
+//! Adding a provider touches only this directory and the config: a module here with a unit
+//! struct implementing [`Provider`] and its translation beside it, its `kind` in
+//! [`crate::config::ProviderKind`] (with its default `base_url`), and its arm in
 //! [`for_kind`].
 
-mod anthropic;
-mod azure;
-mod gemini;
-mod mock;
+pub mod anthropic;
+pub mod azure;
+pub mod gemini;
+pub mod mock;
 mod openai;
+mod segment;
 pub mod stage;
 
 use std::fmt;
@@ -39,6 +43,9 @@ pub use openai::OpenAi;
 pub use stage::{ClientStage, EventStage, ProviderStage};
 
 pub use crate::error::Dialect;
+
+/// The `api-version` a `[[provider]]` without one gets (only Azure's paths carry one).
+pub use azure::paths::DEFAULT_API_VERSION;
 
 /// A chat call as the front door received it.
 pub struct Call {

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::{anthropic, gemini};
 use crate::ai::provider_error::{self, ProviderError};
-use crate::ai::{anthropic, gemini, ChatStreamRelay, SseEvent, Usage};
+use crate::ai::{ChatStreamRelay, SseEvent, Usage};
 use crate::ai::{RelayedTokens, TokenCounter};
 use crate::config::Secret;
 use crate::error::Dialect;

@@ -15,15 +15,17 @@ use monoio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
+use crate::ai::sse::{SseError, SseParser};
 use crate::http1::{ChunkedDecoder, ResponseBody, ResponseParser};
 use crate::upstream::{TlsConn, UpstreamStream};
-
-use super::sse::EventCounter;
 
 /// The longest response head we accept.
 const MAX_HEAD: usize = 64 * 1024;
 /// Free space kept in the read buffer before each read.
 const READ_CHUNK: usize = 16 * 1024;
+/// The largest server-sent event counted: the gateway's own bound on a relayed event, so a
+/// stream it relays is never refused here, and a runaway one cannot grow the client's memory.
+const MAX_EVENT_BYTES: usize = 4 << 20;
 
 /// Where and how to connect; shared by every connection of a thread.
 #[derive(Clone, Debug)]
@@ -229,14 +231,14 @@ impl Connection {
         };
         response.status = head.status();
 
-        let mut counter = count_events.then(EventCounter::new);
+        let mut counter = count_events.then(|| SseParser::new(MAX_EVENT_BYTES));
         let framing = head.body(if head_request { "HEAD" } else { "GET" });
         match framing {
             ResponseBody::None => {}
             ResponseBody::Length(mut remaining) => loop {
                 let take =
                     usize::try_from(remaining).map_or(self.buf.len(), |r| r.min(self.buf.len()));
-                observe_body(&self.buf[..take], &mut response, &mut counter);
+                observe_body(&self.buf[..take], &mut response, &mut counter)?;
                 self.buf.drain(..take);
                 remaining -= take as u64;
                 if remaining == 0 {
@@ -252,7 +254,7 @@ impl Connection {
                     let decoded = decoder
                         .decode(&self.buf, &mut self.scratch)
                         .map_err(|e| Failure::new(ErrorKind::Protocol, e))?;
-                    observe_body(&self.scratch, &mut response, &mut counter);
+                    observe_body(&self.scratch, &mut response, &mut counter)?;
                     self.scratch.clear();
                     self.buf.drain(..decoded.consumed);
                     if decoded.done {
@@ -267,7 +269,7 @@ impl Connection {
                 }
             }
             ResponseBody::UntilClose => loop {
-                observe_body(&self.buf, &mut response, &mut counter);
+                observe_body(&self.buf, &mut response, &mut counter)?;
                 self.buf.clear();
                 if self.read_more(&mut response).await? == 0 {
                     break;
@@ -300,18 +302,32 @@ impl Connection {
     }
 }
 
-/// Counts body bytes and, when counting events, notes when events complete.
-fn observe_body(bytes: &[u8], response: &mut Response, counter: &mut Option<EventCounter>) {
+/// Counts body bytes and, when counting events, notes when events complete (only blocks
+/// with a `data` field are events: comments and keep-alives dispatch nothing). An event over
+/// [`MAX_EVENT_BYTES`] fails the response as a protocol error.
+fn observe_body(
+    bytes: &[u8],
+    response: &mut Response,
+    parser: &mut Option<SseParser>,
+) -> Result<(), Failure> {
     response.body_bytes += bytes.len() as u64;
-    if let Some(counter) = counter {
-        let completed = counter.feed(bytes);
-        if completed > 0 {
-            let now = Instant::now();
-            response.events += completed;
-            response.first_event.get_or_insert(now);
-            response.last_event = Some(now);
-        }
+    let Some(parser) = parser else {
+        return Ok(());
+    };
+    parser
+        .push(bytes)
+        .map_err(|e: SseError| Failure::new(ErrorKind::Protocol, e))?;
+    let mut completed = 0;
+    while let Some(event) = parser.next_event() {
+        completed += u64::from(event.has_data);
     }
+    if completed > 0 {
+        let now = Instant::now();
+        response.events += completed;
+        response.first_event.get_or_insert(now);
+        response.last_event = Some(now);
+    }
+    Ok(())
 }
 
 /// Opens a TCP connection (`TCP_NODELAY`: requests are written whole, Nagle would only add
@@ -541,6 +557,35 @@ mod tests {
                 .unwrap_err()
         });
         assert_eq!(err.kind, ErrorKind::Connect);
+    }
+
+    #[test]
+    fn an_event_up_to_the_bound_counts_and_one_past_it_fails_the_response() {
+        let empty = || Response {
+            status: 200,
+            bytes_read: 0,
+            body_bytes: 0,
+            events: 0,
+            first_event: None,
+            last_event: None,
+        };
+        let event = |len: usize| {
+            let mut event = b"data: ".to_vec();
+            event.resize(len - 2, b'a');
+            event.extend_from_slice(b"\n\n");
+            event
+        };
+        let mut response = empty();
+        let mut parser = Some(SseParser::new(MAX_EVENT_BYTES));
+        observe_body(&event(MAX_EVENT_BYTES), &mut response, &mut parser).unwrap();
+        assert_eq!(response.events, 1);
+
+        let mut response = empty();
+        let mut parser = Some(SseParser::new(MAX_EVENT_BYTES));
+        let err =
+            observe_body(&event(MAX_EVENT_BYTES + 1), &mut response, &mut parser).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Protocol);
+        assert_eq!(response.events, 0);
     }
 
     #[test]

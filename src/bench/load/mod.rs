@@ -30,7 +30,6 @@ mod client;
 mod report;
 mod request;
 mod runner;
-mod sse;
 mod stats;
 mod target;
 mod tls;
@@ -47,7 +46,6 @@ pub use client::{ErrorKind, Failure, Response};
 pub use report::{Percentiles, StreamSummary, Summary};
 pub use request::{encode_requests, parse_keys, KeyRotation, RequestSpec};
 pub use runner::{run, Budget, Schedule};
-pub use sse::EventCounter;
 
 use crate::serve::{EXIT_BAD_INPUT, EXIT_RUNTIME};
 

@@ -14,9 +14,10 @@
 
 use std::sync::Arc;
 
+use crate::ai::providers::anthropic;
 use crate::ai::providers::{ClientStage, Provider, ProviderStage, Reply, Stage};
 use crate::ai::TokenCounter;
-use crate::ai::{anthropic, SseEvent, SseParser};
+use crate::ai::{SseEvent, SseParser};
 use crate::config::Secret;
 use crate::limits::Metered;
 

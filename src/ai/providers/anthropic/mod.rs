@@ -1,12 +1,20 @@
-//! Translation between the Anthropic Messages API and the OpenAI chat-completions format, the
-//! gateway's canonical format. Pure, synchronous functions; the caller does the I/O.
+//! Anthropic (`kind = "anthropic"`): the Messages API behind [`Provider`], and the translation
+//! between it and the OpenAI chat-completions format, the gateway's canonical format. The
+//! Anthropic front door's own body and stream pass through untouched; the OpenAI front door's
+//! are translated. No embeddings. The translation is pure, synchronous functions; the caller
+//! does the I/O.
 //!
 //! Two uses:
 //! - the `POST /v1/messages` front door onto any provider: [`parse_messages_request`] and
 //!   [`request_to_openai`] on the way in, [`response_from_openai`] / [`StreamFromOpenAi`] /
 //!   [`error_from_openai`] on the way back;
 //! - a `kind = "anthropic"` provider behind the OpenAI front door: [`request_from_openai`] on
-//!   the way out, [`response_to_openai`] / [`StreamToOpenAi`] / [`error_to_openai`] back.
+//!   the way out, [`response_to_openai`] / [`StreamToOpenAi`] back (its whole error answers
+//!   go through [`crate::ai::provider_error`], its mid-stream ones through [`stream_error`]).
+//!
+//! The front door's direction lives here, beside the provider's, because the two are one
+//! mapping read both ways (stop reasons, usage, ids, error types, content blocks): keeping
+//! them together keeps them from drifting apart, and the tests check them as round trips.
 //!
 //! Wire formats follow the Anthropic API reference ("Messages", "Streaming Messages",
 //! "Errors", "Tool use", "Vision", "Prompt caching") and the OpenAI API reference ("Chat
@@ -27,7 +35,7 @@ mod request;
 mod response;
 mod stream;
 
-pub use error::{error_from_openai, error_to_openai, status_to_openai, stream_error};
+pub use error::{error_from_openai, stream_error};
 pub use request::{
     parse_messages_request, request_from_openai, request_to_openai, MessagesRequest,
 };
@@ -36,7 +44,12 @@ pub use stream::{StreamFromOpenAi, StreamToOpenAi};
 
 use serde_json::{json, Value};
 
-use super::openai::Usage;
+use super::stage::AnthropicPassthrough;
+use super::{Call, Dialect, Provider, Reply, Stage, Target, Whole};
+use crate::ai::openai::Usage;
+use crate::ai::TokenCounter;
+use crate::ai::{EmbeddingsRequest, RequestError, TranslateError};
+use crate::http1::push_header;
 
 /// Prefix of the ids of chat completions made from Anthropic messages.
 const CHAT_ID_PREFIX: &str = "chatcmpl-";
@@ -164,6 +177,96 @@ fn read_openai_usage(usage: &Value) -> Option<Usage> {
             .and_then(Value::as_u64)
             .unwrap_or(0),
     })
+}
+
+/// The Anthropic API version the gateway speaks.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The Anthropic Messages API.
+#[derive(Debug)]
+pub struct Anthropic;
+
+impl Provider for Anthropic {
+    fn chat_request(
+        &self,
+        call: &Call,
+        target: &Target<'_>,
+        default_max_tokens: u64,
+    ) -> Result<(String, Vec<u8>), RequestError> {
+        let body = match &call.anthropic_body {
+            Some(original) => {
+                let mut body = original.clone();
+                body.insert("model".into(), target.upstream_model.into());
+                serde_json::to_vec(&body).expect("JSON maps serialize")
+            }
+            None => request_from_openai(
+                &call.request.body,
+                target.upstream_model,
+                default_max_tokens,
+            )?,
+        };
+        Ok((format!("{}/v1/messages", target.base_path), body))
+    }
+
+    fn push_headers(&self, key: Option<&[u8]>, out: &mut Vec<u8>) {
+        if let Some(key) = key {
+            push_header(out, "x-api-key", key);
+        }
+        push_header(out, "anthropic-version", ANTHROPIC_VERSION.as_bytes());
+    }
+
+    fn chat_response(
+        &self,
+        body: Vec<u8>,
+        front: Dialect,
+        reply: &Reply<'_>,
+    ) -> Result<Whole, TranslateError> {
+        // Translated either way: it checks the answer and reads its usage.
+        let (canonical, usage) = response_to_openai(&body, reply.model, reply.created)?;
+        Ok(match front {
+            Dialect::Anthropic => Whole {
+                body,
+                usage: Some(usage),
+                dialect: Dialect::Anthropic,
+            },
+            Dialect::OpenAi => Whole {
+                body: canonical,
+                usage: Some(usage),
+                dialect: Dialect::OpenAi,
+            },
+        })
+    }
+
+    fn stream_stage(
+        &self,
+        front: Dialect,
+        reply: &Reply<'_>,
+        canonical_usage: bool,
+        counter: TokenCounter,
+    ) -> Stage {
+        if front == Dialect::Anthropic {
+            let mut meter = StreamToOpenAi::new(reply.model, reply.created, true);
+            meter.set_token_counter(counter);
+            return Stage {
+                stage: Box::new(AnthropicPassthrough::new(meter)),
+                dialect: Dialect::Anthropic,
+            };
+        }
+        let mut stage = StreamToOpenAi::new(reply.model, reply.created, canonical_usage);
+        stage.set_token_counter(counter);
+        Stage {
+            stage: Box::new(stage),
+            dialect: Dialect::OpenAi,
+        }
+    }
+
+    fn embeddings_request(
+        &self,
+        _request: &EmbeddingsRequest,
+        _target: &Target<'_>,
+    ) -> Option<Result<(String, Vec<u8>), RequestError>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::openai::Usage;
-use super::sse::encode_event;
+use crate::ai::openai::Usage;
+use crate::ai::sse::encode_event;
 
 /// Most words a `lorem N` request gets (a bound on what one request can make the mock build).
 pub const MAX_LOREM_WORDS: usize = 10_000;

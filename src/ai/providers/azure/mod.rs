@@ -1,8 +1,10 @@
 //! Azure OpenAI (`kind = "azure_openai"`): OpenAI's bodies and streams on Azure's deployment
-//! paths (see [`crate::ai::azure`]), the key in `api-key`.
+//! paths (see [`paths`]), the key in `api-key`.
+
+pub mod paths;
 
 use super::{Call, Provider, Target};
-use crate::ai::{azure, openai, EmbeddingsRequest, RequestError};
+use crate::ai::{openai, EmbeddingsRequest, RequestError};
 use crate::http1::push_header;
 
 /// The Azure OpenAI API.
@@ -20,7 +22,7 @@ impl Provider for AzureOpenAi {
             format!(
                 "{}{}",
                 target.base_path,
-                azure::chat_path(target.upstream_model, target.api_version)
+                paths::chat_path(target.upstream_model, target.api_version)
             ),
             openai::upstream_chat_body(&call.request, target.upstream_model),
         ))
@@ -41,7 +43,7 @@ impl Provider for AzureOpenAi {
             format!(
                 "{}{}",
                 target.base_path,
-                azure::embeddings_path(target.upstream_model, target.api_version)
+                paths::embeddings_path(target.upstream_model, target.api_version)
             ),
             openai::upstream_embeddings_body(request, target.upstream_model),
         )))

@@ -1,27 +1,13 @@
-//! Provider error bodies between Anthropic's format (`{"type":"error","error":{"type",
-//! "message"}}`, Anthropic API reference "Errors") and the OpenAI format the gateway uses
-//! (`{"error":{"message","type","code"}}`, see the contract).
+//! Error bodies in Anthropic's format (`{"type":"error","error":{"type","message"}}`,
+//! Anthropic API reference "Errors"): an Anthropic provider's mid-stream `error` event as the
+//! gateway's error, and an OpenAI-format error (`{"error":{"message","type","code"}}`, see the
+//! contract) as the Anthropic front door's body. A whole error answer from an Anthropic
+//! provider is mapped by [`crate::ai::provider_error`], as every provider's is.
 
 use serde_json::{json, Value};
 
 use crate::ai::provider_error::{self, ProviderError};
 use crate::ai::scrub::scrub_message;
-
-/// Anthropic error types (Anthropic API reference, "Errors", HTTP errors) → OpenAI-format
-/// types, using the gateway's own names where the contract has one.
-fn openai_type_for(anthropic_type: &str) -> Option<&'static str> {
-    Some(match anthropic_type {
-        "invalid_request_error" | "request_too_large" => "invalid_request_error",
-        "authentication_error" => "authentication_error",
-        "permission_error" => "permission_error",
-        "not_found_error" => "not_found_error",
-        "rate_limit_error" => "rate_limit_error",
-        "billing_error" => "insufficient_quota",
-        "timeout_error" => "timeout_error",
-        "api_error" | "overloaded_error" => "server_error",
-        _ => return None,
-    })
-}
 
 /// The HTTP status Anthropic answers each error type with (Anthropic API reference,
 /// "Errors"). A mid-stream `error` event has no status of its own (the stream's was 200), so
@@ -70,19 +56,6 @@ fn anthropic_type_for(openai_type: &str) -> Option<&'static str> {
     })
 }
 
-/// The OpenAI-format type an error status means when the body does not say.
-fn openai_type_for_status(status: u16) -> &'static str {
-    match status {
-        400 | 413 | 422 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        408 | 504 => "timeout_error",
-        429 => "rate_limit_error",
-        _ => "server_error",
-    }
-}
-
 /// The Anthropic type an error status means when the body does not say (Anthropic API
 /// reference, "Errors": 529 is `overloaded_error`; 503 means the same for OpenAI).
 fn anthropic_type_for_status(status: u16) -> &'static str {
@@ -116,27 +89,6 @@ fn string_field<'a>(error: &'a serde_json::Map<String, Value>, field: &str) -> O
     error.get(field).and_then(Value::as_str)
 }
 
-/// A provider's Anthropic-format error (status and body) as an OpenAI-format error body:
-/// `{"error":{"message","type","code"}}`, `code` being the Anthropic error type. A body
-/// that is not Anthropic's error format gets a message naming the status.
-pub fn error_to_openai(status: u16, body: &[u8]) -> Vec<u8> {
-    let error = error_member(body);
-    let anthropic_type = error.as_ref().and_then(|e| string_field(e, "type"));
-    let message = error
-        .as_ref()
-        .and_then(|e| string_field(e, "message"))
-        // No credential-looking text passes, whoever calls this (provider errors, whole or
-        // mid-stream, are mapped with the provider key by `provider_error` instead).
-        .map(|m| scrub_message(m, &[]))
-        .unwrap_or_else(|| format!("the provider answered with status {status}"));
-    let openai_type = anthropic_type
-        .and_then(openai_type_for)
-        .unwrap_or_else(|| openai_type_for_status(status));
-    let code = anthropic_type.unwrap_or(openai_type);
-    let body = json!({"error": {"message": message, "type": openai_type, "code": code}});
-    serde_json::to_vec(&body).expect("serialize JSON value")
-}
-
 /// An OpenAI-format error (status and body) as an Anthropic error body:
 /// `{"type":"error","error":{"type","message"}}`. The type comes from the body's `type`
 /// when it has an Anthropic counterpart, else from the status.
@@ -158,17 +110,6 @@ pub fn error_from_openai(status: u16, body: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&body).expect("serialize JSON value")
 }
 
-/// The status an OpenAI-format client should see for an Anthropic provider's status:
-/// Anthropic's non-standard 529 ("overloaded") becomes 503, which OpenAI clients know to
-/// retry; every other status is kept.
-pub fn status_to_openai(status: u16) -> u16 {
-    if status == 529 {
-        503
-    } else {
-        status
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,37 +121,6 @@ mod tests {
     fn anthropic_error(kind: &str, message: &str) -> Vec<u8> {
         serde_json::to_vec(&json!({"type": "error", "error": {"type": kind, "message": message}}))
             .unwrap()
-    }
-
-    #[test]
-    fn anthropic_error_types_map_to_openai_types_with_the_source_type_as_code() {
-        for (status, kind, openai) in [
-            (400, "invalid_request_error", "invalid_request_error"),
-            (401, "authentication_error", "authentication_error"),
-            (403, "permission_error", "permission_error"),
-            (404, "not_found_error", "not_found_error"),
-            (413, "request_too_large", "invalid_request_error"),
-            (429, "rate_limit_error", "rate_limit_error"),
-            (500, "api_error", "server_error"),
-            (529, "overloaded_error", "server_error"),
-        ] {
-            let body = json_of(&error_to_openai(status, &anthropic_error(kind, "m")));
-            assert_eq!(
-                body,
-                json!({"error": {"message": "m", "type": openai, "code": kind}}),
-                "{kind}"
-            );
-        }
-    }
-
-    #[test]
-    fn unparsable_anthropic_error_is_typed_by_its_status() {
-        let body = json_of(&error_to_openai(429, b"<html>busy</html>"));
-        assert_eq!(body["error"]["type"], "rate_limit_error");
-        assert_eq!(
-            body["error"]["message"],
-            "the provider answered with status 429"
-        );
     }
 
     #[test]
@@ -323,11 +233,5 @@ mod tests {
         let garbage = stream_error(format!("oops {key}").as_bytes(), &[key]);
         assert_eq!(garbage.kind, ProviderErrorKind::Failed);
         assert_eq!(garbage.message, "the provider answered with status 500");
-    }
-
-    #[test]
-    fn overloaded_status_becomes_service_unavailable_for_openai_clients() {
-        assert_eq!(status_to_openai(529), 503);
-        assert_eq!(status_to_openai(429), 429);
     }
 }

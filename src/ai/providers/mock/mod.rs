@@ -1,11 +1,13 @@
 //! The in-process mock (`kind = "mock"`): deterministic OpenAI-format answers made without a
-//! network call (see [`crate::ai::mock`]). Were it sent upstream, it would speak OpenAI.
+//! network call (see [`reply`]). Were it sent upstream, it would speak OpenAI.
+
+pub mod reply;
 
 use serde_json::Value;
 
 use super::{Call, Dialect, LocalBody, LocalChat, OpenAi, Provider, Reply, Stage, Target, Whole};
 use crate::ai::TokenCounter;
-use crate::ai::{mock, openai, EmbeddingsRequest, RequestError, TranslateError, Usage};
+use crate::ai::{openai, EmbeddingsRequest, RequestError, TranslateError, Usage};
 
 /// The mock provider.
 #[derive(Debug)]
@@ -57,9 +59,9 @@ impl Provider for Mock {
     }
 
     fn local_chat(&self, call: &Call, reply: &Reply<'_>, include_usage: bool) -> Option<LocalChat> {
-        let answer = mock::reply(&call.request.body);
+        let answer = reply::reply(&call.request.body);
         let body = if call.request.stream {
-            LocalBody::Events(mock::chat_completion_chunks(
+            LocalBody::Events(reply::chat_completion_chunks(
                 reply.model,
                 reply.id,
                 reply.created,
@@ -67,7 +69,7 @@ impl Provider for Mock {
                 include_usage,
             ))
         } else {
-            LocalBody::Whole(mock::chat_completion_body(
+            LocalBody::Whole(reply::chat_completion_body(
                 reply.model,
                 reply.id,
                 reply.created,
@@ -81,7 +83,7 @@ impl Provider for Mock {
     }
 
     fn local_embeddings(&self, model: &str, input: &Value) -> Option<(Vec<u8>, Option<Usage>)> {
-        let body = mock::embeddings_body(model, input);
+        let body = reply::embeddings_body(model, input);
         let usage = openai::usage_from_embeddings_response(&body);
         Some((body, usage))
     }

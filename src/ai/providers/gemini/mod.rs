@@ -1,12 +1,15 @@
-//! Translation between the OpenAI chat-completions format (the gateway's canonical format) and
-//! the Gemini API (`kind = "gemini"`, Google AI's `generativelanguage.googleapis.com`). Pure,
-//! synchronous functions; the caller does the I/O and sends the key as `x-goog-api-key`.
+//! Google Gemini (`kind = "gemini"`, Google AI's `generativelanguage.googleapis.com`) behind
+//! [`Provider`]: `generateContent` and `streamGenerateContent?alt=sse`, `batchEmbedContents`,
+//! the key in `x-goog-api-key`; and the translation between the OpenAI chat-completions format
+//! (the gateway's canonical format) and Gemini's, in pure, synchronous functions (the caller
+//! does the I/O).
 //!
 //! - [`chat_path`], [`request_from_openai`]: the `models.generateContent` /
 //!   `models.streamGenerateContent?alt=sse` call for an OpenAI chat request;
 //! - [`response_to_openai`], [`StreamToOpenAi`]: the answer back as a `chat.completion` or
 //!   `chat.completion.chunk` events, with usage;
-//! - [`error_to_openai`]: a Gemini error body as an OpenAI error body;
+//! - errors: whole answers through [`crate::ai::provider_error`], mid-stream ones mapped by
+//!   their HTTP status (`error.rs`);
 //! - [`embeddings_path`], [`embeddings_request_from_openai`],
 //!   [`embeddings_response_to_openai`]: `POST /v1/embeddings` onto `models.batchEmbedContents`.
 //!
@@ -42,15 +45,18 @@ mod stream;
 pub use embeddings::{
     embeddings_path, embeddings_request_from_openai, embeddings_response_to_openai,
 };
-pub use error::error_to_openai;
 pub use request::request_from_openai;
 pub use response::response_to_openai;
 pub use stream::StreamToOpenAi;
 
 use serde_json::{json, Map, Value};
 
-use super::azure::encode_path_segment;
-use super::openai::Usage;
+use super::segment::encode_path_segment;
+use super::{Call, Dialect, Provider, Reply, Stage, Target, Whole};
+use crate::ai::openai::{self, Usage};
+use crate::ai::TokenCounter;
+use crate::ai::{EmbeddingsRequest, RequestError, TranslateError};
+use crate::http1::push_header;
 
 /// The path under the provider's `base_url` of a chat call on `upstream_model`:
 /// `/v1beta/models/{model}:generateContent`, or `:streamGenerateContent?alt=sse` for a stream
@@ -181,6 +187,93 @@ fn prompt_block_reason(response: &Value) -> Option<&str> {
         .get("promptFeedback")
         .and_then(|f| f.get("blockReason"))
         .and_then(Value::as_str)
+}
+
+/// The Gemini API.
+#[derive(Debug)]
+pub struct Gemini;
+
+impl Provider for Gemini {
+    fn chat_request(
+        &self,
+        call: &Call,
+        target: &Target<'_>,
+        _default_max_tokens: u64,
+    ) -> Result<(String, Vec<u8>), RequestError> {
+        Ok((
+            format!(
+                "{}{}",
+                target.base_path,
+                chat_path(target.upstream_model, call.request.stream)
+            ),
+            request_from_openai(&call.request.body)?,
+        ))
+    }
+
+    fn push_headers(&self, key: Option<&[u8]>, out: &mut Vec<u8>) {
+        if let Some(key) = key {
+            push_header(out, "x-goog-api-key", key);
+        }
+    }
+
+    fn chat_response(
+        &self,
+        body: Vec<u8>,
+        _front: Dialect,
+        reply: &Reply<'_>,
+    ) -> Result<Whole, TranslateError> {
+        let (canonical, usage) = response_to_openai(&body, reply.model, reply.id, reply.created)?;
+        Ok(Whole {
+            body: canonical,
+            usage: Some(usage),
+            dialect: Dialect::OpenAi,
+        })
+    }
+
+    fn stream_stage(
+        &self,
+        _front: Dialect,
+        reply: &Reply<'_>,
+        canonical_usage: bool,
+        counter: TokenCounter,
+    ) -> Stage {
+        let mut stage = StreamToOpenAi::new(reply.model, reply.id, reply.created, canonical_usage);
+        stage.set_token_counter(counter);
+        Stage {
+            stage: Box::new(stage),
+            dialect: Dialect::OpenAi,
+        }
+    }
+
+    fn embeddings_request(
+        &self,
+        request: &EmbeddingsRequest,
+        target: &Target<'_>,
+    ) -> Option<Result<(String, Vec<u8>), RequestError>> {
+        Some(
+            embeddings_request_from_openai(&request.body, target.upstream_model).map(|body| {
+                (
+                    format!(
+                        "{}{}",
+                        target.base_path,
+                        embeddings_path(target.upstream_model)
+                    ),
+                    body,
+                )
+            }),
+        )
+    }
+
+    fn embeddings_response(
+        &self,
+        body: Vec<u8>,
+        model: &str,
+        request: &EmbeddingsRequest,
+    ) -> Result<(Vec<u8>, Option<Usage>), TranslateError> {
+        let body = embeddings_response_to_openai(&body, model, &request.body)?;
+        let usage = openai::usage_from_embeddings_response(&body);
+        Ok((body, usage))
+    }
 }
 
 #[cfg(test)]

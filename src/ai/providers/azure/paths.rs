@@ -4,8 +4,10 @@
 //! and every call names the REST API version: `POST {endpoint}/openai/deployments/
 //! {deployment-id}/chat/completions?api-version={version}` (Azure OpenAI REST API reference,
 //! "Data plane – inference"). The key goes in the `api-key` header (the caller sends it).
-//! Request and response bodies are OpenAI's, so the functions of [`super::openai`] apply
+//! Request and response bodies are OpenAI's, so the functions of [`crate::ai::openai`] apply
 //! unchanged; the `model` member Azure ignores (the deployment decides).
+
+use crate::ai::providers::segment::encode_path_segment;
 
 /// The `api-version` used when a provider sets none: `2024-10-21`, the latest generally
 /// available version of the inference API when this was written (chat completions with tools,
@@ -35,29 +37,6 @@ fn deployment_path(deployment: &str, operation: &str, api_version: &str) -> Stri
         encode_path_segment(deployment),
         encode_path_segment(version)
     )
-}
-
-/// `text` percent-encoded so it stays one path segment (or one query value): every byte but
-/// RFC 3986's unreserved characters (ALPHA, DIGIT, `-`, `.`, `_`, `~`; section 2.3) becomes
-/// `%XX` (section 2.1), so `/`, `?`, `#`, `:`, `%` and spaces cannot change the URL's shape.
-/// The dot-segments `.` and `..` are encoded whole (`%2E`), so no server resolves them
-/// (section 5.2.4).
-pub fn encode_path_segment(text: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    if text == "." || text == ".." {
-        return "%2E".repeat(text.len());
-    }
-    let mut out = String::with_capacity(text.len());
-    for &byte in text.as_bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(byte >> 4)] as char);
-            out.push(HEX[usize::from(byte & 0xF)] as char);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -94,18 +73,5 @@ mod tests {
             chat_path("../x/y?z#w %", "v&1"),
             "/openai/deployments/..%2Fx%2Fy%3Fz%23w%20%25/chat/completions?api-version=v%261"
         );
-    }
-
-    #[test]
-    fn dot_segments_are_encoded() {
-        assert_eq!(encode_path_segment(".."), "%2E%2E");
-        assert_eq!(encode_path_segment("."), "%2E");
-        assert_eq!(encode_path_segment("a..b"), "a..b");
-    }
-
-    #[test]
-    fn encoding_keeps_unreserved_characters_and_escapes_utf8_bytes() {
-        assert_eq!(encode_path_segment("aZ09-._~"), "aZ09-._~");
-        assert_eq!(encode_path_segment("é:"), "%C3%A9%3A");
     }
 }
