@@ -26,6 +26,7 @@ use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Most admin connections held at once, across all clients.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -36,6 +37,10 @@ pub const MAX_CONNECTIONS_PER_CLIENT: usize = 8;
 /// Evicted connections whose threads may still be ending, on top of [`MAX_CONNECTIONS`]: the
 /// bound on admin threads is their sum.
 pub const MAX_DRAINING: usize = MAX_CONNECTIONS;
+
+/// How long a new connection waits for evicted connections' threads to end when the table is
+/// full of them, before it is refused.
+const DRAIN_WAIT: Duration = Duration::from_millis(500);
 
 const EVICTABLE: u8 = 0;
 const PROTECTED: u8 = 1;
@@ -147,8 +152,7 @@ impl Connections {
     /// one connection. Returns `false` when there is no room: every slot the client could take
     /// serves an authenticated request, or too many evicted connections are still ending.
     pub fn make_room(&mut self, client: IpAddr) -> bool {
-        self.entries.retain(|e| !e.thread.is_finished());
-        if self.entries.len() >= MAX_CONNECTIONS + MAX_DRAINING {
+        if !self.reap_within(DRAIN_WAIT) {
             return false;
         }
         let held = |c: IpAddr| self.live().filter(|e| e.client == c).count();
@@ -170,6 +174,25 @@ impl Connections {
             .filter(|e| e.slot.is_evictable())
             .max_by_key(|e| held(e.client));
         victim.is_some_and(|e| e.slot.evict())
+    }
+
+    /// Forgets connections whose threads have ended, waiting up to `wait` for evicted ones to
+    /// end while the table is full. An evicted connection's socket is already closed, so its
+    /// thread ends as soon as it is scheduled; on a loaded host that can take a while, and
+    /// refusing meanwhile would let a flood of idle connections deny `/healthz`. Returns
+    /// whether there is room for one more thread.
+    fn reap_within(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            self.entries.retain(|e| !e.thread.is_finished());
+            if self.entries.len() < MAX_CONNECTIONS + MAX_DRAINING {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Records a connection admitted by [`Connections::make_room`].
@@ -224,6 +247,12 @@ mod tests {
 
         /// Asks for room for `client`; on success inserts a connection for it.
         fn admit(&mut self, client: IpAddr) -> bool {
+            self.admit_lingering(client, Duration::ZERO)
+        }
+
+        /// Like [`Fixture::admit`], but the connection's thread goes on for `linger` after
+        /// its connection is closed (a thread not yet scheduled on a loaded host).
+        fn admit_lingering(&mut self, client: IpAddr, linger: Duration) -> bool {
             if !self.table.make_room(client) {
                 return false;
             }
@@ -233,6 +262,7 @@ mod tests {
             let mut reader = incoming;
             let thread = thread::spawn(move || {
                 let _ = reader.read(&mut [0u8; 1]);
+                thread::sleep(linger);
             });
             self.table.insert(client, slot.clone(), thread);
             self.clients.push(outgoing);
@@ -325,5 +355,19 @@ mod tests {
             client_of(mapped.into()),
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
         );
+    }
+
+    #[test]
+    fn evicted_threads_still_ending_delay_a_new_connection_instead_of_refusing_it() {
+        let mut fx = Fixture::new();
+        let linger = Duration::from_millis(300);
+        // One client keeps connecting: each connection past its share evicts its oldest, whose
+        // thread lingers, until the table holds as many ending threads as it may.
+        for _ in 0..MAX_CONNECTIONS + MAX_DRAINING {
+            assert!(fx.admit_lingering(v4(1), linger));
+        }
+        assert_eq!(fx.table.entries.len(), MAX_CONNECTIONS + MAX_DRAINING);
+        // The next one waits for an evicted thread to end rather than being refused.
+        assert!(fx.admit(v4(1)), "refused while evicted threads were ending");
     }
 }
