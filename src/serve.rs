@@ -17,8 +17,8 @@ use crate::limits::{budget_limit, key_scope, team_scope, Admission};
 use crate::limits::{period_start_ms, BudgetTable, Period};
 use crate::metrics;
 use crate::snapshot::{Carried, Purpose, Services, Shared, Snapshot};
-use crate::store::audit;
 use crate::store::usage::Ledger;
+use crate::store::{self, SharedBackend, StoreConfig};
 use crate::worker::{self, Driver, ListenSpec};
 
 /// `--driver`: which I/O driver the workers use.
@@ -136,7 +136,12 @@ fn start(
         .map_err(|e| format!("access_log {}: {e}", access_log_path.display()))?;
 
     let data_dir = config.resolve_path(&config.server.data_dir);
-    let credentials = CredentialCache::start(&data_dir)
+    let store_config = StoreConfig::from_config(&config);
+    let credentials = CredentialCache::start(&store_config)
+        .map_err(|e| format!("key store in {}: {e}", data_dir.display()))?;
+    // The admin API and the signal handler share one more backend: the watcher owns the
+    // cache's and never lends it out, so a slow admin call cannot delay a change's arrival.
+    let store = store::open_shared(&store_config)
         .map_err(|e| format!("key store in {}: {e}", data_dir.display()))?;
 
     metrics::global().set_driver(driver.name());
@@ -217,6 +222,7 @@ fn start(
                 token,
                 ready: Arc::new(move || ready_shared.all_serving()),
                 reload: Arc::new(move || reload_shared.reload()),
+                store: store.clone(),
                 data_dir: data_dir.clone(),
                 credentials: shared.credentials.clone(),
             },
@@ -245,7 +251,7 @@ fn start(
         workers
     );
 
-    wait_for_signals(&shared, &data_dir, signals);
+    wait_for_signals(&shared, &store, signals);
     admin_shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
     for t in threads {
         let _ = t.join();
@@ -314,12 +320,15 @@ fn resume_budgets(
 }
 
 /// Blocks the main thread: SIGHUP reloads; SIGTERM or SIGINT begins the drain and returns.
-fn wait_for_signals(shared: &Shared, data_dir: &Path, mut signals: Signals) {
+/// A reload by SIGHUP is audited through `store`.
+fn wait_for_signals(shared: &Shared, store: &SharedBackend, mut signals: Signals) {
     for signal in signals.forever() {
         if signal == SIGHUP {
             if shared.reload().is_ok() {
-                if let Err(e) = audit::append(data_dir, "signal:SIGHUP", "reload", None, None, None)
-                {
+                let logged = store
+                    .lock()
+                    .append_audit("signal:SIGHUP", "reload", None, None, None);
+                if let Err(e) = logged {
                     log::warn!("audit log: {e}");
                 }
             }

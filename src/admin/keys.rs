@@ -1,8 +1,7 @@
 //! `/admin/keys*`: the key life cycle over HTTP (README, "Admin API").
 //!
-//! Each call opens the store in `data_dir` (one SQLite connection, a file read for the
-//! pepper: cheap next to an admin round trip) so no connection is shared between the admin
-//! connection threads. Every write, once committed, is applied to the credential cache
+//! Every call goes through the one store backend the admin API holds ([`AdminState::store`]),
+//! taking its lock for the length of the store call only. Every write, once committed, is applied to the credential cache
 //! before the answer is sent ([`in_force`]), so the change is in force on this node's very
 //! next request; the cache's watcher only carries changes made by other processes.
 
@@ -12,7 +11,7 @@ use super::http::{Request, Response};
 use super::routes::{error, json_response};
 use super::AdminState;
 use crate::clock::parse_duration;
-use crate::store::{KeyPatch, KeyRecord, KeyStore, NewKey, StoreError};
+use crate::store::{KeyPatch, KeyRecord, NewKey, StoreError};
 
 /// Actor recorded in the audit log for admin API calls.
 const ACTOR: &str = "admin";
@@ -21,7 +20,7 @@ const ACTOR: &str = "admin";
 pub(crate) fn create(state: &AdminState, request: &Request) -> Response {
     let result = body_object(request)
         .and_then(|body| new_key(&body))
-        .and_then(|new| open(state)?.create(new, ACTOR));
+        .and_then(|new| state.store.lock().create(new, ACTOR));
     match result {
         Ok((record, secret)) => {
             in_force(state, &record);
@@ -35,7 +34,7 @@ pub(crate) fn create(state: &AdminState, request: &Request) -> Response {
 
 /// `GET /admin/keys`: every key, revoked ones included, without secrets.
 pub(crate) fn list(state: &AdminState) -> Response {
-    match open(state).and_then(|store| store.list()) {
+    match state.store.lock().list() {
         Ok(records) => json_response(200, &json!(records)),
         Err(e) => store_error(&e),
     }
@@ -43,7 +42,7 @@ pub(crate) fn list(state: &AdminState) -> Response {
 
 /// `GET /admin/keys/{id}`.
 pub(crate) fn show(state: &AdminState, id: &str) -> Response {
-    match open(state).and_then(|store| store.get(id)) {
+    match state.store.lock().get(id) {
         Ok(Some(record)) => json_response(200, &json!(record)),
         Ok(None) => store_error(&StoreError::NotFound(id.to_owned())),
         Err(e) => store_error(&e),
@@ -54,7 +53,7 @@ pub(crate) fn show(state: &AdminState, id: &str) -> Response {
 pub(crate) fn update(state: &AdminState, id: &str, request: &Request) -> Response {
     let result = body_object(request)
         .and_then(|body| key_patch(&body))
-        .and_then(|patch| open(state)?.update(id, patch, ACTOR));
+        .and_then(|patch| state.store.lock().update(id, patch, ACTOR));
     match result {
         Ok(record) => {
             in_force(state, &record);
@@ -66,7 +65,8 @@ pub(crate) fn update(state: &AdminState, id: &str, request: &Request) -> Respons
 
 /// `POST /admin/keys/{id}/rotate` with an optional `{"grace":"1h"}` (default: no grace).
 pub(crate) fn rotate(state: &AdminState, id: &str, request: &Request) -> Response {
-    let result = rotate_grace(request).and_then(|grace| open(state)?.rotate(id, grace, ACTOR));
+    let result =
+        rotate_grace(request).and_then(|grace| state.store.lock().rotate(id, grace, ACTOR));
     match result {
         Ok((record, secret)) => {
             in_force(state, &record);
@@ -78,7 +78,8 @@ pub(crate) fn rotate(state: &AdminState, id: &str, request: &Request) -> Respons
 
 /// `DELETE /admin/keys/{id}`: revokes (the key stays listed); 204.
 pub(crate) fn revoke(state: &AdminState, id: &str) -> Response {
-    match open(state).and_then(|mut store| store.revoke(id, ACTOR)) {
+    let result = state.store.lock().revoke(id, ACTOR);
+    match result {
         Ok(record) => {
             in_force(state, &record);
             Response {
@@ -99,10 +100,6 @@ pub(crate) fn revoke(state: &AdminState, id: &str) -> Response {
 /// changes nothing.
 fn in_force(state: &AdminState, record: &KeyRecord) {
     state.credentials.apply_change(record.clone());
-}
-
-fn open(state: &AdminState) -> Result<KeyStore, StoreError> {
-    KeyStore::open(&state.data_dir)
 }
 
 fn record_json(record: &KeyRecord) -> Map<String, Value> {

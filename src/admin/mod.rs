@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use crate::auth::CredentialCache;
 use crate::config;
+use crate::store::SharedBackend;
 use http::{Connection, Limits, ReadError, Response};
 use slots::{Connections, Slot};
 
@@ -52,7 +53,13 @@ pub struct AdminState {
     /// or returns its errors with the old config kept (`POST /admin/reload`). Called on the
     /// admin connection's thread; it may block.
     pub reload: Arc<dyn Fn() -> Result<(), Vec<String>> + Send + Sync>,
-    /// `server.data_dir`: the key store behind `/admin/keys*` and the audit log.
+    /// The key store and audit log behind `/admin/keys*` and `POST /admin/reload`: one
+    /// backend opened at start and shared by the connection threads, which take turns with
+    /// it. One connection rather than one per request: a database backend would otherwise
+    /// pay a connect and log-in on every call and could open as many server connections as
+    /// there are admin threads; admin writes are serialised by the store anyway.
+    pub store: SharedBackend,
+    /// `server.data_dir`: the usage ledger behind `/admin/usage`.
     pub data_dir: PathBuf,
     /// The workers' credential cache over that store: every `/admin/keys*` write is applied
     /// to it before the answer is sent.
@@ -256,6 +263,7 @@ fn new_request_id() -> String {
 mod tests {
     use super::*;
     use crate::config::{LiveSecret, Secret};
+    use crate::store::{self, StoreConfig};
     use std::io::{Read, Write};
     use std::net::SocketAddr;
     use std::sync::Mutex;
@@ -263,9 +271,11 @@ mod tests {
 
     const TOKEN: &str = "admin-t0ken";
 
-    /// A running admin server on an ephemeral port, stopped on drop.
+    /// A running admin server on an ephemeral port, stopped (and its data directory
+    /// removed) on drop.
     struct Server {
         addr: SocketAddr,
+        data_dir: PathBuf,
         shutdown: Arc<AtomicBool>,
         handle: Option<JoinHandle<()>>,
     }
@@ -279,9 +289,11 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let shutdown = Arc::new(AtomicBool::new(false));
+            let data_dir = state.data_dir.clone();
             let handle = spawn_with_limits(listener, state, shutdown.clone(), limits);
             Server {
                 addr,
+                data_dir,
                 shutdown,
                 handle: Some(handle),
             }
@@ -322,6 +334,7 @@ mod tests {
             if let Some(handle) = self.handle.take() {
                 let _ = handle.join();
             }
+            let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
 
@@ -387,12 +400,14 @@ mod tests {
     }
 
     fn state(ready: bool, reload: Result<(), Vec<String>>) -> AdminState {
+        let data_dir =
+            std::env::temp_dir().join(format!("cf-admin-test-{}", crate::store::ids::new_key_id()));
         AdminState {
             token: Some(LiveSecret::fixed(Secret::new(TOKEN))),
             ready: Arc::new(move || ready),
             reload: Arc::new(move || reload.clone()),
-            data_dir: std::env::temp_dir()
-                .join(format!("cf-admin-test-{}", crate::store::ids::new_key_id())),
+            store: store::open_shared(&StoreConfig::sqlite(&data_dir)).unwrap(),
+            data_dir,
             credentials: Arc::new(CredentialCache::from_records(
                 crate::store::Pepper::from_bytes([0; 32]),
                 Vec::new(),

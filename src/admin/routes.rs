@@ -77,9 +77,11 @@ fn metrics() -> Response {
 fn reload(state: &AdminState) -> Response {
     match (state.reload)() {
         Ok(()) => {
-            if let Err(e) =
-                crate::store::audit::append(&state.data_dir, "admin", "reload", None, None, None)
-            {
+            let logged = state
+                .store
+                .lock()
+                .append_audit("admin", "reload", None, None, None);
+            if let Err(e) = logged {
                 log::error!("audit log write failed for reload: {e}");
             }
             json_response(200, &json!({ "status": "reloaded" }))

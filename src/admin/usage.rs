@@ -132,6 +132,8 @@ mod tests {
                 token: Some(LiveSecret::fixed(Secret::new("t"))),
                 ready: Arc::new(|| true),
                 reload: Arc::new(|| Ok(())),
+                store: crate::store::open_shared(&crate::store::StoreConfig::sqlite(&data_dir))
+                    .unwrap(),
                 data_dir,
                 credentials: Arc::new(CredentialCache::from_records(
                     crate::store::Pepper::from_bytes([0; 32]),

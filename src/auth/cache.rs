@@ -11,8 +11,10 @@
 //! - the admin API, right after its store commit and before it answers, so a key created,
 //!   rotated, revoked or changed through a node's admin API is in force on that node's very
 //!   next request;
-//! - the watcher thread, which polls the store's change sequence every [`POLL_INTERVAL`] for
-//!   changes made by other processes writing the same `data_dir` (the CLI, other nodes).
+//! - the watcher thread, which reads the store's change sequence every [`POLL_INTERVAL`], or
+//!   at once when the store's backend pushes a change notification
+//!   ([`KeyBackend::wait_for_change`]), for changes made by other processes writing the same
+//!   store (the CLI, other nodes).
 //!
 //! Both may deliver the same row, and in either order, so a change is applied only if its
 //! store sequence is newer than the one the cache holds for that key: a duplicate is a no-op
@@ -21,7 +23,6 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
@@ -30,9 +31,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use subtle::{Choice, ConstantTimeEq};
 
-use crate::store::{unix_now, KeyRecord, KeyStore, Pepper};
+use crate::store::{self, unix_now, KeyBackend, KeyRecord, Pepper, StoreConfig};
 
-/// How often the watcher asks the store for changes. Bounds how stale the cache can be.
+/// How often the watcher asks the store for changes when the store has no change
+/// notifications. Bounds how stale the cache can be.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Every key the gateway issues starts with this.
@@ -159,23 +161,30 @@ pub struct CredentialCache {
 }
 
 impl CredentialCache {
-    /// Opens the store in `data_dir` (creating it and its pepper on first start), loads every
-    /// key, and starts the watcher thread that applies later changes every [`POLL_INTERVAL`].
-    /// The watcher ends when the returned cache is dropped or [`CredentialCache::stop`] is
-    /// called.
-    pub fn start(data_dir: &Path) -> Result<Arc<CredentialCache>, String> {
-        let where_ = data_dir.display();
-        let store = KeyStore::open(data_dir)
+    /// Opens the store `config` names (an embedded one is created, with its pepper, on first
+    /// start), loads every key, and starts the watcher thread that applies later changes
+    /// (see [`CredentialCache::watch`]).
+    pub fn start(config: &StoreConfig) -> Result<Arc<CredentialCache>, String> {
+        let where_ = config.data_dir.display();
+        let store = store::open(config)
             .map_err(|e| format!("cannot open the key store in {where_}: {e}"))?;
-        // The store keeps its pepper private; load our own copy of the same file.
-        let pepper = Pepper::load_or_create(data_dir)
-            .map_err(|e| format!("cannot read the pepper in {where_}: {e}"))?;
+        CredentialCache::watch(store)
+    }
+
+    /// Loads every key from `store` and starts the watcher thread, which owns `store` and
+    /// applies later changes whenever [`KeyBackend::wait_for_change`] returns (every
+    /// [`POLL_INTERVAL`] without change notifications). The watcher ends when the returned
+    /// cache is dropped or [`CredentialCache::stop`] is called.
+    pub fn watch(mut store: Box<dyn KeyBackend>) -> Result<Arc<CredentialCache>, String> {
         let records = store
             .changes_since(0)
-            .map_err(|e| format!("cannot load keys from {where_}: {e}"))?;
+            .map_err(|e| format!("cannot load keys from the key store: {e}"))?;
         // The sequence to resume from is that of the rows actually read: a change committed
         // after this read has a higher sequence and is picked up by the first poll.
         let last_seq = records.iter().map(|r| r.seq).max().unwrap_or(0);
+        // The cache hashes presented secrets under the store's own pepper, so the two agree
+        // on every key whichever backend holds them.
+        let pepper = store.pepper().clone();
         let cache = Arc::new(CredentialCache::from_records(pepper, records));
         let watcher = Watcher {
             cache: Arc::downgrade(&cache),
@@ -388,7 +397,7 @@ fn is_plausible_key(presented: &[u8]) -> bool {
 /// The background thread that replays store changes into the cache.
 struct Watcher {
     cache: Weak<CredentialCache>,
-    store: KeyStore,
+    store: Box<dyn KeyBackend>,
     last_seq: u64,
     /// Whether the last poll failed, so a persistent failure is logged once, not 10 times a second.
     failing: bool,
@@ -397,7 +406,9 @@ struct Watcher {
 impl Watcher {
     fn run(mut self) {
         loop {
-            thread::sleep(POLL_INTERVAL);
+            // Returns at once on a change notification, after POLL_INTERVAL otherwise; either
+            // way the tick reads whatever changed.
+            self.store.wait_for_change(POLL_INTERVAL);
             // Hold the cache only for the length of one tick, so dropping it ends the thread.
             let Some(cache) = self.cache.upgrade() else {
                 return;
@@ -438,11 +449,13 @@ impl Watcher {
 mod tests {
     use std::path::PathBuf;
     use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
     use std::time::Instant;
 
     use super::*;
     use crate::auth::test_support;
-    use crate::store::{KeyPatch, NewKey};
+    use crate::store::audit::AuditEntry;
+    use crate::store::{KeyPatch, KeyStore, NewKey, StoreError};
 
     /// A fresh data directory, removed when the test ends.
     struct TempDir(PathBuf);
@@ -505,7 +518,7 @@ mod tests {
         let dir = TempDir::new("hit");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (record, key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&dir.0).unwrap();
+        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
 
         let found = cache.authenticate(key.as_bytes(), unix_now()).expect("hit");
         assert_eq!(found.id, record.id);
@@ -517,7 +530,7 @@ mod tests {
         let dir = TempDir::new("miss");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (_, key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&dir.0).unwrap();
+        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
 
         let mut other = key.into_bytes();
         let last = other.len() - 1;
@@ -533,7 +546,7 @@ mod tests {
         let dir = TempDir::new("shape");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (_, key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&dir.0).unwrap();
+        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
 
         let wrong_prefix = format!("sk_{}", &key[3..]);
         assert!(cache
@@ -550,7 +563,7 @@ mod tests {
         let dir = TempDir::new("revoke");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (record, key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&dir.0).unwrap();
+        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
         assert!(cache.authenticate(key.as_bytes(), unix_now()).is_some());
 
         // A second connection, as the CLI in another process would open.
@@ -571,7 +584,7 @@ mod tests {
         let dir = TempDir::new("rotate");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (record, old_key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&dir.0).unwrap();
+        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
 
         let (rotated, new_key) = KeyStore::open(&dir.0)
             .unwrap()
@@ -598,7 +611,7 @@ mod tests {
         let dir = TempDir::new("rotate0");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (record, old_key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&dir.0).unwrap();
+        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
 
         let (_, new_key) = store.rotate(&record.id, Duration::ZERO, "test").unwrap();
         within_one_second("rotation", || {
@@ -697,7 +710,7 @@ mod tests {
     #[test]
     fn applied_store_writes_are_in_force_without_the_watcher() {
         let dir = TempDir::new("direct");
-        let cache = CredentialCache::start(&dir.0).unwrap();
+        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
         cache.stop();
         let mut store = KeyStore::open(&dir.0).unwrap();
 
@@ -727,7 +740,7 @@ mod tests {
         // A watcher pass over the same rows (every one already applied) changes nothing.
         let mut watcher = Watcher {
             cache: Weak::new(),
-            store: KeyStore::open(&dir.0).unwrap(),
+            store: Box::new(KeyStore::open(&dir.0).unwrap()),
             last_seq: 0,
             failing: false,
         };
@@ -735,6 +748,106 @@ mod tests {
         assert_eq!(watcher.last_seq, revoked.seq);
         assert!(cache.by_id(&created.id).unwrap().revoked_at.is_some());
         assert!(cache.authenticate(second.as_bytes(), unix_now()).is_none());
+    }
+
+    /// The embedded store behind a change feed: it wakes its waiter only when notified, as a
+    /// backend with push notifications does (it does not poll, so a change nobody announced
+    /// stays unseen for the test's length).
+    struct Notified {
+        store: KeyStore,
+        notifications: mpsc::Receiver<()>,
+    }
+
+    impl KeyBackend for Notified {
+        fn pepper(&self) -> &Pepper {
+            self.store.pepper()
+        }
+        fn create(&mut self, new: NewKey, actor: &str) -> Result<(KeyRecord, String), StoreError> {
+            self.store.create(new, actor)
+        }
+        fn list(&mut self) -> Result<Vec<KeyRecord>, StoreError> {
+            self.store.list()
+        }
+        fn get(&mut self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+            self.store.get(id)
+        }
+        fn update(
+            &mut self,
+            id: &str,
+            patch: KeyPatch,
+            actor: &str,
+        ) -> Result<KeyRecord, StoreError> {
+            self.store.update(id, patch, actor)
+        }
+        fn revoke(&mut self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+            self.store.revoke(id, actor)
+        }
+        fn rotate(
+            &mut self,
+            id: &str,
+            grace: Duration,
+            actor: &str,
+        ) -> Result<(KeyRecord, String), StoreError> {
+            self.store.rotate(id, grace, actor)
+        }
+        fn changes_since(&mut self, seq: u64) -> Result<Vec<KeyRecord>, StoreError> {
+            self.store.changes_since(seq)
+        }
+        fn max_seq(&mut self) -> Result<u64, StoreError> {
+            self.store.max_seq()
+        }
+        fn append_audit(
+            &mut self,
+            actor: &str,
+            action: &str,
+            key_id: Option<&str>,
+            before: Option<&KeyRecord>,
+            after: Option<&KeyRecord>,
+        ) -> Result<(), StoreError> {
+            KeyBackend::append_audit(&mut self.store, actor, action, key_id, before, after)
+        }
+        fn read_audit(&mut self) -> Result<Vec<AuditEntry>, StoreError> {
+            KeyBackend::read_audit(&mut self.store)
+        }
+        fn wait_for_change(&mut self, timeout: Duration) -> bool {
+            match self.notifications.recv_timeout(Duration::from_secs(5)) {
+                Ok(()) => true,
+                Err(mpsc::RecvTimeoutError::Timeout) => false,
+                // The test is over: fall back to polling until the cache is dropped.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    thread::sleep(timeout);
+                    false
+                }
+            }
+        }
+    }
+
+    /// The watcher waits on its backend, not on a timer of its own: a backend that pushes
+    /// changes decides when the watcher reads, so an announced change is in force at once and
+    /// nothing depends on the poll interval.
+    #[test]
+    fn a_change_notification_wakes_the_watcher() {
+        let dir = TempDir::new("notify");
+        let (notify, notifications) = mpsc::channel();
+        let cache = CredentialCache::watch(Box::new(Notified {
+            store: KeyStore::open(&dir.0).unwrap(),
+            notifications,
+        }))
+        .unwrap();
+        let (_, key) = KeyStore::open(&dir.0)
+            .unwrap()
+            .create(new_key("pushed"), "test")
+            .unwrap();
+
+        // Unannounced, the change is not read, however many poll intervals pass.
+        thread::sleep(POLL_INTERVAL * 3);
+        assert!(cache.authenticate(key.as_bytes(), unix_now()).is_none());
+
+        notify.send(()).unwrap();
+        within_one_second("notified change", || {
+            cache.authenticate(key.as_bytes(), unix_now()).is_some()
+        });
+        cache.stop();
     }
 
     #[test]
@@ -766,7 +879,7 @@ mod tests {
             ..new_key("alice")
         };
         let (record, key) = store.create(new, "test").unwrap();
-        let cache = CredentialCache::start(&dir.0).unwrap();
+        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
 
         let expires_at = record.expires_at.expect("expiry set");
         assert!(cache.authenticate(key.as_bytes(), expires_at - 1).is_some());
@@ -778,7 +891,7 @@ mod tests {
         let dir = TempDir::new("update");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (record, key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&dir.0).unwrap();
+        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
 
         let patch = KeyPatch {
             rpm: Some(Some(42)),
@@ -806,7 +919,7 @@ mod tests {
         for i in 0..500 {
             issued.push(store.create(new_key(&format!("k{i}")), "test").unwrap());
         }
-        let cache = CredentialCache::start(&dir.0).unwrap();
+        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
         for i in 500..1000 {
             issued.push(store.create(new_key(&format!("k{i}")), "test").unwrap());
         }
@@ -825,7 +938,7 @@ mod tests {
     fn stopped_watcher_applies_no_more_changes() {
         let dir = TempDir::new("stop");
         let mut store = KeyStore::open(&dir.0).unwrap();
-        let cache = CredentialCache::start(&dir.0).unwrap();
+        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
         cache.stop();
         thread::sleep(POLL_INTERVAL * 2);
         store.create(new_key("late"), "test").unwrap();
@@ -836,7 +949,7 @@ mod tests {
     #[test]
     fn dropping_the_cache_frees_it_so_the_watcher_ends() {
         let dir = TempDir::new("drop");
-        let cache = CredentialCache::start(&dir.0).unwrap();
+        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
         let weak = Arc::downgrade(&cache);
         drop(cache);
         // The watcher holds only a Weak between ticks, so nothing keeps the cache alive.
@@ -853,7 +966,7 @@ mod tests {
         let dir = TempDir::new("bad");
         let file = dir.0.join("not-a-dir");
         std::fs::write(&file, b"x").unwrap();
-        let err = CredentialCache::start(&file.join("sub")).unwrap_err();
+        let err = CredentialCache::start(&StoreConfig::sqlite(file.join("sub"))).unwrap_err();
         assert!(err.contains("key store"), "{err}");
     }
 }

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use crate::clock::{calendar, parse_duration};
 use crate::config;
 use crate::serve::{EXIT_BAD_INPUT, EXIT_RUNTIME};
-use crate::store::{audit, KeyPatch, KeyRecord, KeyStore, NewKey, StoreError};
+use crate::store::{self, KeyPatch, KeyRecord, NewKey, StoreConfig, StoreError};
 
 /// `credentialflow keys`.
 #[derive(Args, Debug)]
@@ -241,7 +241,7 @@ fn report(result: Result<(), Failure>) -> i32 {
 
 fn run_keys_to(args: KeysArgs, out: &mut dyn Write) -> Result<(), Failure> {
     let data_dir = data_dir(args.config.as_deref())?;
-    let mut store = KeyStore::open(&data_dir)?;
+    let mut store = store::open(&StoreConfig::sqlite(data_dir))?;
     let actor = actor();
     let json = args.json;
     match args.command {
@@ -293,7 +293,7 @@ fn run_keys_to(args: KeysArgs, out: &mut dyn Write) -> Result<(), Failure> {
 
 fn run_audit_to(args: AuditArgs, out: &mut dyn Write) -> Result<(), Failure> {
     let data_dir = data_dir(args.config.as_deref())?;
-    let entries = audit::read(&data_dir).map_err(runtime)?;
+    let entries = store::open(&StoreConfig::sqlite(data_dir))?.read_audit()?;
     for entry in entries {
         let line = if args.json {
             serde_json::to_string(&entry).expect("audit entries serialize")

@@ -1,8 +1,11 @@
-//! The embedded store in `server.data_dir`: virtual keys in SQLite, their pepper, the audit
-//! log and the usage ledger.
+//! The store: virtual keys, their pepper, the audit log and the usage ledger.
 //!
-//! - [`keys`]: the key table ([`KeyStore`], [`KeyRecord`]) and its change sequence, which the
-//!   credential cache follows to see every change within a second.
+//! - [`backend`]: [`KeyBackend`], the one interface the admin API, the CLI and the credential
+//!   cache reach the keys and the audit log through, and [`open`], which picks the backend
+//!   the config names (today the embedded one in `server.data_dir`).
+//! - [`keys`]: the embedded backend's key table in SQLite ([`KeyStore`], [`KeyRecord`]) and
+//!   its change sequence, which the credential cache follows to see every change within a
+//!   second.
 //! - [`pepper`]: the secret HMAC key under which presented credentials are hashed.
 //! - [`audit`]: the append-only JSON-lines log of admin actions.
 //! - [`usage`]: the usage ledger (`usage.db`, one row per metered request) and the spend
@@ -13,11 +16,13 @@
 //! ledger's writer thread): SQLite is never touched while serving a request.
 
 pub mod audit;
+pub mod backend;
 pub mod ids;
 pub mod keys;
 pub mod pepper;
 pub mod usage;
 
+pub use backend::{open, open_shared, Backend, KeyBackend, SharedBackend, StoreConfig};
 pub use keys::{KeyPatch, KeyRecord, KeyStore, NewKey};
 pub use pepper::Pepper;
 

@@ -19,7 +19,9 @@ pub const PEPPER_FILE: &str = "pepper";
 
 const PEPPER_BYTES: usize = 32;
 
-/// The pepper. Zeroized on drop; its `Debug` never shows the bytes.
+/// The pepper. Zeroized on drop (every copy: the credential cache holds one beside its
+/// store's); its `Debug` never shows the bytes.
+#[derive(Clone)]
 pub struct Pepper([u8; PEPPER_BYTES]);
 
 impl Pepper {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::admin::{spawn, AdminState};
 use crate::auth::CredentialCache;
 use crate::config::{LiveSecret, Secret};
-use crate::store::{audit, ids, unix_now, KeyStore};
+use crate::store::{self, audit, ids, unix_now, KeyStore, StoreConfig};
 
 const TOKEN: &str = "keys-admin-t0ken";
 
@@ -34,12 +34,14 @@ impl Admin {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Arc::new(AtomicBool::new(false));
-        let credentials = CredentialCache::start(&data_dir).unwrap();
+        let config = StoreConfig::sqlite(&data_dir);
+        let credentials = CredentialCache::start(&config).unwrap();
         credentials.stop();
         let state = AdminState {
             token: Some(LiveSecret::fixed(Secret::new(TOKEN))),
             ready: Arc::new(|| true),
             reload: Arc::new(|| Ok(())),
+            store: store::open_shared(&config).unwrap(),
             data_dir: data_dir.clone(),
             credentials: credentials.clone(),
         };

@@ -1,6 +1,6 @@
 use super::*;
 use crate::cli::{Cli, Command};
-use crate::store::ids;
+use crate::store::{ids, KeyStore};
 use clap::Parser;
 
 /// A directory with a config file whose `data_dir` is `data` beside it; removed on drop.
