@@ -755,6 +755,26 @@ mod tests {
     }
 
     #[test]
+    fn postgres_store_secrets_are_listed_and_anchored_like_the_others() {
+        let text = "[store]\nbackend = \"postgres\"\nurl = \"file:url\"\npepper = \"env:P\"";
+        let mut config: Config = toml::from_str(text).unwrap();
+        config.base_dir = PathBuf::from("/etc/cf");
+        config.anchor_secrets();
+        let secrets: Vec<(String, String)> = config
+            .secrets()
+            .into_iter()
+            .map(|(path, secret)| (path, secret.to_string()))
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                ("store.url".to_string(), "file:/etc/cf/url".to_string()),
+                ("store.pepper".to_string(), "env:P".to_string()),
+            ]
+        );
+    }
+
+    #[test]
     fn resolve_path_joins_relative_paths_to_base_dir() {
         let config = Config {
             base_dir: PathBuf::from("/etc/cf"),
