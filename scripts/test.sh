@@ -11,4 +11,4 @@ python3 -m pip install --quiet --disable-pip-version-check "openai==3.57.0" "ant
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 
-cargo test --release
+cargo test --profile test-release

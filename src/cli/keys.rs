@@ -335,30 +335,39 @@ fn changed_fields(before: Option<&KeyRecord>, after: Option<&KeyRecord>) -> Vec<
     names
 }
 
-/// The store directory: `server.data_dir` of `--config`, of `./credentialflow.toml`, or of
-/// the built-in default.
 /// `server.data_dir` of the config at `config_path` (or the default config), for the other
 /// commands that read the store; on failure, the exit code after printing the error.
 pub(super) fn data_dir_or_exit(config_path: Option<&Path>) -> Result<PathBuf, i32> {
     data_dir(config_path).map_err(|failure| report(Err(failure)))
 }
 
+/// The store directory: `server.data_dir` of `--config`, of `./credentialflow.toml`, or of
+/// the built-in default.
 fn data_dir(config_path: Option<&Path>) -> Result<PathBuf, Failure> {
+    store_settings(config_path).map(|settings| settings.data_dir)
+}
+
+/// `server.data_dir` and `[store]` of `--config`, of `./credentialflow.toml`, or of the
+/// built-in default. Only these are read (see [`config::load_store`]): the store commands
+/// must work in a shell that has none of the gateway's other secrets, as when an operator
+/// revokes a key in an emergency.
+fn store_settings(config_path: Option<&Path>) -> Result<config::StoreSettings, Failure> {
     let path = config_path
         .map(Path::to_path_buf)
         .or_else(config::resolve_default_path);
-    let config = match path {
-        Some(path) => config::load(&path).map_err(|errors| Failure {
-            code: EXIT_BAD_INPUT,
-            message: errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        })?,
-        None => config::builtin_default(),
+    let loaded = match path {
+        Some(path) => config::load_store(&path),
+        None => config::parse_store(config::BUILTIN_DEFAULT_TOML, Path::new(".")),
     };
-    Ok(config.resolve_path(&config.server.data_dir))
+    loaded.map_err(|errors| Failure {
+        code: EXIT_BAD_INPUT,
+        // One line, as every command error is.
+        message: errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
 }
 
 /// Who the audit log records for CLI actions: `cli:<$USER>`, else `cli:<uid>`.

@@ -9,12 +9,14 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::path::PathBuf;
 
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml_edit::{ImDocument, InlineTable, Item, Table, Value};
 
 use super::error::ConfigError;
-use super::model::{Config, SECTIONS};
+use super::model::{default_data_dir, Config, SECTIONS};
+use super::store::StoreConfig;
 
 /// Upper bound of retries for one element: each retry removes a key, so this is only a guard.
 const MAX_RECOVERIES: usize = 256;
@@ -203,6 +205,57 @@ pub(crate) fn parse_text(text: &str) -> Parsed {
     }
 }
 
+/// What the store commands read: `server.data_dir` and `[store]`, nothing else.
+#[derive(Debug)]
+pub(crate) struct ParsedStore {
+    /// `server.data_dir` as written, or its default.
+    pub data_dir: PathBuf,
+    /// `[store]`, or its defaults; `None` when it could not be built.
+    pub store: Option<StoreConfig>,
+    pub source: SourceMap,
+    pub errors: Vec<ConfigError>,
+}
+
+/// Parses only `server.data_dir` and `[store]` of `text`: the rest of the file is not
+/// looked at (it may hold keys this reader does not know, values `serve` would refuse, or
+/// references to secrets the store commands have no business resolving). The text must
+/// still be TOML.
+pub(crate) fn parse_store_text(text: &str) -> ParsedStore {
+    let mut source = SourceMap::new(text);
+    let document = match ImDocument::parse(text) {
+        Ok(document) => document,
+        Err(e) => {
+            let error = syntax_error(&source, text, &e);
+            return ParsedStore {
+                data_dir: default_data_dir(),
+                store: None,
+                source,
+                errors: vec![error],
+            };
+        }
+    };
+    source.walk_table(document.as_table(), &mut Vec::new());
+    let mut reader = SectionReader {
+        source: &source,
+        errors: Vec::new(),
+        damaged: Vec::new(),
+        complete: true,
+    };
+    let root = document.as_table();
+    let data_dir = reader.read_data_dir(root).unwrap_or_else(default_data_dir);
+    let store = match root.get("store") {
+        Some(_) => reader.read_table(root, "store"),
+        None => Some(StoreConfig::default()),
+    };
+    let errors = reader.errors;
+    ParsedStore {
+        data_dir,
+        store,
+        source,
+        errors,
+    }
+}
+
 fn syntax_error(source: &SourceMap, text: &str, error: &toml_edit::TomlError) -> ConfigError {
     let (line, column) = match error.span() {
         Some(span) => {
@@ -275,7 +328,21 @@ impl SectionReader<'_> {
             config.lua = v;
         }
         config.team = self.read_array(root, "team");
+        if let Some(v) = self.read_table(root, "store") {
+            config.store = v;
+        }
         config
+    }
+
+    /// `server.data_dir` alone, whatever else `[server]` holds; `None` when absent (the
+    /// default applies) or not a path.
+    fn read_data_dir(&mut self, root: &Table) -> Option<PathBuf> {
+        let item = root.get("server")?.as_table_like()?.get("data_dir")?;
+        let path = [
+            Segment::Key("server".into()),
+            Segment::Key("data_dir".into()),
+        ];
+        self.read_element(as_value(item), &path)
     }
 
     /// A `[section]`; `None` when absent (the default applies) or unbuildable.

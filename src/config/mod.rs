@@ -9,6 +9,7 @@
 //! - [`address`]: listen addresses, `host:port` targets, CIDRs.
 //! - [`url`]: `http(s)://` URLs of the endpoints the gateway calls, one parser for all.
 //! - [`redact`]: URLs as error messages show them, without user info or query.
+//! - [`store`]: `[store]`, and the store commands' narrow view of a file ([`load_store`]).
 //! - [`default`]: the built-in config used when no file is given.
 //!
 //! The config is read and checked on a slow path (startup, reload, `check`); nothing here
@@ -21,6 +22,7 @@ mod error;
 mod model;
 pub mod redact;
 pub mod secret;
+pub mod store;
 pub mod url;
 mod validate;
 
@@ -37,6 +39,7 @@ pub use model::{
     ServerConfig, TeamConfig, TlsListenConfig, UpstreamConfig,
 };
 pub use secret::{LiveSecret, Secret, SecretRef, SecretWatcher};
+pub use store::{StoreBackend, StoreConfig, StoreSettings};
 pub use url::HttpUrl;
 
 /// Reads, parses and validates the config file at `path`. Warnings go to the log.
@@ -55,6 +58,54 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     match config {
         Some(config) if report.is_ok() => Ok(config),
         _ => Err(ConfigErrors(report.errors)),
+    }
+}
+
+/// Reads only what the store commands (`keys`, `usage`, `audit`) need from the file at
+/// `path`: `server.data_dir` and `[store]`, checked like `check` checks them, resolving no
+/// secret but `[store]`'s. Every other section is ignored, so a config whose admin token or
+/// provider keys are not in this shell's environment (or that `serve` would refuse for
+/// another reason) still lets an operator work on the store. Warnings go to the log.
+pub fn load_store(path: &Path) -> Result<StoreSettings, ConfigErrors> {
+    let text = read_file(path)?;
+    parse_store(&text, &config_dir(path))
+}
+
+/// [`load_store`] on config text whose relative paths start at `base_dir`.
+pub fn parse_store(text: &str, base_dir: &Path) -> Result<StoreSettings, ConfigErrors> {
+    let parsed = document::parse_store_text(text);
+    let mut errors = parsed.errors;
+    // After a parse error, checking what remains would only report defaults standing in
+    // for the bad keys.
+    let Some(mut store) = parsed.store.filter(|_| errors.is_empty()) else {
+        return Err(ConfigErrors(errors));
+    };
+    store.anchor_secrets(base_dir);
+    store.fill_node();
+    let data_dir = model::resolve_against(base_dir, &parsed.data_dir);
+    let findings = validate::validate_store(&data_dir, &store);
+    for (path, message) in findings.warnings {
+        let line = parsed.source.line_of_path(&path);
+        let warning = ConfigWarning {
+            path,
+            line,
+            message,
+        };
+        log::warn!("config: {warning}");
+    }
+    for (path, message) in findings.errors {
+        let line = parsed.source.line_of_path(&path);
+        errors.push(ConfigError {
+            path,
+            line,
+            message,
+        });
+    }
+    errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    if errors.is_empty() {
+        Ok(StoreSettings { data_dir, store })
+    } else {
+        Err(ConfigErrors(errors))
     }
 }
 
@@ -420,6 +471,92 @@ memory_limit_mb = 32
             config.provider[0].base_url,
             "https://generativelanguage.googleapis.com"
         );
+    }
+
+    #[test]
+    fn store_load_reads_data_dir_and_store_only() {
+        let text = "[server]\nadmin_token = \"env:CF_TEST_SURELY_UNSET_TOKEN\"\n\
+                    workers = \"many\"\ndata_dir = \"state\"\n\
+                    [[route]]\nupstream = \"ghost\"\n[cluster]\nredis = 5\n\
+                    [store]\nnode = \"edge-7\"\n";
+        assert!(parse(text, Path::new("/etc/cf")).is_err());
+        let settings = parse_store(text, Path::new("/etc/cf")).unwrap();
+        assert_eq!(settings.data_dir, PathBuf::from("/etc/cf/state"));
+        assert_eq!(settings.store.backend, StoreBackend::Sqlite);
+        assert_eq!(settings.store.node, "edge-7");
+    }
+
+    #[test]
+    fn store_load_of_a_file_without_store_is_the_default_sqlite_store() {
+        let settings = parse_store("", Path::new("/srv")).unwrap();
+        assert_eq!(settings.data_dir, PathBuf::from("/srv/data"));
+        assert_eq!(settings.store.backend, StoreBackend::Sqlite);
+        assert_eq!(Some(settings.store.node), store::host_name());
+    }
+
+    #[test]
+    fn store_load_reports_store_and_data_dir_errors_by_path_and_line() {
+        let text = "[server]\ndata_dir = 5\n[store]\nbackend = \"mysql\"\nnode = \"a b\"\n";
+        let errors = parse_store(text, Path::new("/x")).unwrap_err();
+        let found: Vec<(&str, Option<usize>)> =
+            errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+        assert_eq!(
+            found,
+            [("server.data_dir", Some(2)), ("store.backend", Some(4))]
+        );
+        let errors = parse_store("[store]\nnode = \"a b\"\n", Path::new("/x")).unwrap_err();
+        assert_eq!(errors[0].path, "store.node");
+        assert_eq!(errors[0].line, Some(2));
+    }
+
+    #[test]
+    fn store_load_resolves_only_the_stores_secrets() {
+        let text = "[store]\nbackend = \"postgres\"\nurl = \"env:CF_TEST_SURELY_UNSET_URL\"\n\
+                    pepper = \"file:pepper\"\n";
+        let errors = parse_store(text, Path::new("/nonexistent-cf")).unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["store.backend", "store.url", "store.pepper"]);
+        assert!(errors[1].message.contains("env:CF_TEST_SURELY_UNSET_URL"));
+        // A relative file: reference follows the config file, like every other secret.
+        assert!(
+            errors[2].message.contains("/nonexistent-cf/pepper"),
+            "{}",
+            errors[2]
+        );
+    }
+
+    #[test]
+    fn store_load_refuses_text_that_is_not_toml() {
+        let errors = parse_store("[store\n", Path::new("/x")).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.contains("TOML syntax error"));
+    }
+
+    #[test]
+    fn sqlite_store_warns_that_url_and_pepper_are_ignored_and_does_not_resolve_them() {
+        let text = "[store]\nurl = \"env:CF_TEST_SURELY_UNSET_URL\"\n";
+        let report = check_text(text, Path::new("/x"));
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.warnings[0].path, "store.url");
+        assert!(report.warnings[0].message.contains("ignored"));
+    }
+
+    #[test]
+    fn postgres_store_url_is_checked_without_being_shown() {
+        let text = "[store]\nbackend = \"postgres\"\n\
+                    url = \"mysql://cf:hunter2@db/cf\"\npepper = \"env:CF_TEST_STORE_PEPPER\"\n";
+        std::env::set_var("CF_TEST_STORE_PEPPER", "p".repeat(store::MIN_PEPPER_BYTES));
+        let report = check_text(text, Path::new("/x"));
+        let shown = report.to_string();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("db/cf"),
+            "{shown}"
+        );
+        let paths: Vec<&str> = report.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["store.backend", "store.url"]);
+        assert!(report.errors[1].message.contains("postgres://"));
+        assert_eq!(report.warnings[0].path, "store.url");
+        assert!(report.warnings[0].message.contains("literal secret"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::secret::{self, SecretRef};
+use super::store::StoreConfig;
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -46,6 +47,9 @@ pub struct Config {
     /// Extension `[[team]]`: limits and budgets shared by every key of a team.
     #[serde(default)]
     pub team: Vec<TeamConfig>,
+    /// `[store]`: the SQLite store in `data_dir`, or PostgreSQL shared by a fleet.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -54,25 +58,19 @@ pub struct Config {
 /// Names of the top-level tables, in file order (used to report unknown top-level keys).
 pub(crate) const SECTIONS: &[&str] = &[
     "server", "limits", "upstream", "route", "provider", "model", "prompt", "ai", "lua", "team",
+    "store",
 ];
 
 impl Config {
     /// `p` as an absolute-or-cwd-relative path: relative paths are taken from the config
     /// file's directory, as users expect from nginx-style configs moved around with their files.
     pub fn resolve_path(&self, p: impl AsRef<Path>) -> PathBuf {
-        let p = p.as_ref();
-        if p.is_absolute() {
-            return p.to_path_buf();
-        }
-        self.base_dir
-            .join(p)
-            .components()
-            .filter(|c| !matches!(c, Component::CurDir))
-            .collect()
+        resolve_against(&self.base_dir, p.as_ref())
     }
 
-    /// Every secret reference in the config with its key path (`server.admin_token`,
-    /// `upstream[0].credential.secret`, `route[1].jwt.hs_secret`, `provider[2].api_key`).
+    /// Every secret reference the gateway uses, with its key path (`server.admin_token`,
+    /// `upstream[0].credential.secret`, `route[1].jwt.hs_secret`, `provider[2].api_key`,
+    /// `store.url` and `store.pepper` for PostgreSQL).
     pub fn secrets(&self) -> Vec<(String, &SecretRef)> {
         let mut out = Vec::new();
         if let Some(token) = &self.server.admin_token {
@@ -96,6 +94,7 @@ impl Config {
                 out.push((format!("provider[{i}].api_key"), key));
             }
         }
+        out.extend(self.store.secrets());
         out
     }
 
@@ -115,11 +114,14 @@ impl Config {
         for secret in server.chain(upstreams).chain(routes).chain(providers) {
             secret.anchor(&base_dir);
         }
+        self.store.anchor_secrets(&base_dir);
     }
 
-    /// Fills defaults that depend on other keys: a provider's `base_url` from its kind, a
-    /// model's `upstream_model` from its name.
+    /// Fills defaults that depend on other keys or on the host: a provider's `base_url` from
+    /// its kind, a model's `upstream_model` from its name, the store's `node` from the host
+    /// name.
     pub(crate) fn fill_derived_defaults(&mut self) {
+        self.store.fill_node();
         for provider in &mut self.provider {
             if provider.base_url.is_empty() {
                 if let Some(url) = provider.kind.default_base_url() {
@@ -133,6 +135,18 @@ impl Config {
             }
         }
     }
+}
+
+/// `p` resolved against `base_dir` when relative (see [`Config::resolve_path`]).
+pub(crate) fn resolve_against(base_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    base_dir
+        .join(p)
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
 }
 
 /// `[server]`.
@@ -174,7 +188,7 @@ fn default_listen() -> Vec<String> {
 fn default_admin_listen() -> String {
     "127.0.0.1:9901".to_string()
 }
-fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
 fn default_access_log() -> String {
@@ -738,6 +752,26 @@ mod tests {
         fields.sort_unstable();
         sections.sort_unstable();
         assert_eq!(fields, sections);
+    }
+
+    #[test]
+    fn postgres_store_secrets_are_listed_and_anchored_like_the_others() {
+        let text = "[store]\nbackend = \"postgres\"\nurl = \"file:url\"\npepper = \"env:P\"";
+        let mut config: Config = toml::from_str(text).unwrap();
+        config.base_dir = PathBuf::from("/etc/cf");
+        config.anchor_secrets();
+        let secrets: Vec<(String, String)> = config
+            .secrets()
+            .into_iter()
+            .map(|(path, secret)| (path, secret.to_string()))
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                ("store.url".to_string(), "file:/etc/cf/url".to_string()),
+                ("store.pepper".to_string(), "env:P".to_string()),
+            ]
+        );
     }
 
     #[test]

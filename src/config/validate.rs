@@ -12,6 +12,11 @@ use super::model::{
     MAX_DRAIN_AFTER_DISCONNECT_MS, MAX_KEEPALIVE, MAX_KEEPALIVE_TIMEOUT_MS,
 };
 use super::redact::{has_userinfo, redact_url, CREDENTIALS_IN_URL};
+use super::secret::SecretRef;
+use super::store::{
+    is_node_name, unwired_backend, StoreBackend, StoreConfig, MAX_NODE_LEN, MAX_PEPPER_BYTES,
+    MAX_URL_BYTES, MIN_PEPPER_BYTES, POSTGRES_SCHEMES,
+};
 use crate::auth::jwt::MIN_HS_SECRET_BYTES;
 
 /// Errors and warnings as (key path, message).
@@ -71,8 +76,114 @@ pub(crate) fn validate(config: &Config) -> Findings {
     check_prompts(config, &mut findings);
     check_ai(config, &mut findings);
     check_teams(config, &mut findings);
-    check_secrets(config, &mut findings);
+    check_store(&config.store, &mut findings);
+    check_secrets(config.secrets(), &mut findings);
     findings
+}
+
+/// Checks what the store commands read (`server.data_dir`, already resolved, and
+/// `[store]`) and nothing else: their narrow load runs this instead of [`validate`].
+pub(crate) fn validate_store(data_dir: &Path, store: &StoreConfig) -> Findings {
+    let mut findings = Findings::default();
+    check_data_dir(data_dir, &mut findings);
+    check_store(store, &mut findings);
+    check_secrets(store.secrets(), &mut findings);
+    findings
+}
+
+/// `[store]`: a backend this build can open, what PostgreSQL needs, a usable node name.
+/// The secret references themselves are resolved by [`check_secrets`]; here the URL's
+/// value is checked, and never shown (it usually carries a password).
+fn check_store(store: &StoreConfig, findings: &mut Findings) {
+    if let Some(why) = unwired_backend(store.backend) {
+        findings.error("store.backend", why);
+    }
+    match store.backend {
+        StoreBackend::Postgres => {
+            match &store.url {
+                None => findings.error(
+                    "store.url",
+                    "is required with backend = \"postgres\" (postgres://user:password@host:port/db, as env:NAME or file:PATH)",
+                ),
+                Some(url) => {
+                    if let Ok(value) = url.resolve() {
+                        if let Err(e) = check_postgres_url(value.expose()) {
+                            findings.error("store.url", format!("{url}: {e}"));
+                        }
+                    }
+                }
+            }
+            match &store.pepper {
+                None => findings.error(
+                    "store.pepper",
+                    "is required with backend = \"postgres\" (the secret every node shares, as env:NAME or file:PATH)",
+                ),
+                Some(pepper) => {
+                    if let Ok(value) = pepper.resolve() {
+                        let len = value.expose().len();
+                        if !(MIN_PEPPER_BYTES..=MAX_PEPPER_BYTES).contains(&len) {
+                            findings.error(
+                                "store.pepper",
+                                format!(
+                                    "{pepper} must be {MIN_PEPPER_BYTES} to {MAX_PEPPER_BYTES} bytes \
+                                     long (e.g. `openssl rand -hex 32`)"
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        StoreBackend::Sqlite => {
+            for (key, secret) in [("url", &store.url), ("pepper", &store.pepper)] {
+                if secret.is_some() {
+                    findings.warning(
+                        format!("store.{key}"),
+                        "ignored with backend = \"sqlite\" (the store is in server.data_dir)",
+                    );
+                }
+            }
+        }
+    }
+    // An empty node means the host name (the loader fills it in; a config built in code
+    // may not have).
+    match store.node_name() {
+        None => findings.error(
+            "store.node",
+            "the host name could not be read; set store.node",
+        ),
+        Some(node) if !is_node_name(&node) => {
+            let whose = if store.node.is_empty() {
+                " (the host name is not one; set store.node)"
+            } else {
+                ""
+            };
+            findings.error(
+                "store.node",
+                format!("must be 1 to {MAX_NODE_LEN} letters, digits, `.`, `_` or `-`{whose}"),
+            );
+        }
+        Some(_) => {}
+    }
+}
+
+/// What is wrong with a PostgreSQL connection URL, in words that never quote it.
+fn check_postgres_url(url: &str) -> Result<(), String> {
+    if url.len() > MAX_URL_BYTES {
+        return Err(format!("is longer than {MAX_URL_BYTES} bytes"));
+    }
+    if !POSTGRES_SCHEMES
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+    {
+        return Err(
+            "must be a postgres://user:password@host:port/db URL (the value is not shown)".into(),
+        );
+    }
+    if !is_field_value(url) || url.contains([' ', '\t']) {
+        return Err("contains a space, line break or control character".into());
+    }
+    Ok(())
 }
 
 /// `[[team]]`: named once each, with budgets that mean something.
@@ -150,7 +261,11 @@ fn check_server(config: &Config, findings: &mut Findings) {
     if server.connections_per_worker == 0 {
         findings.error("server.connections_per_worker", "must be greater than 0");
     }
-    let data_dir = config.resolve_path(&server.data_dir);
+    check_data_dir(&config.resolve_path(&server.data_dir), findings);
+}
+
+/// `server.data_dir` (resolved) is a directory or can become one.
+fn check_data_dir(data_dir: &Path, findings: &mut Findings) {
     if data_dir.exists() && !data_dir.is_dir() {
         findings.error(
             "server.data_dir",
@@ -633,8 +748,10 @@ fn is_url_segment(name: &str) -> bool {
 
 /// Unresolvable `env:`/`file:` references are errors (the gateway could not use them);
 /// literal values are warnings. Messages name the reference, never the value.
-fn check_secrets(config: &Config, findings: &mut Findings) {
-    for (path, secret) in config.secrets() {
+/// Each secret reference resolves to a value that can stand in a header; a literal one is
+/// accepted with a warning.
+fn check_secrets(secrets: Vec<(String, &SecretRef)>, findings: &mut Findings) {
+    for (path, secret) in secrets {
         if secret.is_literal() {
             findings.warning(
                 path,

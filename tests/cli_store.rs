@@ -1,0 +1,422 @@
+//! The `[store]` section and the commands that work on the store (`keys`, `usage`,
+//! `audit`): they read only `data_dir` and `[store]` from the config, so an operator can
+//! revoke a key in an emergency without exporting the admin token and every provider key;
+//! `check` names every `[store]` error and never prints the store URL's password; and until
+//! the PostgreSQL backend is wired in, `serve` and the commands refuse it with one line.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::TempDir;
+use serde_json::Value;
+
+/// Environment variables the configs below refer to and that are never set, so any
+/// command that resolved them would fail.
+const UNSET_VARS: [&str; 4] = [
+    "CF_CLI_STORE_UNSET_ADMIN",
+    "CF_CLI_STORE_UNSET_BACKEND",
+    "CF_CLI_STORE_UNSET_OPENAI",
+    "CF_CLI_STORE_UNSET_HS",
+];
+
+/// A pepper as long as one must be (32 bytes); it must never be printed.
+const PEPPER: &str = "pepper-of-the-fleet-0123456789abc";
+
+/// The password written into store URLs below; it must never be printed.
+const URL_PASSWORD: &str = "Sup3rS3cretPw";
+
+/// A config whose sections other than `data_dir` cannot be served: the admin token,
+/// the upstream credential, the JWT secret and the provider key are references to unset
+/// variables, the route names an upstream that does not exist, and `[lua]` has a value
+/// `check` refuses. `store` is put in as the `[store]` section (may be empty).
+fn unservable_config(store: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+admin_listen = "127.0.0.1:0"
+admin_token = "env:CF_CLI_STORE_UNSET_ADMIN"
+data_dir = "data"
+access_log = ""
+
+[[upstream]]
+name = "backend"
+targets = ["127.0.0.1:9"]
+credential = {{ header = "authorization", value = "Bearer {{secret}}", secret = "env:CF_CLI_STORE_UNSET_BACKEND" }}
+
+[[route]]
+name = "api"
+path_prefix = "/api/"
+upstream = "no-such-upstream"
+auth = "jwt"
+jwt = {{ hs_secret = "env:CF_CLI_STORE_UNSET_HS" }}
+
+[[provider]]
+name = "openai"
+kind = "openai"
+api_key = "env:CF_CLI_STORE_UNSET_OPENAI"
+
+[[model]]
+name = "gpt-4o-mini"
+provider = "openai"
+
+[lua]
+hook_timeout_ms = 0
+
+{store}
+"#
+    )
+}
+
+/// What a command printed and how it exited.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    fn assert_ok(&self, what: &str) {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "`credentialflow {what}` failed:\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// Runs `credentialflow ARGS --config CONFIG` in `cwd` with none of [`UNSET_VARS`] set
+/// and `env` added.
+fn run(config: &Path, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_credentialflow"));
+    command.args(args).arg("--config").arg(config);
+    for name in UNSET_VARS {
+        command.env_remove(name);
+    }
+    let output = command
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run credentialflow");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A temp dir holding `credentialflow.toml` with `text`, and a separate working
+/// directory, so relative paths are seen to follow the config file, not the cwd.
+struct Setup {
+    dir: TempDir,
+    cwd: TempDir,
+}
+
+impl Setup {
+    fn new(text: &str) -> Setup {
+        let dir = TempDir::new("cli-store");
+        std::fs::write(dir.join("credentialflow.toml"), text).expect("write config");
+        Setup {
+            dir,
+            cwd: TempDir::new("cli-store-cwd"),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.run_with(args, &[])
+    }
+
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        run(
+            &self.dir.join("credentialflow.toml"),
+            self.cwd.path(),
+            args,
+            env,
+        )
+    }
+}
+
+/// Every store command, run in the order of a key's life, on a config the gateway could
+/// not serve: none of them may need what they do not use.
+fn whole_key_life_works(setup: &Setup) {
+    let created = setup.run(&["keys", "create", "--name", "ops", "--team", "red", "--json"]);
+    created.assert_ok("keys create");
+    let created = created.json();
+    let id = created["id"].as_str().expect("id").to_string();
+    let secret = created["key"].as_str().expect("key").to_string();
+    assert!(
+        setup.dir.join("data").is_dir(),
+        "the store must live in data_dir next to the config file"
+    );
+
+    let listed = setup.run(&["keys", "list", "--json"]);
+    listed.assert_ok("keys list");
+    let listed = listed.json();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|k| k["id"].as_str())
+        .collect();
+    assert_eq!(ids, [id.as_str()]);
+
+    let shown = setup.run(&["keys", "show", &id, "--json"]);
+    shown.assert_ok("keys show");
+    assert_eq!(shown.json()["team"], "red");
+
+    let updated = setup.run(&["keys", "update", &id, "--team", "blue", "--json"]);
+    updated.assert_ok("keys update");
+    assert_eq!(updated.json()["team"], "blue");
+
+    let rotated = setup.run(&["keys", "rotate", &id, "--grace", "1h", "--json"]);
+    rotated.assert_ok("keys rotate");
+    let rotated = rotated.json();
+    assert_eq!(rotated["id"], id.as_str());
+    assert_ne!(
+        rotated["key"],
+        secret.as_str(),
+        "rotation gives a new secret"
+    );
+
+    let revoked = setup.run(&["keys", "revoke", &id, "--json"]);
+    revoked.assert_ok("keys revoke");
+    assert!(
+        revoked.json()["revoked_at"].is_number(),
+        "{}",
+        revoked.stdout
+    );
+
+    let usage = setup.run(&["usage", "--json"]);
+    usage.assert_ok("usage");
+    assert_eq!(usage.json(), serde_json::json!([]));
+
+    let audit = setup.run(&["audit", "--json"]);
+    audit.assert_ok("audit");
+    let actions: Vec<String> = audit
+        .stdout
+        .lines()
+        .map(|line| {
+            let entry: Value = serde_json::from_str(line).expect("audit JSON line");
+            assert_eq!(entry["key_id"], id.as_str(), "{line}");
+            entry["action"].as_str().expect("action").to_string()
+        })
+        .collect();
+    assert_eq!(actions, ["create", "update", "rotate", "revoke"]);
+}
+
+#[test]
+fn store_commands_need_none_of_the_gateways_other_secrets() {
+    whole_key_life_works(&Setup::new(&unservable_config("")));
+}
+
+#[test]
+fn store_commands_work_with_an_explicit_sqlite_store_section() {
+    let store = "[store]\nbackend = \"sqlite\"\nnode = \"edge-1\"\n";
+    whole_key_life_works(&Setup::new(&unservable_config(store)));
+}
+
+#[test]
+fn store_commands_still_report_a_bad_store_section() {
+    let setup = Setup::new(&unservable_config("[store]\nbackend = \"mysql\"\n"));
+    for args in [&["keys", "list"][..], &["usage"], &["audit"]] {
+        let run = setup.run(args);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.output());
+        assert!(
+            run.stderr.contains("store.backend"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+    }
+}
+
+/// `check` on `text`, with `env` set; its exit code and output.
+fn check(text: &str, env: &[(&str, &str)]) -> Run {
+    let setup = Setup::new(text);
+    setup.run_with(&["check"], env)
+}
+
+/// The key paths of the `error:` lines of `check`'s output.
+fn error_paths(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|line| line.strip_prefix("error: "))
+        .filter_map(|rest| rest.split([' ', ':']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A config `check` accepts but for its `[store]` section.
+fn valid_config(store: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
+         data_dir = \"data\"\naccess_log = \"\"\n\n{store}\n"
+    )
+}
+
+#[test]
+fn check_accepts_a_sqlite_store_section() {
+    let run = check(
+        &valid_config("[store]\nbackend = \"sqlite\"\nnode = \"edge-1\"\n"),
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    assert!(!run.output().contains("error"), "{}", run.output());
+}
+
+#[test]
+fn check_names_every_store_error() {
+    let run = check(
+        &valid_config("[store]\nbackend = \"mysql\"\nnode = \"edge one!\"\npeper = \"x\"\n"),
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.output());
+    assert_eq!(
+        error_paths(&run.stdout),
+        ["store.backend", "store.node", "store.peper"],
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn check_requires_url_and_pepper_for_postgres() {
+    let run = check(&valid_config("[store]\nbackend = \"postgres\"\n"), &[]);
+    assert_eq!(run.code, Some(1), "{}", run.output());
+    let paths = error_paths(&run.stdout);
+    for path in ["store.url", "store.pepper"] {
+        assert!(paths.iter().any(|p| p == path), "{path}: {}", run.stdout);
+    }
+}
+
+#[test]
+fn check_refuses_a_short_pepper_without_showing_it() {
+    let store = "[store]\nbackend = \"postgres\"\nurl = \"env:CF_CLI_STORE_URL\"\n\
+                 pepper = \"env:CF_CLI_STORE_PEPPER\"\n";
+    let run = check(
+        &valid_config(store),
+        &[
+            ("CF_CLI_STORE_URL", "postgres://cf@db.example/cf"),
+            ("CF_CLI_STORE_PEPPER", "short-pepper"),
+        ],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.output());
+    assert!(
+        error_paths(&run.stdout).iter().any(|p| p == "store.pepper"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.output().contains("short-pepper"), "{}", run.output());
+}
+
+#[test]
+fn check_never_prints_the_store_urls_password() {
+    // A literal URL: a warning like any literal secret, and not the URL itself.
+    let literal = format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"postgres://cf:{URL_PASSWORD}@db.example:5432/cf\"\n\
+         pepper = \"env:CF_CLI_STORE_PEPPER\"\n"
+    );
+    let run = check(&valid_config(&literal), &[("CF_CLI_STORE_PEPPER", PEPPER)]);
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("warning: store.url") && l.contains("literal")),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.output().contains(URL_PASSWORD), "{}", run.output());
+    assert!(!run.output().contains(PEPPER));
+
+    // A URL from the environment with a scheme that is refused: named, not shown.
+    let from_env = "[store]\nbackend = \"postgres\"\nurl = \"env:CF_CLI_STORE_URL\"\n\
+                    pepper = \"env:CF_CLI_STORE_PEPPER\"\n";
+    let url = format!("mysql://cf:{URL_PASSWORD}@db.example/cf");
+    let run = check(
+        &valid_config(from_env),
+        &[("CF_CLI_STORE_URL", &url), ("CF_CLI_STORE_PEPPER", PEPPER)],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.output());
+    assert!(
+        error_paths(&run.stdout).iter().any(|p| p == "store.url"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.output().contains(URL_PASSWORD), "{}", run.output());
+    assert!(!run.output().contains("db.example"), "{}", run.output());
+}
+
+/// A `[store]` section for PostgreSQL, complete but for the backend being wired in.
+const POSTGRES_STORE: &str = "[store]\nbackend = \"postgres\"\nurl = \"env:CF_CLI_STORE_URL\"\n\
+                              pepper = \"env:CF_CLI_STORE_PEPPER\"\n";
+
+fn postgres_env(url: &str) -> [(&str, &str); 2] {
+    [("CF_CLI_STORE_URL", url), ("CF_CLI_STORE_PEPPER", PEPPER)]
+}
+
+#[test]
+fn serve_refuses_the_postgres_backend_with_one_line() {
+    let setup = Setup::new(&valid_config(POSTGRES_STORE));
+    let url = format!("postgres://cf:{URL_PASSWORD}@127.0.0.1:9/cf");
+    let run = setup.run_with(&["serve"], &postgres_env(&url));
+    assert_eq!(run.code, Some(1), "{}", run.output());
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains("store.backend") && errors[0].contains("postgres"),
+        "{}",
+        errors[0]
+    );
+    assert!(!run.output().contains(URL_PASSWORD));
+}
+
+#[test]
+fn store_commands_refuse_the_postgres_backend_with_one_line() {
+    let setup = Setup::new(&unservable_config(POSTGRES_STORE));
+    let url = format!("postgres://cf:{URL_PASSWORD}@127.0.0.1:9/cf");
+    let env = postgres_env(&url);
+    for args in [
+        &["keys", "create", "--name", "x"][..],
+        &["keys", "list"],
+        &["keys", "revoke", "key_x"],
+        &["usage"],
+        &["audit"],
+    ] {
+        let run = setup.run_with(args, &env);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.output());
+        assert_eq!(run.stdout, "", "{args:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.starts_with("error: store.backend") && run.stderr.contains("postgres"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("; "),
+            "only the refusal: {}",
+            run.stderr
+        );
+        assert!(!run.output().contains(URL_PASSWORD), "{args:?}");
+    }
+    assert!(
+        !setup.dir.join("data").exists(),
+        "a refused command must not create a SQLite store"
+    );
+}
