@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use credentialflow::auth::CredentialCache;
-use credentialflow::store::{unix_now, KeyStore, NewKey, Pepper, StoreConfig};
+use credentialflow::store::{sqlite_settings, unix_now, KeyStore, NewKey, Pepper};
 use rusqlite::{params, Connection};
 
 /// The gateway binary's allocator, so memory and time match what `serve` would see.
@@ -97,7 +97,7 @@ fn main() {
     println!("before start: VmRSS {}", proc_status("VmRSS"));
 
     let started = Instant::now();
-    let cache = CredentialCache::start(&StoreConfig::sqlite(&dir)).expect("start");
+    let cache = CredentialCache::start(&sqlite_settings(&dir)).expect("start");
     let elapsed = started.elapsed();
     assert_eq!(cache.len() as u64, KEYS);
     let now = unix_now();

@@ -18,7 +18,7 @@ use crate::limits::{period_start_ms, BudgetTable, Period};
 use crate::metrics;
 use crate::snapshot::{Carried, Purpose, Services, Shared, Snapshot};
 use crate::store::usage::Ledger;
-use crate::store::{self, SharedBackend, StoreConfig};
+use crate::store::{self, SharedBackend};
 use crate::worker::{self, Driver, ListenSpec};
 
 /// `--driver`: which I/O driver the workers use.
@@ -136,12 +136,12 @@ fn start(
         .map_err(|e| format!("access_log {}: {e}", access_log_path.display()))?;
 
     let data_dir = config.resolve_path(&config.server.data_dir);
-    let store_config = StoreConfig::from_config(&config);
-    let credentials = CredentialCache::start(&store_config)
+    let store_settings = store::settings_of(&config);
+    let credentials = CredentialCache::start(&store_settings)
         .map_err(|e| format!("key store in {}: {e}", data_dir.display()))?;
     // The admin API and the signal handler share one more backend: the watcher owns the
     // cache's and never lends it out, so a slow admin call cannot delay a change's arrival.
-    let store = store::open_shared(&store_config)
+    let store = store::open_shared(&store_settings)
         .map_err(|e| format!("key store in {}: {e}", data_dir.display()))?;
 
     metrics::global().set_driver(driver.name());

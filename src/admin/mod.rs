@@ -263,7 +263,7 @@ fn new_request_id() -> String {
 mod tests {
     use super::*;
     use crate::config::{LiveSecret, Secret};
-    use crate::store::{self, StoreConfig};
+    use crate::store;
     use std::io::{Read, Write};
     use std::net::SocketAddr;
     use std::sync::Mutex;
@@ -406,7 +406,7 @@ mod tests {
             token: Some(LiveSecret::fixed(Secret::new(TOKEN))),
             ready: Arc::new(move || ready),
             reload: Arc::new(move || reload.clone()),
-            store: store::open_shared(&StoreConfig::sqlite(&data_dir)).unwrap(),
+            store: store::open_shared(&store::sqlite_settings(&data_dir)).unwrap(),
             data_dir,
             credentials: Arc::new(CredentialCache::from_records(
                 crate::store::Pepper::from_bytes([0; 32]),

@@ -132,7 +132,7 @@ mod tests {
                 token: Some(LiveSecret::fixed(Secret::new("t"))),
                 ready: Arc::new(|| true),
                 reload: Arc::new(|| Ok(())),
-                store: crate::store::open_shared(&crate::store::StoreConfig::sqlite(&data_dir))
+                store: crate::store::open_shared(&crate::store::sqlite_settings(&data_dir))
                     .unwrap(),
                 data_dir,
                 credentials: Arc::new(CredentialCache::from_records(

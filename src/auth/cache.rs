@@ -31,7 +31,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use subtle::{Choice, ConstantTimeEq};
 
-use crate::store::{self, unix_now, KeyBackend, KeyRecord, Pepper, StoreConfig};
+use crate::config::StoreSettings;
+use crate::store::{self, unix_now, KeyBackend, KeyRecord, Pepper};
 
 /// How often the watcher asks the store for changes when the store has no change
 /// notifications. Bounds how stale the cache can be.
@@ -161,12 +162,12 @@ pub struct CredentialCache {
 }
 
 impl CredentialCache {
-    /// Opens the store `config` names (an embedded one is created, with its pepper, on first
+    /// Opens the store `settings` name (an embedded one is created, with its pepper, on first
     /// start), loads every key, and starts the watcher thread that applies later changes
     /// (see [`CredentialCache::watch`]).
-    pub fn start(config: &StoreConfig) -> Result<Arc<CredentialCache>, String> {
-        let where_ = config.data_dir.display();
-        let store = store::open(config)
+    pub fn start(settings: &StoreSettings) -> Result<Arc<CredentialCache>, String> {
+        let where_ = settings.data_dir.display();
+        let store = store::open(settings)
             .map_err(|e| format!("cannot open the key store in {where_}: {e}"))?;
         CredentialCache::watch(store)
     }
@@ -518,7 +519,7 @@ mod tests {
         let dir = TempDir::new("hit");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (record, key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
+        let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
 
         let found = cache.authenticate(key.as_bytes(), unix_now()).expect("hit");
         assert_eq!(found.id, record.id);
@@ -530,7 +531,7 @@ mod tests {
         let dir = TempDir::new("miss");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (_, key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
+        let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
 
         let mut other = key.into_bytes();
         let last = other.len() - 1;
@@ -546,7 +547,7 @@ mod tests {
         let dir = TempDir::new("shape");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (_, key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
+        let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
 
         let wrong_prefix = format!("sk_{}", &key[3..]);
         assert!(cache
@@ -563,7 +564,7 @@ mod tests {
         let dir = TempDir::new("revoke");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (record, key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
+        let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
         assert!(cache.authenticate(key.as_bytes(), unix_now()).is_some());
 
         // A second connection, as the CLI in another process would open.
@@ -584,7 +585,7 @@ mod tests {
         let dir = TempDir::new("rotate");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (record, old_key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
+        let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
 
         let (rotated, new_key) = KeyStore::open(&dir.0)
             .unwrap()
@@ -611,7 +612,7 @@ mod tests {
         let dir = TempDir::new("rotate0");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (record, old_key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
+        let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
 
         let (_, new_key) = store.rotate(&record.id, Duration::ZERO, "test").unwrap();
         within_one_second("rotation", || {
@@ -710,7 +711,7 @@ mod tests {
     #[test]
     fn applied_store_writes_are_in_force_without_the_watcher() {
         let dir = TempDir::new("direct");
-        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
+        let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
         cache.stop();
         let mut store = KeyStore::open(&dir.0).unwrap();
 
@@ -879,7 +880,7 @@ mod tests {
             ..new_key("alice")
         };
         let (record, key) = store.create(new, "test").unwrap();
-        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
+        let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
 
         let expires_at = record.expires_at.expect("expiry set");
         assert!(cache.authenticate(key.as_bytes(), expires_at - 1).is_some());
@@ -891,7 +892,7 @@ mod tests {
         let dir = TempDir::new("update");
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (record, key) = store.create(new_key("alice"), "test").unwrap();
-        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
+        let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
 
         let patch = KeyPatch {
             rpm: Some(Some(42)),
@@ -919,7 +920,7 @@ mod tests {
         for i in 0..500 {
             issued.push(store.create(new_key(&format!("k{i}")), "test").unwrap());
         }
-        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
+        let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
         for i in 500..1000 {
             issued.push(store.create(new_key(&format!("k{i}")), "test").unwrap());
         }
@@ -938,7 +939,7 @@ mod tests {
     fn stopped_watcher_applies_no_more_changes() {
         let dir = TempDir::new("stop");
         let mut store = KeyStore::open(&dir.0).unwrap();
-        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
+        let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
         cache.stop();
         thread::sleep(POLL_INTERVAL * 2);
         store.create(new_key("late"), "test").unwrap();
@@ -949,7 +950,7 @@ mod tests {
     #[test]
     fn dropping_the_cache_frees_it_so_the_watcher_ends() {
         let dir = TempDir::new("drop");
-        let cache = CredentialCache::start(&StoreConfig::sqlite(&dir.0)).unwrap();
+        let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
         let weak = Arc::downgrade(&cache);
         drop(cache);
         // The watcher holds only a Weak between ticks, so nothing keeps the cache alive.
@@ -966,7 +967,7 @@ mod tests {
         let dir = TempDir::new("bad");
         let file = dir.0.join("not-a-dir");
         std::fs::write(&file, b"x").unwrap();
-        let err = CredentialCache::start(&StoreConfig::sqlite(file.join("sub"))).unwrap_err();
+        let err = CredentialCache::start(&store::sqlite_settings(file.join("sub"))).unwrap_err();
         assert!(err.contains("key store"), "{err}");
     }
 }

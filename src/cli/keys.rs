@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use crate::clock::{calendar, parse_duration};
 use crate::config;
 use crate::serve::{EXIT_BAD_INPUT, EXIT_RUNTIME};
-use crate::store::{self, KeyPatch, KeyRecord, NewKey, StoreConfig, StoreError};
+use crate::store::{self, KeyPatch, KeyRecord, NewKey, StoreError};
 
 /// `credentialflow keys`.
 #[derive(Args, Debug)]
@@ -240,8 +240,7 @@ fn report(result: Result<(), Failure>) -> i32 {
 }
 
 fn run_keys_to(args: KeysArgs, out: &mut dyn Write) -> Result<(), Failure> {
-    let data_dir = data_dir(args.config.as_deref())?;
-    let mut store = store::open(&StoreConfig::sqlite(data_dir))?;
+    let mut store = store::open(&store_settings(args.config.as_deref())?)?;
     let actor = actor();
     let json = args.json;
     match args.command {
@@ -292,8 +291,7 @@ fn run_keys_to(args: KeysArgs, out: &mut dyn Write) -> Result<(), Failure> {
 }
 
 fn run_audit_to(args: AuditArgs, out: &mut dyn Write) -> Result<(), Failure> {
-    let data_dir = data_dir(args.config.as_deref())?;
-    let entries = store::open(&StoreConfig::sqlite(data_dir))?.read_audit()?;
+    let entries = store::open(&store_settings(args.config.as_deref())?)?.read_audit()?;
     for entry in entries {
         let line = if args.json {
             serde_json::to_string(&entry).expect("audit entries serialize")

@@ -2,7 +2,8 @@
 //! log, [`KeyBackend`], and [`open`], which picks the backend the config names.
 //!
 //! Today the only backend is the embedded one ([`KeyStore`]: SQLite and the audit file in
-//! `data_dir`). A second backend is one `impl KeyBackend` and one arm in [`open`]: the admin
+//! `data_dir`). A second backend is one `impl KeyBackend` and one arm in [`open`], which
+//! reads the config's `[store]` and `server.data_dir` ([`StoreSettings`]): the admin
 //! API, the CLI, the signal handler and the credential cache's watcher hold a
 //! `Box<dyn KeyBackend>` and never name the concrete store.
 
@@ -16,6 +17,8 @@ use super::audit::{self, AuditEntry};
 use super::keys::{KeyPatch, KeyRecord, KeyStore, NewKey};
 use super::pepper::Pepper;
 use super::StoreError;
+use crate::config::store::unwired_backend;
+use crate::config::{Config, StoreBackend, StoreConfig, StoreSettings};
 
 /// The key store and audit log, whichever engine holds them.
 ///
@@ -94,48 +97,40 @@ pub trait KeyBackend: Send {
 /// threads and the signal handler.
 pub type SharedBackend = Arc<Mutex<Box<dyn KeyBackend>>>;
 
-/// Which engine holds the keys and the audit log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// SQLite (`keys.db`), the pepper file and the audit file, all in `data_dir`.
-    Sqlite,
-}
-
-/// Where the store is, as the config says: its backend and `server.data_dir` (resolved),
-/// which every backend may keep local files in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoreConfig {
-    /// The engine.
-    pub backend: Backend,
-    /// `server.data_dir`, resolved against the config file's directory.
-    pub data_dir: PathBuf,
-}
-
-impl StoreConfig {
-    /// The embedded store in `data_dir`.
-    pub fn sqlite(data_dir: impl Into<PathBuf>) -> StoreConfig {
-        StoreConfig {
-            backend: Backend::Sqlite,
-            data_dir: data_dir.into(),
-        }
-    }
-
-    /// The store a loaded config names.
-    pub fn from_config(config: &crate::config::Config) -> StoreConfig {
-        StoreConfig::sqlite(config.resolve_path(&config.server.data_dir))
+/// The settings of the store a fully loaded config names (what `serve` opens; the store
+/// commands load only these, with [`crate::config::load_store`]).
+pub fn settings_of(config: &Config) -> StoreSettings {
+    StoreSettings {
+        data_dir: config.resolve_path(&config.server.data_dir),
+        store: config.store.clone(),
     }
 }
 
-/// Opens the store `config` names (creating an embedded one in `data_dir` on first use).
-pub fn open(config: &StoreConfig) -> Result<Box<dyn KeyBackend>, StoreError> {
-    match config.backend {
-        Backend::Sqlite => Ok(Box::new(KeyStore::open(&config.data_dir)?)),
+/// The settings of the embedded store in `data_dir`, for callers that name a directory
+/// rather than load a config (tests, benchmarks).
+pub fn sqlite_settings(data_dir: impl Into<PathBuf>) -> StoreSettings {
+    StoreSettings {
+        data_dir: data_dir.into(),
+        store: StoreConfig::default(),
+    }
+}
+
+/// Opens the store `settings` name (creating an embedded one in `data_dir` on first use).
+/// A backend this build cannot use is refused as an invalid `store.backend`, with the reason
+/// [`unwired_backend`] gives (config validation refuses it earlier, with the same words).
+pub fn open(settings: &StoreSettings) -> Result<Box<dyn KeyBackend>, StoreError> {
+    match settings.store.backend {
+        StoreBackend::Sqlite => Ok(Box::new(KeyStore::open(&settings.data_dir)?)),
+        backend @ StoreBackend::Postgres => Err(StoreError::invalid(
+            "store.backend",
+            unwired_backend(backend).unwrap_or("is not available in this build"),
+        )),
     }
 }
 
 /// [`open`], wrapped to be shared by threads that take turns with it.
-pub fn open_shared(config: &StoreConfig) -> Result<SharedBackend, StoreError> {
-    Ok(Arc::new(Mutex::new(open(config)?)))
+pub fn open_shared(settings: &StoreSettings) -> Result<SharedBackend, StoreError> {
+    Ok(Arc::new(Mutex::new(open(settings)?)))
 }
 
 /// The embedded store: the key operations are `KeyStore`'s own, the audit log is the

@@ -22,7 +22,7 @@ pub mod keys;
 pub mod pepper;
 pub mod usage;
 
-pub use backend::{open, open_shared, Backend, KeyBackend, SharedBackend, StoreConfig};
+pub use backend::{open, open_shared, settings_of, sqlite_settings, KeyBackend, SharedBackend};
 pub use keys::{KeyPatch, KeyRecord, KeyStore, NewKey};
 pub use pepper::Pepper;
 

@@ -14,8 +14,8 @@ use crate::auth::CredentialCache;
 use crate::config::{self, SecretWatcher};
 use crate::limits::{Admission, BudgetTable};
 use crate::snapshot::{Carried, Services, Shared, Snapshot};
+use crate::store::sqlite_settings;
 use crate::store::usage::UsageSender;
-use crate::store::StoreConfig;
 
 /// Bounds every wait, so a broken worker fails the test instead of hanging it.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -71,7 +71,7 @@ fn shared_for(upstream: SocketAddr, data_dir: &std::path::Path) -> Arc<Shared> {
     let snapshot =
         Snapshot::build(config, &secrets, &admission, &carried).expect("the test config builds");
     let services = Services {
-        credentials: CredentialCache::start(&StoreConfig::sqlite(data_dir)).unwrap(),
+        credentials: CredentialCache::start(&sqlite_settings(data_dir)).unwrap(),
         admission,
         budgets: Arc::new(BudgetTable::new()),
         usage: UsageSender::disconnected(),

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::admin::{spawn, AdminState};
 use crate::auth::CredentialCache;
 use crate::config::{LiveSecret, Secret};
-use crate::store::{self, audit, ids, unix_now, KeyStore, StoreConfig};
+use crate::store::{self, audit, ids, unix_now, KeyStore};
 
 const TOKEN: &str = "keys-admin-t0ken";
 
@@ -34,7 +34,7 @@ impl Admin {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = Arc::new(AtomicBool::new(false));
-        let config = StoreConfig::sqlite(&data_dir);
+        let config = store::sqlite_settings(&data_dir);
         let credentials = CredentialCache::start(&config).unwrap();
         credentials.stop();
         let state = AdminState {

@@ -18,7 +18,7 @@ impl TempDir {
     }
 
     fn open(&self) -> Box<dyn KeyBackend> {
-        open(&StoreConfig::sqlite(&self.0)).unwrap()
+        open(&sqlite_settings(&self.0)).unwrap()
     }
 }
 
@@ -135,16 +135,41 @@ fn sqlite_wait_for_change_sleeps_the_whole_timeout() {
 }
 
 #[test]
-fn store_config_takes_data_dir_relative_to_the_config_file() {
+fn settings_of_a_config_take_data_dir_relative_to_the_file_and_its_store_section() {
     let base = Path::new("/etc/credentialflow");
-    let config = crate::config::parse("[server]\ndata_dir = \"state\"\n", base).unwrap();
-    assert_eq!(
-        StoreConfig::from_config(&config),
-        StoreConfig {
-            backend: Backend::Sqlite,
-            data_dir: base.join("state"),
+    let text = "[server]\ndata_dir = \"state\"\n[store]\nnode = \"edge-7\"\n";
+    let config = crate::config::parse(text, base).unwrap();
+    let settings = settings_of(&config);
+    assert_eq!(settings.data_dir, base.join("state"));
+    assert_eq!(settings.store.backend, StoreBackend::Sqlite);
+    assert_eq!(settings.store.node, "edge-7");
+}
+
+/// Until the PostgreSQL backend is wired in, `open` refuses it with the config's own reason
+/// as a bad `store.backend`, and opens nothing.
+#[test]
+fn an_unwired_backend_is_refused_as_an_invalid_store_backend() {
+    let dir = TempDir::new();
+    let settings = StoreSettings {
+        data_dir: dir.0.clone(),
+        store: StoreConfig {
+            backend: StoreBackend::Postgres,
+            ..StoreConfig::default()
+        },
+    };
+    let error = open(&settings).err().expect("postgres is not wired in");
+    match &error {
+        StoreError::Invalid { field, message } => {
+            assert_eq!(*field, "store.backend");
+            assert_eq!(
+                Some(message.as_str()),
+                unwired_backend(StoreBackend::Postgres)
+            );
         }
-    );
+        other => panic!("expected an invalid store.backend, got {other:?}"),
+    }
+    assert!(error.is_bad_input());
+    assert!(!dir.0.exists());
 }
 
 #[test]
@@ -153,7 +178,7 @@ fn open_fails_as_a_machine_error_when_data_dir_is_a_file() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let file = dir.0.join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let error = open(&StoreConfig::sqlite(file.join("sub")))
+    let error = open(&sqlite_settings(file.join("sub")))
         .err()
         .expect("a file is no data directory");
     assert!(matches!(error, StoreError::Io(_)), "{error:?}");
@@ -163,7 +188,7 @@ fn open_fails_as_a_machine_error_when_data_dir_is_a_file() {
 #[test]
 fn a_shared_backend_serves_threads_in_turn() {
     let dir = TempDir::new();
-    let shared = open_shared(&StoreConfig::sqlite(&dir.0)).unwrap();
+    let shared = open_shared(&sqlite_settings(&dir.0)).unwrap();
     let threads: Vec<_> = (0..4)
         .map(|i| {
             let shared = Arc::clone(&shared);
