@@ -65,9 +65,11 @@ impl PgError {
             }
             source = cause.source();
         }
-        let kind = if e.is_closed() || message.starts_with("error connecting") {
-            PgErrorKind::Unreachable
-        } else if message.starts_with("error communicating") || message.starts_with("timeout") {
+        let unreachable = e.is_closed()
+            || ["error connecting", "error communicating", "timeout"]
+                .iter()
+                .any(|start| message.starts_with(start));
+        let kind = if unreachable {
             PgErrorKind::Unreachable
         } else {
             PgErrorKind::Query
