@@ -105,3 +105,10 @@ impl PgStore {
             .get(0))
     }
 }
+
+// A store is moved to the thread that owns it (the store interface requires `Send`).
+const _: fn() = || {
+    fn is_send<T: Send>() {}
+    is_send::<PgStore>();
+    is_send::<PgChangeListener>();
+};
