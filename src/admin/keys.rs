@@ -121,7 +121,7 @@ fn store_error(e: &StoreError) -> Response {
             &e.to_string(),
         ),
         StoreError::Conflict(message) => error(409, "invalid_request_error", "conflict", message),
-        StoreError::Db(_) | StoreError::Io(_) => {
+        StoreError::Db(_) | StoreError::Io(_) | StoreError::Postgres(_) => {
             log::error!("admin: {e}");
             error(
                 500,

@@ -10,6 +10,8 @@
 //! - [`audit`]: the append-only JSON-lines log of admin actions.
 //! - [`usage`]: the usage ledger (`usage.db`, one row per metered request) and the spend
 //!   reports read from it.
+//! - [`postgres`]: the same keys, audit log and change sequence in a PostgreSQL database that
+//!   a fleet of gateways shares ([`postgres::PgStore`]).
 //! - [`ids`]: key ids, key secrets and durations such as `30d`.
 //!
 //! Everything here is slow-path work (CLI, admin thread, the cache's refresher thread, the
@@ -20,6 +22,7 @@ pub mod backend;
 pub mod ids;
 pub mod keys;
 pub mod pepper;
+pub mod postgres;
 pub mod usage;
 
 pub use backend::{open, open_shared, settings_of, sqlite_settings, KeyBackend, SharedBackend};
@@ -46,6 +49,9 @@ pub enum StoreError {
     Db(rusqlite::Error),
     /// A file in the data directory could not be read or written.
     Io(std::io::Error),
+    /// The PostgreSQL store failed or refused to open (unreachable, newer schema, another
+    /// pepper). Its text never holds the connection URL's password.
+    Postgres(postgres::PgError),
 }
 
 impl StoreError {
@@ -74,6 +80,7 @@ impl fmt::Display for StoreError {
             StoreError::Conflict(message) => f.write_str(message),
             StoreError::Db(e) => write!(f, "key store: {e}"),
             StoreError::Io(e) => write!(f, "key store: {e}"),
+            StoreError::Postgres(e) => write!(f, "key store: {e}"),
         }
     }
 }

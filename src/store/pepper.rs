@@ -78,6 +78,17 @@ impl Pepper {
         Ok(pepper)
     }
 
+    /// Parses a pepper given as 64 hex characters (whitespace around them ignored): the pepper
+    /// file's own format, so the pepper of a single host can become a fleet's shared pepper
+    /// (`[store] pepper`) and the keys hashed under it keep working. The error never quotes
+    /// the text.
+    pub fn from_hex(text: &str) -> Result<Pepper, &'static str> {
+        let mut pepper = Pepper([0; PEPPER_BYTES]);
+        from_hex(text.trim(), &mut pepper.0)
+            .map_err(|()| "the pepper must be 64 hex characters (32 bytes)")?;
+        Ok(pepper)
+    }
+
     /// HMAC-SHA256(pepper, presented): the only form in which a key secret is stored or
     /// looked up.
     pub fn hash(&self, presented: &[u8]) -> [u8; 32] {
@@ -189,6 +200,20 @@ mod tests {
         let err = Pepper::load_or_create(&dir).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidData);
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn from_hex_reads_the_pepper_file_format_and_never_quotes_bad_text() {
+        let hex = "0b".repeat(32);
+        let pepper = Pepper::from_hex(&format!(" {hex}\n")).unwrap();
+        assert_eq!(
+            pepper.hash(b"Hi There"),
+            Pepper::from_bytes([0x0b; 32]).hash(b"Hi There")
+        );
+        for bad in ["", "zz", &"0b".repeat(31), &"0g".repeat(32)] {
+            let err = Pepper::from_hex(bad).err().unwrap();
+            assert!(bad.is_empty() || !err.contains(bad), "{err}");
+        }
     }
 
     #[test]

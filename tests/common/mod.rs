@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod jwt;
 pub mod keys;
 pub mod limits;
+pub mod postgres;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
