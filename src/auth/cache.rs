@@ -863,7 +863,8 @@ mod tests {
             cache: Weak::new(),
             store: Box::new(KeyStore::open(&dir.0).unwrap()),
             last_seq: 0,
-            failing: false,
+            retry: None,
+            reconcile: false,
         };
         watcher.tick(&cache, unix_now());
         assert_eq!(watcher.last_seq, revoked.seq);
@@ -969,6 +970,209 @@ mod tests {
             cache.authenticate(key.as_bytes(), unix_now()).is_some()
         });
         cache.stop();
+    }
+
+    /// The embedded store behind a switch that makes it unreachable, as a PostgreSQL store
+    /// is when its server is down; it says it notifies, and reports the waits it is asked
+    /// for.
+    struct Outage {
+        store: KeyStore,
+        down: Arc<AtomicBool>,
+        waits: mpsc::Sender<Duration>,
+    }
+
+    impl Outage {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Postgres(store::postgres::PgError::new(
+                    store::postgres::PgErrorKind::Unreachable,
+                    "error connecting to server: No such file or directory",
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    impl KeyBackend for Outage {
+        fn pepper(&self) -> &Pepper {
+            self.store.pepper()
+        }
+        fn create(&mut self, new: NewKey, actor: &str) -> Result<(KeyRecord, String), StoreError> {
+            self.check()?;
+            self.store.create(new, actor)
+        }
+        fn list(&mut self) -> Result<Vec<KeyRecord>, StoreError> {
+            self.check()?;
+            self.store.list()
+        }
+        fn get(&mut self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+            self.check()?;
+            self.store.get(id)
+        }
+        fn update(
+            &mut self,
+            id: &str,
+            patch: KeyPatch,
+            actor: &str,
+        ) -> Result<KeyRecord, StoreError> {
+            self.check()?;
+            self.store.update(id, patch, actor)
+        }
+        fn revoke(&mut self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+            self.check()?;
+            self.store.revoke(id, actor)
+        }
+        fn rotate(
+            &mut self,
+            id: &str,
+            grace: Duration,
+            actor: &str,
+        ) -> Result<(KeyRecord, String), StoreError> {
+            self.check()?;
+            self.store.rotate(id, grace, actor)
+        }
+        fn changes_since(&mut self, seq: u64) -> Result<Vec<KeyRecord>, StoreError> {
+            self.check()?;
+            self.store.changes_since(seq)
+        }
+        fn max_seq(&mut self) -> Result<u64, StoreError> {
+            self.check()?;
+            self.store.max_seq()
+        }
+        fn append_audit(
+            &mut self,
+            actor: &str,
+            action: &str,
+            key_id: Option<&str>,
+            before: Option<&KeyRecord>,
+            after: Option<&KeyRecord>,
+        ) -> Result<(), StoreError> {
+            self.check()?;
+            KeyBackend::append_audit(&mut self.store, actor, action, key_id, before, after)
+        }
+        fn read_audit(&mut self) -> Result<Vec<AuditEntry>, StoreError> {
+            self.check()?;
+            KeyBackend::read_audit(&mut self.store)
+        }
+        fn notifies(&self) -> bool {
+            true
+        }
+        fn wait_for_change(&mut self, timeout: Duration) -> bool {
+            let _ = self.waits.send(timeout);
+            // Never notified: only the safety net reads.
+            thread::sleep(timeout.min(Duration::from_millis(20)));
+            false
+        }
+    }
+
+    /// In an outage the replica stays as it is (known keys keep working, expiry still
+    /// enforced), the store is marked down, retries back off from 100 ms doubling to 5 s,
+    /// and the first read after reconnecting reloads every key, so a revocation made
+    /// meanwhile is in force then.
+    #[test]
+    fn an_outage_keeps_the_replica_backs_off_and_reconciles_on_reconnect() {
+        let dir = TempDir::new("outage");
+        let mut writer = KeyStore::open(&dir.0).unwrap();
+        let (leaver, leaver_key) = writer.create(new_key("leaver"), "test").unwrap();
+        let (_, stayer_key) = writer.create(new_key("stayer"), "test").unwrap();
+        let expiring = NewKey {
+            expires_in: Some("1h".into()),
+            ..new_key("expiring")
+        };
+        let (expiring, expiring_key) = writer.create(expiring, "test").unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let (waits, _) = mpsc::channel();
+        let mut store = Outage {
+            store: KeyStore::open(&dir.0).unwrap(),
+            down: Arc::clone(&down),
+            waits,
+        };
+        let records = store.changes_since(0).unwrap();
+        let cache = CredentialCache::from_records(store.pepper().clone(), records);
+        let mut watcher = Watcher {
+            cache: Weak::new(),
+            store: Box::new(store),
+            last_seq: 3,
+            retry: None,
+            reconcile: false,
+        };
+        let now = unix_now();
+
+        down.store(true, Ordering::SeqCst);
+        watcher.tick(&cache, now);
+        assert!(!cache.store_health().is_up());
+        assert_eq!(watcher.retry, Some(RETRY_MIN));
+        let mut backoffs = Vec::new();
+        for _ in 0..8 {
+            watcher.tick(&cache, now);
+            backoffs.push(watcher.retry.unwrap().as_millis());
+        }
+        assert_eq!(backoffs, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        // Revoked elsewhere while this node cannot see it.
+        writer.revoke(&leaver.id, "test").unwrap();
+        for key in [&leaver_key, &stayer_key, &expiring_key] {
+            assert!(cache.authenticate(key.as_bytes(), now).is_some());
+        }
+        let expires_at = expiring.expires_at.unwrap();
+        assert!(cache
+            .authenticate(expiring_key.as_bytes(), expires_at)
+            .is_none());
+
+        down.store(false, Ordering::SeqCst);
+        watcher.tick(&cache, now);
+        assert!(cache.store_health().is_up());
+        assert_eq!(watcher.retry, None);
+        assert!(!watcher.reconcile);
+        assert!(cache.authenticate(leaver_key.as_bytes(), now).is_none());
+        assert!(cache.authenticate(stayer_key.as_bytes(), now).is_some());
+    }
+
+    /// A store that notifies is still read every SAFETY_NET_INTERVAL (1 s), so a lost
+    /// notification delays a change by at most that; one that does not is polled every
+    /// POLL_INTERVAL.
+    #[test]
+    fn a_notifying_store_is_still_read_every_second() {
+        let dir = TempDir::new("safety-net");
+        let (waits, asked) = mpsc::channel();
+        let cache = CredentialCache::watch(Box::new(Outage {
+            store: KeyStore::open(&dir.0).unwrap(),
+            down: Arc::new(AtomicBool::new(false)),
+            waits,
+        }))
+        .unwrap();
+        let first = asked.recv_timeout(Duration::from_secs(2)).unwrap();
+        assert_eq!(first, SAFETY_NET_INTERVAL);
+        assert_eq!(SAFETY_NET_INTERVAL, Duration::from_secs(1));
+        cache.stop();
+    }
+
+    /// A full reload replaces the replica: keys the store no longer has leave every index,
+    /// but a key applied after the read (a higher sequence than the read saw) stays.
+    #[test]
+    fn reconcile_drops_keys_the_store_no_longer_has_but_keeps_newer_ones() {
+        let cache = in_memory(Vec::new());
+        let mut rows = Vec::new();
+        for (n, name) in ["kept", "gone", "newer"].iter().enumerate() {
+            let mut record = test_support::record(&format!("key_{name}"), name);
+            record.hash = cache.pepper.hash(secret(name).as_bytes());
+            record.seq = n as u64 + 1;
+            assert!(cache.apply_change(record.clone()));
+            rows.push(record);
+        }
+        // The read saw up to seq 2 and no longer has "gone"; "newer" (seq 3) came after it.
+        let read: Vec<KeyRecord> = rows.iter().filter(|r| r.name == "kept").cloned().collect();
+        assert_eq!(cache.reconcile(read, 2), 2);
+        assert!(cache.by_id("key_gone").is_none());
+        assert!(cache.by_name("gone").is_none());
+        assert!(cache
+            .authenticate(secret("gone").as_bytes(), unix_now())
+            .is_none());
+        assert!(cache
+            .authenticate(secret("kept").as_bytes(), unix_now())
+            .is_some());
+        assert!(cache
+            .authenticate(secret("newer").as_bytes(), unix_now())
+            .is_some());
     }
 
     #[test]
