@@ -27,8 +27,8 @@ mod nodes;
 mod rules;
 mod verifier;
 
-use std::cell::{Cell, RefCell, RefMut};
-use std::time::{Duration, Instant};
+use std::cell::{RefCell, RefMut};
+use std::time::Duration;
 
 use ::postgres::Client;
 
@@ -48,12 +48,9 @@ const MIGRATION_LOCK: i64 = 0x6366_7374_6d69_6772; // "cfstmigr"
 /// Advisory lock held by every key write until it commits (sequence order = commit order).
 const WRITE_LOCK: i64 = 0x6366_7374_7772_6974; // "cfstwrit"
 
-/// A connection idle for longer than this is checked with a round trip before it is used: a
-/// server restarted meanwhile has closed it without the client knowing, and the first
-/// statement after an outage must not fail for that alone.
-const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
-/// How long that check may take before the store counts as unreachable.
-const IDLE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the round trip that checks a connection before each use may take before the
+/// store counts as unreachable.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A connection to the shared store. Like [`crate::store::KeyStore`], not shared across
 /// threads: open one per thread that needs it.
@@ -64,8 +61,6 @@ pub struct PgStore {
     // The synchronous client wants `&mut` for every statement; readers take `&self` as
     // SQLite's do, and a store is used by one thread at a time.
     client: RefCell<Client>,
-    /// When `client` last answered, to know when to check it before use.
-    last_used: Cell<Instant>,
     /// The connection URL, kept to reconnect. A secret: it may hold a password.
     url: Secret,
     pepper: Pepper,
@@ -98,7 +93,6 @@ impl PgStore {
         verifier::check(&mut client, &pepper)?;
         Ok(PgStore {
             client: RefCell::new(client),
-            last_used: Cell::new(Instant::now()),
             url: Secret::new(url),
             pepper,
             node: node.to_owned(),
@@ -106,20 +100,17 @@ impl PgStore {
         })
     }
 
-    /// The connection, opened again first if it is known to be closed or, after
-    /// [`IDLE_CHECK_AFTER`] of silence, no longer answers. A failure to reopen is an
-    /// unreachable store; the closed connection stays for the next call to retry.
+    /// The connection, opened again first if it is closed or no longer answers. A server
+    /// restarted since the last use has closed it without the client always knowing yet, and
+    /// the first statement after an outage must not fail for that alone; so every use starts
+    /// with one round trip (the store serves the admin API and the watcher's once-a-second
+    /// read, never a request). A failure to reopen is an unreachable store; the closed
+    /// connection stays for the next call to retry.
     fn client(&self) -> Result<RefMut<'_, Client>, StoreError> {
         let mut client = self.client.borrow_mut();
-        let stale = client.is_closed()
-            || (self.last_used.get().elapsed() > IDLE_CHECK_AFTER
-                && client.is_valid(IDLE_CHECK_TIMEOUT).is_err());
-        if stale {
+        if client.is_closed() || client.is_valid(CHECK_TIMEOUT).is_err() {
             *client = connect::connect(self.url.expose())?;
         }
-        // Set before the statement runs: a statement that fails leaves the connection
-        // closed, which the next call sees without a round trip.
-        self.last_used.set(Instant::now());
         Ok(client)
     }
 
