@@ -77,10 +77,13 @@ pub struct Metrics {
 #[derive(Default)]
 struct WorkerGauge(AtomicI64);
 
-/// A counter registered by a feature through [`Metrics::counter`].
+/// A counter registered by a feature through [`Metrics::counter`] (or a gauge, through
+/// [`Metrics::gauge`]).
 struct NamedCounter {
     name: &'static str,
     help: &'static str,
+    /// `counter` or `gauge`, for the `# TYPE` line.
+    kind: &'static str,
     value: Arc<AtomicU64>,
 }
 
@@ -126,6 +129,21 @@ impl Metrics {
     /// of the built-in families: names are compile-time constants, so either is a
     /// programming error.
     pub fn counter(&self, name: &'static str, help: &'static str) -> Arc<AtomicU64> {
+        self.register(name, help, "counter")
+    }
+
+    /// A plain gauge called `name`, registered like [`Metrics::counter`] (same rules, same
+    /// panics); its owner stores its current value.
+    pub fn gauge(&self, name: &'static str, help: &'static str) -> Arc<AtomicU64> {
+        self.register(name, help, "gauge")
+    }
+
+    fn register(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        kind: &'static str,
+    ) -> Arc<AtomicU64> {
         assert!(is_valid_metric_name(name), "invalid metric name {name:?}");
         assert!(
             !BUILT_IN_FAMILIES.contains(&name),
@@ -139,6 +157,7 @@ impl Metrics {
         counters.push(NamedCounter {
             name,
             help,
+            kind,
             value: Arc::clone(&value),
         });
         value
@@ -272,7 +291,7 @@ impl Metrics {
         );
 
         for counter in self.counters.lock().iter() {
-            family_header(&mut out, counter.name, "counter", counter.help);
+            family_header(&mut out, counter.name, counter.kind, counter.help);
             let _ = writeln!(out, "{} {}", counter.name, counter.value.load(Relaxed));
         }
         out

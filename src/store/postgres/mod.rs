@@ -17,7 +17,7 @@
 //! blocks, and is never used on a worker.
 
 mod audit;
-mod connect;
+pub(crate) mod connect;
 mod error;
 mod keys;
 mod listener;
