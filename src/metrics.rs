@@ -535,6 +535,17 @@ mod tests {
     }
 
     #[test]
+    fn registered_gauge_renders_as_gauge_with_its_current_value() {
+        let metrics = Metrics::new();
+        let depth = metrics.gauge("credentialflow_usage_journal_depth", "Records waiting.");
+        depth.store(7, Relaxed);
+        depth.fetch_sub(2, Relaxed);
+        let text = metrics.render();
+        assert!(lines(&text).contains(&"# TYPE credentialflow_usage_journal_depth gauge"));
+        assert!(lines(&text).contains(&"credentialflow_usage_journal_depth 5"));
+    }
+
+    #[test]
     #[should_panic(expected = "invalid metric name")]
     fn counter_with_invalid_name_panics() {
         Metrics::new().counter("bad-name", "Dashes are not allowed.");
