@@ -82,10 +82,13 @@ pub struct Metrics {
 #[derive(Default)]
 struct WorkerGauge(AtomicI64);
 
-/// A counter registered by a feature through [`Metrics::counter`].
+/// A counter registered by a feature through [`Metrics::counter`] (or a gauge, through
+/// [`Metrics::gauge`]).
 struct NamedCounter {
     name: &'static str,
     help: &'static str,
+    /// `counter` or `gauge`, for the `# TYPE` line.
+    kind: &'static str,
     value: Arc<AtomicU64>,
 }
 
@@ -132,6 +135,21 @@ impl Metrics {
     /// of the built-in families: names are compile-time constants, so either is a
     /// programming error.
     pub fn counter(&self, name: &'static str, help: &'static str) -> Arc<AtomicU64> {
+        self.register(name, help, "counter")
+    }
+
+    /// A plain gauge called `name`, registered like [`Metrics::counter`] (same rules, same
+    /// panics); its owner stores its current value.
+    pub fn gauge(&self, name: &'static str, help: &'static str) -> Arc<AtomicU64> {
+        self.register(name, help, "gauge")
+    }
+
+    fn register(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        kind: &'static str,
+    ) -> Arc<AtomicU64> {
         assert!(is_valid_metric_name(name), "invalid metric name {name:?}");
         assert!(
             !BUILT_IN_FAMILIES.contains(&name),
@@ -145,6 +163,7 @@ impl Metrics {
         counters.push(NamedCounter {
             name,
             help,
+            kind,
             value: Arc::clone(&value),
         });
         value
@@ -294,7 +313,7 @@ impl Metrics {
         }
 
         for counter in self.counters.lock().iter() {
-            family_header(&mut out, counter.name, "counter", counter.help);
+            family_header(&mut out, counter.name, counter.kind, counter.help);
             let _ = writeln!(out, "{} {}", counter.name, counter.value.load(Relaxed));
         }
         out
@@ -549,6 +568,17 @@ mod tests {
         assert!(lines(&text).contains(&"# HELP credentialflow_keys_issued_total Keys issued."));
         assert!(lines(&text).contains(&"# TYPE credentialflow_keys_issued_total counter"));
         assert!(lines(&text).contains(&"credentialflow_keys_issued_total 3"));
+    }
+
+    #[test]
+    fn registered_gauge_renders_as_gauge_with_its_current_value() {
+        let metrics = Metrics::new();
+        let depth = metrics.gauge("credentialflow_usage_journal_depth", "Records waiting.");
+        depth.store(7, Relaxed);
+        depth.fetch_sub(2, Relaxed);
+        let text = metrics.render();
+        assert!(lines(&text).contains(&"# TYPE credentialflow_usage_journal_depth gauge"));
+        assert!(lines(&text).contains(&"credentialflow_usage_journal_depth 5"));
     }
 
     #[test]

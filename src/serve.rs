@@ -3,7 +3,7 @@
 //! The main thread owns the process lifecycle: SIGHUP reloads, SIGTERM/SIGINT drain and stop.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -155,10 +155,10 @@ fn start(
             .name("cf-warm-up".into())
             .spawn(crate::ai::tokens::warm_up);
     }
-    let (ledger, usage) = Ledger::start(&data_dir)
+    let (ledger, usage) = Ledger::start_for(&store_settings)
         .map_err(|e| format!("usage ledger in {}: {e}", data_dir.display()))?;
     let budgets = Arc::new(BudgetTable::new());
-    resume_budgets(&data_dir, &credentials, &snapshot, &budgets)?;
+    resume_budgets(&store_settings, &credentials, &snapshot, &budgets)?;
     let shared = Arc::new(Shared::new(
         snapshot,
         config_path,
@@ -337,18 +337,20 @@ fn spawn_heartbeat(
 /// Seeds every key and team budget with what the ledger recorded since its period began, so
 /// a restart does not hand out a fresh budget.
 fn resume_budgets(
-    data_dir: &Path,
+    settings: &config::StoreSettings,
     credentials: &CredentialCache,
     snapshot: &Snapshot,
     budgets: &BudgetTable,
 ) -> Result<(), String> {
     let now_ms = crate::clock::unix_now_ms();
     let failed = |e: crate::store::usage::LedgerError| {
-        format!("usage ledger in {}: {e}", data_dir.display())
+        format!("usage ledger in {}: {e}", settings.data_dir.display())
     };
     for period in [Period::Day, Period::Month, Period::Total] {
         let since = period_start_ms(period, now_ms);
-        for (id, spent) in crate::store::usage::totals_by_key(data_dir, since).map_err(failed)? {
+        for (id, spent) in
+            crate::store::usage::totals_by_key_for(settings, since).map_err(failed)?
+        {
             let Some(key) = credentials.by_id(&id) else {
                 continue;
             };
@@ -367,7 +369,9 @@ fn resume_budgets(
                 );
             }
         }
-        for (team, spent) in crate::store::usage::totals_by_team(data_dir, since).map_err(failed)? {
+        for (team, spent) in
+            crate::store::usage::totals_by_team_for(settings, since).map_err(failed)?
+        {
             let limit = snapshot.teams.get(&team).and_then(|t| t.budget);
             if limit.is_some_and(|l| l.period == period) {
                 budgets.seed(

@@ -18,10 +18,11 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, oldest first. Append only: a released migration is never edited.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "keys, change sequence, audit log, nodes, pepper verifier",
-    sql: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "keys, change sequence, audit log, nodes, pepper verifier",
+        sql: "
 CREATE TABLE store_meta (
     name  TEXT PRIMARY KEY,
     value BYTEA NOT NULL
@@ -72,7 +73,13 @@ CREATE TABLE nodes (
     last_seen         BIGINT NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "usage ledger",
+        sql: include_str!("0002_usage.sql"),
+    },
+];
 
 /// The schema version this binary writes and understands.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;

@@ -18,7 +18,7 @@
 
 mod audit;
 mod backend;
-mod connect;
+pub(crate) mod connect;
 mod error;
 mod keys;
 mod listener;

@@ -1,10 +1,16 @@
 //! The ledger writer: workers push [`UsageEvent`]s onto an unbounded channel and one thread,
-//! `cf-ledger`, writes them to `usage.db` in batches.
+//! `cf-ledger`, stores them in batches.
 //!
-//! A batch is written in one transaction when its oldest event is [`FLUSH_INTERVAL`] old or
-//! when it holds [`MAX_BATCH`] events, whichever comes first, so a `kill -9` loses at most
-//! the last second. [`Ledger::stop`] drains the channel and writes what is left, so a clean
-//! stop loses nothing.
+//! A batch is stored when its oldest event is [`FLUSH_INTERVAL`] old or when it holds
+//! [`MAX_BATCH`] events, whichever comes first, so a `kill -9` loses at most the last second.
+//! [`Ledger::stop`] drains the channel and stores what is left, so a clean stop loses nothing.
+//!
+//! Where a batch goes depends on the store ([`Ledger::start_for`]):
+//! - SQLite: straight into `usage.db` through [`UsageBackend::write_batch`].
+//! - PostgreSQL: appended to the local journal (fsync'd, [`super::journal`]), then moved to
+//!   the database by the delivery thread ([`super::delivery`]), which retries with backoff
+//!   while the database is unreachable. The writer itself never waits on the network. Past
+//!   the journal's bound, new batches are dropped and counted (logged once per episode).
 //!
 //! The channel is unbounded so that a worker never blocks or waits: the writer empties it
 //! every second, so it only grows while the disk refuses writes. A failed write keeps the
@@ -19,9 +25,12 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
-use rusqlite::{params, Connection, TransactionBehavior};
 
-use super::{open_for_writing, LedgerError, UsageEvent, BUSY_TIMEOUT};
+use super::backend::{node_for, SqliteUsage, UsageBackend};
+use super::delivery::Delivery;
+use super::journal::{Appended, Journal, JournalLevel, MAX_JOURNAL_BYTES};
+use super::{LedgerError, PgUsage, UsageEvent, UsageRecord, BUSY_TIMEOUT};
+use crate::config::{StoreBackend, StoreSettings};
 
 /// Longest an event waits in memory before it is written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -31,10 +40,6 @@ pub const MAX_BATCH: usize = 1000;
 
 /// Failed writes in a row after which the pending events are dropped.
 pub const MAX_WRITE_ATTEMPTS: u32 = 10;
-
-const INSERT: &str = "INSERT INTO usage (ts_ms, request_id, key_id, team, model, prompt, route, \
-    status, prompt_tokens, completion_tokens, cached_tokens, cost_nano_usd) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
 /// A worker's handle for reporting usage: cheap to clone (one per worker), never blocks.
 #[derive(Clone, Debug)]
@@ -70,6 +75,8 @@ struct Counters {
     flushed: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     write_errors: Arc<AtomicU64>,
+    /// Records journaled and not yet delivered (a gauge; 0 on SQLite).
+    journal_depth: Arc<AtomicU64>,
 }
 
 impl LedgerStats {
@@ -84,11 +91,16 @@ impl LedgerStats {
                 ),
                 failed: m.counter(
                     "credentialflow_usage_records_dropped_total",
-                    "Usage records dropped after repeated ledger write failures.",
+                    "Usage records dropped: repeated ledger write failures, a full journal, \
+                     or damaged journal lines.",
                 ),
                 write_errors: m.counter(
                     "credentialflow_usage_write_errors_total",
-                    "Failed ledger write attempts (retried or not).",
+                    "Failed ledger write and delivery attempts (retried or not).",
+                ),
+                journal_depth: m.gauge(
+                    "credentialflow_usage_journal_depth",
+                    "Usage records journaled and not yet delivered to PostgreSQL.",
                 ),
             }),
         }
@@ -106,9 +118,42 @@ impl LedgerStats {
         self.counters.failed.load(Ordering::Relaxed)
     }
 
-    /// Write attempts (transactions) that failed, retried or not.
+    /// Write attempts (transactions) that failed, retried or not; on PostgreSQL, failed
+    /// journal appends and delivery attempts.
     pub fn write_errors(&self) -> u64 {
         self.counters.write_errors.load(Ordering::Relaxed)
+    }
+
+    /// Records journaled and not yet delivered to PostgreSQL (always 0 on SQLite).
+    pub fn journal_depth(&self) -> u64 {
+        self.counters.journal_depth.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn count_written(&self, records: u64) {
+        self.counters.flushed.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub(super) fn count_dropped(&self, records: u64) {
+        self.counters.failed.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub(super) fn count_write_error(&self) {
+        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Knobs of a ledger started with [`Ledger::start_for_with`].
+#[derive(Clone, Copy, Debug)]
+pub struct LedgerOptions {
+    /// The journal's bound in bytes (PostgreSQL only); default [`MAX_JOURNAL_BYTES`].
+    pub journal_max_bytes: u64,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        LedgerOptions {
+            journal_max_bytes: MAX_JOURNAL_BYTES,
+        }
     }
 }
 
@@ -130,11 +175,16 @@ impl Default for Settings {
     }
 }
 
-/// The usage ledger: owns the writer thread. Dropping it stops it as [`Ledger::stop`] does.
+/// The usage ledger: owns the writer thread (and, on PostgreSQL, the delivery thread).
+/// Dropping it stops it as [`Ledger::stop`] does.
 pub struct Ledger {
     /// Dropped to tell the writer to drain, write and exit.
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// Dropped (after the writer has ended) to tell the delivery thread to make its last
+    /// pass and exit.
+    delivery_stop: Option<Sender<()>>,
+    delivery: Option<JoinHandle<()>>,
     stats: LedgerStats,
 }
 
@@ -146,7 +196,90 @@ impl Ledger {
     /// If the directory or the database cannot be created or opened, or the thread cannot
     /// start.
     pub fn start(data_dir: &Path) -> Result<(Ledger, UsageSender), LedgerError> {
-        Ledger::start_counted(data_dir, Settings::default(), LedgerStats::exported())
+        let settings = Settings::default();
+        Ledger::start_counted(
+            Destination::direct(data_dir, settings.busy_timeout)?,
+            settings,
+            LedgerStats::exported(),
+            String::new(),
+        )
+    }
+
+    /// Starts the ledger of the store `settings` name, its counters exported in `/metrics`:
+    /// [`Ledger::start`] on SQLite; on PostgreSQL, the journal in
+    /// `data_dir/usage-journal/` and the delivery thread, which first delivers any segments
+    /// a previous process left. The database need not be reachable: records are journaled
+    /// until it is.
+    ///
+    /// # Errors
+    /// If the store settings are unusable, the journal or database cannot be created, or a
+    /// thread cannot start.
+    pub fn start_for(settings: &StoreSettings) -> Result<(Ledger, UsageSender), LedgerError> {
+        Ledger::start_from(settings, LedgerOptions::default(), LedgerStats::exported())
+    }
+
+    /// [`Ledger::start_for`] with `options`, and counters of its own (not in `/metrics`), so
+    /// that several ledgers in one process each count their own.
+    ///
+    /// # Errors
+    /// As [`Ledger::start_for`].
+    pub fn start_for_with(
+        settings: &StoreSettings,
+        options: LedgerOptions,
+    ) -> Result<(Ledger, UsageSender), LedgerError> {
+        Ledger::start_from(settings, options, LedgerStats::default())
+    }
+
+    fn start_from(
+        settings: &StoreSettings,
+        options: LedgerOptions,
+        stats: LedgerStats,
+    ) -> Result<(Ledger, UsageSender), LedgerError> {
+        let node = node_for(settings);
+        let timings = Settings::default();
+        match settings.store.backend {
+            StoreBackend::Sqlite => Ledger::start_counted(
+                Destination::direct(&settings.data_dir, timings.busy_timeout)?,
+                timings,
+                stats,
+                node,
+            ),
+            StoreBackend::Postgres => {
+                let backend = PgUsage::from_settings(settings)?;
+                let level = Arc::new(JournalLevel {
+                    records: stats.counters.journal_depth.clone(),
+                    ..JournalLevel::default()
+                });
+                let journal =
+                    Journal::open(&settings.data_dir, options.journal_max_bytes, level.clone())?;
+                let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+                let (delivery_stop, delivery_stop_rx) = crossbeam_channel::bounded(1);
+                let delivery = Delivery {
+                    dir: journal.dir().to_owned(),
+                    backend: Box::new(backend),
+                    level,
+                    stats: stats.clone(),
+                }
+                .spawn(wake_rx, delivery_stop_rx)?;
+                let destination = Destination::Journal {
+                    journal,
+                    wake: wake_tx,
+                    full_logged: false,
+                };
+                let started = Ledger::start_counted(destination, timings, stats, node);
+                let (mut ledger, sender) = match started {
+                    Ok(started) => started,
+                    Err(e) => {
+                        drop(delivery_stop);
+                        let _ = delivery.join();
+                        return Err(e);
+                    }
+                };
+                ledger.delivery_stop = Some(delivery_stop);
+                ledger.delivery = Some(delivery);
+                Ok((ledger, sender))
+            }
+        }
     }
 
     #[cfg(test)]
@@ -154,22 +287,28 @@ impl Ledger {
         data_dir: &Path,
         settings: Settings,
     ) -> Result<(Ledger, UsageSender), LedgerError> {
-        Ledger::start_counted(data_dir, settings, LedgerStats::default())
+        Ledger::start_counted(
+            Destination::direct(data_dir, settings.busy_timeout)?,
+            settings,
+            LedgerStats::default(),
+            String::new(),
+        )
     }
 
     fn start_counted(
-        data_dir: &Path,
+        destination: Destination,
         settings: Settings,
         stats: LedgerStats,
+        node: String,
     ) -> Result<(Ledger, UsageSender), LedgerError> {
-        let conn = open_for_writing(data_dir)?;
-        conn.busy_timeout(settings.busy_timeout)?;
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let writer = Writer {
-            conn,
+            destination,
             settings,
             stats: stats.clone(),
+            ids: RecordIds::new(),
+            node,
             pending: Vec::new(),
             oldest: None,
             failed_attempts: 0,
@@ -181,23 +320,26 @@ impl Ledger {
         let ledger = Ledger {
             stop: Some(stop_tx),
             thread: Some(thread),
+            delivery_stop: None,
+            delivery: None,
             stats,
         };
         Ok((ledger, UsageSender { events: events_tx }))
     }
 
-    /// Writes every event already sent, then joins the writer thread. Stop the workers
-    /// first: events sent after this are dropped.
+    /// Stores every event already sent (on PostgreSQL: journals it, then delivers what it
+    /// can), then joins the threads. Stop the workers first: events sent after this are
+    /// dropped.
     pub fn stop(mut self) {
         self.shut_down();
     }
 
-    /// Events written so far.
+    /// Events stored so far (on PostgreSQL: delivered).
     pub fn flushed(&self) -> u64 {
         self.stats.flushed()
     }
 
-    /// Events dropped because their writes kept failing.
+    /// Events dropped because their writes kept failing or the journal was full.
     pub fn failed(&self) -> u64 {
         self.stats.failed()
     }
@@ -215,6 +357,16 @@ impl Ledger {
                 log::error!("usage ledger: the writer thread panicked; unwritten usage is lost");
             }
         }
+        // The writer has journaled everything: now the delivery thread's last pass.
+        drop(self.delivery_stop.take());
+        if let Some(thread) = self.delivery.take() {
+            if thread.join().is_err() {
+                log::error!(
+                    "usage ledger: the delivery thread panicked; the journal is delivered on \
+                     the next start"
+                );
+            }
+        }
     }
 }
 
@@ -224,13 +376,92 @@ impl Drop for Ledger {
     }
 }
 
+/// Where the writer stores a batch.
+enum Destination {
+    /// Straight into the store (SQLite).
+    Direct(Box<dyn UsageBackend>),
+    /// Into the journal, for the delivery thread (PostgreSQL).
+    Journal {
+        journal: Journal,
+        /// Nudges the delivery thread; bounded(1) and sent with `try_send`, so the writer
+        /// never waits on it (one pending nudge covers any number of segments).
+        wake: Sender<()>,
+        /// Whether "journal full" has been logged since the journal last had room.
+        full_logged: bool,
+    },
+}
+
+impl Destination {
+    fn direct(data_dir: &Path, busy_timeout: Duration) -> Result<Destination, LedgerError> {
+        let mut sqlite = SqliteUsage::open(data_dir)?;
+        sqlite.set_busy_timeout(busy_timeout);
+        Ok(Destination::Direct(Box::new(sqlite)))
+    }
+
+    /// Stores `records`; returns how many of them were dropped because the journal is full.
+    fn store(&mut self, records: &[UsageRecord]) -> Result<u64, LedgerError> {
+        match self {
+            Destination::Direct(backend) => backend.write_batch(records).map(|()| 0),
+            Destination::Journal {
+                journal,
+                wake,
+                full_logged,
+            } => match journal.append(records)? {
+                Appended::Written => {
+                    *full_logged = false;
+                    let _ = wake.try_send(());
+                    Ok(0)
+                }
+                Appended::Full => {
+                    if !*full_logged {
+                        *full_logged = true;
+                        log::error!(
+                            "usage ledger: the journal in {} is full; new usage records are \
+                             dropped (counted in credentialflow_usage_records_dropped_total) \
+                             until PostgreSQL takes the backlog",
+                            journal.dir().display()
+                        );
+                    }
+                    Ok(records.len() as u64)
+                }
+            },
+        }
+    }
+}
+
+/// Gives each record a unique id: a random 96-bit prefix per ledger and a counter. The
+/// prefix keeps ids from two processes (or two nodes) apart without coordination.
+struct RecordIds {
+    prefix: String,
+    next: u64,
+}
+
+impl RecordIds {
+    fn new() -> RecordIds {
+        let mut bytes = [0u8; 12];
+        crate::store::ids::fill_random(&mut bytes);
+        RecordIds {
+            prefix: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            next: 0,
+        }
+    }
+
+    fn next(&mut self) -> String {
+        self.next += 1;
+        format!("{}-{}", self.prefix, self.next)
+    }
+}
+
 /// The writer thread's state.
 struct Writer {
-    conn: Connection,
+    destination: Destination,
     settings: Settings,
     stats: LedgerStats,
-    /// Events received and not yet written.
-    pending: Vec<UsageEvent>,
+    ids: RecordIds,
+    /// This gateway's node name, recorded with every record.
+    node: String,
+    /// Records received and not yet stored.
+    pending: Vec<UsageRecord>,
     /// When the oldest pending event arrived.
     oldest: Option<Instant>,
     /// Failed writes in a row of the current pending events.
@@ -271,7 +502,12 @@ impl Writer {
 
     fn push(&mut self, event: UsageEvent) {
         self.oldest.get_or_insert_with(Instant::now);
-        self.pending.push(event);
+        // The id is given here, once: a retried batch keeps its ids.
+        self.pending.push(UsageRecord {
+            id: self.ids.next(),
+            node: self.node.clone(),
+            event,
+        });
     }
 
     /// Takes events already queued, up to a full batch, without waiting.
@@ -301,33 +537,28 @@ impl Writer {
             || self.next_write_at().is_some_and(|at| now >= at)
     }
 
-    /// Writes the pending events in one transaction; on failure keeps them for a retry, or
-    /// drops them after too many failures in a row.
+    /// Stores the pending events in one transaction (or one journal segment); on failure
+    /// keeps them for a retry, or drops them after too many failures in a row.
     fn write(&mut self) {
         let count = self.pending.len() as u64;
-        match write_batch(&mut self.conn, &self.pending) {
-            Ok(()) => {
-                self.stats
-                    .counters
-                    .flushed
-                    .fetch_add(count, Ordering::Relaxed);
+        match self.destination.store(&self.pending) {
+            Ok(dropped) => {
+                self.stats.count_dropped(dropped);
+                // Journaled records are counted as written when delivered.
+                if matches!(self.destination, Destination::Direct(_)) {
+                    self.stats.count_written(count);
+                }
                 self.clear();
             }
             Err(e) => {
-                self.stats
-                    .counters
-                    .write_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.count_write_error();
                 self.failed_attempts += 1;
                 if self.failed_attempts >= self.settings.max_attempts {
                     log::error!(
                         "usage ledger: dropping {count} usage events after {} failed writes: {e}",
                         self.failed_attempts
                     );
-                    self.stats
-                        .counters
-                        .failed
-                        .fetch_add(count, Ordering::Relaxed);
+                    self.stats.count_dropped(count);
                     self.clear();
                 } else {
                     log::warn!(
@@ -359,43 +590,11 @@ impl Writer {
     }
 }
 
-/// Inserts `events` in one transaction with one prepared statement.
-fn write_batch(conn: &mut Connection, events: &[UsageEvent]) -> rusqlite::Result<()> {
-    // IMMEDIATE takes the write lock up front, so waiting for another writer goes through
-    // the busy timeout rather than failing on a lock upgrade (sqlite.org/lang_transaction.html).
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut insert = tx.prepare_cached(INSERT)?;
-        for e in events {
-            insert.execute(params![
-                e.ts_ms,
-                e.request_id,
-                e.key_id,
-                e.team,
-                e.model,
-                e.prompt,
-                e.route,
-                e.status,
-                sql_integer(e.prompt_tokens),
-                sql_integer(e.completion_tokens),
-                sql_integer(e.cached_tokens),
-                sql_integer(e.cost_nano_usd),
-            ])?;
-        }
-    }
-    tx.commit()
-}
-
-/// SQLite integers are signed 64-bit; a count past that (never seen in practice) is clamped
-/// rather than failing the whole batch.
-fn sql_integer(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::usage::DB_FILE;
+    use rusqlite::Connection;
     use std::path::PathBuf;
 
     /// A fresh data directory, removed on drop.

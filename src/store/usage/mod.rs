@@ -1,22 +1,36 @@
-//! The usage ledger: one row per metered request in `data_dir/usage.db`, and the reports
-//! read from it. It sits in the store beside the keys and the audit log: all three are the
-//! gateway's records in `data_dir`, written off the data plane.
+//! The usage ledger: one row per metered request, in `data_dir/usage.db` (one host) or in
+//! the fleet's PostgreSQL `usage` table, and the reports read from it. It sits in the store
+//! beside the keys and the audit log, written off the data plane.
 //!
 //! - [`ledger`]: workers hand [`UsageEvent`]s to a [`UsageSender`] (never blocks); one
 //!   writer thread owned by the [`Ledger`] stores them in batches at least once a second.
+//! - [`backend`]: the one interface both stores implement ([`UsageBackend`]): write a batch,
+//!   report, and the totals budgets resume from. [`open_backend`] picks one from
+//!   [`StoreSettings`].
+//! - [`journal`] and [`delivery`]: on PostgreSQL the writer appends each batch to a local
+//!   journal, and a delivery thread moves it to the database, so an edge node keeps
+//!   metering through an outage and delivers every record exactly once afterwards.
 //! - [`report`]: spend per key, team or model since a point in time (`credentialflow usage`,
 //!   `GET /admin/usage`), the `--since` / `?since=` argument (`24h` or an RFC 3339
 //!   timestamp), and the totals budgets resume from at start-up.
 //!
-//! SQLite is touched only by the writer thread and by readers off the data plane (CLI, admin
-//! thread, start-up); a worker only pushes onto a channel.
+//! The databases are touched only by the ledger's threads and by readers off the data plane
+//! (CLI, admin thread, start-up); a worker only pushes onto a channel.
 
+pub mod backend;
+mod delivery;
+pub mod journal;
 pub mod ledger;
+mod pg;
 pub mod report;
 
-pub use ledger::{Ledger, LedgerStats, UsageSender};
+pub use backend::{open_backend, SqliteUsage, TotalsBy, UsageBackend};
+pub use journal::{JOURNAL_DIR, MAX_JOURNAL_BYTES};
+pub use ledger::{Ledger, LedgerOptions, LedgerStats, UsageSender};
+pub use pg::PgUsage;
 pub use report::{
-    parse_since, report, totals_by_key, totals_by_team, GroupBy, SpendTotals, UsageRow,
+    parse_since, report, report_for, totals_by_key, totals_by_key_for, totals_by_team,
+    totals_by_team_for, GroupBy, SpendTotals, UsageRow,
 };
 
 use std::fmt;
@@ -24,6 +38,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::config::StoreSettings;
+use crate::store::postgres::PgError;
+use crate::store::StoreError;
 
 /// File name of the usage database inside the data directory.
 pub const DB_FILE: &str = "usage.db";
@@ -55,7 +74,7 @@ CREATE INDEX IF NOT EXISTS usage_by_team ON usage (team, ts_ms);
 ";
 
 /// One metered request, as a worker reports it after the response.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageEvent {
     /// When the request finished, unix milliseconds.
     pub ts_ms: i64,
@@ -83,13 +102,35 @@ pub struct UsageEvent {
     pub cost_nano_usd: u64,
 }
 
+/// An event on its way to the store: the event, the ledger's own id for it, and the node
+/// that metered it.
+///
+/// The id, not the request id, is what makes delivery idempotent: a client may send the
+/// same `x-request-id` on every request, and keying on it would let a client erase its own
+/// spend. The id is given once, when the writer takes the event, and travels with it
+/// through the journal, so a batch delivered twice (a crash between commit and segment
+/// deletion) is stored once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// Unique per record: a random per-process prefix and a counter.
+    pub id: String,
+    /// The gateway's name in the fleet (`[store] node`; empty on SQLite, which is one node).
+    pub node: String,
+    /// What was metered.
+    pub event: UsageEvent,
+}
+
 /// Why the ledger could not be opened, written or read.
 #[derive(Debug)]
 pub enum LedgerError {
     /// SQLite failed (locked past the busy timeout, disk full, corrupt file).
     Db(rusqlite::Error),
-    /// The data directory could not be created, or the writer thread could not start.
+    /// The data directory or the journal could not be written, or a thread could not start.
     Io(std::io::Error),
+    /// PostgreSQL failed or could not be reached. Its text never holds the URL's password.
+    Postgres(PgError),
+    /// The store settings cannot be used (an unresolvable URL reference, a bad node name).
+    Config(String),
 }
 
 impl fmt::Display for LedgerError {
@@ -97,6 +138,31 @@ impl fmt::Display for LedgerError {
         match self {
             LedgerError::Db(e) => write!(f, "usage ledger: {e}"),
             LedgerError::Io(e) => write!(f, "usage ledger: {e}"),
+            LedgerError::Postgres(e) => write!(f, "usage ledger: {e}"),
+            LedgerError::Config(e) => write!(f, "usage ledger: {e}"),
+        }
+    }
+}
+
+impl From<PgError> for LedgerError {
+    fn from(e: PgError) -> Self {
+        LedgerError::Postgres(e)
+    }
+}
+
+impl From<::postgres::Error> for LedgerError {
+    fn from(e: ::postgres::Error) -> Self {
+        LedgerError::Postgres(PgError::from_client(&e))
+    }
+}
+
+impl From<StoreError> for LedgerError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Postgres(e) => LedgerError::Postgres(e),
+            StoreError::Db(e) => LedgerError::Db(e),
+            StoreError::Io(e) => LedgerError::Io(e),
+            other => LedgerError::Config(other.to_string()),
         }
     }
 }
@@ -113,6 +179,11 @@ impl From<std::io::Error> for LedgerError {
     fn from(e: std::io::Error) -> Self {
         LedgerError::Io(e)
     }
+}
+
+/// The node name the ledger records: `[store] node`, else the host name.
+fn node_of(settings: &StoreSettings) -> String {
+    settings.store.node_name().unwrap_or_default()
 }
 
 /// The database's path in `data_dir`.

@@ -1,7 +1,8 @@
 //! Reading the ledger: spend per key, team or model since a point in time, and the totals
 //! budgets resume from at start-up. Each call opens its own connection (the CLI, the admin
 //! thread and start-up call these; never a worker). A data directory without a ledger yet
-//! reads as no usage.
+//! reads as no usage. The `*_for` forms read the ledger a config's [`StoreSettings`] name
+//! (on PostgreSQL, the whole fleet's); the others the embedded one in a data directory.
 //!
 //! How far back a report goes is the `--since` / `?since=` argument ([`parse_since`]):
 //! either a duration back from now in the project's one grammar ([`crate::clock::duration`]:
@@ -16,12 +17,14 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use super::{open_for_reading, LedgerError};
+use super::backend::{open_backend, SqliteUsage, TotalsBy, UsageBackend};
+use super::LedgerError;
 use crate::clock::calendar::parse_rfc3339_ms;
 use crate::clock::parse_duration;
+use crate::config::StoreSettings;
 
 /// Nano-USD in one USD.
-const NANOS_PER_USD: f64 = 1e9;
+pub(super) const NANOS_PER_USD: f64 = 1e9;
 
 /// What a usage report adds up by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,7 +50,7 @@ impl GroupBy {
 
     /// The column grouped on. Rows where it is NULL are left out of the report: usage
     /// without a key (or a model) belongs to no key (or model).
-    fn column(self) -> &'static str {
+    pub(super) fn column(self) -> &'static str {
         match self {
             GroupBy::Key => "key_id",
             GroupBy::Team => "team",
@@ -90,7 +93,7 @@ pub struct UsageRow {
 }
 
 /// Usage grouped by `group_by` for requests at or after `since_ms` (unix ms; 0 = all time),
-/// most expensive first, then by group name.
+/// most expensive first, then by group name, from the embedded ledger in `data_dir`.
 ///
 /// # Errors
 /// If the database exists but cannot be read.
@@ -99,28 +102,19 @@ pub fn report(
     group_by: GroupBy,
     since_ms: i64,
 ) -> Result<Vec<UsageRow>, LedgerError> {
-    let Some(conn) = open_for_reading(data_dir)? else {
-        return Ok(Vec::new());
-    };
-    let column = group_by.column();
-    // `column` comes from a fixed list, never from input.
-    let sql = format!(
-        "SELECT {column}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), \
-         SUM(cost_nano_usd) AS cost \
-         FROM usage WHERE ts_ms >= ?1 AND {column} IS NOT NULL \
-         GROUP BY {column} ORDER BY cost DESC, {column} ASC"
-    );
-    let mut statement = conn.prepare(&sql)?;
-    let rows = statement.query_map([since_ms], |row| {
-        Ok(UsageRow {
-            group: row.get(0)?,
-            requests: count(row.get(1)?),
-            prompt_tokens: count(row.get(2)?),
-            completion_tokens: count(row.get(3)?),
-            cost_usd: count(row.get(4)?) as f64 / NANOS_PER_USD,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    SqliteUsage::new(data_dir).report(group_by, since_ms)
+}
+
+/// [`report`] from the ledger `settings` name: on PostgreSQL, the whole fleet's usage.
+///
+/// # Errors
+/// If the ledger cannot be reached or read.
+pub fn report_for(
+    settings: &StoreSettings,
+    group_by: GroupBy,
+    since_ms: i64,
+) -> Result<Vec<UsageRow>, LedgerError> {
+    open_backend(settings)?.report(group_by, since_ms)
 }
 
 /// Settled spend of one key or team, as budgets count it.
@@ -132,7 +126,7 @@ pub struct SpendTotals {
     pub cost_nano_usd: u64,
 }
 
-/// Spend per key id since `since_ms` (unix ms), for resuming key budgets at start-up.
+/// Spend per key id since `since_ms` (unix ms) in the embedded ledger in `data_dir`.
 /// Requests without a key are not counted.
 ///
 /// # Errors
@@ -141,10 +135,10 @@ pub fn totals_by_key(
     data_dir: &Path,
     since_ms: i64,
 ) -> Result<HashMap<String, SpendTotals>, LedgerError> {
-    totals(data_dir, "key_id", since_ms)
+    SqliteUsage::new(data_dir).totals(TotalsBy::Key, since_ms)
 }
 
-/// Spend per team since `since_ms` (unix ms), for resuming team budgets at start-up.
+/// Spend per team since `since_ms` (unix ms) in the embedded ledger in `data_dir`.
 /// Requests by keys without a team (team `""`) are not counted.
 ///
 /// # Errors
@@ -153,35 +147,34 @@ pub fn totals_by_team(
     data_dir: &Path,
     since_ms: i64,
 ) -> Result<HashMap<String, SpendTotals>, LedgerError> {
-    totals(data_dir, "team", since_ms)
+    SqliteUsage::new(data_dir).totals(TotalsBy::Team, since_ms)
 }
 
-fn totals(
-    data_dir: &Path,
-    column: &'static str,
+/// Spend per key id since `since_ms` in the ledger `settings` name, for resuming key
+/// budgets at start-up (on PostgreSQL: what every node of the fleet recorded).
+///
+/// # Errors
+/// If the ledger cannot be reached or read.
+pub fn totals_by_key_for(
+    settings: &StoreSettings,
     since_ms: i64,
 ) -> Result<HashMap<String, SpendTotals>, LedgerError> {
-    let Some(conn) = open_for_reading(data_dir)? else {
-        return Ok(HashMap::new());
-    };
-    let sql = format!(
-        "SELECT {column}, SUM(prompt_tokens + completion_tokens), SUM(cost_nano_usd) \
-         FROM usage WHERE ts_ms >= ?1 AND {column} IS NOT NULL AND {column} != '' \
-         GROUP BY {column}"
-    );
-    let mut statement = conn.prepare(&sql)?;
-    let rows = statement.query_map([since_ms], |row| {
-        let totals = SpendTotals {
-            tokens: count(row.get(1)?),
-            cost_nano_usd: count(row.get(2)?),
-        };
-        Ok((row.get(0)?, totals))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    open_backend(settings)?.totals(TotalsBy::Key, since_ms)
+}
+
+/// Spend per team since `since_ms` in the ledger `settings` name, for resuming team budgets.
+///
+/// # Errors
+/// If the ledger cannot be reached or read.
+pub fn totals_by_team_for(
+    settings: &StoreSettings,
+    since_ms: i64,
+) -> Result<HashMap<String, SpendTotals>, LedgerError> {
+    open_backend(settings)?.totals(TotalsBy::Team, since_ms)
 }
 
 /// A SUM or COUNT as unsigned (the writer never stores negative numbers).
-fn count(value: i64) -> u64 {
+pub(super) fn count(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
