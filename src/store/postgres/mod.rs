@@ -19,6 +19,7 @@
 mod audit;
 mod connect;
 mod error;
+pub mod import;
 mod keys;
 mod listener;
 pub mod migrations;
