@@ -32,7 +32,7 @@ enum StoreCommand {
     Migrate {
         /// Config file whose `[store]` names the PostgreSQL store (`backend = "postgres"`,
         /// `url`, `pepper`, `node`); nothing else in it is read.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// The host's data directory (its `server.data_dir`); only read.
         #[arg(long, value_name = "DIR")]

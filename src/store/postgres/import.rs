@@ -198,6 +198,10 @@ fn check_audit_entry(index: usize, entry: &AuditEntry) -> Result<i64, StoreError
     if let Some(id) = &entry.key_id {
         check_text("key_id", id).map_err(at_entry)?;
     }
+    // The records are stored as they are, so they are held to a stored key's bounds.
+    for record in entry.before.iter().chain(&entry.after) {
+        validate(record).map_err(at_entry)?;
+    }
     parse_rfc3339_ms(&entry.time)
         .map(|ms| ms.div_euclid(1000))
         .ok_or_else(|| {
@@ -475,6 +479,22 @@ mod tests {
         let mut control = entry("2023-11-14T22:13:20Z");
         control.action = "re\u{1b}[2Jload".into();
         assert!(check_audit_entry(0, &control).is_err());
+    }
+
+    #[test]
+    fn audit_records_are_held_to_a_stored_keys_bounds() {
+        let mut oversized = entry("2023-11-14T22:13:20Z");
+        let mut record = sample();
+        record
+            .metadata
+            .insert("blob".into(), "x".repeat(64 * 1024).into());
+        oversized.after = Some(record);
+        let err = check_audit_entry(2, &oversized).unwrap_err();
+        assert!(err.to_string().starts_with("metadata: "), "{err}");
+        assert!(err.to_string().ends_with("(audit entry 3)"), "{err}");
+        let mut fine = entry("2023-11-14T22:13:20Z");
+        fine.before = Some(sample());
+        assert!(check_audit_entry(0, &fine).is_ok());
     }
 
     #[test]
