@@ -17,6 +17,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::store::StoreHealth;
+
 /// The process-wide metrics, created on first use.
 pub fn global() -> &'static Metrics {
     static GLOBAL: OnceLock<Metrics> = OnceLock::new();
@@ -69,6 +71,9 @@ pub struct Metrics {
     driver: Mutex<Option<&'static str>>,
     reloads_ok: AtomicU64,
     reloads_error: AtomicU64,
+    /// The key store's health, shown as `credentialflow_store_up` once the gateway has a
+    /// store (its owner is the credential cache; this only reads it).
+    store_health: Mutex<Option<Arc<StoreHealth>>>,
 }
 
 /// One worker's open-connection gauge, alone on its cache line so that workers bumping their
@@ -101,6 +106,7 @@ impl Metrics {
             driver: Mutex::new(None),
             reloads_ok: AtomicU64::new(0),
             reloads_error: AtomicU64::new(0),
+            store_health: Mutex::new(None),
         }
     }
 
@@ -148,6 +154,11 @@ impl Metrics {
     /// `credentialflow_driver_info{driver=".."} 1`.
     pub fn set_driver(&self, driver: &'static str) {
         *self.driver.lock() = Some(driver);
+    }
+
+    /// Exposes `health` as `credentialflow_store_up` (1 reachable, 0 not).
+    pub fn set_store_health(&self, health: Arc<StoreHealth>) {
+        *self.store_health.lock() = Some(health);
     }
 
     /// Sizes the per-worker gauges for `n` workers. Call once at startup, before the workers
@@ -270,6 +281,17 @@ impl Metrics {
             out,
             "credentialflow_config_reloads_total{{result=\"error\"}} {error}"
         );
+
+        if let Some(health) = self.store_health.lock().as_ref() {
+            family_header(
+                &mut out,
+                "credentialflow_store_up",
+                "gauge",
+                "Whether the key store answered the last call to it (1) or not (0).",
+            );
+            let up = u8::from(health.is_up());
+            let _ = writeln!(out, "credentialflow_store_up {up}");
+        }
 
         for counter in self.counters.lock().iter() {
             family_header(&mut out, counter.name, "counter", counter.help);
@@ -408,6 +430,20 @@ mod tests {
 
     fn lines(text: &str) -> Vec<&str> {
         text.lines().collect()
+    }
+
+    #[test]
+    fn store_up_follows_the_store_health_once_set() {
+        let metrics = Metrics::new();
+        assert!(!metrics.render().contains("credentialflow_store_up"));
+        let health = Arc::new(StoreHealth::new());
+        metrics.set_store_health(Arc::clone(&health));
+        assert!(metrics.render().contains("\ncredentialflow_store_up 1\n"));
+        health.set(false);
+        assert!(metrics.render().contains("\ncredentialflow_store_up 0\n"));
+        assert!(metrics
+            .render()
+            .contains("# TYPE credentialflow_store_up gauge"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -18,7 +19,7 @@ use crate::limits::{period_start_ms, BudgetTable, Period};
 use crate::metrics;
 use crate::snapshot::{Carried, Purpose, Services, Shared, Snapshot};
 use crate::store::usage::Ledger;
-use crate::store::{self, SharedBackend};
+use crate::store::{self, NodeRecord, SharedBackend, StoreHealth};
 use crate::worker::{self, Driver, ListenSpec};
 
 /// `--driver`: which I/O driver the workers use.
@@ -146,6 +147,7 @@ fn start(
 
     metrics::global().set_driver(driver.name());
     metrics::global().set_workers(workers);
+    metrics::global().set_store_health(Arc::clone(credentials.store_health()));
     if !snapshot.catalog.is_empty() {
         // Building the tokenizers takes a moment; do it now, off the workers, so the first
         // AI request does not pay for it.
@@ -208,7 +210,24 @@ fn start(
 
     drop(reservations);
 
+    let this_node: Arc<dyn Fn() -> NodeRecord + Send + Sync> = {
+        let shared = shared.clone();
+        let node = store_settings.store.node.clone();
+        Arc::new(move || NodeRecord {
+            node: node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            last_seen: store::unix_now(),
+            // 1 for the config loaded at start, one more per reload.
+            config_generation: shared.generation() + 1,
+        })
+    };
     let admin_shutdown = Arc::new(AtomicBool::new(false));
+    let heartbeat = spawn_heartbeat(
+        store.clone(),
+        Arc::clone(shared.credentials.store_health()),
+        this_node.clone(),
+        admin_shutdown.clone(),
+    )?;
     let admin_thread = {
         let ready_shared = shared.clone();
         let reload_shared = shared.clone();
@@ -225,6 +244,7 @@ fn start(
                 store: store.clone(),
                 data_dir: data_dir.clone(),
                 credentials: shared.credentials.clone(),
+                this_node,
             },
             admin_shutdown.clone(),
         )
@@ -257,6 +277,7 @@ fn start(
         let _ = t.join();
     }
     let _ = admin_thread.join();
+    let _ = heartbeat.join();
     sweeper_stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = sweeper.join();
     // Every request has finished: write the last usage records before exiting.
@@ -268,6 +289,49 @@ fn start(
     }
     log::info!("stopped");
     Ok(0)
+}
+
+/// How often a node records itself in the store's node registry (`GET /admin/nodes`).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Starts the thread that records this node in the store's registry at once and every
+/// [`HEARTBEAT_INTERVAL`] until `stop` is set. It takes its turn with the admin API's
+/// backend (no extra connection), and skips beats while the store is known to be
+/// unreachable so an admin call never waits behind a doomed connection attempt.
+fn spawn_heartbeat(
+    store: SharedBackend,
+    health: Arc<StoreHealth>,
+    this_node: Arc<dyn Fn() -> NodeRecord + Send + Sync>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name("cf-heartbeat".into())
+        .spawn(move || {
+            let mut failing = false;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if health.is_up() {
+                    let node = this_node();
+                    let beat =
+                        store
+                            .lock()
+                            .heartbeat(&node.node, &node.version, node.config_generation);
+                    match beat {
+                        Ok(()) => failing = false,
+                        Err(e) if !failing => {
+                            log::warn!("cannot record this node in the store: {e}");
+                            failing = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                // Sleep in short steps so shutdown is not held up by a whole interval.
+                let until = Instant::now() + HEARTBEAT_INTERVAL;
+                while Instant::now() < until && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the heartbeat thread: {e}"))
 }
 
 /// Seeds every key and team budget with what the ledger recorded since its period began, so

@@ -406,13 +406,16 @@ fn a_pepper_that_is_not_the_hosts_is_refused_before_the_database_is_touched() {
         .collect::<String>();
     let passphrase = "the-fleet-passphrase-nobody-can-guess-42";
 
-    for wrong in [other.as_str(), passphrase] {
+    for (wrong, why) in [
+        (other.as_str(), "never authenticate"),
+        // Not in the pepper file's form: the config load refuses it already.
+        (passphrase, "64 hex"),
+    ] {
         let run = migrate(&fleet, host.path(), &url, wrong);
         run.assert_code(1);
         let output = run.output();
         assert!(output.contains("store.pepper"), "{output}");
-        assert!(output.contains("never authenticate"), "{output}");
-        assert!(output.contains("Nothing was copied"), "{output}");
+        assert!(output.contains(why), "{output}");
         assert!(
             !output.contains(wrong),
             "the given pepper is shown: {output}"
@@ -421,7 +424,7 @@ fn a_pepper_that_is_not_the_hosts_is_refused_before_the_database_is_touched() {
             !output.contains(&own),
             "the host's pepper is shown: {output}"
         );
-        assert!(!output.contains("copied 0"), "{output}");
+        assert!(!output.contains("copied "), "{output}");
     }
     // Not even the schema was created (so no pepper verifier was recorded either).
     let created: Option<String> = server

@@ -18,6 +18,9 @@ const ACTOR: &str = "admin";
 
 /// `POST /admin/keys`: 201 with the record and `key`, the only time the secret is shown.
 pub(crate) fn create(state: &AdminState, request: &Request) -> Response {
+    if let Some(refused) = unavailable(state) {
+        return refused;
+    }
     let result = body_object(request)
         .and_then(|body| new_key(&body))
         .and_then(|new| state.store.lock().create(new, ACTOR));
@@ -28,7 +31,7 @@ pub(crate) fn create(state: &AdminState, request: &Request) -> Response {
             body.insert("key".into(), Value::String(secret));
             json_response(201, &Value::Object(body))
         }
-        Err(e) => store_error(&e),
+        Err(e) => store_error(state, &e),
     }
 }
 
@@ -36,7 +39,7 @@ pub(crate) fn create(state: &AdminState, request: &Request) -> Response {
 pub(crate) fn list(state: &AdminState) -> Response {
     match state.store.lock().list() {
         Ok(records) => json_response(200, &json!(records)),
-        Err(e) => store_error(&e),
+        Err(e) => store_error(state, &e),
     }
 }
 
@@ -44,13 +47,16 @@ pub(crate) fn list(state: &AdminState) -> Response {
 pub(crate) fn show(state: &AdminState, id: &str) -> Response {
     match state.store.lock().get(id) {
         Ok(Some(record)) => json_response(200, &json!(record)),
-        Ok(None) => store_error(&StoreError::NotFound(id.to_owned())),
-        Err(e) => store_error(&e),
+        Ok(None) => store_error(state, &StoreError::NotFound(id.to_owned())),
+        Err(e) => store_error(state, &e),
     }
 }
 
 /// `PATCH /admin/keys/{id}`: any field of create; `null` clears an optional one.
 pub(crate) fn update(state: &AdminState, id: &str, request: &Request) -> Response {
+    if let Some(refused) = unavailable(state) {
+        return refused;
+    }
     let result = body_object(request)
         .and_then(|body| key_patch(&body))
         .and_then(|patch| state.store.lock().update(id, patch, ACTOR));
@@ -59,12 +65,15 @@ pub(crate) fn update(state: &AdminState, id: &str, request: &Request) -> Respons
             in_force(state, &record);
             json_response(200, &json!(record))
         }
-        Err(e) => store_error(&e),
+        Err(e) => store_error(state, &e),
     }
 }
 
 /// `POST /admin/keys/{id}/rotate` with an optional `{"grace":"1h"}` (default: no grace).
 pub(crate) fn rotate(state: &AdminState, id: &str, request: &Request) -> Response {
+    if let Some(refused) = unavailable(state) {
+        return refused;
+    }
     let result =
         rotate_grace(request).and_then(|grace| state.store.lock().rotate(id, grace, ACTOR));
     match result {
@@ -72,12 +81,15 @@ pub(crate) fn rotate(state: &AdminState, id: &str, request: &Request) -> Respons
             in_force(state, &record);
             json_response(200, &json!({ "id": record.id, "key": secret }))
         }
-        Err(e) => store_error(&e),
+        Err(e) => store_error(state, &e),
     }
 }
 
 /// `DELETE /admin/keys/{id}`: revokes (the key stays listed); 204.
 pub(crate) fn revoke(state: &AdminState, id: &str) -> Response {
+    if let Some(refused) = unavailable(state) {
+        return refused;
+    }
     let result = state.store.lock().revoke(id, ACTOR);
     match result {
         Ok(record) => {
@@ -90,7 +102,7 @@ pub(crate) fn revoke(state: &AdminState, id: &str) -> Response {
                 close: false,
             }
         }
-        Err(e) => store_error(&e),
+        Err(e) => store_error(state, &e),
     }
 }
 
@@ -109,9 +121,31 @@ fn record_json(record: &KeyRecord) -> Map<String, Value> {
     }
 }
 
+/// 503 `store_unavailable` when the key store is known to be unreachable: a write is refused
+/// at once rather than after a connection attempt, and the watcher says when it is back.
+fn unavailable(state: &AdminState) -> Option<Response> {
+    (!state.credentials.store_health().is_up()).then(store_unavailable)
+}
+
+fn store_unavailable() -> Response {
+    error(
+        503,
+        "api_error",
+        "store_unavailable",
+        "the key store is unreachable; keys already issued keep working, retry later",
+    )
+}
+
 /// The store's errors as the contract's statuses. Failures of the machine are logged here and
-/// answered without detail.
-fn store_error(e: &StoreError) -> Response {
+/// answered without detail; an unreachable store is recorded in the store health (one log
+/// line when that changes) and answered 503 `store_unavailable`.
+pub(crate) fn store_error(state: &AdminState, e: &StoreError) -> Response {
+    if e.is_unavailable() {
+        if state.credentials.store_health().set(false) {
+            log::warn!("admin: key store unreachable: {e}");
+        }
+        return store_unavailable();
+    }
     match e {
         StoreError::NotFound(_) => error(404, "not_found_error", "key_not_found", "no such key"),
         StoreError::Invalid { .. } => error(

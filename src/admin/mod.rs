@@ -10,6 +10,7 @@
 mod auth;
 mod http;
 mod keys;
+mod nodes;
 mod routes;
 mod slots;
 mod usage;
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use crate::auth::CredentialCache;
 use crate::config;
-use crate::store::SharedBackend;
+use crate::store::{NodeRecord, SharedBackend};
 use http::{Connection, Limits, ReadError, Response};
 use slots::{Connections, Slot};
 
@@ -62,8 +63,12 @@ pub struct AdminState {
     /// `server.data_dir`: the usage ledger behind `/admin/usage`.
     pub data_dir: PathBuf,
     /// The workers' credential cache over that store: every `/admin/keys*` write is applied
-    /// to it before the answer is sent.
+    /// to it before the answer is sent. Its [`CredentialCache::store_health`] says whether
+    /// the store is reachable (`/healthz`, and admin writes answer 503 while it is not).
     pub credentials: Arc<CredentialCache>,
+    /// This gateway as a fleet node (name, version, now, config generation): what
+    /// `GET /admin/nodes` lists when the store keeps no registry of nodes.
+    pub this_node: Arc<dyn Fn() -> NodeRecord + Send + Sync>,
 }
 
 /// Serves the admin API on `listener` from a new thread until `shutdown` is set. The thread
@@ -412,6 +417,12 @@ mod tests {
                 crate::store::Pepper::from_bytes([0; 32]),
                 Vec::new(),
             )),
+            this_node: Arc::new(|| NodeRecord {
+                node: "edge-test".into(),
+                version: "1.2.3".into(),
+                last_seen: 1_700_000_000,
+                config_generation: 4,
+            }),
         }
     }
 

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::auth;
 use super::http::{Request, Response};
-use super::{keys, usage, AdminState};
+use super::{keys, nodes, usage, AdminState};
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -36,13 +36,14 @@ pub(crate) fn dispatch(state: &AdminState, request: &Request) -> Response {
         ("DELETE", ["admin", "keys", id]) => keys::revoke(state, id),
         ("POST", ["admin", "keys", id, "rotate"]) => keys::rotate(state, id, request),
         ("GET", ["admin", "usage"]) => usage::usage(state, request),
+        ("GET", ["admin", "nodes"]) => nodes::list(state),
 
         (_, ["healthz"] | ["metrics"]) => method_not_allowed("GET, HEAD"),
         (_, ["admin", "reload"]) => method_not_allowed("POST"),
         (_, ["admin", "keys"]) => method_not_allowed("GET, HEAD, POST"),
         (_, ["admin", "keys", _]) => method_not_allowed("GET, HEAD, PATCH, DELETE"),
         (_, ["admin", "keys", _, "rotate"]) => method_not_allowed("POST"),
-        (_, ["admin", "usage"]) => method_not_allowed("GET, HEAD"),
+        (_, ["admin", "usage"] | ["admin", "nodes"]) => method_not_allowed("GET, HEAD"),
         _ => error(
             404,
             "not_found_error",
@@ -52,12 +53,18 @@ pub(crate) fn dispatch(state: &AdminState, request: &Request) -> Response {
     }
 }
 
-/// `GET /healthz`: 200 once every worker is serving, 503 before.
+/// `GET /healthz`: 200 once every worker is serving, 503 before. While the key store is
+/// unreachable the node still serves from its replica, so it answers 200 `degraded`.
 fn healthz(state: &AdminState) -> Response {
-    if (state.ready)() {
+    if !(state.ready)() {
+        json_response(503, &json!({ "status": "starting" }))
+    } else if state.credentials.store_health().is_up() {
         json_response(200, &json!({ "status": "ok" }))
     } else {
-        json_response(503, &json!({ "status": "starting" }))
+        json_response(
+            200,
+            &json!({ "status": "degraded", "store": "unreachable" }),
+        )
     }
 }
 

@@ -139,6 +139,12 @@ mod tests {
                     crate::store::Pepper::from_bytes([0; 32]),
                     Vec::new(),
                 )),
+                this_node: Arc::new(|| crate::store::NodeRecord {
+                    node: "edge-test".into(),
+                    version: "0.0.0".into(),
+                    last_seen: 0,
+                    config_generation: 1,
+                }),
             })
         }
 

@@ -14,7 +14,16 @@
 //! - the watcher thread, which reads the store's change sequence every [`POLL_INTERVAL`], or
 //!   at once when the store's backend pushes a change notification
 //!   ([`KeyBackend::wait_for_change`]), for changes made by other processes writing the same
-//!   store (the CLI, other nodes).
+//!   store (the CLI, other nodes). With notifications (PostgreSQL's `NOTIFY`) it still reads
+//!   every [`SAFETY_NET_INTERVAL`], so a lost notification delays a change by at most that:
+//!   the reconciliation bound.
+//!
+//! When the store cannot be reached the replica stays as it is: known keys keep working and
+//! expiry is still enforced, since [`KeyRecord::is_active`] is checked on every lookup. The
+//! watcher marks the store down in its [`StoreHealth`], retries with a backoff from
+//! [`RETRY_MIN`] doubling to [`RETRY_MAX`], and on reconnect reloads every key
+//! ([`CredentialCache::reconcile`]), so changes made meanwhile elsewhere (revocations
+//! included) take effect then.
 //!
 //! Both may deliver the same row, and in either order, so a change is applied only if its
 //! store sequence is newer than the one the cache holds for that key: a duplicate is a no-op
@@ -32,11 +41,21 @@ use parking_lot::Mutex;
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::config::StoreSettings;
-use crate::store::{self, unix_now, KeyBackend, KeyRecord, Pepper};
+use crate::store::{self, unix_now, KeyBackend, KeyRecord, Pepper, StoreHealth};
 
 /// How often the watcher asks the store for changes when the store has no change
 /// notifications. Bounds how stale the cache can be.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often the watcher reads the change feed of a store that notifies changes, whether
+/// or not a notification came: a lost notification delays a change (a revocation) on this
+/// node by at most this long.
+pub const SAFETY_NET_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The first wait before retrying an unreachable store; it doubles on every failure.
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between retries of an unreachable store.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Every key the gateway issues starts with this.
 const KEY_PREFIX: &[u8] = b"cf_";
@@ -159,6 +178,8 @@ pub struct CredentialCache {
     writer: Mutex<Writer>,
     /// Set by [`CredentialCache::stop`]: the watcher exits at its next tick.
     stop: AtomicBool,
+    /// Whether the store answered the watcher's (or the admin API's) last call.
+    health: Arc<StoreHealth>,
 }
 
 impl CredentialCache {
@@ -191,7 +212,8 @@ impl CredentialCache {
             cache: Arc::downgrade(&cache),
             store,
             last_seq,
-            failing: false,
+            retry: None,
+            reconcile: false,
         };
         thread::Builder::new()
             .name("cf-key-watcher".into())
@@ -215,6 +237,7 @@ impl CredentialCache {
             by_name: papaya::HashMap::with_capacity(capacity),
             writer: Mutex::new(Writer::default()),
             stop: AtomicBool::new(false),
+            health: Arc::new(StoreHealth::new()),
         };
         let now = unix_now();
         {
@@ -280,6 +303,55 @@ impl CredentialCache {
     /// True when the cache holds no key.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether the key store is reachable, as the watcher (or the admin API) last found it:
+    /// shared with `/healthz`, `/metrics` and the admin API.
+    pub fn store_health(&self) -> &Arc<StoreHealth> {
+        &self.health
+    }
+
+    /// Replaces the replica with `records`, a full read of the store whose newest row has
+    /// sequence `read_seq` or less: rows newer than the held ones are applied, and keys the
+    /// store no longer has are dropped. A key held with a sequence above `read_seq` was
+    /// committed (and applied by the admin API) after the read, so it is kept as it is.
+    /// Returns how many keys the cache holds afterwards.
+    pub fn reconcile(&self, records: Vec<KeyRecord>, read_seq: u64) -> usize {
+        let now = unix_now();
+        let mut writer = self.writer.lock();
+        let present: std::collections::HashSet<String> =
+            records.iter().map(|r| r.id.clone()).collect();
+        for record in records {
+            self.apply(&mut writer, record, now);
+        }
+        let gone: Vec<Arc<KeyRecord>> = self
+            .by_id
+            .pin()
+            .keys()
+            .filter(|key| key.0.seq <= read_seq && !present.contains(&key.0.id))
+            .map(|key| Arc::clone(&key.0))
+            .collect();
+        for record in gone {
+            self.remove(&record);
+        }
+        self.len()
+    }
+
+    /// Drops every index entry of `record`'s key. The caller holds the writer lock.
+    fn remove(&self, record: &KeyRecord) {
+        let id = record.id.as_str();
+        let hashes = self.by_hash.pin();
+        for hash in [Some(record.hash), record.previous_hash]
+            .into_iter()
+            .flatten()
+        {
+            let _ = hashes.remove_if(&SecretHash(hash), |_, key| key.id == id);
+        }
+        let _ = self
+            .by_name
+            .pin()
+            .remove_if(record.name.as_str(), |key, ()| key.0.id == id);
+        self.by_id.pin().remove(id);
     }
 
     /// Asks the watcher thread to exit at its next tick; the cache keeps serving what it holds.
@@ -400,16 +472,24 @@ struct Watcher {
     cache: Weak<CredentialCache>,
     store: Box<dyn KeyBackend>,
     last_seq: u64,
-    /// Whether the last poll failed, so a persistent failure is logged once, not 10 times a second.
-    failing: bool,
+    /// While the store is unreachable, how long to wait before the next attempt.
+    retry: Option<Duration>,
+    /// Whether the next successful read must be a full reload (after a failure: what was
+    /// missed cannot be known).
+    reconcile: bool,
 }
 
 impl Watcher {
     fn run(mut self) {
         loop {
-            // Returns at once on a change notification, after POLL_INTERVAL otherwise; either
-            // way the tick reads whatever changed.
-            self.store.wait_for_change(POLL_INTERVAL);
+            // Returns at once on a change notification, after the interval otherwise;
+            // either way the tick reads whatever changed.
+            let interval = match self.retry {
+                Some(backoff) => backoff,
+                None if self.store.notifies() => SAFETY_NET_INTERVAL,
+                None => POLL_INTERVAL,
+            };
+            self.store.wait_for_change(interval);
             // Hold the cache only for the length of one tick, so dropping it ends the thread.
             let Some(cache) = self.cache.upgrade() else {
                 return;
@@ -422,27 +502,67 @@ impl Watcher {
     }
 
     fn tick(&mut self, cache: &CredentialCache, now: i64) {
-        match self.store.changes_since(self.last_seq) {
-            Ok(rows) => {
-                if self.failing {
-                    log::info!("key store readable again; credential cache catching up");
-                    self.failing = false;
-                }
-                // Rows the admin API already applied are skipped by sequence.
-                let mut writer = cache.writer.lock();
-                for row in rows {
-                    self.last_seq = self.last_seq.max(row.seq);
-                    cache.apply(&mut writer, row, now);
-                }
-            }
-            Err(e) => {
-                if !self.failing {
-                    log::warn!("cannot read key changes (will retry every 100 ms): {e}");
-                    self.failing = true;
-                }
-            }
+        let read = if self.reconcile {
+            self.reload(cache)
+        } else {
+            self.catch_up(cache, now)
+        };
+        match read {
+            Ok(()) => self.reached(cache),
+            Err(e) => self.failed(cache, &e),
         }
         cache.expire_graces(now);
+    }
+
+    /// Applies the rows changed since the last one seen. Rows the admin API already applied
+    /// are skipped by sequence.
+    fn catch_up(&mut self, cache: &CredentialCache, now: i64) -> Result<(), store::StoreError> {
+        let rows = self.store.changes_since(self.last_seq)?;
+        let mut writer = cache.writer.lock();
+        for row in rows {
+            self.last_seq = self.last_seq.max(row.seq);
+            cache.apply(&mut writer, row, now);
+        }
+        Ok(())
+    }
+
+    /// Reads every key and replaces the replica with them.
+    fn reload(&mut self, cache: &CredentialCache) -> Result<(), store::StoreError> {
+        let records = self.store.changes_since(0)?;
+        let read_seq = records.iter().map(|r| r.seq).max().unwrap_or(0);
+        let held = cache.reconcile(records, read_seq);
+        self.last_seq = self.last_seq.max(read_seq);
+        self.reconcile = false;
+        log::info!("key store reconciled: {held} keys in the credential cache");
+        Ok(())
+    }
+
+    fn reached(&mut self, cache: &CredentialCache) {
+        self.retry = None;
+        if cache.health.set(true) {
+            log::info!("key store reachable again");
+        }
+    }
+
+    fn failed(&mut self, cache: &CredentialCache, e: &store::StoreError) {
+        let next = match self.retry {
+            None => {
+                log::warn!(
+                    "cannot read key changes: {e}; serving the {} keys held in memory, \
+                     retrying from {} ms up to {} s apart",
+                    cache.len(),
+                    RETRY_MIN.as_millis(),
+                    RETRY_MAX.as_secs()
+                );
+                RETRY_MIN
+            }
+            Some(backoff) => (backoff * 2).min(RETRY_MAX),
+        };
+        self.retry = Some(next);
+        self.reconcile = true;
+        if e.is_unavailable() && cache.health.set(false) {
+            log::warn!("key store unreachable: admin writes answer 503 until it is back");
+        }
     }
 }
 
@@ -743,7 +863,8 @@ mod tests {
             cache: Weak::new(),
             store: Box::new(KeyStore::open(&dir.0).unwrap()),
             last_seq: 0,
-            failing: false,
+            retry: None,
+            reconcile: false,
         };
         watcher.tick(&cache, unix_now());
         assert_eq!(watcher.last_seq, revoked.seq);
@@ -849,6 +970,209 @@ mod tests {
             cache.authenticate(key.as_bytes(), unix_now()).is_some()
         });
         cache.stop();
+    }
+
+    /// The embedded store behind a switch that makes it unreachable, as a PostgreSQL store
+    /// is when its server is down; it says it notifies, and reports the waits it is asked
+    /// for.
+    struct Outage {
+        store: KeyStore,
+        down: Arc<AtomicBool>,
+        waits: mpsc::Sender<Duration>,
+    }
+
+    impl Outage {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Postgres(store::postgres::PgError::new(
+                    store::postgres::PgErrorKind::Unreachable,
+                    "error connecting to server: No such file or directory",
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    impl KeyBackend for Outage {
+        fn pepper(&self) -> &Pepper {
+            self.store.pepper()
+        }
+        fn create(&mut self, new: NewKey, actor: &str) -> Result<(KeyRecord, String), StoreError> {
+            self.check()?;
+            self.store.create(new, actor)
+        }
+        fn list(&mut self) -> Result<Vec<KeyRecord>, StoreError> {
+            self.check()?;
+            self.store.list()
+        }
+        fn get(&mut self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+            self.check()?;
+            self.store.get(id)
+        }
+        fn update(
+            &mut self,
+            id: &str,
+            patch: KeyPatch,
+            actor: &str,
+        ) -> Result<KeyRecord, StoreError> {
+            self.check()?;
+            self.store.update(id, patch, actor)
+        }
+        fn revoke(&mut self, id: &str, actor: &str) -> Result<KeyRecord, StoreError> {
+            self.check()?;
+            self.store.revoke(id, actor)
+        }
+        fn rotate(
+            &mut self,
+            id: &str,
+            grace: Duration,
+            actor: &str,
+        ) -> Result<(KeyRecord, String), StoreError> {
+            self.check()?;
+            self.store.rotate(id, grace, actor)
+        }
+        fn changes_since(&mut self, seq: u64) -> Result<Vec<KeyRecord>, StoreError> {
+            self.check()?;
+            self.store.changes_since(seq)
+        }
+        fn max_seq(&mut self) -> Result<u64, StoreError> {
+            self.check()?;
+            self.store.max_seq()
+        }
+        fn append_audit(
+            &mut self,
+            actor: &str,
+            action: &str,
+            key_id: Option<&str>,
+            before: Option<&KeyRecord>,
+            after: Option<&KeyRecord>,
+        ) -> Result<(), StoreError> {
+            self.check()?;
+            KeyBackend::append_audit(&mut self.store, actor, action, key_id, before, after)
+        }
+        fn read_audit(&mut self) -> Result<Vec<AuditEntry>, StoreError> {
+            self.check()?;
+            KeyBackend::read_audit(&mut self.store)
+        }
+        fn notifies(&self) -> bool {
+            true
+        }
+        fn wait_for_change(&mut self, timeout: Duration) -> bool {
+            let _ = self.waits.send(timeout);
+            // Never notified: only the safety net reads.
+            thread::sleep(timeout.min(Duration::from_millis(20)));
+            false
+        }
+    }
+
+    /// In an outage the replica stays as it is (known keys keep working, expiry still
+    /// enforced), the store is marked down, retries back off from 100 ms doubling to 5 s,
+    /// and the first read after reconnecting reloads every key, so a revocation made
+    /// meanwhile is in force then.
+    #[test]
+    fn an_outage_keeps_the_replica_backs_off_and_reconciles_on_reconnect() {
+        let dir = TempDir::new("outage");
+        let mut writer = KeyStore::open(&dir.0).unwrap();
+        let (leaver, leaver_key) = writer.create(new_key("leaver"), "test").unwrap();
+        let (_, stayer_key) = writer.create(new_key("stayer"), "test").unwrap();
+        let expiring = NewKey {
+            expires_in: Some("1h".into()),
+            ..new_key("expiring")
+        };
+        let (expiring, expiring_key) = writer.create(expiring, "test").unwrap();
+        let down = Arc::new(AtomicBool::new(false));
+        let (waits, _) = mpsc::channel();
+        let mut store = Outage {
+            store: KeyStore::open(&dir.0).unwrap(),
+            down: Arc::clone(&down),
+            waits,
+        };
+        let records = store.changes_since(0).unwrap();
+        let cache = CredentialCache::from_records(store.pepper().clone(), records);
+        let mut watcher = Watcher {
+            cache: Weak::new(),
+            store: Box::new(store),
+            last_seq: 3,
+            retry: None,
+            reconcile: false,
+        };
+        let now = unix_now();
+
+        down.store(true, Ordering::SeqCst);
+        watcher.tick(&cache, now);
+        assert!(!cache.store_health().is_up());
+        assert_eq!(watcher.retry, Some(RETRY_MIN));
+        let mut backoffs = Vec::new();
+        for _ in 0..8 {
+            watcher.tick(&cache, now);
+            backoffs.push(watcher.retry.unwrap().as_millis());
+        }
+        assert_eq!(backoffs, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        // Revoked elsewhere while this node cannot see it.
+        writer.revoke(&leaver.id, "test").unwrap();
+        for key in [&leaver_key, &stayer_key, &expiring_key] {
+            assert!(cache.authenticate(key.as_bytes(), now).is_some());
+        }
+        let expires_at = expiring.expires_at.unwrap();
+        assert!(cache
+            .authenticate(expiring_key.as_bytes(), expires_at)
+            .is_none());
+
+        down.store(false, Ordering::SeqCst);
+        watcher.tick(&cache, now);
+        assert!(cache.store_health().is_up());
+        assert_eq!(watcher.retry, None);
+        assert!(!watcher.reconcile);
+        assert!(cache.authenticate(leaver_key.as_bytes(), now).is_none());
+        assert!(cache.authenticate(stayer_key.as_bytes(), now).is_some());
+    }
+
+    /// A store that notifies is still read every SAFETY_NET_INTERVAL (1 s), so a lost
+    /// notification delays a change by at most that; one that does not is polled every
+    /// POLL_INTERVAL.
+    #[test]
+    fn a_notifying_store_is_still_read_every_second() {
+        let dir = TempDir::new("safety-net");
+        let (waits, asked) = mpsc::channel();
+        let cache = CredentialCache::watch(Box::new(Outage {
+            store: KeyStore::open(&dir.0).unwrap(),
+            down: Arc::new(AtomicBool::new(false)),
+            waits,
+        }))
+        .unwrap();
+        let first = asked.recv_timeout(Duration::from_secs(2)).unwrap();
+        assert_eq!(first, SAFETY_NET_INTERVAL);
+        assert_eq!(SAFETY_NET_INTERVAL, Duration::from_secs(1));
+        cache.stop();
+    }
+
+    /// A full reload replaces the replica: keys the store no longer has leave every index,
+    /// but a key applied after the read (a higher sequence than the read saw) stays.
+    #[test]
+    fn reconcile_drops_keys_the_store_no_longer_has_but_keeps_newer_ones() {
+        let cache = in_memory(Vec::new());
+        let mut rows = Vec::new();
+        for (n, name) in ["kept", "gone", "newer"].iter().enumerate() {
+            let mut record = test_support::record(&format!("key_{name}"), name);
+            record.hash = cache.pepper.hash(secret(name).as_bytes());
+            record.seq = n as u64 + 1;
+            assert!(cache.apply_change(record.clone()));
+            rows.push(record);
+        }
+        // The read saw up to seq 2 and no longer has "gone"; "newer" (seq 3) came after it.
+        let read: Vec<KeyRecord> = rows.iter().filter(|r| r.name == "kept").cloned().collect();
+        assert_eq!(cache.reconcile(read, 2), 2);
+        assert!(cache.by_id("key_gone").is_none());
+        assert!(cache.by_name("gone").is_none());
+        assert!(cache
+            .authenticate(secret("gone").as_bytes(), unix_now())
+            .is_none());
+        assert!(cache
+            .authenticate(secret("kept").as_bytes(), unix_now())
+            .is_some());
+        assert!(cache
+            .authenticate(secret("newer").as_bytes(), unix_now())
+            .is_some());
     }
 
     #[test]

@@ -117,7 +117,7 @@ fn migrate(
     actor: &str,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let settings = config::load_store_to_migrate(config_path).map_err(|errors| {
+    let settings = config::load_store(config_path).map_err(|errors| {
         Failure::bad_input(
             errors
                 .iter()

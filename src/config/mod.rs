@@ -71,26 +71,8 @@ pub fn load_store(path: &Path) -> Result<StoreSettings, ConfigErrors> {
     parse_store(&text, &config_dir(path))
 }
 
-/// [`load_store`] for `store migrate`, which opens the PostgreSQL store itself rather than
-/// serving from it: a backend the gateway cannot serve from yet ([`store::unwired_backend`])
-/// is no error here. Everything else is checked as [`load_store`] checks it.
-pub fn load_store_to_migrate(path: &Path) -> Result<StoreSettings, ConfigErrors> {
-    let text = read_file(path)?;
-    parse_store_checked(&text, &config_dir(path), false)
-}
-
 /// [`load_store`] on config text whose relative paths start at `base_dir`.
 pub fn parse_store(text: &str, base_dir: &Path) -> Result<StoreSettings, ConfigErrors> {
-    parse_store_checked(text, base_dir, true)
-}
-
-/// [`parse_store`]; `serving` says whether the caller will serve from the store, so that a
-/// backend not wired into the gateway is an error.
-fn parse_store_checked(
-    text: &str,
-    base_dir: &Path,
-    serving: bool,
-) -> Result<StoreSettings, ConfigErrors> {
     let parsed = document::parse_store_text(text);
     let mut errors = parsed.errors;
     // After a parse error, checking what remains would only report defaults standing in
@@ -111,11 +93,7 @@ fn parse_store_checked(
         };
         log::warn!("config: {warning}");
     }
-    let unwired = store::unwired_backend(store.backend);
     for (path, message) in findings.errors {
-        if !serving && path == "store.backend" && unwired == Some(message.as_str()) {
-            continue;
-        }
         let line = parsed.source.line_of_path(&path);
         errors.push(ConfigError {
             path,
@@ -537,13 +515,13 @@ memory_limit_mb = 32
                     pepper = \"file:pepper\"\n";
         let errors = parse_store(text, Path::new("/nonexistent-cf")).unwrap_err();
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["store.backend", "store.url", "store.pepper"]);
-        assert!(errors[1].message.contains("env:CF_TEST_SURELY_UNSET_URL"));
+        assert_eq!(paths, ["store.url", "store.pepper"]);
+        assert!(errors[0].message.contains("env:CF_TEST_SURELY_UNSET_URL"));
         // A relative file: reference follows the config file, like every other secret.
         assert!(
-            errors[2].message.contains("/nonexistent-cf/pepper"),
+            errors[1].message.contains("/nonexistent-cf/pepper"),
             "{}",
-            errors[2]
+            errors[1]
         );
     }
 
@@ -567,7 +545,7 @@ memory_limit_mb = 32
     fn postgres_store_url_is_checked_without_being_shown() {
         let text = "[store]\nbackend = \"postgres\"\n\
                     url = \"mysql://cf:hunter2@db/cf\"\npepper = \"env:CF_TEST_STORE_PEPPER\"\n";
-        std::env::set_var("CF_TEST_STORE_PEPPER", "p".repeat(store::MIN_PEPPER_BYTES));
+        std::env::set_var("CF_TEST_STORE_PEPPER", "ab".repeat(32));
         let report = check_text(text, Path::new("/x"));
         let shown = report.to_string();
         assert!(
@@ -575,10 +553,49 @@ memory_limit_mb = 32
             "{shown}"
         );
         let paths: Vec<&str> = report.errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["store.backend", "store.url"]);
-        assert!(report.errors[1].message.contains("postgres://"));
+        assert_eq!(paths, ["store.url"]);
+        assert!(report.errors[0].message.contains("postgres://"));
         assert_eq!(report.warnings[0].path, "store.url");
         assert!(report.warnings[0].message.contains("literal secret"));
+    }
+
+    /// What the PostgreSQL test harness hands out: a URL whose `host` query parameter is
+    /// the socket directory, no TCP port, no password.
+    #[test]
+    fn postgres_store_accepts_a_socket_directory_url_and_a_hex_pepper() {
+        std::env::set_var(
+            "CF_TEST_GOOD_URL",
+            "postgres://postgres@/cf?host=/tmp/cf-pg-1-0",
+        );
+        std::env::set_var("CF_TEST_GOOD_PEPPER", "0f".repeat(32));
+        let text = "[store]\nbackend = \"postgres\"\nurl = \"env:CF_TEST_GOOD_URL\"\n\
+                    pepper = \"env:CF_TEST_GOOD_PEPPER\"\nnode = \"edge-1\"\n";
+        let report = check_text(text, Path::new("/x"));
+        assert!(report.is_ok(), "{report}");
+        assert!(report.warnings.is_empty(), "{report}");
+    }
+
+    /// The pepper is exactly the pepper file's format, 64 hex characters: anything else is
+    /// refused by `check` (as `serve` would refuse it), without showing the value.
+    #[test]
+    fn postgres_store_pepper_must_be_64_hex_characters_and_is_never_shown() {
+        std::env::set_var("CF_TEST_PEPPER_URL", "postgres://postgres@/cf?host=/tmp/x");
+        let text = "[store]\nbackend = \"postgres\"\nurl = \"env:CF_TEST_PEPPER_URL\"\n\
+                    pepper = \"env:CF_TEST_BAD_PEPPER\"\nnode = \"edge-1\"\n";
+        let long_enough_but_not_hex = format!("secretpepper{}", "z".repeat(52));
+        for bad in [
+            long_enough_but_not_hex.as_str(),
+            &"ab".repeat(31),
+            &"ab".repeat(33),
+            &"ab".repeat(512),
+        ] {
+            std::env::set_var("CF_TEST_BAD_PEPPER", bad);
+            let report = check_text(text, Path::new("/x"));
+            let paths: Vec<&str> = report.errors.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(paths, ["store.pepper"], "{report}");
+            assert!(report.errors[0].message.contains("64 hex"), "{report}");
+            assert!(!report.to_string().contains(bad), "{report}");
+        }
     }
 
     #[test]

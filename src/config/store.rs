@@ -19,13 +19,6 @@ pub const MAX_NODE_LEN: usize = 64;
 /// an environment variable or file can make the gateway hold and parse).
 pub const MAX_URL_BYTES: usize = 4096;
 
-/// Shortest `pepper`, in bytes: as many as the random pepper SQLite keeps in `data_dir`, so
-/// a fleet's key hashes are no easier to test guesses against than a single host's.
-pub const MIN_PEPPER_BYTES: usize = 32;
-
-/// Longest `pepper`, in bytes.
-pub const MAX_PEPPER_BYTES: usize = 1024;
-
 /// The schemes a PostgreSQL connection URL may have (libpq accepts both).
 pub const POSTGRES_SCHEMES: [&str; 2] = ["postgres://", "postgresql://"];
 
@@ -51,8 +44,10 @@ pub struct StoreConfig {
     /// `postgres`, ignored for `sqlite`. A secret: it usually carries a password.
     #[serde(default, deserialize_with = "secret::deserialize_optional")]
     pub url: Option<SecretRef>,
-    /// The HMAC pepper every node of a fleet shares; required for `postgres` (SQLite keeps
-    /// its own in `data_dir`). Never stored in the database.
+    /// The HMAC pepper every node of a fleet shares, as 64 hex characters (32 random bytes,
+    /// the format of the pepper file SQLite keeps in `data_dir`, so a single host's keys stay
+    /// valid when its store is migrated); required for `postgres`. Never stored in the
+    /// database.
     #[serde(default, deserialize_with = "secret::deserialize_optional")]
     pub pepper: Option<SecretRef>,
     /// This gateway's name in the fleet; `""` in the file means the host name (filled in by
@@ -96,19 +91,6 @@ impl StoreConfig {
     /// loaded config sees the name in use.
     pub(crate) fn fill_node(&mut self) {
         self.node = self.node_name().unwrap_or_default();
-    }
-}
-
-/// Why the configured backend cannot be used by this build, if it cannot: the one place
-/// that knows which backends are wired into the gateway. `check`, `serve` and the store
-/// commands all refuse through it (as a `store.backend` error).
-pub fn unwired_backend(backend: StoreBackend) -> Option<&'static str> {
-    match backend {
-        StoreBackend::Sqlite => None,
-        StoreBackend::Postgres => Some(
-            "postgres is not yet available in this build: use backend = \"sqlite\" until \
-             the PostgreSQL store is wired in",
-        ),
     }
 }
 
@@ -164,7 +146,6 @@ mod tests {
         let store = StoreConfig::default();
         assert_eq!(store.backend, StoreBackend::Sqlite);
         assert!(store.secrets().is_empty());
-        assert_eq!(unwired_backend(store.backend), None);
     }
 
     #[test]
@@ -187,12 +168,6 @@ mod tests {
             ..StoreConfig::default()
         };
         assert!(store.secrets().is_empty());
-    }
-
-    #[test]
-    fn postgres_is_refused_until_wired_in() {
-        let why = unwired_backend(StoreBackend::Postgres).expect("refused");
-        assert!(why.starts_with("postgres "), "{why}");
     }
 
     #[test]

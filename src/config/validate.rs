@@ -14,8 +14,7 @@ use super::model::{
 use super::redact::{has_userinfo, redact_url, CREDENTIALS_IN_URL};
 use super::secret::SecretRef;
 use super::store::{
-    is_node_name, unwired_backend, StoreBackend, StoreConfig, MAX_NODE_LEN, MAX_PEPPER_BYTES,
-    MAX_URL_BYTES, MIN_PEPPER_BYTES, POSTGRES_SCHEMES,
+    is_node_name, StoreBackend, StoreConfig, MAX_NODE_LEN, MAX_URL_BYTES, POSTGRES_SCHEMES,
 };
 use crate::auth::jwt::MIN_HS_SECRET_BYTES;
 
@@ -91,13 +90,10 @@ pub(crate) fn validate_store(data_dir: &Path, store: &StoreConfig) -> Findings {
     findings
 }
 
-/// `[store]`: a backend this build can open, what PostgreSQL needs, a usable node name.
-/// The secret references themselves are resolved by [`check_secrets`]; here the URL's
-/// value is checked, and never shown (it usually carries a password).
+/// `[store]`: what PostgreSQL needs, a usable node name. The secret references themselves
+/// are resolved by [`check_secrets`]; here the values of the URL and the pepper are checked,
+/// and never shown (the URL usually carries a password).
 fn check_store(store: &StoreConfig, findings: &mut Findings) {
-    if let Some(why) = unwired_backend(store.backend) {
-        findings.error("store.backend", why);
-    }
     match store.backend {
         StoreBackend::Postgres => {
             match &store.url {
@@ -119,14 +115,14 @@ fn check_store(store: &StoreConfig, findings: &mut Findings) {
                     "is required with backend = \"postgres\" (the secret every node shares, as env:NAME or file:PATH)",
                 ),
                 Some(pepper) => {
+                    // The store's own parser, so `check` accepts exactly what `serve` opens.
                     if let Ok(value) = pepper.resolve() {
-                        let len = value.expose().len();
-                        if !(MIN_PEPPER_BYTES..=MAX_PEPPER_BYTES).contains(&len) {
+                        if crate::store::Pepper::from_hex(value.expose()).is_err() {
                             findings.error(
                                 "store.pepper",
                                 format!(
-                                    "{pepper} must be {MIN_PEPPER_BYTES} to {MAX_PEPPER_BYTES} bytes \
-                                     long (e.g. `openssl rand -hex 32`)"
+                                    "{pepper} must be 64 hex characters, 32 random bytes (e.g. \
+                                     `openssl rand -hex 32`, or a single host's data_dir/pepper)"
                                 ),
                             );
                         }

@@ -1,11 +1,11 @@
 //! The one interface the rest of the gateway uses to reach the store of keys and the audit
 //! log, [`KeyBackend`], and [`open`], which picks the backend the config names.
 //!
-//! Today the only backend is the embedded one ([`KeyStore`]: SQLite and the audit file in
-//! `data_dir`). A second backend is one `impl KeyBackend` and one arm in [`open`], which
-//! reads the config's `[store]` and `server.data_dir` ([`StoreSettings`]): the admin
-//! API, the CLI, the signal handler and the credential cache's watcher hold a
-//! `Box<dyn KeyBackend>` and never name the concrete store.
+//! Two backends: the embedded one ([`KeyStore`]: SQLite and the audit file in `data_dir`)
+//! and the PostgreSQL store a fleet shares ([`PgStore`]). [`open`] reads the config's
+//! `[store]` and `server.data_dir` ([`StoreSettings`]) and picks one: the admin API, the
+//! CLI, the signal handler and the credential cache's watcher hold a `Box<dyn KeyBackend>`
+//! and never name the concrete store.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,8 +16,8 @@ use parking_lot::Mutex;
 use super::audit::{self, AuditEntry};
 use super::keys::{KeyPatch, KeyRecord, KeyStore, NewKey};
 use super::pepper::Pepper;
+use super::postgres::{NodeRecord, PgStore};
 use super::StoreError;
-use crate::config::store::unwired_backend;
 use crate::config::{Config, StoreBackend, StoreConfig, StoreSettings};
 
 /// The key store and audit log, whichever engine holds them.
@@ -91,6 +91,32 @@ pub trait KeyBackend: Send {
         std::thread::sleep(timeout);
         false
     }
+
+    /// Whether [`KeyBackend::wait_for_change`] returns on a change notification (PostgreSQL's
+    /// `NOTIFY`). The watcher then reads the change feed only as a safety net, at a longer
+    /// interval, instead of polling for every change.
+    fn notifies(&self) -> bool {
+        false
+    }
+
+    /// Records in the fleet's node registry that `node` is alive, running `version` with
+    /// configuration number `config_generation`. A store without a registry (SQLite: one
+    /// node) records nothing.
+    fn heartbeat(
+        &mut self,
+        node: &str,
+        version: &str,
+        config_generation: u64,
+    ) -> Result<(), StoreError> {
+        let _ = (node, version, config_generation);
+        Ok(())
+    }
+
+    /// The fleet's nodes as last reported, by name; `None` for a store without a registry,
+    /// whose only node is the caller.
+    fn nodes(&mut self) -> Result<Option<Vec<NodeRecord>>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// One opened backend shared by threads that take turns with it: the admin API's connection
@@ -115,17 +141,34 @@ pub fn sqlite_settings(data_dir: impl Into<PathBuf>) -> StoreSettings {
     }
 }
 
-/// Opens the store `settings` name (creating an embedded one in `data_dir` on first use).
-/// A backend this build cannot use is refused as an invalid `store.backend`, with the reason
-/// [`unwired_backend`] gives (config validation refuses it earlier, with the same words).
+/// Opens the store `settings` name: an embedded one in `data_dir` (created, with its
+/// pepper, on first use), or the PostgreSQL store at `store.url` with the pepper
+/// `store.pepper` (64 hex characters, the pepper file's format), migrated on open and
+/// checked against the pepper it was first opened with. Missing or unreadable settings are
+/// invalid `store.*` fields; errors never hold the URL's password or the pepper.
 pub fn open(settings: &StoreSettings) -> Result<Box<dyn KeyBackend>, StoreError> {
     match settings.store.backend {
         StoreBackend::Sqlite => Ok(Box::new(KeyStore::open(&settings.data_dir)?)),
-        backend @ StoreBackend::Postgres => Err(StoreError::invalid(
-            "store.backend",
-            unwired_backend(backend).unwrap_or("is not available in this build"),
-        )),
+        StoreBackend::Postgres => Ok(Box::new(open_postgres(&settings.store)?)),
     }
+}
+
+/// The PostgreSQL arm of [`open`].
+fn open_postgres(store: &StoreConfig) -> Result<PgStore, StoreError> {
+    let resolve = |field: &'static str, secret: &Option<crate::config::SecretRef>| {
+        secret
+            .as_ref()
+            .ok_or_else(|| StoreError::invalid(field, "is required with backend = \"postgres\""))?
+            .resolve()
+            .map_err(|why| StoreError::invalid(field, why))
+    };
+    let url = resolve("store.url", &store.url)?;
+    let pepper = Pepper::from_hex(resolve("store.pepper", &store.pepper)?.expose())
+        .map_err(|why| StoreError::invalid("store.pepper", why))?;
+    let node = store
+        .node_name()
+        .ok_or_else(|| StoreError::invalid("store.node", "the host name could not be read"))?;
+    PgStore::open(url.expose(), pepper, &node)
 }
 
 /// [`open`], wrapped to be shared by threads that take turns with it.

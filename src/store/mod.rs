@@ -12,6 +12,7 @@
 //!   reports read from it.
 //! - [`postgres`]: the same keys, audit log and change sequence in a PostgreSQL database that
 //!   a fleet of gateways shares ([`postgres::PgStore`]).
+//! - [`health`]: whether the store is reachable, for `/healthz`, `/metrics` and the admin API.
 //! - [`ids`]: key ids, key secrets and durations such as `30d`.
 //!
 //! Everything here is slow-path work (CLI, admin thread, the cache's refresher thread, the
@@ -19,6 +20,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod health;
 pub mod ids;
 pub mod keys;
 pub mod pepper;
@@ -26,8 +28,10 @@ pub mod postgres;
 pub mod usage;
 
 pub use backend::{open, open_shared, settings_of, sqlite_settings, KeyBackend, SharedBackend};
+pub use health::StoreHealth;
 pub use keys::{KeyPatch, KeyRecord, KeyStore, NewKey};
 pub use pepper::Pepper;
+pub use postgres::NodeRecord;
 
 use std::fmt;
 
@@ -62,6 +66,12 @@ impl StoreError {
             self,
             StoreError::NotFound(_) | StoreError::Invalid { .. } | StoreError::Conflict(_)
         )
+    }
+
+    /// Whether the store could not be reached (PostgreSQL down, connection lost): the
+    /// edge keeps serving from its replica, and admin writes answer 503 `store_unavailable`.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Postgres(e) if e.is_unreachable())
     }
 
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> StoreError {

@@ -164,12 +164,21 @@ pub struct GatewayBuilder {
     config: String,
     driver: Driver,
     env: Vec<(String, String)>,
+    /// Values the gateway must never print beyond those its config and env name.
+    forbidden: Vec<(String, String)>,
 }
 
 impl GatewayBuilder {
     /// Sets an environment variable for the gateway process (for `env:` secrets).
     pub fn env(mut self, key: &str, value: &str) -> GatewayBuilder {
         self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Adds `value` to the secret sweep: the gateway fails the test if it ever prints it
+    /// (for a secret inside another, such as the password inside a connection URL).
+    pub fn forbid_in_output(mut self, label: &str, value: &str) -> GatewayBuilder {
+        self.forbidden.push((label.to_string(), value.to_string()));
         self
     }
 
@@ -182,6 +191,9 @@ impl GatewayBuilder {
 
         let mut sweep = SecretSweep::new(&self.env);
         sweep.learn_config(&text, dir.path());
+        for (label, value) in &self.forbidden {
+            sweep.add(label.clone(), value.clone());
+        }
 
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_credentialflow"));
         cmd.arg("serve")
@@ -320,6 +332,7 @@ impl Gateway {
             config: config_toml.to_string(),
             driver,
             env: Vec::new(),
+            forbidden: Vec::new(),
         }
     }
 

@@ -103,6 +103,16 @@ impl PgServer {
         )
     }
 
+    /// The same connection as a `postgres://` URL, the form `[store] url` takes: the socket
+    /// directory is the `host` query parameter, and `password` (if any) is in the user info.
+    pub fn postgres_url(&self, dbname: &str, password: Option<&str>) -> String {
+        let password = password.map(|p| format!(":{p}")).unwrap_or_default();
+        format!(
+            "postgres://{SUPERUSER}{password}@/{dbname}?host={}",
+            self.root.display()
+        )
+    }
+
     /// The connection string of the default database.
     pub fn url(&self) -> String {
         self.url_for("postgres")

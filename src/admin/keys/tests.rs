@@ -44,6 +44,12 @@ impl Admin {
             store: store::open_shared(&config).unwrap(),
             data_dir: data_dir.clone(),
             credentials: credentials.clone(),
+            this_node: Arc::new(|| crate::store::NodeRecord {
+                node: "edge-test".into(),
+                version: "0.0.0".into(),
+                last_seen: 0,
+                config_generation: 1,
+            }),
         };
         let handle = spawn(listener, state, shutdown.clone());
         Admin {

@@ -145,30 +145,48 @@ fn settings_of_a_config_take_data_dir_relative_to_the_file_and_its_store_section
     assert_eq!(settings.store.node, "edge-7");
 }
 
-/// Until the PostgreSQL backend is wired in, `open` refuses it with the config's own reason
-/// as a bad `store.backend`, and opens nothing.
+/// PostgreSQL settings that cannot work are refused as the `store.*` field at fault, before
+/// any connection is tried, and never quote the pepper.
 #[test]
-fn an_unwired_backend_is_refused_as_an_invalid_store_backend() {
+fn postgres_without_usable_settings_is_refused_by_field() {
     let dir = TempDir::new();
-    let settings = StoreSettings {
+    let settings = |url: Option<&str>, pepper: Option<&str>| StoreSettings {
         data_dir: dir.0.clone(),
         store: StoreConfig {
             backend: StoreBackend::Postgres,
-            ..StoreConfig::default()
+            url: url.map(|u| crate::config::SecretRef::parse(u).unwrap()),
+            pepper: pepper.map(|p| crate::config::SecretRef::parse(p).unwrap()),
+            node: "edge-1".into(),
         },
     };
-    let error = open(&settings).err().expect("postgres is not wired in");
-    match &error {
-        StoreError::Invalid { field, message } => {
-            assert_eq!(*field, "store.backend");
-            assert_eq!(
-                Some(message.as_str()),
-                unwired_backend(StoreBackend::Postgres)
-            );
+    std::env::set_var("CF_TEST_BACKEND_URL", "postgres://cf@/cf?host=/nonexistent");
+    std::env::set_var("CF_TEST_BACKEND_PEPPER", "not-hex-not-hex-not-hex");
+    let cases = [
+        (
+            settings(None, Some("env:CF_TEST_BACKEND_PEPPER")),
+            "store.url",
+        ),
+        (
+            settings(Some("env:CF_TEST_BACKEND_URL"), None),
+            "store.pepper",
+        ),
+        (
+            settings(
+                Some("env:CF_TEST_BACKEND_URL"),
+                Some("env:CF_TEST_BACKEND_PEPPER"),
+            ),
+            "store.pepper",
+        ),
+    ];
+    for (settings, expected) in cases {
+        let error = open(&settings).err().expect("refused");
+        match &error {
+            StoreError::Invalid { field, .. } => assert_eq!(*field, expected, "{error}"),
+            other => panic!("expected an invalid {expected}, got {other:?}"),
         }
-        other => panic!("expected an invalid store.backend, got {other:?}"),
+        assert!(!error.to_string().contains("not-hex-not-hex"), "{error}");
+        assert!(error.is_bad_input());
     }
-    assert!(error.is_bad_input());
     assert!(!dir.0.exists());
 }
 

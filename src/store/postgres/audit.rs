@@ -62,7 +62,7 @@ impl PgStore {
             check_text("key_id", id)?;
         }
         let node = self.node.clone();
-        let mut client = self.client.borrow_mut();
+        let mut client = self.client()?;
         let mut tx = client.transaction()?;
         insert(&mut tx, &node, actor, action, key_id, before, after)?;
         tx.commit()?;
@@ -71,7 +71,7 @@ impl PgStore {
 
     /// Every entry, oldest first, in the shape of `store::audit::read`.
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = self.client.borrow_mut().query(
+        let rows = self.client()?.query(
             "SELECT at, actor, action, key_id, before::TEXT, after::TEXT FROM audit_log \
              ORDER BY id",
             &[],

@@ -39,8 +39,15 @@ impl PgError {
     /// violation's DETAIL quotes the conflicting value, which may be a key hash).
     pub(crate) fn from_client(e: &::postgres::Error) -> PgError {
         if let Some(db) = e.as_db_error() {
-            let kind = if db.code().code().starts_with("28") || db.code().code() == "3D000" {
-                // Class 28 is "invalid authorization specification"; 3D000 an unknown database.
+            let code = db.code().code();
+            let kind = if ["28", "08", "57P"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "3D000"
+            {
+                // Class 28 is "invalid authorization specification", 08 "connection
+                // exception", 57P the server shutting down or starting (an outage, not a
+                // refusal); 3D000 an unknown database.
                 PgErrorKind::Unreachable
             } else {
                 PgErrorKind::Query

@@ -109,7 +109,7 @@ impl PgStore {
             .collect::<Result<Vec<i64>, StoreError>>()?;
 
         let node = self.node.clone();
-        let mut client = self.client.borrow_mut();
+        let mut client = self.client()?;
         let mut tx = client.transaction()?;
         // The write lock of every key write: sequence order stays commit order, and the
         // standing of each key cannot change under this run.

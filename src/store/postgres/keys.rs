@@ -55,7 +55,7 @@ impl PgStore {
         record.hash = self.pepper.hash(secret.as_bytes());
 
         let node = self.node.clone();
-        let mut client = self.client.borrow_mut();
+        let mut client = self.client()?;
         let mut tx = begin_write(&mut client)?;
         ensure_name_free(&mut tx, &record.name, None)?;
         record.seq = next_seq(&mut tx)?;
@@ -75,7 +75,7 @@ impl PgStore {
 
     /// Every key, revoked ones included, oldest first.
     pub fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = self.client.borrow_mut().query(
+        let rows = self.client()?.query(
             &format!("SELECT {COLUMNS} FROM keys ORDER BY created_at, id"),
             &[],
         )?;
@@ -84,7 +84,7 @@ impl PgStore {
 
     /// The key with this id.
     pub fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        get_row(&mut *self.client.borrow_mut(), id)
+        get_row(&mut *self.client()?, id)
     }
 
     /// Applies a partial update; audited as `update`.
@@ -97,7 +97,7 @@ impl PgStore {
         super::audit::check_actor(actor)?;
         let now = unix_now();
         let node = self.node.clone();
-        let mut client = self.client.borrow_mut();
+        let mut client = self.client()?;
         let mut tx = begin_write(&mut client)?;
         let before = get_row(&mut tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         let mut after = before.clone();
@@ -129,7 +129,7 @@ impl PgStore {
         super::audit::check_actor(actor)?;
         let now = unix_now();
         let node = self.node.clone();
-        let mut client = self.client.borrow_mut();
+        let mut client = self.client()?;
         let mut tx = begin_write(&mut client)?;
         let before = get_row(&mut tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         if before.revoked_at.is_some() {
@@ -166,7 +166,7 @@ impl PgStore {
         let node = self.node.clone();
         let secret = new_secret();
         let new_hash = self.pepper.hash(secret.as_bytes());
-        let mut client = self.client.borrow_mut();
+        let mut client = self.client()?;
         let mut tx = begin_write(&mut client)?;
         let before = get_row(&mut tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         if before.revoked_at.is_some() {
@@ -202,7 +202,7 @@ impl PgStore {
         let Ok(seq) = i64::try_from(seq) else {
             return Ok(Vec::new());
         };
-        let rows = self.client.borrow_mut().query(
+        let rows = self.client()?.query(
             &format!("SELECT {COLUMNS} FROM keys WHERE seq > $1 ORDER BY seq"),
             &[&seq],
         )?;
@@ -214,8 +214,7 @@ impl PgStore {
     /// advances before it commits: a reader taking that as its mark could skip the write.
     pub fn max_seq(&self) -> Result<u64, StoreError> {
         let seq: i64 = self
-            .client
-            .borrow_mut()
+            .client()?
             .query_one("SELECT COALESCE(MAX(seq), 0) FROM keys", &[])?
             .get(0);
         unsigned(seq, "seq")

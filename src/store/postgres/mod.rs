@@ -17,6 +17,7 @@
 //! blocks, and is never used on a worker.
 
 mod audit;
+mod backend;
 mod connect;
 mod error;
 pub mod import;
@@ -27,7 +28,8 @@ mod nodes;
 mod rules;
 mod verifier;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell, RefMut};
+use std::time::{Duration, Instant};
 
 use ::postgres::Client;
 
@@ -37,6 +39,7 @@ pub use migrations::SCHEMA_VERSION;
 pub use nodes::NodeRecord;
 
 use super::{Pepper, StoreError};
+use crate::config::Secret;
 
 /// The channel every key write notifies, with the write's sequence number as payload.
 pub const CHANNEL: &str = "cf_keys";
@@ -46,14 +49,31 @@ const MIGRATION_LOCK: i64 = 0x6366_7374_6d69_6772; // "cfstmigr"
 /// Advisory lock held by every key write until it commits (sequence order = commit order).
 const WRITE_LOCK: i64 = 0x6366_7374_7772_6974; // "cfstwrit"
 
+/// A connection idle for longer than this is checked with a round trip before it is used: a
+/// server restarted meanwhile has closed it without the client knowing, and the first
+/// statement after an outage must not fail for that alone.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+/// How long that check may take before the store counts as unreachable.
+const IDLE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A connection to the shared store. Like [`crate::store::KeyStore`], not shared across
 /// threads: open one per thread that needs it.
+///
+/// A lost connection is opened again by the next call that needs it ([`PgStore::client`]),
+/// so a holder (the admin API, the watcher) outlives an outage without reopening the store.
 pub struct PgStore {
     // The synchronous client wants `&mut` for every statement; readers take `&self` as
     // SQLite's do, and a store is used by one thread at a time.
     client: RefCell<Client>,
+    /// When `client` last answered, to know when to check it before use.
+    last_used: Cell<Instant>,
+    /// The connection URL, kept to reconnect. A secret: it may hold a password.
+    url: Secret,
     pepper: Pepper,
     node: String,
+    /// The change feed, opened by the first [`crate::store::KeyBackend::wait_for_change`]:
+    /// only the instance that waits (the watcher's) holds the second connection.
+    listener: Option<PgChangeListener>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -79,9 +99,29 @@ impl PgStore {
         verifier::check(&mut client, &pepper)?;
         Ok(PgStore {
             client: RefCell::new(client),
+            last_used: Cell::new(Instant::now()),
+            url: Secret::new(url),
             pepper,
             node: node.to_owned(),
+            listener: None,
         })
+    }
+
+    /// The connection, opened again first if it is known to be closed or, after
+    /// [`IDLE_CHECK_AFTER`] of silence, no longer answers. A failure to reopen is an
+    /// unreachable store; the closed connection stays for the next call to retry.
+    fn client(&self) -> Result<RefMut<'_, Client>, StoreError> {
+        let mut client = self.client.borrow_mut();
+        let stale = client.is_closed()
+            || (self.last_used.get().elapsed() > IDLE_CHECK_AFTER
+                && client.is_valid(IDLE_CHECK_TIMEOUT).is_err());
+        if stale {
+            *client = connect::connect(self.url.expose())?;
+        }
+        // Set before the statement runs: a statement that fails leaves the connection
+        // closed, which the next call sees without a round trip.
+        self.last_used.set(Instant::now());
+        Ok(client)
     }
 
     /// The pepper secrets are hashed under.
@@ -97,8 +137,7 @@ impl PgStore {
     /// The schema version the database is at (after [`PgStore::open`], [`SCHEMA_VERSION`]).
     pub fn schema_version(&self) -> Result<i32, StoreError> {
         Ok(self
-            .client
-            .borrow_mut()
+            .client()?
             .query_one(
                 "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
                 &[],

@@ -37,7 +37,7 @@ impl PgStore {
         check_text("version", version)?;
         let generation = i64::try_from(config_generation)
             .map_err(|_| StoreError::invalid("config_generation", "is too large"))?;
-        self.client.borrow_mut().execute(
+        self.client()?.execute(
             "INSERT INTO nodes (node, version, config_generation, last_seen) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (node) DO UPDATE SET \
              version = EXCLUDED.version, config_generation = EXCLUDED.config_generation, \
@@ -49,7 +49,7 @@ impl PgStore {
 
     /// Every node that has sent a heartbeat, by name.
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        let rows = self.client.borrow_mut().query(
+        let rows = self.client()?.query(
             "SELECT node, version, last_seen, config_generation FROM nodes ORDER BY node",
             &[],
         )?;
