@@ -2,6 +2,7 @@
 //! failure; errors go to stderr as one line.
 
 mod keys;
+mod store;
 mod usage;
 
 use std::path::PathBuf;
@@ -73,6 +74,8 @@ enum Command {
     Audit(keys::AuditArgs),
     /// Spend report from the usage ledger.
     Usage(usage::UsageArgs),
+    /// Work on the store as a whole: copy a single host's store into PostgreSQL.
+    Store(store::StoreArgs),
 }
 
 /// clap's multi-line usage error as the one line the contract asks for: the message and
@@ -111,6 +114,7 @@ pub fn main() -> i32 {
             Ok(data_dir) => usage::run_usage(args, &data_dir),
             Err(code) => code,
         },
+        Command::Store(args) => store::run_store(args),
         Command::Bench(args) => crate::bench::load::main(*args),
         Command::BenchUpstream {
             listen,

@@ -369,7 +369,7 @@ fn store_settings(config_path: Option<&Path>) -> Result<config::StoreSettings, F
 }
 
 /// Who the audit log records for CLI actions: `cli:<$USER>`, else `cli:<uid>`.
-fn actor() -> String {
+pub(super) fn actor() -> String {
     let user = std::env::var("USER")
         .ok()
         .filter(|u| !u.is_empty() && u.chars().all(|c| c.is_ascii_graphic()))

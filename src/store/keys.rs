@@ -11,7 +11,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use super::ids::{display_prefix, new_key_id, new_secret};
@@ -295,6 +295,31 @@ impl KeyStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        Ok(KeyStore {
+            conn,
+            pepper,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing store for reading only: `keys.db` with SQLite's read-only flag and
+    /// the pepper file as it is. Nothing in `data_dir` is created or changed (no schema, no
+    /// pepper), so a store can be copied elsewhere (`store migrate`) while it stays exactly
+    /// as it was. Writing through the returned store fails.
+    pub fn open_read_only(data_dir: &Path) -> Result<KeyStore, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} has no {DB_FILE}", data_dir.display()),
+            )));
+        }
+        let pepper = Pepper::load_existing(data_dir)?;
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(KeyStore {
             conn,
             pepper,

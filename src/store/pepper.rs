@@ -57,6 +57,12 @@ impl Pepper {
         }
     }
 
+    /// Loads `data_dir/pepper` without creating it: for readers of a store that must leave
+    /// it as they found it (`store migrate`). A missing file is `NotFound`.
+    pub fn load_existing(data_dir: &Path) -> std::io::Result<Pepper> {
+        Self::load(&data_dir.join(PEPPER_FILE))
+    }
+
     /// Reads a pepper file: 64 hex characters (whitespace around them ignored).
     fn load(path: &Path) -> std::io::Result<Pepper> {
         let text = Zeroizing::new(fs::read_to_string(path)?);
@@ -214,6 +220,18 @@ mod tests {
             let err = Pepper::from_hex(bad).err().unwrap();
             assert!(bad.is_empty() || !err.contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn load_existing_reads_the_file_and_never_creates_one() {
+        let dir = temp_dir("existing");
+        let err = Pepper::load_existing(&dir).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(!dir.join(PEPPER_FILE).exists());
+        let created = Pepper::load_or_create(&dir).unwrap();
+        let loaded = Pepper::load_existing(&dir).unwrap();
+        assert_eq!(created.hash(b"cf_x"), loaded.hash(b"cf_x"));
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

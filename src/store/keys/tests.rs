@@ -478,3 +478,53 @@ fn concurrent_writers_on_separate_connections_get_distinct_seqs() {
     assert_eq!(seqs, (1..=80).collect::<Vec<u64>>());
     assert_eq!(store.max_seq().unwrap(), 80);
 }
+
+#[test]
+fn read_only_open_reads_every_key_and_changes_nothing() {
+    let (dir, mut store) = open();
+    let (created, _) = store.create(named("ci"), "test").unwrap();
+    drop(store);
+    let files_before: Vec<_> = fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let pepper_before = fs::read(dir.0.join(super::super::pepper::PEPPER_FILE)).unwrap();
+
+    let mut reader = KeyStore::open_read_only(&dir.0).unwrap();
+    assert_eq!(reader.list().unwrap(), vec![created.clone()]);
+    assert_eq!(
+        reader.pepper().hash(b"cf_x"),
+        KeyStore::open(&dir.0).unwrap().pepper().hash(b"cf_x")
+    );
+    // A write through it is refused by SQLite, not performed.
+    assert!(reader.revoke(&created.id, "test").is_err());
+    assert!(reader
+        .get(&created.id)
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_none());
+    drop(reader);
+
+    // Nothing new but SQLite's own WAL side files of keys.db.
+    for entry in fs::read_dir(&dir.0).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert!(
+            files_before.contains(&name) || name.to_string_lossy().starts_with("keys.db-"),
+            "{name:?} appeared"
+        );
+    }
+    assert_eq!(
+        fs::read(dir.0.join(super::super::pepper::PEPPER_FILE)).unwrap(),
+        pepper_before
+    );
+}
+
+#[test]
+fn read_only_open_of_a_directory_without_a_store_creates_nothing() {
+    let dir = TempDir::new();
+    fs::create_dir_all(&dir.0).unwrap();
+    let err = KeyStore::open_read_only(&dir.0).unwrap_err();
+    assert!(err.to_string().contains(DB_FILE), "{err}");
+    assert_eq!(fs::read_dir(&dir.0).unwrap().count(), 0);
+}

@@ -20,6 +20,7 @@ mod audit;
 mod backend;
 pub(crate) mod connect;
 mod error;
+pub mod import;
 mod keys;
 mod listener;
 pub mod migrations;

@@ -1,0 +1,626 @@
+//! `credentialflow store migrate --config FILE --from-sqlite DIR`: a single host's store
+//! copied into a fleet's PostgreSQL store, run as the real binary against a private
+//! PostgreSQL (`common::postgres`). Every key arrives field for field and its secret still
+//! authenticates under the fleet's pepper; a second run copies nothing; a wrong pepper and a
+//! conflicting key are refused without writing; the URL's password is never printed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::postgres::PgServer;
+use common::TempDir;
+use credentialflow::auth::CredentialCache;
+use credentialflow::store::audit::{self, AuditEntry};
+use credentialflow::store::postgres::PgStore;
+use credentialflow::store::usage::{Ledger, UsageEvent};
+use credentialflow::store::{unix_now, KeyBackend, KeyPatch, KeyRecord, KeyStore, NewKey, Pepper};
+
+/// The environment variables the test config takes `[store] url` and `pepper` from.
+const URL_VAR: &str = "CF_MIGRATE_TEST_URL";
+const PEPPER_VAR: &str = "CF_MIGRATE_TEST_PEPPER";
+
+/// A host's store in a temporary data directory, with the secrets it issued.
+struct Host {
+    dir: TempDir,
+    /// Secrets that must authenticate after the copy: (key id, secret).
+    live: Vec<(String, String)>,
+    /// Secrets that must not: revoked, expired, or rotated out of their grace.
+    dead: Vec<String>,
+}
+
+impl Host {
+    /// A store holding an active key with every limit set, a revoked key, an expired key, a
+    /// key rotated with its old secret still in grace, and one rotated with no grace; and
+    /// the audit entries those actions wrote.
+    fn populated() -> Host {
+        let dir = TempDir::new("migrate-host");
+        let mut store = KeyStore::open(dir.path()).unwrap();
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+
+        let (full, secret) = store
+            .create(
+                NewKey {
+                    name: "billing".into(),
+                    team: "platform".into(),
+                    models: vec!["gpt-*".into()],
+                    routes: vec!["api".into()],
+                    scopes: vec!["chat".into(), "embed".into()],
+                    rps: Some(2.5),
+                    rpm: Some(120),
+                    tpm: Some(50_000),
+                    max_concurrency: Some(4),
+                    budget_usd: Some(12.75),
+                    budget_tokens: Some(1_000_000),
+                    budget_period: Some("month".into()),
+                    expires_in: Some("30d".into()),
+                    metadata: serde_json::from_str(r#"{"owner":"ops","tier":3,"z":[1,2]}"#)
+                        .unwrap(),
+                },
+                "cli:test",
+            )
+            .unwrap();
+        live.push((full.id.clone(), secret));
+
+        let (revoked, secret) = store.create(named("old-ci"), "admin").unwrap();
+        store.revoke(&revoked.id, "admin").unwrap();
+        dead.push(secret);
+
+        let (expired, secret) = store.create(named("trial"), "admin").unwrap();
+        dead.push(secret);
+
+        let (rotated, old_secret) = store.create(named("deploy"), "admin").unwrap();
+        let (_, new_secret) = store
+            .rotate(&rotated.id, Duration::from_secs(3600), "admin")
+            .unwrap();
+        live.push((rotated.id.clone(), old_secret));
+        live.push((rotated.id.clone(), new_secret));
+
+        let (cut, old_secret) = store.create(named("cut"), "admin").unwrap();
+        let (_, new_secret) = store.rotate(&cut.id, Duration::ZERO, "admin").unwrap();
+        dead.push(old_secret);
+        live.push((cut.id.clone(), new_secret));
+
+        store
+            .update(
+                &full.id,
+                KeyPatch {
+                    rpm: Some(Some(240)),
+                    ..KeyPatch::default()
+                },
+                "admin",
+            )
+            .unwrap();
+        // An entry that is not a key write, as a gateway's reload writes it.
+        KeyBackend::append_audit(&mut store, "admin", "reload", None, None, None).unwrap();
+        drop(store);
+
+        // Expire `trial` a minute ago, as time would have: the store refuses a lifetime in
+        // the past, so the row is changed directly.
+        let db = rusqlite::Connection::open(dir.path().join("keys.db")).unwrap();
+        db.execute(
+            "UPDATE keys SET expires_at = ?1 WHERE id = ?2",
+            rusqlite::params![unix_now() - 60, expired.id],
+        )
+        .unwrap();
+        drop(db);
+
+        Host { dir, live, dead }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The store's keys, read the way the command reads them.
+    fn keys(&self) -> Vec<KeyRecord> {
+        KeyStore::open_read_only(self.path())
+            .unwrap()
+            .list()
+            .unwrap()
+    }
+
+    fn audit(&self) -> Vec<AuditEntry> {
+        audit::read(self.path()).unwrap()
+    }
+
+    /// The pepper file's text: what an operator sets as `[store] pepper` for the fleet.
+    fn pepper_hex(&self) -> String {
+        std::fs::read_to_string(self.path().join("pepper"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
+
+fn named(name: &str) -> NewKey {
+    NewKey {
+        name: name.into(),
+        ..NewKey::default()
+    }
+}
+
+/// A fleet config naming the PostgreSQL store by environment variables, in its own
+/// directory.
+struct Fleet {
+    dir: TempDir,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let dir = TempDir::new("migrate-fleet");
+        std::fs::write(
+            dir.path().join("fleet.toml"),
+            format!(
+                r#"
+[server]
+data_dir = "journal"
+
+[store]
+backend = "postgres"
+url = "env:{URL_VAR}"
+pepper = "env:{PEPPER_VAR}"
+node = "edge-1"
+"#
+            ),
+        )
+        .unwrap();
+        Fleet { dir }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("fleet.toml")
+    }
+}
+
+/// What a run printed and how it exited.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    fn assert_code(&self, code: i32) {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+}
+
+/// Runs `credentialflow store migrate` with `url` and `pepper` in the environment.
+fn migrate(fleet: &Fleet, host: &Path, url: &str, pepper: &str) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_credentialflow"))
+        .args(["store", "migrate", "--config"])
+        .arg(fleet.config())
+        .arg("--from-sqlite")
+        .arg(host)
+        .env(URL_VAR, url)
+        .env(PEPPER_VAR, pepper)
+        .env("USER", "operator")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run credentialflow");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The `postgres://` URL of the server's default database over its Unix socket.
+fn url_of(server: &PgServer, password: Option<&str>) -> String {
+    let user = match password {
+        Some(password) => format!("postgres:{password}"),
+        None => "postgres".to_owned(),
+    };
+    format!(
+        "postgres://{user}@/postgres?host={}",
+        server.socket_dir().display()
+    )
+}
+
+fn open_fleet(server: &PgServer, host: &Host) -> PgStore {
+    PgStore::open(
+        &server.url(),
+        Pepper::from_hex(&host.pepper_hex()).unwrap(),
+        "inspector",
+    )
+    .unwrap()
+}
+
+/// Records as compared across stores: everything but the change number, which each store
+/// draws from its own sequence.
+fn without_seq(records: &[KeyRecord]) -> Vec<KeyRecord> {
+    records
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            r.seq = 0;
+            r
+        })
+        .collect()
+}
+
+/// Hex of a hash, to look for in output.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn every_key_is_copied_field_for_field_and_its_secret_authenticates() {
+    let server = PgServer::start();
+    let host = Host::populated();
+    let fleet = Fleet::new();
+    let source_files = snapshot(host.path());
+
+    let run = migrate(
+        &fleet,
+        host.path(),
+        &url_of(&server, None),
+        &host.pepper_hex(),
+    );
+    run.assert_code(0);
+    let sqlite_keys = host.keys();
+    let sqlite_audit = host.audit();
+    assert_eq!(sqlite_keys.len(), 5);
+    assert!(
+        run.stdout.contains(&format!(
+            "copied 5 keys (0 already present), {} audit entries (0 already present)",
+            sqlite_audit.len()
+        )),
+        "{}",
+        run.output()
+    );
+    assert!(
+        run.stdout
+            .contains("usage ledger: not copied (no records in the source)"),
+        "{}",
+        run.output()
+    );
+
+    let pg = open_fleet(&server, &host);
+    let pg_keys = pg.list().unwrap();
+    assert_eq!(without_seq(&pg_keys), without_seq(&sqlite_keys));
+    // Hashes are not in a record's serde form: compared one by one, they are the host's.
+    for (pg, sqlite) in pg_keys.iter().zip(&sqlite_keys) {
+        assert_eq!(pg.hash, sqlite.hash, "{}", pg.id);
+        assert_eq!(pg.previous_hash, sqlite.previous_hash, "{}", pg.id);
+    }
+    // Each copied key has a number of the shared store's sequence, as a write there would.
+    let mut seqs: Vec<u64> = pg_keys.iter().map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), pg_keys.len());
+    assert_eq!(pg.max_seq().unwrap(), *seqs.last().unwrap());
+    assert!(seqs[0] >= 1);
+
+    // The host's audit log, in order, then the run's own entry.
+    let pg_audit = pg.audit_entries().unwrap();
+    assert_eq!(pg_audit.len(), sqlite_audit.len() + 1);
+    assert_eq!(pg_audit[..sqlite_audit.len()], sqlite_audit[..]);
+    let own = pg_audit.last().unwrap();
+    assert_eq!(own.action, "migrate");
+    assert_eq!(own.actor, "cli:operator");
+    assert_eq!((own.key_id.as_ref(), own.before.as_ref()), (None, None));
+
+    // The credential cache a node builds from the shared store, hashing presented secrets
+    // under the fleet's pepper, accepts exactly the host's live secrets.
+    let cache = CredentialCache::from_records(
+        Pepper::from_hex(&host.pepper_hex()).unwrap(),
+        pg_keys.clone(),
+    );
+    let now = unix_now();
+    for (id, secret) in &host.live {
+        let key = cache.authenticate(secret.as_bytes(), now);
+        assert_eq!(
+            key.map(|k| k.id.clone()).as_ref(),
+            Some(id),
+            "live secret of {id}"
+        );
+    }
+    for secret in &host.dead {
+        assert!(cache.authenticate(secret.as_bytes(), now).is_none());
+    }
+
+    // The host's store was only read.
+    assert_eq!(snapshot(host.path()), source_files);
+}
+
+#[test]
+fn a_second_run_copies_nothing_and_a_new_key_alone() {
+    let server = PgServer::start();
+    let host = Host::populated();
+    let fleet = Fleet::new();
+    let url = url_of(&server, None);
+    migrate(&fleet, host.path(), &url, &host.pepper_hex()).assert_code(0);
+    let pg = open_fleet(&server, &host);
+    let (keys, audit, seq) = (
+        pg.list().unwrap(),
+        pg.audit_entries().unwrap(),
+        pg.max_seq().unwrap(),
+    );
+    let host_audit = host.audit().len();
+
+    let again = migrate(&fleet, host.path(), &url, &host.pepper_hex());
+    again.assert_code(0);
+    assert!(
+        again.stdout.contains(&format!(
+            "copied 0 keys (5 already present), 0 audit entries ({host_audit} already present)"
+        )),
+        "{}",
+        again.output()
+    );
+    // Not a row more, not a change number drawn: watchers have nothing to pick up.
+    assert_eq!(pg.list().unwrap(), keys);
+    assert_eq!(pg.audit_entries().unwrap(), audit);
+    assert_eq!(pg.max_seq().unwrap(), seq);
+
+    // A key the host issued since is copied on its own, with its audit entry.
+    let (late, secret) = KeyStore::open(host.path())
+        .unwrap()
+        .create(named("late"), "admin")
+        .unwrap();
+    let third = migrate(&fleet, host.path(), &url, &host.pepper_hex());
+    third.assert_code(0);
+    assert!(
+        third.stdout.contains(&format!(
+            "copied 1 keys (5 already present), 1 audit entries ({host_audit} already present)"
+        )),
+        "{}",
+        third.output()
+    );
+    let copied = pg.get(&late.id).unwrap().expect("the late key is copied");
+    assert!(copied.seq > seq);
+    assert_eq!(pg.changes_since(seq).unwrap().len(), 1);
+    assert_eq!(pg.list().unwrap().len(), 6);
+    let cache = CredentialCache::from_records(
+        Pepper::from_hex(&host.pepper_hex()).unwrap(),
+        pg.list().unwrap(),
+    );
+    assert!(cache.authenticate(secret.as_bytes(), unix_now()).is_some());
+}
+
+#[test]
+fn a_pepper_that_is_not_the_hosts_is_refused_before_the_database_is_touched() {
+    let server = PgServer::start();
+    let host = Host::populated();
+    let fleet = Fleet::new();
+    let url = url_of(&server, None);
+    let own = host.pepper_hex();
+    // Another 32-byte pepper, and a passphrase that is no pepper file's form.
+    let other = own
+        .chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect::<String>();
+    let passphrase = "the-fleet-passphrase-nobody-can-guess-42";
+
+    for (wrong, why) in [
+        (other.as_str(), "never authenticate"),
+        // Not in the pepper file's form: the config load refuses it already.
+        (passphrase, "64 hex"),
+    ] {
+        let run = migrate(&fleet, host.path(), &url, wrong);
+        run.assert_code(1);
+        let output = run.output();
+        assert!(output.contains("store.pepper"), "{output}");
+        assert!(output.contains(why), "{output}");
+        assert!(
+            !output.contains(wrong),
+            "the given pepper is shown: {output}"
+        );
+        assert!(
+            !output.contains(&own),
+            "the host's pepper is shown: {output}"
+        );
+        assert!(!output.contains("copied "), "{output}");
+    }
+    // Not even the schema was created (so no pepper verifier was recorded either).
+    let created: Option<String> = server
+        .client()
+        .query_one("SELECT to_regclass('keys')::TEXT", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(created, None);
+}
+
+#[test]
+fn a_key_stored_with_other_content_is_a_conflict_and_nothing_is_written() {
+    let server = PgServer::start();
+    let host = Host::populated();
+    let fleet = Fleet::new();
+    let url = url_of(&server, None);
+    migrate(&fleet, host.path(), &url, &host.pepper_hex()).assert_code(0);
+
+    // The fleet changes a copied key; the host issues a new one.
+    let mut pg = open_fleet(&server, &host);
+    let target = host
+        .keys()
+        .into_iter()
+        .find(|k| k.name == "billing")
+        .unwrap();
+    let changed = pg
+        .update(
+            &target.id,
+            KeyPatch {
+                team: Some("finance".into()),
+                ..KeyPatch::default()
+            },
+            "admin",
+        )
+        .unwrap();
+    let (late, _) = KeyStore::open(host.path())
+        .unwrap()
+        .create(named("late"), "admin")
+        .unwrap();
+    let (keys, audit) = (pg.list().unwrap(), pg.audit_entries().unwrap());
+
+    let run = migrate(&fleet, host.path(), &url, &host.pepper_hex());
+    run.assert_code(1);
+    let output = run.output();
+    assert!(
+        output.contains(&format!("conflict: key {}", target.id)),
+        "{output}"
+    );
+    assert!(output.contains("not overwritten"), "{output}");
+    assert!(output.contains("nothing was copied"), "{output}");
+    assert!(
+        !output.contains(&late.id),
+        "only conflicts are named: {output}"
+    );
+    for hash in [target.hash, changed.hash] {
+        assert!(!output.contains(&hex(&hash)), "a hash is printed: {output}");
+    }
+    // The fleet's version stands, and the run left nothing behind: not the new key, not
+    // an audit entry.
+    assert_eq!(pg.get(&target.id).unwrap().unwrap().team, "finance");
+    assert_eq!(pg.list().unwrap(), keys);
+    assert_eq!(pg.audit_entries().unwrap(), audit);
+}
+
+#[test]
+fn the_url_password_never_appears_in_output() {
+    let mut server = PgServer::start();
+    let password = "Pw-0f-The-Fl33t";
+    server.require_password(password);
+    let host = Host::populated();
+    let fleet = Fleet::new();
+
+    let run = migrate(
+        &fleet,
+        host.path(),
+        &url_of(&server, Some(password)),
+        &host.pepper_hex(),
+    );
+    run.assert_code(0);
+    assert!(!run.output().contains(password), "{}", run.output());
+    assert!(!run.output().contains("Fl33t"), "{}", run.output());
+
+    let wrong = format!("{password}x");
+    let run = migrate(
+        &fleet,
+        host.path(),
+        &url_of(&server, Some(&wrong)),
+        &host.pepper_hex(),
+    );
+    run.assert_code(2);
+    assert!(
+        run.output().contains("password authentication failed"),
+        "{}",
+        run.output()
+    );
+    assert!(!run.output().contains("Fl33t"), "{}", run.output());
+}
+
+#[test]
+fn ledger_records_that_cannot_be_copied_yet_fail_the_run_after_the_keys() {
+    let server = PgServer::start();
+    let host = Host::populated();
+    let (ledger, sender) = Ledger::start(host.path()).unwrap();
+    sender.record(UsageEvent {
+        ts_ms: unix_now() * 1000,
+        request_id: "req-1".into(),
+        key_id: Some(host.live[0].0.clone()),
+        team: "platform".into(),
+        model: Some("gpt-4o-mini".into()),
+        prompt: None,
+        route: Some("api".into()),
+        status: 200,
+        prompt_tokens: 10,
+        completion_tokens: 5,
+        cached_tokens: 0,
+        cost_nano_usd: 1_500,
+    });
+    ledger.stop();
+    let fleet = Fleet::new();
+
+    let run = migrate(
+        &fleet,
+        host.path(),
+        &url_of(&server, None),
+        &host.pepper_hex(),
+    );
+    run.assert_code(1);
+    let output = run.output();
+    assert!(output.contains("copied 5 keys"), "{output}");
+    assert!(
+        output.contains("usage ledger: not copied (1 records"),
+        "{output}"
+    );
+    assert!(
+        run.stderr
+            .contains("the usage ledger copy is not available in this build"),
+        "{output}"
+    );
+    assert_eq!(open_fleet(&server, &host).list().unwrap().len(), 5);
+}
+
+#[test]
+fn a_config_on_the_embedded_store_or_a_directory_without_one_is_refused() {
+    let host = Host::populated();
+    let sqlite = TempDir::new("migrate-sqlite-config");
+    let config = sqlite.path().join("one-host.toml");
+    std::fs::write(&config, "[server]\ndata_dir = \"data\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_credentialflow"))
+        .args(["store", "migrate", "--config"])
+        .arg(&config)
+        .arg("--from-sqlite")
+        .arg(host.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("store.backend must be \"postgres\""),
+        "{stderr}"
+    );
+
+    // A directory that holds no store: refused, and left empty.
+    let server = PgServer::start();
+    let empty = TempDir::new("migrate-empty");
+    let run = migrate(
+        &Fleet::new(),
+        empty.path(),
+        &url_of(&server, None),
+        &"ab".repeat(32),
+    );
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("not a credentialflow data directory"),
+        "{}",
+        run.output()
+    );
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+}
+
+/// The names and contents of the files in `dir`, but SQLite's WAL side files (a reader may
+/// create its shared-memory index), to show a directory was only read.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            !name.ends_with("-shm") && !name.ends_with("-wal")
+        })
+        .map(|entry| {
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                std::fs::read(entry.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
