@@ -110,8 +110,8 @@ pub fn main() -> i32 {
         Command::Check { config } => check(&config),
         Command::Keys(args) => keys::run_keys(*args),
         Command::Audit(args) => keys::run_audit(args),
-        Command::Usage(args) => match keys::data_dir_or_exit(args.config.as_deref()) {
-            Ok(data_dir) => usage::run_usage(args, &data_dir),
+        Command::Usage(args) => match keys::store_settings_or_exit(args.config.as_deref()) {
+            Ok(settings) => usage::run_usage(args, &settings),
             Err(code) => code,
         },
         Command::Store(args) => store::run_store(args),

@@ -242,7 +242,10 @@ fn start(
                 ready: Arc::new(move || ready_shared.all_serving()),
                 reload: Arc::new(move || reload_shared.reload()),
                 store: store.clone(),
-                data_dir: data_dir.clone(),
+                usage: Arc::new(
+                    admin::UsageReader::new(&store_settings)
+                        .map_err(|e| format!("usage ledger: {e}"))?,
+                ),
                 credentials: shared.credentials.clone(),
                 this_node,
             },

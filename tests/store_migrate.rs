@@ -1,8 +1,9 @@
 //! `credentialflow store migrate --config FILE --from-sqlite DIR`: a single host's store
 //! copied into a fleet's PostgreSQL store, run as the real binary against a private
 //! PostgreSQL (`common::postgres`). Every key arrives field for field and its secret still
-//! authenticates under the fleet's pepper; a second run copies nothing; a wrong pepper and a
-//! conflicting key are refused without writing; the URL's password is never printed.
+//! authenticates under the fleet's pepper; the usage ledger arrives with the same totals per
+//! key and team; a second run copies nothing; a wrong pepper and a conflicting key are
+//! refused without writing; the URL's password is never printed.
 
 mod common;
 
@@ -15,7 +16,9 @@ use common::TempDir;
 use credentialflow::auth::CredentialCache;
 use credentialflow::store::audit::{self, AuditEntry};
 use credentialflow::store::postgres::PgStore;
-use credentialflow::store::usage::{Ledger, UsageEvent};
+use credentialflow::store::usage::{
+    GroupBy, Ledger, PgUsage, SqliteUsage, UsageBackend, UsageEvent,
+};
 use credentialflow::store::{unix_now, KeyBackend, KeyPatch, KeyRecord, KeyStore, NewKey, Pepper};
 
 /// The environment variables the test config takes `[store] url` and `pepper` from.
@@ -284,8 +287,7 @@ fn every_key_is_copied_field_for_field_and_its_secret_authenticates() {
         run.output()
     );
     assert!(
-        run.stdout
-            .contains("usage ledger: not copied (no records in the source)"),
+        run.stdout.contains(", 0 usage records (0 already present)"),
         "{}",
         run.output()
     );
@@ -523,26 +525,123 @@ fn the_url_password_never_appears_in_output() {
     assert!(!run.output().contains("Fl33t"), "{}", run.output());
 }
 
+/// `n` metered requests spread over the host's live keys and two teams, with costs and
+/// token counts that differ per request, as the gateway's ledger writer stores them.
+fn meter(host: &Host, first: usize, n: usize) {
+    let (ledger, sender) = Ledger::start(host.path()).unwrap();
+    for i in first..first + n {
+        sender.record(UsageEvent {
+            ts_ms: 1_700_000_000_000 + i as i64,
+            // Every tenth request reuses one id, as a client that sets its own would.
+            request_id: if i % 10 == 0 {
+                "client-fixed-id".into()
+            } else {
+                format!("req-{i}")
+            },
+            key_id: Some(host.live[i % host.live.len()].0.clone()),
+            team: ["platform", ""][i % 2].into(),
+            model: Some("gpt-4o-mini".into()),
+            prompt: None,
+            route: Some("api".into()),
+            status: 200,
+            prompt_tokens: 10 + i as u64 % 7,
+            completion_tokens: 5 + i as u64 % 3,
+            cached_tokens: 0,
+            cost_nano_usd: 1_500 + 37 * i as u64,
+        });
+    }
+    ledger.stop();
+}
+
+/// The fleet ledger's rows: how many, and how many of them `node` wrote.
+fn fleet_ledger_rows(server: &PgServer, node: &str) -> (i64, i64) {
+    let row = server
+        .client()
+        .query_one(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE node = $1) FROM usage",
+            &[&node],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Usage per key and per team in the host's ledger and in the fleet's: they must be equal.
+fn assert_same_totals(server: &PgServer, host: &Host) {
+    let mut fleet = PgUsage::new(&server.url(), "inspector");
+    let mut source = SqliteUsage::new(host.path());
+    for group_by in [GroupBy::Key, GroupBy::Team] {
+        let expected = source.report(group_by, 0).unwrap();
+        assert!(!expected.is_empty());
+        assert_eq!(
+            fleet.report(group_by, 0).unwrap(),
+            expected,
+            "by {group_by}"
+        );
+    }
+}
+
 #[test]
-fn ledger_records_that_cannot_be_copied_yet_fail_the_run_after_the_keys() {
+fn the_ledger_is_copied_once_however_many_runs_and_totals_per_key_are_the_hosts() {
     let server = PgServer::start();
     let host = Host::populated();
-    let (ledger, sender) = Ledger::start(host.path()).unwrap();
-    sender.record(UsageEvent {
-        ts_ms: unix_now() * 1000,
-        request_id: "req-1".into(),
-        key_id: Some(host.live[0].0.clone()),
-        team: "platform".into(),
-        model: Some("gpt-4o-mini".into()),
-        prompt: None,
-        route: Some("api".into()),
-        status: 200,
-        prompt_tokens: 10,
-        completion_tokens: 5,
-        cached_tokens: 0,
-        cost_nano_usd: 1_500,
-    });
-    ledger.stop();
+    // More than one batch of the copy (1000 rows), with repeated request ids.
+    meter(&host, 0, 2_500);
+    let fleet = Fleet::new();
+    let url = url_of(&server, None);
+    let source_files = snapshot(host.path());
+
+    let run = migrate(&fleet, host.path(), &url, &host.pepper_hex());
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("copied 5 keys (0 already present), ")
+            && run
+                .stdout
+                .contains(", 2500 usage records (0 already present)"),
+        "{}",
+        run.output()
+    );
+    assert_eq!(fleet_ledger_rows(&server, "edge-1"), (2_500, 2_500));
+    assert_same_totals(&server, &host);
+    assert_eq!(snapshot(host.path()), source_files);
+
+    // Twice: nothing more.
+    let again = migrate(&fleet, host.path(), &url, &host.pepper_hex());
+    again.assert_code(0);
+    assert!(
+        again
+            .stdout
+            .contains(", 0 usage records (2500 already present)"),
+        "{}",
+        again.output()
+    );
+    assert_eq!(fleet_ledger_rows(&server, "edge-1").0, 2_500);
+    assert_same_totals(&server, &host);
+
+    // What the host metered since is copied on its own.
+    meter(&host, 2_500, 3);
+    let third = migrate(&fleet, host.path(), &url, &host.pepper_hex());
+    third.assert_code(0);
+    assert!(
+        third
+            .stdout
+            .contains(", 3 usage records (2500 already present)"),
+        "{}",
+        third.output()
+    );
+    assert_eq!(fleet_ledger_rows(&server, "edge-1").0, 2_503);
+    assert_same_totals(&server, &host);
+}
+
+#[test]
+fn a_ledger_row_the_gateway_never_writes_stops_the_ledger_copy_whole() {
+    let server = PgServer::start();
+    let host = Host::populated();
+    meter(&host, 0, 1_200);
+    // A row past the first batch: the batch before it must not stay behind.
+    let db = rusqlite::Connection::open(host.path().join("usage.db")).unwrap();
+    db.execute("UPDATE usage SET prompt_tokens = -1 WHERE rowid = 1100", [])
+        .unwrap();
+    drop(db);
     let fleet = Fleet::new();
 
     let run = migrate(
@@ -552,17 +651,18 @@ fn ledger_records_that_cannot_be_copied_yet_fail_the_run_after_the_keys() {
         &host.pepper_hex(),
     );
     run.assert_code(1);
-    let output = run.output();
-    assert!(output.contains("copied 5 keys"), "{output}");
     assert!(
-        output.contains("usage ledger: not copied (1 records"),
-        "{output}"
+        run.stdout.contains("copied 5 keys") && run.stdout.contains("usage ledger not copied"),
+        "{}",
+        run.output()
     );
     assert!(
         run.stderr
-            .contains("the usage ledger copy is not available in this build"),
-        "{output}"
+            .contains("row 1100: prompt_tokens is negative (-1)"),
+        "{}",
+        run.output()
     );
+    assert_eq!(fleet_ledger_rows(&server, "edge-1").0, 0);
     assert_eq!(open_fleet(&server, &host).list().unwrap().len(), 5);
 }
 

@@ -17,13 +17,13 @@ mod usage;
 
 pub use auth::constant_time_eq;
 pub use slots::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT};
+pub use usage::UsageReader;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
@@ -60,8 +60,9 @@ pub struct AdminState {
     /// pay a connect and log-in on every call and could open as many server connections as
     /// there are admin threads; admin writes are serialised by the store anyway.
     pub store: SharedBackend,
-    /// `server.data_dir`: the usage ledger behind `/admin/usage`.
-    pub data_dir: PathBuf,
+    /// The usage ledger behind `/admin/usage`: the one `[store]` names (on PostgreSQL, the
+    /// whole fleet's).
+    pub usage: Arc<UsageReader>,
     /// The workers' credential cache over that store: every `/admin/keys*` write is applied
     /// to it before the answer is sent. Its [`CredentialCache::store_health`] says whether
     /// the store is reachable (`/healthz`, and admin writes answer 503 while it is not).
@@ -271,6 +272,7 @@ mod tests {
     use crate::store;
     use std::io::{Read, Write};
     use std::net::SocketAddr;
+    use std::path::PathBuf;
     use std::sync::Mutex;
     use std::time::Instant;
 
@@ -294,7 +296,7 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let shutdown = Arc::new(AtomicBool::new(false));
-            let data_dir = state.data_dir.clone();
+            let data_dir = state.usage.data_dir().to_owned();
             let handle = spawn_with_limits(listener, state, shutdown.clone(), limits);
             Server {
                 addr,
@@ -412,7 +414,7 @@ mod tests {
             ready: Arc::new(move || ready),
             reload: Arc::new(move || reload.clone()),
             store: store::open_shared(&store::sqlite_settings(&data_dir)).unwrap(),
-            data_dir,
+            usage: Arc::new(UsageReader::new(&store::sqlite_settings(&data_dir)).unwrap()),
             credentials: Arc::new(CredentialCache::from_records(
                 crate::store::Pepper::from_bytes([0; 32]),
                 Vec::new(),

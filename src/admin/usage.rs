@@ -5,11 +5,62 @@
 //! (RFC 3986 §2.1); a `+` stays a `+` (it is only a space in HTML forms, and RFC 3339 offsets
 //! need it), so `since=2026-11-30T00:00:00+01:00` and `...%2B01:00` mean the same.
 //! Unknown or repeated parameters are refused, like unknown fields in the keys API.
+//!
+//! The report reads the ledger `[store]` names ([`UsageReader`]): the embedded one in
+//! `data_dir`, or on PostgreSQL the fleet's `usage` table, so any node answers for the
+//! whole fleet.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::http::{Request, Response};
 use super::routes::{error, json_response};
 use super::AdminState;
-use crate::store::usage::{self, GroupBy};
+use crate::config::{StoreBackend, StoreSettings};
+use crate::store::usage::{self, GroupBy, LedgerError, PgUsage, SqliteUsage, UsageBackend};
+
+/// The ledger `GET /admin/usage` reads, shared by the admin connection threads, which take
+/// turns with it. One reader rather than one per request: on PostgreSQL a fresh one would
+/// connect, log in and check the schema on every call. It connects on first use and again
+/// after any failure, so a gateway started while the database is down reports once it is
+/// back.
+pub struct UsageReader {
+    /// `server.data_dir` (the embedded ledger's directory, or the journal's on PostgreSQL).
+    data_dir: PathBuf,
+    backend: Mutex<Box<dyn UsageBackend>>,
+}
+
+impl UsageReader {
+    /// The reader of the ledger `settings` name. Nothing is opened or connected yet.
+    ///
+    /// # Errors
+    /// If `[store] url` does not resolve or the node name is not usable (PostgreSQL).
+    pub fn new(settings: &StoreSettings) -> Result<UsageReader, LedgerError> {
+        let backend: Box<dyn UsageBackend> = match settings.store.backend {
+            StoreBackend::Sqlite => Box::new(SqliteUsage::new(&settings.data_dir)),
+            StoreBackend::Postgres => Box::new(PgUsage::from_settings(settings)?),
+        };
+        Ok(UsageReader {
+            data_dir: settings.data_dir.clone(),
+            backend: Mutex::new(backend),
+        })
+    }
+
+    /// `server.data_dir` of the settings this reader was made from.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    fn report(
+        &self,
+        group_by: GroupBy,
+        since_ms: i64,
+    ) -> Result<Vec<usage::UsageRow>, LedgerError> {
+        // A panic while reporting leaves nothing half-written: the backend is still usable.
+        let mut backend = self.backend.lock().unwrap_or_else(|e| e.into_inner());
+        backend.report(group_by, since_ms)
+    }
+}
 
 /// `GET /admin/usage`: 200 with the rows, 400 for a bad parameter.
 pub(crate) fn usage(state: &AdminState, request: &Request) -> Response {
@@ -21,8 +72,18 @@ fn usage_at(state: &AdminState, request: &Request, now_ms: i64) -> Response {
         Ok(parameters) => parameters,
         Err(message) => return error(400, "invalid_request_error", "invalid_parameter", &message),
     };
-    match usage::report(&state.data_dir, group_by, since_ms) {
+    match state.usage.report(group_by, since_ms) {
         Ok(rows) => json_response(200, &serde_json::json!(rows)),
+        Err(LedgerError::Postgres(e)) if e.is_unreachable() => {
+            // The text names the failure, never the URL (see `store::postgres`).
+            log::warn!("admin: usage report: {e}");
+            error(
+                503,
+                "api_error",
+                "store_unavailable",
+                "the usage ledger is unreachable; retry later",
+            )
+        }
         Err(e) => {
             log::error!("admin: {e}");
             error(
@@ -92,7 +153,6 @@ mod tests {
     use crate::config::{LiveSecret, Secret};
     use crate::store::usage::{Ledger, UsageEvent};
     use serde_json::{json, Value};
-    use std::path::PathBuf;
     use std::sync::Arc;
 
     const NOW_MS: i64 = 1_764_460_800_000; // 2025-11-30T00:00:00Z
@@ -134,7 +194,9 @@ mod tests {
                 reload: Arc::new(|| Ok(())),
                 store: crate::store::open_shared(&crate::store::sqlite_settings(&data_dir))
                     .unwrap(),
-                data_dir,
+                usage: Arc::new(
+                    UsageReader::new(&crate::store::sqlite_settings(&data_dir)).unwrap(),
+                ),
                 credentials: Arc::new(CredentialCache::from_records(
                     crate::store::Pepper::from_bytes([0; 32]),
                     Vec::new(),
@@ -169,7 +231,7 @@ mod tests {
 
     impl Drop for Setup {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0.data_dir);
+            let _ = std::fs::remove_dir_all(self.0.usage.data_dir());
         }
     }
 
@@ -275,7 +337,7 @@ mod tests {
     #[test]
     fn empty_ledger_is_an_empty_array() {
         let setup = Setup::new();
-        std::fs::remove_dir_all(&setup.0.data_dir).unwrap();
+        std::fs::remove_dir_all(setup.0.usage.data_dir()).unwrap();
         assert_eq!(setup.get(None), (200, json!([])));
     }
 

@@ -333,16 +333,13 @@ fn changed_fields(before: Option<&KeyRecord>, after: Option<&KeyRecord>) -> Vec<
     names
 }
 
-/// `server.data_dir` of the config at `config_path` (or the default config), for the other
-/// commands that read the store; on failure, the exit code after printing the error.
-pub(super) fn data_dir_or_exit(config_path: Option<&Path>) -> Result<PathBuf, i32> {
-    data_dir(config_path).map_err(|failure| report(Err(failure)))
-}
-
-/// The store directory: `server.data_dir` of `--config`, of `./credentialflow.toml`, or of
-/// the built-in default.
-fn data_dir(config_path: Option<&Path>) -> Result<PathBuf, Failure> {
-    store_settings(config_path).map(|settings| settings.data_dir)
+/// `server.data_dir` and `[store]` of the config at `config_path` (or the default config),
+/// for the other commands that read the store; on failure, the exit code after printing
+/// the error.
+pub(super) fn store_settings_or_exit(
+    config_path: Option<&Path>,
+) -> Result<config::StoreSettings, i32> {
+    store_settings(config_path).map_err(|failure| report(Err(failure)))
 }
 
 /// `server.data_dir` and `[store]` of `--config`, of `./credentialflow.toml`, or of the

@@ -10,13 +10,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use rusqlite::{Connection, OpenFlags};
 
 use crate::config::{self, StoreBackend, StoreConfig};
 use crate::serve::{EXIT_BAD_INPUT, EXIT_RUNTIME};
-use crate::store::postgres::import::ImportReport;
+use crate::store::postgres::import::{ImportReport, UsageImport, UsageImportError};
 use crate::store::postgres::PgStore;
-use crate::store::{audit, usage, KeyStore, Pepper, StoreError};
+use crate::store::usage::source::{LedgerSource, SourceError};
+use crate::store::{audit, KeyStore, Pepper, StoreError};
 
 /// `credentialflow store`.
 #[derive(Args, Debug)]
@@ -150,6 +150,15 @@ fn migrate(
     let keys = source.list()?;
     let entries = audit::read(from).map_err(runtime)?;
 
+    // Read now, so that a ledger that cannot be read stops the run before anything is
+    // written; its records are named after this node, the host's name in the fleet.
+    let mut ledger = LedgerSource::open(from, &store.node).map_err(|e| {
+        Failure::bad_input(format!(
+            "--from-sqlite {}: usage ledger: {e}; nothing was copied",
+            from.display()
+        ))
+    })?;
+
     let mut target = PgStore::open(url.expose(), pepper, &store.node)?;
     let report = target.import(&keys, &entries, actor)?;
     if !report.conflicts.is_empty() {
@@ -163,8 +172,36 @@ fn migrate(
             ids.join(", ")
         )));
     }
-    writeln!(out, "{}", summary(&report)).map_err(runtime)?;
-    copy_usage_ledger(from, &mut target, out)
+    match target.import_usage(&mut ledger) {
+        Ok(usage) => writeln!(out, "{}", summary(&report, &usage)).map_err(runtime),
+        Err(e) => {
+            // The keys and audit are in (their transaction committed); the ledger's rolled
+            // back as a whole, and a second run copies it without copying anything twice.
+            writeln!(
+                out,
+                "copied {} keys ({} already present), {} audit entries ({} already present); \
+                 usage ledger not copied",
+                report.keys_copied, report.keys_present, report.audit_copied, report.audit_present
+            )
+            .map_err(runtime)?;
+            let mut failure = match e {
+                UsageImportError::Source(e) => Failure {
+                    code: match e {
+                        SourceError::Invalid { .. } => EXIT_BAD_INPUT,
+                        SourceError::Db(_) => EXIT_RUNTIME,
+                    },
+                    message: format!("--from-sqlite {}: {e}", from.display()),
+                },
+                UsageImportError::Store(e) => Failure::from(e),
+            };
+            failure.message = format!(
+                "usage ledger: {}; none of its records were copied (the keys and audit log \
+                 were); run again to copy it",
+                failure.message
+            );
+            Err(failure)
+        }
+    }
 }
 
 /// The resolved `url` and the fleet's pepper of a `[store]` whose references loading has
@@ -192,60 +229,19 @@ fn same_pepper(a: &Pepper, b: &Pepper) -> bool {
     a.hash(PROBE) == b.hash(PROBE)
 }
 
-/// `copied N keys (M already present), K audit entries (L already present)`.
-fn summary(report: &ImportReport) -> String {
+/// `copied N keys (M already present), K audit entries (L already present), U usage
+/// records (V already present)`.
+fn summary(report: &ImportReport, usage: &UsageImport) -> String {
     format!(
-        "copied {} keys ({} already present), {} audit entries ({} already present)",
-        report.keys_copied, report.keys_present, report.audit_copied, report.audit_present
+        "copied {} keys ({} already present), {} audit entries ({} already present), \
+         {} usage records ({} already present)",
+        report.keys_copied,
+        report.keys_present,
+        report.audit_copied,
+        report.audit_present,
+        usage.copied,
+        usage.present
     )
-}
-
-/// Copies the usage ledger of `from` into `target`. PostgreSQL has no ledger table in this
-/// build yet, so nothing is copied: the run says so, and succeeds only when `from` has no
-/// ledger records, so that none is left behind unnoticed.
-fn copy_usage_ledger(
-    from: &Path,
-    _target: &mut PgStore,
-    out: &mut dyn Write,
-) -> Result<(), Failure> {
-    let records = ledger_records(from).map_err(|e| Failure {
-        code: EXIT_RUNTIME,
-        message: format!("usage ledger: {e}"),
-    })?;
-    if records == 0 {
-        writeln!(out, "usage ledger: not copied (no records in the source)").map_err(runtime)?;
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "usage ledger: not copied ({records} records; the PostgreSQL ledger is not available \
-         in this build)"
-    )
-    .map_err(runtime)?;
-    Err(Failure::bad_input(format!(
-        "the usage ledger copy is not available in this build: {records} ledger records in \
-         {} were not copied (the keys and audit log were)",
-        from.display()
-    )))
-}
-
-/// How many records the ledger in `data_dir` holds (0 when it has none), read without
-/// creating or changing anything.
-fn ledger_records(data_dir: &Path) -> rusqlite::Result<u64> {
-    let path = data_dir.join(usage::DB_FILE);
-    if !path.is_file() {
-        return Ok(0);
-    }
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let has_table: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage')",
-        [],
-        |row| row.get(0),
-    )?;
-    if !has_table {
-        return Ok(0);
-    }
-    conn.query_row("SELECT COUNT(*) FROM usage", [], |row| row.get(0))
 }
 
 #[cfg(test)]
@@ -293,9 +289,14 @@ mod tests {
             audit_present: 9,
             conflicts: Vec::new(),
         };
+        let usage = UsageImport {
+            copied: 2,
+            present: 7,
+        };
         assert_eq!(
-            summary(&report),
-            "copied 0 keys (4 already present), 0 audit entries (9 already present)"
+            summary(&report, &usage),
+            "copied 0 keys (4 already present), 0 audit entries (9 already present), \
+             2 usage records (7 already present)"
         );
     }
 
@@ -330,18 +331,5 @@ mod tests {
             failure.message
         );
         assert!(!failure.message.contains("pw@"), "{}", failure.message);
-    }
-
-    #[test]
-    fn a_directory_without_a_ledger_has_no_records() {
-        let dir = std::env::temp_dir().join(format!(
-            "cf-migrate-ledger-{}",
-            crate::store::ids::new_key_id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(ledger_records(&dir).unwrap(), 0);
-        // Reading created nothing.
-        assert!(!dir.join(usage::DB_FILE).exists());
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

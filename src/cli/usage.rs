@@ -1,19 +1,22 @@
-//! `credentialflow usage`: the spend report from the usage ledger in the config's
-//! `server.data_dir`, as an aligned table or (`--json`) the same array as `GET /admin/usage`.
+//! `credentialflow usage`: the spend report from the usage ledger the config's `[store]`
+//! names (the embedded one in `server.data_dir`, or on PostgreSQL the whole fleet's), as an
+//! aligned table or (`--json`) the same array as `GET /admin/usage`. Only `[store]` and
+//! `data_dir` are read from the config: the report needs none of the gateway's other secrets.
 
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::config::StoreSettings;
 use crate::serve::{EXIT_BAD_INPUT, EXIT_RUNTIME};
 use crate::store::usage::{self, GroupBy, UsageRow};
 
 /// `credentialflow usage`.
 #[derive(Args, Debug)]
 pub(crate) struct UsageArgs {
-    /// Config file whose `server.data_dir` holds the ledger (default: ./credentialflow.toml,
-    /// else the built-in default).
+    /// Config file whose `[store]` (and `server.data_dir`) names the ledger (default:
+    /// ./credentialflow.toml, else the built-in default).
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
     /// What to add up by: key, team or model.
@@ -27,11 +30,11 @@ pub(crate) struct UsageArgs {
     json: bool,
 }
 
-/// Runs `usage` on the ledger in `data_dir`, printing to stdout; returns the exit code
-/// (1 for a bad `--group-by` or `--since`, 2 when the ledger cannot be read).
-pub(crate) fn run_usage(args: UsageArgs, data_dir: &Path) -> i32 {
+/// Runs `usage` on the ledger `settings` name, printing to stdout; returns the exit code
+/// (1 for a bad `--group-by` or `--since`, 2 when the ledger cannot be reached or read).
+pub(crate) fn run_usage(args: UsageArgs, settings: &StoreSettings) -> i32 {
     let now_ms = crate::clock::unix_now_ms();
-    match run_usage_to(&args, data_dir, now_ms, &mut io::stdout().lock()) {
+    match run_usage_to(&args, settings, now_ms, &mut io::stdout().lock()) {
         Ok(()) => 0,
         Err((code, message)) => {
             eprintln!("error: {message}");
@@ -43,7 +46,7 @@ pub(crate) fn run_usage(args: UsageArgs, data_dir: &Path) -> i32 {
 /// The command's work, writing to `out`; a failure is its exit code and one line.
 fn run_usage_to(
     args: &UsageArgs,
-    data_dir: &Path,
+    settings: &StoreSettings,
     now_ms: i64,
     out: &mut dyn Write,
 ) -> Result<(), (i32, String)> {
@@ -56,8 +59,9 @@ fn run_usage_to(
             .map_err(|e| (EXIT_BAD_INPUT, format!("--since: {e}")))?,
         None => 0,
     };
-    let rows =
-        usage::report(data_dir, group_by, since_ms).map_err(|e| (EXIT_RUNTIME, e.to_string()))?;
+    // Ledger errors never hold the URL's password (see `store::postgres`).
+    let rows = usage::report_for(settings, group_by, since_ms)
+        .map_err(|e| (EXIT_RUNTIME, e.to_string()))?;
     let written = if args.json {
         let json = serde_json::to_string(&rows).expect("usage rows serialize");
         writeln!(out, "{json}")
@@ -163,7 +167,8 @@ mod tests {
                     .unwrap()
                     .args;
             let mut out = Vec::new();
-            let code = match run_usage_to(&args, &self.0, 10_000, &mut out) {
+            let settings = crate::store::sqlite_settings(&self.0);
+            let code = match run_usage_to(&args, &settings, 10_000, &mut out) {
                 Ok(()) => 0,
                 Err((code, message)) => {
                     assert!(!message.contains('\n'), "{message}");
@@ -242,7 +247,14 @@ mod tests {
         ));
         let args = Harness::try_parse_from(["usage"]).unwrap().args;
         let mut out = Vec::new();
-        run_usage_to(&args, &dir, 10_000, &mut out).unwrap();
+        run_usage_to(
+            &args,
+            &crate::store::sqlite_settings(&dir),
+            10_000,
+            &mut out,
+        )
+        .unwrap();
+        assert!(!dir.exists(), "a report creates no ledger");
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GROUP  REQUESTS  PROMPT_TOKENS  COMPLETION_TOKENS  COST_USD\n"
@@ -277,6 +289,32 @@ mod tests {
                 "{bare:?}"
             );
         }
+    }
+
+    #[test]
+    fn unreachable_fleet_ledger_exits_2_without_quoting_the_password() {
+        use crate::config::{Secret, SecretRef, StoreBackend, StoreConfig};
+        // Nothing listens on port 1 of loopback: the connection is refused at once.
+        let settings = StoreSettings {
+            data_dir: std::env::temp_dir().join("cf-cli-usage-unreached"),
+            store: StoreConfig {
+                backend: StoreBackend::Postgres,
+                url: Some(SecretRef::Literal(Secret::new(
+                    "postgres://cf:s3cr3t-pw@127.0.0.1:1/cf?connect_timeout=2",
+                ))),
+                pepper: None,
+                node: "edge-1".into(),
+            },
+        };
+        let args = Harness::try_parse_from(["usage"]).unwrap().args;
+        let mut out = Vec::new();
+        let Err((code, message)) = run_usage_to(&args, &settings, 10_000, &mut out) else {
+            panic!("a report from an unreachable database cannot succeed");
+        };
+        assert_eq!(code, EXIT_RUNTIME);
+        assert!(!message.contains("s3cr3t-pw"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl Admin {
             ready: Arc::new(|| true),
             reload: Arc::new(|| Ok(())),
             store: store::open_shared(&config).unwrap(),
-            data_dir: data_dir.clone(),
+            usage: Arc::new(crate::admin::UsageReader::new(&config).unwrap()),
             credentials: credentials.clone(),
             this_node: Arc::new(|| crate::store::NodeRecord {
                 node: "edge-test".into(),

@@ -14,6 +14,12 @@
 //! action, key id and records is stored (as many times as the host's log has it, so two
 //! identical entries in one second are both copied). A key id stored with different content
 //! is a conflict: it is never overwritten, and a run with any conflict writes nothing.
+//!
+//! The usage ledger is copied after the keys, in a transaction of its own
+//! ([`PgStore::import_usage`]): every row of the host's ledger with the id
+//! [`crate::store::usage::source`] derives for it, stored once whatever the number of runs
+//! (`ON CONFLICT (record_id) DO NOTHING`, as the nodes' own deliveries). The records carry
+//! the node name of the config the command runs with: the host's name in the fleet.
 
 use std::collections::HashMap;
 
@@ -24,6 +30,8 @@ use super::rules::{check_text, validate};
 use super::{PgStore, CHANNEL, WRITE_LOCK};
 use crate::clock::calendar::{parse_rfc3339_ms, rfc3339};
 use crate::store::audit::AuditEntry;
+use crate::store::usage::insert_records;
+use crate::store::usage::source::{LedgerSource, SourceError};
 use crate::store::{KeyRecord, StoreError};
 
 /// The key columns in the order of [`key_params`]; `seq` is not among them (a copied key
@@ -69,6 +77,30 @@ pub struct ImportReport {
     pub audit_present: usize,
     /// Keys that cannot be copied as they are. When there is any, the run wrote nothing.
     pub conflicts: Vec<KeyConflict>,
+}
+
+/// What one copy of a host's usage ledger found and did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UsageImport {
+    /// Records inserted by this run.
+    pub copied: u64,
+    /// Records whose id was already stored (copied by an earlier run).
+    pub present: u64,
+}
+
+/// Why a usage ledger copy stopped. Nothing of the ledger was written.
+#[derive(Debug)]
+pub enum UsageImportError {
+    /// The host's ledger could not be read, or holds a row the gateway never writes.
+    Source(SourceError),
+    /// The shared store failed.
+    Store(StoreError),
+}
+
+impl From<::postgres::Error> for UsageImportError {
+    fn from(e: ::postgres::Error) -> Self {
+        UsageImportError::Store(e.into())
+    }
 }
 
 /// A key the shared store cannot take as it is.
@@ -160,6 +192,31 @@ impl PgStore {
         }
         if let Some(seq) = last_seq {
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()])?;
+        }
+        tx.commit()?;
+        Ok(report)
+    }
+}
+
+impl PgStore {
+    /// Copies every record `source` yields into the fleet's usage ledger, in one transaction:
+    /// all of them or, on any error, none. Records already stored (by an earlier run) are
+    /// counted as present and left alone.
+    pub fn import_usage(
+        &mut self,
+        source: &mut LedgerSource,
+    ) -> Result<UsageImport, UsageImportError> {
+        let mut client = self.client().map_err(UsageImportError::Store)?;
+        let mut tx = client.transaction()?;
+        let mut report = UsageImport::default();
+        loop {
+            let batch = source.next_batch().map_err(UsageImportError::Source)?;
+            if batch.is_empty() {
+                break;
+            }
+            let inserted = insert_records(&mut tx, &batch)?;
+            report.copied += inserted;
+            report.present += batch.len() as u64 - inserted;
         }
         tx.commit()?;
         Ok(report)

@@ -10,6 +10,8 @@
 //! - [`journal`] and [`delivery`]: on PostgreSQL the writer appends each batch to a local
 //!   journal, and a delivery thread moves it to the database, so an edge node keeps
 //!   metering through an outage and delivers every record exactly once afterwards.
+//! - [`source`]: a single host's embedded ledger read for `credentialflow store migrate`,
+//!   each row with an id that is the same on every run.
 //! - [`report`]: spend per key, team or model since a point in time (`credentialflow usage`,
 //!   `GET /admin/usage`), the `--since` / `?since=` argument (`24h` or an RFC 3339
 //!   timestamp), and the totals budgets resume from at start-up.
@@ -23,10 +25,12 @@ pub mod journal;
 pub mod ledger;
 mod pg;
 pub mod report;
+pub mod source;
 
 pub use backend::{open_backend, SqliteUsage, TotalsBy, UsageBackend};
 pub use journal::{JOURNAL_DIR, MAX_JOURNAL_BYTES};
 pub use ledger::{Ledger, LedgerOptions, LedgerStats, UsageSender};
+pub(crate) use pg::insert_records;
 pub use pg::PgUsage;
 pub use report::{
     parse_since, report, report_for, totals_by_key, totals_by_key_for, totals_by_team,

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use ::postgres::Client;
+use ::postgres::{Client, GenericClient};
 
 use super::backend::{sql_integer, TotalsBy, UsageBackend};
 use super::report::{count, GroupBy, SpendTotals, UsageRow, NANOS_PER_USD};
@@ -111,56 +111,66 @@ impl PgUsage {
     }
 }
 
+/// Inserts `records` in one statement (atomic on its own), skipping those whose id is
+/// already stored; returns how many were inserted. Used by the writer's deliveries and by
+/// `store migrate`'s ledger copy, inside its transaction.
+pub(crate) fn insert_records(
+    client: &mut impl GenericClient,
+    records: &[UsageRecord],
+) -> Result<u64, ::postgres::Error> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let text = |f: fn(&UsageRecord) -> &str| records.iter().map(f).collect::<Vec<&str>>();
+    let optional =
+        |f: fn(&UsageRecord) -> Option<&str>| records.iter().map(f).collect::<Vec<Option<&str>>>();
+    let number = |f: fn(&UsageRecord) -> u64| {
+        records
+            .iter()
+            .map(|r| sql_integer(f(r)))
+            .collect::<Vec<i64>>()
+    };
+    let ids = text(|r| &r.id);
+    let nodes = text(|r| &r.node);
+    let ts: Vec<i64> = records.iter().map(|r| r.event.ts_ms).collect();
+    let request_ids = text(|r| &r.event.request_id);
+    let key_ids = optional(|r| r.event.key_id.as_deref());
+    let teams = text(|r| &r.event.team);
+    let models = optional(|r| r.event.model.as_deref());
+    let prompts = optional(|r| r.event.prompt.as_deref());
+    let routes = optional(|r| r.event.route.as_deref());
+    let statuses: Vec<i32> = records.iter().map(|r| i32::from(r.event.status)).collect();
+    let prompt_tokens = number(|r| r.event.prompt_tokens);
+    let completion_tokens = number(|r| r.event.completion_tokens);
+    let cached_tokens = number(|r| r.event.cached_tokens);
+    let costs = number(|r| r.event.cost_nano_usd);
+    client.execute(
+        INSERT,
+        &[
+            &ids,
+            &nodes,
+            &ts,
+            &request_ids,
+            &key_ids,
+            &teams,
+            &models,
+            &prompts,
+            &routes,
+            &statuses,
+            &prompt_tokens,
+            &completion_tokens,
+            &cached_tokens,
+            &costs,
+        ],
+    )
+}
+
 impl UsageBackend for PgUsage {
     fn write_batch(&mut self, records: &[UsageRecord]) -> Result<(), LedgerError> {
         if records.is_empty() {
             return Ok(());
         }
-        let text = |f: fn(&UsageRecord) -> &str| records.iter().map(f).collect::<Vec<&str>>();
-        let optional = |f: fn(&UsageRecord) -> Option<&str>| {
-            records.iter().map(f).collect::<Vec<Option<&str>>>()
-        };
-        let number = |f: fn(&UsageRecord) -> u64| {
-            records
-                .iter()
-                .map(|r| sql_integer(f(r)))
-                .collect::<Vec<i64>>()
-        };
-        let ids = text(|r| &r.id);
-        let nodes = text(|r| &r.node);
-        let ts: Vec<i64> = records.iter().map(|r| r.event.ts_ms).collect();
-        let request_ids = text(|r| &r.event.request_id);
-        let key_ids = optional(|r| r.event.key_id.as_deref());
-        let teams = text(|r| &r.event.team);
-        let models = optional(|r| r.event.model.as_deref());
-        let prompts = optional(|r| r.event.prompt.as_deref());
-        let routes = optional(|r| r.event.route.as_deref());
-        let statuses: Vec<i32> = records.iter().map(|r| i32::from(r.event.status)).collect();
-        let prompt_tokens = number(|r| r.event.prompt_tokens);
-        let completion_tokens = number(|r| r.event.completion_tokens);
-        let cached_tokens = number(|r| r.event.cached_tokens);
-        let costs = number(|r| r.event.cost_nano_usd);
-        self.with_client(|client| {
-            client.execute(
-                INSERT,
-                &[
-                    &ids,
-                    &nodes,
-                    &ts,
-                    &request_ids,
-                    &key_ids,
-                    &teams,
-                    &models,
-                    &prompts,
-                    &routes,
-                    &statuses,
-                    &prompt_tokens,
-                    &completion_tokens,
-                    &cached_tokens,
-                    &costs,
-                ],
-            )
-        })?;
+        self.with_client(|client| insert_records(client, records))?;
         Ok(())
     }
 
