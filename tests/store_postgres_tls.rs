@@ -162,10 +162,13 @@ fn sslmode_does_not_apply_to_unix_sockets() {
     create_and_read_back(&mut open(&url).unwrap(), "over-socket");
 }
 
+/// The first message a client sent, and the start of the next (empty if none came).
+type Received = (Vec<u8>, Vec<u8>);
+
 /// What a server that declines TLS received from one connection: the 8-byte SSLRequest is
 /// answered `N`, then the next message's first 8 bytes (a plaintext startup message) are read
 /// if the client sends one before the socket closes.
-fn declining_server() -> (u16, std::thread::JoinHandle<(Vec<u8>, Vec<u8>)>) {
+fn declining_server() -> (u16, std::thread::JoinHandle<Received>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
