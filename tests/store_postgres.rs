@@ -652,8 +652,12 @@ fn the_url_password_never_appears_in_an_error() {
         err.to_string().contains("password authentication failed"),
         "{err}"
     );
+    // TLS is supported: demanding it of a server that is not there is an outage.
     let err = PgStore::open(&failing[3], pepper(), "edge-1").unwrap_err();
-    assert!(err.to_string().contains("sslmode=require"), "{err}");
+    assert!(
+        matches!(&err, StoreError::Postgres(e) if e.is_unreachable()),
+        "{err}"
+    );
 }
 
 #[test]

@@ -2,15 +2,21 @@
 //! Unix socket in that directory (no TCP port to collide on), started with `pg_ctl -w`, and
 //! stopped (`-m immediate`) and deleted when the [`PgServer`] is dropped, panics included.
 //!
+//! [`PgServer::start_with_tls`] also listens on 127.0.0.1 with TLS, and its `pg_hba.conf`
+//! admits TCP clients over TLS only (`hostssl`), so a plaintext TCP login is refused.
+//!
 //! PostgreSQL refuses to run as root, so under root every server command runs as `nobody`
 //! (`runuser -u nobody`), which owns the directory. The binaries come from the newest
 //! `/usr/lib/postgresql/*/bin` (Debian's layout), else from `PATH`.
 
 use std::fs;
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::certs::TestCa;
 
 /// The superuser the clusters are initialised with.
 pub const SUPERUSER: &str = "postgres";
@@ -25,12 +31,92 @@ pub struct PgServer {
     /// `Some((uid, gid))` when commands must drop from root to [`SERVER_USER`].
     run_as: Option<(u32, u32)>,
     running: bool,
+    /// The port when it is not the default: the TCP port of a TLS server, which also names
+    /// its Unix socket (`.s.PGSQL.<port>`).
+    port: Option<u16>,
 }
+
+/// How many ports a TLS server tries before giving up: a port is picked by binding port 0
+/// and closing it, so another process may take it before the server binds it.
+const PORT_ATTEMPTS: usize = 5;
 
 impl PgServer {
     /// Initialises and starts a new server. Panics with what to install when PostgreSQL is
     /// missing, and with the server's output when it fails to start.
     pub fn start() -> PgServer {
+        let mut server = PgServer::initialised();
+        server.start_again();
+        server
+    }
+
+    /// Like [`PgServer::start`], but also listening on 127.0.0.1 with `ssl = on`, presenting
+    /// a certificate for `localhost` and `127.0.0.1` signed by a new CA (see
+    /// [`PgServer::ca_file`]). TCP clients must use TLS (`hostssl` only); the Unix socket
+    /// stays open without it, for [`PgServer::client`].
+    pub fn start_with_tls() -> PgServer {
+        let mut server = PgServer::initialised();
+        let data = server.data_dir();
+        let ca = TestCa::new();
+        ca.write_pem(&server.ca_file());
+        let leaf = ca.issue(&["localhost", "127.0.0.1"]);
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        leaf.write(&cert, &key);
+        // The server refuses a key others can read, or one it does not own.
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = server.run_as {
+            for file in [&cert, &key] {
+                std::os::unix::fs::chown(file, Some(uid), Some(gid)).expect("chown TLS files");
+            }
+        }
+        fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .expect("write pg_hba.conf");
+        server.append_conf(
+            "listen_addresses = '127.0.0.1'\nssl = on\nssl_cert_file = 'server.crt'\n\
+             ssl_key_file = 'server.key'\n",
+        );
+        let mut failures = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("pick a free port")
+                .port();
+            // A later `port` line overrides the one of an attempt that lost its port.
+            server.append_conf(&format!("port = {port}\n"));
+            server.port = Some(port);
+            match server.try_start() {
+                Ok(()) => return server,
+                Err(log) if log.contains("could not bind") => failures.push_str(&log),
+                Err(log) => panic!("PostgreSQL with TLS did not start:\n{log}"),
+            }
+        }
+        panic!("PostgreSQL with TLS found no free port in {PORT_ATTEMPTS} attempts:\n{failures}");
+    }
+
+    /// The TCP port of a server started with [`PgServer::start_with_tls`].
+    pub fn tls_port(&self) -> u16 {
+        self.port.expect("a server started with start_with_tls")
+    }
+
+    /// The PEM file of the CA that signed a TLS server's certificate (for `sslrootcert`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+
+    /// A `postgres://` URL to database `dbname` of a TLS server over TCP, reaching the server
+    /// as `host` (a name or address; 127.0.0.1 is dialled either way), with the query
+    /// `params` (`sslmode=...&sslrootcert=...`).
+    pub fn tls_url(&self, host: &str, dbname: &str, params: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}@{host}:{}/{dbname}?hostaddr=127.0.0.1&{params}",
+            self.tls_port()
+        )
+    }
+
+    /// A new cluster in a fresh directory, configured but not started.
+    fn initialised() -> PgServer {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let bin = find_bin_dir();
         // Short: the socket path (`<root>/.s.PGSQL.5432`) must fit in sun_path's 108 bytes.
@@ -50,11 +136,12 @@ impl PgServer {
         } else {
             None
         };
-        let mut server = PgServer {
+        let server = PgServer {
             root,
             bin,
             run_as,
             running: false,
+            port: None,
         };
         let data = server.data_dir();
         server.run_checked(
@@ -86,8 +173,17 @@ impl PgServer {
             server.root.display()
         )
         .unwrap();
-        server.start_again();
         server
+    }
+
+    /// Appends `settings` to `postgresql.conf` (where a later line overrides an earlier one).
+    fn append_conf(&self, settings: &str) {
+        use std::io::Write;
+        fs::OpenOptions::new()
+            .append(true)
+            .open(self.data_dir().join("postgresql.conf"))
+            .and_then(|mut conf| conf.write_all(settings.as_bytes()))
+            .expect("append to postgresql.conf");
     }
 
     /// The directory holding the socket (the client's `host`).
@@ -97,8 +193,9 @@ impl PgServer {
 
     /// A key=value connection string for database `dbname` as the superuser.
     pub fn url_for(&self, dbname: &str) -> String {
+        let port = self.port.map(|p| format!(" port={p}")).unwrap_or_default();
         format!(
-            "host={} user={SUPERUSER} dbname={dbname}",
+            "host={} user={SUPERUSER} dbname={dbname}{port}",
             self.root.display()
         )
     }
@@ -107,8 +204,9 @@ impl PgServer {
     /// directory is the `host` query parameter, and `password` (if any) is in the user info.
     pub fn postgres_url(&self, dbname: &str, password: Option<&str>) -> String {
         let password = password.map(|p| format!(":{p}")).unwrap_or_default();
+        let port = self.port.map(|p| format!("&port={p}")).unwrap_or_default();
         format!(
-            "postgres://{SUPERUSER}{password}@/{dbname}?host={}",
+            "postgres://{SUPERUSER}{password}@/{dbname}?host={}{port}",
             self.root.display()
         )
     }
@@ -147,8 +245,15 @@ impl PgServer {
 
     /// Starts the server (again), waiting until it accepts connections.
     pub fn start_again(&mut self) {
+        if let Err(log) = self.try_start() {
+            panic!("PostgreSQL did not start: {log}");
+        }
+    }
+
+    /// Starts the server unless it runs; on failure, `pg_ctl`'s output and the server log.
+    fn try_start(&mut self) -> Result<(), String> {
         if self.running {
-            return;
+            return Ok(());
         }
         let data = self.data_dir();
         let log = self.root.join("server.log");
@@ -166,14 +271,15 @@ impl PgServer {
             ],
         );
         if !started.status.success() {
-            panic!(
-                "PostgreSQL did not start: {}{}\nserver log:\n{}",
+            return Err(format!(
+                "{}{}\nserver log:\n{}",
                 String::from_utf8_lossy(&started.stdout),
                 String::from_utf8_lossy(&started.stderr),
                 fs::read_to_string(&log).unwrap_or_default()
-            );
+            ));
         }
         self.running = true;
+        Ok(())
     }
 
     /// Gives the superuser `password` and makes the server demand it (SCRAM) on every

@@ -7,7 +7,8 @@ use std::fmt;
 /// the replica) from a refusal (stop and tell the operator).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PgErrorKind {
-    /// The URL or the store settings are not acceptable (malformed, `sslmode=require`).
+    /// The URL or the store settings are not acceptable (malformed, an unknown
+    /// `sslmode`, an unreadable `sslrootcert`).
     Config,
     /// The server could not be reached, refused the login, or the connection dropped.
     Unreachable,

@@ -11,7 +11,8 @@
 //!   makes sequence order commit order, so, as in SQLite, a reader that has applied
 //!   everything up to `n` needs only the rows with `seq > n`: without it a writer holding a
 //!   lower number could commit after a reader had already moved past it.
-//! - Connections are plaintext (`NoTls`) in this version; see [`connect`].
+//! - Connections use TLS as libpq's `sslmode` asks (`verify-full` recommended across
+//!   networks); see [`connect`] and [`tls`].
 //!
 //! Like SQLite's, this is slow-path work on the store's own threads: the synchronous client
 //! blocks, and is never used on a worker.
@@ -26,6 +27,7 @@ mod listener;
 pub mod migrations;
 mod nodes;
 mod rules;
+mod tls;
 mod verifier;
 
 use std::cell::{RefCell, RefMut};
