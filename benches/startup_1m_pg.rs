@@ -19,8 +19,10 @@
 #[path = "../tests/common/postgres.rs"]
 mod pg_server;
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,9 +31,53 @@ use credentialflow::config::{SecretRef, StoreBackend, StoreConfig, StoreSettings
 use credentialflow::store::postgres::PgStore;
 use credentialflow::store::{unix_now, KeyRecord, NewKey, Pepper};
 
-/// The gateway binary's allocator, so memory and time match what `serve` would see.
+/// The gateway binary's allocator, so memory and time match what `serve` would see, counting
+/// the bytes live on the heap: RSS also holds what the allocator keeps after the load's
+/// temporary buffers (rows, decoded JSON) are freed, and the count tells the two apart.
+struct CountingMimalloc;
+
+/// Bytes requested and not yet freed, by every thread.
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to mimalloc; the counter only observes sizes.
+unsafe impl GlobalAlloc for CountingMimalloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let ptr = mimalloc::MiMalloc.alloc(layout);
+        if !ptr.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let ptr = mimalloc::MiMalloc.alloc_zeroed(layout);
+        if !ptr.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        mimalloc::MiMalloc.dealloc(ptr, layout);
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let moved = mimalloc::MiMalloc.realloc(ptr, layout, new_size);
+        if !moved.is_null() {
+            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        moved
+    }
+}
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: CountingMimalloc = CountingMimalloc;
+
+fn live_bytes() -> usize {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
 
 const KEYS: u64 = 1_000_000;
 
@@ -204,6 +250,7 @@ fn main() {
     let settings = settings(&url, data_dir.clone());
 
     let rss_before = proc_status_kb("VmRSS");
+    let live_before = live_bytes();
     println!("before start: VmRSS {:.1} MiB", mib(rss_before));
     let started = Instant::now();
     let cache: Arc<CredentialCache> = CredentialCache::start(&settings).expect("start");
@@ -215,6 +262,7 @@ fn main() {
     }
     assert!(cache.authenticate(secret(KEYS).as_bytes(), now).is_none());
     let rss_after = proc_status_kb("VmRSS");
+    let cache_live = live_bytes().saturating_sub(live_before);
     println!("CredentialCache::start (postgres) with {KEYS} keys: {elapsed:.2?}");
     println!(
         "after start: VmRSS {:.1} MiB (peak VmHWM {:.1} MiB); replica {:.0} bytes per key",
@@ -222,17 +270,31 @@ fn main() {
         mib(proc_status_kb("VmHWM")),
         (rss_after.saturating_sub(rss_before) * 1024) as f64 / KEYS as f64
     );
+    println!(
+        "live heap of the replica: {:.1} MiB, {:.0} bytes per key",
+        cache_live as f64 / (1024.0 * 1024.0),
+        cache_live as f64 / KEYS as f64
+    );
 
     // A second connection, as the watcher holds its own: the reads below are the watcher's.
     let store = PgStore::open(&url, pepper(), "bench").expect("open");
 
     // Reading and decoding alone, without touching the cache.
+    let live_before_rows = live_bytes();
     let started = Instant::now();
     let rows = store.changes_since(0).expect("read rows");
     let read = started.elapsed();
+    let rows_live = live_bytes().saturating_sub(live_before_rows);
     println!(
         "of which reading and decoding {} rows: {read:.2?}",
         rows.len()
+    );
+    // What the cache holds beyond the records themselves (and each record's `Arc` counts):
+    // the three indexes.
+    println!(
+        "live heap per key: the decoded record {:.0} bytes, the indexes {:.0} bytes",
+        rows_live as f64 / KEYS as f64,
+        cache_live.saturating_sub(rows_live + 16 * KEYS as usize) as f64 / KEYS as f64
     );
     let sample = rows[rows.len() / 2].clone();
     drop(rows);
