@@ -206,7 +206,13 @@ impl FleetLeases {
         if allowance.limit.load(Ordering::Relaxed) != limit {
             allowance.limit.store(limit, Ordering::Relaxed);
         }
-        allowance.try_take().then_some(LeasePermit { allowance })
+        // Not `then_some`: it would build (and drop, giving back a slot never taken) the
+        // permit on a refusal too.
+        if allowance.try_take() {
+            Some(LeasePermit { allowance })
+        } else {
+            None
+        }
     }
 
     /// `(held, in use)` of `key`, if tracked.
@@ -280,16 +286,30 @@ impl LeaseSync {
     }
 }
 
-/// How many slots a key should hold: what is in use, one spare while it is active (none when
-/// the fleet is full, so spares go to nodes that need them), one more per refusal, within
-/// the limit.
-fn wanted(in_use: u32, refused: u32, active: bool, saturated: bool, limit: u32) -> u32 {
+/// How many slots a key should hold: what is in use, one spare while it is active, one more
+/// per refusal, within the limit. When the fleet's set is full, no spare and at most a fair
+/// share (the limit over the live nodes, rounded up): a node whose slots never go idle then
+/// still gives back what it holds beyond its share, one slot each time one frees up, so the
+/// other nodes are not starved.
+fn wanted(
+    in_use: u32,
+    refused: u32,
+    active: bool,
+    saturated: bool,
+    limit: u32,
+    live_nodes: u32,
+) -> u32 {
     let spare = u32::from(active && !saturated);
     let extra = refused.min(MAX_ACQUIRE_PER_TICK);
-    in_use
+    let want = in_use
         .saturating_add(spare)
         .saturating_add(extra)
-        .min(limit)
+        .min(limit);
+    if saturated {
+        want.min(limit.div_ceil(live_nodes.max(1)))
+    } else {
+        want
+    }
 }
 
 /// The share a node falls back on without Redis: the limit split over the live nodes it last
@@ -303,7 +323,7 @@ impl Participant for LeaseSync {
         &SCRIPTS
     }
 
-    fn collect(&mut self, _ctx: &TickContext, batch: &mut Batch) {
+    fn collect(&mut self, ctx: &TickContext, batch: &mut Batch) {
         self.pending.clear();
         let leases = Arc::clone(&self.leases);
         let tracked = leases.keys.pin();
@@ -319,7 +339,14 @@ impl Participant for LeaseSync {
                 state.idle_ticks = state.idle_ticks.saturating_add(1);
             }
             let active = state.idle_ticks < IDLE_TICKS;
-            let want = wanted(in_use, refused, active, state.saturated, limit);
+            let want = wanted(
+                in_use,
+                refused,
+                active,
+                state.saturated,
+                limit,
+                ctx.live_nodes,
+            );
             let mut released = Vec::new();
             // Give back spare slots, each one taken out of held before its lease goes. After
             // a fallback, held is the share, not the leases: nothing is released until the
@@ -505,30 +532,36 @@ mod tests {
     #[test]
     fn holdings_run_one_ahead_of_need_within_the_limit() {
         assert_eq!(
-            wanted(0, 0, true, false, 4),
+            wanted(0, 0, true, false, 4, 3),
             1,
             "an active key keeps a spare"
         );
-        assert_eq!(wanted(2, 0, true, false, 4), 3);
+        assert_eq!(wanted(2, 0, true, false, 4, 3), 3);
         assert_eq!(
-            wanted(2, 0, true, true, 4),
-            2,
-            "no spare while the fleet is full"
-        );
-        assert_eq!(
-            wanted(0, 0, false, false, 4),
+            wanted(0, 0, false, false, 4, 3),
             0,
             "an idle key gives all back"
         );
+        assert_eq!(wanted(1, 5, true, false, 4, 3), 4, "refusals ask for more");
         assert_eq!(
-            wanted(1, 5, true, false, 4),
-            4,
-            "refusals ask for more, up to the limit"
-        );
-        assert_eq!(
-            wanted(0, u32::MAX, true, false, 1000),
+            wanted(0, u32::MAX, true, false, 1000, 1),
             1 + MAX_ACQUIRE_PER_TICK
         );
+    }
+
+    #[test]
+    fn a_full_fleet_holds_no_spare_and_at_most_a_fair_share() {
+        assert_eq!(
+            wanted(1, 0, true, true, 4, 3),
+            1,
+            "no spare while the fleet is full"
+        );
+        assert_eq!(
+            wanted(3, 0, true, true, 4, 3),
+            2,
+            "above the share of 4 over 3 nodes"
+        );
+        assert_eq!(wanted(3, 2, true, true, 4, 1), 4, "alone, the whole limit");
     }
 
     #[test]
@@ -555,6 +588,11 @@ mod tests {
         assert!(leases.try_acquire("b", 4).is_none());
         assert!(leases.try_acquire("c", 4).is_none());
         assert_eq!(leases.tracked(), 2);
+        assert_eq!(
+            leases.holdings("a"),
+            Some((0, 0)),
+            "a refusal gives nothing back"
+        );
         assert_eq!(leases.untracked(), 2);
     }
 

@@ -260,6 +260,7 @@ impl Link {
             digests: Vec::new(),
             backoff: Backoff::new(),
             last_answer: None,
+            outage_logged: false,
         };
         let thread = std::thread::Builder::new()
             .name("cf-cluster".to_string())
@@ -317,6 +318,8 @@ struct Worker {
     digests: Vec<(&'static str, String)>,
     backoff: Backoff,
     last_answer: Option<Instant>,
+    /// Whether the current outage was logged (one line per outage, not one per attempt).
+    outage_logged: bool,
 }
 
 impl Worker {
@@ -412,6 +415,7 @@ impl Worker {
                 return false;
             }
         }
+        self.outage_logged = false;
         self.status.set_degraded(false, &self.settings.target);
         true
     }
@@ -508,7 +512,9 @@ impl Worker {
     /// library or Redis, which never repeat the URL; the target is named in its shown form.
     fn lost(&mut self, error: &str) {
         self.status.errors.fetch_add(1, Ordering::Relaxed);
-        if self.connection.take().is_some() || !self.status.degraded() {
+        self.connection = None;
+        if !self.outage_logged {
+            self.outage_logged = true;
             log::warn!("cluster: Redis at {}: {error}", self.settings.target);
         }
         self.digests.clear();
