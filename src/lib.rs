@@ -13,6 +13,7 @@
 //! - `pipeline`: one request's phases in order, from route to log.
 //! - `router`: exact host, then longest path prefix.
 //! - `clock`: injectable monotonic time, the one duration grammar, UTC dates (jiff).
+//! - `cluster`: fleet-wide limits on Redis (building blocks, not yet switched on).
 //! - `limits`: all admission: lock-free GCRA rates, concurrency permits, keyed limiter
 //!   tables, tokens per minute, spend budgets and what a request is charged.
 //! - `snapshot`: the compiled config, swapped atomically on reload; process-wide state.
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 #[doc(hidden)]

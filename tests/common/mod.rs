@@ -16,6 +16,7 @@ pub mod jwt;
 pub mod keys;
 pub mod limits;
 pub mod postgres;
+pub mod redis;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};

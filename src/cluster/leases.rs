@@ -1,0 +1,613 @@
+//! Fleet concurrency: a key's `max_concurrency` held across the fleet as leases in Redis.
+//!
+//! **In Redis** each key has a sorted set `cf:lease:<key>` whose members are leases
+//! (`node:incarnation:id`) scored by their expiry on Redis's own clock. One script
+//! (`lua/lease_sync.lua`) does a node's whole traffic for a key atomically: drop expired
+//! members, remove what the node releases, extend what it keeps, add new members only while
+//! the set is below the limit. So the leases alive in Redis never exceed the limit.
+//!
+//! **On the node** each key has an [`Allowance`]: one `AtomicU64` packing the slots the node
+//! holds (leases Redis granted it) and the slots in use. The hot path
+//! ([`FleetLeases::try_acquire`]) only raises "in use" while it is below "held", by
+//! compare-and-swap, exactly like the local `max_concurrency` (a request beyond the holdings
+//! is refused with 429); it never waits on the network. The link thread's [`LeaseSync`]
+//! keeps holdings a little ahead of need: every tick it asks for `in use + 1` (plus one per
+//! request refused since the last tick), and gives back spare slots when the key idles or
+//! the fleet's set is full (so a busy node's spare does not starve another node). Held only
+//! rises after Redis granted, and only falls (by CAS, never below "in use") before the
+//! release is sent, so the node's in-use count is always covered by its leases in Redis.
+//!
+//! **Lease TTL = 3 ticks** ([`lease_ttl`]): a live node renews every tick, so two ticks can
+//! be lost or late before a lease lapses; a node that dies (`kill -9`) stops renewing and
+//! its leases expire within the TTL, after which another node's next tick takes them.
+//!
+//! **Redis unreachable**: for the first TTL the node keeps its holdings (the leases are
+//! still alive in Redis). After that they may have lapsed, so the node falls back to its
+//! share, `max(1, limit / live nodes it last knew)`. When Redis answers again the node
+//! renews its leases, re-adding them if Redis lost its memory (there is room: every node
+//! re-registers at most what it held), and holdings follow what Redis granted. While
+//! holdings shrink below what is in use, in-flight requests finish and new ones are refused:
+//! the fleet's overshoot is bounded by the requests in flight when the fleet view was lost.
+//!
+//! Not yet switched on: nothing in the request path or the config uses this module yet.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use papaya::HashMap;
+use redis::Value;
+
+use super::link::{check_node_name, Batch, Participant, Reply, Script, TickContext, KEY_PREFIX};
+
+/// The longest key name tracked (key ids are far shorter): it becomes part of a Redis key.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// The most new leases one key asks for in one tick, so a burst of refusals cannot make one
+/// script call unbounded.
+pub const MAX_ACQUIRE_PER_TICK: u32 = 64;
+
+/// Ticks a key stays "active" after its last use or refusal: while active, the node keeps one
+/// spare slot ahead of need; after, it gives the spare back, and a key with nothing held or
+/// in use is forgotten.
+pub const IDLE_TICKS: u32 = 10;
+
+/// The lease script.
+static LEASE_SYNC: Script = Script {
+    name: "lease_sync",
+    source: include_str!("lua/lease_sync.lua"),
+};
+
+static SCRIPTS: [&Script; 1] = [&LEASE_SYNC];
+
+/// How long a lease lives without renewal: three ticks (see the module doc).
+pub fn lease_ttl(tick: Duration) -> Duration {
+    tick * 3
+}
+
+/// One key's slots on this node: held (granted by Redis) and in use, packed in one atomic so
+/// "in use never exceeds held" is kept by a single compare-and-swap.
+#[derive(Debug, Default)]
+pub struct Allowance {
+    /// High 32 bits: held; low 32 bits: in use.
+    state: AtomicU64,
+    /// The key's limit as the hot path last gave it.
+    limit: AtomicU32,
+    /// Requests refused since the link last looked: demand for more slots.
+    refused: AtomicU32,
+}
+
+fn pack(held: u32, in_use: u32) -> u64 {
+    (u64::from(held) << 32) | u64::from(in_use)
+}
+
+fn unpack(state: u64) -> (u32, u32) {
+    ((state >> 32) as u32, state as u32)
+}
+
+impl Allowance {
+    /// `(held, in use)` right now.
+    pub fn load(&self) -> (u32, u32) {
+        unpack(self.state.load(Ordering::Acquire))
+    }
+
+    /// Takes a slot if one held is free.
+    fn try_take(&self) -> bool {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            let (held, in_use) = unpack(current);
+            if in_use >= held {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            match self.state.compare_exchange_weak(
+                current,
+                pack(held, in_use + 1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Gives back a slot taken by `try_take` (in use is at least 1, so no borrow reaches the
+    /// held half).
+    fn put_back(&self) {
+        self.state.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Lowers held by one if a held slot is free (before its lease is released).
+    fn shrink_one(&self) -> bool {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            let (held, in_use) = unpack(current);
+            if held <= in_use {
+                return false;
+            }
+            match self.state.compare_exchange_weak(
+                current,
+                pack(held - 1, in_use),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Sets held, keeping in use (which may then exceed it until requests finish).
+    fn set_held(&self, held: u32) {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            let (_, in_use) = unpack(current);
+            match self.state.compare_exchange_weak(
+                current,
+                pack(held, in_use),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+/// One in-flight request's fleet slot; gives it back on drop.
+#[derive(Debug)]
+#[must_use = "the slot is given back as soon as the permit is dropped"]
+pub struct LeasePermit {
+    allowance: Arc<Allowance>,
+}
+
+impl Drop for LeasePermit {
+    fn drop(&mut self) {
+        self.allowance.put_back();
+    }
+}
+
+/// This node's allowances, shared by the hot path and the link thread.
+#[derive(Debug)]
+pub struct FleetLeases {
+    keys: HashMap<Box<str>, Arc<Allowance>>,
+    max_keys: usize,
+    untracked: AtomicU64,
+}
+
+impl FleetLeases {
+    /// An empty table tracking at most `max_keys` keys at once.
+    pub fn new(max_keys: usize) -> Arc<FleetLeases> {
+        Arc::new(FleetLeases {
+            keys: HashMap::new(),
+            max_keys,
+            untracked: AtomicU64::new(0),
+        })
+    }
+
+    /// The hot path: a slot of `key` (whose fleet-wide limit is `limit`) if this node holds
+    /// a free one; `None` means answer 429. Never waits: a key seen for the first time is
+    /// registered and refused, and the next tick asks Redis for slots. A key over
+    /// [`MAX_KEY_LEN`] or beyond the table's bound is refused and counted.
+    pub fn try_acquire(&self, key: &str, limit: u32) -> Option<LeasePermit> {
+        let keys = self.keys.pin();
+        let allowance = match keys.get(key) {
+            Some(allowance) => Arc::clone(allowance),
+            None => {
+                if key.len() > MAX_KEY_LEN || keys.len() >= self.max_keys {
+                    self.untracked.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                Arc::clone(keys.get_or_insert_with(key.into(), || Arc::new(Allowance::default())))
+            }
+        };
+        if allowance.limit.load(Ordering::Relaxed) != limit {
+            allowance.limit.store(limit, Ordering::Relaxed);
+        }
+        // Not `then_some`: it would build (and drop, giving back a slot never taken) the
+        // permit on a refusal too.
+        if allowance.try_take() {
+            Some(LeasePermit { allowance })
+        } else {
+            None
+        }
+    }
+
+    /// `(held, in use)` of `key`, if tracked.
+    pub fn holdings(&self, key: &str) -> Option<(u32, u32)> {
+        self.keys.pin().get(key).map(|a| a.load())
+    }
+
+    /// Requests refused because their key could not be tracked.
+    pub fn untracked(&self) -> u64 {
+        self.untracked.load(Ordering::Relaxed)
+    }
+
+    /// Keys tracked right now.
+    pub fn tracked(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+/// What the link thread knows of one key's leases.
+#[derive(Debug, Default)]
+struct KeyLeases {
+    /// This node's lease members believed alive in Redis.
+    members: Vec<String>,
+    /// Ticks since the key was last used or refused.
+    idle_ticks: u32,
+    /// Whether the fleet's set was full at the last answer.
+    saturated: bool,
+}
+
+/// A call sent this tick, waiting for its reply.
+#[derive(Debug)]
+struct Pending {
+    key: Box<str>,
+    renewed: usize,
+    acquiring: Vec<String>,
+}
+
+/// The link participant keeping this node's allowances backed by leases in Redis.
+#[derive(Debug)]
+pub struct LeaseSync {
+    leases: Arc<FleetLeases>,
+    member_prefix: String,
+    next_id: u64,
+    ttl_ms: u64,
+    ttl: Duration,
+    keys: std::collections::HashMap<Box<str>, KeyLeases>,
+    pending: Vec<Pending>,
+    falling_back: bool,
+}
+
+impl LeaseSync {
+    /// The participant for node `node` ticking every `tick`. Its members carry a random
+    /// incarnation, so a restarted node with the same name never renews its previous life's
+    /// leases (they expire).
+    pub fn new(leases: Arc<FleetLeases>, node: &str, tick: Duration) -> Result<LeaseSync, String> {
+        check_node_name(node)?;
+        let mut incarnation = [0u8; 8];
+        getrandom::getrandom(&mut incarnation)
+            .map_err(|e| format!("no randomness for the lease ids: {e}"))?;
+        let ttl = lease_ttl(tick);
+        Ok(LeaseSync {
+            leases,
+            member_prefix: format!("{node}:{:016x}:", u64::from_le_bytes(incarnation)),
+            next_id: 0,
+            ttl_ms: ttl.as_millis().max(1) as u64,
+            ttl,
+            keys: std::collections::HashMap::new(),
+            pending: Vec::new(),
+            falling_back: false,
+        })
+    }
+}
+
+/// How many slots a key should hold: what is in use, one spare while it is active, one more
+/// per refusal, within the limit. When the fleet's set is full, no spare and at most a fair
+/// share (the limit over the live nodes, rounded up): a node whose slots never go idle then
+/// still gives back what it holds beyond its share, one slot each time one frees up, so the
+/// other nodes are not starved.
+fn wanted(
+    in_use: u32,
+    refused: u32,
+    active: bool,
+    saturated: bool,
+    limit: u32,
+    live_nodes: u32,
+) -> u32 {
+    let spare = u32::from(active && !saturated);
+    let extra = refused.min(MAX_ACQUIRE_PER_TICK);
+    let want = in_use
+        .saturating_add(spare)
+        .saturating_add(extra)
+        .min(limit);
+    if saturated {
+        want.min(limit.div_ceil(live_nodes.max(1)))
+    } else {
+        want
+    }
+}
+
+/// The share a node falls back on without Redis: the limit split over the live nodes it last
+/// knew, at least one slot so the key is not shut off.
+fn fallback_share(limit: u32, live_nodes: u32) -> u32 {
+    (limit / live_nodes.max(1)).max(1).min(limit)
+}
+
+impl Participant for LeaseSync {
+    fn scripts(&self) -> &'static [&'static Script] {
+        &SCRIPTS
+    }
+
+    fn collect(&mut self, ctx: &TickContext, batch: &mut Batch) {
+        self.pending.clear();
+        let leases = Arc::clone(&self.leases);
+        let tracked = leases.keys.pin();
+        let mut forget = Vec::new();
+        for (key, allowance) in tracked.iter() {
+            let (held, in_use) = allowance.load();
+            let refused = allowance.refused.swap(0, Ordering::Relaxed);
+            let limit = allowance.limit.load(Ordering::Relaxed);
+            let state = self.keys.entry(key.clone()).or_default();
+            if in_use > 0 || refused > 0 {
+                state.idle_ticks = 0;
+            } else {
+                state.idle_ticks = state.idle_ticks.saturating_add(1);
+            }
+            let active = state.idle_ticks < IDLE_TICKS;
+            let want = wanted(
+                in_use,
+                refused,
+                active,
+                state.saturated,
+                limit,
+                ctx.live_nodes,
+            );
+            let mut released = Vec::new();
+            // Give back spare slots, each one taken out of held before its lease goes. After
+            // a fallback, held is the share, not the leases: nothing is released until the
+            // first answer sets held from the leases again.
+            if !self.falling_back && held as usize == state.members.len() {
+                while state.members.len() > want as usize && allowance.shrink_one() {
+                    released.extend(state.members.pop());
+                }
+            }
+            let missing = (want as usize).saturating_sub(state.members.len());
+            if released.is_empty() && state.members.is_empty() && missing == 0 {
+                if !active && in_use == 0 && held == 0 {
+                    forget.push(key.clone());
+                }
+                continue;
+            }
+            let state_members = state.members.clone();
+            let acquiring: Vec<String> = (0..missing)
+                .map(|_| {
+                    self.next_id += 1;
+                    format!("{}{}", self.member_prefix, self.next_id)
+                })
+                .collect();
+            let mut args =
+                Vec::with_capacity(4 + released.len() + state_members.len() + acquiring.len());
+            args.push(limit.to_string());
+            args.push(self.ttl_ms.to_string());
+            args.push(released.len().to_string());
+            args.push(state_members.len().to_string());
+            args.extend(released);
+            args.extend(state_members.iter().cloned());
+            args.extend(acquiring.iter().cloned());
+            batch.call(&LEASE_SYNC, vec![format!("{KEY_PREFIX}lease:{key}")], args);
+            self.pending.push(Pending {
+                key: key.clone(),
+                renewed: state_members.len(),
+                acquiring,
+            });
+        }
+        for key in forget {
+            // A request racing with this removal holds the old allowance and is refused as if
+            // the node held no slot; the next request registers the key again.
+            tracked.remove(&key);
+            self.keys.remove(&key);
+        }
+    }
+
+    fn apply(&mut self, _ctx: &TickContext, replies: Vec<Reply>) {
+        self.falling_back = false;
+        let tracked = self.leases.keys.pin();
+        for (pending, reply) in self.pending.drain(..).zip(replies) {
+            let Some(state) = self.keys.get_mut(&pending.key) else {
+                continue;
+            };
+            let Some(allowance) = tracked.get(&pending.key) else {
+                continue;
+            };
+            let Some((count, granted, kept)) = parse_reply(reply, pending.renewed) else {
+                // Not run (NOSCRIPT, an error): released leases lapse by TTL, new ones were
+                // not added, kept ones are renewed next tick. Holdings stay as they are.
+                continue;
+            };
+            let mut flags = kept.into_iter();
+            state.members.retain(|_| flags.next().unwrap_or(false));
+            state
+                .members
+                .extend(pending.acquiring.into_iter().take(granted as usize));
+            let limit = allowance.limit.load(Ordering::Relaxed);
+            state.saturated = count >= limit;
+            allowance.set_held(state.members.len() as u32);
+        }
+    }
+
+    fn unanswered(&mut self, ctx: &TickContext) {
+        self.pending.clear();
+        let lapsed = ctx
+            .last_answer
+            .is_none_or(|answered| ctx.now.duration_since(answered) >= self.ttl);
+        if !lapsed {
+            return;
+        }
+        // The leases may have expired in Redis: fall back to this node's share.
+        self.falling_back = true;
+        for (_, allowance) in self.leases.keys.pin().iter() {
+            let limit = allowance.limit.load(Ordering::Relaxed);
+            allowance.set_held(fallback_share(limit, ctx.live_nodes));
+        }
+    }
+
+    fn farewell(&mut self, batch: &mut Batch) {
+        for (key, state) in self.keys.drain() {
+            if state.members.is_empty() {
+                continue;
+            }
+            let mut args = vec![
+                "0".to_string(),
+                self.ttl_ms.to_string(),
+                state.members.len().to_string(),
+                "0".to_string(),
+            ];
+            args.extend(state.members);
+            batch.call(&LEASE_SYNC, vec![format!("{KEY_PREFIX}lease:{key}")], args);
+        }
+    }
+}
+
+/// `{count, granted, kept flags...}` from the lease script, checked against the renewals sent.
+fn parse_reply(reply: Reply, renewed: usize) -> Option<(u32, u32, Vec<bool>)> {
+    let Ok(Value::Array(items)) = reply else {
+        return None;
+    };
+    if items.len() != 2 + renewed {
+        return None;
+    }
+    let numbers: Vec<i64> = items
+        .into_iter()
+        .map(|item| redis::from_redis_value::<i64>(item).ok())
+        .collect::<Option<_>>()?;
+    let count = u32::try_from(numbers[0]).ok()?;
+    let granted = u32::try_from(numbers[1]).ok()?;
+    Some((
+        count,
+        granted,
+        numbers[2..].iter().map(|&k| k == 1).collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_use_never_passes_held_and_shrinking_keeps_used_slots() {
+        let allowance = Allowance::default();
+        assert!(!allowance.try_take(), "nothing held yet");
+        assert_eq!(allowance.refused.load(Ordering::Relaxed), 1);
+        allowance.set_held(2);
+        assert!(allowance.try_take());
+        assert!(allowance.try_take());
+        assert!(!allowance.try_take());
+        assert_eq!(allowance.load(), (2, 2));
+        assert!(!allowance.shrink_one(), "both held slots are in use");
+        allowance.put_back();
+        assert!(allowance.shrink_one());
+        assert_eq!(allowance.load(), (1, 1));
+        allowance.set_held(0);
+        assert_eq!(
+            allowance.load(),
+            (0, 1),
+            "lost holdings leave in-flight requests be"
+        );
+        assert!(!allowance.try_take());
+        allowance.put_back();
+        assert_eq!(allowance.load(), (0, 0));
+    }
+
+    #[test]
+    fn concurrent_takers_never_exceed_held() {
+        let allowance = Arc::new(Allowance::default());
+        allowance.set_held(3);
+        let peak = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let allowance = Arc::clone(&allowance);
+                let peak = Arc::clone(&peak);
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        if allowance.try_take() {
+                            peak.fetch_max(allowance.load().1, Ordering::Relaxed);
+                            allowance.put_back();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert!(peak.load(Ordering::Relaxed) <= 3);
+        assert_eq!(allowance.load(), (3, 0));
+    }
+
+    #[test]
+    fn holdings_run_one_ahead_of_need_within_the_limit() {
+        assert_eq!(
+            wanted(0, 0, true, false, 4, 3),
+            1,
+            "an active key keeps a spare"
+        );
+        assert_eq!(wanted(2, 0, true, false, 4, 3), 3);
+        assert_eq!(
+            wanted(0, 0, false, false, 4, 3),
+            0,
+            "an idle key gives all back"
+        );
+        assert_eq!(wanted(1, 5, true, false, 4, 3), 4, "refusals ask for more");
+        assert_eq!(
+            wanted(0, u32::MAX, true, false, 1000, 1),
+            1 + MAX_ACQUIRE_PER_TICK
+        );
+    }
+
+    #[test]
+    fn a_full_fleet_holds_no_spare_and_at_most_a_fair_share() {
+        assert_eq!(
+            wanted(1, 0, true, true, 4, 3),
+            1,
+            "no spare while the fleet is full"
+        );
+        assert_eq!(
+            wanted(3, 0, true, true, 4, 3),
+            2,
+            "above the share of 4 over 3 nodes"
+        );
+        assert_eq!(wanted(3, 2, true, true, 4, 1), 4, "alone, the whole limit");
+    }
+
+    #[test]
+    fn the_fallback_share_splits_the_limit_over_live_nodes() {
+        assert_eq!(fallback_share(4, 3), 1);
+        assert_eq!(fallback_share(12, 3), 4);
+        assert_eq!(fallback_share(2, 3), 1, "never shut off");
+        assert_eq!(fallback_share(5, 0), 5);
+        assert_eq!(fallback_share(0, 1), 0, "a zero limit stays zero");
+    }
+
+    #[test]
+    fn keys_are_bounded_in_length_and_number() {
+        let leases = FleetLeases::new(2);
+        assert!(leases
+            .try_acquire(&"k".repeat(MAX_KEY_LEN + 1), 4)
+            .is_none());
+        assert_eq!(leases.untracked(), 1);
+        assert_eq!(leases.tracked(), 0);
+        assert!(
+            leases.try_acquire("a", 4).is_none(),
+            "registered, nothing held yet"
+        );
+        assert!(leases.try_acquire("b", 4).is_none());
+        assert!(leases.try_acquire("c", 4).is_none());
+        assert_eq!(leases.tracked(), 2);
+        assert_eq!(
+            leases.holdings("a"),
+            Some((0, 0)),
+            "a refusal gives nothing back"
+        );
+        assert_eq!(leases.untracked(), 2);
+    }
+
+    #[test]
+    fn a_reply_is_checked_against_the_renewals_sent() {
+        let reply = |items: Vec<i64>| Ok(Value::Array(items.into_iter().map(Value::Int).collect()));
+        assert_eq!(
+            parse_reply(reply(vec![3, 1, 1, 0]), 2),
+            Some((3, 1, vec![true, false]))
+        );
+        assert_eq!(parse_reply(reply(vec![3, 1, 1]), 2), None);
+        assert_eq!(parse_reply(reply(vec![-1, 0]), 0), None);
+        assert_eq!(
+            parse_reply(Err(super::super::link::CallError::NoScript), 0),
+            None
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! Fleet-wide limits on Redis: the building blocks. Not yet switched on: the request path
+//! and the config (`[cluster]`) do not use this module yet.
+//!
+//! - `target`: the Redis URL, validated, never shown with its password.
+//! - `backoff`: reconnect waits, 100 ms doubling to 5 s.
+//! - `link`: the `cf-cluster` thread owning the connection: scripts loaded once, one
+//!   pipelined round trip per tick, reconnects, the degraded flag and counters.
+//! - `leases`: `max_concurrency` across the fleet as expiring leases, with a node-side
+//!   allowance the hot path reads without waiting.
+
+pub mod backoff;
+pub mod leases;
+pub mod link;
+pub mod target;
+
+pub use leases::{lease_ttl, FleetLeases, LeasePermit, LeaseSync};
+pub use link::{Link, LinkSettings, LinkStatus};
+pub use target::RedisTarget;
