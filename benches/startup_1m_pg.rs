@@ -19,6 +19,11 @@
 #[path = "../tests/common/postgres.rs"]
 mod pg_server;
 
+// The server starter's TLS variant names the test CA as `super::certs`.
+#[allow(dead_code)]
+#[path = "../tests/common/certs.rs"]
+mod certs;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
