@@ -206,6 +206,16 @@ print("%.0f %d %.1f" % (j["rps"], failed, ticks / hz * 1e6 / max(1, sent)))
 EOF
 }
 
+# What each gateway's background threads cost with no traffic (the store watcher, heartbeat,
+# ledger): the keyed route's hot path is the same code on both stores, so a difference under
+# load that this does not explain is the machine's, not the store's.
+declare -A IDLE_BEFORE
+for backend in sqlite postgres; do IDLE_BEFORE[$backend]=$(cpu_ticks "${GATEWAY[$backend]}"); done
+sleep 5
+for backend in sqlite postgres; do
+    echo "idle 5 s: $backend gateway used $(( $(cpu_ticks "${GATEWAY[$backend]}") - IDLE_BEFORE[$backend] )) ticks of $(getconf CLK_TCK)/s"
+done
+
 echo "$("$CF_BIN" --version 2>/dev/null | head -n 1) (commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')); $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'); bench -c $CONNS -d $DURATION -t 1 --warmup 1s, keyed route (Bearer virtual key), 128 B upstream body"
 echo "gateway: 1 worker on core 0; load and upstream on core 1"
