@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::ids::{display_prefix, new_key_id, new_secret};
 use super::pepper::Pepper;
+use super::rules::{apply, expiry, validate};
 use super::{audit, unix_now, StoreError};
-use crate::clock::parse_duration;
 
 /// File name of the key database inside the data directory.
 pub const DB_FILE: &str = "keys.db";
@@ -25,11 +25,6 @@ pub const DB_FILE: &str = "keys.db";
 /// How long a writer waits for another process's transaction (the CLI and a running gateway
 /// share the file) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Longest accepted name, team, glob, scope or metadata (as JSON), in bytes.
-const MAX_TEXT: usize = 256;
-const MAX_LIST: usize = 256;
-const MAX_METADATA_JSON: usize = 16 * 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -578,131 +573,6 @@ fn write_row(conn: &Connection, r: &KeyRecord, insert: bool) -> Result<(), Store
 /// JSON text of a list or map column.
 fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("lists and maps of JSON values serialize")
-}
-
-fn expiry(expires_in: Option<&str>, now: i64) -> Result<Option<i64>, StoreError> {
-    expires_in
-        .map(|text| {
-            parse_duration(text)
-                .map(|d| now.saturating_add(d.as_secs() as i64))
-                .map_err(|e| StoreError::invalid("expires_in", e))
-        })
-        .transpose()
-}
-
-fn apply(record: &mut KeyRecord, patch: KeyPatch, now: i64) -> Result<(), StoreError> {
-    let KeyPatch {
-        name,
-        team,
-        models,
-        routes,
-        scopes,
-        rps,
-        rpm,
-        tpm,
-        max_concurrency,
-        budget_usd,
-        budget_tokens,
-        budget_period,
-        expires_in,
-        metadata,
-    } = patch;
-    fn set<T>(slot: &mut T, value: Option<T>) {
-        if let Some(value) = value {
-            *slot = value;
-        }
-    }
-    set(&mut record.name, name);
-    set(&mut record.team, team);
-    set(&mut record.models, models);
-    set(&mut record.routes, routes);
-    set(&mut record.scopes, scopes);
-    set(&mut record.rps, rps);
-    set(&mut record.rpm, rpm);
-    set(&mut record.tpm, tpm);
-    set(&mut record.max_concurrency, max_concurrency);
-    set(&mut record.budget_usd, budget_usd);
-    set(&mut record.budget_tokens, budget_tokens);
-    set(&mut record.budget_period, budget_period);
-    set(&mut record.metadata, metadata);
-    if let Some(expires_in) = expires_in {
-        record.expires_at = expiry(expires_in.as_deref(), now)?;
-    }
-    Ok(())
-}
-
-/// Checks a record's fields before it is written; errors name the API field.
-fn validate(r: &KeyRecord) -> Result<(), StoreError> {
-    if r.name.trim().is_empty() {
-        return Err(StoreError::invalid("name", "must not be empty"));
-    }
-    check_text("name", &r.name)?;
-    check_text("team", &r.team)?;
-    for (field, list) in [
-        ("models", &r.models),
-        ("routes", &r.routes),
-        ("scopes", &r.scopes),
-    ] {
-        if list.len() > MAX_LIST {
-            return Err(StoreError::invalid(
-                field,
-                format!("at most {MAX_LIST} entries"),
-            ));
-        }
-        for item in list {
-            if item.is_empty() {
-                return Err(StoreError::invalid(field, "entries must not be empty"));
-            }
-            check_text(field, item)?;
-        }
-    }
-    for (field, value) in [
-        ("rpm", r.rpm),
-        ("tpm", r.tpm),
-        ("budget_tokens", r.budget_tokens),
-    ] {
-        // SQLite integers are signed 64-bit.
-        if value.is_some_and(|v| v > i64::MAX as u64) {
-            return Err(StoreError::invalid(field, "is too large"));
-        }
-    }
-    for (field, value) in [("rps", r.rps), ("budget_usd", r.budget_usd)] {
-        if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
-            return Err(StoreError::invalid(field, "must be a number >= 0"));
-        }
-    }
-    if let Some(period) = &r.budget_period {
-        if !matches!(period.as_str(), "day" | "month" | "total") {
-            return Err(StoreError::invalid(
-                "budget_period",
-                "must be \"day\", \"month\" or \"total\"",
-            ));
-        }
-    }
-    if serde_json::to_string(&r.metadata).map_or(0, |s| s.len()) > MAX_METADATA_JSON {
-        return Err(StoreError::invalid(
-            "metadata",
-            format!("at most {MAX_METADATA_JSON} bytes as JSON"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_text(field: &'static str, text: &str) -> Result<(), StoreError> {
-    if text.len() > MAX_TEXT {
-        return Err(StoreError::invalid(
-            field,
-            format!("at most {MAX_TEXT} bytes"),
-        ));
-    }
-    // Names end up in logs, headers and terminal output: no control characters.
-    if text.chars().any(char::is_control) {
-        return Err(StoreError::invalid(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod health;
 pub mod ids;
 pub mod keys;
 pub mod pepper;
+mod rules;
 pub mod postgres;
 pub mod usage;
 

@@ -5,7 +5,7 @@
 
 use ::postgres::Transaction;
 
-use super::rules::check_text;
+use crate::store::rules::check_text;
 use super::PgStore;
 use crate::clock::calendar::rfc3339;
 use crate::store::audit::AuditEntry;

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use ::postgres::types::ToSql;
 use ::postgres::Transaction;
 
-use super::rules::{check_text, validate};
+use crate::store::rules::{check_text, validate};
 use super::{PgStore, CHANNEL, WRITE_LOCK};
 use crate::clock::calendar::{parse_rfc3339_ms, rfc3339};
 use crate::store::audit::AuditEntry;
@@ -531,7 +531,7 @@ mod tests {
     #[test]
     fn audit_entries_with_unbounded_or_control_text_are_refused() {
         let mut long = entry("2023-11-14T22:13:20Z");
-        long.actor = "a".repeat(super::super::rules::MAX_TEXT + 1);
+        long.actor = "a".repeat(crate::store::rules::MAX_TEXT + 1);
         assert!(check_audit_entry(0, &long).is_err());
         let mut control = entry("2023-11-14T22:13:20Z");
         control.action = "re\u{1b}[2Jload".into();

@@ -6,7 +6,7 @@ use ::postgres::types::ToSql;
 use ::postgres::{GenericClient, Row, Transaction};
 
 use super::error::{PgError, PgErrorKind};
-use super::rules::{apply, expiry, validate};
+use crate::store::rules::{apply, expiry, validate};
 use super::{PgStore, CHANNEL, WRITE_LOCK};
 use crate::store::ids::{display_prefix, new_key_id, new_secret};
 use crate::store::{unix_now, KeyPatch, KeyRecord, NewKey, StoreError};

@@ -26,7 +26,6 @@ mod keys;
 mod listener;
 pub mod migrations;
 mod nodes;
-mod rules;
 mod tls;
 mod verifier;
 
@@ -90,7 +89,7 @@ impl PgStore {
         if node.trim().is_empty() {
             return Err(StoreError::invalid("node", "must not be empty"));
         }
-        rules::check_text("node", node)?;
+        crate::store::rules::check_text("node", node)?;
         let mut client = connect::connect(url)?;
         migrations::migrate(&mut client, node)?;
         verifier::check(&mut client, &pepper)?;

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::keys::unsigned;
-use super::rules::check_text;
+use crate::store::rules::check_text;
 use super::PgStore;
 use crate::store::{unix_now, StoreError};
 

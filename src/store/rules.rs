@@ -1,7 +1,7 @@
-//! The rules a key record obeys before it is written: field bounds and patch application.
-//! They are the SQLite store's rules (`store::keys`), applied here too so that both backends
-//! accept and refuse exactly the same input; `tests/store_postgres.rs` runs one suite against
-//! both to hold them to it.
+//! The rules a key record obeys before it is written, whichever backend writes it: field
+//! bounds and patch application. Both the SQLite store (`store::keys`) and the PostgreSQL
+//! store (`store::postgres`) call these, so both accept and refuse exactly the same input;
+//! `tests/store_postgres.rs` runs one suite against both.
 
 use crate::clock::parse_duration;
 use crate::store::{KeyPatch, KeyRecord, StoreError};
@@ -94,7 +94,7 @@ pub(crate) fn validate(r: &KeyRecord) -> Result<(), StoreError> {
         ("tpm", r.tpm),
         ("budget_tokens", r.budget_tokens),
     ] {
-        // PostgreSQL's BIGINT, like SQLite's INTEGER, is signed 64-bit.
+        // SQLite's INTEGER and PostgreSQL's BIGINT are both signed 64-bit.
         if value.is_some_and(|v| v > i64::MAX as u64) {
             return Err(StoreError::invalid(field, "is too large"));
         }
