@@ -118,21 +118,23 @@ impl Allowance {
         self.state.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Lowers held by one if a held slot is free (before its lease is released).
-    fn shrink_one(&self) -> bool {
+    /// Lowers held to at most `ceiling`, keeping in use (which may then exceed it until
+    /// requests finish: no new request is admitted meanwhile). Returns in use as it was at
+    /// that moment: it cannot rise past `max(ceiling, that)` until held is raised again.
+    fn lower_held(&self, ceiling: u32) -> u32 {
         let mut current = self.state.load(Ordering::Acquire);
         loop {
             let (held, in_use) = unpack(current);
-            if held <= in_use {
-                return false;
+            if held <= ceiling {
+                return in_use;
             }
             match self.state.compare_exchange_weak(
                 current,
-                pack(held - 1, in_use),
+                pack(ceiling, in_use),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return true,
+                Ok(_) => return in_use,
                 Err(actual) => current = actual,
             }
         }
@@ -231,6 +233,16 @@ impl FleetLeases {
     }
 }
 
+/// What the lease script last said about sharing a key (see the module doc).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Fairness {
+    /// This node's fair share: the limit over the nodes busy on the key, the remainder going
+    /// to the first nodes in name order.
+    share: u32,
+    /// Whether another node wanted more than it held at its last call.
+    others_wait: bool,
+}
+
 /// What the link thread knows of one key's leases.
 #[derive(Debug, Default)]
 struct KeyLeases {
@@ -240,6 +252,10 @@ struct KeyLeases {
     idle_ticks: u32,
     /// Whether the fleet's set was full at the last answer.
     saturated: bool,
+    /// The sharing as of the last answer.
+    fairness: Fairness,
+    /// The slots wanted at the last call: held never goes above it.
+    target: u32,
 }
 
 /// A call sent this tick, waiting for its reply.
@@ -254,6 +270,8 @@ struct Pending {
 #[derive(Debug)]
 pub struct LeaseSync {
     leases: Arc<FleetLeases>,
+    /// `node:incarnation`: this node's name in the busy and waiting sets.
+    node_id: String,
     member_prefix: String,
     next_id: u64,
     ttl_ms: u64,
@@ -273,9 +291,11 @@ impl LeaseSync {
         getrandom::getrandom(&mut incarnation)
             .map_err(|e| format!("no randomness for the lease ids: {e}"))?;
         let ttl = lease_ttl(tick);
+        let node_id = format!("{node}:{:016x}", u64::from_le_bytes(incarnation));
         Ok(LeaseSync {
             leases,
-            member_prefix: format!("{node}:{:016x}:", u64::from_le_bytes(incarnation)),
+            member_prefix: format!("{node_id}:"),
+            node_id,
             next_id: 0,
             ttl_ms: ttl.as_millis().max(1) as u64,
             ttl,
@@ -286,29 +306,29 @@ impl LeaseSync {
     }
 }
 
-/// How many slots a key should hold: what is in use, one spare while it is active, one more
-/// per refusal, within the limit. When the fleet's set is full, no spare and at most a fair
-/// share (the limit over the live nodes, rounded up): a node whose slots never go idle then
-/// still gives back what it holds beyond its share, one slot each time one frees up, so the
-/// other nodes are not starved.
-fn wanted(
-    in_use: u32,
-    refused: u32,
-    active: bool,
-    saturated: bool,
-    limit: u32,
-    live_nodes: u32,
-) -> u32 {
-    let spare = u32::from(active && !saturated);
+/// How many slots a key asks for before any fair-share cap: what is in use, one spare while
+/// it is active and the fleet has room (the set is not full and no other node waits: a spare
+/// held then would be a slot kept from a waiter), one more per refusal, within the limit.
+/// This is the demand the lease script compares with what the node holds to tell whether it
+/// waits.
+fn demand(in_use: u32, refused: u32, active: bool, roomy: bool, limit: u32) -> u32 {
+    let spare = u32::from(active && roomy);
     let extra = refused.min(MAX_ACQUIRE_PER_TICK);
-    let want = in_use
+    in_use
         .saturating_add(spare)
         .saturating_add(extra)
-        .min(limit);
-    if saturated {
-        want.min(limit.div_ceil(live_nodes.max(1)))
+        .min(limit)
+}
+
+/// How many slots a key should hold: its demand, capped at the node's fair share while
+/// another node waits for a slot. Alone (nobody waiting) a node may use the whole limit; when
+/// others wait, a node above its share keeps only its share, so the slots it frees go back to
+/// Redis and on to the waiters instead of being taken again here.
+fn wanted(demand: u32, fairness: Fairness) -> u32 {
+    if fairness.others_wait {
+        demand.min(fairness.share)
     } else {
-        want
+        demand
     }
 }
 
@@ -323,7 +343,7 @@ impl Participant for LeaseSync {
         &SCRIPTS
     }
 
-    fn collect(&mut self, ctx: &TickContext, batch: &mut Batch) {
+    fn collect(&mut self, _ctx: &TickContext, batch: &mut Batch) {
         self.pending.clear();
         let leases = Arc::clone(&self.leases);
         let tracked = leases.keys.pin();
@@ -339,25 +359,27 @@ impl Participant for LeaseSync {
                 state.idle_ticks = state.idle_ticks.saturating_add(1);
             }
             let active = state.idle_ticks < IDLE_TICKS;
-            let want = wanted(
-                in_use,
-                refused,
-                active,
-                state.saturated,
-                limit,
-                ctx.live_nodes,
-            );
+            let roomy = !state.saturated && !state.fairness.others_wait;
+            let demand = demand(in_use, refused, active, roomy, limit);
+            let want = wanted(demand, state.fairness);
             let mut released = Vec::new();
-            // Give back spare slots, each one taken out of held before its lease goes. After
-            // a fallback, held is the share, not the leases: nothing is released until the
-            // first answer sets held from the leases again.
-            if !self.falling_back && held as usize == state.members.len() {
-                while state.members.len() > want as usize && allowance.shrink_one() {
+            // Give back what is beyond the want: first held comes down to it, so no new
+            // request takes those slots, then every lease not covering a request still in
+            // flight goes; the rest go at a later tick, once their requests finish. After a
+            // fallback, held is the share, not the leases (it may be above them): nothing is
+            // released until the first answer sets held from the leases again.
+            if !self.falling_back && held as usize <= state.members.len() {
+                let in_flight = allowance.lower_held(want);
+                let keep = want.max(in_flight) as usize;
+                while state.members.len() > keep {
                     released.extend(state.members.pop());
                 }
             }
+            state.target = want;
             let missing = (want as usize).saturating_sub(state.members.len());
-            if released.is_empty() && state.members.is_empty() && missing == 0 {
+            // A node that wants a slot calls even when its share is none, so the fleet
+            // still counts it as busy and waiting.
+            if released.is_empty() && state.members.is_empty() && missing == 0 && demand == 0 {
                 if !active && in_use == 0 && held == 0 {
                     forget.push(key.clone());
                 }
@@ -371,15 +393,17 @@ impl Participant for LeaseSync {
                 })
                 .collect();
             let mut args =
-                Vec::with_capacity(4 + released.len() + state_members.len() + acquiring.len());
+                Vec::with_capacity(6 + released.len() + state_members.len() + acquiring.len());
             args.push(limit.to_string());
             args.push(self.ttl_ms.to_string());
             args.push(released.len().to_string());
             args.push(state_members.len().to_string());
+            args.push(demand.to_string());
+            args.push(self.node_id.clone());
             args.extend(released);
             args.extend(state_members.iter().cloned());
             args.extend(acquiring.iter().cloned());
-            batch.call(&LEASE_SYNC, vec![format!("{KEY_PREFIX}lease:{key}")], args);
+            batch.call(&LEASE_SYNC, lease_keys(key), args);
             self.pending.push(Pending {
                 key: key.clone(),
                 renewed: state_members.len(),
@@ -404,19 +428,22 @@ impl Participant for LeaseSync {
             let Some(allowance) = tracked.get(&pending.key) else {
                 continue;
             };
-            let Some((count, granted, kept)) = parse_reply(reply, pending.renewed) else {
+            let Some(answer) = parse_reply(reply, pending.renewed) else {
                 // Not run (NOSCRIPT, an error): released leases lapse by TTL, new ones were
                 // not added, kept ones are renewed next tick. Holdings stay as they are.
                 continue;
             };
-            let mut flags = kept.into_iter();
+            let mut flags = answer.kept.into_iter();
             state.members.retain(|_| flags.next().unwrap_or(false));
             state
                 .members
-                .extend(pending.acquiring.into_iter().take(granted as usize));
+                .extend(pending.acquiring.into_iter().take(answer.granted as usize));
             let limit = allowance.limit.load(Ordering::Relaxed);
-            state.saturated = count >= limit;
-            allowance.set_held(state.members.len() as u32);
+            state.saturated = answer.count >= limit;
+            state.fairness = answer.fairness;
+            // Held follows the leases, but stays at the target while leases beyond it still
+            // cover requests in flight.
+            allowance.set_held((state.members.len() as u32).min(state.target));
         }
     }
 
@@ -446,32 +473,59 @@ impl Participant for LeaseSync {
                 self.ttl_ms.to_string(),
                 state.members.len().to_string(),
                 "0".to_string(),
+                "0".to_string(),
+                self.node_id.clone(),
             ];
             args.extend(state.members);
-            batch.call(&LEASE_SYNC, vec![format!("{KEY_PREFIX}lease:{key}")], args);
+            batch.call(&LEASE_SYNC, lease_keys(&key), args);
         }
     }
 }
 
-/// `{count, granted, kept flags...}` from the lease script, checked against the renewals sent.
-fn parse_reply(reply: Reply, renewed: usize) -> Option<(u32, u32, Vec<bool>)> {
+/// The Redis keys of `key`'s leases: the lease set, the busy nodes, the waiting nodes. Each
+/// kind has its own prefix, so no key name can make one collide with another's.
+fn lease_keys(key: &str) -> Vec<String> {
+    vec![
+        format!("{KEY_PREFIX}lease:{key}"),
+        format!("{KEY_PREFIX}busy:{key}"),
+        format!("{KEY_PREFIX}wait:{key}"),
+    ]
+}
+
+/// The lease script's answer to one call.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    /// Leases in the fleet's set after the call.
+    count: u32,
+    /// New leases granted to this node.
+    granted: u32,
+    /// Whether each renewed lease is still alive.
+    kept: Vec<bool>,
+    fairness: Fairness,
+}
+
+/// `{count, granted, share, others wait, kept flags...}` from the lease script, checked
+/// against the renewals sent.
+fn parse_reply(reply: Reply, renewed: usize) -> Option<Answer> {
     let Ok(Value::Array(items)) = reply else {
         return None;
     };
-    if items.len() != 2 + renewed {
+    if items.len() != 4 + renewed {
         return None;
     }
     let numbers: Vec<i64> = items
         .into_iter()
         .map(|item| redis::from_redis_value::<i64>(item).ok())
         .collect::<Option<_>>()?;
-    let count = u32::try_from(numbers[0]).ok()?;
-    let granted = u32::try_from(numbers[1]).ok()?;
-    Some((
-        count,
-        granted,
-        numbers[2..].iter().map(|&k| k == 1).collect(),
-    ))
+    Some(Answer {
+        count: u32::try_from(numbers[0]).ok()?,
+        granted: u32::try_from(numbers[1]).ok()?,
+        kept: numbers[4..].iter().map(|&k| k == 1).collect(),
+        fairness: Fairness {
+            share: u32::try_from(numbers[2]).ok()?,
+            others_wait: numbers[3] == 1,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -488,9 +542,15 @@ mod tests {
         assert!(allowance.try_take());
         assert!(!allowance.try_take());
         assert_eq!(allowance.load(), (2, 2));
-        assert!(!allowance.shrink_one(), "both held slots are in use");
+        assert_eq!(allowance.lower_held(3), 2, "never raises held");
+        assert_eq!(allowance.load(), (2, 2));
+        assert_eq!(allowance.lower_held(1), 2, "in use may stay above held");
+        assert_eq!(allowance.load(), (1, 2));
+        assert!(
+            !allowance.try_take(),
+            "nothing is admitted above the lowered held"
+        );
         allowance.put_back();
-        assert!(allowance.shrink_one());
         assert_eq!(allowance.load(), (1, 1));
         allowance.set_held(0);
         assert_eq!(
@@ -532,36 +592,50 @@ mod tests {
     #[test]
     fn holdings_run_one_ahead_of_need_within_the_limit() {
         assert_eq!(
-            wanted(0, 0, true, false, 4, 3),
+            demand(0, 0, true, false, 4),
             1,
             "an active key keeps a spare"
         );
-        assert_eq!(wanted(2, 0, true, false, 4, 3), 3);
+        assert_eq!(demand(2, 0, true, false, 4), 3);
         assert_eq!(
-            wanted(0, 0, false, false, 4, 3),
+            demand(0, 0, false, false, 4),
             0,
             "an idle key gives all back"
         );
-        assert_eq!(wanted(1, 5, true, false, 4, 3), 4, "refusals ask for more");
+        assert_eq!(demand(1, 5, true, false, 4), 4, "refusals ask for more");
         assert_eq!(
-            wanted(0, u32::MAX, true, false, 1000, 1),
+            demand(0, u32::MAX, true, false, 1000),
             1 + MAX_ACQUIRE_PER_TICK
+        );
+        assert_eq!(
+            demand(1, 0, true, true, 4),
+            1,
+            "no spare while the fleet is full"
         );
     }
 
     #[test]
-    fn a_full_fleet_holds_no_spare_and_at_most_a_fair_share() {
+    fn a_node_keeps_at_most_its_share_only_while_another_waits() {
+        let alone = Fairness {
+            share: 1,
+            others_wait: false,
+        };
+        let contended = Fairness {
+            share: 1,
+            others_wait: true,
+        };
+        assert_eq!(wanted(4, alone), 4, "nobody waits: the whole limit");
+        assert_eq!(wanted(4, contended), 1, "others wait: the share");
+        assert_eq!(wanted(0, contended), 0, "never more than the demand");
+        let none = Fairness {
+            share: 0,
+            others_wait: true,
+        };
         assert_eq!(
-            wanted(1, 0, true, true, 4, 3),
-            1,
-            "no spare while the fleet is full"
+            wanted(3, none),
+            0,
+            "more busy nodes than slots: some get none"
         );
-        assert_eq!(
-            wanted(3, 0, true, true, 4, 3),
-            2,
-            "above the share of 4 over 3 nodes"
-        );
-        assert_eq!(wanted(3, 2, true, true, 4, 1), 4, "alone, the whole limit");
     }
 
     #[test]
@@ -600,14 +674,31 @@ mod tests {
     fn a_reply_is_checked_against_the_renewals_sent() {
         let reply = |items: Vec<i64>| Ok(Value::Array(items.into_iter().map(Value::Int).collect()));
         assert_eq!(
-            parse_reply(reply(vec![3, 1, 1, 0]), 2),
-            Some((3, 1, vec![true, false]))
+            parse_reply(reply(vec![3, 1, 2, 1, 1, 0]), 2),
+            Some(Answer {
+                count: 3,
+                granted: 1,
+                kept: vec![true, false],
+                fairness: Fairness {
+                    share: 2,
+                    others_wait: true
+                },
+            })
         );
-        assert_eq!(parse_reply(reply(vec![3, 1, 1]), 2), None);
-        assert_eq!(parse_reply(reply(vec![-1, 0]), 0), None);
+        assert_eq!(parse_reply(reply(vec![3, 1, 2, 0, 1]), 2), None);
+        assert_eq!(parse_reply(reply(vec![-1, 0, 1, 0]), 0), None);
+        assert_eq!(parse_reply(reply(vec![1, 0, -1, 0]), 0), None);
         assert_eq!(
             parse_reply(Err(super::super::link::CallError::NoScript), 0),
             None
+        );
+    }
+
+    #[test]
+    fn each_kind_of_lease_key_has_its_own_prefix() {
+        assert_eq!(
+            lease_keys("k"),
+            ["cf:lease:k", "cf:busy:k", "cf:wait:k"].map(String::from)
         );
     }
 }
