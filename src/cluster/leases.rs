@@ -1,10 +1,13 @@
 //! Fleet concurrency: a key's `max_concurrency` held across the fleet as leases in Redis.
 //!
 //! **In Redis** each key has a sorted set `cf:lease:<key>` whose members are leases
-//! (`node:incarnation:id`) scored by their expiry on Redis's own clock. One script
-//! (`lua/lease_sync.lua`) does a node's whole traffic for a key atomically: drop expired
-//! members, remove what the node releases, extend what it keeps, add new members only while
-//! the set is below the limit. So the leases alive in Redis never exceed the limit.
+//! (`node:incarnation:id`) scored by their expiry on Redis's own clock, and two sets of nodes
+//! (`node:incarnation`, same expiry as the leases): `cf:busy:<key>`, the nodes holding a lease
+//! or asking for one, and `cf:wait:<key>`, the nodes that wanted more than they held after
+//! their last call. One script (`lua/lease_sync.lua`) does a node's whole traffic for a key
+//! atomically: drop expired entries, remove what the node releases, extend what it keeps,
+//! add new members only while the set is below the limit, and update the node's busy and
+//! waiting marks. So the leases alive in Redis never exceed the limit, at any moment.
 //!
 //! **On the node** each key has an [`Allowance`]: one `AtomicU64` packing the slots the node
 //! holds (leases Redis granted it) and the slots in use. The hot path
@@ -12,10 +15,26 @@
 //! compare-and-swap, exactly like the local `max_concurrency` (a request beyond the holdings
 //! is refused with 429); it never waits on the network. The link thread's [`LeaseSync`]
 //! keeps holdings a little ahead of need: every tick it asks for `in use + 1` (plus one per
-//! request refused since the last tick), and gives back spare slots when the key idles or
-//! the fleet's set is full (so a busy node's spare does not starve another node). Held only
-//! rises after Redis granted, and only falls (by CAS, never below "in use") before the
-//! release is sent, so the node's in-use count is always covered by its leases in Redis.
+//! request refused since the last tick; the spare only while the fleet's set has room and
+//! nobody waits), and gives back what it no longer wants. Held only rises after Redis
+//! granted, and falls (by CAS) before a release is sent; a lease is released only once no
+//! request in flight needs it, so the node's in-use count is always covered by its leases.
+//!
+//! **Fairness.** With `B` nodes busy on a key (holding or waiting, not all live nodes), each
+//! node's fair share is `floor(limit / B)`, plus one for the first `limit mod B` of them in
+//! name order, so the shares add up to the limit. While no other node waits, a node may hold
+//! anything up to the whole limit (work-conserving: one busy node uses every slot). While
+//! another node waits, the script grants nobody past its share, and a node above its share
+//! lowers "held" to the share at once (no new request takes the extra slots) and releases
+//! those leases as their requests finish: the slots reach the waiters within a tick or two.
+//! In ticks: a refused node is marked waiting at its next call (1), every holder sees the
+//! mark at its next call (1) and releases what it holds past its share then or, if those
+//! slots are still in use, at the first tick after their requests finish, and the waiter
+//! takes them at its next call (1): at most 3 ticks plus the longest request in flight.
+//! So every busy node gets at least `floor(limit / B)` slots, at least one whenever
+//! `limit >= B`; with more busy nodes than slots, some get none until others go idle.
+//! A node that goes idle gives its slots back and leaves the busy set, so the others' shares
+//! grow again.
 //!
 //! **Lease TTL = 3 ticks** ([`lease_ttl`]): a live node renews every tick, so two ticks can
 //! be lost or late before a lease lapses; a node that dies (`kill -9`) stops renewing and
@@ -591,27 +610,23 @@ mod tests {
 
     #[test]
     fn holdings_run_one_ahead_of_need_within_the_limit() {
+        // demand(in use, refused, active, roomy, limit)
+        let spare = "an active key keeps a spare while the fleet has room";
+        assert_eq!(demand(0, 0, true, true, 4), 1, "{spare}");
+        assert_eq!(demand(2, 0, true, true, 4), 3, "{spare}");
         assert_eq!(
-            demand(0, 0, true, false, 4),
-            1,
-            "an active key keeps a spare"
-        );
-        assert_eq!(demand(2, 0, true, false, 4), 3);
-        assert_eq!(
-            demand(0, 0, false, false, 4),
+            demand(0, 0, false, true, 4),
             0,
             "an idle key gives all back"
         );
-        assert_eq!(demand(1, 5, true, false, 4), 4, "refusals ask for more");
+        assert_eq!(demand(1, 5, true, true, 4), 4, "refusals ask for more");
         assert_eq!(
-            demand(0, u32::MAX, true, false, 1000),
+            demand(0, u32::MAX, true, true, 1000),
             1 + MAX_ACQUIRE_PER_TICK
         );
-        assert_eq!(
-            demand(1, 0, true, true, 4),
-            1,
-            "no spare while the fleet is full"
-        );
+        let no_room = "no spare while the set is full or another node waits";
+        assert_eq!(demand(1, 0, true, false, 4), 1, "{no_room}");
+        assert_eq!(demand(0, 0, true, false, 4), 0, "{no_room}");
     }
 
     #[test]
