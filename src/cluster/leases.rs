@@ -1,10 +1,13 @@
 //! Fleet concurrency: a key's `max_concurrency` held across the fleet as leases in Redis.
 //!
 //! **In Redis** each key has a sorted set `cf:lease:<key>` whose members are leases
-//! (`node:incarnation:id`) scored by their expiry on Redis's own clock. One script
-//! (`lua/lease_sync.lua`) does a node's whole traffic for a key atomically: drop expired
-//! members, remove what the node releases, extend what it keeps, add new members only while
-//! the set is below the limit. So the leases alive in Redis never exceed the limit.
+//! (`node:incarnation:id`) scored by their expiry on Redis's own clock, and two sets of nodes
+//! (`node:incarnation`, same expiry as the leases): `cf:busy:<key>`, the nodes holding a lease
+//! or asking for one, and `cf:wait:<key>`, the nodes that wanted more than they held after
+//! their last call. One script (`lua/lease_sync.lua`) does a node's whole traffic for a key
+//! atomically: drop expired entries, remove what the node releases, extend what it keeps,
+//! add new members only while the set is below the limit, and update the node's busy and
+//! waiting marks. So the leases alive in Redis never exceed the limit, at any moment.
 //!
 //! **On the node** each key has an [`Allowance`]: one `AtomicU64` packing the slots the node
 //! holds (leases Redis granted it) and the slots in use. The hot path
@@ -12,10 +15,26 @@
 //! compare-and-swap, exactly like the local `max_concurrency` (a request beyond the holdings
 //! is refused with 429); it never waits on the network. The link thread's [`LeaseSync`]
 //! keeps holdings a little ahead of need: every tick it asks for `in use + 1` (plus one per
-//! request refused since the last tick), and gives back spare slots when the key idles or
-//! the fleet's set is full (so a busy node's spare does not starve another node). Held only
-//! rises after Redis granted, and only falls (by CAS, never below "in use") before the
-//! release is sent, so the node's in-use count is always covered by its leases in Redis.
+//! request refused since the last tick; the spare only while the fleet's set has room and
+//! nobody waits), and gives back what it no longer wants. Held only rises after Redis
+//! granted, and falls (by CAS) before a release is sent; a lease is released only once no
+//! request in flight needs it, so the node's in-use count is always covered by its leases.
+//!
+//! **Fairness.** With `B` nodes busy on a key (holding or waiting, not all live nodes), each
+//! node's fair share is `floor(limit / B)`, plus one for the first `limit mod B` of them in
+//! name order, so the shares add up to the limit. While no other node waits, a node may hold
+//! anything up to the whole limit (work-conserving: one busy node uses every slot). While
+//! another node waits, the script grants nobody past its share, and a node above its share
+//! lowers "held" to the share at once (no new request takes the extra slots) and releases
+//! those leases as their requests finish: the slots reach the waiters within a tick or two.
+//! In ticks: a refused node is marked waiting at its next call (1), every holder sees the
+//! mark at its next call (1) and releases what it holds past its share then or, if those
+//! slots are still in use, at the first tick after their requests finish, and the waiter
+//! takes them at its next call (1): at most 3 ticks plus the longest request in flight.
+//! So every busy node gets at least `floor(limit / B)` slots, at least one whenever
+//! `limit >= B`; with more busy nodes than slots, some get none until others go idle.
+//! A node that goes idle gives its slots back and leaves the busy set, so the others' shares
+//! grow again.
 //!
 //! **Lease TTL = 3 ticks** ([`lease_ttl`]): a live node renews every tick, so two ticks can
 //! be lost or late before a lease lapses; a node that dies (`kill -9`) stops renewing and
@@ -118,21 +137,23 @@ impl Allowance {
         self.state.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Lowers held by one if a held slot is free (before its lease is released).
-    fn shrink_one(&self) -> bool {
+    /// Lowers held to at most `ceiling`, keeping in use (which may then exceed it until
+    /// requests finish: no new request is admitted meanwhile). Returns in use as it was at
+    /// that moment: it cannot rise past `max(ceiling, that)` until held is raised again.
+    fn lower_held(&self, ceiling: u32) -> u32 {
         let mut current = self.state.load(Ordering::Acquire);
         loop {
             let (held, in_use) = unpack(current);
-            if held <= in_use {
-                return false;
+            if held <= ceiling {
+                return in_use;
             }
             match self.state.compare_exchange_weak(
                 current,
-                pack(held - 1, in_use),
+                pack(ceiling, in_use),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return true,
+                Ok(_) => return in_use,
                 Err(actual) => current = actual,
             }
         }
@@ -231,6 +252,16 @@ impl FleetLeases {
     }
 }
 
+/// What the lease script last said about sharing a key (see the module doc).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Fairness {
+    /// This node's fair share: the limit over the nodes busy on the key, the remainder going
+    /// to the first nodes in name order.
+    share: u32,
+    /// Whether another node wanted more than it held at its last call.
+    others_wait: bool,
+}
+
 /// What the link thread knows of one key's leases.
 #[derive(Debug, Default)]
 struct KeyLeases {
@@ -240,6 +271,10 @@ struct KeyLeases {
     idle_ticks: u32,
     /// Whether the fleet's set was full at the last answer.
     saturated: bool,
+    /// The sharing as of the last answer.
+    fairness: Fairness,
+    /// The slots wanted at the last call: held never goes above it.
+    target: u32,
 }
 
 /// A call sent this tick, waiting for its reply.
@@ -254,6 +289,8 @@ struct Pending {
 #[derive(Debug)]
 pub struct LeaseSync {
     leases: Arc<FleetLeases>,
+    /// `node:incarnation`: this node's name in the busy and waiting sets.
+    node_id: String,
     member_prefix: String,
     next_id: u64,
     ttl_ms: u64,
@@ -273,9 +310,11 @@ impl LeaseSync {
         getrandom::getrandom(&mut incarnation)
             .map_err(|e| format!("no randomness for the lease ids: {e}"))?;
         let ttl = lease_ttl(tick);
+        let node_id = format!("{node}:{:016x}", u64::from_le_bytes(incarnation));
         Ok(LeaseSync {
             leases,
-            member_prefix: format!("{node}:{:016x}:", u64::from_le_bytes(incarnation)),
+            member_prefix: format!("{node_id}:"),
+            node_id,
             next_id: 0,
             ttl_ms: ttl.as_millis().max(1) as u64,
             ttl,
@@ -286,29 +325,29 @@ impl LeaseSync {
     }
 }
 
-/// How many slots a key should hold: what is in use, one spare while it is active, one more
-/// per refusal, within the limit. When the fleet's set is full, no spare and at most a fair
-/// share (the limit over the live nodes, rounded up): a node whose slots never go idle then
-/// still gives back what it holds beyond its share, one slot each time one frees up, so the
-/// other nodes are not starved.
-fn wanted(
-    in_use: u32,
-    refused: u32,
-    active: bool,
-    saturated: bool,
-    limit: u32,
-    live_nodes: u32,
-) -> u32 {
-    let spare = u32::from(active && !saturated);
+/// How many slots a key asks for before any fair-share cap: what is in use, one spare while
+/// it is active and the fleet has room (the set is not full and no other node waits: a spare
+/// held then would be a slot kept from a waiter), one more per refusal, within the limit.
+/// This is the demand the lease script compares with what the node holds to tell whether it
+/// waits.
+fn demand(in_use: u32, refused: u32, active: bool, roomy: bool, limit: u32) -> u32 {
+    let spare = u32::from(active && roomy);
     let extra = refused.min(MAX_ACQUIRE_PER_TICK);
-    let want = in_use
+    in_use
         .saturating_add(spare)
         .saturating_add(extra)
-        .min(limit);
-    if saturated {
-        want.min(limit.div_ceil(live_nodes.max(1)))
+        .min(limit)
+}
+
+/// How many slots a key should hold: its demand, capped at the node's fair share while
+/// another node waits for a slot. Alone (nobody waiting) a node may use the whole limit; when
+/// others wait, a node above its share keeps only its share, so the slots it frees go back to
+/// Redis and on to the waiters instead of being taken again here.
+fn wanted(demand: u32, fairness: Fairness) -> u32 {
+    if fairness.others_wait {
+        demand.min(fairness.share)
     } else {
-        want
+        demand
     }
 }
 
@@ -323,7 +362,7 @@ impl Participant for LeaseSync {
         &SCRIPTS
     }
 
-    fn collect(&mut self, ctx: &TickContext, batch: &mut Batch) {
+    fn collect(&mut self, _ctx: &TickContext, batch: &mut Batch) {
         self.pending.clear();
         let leases = Arc::clone(&self.leases);
         let tracked = leases.keys.pin();
@@ -339,25 +378,27 @@ impl Participant for LeaseSync {
                 state.idle_ticks = state.idle_ticks.saturating_add(1);
             }
             let active = state.idle_ticks < IDLE_TICKS;
-            let want = wanted(
-                in_use,
-                refused,
-                active,
-                state.saturated,
-                limit,
-                ctx.live_nodes,
-            );
+            let roomy = !state.saturated && !state.fairness.others_wait;
+            let demand = demand(in_use, refused, active, roomy, limit);
+            let want = wanted(demand, state.fairness);
             let mut released = Vec::new();
-            // Give back spare slots, each one taken out of held before its lease goes. After
-            // a fallback, held is the share, not the leases: nothing is released until the
-            // first answer sets held from the leases again.
-            if !self.falling_back && held as usize == state.members.len() {
-                while state.members.len() > want as usize && allowance.shrink_one() {
+            // Give back what is beyond the want: first held comes down to it, so no new
+            // request takes those slots, then every lease not covering a request still in
+            // flight goes; the rest go at a later tick, once their requests finish. After a
+            // fallback, held is the share, not the leases (it may be above them): nothing is
+            // released until the first answer sets held from the leases again.
+            if !self.falling_back && held as usize <= state.members.len() {
+                let in_flight = allowance.lower_held(want);
+                let keep = want.max(in_flight) as usize;
+                while state.members.len() > keep {
                     released.extend(state.members.pop());
                 }
             }
+            state.target = want;
             let missing = (want as usize).saturating_sub(state.members.len());
-            if released.is_empty() && state.members.is_empty() && missing == 0 {
+            // A node that wants a slot calls even when its share is none, so the fleet
+            // still counts it as busy and waiting.
+            if released.is_empty() && state.members.is_empty() && missing == 0 && demand == 0 {
                 if !active && in_use == 0 && held == 0 {
                     forget.push(key.clone());
                 }
@@ -371,15 +412,17 @@ impl Participant for LeaseSync {
                 })
                 .collect();
             let mut args =
-                Vec::with_capacity(4 + released.len() + state_members.len() + acquiring.len());
+                Vec::with_capacity(6 + released.len() + state_members.len() + acquiring.len());
             args.push(limit.to_string());
             args.push(self.ttl_ms.to_string());
             args.push(released.len().to_string());
             args.push(state_members.len().to_string());
+            args.push(demand.to_string());
+            args.push(self.node_id.clone());
             args.extend(released);
             args.extend(state_members.iter().cloned());
             args.extend(acquiring.iter().cloned());
-            batch.call(&LEASE_SYNC, vec![format!("{KEY_PREFIX}lease:{key}")], args);
+            batch.call(&LEASE_SYNC, lease_keys(key), args);
             self.pending.push(Pending {
                 key: key.clone(),
                 renewed: state_members.len(),
@@ -404,19 +447,22 @@ impl Participant for LeaseSync {
             let Some(allowance) = tracked.get(&pending.key) else {
                 continue;
             };
-            let Some((count, granted, kept)) = parse_reply(reply, pending.renewed) else {
+            let Some(answer) = parse_reply(reply, pending.renewed) else {
                 // Not run (NOSCRIPT, an error): released leases lapse by TTL, new ones were
                 // not added, kept ones are renewed next tick. Holdings stay as they are.
                 continue;
             };
-            let mut flags = kept.into_iter();
+            let mut flags = answer.kept.into_iter();
             state.members.retain(|_| flags.next().unwrap_or(false));
             state
                 .members
-                .extend(pending.acquiring.into_iter().take(granted as usize));
+                .extend(pending.acquiring.into_iter().take(answer.granted as usize));
             let limit = allowance.limit.load(Ordering::Relaxed);
-            state.saturated = count >= limit;
-            allowance.set_held(state.members.len() as u32);
+            state.saturated = answer.count >= limit;
+            state.fairness = answer.fairness;
+            // Held follows the leases, but stays at the target while leases beyond it still
+            // cover requests in flight.
+            allowance.set_held((state.members.len() as u32).min(state.target));
         }
     }
 
@@ -446,32 +492,59 @@ impl Participant for LeaseSync {
                 self.ttl_ms.to_string(),
                 state.members.len().to_string(),
                 "0".to_string(),
+                "0".to_string(),
+                self.node_id.clone(),
             ];
             args.extend(state.members);
-            batch.call(&LEASE_SYNC, vec![format!("{KEY_PREFIX}lease:{key}")], args);
+            batch.call(&LEASE_SYNC, lease_keys(&key), args);
         }
     }
 }
 
-/// `{count, granted, kept flags...}` from the lease script, checked against the renewals sent.
-fn parse_reply(reply: Reply, renewed: usize) -> Option<(u32, u32, Vec<bool>)> {
+/// The Redis keys of `key`'s leases: the lease set, the busy nodes, the waiting nodes. Each
+/// kind has its own prefix, so no key name can make one collide with another's.
+fn lease_keys(key: &str) -> Vec<String> {
+    vec![
+        format!("{KEY_PREFIX}lease:{key}"),
+        format!("{KEY_PREFIX}busy:{key}"),
+        format!("{KEY_PREFIX}wait:{key}"),
+    ]
+}
+
+/// The lease script's answer to one call.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    /// Leases in the fleet's set after the call.
+    count: u32,
+    /// New leases granted to this node.
+    granted: u32,
+    /// Whether each renewed lease is still alive.
+    kept: Vec<bool>,
+    fairness: Fairness,
+}
+
+/// `{count, granted, share, others wait, kept flags...}` from the lease script, checked
+/// against the renewals sent.
+fn parse_reply(reply: Reply, renewed: usize) -> Option<Answer> {
     let Ok(Value::Array(items)) = reply else {
         return None;
     };
-    if items.len() != 2 + renewed {
+    if items.len() != 4 + renewed {
         return None;
     }
     let numbers: Vec<i64> = items
         .into_iter()
         .map(|item| redis::from_redis_value::<i64>(item).ok())
         .collect::<Option<_>>()?;
-    let count = u32::try_from(numbers[0]).ok()?;
-    let granted = u32::try_from(numbers[1]).ok()?;
-    Some((
-        count,
-        granted,
-        numbers[2..].iter().map(|&k| k == 1).collect(),
-    ))
+    Some(Answer {
+        count: u32::try_from(numbers[0]).ok()?,
+        granted: u32::try_from(numbers[1]).ok()?,
+        kept: numbers[4..].iter().map(|&k| k == 1).collect(),
+        fairness: Fairness {
+            share: u32::try_from(numbers[2]).ok()?,
+            others_wait: numbers[3] == 1,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -488,9 +561,15 @@ mod tests {
         assert!(allowance.try_take());
         assert!(!allowance.try_take());
         assert_eq!(allowance.load(), (2, 2));
-        assert!(!allowance.shrink_one(), "both held slots are in use");
+        assert_eq!(allowance.lower_held(3), 2, "never raises held");
+        assert_eq!(allowance.load(), (2, 2));
+        assert_eq!(allowance.lower_held(1), 2, "in use may stay above held");
+        assert_eq!(allowance.load(), (1, 2));
+        assert!(
+            !allowance.try_take(),
+            "nothing is admitted above the lowered held"
+        );
         allowance.put_back();
-        assert!(allowance.shrink_one());
         assert_eq!(allowance.load(), (1, 1));
         allowance.set_held(0);
         assert_eq!(
@@ -531,37 +610,47 @@ mod tests {
 
     #[test]
     fn holdings_run_one_ahead_of_need_within_the_limit() {
+        // demand(in use, refused, active, roomy, limit)
+        let spare = "an active key keeps a spare while the fleet has room";
+        assert_eq!(demand(0, 0, true, true, 4), 1, "{spare}");
+        assert_eq!(demand(2, 0, true, true, 4), 3, "{spare}");
         assert_eq!(
-            wanted(0, 0, true, false, 4, 3),
-            1,
-            "an active key keeps a spare"
-        );
-        assert_eq!(wanted(2, 0, true, false, 4, 3), 3);
-        assert_eq!(
-            wanted(0, 0, false, false, 4, 3),
+            demand(0, 0, false, true, 4),
             0,
             "an idle key gives all back"
         );
-        assert_eq!(wanted(1, 5, true, false, 4, 3), 4, "refusals ask for more");
+        assert_eq!(demand(1, 5, true, true, 4), 4, "refusals ask for more");
         assert_eq!(
-            wanted(0, u32::MAX, true, false, 1000, 1),
+            demand(0, u32::MAX, true, true, 1000),
             1 + MAX_ACQUIRE_PER_TICK
         );
+        let no_room = "no spare while the set is full or another node waits";
+        assert_eq!(demand(1, 0, true, false, 4), 1, "{no_room}");
+        assert_eq!(demand(0, 0, true, false, 4), 0, "{no_room}");
     }
 
     #[test]
-    fn a_full_fleet_holds_no_spare_and_at_most_a_fair_share() {
+    fn a_node_keeps_at_most_its_share_only_while_another_waits() {
+        let alone = Fairness {
+            share: 1,
+            others_wait: false,
+        };
+        let contended = Fairness {
+            share: 1,
+            others_wait: true,
+        };
+        assert_eq!(wanted(4, alone), 4, "nobody waits: the whole limit");
+        assert_eq!(wanted(4, contended), 1, "others wait: the share");
+        assert_eq!(wanted(0, contended), 0, "never more than the demand");
+        let none = Fairness {
+            share: 0,
+            others_wait: true,
+        };
         assert_eq!(
-            wanted(1, 0, true, true, 4, 3),
-            1,
-            "no spare while the fleet is full"
+            wanted(3, none),
+            0,
+            "more busy nodes than slots: some get none"
         );
-        assert_eq!(
-            wanted(3, 0, true, true, 4, 3),
-            2,
-            "above the share of 4 over 3 nodes"
-        );
-        assert_eq!(wanted(3, 2, true, true, 4, 1), 4, "alone, the whole limit");
     }
 
     #[test]
@@ -600,14 +689,31 @@ mod tests {
     fn a_reply_is_checked_against_the_renewals_sent() {
         let reply = |items: Vec<i64>| Ok(Value::Array(items.into_iter().map(Value::Int).collect()));
         assert_eq!(
-            parse_reply(reply(vec![3, 1, 1, 0]), 2),
-            Some((3, 1, vec![true, false]))
+            parse_reply(reply(vec![3, 1, 2, 1, 1, 0]), 2),
+            Some(Answer {
+                count: 3,
+                granted: 1,
+                kept: vec![true, false],
+                fairness: Fairness {
+                    share: 2,
+                    others_wait: true
+                },
+            })
         );
-        assert_eq!(parse_reply(reply(vec![3, 1, 1]), 2), None);
-        assert_eq!(parse_reply(reply(vec![-1, 0]), 0), None);
+        assert_eq!(parse_reply(reply(vec![3, 1, 2, 0, 1]), 2), None);
+        assert_eq!(parse_reply(reply(vec![-1, 0, 1, 0]), 0), None);
+        assert_eq!(parse_reply(reply(vec![1, 0, -1, 0]), 0), None);
         assert_eq!(
             parse_reply(Err(super::super::link::CallError::NoScript), 0),
             None
+        );
+    }
+
+    #[test]
+    fn each_kind_of_lease_key_has_its_own_prefix() {
+        assert_eq!(
+            lease_keys("k"),
+            ["cf:lease:k", "cf:busy:k", "cf:wait:k"].map(String::from)
         );
     }
 }

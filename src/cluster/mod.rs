@@ -6,7 +6,8 @@
 //! - `link`: the `cf-cluster` thread owning the connection: scripts loaded once, one
 //!   pipelined round trip per tick, reconnects, the degraded flag and counters.
 //! - `leases`: `max_concurrency` across the fleet as expiring leases, with a node-side
-//!   allowance the hot path reads without waiting.
+//!   allowance the hot path reads without waiting, shared fairly among the nodes busy on a
+//!   key (at least `floor(limit / busy nodes)` each, all of it for a node busy alone).
 
 pub mod backoff;
 pub mod leases;
