@@ -24,8 +24,8 @@ pub mod health;
 pub mod ids;
 pub mod keys;
 pub mod pepper;
-mod rules;
 pub mod postgres;
+mod rules;
 pub mod usage;
 
 pub use backend::{open, open_shared, settings_of, sqlite_settings, KeyBackend, SharedBackend};

@@ -5,10 +5,10 @@
 
 use ::postgres::Transaction;
 
-use crate::store::rules::check_text;
 use super::PgStore;
 use crate::clock::calendar::rfc3339;
 use crate::store::audit::AuditEntry;
+use crate::store::rules::check_text;
 use crate::store::{unix_now, KeyRecord, StoreError};
 
 /// Checks an actor or action name: bounded and printable, like every stored name.

@@ -26,10 +26,10 @@ use std::collections::HashMap;
 use ::postgres::types::ToSql;
 use ::postgres::Transaction;
 
-use crate::store::rules::{check_text, validate};
 use super::{PgStore, CHANNEL, WRITE_LOCK};
 use crate::clock::calendar::{parse_rfc3339_ms, rfc3339};
 use crate::store::audit::AuditEntry;
+use crate::store::rules::{check_text, validate};
 use crate::store::usage::insert_records;
 use crate::store::usage::source::{LedgerSource, SourceError};
 use crate::store::{KeyRecord, StoreError};

@@ -6,9 +6,9 @@ use ::postgres::types::ToSql;
 use ::postgres::{GenericClient, Row, Transaction};
 
 use super::error::{PgError, PgErrorKind};
-use crate::store::rules::{apply, expiry, validate};
 use super::{PgStore, CHANNEL, WRITE_LOCK};
 use crate::store::ids::{display_prefix, new_key_id, new_secret};
+use crate::store::rules::{apply, expiry, validate};
 use crate::store::{unix_now, KeyPatch, KeyRecord, NewKey, StoreError};
 
 const COLUMNS: &str = "id, name, team, prefix, hash, previous_hash, previous_valid_until, \

@@ -4,8 +4,8 @@
 use serde::Serialize;
 
 use super::keys::unsigned;
-use crate::store::rules::check_text;
 use super::PgStore;
+use crate::store::rules::check_text;
 use crate::store::{unix_now, StoreError};
 
 /// One node as last reported.
