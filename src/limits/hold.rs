@@ -60,13 +60,9 @@ impl<'a> RequestCounts<'a> {
     }
 
     /// How many limits the request was counted in.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.counted.len()
-    }
-
-    /// Whether the request was counted in no limit.
-    pub fn is_empty(&self) -> bool {
-        self.counted.is_empty()
     }
 
     /// Gives back every count taken (a later limit refused the request).

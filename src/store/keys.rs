@@ -14,9 +14,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use super::ids::{display_prefix, new_key_id, new_secret};
+use super::ids::{display_prefix, new_secret};
 use super::pepper::Pepper;
-use super::rules::{apply, expiry, validate};
+use super::rules::{apply, issue, validate};
 use super::{audit, unix_now, StoreError};
 
 /// File name of the key database inside the data directory.
@@ -335,36 +335,7 @@ impl KeyStore {
     /// Issues a key. Returns the record and the secret, which is shown once and never
     /// stored. The action is audited as `create` by `actor`.
     pub fn create(&mut self, new: NewKey, actor: &str) -> Result<(KeyRecord, String), StoreError> {
-        let now = unix_now();
-        let mut record = KeyRecord {
-            id: new_key_id(),
-            name: new.name,
-            team: new.team,
-            prefix: String::new(),
-            models: new.models,
-            routes: new.routes,
-            scopes: new.scopes,
-            rps: new.rps,
-            rpm: new.rpm,
-            tpm: new.tpm,
-            max_concurrency: new.max_concurrency,
-            budget_usd: new.budget_usd,
-            budget_tokens: new.budget_tokens,
-            budget_period: new.budget_period,
-            metadata: new.metadata,
-            created_at: now,
-            updated_at: now,
-            expires_at: expiry(new.expires_in.as_deref(), now)?,
-            revoked_at: None,
-            hash: [0; 32],
-            previous_hash: None,
-            previous_valid_until: None,
-            seq: 0,
-        };
-        validate(&record)?;
-        let secret = new_secret();
-        record.prefix = display_prefix(&secret);
-        record.hash = self.pepper.hash(secret.as_bytes());
+        let (mut record, secret) = issue(new, &self.pepper, unix_now())?;
 
         let tx = self
             .conn

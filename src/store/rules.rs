@@ -3,8 +3,11 @@
 //! store (`store::postgres`) call these, so both accept and refuse exactly the same input;
 //! `tests/store_postgres.rs` runs one suite against both.
 
+use zeroize::Zeroizing;
+
 use crate::clock::parse_duration;
-use crate::store::{KeyPatch, KeyRecord, StoreError};
+use crate::store::ids::{display_prefix, new_key_id, new_secret};
+use crate::store::{KeyPatch, KeyRecord, NewKey, Pepper, StoreError};
 
 /// Longest accepted name, team, glob, scope, actor or node name, in bytes.
 pub(crate) const MAX_TEXT: usize = 256;
@@ -137,4 +140,44 @@ pub(crate) fn check_text(field: &'static str, text: &str) -> Result<(), StoreErr
         ));
     }
     Ok(())
+}
+
+/// A new key from `new`, created at `now`: its record (checked by [`validate`]) and its secret,
+/// drawn at random and kept only as its HMAC under `pepper`. The secret is returned to be
+/// shown once; neither store ever writes it.
+pub(crate) fn issue(
+    new: NewKey,
+    pepper: &Pepper,
+    now: i64,
+) -> Result<(KeyRecord, Zeroizing<String>), StoreError> {
+    let mut record = KeyRecord {
+        id: new_key_id(),
+        name: new.name,
+        team: new.team,
+        prefix: String::new(),
+        models: new.models,
+        routes: new.routes,
+        scopes: new.scopes,
+        rps: new.rps,
+        rpm: new.rpm,
+        tpm: new.tpm,
+        max_concurrency: new.max_concurrency,
+        budget_usd: new.budget_usd,
+        budget_tokens: new.budget_tokens,
+        budget_period: new.budget_period,
+        metadata: new.metadata,
+        created_at: now,
+        updated_at: now,
+        expires_at: expiry(new.expires_in.as_deref(), now)?,
+        revoked_at: None,
+        hash: [0; 32],
+        previous_hash: None,
+        previous_valid_until: None,
+        seq: 0,
+    };
+    validate(&record)?;
+    let secret = new_secret();
+    record.prefix = display_prefix(&secret);
+    record.hash = pepper.hash(secret.as_bytes());
+    Ok((record, secret))
 }

@@ -7,8 +7,8 @@ use ::postgres::{GenericClient, Row, Transaction};
 
 use super::error::{PgError, PgErrorKind};
 use super::{PgStore, CHANNEL, WRITE_LOCK};
-use crate::store::ids::{display_prefix, new_key_id, new_secret};
-use crate::store::rules::{apply, expiry, validate};
+use crate::store::ids::{display_prefix, new_secret};
+use crate::store::rules::{apply, issue, validate};
 use crate::store::{unix_now, KeyPatch, KeyRecord, NewKey, StoreError};
 
 const COLUMNS: &str = "id, name, team, prefix, hash, previous_hash, previous_valid_until, \
@@ -22,37 +22,8 @@ impl PgStore {
     /// Issues a key. Returns the record and the secret, which is shown once and never
     /// stored. The action is audited as `create` by `actor`, in the same transaction.
     pub fn create(&mut self, new: NewKey, actor: &str) -> Result<(KeyRecord, String), StoreError> {
-        let now = unix_now();
-        let mut record = KeyRecord {
-            id: new_key_id(),
-            name: new.name,
-            team: new.team,
-            prefix: String::new(),
-            models: new.models,
-            routes: new.routes,
-            scopes: new.scopes,
-            rps: new.rps,
-            rpm: new.rpm,
-            tpm: new.tpm,
-            max_concurrency: new.max_concurrency,
-            budget_usd: new.budget_usd,
-            budget_tokens: new.budget_tokens,
-            budget_period: new.budget_period,
-            metadata: new.metadata,
-            created_at: now,
-            updated_at: now,
-            expires_at: expiry(new.expires_in.as_deref(), now)?,
-            revoked_at: None,
-            hash: [0; 32],
-            previous_hash: None,
-            previous_valid_until: None,
-            seq: 0,
-        };
-        validate(&record)?;
+        let (mut record, secret) = issue(new, &self.pepper, unix_now())?;
         super::audit::check_actor(actor)?;
-        let secret = new_secret();
-        record.prefix = display_prefix(&secret);
-        record.hash = self.pepper.hash(secret.as_bytes());
 
         let node = self.node.clone();
         let mut client = self.client()?;
