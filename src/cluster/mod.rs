@@ -8,12 +8,17 @@
 //! - `leases`: `max_concurrency` across the fleet as expiring leases, with a node-side
 //!   allowance the hot path reads without waiting, shared fairly among the nodes busy on a
 //!   key (at least `floor(limit / busy nodes)` each, all of it for a node busy alone).
+//! - `rates`: per-key and per-team `rps`/`rpm`/`tpm` across the fleet: a token bucket per
+//!   rate in Redis handing out grants, a node-side allowance the hot path takes from with one
+//!   CAS, a bounded borrow, and this node's share of the rate while Redis is unreachable.
 
 pub mod backoff;
 pub mod leases;
 pub mod link;
+pub mod rates;
 pub mod target;
 
 pub use leases::{lease_ttl, FleetLeases, LeasePermit, LeaseSync};
 pub use link::{Link, LinkSettings, LinkStatus};
+pub use rates::{FleetDecision, FleetRates, FleetRefusal, RateKind, RateShare, RateSync};
 pub use target::RedisTarget;
