@@ -9,14 +9,16 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::gcra::Gcra;
 use super::table::LimiterTable;
 use crate::clock::{Clock, SystemClock};
+use crate::cluster::{FleetRates, RateKind};
 
 /// Entries per keyed table before new keys are admitted without state (see
 /// [`LimiterTable`]): far above any real key count, small enough to bound memory (~100 MB).
@@ -56,6 +58,9 @@ pub struct Admission {
     pub team_minute: LimiterTable<String>,
     /// Per team: `[[team]] tpm`.
     pub team_tokens: LimiterTable<String>,
+    /// The fleet-wide rates, when `[cluster]` is on: keys' and teams' rates are then also
+    /// taken from this node's fleet allowance. Unset: every rate is this node's alone.
+    fleet_rates: OnceLock<Arc<FleetRates>>,
     routes: Mutex<HashMap<String, Arc<RouteLimiter>>>,
 }
 
@@ -75,7 +80,39 @@ impl Admission {
             key_tokens: LimiterTable::new(MAX_ENTRIES),
             team_minute: LimiterTable::new(MAX_ENTRIES),
             team_tokens: LimiterTable::new(MAX_ENTRIES),
+            fleet_rates: OnceLock::new(),
             routes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Makes keys' and teams' rates fleet-wide (once, when the cluster starts). Returns the
+    /// rates back if they were already set.
+    pub fn set_fleet_rates(&self, rates: Arc<FleetRates>) -> Result<(), Arc<FleetRates>> {
+        self.fleet_rates.set(rates)
+    }
+
+    /// The fleet-wide rates, if the cluster is on.
+    pub fn fleet_rates(&self) -> Option<&Arc<FleetRates>> {
+        self.fleet_rates.get()
+    }
+
+    /// The table a key's or team's rate of `kind` is counted in on this node.
+    pub fn rate_table(&self, kind: RateKind) -> &LimiterTable<String> {
+        match kind {
+            RateKind::KeyRps => &self.key_second,
+            RateKind::KeyRpm => &self.key_minute,
+            RateKind::KeyTpm => &self.key_tokens,
+            RateKind::TeamRpm => &self.team_minute,
+            RateKind::TeamTpm => &self.team_tokens,
+        }
+    }
+
+    /// The rate this node's local check enforces for the fleet-wide rate `gcra`: the rate as
+    /// is, or this node's share of it while the fleet's Redis is unreachable.
+    pub fn local_gcra(&self, gcra: Gcra) -> Gcra {
+        match self.fleet_rates.get() {
+            Some(fleet) => fleet.local_gcra(&gcra),
+            None => gcra,
         }
     }
 

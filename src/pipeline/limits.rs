@@ -9,6 +9,7 @@
 
 use super::RequestCtx;
 use super::ThreadState;
+use crate::cluster::RateKind;
 use crate::error::GatewayError;
 use crate::limits::{
     budget_limit, gcra_per_minute, gcra_per_second, key_scope, team_scope, Decision, RequestCounts,
@@ -38,8 +39,9 @@ pub(super) fn client_address(
     Ok(())
 }
 
-/// Phase limits: the route's `rate_limit`, the key's `rps`/`rpm`, the team's `rpm`, then the
-/// key's `max_concurrency` (its slot is held in `ctx.permit` until the request ends).
+/// Phase limits: the route's `rate_limit`, the key's `rps`/`rpm`, the team's `rpm` (each also
+/// taken from the fleet's allowance when the cluster is on), then the key's `max_concurrency`
+/// (its slot is held in `ctx.permit` until the request ends).
 pub(super) fn requests<'a>(
     worker: &'a ThreadState,
     snapshot: &'a Snapshot,
@@ -72,15 +74,15 @@ pub(super) fn requests<'a>(
     if let Some(key) = &key {
         let per_second = key.rps.and_then(|rps| gcra_per_second(rps, 0));
         let per_minute = key.rpm.and_then(gcra_per_minute);
-        for (table, gcra) in [
-            (&admission.key_second, per_second),
-            (&admission.key_minute, per_minute),
+        for (kind, gcra) in [
+            (RateKind::KeyRps, per_second),
+            (RateKind::KeyRpm, per_minute),
         ] {
             let Some(gcra) = gcra else { continue };
             if refused.is_some() {
                 break;
             }
-            let d = counts.check_keyed(table, key.id.clone(), gcra, now);
+            let d = counts.check_rate(admission, kind, key.id.clone(), gcra, now);
             ctx.rate.requests(d);
             if !d.allowed {
                 refused = Some(("key", d));
@@ -89,7 +91,7 @@ pub(super) fn requests<'a>(
     }
     if refused.is_none() && !team.is_empty() {
         if let Some(gcra) = snapshot.teams.get(team).and_then(|t| t.rpm) {
-            let d = counts.check_keyed(&admission.team_minute, team, gcra, now);
+            let d = counts.check_rate(admission, RateKind::TeamRpm, team, gcra, now);
             ctx.rate.requests(d);
             if !d.allowed {
                 refused = Some(("team", d));
