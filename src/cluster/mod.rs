@@ -1,5 +1,4 @@
-//! Fleet-wide limits on Redis: the building blocks. Not yet switched on: the request path
-//! and the config (`[cluster]`) do not use this module yet.
+//! Fleet-wide limits on Redis (`[cluster] redis`; README, "Fleet").
 //!
 //! - `target`: the Redis URL, validated, never shown with its password.
 //! - `backoff`: reconnect waits, 100 ms doubling to 5 s.
@@ -8,12 +7,16 @@
 //! - `leases`: `max_concurrency` across the fleet as expiring leases, with a node-side
 //!   allowance the hot path reads without waiting, shared fairly among the nodes busy on a
 //!   key (at least `floor(limit / busy nodes)` each, all of it for a node busy alone).
+//! - `fleet`: fleet mode switched on: the participants built, the link started, the request
+//!   path pointed at them; stopped gracefully on the drain.
 
 pub mod backoff;
+pub mod fleet;
 pub mod leases;
 pub mod link;
 pub mod target;
 
+pub use fleet::Fleet;
 pub use leases::{lease_ttl, FleetLeases, LeasePermit, LeaseSync};
 pub use link::{Link, LinkSettings, LinkStatus};
 pub use target::RedisTarget;

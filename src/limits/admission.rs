@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -57,6 +57,9 @@ pub struct Admission {
     /// Per team: `[[team]] tpm`.
     pub team_tokens: LimiterTable<String>,
     routes: Mutex<HashMap<String, Arc<RouteLimiter>>>,
+    /// Fleet-wide `max_concurrency` (leases in Redis), set once when `[cluster]` is on;
+    /// unset, a key's concurrency is counted on this node alone (`key_second`).
+    fleet_leases: OnceLock<Arc<crate::cluster::FleetLeases>>,
 }
 
 impl Default for Admission {
@@ -76,7 +79,21 @@ impl Admission {
             team_minute: LimiterTable::new(MAX_ENTRIES),
             team_tokens: LimiterTable::new(MAX_ENTRIES),
             routes: Mutex::new(HashMap::new()),
+            fleet_leases: OnceLock::new(),
         }
+    }
+
+    /// Switches `max_concurrency` to the fleet's leases. Called once, at start-up, before
+    /// the workers serve; a second call is refused (the first table stays).
+    pub fn set_fleet_leases(&self, leases: Arc<crate::cluster::FleetLeases>) -> Result<(), String> {
+        self.fleet_leases
+            .set(leases)
+            .map_err(|_| "fleet leases are already set".to_string())
+    }
+
+    /// The fleet's leases when fleet mode is on.
+    pub fn fleet_leases(&self) -> Option<&crate::cluster::FleetLeases> {
+        self.fleet_leases.get().map(Arc::as_ref)
     }
 
     /// Nanoseconds on the limiters' clock.
