@@ -192,3 +192,32 @@ fn check_refuses_a_bad_cluster_section_naming_each_error_without_the_password() 
         check_config(&fine).output()
     );
 }
+
+on_default_driver! {
+    fn a_changed_cluster_section_waits_for_a_restart_with_one_warning(driver) {
+        let redis = common::redis::RedisServer::start_with_password("rpw-reload-0123456789");
+        let upstream = Upstream::echo("backend");
+        let with_interval = |ms: u64| {
+            config(&format!(
+                "[store]\nnode = \"edge-a\"\n[cluster]\nredis = \"env:CF_REDIS_URL\"\n\
+                 sync_interval_ms = {ms}\n{}",
+                proxy_config(&upstream.target())
+            ))
+        };
+        let gw = Gateway::builder(&with_interval(100), driver)
+            .env("CF_REDIS_URL", &redis.url())
+            .forbid_in_output("the Redis password", "rpw-reload-0123456789")
+            .start();
+        assert!(wait_until(WAIT, || metric(&gw, "credentialflow_cluster_degraded") == Some(0.0)));
+        let trips = || metric(&gw, "credentialflow_cluster_round_trips_total").unwrap();
+
+        gw.write_config(&with_interval(5000));
+        assert_eq!(gw.reload_admin().status, 200, "the rest of the config reloads");
+        let warning = "reload: changed [cluster] takes effect only after a restart";
+        assert_eq!(gw.stderr().matches(warning).count(), 1, "{}", gw.stderr());
+        // Still ticking every 100 ms, not every 5 s.
+        let before = trips();
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(trips() - before >= 5.0, "the link kept its interval");
+    }
+}
