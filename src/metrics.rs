@@ -17,6 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::cluster::LinkStatus;
 use crate::store::StoreHealth;
 
 /// The process-wide metrics, created on first use.
@@ -61,6 +62,15 @@ const BUILT_IN_FAMILIES: [&str; 6] = [
     "credentialflow_config_reloads_total",
 ];
 
+/// Names of the families [`Metrics::render`] writes in fleet mode, which a registered counter
+/// may not take either.
+const CLUSTER_FAMILIES: [&str; 4] = [
+    "credentialflow_cluster_degraded",
+    "credentialflow_cluster_round_trips_total",
+    "credentialflow_cluster_errors_total",
+    "credentialflow_cluster_live_nodes",
+];
+
 /// All metrics of the process: per-route request counters and latency histograms, per-worker
 /// connection gauges, the I/O driver, reload outcomes and counters registered by features.
 pub struct Metrics {
@@ -74,6 +84,9 @@ pub struct Metrics {
     /// The key store's health, shown as `credentialflow_store_up` once the gateway has a
     /// store (its owner is the credential cache; this only reads it).
     store_health: Mutex<Option<Arc<StoreHealth>>>,
+    /// The cluster link's status, shown as the `credentialflow_cluster_*` families once fleet
+    /// mode is on (its owner is the link; this only reads it).
+    cluster: Mutex<Option<Arc<LinkStatus>>>,
 }
 
 /// One worker's open-connection gauge, alone on its cache line so that workers bumping their
@@ -110,6 +123,7 @@ impl Metrics {
             reloads_ok: AtomicU64::new(0),
             reloads_error: AtomicU64::new(0),
             store_health: Mutex::new(None),
+            cluster: Mutex::new(None),
         }
     }
 
@@ -152,7 +166,7 @@ impl Metrics {
     ) -> Arc<AtomicU64> {
         assert!(is_valid_metric_name(name), "invalid metric name {name:?}");
         assert!(
-            !BUILT_IN_FAMILIES.contains(&name),
+            !BUILT_IN_FAMILIES.contains(&name) && !CLUSTER_FAMILIES.contains(&name),
             "metric name {name:?} is built in"
         );
         let mut counters = self.counters.lock();
@@ -178,6 +192,12 @@ impl Metrics {
     /// Exposes `health` as `credentialflow_store_up` (1 reachable, 0 not).
     pub fn set_store_health(&self, health: Arc<StoreHealth>) {
         *self.store_health.lock() = Some(health);
+    }
+
+    /// Exposes the cluster link's `status` as `credentialflow_cluster_degraded`,
+    /// `_round_trips_total`, `_errors_total` and `_live_nodes` (fleet mode only).
+    pub fn set_cluster_status(&self, status: Arc<LinkStatus>) {
+        *self.cluster.lock() = Some(status);
     }
 
     /// Sizes the per-worker gauges for `n` workers. Call once at startup, before the workers
@@ -312,11 +332,49 @@ impl Metrics {
             let _ = writeln!(out, "credentialflow_store_up {up}");
         }
 
+        if let Some(cluster) = self.cluster.lock().as_ref() {
+            render_cluster(&mut out, cluster);
+        }
+
         for counter in self.counters.lock().iter() {
             family_header(&mut out, counter.name, counter.kind, counter.help);
             let _ = writeln!(out, "{} {}", counter.name, counter.value.load(Relaxed));
         }
         out
+    }
+}
+
+/// The `credentialflow_cluster_*` families of the cluster link's `status`.
+fn render_cluster(out: &mut String, status: &LinkStatus) {
+    let families: [(&str, &str, &str, u64); 4] = [
+        (
+            "credentialflow_cluster_degraded",
+            "gauge",
+            "Whether Redis is unreachable and limits fall back to this node's share (1) or are fleet-wide (0).",
+            u64::from(status.degraded()),
+        ),
+        (
+            "credentialflow_cluster_round_trips_total",
+            "counter",
+            "Pipelined round trips to Redis answered (one per sync interval while healthy).",
+            status.round_trips(),
+        ),
+        (
+            "credentialflow_cluster_errors_total",
+            "counter",
+            "Failed Redis connects and round trips, and calls Redis answered with an error.",
+            status.errors(),
+        ),
+        (
+            "credentialflow_cluster_live_nodes",
+            "gauge",
+            "Live nodes in the fleet's node set at Redis's last answer (at least this one).",
+            u64::from(status.live_nodes()),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        family_header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
     }
 }
 
@@ -463,6 +521,40 @@ mod tests {
         assert!(metrics
             .render()
             .contains("# TYPE credentialflow_store_up gauge"));
+    }
+
+    #[test]
+    fn cluster_families_appear_only_in_fleet_mode() {
+        let metrics = Metrics::new();
+        assert!(!metrics.render().contains("credentialflow_cluster_"));
+        let link = crate::cluster::Link::start(
+            crate::cluster::LinkSettings {
+                target: crate::cluster::RedisTarget::parse("redis+unix:///nonexistent/cf.sock")
+                    .unwrap(),
+                node: "edge-1".into(),
+                tick: Duration::from_millis(50),
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        metrics.set_cluster_status(Arc::clone(link.status()));
+        let scrape = metrics.render();
+        for family in CLUSTER_FAMILIES {
+            assert!(
+                scrape.contains(&format!("# HELP {family} ")),
+                "{family} HELP"
+            );
+        }
+        for line in [
+            "\ncredentialflow_cluster_degraded 1\n",
+            "\ncredentialflow_cluster_live_nodes 1\n",
+            "\ncredentialflow_cluster_round_trips_total 0\n",
+            "# TYPE credentialflow_cluster_errors_total counter",
+            "# TYPE credentialflow_cluster_degraded gauge",
+        ] {
+            assert!(scrape.contains(line), "{line:?} in\n{scrape}");
+        }
+        link.abandon();
     }
 
     #[test]

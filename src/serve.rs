@@ -13,6 +13,7 @@ use signal_hook::iterator::Signals;
 
 use crate::admin::{self, AdminState};
 use crate::auth::CredentialCache;
+use crate::cluster::Fleet;
 use crate::config::{self, Config, SecretWatcher};
 use crate::limits::{budget_limit, key_scope, team_scope, Admission};
 use crate::limits::{period_start_ms, BudgetTable, Period};
@@ -159,6 +160,18 @@ fn start(
         .map_err(|e| format!("usage ledger in {}: {e}", data_dir.display()))?;
     let budgets = Arc::new(BudgetTable::new());
     resume_budgets(&store_settings, &credentials, &snapshot, &budgets)?;
+    // Fleet mode: after the store (the budgets it seeds are what the fleet starts from),
+    // before the workers (the request path must see the fleet's tables from its first
+    // request). A changed [cluster] takes effect only after a restart.
+    let fleet = match Fleet::settings(&config.cluster, &store_settings.store.node)? {
+        Some(settings) => {
+            let fleet = Fleet::start(settings, &started.admission)?;
+            metrics::global().set_cluster_status(Arc::clone(fleet.status()));
+            Some(fleet)
+        }
+        None => None,
+    };
+    let cluster_status = fleet.as_ref().map(|f| Arc::clone(f.status()));
     let shared = Arc::new(Shared::new(
         snapshot,
         config_path,
@@ -248,6 +261,7 @@ fn start(
                 ),
                 credentials: shared.credentials.clone(),
                 this_node,
+                cluster: cluster_status,
             },
             admin_shutdown.clone(),
         )
@@ -283,6 +297,10 @@ fn start(
     let _ = heartbeat.join();
     sweeper_stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = sweeper.join();
+    // Every request has finished, so no lease covers one any more: give them all back.
+    if let Some(fleet) = fleet {
+        fleet.stop();
+    }
     // Every request has finished: write the last usage records before exiting.
     ledger.stop();
     // Every worker's sender is gone; dropping ours lets the writer finish the queue.

@@ -436,9 +436,13 @@ impl Shared {
             ),
         };
         let result = built.map(|snap| {
-            let listen_before = &self.current.load().config.server.listen;
-            if snap.config.server.listen != *listen_before {
+            let before = self.current.load();
+            if snap.config.server.listen != before.config.server.listen {
                 log::warn!("reload: changed [server].listen takes effect only after a restart");
+            }
+            // The link and its participants started with the first config and keep it.
+            if snap.config.cluster != before.config.cluster {
+                log::warn!("reload: changed [cluster] takes effect only after a restart");
             }
             let names: Vec<&str> = snap.routes.iter().map(|r| r.name.as_str()).collect();
             self.admission.retain_routes(&names);

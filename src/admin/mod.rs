@@ -70,6 +70,10 @@ pub struct AdminState {
     /// This gateway as a fleet node (name, version, now, config generation): what
     /// `GET /admin/nodes` lists when the store keeps no registry of nodes.
     pub this_node: Arc<dyn Fn() -> NodeRecord + Send + Sync>,
+    /// The cluster link's status in fleet mode (`None` without `[cluster] redis`): while
+    /// Redis is unreachable `/healthz` says so (still 200: limits fall back to this node's
+    /// share and the node serves).
+    pub cluster: Option<Arc<crate::cluster::LinkStatus>>,
 }
 
 /// Serves the admin API on `listener` from a new thread until `shutdown` is set. The thread
@@ -419,6 +423,7 @@ mod tests {
                 crate::store::Pepper::from_bytes([0; 32]),
                 Vec::new(),
             )),
+            cluster: None,
             this_node: Arc::new(|| NodeRecord {
                 node: "edge-test".into(),
                 version: "1.2.3".into(),
@@ -443,6 +448,32 @@ mod tests {
         assert_eq!(reply.status, 200);
         assert_eq!(reply.json(), serde_json::json!({ "status": "ok" }));
         assert_eq!(reply.header("content-type"), Some("application/json"));
+    }
+
+    #[test]
+    fn healthz_names_a_degraded_cluster_and_stays_200() {
+        // A link to a Redis that is not there is degraded from its start.
+        let link = crate::cluster::Link::start(
+            crate::cluster::LinkSettings {
+                target: crate::cluster::RedisTarget::parse("redis+unix:///nonexistent/cf.sock")
+                    .unwrap(),
+                node: "edge-test".into(),
+                tick: Duration::from_millis(50),
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        let server = Server::start(AdminState {
+            cluster: Some(Arc::clone(link.status())),
+            ..ready_state()
+        });
+        let reply = server.get("/healthz", "");
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.json(),
+            serde_json::json!({ "status": "degraded", "cluster": "degraded" })
+        );
+        link.abandon();
     }
 
     #[test]

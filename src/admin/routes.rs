@@ -54,18 +54,26 @@ pub(crate) fn dispatch(state: &AdminState, request: &Request) -> Response {
 }
 
 /// `GET /healthz`: 200 once every worker is serving, 503 before. While the key store is
-/// unreachable the node still serves from its replica, so it answers 200 `degraded`.
+/// unreachable the node still serves from its replica, and while the fleet's Redis is (in
+/// fleet mode) it enforces its share of each limit locally: either way it answers 200
+/// `degraded`, naming what is (`"store":"unreachable"`, `"cluster":"degraded"`).
 fn healthz(state: &AdminState) -> Response {
     if !(state.ready)() {
-        json_response(503, &json!({ "status": "starting" }))
-    } else if state.credentials.store_health().is_up() {
-        json_response(200, &json!({ "status": "ok" }))
-    } else {
-        json_response(
-            200,
-            &json!({ "status": "degraded", "store": "unreachable" }),
-        )
+        return json_response(503, &json!({ "status": "starting" }));
     }
+    let store_down = !state.credentials.store_health().is_up();
+    let cluster_degraded = state.cluster.as_ref().is_some_and(|c| c.degraded());
+    if !store_down && !cluster_degraded {
+        return json_response(200, &json!({ "status": "ok" }));
+    }
+    let mut body = json!({ "status": "degraded" });
+    if store_down {
+        body["store"] = json!("unreachable");
+    }
+    if cluster_degraded {
+        body["cluster"] = json!("degraded");
+    }
+    json_response(200, &body)
 }
 
 /// `GET /metrics`: the Prometheus scrape.

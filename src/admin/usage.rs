@@ -201,6 +201,7 @@ mod tests {
                     crate::store::Pepper::from_bytes([0; 32]),
                     Vec::new(),
                 )),
+                cluster: None,
                 this_node: Arc::new(|| crate::store::NodeRecord {
                     node: "edge-test".into(),
                     version: "0.0.0".into(),

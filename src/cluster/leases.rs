@@ -48,9 +48,11 @@
 //! holdings shrink below what is in use, in-flight requests finish and new ones are refused:
 //! the fleet's overshoot is bounded by the requests in flight when the fleet view was lost.
 //!
-//! Not yet switched on: nothing in the request path or the config uses this module yet.
+//! **First use**: the gateway builds its table [`FleetLeases::with_first_use_credit`], so a
+//! key's first request on a node runs on credit (one per node per key, see there) instead
+//! of being refused until the node's next tick.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +87,8 @@ pub fn lease_ttl(tick: Duration) -> Duration {
 }
 
 /// One key's slots on this node: held (granted by Redis) and in use, packed in one atomic so
-/// "in use never exceeds held" is kept by a single compare-and-swap.
+/// "in use never exceeds held" is kept by a single compare-and-swap (the one exception is
+/// the first-use credit, see [`FleetLeases::with_first_use_credit`]).
 #[derive(Debug, Default)]
 pub struct Allowance {
     /// High 32 bits: held; low 32 bits: in use.
@@ -94,6 +97,11 @@ pub struct Allowance {
     limit: AtomicU32,
     /// Requests refused since the link last looked: demand for more slots.
     refused: AtomicU32,
+    /// Whether the key was ever synced with Redis (an answer about it applied, or the
+    /// fallback share set): until then a first-use credit may be given.
+    synced: AtomicBool,
+    /// Whether the one first-use credit of this allowance was given.
+    credited: AtomicBool,
 }
 
 fn pack(held: u32, in_use: u32) -> u64 {
@@ -129,6 +137,19 @@ impl Allowance {
                 Err(actual) => current = actual,
             }
         }
+    }
+
+    /// Takes a slot on credit, above held, once per allowance and only while the key was
+    /// never synced: the request a node sees first for a key is not refused just because
+    /// the link has not asked Redis for it yet. The next tick asks for a lease covering it.
+    fn take_first_use_credit(&self) -> bool {
+        if self.synced.load(Ordering::Acquire) || self.credited.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        // In use rises without a lease behind it; it cannot carry into held (in use stays
+        // far below 2^32).
+        self.state.fetch_add(1, Ordering::AcqRel);
+        true
     }
 
     /// Gives back a slot taken by `try_take` (in use is at least 1, so no borrow reaches the
@@ -196,22 +217,46 @@ pub struct FleetLeases {
     keys: HashMap<Box<str>, Arc<Allowance>>,
     max_keys: usize,
     untracked: AtomicU64,
+    /// Whether a key's first request on this node is admitted on credit.
+    first_use_credit: bool,
 }
 
 impl FleetLeases {
-    /// An empty table tracking at most `max_keys` keys at once.
+    /// An empty table tracking at most `max_keys` keys at once, admitting nothing beyond
+    /// the leases Redis granted: a key seen for the first time is refused until the next
+    /// tick has obtained slots for it.
     pub fn new(max_keys: usize) -> Arc<FleetLeases> {
+        FleetLeases::build(max_keys, false)
+    }
+
+    /// Like [`FleetLeases::new`], but a key's first request on this node is admitted on
+    /// credit (in use 1, held 0; the next tick acquires a lease for it), so a client's first
+    /// call through a node is not refused merely because the node never synced its key.
+    ///
+    /// **The bound this adds**: at most one request per node per key, at the key's first
+    /// use on that node (again after the node forgot the key: [`IDLE_TICKS`] quiet ticks
+    /// with nothing held or in use). So with `N` nodes the fleet may run at most
+    /// `limit + N` of a key's requests at once, and only while those first requests last;
+    /// a request on credit is covered by a lease from the next tick on when the fleet has
+    /// room. Once a key was synced (or fell back to its share), no credit is given.
+    pub fn with_first_use_credit(max_keys: usize) -> Arc<FleetLeases> {
+        FleetLeases::build(max_keys, true)
+    }
+
+    fn build(max_keys: usize, first_use_credit: bool) -> Arc<FleetLeases> {
         Arc::new(FleetLeases {
             keys: HashMap::new(),
             max_keys,
             untracked: AtomicU64::new(0),
+            first_use_credit,
         })
     }
 
     /// The hot path: a slot of `key` (whose fleet-wide limit is `limit`) if this node holds
     /// a free one; `None` means answer 429. Never waits: a key seen for the first time is
-    /// registered and refused, and the next tick asks Redis for slots. A key over
-    /// [`MAX_KEY_LEN`] or beyond the table's bound is refused and counted.
+    /// registered (and, with the first-use credit, admitted once) and the next tick asks
+    /// Redis for slots. A key over [`MAX_KEY_LEN`] or beyond the table's bound is refused
+    /// and counted.
     pub fn try_acquire(&self, key: &str, limit: u32) -> Option<LeasePermit> {
         let keys = self.keys.pin();
         let allowance = match keys.get(key) {
@@ -229,7 +274,9 @@ impl FleetLeases {
         }
         // Not `then_some`: it would build (and drop, giving back a slot never taken) the
         // permit on a refusal too.
-        if allowance.try_take() {
+        if allowance.try_take()
+            || (self.first_use_credit && limit > 0 && allowance.take_first_use_credit())
+        {
             Some(LeasePermit { allowance })
         } else {
             None
@@ -452,6 +499,7 @@ impl Participant for LeaseSync {
                 // not added, kept ones are renewed next tick. Holdings stay as they are.
                 continue;
             };
+            allowance.synced.store(true, Ordering::Release);
             let mut flags = answer.kept.into_iter();
             state.members.retain(|_| flags.next().unwrap_or(false));
             state
@@ -478,6 +526,7 @@ impl Participant for LeaseSync {
         self.falling_back = true;
         for (_, allowance) in self.leases.keys.pin().iter() {
             let limit = allowance.limit.load(Ordering::Relaxed);
+            allowance.synced.store(true, Ordering::Release);
             allowance.set_held(fallback_share(limit, ctx.live_nodes));
         }
     }
@@ -706,6 +755,44 @@ mod tests {
         assert_eq!(
             parse_reply(Err(super::super::link::CallError::NoScript), 0),
             None
+        );
+    }
+
+    #[test]
+    fn a_never_synced_key_gets_one_request_on_credit_and_no_more() {
+        let leases = FleetLeases::with_first_use_credit(10);
+        let first = leases
+            .try_acquire("k", 4)
+            .expect("first use runs on credit");
+        assert_eq!(leases.holdings("k"), Some((0, 1)), "in use 1, held 0");
+        assert!(leases.try_acquire("k", 4).is_none(), "one credit only");
+        drop(first);
+        assert_eq!(leases.holdings("k"), Some((0, 0)));
+        assert!(
+            leases.try_acquire("k", 4).is_none(),
+            "a credit given back is not given again"
+        );
+        assert!(
+            leases.try_acquire("zero", 0).is_none(),
+            "a zero limit gets no credit"
+        );
+
+        // A key the link has synced gets no credit, even if it never took one.
+        let synced = FleetLeases::with_first_use_credit(10);
+        assert!(synced.try_acquire("s", 0).is_none(), "registers the key");
+        synced
+            .keys
+            .pin()
+            .get("s")
+            .unwrap()
+            .synced
+            .store(true, Ordering::Release);
+        assert!(synced.try_acquire("s", 4).is_none());
+
+        let exact = FleetLeases::new(10);
+        assert!(
+            exact.try_acquire("k", 4).is_none(),
+            "no credit without asking"
         );
     }
 

@@ -1,5 +1,4 @@
-//! Fleet-wide limits on Redis: the building blocks. Not yet switched on: the request path
-//! and the config (`[cluster]`) do not use this module yet.
+//! Fleet-wide limits on Redis (`[cluster] redis`; README, "Fleet").
 //!
 //! - `target`: the Redis URL, validated, never shown with its password.
 //! - `backoff`: reconnect waits, 100 ms doubling to 5 s.
@@ -11,13 +10,17 @@
 //! - `rates`: per-key and per-team `rps`/`rpm`/`tpm` across the fleet: a token bucket per
 //!   rate in Redis handing out grants, a node-side allowance the hot path takes from with one
 //!   CAS, a bounded borrow, and this node's share of the rate while Redis is unreachable.
+//! - `fleet`: fleet mode switched on: the participants built, the link started, the request
+//!   path pointed at them; stopped gracefully on the drain.
 
 pub mod backoff;
+pub mod fleet;
 pub mod leases;
 pub mod link;
 pub mod rates;
 pub mod target;
 
+pub use fleet::Fleet;
 pub use leases::{lease_ttl, FleetLeases, LeasePermit, LeaseSync};
 pub use link::{Link, LinkSettings, LinkStatus};
 pub use rates::{FleetDecision, FleetRates, FleetRefusal, RateKind, RateShare, RateSync};

@@ -331,6 +331,9 @@ impl SectionReader<'_> {
         if let Some(v) = self.read_table(root, "store") {
             config.store = v;
         }
+        if let Some(v) = self.read_table(root, "cluster") {
+            config.cluster = v;
+        }
         config
     }
 

@@ -9,6 +9,7 @@
 //! - [`address`]: listen addresses, `host:port` targets, CIDRs.
 //! - [`url`]: `http(s)://` URLs of the endpoints the gateway calls, one parser for all.
 //! - [`redact`]: URLs as error messages show them, without user info or query.
+//! - [`cluster`]: `[cluster]`, the fleet's Redis.
 //! - [`store`]: `[store]`, and the store commands' narrow view of a file ([`load_store`]).
 //! - [`default`]: the built-in config used when no file is given.
 //!
@@ -16,6 +17,7 @@
 //! runs per request except [`LiveSecret::current`] and [`Cidr::contains`].
 
 pub mod address;
+pub mod cluster;
 mod default;
 mod document;
 mod error;
@@ -29,6 +31,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use address::{parse_listen_addr, Cidr, HostPort};
+pub use cluster::ClusterConfig;
 pub use default::{
     builtin_default, resolve_default_path, BUILTIN_DEFAULT_TOML, DEFAULT_CONFIG_FILE,
 };
@@ -596,6 +599,66 @@ memory_limit_mb = 32
             assert!(report.errors[0].message.contains("64 hex"), "{report}");
             assert!(!report.to_string().contains(bad), "{report}");
         }
+    }
+
+    #[test]
+    fn cluster_errors_are_each_named_with_their_line_and_never_show_the_password() {
+        std::env::set_var("CF_TEST_BAD_REDIS", "http://cf:hunter2-redis@cache:6379/0");
+        let text = "[cluster]\nredis = \"env:CF_TEST_BAD_REDIS\"\n\
+                    sync_interval_ms = 5\ncolour = \"blue\"\n";
+        let report = check_text(text, Path::new("/x"));
+        let found: Vec<(&str, Option<usize>)> = report
+            .errors
+            .iter()
+            .map(|e| (e.path.as_str(), e.line))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("cluster.redis", Some(2)),
+                ("cluster.sync_interval_ms", Some(3)),
+                ("cluster.colour", Some(4)),
+            ],
+            "{report}"
+        );
+        let shown = report.to_string();
+        assert!(!shown.contains("hunter2-redis"), "{shown}");
+        assert!(shown.contains("redis+unix://"), "{shown}");
+
+        let too_slow = check_text("[cluster]\nsync_interval_ms = 10001\n", Path::new("/x"));
+        assert_eq!(paths(&too_slow), ["cluster.sync_interval_ms"]);
+        let unresolved = check_text(
+            "[cluster]\nredis = \"env:CF_TEST_SURELY_UNSET_REDIS\"\n",
+            Path::new("/x"),
+        );
+        assert_eq!(paths(&unresolved), ["cluster.redis"]);
+    }
+
+    #[test]
+    fn cluster_accepts_both_redis_forms_and_the_interval_bounds() {
+        std::env::set_var(
+            "CF_TEST_GOOD_REDIS",
+            "redis+unix:///tmp/r.sock?pass=pw-123456",
+        );
+        for interval in [10, 100, 10_000] {
+            let text = format!(
+                "[store]\nnode = \"edge-1\"\n[cluster]\nredis = \"env:CF_TEST_GOOD_REDIS\"\n\
+                 sync_interval_ms = {interval}\n"
+            );
+            let config = parse(&text, Path::new("/x")).unwrap();
+            assert!(config.cluster.enabled());
+            assert_eq!(config.cluster.sync_interval_ms, interval);
+        }
+        // A literal URL is accepted with the usual warning, which does not quote it.
+        let report = check_text(
+            "[cluster]\nredis = \"redis://cf:hunter3-redis@cache:6379/2\"\n",
+            Path::new("/x"),
+        );
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.warnings[0].path, "cluster.redis");
+        assert!(!report.to_string().contains("hunter3-redis"));
+        // Without the section fleet mode is off, and the store commands never read it.
+        assert!(!parse("", Path::new("/x")).unwrap().cluster.enabled());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::ClusterConfig;
 use super::secret::{self, SecretRef};
 use super::store::StoreConfig;
 
@@ -50,6 +51,9 @@ pub struct Config {
     /// `[store]`: the SQLite store in `data_dir`, or PostgreSQL shared by a fleet.
     #[serde(default)]
     pub store: StoreConfig,
+    /// `[cluster]`: the fleet's Redis for fleet-wide limits (off without `redis`).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -58,7 +62,7 @@ pub struct Config {
 /// Names of the top-level tables, in file order (used to report unknown top-level keys).
 pub(crate) const SECTIONS: &[&str] = &[
     "server", "limits", "upstream", "route", "provider", "model", "prompt", "ai", "lua", "team",
-    "store",
+    "store", "cluster",
 ];
 
 impl Config {
@@ -70,7 +74,7 @@ impl Config {
 
     /// Every secret reference the gateway uses, with its key path (`server.admin_token`,
     /// `upstream[0].credential.secret`, `route[1].jwt.hs_secret`, `provider[2].api_key`,
-    /// `store.url` and `store.pepper` for PostgreSQL).
+    /// `store.url` and `store.pepper` for PostgreSQL, `cluster.redis`).
     pub fn secrets(&self) -> Vec<(String, &SecretRef)> {
         let mut out = Vec::new();
         if let Some(token) = &self.server.admin_token {
@@ -95,6 +99,7 @@ impl Config {
             }
         }
         out.extend(self.store.secrets());
+        out.extend(self.cluster.secrets());
         out
     }
 
@@ -115,6 +120,7 @@ impl Config {
             secret.anchor(&base_dir);
         }
         self.store.anchor_secrets(&base_dir);
+        self.cluster.anchor_secrets(&base_dir);
     }
 
     /// Fills defaults that depend on other keys or on the host: a provider's `base_url` from

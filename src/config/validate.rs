@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::http1::normalize_path;
 
 use super::address::{parse_listen_addr, Cidr, HostPort};
+use super::cluster::{MAX_SYNC_INTERVAL_MS, MIN_SYNC_INTERVAL_MS};
 use super::model::{
     AuthKind, Config, JwtConfig, ProviderKind, RouteConfig, ServerConfig, UpstreamConfig,
     MAX_DRAIN_AFTER_DISCONNECT_MS, MAX_KEEPALIVE, MAX_KEEPALIVE_TIMEOUT_MS,
@@ -76,8 +77,40 @@ pub(crate) fn validate(config: &Config) -> Findings {
     check_ai(config, &mut findings);
     check_teams(config, &mut findings);
     check_store(&config.store, &mut findings);
+    check_cluster(config, &mut findings);
     check_secrets(config.secrets(), &mut findings);
     findings
+}
+
+/// `[cluster]`: a sync interval within its bounds and, with `redis` set, a URL the link can
+/// use and a node name it accepts. The URL is only ever shown redacted (it may carry a
+/// password); a reference that does not resolve is reported by [`check_secrets`].
+fn check_cluster(config: &Config, findings: &mut Findings) {
+    let cluster = &config.cluster;
+    if !(MIN_SYNC_INTERVAL_MS..=MAX_SYNC_INTERVAL_MS).contains(&cluster.sync_interval_ms) {
+        findings.error(
+            "cluster.sync_interval_ms",
+            format!(
+                "must be {MIN_SYNC_INTERVAL_MS} to {MAX_SYNC_INTERVAL_MS} milliseconds (got {})",
+                cluster.sync_interval_ms
+            ),
+        );
+    }
+    let Some(redis) = &cluster.redis else {
+        return;
+    };
+    if let Ok(value) = redis.resolve() {
+        // The link's own parser, so `check` accepts exactly what `serve` connects to.
+        if let Err(e) = crate::cluster::RedisTarget::parse(value.expose()) {
+            findings.error("cluster.redis", format!("{redis}: {e}"));
+        }
+    }
+    // A name `[store]` already refuses is reported there once.
+    if let Some(node) = config.store.node_name().filter(|n| is_node_name(n)) {
+        if let Err(e) = crate::cluster::link::check_node_name(&node) {
+            findings.error("store.node", format!("with [cluster] redis set, {e}"));
+        }
+    }
 }
 
 /// Checks what the store commands read (`server.data_dir`, already resolved, and

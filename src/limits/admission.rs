@@ -62,6 +62,9 @@ pub struct Admission {
     /// taken from this node's fleet allowance. Unset: every rate is this node's alone.
     fleet_rates: OnceLock<Arc<FleetRates>>,
     routes: Mutex<HashMap<String, Arc<RouteLimiter>>>,
+    /// Fleet-wide `max_concurrency` (leases in Redis), set once when `[cluster]` is on;
+    /// unset, a key's concurrency is counted on this node alone (`key_second`).
+    fleet_leases: OnceLock<Arc<crate::cluster::FleetLeases>>,
 }
 
 impl Default for Admission {
@@ -82,13 +85,16 @@ impl Admission {
             team_tokens: LimiterTable::new(MAX_ENTRIES),
             fleet_rates: OnceLock::new(),
             routes: Mutex::new(HashMap::new()),
+            fleet_leases: OnceLock::new(),
         }
     }
 
-    /// Makes keys' and teams' rates fleet-wide (once, when the cluster starts). Returns the
-    /// rates back if they were already set.
-    pub fn set_fleet_rates(&self, rates: Arc<FleetRates>) -> Result<(), Arc<FleetRates>> {
-        self.fleet_rates.set(rates)
+    /// Makes keys' and teams' rates fleet-wide. Called once, at start-up, before the workers
+    /// serve; a second call is refused (the first table stays).
+    pub fn set_fleet_rates(&self, rates: Arc<FleetRates>) -> Result<(), String> {
+        self.fleet_rates
+            .set(rates)
+            .map_err(|_| "fleet rates are already set".to_string())
     }
 
     /// The fleet-wide rates, if the cluster is on.
@@ -114,6 +120,19 @@ impl Admission {
             Some(fleet) => fleet.local_gcra(&gcra),
             None => gcra,
         }
+    }
+
+    /// Switches `max_concurrency` to the fleet's leases. Called once, at start-up, before
+    /// the workers serve; a second call is refused (the first table stays).
+    pub fn set_fleet_leases(&self, leases: Arc<crate::cluster::FleetLeases>) -> Result<(), String> {
+        self.fleet_leases
+            .set(leases)
+            .map_err(|_| "fleet leases are already set".to_string())
+    }
+
+    /// The fleet's leases when fleet mode is on.
+    pub fn fleet_leases(&self) -> Option<&crate::cluster::FleetLeases> {
+        self.fleet_leases.get().map(Arc::as_ref)
     }
 
     /// Nanoseconds on the limiters' clock.

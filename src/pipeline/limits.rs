@@ -7,8 +7,8 @@
 //! settling is [`crate::limits::hold`]'s; this file decides which limits apply to a request,
 //! records each decision for the `x-ratelimit-*` headers and maps a refusal to its error.
 
-use super::RequestCtx;
 use super::ThreadState;
+use super::{ConcurrencySlot, RequestCtx};
 use crate::cluster::RateKind;
 use crate::error::GatewayError;
 use crate::limits::{
@@ -101,8 +101,19 @@ pub(super) fn requests<'a>(
     if refused.is_none() {
         if let Some(key) = &key {
             if let Some(max) = key.max_concurrency {
-                match admission.key_second.try_acquire(key.id.as_str(), max, now) {
-                    Some(permit) => ctx.permit = Some(permit),
+                // In fleet mode the slot is a lease of the fleet's (never waits on Redis:
+                // the node's allowance is local); otherwise it is counted on this node.
+                let slot = match admission.fleet_leases() {
+                    Some(fleet) => fleet
+                        .try_acquire(key.id.as_str(), max)
+                        .map(ConcurrencySlot::Fleet),
+                    None => admission
+                        .key_second
+                        .try_acquire(key.id.as_str(), max, now)
+                        .map(ConcurrencySlot::Local),
+                };
+                match slot {
+                    Some(slot) => ctx.permit = Some(slot),
                     None => {
                         counts.give_back(now);
                         return Err(GatewayError::RateLimited {

@@ -35,6 +35,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
 use crate::accesslog::{AccessEntry, AttemptLog, UsageFields};
 use crate::auth::{self, Consumer, IpRules};
+use crate::cluster::LeasePermit;
 use crate::config::AuthKind;
 use crate::error::{Dialect, GatewayError};
 use crate::http1::BufConn;
@@ -90,7 +91,7 @@ pub struct RequestCtx {
     /// What the limits decided, for the `x-ratelimit-*` headers of whatever response is sent.
     pub rate: RateReport,
     /// The key's concurrency slot, held until the request is finished.
-    pub permit: Option<KeyPermit>,
+    pub permit: Option<ConcurrencySlot>,
     /// The dialect gateway-made errors are written in.
     pub dialect: Dialect,
     /// Whether the request is for an AI front door.
@@ -101,6 +102,14 @@ pub struct RequestCtx {
     pub attempts: Vec<AttemptLog>,
     /// Lua hook state, when the route or front door has a script.
     pub hooked: Option<Box<hooks::Hooked>>,
+}
+
+/// A key's `max_concurrency` slot; dropping it gives the slot back.
+pub enum ConcurrencySlot {
+    /// Counted on this node alone (`[cluster]` off).
+    Local(KeyPermit),
+    /// Backed by a lease of the fleet's (`[cluster]` on; see [`crate::cluster::leases`]).
+    Fleet(LeasePermit),
 }
 
 impl RequestCtx {

@@ -430,6 +430,13 @@ impl Gateway {
         client.read_final_response()
     }
 
+    /// Kills the process at once (SIGKILL, `kill -9`: nothing is flushed or given back) and
+    /// reaps it.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(EXIT_TIMEOUT)
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);

@@ -7,6 +7,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod cluster;
 pub mod fake_anthropic;
 pub mod fake_gemini;
 pub mod fake_openai;

@@ -15,12 +15,24 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     dir: PathBuf,
     child: Option<Child>,
+    /// The password clients must give (`requirepass`), if any.
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts a new server and waits until it answers `PING`. Panics with what to install
     /// when `redis-server` is missing, and with the server's log when it fails to start.
     pub fn start() -> RedisServer {
+        RedisServer::launch(None)
+    }
+
+    /// Like [`RedisServer::start`], but clients must give `password` (kept across
+    /// [`RedisServer::start_again`]); [`RedisServer::url`] carries it.
+    pub fn start_with_password(password: &str) -> RedisServer {
+        RedisServer::launch(Some(password.to_string()))
+    }
+
+    fn launch(password: Option<String>) -> RedisServer {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         // Short: the socket path must fit in sun_path's 108 bytes.
         let dir = PathBuf::from(format!(
@@ -30,7 +42,11 @@ impl RedisServer {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create the Redis directory");
-        let mut server = RedisServer { dir, child: None };
+        let mut server = RedisServer {
+            dir,
+            child: None,
+            password,
+        };
         server.start_again();
         server
     }
@@ -40,9 +56,14 @@ impl RedisServer {
         self.dir.join("redis.sock")
     }
 
-    /// The URL the cluster link takes: `redis+unix:///path/to.sock`.
+    /// The URL the cluster link takes: `redis+unix:///path/to.sock`, with `?pass=...` when
+    /// the server has a password.
     pub fn url(&self) -> String {
-        format!("redis+unix://{}", self.socket().display())
+        let url = format!("redis+unix://{}", self.socket().display());
+        match &self.password {
+            Some(password) => format!("{url}?pass={password}"),
+            None => url,
+        }
     }
 
     /// Kills the server at once (SIGKILL, like a crash): with persistence off, everything
@@ -74,6 +95,11 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|password| ["--requirepass", password.as_str()]),
+            )
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
@@ -90,7 +116,7 @@ impl RedisServer {
             });
         self.child = Some(child);
         let deadline = Instant::now() + super::WAIT;
-        while !ping(&socket) {
+        while !ping(&socket, self.password.as_deref()) {
             if let Some(status) = self
                 .child
                 .as_mut()
@@ -116,6 +142,11 @@ impl RedisServer {
         let output = Command::new("redis-cli")
             .arg("-s")
             .arg(self.socket())
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|password| ["--no-auth-warning", "-a", password.as_str()]),
+            )
             .args(args)
             .output()
             .expect("run redis-cli");
@@ -138,12 +169,22 @@ impl Drop for RedisServer {
     }
 }
 
-/// Whether a server answers `PING` on `socket`.
-fn ping(socket: &Path) -> bool {
+/// Whether a server answers `PING` on `socket` (after `AUTH password`, when given).
+fn ping(socket: &Path, password: Option<&str>) -> bool {
     let Ok(mut stream) = UnixStream::connect(socket) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if let Some(password) = password {
+        let mut ok = [0u8; 5];
+        let auth = format!("AUTH {password}\r\n");
+        if stream.write_all(auth.as_bytes()).is_err()
+            || stream.read_exact(&mut ok).is_err()
+            || &ok != b"+OK\r\n"
+        {
+            return false;
+        }
+    }
     let mut reply = [0u8; 7];
     stream.write_all(b"PING\r\n").is_ok()
         && stream.read_exact(&mut reply).is_ok()

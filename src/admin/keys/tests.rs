@@ -44,6 +44,7 @@ impl Admin {
             store: store::open_shared(&config).unwrap(),
             usage: Arc::new(crate::admin::UsageReader::new(&config).unwrap()),
             credentials: credentials.clone(),
+            cluster: None,
             this_node: Arc::new(|| crate::store::NodeRecord {
                 node: "edge-test".into(),
                 version: "0.0.0".into(),

@@ -1,0 +1,330 @@
+//! A fleet in fleet mode: a private PostgreSQL (keys shared), a private Redis with a password
+//! (`[cluster] redis`), and gateway processes `edge-a`, `edge-b`, ... on both, all secrets
+//! given by environment and the passwords added to every gateway's output sweep. Plus what
+//! fleet-limit tests need: an upstream that counts the requests in flight at it, clients
+//! spreading requests over the nodes, and `/metrics` values.
+
+use std::collections::hash_map::RandomState;
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::client::{request, roundtrip, Client, Response};
+use super::gateway::{config_with, upstream_toml, Driver, Gateway};
+use super::keys::{create_key, IssuedKey};
+use super::postgres::PgServer;
+use super::redis::RedisServer;
+use super::upstream::{RecordedRequest, Reply, Upstream};
+use super::{wait_until, WAIT};
+
+/// The sync interval the test fleets run with (the default).
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The longest hold a request may ask of the counting upstream (a bound on what a header
+/// can make a test thread do).
+const MAX_HOLD: Duration = Duration::from_secs(10);
+
+/// `n` random bytes as hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut out = String::new();
+    while out.len() < bytes * 2 {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_usize(out.len());
+        out.push_str(&format!("{:016x}", hasher.finish()));
+    }
+    out.truncate(bytes * 2);
+    out
+}
+
+/// The fleet: PostgreSQL, Redis and the gateways.
+pub struct ClusterFleet {
+    /// The shared store.
+    pub pg: PgServer,
+    /// The fleet's Redis (stop and start it to test an outage).
+    pub redis: RedisServer,
+    /// The Redis password (never to appear in a gateway's output).
+    pub redis_password: String,
+    /// `edge-a`, `edge-b`, ...
+    pub nodes: Vec<Gateway>,
+}
+
+impl ClusterFleet {
+    /// Starts `nodes` gateways (one worker each) proxying every path (`auth = "api_key"`) to
+    /// `upstream_target`.
+    pub fn start(nodes: usize, upstream_target: &str, driver: Driver) -> ClusterFleet {
+        let mut pg = PgServer::start();
+        pg.create_database("cf");
+        let pg_password = format!("pw-{}", random_hex(12));
+        pg.require_password(&pg_password);
+        let store_url = pg.postgres_url("cf", Some(&pg_password));
+        let pepper = random_hex(32);
+        let redis_password = format!("rpw{}", random_hex(12));
+        let redis = RedisServer::start_with_password(&redis_password);
+        let rest = format!(
+            "{}\n[[route]]\nname = \"api\"\npath_prefix = \"/\"\nupstream = \"backend\"\n\
+             auth = \"api_key\"\n",
+            upstream_toml("backend", upstream_target, "")
+        );
+        let gateways = (0..nodes)
+            .map(|i| {
+                let node = format!("edge-{}", (b'a' + i as u8) as char);
+                let config = config_with(
+                    1,
+                    "",
+                    &format!(
+                        "[store]\nbackend = \"postgres\"\nurl = \"env:CF_STORE_URL\"\n\
+                         pepper = \"env:CF_PEPPER\"\nnode = \"{node}\"\n\n\
+                         [cluster]\nredis = \"env:CF_REDIS_URL\"\nsync_interval_ms = {}\n{rest}",
+                        SYNC_INTERVAL.as_millis()
+                    ),
+                );
+                Gateway::builder(&config, driver)
+                    .env("CF_STORE_URL", &store_url)
+                    .env("CF_PEPPER", &pepper)
+                    .env("CF_REDIS_URL", &redis.url())
+                    .forbid_in_output("the store password", &pg_password)
+                    .forbid_in_output("the Redis password", &redis_password)
+                    .start()
+            })
+            .collect();
+        ClusterFleet {
+            pg,
+            redis,
+            redis_password,
+            nodes: gateways,
+        }
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &Gateway {
+        &self.nodes[i]
+    }
+
+    /// Creates a key with `body` (its limits) through node 0's admin API and waits until
+    /// every node authenticates it. The probe is each node's first use of the key, and its
+    /// first answer other than 401 must be 200: a key's first request on a node is not
+    /// refused because the node never synced it (the first-use credit; the next tick takes
+    /// a lease for it).
+    pub fn create_key(&self, body: &Value) -> IssuedKey {
+        let key = create_key(self.node(0), body);
+        for (i, node) in self.nodes.iter().enumerate() {
+            let mut status = 401;
+            wait_until(WAIT, || {
+                status = send(node, &key.secret, Duration::ZERO, "probe").status;
+                status != 401
+            });
+            assert_eq!(status, 200, "the key's first request on node {i}");
+        }
+        key
+    }
+
+    /// `name`'s value in node `i`'s `/metrics`, if present.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        metric(self.node(i), name)
+    }
+}
+
+/// The value of an unlabelled sample in `gw`'s Prometheus scrape.
+pub fn metric(gw: &Gateway, name: &str) -> Option<f64> {
+    let scrape = gw.admin_get("/metrics").text();
+    scrape.lines().find_map(|line| {
+        line.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    })
+}
+
+/// An upstream that holds each request for the milliseconds its `x-hold-ms` header asks
+/// (bounded) and counts the requests in flight at it, in all and by their `x-via` tag.
+pub struct CountingUpstream {
+    upstream: Upstream,
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    in_flight: AtomicI64,
+    peak: AtomicI64,
+    by_tag: Mutex<BTreeMap<String, i64>>,
+}
+
+impl Counts {
+    fn tag(&self, tag: &str, delta: i64) {
+        *self
+            .by_tag
+            .lock()
+            .unwrap()
+            .entry(tag.to_string())
+            .or_default() += delta;
+    }
+}
+
+impl CountingUpstream {
+    /// Starts it on 127.0.0.1.
+    pub fn start() -> CountingUpstream {
+        let counts = Arc::new(Counts::default());
+        let counting = Arc::clone(&counts);
+        let upstream = Upstream::start("backend", move |request: &RecordedRequest| {
+            let hold = request
+                .header("x-hold-ms")
+                .and_then(|ms| ms.parse().ok())
+                .map_or(Duration::ZERO, Duration::from_millis)
+                .min(MAX_HOLD);
+            let tag = request.header("x-via").unwrap_or("").to_string();
+            let now = counting.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            counting.peak.fetch_max(now, Ordering::SeqCst);
+            counting.tag(&tag, 1);
+            std::thread::sleep(hold);
+            // Counted out before the answer is written: the gateway still holds the
+            // request's slot then, so the count here never exceeds the gateway's.
+            counting.tag(&tag, -1);
+            counting.in_flight.fetch_sub(1, Ordering::SeqCst);
+            Reply::text("ok")
+        });
+        CountingUpstream { upstream, counts }
+    }
+
+    /// `host:port` for the config.
+    pub fn target(&self) -> String {
+        self.upstream.target()
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> i64 {
+        self.counts.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Requests tagged `tag` in flight now.
+    pub fn in_flight_of(&self, tag: &str) -> i64 {
+        self.counts
+            .by_tag
+            .lock()
+            .unwrap()
+            .get(tag)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The most requests in flight at once since the last reset.
+    pub fn peak(&self) -> i64 {
+        self.counts.peak.load(Ordering::SeqCst)
+    }
+
+    /// Starts a new peak from what is in flight now.
+    pub fn reset_peak(&self) {
+        self.counts.peak.store(self.in_flight(), Ordering::SeqCst);
+    }
+}
+
+/// One request through `gw` presenting `secret`, asking the upstream to hold it `hold` and
+/// tagging it `tag`.
+pub fn send(gw: &Gateway, secret: &str, hold: Duration, tag: &str) -> Response {
+    let bearer = format!("Bearer {secret}");
+    let hold_ms = hold.as_millis().to_string();
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("x-hold-ms", hold_ms.as_str()),
+        ("x-via", tag),
+        ("Connection", "close"),
+    ];
+    roundtrip(gw.addr(), &request("GET", "/work", &headers, b""))
+}
+
+/// How long a client waits after a 429 before trying again (a refused client would
+/// otherwise spin on two shared cores).
+pub const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Clients sending requests in a loop until stopped, counting the answers by status.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<BTreeMap<u16, usize>>>,
+}
+
+impl Load {
+    /// Starts `clients` threads, client `i` on node `nodes[i % nodes.len()]`, each sending
+    /// one request at a time (held `hold` by the upstream, tagged `tag`), pausing
+    /// [`RETRY_PAUSE`] after a 429.
+    pub fn start(
+        fleet: &ClusterFleet,
+        nodes: &[usize],
+        secret: &str,
+        clients: usize,
+        hold: Duration,
+        tag: &str,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|i| {
+                let addr = fleet.node(nodes[i % nodes.len()]).addr();
+                let (stop, secret, tag) = (Arc::clone(&stop), secret.to_string(), tag.to_string());
+                std::thread::spawn(move || {
+                    let mut statuses = BTreeMap::new();
+                    let bearer = format!("Bearer {secret}");
+                    let hold_ms = hold.as_millis().to_string();
+                    let headers = [
+                        ("Authorization", bearer.as_str()),
+                        ("x-hold-ms", hold_ms.as_str()),
+                        ("x-via", tag.as_str()),
+                        ("Connection", "close"),
+                    ];
+                    let raw = request("GET", "/work", &headers, b"");
+                    while !stop.load(Ordering::Relaxed) {
+                        let status = try_roundtrip(addr, &raw);
+                        *statuses.entry(status).or_insert(0) += 1;
+                        if status == NO_ANSWER {
+                            // The node is gone (killed by the test): nothing more to send.
+                            break;
+                        }
+                        if status == 429 {
+                            std::thread::sleep(RETRY_PAUSE);
+                        }
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops the clients (each finishes the request it is on) and sums their statuses.
+    pub fn finish(self) -> BTreeMap<u16, usize> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = BTreeMap::new();
+        for thread in self.threads {
+            for (status, n) in thread.join().expect("a client thread panicked") {
+                *total.entry(status).or_insert(0) += n;
+            }
+        }
+        total
+    }
+}
+
+/// The status a [`Load`] counts for a request whose connection failed or closed unanswered.
+pub const NO_ANSWER: u16 = 0;
+
+/// One request on a new connection; its status, or [`NO_ANSWER`].
+fn try_roundtrip(addr: std::net::SocketAddr, raw: &[u8]) -> u16 {
+    let Ok(mut client) = Client::try_connect(addr) else {
+        return NO_ANSWER;
+    };
+    if client.try_send(raw).is_err() {
+        return NO_ANSWER;
+    }
+    client
+        .try_read_final_response()
+        .map_or(NO_ANSWER, |response| response.status)
+}
+
+/// How many answers in `statuses` were 5xx.
+pub fn server_errors(statuses: &BTreeMap<u16, usize>) -> usize {
+    statuses
+        .iter()
+        .filter(|(status, _)| (500..600).contains(*status))
+        .map(|(_, n)| n)
+        .sum()
+}
