@@ -118,6 +118,19 @@ fn cases(files: &Path) -> Vec<Case> {
             rest: route_with("allow_ips = [\"10.0.0.0/33\"]"),
             key_path: "route[0].allow_ips[0]",
         },
+        Case {
+            name: "cluster Redis URL of another scheme",
+            rest: format!(
+                "{}[cluster]\nredis = \"http://cf:{PLANTED}@127.0.0.1:6379\"\n",
+                route_with("")
+            ),
+            key_path: "cluster.redis",
+        },
+        Case {
+            name: "cluster sync interval too short",
+            rest: format!("{}[cluster]\nsync_interval_ms = 5\n", route_with("")),
+            key_path: "cluster.sync_interval_ms",
+        },
     ]
 }
 
