@@ -8,12 +8,19 @@
 //! - `leases`: `max_concurrency` across the fleet as expiring leases, with a node-side
 //!   allowance the hot path reads without waiting, shared fairly among the nodes busy on a
 //!   key (at least `floor(limit / busy nodes)` each, all of it for a node busy alone).
+//! - `budgets`: spend budgets across the fleet as allowances granted from Redis, with one
+//!   request on credit per node and tick: spend <= budget + nodes x one request's reservation.
 
 pub mod backoff;
+pub mod budgets;
 pub mod leases;
 pub mod link;
 pub mod target;
 
+pub use budgets::{
+    BudgetShare, BudgetSync, DimensionSnapshot, FleetBudgetDecision, FleetBudgets,
+    FleetReservation, ShareSnapshot,
+};
 pub use leases::{lease_ttl, FleetLeases, LeasePermit, LeaseSync};
 pub use link::{Link, LinkSettings, LinkStatus};
 pub use target::RedisTarget;
