@@ -270,8 +270,10 @@ fn three_nodes_spend_a_token_budget_to_within_one_request_each() {
 
 #[test]
 fn usage_below_the_reservation_goes_back_and_the_fleet_ends_near_the_budget() {
-    // Each request reserves 500 tokens and uses 200: were the difference kept, the fleet
-    // would stop near 200 / 500 of the budget.
+    // Each request reserves 500 tokens and uses 200. What it did not use goes back to the
+    // node's allowance at settlement (the unit tests prove that step) and, in any case,
+    // leaves the hold the node reports: were it kept anywhere, the fleet would stop near
+    // 200 / 500 of the budget.
     let budget = 20_000;
     let (reserve, used) = (500, 200);
     let limit = BudgetLimit {
