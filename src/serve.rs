@@ -165,7 +165,7 @@ fn start(
     // request). A changed [cluster] takes effect only after a restart.
     let fleet = match Fleet::settings(&config.cluster, &store_settings.store.node)? {
         Some(settings) => {
-            let fleet = Fleet::start(settings, &started.admission)?;
+            let fleet = Fleet::start(settings, &started.admission, &budgets)?;
             metrics::global().set_cluster_status(Arc::clone(fleet.status()));
             Some(fleet)
         }

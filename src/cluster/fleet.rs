@@ -7,15 +7,16 @@
 
 use std::sync::Arc;
 
+use super::budgets::{BudgetSync, FleetBudgets};
 use super::leases::{FleetLeases, LeaseSync};
 use super::link::{Link, LinkSettings, LinkStatus, Participant};
 use super::rates::{FleetRates, RateSync};
 use super::target::RedisTarget;
 use crate::config::ClusterConfig;
-use crate::limits::Admission;
+use crate::limits::{Admission, BudgetTable};
 
-/// The most keys (or teams) whose fleet concurrency, or fleet rates of one kind, one node
-/// tracks at once, like the local limiter tables: far above any real key count, a bound on
+/// The most keys (or teams) whose fleet concurrency, fleet rates of one kind or fleet budgets
+/// one node tracks at once, like the local limiter tables: far above any real key count, a bound on
 /// memory and on one tick's calls.
 pub const MAX_FLEET_KEYS: usize = 1_000_000;
 
@@ -52,9 +53,14 @@ impl Fleet {
     /// Builds the participants, starts the link (it connects in the background: an
     /// unreachable Redis only makes the node degraded) and switches the request path's
     /// limits to the fleet's tables.
-    pub fn start(settings: LinkSettings, admission: &Admission) -> Result<Fleet, String> {
+    pub fn start(
+        settings: LinkSettings,
+        admission: &Admission,
+        budgets: &BudgetTable,
+    ) -> Result<Fleet, String> {
         let leases = FleetLeases::with_first_use_credit(MAX_FLEET_KEYS);
         let rates = FleetRates::new(MAX_FLEET_KEYS, settings.tick);
+        let fleet_budgets = FleetBudgets::new(MAX_FLEET_KEYS);
         // Every piece of fleet state, in one list: the link loads their scripts and sends
         // their calls in this order.
         let participants: Vec<Box<dyn Participant>> = vec![
@@ -64,6 +70,11 @@ impl Fleet {
                 settings.tick,
             )?),
             Box::new(RateSync::new(Arc::clone(&rates), &settings.node)?),
+            Box::new(BudgetSync::new(
+                Arc::clone(&fleet_budgets),
+                &settings.node,
+                settings.tick,
+            )?),
         ];
         log::info!(
             "cluster: fleet mode on as node {} with Redis at {}, syncing every {:?}",
@@ -76,6 +87,8 @@ impl Fleet {
         // obtaining its leases.
         admission.set_fleet_leases(leases)?;
         admission.set_fleet_rates(rates)?;
+        // The budgets the ledger seeded become the fleet's starting view.
+        budgets.set_fleet(fleet_budgets)?;
         Ok(Fleet { link })
     }
 
@@ -135,10 +148,12 @@ mod tests {
             tick: std::time::Duration::from_millis(50),
         };
         let admission = Admission::default();
+        let budgets = BudgetTable::new();
         assert!(admission.fleet_leases().is_none());
-        let fleet = Fleet::start(settings, &admission).unwrap();
+        let fleet = Fleet::start(settings, &admission, &budgets).unwrap();
         assert!(admission.fleet_leases().is_some());
         assert!(admission.fleet_rates().is_some());
+        assert!(budgets.fleet().is_some());
         assert!(fleet.status().degraded());
         let again = admission.set_fleet_leases(FleetLeases::new(1));
         assert!(again.is_err(), "the first table stays");

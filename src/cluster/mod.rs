@@ -12,14 +12,21 @@
 //!   CAS, a bounded borrow, and this node's share of the rate while Redis is unreachable.
 //! - `fleet`: fleet mode switched on: the participants built, the link started, the request
 //!   path pointed at them; stopped gracefully on the drain.
+//! - `budgets`: spend budgets across the fleet as allowances granted from Redis, with one
+//!   request on credit per node and tick: spend <= budget + nodes x one request's reservation.
 
 pub mod backoff;
+pub mod budgets;
 pub mod fleet;
 pub mod leases;
 pub mod link;
 pub mod rates;
 pub mod target;
 
+pub use budgets::{
+    BudgetShare, BudgetSync, DimensionSnapshot, FleetBudgetDecision, FleetBudgets,
+    FleetReservation, ShareSnapshot,
+};
 pub use fleet::Fleet;
 pub use leases::{lease_ttl, FleetLeases, LeasePermit, LeaseSync};
 pub use link::{Link, LinkSettings, LinkStatus};

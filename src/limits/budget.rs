@@ -19,6 +19,11 @@
 //! a budget to a longer period (day to month) keeps counting from the current spend, which
 //! then under-counts until the next start-up seeds it from the ledger.
 //!
+//! Fleet: with [`BudgetTable::set_fleet`] (`[cluster] redis`), an admitted request is also
+//! reserved on the scope's fleet share (`cluster::budgets`), which refuses with the same
+//! [`BudgetExceeded`] when the fleet's budget has no room for this node; the local exact check
+//! stays first (it is the single-node budget). Unset, nothing here touches the fleet.
+//!
 //! Memory: there is one entry per scope (`"key:<id>"`, `"team:<name>"`) that has a budget, so
 //! the table is bounded by the configuration and needs no sweep; [`BudgetTable::remove`]
 //! drops the entry of a deleted key.
@@ -26,13 +31,14 @@
 use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use papaya::{HashMap, ResizeMode};
 use rustc_hash::FxBuildHasher;
 
 use crate::clock::calendar;
+use crate::cluster::{FleetBudgetDecision, FleetBudgets, FleetReservation};
 
 const MS_PER_DAY: i64 = 86_400_000;
 
@@ -194,6 +200,9 @@ struct BudgetState {
     settled_tokens: AtomicU64,
     /// Settled nano-USD alone, for reporting.
     settled_nano: AtomicU64,
+    /// The period [`BudgetTable::seed`] gave (0 = not seeded), so a fleet set later can be
+    /// seeded with the ledger's spend too.
+    seeded_period: AtomicU8,
 }
 
 impl BudgetState {
@@ -351,6 +360,8 @@ pub struct Reservation {
     /// Which dimensions this budget counts (the limited ones).
     counts_tokens: bool,
     counts_nano: bool,
+    /// The same reservation on the fleet's share, in cluster mode; dropped with this one.
+    fleet: Option<FleetReservation>,
 }
 
 impl Reservation {
@@ -385,6 +396,8 @@ impl Drop for Reservation {
 /// is on every metered request.
 pub struct BudgetTable {
     map: HashMap<String, Arc<BudgetState>, FxBuildHasher>,
+    /// The fleet's budgets, once cluster mode is on; unset = this node's budgets only.
+    fleet: OnceLock<Arc<FleetBudgets>>,
 }
 
 impl Default for BudgetTable {
@@ -404,7 +417,36 @@ impl BudgetTable {
                 .hasher(FxBuildHasher)
                 .resize_mode(ResizeMode::Blocking)
                 .build(),
+            fleet: OnceLock::new(),
         }
+    }
+
+    /// Turns fleet budgets on: from now on admission also reserves on `fleet`. Scopes already
+    /// seeded from the ledger seed the fleet's view too (with their spend so far). Called
+    /// once, at start-up, before the workers serve; a second call is refused (the first
+    /// fleet stays).
+    pub fn set_fleet(&self, fleet: Arc<FleetBudgets>) -> Result<(), String> {
+        self.fleet
+            .set(fleet)
+            .map_err(|_| "fleet budgets are already set".to_string())?;
+        let fleet = self.fleet.get().expect("set above");
+        for (scope, state) in self.map.pin().iter() {
+            let period = match state.seeded_period.load(Ordering::Acquire) {
+                1 => Period::Day,
+                2 => Period::Month,
+                3 => Period::Total,
+                _ => continue,
+            };
+            let (tokens, nano) = state.spent();
+            let start = state.period_start_ms.load(Ordering::Acquire);
+            fleet.seed(scope, period, start, tokens, nano);
+        }
+        Ok(())
+    }
+
+    /// The fleet's budgets, when fleet mode is on.
+    pub fn fleet(&self) -> Option<&Arc<FleetBudgets>> {
+        self.fleet.get()
     }
 
     /// Admission: refuses when settled spend + in-flight reservations + this reservation
@@ -430,6 +472,7 @@ impl BudgetTable {
                 amounts: Amounts::default(),
                 counts_tokens: false,
                 counts_nano: false,
+                fleet: None,
             });
         }
         let state = self.state_for(scope);
@@ -463,6 +506,19 @@ impl BudgetTable {
                 return Err(refused);
             }
         }
+        let fleet = match self.fleet.get() {
+            None => None,
+            Some(fleet) => {
+                match fleet.reserve(scope, limit, now_ms, amounts.tokens, amounts.nano) {
+                    FleetBudgetDecision::Admitted(reservation) => Some(reservation),
+                    FleetBudgetDecision::Refused(refused) => {
+                        sub_saturating(&state.committed_tokens, amounts.tokens);
+                        sub_saturating(&state.committed_nano, amounts.nano);
+                        return Err(refused);
+                    }
+                }
+            }
+        };
         Ok(Reservation {
             state: Some(state),
             period: limit.period,
@@ -470,6 +526,7 @@ impl BudgetTable {
             amounts,
             counts_tokens: limit.tokens.is_some(),
             counts_nano: limit.nano_usd.is_some(),
+            fleet,
         })
     }
 
@@ -484,6 +541,9 @@ impl BudgetTable {
         actual_tokens: u64,
         actual_nano_usd: u64,
     ) {
+        if let Some(fleet) = r.fleet.take() {
+            fleet.settle(actual_tokens, actual_nano_usd);
+        }
         let Some(state) = r.state.take() else {
             return;
         };
@@ -501,7 +561,18 @@ impl BudgetTable {
     /// Start-up: sets the settled spend of `scope` for the period containing `now_ms` to
     /// what the ledger recorded since that period's start.
     pub fn seed(&self, scope: &str, period: Period, now_ms: i64, tokens: u64, nano_usd: u64) {
+        if let Some(fleet) = self.fleet.get() {
+            fleet.seed(scope, period, now_ms, tokens, nano_usd);
+        }
         let state = self.state_for(scope);
+        state.seeded_period.store(
+            match period {
+                Period::Day => 1,
+                Period::Month => 2,
+                Period::Total => 3,
+            },
+            Ordering::Release,
+        );
         state.roll_to(period_start_ms(period, now_ms));
         // Nothing is normally in flight at start-up; keep whatever is, to stay exact.
         let (in_flight_tokens, in_flight_nano) = state.reserved();
@@ -543,6 +614,9 @@ impl BudgetTable {
     /// against the detached state harmlessly.
     pub fn remove(&self, scope: &str) {
         self.map.pin().remove(scope);
+        if let Some(fleet) = self.fleet.get() {
+            fleet.remove(scope);
+        }
     }
 
     /// Scopes held.
@@ -925,6 +999,45 @@ mod tests {
         assert!(table
             .try_reserve("key:a", &limit, MID_MARCH_2026, 100, 0)
             .is_ok());
+    }
+
+    #[test]
+    fn with_a_fleet_a_fleet_refusal_refuses_and_rolls_the_local_reservation_back() {
+        let table = BudgetTable::new();
+        table.seed("key:a", Period::Total, 0, 100, 0);
+        let fleet = FleetBudgets::new(10);
+        assert!(table.set_fleet(Arc::clone(&fleet)).is_ok());
+        assert!(table.set_fleet(FleetBudgets::new(10)).is_err());
+        assert_eq!(
+            fleet.snapshot("key:a").unwrap().tokens.fleet_spent,
+            100,
+            "the fleet's first view is the ledger's spend"
+        );
+        let limit = tokens_limit(1_000, Period::Total);
+        // Never synced: the first request is admitted on credit; the second is refused by
+        // the fleet although the local budget has room.
+        let first = table.try_reserve("key:a", &limit, 0, 200, 0).unwrap();
+        let refused = table.try_reserve("key:a", &limit, 0, 200, 0).unwrap_err();
+        assert_eq!(refused.dimension, BudgetDimension::Tokens);
+        assert_eq!(
+            table.reserved("key:a"),
+            (200, 0),
+            "the refusal holds nothing"
+        );
+        assert_eq!(fleet.snapshot("key:a").unwrap().tokens.in_flight, 200);
+        table.settle(first, 0, 150, 0);
+        let share = fleet.snapshot("key:a").unwrap().tokens;
+        assert_eq!(
+            (share.in_flight, share.settled, share.allowance),
+            (0, 150, -150)
+        );
+        assert_eq!(table.spent("key:a", Period::Total, 0), (250, 0));
+        // A dropped reservation is released on both.
+        drop(table.try_reserve("key:b", &limit, 0, 10, 0).unwrap());
+        assert_eq!(fleet.snapshot("key:b").unwrap().tokens.in_flight, 0);
+        assert_eq!(table.reserved("key:b"), (0, 0));
+        table.remove("key:b");
+        assert!(fleet.snapshot("key:b").is_none());
     }
 
     #[test]
