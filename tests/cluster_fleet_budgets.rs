@@ -5,7 +5,9 @@
 //! The bound under test (`src/cluster/budgets.rs`): the fleet's spend stays within the budget
 //! plus one request's reservation per node, and it is not refused far below the budget
 //! either. The prices make each request's reservation and its reported cost the same known
-//! amount, so the overshoot is counted in whole requests.
+//! amount, so the overshoot is counted in whole requests. A node stopped and started again
+//! (a new process, a fresh `data_dir`) knows the key's spend from the ledger and Redis: it
+//! does not hand out a fresh budget, not even its first request's credit.
 //!
 //! Every gateway's output is swept for the store and Redis passwords when it is dropped.
 
@@ -397,9 +399,8 @@ on_default_driver! {
         let total = report(&format!("whole answers, {CLIENTS} clients, {took:?}"), &by_node);
 
         assert_within_bound(&total);
-        for (i, tally) in by_node.iter().enumerate() {
-            assert!(tally.admitted > 0, "node {i} admitted nothing: {by_node:?}");
-        }
+        // The split over the nodes is printed, not asserted: the bound is on the fleet's
+        // total, and which node's grant the budget went to is the clients' race.
         assert_ledger_holds(fleet.node(2), &key, &total);
     }
 }
