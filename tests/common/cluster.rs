@@ -100,6 +100,45 @@ impl ClusterFleet {
         }
     }
 
+    /// Like [`ClusterFleet::start`], but each gateway's config has `tables` (providers,
+    /// models, routes: whatever the test serves) after `[cluster]`, and every gateway is given
+    /// `env`. Also returns the [`NodeLaunch`] that starts a node again as the same member
+    /// (a restart test stops one and starts it with it).
+    pub fn start_with(
+        nodes: usize,
+        tables: &str,
+        env: &[(&str, &str)],
+        driver: Driver,
+    ) -> (ClusterFleet, NodeLaunch) {
+        let mut pg = PgServer::start();
+        pg.create_database("cf");
+        let pg_password = format!("pw-{}", random_hex(12));
+        pg.require_password(&pg_password);
+        let redis_password = format!("rpw{}", random_hex(12));
+        let redis = RedisServer::start_with_password(&redis_password);
+        let launch = NodeLaunch {
+            store_url: pg.postgres_url("cf", Some(&pg_password)),
+            pepper: random_hex(32),
+            pg_password,
+            redis_url: redis.url(),
+            redis_password: redis_password.clone(),
+            tables: tables.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            driver,
+        };
+        let gateways = (0..nodes).map(|i| launch.start(i)).collect();
+        let fleet = ClusterFleet {
+            pg,
+            redis,
+            redis_password,
+            nodes: gateways,
+        };
+        (fleet, launch)
+    }
+
     /// Node `i`.
     pub fn node(&self, i: usize) -> &Gateway {
         &self.nodes[i]
@@ -126,6 +165,50 @@ impl ClusterFleet {
     /// `name`'s value in node `i`'s `/metrics`, if present.
     pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
         metric(self.node(i), name)
+    }
+}
+
+/// How the gateways of a [`ClusterFleet::start_with`] fleet are started: the store, Redis,
+/// their secrets (given by environment and swept from the output), and the tables after
+/// `[cluster]`.
+pub struct NodeLaunch {
+    store_url: String,
+    pepper: String,
+    pg_password: String,
+    redis_url: String,
+    redis_password: String,
+    tables: String,
+    env: Vec<(String, String)>,
+    driver: Driver,
+}
+
+impl NodeLaunch {
+    /// Starts node `i` (`edge-a`, `edge-b`, ...; one worker) with a fresh `data_dir`: a node
+    /// started again is the same member of the fleet with nothing but what the store and
+    /// Redis remember.
+    pub fn start(&self, i: usize) -> Gateway {
+        let node = format!("edge-{}", (b'a' + i as u8) as char);
+        let config = config_with(
+            1,
+            "",
+            &format!(
+                "[store]\nbackend = \"postgres\"\nurl = \"env:CF_STORE_URL\"\n\
+                 pepper = \"env:CF_PEPPER\"\nnode = \"{node}\"\n\n\
+                 [cluster]\nredis = \"env:CF_REDIS_URL\"\nsync_interval_ms = {}\n{}",
+                SYNC_INTERVAL.as_millis(),
+                self.tables
+            ),
+        );
+        let mut builder = Gateway::builder(&config, self.driver)
+            .env("CF_STORE_URL", &self.store_url)
+            .env("CF_PEPPER", &self.pepper)
+            .env("CF_REDIS_URL", &self.redis_url)
+            .forbid_in_output("the store password", &self.pg_password)
+            .forbid_in_output("the Redis password", &self.redis_password);
+        for (key, value) in &self.env {
+            builder = builder.env(key, value);
+        }
+        builder.start()
     }
 }
 
