@@ -74,29 +74,97 @@ fn wait_for_fleet_mode(fleet: &ClusterFleet) {
     );
 }
 
+/// The fleet's Redis traffic over a span: each node's round trips and the script calls
+/// Redis ran.
+struct RedisTraffic {
+    /// Round trips by node.
+    trips: Vec<f64>,
+    /// `EVALSHA`/`EVAL` calls, all nodes together.
+    calls: u64,
+    /// The span, including the reads of the counts.
+    seconds: f64,
+}
+
+/// Runs `work` and counts the Redis traffic around it.
+fn redis_traffic_during<T>(fleet: &ClusterFleet, work: impl FnOnce() -> T) -> (T, RedisTraffic) {
+    let from = Instant::now();
+    let trips_before = round_trips(fleet);
+    let calls_before = redis_script_calls(&fleet.redis);
+    let result = work();
+    let trips = round_trips(fleet)
+        .iter()
+        .zip(&trips_before)
+        .map(|(after, before)| after - before)
+        .collect();
+    let calls = redis_script_calls(&fleet.redis) - calls_before;
+    let traffic = RedisTraffic {
+        trips,
+        calls,
+        seconds: from.elapsed().as_secs_f64(),
+    };
+    (result, traffic)
+}
+
+impl RedisTraffic {
+    fn calls_per_round_trip(&self) -> f64 {
+        self.calls as f64 / self.trips.iter().sum::<f64>().max(1.0)
+    }
+
+    /// The figures, with the `requests` sent meanwhile for scale.
+    fn figures(&self, requests: usize) -> String {
+        let per_second: Vec<String> = self
+            .trips
+            .iter()
+            .map(|n| format!("{:.1}", n / self.seconds))
+            .collect();
+        format!(
+            "Redis: round trips per second per node [{}] (tick {SYNC_INTERVAL:?}), {} script \
+             calls in {} round trips = {:.2} per round trip, while {:.0} requests per second \
+             were sent",
+            per_second.join(", "),
+            self.calls,
+            self.trips.iter().sum::<f64>(),
+            self.calls_per_round_trip(),
+            requests as f64 / self.seconds
+        )
+    }
+
+    /// One round trip per tick whatever the request rate: the next tick is timed from the
+    /// end of the last, so a node makes at most one per sync interval, and one more for
+    /// where the span starts.
+    fn check_one_round_trip_per_tick(&self) {
+        let most = (self.seconds / SYNC_INTERVAL.as_secs_f64()).floor() + 1.0;
+        for (i, n) in self.trips.iter().enumerate() {
+            assert!(
+                *n <= most,
+                "node {i} made {n} round trips in {:.2} s (at most {most})",
+                self.seconds
+            );
+        }
+    }
+
+    /// Each round trip carries at most `calls` script calls on average (the heartbeat and
+    /// one per active rate), with a tolerance for the counts being read a moment apart.
+    fn check_calls_per_round_trip_at_most(&self, calls: f64) {
+        let per_trip = self.calls_per_round_trip();
+        assert!(
+            per_trip <= calls * 1.15,
+            "{per_trip:.2} script calls per round trip (expected at most {calls})"
+        );
+    }
+}
+
 /// Sends `raw` from [`CLIENTS`] threads over every node for [`LOAD`] and checks the fleet's
 /// admitted units against `rate`'s bound, the refusals, and the Redis round trips.
 fn load_and_check(fleet: &ClusterFleet, rate: &Rate, raw: Vec<u8>, measure: Measure) -> Tally {
     let _alone = ONE_LOAD_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    // The round trips are counted over a span that includes reading them.
-    let counted_from = Instant::now();
-    let trips_before = round_trips(fleet);
-    let calls_before = redis_script_calls(&fleet.redis);
-    let started = Instant::now();
-    let load = RateLoad::start(fleet, raw, CLIENTS, measure);
-    std::thread::sleep(LOAD);
-    let by_node = load.finish();
-    let elapsed = started.elapsed().as_secs_f64();
-    let trips: Vec<f64> = round_trips(fleet)
-        .iter()
-        .zip(&trips_before)
-        .map(|(after, before)| after - before)
-        .collect();
-    let calls = redis_script_calls(&fleet.redis) - calls_before;
-    let counted_for = counted_from.elapsed().as_secs_f64();
-
+    let (by_node, redis) = redis_traffic_during(fleet, || {
+        let load = RateLoad::start(fleet, raw, CLIENTS, measure);
+        std::thread::sleep(LOAD);
+        load.finish()
+    });
     let total = Tally::sum(&by_node);
     let window = total.window().as_secs_f64();
     let in_flight = total.slowest.as_secs_f64();
@@ -120,12 +188,6 @@ fn load_and_check(fleet: &ClusterFleet, rate: &Rate, raw: Vec<u8>, measure: Meas
             )
         })
         .collect();
-    let trips_per_second: Vec<String> = trips
-        .iter()
-        .map(|n| format!("{:.1}", n / counted_for))
-        .collect();
-    let trips_total: f64 = trips.iter().sum();
-    let calls_per_trip = calls as f64 / trips_total.max(1.0);
     let arithmetic = format!(
         "{label} over {NODES} nodes, {CLIENTS} clients, W = {window:.2} s, slowest answer \
          {in_flight:.3} s: admitted {admitted} units; burst + rate x W = {burst} + {per_second} x \
@@ -142,15 +204,10 @@ fn load_and_check(fleet: &ClusterFleet, rate: &Rate, raw: Vec<u8>, measure: Meas
     println!("{arithmetic}");
     println!("  per node: {}", split.join("; "));
     println!(
-        "  statuses {:?}; Redis: round trips per second per node [{}] (tick {:?}), {calls} \
-         script calls in {trips_total} round trips = {calls_per_trip:.2} per round trip \
-         (the heartbeat + one per active rate), {:.0} requests per second sent",
+        "  statuses {:?}; {}",
         total.statuses,
-        trips_per_second.join(", "),
-        SYNC_INTERVAL,
-        total.sent() as f64 / elapsed,
+        redis.figures(total.sent())
     );
-
     assert_eq!(
         server_errors(&total.statuses),
         0,
@@ -189,22 +246,10 @@ fn load_and_check(fleet: &ClusterFleet, rate: &Rate, raw: Vec<u8>, measure: Meas
             "node {i} admitted nothing: {arithmetic}"
         );
     }
-    // One round trip per tick whatever the request rate: the next tick is timed from the
-    // end of the last, so at most one per sync interval and one more for where the span
-    // starts.
-    let most_trips = (counted_for / SYNC_INTERVAL.as_secs_f64()).floor() + 1.0;
-    for (i, n) in trips.iter().enumerate() {
-        assert!(
-            *n <= most_trips,
-            "node {i} made {n} round trips in {counted_for:.2} s (at most {most_trips})"
-        );
-    }
+    redis.check_one_round_trip_per_tick();
     // Each round trip carries the heartbeat and this key's rate: the calls scale with the
-    // active rates, not with the requests (a tolerance for the reads a moment apart).
-    assert!(
-        calls_per_trip <= 2.0 * 1.15,
-        "{calls_per_trip:.2} script calls per round trip for one active rate"
-    );
+    // active rates, not with the requests.
+    redis.check_calls_per_round_trip_at_most(2.0);
     total
 }
 
@@ -386,6 +431,45 @@ on_default_driver! {
             fake.request_count() - probes,
             total.admitted(),
             "exactly the admitted requests reached the provider"
+        );
+    }
+}
+
+on_default_driver! {
+    fn redis_round_trips_follow_the_ticks_and_script_calls_the_active_keys(driver) {
+        // Many keys, each far below its rate: the subject is the Redis traffic, which must
+        // grow with the keys in use per interval, never with the requests.
+        const KEYS: usize = 30;
+        let upstream = CountingUpstream::start();
+        let fleet = ClusterFleet::start(NODES, &upstream.target(), driver);
+        wait_for_fleet_mode(&fleet);
+        let secrets: Vec<String> = (0..KEYS)
+            .map(|i| fleet.create_key(&json!({ "name": format!("busy-{i}"), "rps": 1000 })).secret)
+            .collect();
+        let raws = secrets.iter().map(|secret| plain_request(secret)).collect();
+
+        let _alone = ONE_LOAD_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (by_node, redis) = redis_traffic_during(&fleet, || {
+            let load = RateLoad::start_cycling(&fleet, raws, CLIENTS, one_request);
+            std::thread::sleep(Duration::from_secs(2));
+            load.finish()
+        });
+        let total = Tally::sum(&by_node);
+        println!(
+            "{KEYS} keys over {NODES} nodes: statuses {:?}; {}",
+            total.statuses,
+            redis.figures(total.sent())
+        );
+        assert_eq!(total.admitted(), total.sent(), "no key reached its rate: {:?}", total.statuses);
+        redis.check_one_round_trip_per_tick();
+        // The heartbeat and at most one call per key in use on the node.
+        redis.check_calls_per_round_trip_at_most(1.0 + KEYS as f64);
+        assert!(
+            redis.calls_per_round_trip() > 2.0,
+            "the keys in use show in the calls ({:.2} per round trip)",
+            redis.calls_per_round_trip()
         );
     }
 }

@@ -427,9 +427,9 @@ impl Tally {
 /// How a [`RateLoad`] reads the units an admitted answer used: `None` when it finds none.
 pub type Measure = fn(&Response) -> Option<u64>;
 
-/// Clients sending one request (the same bytes every time) in a loop over every node until
-/// stopped, tallying per node what they sent and what came back: demand far above a rate,
-/// for the fleet's admitted total to be compared with the rate's bound.
+/// Clients sending requests in a loop over every node until stopped, tallying per node what
+/// they sent and what came back: demand far above a rate, for the fleet's admitted total to
+/// be compared with the rate's bound.
 pub struct RateLoad {
     stop: Arc<AtomicBool>,
     threads: Vec<(usize, JoinHandle<Tally>)>,
@@ -441,21 +441,36 @@ impl RateLoad {
     /// connection, reading the whole answer, and pausing [`RETRY_PAUSE`] after a 429.
     /// `measure` reads the units of each 2xx answer.
     pub fn start(fleet: &ClusterFleet, raw: Vec<u8>, clients: usize, measure: Measure) -> RateLoad {
+        RateLoad::start_cycling(fleet, vec![raw], clients, measure)
+    }
+
+    /// [`RateLoad::start`] sending the requests `raws` in turn (client `i` starting at the
+    /// `i`th), for a load spread over many keys.
+    pub fn start_cycling(
+        fleet: &ClusterFleet,
+        raws: Vec<Vec<u8>>,
+        clients: usize,
+        measure: Measure,
+    ) -> RateLoad {
+        assert!(!raws.is_empty(), "a load needs a request to send");
         let stop = Arc::new(AtomicBool::new(false));
-        let raw = Arc::new(raw);
+        let raws = Arc::new(raws);
         let nodes = fleet.nodes.len();
         let threads = (0..clients)
             .map(|i| {
                 let node = i % nodes;
                 let addr = fleet.node(node).addr();
-                let (stop, raw) = (Arc::clone(&stop), Arc::clone(&raw));
+                let (stop, raws) = (Arc::clone(&stop), Arc::clone(&raws));
                 let thread = std::thread::spawn(move || {
                     let mut tally = Tally::default();
+                    let mut next = i;
                     while !stop.load(Ordering::Relaxed) {
+                        let raw = &raws[next % raws.len()];
+                        next = next.wrapping_add(1);
                         let sent = Instant::now();
                         tally.first_sent.get_or_insert(sent);
                         tally.last_sent = Some(sent);
-                        let answer = try_exchange(addr, &raw);
+                        let answer = try_exchange(addr, raw);
                         tally.slowest = tally.slowest.max(sent.elapsed());
                         let status = answer.as_ref().map_or(NO_ANSWER, |a| a.status);
                         *tally.statuses.entry(status).or_insert(0) += 1;
