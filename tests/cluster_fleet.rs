@@ -214,6 +214,9 @@ on_default_driver! {
         gw.write_config(&with_interval(5000));
         assert_eq!(gw.reload_admin().status, 200, "the rest of the config reloads");
         let warning = "reload: changed [cluster] takes effect only after a restart";
+        // The gateway's stderr is collected by a reader thread: the line may land a moment
+        // after the reload's answer.
+        assert!(wait_until(WAIT, || gw.stderr().contains(warning)), "{}", gw.stderr());
         assert_eq!(gw.stderr().matches(warning).count(), 1, "{}", gw.stderr());
         // Still ticking every 100 ms, not every 5 s.
         let before = trips();

@@ -10,7 +10,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -57,6 +57,23 @@ impl ClusterFleet {
     /// Starts `nodes` gateways (one worker each) proxying every path (`auth = "api_key"`) to
     /// `upstream_target`.
     pub fn start(nodes: usize, upstream_target: &str, driver: Driver) -> ClusterFleet {
+        let rest = format!(
+            "{}\n[[route]]\nname = \"api\"\npath_prefix = \"/\"\nupstream = \"backend\"\n\
+             auth = \"api_key\"\n",
+            upstream_toml("backend", upstream_target, "")
+        );
+        ClusterFleet::start_with(nodes, &rest, &[], driver)
+    }
+
+    /// Starts `nodes` gateways (one worker each) with `rest` (the tables after `[store]` and
+    /// `[cluster]`: upstreams, routes, providers, models) and the extra environment `env`
+    /// (the secrets `rest` names; each value is also forbidden in the gateways' output).
+    pub fn start_with(
+        nodes: usize,
+        rest: &str,
+        env: &[(&str, &str)],
+        driver: Driver,
+    ) -> ClusterFleet {
         let mut pg = PgServer::start();
         pg.create_database("cf");
         let pg_password = format!("pw-{}", random_hex(12));
@@ -65,11 +82,6 @@ impl ClusterFleet {
         let pepper = random_hex(32);
         let redis_password = format!("rpw{}", random_hex(12));
         let redis = RedisServer::start_with_password(&redis_password);
-        let rest = format!(
-            "{}\n[[route]]\nname = \"api\"\npath_prefix = \"/\"\nupstream = \"backend\"\n\
-             auth = \"api_key\"\n",
-            upstream_toml("backend", upstream_target, "")
-        );
         let gateways = (0..nodes)
             .map(|i| {
                 let node = format!("edge-{}", (b'a' + i as u8) as char);
@@ -83,13 +95,16 @@ impl ClusterFleet {
                         SYNC_INTERVAL.as_millis()
                     ),
                 );
-                Gateway::builder(&config, driver)
+                let mut builder = Gateway::builder(&config, driver)
                     .env("CF_STORE_URL", &store_url)
                     .env("CF_PEPPER", &pepper)
                     .env("CF_REDIS_URL", &redis.url())
                     .forbid_in_output("the store password", &pg_password)
-                    .forbid_in_output("the Redis password", &redis_password)
-                    .start()
+                    .forbid_in_output("the Redis password", &redis_password);
+                for (name, value) in env {
+                    builder = builder.env(name, value).forbid_in_output(name, value);
+                }
+                builder.start()
             })
             .collect();
         ClusterFleet {
@@ -150,11 +165,23 @@ impl ClusterFleet {
     /// refused because the node never synced it (the first-use credit; the next tick takes
     /// a lease for it).
     pub fn create_key(&self, body: &Value) -> IssuedKey {
+        self.create_key_probed(body, |node, secret| {
+            send(node, secret, Duration::ZERO, "probe").status
+        })
+    }
+
+    /// [`ClusterFleet::create_key`] with the probe `probe(node, secret)` (one request, its
+    /// status) instead of a `GET`: for a fleet whose keys are used on other paths.
+    pub fn create_key_probed(
+        &self,
+        body: &Value,
+        probe: impl Fn(&Gateway, &str) -> u16,
+    ) -> IssuedKey {
         let key = create_key(self.node(0), body);
         for (i, node) in self.nodes.iter().enumerate() {
             let mut status = 401;
             wait_until(WAIT, || {
-                status = send(node, &key.secret, Duration::ZERO, "probe").status;
+                status = probe(node, &key.secret);
                 status != 401
             });
             assert_eq!(status, 200, "the key's first request on node {i}");
@@ -392,15 +419,7 @@ pub const NO_ANSWER: u16 = 0;
 
 /// One request on a new connection; its status, or [`NO_ANSWER`].
 fn try_roundtrip(addr: std::net::SocketAddr, raw: &[u8]) -> u16 {
-    let Ok(mut client) = Client::try_connect(addr) else {
-        return NO_ANSWER;
-    };
-    if client.try_send(raw).is_err() {
-        return NO_ANSWER;
-    }
-    client
-        .try_read_final_response()
-        .map_or(NO_ANSWER, |response| response.status)
+    try_exchange(addr, raw).map_or(NO_ANSWER, |response| response.status)
 }
 
 /// How many answers in `statuses` were 5xx.
@@ -410,4 +429,203 @@ pub fn server_errors(statuses: &BTreeMap<u16, usize>) -> usize {
         .filter(|(status, _)| (500..600).contains(*status))
         .map(|(_, n)| n)
         .sum()
+}
+
+/// What the clients of a [`RateLoad`] saw on one node (or, summed, on the fleet).
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    /// Answers by status ([`NO_ANSWER`] for a connection that failed or closed unanswered).
+    pub statuses: BTreeMap<u16, usize>,
+    /// 429 answers without a `retry-after` header.
+    pub refusals_without_retry_after: usize,
+    /// The units the admitted (2xx) answers carried, by the load's measure.
+    pub admitted_units: u64,
+    /// 2xx answers the measure found no units in.
+    pub unmeasured: usize,
+    /// When the first request was sent.
+    pub first_sent: Option<Instant>,
+    /// When the last request was sent.
+    pub last_sent: Option<Instant>,
+    /// The longest time from sending a request to having its whole answer.
+    pub slowest: Duration,
+}
+
+impl Tally {
+    /// Requests sent.
+    pub fn sent(&self) -> usize {
+        self.statuses.values().sum()
+    }
+
+    /// Requests answered 2xx.
+    pub fn admitted(&self) -> usize {
+        self.statuses
+            .iter()
+            .filter(|(status, _)| (200..300).contains(*status))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Requests answered 429.
+    pub fn refused(&self) -> usize {
+        self.statuses.get(&429).copied().unwrap_or(0)
+    }
+
+    /// From the first request sent to the last.
+    pub fn window(&self) -> Duration {
+        match (self.first_sent, self.last_sent) {
+            (Some(first), Some(last)) => last - first,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Adds `other`'s counts to this one.
+    pub fn merge(&mut self, other: &Tally) {
+        for (status, n) in &other.statuses {
+            *self.statuses.entry(*status).or_insert(0) += n;
+        }
+        self.refusals_without_retry_after += other.refusals_without_retry_after;
+        self.admitted_units += other.admitted_units;
+        self.unmeasured += other.unmeasured;
+        self.first_sent = [self.first_sent, other.first_sent]
+            .into_iter()
+            .flatten()
+            .min();
+        self.last_sent = [self.last_sent, other.last_sent]
+            .into_iter()
+            .flatten()
+            .max();
+        self.slowest = self.slowest.max(other.slowest);
+    }
+
+    /// Every tally of `tallies` summed.
+    pub fn sum<'a>(tallies: impl IntoIterator<Item = &'a Tally>) -> Tally {
+        let mut total = Tally::default();
+        for tally in tallies {
+            total.merge(tally);
+        }
+        total
+    }
+}
+
+/// How a [`RateLoad`] reads the units an admitted answer used: `None` when it finds none.
+pub type Measure = fn(&Response) -> Option<u64>;
+
+/// Clients sending requests in a loop over every node until stopped, tallying per node what
+/// they sent and what came back: demand far above a rate, for the fleet's admitted total to
+/// be compared with the rate's bound.
+pub struct RateLoad {
+    stop: Arc<AtomicBool>,
+    threads: Vec<(usize, JoinHandle<Tally>)>,
+    nodes: usize,
+}
+
+impl RateLoad {
+    /// Starts `clients` threads, client `i` on node `i % nodes`, each sending `raw` on a new
+    /// connection, reading the whole answer, and pausing [`RETRY_PAUSE`] after a 429.
+    /// `measure` reads the units of each 2xx answer.
+    pub fn start(fleet: &ClusterFleet, raw: Vec<u8>, clients: usize, measure: Measure) -> RateLoad {
+        RateLoad::start_cycling(fleet, vec![raw], clients, measure)
+    }
+
+    /// [`RateLoad::start`] sending the requests `raws` in turn (client `i` starting at the
+    /// `i`th), for a load spread over many keys.
+    pub fn start_cycling(
+        fleet: &ClusterFleet,
+        raws: Vec<Vec<u8>>,
+        clients: usize,
+        measure: Measure,
+    ) -> RateLoad {
+        assert!(!raws.is_empty(), "a load needs a request to send");
+        let stop = Arc::new(AtomicBool::new(false));
+        let raws = Arc::new(raws);
+        let nodes = fleet.nodes.len();
+        let threads = (0..clients)
+            .map(|i| {
+                let node = i % nodes;
+                let addr = fleet.node(node).addr();
+                let (stop, raws) = (Arc::clone(&stop), Arc::clone(&raws));
+                let thread = std::thread::spawn(move || {
+                    let mut tally = Tally::default();
+                    let mut next = i;
+                    while !stop.load(Ordering::Relaxed) {
+                        let raw = &raws[next % raws.len()];
+                        next = next.wrapping_add(1);
+                        let sent = Instant::now();
+                        tally.first_sent.get_or_insert(sent);
+                        tally.last_sent = Some(sent);
+                        let answer = try_exchange(addr, raw);
+                        tally.slowest = tally.slowest.max(sent.elapsed());
+                        let status = answer.as_ref().map_or(NO_ANSWER, |a| a.status);
+                        *tally.statuses.entry(status).or_insert(0) += 1;
+                        match answer {
+                            None => break,
+                            Some(answer) if (200..300).contains(&answer.status) => {
+                                match measure(&answer) {
+                                    Some(units) => tally.admitted_units += units,
+                                    None => tally.unmeasured += 1,
+                                }
+                            }
+                            Some(answer) if answer.status == 429 => {
+                                if answer.header("retry-after").is_none() {
+                                    tally.refusals_without_retry_after += 1;
+                                }
+                                std::thread::sleep(RETRY_PAUSE);
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    tally
+                });
+                (node, thread)
+            })
+            .collect();
+        RateLoad {
+            stop,
+            threads,
+            nodes,
+        }
+    }
+
+    /// Stops the clients (each finishes the request it is on); the tallies by node.
+    pub fn finish(self) -> Vec<Tally> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut by_node = vec![Tally::default(); self.nodes];
+        for (node, thread) in self.threads {
+            by_node[node].merge(&thread.join().expect("a client thread panicked"));
+        }
+        by_node
+    }
+}
+
+/// One request on a new connection, its whole answer read; `None` when the connection failed
+/// or closed unanswered.
+fn try_exchange(addr: std::net::SocketAddr, raw: &[u8]) -> Option<Response> {
+    let mut client = Client::try_connect(addr).ok()?;
+    client.try_send(raw).ok()?;
+    client.try_read_final_response().ok()
+}
+
+/// The script calls (`EVALSHA` and `EVAL`) `redis` has run since it started, from
+/// `INFO commandstats`.
+pub fn redis_script_calls(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+        .filter_map(|line| {
+            let calls = line.split(':').nth(1)?.split(',').next()?;
+            calls.strip_prefix("calls=")?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// Each node's `credentialflow_cluster_round_trips_total` now.
+pub fn round_trips(fleet: &ClusterFleet) -> Vec<f64> {
+    (0..fleet.nodes.len())
+        .map(|i| {
+            fleet
+                .metric(i, "credentialflow_cluster_round_trips_total")
+                .expect("a node in fleet mode shows its round trips")
+        })
+        .collect()
 }
