@@ -89,7 +89,7 @@ fn ai_tables(fake: &FakeOpenAi) -> String {
 fn start_fleet(driver: Driver) -> (FakeOpenAi, ClusterFleet, NodeLaunch) {
     let fake = FakeOpenAi::start();
     fake.set_usage(PROMPT_TOKENS, MAX_TOKENS, 0);
-    let (fleet, launch) = ClusterFleet::start_with(
+    let (fleet, launch) = ClusterFleet::launch(
         NODES,
         &ai_tables(&fake),
         &[("FAKE_OPENAI_KEY", PROVIDER_KEY)],

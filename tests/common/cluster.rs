@@ -74,52 +74,12 @@ impl ClusterFleet {
         env: &[(&str, &str)],
         driver: Driver,
     ) -> ClusterFleet {
-        let mut pg = PgServer::start();
-        pg.create_database("cf");
-        let pg_password = format!("pw-{}", random_hex(12));
-        pg.require_password(&pg_password);
-        let store_url = pg.postgres_url("cf", Some(&pg_password));
-        let pepper = random_hex(32);
-        let redis_password = format!("rpw{}", random_hex(12));
-        let redis = RedisServer::start_with_password(&redis_password);
-        let gateways = (0..nodes)
-            .map(|i| {
-                let node = format!("edge-{}", (b'a' + i as u8) as char);
-                let config = config_with(
-                    1,
-                    "",
-                    &format!(
-                        "[store]\nbackend = \"postgres\"\nurl = \"env:CF_STORE_URL\"\n\
-                         pepper = \"env:CF_PEPPER\"\nnode = \"{node}\"\n\n\
-                         [cluster]\nredis = \"env:CF_REDIS_URL\"\nsync_interval_ms = {}\n{rest}",
-                        SYNC_INTERVAL.as_millis()
-                    ),
-                );
-                let mut builder = Gateway::builder(&config, driver)
-                    .env("CF_STORE_URL", &store_url)
-                    .env("CF_PEPPER", &pepper)
-                    .env("CF_REDIS_URL", &redis.url())
-                    .forbid_in_output("the store password", &pg_password)
-                    .forbid_in_output("the Redis password", &redis_password);
-                for (name, value) in env {
-                    builder = builder.env(name, value).forbid_in_output(name, value);
-                }
-                builder.start()
-            })
-            .collect();
-        ClusterFleet {
-            pg,
-            redis,
-            redis_password,
-            nodes: gateways,
-        }
+        ClusterFleet::launch(nodes, rest, env, driver).0
     }
 
-    /// Like [`ClusterFleet::start`], but each gateway's config has `tables` (providers,
-    /// models, routes: whatever the test serves) after `[cluster]`, and every gateway is given
-    /// `env`. Also returns the [`NodeLaunch`] that starts a node again as the same member
-    /// (a restart test stops one and starts it with it).
-    pub fn start_with(
+    /// [`ClusterFleet::start_with`], also returning the [`NodeLaunch`] that starts a node
+    /// again as the same member (a restart test stops one and starts it with it).
+    pub fn launch(
         nodes: usize,
         tables: &str,
         env: &[(&str, &str)],
@@ -195,7 +155,7 @@ impl ClusterFleet {
     }
 }
 
-/// How the gateways of a [`ClusterFleet::start_with`] fleet are started: the store, Redis,
+/// How the gateways of a [`ClusterFleet::launch`] fleet are started: the store, Redis,
 /// their secrets (given by environment and swept from the output), and the tables after
 /// `[cluster]`.
 pub struct NodeLaunch {
@@ -233,7 +193,7 @@ impl NodeLaunch {
             .forbid_in_output("the store password", &self.pg_password)
             .forbid_in_output("the Redis password", &self.redis_password);
         for (key, value) in &self.env {
-            builder = builder.env(key, value);
+            builder = builder.env(key, value).forbid_in_output(key, value);
         }
         builder.start()
     }
