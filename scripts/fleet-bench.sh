@@ -26,81 +26,10 @@ CONNS=${2:-32}
 DURATION=${3:-5s}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CF_BIN=${CF_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/credentialflow}
-if [[ -z ${PG_BIN:-} ]]; then
-    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-fi
-[[ -x $CF_BIN ]] || { echo "no release binary at $CF_BIN: run cargo build --release" >&2; exit 1; }
-[[ -x ${PG_BIN:-}/initdb ]] || { echo "PostgreSQL not found (install Debian's postgresql)" >&2; exit 1; }
-command -v taskset >/dev/null || { echo "taskset (util-linux) is needed" >&2; exit 1; }
-if (($(nproc) < 2)); then
-    echo "needs 2 cores: gateway on core 0, load on core 1" >&2
-    exit 1
-fi
+# shellcheck source=bench/fleet_env.sh
+source "$ROOT/scripts/bench/fleet_env.sh"
+start_postgres
 
-# Short: the socket path <dir>/.s.PGSQL.5432 must fit in 108 bytes.
-WORK=$(mktemp -d /tmp/cf-fleet-XXXXXX)
-# The server user must be able to reach its directory inside (but not list this one).
-chmod 711 "$WORK"
-PGDIR=$WORK/pg
-PIDS=()
-
-as_server_user() {
-    if ((EUID == 0)); then runuser -u nobody -- "$@"; else "$@"; fi
-}
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -f $PGDIR/data/postmaster.pid ]]; then
-        (cd "$PGDIR" && HOME=$PGDIR as_server_user "$PG_BIN/pg_ctl" -D "$PGDIR/data" -m fast -w stop >/dev/null 2>&1) || true
-    fi
-    if [[ ${CF_FLEET_BENCH_KEEP:-0} == 1 ]]; then
-        echo "work directory kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-    local port=$1 tries=0
-    until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-        tries=$((tries + 1))
-        if ((tries > 200)); then
-            echo "nothing listening on port $port after 20 s" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-}
-
-# --- PostgreSQL -------------------------------------------------------------------------------
-mkdir -p "$PGDIR"
-chmod 700 "$PGDIR"
-((EUID == 0)) && chown nobody: "$PGDIR"
-(cd "$PGDIR" && HOME=$PGDIR as_server_user "$PG_BIN/initdb" -D "$PGDIR/data" -U postgres \
-    --auth=trust --encoding=UTF8 --locale=C >"$WORK/initdb.log" 2>&1) \
-    || { cat "$WORK/initdb.log" >&2; exit 1; }
-# Durable as a real store would be (fsync stays on); PostgreSQL's packaged memory default.
-cat >>"$PGDIR/data/postgresql.conf" <<EOF
-listen_addresses = ''
-unix_socket_directories = '$PGDIR'
-shared_buffers = 128MB
-EOF
-(cd "$PGDIR" && HOME=$PGDIR as_server_user "$PG_BIN/pg_ctl" -D "$PGDIR/data" \
-    -l "$PGDIR/server.log" -w -t 60 start >/dev/null) \
-    || { cat "$PGDIR/server.log" >&2; exit 1; }
-
-export CF_STORE_URL="postgres://postgres@/postgres?host=$PGDIR"
 CF_PEPPER=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 export CF_PEPPER
 CF_ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
@@ -178,32 +107,9 @@ for backend in sqlite postgres; do
 done
 
 # --- load -------------------------------------------------------------------------------------
-# cpu_ticks PID: utime + stime of a process (fields 14 and 15 of /proc/PID/stat), in ticks.
-cpu_ticks() {
-    local stat
-    stat=$(cat "/proc/$1/stat")
-    stat=${stat##*) }
-    awk '{print $12 + $13}' <<<"$stat"
-}
-
-# run BACKEND: one measured run; prints "req/s failed cpu-us-per-request", failed being
-# transport errors plus non-2xx answers. The gateway's CPU time per request is less swayed
-# than req/s by other work on the machine, which takes cores away from either gateway.
 run() {
-    local backend=$1 before after
-    before=$(cpu_ticks "${GATEWAY[$backend]}")
-    taskset -c 1 "$CF_BIN" bench "http://127.0.0.1:${PORT[$backend]}/" -c "$CONNS" -d "$DURATION" \
-        -t 1 --warmup 1s -H "Authorization: Bearer ${KEY[$backend]}" --json >"$WORK/run.json"
-    after=$(cpu_ticks "${GATEWAY[$backend]}")
-    python3 - "$WORK/run.json" "$((after - before))" "$(getconf CLK_TCK)" <<'EOF'
-import json, sys
-j = json.load(open(sys.argv[1]))
-ticks, hz = int(sys.argv[2]), int(sys.argv[3])
-failed = j["errors_total"] + sum(n for code, n in j["status"].items() if not code.startswith("2"))
-# The ticks cover the warm-up too: divide by every request sent, not only the recorded ones.
-sent = j["responses"] + round(j["rps"] * j["warmup_s"])
-print("%.0f %d %.1f" % (j["rps"], failed, ticks / hz * 1e6 / max(1, sent)))
-EOF
+    bench_run "${GATEWAY[$1]}" "http://127.0.0.1:${PORT[$1]}/" "$CONNS" "$DURATION" \
+        -H "Authorization: Bearer ${KEY[$1]}"
 }
 
 # What each gateway's background threads cost with no traffic (the store watcher, heartbeat,

@@ -338,7 +338,9 @@ impl Worker {
             let answered = self.tick();
             next_tick = if answered {
                 self.backoff.reset();
-                Instant::now() + self.settings.tick
+                // Ticks keep their cadence whatever a round trip takes (the bounds are per
+                // sync interval); one that ran past the next tick's time is followed at once.
+                (next_tick + self.settings.tick).max(Instant::now())
             } else {
                 // While Redis is away the ticks slow down with the backoff; participants are
                 // told at each one.
