@@ -146,6 +146,12 @@ echo "gateway: 1 worker on core 0; load and upstream on core 1"
 # --- 1. throughput, [cluster] on vs off -------------------------------------------------------
 echo
 echo "1. throughput: bench -c $CONNS -d $DURATION -t 1 --warmup 1s, one key (rps limit never reached)"
+# One unrecorded run of each first: the first load a fresh process sees measures faster or
+# slower than the rest (caches, pools, the allocator growing), whichever gateway it is.
+for mode in off on; do
+    bench_run "${GATEWAY[$mode]}" "http://127.0.0.1:${PORT[$mode]}/" "$CONNS" 2s \
+        -H "Authorization: Bearer $KEY" >/dev/null
+done
 printf '%-6s %-8s %10s %8s %12s\n' round cluster 'req/s' 'failed' 'CPU us/req'
 declare -A RESULTS CPU
 for ((round = 1; round <= ROUNDS; round++)); do
