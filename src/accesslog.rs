@@ -2,23 +2,23 @@
 //!
 //! Workers hand finished lines over a bounded channel and never wait: if the writer falls
 //! behind, lines are dropped and counted (`credentialflow_access_log_dropped_total`).
+//!
+//! The writer reopens its file by path when asked ([`Writer::reopen`], on `SIGUSR1`), so
+//! logrotate can rename the file and have the next lines start a new one.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 
 use crate::metrics;
 
 /// Lines that may wait for the writer before new ones are dropped.
 const QUEUE: usize = 64 * 1024;
-/// The writer flushes at least this often, so a crash loses at most about this much.
-const FLUSH_EVERY: Duration = Duration::from_millis(500);
 
 /// The workers' side of the access log. Cloning is cheap; `Off` logs nothing.
 #[derive(Clone)]
@@ -134,48 +134,128 @@ impl AccessEntry<'_> {
     }
 }
 
+/// The writer thread's handle, kept by the main thread: asks for reopens (`SIGUSR1`) and
+/// waits for the last lines at shutdown.
+pub struct Writer {
+    thread: JoinHandle<()>,
+    reopen: Sender<()>,
+}
+
+impl Writer {
+    /// Asks the writer to close its file and open it again by path (after logrotate renamed
+    /// it). Lines queued before or during the reopen all go to the file open afterwards.
+    pub fn reopen(&self) {
+        // A request already pending will serve this one too.
+        let _ = self.reopen.try_send(());
+    }
+
+    /// Waits until every line queued before the last [`AccessLog`] clone was dropped is written.
+    pub fn finish(self) {
+        let _ = self.thread.join();
+    }
+}
+
+/// Where lines go: stdout, or a file that can be reopened by its path.
+enum Output {
+    Stdout(BufWriter<std::io::Stdout>),
+    File { path: PathBuf, out: BufWriter<File> },
+}
+
+impl Output {
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Output::Stdout(out) => out,
+            Output::File { out, .. } => out,
+        }
+    }
+
+    /// Flushes the current file and opens `path` again (a new file after a rename). When the
+    /// open fails, the old descriptor stays in use: lines keep being written somewhere.
+    fn reopen(&mut self) {
+        let Output::File { path, out } = self else {
+            return;
+        };
+        let _ = out.flush();
+        match open_append(path) {
+            Ok(file) => {
+                *out = BufWriter::with_capacity(BUFFER, file);
+                log::info!("access log reopened: {}", path.display());
+            }
+            Err(e) => log::warn!(
+                "access log {}: cannot reopen ({e}); still writing to the file open before",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// The writer's buffer: a busy log flushes in big writes.
+const BUFFER: usize = 64 * 1024;
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
 /// Starts the writer for `target` ("-" = stdout, "" = off, else a file appended to).
-/// The returned handle finishes once every [`AccessLog`] clone is dropped and the queue is written.
-pub fn start(target: &Path) -> std::io::Result<(AccessLog, Option<JoinHandle<()>>)> {
+/// The returned [`Writer`] finishes once every [`AccessLog`] clone is dropped and the queue
+/// is written.
+pub fn start(target: &Path) -> std::io::Result<(AccessLog, Option<Writer>)> {
     if target.as_os_str().is_empty() {
         return Ok((AccessLog::Off, None));
     }
-    let out: Box<dyn Write + Send> = if target == Path::new("-") {
-        Box::new(std::io::stdout())
+    let out = if target == Path::new("-") {
+        Output::Stdout(BufWriter::with_capacity(BUFFER, std::io::stdout()))
     } else {
         if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        Box::new(OpenOptions::new().create(true).append(true).open(target)?)
+        Output::File {
+            path: target.to_path_buf(),
+            out: BufWriter::with_capacity(BUFFER, open_append(target)?),
+        }
     };
     let (tx, rx) = bounded(QUEUE);
+    let (reopen, reopen_rx) = bounded(1);
     let dropped = metrics::global().counter(
         "credentialflow_access_log_dropped_total",
         "Access-log lines dropped because the writer fell behind.",
     );
-    let handle = std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("cf-access-log".into())
-        .spawn(move || write_lines(rx, BufWriter::with_capacity(64 * 1024, out)))?;
-    Ok((AccessLog::On { tx, dropped }, Some(handle)))
+        .spawn(move || write_lines(rx, reopen_rx, out))?;
+    Ok((
+        AccessLog::On { tx, dropped },
+        Some(Writer { thread, reopen }),
+    ))
 }
 
-fn write_lines(rx: Receiver<String>, mut out: BufWriter<Box<dyn Write + Send>>) {
+fn write_lines(rx: Receiver<String>, reopen: Receiver<()>, mut out: Output) {
+    let write = |out: &mut Output, line: String| {
+        let w = out.writer();
+        let _ = w.write_all(line.as_bytes());
+        let _ = w.write_all(b"\n");
+    };
     loop {
-        match rx.recv_timeout(FLUSH_EVERY) {
-            Ok(line) => {
-                let _ = out.write_all(line.as_bytes());
-                let _ = out.write_all(b"\n");
-                // Drain what is queued before flushing, so a busy log flushes in big writes.
-                while let Ok(line) = rx.try_recv() {
-                    let _ = out.write_all(line.as_bytes());
-                    let _ = out.write_all(b"\n");
+        select! {
+            recv(rx) -> line => match line {
+                Ok(line) => {
+                    write(&mut out, line);
+                    // Drain what is queued before flushing, so a busy log flushes in big writes.
+                    while let Ok(line) = rx.try_recv() {
+                        write(&mut out, line);
+                    }
+                    let _ = out.writer().flush();
                 }
-                let _ = out.flush();
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                let _ = out.flush();
-                return;
+                Err(_) => {
+                    let _ = out.writer().flush();
+                    return;
+                }
+            },
+            // Only this thread writes, so every line is in the old file or the new one.
+            recv(reopen) -> asked => {
+                if asked.is_ok() {
+                    out.reopen();
+                }
             }
         }
     }
@@ -194,10 +274,68 @@ mod tests {
         log.write("{\"a\":1}".into());
         log.write("{\"a\":2}".into());
         drop(log);
-        handle.unwrap().join().unwrap();
+        handle.unwrap().finish();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Waits until `path` holds `want` (the writer runs on its own thread).
+    fn wait_for(path: &Path, want: &str) {
+        for _ in 0..200 {
+            if std::fs::read_to_string(path).is_ok_and(|t| t == want) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{} never held {want:?}", path.display());
+    }
+
+    #[test]
+    fn reopen_after_a_rename_starts_a_new_file_at_the_path() {
+        let dir = std::env::temp_dir().join(format!("cf-accesslog-reopen-{}", std::process::id()));
+        let path = dir.join("access.log");
+        let rotated = dir.join("access.log.1");
+        let (log, writer) = start(&path).unwrap();
+        let writer = writer.unwrap();
+        log.write("before".into());
+        wait_for(&path, "before\n");
+        std::fs::rename(&path, &rotated).unwrap();
+        writer.reopen();
+        // Queued right behind the request: whichever the writer takes first, no line is lost
+        // and none is written twice.
+        log.write("after".into());
+        drop(log);
+        writer.finish();
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(old.starts_with("before\n"), "{old:?}");
+        assert_eq!(format!("{old}{new}"), "before\nafter\n");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_failed_reopen_keeps_writing_to_the_open_file() {
+        let base = std::env::temp_dir().join(format!("cf-accesslog-gone-{}", std::process::id()));
+        let dir = base.join("logs");
+        let moved = base.join("moved");
+        let path = dir.join("access.log");
+        let (log, writer) = start(&path).unwrap();
+        let writer = writer.unwrap();
+        log.write("one".into());
+        wait_for(&path, "one\n");
+        // The log's directory is gone from its path: the reopen cannot create the file.
+        std::fs::rename(&dir, &moved).unwrap();
+        writer.reopen();
+        log.write("two".into());
+        drop(log);
+        writer.finish();
+        assert_eq!(
+            std::fs::read_to_string(moved.join("access.log")).unwrap(),
+            "one\ntwo\n"
+        );
+        assert!(!dir.exists(), "the reopen must not recreate the directory");
+        let _ = std::fs::remove_dir_all(base);
     }
 
     #[test]

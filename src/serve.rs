@@ -1,6 +1,7 @@
 //! `credentialflow serve`: start the workers and the admin API, then wait for signals.
 //!
-//! The main thread owns the process lifecycle: SIGHUP reloads, SIGTERM/SIGINT drain and stop.
+//! The main thread owns the process lifecycle: SIGHUP reloads, SIGUSR1 reopens the access
+//! log, SIGTERM/SIGINT drain and stop.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::admin::{self, AdminState};
@@ -80,6 +81,7 @@ pub fn run(config_path: Option<PathBuf>, driver: DriverChoice) -> i32 {
             return EXIT_BAD_INPUT;
         }
     };
+    crate::logging::set_format(snapshot.config.server.log_format);
     let config = snapshot.config.clone();
     let services = Started { admission, carried };
     match start(config, snapshot, config_path, secrets, services, driver) {
@@ -107,7 +109,7 @@ fn start(
 ) -> Result<i32, String> {
     // Handlers go in before anything is announced: a SIGHUP that arrives right after the ready
     // line must reload, not kill the process (SIGHUP's default action).
-    let signals = Signals::new([SIGHUP, SIGINT, SIGTERM])
+    let signals = Signals::new([SIGHUP, SIGUSR1, SIGINT, SIGTERM])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let driver = pick_driver(choice)?;
     let workers = match config.server.workers {
@@ -288,7 +290,7 @@ fn start(
         workers
     );
 
-    wait_for_signals(&shared, &store, signals);
+    wait_for_signals(&shared, &store, access_log_writer.as_ref(), signals);
     admin_shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
     for t in threads {
         let _ = t.join();
@@ -306,7 +308,7 @@ fn start(
     // Every worker's sender is gone; dropping ours lets the writer finish the queue.
     drop(access_log);
     if let Some(writer) = access_log_writer {
-        let _ = writer.join();
+        writer.finish();
     }
     log::info!("stopped");
     Ok(0)
@@ -408,11 +410,22 @@ fn resume_budgets(
     Ok(())
 }
 
-/// Blocks the main thread: SIGHUP reloads; SIGTERM or SIGINT begins the drain and returns.
-/// A reload by SIGHUP is audited through `store`.
-fn wait_for_signals(shared: &Shared, store: &SharedBackend, mut signals: Signals) {
+/// Blocks the main thread: SIGHUP reloads; SIGUSR1 reopens the access log (logrotate's
+/// `postrotate`); SIGTERM or SIGINT begins the drain and returns. A reload by SIGHUP is
+/// audited through `store`.
+fn wait_for_signals(
+    shared: &Shared,
+    store: &SharedBackend,
+    access_log: Option<&crate::accesslog::Writer>,
+    mut signals: Signals,
+) {
     for signal in signals.forever() {
-        if signal == SIGHUP {
+        if signal == SIGUSR1 {
+            match access_log {
+                Some(writer) => writer.reopen(),
+                None => log::info!("SIGUSR1: no access log to reopen"),
+            }
+        } else if signal == SIGHUP {
             if shared.reload().is_ok() {
                 let logged = store
                     .lock()

@@ -444,6 +444,7 @@ impl Shared {
             if snap.config.cluster != before.config.cluster {
                 log::warn!("reload: changed [cluster] takes effect only after a restart");
             }
+            crate::logging::set_format(snap.config.server.log_format);
             let names: Vec<&str> = snap.routes.iter().map(|r| r.name.as_str()).collect();
             self.admission.retain_routes(&names);
             self.current.store(Arc::new(snap));

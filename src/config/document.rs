@@ -590,6 +590,22 @@ mod tests {
     }
 
     #[test]
+    fn log_format_takes_text_or_json_and_names_the_key_otherwise() {
+        let parsed = parse_text("[server]\nlog_format = \"xml\"\n");
+        assert_eq!(paths(&parsed), ["server.log_format"]);
+        assert!(parsed.errors[0].message.contains("unknown variant"));
+        let parsed = parse_text("[server]\nlog_format = \"json\"\n");
+        assert!(parsed.errors.is_empty());
+        let config = parsed.config.unwrap();
+        assert_eq!(config.server.log_format, crate::config::LogFormat::Json);
+        let parsed = parse_text("[server]\n");
+        assert_eq!(
+            parsed.config.unwrap().server.log_format,
+            crate::config::LogFormat::Text
+        );
+    }
+
+    #[test]
     fn several_errors_in_one_table_are_all_reported() {
         let parsed = parse_text("[server]\nworkerz = 1\nlisten = 5\nadmin_listen = 7\n");
         assert_eq!(

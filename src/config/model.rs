@@ -177,6 +177,9 @@ pub struct ServerConfig {
     /// Access log path; `"-"` = stdout, `""` = off.
     #[serde(default = "default_access_log")]
     pub access_log: String,
+    /// The gateway's own log lines on stderr: `text` or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// `[server.tls]`: optional HTTPS listeners.
     #[serde(default)]
     pub tls: Option<TlsListenConfig>,
@@ -216,6 +219,7 @@ impl Default for ServerConfig {
             admin_token: None,
             data_dir: default_data_dir(),
             access_log: default_access_log(),
+            log_format: LogFormat::default(),
             tls: None,
             connections_per_worker: default_connections_per_worker(),
             drain_timeout_ms: default_drain_timeout_ms(),
@@ -346,6 +350,17 @@ pub struct CredentialConfig {
 
 fn default_credential_value() -> String {
     "{secret}".to_string()
+}
+
+/// `[server] log_format`: how the gateway's own log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `2026-12-07T19:02:29.123Z info target: message`.
+    #[default]
+    Text,
+    /// One JSON object per line: `ts`, `level`, `target`, `msg`.
+    Json,
 }
 
 /// How a route (or the AI front doors) authenticates clients.
