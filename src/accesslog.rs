@@ -60,10 +60,26 @@ pub struct AccessEntry<'a> {
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
-    /// The matched route's name (`null` for the AI front doors and unrouted requests).
+    /// The matched route's name; for an AI front door its path (`/v1/chat/completions`);
+    /// `null` for unrouted requests.
     pub route: Option<&'a str>,
     pub status: u16,
     pub duration_us: u64,
+    /// The client's `User-Agent`, escaped and cut (see [`user_agent`]); `null` when absent.
+    pub user_agent: Option<String>,
+    /// Request body bytes read from the client, as framed on the wire.
+    pub bytes_in: u64,
+    /// Response bytes written to the client, head included.
+    pub bytes_out: u64,
+    /// `ip:port` of the upstream target or provider endpoint that answered; `null` when none.
+    pub upstream_addr: Option<String>,
+    /// Milliseconds from sending to that endpoint to the end of its answer; `null` when none.
+    pub upstream_ms: Option<u64>,
+    /// The gateway's error code when the gateway made the answer (`rate_limit_exceeded`,
+    /// `upstream_timeout`, ...); `null` for upstream and provider answers, errors included.
+    pub error: Option<&'static str>,
+    /// Whether the answer was a stream of events.
+    pub stream: bool,
     /// The virtual key, when one authenticated the request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_id: Option<&'a str>,
@@ -119,6 +135,13 @@ pub const OWN_FIELDS: &[&str] = &[
     "route",
     "status",
     "duration_us",
+    "user_agent",
+    "bytes_in",
+    "bytes_out",
+    "upstream_addr",
+    "upstream_ms",
+    "error",
+    "stream",
     "key_id",
     "team",
     "model",
@@ -126,6 +149,28 @@ pub const OWN_FIELDS: &[&str] = &[
     "usage",
     "attempts",
 ];
+
+/// Longest `User-Agent` logged, in bytes of the header: a client cannot grow every line.
+pub const MAX_USER_AGENT: usize = 256;
+
+/// A `User-Agent` value as logged: printable ASCII as it is, every other byte (controls,
+/// DEL, anything non-ASCII) as `\xNN`, so no header can forge a line or confuse a terminal;
+/// cut after [`MAX_USER_AGENT`] bytes of the header, marked with a trailing `...`.
+pub fn user_agent(raw: &[u8]) -> String {
+    let kept = &raw[..raw.len().min(MAX_USER_AGENT)];
+    let mut out = String::with_capacity(kept.len() + 3);
+    for &b in kept {
+        if (0x20..0x7f).contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    if raw.len() > MAX_USER_AGENT {
+        out.push_str("...");
+    }
+    out
+}
 
 impl AccessEntry<'_> {
     /// The JSON line, without its newline.
@@ -336,6 +381,51 @@ mod tests {
         );
         assert!(!dir.exists(), "the reopen must not recreate the directory");
         let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn user_agents_are_escaped_and_bounded() {
+        assert_eq!(user_agent(b"curl/8.5.0"), "curl/8.5.0");
+        assert_eq!(
+            user_agent(b"a\r\n{\"x\":1}\x1b\x7f\xc3\xa9"),
+            "a\\x0d\\x0a{\"x\":1}\\x1b\\x7f\\xc3\\xa9"
+        );
+        let long = vec![b'a'; 10_000];
+        let logged = user_agent(&long);
+        assert_eq!(logged.len(), MAX_USER_AGENT + 3);
+        assert!(logged.ends_with("a..."));
+        // In a line, the JSON stays one line and the quote stays inside the string.
+        let entry = AccessEntry {
+            user_agent: Some(user_agent(b"x\n\"}")),
+            ..AccessEntry::default()
+        };
+        let line = entry.render();
+        assert!(!line.contains('\n'));
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["user_agent"], "x\\x0a\"}");
+    }
+
+    #[test]
+    fn every_field_the_gateway_writes_is_protected_from_on_log() {
+        let line = AccessEntry::default().render();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        for name in value.as_object().unwrap().keys() {
+            assert!(
+                OWN_FIELDS.contains(&name.as_str()),
+                "{name} not in OWN_FIELDS"
+            );
+        }
+        for name in [
+            "user_agent",
+            "bytes_in",
+            "bytes_out",
+            "upstream_addr",
+            "upstream_ms",
+        ] {
+            assert!(value.get(name).is_some(), "{name} missing: {line}");
+        }
+        assert_eq!(value["error"], serde_json::Value::Null);
+        assert_eq!(value["stream"], false);
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct BufConn<S> {
     pub io: S,
     buf: Vec<u8>,
     start: usize,
+    /// Bytes consumed since the connection opened (the access log's `bytes_in`).
+    consumed: u64,
+    /// Bytes written since the connection opened (the access log's `bytes_out`).
+    written: u64,
 }
 
 impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
@@ -41,6 +45,8 @@ impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
             io,
             buf: Vec::with_capacity(capacity),
             start: 0,
+            consumed: 0,
+            written: 0,
         }
     }
 
@@ -53,6 +59,7 @@ impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.buf.len() - self.start);
         self.start += n;
+        self.consumed += n as u64;
         if self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -102,9 +109,22 @@ impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
         }
     }
 
+    /// Bytes marked used with [`consume`](Self::consume) so far.
+    pub fn bytes_consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Bytes written with [`write_all`](Self::write_all) so far (a failed write counts none).
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
     /// Writes all of `data` and hands the buffer back for reuse (cleared).
     pub async fn write_all(&mut self, data: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let (res, mut data) = self.io.write_all(data).await;
+        if res.is_ok() {
+            self.written += data.len() as u64;
+        }
         data.clear();
         (res.map(|_| ()), data)
     }

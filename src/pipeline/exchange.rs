@@ -22,6 +22,10 @@ pub(super) struct Exchange {
     pub response: ResponseHead,
     /// Index of the target that answered, to return the connection to its pool.
     pub target: usize,
+    /// The address of that target, for the access log's `upstream_addr`.
+    pub addr: std::net::SocketAddr,
+    /// When the request started on the connection that answered (`upstream_ms`).
+    pub sent: Instant,
 }
 
 /// A request as [`run`] sends it: what one caller's requests have that another's do not.
@@ -90,6 +94,7 @@ pub(super) async fn run<R: Outgoing>(
             }
         };
         let mut conn = BufConn::new(stream, UPSTREAM_BUFFER);
+        let sent = Instant::now();
         let (res, _) = conn
             .write_all(request.first_bytes(&upstream.targets[target]))
             .await;
@@ -108,6 +113,8 @@ pub(super) async fn run<R: Outgoing>(
                     conn,
                     response,
                     target,
+                    addr: upstream.targets[target].addr,
+                    sent,
                 })
             }
             Err(HeadFailure::Timeout) => return Err(GatewayError::UpstreamTimeout.into()),

@@ -29,11 +29,11 @@ pub use state::ThreadState;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
 
-use crate::accesslog::{AccessEntry, AttemptLog, UsageFields};
+use crate::accesslog::{self, AccessEntry, AttemptLog, UsageFields};
 use crate::auth::{self, Consumer, IpRules};
 use crate::cluster::LeasePermit;
 use crate::config::AuthKind;
@@ -102,6 +102,24 @@ pub struct RequestCtx {
     pub attempts: Vec<AttemptLog>,
     /// Lua hook state, when the route or front door has a script.
     pub hooked: Option<Box<hooks::Hooked>>,
+    /// The code of the gateway-made error answered, if one was (`error` in the access log).
+    pub error: Option<&'static str>,
+    /// Whether the answer is a stream of events: an AI request with `stream: true`, or a
+    /// route whose upstream answered `text/event-stream`.
+    pub stream: bool,
+    /// The upstream or provider endpoint of the last attempt that got an answer.
+    pub upstream: Option<UpstreamUse>,
+}
+
+/// Which upstream endpoint answered a request and for how long, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamUse {
+    /// The target's resolved address.
+    pub addr: SocketAddr,
+    /// When the request started toward it.
+    pub sent: Instant,
+    /// From `sent` to the end of its answer, once that end was reached.
+    pub took: Option<Duration>,
 }
 
 /// A key's `max_concurrency` slot; dropping it gives the slot back.
@@ -113,6 +131,22 @@ pub enum ConcurrencySlot {
 }
 
 impl RequestCtx {
+    /// Records that `exchange`'s target is answering this request.
+    fn upstream_began(&mut self, exchange: &exchange::Exchange) {
+        self.upstream = Some(UpstreamUse {
+            addr: exchange.addr,
+            sent: exchange.sent,
+            took: None,
+        });
+    }
+
+    /// Records that the upstream's answer ended (its last byte read).
+    fn upstream_ended(&mut self) {
+        if let Some(used) = &mut self.upstream {
+            used.took.get_or_insert_with(|| used.sent.elapsed());
+        }
+    }
+
     /// The `x-ratelimit-*` header lines for this request's response (empty when unlimited).
     pub fn rate_headers(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -153,7 +187,12 @@ where
         ai: None,
         attempts: Vec::new(),
         hooked: None,
+        error: None,
+        stream: false,
+        upstream: None,
     };
+    // The head is consumed already: what is consumed from here on is the body.
+    let (consumed_before, written_before) = (client.bytes_consumed(), client.bytes_written());
     let mut head = head;
     // Every later phase, the access log and the upstream see the normalized path; a path
     // that cannot be normalized safely is refused before it is routed anywhere.
@@ -171,6 +210,7 @@ where
                 || !head.keep_alive()
                 || worker.shutting_down();
             ctx.status = err.status();
+            ctx.error = Some(err.code());
             let mut out = Vec::with_capacity(256);
             let extra = ctx.rate_headers();
             err.write_response_with(&ctx.request_id, close, ctx.dialect, &extra, &mut out);
@@ -182,7 +222,11 @@ where
             }
         }
     };
-    log_phase(worker, &snapshot, &head, &mut ctx);
+    let bytes = Bytes {
+        read: client.bytes_consumed() - consumed_before,
+        written: client.bytes_written() - written_before,
+    };
+    log_phase(worker, &snapshot, &head, &mut ctx, bytes);
     // Dropping the context releases the concurrency slot.
     outcome
 }
@@ -453,9 +497,23 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// What one request moved on the client connection.
+struct Bytes {
+    /// Request body bytes read, as framed on the wire (chunk framing included).
+    read: u64,
+    /// Response bytes written, head included.
+    written: u64,
+}
+
 /// Phase log: every request, answered or rejected, is counted on its route and written to
 /// the access log.
-fn log_phase(worker: &ThreadState, snapshot: &Snapshot, head: &RequestHead, ctx: &mut RequestCtx) {
+fn log_phase(
+    worker: &ThreadState,
+    snapshot: &Snapshot,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    bytes: Bytes,
+) {
     let extra = hooks::log(worker, snapshot, ctx);
     let elapsed = ctx.started.elapsed();
     let route = ctx.route.map(|i| &snapshot.routes[i]);
@@ -469,6 +527,12 @@ fn log_phase(worker: &ThreadState, snapshot: &Snapshot, head: &RequestHead, ctx:
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let consumer = ctx.consumer.as_ref();
+        // A front door is named by its path, as in the metrics.
+        let route_name = match route {
+            Some(r) => Some(r.name.as_str()),
+            None if ctx.front_door => Some(head.path()),
+            None => None,
+        };
         let entry = AccessEntry {
             ts_ms: now.as_millis() as u64,
             request_id: &ctx.request_id,
@@ -476,9 +540,19 @@ fn log_phase(worker: &ThreadState, snapshot: &Snapshot, head: &RequestHead, ctx:
             method: head.method(),
             host: head.host(),
             path: head.path(),
-            route: route.map(|r| r.name.as_str()),
+            route: route_name,
             status: ctx.status,
             duration_us: elapsed.as_micros() as u64,
+            user_agent: head.header("user-agent").map(accesslog::user_agent),
+            bytes_in: bytes.read,
+            bytes_out: bytes.written,
+            // An answer cut short (the client went away) ends its upstream time here.
+            upstream_addr: ctx.upstream.map(|u| u.addr.to_string()),
+            upstream_ms: ctx
+                .upstream
+                .map(|u| u.took.unwrap_or_else(|| u.sent.elapsed()).as_millis() as u64),
+            error: ctx.error,
+            stream: ctx.stream,
             key_id: consumer.and_then(|c| c.id.as_deref()),
             team: consumer.map(|c| c.team.as_str()),
             model: ctx.ai.as_ref().map(|ai| ai.model.as_str()),

@@ -89,7 +89,11 @@ where
         ctx.body_done = true;
     }
     let mut exchange = answered?;
+    ctx.upstream_began(&exchange);
     let response = &exchange.response;
+    ctx.stream = response
+        .header("content-type")
+        .is_some_and(|v| v.len() >= 17 && v[..17].eq_ignore_ascii_case(b"text/event-stream"));
 
     // Phase response.
     let status = response.status();
@@ -157,7 +161,9 @@ where
         http10,
     );
     let finished =
-        relay_response_body(client, &mut exchange.conn, body_kind, framing, out, limits).await?;
+        relay_response_body(client, &mut exchange.conn, body_kind, framing, out, limits).await;
+    ctx.upstream_ended();
+    let finished = finished?;
     exchange.finish(worker, upstream, finished);
     Ok(if close {
         Outcome::Close

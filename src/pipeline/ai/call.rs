@@ -76,6 +76,7 @@ where
     let retries = snapshot.config.ai.max_retries;
     let mut last = Miss::Gateway(GatewayError::Upstream("no provider available"));
     let mut last_model = primary;
+    ctx.stream = call.request.stream;
     for model in chain {
         let provider = catalog.provider(model.provider);
         if !provider.breaker.allows(crate::clock::unix_now_ms()) {
@@ -89,9 +90,10 @@ where
             if attempt > 0 {
                 monoio::time::sleep(backoff(attempt, &ctx.request_id)).await;
             }
-            match try_once(worker, snapshot, call, model, provider, &ctx.request_id).await {
+            match try_once(worker, snapshot, call, model, provider, ctx).await {
                 Attempt::Answer(exchange) => {
                     provider.breaker.record_success();
+                    ctx.upstream_began(&exchange);
                     ctx.attempts.push(attempt_log(
                         model,
                         provider,
@@ -101,6 +103,7 @@ where
                         worker, snapshot, client, head, ctx, call, model, provider, exchange,
                     )
                     .await;
+                    ctx.upstream_ended();
                     return Served {
                         result,
                         model,
@@ -175,8 +178,11 @@ async fn try_once(
     call: &Call,
     model: &Model,
     provider: &Provider,
-    request_id: &str,
+    ctx: &mut RequestCtx,
 ) -> Attempt {
+    // The access log names the endpoint of the last attempt that got an answer.
+    ctx.upstream = None;
+    let request_id = ctx.request_id.as_str();
     if provider.api.is_local() {
         return Attempt::Local;
     }
@@ -202,7 +208,9 @@ async fn try_once(
     if (200..300).contains(&status) {
         return Attempt::Answer(exchange);
     }
+    ctx.upstream_began(&exchange);
     let error = read_provider_error(worker, upstream, provider, exchange, &limits).await;
+    ctx.upstream_ended();
     if error.worth_retrying() {
         Attempt::Retry(Miss::Provider(error))
     } else {

@@ -438,11 +438,13 @@ where
         Ok(e) => e,
         Err(e) => return (Err(e.into()), None),
     };
+    ctx.upstream_began(&exchange);
     let status = exchange.response.status();
     if !(200..300).contains(&status) {
         // Mapped like a chat call's: a provider 401/403 is the gateway's 502, never passed on.
         let error =
             call::read_provider_error(worker, upstream, provider, exchange, &snapshot.limits).await;
+        ctx.upstream_ended();
         let r = call::answer_provider_error(client, head, ctx, Dialect::OpenAi, &error).await;
         return (r, None);
     }
@@ -457,6 +459,7 @@ where
         Ok(b) => b,
         Err(e) => return (Err(e.into()), None),
     };
+    ctx.upstream_ended();
     exchange.finish(worker, upstream, true);
     let (body, usage) = match provider.api.embeddings_response(body, &model.name, request) {
         Ok(translated) => translated,
