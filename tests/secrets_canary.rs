@@ -263,6 +263,20 @@ fn canary_session(driver: Driver) {
         let r = seen.response(what, &get_with(&gw, "/bad", &headers));
         assert_eq!(r.status, 401, "{what}: {}", r.text());
     }
+    // The access log copies a request's agent and a refusal's error code: the sweep below
+    // covers those fields too (checked present after the stop).
+    let r = seen.response(
+        "agent",
+        &get_with(
+            &gw,
+            "/bad",
+            &[
+                ("x-api-key", UNKNOWN_KEY_CANARY),
+                ("User-Agent", "canary-agent/1.0"),
+            ],
+        ),
+    );
+    assert_eq!(r.status, 401, "agent: {}", r.text());
     for token in [None, Some(WRONG_ADMIN_CANARY), Some(UNKNOWN_KEY_CANARY)] {
         let r = seen.response(
             "bad admin token",
@@ -363,6 +377,18 @@ fn canary_session(driver: Driver) {
             .any(|(p, b)| p.ends_with("access.log") && !b.is_empty()),
         "no access log was written"
     );
+    let access_log = files
+        .iter()
+        .find(|(p, _)| p.ends_with("access.log"))
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    for field in [
+        "\"user_agent\":\"canary-agent/1.0\"",
+        "\"error\":\"invalid_api_key\"",
+        "\"upstream_addr\":\"127.0.0.1:",
+    ] {
+        assert!(access_log.contains(field), "no {field} in the access log");
+    }
     for (path, bytes) in files {
         if !path.ends_with("/pepper") {
             seen.add(path, bytes);
