@@ -2,8 +2,9 @@
 --
 -- on_log adds two fields to the request's access-log JSON line:
 --   tenant:     the `x-tenant` request header, else the consumer's team, else "-"
---   user_agent: the `user-agent` request header, cut to 256 bytes, else "-"
--- Fields added this way sit beside the gateway's own (ts_ms, status, route, ...).
+--   referer:    the `referer` request header, cut to 256 bytes, else "-"
+-- Fields added this way sit beside the gateway's own (ts_ms, status, route, user_agent,
+-- ...); a field named like one of those is dropped.
 --
 -- Configure on a route (or `[ai] hooks` for the AI front doors):
 --   [[route]]
@@ -14,7 +15,7 @@
 --   [server]
 --   access_log = "./data/access.log"
 
-local MAX_USER_AGENT = 256
+local MAX_REFERER = 256
 
 function on_log(ctx, entry)
 	local tenant = ctx:header("x-tenant")
@@ -22,9 +23,9 @@ function on_log(ctx, entry)
 		tenant = ctx.consumer.team
 	end
 	entry.tenant = tenant or "-"
-	local user_agent = ctx:header("user-agent")
-	if user_agent and #user_agent > MAX_USER_AGENT then
-		user_agent = string.sub(user_agent, 1, MAX_USER_AGENT)
+	local referer = ctx:header("referer")
+	if referer and #referer > MAX_REFERER then
+		referer = string.sub(referer, 1, MAX_REFERER)
 	end
-	entry.user_agent = user_agent or "-"
+	entry.referer = referer or "-"
 end

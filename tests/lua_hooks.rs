@@ -484,26 +484,31 @@ fn budget_downgrade_switches_to_the_cheaper_model_past_80_percent() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn log_enricher_adds_tenant_and_user_agent_to_the_access_log() {
+fn log_enricher_adds_tenant_and_referer_to_the_access_log() {
     let upstream = Upstream::echo("backend");
     let gw = route_gateway(&upstream, "none", &example("log_enricher.lua"));
     let response = send(
         gw.addr(),
         "GET",
         "/",
-        &[("x-tenant", "acme"), ("User-Agent", "curl/8.5.0")],
+        &[
+            ("x-tenant", "acme"),
+            ("Referer", "https://example.com/page"),
+            ("User-Agent", "curl/8.5.0"),
+        ],
     );
     Echo::of(&response);
     let line = access_log_line(&gw, &request_id_of(&response));
     assert_eq!(line["tenant"], "acme", "{line}");
-    assert_eq!(line["user_agent"], "curl/8.5.0", "{line}");
+    assert_eq!(line["referer"], "https://example.com/page", "{line}");
+    assert_eq!(line["user_agent"], "curl/8.5.0", "the gateway's own: {line}");
     assert_eq!(line["status"], 200, "the gateway's own fields stay: {line}");
 
     let anonymous = send(gw.addr(), "GET", "/", &[]);
     let line = access_log_line(&gw, &request_id_of(&anonymous));
     assert_eq!(
-        (&line["tenant"], &line["user_agent"]),
-        (&json!("-"), &json!("-")),
+        (&line["tenant"], &line["referer"], &line["user_agent"]),
+        (&json!("-"), &json!("-"), &Value::Null),
         "{line}"
     );
 }
