@@ -501,7 +501,10 @@ fn log_enricher_adds_tenant_and_referer_to_the_access_log() {
     let line = access_log_line(&gw, &request_id_of(&response));
     assert_eq!(line["tenant"], "acme", "{line}");
     assert_eq!(line["referer"], "https://example.com/page", "{line}");
-    assert_eq!(line["user_agent"], "curl/8.5.0", "the gateway's own: {line}");
+    assert_eq!(
+        line["user_agent"], "curl/8.5.0",
+        "the gateway's own: {line}"
+    );
     assert_eq!(line["status"], 200, "the gateway's own fields stay: {line}");
 
     let anonymous = send(gw.addr(), "GET", "/", &[]);
