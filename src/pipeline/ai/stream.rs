@@ -82,6 +82,13 @@ impl Translation {
         self
     }
 
+    /// The same provider stage with `stage` as the client-side stage (in place of any),
+    /// for a front door whose dialect the provider stage does not know (the Responses API).
+    pub fn with_client_stage(mut self, stage: Box<dyn ClientStage>) -> Translation {
+        self.client = Some((SseParser::new(MAX_EVENT), stage));
+        self
+    }
+
     /// Translates one provider event into `out`.
     pub fn on_event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
         match &mut self.client {
