@@ -11,6 +11,8 @@
 //! - [`providers`]: every provider behind the one trait the pipeline calls, each with its
 //!   wire format (Anthropic's also serves the `/v1/messages` front door, see there); adding
 //!   a provider touches only that directory and the config.
+//! - [`responses`]: the OpenAI Responses API, rewritten as the canonical chat request and
+//!   its answer (whole or streamed) rewritten as a Response.
 //! - [`provider_error`]: a provider's error answer as the gateway's error, its message made
 //!   safe by [`scrub`].
 //! - [`tokens`]: prompt token estimates per request format (tiktoken for OpenAI model
@@ -24,6 +26,7 @@ pub mod prompt;
 pub mod provider_error;
 pub mod providers;
 pub mod relayed_tokens;
+pub mod responses;
 pub mod scrub;
 pub mod sse;
 pub mod tokens;

@@ -9,11 +9,13 @@ use std::time::Duration;
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::relay::{relay, Relayed};
+use super::responses::ResponsesDoor;
 use super::stream::{Translation, MAX_EVENT};
 use super::{attempt_log, reply, send_whole, EventStream, RequestCtx};
 use crate::ai::provider_error::{self, ProviderError, MAX_ERROR_BODY};
 use crate::ai::providers::anthropic;
 use crate::ai::providers::{LocalBody, Reply, Whole};
+use crate::ai::responses::Naming;
 use crate::ai::TokenCounter;
 use crate::ai::{Model, Provider, SseParser, Usage};
 use crate::error::{Dialect, GatewayError};
@@ -57,7 +59,9 @@ enum Attempt {
     Fail(Miss),
 }
 
-/// Runs `call` on `primary` and, when it keeps failing, on its fallbacks.
+/// Runs `call` on `primary` and, when it keeps failing, on its fallbacks; the answer is
+/// rewritten as a Response when `responses` says how.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run<'s, S>(
     worker: &ThreadState,
     snapshot: &'s Snapshot,
@@ -66,6 +70,7 @@ pub(super) async fn run<'s, S>(
     ctx: &mut RequestCtx,
     call: &Call,
     primary: &'s Model,
+    responses: Option<&ResponsesDoor>,
 ) -> Served<'s>
 where
     S: AsyncReadRent + AsyncWriteRent,
@@ -101,6 +106,7 @@ where
                     ));
                     let (result, metered) = deliver(
                         worker, snapshot, client, head, ctx, call, model, provider, exchange,
+                        responses,
                     )
                     .await;
                     ctx.upstream_ended();
@@ -112,9 +118,10 @@ where
                 }
                 Attempt::Local => {
                     ctx.attempts.push(attempt_log(model, provider, "200"));
-                    let (result, usage) =
-                        deliver_local(worker, snapshot, client, head, ctx, call, model, provider)
-                            .await;
+                    let (result, usage) = deliver_local(
+                        worker, snapshot, client, head, ctx, call, model, provider, responses,
+                    )
+                    .await;
                     return Served {
                         result,
                         model,
@@ -366,6 +373,7 @@ async fn deliver<S>(
     model: &Model,
     provider: &Provider,
     mut exchange: Exchange,
+    responses: Option<&ResponsesDoor>,
 ) -> (Result<Outcome, Failure>, Metered)
 where
     S: AsyncReadRent + AsyncWriteRent,
@@ -387,7 +395,9 @@ where
             };
         let status = exchange.response.status();
         exchange.finish(worker, upstream, true);
-        return match translate_whole(provider, call.front, body, model, &id, created) {
+        let translated = translate_whole(provider, call.front, body, model, &id, created)
+            .and_then(|whole| as_response(responses, whole, model, &ctx.request_id, created));
+        return match translated {
             Ok((body, usage)) => {
                 let r = reply::answer(worker, snapshot, client, head, ctx, status, body).await;
                 (r, Metered::whole(usage))
@@ -412,6 +422,9 @@ where
     )
     // A provider may echo its key in an error it sends mid-stream.
     .with_secrets(provider_secrets(provider));
+    if let Some(door) = responses {
+        translation = translation.with_client_stage(door.stage(&naming(model, ctx, created)));
+    }
     let Relayed {
         result,
         metered,
@@ -470,6 +483,35 @@ fn translate_whole(
     Ok((body, usage.or(Some(from_body))))
 }
 
+/// How an answer of `model` to the request in `ctx` is named as a Response.
+fn naming<'a>(model: &'a Model, ctx: &'a RequestCtx, created: i64) -> Naming<'a> {
+    Naming {
+        model: &model.name,
+        request_id: &ctx.request_id,
+        created_at: created,
+    }
+}
+
+/// A whole canonical answer rewritten as a Response when the client asked `/v1/responses`;
+/// its usage stays the provider's.
+fn as_response(
+    responses: Option<&ResponsesDoor>,
+    (body, usage): (Vec<u8>, Option<Usage>),
+    model: &Model,
+    request_id: &str,
+    created: i64,
+) -> Result<(Vec<u8>, Option<Usage>), crate::ai::TranslateError> {
+    let Some(door) = responses else {
+        return Ok((body, usage));
+    };
+    let naming = Naming {
+        model: &model.name,
+        request_id,
+        created_at: created,
+    };
+    Ok((door.answer(&body, usage, &naming)?, usage))
+}
+
 /// A provider's in-process answer, paced by the provider's `mock` options and translated for
 /// the front door like any provider's.
 #[allow(clippy::too_many_arguments)]
@@ -482,6 +524,7 @@ async fn deliver_local<S>(
     call: &Call,
     model: &Model,
     provider: &Provider,
+    responses: Option<&ResponsesDoor>,
 ) -> (Result<Outcome, Failure>, Option<Usage>)
 where
     S: AsyncReadRent + AsyncWriteRent,
@@ -506,8 +549,9 @@ where
     }
     let events = match local.body {
         LocalBody::Whole(canonical) => {
-            let result = match translate_whole(provider, call.front, canonical, model, &id, created)
-            {
+            let translated = translate_whole(provider, call.front, canonical, model, &id, created)
+                .and_then(|w| as_response(responses, w, model, &ctx.request_id, created));
+            let result = match translated {
                 Ok((body, _)) => {
                     reply::answer(worker, snapshot, client, head, ctx, 200, body).await
                 }
@@ -533,6 +577,9 @@ where
         call.request.client_wants_usage,
         TokenCounter::for_model(&model.upstream_model),
     );
+    if let Some(door) = responses {
+        translation = translation.with_client_stage(door.stage(&naming(model, ctx, created)));
+    }
     let result = async {
         let stream = EventStream::start(worker, snapshot, client, head, ctx).await?;
         let mut parser = SseParser::new(MAX_EVENT);

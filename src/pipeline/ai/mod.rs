@@ -2,7 +2,7 @@
 //! shared route, access and auth phases (a front door is a route whose settings are `[ai]`'s):
 //!
 //! route, front-door part (by path: `/v1/chat/completions`, `/v1/messages`, `/v1/embeddings`,
-//! `/v1/models`, `/prompts/{name}[/v{N}]`: [`route`]) → prompt (read and parse the body into
+//! `/v1/models`, `/v1/responses`, `/prompts/{name}[/v{N}]`: [`route`]) → prompt (read and parse the body into
 //! the canonical OpenAI chat form, `on_prompt`, pick the model, estimate: [`prompt_phase`]) →
 //! limits (request rates, concurrency, then tokens per minute and budgets on the request's
 //! estimated tokens: [`limits_phase`]) → upstream (the model's provider, with retries and
@@ -14,6 +14,7 @@
 mod call;
 mod relay;
 mod reply;
+mod responses;
 mod stream;
 
 use std::fmt::Write as _;
@@ -47,6 +48,7 @@ pub(super) enum Endpoint {
     Embeddings,
     Models,
     Prompt,
+    Responses,
 }
 
 impl Endpoint {
@@ -57,6 +59,7 @@ impl Endpoint {
             "/v1/messages" => Some(Endpoint::Messages),
             "/v1/embeddings" => Some(Endpoint::Embeddings),
             "/v1/models" => Some(Endpoint::Models),
+            "/v1/responses" => Some(Endpoint::Responses),
             p if p.starts_with("/prompts/") => Some(Endpoint::Prompt),
             _ => None,
         }
@@ -159,6 +162,8 @@ pub(super) struct Prompt<'s> {
     model: &'s Model,
     /// The `[[prompt]]` called, if any.
     name: Option<String>,
+    /// How the answer is rewritten for `POST /v1/responses`.
+    responses: Option<responses::ResponsesDoor>,
     reserved: Reserved,
 }
 
@@ -173,7 +178,7 @@ pub(super) fn prompt_phase<'s>(
     endpoint: Endpoint,
     body: &[u8],
 ) -> Result<Prompt<'s>, GatewayError> {
-    let (mut call, name) = parse_call(snapshot, head, endpoint, body)?;
+    let (mut call, name, responses) = parse_call(snapshot, head, endpoint, body)?;
     // What `on_prompt` returns is what is forwarded. The body is moved into a JSON value
     // for the hook and back, never copied.
     let chat = Value::Object(std::mem::take(&mut call.request.body));
@@ -217,6 +222,7 @@ pub(super) fn prompt_phase<'s>(
         call,
         model,
         name,
+        responses,
         reserved: Reserved {
             prompt_tokens,
             completion_tokens,
@@ -267,6 +273,7 @@ where
             ctx,
             &prompt.call,
             prompt.model,
+            prompt.responses.as_ref(),
         )
         .await,
     )
@@ -296,13 +303,15 @@ pub(super) fn settle_phase(
 
 /// The body of a chat-like request in canonical form: an OpenAI chat request as it is, an
 /// Anthropic Messages request translated (and kept for Anthropic providers), a prompt call
-/// rendered from its template.
+/// rendered from its template, a Responses request rewritten (with how to rewrite its
+/// answer).
+#[allow(clippy::type_complexity)]
 fn parse_call(
     snapshot: &Snapshot,
     head: &RequestHead,
     endpoint: Endpoint,
     body: &[u8],
-) -> Result<(call::Call, Option<String>), GatewayError> {
+) -> Result<(call::Call, Option<String>, Option<responses::ResponsesDoor>), GatewayError> {
     let invalid = |e: openai::RequestError| GatewayError::InvalidRequest(e.to_string());
     Ok(match endpoint {
         Endpoint::Messages => {
@@ -315,7 +324,11 @@ fn parse_call(
                 request,
                 anthropic_body: Some(messages.body),
             };
-            (call, None)
+            (call, None, None)
+        }
+        Endpoint::Responses => {
+            let (call, door) = responses::parse(body)?;
+            (call, None, Some(door))
         }
         Endpoint::Prompt => {
             let (name, version) = prompt::parse_path(head.path())
@@ -339,7 +352,7 @@ fn parse_call(
                 request,
                 anthropic_body: None,
             };
-            (call, Some(config.name.clone()))
+            (call, Some(config.name.clone()), None)
         }
         _ => {
             let request = openai::parse_chat_request(body).map_err(invalid)?;
@@ -348,7 +361,7 @@ fn parse_call(
                 request,
                 anthropic_body: None,
             };
-            (call, None)
+            (call, None, None)
         }
     })
 }

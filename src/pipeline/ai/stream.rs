@@ -82,6 +82,13 @@ impl Translation {
         self
     }
 
+    /// The same provider stage with `stage` as the client-side stage (in place of any),
+    /// for a front door whose dialect the provider stage does not know (the Responses API).
+    pub fn with_client_stage(mut self, stage: Box<dyn ClientStage>) -> Translation {
+        self.client = Some((SseParser::new(MAX_EVENT), stage));
+        self
+    }
+
     /// Translates one provider event into `out`.
     pub fn on_event(&mut self, event: &SseEvent, out: &mut Vec<u8>) {
         match &mut self.client {
@@ -376,6 +383,53 @@ mod tests {
                              "type": "rate_limit_error", "code": "rate_limit_exceeded"}})
         );
         // Ended by an error: cut, whatever came after it.
+        assert!(matches!(translation.metered(true), Metered::Cut { .. }));
+    }
+
+    #[test]
+    fn error_chunk_toward_the_responses_door_is_one_scrubbed_error_event() {
+        use crate::ai::responses::{parse_request, Naming, ResponsesStream};
+        let echo = parse_request(br#"{"model":"m","input":"hi","stream":true}"#)
+            .unwrap()
+            .echo;
+        let naming = Naming {
+            model: "model",
+            request_id: "1",
+            created_at: 1_700_000_000,
+        };
+        let stream = format!(
+            "{}data: {{\"error\":{{\"message\":\"Incorrect API key provided: {KEY}\",\"type\":\"requests\",\"code\":\"rate_limit_exceeded\"}}}}\n\n{}{OPENAI_USAGE}data: [DONE]\n\n",
+            openai_chunk("Hi"),
+            openai_chunk("late"),
+        );
+        let mut translation = Translation::new(
+            &providers::OpenAi,
+            Dialect::OpenAi,
+            "model",
+            "chatcmpl-1",
+            1_700_000_000,
+            true,
+            TokenCounter::Bytes,
+        )
+        .with_secrets(vec![Arc::new(Secret::new(KEY))])
+        .with_client_stage(Box::new(ResponsesStream::new(&naming, echo)));
+        let mut parser = SseParser::new(1 << 20);
+        parser.push(stream.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        while let Some(event) = parser.next_event() {
+            translation.on_event(&event, &mut out);
+        }
+        translation.finish(&mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert_no_key_part(&out);
+        let events = client_events(&out);
+        let (name, error) = events.last().unwrap();
+        assert_eq!(name.as_deref(), Some("error"), "{out}");
+        assert_eq!(error["code"], "rate_limit_exceeded", "{out}");
+        assert!(error["message"].as_str().unwrap().contains("[redacted]"));
+        assert_eq!(out.matches("event: error").count(), 1, "{out}");
+        assert!(!out.contains("response.completed"), "{out}");
+        assert!(!out.contains("late"), "nothing after the error: {out}");
         assert!(matches!(translation.metered(true), Metered::Cut { .. }));
     }
 
