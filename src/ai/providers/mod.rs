@@ -454,7 +454,11 @@ mod tests {
             .chat_response(answer.to_vec(), Dialect::Anthropic, &reply)
             .unwrap();
         assert_eq!(native.dialect, Dialect::Anthropic);
-        assert_eq!(native.body, answer);
+        // Passed through as it is, but for the client-facing model name.
+        let renamed = String::from_utf8(answer.to_vec())
+            .unwrap()
+            .replace(r#""model":"x""#, r#""model":"m""#);
+        assert_eq!(String::from_utf8(native.body.clone()).unwrap(), renamed);
         let canonical = Anthropic
             .chat_response(answer.to_vec(), Dialect::OpenAi, &reply)
             .unwrap();
