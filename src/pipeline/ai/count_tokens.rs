@@ -36,11 +36,12 @@ pub(crate) async fn count_tokens<S>(
 where
     S: AsyncReadRent + AsyncWriteRent,
 {
+    // Request rates and concurrency only, before the body is looked at (a flood of bad
+    // bodies is throttled too): counting uses no tokens.
+    let _counts = limits::requests(worker, snapshot, None, ctx)?;
     let request = anthropic::parse_count_tokens_request(body)
         .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
     let model = pick_model(snapshot, ctx, &request.model)?;
-    // Request rates and concurrency only: counting uses no tokens.
-    let _counts = limits::requests(worker, snapshot, None, ctx)?;
     let provider = snapshot.catalog.provider(model.provider);
     let target = provider.target(&model.upstream_model);
     let forward = provider
