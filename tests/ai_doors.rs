@@ -62,7 +62,16 @@ fn model_toml(name: &str, provider: &str, upstream_model: &str) -> String {
 /// A gateway with the mock provider, and an OpenAI-kind and an Anthropic-kind fake when
 /// given, with no gateway-side retries.
 fn gateway(openai: Option<&FakeOpenAi>, anthropic: Option<&FakeAnthropic>) -> Gateway {
-    let mut tables = String::from("[ai]\nmax_retries = 0\n");
+    hooked_gateway(openai, anthropic, "")
+}
+
+/// [`gateway`] with `[ai] hooks = hooks` (none when empty).
+fn hooked_gateway(
+    openai: Option<&FakeOpenAi>,
+    anthropic: Option<&FakeAnthropic>,
+    hooks: &str,
+) -> Gateway {
+    let mut tables = format!("[ai]\nmax_retries = 0\nhooks = \"{hooks}\"\n");
     tables += &provider_toml("mock", "mock", "");
     tables += &model_toml(MOCK_MODEL, "mock", MOCK_MODEL);
     tables += &model_toml(MOCK_SLASHED, "mock", MOCK_SLASHED);
@@ -356,6 +365,42 @@ fn sdk_mock_tool_round_trip_with_both_sdks() {
     assert_eq!(anthropic["followup"]["text"], "Tool result: Sunny, 21 C");
 }
 
+#[test]
+fn embeddings_and_chat_answers_name_the_client_facing_model() {
+    let fake = FakeOpenAi::start();
+    let gw = gateway(Some(&fake), None);
+    let key = key_for(&gw, &[OPENAI_MODEL], json!({}));
+    let embedded = call(
+        &gw,
+        "POST",
+        "/v1/embeddings",
+        Some(&key),
+        &json!({ "model": OPENAI_MODEL, "input": "hi" }),
+    );
+    assert_eq!(embedded.status, 200, "{}", embedded.text());
+    assert_eq!(embedded.json()["model"], OPENAI_MODEL);
+    let streamed = call(
+        &gw,
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        &json!({ "model": OPENAI_MODEL, "stream": true,
+                 "messages": [{ "role": "user", "content": "hi" }] }),
+    );
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    let chunks = sse_json(&streamed.body);
+    assert!(chunks.len() > 2);
+    assert!(
+        chunks.iter().all(|c| c["model"] == OPENAI_MODEL),
+        "{chunks:?}"
+    );
+    // The provider was asked with its own name all the same.
+    assert!(fake
+        .requests()
+        .iter()
+        .all(|r| r.json()["model"] == OPENAI_UPSTREAM));
+}
+
 // ---------------------------------------------------------------------------
 // GET /v1/models/{id}
 // ---------------------------------------------------------------------------
@@ -528,6 +573,41 @@ fn completions_are_metered_from_reported_usage_and_limited_like_chat() {
     assert_eq!(many.status, 429, "{}", many.text());
     assert_eq!(many.json()["error"]["code"], "tokens_limit_exceeded");
     assert_eq!(fake.request_count(), before);
+}
+
+#[test]
+fn completions_go_through_on_prompt_as_a_chat_of_user_messages() {
+    let dir = TempDir::new("doors-lua");
+    let script = dir.join("prompt.lua");
+    std::fs::write(
+        &script,
+        "function on_prompt(ctx, chat)\n\
+         \x20 if chat.messages[1].content == 'deny me' then ctx:deny(403, 'not this prompt') end\n\
+         \x20 chat.messages[1].content = '[' .. #chat.messages .. ' ' .. chat.messages[1].role\n\
+         \x20   .. '] ' .. chat.messages[1].content\n\
+         \x20 chat.max_tokens = 5\n\
+         \x20 return chat\n\
+         end\n",
+    )
+    .unwrap();
+    let fake = FakeOpenAi::start();
+    let gw = hooked_gateway(Some(&fake), None, script.to_str().unwrap());
+    let key = key_for(&gw, &[OPENAI_MODEL], json!({}));
+    let post = |body: Value| call(&gw, "POST", "/v1/completions", Some(&key), &body);
+    let changed = post(json!({ "model": OPENAI_MODEL, "prompt": "Hello", "max_tokens": 50 }));
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    let sent = fake.last_request().json();
+    assert_eq!(sent["prompt"], "[1 user] Hello", "{sent}");
+    assert_eq!(sent["max_tokens"], 5, "{sent}");
+    assert_eq!(sent["model"], OPENAI_UPSTREAM);
+    let denied = post(json!({ "model": OPENAI_MODEL, "prompt": "deny me" }));
+    assert_eq!(denied.status, 403, "{}", denied.text());
+    assert_eq!(denied.json()["error"]["message"], "not this prompt");
+    assert_eq!(
+        fake.request_count(),
+        1,
+        "the denied prompt never went upstream"
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -192,9 +192,9 @@ pub trait Provider: Send + Sync + fmt::Debug {
         model: &str,
         request: &EmbeddingsRequest,
     ) -> Result<(Vec<u8>, Option<Usage>), TranslateError> {
-        let _ = (model, request);
+        let _ = request;
         let usage = crate::ai::openai::usage_from_embeddings_response(&body);
-        Ok((body, usage))
+        Ok((crate::ai::model_name::rename_body(body, model), usage))
     }
 
     /// The path (under `base_path`) and body of a token count of an Anthropic Messages
