@@ -1150,7 +1150,7 @@ on_both_drivers! {
         fakes.openai.fail_next(500, "server_error", 1);
 
         let response = post_chat(&gw, &key.secret, &chat_body(OPENAI_MODEL, false));
-        expect_chat_completion(&response, fake_openai::DEFAULT_REPLY, OPENAI_UPSTREAM);
+        expect_chat_completion(&response, fake_openai::DEFAULT_REPLY, OPENAI_MODEL);
         assert_eq!(fakes.openai.request_count(), 2);
         let entry = access_log_line(&gw, &request_id_of(&response));
         let attempts = entry["attempts"].as_array().expect("attempts array");
@@ -1342,7 +1342,7 @@ fn prompt_endpoint_serves_the_highest_version_and_each_pinned_version() {
         "/prompts/greet",
         &json!({ "name": "Ada", "unused": 1 }),
     );
-    expect_chat_completion(&latest, fake_openai::DEFAULT_REPLY, OPENAI_UPSTREAM);
+    expect_chat_completion(&latest, fake_openai::DEFAULT_REPLY, OPENAI_MODEL);
     assert_eq!(
         last_user_message(&fakes.openai)["content"],
         "Hi Ada, welcome"

@@ -589,8 +589,9 @@ fn openai_chat_whole_and_streamed_through_fake_openai() {
         "Hello from the fake, word by word.",
         &openai_usage(123, 45, 6),
     );
-    // Passed through whole, the answer names the model as the provider reported it.
-    assert_eq!(seen["whole"]["model"], OPENAI_UPSTREAM, "{seen}");
+    // Passed through whole, the answer names the model the client asked for, not the
+    // provider's name for it.
+    assert_eq!(seen["whole"]["model"], OPENAI_MODEL, "{seen}");
 
     let requests = fake.requests();
     assert_openai_provider_key(&requests, &key);
@@ -983,10 +984,11 @@ fn anthropic_messages_whole_and_streamed_through_fake_anthropic() {
     let key = key_for(&gw, "messages", CLAUDE_MODEL, json!({}));
     let seen = Script::new("anthropic_messages", &gw, &key, CLAUDE_MODEL).run();
     let usage = anthropic_usage(117, 45, 6);
-    // Passed through whole, the answer names the model as the provider reported it.
+    // Passed through whole, the answer names the model the client asked for, not the
+    // provider's name for it (streamed: in `message_start`).
     assert_anthropic_messages(
         &seen,
-        CLAUDE_UPSTREAM,
+        CLAUDE_MODEL,
         "Hello from the fake, word by word.",
         &usage,
     );

@@ -6,6 +6,7 @@
 //!   OpenAI chat and embeddings requests the pipeline checks and meters, usage, the canonical
 //!   stream relay, `GET /v1/models`); it lives here, not under [`providers`], because the
 //!   front doors and every provider use it.
+//! - [`model_name`]: the client-facing model name put in answers that pass through.
 //! - [`sse`]: server-sent events, parsed incrementally and encoded (the load generator
 //!   counts events with it too).
 //! - [`providers`]: every provider behind the one trait the pipeline calls, each with its
@@ -21,6 +22,7 @@
 
 pub mod breaker;
 pub mod catalog;
+pub mod model_name;
 pub mod openai;
 pub mod prompt;
 pub mod provider_error;

@@ -3,7 +3,8 @@
 //!
 //! Formats follow the OpenAI API reference: "Chat" (`POST /v1/chat/completions`, the
 //! `chat.completion` and `chat.completion.chunk` objects, `stream_options.include_usage`),
-//! "Embeddings" (`POST /v1/embeddings`) and "Models" (`GET /v1/models`).
+//! "Completions" (legacy, `POST /v1/completions`, the `text_completion` object),
+//! "Embeddings" (`POST /v1/embeddings`) and "Models" (`GET /v1/models`, `/v1/models/{id}`).
 //!
 //! Everything here is synchronous and pure; the caller does the I/O.
 
@@ -274,6 +275,143 @@ pub fn upstream_embeddings_body(req: &EmbeddingsRequest, upstream_model: &str) -
     write_body(&req.body, upstream_model, None)
 }
 
+/// Most prompts one legacy completion request may carry (each is a separate completion
+/// upstream, so the list is bounded like any other multiplier of work).
+pub const MAX_COMPLETION_PROMPTS: usize = 64;
+
+/// Largest `n` or `best_of` of a legacy completion request: completions made per prompt.
+pub const MAX_COMPLETION_CHOICES: u64 = 16;
+
+/// A checked `POST /v1/completions` (legacy) body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    /// The whole body as sent by the client.
+    pub body: Map<String, Value>,
+    /// The client-facing model name.
+    pub model: String,
+    /// `prompt`, as a list (a string prompt is a list of one).
+    pub prompts: Vec<String>,
+    /// `stream: true`.
+    pub stream: bool,
+    /// `stream_options.include_usage == true`.
+    pub client_wants_usage: bool,
+    /// `max_tokens` (the legacy API's default is 16; absent, the gateway's reservation
+    /// applies).
+    pub max_tokens: Option<u64>,
+    /// Completions made per prompt: the larger of `n` and `best_of` (1 when neither).
+    pub choices_per_prompt: u64,
+}
+
+/// Checks a legacy completions body: `model` a non-empty string; `prompt` a string or a
+/// non-empty array of at most [`MAX_COMPLETION_PROMPTS`] strings (token arrays are refused:
+/// the gateway meters and hooks text); no `suffix` (insertion is not supported); `stream`,
+/// `stream_options.include_usage` booleans; `max_tokens` an integer >= 0; `n` and `best_of`
+/// integers from 1 to [`MAX_COMPLETION_CHOICES`].
+pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest, RequestError> {
+    let body = parse_object(body)?;
+    let model = model_of(&body)?;
+    const PROMPT_TEXT: &str = "a string or an array of strings (token arrays are not supported)";
+    let prompts = match given(&body, "prompt") {
+        None => return Err(RequestError::Missing("prompt")),
+        Some(Value::String(text)) => vec![text.clone()],
+        Some(Value::Array(items)) if !items.is_empty() => {
+            if items.len() > MAX_COMPLETION_PROMPTS {
+                return Err(RequestError::Invalid {
+                    field: "prompt",
+                    expected: "an array of at most 64 prompts",
+                });
+            }
+            let texts: Option<Vec<String>> = items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string))
+                .collect();
+            texts.ok_or(RequestError::Invalid {
+                field: "prompt",
+                expected: PROMPT_TEXT,
+            })?
+        }
+        Some(_) => {
+            return Err(RequestError::Invalid {
+                field: "prompt",
+                expected: PROMPT_TEXT,
+            })
+        }
+    };
+    if given(&body, "suffix").is_some() {
+        return Err(RequestError::Invalid {
+            field: "suffix",
+            expected: "absent (insertion with a suffix is not supported)",
+        });
+    }
+    let stream = optional_bool(&body, "stream")?;
+    let client_wants_usage = match given(&body, "stream_options") {
+        None => false,
+        Some(Value::Object(options)) => {
+            optional_bool(options, "include_usage").map_err(|_| RequestError::Invalid {
+                field: "stream_options.include_usage",
+                expected: "a boolean",
+            })?
+        }
+        Some(_) => {
+            return Err(RequestError::Invalid {
+                field: "stream_options",
+                expected: "an object",
+            })
+        }
+    };
+    let max_tokens = optional_count(&body, "max_tokens")?;
+    let mut choices_per_prompt = 1;
+    for field in ["n", "best_of"] {
+        if let Some(value) = given(&body, field) {
+            match value.as_u64() {
+                Some(n) if (1..=MAX_COMPLETION_CHOICES).contains(&n) => {
+                    choices_per_prompt = choices_per_prompt.max(n)
+                }
+                _ => {
+                    return Err(RequestError::Invalid {
+                        field: if field == "n" { "n" } else { "best_of" },
+                        expected: "an integer from 1 to 16",
+                    })
+                }
+            }
+        }
+    }
+    Ok(CompletionRequest {
+        body,
+        model,
+        prompts,
+        stream,
+        client_wants_usage,
+        max_tokens,
+        choices_per_prompt,
+    })
+}
+
+/// Body for an OpenAI upstream's `/v1/completions`: the client's body with `model` replaced
+/// and `prompt` as checked (or as `on_prompt` changed it); when streaming,
+/// `stream_options.include_usage = true`, so the stream ends with the usage the gateway
+/// meters.
+pub fn upstream_completion_body(req: &CompletionRequest, upstream_model: &str) -> Vec<u8> {
+    let mut body = req.body.clone();
+    body.insert("model".into(), Value::String(upstream_model.to_string()));
+    let prompt = match req.prompts.as_slice() {
+        [one] if !matches!(req.body.get("prompt"), Some(Value::Array(_))) => {
+            Value::String(one.clone())
+        }
+        many => Value::Array(many.iter().cloned().map(Value::String).collect()),
+    };
+    body.insert("prompt".into(), prompt);
+    if req.stream {
+        let mut options = match given(&req.body, "stream_options") {
+            Some(Value::Object(options)) => options.clone(),
+            _ => Map::new(),
+        };
+        options.insert("include_usage".to_string(), Value::Bool(true));
+        body.insert("stream_options".into(), Value::Object(options));
+    }
+    serde_json::to_vec(&body).expect("JSON maps serialize")
+}
+
 /// The `usage` object of the OpenAI API, as far as metering needs it.
 #[derive(Deserialize)]
 struct WireUsage {
@@ -485,18 +623,26 @@ fn encode_joined(event: Option<&str>, head: &str, tail: &str, out: &mut Vec<u8>)
     out.extend_from_slice(b"\n\n");
 }
 
+/// One `model` object, owned by the gateway.
+fn model_object(name: &str, created: i64) -> Value {
+    serde_json::json!({
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "credentialflow",
+    })
+}
+
+/// The `GET /v1/models/{id}` body: the `model` object of `name`.
+pub fn model_body(name: &str, created: i64) -> Vec<u8> {
+    serde_json::to_vec(&model_object(name, created)).expect("serialize JSON value")
+}
+
 /// The `GET /v1/models` body: a `list` of `model` objects, owned by the gateway.
 pub fn models_list_body(names: &[&str], created: i64) -> Vec<u8> {
     let data: Vec<Value> = names
         .iter()
-        .map(|name| {
-            serde_json::json!({
-                "id": name,
-                "object": "model",
-                "created": created,
-                "owned_by": "credentialflow",
-            })
-        })
+        .map(|name| model_object(name, created))
         .collect();
     serde_json::to_vec(&serde_json::json!({ "object": "list", "data": data }))
         .expect("serialize JSON value")

@@ -318,11 +318,27 @@ where
             let _counts = limits::requests(worker, snapshot, None, ctx)?;
             ai::models(snapshot, client, head, ctx).await
         }
+        Door::Ai(ai::Endpoint::Model) => {
+            // As for the list: request rates only, then the answer from the catalog.
+            let _counts = limits::requests(worker, snapshot, None, ctx)?;
+            ai::model(snapshot, client, head, ctx).await
+        }
         Door::Ai(endpoint) => {
             let body = ai::read_body(snapshot, client, head, ctx).await?;
-            if endpoint == ai::Endpoint::Embeddings {
+            match endpoint {
                 // Its own prompt, limits, upstream and settle phases: one model, no `on_prompt`.
-                return ai::embeddings(worker, snapshot, client, head, ctx, &body).await;
+                ai::Endpoint::Embeddings => {
+                    return ai::embeddings(worker, snapshot, client, head, ctx, &body).await
+                }
+                // Its own phases: a prompt, not a chat, to OpenAI-kind providers only.
+                ai::Endpoint::Completions => {
+                    return ai::completions(worker, snapshot, client, head, ctx, &body).await
+                }
+                // Request rates only: counting uses no tokens and no budget.
+                ai::Endpoint::CountTokens => {
+                    return ai::count_tokens(worker, snapshot, client, head, ctx, &body).await
+                }
+                _ => {}
             }
             // Phase prompt: parse into the canonical chat, `on_prompt`, the model, the
             // token estimate and reservation.

@@ -8,6 +8,8 @@
 //!   [`FakeAnthropic::require_key`]) and `anthropic-version` (400
 //!   `invalid_request_error` without it, as the real API answers), and a
 //!   body with `model`, `max_tokens` and `messages` (400 otherwise).
+//! - `POST /v1/messages/count_tokens` needs the same headers and `model` and
+//!   `messages`; it answers `{"input_tokens": N}`, N the input tokens set.
 //! - A whole answer is a `message` object; a streamed one (`"stream": true`)
 //!   is the event sequence `message_start`, `content_block_start`, `ping`,
 //!   `content_block_delta`..., `content_block_stop`, `message_delta`,
@@ -312,6 +314,21 @@ impl Answer {
                 "invalid_request_error",
                 "anthropic-version: header is required",
             );
+        }
+        if (request.method.as_str(), request.path.as_str()) == ("POST", "/v1/messages/count_tokens")
+        {
+            // Token counting takes a Messages body without `max_tokens` and answers
+            // `{"input_tokens": N}` (Anthropic API reference, "Count Message tokens"): here
+            // N is the input tokens set with `set_usage`.
+            let body = serde_json::from_slice::<Value>(&request.body).unwrap_or(Value::Null);
+            for field in ["model", "messages"] {
+                if body.get(field).is_none() {
+                    let message = format!("{field}: Field required");
+                    return refuse(conn, 400, "invalid_request_error", &message);
+                }
+            }
+            let count = json!({ "input_tokens": self.usage.input });
+            return send_json(conn, 200, &count, keep_alive, &request_id(ordinal));
         }
         if (request.method.as_str(), request.path.as_str()) != ("POST", "/v1/messages") {
             return refuse(conn, 404, "not_found_error", "Not found");

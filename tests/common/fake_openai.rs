@@ -1,7 +1,8 @@
 //! A fake OpenAI API in the test process: std threads on 127.0.0.1:0,
-//! speaking the real wire format of the Chat Completions and Embeddings APIs
+//! speaking the real wire format of the Chat Completions, legacy Completions and
+//! Embeddings APIs
 //! (OpenAI API reference: "The chat completion object", "The chat completion
-//! chunk object", "Embeddings", "Error codes"), so the gateway's meters see
+//! chunk object", "Completions" (legacy), "Embeddings", "Error codes"), so the gateway's meters see
 //! exactly what a real provider would send.
 //!
 //! Each test sets what the fake reports (usage, reply text, stream pacing,
@@ -286,6 +287,27 @@ impl Snapshot {
                     send_json(conn, 200, &completion, keep_alive, &rate_limit_headers())
                 }
             }
+            ("POST", "/v1/completions") => {
+                let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
+                    let body = error_body(
+                        "invalid_request_error",
+                        "We could not parse the JSON body of your request.",
+                    );
+                    return send_json(conn, 400, &body, keep_alive, &[]);
+                };
+                let model = body["model"].as_str().unwrap_or_default();
+                // One choice per prompt: a string is one prompt, an array one per item.
+                let prompts = body["prompt"].as_array().map_or(1, Vec::len);
+                let id = format!("cmpl-fake{ordinal}");
+                if body["stream"].as_bool() == Some(true) {
+                    let include_usage =
+                        body["stream_options"]["include_usage"].as_bool() == Some(true);
+                    self.stream_completion(conn, &id, model, prompts, include_usage, keep_alive)
+                } else {
+                    let completion = self.text_completion(&id, model, prompts);
+                    send_json(conn, 200, &completion, keep_alive, &rate_limit_headers())
+                }
+            }
             ("POST", "/v1/embeddings") => {
                 let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
                     let body = error_body(
@@ -531,6 +553,84 @@ impl Snapshot {
             data.truncate(*after);
             data.push(error.clone());
         }
+        send_event_stream_ending(
+            conn,
+            &data,
+            self.stream_delay,
+            keep_alive,
+            &rate_limit_headers(),
+            self.stream_end,
+        )
+    }
+
+    /// A legacy `text_completion` object (OpenAI API reference, "Completions": "The
+    /// completion object"): the reply once per prompt.
+    fn text_completion(&self, id: &str, model: &str, prompts: usize) -> Value {
+        let choices: Vec<Value> = (0..prompts)
+            .map(|index| {
+                json!({ "text": self.reply, "index": index, "logprobs": null,
+                        "finish_reason": "stop" })
+            })
+            .collect();
+        let u = self.usage;
+        json!({
+            "id": id,
+            "object": "text_completion",
+            "created": unix_now(),
+            "model": model,
+            "system_fingerprint": "fp_fake",
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": u.prompt,
+                "completion_tokens": u.completion,
+                "total_tokens": u.prompt + u.completion,
+            },
+        })
+    }
+
+    /// Streams a legacy completion: `text_completion` chunks with `choices[].text` word by
+    /// word, a finish chunk per prompt, then (with `include_usage`) the usage-only chunk
+    /// (`"choices": []`), every other chunk then carrying `"usage": null`.
+    fn stream_completion(
+        &self,
+        conn: &mut Conn,
+        id: &str,
+        model: &str,
+        prompts: usize,
+        include_usage: bool,
+        keep_alive: bool,
+    ) -> bool {
+        let chunk = |choices: Value, usage: Option<Value>| {
+            let mut chunk = json!({
+                "id": id, "object": "text_completion", "created": unix_now(),
+                "model": model, "system_fingerprint": "fp_fake", "choices": choices,
+            });
+            if let Some(usage) = usage {
+                chunk["usage"] = usage;
+            } else if include_usage {
+                chunk["usage"] = Value::Null;
+            }
+            chunk
+        };
+        let choice = |index: usize, text: &str, finish: Value| json!([{ "text": text, "index": index, "logprobs": null, "finish_reason": finish }]);
+        let mut events = Vec::new();
+        for index in 0..prompts {
+            for piece in reply_pieces(&self.reply) {
+                events.push(chunk(choice(index, &piece, Value::Null), None));
+            }
+            events.push(chunk(choice(index, "", json!("stop")), None));
+        }
+        if include_usage {
+            let u = self.usage;
+            let usage = json!({ "prompt_tokens": u.prompt, "completion_tokens": u.completion,
+                                "total_tokens": u.prompt + u.completion });
+            events.push(chunk(json!([]), Some(usage)));
+        }
+        let mut data: Vec<Vec<u8>> = events
+            .iter()
+            .map(|e| format!("data: {e}\n\n").into_bytes())
+            .collect();
+        data.push(b"data: [DONE]\n\n".to_vec());
         send_event_stream_ending(
             conn,
             &data,

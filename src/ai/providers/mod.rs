@@ -120,20 +120,21 @@ pub enum LocalBody {
 
 /// One provider API. Implementations are stateless: everything per provider instance comes
 /// in through [`Target`] and the key.
-/// A canonical `chat.completion` with the usage it reports.
-fn canonical_whole(body: Vec<u8>) -> Whole {
+/// A canonical `chat.completion` with the usage it reports, naming the client-facing `model`.
+fn canonical_whole(body: Vec<u8>, model: &str) -> Whole {
     let usage = crate::ai::openai::usage_from_chat_response(&body);
     Whole {
-        body,
+        body: crate::ai::model_name::rename_body(body, model),
         usage,
         dialect: Dialect::OpenAi,
     }
 }
 
-/// The stage for a stream that is canonical already: relayed, metered on the side.
-fn canonical_stage(canonical_usage: bool, counter: TokenCounter) -> Stage {
+/// The stage for a stream that is canonical already: relayed with the client-facing `model`
+/// in its chunks, metered on the side.
+fn canonical_stage(canonical_usage: bool, counter: TokenCounter, model: &str) -> Stage {
     Stage {
-        stage: Box::new(OpenAiRelay::new(canonical_usage, counter)),
+        stage: Box::new(OpenAiRelay::new(canonical_usage, counter).naming(model)),
         dialect: Dialect::OpenAi,
     }
 }
@@ -157,9 +158,9 @@ pub trait Provider: Send + Sync + fmt::Debug {
         &self,
         body: Vec<u8>,
         _front: Dialect,
-        _reply: &Reply<'_>,
+        reply: &Reply<'_>,
     ) -> Result<Whole, TranslateError> {
-        Ok(canonical_whole(body))
+        Ok(canonical_whole(body, reply.model))
     }
 
     /// The provider-side stage of a streamed chat answer toward `front`; `canonical_usage`
@@ -168,11 +169,11 @@ pub trait Provider: Send + Sync + fmt::Debug {
     fn stream_stage(
         &self,
         _front: Dialect,
-        _reply: &Reply<'_>,
+        reply: &Reply<'_>,
         canonical_usage: bool,
         counter: TokenCounter,
     ) -> Stage {
-        canonical_stage(canonical_usage, counter)
+        canonical_stage(canonical_usage, counter, reply.model)
     }
 
     /// The path (under `base_path`) and body of an embeddings call; `None` when the provider
@@ -191,9 +192,38 @@ pub trait Provider: Send + Sync + fmt::Debug {
         model: &str,
         request: &EmbeddingsRequest,
     ) -> Result<(Vec<u8>, Option<Usage>), TranslateError> {
-        let _ = (model, request);
+        let _ = request;
         let usage = crate::ai::openai::usage_from_embeddings_response(&body);
-        Ok((body, usage))
+        Ok((crate::ai::model_name::rename_body(body, model), usage))
+    }
+
+    /// The path (under `base_path`) and body of a token count of an Anthropic Messages
+    /// `body` (`POST /v1/messages/count_tokens`); `None` when the provider has no such
+    /// endpoint, and the gateway answers from its own estimate.
+    fn count_tokens_request(
+        &self,
+        body: &Map<String, Value>,
+        target: &Target<'_>,
+    ) -> Option<(String, Vec<u8>)> {
+        let _ = (body, target);
+        None
+    }
+
+    /// The `input_tokens` of a successful token-count answer.
+    fn count_tokens_response(&self, body: &[u8]) -> Result<u64, TranslateError> {
+        let _ = body;
+        Err(TranslateError("the provider counts no tokens".into()))
+    }
+
+    /// The path (under `base_path`) and body of a legacy completion (`POST /v1/completions`,
+    /// the client's checked body); `None` when the provider has no such endpoint.
+    fn completions_request(
+        &self,
+        request: &crate::ai::openai::CompletionRequest,
+        target: &Target<'_>,
+    ) -> Option<(String, Vec<u8>)> {
+        let _ = (request, target);
+        None
     }
 
     /// A provider's error answer as the gateway's error, `secrets` scrubbed from its message.
@@ -424,7 +454,11 @@ mod tests {
             .chat_response(answer.to_vec(), Dialect::Anthropic, &reply)
             .unwrap();
         assert_eq!(native.dialect, Dialect::Anthropic);
-        assert_eq!(native.body, answer);
+        // Passed through as it is, but for the client-facing model name.
+        let renamed = String::from_utf8(answer.to_vec())
+            .unwrap()
+            .replace(r#""model":"x""#, r#""model":"m""#);
+        assert_eq!(String::from_utf8(native.body.clone()).unwrap(), renamed);
         let canonical = Anthropic
             .chat_response(answer.to_vec(), Dialect::OpenAi, &reply)
             .unwrap();

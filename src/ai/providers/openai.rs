@@ -29,6 +29,17 @@ impl Provider for OpenAi {
         }
     }
 
+    fn completions_request(
+        &self,
+        request: &openai::CompletionRequest,
+        target: &Target<'_>,
+    ) -> Option<(String, Vec<u8>)> {
+        Some((
+            format!("{}/v1/completions", target.base_path),
+            openai::upstream_completion_body(request, target.upstream_model),
+        ))
+    }
+
     fn embeddings_request(
         &self,
         request: &EmbeddingsRequest,

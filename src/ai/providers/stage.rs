@@ -114,6 +114,8 @@ pub(crate) struct OpenAiRelay {
     failed: bool,
     /// That error, until [`ProviderStage::take_error`].
     error: Option<ProviderError>,
+    /// The client-facing model name put in every chunk; `None` relays chunks as they are.
+    model: Option<String>,
 }
 
 /// The parts of a `chat.completion.chunk` that are completion text; everything else is
@@ -128,6 +130,9 @@ struct ChunkText<'a> {
 struct ChoiceText<'a> {
     #[serde(borrow, default)]
     delta: Option<DeltaText<'a>>,
+    /// A legacy completion chunk's text (`text_completion` objects have no `delta`).
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +163,9 @@ fn count_chunk_text(data: &str, relayed: &mut RelayedTokens) {
     let Ok(chunk) = serde_json::from_str::<ChunkText<'_>>(data) else {
         return;
     };
+    for choice in chunk.choices.iter().flatten() {
+        relayed.add(choice.text.as_deref().unwrap_or_default());
+    }
     for delta in chunk.choices.into_iter().flatten().filter_map(|c| c.delta) {
         relayed.add(delta.content.as_deref().unwrap_or_default());
         for call in delta.tool_calls.into_iter().flatten() {
@@ -179,7 +187,15 @@ impl OpenAiRelay {
             secrets: Vec::new(),
             failed: false,
             error: None,
+            model: None,
         }
+    }
+
+    /// The same relay, putting the client-facing `model` in every chunk (providers answer
+    /// with their own name for it).
+    pub(crate) fn naming(mut self, model: &str) -> OpenAiRelay {
+        self.model = Some(model.to_string());
+        self
     }
 }
 
@@ -200,7 +216,11 @@ impl EventStage for OpenAiRelay {
         if event.has_data && !event.is_done() {
             count_chunk_text(&event.data, &mut self.relayed);
         }
-        self.relay.on_event(event, out)
+        let renamed = self
+            .model
+            .as_deref()
+            .and_then(|model| crate::ai::model_name::rename_event(event, model));
+        self.relay.on_event(renamed.as_ref().unwrap_or(event), out)
     }
     fn finish(&mut self, _out: &mut Vec<u8>) {}
     fn usage(&self) -> Option<Usage> {
@@ -309,17 +329,21 @@ pub(crate) struct AnthropicPassthrough {
     failed: bool,
     /// That error, until [`ProviderStage::take_error`].
     error: Option<ProviderError>,
+    /// The client-facing model name, put in `message_start` in place of the provider's.
+    model: String,
 }
 
 impl AnthropicPassthrough {
-    /// A passthrough metered by `meter` (a translation whose output is discarded).
-    pub(crate) fn new(meter: anthropic::StreamToOpenAi) -> AnthropicPassthrough {
+    /// A passthrough metered by `meter` (a translation whose output is discarded), naming
+    /// the client-facing `model`.
+    pub(crate) fn new(meter: anthropic::StreamToOpenAi, model: &str) -> AnthropicPassthrough {
         AnthropicPassthrough {
             meter,
             scratch: Vec::new(),
             secrets: Vec::new(),
             failed: false,
             error: None,
+            model: model.to_string(),
         }
     }
 }
@@ -339,7 +363,10 @@ impl EventStage for AnthropicPassthrough {
             self.error = Some(error);
             return;
         }
-        out.extend_from_slice(&event.raw);
+        match crate::ai::model_name::rename_event(event, &self.model) {
+            Some(renamed) => out.extend_from_slice(&renamed.raw),
+            None => out.extend_from_slice(&event.raw),
+        }
     }
     fn finish(&mut self, _out: &mut Vec<u8>) {}
     fn usage(&self) -> Option<Usage> {

@@ -354,7 +354,7 @@ where
     send_whole(client, head, ctx, error.status, headers, body.as_bytes()).await
 }
 
-fn is_event_stream(exchange: &Exchange) -> bool {
+pub(super) fn is_event_stream(exchange: &Exchange) -> bool {
     exchange
         .response
         .header("content-type")
@@ -448,7 +448,7 @@ where
 }
 
 /// The values no provider error may show a client: the provider's key as it is now.
-fn provider_secrets(provider: &Provider) -> Vec<std::sync::Arc<crate::config::Secret>> {
+pub(super) fn provider_secrets(provider: &Provider) -> Vec<std::sync::Arc<crate::config::Secret>> {
     provider
         .api_key
         .iter()

@@ -2,20 +2,30 @@
 //! shared route, access and auth phases (a front door is a route whose settings are `[ai]`'s):
 //!
 //! route, front-door part (by path: `/v1/chat/completions`, `/v1/messages`, `/v1/embeddings`,
-//! `/v1/models`, `/v1/responses`, `/prompts/{name}[/v{N}]`: [`route`]) → prompt (read and parse the body into
+//! `/v1/responses`, `/v1/models`, `/v1/models/{id}`, `/v1/completions`,
+//! `/v1/messages/count_tokens`, `/prompts/{name}[/v{N}]`: [`route`]) → prompt (read and parse
+//! the body into
 //! the canonical OpenAI chat form, `on_prompt`, pick the model, estimate: [`prompt_phase`]) →
 //! limits (request rates, concurrency, then tokens per minute and budgets on the request's
 //! estimated tokens: [`limits_phase`]) → upstream (the model's provider, with retries and
 //! fallbacks: [`call`]) → response (translated, streamed event by event: [`stream`]) → settle
 //! (token limits and budgets corrected to the reported usage; usage to the ledger and the
-//! access log: [`settle_phase`]). `/v1/models` ([`models`]) and `/v1/embeddings`
-//! ([`embeddings`]) are the two special cases.
+//! access log: [`settle_phase`]). `/v1/models` ([`models`]), `/v1/models/{id}`
+//! ([`model_info`]), `/v1/embeddings` ([`embeddings`]), `/v1/completions` ([`completions`])
+//! and `/v1/messages/count_tokens` ([`count_tokens`]) have their own phases after auth.
 
 mod call;
+mod completions;
+mod count_tokens;
+mod model_info;
 mod relay;
 mod reply;
 mod responses;
 mod stream;
+
+pub(super) use completions::completions;
+pub(super) use count_tokens::count_tokens;
+pub(super) use model_info::retrieve as model;
 
 use std::fmt::Write as _;
 
@@ -47,6 +57,12 @@ pub(super) enum Endpoint {
     Messages,
     Embeddings,
     Models,
+    /// `GET /v1/models/{id}`.
+    Model,
+    /// `POST /v1/completions` (legacy).
+    Completions,
+    /// `POST /v1/messages/count_tokens` (Anthropic).
+    CountTokens,
     Prompt,
     Responses,
 }
@@ -60,6 +76,9 @@ impl Endpoint {
             "/v1/embeddings" => Some(Endpoint::Embeddings),
             "/v1/models" => Some(Endpoint::Models),
             "/v1/responses" => Some(Endpoint::Responses),
+            "/v1/completions" => Some(Endpoint::Completions),
+            "/v1/messages/count_tokens" => Some(Endpoint::CountTokens),
+            p if p.starts_with(model_info::PREFIX) => Some(Endpoint::Model),
             p if p.starts_with("/prompts/") => Some(Endpoint::Prompt),
             _ => None,
         }
@@ -67,7 +86,7 @@ impl Endpoint {
 
     fn method(self) -> &'static str {
         match self {
-            Endpoint::Models => "GET",
+            Endpoint::Models | Endpoint::Model => "GET",
             _ => "POST",
         }
     }
@@ -102,7 +121,7 @@ pub(super) fn route(
     head: &RequestHead,
     ctx: &mut RequestCtx,
 ) -> Result<(), GatewayError> {
-    if endpoint == Endpoint::Messages {
+    if matches!(endpoint, Endpoint::Messages | Endpoint::CountTokens) {
         ctx.dialect = Dialect::Anthropic;
     }
     if head.method() != endpoint.method() {

@@ -37,7 +37,8 @@ mod stream;
 
 pub use error::{error_from_openai, stream_error};
 pub use request::{
-    parse_messages_request, request_from_openai, request_to_openai, MessagesRequest,
+    parse_count_tokens_request, parse_messages_request, request_from_openai, request_to_openai,
+    MessagesRequest,
 };
 pub use response::{response_from_openai, response_to_openai};
 pub use stream::{StreamFromOpenAi, StreamToOpenAi};
@@ -224,8 +225,9 @@ impl Provider for Anthropic {
         // Translated either way: it checks the answer and reads its usage.
         let (canonical, usage) = response_to_openai(&body, reply.model, reply.created)?;
         Ok(match front {
+            // Passed through, with the client-facing model name.
             Dialect::Anthropic => Whole {
-                body,
+                body: crate::ai::model_name::rename_body(body, reply.model),
                 usage: Some(usage),
                 dialect: Dialect::Anthropic,
             },
@@ -248,7 +250,7 @@ impl Provider for Anthropic {
             let mut meter = StreamToOpenAi::new(reply.model, reply.created, true);
             meter.set_token_counter(counter);
             return Stage {
-                stage: Box::new(AnthropicPassthrough::new(meter)),
+                stage: Box::new(AnthropicPassthrough::new(meter, reply.model)),
                 dialect: Dialect::Anthropic,
             };
         }
@@ -266,6 +268,31 @@ impl Provider for Anthropic {
         _target: &Target<'_>,
     ) -> Option<Result<(String, Vec<u8>), RequestError>> {
         None
+    }
+
+    fn count_tokens_request(
+        &self,
+        body: &serde_json::Map<String, Value>,
+        target: &Target<'_>,
+    ) -> Option<(String, Vec<u8>)> {
+        // The client's body as it is, with the upstream model: the API takes the same
+        // members the front door accepts.
+        let mut body = body.clone();
+        body.insert("model".into(), target.upstream_model.into());
+        let body = serde_json::to_vec(&body).expect("JSON maps serialize");
+        Some((
+            format!("{}/v1/messages/count_tokens", target.base_path),
+            body,
+        ))
+    }
+
+    fn count_tokens_response(&self, body: &[u8]) -> Result<u64, TranslateError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|_| TranslateError("count_tokens answer is not JSON".into()))?;
+        value
+            .get("input_tokens")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| TranslateError("count_tokens answer has no input_tokens".into()))
     }
 }
 

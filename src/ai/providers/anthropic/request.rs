@@ -67,6 +67,36 @@ pub fn parse_messages_request(body: &[u8]) -> Result<MessagesRequest, RequestErr
     })
 }
 
+/// Checks a `POST /v1/messages/count_tokens` body: a Messages body without `max_tokens` or
+/// `stream` (the API takes `model`, `messages`, `system`, `tools`, `tool_choice`, `thinking`).
+/// The messages are checked as a Messages request's are (by [`request_to_openai`]).
+pub fn parse_count_tokens_request(body: &[u8]) -> Result<MessagesRequest, RequestError> {
+    let body = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(RequestError::NotAnObject),
+        Err(e) => return Err(RequestError::NotJson(e.to_string())),
+    };
+    let model = match given(&body, "model") {
+        None => return Err(RequestError::Missing("model")),
+        Some(Value::String(model)) if !model.is_empty() => model.clone(),
+        Some(_) => return Err(invalid("model", "a non-empty string")),
+    };
+    match given(&body, "messages") {
+        None => return Err(RequestError::Missing("messages")),
+        Some(Value::Array(messages)) if !messages.is_empty() => {}
+        Some(_) => return Err(invalid("messages", "a non-empty array")),
+    }
+    let request = MessagesRequest {
+        body,
+        model,
+        stream: false,
+        // Nothing is generated; the translation below only checks the messages.
+        max_tokens: 1,
+    };
+    request_to_openai(&request)?;
+    Ok(request)
+}
+
 // ---------------------------------------------------------------------------------------
 // Anthropic → OpenAI
 // ---------------------------------------------------------------------------------------

@@ -4,10 +4,22 @@
 //! Replies: the text of the last user message, echoed; when that text is `lorem N`, N words of
 //! lorem ipsum (at most [`MAX_LOREM_WORDS`]).
 //!
+//! Tools: when the request has `tools` (and `tool_choice` is not `"none"`) and the last user
+//! message names one of them (the tool's name appears in its text; the first such tool in
+//! `tools` order), the reply is a call of that tool instead of text, with `finish_reason:
+//! "tool_calls"`. Its arguments are a JSON object holding the `required` properties of the
+//! tool's `parameters` schema, each with a plausible value for its type (the first of an
+//! `enum`, `"example"` for a string, `1` for a number or integer, `true`, `[]`, and nested
+//! objects filled the same way), or `{}`. Once the conversation ends with a tool's result
+//! (a `tool` message), the reply is text again: `Tool result: ` and the result's text. So a
+//! tool round trip runs offline, in both dialects (the Anthropic front door translates the
+//! call to `tool_use`).
+//!
 //! Usage, the same in every dialect the mock speaks (it is computed once, in [`reply`]):
 //! - prompt tokens = ceil(B / 4) + 3 × M, where B is the byte length of all messages' text
 //!   (string contents, and the `text` of `text` parts) and M the number of messages;
-//! - completion tokens = ceil(R / 4), R the byte length of the reply;
+//! - completion tokens = ceil(R / 4), R the byte length of the reply (of a tool call: its
+//!   name and arguments text);
 //! - no cached tokens.
 //!
 //! Embeddings: 8 dimensions, a unit vector derived from a hash of each input; prompt tokens =
@@ -70,13 +82,30 @@ const LOREM: &[&str] = &[
     "consequat",
 ];
 
+/// Deepest nesting of object schemas filled in for a tool call's arguments: a bound on the
+/// work one request's schema can ask for (deeper objects are `{}`).
+const MAX_SCHEMA_DEPTH: usize = 8;
+
 /// What the mock answers to one chat request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MockReply {
-    /// The assistant's text.
+    /// The assistant's text (empty for a tool call).
     pub text: String,
+    /// The tool called instead of answering with text.
+    pub tool_call: Option<ToolCall>,
     /// The usage reported for it.
     pub usage: Usage,
+}
+
+/// A call of one of the request's tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// `call_` and a hash of the name and arguments: stable for the same call.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments, a JSON object as text.
+    pub arguments: String,
 }
 
 /// A rough token count: one token per four bytes, rounded up.
@@ -114,7 +143,7 @@ fn lorem(count: usize) -> String {
     words.copied().collect::<Vec<_>>().join(" ")
 }
 
-/// The reply to a chat request (the `messages` of an OpenAI-format body).
+/// The reply to a chat request (the `messages` and `tools` of an OpenAI-format body).
 pub fn reply(request: &Map<String, Value>) -> MockReply {
     let messages = request
         .get("messages")
@@ -123,24 +152,123 @@ pub fn reply(request: &Map<String, Value>) -> MockReply {
         .unwrap_or_default();
     let mut prompt_bytes = 0;
     let mut last_user = None;
+    let mut last_role = None;
+    let mut last_text = String::new();
     for message in messages {
         let text = message_text(message);
         prompt_bytes += text.len();
-        if message.get("role").and_then(Value::as_str) == Some("user") {
-            last_user = Some(text);
+        let role = message.get("role").and_then(Value::as_str);
+        if role == Some("user") {
+            last_user = Some(text.clone());
+        }
+        if role != Some("system") && role != Some("developer") {
+            last_role = role;
+            last_text = text;
         }
     }
     let last_user = last_user.unwrap_or_default();
-    let text = match lorem_request(&last_user) {
-        Some(count) => lorem(count),
-        None => last_user,
+    let prompt_tokens = estimate_tokens(prompt_bytes) + TOKENS_PER_MESSAGE * messages.len() as u64;
+    let after_tool_result = last_role == Some("tool");
+    if !after_tool_result {
+        if let Some(call) = tool_call(request, &last_user) {
+            let usage = Usage {
+                prompt_tokens,
+                completion_tokens: estimate_tokens(call.name.len() + call.arguments.len()),
+                cached_tokens: 0,
+            };
+            return MockReply {
+                text: String::new(),
+                tool_call: Some(call),
+                usage,
+            };
+        }
+    }
+    let text = if after_tool_result {
+        format!("Tool result: {last_text}")
+    } else {
+        match lorem_request(&last_user) {
+            Some(count) => lorem(count),
+            None => last_user,
+        }
     };
     let usage = Usage {
-        prompt_tokens: estimate_tokens(prompt_bytes) + TOKENS_PER_MESSAGE * messages.len() as u64,
+        prompt_tokens,
         completion_tokens: estimate_tokens(text.len()),
         cached_tokens: 0,
     };
-    MockReply { text, usage }
+    MockReply {
+        text,
+        tool_call: None,
+        usage,
+    }
+}
+
+/// The call of the first of the request's function tools whose name appears in `text`,
+/// unless `tool_choice` is `"none"`.
+fn tool_call(request: &Map<String, Value>, text: &str) -> Option<ToolCall> {
+    if request.get("tool_choice").and_then(Value::as_str) == Some("none") {
+        return None;
+    }
+    let tools = request.get("tools")?.as_array()?;
+    let function = tools.iter().find_map(|tool| {
+        let function = tool.get("function")?;
+        let name = function.get("name")?.as_str()?;
+        (!name.is_empty() && text.contains(name)).then_some(function)
+    })?;
+    let name = function.get("name")?.as_str()?.to_string();
+    let arguments = example_value(function.get("parameters").unwrap_or(&Value::Null), 0);
+    let arguments = match arguments {
+        Value::Object(_) => arguments.to_string(),
+        _ => "{}".to_string(),
+    };
+    let id = format!(
+        "call_mock{:016x}",
+        fnv1a(format!("{name}\0{arguments}").as_bytes())
+    );
+    Some(ToolCall {
+        id,
+        name,
+        arguments,
+    })
+}
+
+/// A plausible value for a JSON schema: the first of its `enum`, else one for its `type`;
+/// an object holds its `required` properties (and is `{}` past [`MAX_SCHEMA_DEPTH`]).
+fn example_value(schema: &Value, depth: usize) -> Value {
+    if let Some(first) = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return first.clone();
+    }
+    let kind = match schema.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        // `["string", "null"]`: the first type named.
+        Some(Value::Array(kinds)) => kinds.first().and_then(Value::as_str).unwrap_or("object"),
+        _ if schema.get("properties").is_some() => "object",
+        _ => "string",
+    };
+    match kind {
+        "string" => Value::from("example"),
+        "integer" | "number" => Value::from(1),
+        "boolean" => Value::Bool(true),
+        "array" => Value::Array(Vec::new()),
+        "null" => Value::Null,
+        _ => {
+            let mut object = Map::new();
+            if depth >= MAX_SCHEMA_DEPTH {
+                return Value::Object(object);
+            }
+            let properties = schema.get("properties");
+            let required = schema.get("required").and_then(Value::as_array);
+            for name in required.into_iter().flatten().filter_map(Value::as_str) {
+                let property = properties.and_then(|p| p.get(name)).unwrap_or(&Value::Null);
+                object.insert(name.to_string(), example_value(property, depth + 1));
+            }
+            Value::Object(object)
+        }
+    }
 }
 
 /// The OpenAI `usage` object.
@@ -192,11 +320,32 @@ struct CompletionChoice<'a> {
 #[derive(Serialize)]
 struct AssistantMessage<'a> {
     role: &'static str,
-    content: &'a str,
+    /// `null` when the message is a tool call.
+    content: Option<&'a str>,
     refusal: Option<()>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Value>,
 }
 
-/// The non-streamed response: one `chat.completion` with `finish_reason: "stop"` and usage.
+/// `finish_reason` of `reply`.
+fn finish_reason(reply: &MockReply) -> &'static str {
+    match reply.tool_call {
+        Some(_) => "tool_calls",
+        None => "stop",
+    }
+}
+
+/// The `tool_calls` of a whole message.
+fn tool_calls(call: &ToolCall) -> Value {
+    serde_json::json!([{
+        "id": call.id,
+        "type": "function",
+        "function": { "name": call.name, "arguments": call.arguments },
+    }])
+}
+
+/// The non-streamed response: one `chat.completion` with the reply (its text, or its tool
+/// call with `finish_reason: "tool_calls"`) and usage.
 pub fn chat_completion_body(model: &str, id: &str, created: i64, reply: &MockReply) -> Vec<u8> {
     let completion = Completion {
         id,
@@ -207,11 +356,12 @@ pub fn chat_completion_body(model: &str, id: &str, created: i64, reply: &MockRep
             index: 0,
             message: AssistantMessage {
                 role: "assistant",
-                content: &reply.text,
+                content: reply.tool_call.is_none().then_some(reply.text.as_str()),
                 refusal: None,
+                tool_calls: reply.tool_call.as_ref().map(tool_calls),
             },
             logprobs: None,
-            finish_reason: "stop",
+            finish_reason: finish_reason(reply),
         }],
         usage: reply.usage.into(),
     };
@@ -267,6 +417,8 @@ struct Delta<'a> {
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Value>,
 }
 
 /// `text` in pieces of a few words, each keeping its trailing whitespace, so the pieces
@@ -329,23 +481,54 @@ pub fn chat_completion_chunks(
     };
     let pieces = content_pieces(&reply.text);
     let mut events = Vec::with_capacity(pieces.len() + 4);
-    events.push(chunk(
-        Delta {
-            role: Some("assistant"),
-            content: Some(""),
-        },
-        None,
-    ));
-    for piece in pieces {
-        events.push(chunk(
-            Delta {
-                role: None,
-                content: Some(piece),
-            },
-            None,
-        ));
+    match &reply.tool_call {
+        // As OpenAI streams a call: the id and name first, then the arguments.
+        Some(call) => {
+            events.push(chunk(
+                Delta {
+                    role: Some("assistant"),
+                    tool_calls: Some(serde_json::json!([{
+                        "index": 0,
+                        "id": call.id,
+                        "type": "function",
+                        "function": { "name": call.name, "arguments": "" },
+                    }])),
+                    ..Delta::default()
+                },
+                None,
+            ));
+            events.push(chunk(
+                Delta {
+                    tool_calls: Some(serde_json::json!([{
+                        "index": 0,
+                        "function": { "arguments": call.arguments },
+                    }])),
+                    ..Delta::default()
+                },
+                None,
+            ));
+        }
+        None => {
+            events.push(chunk(
+                Delta {
+                    role: Some("assistant"),
+                    content: Some(""),
+                    ..Delta::default()
+                },
+                None,
+            ));
+            for piece in pieces {
+                events.push(chunk(
+                    Delta {
+                        content: Some(piece),
+                        ..Delta::default()
+                    },
+                    None,
+                ));
+            }
+        }
     }
-    events.push(chunk(Delta::default(), Some("stop")));
+    events.push(chunk(Delta::default(), Some(finish_reason(reply))));
     if include_usage {
         let usage_chunk = Chunk {
             id,
@@ -623,6 +806,121 @@ mod tests {
             first.get("usage").is_some(),
             "other chunks carry usage: null"
         );
+    }
+
+    fn weather_tools() -> Value {
+        json!([{ "type": "function", "function": {
+            "name": "get_weather",
+            "parameters": { "type": "object",
+                "properties": {
+                    "city": { "type": "string" },
+                    "unit": { "type": "string", "enum": ["celsius", "fahrenheit"] },
+                    "days": { "type": "integer" },
+                    "where": { "type": "object", "properties": { "lat": { "type": "number" } },
+                               "required": ["lat"] },
+                    "optional": { "type": "string" }
+                },
+                "required": ["city", "unit", "days", "where"] } } }])
+    }
+
+    #[test]
+    fn a_message_naming_a_tool_is_answered_with_a_call_of_it() {
+        let reply = reply(&request(json!({ "model": "m", "tools": weather_tools(),
+            "messages": [{ "role": "user", "content": "use get_weather for Paris" }] })));
+        let call = reply.tool_call.clone().expect("a tool call");
+        assert_eq!(call.name, "get_weather");
+        let arguments: Value = serde_json::from_str(&call.arguments).unwrap();
+        assert_eq!(
+            arguments,
+            json!({ "city": "example", "unit": "celsius", "days": 1, "where": { "lat": 1 } })
+        );
+        assert!(call.id.starts_with("call_mock"));
+        assert_eq!(
+            reply.usage.completion_tokens,
+            estimate_tokens(call.name.len() + call.arguments.len())
+        );
+        let body = chat_completion_body("m", "c", 1, &reply);
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        let choice = &value["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert_eq!(choice["message"]["content"], Value::Null);
+        assert_eq!(
+            choice["message"]["tool_calls"][0]["function"]["name"],
+            "get_weather"
+        );
+        assert_eq!(choice["message"]["tool_calls"][0]["id"], call.id.as_str());
+    }
+
+    #[test]
+    fn no_call_without_the_name_with_tool_choice_none_or_after_a_tool_result() {
+        let ask = |extra: Value, messages: Value| {
+            let mut body = json!({ "model": "m", "tools": weather_tools(), "messages": messages });
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            reply(&request(body))
+        };
+        let plain = ask(
+            json!({}),
+            json!([{ "role": "user", "content": "the weather?" }]),
+        );
+        assert_eq!(
+            (plain.tool_call, plain.text.as_str()),
+            (None, "the weather?")
+        );
+        let none = ask(
+            json!({ "tool_choice": "none" }),
+            json!([{ "role": "user", "content": "get_weather" }]),
+        );
+        assert_eq!(none.tool_call, None);
+        let after = ask(
+            json!({}),
+            json!([
+                { "role": "user", "content": "get_weather please" },
+                { "role": "assistant", "content": null, "tool_calls": [] },
+                { "role": "tool", "tool_call_id": "x", "content": "Sunny" }
+            ]),
+        );
+        assert_eq!(
+            (after.tool_call, after.text.as_str()),
+            (None, "Tool result: Sunny")
+        );
+    }
+
+    #[test]
+    fn a_schema_nested_past_the_bound_is_filled_with_an_empty_object() {
+        let mut schema = json!({ "type": "object" });
+        for _ in 0..(MAX_SCHEMA_DEPTH + 4) {
+            schema = json!({ "type": "object", "properties": { "a": schema }, "required": ["a"] });
+        }
+        let mut value = &example_value(&schema, 0);
+        let mut depth = 0;
+        while let Some(inner) = value.get("a") {
+            value = inner;
+            depth += 1;
+        }
+        assert_eq!(depth, MAX_SCHEMA_DEPTH);
+        assert_eq!(*value, json!({}));
+    }
+
+    #[test]
+    fn a_streamed_tool_call_is_the_name_then_the_arguments_then_tool_calls() {
+        let reply = reply(&request(json!({ "model": "m", "tools": weather_tools(),
+            "messages": [{ "role": "user", "content": "get_weather" }] })));
+        let datas = parse_chunks(&chat_completion_chunks("m", "c", 1, &reply, false));
+        let chunks: Vec<Value> = datas[..datas.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let first = &chunks[0]["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(first["function"]["name"], "get_weather");
+        assert_eq!(first["function"]["arguments"], "");
+        let arguments = &chunks[1]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"];
+        assert_eq!(
+            arguments.as_str(),
+            Some(reply.tool_call.unwrap().arguments.as_str())
+        );
+        assert_eq!(chunks[2]["choices"][0]["finish_reason"], "tool_calls");
     }
 
     #[test]
