@@ -289,11 +289,11 @@ fn keys_command(
             let (record, secret) = store.rotate(&id, grace, &actor)?;
             print_secret(out, &record, &secret, json)?;
             if !json {
-                if let Some(until) = record.previous_valid_until.filter(|_| !grace.is_zero()) {
+                if let Some(until) = record.previous_valid_until_ms.filter(|_| !grace.is_zero()) {
                     writeln!(
                         out,
                         "previous key valid until: {}",
-                        calendar::rfc3339(until)
+                        calendar::rfc3339(until.div_euclid(1000))
                     )
                     .map_err(runtime)?;
                 }
@@ -470,13 +470,13 @@ fn print_json(out: &mut dyn Write, value: &serde_json::Value) -> Result<(), Fail
 }
 
 fn print_table(out: &mut dyn Write, records: &[KeyRecord]) -> Result<(), Failure> {
-    let now = crate::store::unix_now();
+    let now_ms = crate::clock::unix_now_ms();
     let rows: Vec<[String; 6]> = records
         .iter()
         .map(|r| {
             let status = if r.revoked_at.is_some() {
                 "revoked"
-            } else if !r.is_active(now) {
+            } else if !r.is_active_at_ms(now_ms) {
                 "expired"
             } else {
                 "active"
@@ -487,8 +487,10 @@ fn print_table(out: &mut dyn Write, records: &[KeyRecord]) -> Result<(), Failure
                 r.team.clone(),
                 r.prefix.clone(),
                 status.to_owned(),
-                r.expires_at
-                    .map_or_else(|| "-".to_owned(), calendar::rfc3339),
+                r.expires_at_ms.map_or_else(
+                    || "-".to_owned(),
+                    |ms| calendar::rfc3339(ms.div_euclid(1000)),
+                ),
             ]
         })
         .collect();

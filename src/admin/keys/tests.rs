@@ -337,7 +337,7 @@ fn rotate_answers_the_same_id_and_a_new_key() {
         .pepper()
         .hash(created["key"].as_str().unwrap().as_bytes());
     assert_eq!(record.previous_hash, Some(old));
-    assert!(record.previous_is_valid(crate::store::unix_now()));
+    assert!(record.previous_is_valid_at_ms(crate::clock::unix_now_ms()));
 }
 
 #[test]
