@@ -258,7 +258,7 @@ impl CredentialCache {
     /// Anything that does not look like a gateway key (`cf_` prefix, plausible length) is
     /// refused before hashing; otherwise the cost is one HMAC-SHA256, one hash-map probe and
     /// a constant-time compare, with no allocation, so a flood of unknown keys is cheap.
-    pub fn authenticate(&self, presented: &[u8], now_ms: i64) -> Option<Arc<KeyRecord>> {
+    pub fn authenticate_at_ms(&self, presented: &[u8], now_ms: i64) -> Option<Arc<KeyRecord>> {
         if !is_plausible_key(presented) {
             return None;
         }
@@ -646,7 +646,7 @@ mod tests {
         let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
 
         let found = cache
-            .authenticate(key.as_bytes(), unix_now_ms())
+            .authenticate_at_ms(key.as_bytes(), unix_now_ms())
             .expect("hit");
         assert_eq!(found.id, record.id);
         assert_eq!(found.name, "alice");
@@ -662,9 +662,9 @@ mod tests {
         let mut other = key.into_bytes();
         let last = other.len() - 1;
         other[last] = if other[last] == b'A' { b'B' } else { b'A' };
-        assert!(cache.authenticate(&other, unix_now_ms()).is_none());
+        assert!(cache.authenticate_at_ms(&other, unix_now_ms()).is_none());
         assert!(cache
-            .authenticate(secret("unknown").as_bytes(), unix_now_ms())
+            .authenticate_at_ms(secret("unknown").as_bytes(), unix_now_ms())
             .is_none());
     }
 
@@ -677,12 +677,16 @@ mod tests {
 
         let wrong_prefix = format!("sk_{}", &key[3..]);
         assert!(cache
-            .authenticate(wrong_prefix.as_bytes(), unix_now_ms())
+            .authenticate_at_ms(wrong_prefix.as_bytes(), unix_now_ms())
             .is_none());
-        assert!(cache.authenticate(b"cf_short", unix_now_ms()).is_none());
+        assert!(cache
+            .authenticate_at_ms(b"cf_short", unix_now_ms())
+            .is_none());
         let huge = format!("{key}{}", "a".repeat(MAX_KEY_LEN));
-        assert!(cache.authenticate(huge.as_bytes(), unix_now_ms()).is_none());
-        assert!(cache.authenticate(b"", unix_now_ms()).is_none());
+        assert!(cache
+            .authenticate_at_ms(huge.as_bytes(), unix_now_ms())
+            .is_none());
+        assert!(cache.authenticate_at_ms(b"", unix_now_ms()).is_none());
     }
 
     #[test]
@@ -691,13 +695,17 @@ mod tests {
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (record, key) = store.create(new_key("alice"), "test").unwrap();
         let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
-        assert!(cache.authenticate(key.as_bytes(), unix_now_ms()).is_some());
+        assert!(cache
+            .authenticate_at_ms(key.as_bytes(), unix_now_ms())
+            .is_some());
 
         // A second connection, as the CLI in another process would open.
         let mut other = KeyStore::open(&dir.0).unwrap();
         other.revoke(&record.id, "test").unwrap();
         within_one_second("revocation", || {
-            cache.authenticate(key.as_bytes(), unix_now_ms()).is_none()
+            cache
+                .authenticate_at_ms(key.as_bytes(), unix_now_ms())
+                .is_none()
         });
         let revoked = cache
             .by_id(&record.id)
@@ -719,20 +727,24 @@ mod tests {
             .unwrap();
         within_one_second("rotation", || {
             cache
-                .authenticate(new_key.as_bytes(), unix_now_ms())
+                .authenticate_at_ms(new_key.as_bytes(), unix_now_ms())
                 .is_some()
         });
         let now = unix_now_ms();
         let grace_end = rotated.previous_valid_until_ms.unwrap();
         let old = cache
-            .authenticate(old_key.as_bytes(), now)
+            .authenticate_at_ms(old_key.as_bytes(), now)
             .expect("old key in grace");
         assert_eq!(old.id, record.id);
         assert!(cache
-            .authenticate(old_key.as_bytes(), grace_end - 1)
+            .authenticate_at_ms(old_key.as_bytes(), grace_end - 1)
             .is_some());
-        assert!(cache.authenticate(old_key.as_bytes(), grace_end).is_none());
-        assert!(cache.authenticate(new_key.as_bytes(), grace_end).is_some());
+        assert!(cache
+            .authenticate_at_ms(old_key.as_bytes(), grace_end)
+            .is_none());
+        assert!(cache
+            .authenticate_at_ms(new_key.as_bytes(), grace_end)
+            .is_some());
     }
 
     #[test]
@@ -745,11 +757,11 @@ mod tests {
         let (_, new_key) = store.rotate(&record.id, Duration::ZERO, "test").unwrap();
         within_one_second("rotation", || {
             cache
-                .authenticate(new_key.as_bytes(), unix_now_ms())
+                .authenticate_at_ms(new_key.as_bytes(), unix_now_ms())
                 .is_some()
         });
         assert!(cache
-            .authenticate(old_key.as_bytes(), unix_now_ms())
+            .authenticate_at_ms(old_key.as_bytes(), unix_now_ms())
             .is_none());
     }
 
@@ -770,15 +782,15 @@ mod tests {
         record.hash = cache.pepper.hash(second.as_bytes());
         record.seq = 2;
         assert!(apply_at(&cache, record.clone(), now));
-        assert!(cache.authenticate(first.as_bytes(), now).is_some());
+        assert!(cache.authenticate_at_ms(first.as_bytes(), now).is_some());
 
         record.previous_hash = Some(record.hash);
         record.hash = cache.pepper.hash(third.as_bytes());
         record.seq = 3;
         assert!(apply_at(&cache, record, now));
-        assert!(cache.authenticate(first.as_bytes(), now).is_none());
-        assert!(cache.authenticate(second.as_bytes(), now).is_some());
-        assert!(cache.authenticate(third.as_bytes(), now).is_some());
+        assert!(cache.authenticate_at_ms(first.as_bytes(), now).is_none());
+        assert!(cache.authenticate_at_ms(second.as_bytes(), now).is_some());
+        assert!(cache.authenticate_at_ms(third.as_bytes(), now).is_some());
         assert_eq!(cache.by_hash.len(), 2);
     }
 
@@ -802,8 +814,8 @@ mod tests {
         assert!(!cache.apply_change(before));
         let held = cache.by_id("key_race").unwrap();
         assert_eq!((held.seq, held.rpm), (5, Some(7)));
-        assert!(cache.authenticate(new.as_bytes(), now).is_some());
-        assert!(cache.authenticate(old.as_bytes(), now).is_none());
+        assert!(cache.authenticate_at_ms(new.as_bytes(), now).is_some());
+        assert!(cache.authenticate_at_ms(old.as_bytes(), now).is_none());
 
         // A revocation cannot be undone by a stale read of the live key either.
         let mut revoked = cache.by_id("key_race").unwrap().as_ref().clone();
@@ -814,7 +826,7 @@ mod tests {
         stale.seq = 5;
         assert!(cache.apply_change(revoked));
         assert!(!cache.apply_change(stale));
-        assert!(cache.authenticate(new.as_bytes(), now).is_none());
+        assert!(cache.authenticate_at_ms(new.as_bytes(), now).is_none());
         assert!(cache.by_name("race").is_none());
     }
 
@@ -850,7 +862,7 @@ mod tests {
         let (created, first) = store.create(new_key("direct"), "test").unwrap();
         assert!(cache.apply_change(created.clone()));
         assert!(cache
-            .authenticate(first.as_bytes(), unix_now_ms())
+            .authenticate_at_ms(first.as_bytes(), unix_now_ms())
             .is_some());
 
         let (rotated, second) = store
@@ -858,10 +870,10 @@ mod tests {
             .unwrap();
         assert!(cache.apply_change(rotated));
         assert!(cache
-            .authenticate(second.as_bytes(), unix_now_ms())
+            .authenticate_at_ms(second.as_bytes(), unix_now_ms())
             .is_some());
         assert!(cache
-            .authenticate(first.as_bytes(), unix_now_ms())
+            .authenticate_at_ms(first.as_bytes(), unix_now_ms())
             .is_some());
 
         let patch = KeyPatch {
@@ -874,10 +886,10 @@ mod tests {
         let revoked = store.revoke(&created.id, "test").unwrap();
         assert!(cache.apply_change(revoked.clone()));
         assert!(cache
-            .authenticate(second.as_bytes(), unix_now_ms())
+            .authenticate_at_ms(second.as_bytes(), unix_now_ms())
             .is_none());
         assert!(cache
-            .authenticate(first.as_bytes(), unix_now_ms())
+            .authenticate_at_ms(first.as_bytes(), unix_now_ms())
             .is_none());
 
         // A watcher pass over the same rows (every one already applied) changes nothing.
@@ -892,7 +904,7 @@ mod tests {
         assert_eq!(watcher.last_seq, revoked.seq);
         assert!(cache.by_id(&created.id).unwrap().revoked_at.is_some());
         assert!(cache
-            .authenticate(second.as_bytes(), unix_now_ms())
+            .authenticate_at_ms(second.as_bytes(), unix_now_ms())
             .is_none());
     }
 
@@ -987,11 +999,15 @@ mod tests {
 
         // Unannounced, the change is not read, however many poll intervals pass.
         thread::sleep(POLL_INTERVAL * 3);
-        assert!(cache.authenticate(key.as_bytes(), unix_now_ms()).is_none());
+        assert!(cache
+            .authenticate_at_ms(key.as_bytes(), unix_now_ms())
+            .is_none());
 
         notify.send(()).unwrap();
         within_one_second("notified change", || {
-            cache.authenticate(key.as_bytes(), unix_now_ms()).is_some()
+            cache
+                .authenticate_at_ms(key.as_bytes(), unix_now_ms())
+                .is_some()
         });
         cache.stop();
     }
@@ -1135,11 +1151,11 @@ mod tests {
         // Revoked elsewhere while this node cannot see it.
         writer.revoke(&leaver.id, "test").unwrap();
         for key in [&leaver_key, &stayer_key, &expiring_key] {
-            assert!(cache.authenticate(key.as_bytes(), now).is_some());
+            assert!(cache.authenticate_at_ms(key.as_bytes(), now).is_some());
         }
         let expires_at = expiring.expires_at_ms.unwrap();
         assert!(cache
-            .authenticate(expiring_key.as_bytes(), expires_at)
+            .authenticate_at_ms(expiring_key.as_bytes(), expires_at)
             .is_none());
 
         down.store(false, Ordering::SeqCst);
@@ -1147,8 +1163,12 @@ mod tests {
         assert!(cache.store_health().is_up());
         assert_eq!(watcher.retry, None);
         assert!(!watcher.reconcile);
-        assert!(cache.authenticate(leaver_key.as_bytes(), now).is_none());
-        assert!(cache.authenticate(stayer_key.as_bytes(), now).is_some());
+        assert!(cache
+            .authenticate_at_ms(leaver_key.as_bytes(), now)
+            .is_none());
+        assert!(cache
+            .authenticate_at_ms(stayer_key.as_bytes(), now)
+            .is_some());
     }
 
     /// A store that notifies is still read every SAFETY_NET_INTERVAL (1 s), so a lost
@@ -1189,13 +1209,13 @@ mod tests {
         assert!(cache.by_id("key_gone").is_none());
         assert!(cache.by_name("gone").is_none());
         assert!(cache
-            .authenticate(secret("gone").as_bytes(), unix_now_ms())
+            .authenticate_at_ms(secret("gone").as_bytes(), unix_now_ms())
             .is_none());
         assert!(cache
-            .authenticate(secret("kept").as_bytes(), unix_now_ms())
+            .authenticate_at_ms(secret("kept").as_bytes(), unix_now_ms())
             .is_some());
         assert!(cache
-            .authenticate(secret("newer").as_bytes(), unix_now_ms())
+            .authenticate_at_ms(secret("newer").as_bytes(), unix_now_ms())
             .is_some());
     }
 
@@ -1216,7 +1236,7 @@ mod tests {
         assert_eq!(cache.by_hash.len(), 2);
         cache.expire_graces(1_060);
         assert_eq!(cache.by_hash.len(), 1);
-        assert!(cache.authenticate(new.as_bytes(), 1_060).is_some());
+        assert!(cache.authenticate_at_ms(new.as_bytes(), 1_060).is_some());
     }
 
     #[test]
@@ -1231,8 +1251,12 @@ mod tests {
         let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
 
         let expires_at = record.expires_at_ms.expect("expiry set");
-        assert!(cache.authenticate(key.as_bytes(), expires_at - 1).is_some());
-        assert!(cache.authenticate(key.as_bytes(), expires_at).is_none());
+        assert!(cache
+            .authenticate_at_ms(key.as_bytes(), expires_at - 1)
+            .is_some());
+        assert!(cache
+            .authenticate_at_ms(key.as_bytes(), expires_at)
+            .is_none());
     }
 
     #[test]
@@ -1254,7 +1278,9 @@ mod tests {
         within_one_second("update", || {
             cache.by_id(&record.id).is_some_and(|k| k.rpm == Some(42))
         });
-        let by_key = cache.authenticate(key.as_bytes(), unix_now_ms()).unwrap();
+        let by_key = cache
+            .authenticate_at_ms(key.as_bytes(), unix_now_ms())
+            .unwrap();
         assert_eq!(by_key.rpm, Some(42));
         assert!(cache.by_name("alice").is_none());
         assert_eq!(cache.by_name("alice-2").unwrap().id, record.id);
@@ -1276,7 +1302,7 @@ mod tests {
         let now = unix_now_ms();
         for (record, key) in &issued {
             let found = cache
-                .authenticate(key.as_bytes(), now)
+                .authenticate_at_ms(key.as_bytes(), now)
                 .expect("every key hits");
             assert_eq!(found.id, record.id);
             assert_eq!(cache.by_name(&record.name).unwrap().id, record.id);

@@ -434,7 +434,7 @@ fn api_key(
     worker
         .shared
         .credentials
-        .authenticate(presented, now_ms)
+        .authenticate_at_ms(presented, now_ms)
         .ok_or(GatewayError::Unauthorized)
 }
 
