@@ -41,29 +41,31 @@ fn lookup_1m(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(cache.len(), KEYS);
 
-    let now = 1_700_000_000;
+    let now = 1_700_000_000_000;
     let hits: Vec<String> = (0..SAMPLE).map(|i| secret(i * (KEYS / SAMPLE))).collect();
     let misses: Vec<String> = (0..SAMPLE).map(|i| secret(KEYS + i)).collect();
-    assert!(cache.authenticate(hits[1].as_bytes(), now).is_some());
-    assert!(cache.authenticate(misses[1].as_bytes(), now).is_none());
+    assert!(cache.authenticate_at_ms(hits[1].as_bytes(), now).is_some());
+    assert!(cache
+        .authenticate_at_ms(misses[1].as_bytes(), now)
+        .is_none());
 
     let mut group = c.benchmark_group("credential cache, 1M keys");
     let mut i = 0;
     group.bench_function("hit", |b| {
         b.iter(|| {
             i = (i + 1) % SAMPLE;
-            cache.authenticate(black_box(hits[i].as_bytes()), now)
+            cache.authenticate_at_ms(black_box(hits[i].as_bytes()), now)
         })
     });
     group.bench_function("miss (unknown key)", |b| {
         b.iter(|| {
             i = (i + 1) % SAMPLE;
-            cache.authenticate(black_box(misses[i].as_bytes()), now)
+            cache.authenticate_at_ms(black_box(misses[i].as_bytes()), now)
         })
     });
     group.bench_function("refused by shape (no cf_ prefix)", |b| {
         b.iter(|| {
-            cache.authenticate(
+            cache.authenticate_at_ms(
                 black_box(b"sk-not-a-gateway-key-0000000000000000000000"),
                 now,
             )

@@ -146,9 +146,11 @@ fn main() {
         .load(Ordering::Relaxed)
         .saturating_sub(live_before);
     assert_eq!(cache.len() as u64, KEYS);
-    let now = unix_now();
+    let now = credentialflow::clock::unix_now_ms();
     for i in [1, KEYS / 2, KEYS - 1] {
-        assert!(cache.authenticate(secret(i).as_bytes(), now).is_some());
+        assert!(cache
+            .authenticate_at_ms(secret(i).as_bytes(), now)
+            .is_some());
     }
     println!("CredentialCache::start with {KEYS} keys: {elapsed:.2?}");
     println!(

@@ -261,11 +261,15 @@ fn main() {
     let cache: Arc<CredentialCache> = CredentialCache::start(&settings).expect("start");
     let elapsed = started.elapsed();
     assert_eq!(cache.len() as u64, KEYS);
-    let now = unix_now();
+    let now = credentialflow::clock::unix_now_ms();
     for i in [1, KEYS / 2, KEYS - 1] {
-        assert!(cache.authenticate(secret(i).as_bytes(), now).is_some());
+        assert!(cache
+            .authenticate_at_ms(secret(i).as_bytes(), now)
+            .is_some());
     }
-    assert!(cache.authenticate(secret(KEYS).as_bytes(), now).is_none());
+    assert!(cache
+        .authenticate_at_ms(secret(KEYS).as_bytes(), now)
+        .is_none());
     let rss_after = proc_status_kb("VmRSS");
     let cache_live = live_bytes().saturating_sub(live_before);
     println!("CredentialCache::start (postgres) with {KEYS} keys: {elapsed:.2?}");

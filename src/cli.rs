@@ -64,9 +64,17 @@ enum Command {
     },
     /// Validate a config file and print every error with its key path.
     Check {
-        /// Config file to validate.
+        /// Config file to validate (default: ./credentialflow.toml, as for `serve`).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+    },
+    /// Print configs: `config default` is the built-in one `serve` runs without a file.
+    Config(ConfigArgs),
+    /// Print a shell completion script: `credentialflow completions bash > ...`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Issue, list, show, update, revoke and rotate virtual keys.
     Keys(Box<keys::KeysArgs>),
@@ -76,6 +84,20 @@ enum Command {
     Usage(usage::UsageArgs),
     /// Work on the store as a whole: copy a single host's store into PostgreSQL.
     Store(store::StoreArgs),
+}
+
+/// `credentialflow config`.
+#[derive(clap::Args, Debug)]
+struct ConfigArgs {
+    #[command(subcommand)]
+    command: ConfigCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print the built-in config (what `serve` runs with no file): redirected into
+    /// `credentialflow.toml`, a starting point that `check` accepts.
+    Default,
 }
 
 /// clap's multi-line usage error as the one line the contract asks for: the message and
@@ -107,11 +129,31 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Serve { config, driver } => serve::run(config, driver),
-        Command::Check { config } => check(&config),
+        Command::Check { config } => check_command(config),
+        Command::Config(ConfigArgs {
+            command: ConfigCommand::Default,
+        }) => {
+            print!("{}", config::BUILTIN_DEFAULT_TOML);
+            0
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "credentialflow",
+                &mut std::io::stdout().lock(),
+            );
+            0
+        }
         Command::Keys(args) => keys::run_keys(*args),
         Command::Audit(args) => keys::run_audit(args),
         Command::Usage(args) => match keys::store_settings_or_exit(args.config.as_deref()) {
-            Ok(settings) => usage::run_usage(args, &settings),
+            Ok(settings) => {
+                let code = usage::run_usage(args, &settings);
+                keys::hand_over_new_files(&settings);
+                code
+            }
             Err(code) => code,
         },
         Command::Store(args) => store::run_store(args),
@@ -152,18 +194,39 @@ pub fn main() -> i32 {
     }
 }
 
+/// `check [--config FILE]`: without `--config`, the file `serve` would use
+/// (`./credentialflow.toml`); when there is none, says so rather than checking nothing.
+fn check_command(config_path: Option<PathBuf>) -> i32 {
+    match config_path.or_else(config::resolve_default_path) {
+        Some(path) => check(&path),
+        None => {
+            eprintln!(
+                "error: no --config given and no ./{} in {}: nothing to check (`serve` would run \
+                 the built-in default; `credentialflow config default` prints it)",
+                config::DEFAULT_CONFIG_FILE,
+                std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|_| "the working directory".to_owned())
+            );
+            EXIT_BAD_INPUT
+        }
+    }
+}
+
 /// Builds everything `serve` builds from the file except sockets, threads and fetches, so
 /// `check` refuses exactly what `serve` and reload refuse, with the same error lines.
+/// Errors and warnings go to stderr (the contract's place for them); stdout carries only
+/// the `ok:` line, so a script can tell a clean file by its output too.
 fn check(path: &std::path::Path) -> i32 {
     // Nothing is watched for long: the watcher only resolves `file:` secrets here.
     let secrets = config::SecretWatcher::start();
     let admission = crate::limits::Admission::default();
     let (_, report) = Snapshot::load(path, &secrets, &admission, Purpose::Check);
-    for w in &report.warnings {
-        println!("warning: {w}");
-    }
     for e in &report.errors {
-        println!("error: {e}");
+        eprintln!("error: {e}");
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
     }
     if report.errors.is_empty() {
         println!("ok: {}", path.display());
@@ -196,9 +259,34 @@ mod tests {
 
     #[test]
     fn missing_argument_is_one_line_naming_it() {
-        let line = parse_error(&["credentialflow", "check"]);
+        let line = parse_error(&["credentialflow", "keys", "create"]);
         assert!(!line.contains('\n'), "{line}");
-        assert!(line.contains("--config"), "{line}");
+        assert!(line.contains("--name"), "{line}");
+    }
+
+    #[test]
+    fn check_takes_its_config_file_optionally() {
+        let parsed = Cli::try_parse_from(["credentialflow", "check"]).unwrap();
+        assert!(matches!(parsed.command, Command::Check { config: None }));
+        let parsed =
+            Cli::try_parse_from(["credentialflow", "check", "--config", "a.toml"]).unwrap();
+        let Command::Check { config: Some(path) } = parsed.command else {
+            panic!("check --config a.toml");
+        };
+        assert_eq!(path, PathBuf::from("a.toml"));
+    }
+
+    #[test]
+    fn completions_take_the_shell_by_name() {
+        for shell in ["bash", "zsh", "fish"] {
+            let parsed = Cli::try_parse_from(["credentialflow", "completions", shell]).unwrap();
+            assert!(
+                matches!(parsed.command, Command::Completions { .. }),
+                "{shell}"
+            );
+        }
+        let line = parse_error(&["credentialflow", "completions", "cmd.exe"]);
+        assert!(line.contains("cmd.exe"), "{line}");
     }
 
     #[test]

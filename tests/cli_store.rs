@@ -128,7 +128,16 @@ struct Setup {
 }
 
 impl Setup {
+    /// The config and its (existing) `data_dir`, as a gateway that has served once
+    /// leaves them.
     fn new(text: &str) -> Setup {
+        let setup = Setup::without_data_dir(text);
+        std::fs::create_dir(setup.dir.join("data")).expect("create data_dir");
+        setup
+    }
+
+    /// The config alone: its `data_dir` does not exist.
+    fn without_data_dir(text: &str) -> Setup {
         let dir = TempDir::new("cli-store");
         std::fs::write(dir.join("credentialflow.toml"), text).expect("write config");
         Setup {
@@ -156,12 +165,19 @@ impl Setup {
 fn whole_key_life_works(setup: &Setup) {
     let created = setup.run(&["keys", "create", "--name", "ops", "--team", "red", "--json"]);
     created.assert_ok("keys create");
+    let created_stderr = created.stderr.clone();
     let created = created.json();
     let id = created["id"].as_str().expect("id").to_string();
     let secret = created["key"].as_str().expect("key").to_string();
     assert!(
-        setup.dir.join("data").is_dir(),
+        setup.dir.join("data").join("keys.db").is_file(),
         "the store must live in data_dir next to the config file"
+    );
+    // Which store was used, on stderr, with data_dir resolved against the config file.
+    let data_dir = setup.dir.join("data");
+    assert_eq!(
+        created_stderr.trim_end(),
+        format!("store: sqlite at {}", data_dir.display()),
     );
 
     let listed = setup.run(&["keys", "list", "--json"]);
@@ -242,6 +258,7 @@ fn store_commands_still_report_a_bad_store_section() {
             run.stderr
         );
         assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(!run.stderr.contains("store: "), "{args:?}: {}", run.stderr);
     }
 }
 
@@ -287,10 +304,10 @@ fn check_names_every_store_error() {
     );
     assert_eq!(run.code, Some(1), "{}", run.output());
     assert_eq!(
-        error_paths(&run.stdout),
+        error_paths(&run.stderr),
         ["store.backend", "store.node", "store.peper"],
         "{}",
-        run.stdout
+        run.stderr
     );
 }
 
@@ -298,9 +315,9 @@ fn check_names_every_store_error() {
 fn check_requires_url_and_pepper_for_postgres() {
     let run = check(&valid_config("[store]\nbackend = \"postgres\"\n"), &[]);
     assert_eq!(run.code, Some(1), "{}", run.output());
-    let paths = error_paths(&run.stdout);
+    let paths = error_paths(&run.stderr);
     for path in ["store.url", "store.pepper"] {
-        assert!(paths.iter().any(|p| p == path), "{path}: {}", run.stdout);
+        assert!(paths.iter().any(|p| p == path), "{path}: {}", run.stderr);
     }
 }
 
@@ -317,9 +334,9 @@ fn check_refuses_a_short_pepper_without_showing_it() {
     );
     assert_eq!(run.code, Some(1), "{}", run.output());
     assert!(
-        error_paths(&run.stdout).iter().any(|p| p == "store.pepper"),
+        error_paths(&run.stderr).iter().any(|p| p == "store.pepper"),
         "{}",
-        run.stdout
+        run.stderr
     );
     assert!(!run.output().contains("short-pepper"), "{}", run.output());
 }
@@ -333,11 +350,11 @@ fn check_never_prints_the_store_urls_password() {
     );
     let run = check(&valid_config(&literal), &[("CF_CLI_STORE_PEPPER", PEPPER)]);
     assert!(
-        run.stdout
+        run.stderr
             .lines()
             .any(|l| l.starts_with("warning: store.url") && l.contains("literal")),
         "{}",
-        run.stdout
+        run.stderr
     );
     assert!(!run.output().contains(URL_PASSWORD), "{}", run.output());
     assert!(!run.output().contains(PEPPER));
@@ -352,9 +369,9 @@ fn check_never_prints_the_store_urls_password() {
     );
     assert_eq!(run.code, Some(1), "{}", run.output());
     assert!(
-        error_paths(&run.stdout).iter().any(|p| p == "store.url"),
+        error_paths(&run.stderr).iter().any(|p| p == "store.url"),
         "{}",
-        run.stdout
+        run.stderr
     );
     assert!(!run.output().contains(URL_PASSWORD), "{}", run.output());
     assert!(!run.output().contains("db.example"), "{}", run.output());
@@ -402,6 +419,14 @@ fn store_commands_fail_as_a_machine_error_when_postgres_is_unreachable() {
             "{args:?}: {}",
             run.stderr
         );
+        // The store is named by its node, never by its URL.
+        let first = run.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("store: postgres (") && first.ends_with(')'),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!first.contains("127.0.0.1"), "{args:?}: {first}");
         assert!(!run.output().contains(URL_PASSWORD), "{args:?}");
         assert!(!run.output().contains(PEPPER), "{args:?}");
     }
@@ -409,4 +434,71 @@ fn store_commands_fail_as_a_machine_error_when_postgres_is_unreachable() {
         !setup.dir.join("data").join("keys.db").exists(),
         "a PostgreSQL command must not create a SQLite store"
     );
+}
+
+#[test]
+fn store_commands_refuse_a_data_dir_that_does_not_exist() {
+    let setup = Setup::without_data_dir(&unservable_config(""));
+    for args in [
+        &["keys", "create", "--name", "lost"][..],
+        &["keys", "list"],
+        &["keys", "revoke", "key_x"],
+        &["usage"],
+        &["audit"],
+    ] {
+        let run = setup.run(args);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.output());
+        assert_eq!(run.stdout, "", "{args:?}: no key may be printed");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.starts_with("error: server.data_dir ")
+                && run.stderr.contains("does not exist"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(
+            !setup.dir.join("data").exists(),
+            "{args:?}: a store command must not create an empty store"
+        );
+    }
+}
+
+#[test]
+fn files_a_root_run_command_creates_belong_to_the_data_dirs_owner() {
+    use std::os::unix::fs::MetadataExt;
+
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can create files for another user");
+        return;
+    }
+    // `nobody`: a user that owns nothing else here, as a service user would.
+    const NOBODY: u32 = 65_534;
+    let setup = Setup::new(&unservable_config(""));
+    let data = setup.dir.join("data");
+    std::os::unix::fs::chown(&data, Some(NOBODY), Some(NOBODY)).expect("chown data_dir");
+
+    let created = setup.run(&["keys", "create", "--name", "svc", "--json"]);
+    created.assert_ok("keys create");
+    let id = created.json()["id"].as_str().expect("id").to_string();
+    setup.run(&["keys", "revoke", &id]).assert_ok("keys revoke");
+    setup.run(&["usage"]).assert_ok("usage");
+    setup.run(&["audit"]).assert_ok("audit");
+
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&data).expect("read data_dir") {
+        let entry = entry.expect("entry");
+        let meta = std::fs::symlink_metadata(entry.path()).expect("metadata");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (NOBODY, NOBODY),
+            "{name} is not the data_dir owner's"
+        );
+        names.push(name);
+    }
+    names.sort();
+    for made in ["audit.log", "keys.db", "pepper"] {
+        assert!(names.iter().any(|n| n == made), "{made} missing: {names:?}");
+    }
 }

@@ -105,8 +105,8 @@ impl Host {
         // the past, so the row is changed directly.
         let db = rusqlite::Connection::open(dir.path().join("keys.db")).unwrap();
         db.execute(
-            "UPDATE keys SET expires_at = ?1 WHERE id = ?2",
-            rusqlite::params![unix_now() - 60, expired.id],
+            "UPDATE keys SET expires_at_ms = ?1 WHERE id = ?2",
+            rusqlite::params![(unix_now() - 60) * 1000, expired.id],
         )
         .unwrap();
         drop(db);
@@ -323,9 +323,9 @@ fn every_key_is_copied_field_for_field_and_its_secret_authenticates() {
         Pepper::from_hex(&host.pepper_hex()).unwrap(),
         pg_keys.clone(),
     );
-    let now = unix_now();
+    let now_ms = credentialflow::clock::unix_now_ms();
     for (id, secret) in &host.live {
-        let key = cache.authenticate(secret.as_bytes(), now);
+        let key = cache.authenticate_at_ms(secret.as_bytes(), now_ms);
         assert_eq!(
             key.map(|k| k.id.clone()).as_ref(),
             Some(id),
@@ -333,7 +333,9 @@ fn every_key_is_copied_field_for_field_and_its_secret_authenticates() {
         );
     }
     for secret in &host.dead {
-        assert!(cache.authenticate(secret.as_bytes(), now).is_none());
+        assert!(cache
+            .authenticate_at_ms(secret.as_bytes(), now_ms)
+            .is_none());
     }
 
     // The host's store was only read.
@@ -391,7 +393,9 @@ fn a_second_run_copies_nothing_and_a_new_key_alone() {
         Pepper::from_hex(&host.pepper_hex()).unwrap(),
         pg.list().unwrap(),
     );
-    assert!(cache.authenticate(secret.as_bytes(), unix_now()).is_some());
+    assert!(cache
+        .authenticate_at_ms(secret.as_bytes(), credentialflow::clock::unix_now_ms())
+        .is_some());
 }
 
 #[test]

@@ -144,9 +144,12 @@ both_backends! {
         assert_eq!(stored.budget_tokens, Some(1_000_000));
         assert_eq!(stored.budget_period.as_deref(), Some("month"));
         assert_eq!(stored.metadata, metadata);
-        assert_eq!(stored.expires_at, Some(stored.created_at + 30 * 86_400));
-        assert!(stored.is_active(stored.created_at + 30 * 86_400 - 1));
-        assert!(!stored.is_active(stored.created_at + 30 * 86_400));
+        // Thirty days from the moment of creation, kept to the millisecond.
+        let expires = stored.expires_at_ms.expect("expiry");
+        let created_ms = expires - 30 * 86_400_000;
+        assert!((stored.created_at * 1000..(stored.created_at + 1) * 1000).contains(&created_ms));
+        assert!(stored.is_active_at_ms(expires - 1));
+        assert!(!stored.is_active_at_ms(expires));
         assert_eq!(store.get("key_nope").unwrap(), None);
     }
 
@@ -215,7 +218,7 @@ both_backends! {
         assert_eq!(after.team, "b");
         assert_eq!(after.tpm, Some(500));
         assert_eq!(after.rpm, None);
-        assert_eq!(after.expires_at, None);
+        assert_eq!(after.expires_at_ms, None);
         assert_eq!(after.name, "ci");
         assert_eq!(after.hash, before.hash);
         assert!(after.seq > before.seq);
@@ -247,10 +250,10 @@ both_backends! {
     fn revoke_deactivates_once_and_is_idempotent(fx) {
         let mut store = fx.open();
         let (before, _) = store.create(named("ci"), "test").unwrap();
-        let now = unix_now();
-        assert!(before.is_active(now));
+        let now_ms = unix_now() * 1000;
+        assert!(before.is_active_at_ms(now_ms));
         let after = store.revoke(&before.id, "test").unwrap();
-        assert!(after.revoked_at.is_some() && !after.is_active(now));
+        assert!(after.revoked_at.is_some() && !after.is_active_at_ms(now_ms));
         assert!(after.seq > before.seq);
         let again = store.revoke(&before.id, "test").unwrap();
         assert_eq!(again, after);
@@ -266,15 +269,15 @@ both_backends! {
         assert_eq!(after.hash, store.pepper().hash(new_secret.as_bytes()));
         assert_eq!(after.previous_hash, Some(store.pepper().hash(old_secret.as_bytes())));
         assert_eq!(after.prefix, &new_secret[..12]);
-        let now = unix_now();
-        assert!(after.previous_valid_until.unwrap() >= now + 3599);
-        assert!(after.previous_is_valid(now));
+        let now_ms = unix_now() * 1000;
+        assert!(after.previous_valid_until_ms.unwrap() >= now_ms + 3_599_000);
+        assert!(after.previous_is_valid_at_ms(now_ms));
         assert_eq!(store.get(&before.id).unwrap(), Some(after.clone()));
 
         // A second rotation with no grace: the first secret is gone, the second dies now.
         let (third, _) = store.rotate(&before.id, Duration::ZERO, "test").unwrap();
         assert_eq!(third.previous_hash, Some(after.hash));
-        assert!(!third.previous_is_valid(unix_now()));
+        assert!(!third.previous_is_valid_at_ms((unix_now() + 1) * 1000));
 
         store.revoke(&before.id, "test").unwrap();
         assert!(matches!(

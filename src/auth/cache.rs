@@ -40,8 +40,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use subtle::{Choice, ConstantTimeEq};
 
+use crate::clock::unix_now_ms;
 use crate::config::StoreSettings;
-use crate::store::{self, unix_now, KeyBackend, KeyRecord, Pepper, StoreHealth};
+use crate::store::{self, KeyBackend, KeyRecord, Pepper, StoreHealth};
 
 /// How often the watcher asks the store for changes when the store has no change
 /// notifications. Bounds how stale the cache can be.
@@ -148,6 +149,7 @@ record_field_key!(NameKey, name);
 
 /// A rotated key's previous hash, indexed until its grace period ends.
 struct Grace {
+    /// Unix milliseconds, like the record's `previous_valid_until_ms`.
     valid_until: i64,
     hash: [u8; 32],
     key_id: String,
@@ -239,7 +241,7 @@ impl CredentialCache {
             stop: AtomicBool::new(false),
             health: Arc::new(StoreHealth::new()),
         };
-        let now = unix_now();
+        let now = unix_now_ms();
         {
             let mut writer = cache.writer.lock();
             for record in records {
@@ -250,12 +252,13 @@ impl CredentialCache {
     }
 
     /// The key whose secret is `presented`, if it is known, not revoked and not expired at
-    /// `now` (unix seconds); a rotated key's previous secret only until its grace ends.
+    /// `now_ms` (unix milliseconds: expiry and grace are kept to the millisecond); a rotated
+    /// key's previous secret only until its grace ends.
     ///
     /// Anything that does not look like a gateway key (`cf_` prefix, plausible length) is
     /// refused before hashing; otherwise the cost is one HMAC-SHA256, one hash-map probe and
     /// a constant-time compare, with no allocation, so a flood of unknown keys is cheap.
-    pub fn authenticate(&self, presented: &[u8], now: i64) -> Option<Arc<KeyRecord>> {
+    pub fn authenticate_at_ms(&self, presented: &[u8], now_ms: i64) -> Option<Arc<KeyRecord>> {
         if !is_plausible_key(presented) {
             return None;
         }
@@ -267,11 +270,12 @@ impl CredentialCache {
         let current = key.hash.ct_eq(&computed);
         let previous = match key.previous_hash {
             Some(previous) => {
-                previous.ct_eq(&computed) & Choice::from(u8::from(key.previous_is_valid(now)))
+                previous.ct_eq(&computed)
+                    & Choice::from(u8::from(key.previous_is_valid_at_ms(now_ms)))
             }
             None => Choice::from(0),
         };
-        if !bool::from(current | previous) || !key.is_active(now) {
+        if !bool::from(current | previous) || !key.is_active_at_ms(now_ms) {
             return None;
         }
         Some(Arc::clone(key))
@@ -317,7 +321,7 @@ impl CredentialCache {
     /// committed (and applied by the admin API) after the read, so it is kept as it is.
     /// Returns how many keys the cache holds afterwards.
     pub fn reconcile(&self, records: Vec<KeyRecord>, read_seq: u64) -> usize {
-        let now = unix_now();
+        let now = unix_now_ms();
         let mut writer = self.writer.lock();
         let present: std::collections::HashSet<String> =
             records.iter().map(|r| r.id.clone()).collect();
@@ -368,7 +372,7 @@ impl CredentialCache {
     /// both deliver a change, in either order.
     pub fn apply_change(&self, record: KeyRecord) -> bool {
         let mut writer = self.writer.lock();
-        self.apply(&mut writer, record, unix_now())
+        self.apply(&mut writer, record, unix_now_ms())
     }
 
     /// Inserts or replaces one key row, unless the held row of that id is as new or newer,
@@ -392,7 +396,7 @@ impl CredentialCache {
         for hash in live.iter().flatten() {
             hashes.insert(SecretHash(*hash), Arc::clone(&record));
         }
-        if let (Some(previous), Some(valid_until)) = (live[1], record.previous_valid_until) {
+        if let (Some(previous), Some(valid_until)) = (live[1], record.previous_valid_until_ms) {
             writer.graces.push(Grace {
                 valid_until,
                 hash: previous,
@@ -455,7 +459,7 @@ fn live_hashes(record: &KeyRecord, now: i64) -> [Option<[u8; 32]>; 2] {
     if record.revoked_at.is_some() {
         return [None, None];
     }
-    let previous = match (record.previous_hash, record.previous_valid_until) {
+    let previous = match (record.previous_hash, record.previous_valid_until_ms) {
         (Some(previous), Some(until)) if until > now && previous != record.hash => Some(previous),
         _ => None,
     };
@@ -497,7 +501,7 @@ impl Watcher {
             if cache.stop.load(Ordering::Acquire) {
                 return;
             }
-            self.tick(&cache, unix_now());
+            self.tick(&cache, unix_now_ms());
         }
     }
 
@@ -641,7 +645,9 @@ mod tests {
         let (record, key) = store.create(new_key("alice"), "test").unwrap();
         let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
 
-        let found = cache.authenticate(key.as_bytes(), unix_now()).expect("hit");
+        let found = cache
+            .authenticate_at_ms(key.as_bytes(), unix_now_ms())
+            .expect("hit");
         assert_eq!(found.id, record.id);
         assert_eq!(found.name, "alice");
     }
@@ -656,9 +662,9 @@ mod tests {
         let mut other = key.into_bytes();
         let last = other.len() - 1;
         other[last] = if other[last] == b'A' { b'B' } else { b'A' };
-        assert!(cache.authenticate(&other, unix_now()).is_none());
+        assert!(cache.authenticate_at_ms(&other, unix_now_ms()).is_none());
         assert!(cache
-            .authenticate(secret("unknown").as_bytes(), unix_now())
+            .authenticate_at_ms(secret("unknown").as_bytes(), unix_now_ms())
             .is_none());
     }
 
@@ -671,12 +677,16 @@ mod tests {
 
         let wrong_prefix = format!("sk_{}", &key[3..]);
         assert!(cache
-            .authenticate(wrong_prefix.as_bytes(), unix_now())
+            .authenticate_at_ms(wrong_prefix.as_bytes(), unix_now_ms())
             .is_none());
-        assert!(cache.authenticate(b"cf_short", unix_now()).is_none());
+        assert!(cache
+            .authenticate_at_ms(b"cf_short", unix_now_ms())
+            .is_none());
         let huge = format!("{key}{}", "a".repeat(MAX_KEY_LEN));
-        assert!(cache.authenticate(huge.as_bytes(), unix_now()).is_none());
-        assert!(cache.authenticate(b"", unix_now()).is_none());
+        assert!(cache
+            .authenticate_at_ms(huge.as_bytes(), unix_now_ms())
+            .is_none());
+        assert!(cache.authenticate_at_ms(b"", unix_now_ms()).is_none());
     }
 
     #[test]
@@ -685,13 +695,17 @@ mod tests {
         let mut store = KeyStore::open(&dir.0).unwrap();
         let (record, key) = store.create(new_key("alice"), "test").unwrap();
         let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
-        assert!(cache.authenticate(key.as_bytes(), unix_now()).is_some());
+        assert!(cache
+            .authenticate_at_ms(key.as_bytes(), unix_now_ms())
+            .is_some());
 
         // A second connection, as the CLI in another process would open.
         let mut other = KeyStore::open(&dir.0).unwrap();
         other.revoke(&record.id, "test").unwrap();
         within_one_second("revocation", || {
-            cache.authenticate(key.as_bytes(), unix_now()).is_none()
+            cache
+                .authenticate_at_ms(key.as_bytes(), unix_now_ms())
+                .is_none()
         });
         let revoked = cache
             .by_id(&record.id)
@@ -712,19 +726,25 @@ mod tests {
             .rotate(&record.id, Duration::from_secs(3600), "test")
             .unwrap();
         within_one_second("rotation", || {
-            cache.authenticate(new_key.as_bytes(), unix_now()).is_some()
+            cache
+                .authenticate_at_ms(new_key.as_bytes(), unix_now_ms())
+                .is_some()
         });
-        let now = unix_now();
-        let grace_end = rotated.previous_valid_until.unwrap();
+        let now = unix_now_ms();
+        let grace_end = rotated.previous_valid_until_ms.unwrap();
         let old = cache
-            .authenticate(old_key.as_bytes(), now)
+            .authenticate_at_ms(old_key.as_bytes(), now)
             .expect("old key in grace");
         assert_eq!(old.id, record.id);
         assert!(cache
-            .authenticate(old_key.as_bytes(), grace_end - 1)
+            .authenticate_at_ms(old_key.as_bytes(), grace_end - 1)
             .is_some());
-        assert!(cache.authenticate(old_key.as_bytes(), grace_end).is_none());
-        assert!(cache.authenticate(new_key.as_bytes(), grace_end).is_some());
+        assert!(cache
+            .authenticate_at_ms(old_key.as_bytes(), grace_end)
+            .is_none());
+        assert!(cache
+            .authenticate_at_ms(new_key.as_bytes(), grace_end)
+            .is_some());
     }
 
     #[test]
@@ -736,9 +756,13 @@ mod tests {
 
         let (_, new_key) = store.rotate(&record.id, Duration::ZERO, "test").unwrap();
         within_one_second("rotation", || {
-            cache.authenticate(new_key.as_bytes(), unix_now()).is_some()
+            cache
+                .authenticate_at_ms(new_key.as_bytes(), unix_now_ms())
+                .is_some()
         });
-        assert!(cache.authenticate(old_key.as_bytes(), unix_now()).is_none());
+        assert!(cache
+            .authenticate_at_ms(old_key.as_bytes(), unix_now_ms())
+            .is_none());
     }
 
     #[test]
@@ -754,19 +778,19 @@ mod tests {
         assert!(apply_at(&cache, record.clone(), now));
 
         record.previous_hash = Some(record.hash);
-        record.previous_valid_until = Some(now + 60);
+        record.previous_valid_until_ms = Some(now + 60);
         record.hash = cache.pepper.hash(second.as_bytes());
         record.seq = 2;
         assert!(apply_at(&cache, record.clone(), now));
-        assert!(cache.authenticate(first.as_bytes(), now).is_some());
+        assert!(cache.authenticate_at_ms(first.as_bytes(), now).is_some());
 
         record.previous_hash = Some(record.hash);
         record.hash = cache.pepper.hash(third.as_bytes());
         record.seq = 3;
         assert!(apply_at(&cache, record, now));
-        assert!(cache.authenticate(first.as_bytes(), now).is_none());
-        assert!(cache.authenticate(second.as_bytes(), now).is_some());
-        assert!(cache.authenticate(third.as_bytes(), now).is_some());
+        assert!(cache.authenticate_at_ms(first.as_bytes(), now).is_none());
+        assert!(cache.authenticate_at_ms(second.as_bytes(), now).is_some());
+        assert!(cache.authenticate_at_ms(third.as_bytes(), now).is_some());
         assert_eq!(cache.by_hash.len(), 2);
     }
 
@@ -777,7 +801,7 @@ mod tests {
         let old = secret("old");
         let new = secret("new");
         let cache = in_memory(Vec::new());
-        let now = unix_now();
+        let now = unix_now_ms();
         let mut before = test_support::record("key_race", "race");
         before.hash = cache.pepper.hash(old.as_bytes());
         before.seq = 4;
@@ -790,19 +814,19 @@ mod tests {
         assert!(!cache.apply_change(before));
         let held = cache.by_id("key_race").unwrap();
         assert_eq!((held.seq, held.rpm), (5, Some(7)));
-        assert!(cache.authenticate(new.as_bytes(), now).is_some());
-        assert!(cache.authenticate(old.as_bytes(), now).is_none());
+        assert!(cache.authenticate_at_ms(new.as_bytes(), now).is_some());
+        assert!(cache.authenticate_at_ms(old.as_bytes(), now).is_none());
 
         // A revocation cannot be undone by a stale read of the live key either.
         let mut revoked = cache.by_id("key_race").unwrap().as_ref().clone();
-        revoked.revoked_at = Some(now);
+        revoked.revoked_at = Some(now / 1000);
         revoked.seq = 6;
         let mut stale = revoked.clone();
         stale.revoked_at = None;
         stale.seq = 5;
         assert!(cache.apply_change(revoked));
         assert!(!cache.apply_change(stale));
-        assert!(cache.authenticate(new.as_bytes(), now).is_none());
+        assert!(cache.authenticate_at_ms(new.as_bytes(), now).is_none());
         assert!(cache.by_name("race").is_none());
     }
 
@@ -816,7 +840,7 @@ mod tests {
         let mut record = test_support::record("key_twice", "twice");
         record.hash = cache.pepper.hash(new.as_bytes());
         record.previous_hash = Some(cache.pepper.hash(old.as_bytes()));
-        record.previous_valid_until = Some(unix_now() + 3600);
+        record.previous_valid_until_ms = Some(unix_now_ms() + 3_600_000);
         record.seq = 9;
 
         assert!(cache.apply_change(record.clone()));
@@ -837,14 +861,20 @@ mod tests {
 
         let (created, first) = store.create(new_key("direct"), "test").unwrap();
         assert!(cache.apply_change(created.clone()));
-        assert!(cache.authenticate(first.as_bytes(), unix_now()).is_some());
+        assert!(cache
+            .authenticate_at_ms(first.as_bytes(), unix_now_ms())
+            .is_some());
 
         let (rotated, second) = store
             .rotate(&created.id, Duration::from_secs(3600), "test")
             .unwrap();
         assert!(cache.apply_change(rotated));
-        assert!(cache.authenticate(second.as_bytes(), unix_now()).is_some());
-        assert!(cache.authenticate(first.as_bytes(), unix_now()).is_some());
+        assert!(cache
+            .authenticate_at_ms(second.as_bytes(), unix_now_ms())
+            .is_some());
+        assert!(cache
+            .authenticate_at_ms(first.as_bytes(), unix_now_ms())
+            .is_some());
 
         let patch = KeyPatch {
             rpm: Some(Some(3)),
@@ -855,8 +885,12 @@ mod tests {
 
         let revoked = store.revoke(&created.id, "test").unwrap();
         assert!(cache.apply_change(revoked.clone()));
-        assert!(cache.authenticate(second.as_bytes(), unix_now()).is_none());
-        assert!(cache.authenticate(first.as_bytes(), unix_now()).is_none());
+        assert!(cache
+            .authenticate_at_ms(second.as_bytes(), unix_now_ms())
+            .is_none());
+        assert!(cache
+            .authenticate_at_ms(first.as_bytes(), unix_now_ms())
+            .is_none());
 
         // A watcher pass over the same rows (every one already applied) changes nothing.
         let mut watcher = Watcher {
@@ -866,10 +900,12 @@ mod tests {
             retry: None,
             reconcile: false,
         };
-        watcher.tick(&cache, unix_now());
+        watcher.tick(&cache, unix_now_ms());
         assert_eq!(watcher.last_seq, revoked.seq);
         assert!(cache.by_id(&created.id).unwrap().revoked_at.is_some());
-        assert!(cache.authenticate(second.as_bytes(), unix_now()).is_none());
+        assert!(cache
+            .authenticate_at_ms(second.as_bytes(), unix_now_ms())
+            .is_none());
     }
 
     /// The embedded store behind a change feed: it wakes its waiter only when notified, as a
@@ -963,11 +999,15 @@ mod tests {
 
         // Unannounced, the change is not read, however many poll intervals pass.
         thread::sleep(POLL_INTERVAL * 3);
-        assert!(cache.authenticate(key.as_bytes(), unix_now()).is_none());
+        assert!(cache
+            .authenticate_at_ms(key.as_bytes(), unix_now_ms())
+            .is_none());
 
         notify.send(()).unwrap();
         within_one_second("notified change", || {
-            cache.authenticate(key.as_bytes(), unix_now()).is_some()
+            cache
+                .authenticate_at_ms(key.as_bytes(), unix_now_ms())
+                .is_some()
         });
         cache.stop();
     }
@@ -1096,7 +1136,7 @@ mod tests {
             retry: None,
             reconcile: false,
         };
-        let now = unix_now();
+        let now = unix_now_ms();
 
         down.store(true, Ordering::SeqCst);
         watcher.tick(&cache, now);
@@ -1111,11 +1151,11 @@ mod tests {
         // Revoked elsewhere while this node cannot see it.
         writer.revoke(&leaver.id, "test").unwrap();
         for key in [&leaver_key, &stayer_key, &expiring_key] {
-            assert!(cache.authenticate(key.as_bytes(), now).is_some());
+            assert!(cache.authenticate_at_ms(key.as_bytes(), now).is_some());
         }
-        let expires_at = expiring.expires_at.unwrap();
+        let expires_at = expiring.expires_at_ms.unwrap();
         assert!(cache
-            .authenticate(expiring_key.as_bytes(), expires_at)
+            .authenticate_at_ms(expiring_key.as_bytes(), expires_at)
             .is_none());
 
         down.store(false, Ordering::SeqCst);
@@ -1123,8 +1163,12 @@ mod tests {
         assert!(cache.store_health().is_up());
         assert_eq!(watcher.retry, None);
         assert!(!watcher.reconcile);
-        assert!(cache.authenticate(leaver_key.as_bytes(), now).is_none());
-        assert!(cache.authenticate(stayer_key.as_bytes(), now).is_some());
+        assert!(cache
+            .authenticate_at_ms(leaver_key.as_bytes(), now)
+            .is_none());
+        assert!(cache
+            .authenticate_at_ms(stayer_key.as_bytes(), now)
+            .is_some());
     }
 
     /// A store that notifies is still read every SAFETY_NET_INTERVAL (1 s), so a lost
@@ -1165,13 +1209,13 @@ mod tests {
         assert!(cache.by_id("key_gone").is_none());
         assert!(cache.by_name("gone").is_none());
         assert!(cache
-            .authenticate(secret("gone").as_bytes(), unix_now())
+            .authenticate_at_ms(secret("gone").as_bytes(), unix_now_ms())
             .is_none());
         assert!(cache
-            .authenticate(secret("kept").as_bytes(), unix_now())
+            .authenticate_at_ms(secret("kept").as_bytes(), unix_now_ms())
             .is_some());
         assert!(cache
-            .authenticate(secret("newer").as_bytes(), unix_now())
+            .authenticate_at_ms(secret("newer").as_bytes(), unix_now_ms())
             .is_some());
     }
 
@@ -1183,7 +1227,7 @@ mod tests {
         let mut record = test_support::record("key_g", "g");
         record.hash = cache.pepper.hash(new.as_bytes());
         record.previous_hash = Some(cache.pepper.hash(old.as_bytes()));
-        record.previous_valid_until = Some(1_060);
+        record.previous_valid_until_ms = Some(1_060);
         record.seq = 1;
         assert!(apply_at(&cache, record, 1_000));
         assert_eq!(cache.by_hash.len(), 2);
@@ -1192,7 +1236,7 @@ mod tests {
         assert_eq!(cache.by_hash.len(), 2);
         cache.expire_graces(1_060);
         assert_eq!(cache.by_hash.len(), 1);
-        assert!(cache.authenticate(new.as_bytes(), 1_060).is_some());
+        assert!(cache.authenticate_at_ms(new.as_bytes(), 1_060).is_some());
     }
 
     #[test]
@@ -1206,9 +1250,13 @@ mod tests {
         let (record, key) = store.create(new, "test").unwrap();
         let cache = CredentialCache::start(&store::sqlite_settings(&dir.0)).unwrap();
 
-        let expires_at = record.expires_at.expect("expiry set");
-        assert!(cache.authenticate(key.as_bytes(), expires_at - 1).is_some());
-        assert!(cache.authenticate(key.as_bytes(), expires_at).is_none());
+        let expires_at = record.expires_at_ms.expect("expiry set");
+        assert!(cache
+            .authenticate_at_ms(key.as_bytes(), expires_at - 1)
+            .is_some());
+        assert!(cache
+            .authenticate_at_ms(key.as_bytes(), expires_at)
+            .is_none());
     }
 
     #[test]
@@ -1230,7 +1278,9 @@ mod tests {
         within_one_second("update", || {
             cache.by_id(&record.id).is_some_and(|k| k.rpm == Some(42))
         });
-        let by_key = cache.authenticate(key.as_bytes(), unix_now()).unwrap();
+        let by_key = cache
+            .authenticate_at_ms(key.as_bytes(), unix_now_ms())
+            .unwrap();
         assert_eq!(by_key.rpm, Some(42));
         assert!(cache.by_name("alice").is_none());
         assert_eq!(cache.by_name("alice-2").unwrap().id, record.id);
@@ -1249,10 +1299,10 @@ mod tests {
             issued.push(store.create(new_key(&format!("k{i}")), "test").unwrap());
         }
         within_one_second("bulk creation", || cache.len() == 1000);
-        let now = unix_now();
+        let now = unix_now_ms();
         for (record, key) in &issued {
             let found = cache
-                .authenticate(key.as_bytes(), now)
+                .authenticate_at_ms(key.as_bytes(), now)
                 .expect("every key hits");
             assert_eq!(found.id, record.id);
             assert_eq!(cache.by_name(&record.name).unwrap().id, record.id);

@@ -24,11 +24,11 @@ pub fn record(id: &str, name: &str) -> KeyRecord {
         metadata: serde_json::Map::new(),
         created_at: 0,
         updated_at: 0,
-        expires_at: None,
+        expires_at_ms: None,
         revoked_at: None,
         hash: [0; 32],
         previous_hash: None,
-        previous_valid_until: None,
+        previous_valid_until_ms: None,
         seq: 0,
     }
 }

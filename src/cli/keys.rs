@@ -240,7 +240,20 @@ fn report(result: Result<(), Failure>) -> i32 {
 }
 
 fn run_keys_to(args: KeysArgs, out: &mut dyn Write) -> Result<(), Failure> {
-    let mut store = store::open(&store_settings(args.config.as_deref())?)?;
+    let settings = store_settings(args.config.as_deref())?;
+    let result = keys_command(args, &settings, out);
+    // The store is closed by now: SQLite has removed or finished its -wal and -shm files.
+    hand_over_new_files(&settings);
+    result
+}
+
+/// One `keys` command on the store `settings` name; the store is closed on return.
+fn keys_command(
+    args: KeysArgs,
+    settings: &config::StoreSettings,
+    out: &mut dyn Write,
+) -> Result<(), Failure> {
+    let mut store = store::open(settings)?;
     let actor = actor();
     let json = args.json;
     match args.command {
@@ -276,11 +289,11 @@ fn run_keys_to(args: KeysArgs, out: &mut dyn Write) -> Result<(), Failure> {
             let (record, secret) = store.rotate(&id, grace, &actor)?;
             print_secret(out, &record, &secret, json)?;
             if !json {
-                if let Some(until) = record.previous_valid_until.filter(|_| !grace.is_zero()) {
+                if let Some(until) = record.previous_valid_until_ms.filter(|_| !grace.is_zero()) {
                     writeln!(
                         out,
                         "previous key valid until: {}",
-                        calendar::rfc3339(until)
+                        calendar::rfc3339(until.div_euclid(1000))
                     )
                     .map_err(runtime)?;
                 }
@@ -291,7 +304,10 @@ fn run_keys_to(args: KeysArgs, out: &mut dyn Write) -> Result<(), Failure> {
 }
 
 fn run_audit_to(args: AuditArgs, out: &mut dyn Write) -> Result<(), Failure> {
-    let entries = store::open(&store_settings(args.config.as_deref())?)?.read_audit()?;
+    let settings = store_settings(args.config.as_deref())?;
+    let entries = store::open(&settings).and_then(|mut store| store.read_audit());
+    hand_over_new_files(&settings);
+    let entries = entries?;
     for entry in entries {
         let line = if args.json {
             serde_json::to_string(&entry).expect("audit entries serialize")
@@ -346,15 +362,20 @@ pub(super) fn store_settings_or_exit(
 /// built-in default. Only these are read (see [`config::load_store`]): the store commands
 /// must work in a shell that has none of the gateway's other secrets, as when an operator
 /// revokes a key in an emergency.
+///
+/// The store found is named on stderr ([`store_line`]), so an operator sees which store a
+/// key went into. A SQLite store whose `data_dir` does not exist is refused rather than
+/// created: the gateway makes its own on `serve`, and a new empty store somewhere else
+/// would print keys the gateway never sees.
 fn store_settings(config_path: Option<&Path>) -> Result<config::StoreSettings, Failure> {
     let path = config_path
         .map(Path::to_path_buf)
         .or_else(config::resolve_default_path);
-    let loaded = match path {
-        Some(path) => config::load_store(&path),
+    let loaded = match &path {
+        Some(path) => config::load_store(path),
         None => config::parse_store(config::BUILTIN_DEFAULT_TOML, Path::new(".")),
     };
-    loaded.map_err(|errors| Failure {
+    let mut settings = loaded.map_err(|errors| Failure {
         code: EXIT_BAD_INPUT,
         // One line, as every command error is.
         message: errors
@@ -362,7 +383,53 @@ fn store_settings(config_path: Option<&Path>) -> Result<config::StoreSettings, F
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; "),
-    })
+    })?;
+    if let Ok(absolute) = std::path::absolute(&settings.data_dir) {
+        settings.data_dir = absolute;
+    }
+    if settings.store.backend == config::StoreBackend::Sqlite && !settings.data_dir.is_dir() {
+        let config = path.map_or_else(
+            || "the built-in default config".to_owned(),
+            |p| p.display().to_string(),
+        );
+        return Err(Failure {
+            code: EXIT_BAD_INPUT,
+            message: format!(
+                "server.data_dir {} (from {config}) does not exist: no store there to work on \
+                 (the gateway creates its data_dir on its first `serve`; give the gateway's \
+                 own config with --config)",
+                settings.data_dir.display()
+            ),
+        });
+    }
+    eprintln!("{}", store_line(&settings));
+    Ok(settings)
+}
+
+/// `store: sqlite at /var/lib/credentialflow/data` or `store: postgres (edge-a)`: which
+/// store a command used, never the PostgreSQL URL (it may hold a password).
+fn store_line(settings: &config::StoreSettings) -> String {
+    match settings.store.backend {
+        config::StoreBackend::Sqlite => {
+            format!("store: sqlite at {}", settings.data_dir.display())
+        }
+        config::StoreBackend::Postgres => format!("store: postgres ({})", settings.store.node),
+    }
+}
+
+/// After a store command run as root, the files it created in `data_dir` go to the
+/// directory's owner (see [`store::ownership`]), so the gateway's service user can still
+/// open them. Failing to do so is reported, not fatal: the command itself succeeded.
+pub(super) fn hand_over_new_files(settings: &config::StoreSettings) {
+    if !settings.data_dir.is_dir() {
+        return;
+    }
+    if let Err(e) = store::ownership::give_to_directory_owner(&settings.data_dir) {
+        eprintln!(
+            "warning: could not give the files in {} to its owner: {e}",
+            settings.data_dir.display()
+        );
+    }
 }
 
 /// Who the audit log records for CLI actions: `cli:<$USER>`, else `cli:<uid>`.
@@ -403,13 +470,13 @@ fn print_json(out: &mut dyn Write, value: &serde_json::Value) -> Result<(), Fail
 }
 
 fn print_table(out: &mut dyn Write, records: &[KeyRecord]) -> Result<(), Failure> {
-    let now = crate::store::unix_now();
+    let now_ms = crate::clock::unix_now_ms();
     let rows: Vec<[String; 6]> = records
         .iter()
         .map(|r| {
             let status = if r.revoked_at.is_some() {
                 "revoked"
-            } else if !r.is_active(now) {
+            } else if !r.is_active_at_ms(now_ms) {
                 "expired"
             } else {
                 "active"
@@ -420,8 +487,10 @@ fn print_table(out: &mut dyn Write, records: &[KeyRecord]) -> Result<(), Failure
                 r.team.clone(),
                 r.prefix.clone(),
                 status.to_owned(),
-                r.expires_at
-                    .map_or_else(|| "-".to_owned(), calendar::rfc3339),
+                r.expires_at_ms.map_or_else(
+                    || "-".to_owned(),
+                    |ms| calendar::rfc3339(ms.div_euclid(1000)),
+                ),
             ]
         })
         .collect();

@@ -401,7 +401,7 @@ impl SectionReader<'_> {
                 .filter(|p| p.starts_with(base))
                 .unwrap_or(base)
                 .to_vec();
-            let message = redact_values(error.message());
+            let message = super::error::in_plain_words(&redact_values(error.message()));
             let (error_path, drop_path) = match missing_field(&message) {
                 // The key is absent: report it under its table; drop that table if it is
                 // itself optional (a nested one), else the element cannot be built.

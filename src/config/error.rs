@@ -132,9 +132,150 @@ impl fmt::Display for CheckReport {
     }
 }
 
+/// A serde type error (`invalid type: integer `5`, expected a sequence`, `invalid value:
+/// integer `-1`, expected usize`) in the words of someone who wrote the file: `expected a
+/// whole number, found -1`, `expected true or false, found a string`. Rust type names mean
+/// nothing to an operator. Messages of any other shape come back as they are. Strings were
+/// already left out of the message (they may be secrets in the wrong place).
+pub(crate) fn in_plain_words(message: &str) -> String {
+    let Some(rest) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+    else {
+        return message.to_string();
+    };
+    let Some((found, expected)) = rest.rsplit_once(", expected ") else {
+        return message.to_string();
+    };
+    let found = plain_found(found);
+    let expected = plain_expected(expected, &found).unwrap_or_else(|| expected.to_string());
+    format!("expected {expected}, found {found}")
+}
+
+/// What the file holds, as serde's `Unexpected` names it, in TOML's words.
+fn plain_found(found: &str) -> String {
+    let quoted = |prefix: &str| {
+        found
+            .strip_prefix(prefix)
+            .and_then(|v| v.strip_prefix('`'))
+            .and_then(|v| v.strip_suffix('`'))
+            .map(str::to_string)
+    };
+    if let Some(value) = quoted("integer ").or_else(|| quoted("floating point ")) {
+        return value;
+    }
+    if let Some(value) = quoted("boolean ") {
+        return value;
+    }
+    match found {
+        "sequence" => "a list".to_string(),
+        "map" => "a table".to_string(),
+        "string" => "a string".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// What the key takes, for the expectations plain types give; `None` keeps serde's text
+/// (a custom expectation is already written for people).
+fn plain_expected(expected: &str, found: &str) -> Option<String> {
+    let unsigned_max: Option<u128> = match expected {
+        "u8" => Some(u8::MAX.into()),
+        "u16" => Some(u16::MAX.into()),
+        "u32" => Some(u32::MAX.into()),
+        "u64" | "usize" => Some(u64::MAX.into()),
+        _ => None,
+    };
+    if let Some(max) = unsigned_max {
+        // A negative number or one past the type's range: say which bound it broke.
+        let text = if found.starts_with('-') {
+            "a whole number of 0 or more".to_string()
+        } else if found.parse::<u128>().is_ok() && max < u64::MAX.into() {
+            format!("a whole number up to {max}")
+        } else {
+            "a whole number".to_string()
+        };
+        return Some(text);
+    }
+    let text = match expected {
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        "a string" | "a borrowed string" | "a character" => "a string",
+        "a sequence" => "a list (`[...]`)",
+        "a map" => "a table",
+        other if other.starts_with("struct ") => "a table",
+        _ => return None,
+    };
+    Some(text.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_errors_speak_of_whole_numbers_strings_and_true_or_false() {
+        for (serde, plain) in [
+            (
+                "invalid type: a string, expected usize",
+                "expected a whole number, found a string",
+            ),
+            (
+                "invalid type: floating point `1.5`, expected u64",
+                "expected a whole number, found 1.5",
+            ),
+            (
+                "invalid value: integer `-1`, expected usize",
+                "expected a whole number of 0 or more, found -1",
+            ),
+            (
+                "invalid value: integer `70000`, expected u16",
+                "expected a whole number up to 65535, found 70000",
+            ),
+            (
+                "invalid type: integer `5`, expected a string",
+                "expected a string, found 5",
+            ),
+            (
+                "invalid type: integer `1`, expected a boolean",
+                "expected true or false, found 1",
+            ),
+            (
+                "invalid type: integer `5`, expected a sequence",
+                "expected a list (`[...]`), found 5",
+            ),
+            (
+                "invalid type: boolean `true`, expected f64",
+                "expected a number, found true",
+            ),
+            (
+                "invalid type: integer `3`, expected struct RateLimitConfig",
+                "expected a table, found 3",
+            ),
+        ] {
+            let words = in_plain_words(serde);
+            assert_eq!(words, plain, "{serde}");
+            for rust in ["usize", "u64", "u16", "f64", "invalid type", "integer `"] {
+                assert!(!words.contains(rust), "{words}");
+            }
+        }
+    }
+
+    #[test]
+    fn other_messages_are_left_as_they_are() {
+        for message in [
+            "unknown field `workerz`, expected one of `listen`, `workers`",
+            "missing field `name`",
+            "unknown variant `apikey`, expected one of `none`, `api_key`",
+            "invalid type: integer `5`, expected a secret reference like env:NAME",
+        ] {
+            let words = in_plain_words(message);
+            assert!(!words.contains("invalid type"), "{words}");
+            if !message.starts_with("invalid") {
+                assert_eq!(words, message);
+            }
+        }
+    }
 
     fn error(path: &str, line: Option<usize>) -> ConfigError {
         ConfigError {

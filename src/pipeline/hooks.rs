@@ -102,7 +102,7 @@ pub(super) fn access(
 pub(super) fn chosen_consumer(
     worker: &ThreadState,
     ctx: &mut RequestCtx,
-    now: i64,
+    now_ms: i64,
 ) -> Result<Option<Consumer>, GatewayError> {
     let Some(name) = ctx
         .hooked
@@ -115,7 +115,7 @@ pub(super) fn chosen_consumer(
     let key = credentials
         .by_id(&name)
         .or_else(|| credentials.by_name(&name))
-        .filter(|k| k.is_active(now))
+        .filter(|k| k.is_active_at_ms(now_ms))
         .ok_or(GatewayError::Unauthorized)?;
     Ok(Some(Consumer::from_key(&key)))
 }

@@ -411,9 +411,11 @@ fn auth_phase(
     head: &RequestHead,
     ctx: &mut RequestCtx,
 ) -> Result<Option<Consumer>, GatewayError> {
-    let now = unix_now();
+    // Keys expire to the millisecond; JWT times are whole seconds (RFC 7519 NumericDate).
+    let now_ms = crate::clock::unix_now_ms();
+    let now = now_ms.div_euclid(1000);
     let route = door.route();
-    if let Some(consumer) = hooks::chosen_consumer(worker, ctx, now)? {
+    if let Some(consumer) = hooks::chosen_consumer(worker, ctx, now_ms)? {
         return Ok(Some(match route {
             Some(route) => permit_route(route, consumer)?,
             None => consumer,
@@ -422,7 +424,7 @@ fn auth_phase(
     let consumer = match door.auth(snapshot) {
         AuthKind::None => return Ok(None),
         AuthKind::ApiKey => {
-            let key = api_key(worker, head, now)?;
+            let key = api_key(worker, head, now_ms)?;
             if let Some(route) = route {
                 if !auth::key_permits_route(&key, &route.name) {
                     return Err(GatewayError::Forbidden("route"));
@@ -444,7 +446,7 @@ fn auth_phase(
                 Some(id) => {
                     let key = worker.shared.credentials.by_id(id);
                     match key {
-                        Some(k) if k.is_active(now) => Some(k),
+                        Some(k) if k.is_active_at_ms(now_ms) => Some(k),
                         _ => return Err(GatewayError::Unauthorized),
                     }
                 }
@@ -486,13 +488,13 @@ fn permit_route(route: &Route, consumer: Consumer) -> Result<Consumer, GatewayEr
 fn api_key(
     worker: &ThreadState,
     head: &RequestHead,
-    now: i64,
+    now_ms: i64,
 ) -> Result<Arc<KeyRecord>, GatewayError> {
     let presented = auth::presented_key(head).ok_or(GatewayError::Unauthorized)?;
     worker
         .shared
         .credentials
-        .authenticate(presented, now)
+        .authenticate_at_ms(presented, now_ms)
         .ok_or(GatewayError::Unauthorized)
 }
 
@@ -504,13 +506,6 @@ fn bearer_token(head: &RequestHead) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// What one request moved on the client connection.

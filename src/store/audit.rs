@@ -114,11 +114,11 @@ mod tests {
             metadata: serde_json::Map::new(),
             created_at: 1_700_000_000,
             updated_at: 1_700_000_000,
-            expires_at: None,
+            expires_at_ms: None,
             revoked_at: None,
             hash: [0x5a; 32],
             previous_hash: Some([0x6b; 32]),
-            previous_valid_until: Some(1_700_003_600),
+            previous_valid_until_ms: Some(1_700_003_600_000),
             seq: 7,
         }
     }

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::ids::{display_prefix, new_secret};
 use super::pepper::Pepper;
-use super::rules::{apply, issue, validate};
+use super::rules::{apply, deadline_after, issue, validate};
 use super::{audit, unix_now, StoreError};
+use crate::clock::unix_now_ms;
 
 /// File name of the key database inside the data directory.
 pub const DB_FILE: &str = "keys.db";
@@ -26,6 +27,9 @@ pub const DB_FILE: &str = "keys.db";
 /// share the file) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The schema of a new store. Key expiry and rotation grace are unix milliseconds
+/// (`expires_at_ms`, `previous_valid_until_ms`); a store made before kept them in whole
+/// seconds under other names, and [`MIGRATE_TO_MS`] brings it up to date on open.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
@@ -39,7 +43,7 @@ CREATE TABLE IF NOT EXISTS keys (
     prefix               TEXT NOT NULL,
     hash                 BLOB NOT NULL UNIQUE,
     previous_hash        BLOB,
-    previous_valid_until INTEGER,
+    previous_valid_until_ms INTEGER,
     models               TEXT NOT NULL,
     routes               TEXT NOT NULL,
     scopes               TEXT NOT NULL,
@@ -53,16 +57,38 @@ CREATE TABLE IF NOT EXISTS keys (
     metadata             TEXT NOT NULL,
     created_at           INTEGER NOT NULL,
     updated_at           INTEGER NOT NULL,
-    expires_at           INTEGER,
+    expires_at_ms        INTEGER,
     revoked_at           INTEGER,
     seq                  INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS keys_by_seq ON keys (seq);
+PRAGMA user_version = 2;
 ";
 
-const COLUMNS: &str = "id, name, team, prefix, hash, previous_hash, previous_valid_until, \
+/// A store whose expiry and grace are whole seconds (`expires_at`, `previous_valid_until`,
+/// every store made before they were kept to the millisecond) to milliseconds: the columns
+/// are renamed as well as converted, so a binary older than this one stops on the missing
+/// column instead of reading milliseconds as seconds (keys that would never expire).
+/// `user_version` 2 marks the millisecond schema.
+const MIGRATE_TO_MS: &str = "
+ALTER TABLE keys RENAME COLUMN expires_at TO expires_at_ms;
+ALTER TABLE keys RENAME COLUMN previous_valid_until TO previous_valid_until_ms;
+UPDATE keys SET expires_at_ms = expires_at_ms * 1000 WHERE expires_at_ms IS NOT NULL;
+UPDATE keys SET previous_valid_until_ms = previous_valid_until_ms * 1000
+    WHERE previous_valid_until_ms IS NOT NULL;
+PRAGMA user_version = 2;
+";
+
+const COLUMNS: &str = "id, name, team, prefix, hash, previous_hash, previous_valid_until_ms, \
     models, routes, scopes, rps, rpm, tpm, max_concurrency, budget_usd, budget_tokens, \
-    budget_period, metadata, created_at, updated_at, expires_at, revoked_at, seq";
+    budget_period, metadata, created_at, updated_at, expires_at_ms, revoked_at, seq";
+
+/// [`COLUMNS`] as read from a store still in whole seconds that cannot be migrated because
+/// it is opened read-only ([`KeyStore::open_read_only`]): the same records, converted.
+const COLUMNS_IN_SECONDS: &str = "id, name, team, prefix, hash, previous_hash, \
+    previous_valid_until * 1000, models, routes, scopes, rps, rpm, tpm, max_concurrency, \
+    budget_usd, budget_tokens, budget_period, metadata, created_at, updated_at, \
+    expires_at * 1000, revoked_at, seq";
 
 /// One virtual key as stored. Its serde form (admin API, CLI `--json`, audit log) leaves out
 /// the hashes and the sequence, and its `Debug` redacts the hashes; the secret is never part
@@ -92,7 +118,11 @@ pub struct KeyRecord {
     /// Unix seconds.
     pub created_at: i64,
     pub updated_at: i64,
-    pub expires_at: Option<i64>,
+    /// When the key stops authenticating, in unix milliseconds (`None`: never), so a
+    /// two-second key lives two seconds, not one to two. Its JSON form is `expires_at` in
+    /// unix seconds (rounded down), like the record's other times.
+    #[serde(default, rename = "expires_at", with = "unix_seconds")]
+    pub expires_at_ms: Option<i64>,
     pub revoked_at: Option<i64>,
     /// HMAC-SHA256(pepper, current secret).
     #[serde(skip)]
@@ -101,24 +131,31 @@ pub struct KeyRecord {
     /// `previous_valid_until`.
     #[serde(skip)]
     pub previous_hash: Option<[u8; 32]>,
-    /// End of the rotation grace (unix seconds); not secret, so shown.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_valid_until: Option<i64>,
+    /// End of the rotation grace in unix milliseconds; not secret, so shown (as
+    /// `previous_valid_until`, unix seconds rounded down).
+    #[serde(
+        default,
+        rename = "previous_valid_until",
+        skip_serializing_if = "Option::is_none",
+        with = "unix_seconds"
+    )]
+    pub previous_valid_until_ms: Option<i64>,
     /// Store-wide sequence number of the last change to this row.
     #[serde(skip)]
     pub seq: u64,
 }
 
 impl KeyRecord {
-    /// Whether the key may authenticate at `now`: not revoked and not expired.
-    pub fn is_active(&self, now: i64) -> bool {
-        // Revocation takes effect at once; expiry at the stamped second.
-        self.revoked_at.is_none() && self.expires_at.is_none_or(|t| t > now)
+    /// Whether the key may authenticate at `now_ms` (unix milliseconds): not revoked and
+    /// not expired.
+    pub fn is_active_at_ms(&self, now_ms: i64) -> bool {
+        // Revocation takes effect at once; expiry at the stamped millisecond.
+        self.revoked_at.is_none() && self.expires_at_ms.is_none_or(|t| t > now_ms)
     }
 
-    /// Whether the pre-rotation secret is still accepted at `now`.
-    pub fn previous_is_valid(&self, now: i64) -> bool {
-        self.previous_hash.is_some() && self.previous_valid_until.is_some_and(|t| t > now)
+    /// Whether the pre-rotation secret is still accepted at `now_ms` (unix milliseconds).
+    pub fn previous_is_valid_at_ms(&self, now_ms: i64) -> bool {
+        self.previous_hash.is_some() && self.previous_valid_until_ms.is_some_and(|t| t > now_ms)
     }
 
     fn from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
@@ -129,7 +166,7 @@ impl KeyRecord {
             prefix: row.get(3)?,
             hash: row.get(4)?,
             previous_hash: row.get(5)?,
-            previous_valid_until: row.get(6)?,
+            previous_valid_until_ms: row.get(6)?,
             models: json_column(row, 7)?,
             routes: json_column(row, 8)?,
             scopes: json_column(row, 9)?,
@@ -143,7 +180,7 @@ impl KeyRecord {
             metadata: json_column(row, 17)?,
             created_at: row.get(18)?,
             updated_at: row.get(19)?,
-            expires_at: row.get(20)?,
+            expires_at_ms: row.get(20)?,
             revoked_at: row.get(21)?,
             seq: row.get(22)?,
         })
@@ -172,11 +209,11 @@ impl std::fmt::Debug for KeyRecord {
             .field("metadata", &self.metadata)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
-            .field("expires_at", &self.expires_at)
+            .field("expires_at_ms", &self.expires_at_ms)
             .field("revoked_at", &self.revoked_at)
             .field("hash", &"<redacted>")
             .field("previous_hash", &self.previous_hash.map(|_| "<redacted>"))
-            .field("previous_valid_until", &self.previous_valid_until)
+            .field("previous_valid_until_ms", &self.previous_valid_until_ms)
             .field("seq", &self.seq)
             .finish()
     }
@@ -259,6 +296,9 @@ pub struct KeyStore {
     conn: Connection,
     pepper: Pepper,
     data_dir: std::path::PathBuf,
+    /// How rows are read: [`COLUMNS`], or [`COLUMNS_IN_SECONDS`] for a read-only store of
+    /// the older schema.
+    columns: &'static str,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -277,7 +317,7 @@ impl KeyStore {
         let pepper = Pepper::load_or_create(data_dir)?;
         let path = data_dir.join(DB_FILE);
         let is_new = !path.exists();
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
         if is_new {
             // Key metadata is nobody else's business; SQLite gives the -wal and -shm files
             // the database file's permissions.
@@ -289,11 +329,13 @@ impl KeyStore {
         // NORMAL sync is durable across application crashes, which is what WAL needs.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        migrate_to_ms(&mut conn)?;
         conn.execute_batch(SCHEMA)?;
         Ok(KeyStore {
             conn,
             pepper,
             data_dir: data_dir.to_path_buf(),
+            columns: COLUMNS,
         })
     }
 
@@ -315,10 +357,16 @@ impl KeyStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        let columns = if in_seconds(&conn)? {
+            COLUMNS_IN_SECONDS
+        } else {
+            COLUMNS
+        };
         Ok(KeyStore {
             conn,
             pepper,
             data_dir: data_dir.to_path_buf(),
+            columns,
         })
     }
 
@@ -335,7 +383,7 @@ impl KeyStore {
     /// Issues a key. Returns the record and the secret, which is shown once and never
     /// stored. The action is audited as `create` by `actor`.
     pub fn create(&mut self, new: NewKey, actor: &str) -> Result<(KeyRecord, String), StoreError> {
-        let (mut record, secret) = issue(new, &self.pepper, unix_now())?;
+        let (mut record, secret) = issue(new, &self.pepper, unix_now_ms())?;
 
         let tx = self
             .conn
@@ -351,7 +399,8 @@ impl KeyStore {
     /// Every key, revoked ones included, oldest first.
     pub fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let mut statement = self.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM keys ORDER BY created_at, id"
+            "SELECT {} FROM keys ORDER BY created_at, id",
+            self.columns
         ))?;
         let rows = statement.query_map([], KeyRecord::from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -359,7 +408,7 @@ impl KeyStore {
 
     /// The key with this id.
     pub fn get(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(get_row(&self.conn, id)?)
+        Ok(get_row(&self.conn, self.columns, id)?)
     }
 
     /// Applies a partial update; audited as `update`.
@@ -369,18 +418,19 @@ impl KeyStore {
         patch: KeyPatch,
         actor: &str,
     ) -> Result<KeyRecord, StoreError> {
-        let now = unix_now();
+        let now_ms = unix_now_ms();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let before = get_row(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let before =
+            get_row(&tx, COLUMNS, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         let mut after = before.clone();
-        apply(&mut after, patch, now)?;
+        apply(&mut after, patch, now_ms)?;
         validate(&after)?;
         if after.name != before.name {
             ensure_name_free(&tx, &after.name, Some(id))?;
         }
-        after.updated_at = now;
+        after.updated_at = now_ms.div_euclid(1000);
         after.seq = bump_seq(&tx)?;
         write_row(&tx, &after, false)?;
         tx.commit()?;
@@ -395,7 +445,8 @@ impl KeyStore {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let before = get_row(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let before =
+            get_row(&tx, COLUMNS, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         if before.revoked_at.is_some() {
             return Ok(before);
         }
@@ -417,11 +468,13 @@ impl KeyStore {
         grace: Duration,
         actor: &str,
     ) -> Result<(KeyRecord, String), StoreError> {
-        let now = unix_now();
+        let now_ms = unix_now_ms();
+        let now = now_ms.div_euclid(1000);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let before = get_row(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        let before =
+            get_row(&tx, COLUMNS, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         if before.revoked_at.is_some() {
             return Err(StoreError::Conflict(format!(
                 "key {id} is revoked and cannot be rotated"
@@ -430,7 +483,7 @@ impl KeyStore {
         let secret = new_secret();
         let mut after = before.clone();
         after.previous_hash = Some(before.hash);
-        after.previous_valid_until = Some(now.saturating_add(grace.as_secs() as i64));
+        after.previous_valid_until_ms = Some(deadline_after(now_ms, grace));
         after.hash = self.pepper.hash(secret.as_bytes());
         after.prefix = display_prefix(&secret);
         after.updated_at = now;
@@ -444,7 +497,8 @@ impl KeyStore {
     /// Rows changed after sequence `seq` (revoked ones included), in sequence order.
     pub fn changes_since(&self, seq: u64) -> Result<Vec<KeyRecord>, StoreError> {
         let mut statement = self.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM keys WHERE seq > ?1 ORDER BY seq"
+            "SELECT {} FROM keys WHERE seq > ?1 ORDER BY seq",
+            self.columns
         ))?;
         let rows = statement.query_map([seq], KeyRecord::from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -474,8 +528,8 @@ impl KeyStore {
     }
 }
 
-fn get_row(conn: &Connection, id: &str) -> rusqlite::Result<Option<KeyRecord>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM keys WHERE id = ?1"))?
+fn get_row(conn: &Connection, columns: &str, id: &str) -> rusqlite::Result<Option<KeyRecord>> {
+    conn.prepare_cached(&format!("SELECT {columns} FROM keys WHERE id = ?1"))?
         .query_row([id], KeyRecord::from_row)
         .optional()
 }
@@ -520,7 +574,7 @@ fn write_row(conn: &Connection, r: &KeyRecord, insert: bool) -> Result<(), Store
         r.prefix,
         r.hash,
         r.previous_hash,
-        r.previous_valid_until,
+        r.previous_valid_until_ms,
         json(&r.models),
         json(&r.routes),
         json(&r.scopes),
@@ -534,11 +588,51 @@ fn write_row(conn: &Connection, r: &KeyRecord, insert: bool) -> Result<(), Store
         json(&r.metadata),
         r.created_at,
         r.updated_at,
-        r.expires_at,
+        r.expires_at_ms,
         r.revoked_at,
         r.seq,
     ])?;
     Ok(())
+}
+
+/// Whether the key table is of the schema that kept expiry and grace in whole seconds.
+fn in_seconds(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('keys') WHERE name = 'expires_at')",
+        [],
+        |row| row.get(0),
+    )
+}
+
+/// Runs [`MIGRATE_TO_MS`] on a store of the older schema, in one transaction; a store
+/// already in milliseconds (or a new one) is left alone. Two processes opening the same
+/// old store at once migrate it once: the second finds the new columns.
+fn migrate_to_ms(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if in_seconds(&tx)? {
+        tx.execute_batch(MIGRATE_TO_MS)?;
+    }
+    tx.commit()
+}
+
+/// The JSON form of the record's millisecond instants: unix seconds, rounded down, as the
+/// admin API, `--json` and the audit log have always shown them (an entry written before
+/// is read back the same way).
+mod unix_seconds {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(ms: &Option<i64>, serializer: S) -> Result<S::Ok, S::Error> {
+        match ms {
+            Some(ms) => serializer.serialize_some(&ms.div_euclid(1000)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<i64>, D::Error> {
+        Ok(Option::<i64>::deserialize(deserializer)?.map(|s| s.saturating_mul(1000)))
+    }
 }
 
 /// JSON text of a list or map column.

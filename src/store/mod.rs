@@ -14,6 +14,7 @@
 //!   a fleet of gateways shares ([`postgres::PgStore`]).
 //! - [`health`]: whether the store is reachable, for `/healthz`, `/metrics` and the admin API.
 //! - [`ids`]: key ids, key secrets and durations such as `30d`.
+//! - [`ownership`]: files a root-run store command leaves in `data_dir` go to its owner.
 //!
 //! Everything here is slow-path work (CLI, admin thread, the cache's refresher thread, the
 //! ledger's writer thread): SQLite is never touched while serving a request.
@@ -23,6 +24,7 @@ pub mod backend;
 pub mod health;
 pub mod ids;
 pub mod keys;
+pub mod ownership;
 pub mod pepper;
 pub mod postgres;
 mod rules;

@@ -14,19 +14,31 @@ pub(crate) const MAX_TEXT: usize = 256;
 const MAX_LIST: usize = 256;
 const MAX_METADATA_JSON: usize = 16 * 1024;
 
-/// The expiry instant of a key created or re-timed at `now` with lifetime `expires_in`.
-pub(crate) fn expiry(expires_in: Option<&str>, now: i64) -> Result<Option<i64>, StoreError> {
+/// The expiry instant (unix milliseconds) of a key created or re-timed at `now_ms` with
+/// lifetime `expires_in`: to the millisecond, so `2s` is two seconds from the request, not
+/// from the start of its second.
+pub(crate) fn expiry(expires_in: Option<&str>, now_ms: i64) -> Result<Option<i64>, StoreError> {
     expires_in
         .map(|text| {
             parse_duration(text)
-                .map(|d| now.saturating_add(d.as_secs() as i64))
+                .map(|d| deadline_after(now_ms, d))
                 .map_err(|e| StoreError::invalid("expires_in", e))
         })
         .transpose()
 }
 
-/// Applies a partial update to `record`.
-pub(crate) fn apply(record: &mut KeyRecord, patch: KeyPatch, now: i64) -> Result<(), StoreError> {
+/// `now_ms` plus `span`, in unix milliseconds, saturating (a lifetime of centuries is
+/// accepted and simply never reached).
+pub(crate) fn deadline_after(now_ms: i64, span: std::time::Duration) -> i64 {
+    now_ms.saturating_add(i64::try_from(span.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Applies a partial update to `record` at `now_ms` (unix milliseconds).
+pub(crate) fn apply(
+    record: &mut KeyRecord,
+    patch: KeyPatch,
+    now_ms: i64,
+) -> Result<(), StoreError> {
     let KeyPatch {
         name,
         team,
@@ -62,7 +74,7 @@ pub(crate) fn apply(record: &mut KeyRecord, patch: KeyPatch, now: i64) -> Result
     set(&mut record.budget_period, budget_period);
     set(&mut record.metadata, metadata);
     if let Some(expires_in) = expires_in {
-        record.expires_at = expiry(expires_in.as_deref(), now)?;
+        record.expires_at_ms = expiry(expires_in.as_deref(), now_ms)?;
     }
     Ok(())
 }
@@ -142,14 +154,15 @@ pub(crate) fn check_text(field: &'static str, text: &str) -> Result<(), StoreErr
     Ok(())
 }
 
-/// A new key from `new`, created at `now`: its record (checked by [`validate`]) and its secret,
+/// A new key from `new`, created at `now_ms` (unix milliseconds): its record (checked by [`validate`]) and its secret,
 /// drawn at random and kept only as its HMAC under `pepper`. The secret is returned to be
 /// shown once; neither store ever writes it.
 pub(crate) fn issue(
     new: NewKey,
     pepper: &Pepper,
-    now: i64,
+    now_ms: i64,
 ) -> Result<(KeyRecord, Zeroizing<String>), StoreError> {
+    let now = now_ms.div_euclid(1000);
     let mut record = KeyRecord {
         id: new_key_id(),
         name: new.name,
@@ -168,11 +181,11 @@ pub(crate) fn issue(
         metadata: new.metadata,
         created_at: now,
         updated_at: now,
-        expires_at: expiry(new.expires_in.as_deref(), now)?,
+        expires_at_ms: expiry(new.expires_in.as_deref(), now_ms)?,
         revoked_at: None,
         hash: [0; 32],
         previous_hash: None,
-        previous_valid_until: None,
+        previous_valid_until_ms: None,
         seq: 0,
     };
     validate(&record)?;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::admin::{spawn, AdminState};
 use crate::auth::CredentialCache;
 use crate::config::{LiveSecret, Secret};
-use crate::store::{self, audit, ids, unix_now, KeyStore};
+use crate::store::{self, audit, ids, KeyStore};
 
 const TOKEN: &str = "keys-admin-t0ken";
 
@@ -163,7 +163,7 @@ fn every_key_write_is_in_the_cache_before_the_answer() {
     let id = created["id"].as_str().unwrap();
     let first = created["key"].as_str().unwrap().to_owned();
     let found = cache
-        .authenticate(first.as_bytes(), unix_now())
+        .authenticate_at_ms(first.as_bytes(), crate::clock::unix_now_ms())
         .expect("created key");
     assert_eq!(found.id, id);
 
@@ -183,16 +183,24 @@ fn every_key_write_is_in_the_cache_before_the_answer() {
     );
     assert_eq!(rotated.status, 200, "{}", rotated.body);
     let second = rotated.json()["key"].as_str().unwrap().to_owned();
-    assert!(cache.authenticate(second.as_bytes(), unix_now()).is_some());
+    assert!(cache
+        .authenticate_at_ms(second.as_bytes(), crate::clock::unix_now_ms())
+        .is_some());
     assert!(
-        cache.authenticate(first.as_bytes(), unix_now()).is_some(),
+        cache
+            .authenticate_at_ms(first.as_bytes(), crate::clock::unix_now_ms())
+            .is_some(),
         "old secret in grace"
     );
 
     let revoked = admin.call("DELETE", &format!("/admin/keys/{id}"), None);
     assert_eq!(revoked.status, 204);
-    assert!(cache.authenticate(second.as_bytes(), unix_now()).is_none());
-    assert!(cache.authenticate(first.as_bytes(), unix_now()).is_none());
+    assert!(cache
+        .authenticate_at_ms(second.as_bytes(), crate::clock::unix_now_ms())
+        .is_none());
+    assert!(cache
+        .authenticate_at_ms(first.as_bytes(), crate::clock::unix_now_ms())
+        .is_none());
     assert!(cache.by_id(id).unwrap().revoked_at.is_some());
 }
 
@@ -337,7 +345,7 @@ fn rotate_answers_the_same_id_and_a_new_key() {
         .pepper()
         .hash(created["key"].as_str().unwrap().as_bytes());
     assert_eq!(record.previous_hash, Some(old));
-    assert!(record.previous_is_valid(crate::store::unix_now()));
+    assert!(record.previous_is_valid_at_ms(crate::clock::unix_now_ms()));
 }
 
 #[test]

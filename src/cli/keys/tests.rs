@@ -12,7 +12,7 @@ struct Setup {
 impl Setup {
     fn new() -> Setup {
         let dir = std::env::temp_dir().join(format!("cf-cli-keys-{}", ids::new_key_id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("data")).unwrap();
         let config = dir.join("credentialflow.toml");
         std::fs::write(&config, "[server]\ndata_dir = \"data\"\n").unwrap();
         Setup { dir, config }

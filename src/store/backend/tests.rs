@@ -227,5 +227,5 @@ fn a_shared_backend_serves_threads_in_turn() {
     let now = unix_now();
     let listed = shared.lock().list().unwrap();
     assert_eq!(listed.len(), 4);
-    assert!(listed.iter().all(|r| r.is_active(now)));
+    assert!(listed.iter().all(|r| r.is_active_at_ms(now * 1000)));
 }

@@ -78,7 +78,9 @@ fn create_stores_every_field() {
     assert_eq!(stored.budget_tokens, Some(1_000_000));
     assert_eq!(stored.budget_period.as_deref(), Some("month"));
     assert_eq!(stored.metadata, metadata);
-    assert_eq!(stored.expires_at, Some(stored.created_at + 30 * 86_400));
+    // Thirty days from the moment of creation, which lies within its stamped second.
+    let created_ms = stored.expires_at_ms.unwrap() - 30 * 86_400_000;
+    assert!((stored.created_at * 1000..(stored.created_at + 1) * 1000).contains(&created_ms));
 }
 
 #[test]
@@ -202,7 +204,7 @@ fn update_with_null_clears_an_optional_field() {
     };
     let after = store.update(&before.id, patch, "test").unwrap();
     assert_eq!(after.rpm, None);
-    assert_eq!(after.expires_at, None);
+    assert_eq!(after.expires_at_ms, None);
 }
 
 #[test]
@@ -232,11 +234,11 @@ fn update_with_invalid_value_changes_nothing() {
 fn revoke_sets_revoked_at_and_deactivates() {
     let (_dir, mut store) = open();
     let (before, _) = store.create(named("ci"), "test").unwrap();
-    let now = unix_now();
-    assert!(before.is_active(now));
+    let now_ms = unix_now_ms();
+    assert!(before.is_active_at_ms(now_ms));
     let after = store.revoke(&before.id, "test").unwrap();
     assert!(after.revoked_at.is_some());
-    assert!(!after.is_active(now));
+    assert!(!after.is_active_at_ms(now_ms));
     assert!(after.seq > before.seq);
 }
 
@@ -263,9 +265,9 @@ fn rotate_issues_a_new_secret_and_keeps_the_old_for_the_grace() {
         after.previous_hash,
         Some(store.pepper().hash(old_secret.as_bytes()))
     );
-    let now = unix_now();
-    assert!(after.previous_valid_until.unwrap() >= now + 3599);
-    assert!(after.previous_is_valid(now));
+    let now_ms = unix_now_ms();
+    assert!(after.previous_valid_until_ms.unwrap() > now_ms + 3_599_000);
+    assert!(after.previous_is_valid_at_ms(now_ms));
     assert_eq!(after.prefix, &new_secret[..12]);
 }
 
@@ -274,7 +276,7 @@ fn rotate_with_zero_grace_ends_the_old_secret_now() {
     let (_dir, mut store) = open();
     let (before, _) = store.create(named("ci"), "test").unwrap();
     let (after, _) = store.rotate(&before.id, Duration::ZERO, "test").unwrap();
-    assert!(!after.previous_is_valid(unix_now()));
+    assert!(!after.previous_is_valid_at_ms(unix_now_ms()));
 }
 
 #[test]
@@ -295,11 +297,115 @@ fn expired_key_is_inactive() {
         expires_in: Some("90m".into()),
         ..named("ci")
     };
+    let before_ms = unix_now_ms();
     let (record, _) = store.create(new, "test").unwrap();
-    let expires = record.created_at + 90 * 60;
-    assert_eq!(record.expires_at, Some(expires));
-    assert!(record.is_active(expires - 1));
-    assert!(!record.is_active(expires));
+    let after_ms = unix_now_ms();
+    let expires = record.expires_at_ms.unwrap();
+    assert!((before_ms + 90 * 60_000..=after_ms + 90 * 60_000).contains(&expires));
+    assert!(record.is_active_at_ms(expires - 1));
+    assert!(!record.is_active_at_ms(expires));
+}
+
+/// A lifetime and a grace are counted from the moment of the write to the millisecond,
+/// not from the start of its second (a `2s` key used to die up to a second early).
+#[test]
+fn expiry_and_grace_are_kept_to_the_millisecond() {
+    let (_dir, mut store) = open();
+    let new = NewKey {
+        expires_in: Some("2500ms".into()),
+        ..named("short")
+    };
+    let before_ms = unix_now_ms();
+    let (record, _) = store.create(new, "test").unwrap();
+    let after_ms = unix_now_ms();
+    let expires = record.expires_at_ms.unwrap();
+    assert!(
+        (before_ms + 2_500..=after_ms + 2_500).contains(&expires),
+        "{before_ms} {expires} {after_ms}"
+    );
+    assert_eq!(
+        store.get(&record.id).unwrap().unwrap().expires_at_ms,
+        Some(expires)
+    );
+
+    let before_ms = unix_now_ms();
+    let (rotated, _) = store
+        .rotate(&record.id, Duration::from_millis(4_250), "test")
+        .unwrap();
+    let after_ms = unix_now_ms();
+    let until = rotated.previous_valid_until_ms.unwrap();
+    assert!((before_ms + 4_250..=after_ms + 4_250).contains(&until));
+    assert!(rotated.previous_is_valid_at_ms(until - 1));
+    assert!(!rotated.previous_is_valid_at_ms(until));
+
+    // The JSON form keeps unix seconds, rounded down, like created_at.
+    let json = serde_json::json!(rotated);
+    assert_eq!(json["expires_at"], expires.div_euclid(1000));
+    assert_eq!(json["previous_valid_until"], until.div_euclid(1000));
+}
+
+/// Turns a store of this schema back into the one that kept expiry and grace in whole
+/// seconds under their old names, as every store made before had them.
+fn downgrade_to_seconds(dir: &Path) {
+    let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE keys RENAME COLUMN expires_at_ms TO expires_at;
+         ALTER TABLE keys RENAME COLUMN previous_valid_until_ms TO previous_valid_until;
+         UPDATE keys SET expires_at = expires_at / 1000,
+             previous_valid_until = previous_valid_until / 1000;
+         PRAGMA user_version = 0;",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_store_in_seconds_is_migrated_to_milliseconds_on_open() {
+    let dir = TempDir::new();
+    let (id, expires_s, until_s) = {
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let new = NewKey {
+            expires_in: Some("1h".into()),
+            ..named("old")
+        };
+        let (record, _) = store.create(new, "test").unwrap();
+        let (rotated, _) = store
+            .rotate(&record.id, Duration::from_secs(600), "test")
+            .unwrap();
+        (
+            record.id,
+            rotated.expires_at_ms.unwrap() / 1000,
+            rotated.previous_valid_until_ms.unwrap() / 1000,
+        )
+    };
+    downgrade_to_seconds(&dir.0);
+
+    // Read-only (as `store migrate` reads a host's store): converted, the file untouched.
+    let read_only = KeyStore::open_read_only(&dir.0).unwrap();
+    let seen = read_only.get(&id).unwrap().unwrap();
+    assert_eq!(seen.expires_at_ms, Some(expires_s * 1000));
+    assert_eq!(seen.previous_valid_until_ms, Some(until_s * 1000));
+    assert_eq!(read_only.list().unwrap(), vec![seen]);
+    assert!(in_seconds(&read_only.conn).unwrap());
+    drop(read_only);
+
+    // Opened for writing: migrated once, in place.
+    let store = KeyStore::open(&dir.0).unwrap();
+    assert!(!in_seconds(&store.conn).unwrap());
+    let version: i64 = store
+        .conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let migrated = store.get(&id).unwrap().unwrap();
+    assert_eq!(migrated.expires_at_ms, Some(expires_s * 1000));
+    assert_eq!(migrated.previous_valid_until_ms, Some(until_s * 1000));
+    drop(store);
+    let reopened = KeyStore::open(&dir.0).unwrap();
+    assert_eq!(
+        reopened.get(&id).unwrap().unwrap().expires_at_ms,
+        Some(expires_s * 1000),
+        "a second open must not convert again"
+    );
 }
 
 #[test]

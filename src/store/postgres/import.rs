@@ -43,7 +43,7 @@ const KEY_COLUMNS: [&str; 22] = [
     "prefix",
     "hash",
     "previous_hash",
-    "previous_valid_until",
+    "previous_valid_until_ms",
     "models",
     "routes",
     "scopes",
@@ -57,7 +57,7 @@ const KEY_COLUMNS: [&str; 22] = [
     "metadata",
     "created_at",
     "updated_at",
-    "expires_at",
+    "expires_at_ms",
     "revoked_at",
 ];
 
@@ -374,7 +374,7 @@ impl KeyParams<'_> {
             &r.prefix,
             &self.hash,
             &self.previous_hash,
-            &r.previous_valid_until,
+            &r.previous_valid_until_ms,
             &self.models,
             &self.routes,
             &self.scopes,
@@ -388,7 +388,7 @@ impl KeyParams<'_> {
             &self.metadata,
             &r.created_at,
             &r.updated_at,
-            &r.expires_at,
+            &r.expires_at_ms,
             &r.revoked_at,
         ]
     }
@@ -589,11 +589,11 @@ mod tests {
             metadata: serde_json::Map::new(),
             created_at: 1_700_000_000,
             updated_at: 1_700_000_000,
-            expires_at: None,
+            expires_at_ms: None,
             revoked_at: None,
             hash: [1; 32],
             previous_hash: None,
-            previous_valid_until: None,
+            previous_valid_until_ms: None,
             seq: 3,
         }
     }

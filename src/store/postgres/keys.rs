@@ -7,13 +7,15 @@ use ::postgres::{GenericClient, Row, Transaction};
 
 use super::error::{PgError, PgErrorKind};
 use super::{PgStore, CHANNEL, WRITE_LOCK};
+use crate::clock::unix_now_ms;
 use crate::store::ids::{display_prefix, new_secret};
-use crate::store::rules::{apply, issue, validate};
+use crate::store::rules::{apply, deadline_after, issue, validate};
 use crate::store::{unix_now, KeyPatch, KeyRecord, NewKey, StoreError};
 
-const COLUMNS: &str = "id, name, team, prefix, hash, previous_hash, previous_valid_until, \
+/// Expiry and grace are unix milliseconds (migration 3 converted the seconds before).
+const COLUMNS: &str = "id, name, team, prefix, hash, previous_hash, previous_valid_until_ms, \
     models, routes, scopes, rps, rpm, tpm, max_concurrency, budget_usd, budget_tokens, \
-    budget_period, metadata, created_at, updated_at, expires_at, revoked_at, seq";
+    budget_period, metadata, created_at, updated_at, expires_at_ms, revoked_at, seq";
 
 /// SQLSTATE of a unique violation.
 const UNIQUE_VIOLATION: &str = "23505";
@@ -22,7 +24,7 @@ impl PgStore {
     /// Issues a key. Returns the record and the secret, which is shown once and never
     /// stored. The action is audited as `create` by `actor`, in the same transaction.
     pub fn create(&mut self, new: NewKey, actor: &str) -> Result<(KeyRecord, String), StoreError> {
-        let (mut record, secret) = issue(new, &self.pepper, unix_now())?;
+        let (mut record, secret) = issue(new, &self.pepper, unix_now_ms())?;
         super::audit::check_actor(actor)?;
 
         let node = self.node.clone();
@@ -66,18 +68,18 @@ impl PgStore {
         actor: &str,
     ) -> Result<KeyRecord, StoreError> {
         super::audit::check_actor(actor)?;
-        let now = unix_now();
+        let now_ms = unix_now_ms();
         let node = self.node.clone();
         let mut client = self.client()?;
         let mut tx = begin_write(&mut client)?;
         let before = get_row(&mut tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
         let mut after = before.clone();
-        apply(&mut after, patch, now)?;
+        apply(&mut after, patch, now_ms)?;
         validate(&after)?;
         if after.name != before.name {
             ensure_name_free(&mut tx, &after.name, Some(id))?;
         }
-        after.updated_at = now;
+        after.updated_at = now_ms.div_euclid(1000);
         after.seq = next_seq(&mut tx)?;
         write_row(&mut tx, &after, false)?;
         super::audit::insert(
@@ -133,7 +135,8 @@ impl PgStore {
         actor: &str,
     ) -> Result<(KeyRecord, String), StoreError> {
         super::audit::check_actor(actor)?;
-        let now = unix_now();
+        let now_ms = unix_now_ms();
+        let now = now_ms.div_euclid(1000);
         let node = self.node.clone();
         let secret = new_secret();
         let new_hash = self.pepper.hash(secret.as_bytes());
@@ -147,7 +150,7 @@ impl PgStore {
         }
         let mut after = before.clone();
         after.previous_hash = Some(before.hash);
-        after.previous_valid_until = Some(now.saturating_add(grace.as_secs() as i64));
+        after.previous_valid_until_ms = Some(deadline_after(now_ms, grace));
         after.hash = new_hash;
         after.prefix = display_prefix(&secret);
         after.updated_at = now;
@@ -253,10 +256,10 @@ fn write_row(tx: &mut Transaction<'_>, r: &KeyRecord, insert: bool) -> Result<()
         )
     } else {
         "UPDATE keys SET name = $2, team = $3, prefix = $4, hash = $5, previous_hash = $6, \
-         previous_valid_until = $7, models = $8, routes = $9, scopes = $10, rps = $11, \
+         previous_valid_until_ms = $7, models = $8, routes = $9, scopes = $10, rps = $11, \
          rpm = $12, tpm = $13, max_concurrency = $14, budget_usd = $15, budget_tokens = $16, \
          budget_period = $17, metadata = $18, created_at = $19, updated_at = $20, \
-         expires_at = $21, revoked_at = $22, seq = $23 WHERE id = $1"
+         expires_at_ms = $21, revoked_at = $22, seq = $23 WHERE id = $1"
             .to_owned()
     };
     // validate() has bounded every unsigned field to i64::MAX.
@@ -269,7 +272,7 @@ fn write_row(tx: &mut Transaction<'_>, r: &KeyRecord, insert: bool) -> Result<()
         &r.prefix,
         &&r.hash[..],
         &previous_hash,
-        &r.previous_valid_until,
+        &r.previous_valid_until_ms,
         &json(&r.models),
         &json(&r.routes),
         &json(&r.scopes),
@@ -283,7 +286,7 @@ fn write_row(tx: &mut Transaction<'_>, r: &KeyRecord, insert: bool) -> Result<()
         &json(&r.metadata),
         &r.created_at,
         &r.updated_at,
-        &r.expires_at,
+        &r.expires_at_ms,
         &r.revoked_at,
         &(r.seq as i64),
     ];
@@ -315,7 +318,7 @@ fn from_row(row: &Row) -> Result<KeyRecord, StoreError> {
         previous_hash: previous_hash
             .map(|h| hash_column(h, "previous_hash"))
             .transpose()?,
-        previous_valid_until: row.try_get(6)?,
+        previous_valid_until_ms: row.try_get(6)?,
         models: json_column(row, 7, "models")?,
         routes: json_column(row, 8, "routes")?,
         scopes: json_column(row, 9, "scopes")?,
@@ -332,7 +335,7 @@ fn from_row(row: &Row) -> Result<KeyRecord, StoreError> {
         metadata: json_column(row, 17, "metadata")?,
         created_at: row.try_get(18)?,
         updated_at: row.try_get(19)?,
-        expires_at: row.try_get(20)?,
+        expires_at_ms: row.try_get(20)?,
         revoked_at: row.try_get(21)?,
         seq: unsigned(row.try_get(22)?, "seq")?,
     })

@@ -79,6 +79,19 @@ CREATE TABLE nodes (
         name: "usage ledger",
         sql: include_str!("0002_usage.sql"),
     },
+    // Renamed as well as converted, so a node older than this one (refused anyway by the
+    // version check) could never read milliseconds as seconds.
+    Migration {
+        version: 3,
+        name: "key expiry and rotation grace in milliseconds",
+        sql: "
+ALTER TABLE keys RENAME COLUMN expires_at TO expires_at_ms;
+ALTER TABLE keys RENAME COLUMN previous_valid_until TO previous_valid_until_ms;
+UPDATE keys SET expires_at_ms = expires_at_ms * 1000,
+    previous_valid_until_ms = previous_valid_until_ms * 1000
+    WHERE expires_at_ms IS NOT NULL OR previous_valid_until_ms IS NOT NULL;
+",
+    },
 ];
 
 /// The schema version this binary writes and understands.
