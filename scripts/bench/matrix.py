@@ -786,7 +786,7 @@ def scenario_simple(env, modes, systems, tables, kind, title, note, headers=None
                                      capture_output=True, text=True, env=env.env())
                 if chk.returncode != 0:
                     LOG.skip(f"Lua hook, {system}",
-                             f"`credentialflow check` rejects hooks: {chk.stdout.strip()[:200]}")
+                             f"`credentialflow check` rejects hooks: {chk.stderr.strip()[:200]}")
                     continue
             sut = start_or_skip(env, mode, system, kind, up_port, title)
             if not sut:
