@@ -462,6 +462,35 @@ fn readme_quickstart_runs_as_written() {
     let printed = python("anthropic-sdk", gateway.addr, &key, dir);
     assert_eq!(printed.trim(), "Hello from the Anthropic SDK");
 
+    // The usage report, from the ledger the gateway writes at least once a second.
+    let usage_line = commands(&block("usage"));
+    assert_eq!(usage_line.len(), 1, "{usage_line:?}");
+    let mut last = String::new();
+    let counted = wait_until(Duration::from_secs(5), || {
+        let mut cmd = credentialflow(&usage_line[0]);
+        cmd.env_clear();
+        let ran = run(cmd, dir, "usage");
+        assert!(ran.status.success(), "{}", ran.describe());
+        let requests = |model: &str| {
+            ran.stdout
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(model))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        };
+        last = ran.stdout.clone();
+        requests("mock-gpt").as_deref() == Some("2")
+            && requests("mock-claude").as_deref() == Some("2")
+    });
+    assert!(counted, "usage never showed 2 requests per model:\n{last}");
+    // The README shows the report exactly (the mock's usage and the default's prices).
+    let words = |text: &str| -> Vec<Vec<String>> {
+        text.lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .filter(|w: &Vec<String>| !w.is_empty())
+            .collect()
+    };
+    assert_eq!(words(&last), words(&block("usage-output").text));
+
     // Ctrl-C: a clean stop, and the key never in the gateway's output or its access log.
     let (status, output) = gateway.stop();
     assert!(status.success(), "serve exit {status:?}\n{output}");
