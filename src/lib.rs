@@ -13,7 +13,7 @@
 //! - `pipeline`: one request's phases in order, from route to log.
 //! - `router`: exact host, then longest path prefix.
 //! - `clock`: injectable monotonic time, the one duration grammar, UTC dates (jiff).
-//! - `cluster`: fleet-wide limits on Redis (building blocks, not yet switched on).
+//! - `cluster`: fleet-wide limits, concurrency and budgets on Redis (`[cluster]`).
 //! - `limits`: all admission: lock-free GCRA rates, concurrency permits, keyed limiter
 //!   tables, tokens per minute, spend budgets and what a request is charged.
 //! - `snapshot`: the compiled config, swapped atomically on reload; process-wide state.
