@@ -22,7 +22,7 @@ use crate::limits::Gcra;
 use crate::limits::{budget_limit, gcra_per_minute, gcra_per_second, Admission, RouteLimiter};
 use crate::limits::{BudgetLimit, BudgetTable};
 use crate::lua::{ScriptId, ScriptSet};
-use crate::metrics::{self, RouteMetrics};
+use crate::metrics::{self, AiSeries, PerKey, RouteMetrics};
 use crate::router::{RouteEntry, Router};
 use crate::store::usage::UsageSender;
 use crate::tls;
@@ -107,8 +107,9 @@ pub struct Snapshot {
     pub catalog: Catalog,
     /// `[[prompt]]` templates by name and version.
     pub prompts: Prompts,
-    /// Metrics of the AI front doors' requests.
-    pub ai_metrics: Arc<RouteMetrics>,
+    /// The AI metric series of this config's models, providers and teams (the front doors'
+    /// request counts are by door, see [`metrics::Metrics::record_door`]).
+    pub ai_series: Arc<AiSeries>,
     /// Every Lua script the config references, compiled.
     pub scripts: Arc<ScriptSet>,
     /// The AI front doors' script (`[ai].hooks`).
@@ -299,11 +300,19 @@ impl Snapshot {
                 (t.name.clone(), limits)
             })
             .collect();
+        let per_key = config.metrics.per_key.then_some(PerKey {
+            max_keys: config.metrics.max_keys,
+        });
+        let ai_series = metrics::global().ai().series(
+            &catalog,
+            config.team.iter().map(|t| t.name.as_str()),
+            per_key,
+        );
         Ok(Snapshot {
             teams,
             prompts: Prompts::new(&config.prompt),
             catalog,
-            ai_metrics: metrics::global().route("(ai)"),
+            ai_series: Arc::new(ai_series),
             ai_hooks: script_id(&scripts, &config, &config.ai.hooks),
             ai_ip_rules,
             scripts,
@@ -383,6 +392,9 @@ impl Shared {
         services: Services,
         workers: usize,
     ) -> Shared {
+        metrics::global()
+            .ai()
+            .set_current(Arc::clone(&first.ai_series));
         Shared {
             current: ArcSwap::from_pointee(first),
             generation: AtomicU64::new(0),
@@ -447,6 +459,9 @@ impl Shared {
             crate::logging::set_format(snap.config.server.log_format);
             let names: Vec<&str> = snap.routes.iter().map(|r| r.name.as_str()).collect();
             self.admission.retain_routes(&names);
+            metrics::global()
+                .ai()
+                .set_current(Arc::clone(&snap.ai_series));
             self.current.store(Arc::new(snap));
             self.generation.fetch_add(1, Ordering::Release);
         });

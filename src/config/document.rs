@@ -334,6 +334,9 @@ impl SectionReader<'_> {
         if let Some(v) = self.read_table(root, "cluster") {
             config.cluster = v;
         }
+        if let Some(v) = self.read_table(root, "metrics") {
+            config.metrics = v;
+        }
         config
     }
 

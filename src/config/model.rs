@@ -54,6 +54,9 @@ pub struct Config {
     /// `[cluster]`: the fleet's Redis for fleet-wide limits (off without `redis`).
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// `[metrics]`: what `/metrics` shows beyond the default series.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -62,7 +65,7 @@ pub struct Config {
 /// Names of the top-level tables, in file order (used to report unknown top-level keys).
 pub(crate) const SECTIONS: &[&str] = &[
     "server", "limits", "upstream", "route", "provider", "model", "prompt", "ai", "lua", "team",
-    "store", "cluster",
+    "store", "cluster", "metrics",
 ];
 
 impl Config {
@@ -716,9 +719,43 @@ impl Default for LuaConfig {
     }
 }
 
+/// Most `[metrics] max_keys`: each tracked key costs 5 counters per worker.
+pub const MAX_METRICS_KEYS: usize = 100_000;
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Whether AI requests, tokens and cost are also counted per virtual key
+    /// (`credentialflow_key_*{key="<id>"}`).
+    pub per_key: bool,
+    /// Most keys with series of their own; later keys are counted as `key="other"`.
+    pub max_keys: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            per_key: false,
+            max_keys: 1_000,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_section_defaults_to_no_per_key_series() {
+        let config: Config = toml::from_str("").unwrap();
+        assert_eq!(config.metrics, MetricsConfig::default());
+        assert!(!config.metrics.per_key);
+        let config: Config = toml::from_str("[metrics]\nper_key = true\nmax_keys = 50\n").unwrap();
+        assert!(config.metrics.per_key);
+        assert_eq!(config.metrics.max_keys, 50);
+        assert!(toml::from_str::<Config>("[metrics]\nper_kye = true\n").is_err());
+    }
 
     #[test]
     fn empty_document_gives_contract_defaults() {

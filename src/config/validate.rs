@@ -323,6 +323,16 @@ fn check_limits(config: &Config, findings: &mut Findings) {
             findings.error(path, "must be greater than 0");
         }
     }
+    let max_keys = config.metrics.max_keys;
+    if max_keys == 0 || max_keys > super::model::MAX_METRICS_KEYS {
+        findings.error(
+            "metrics.max_keys",
+            format!(
+                "must be from 1 to {} (each tracked key is a series of its own)",
+                super::model::MAX_METRICS_KEYS
+            ),
+        );
+    }
 }
 
 fn check_upstreams(config: &Config, findings: &mut Findings) {
@@ -938,6 +948,17 @@ mod tests {
         let mut config = valid();
         config.server.admin_listen = "9901".into();
         assert_eq!(errors_of(&config), ["server.admin_listen"]);
+    }
+
+    #[test]
+    fn metrics_max_keys_is_bounded() {
+        let mut config = valid();
+        config.metrics.max_keys = 0;
+        assert_eq!(errors_of(&config), ["metrics.max_keys"]);
+        config.metrics.max_keys = super::super::model::MAX_METRICS_KEYS + 1;
+        assert_eq!(errors_of(&config), ["metrics.max_keys"]);
+        config.metrics.max_keys = super::super::model::MAX_METRICS_KEYS;
+        assert!(errors_of(&config).is_empty());
     }
 
     #[test]

@@ -96,6 +96,11 @@ pub struct RequestCtx {
     pub dialect: Dialect,
     /// Whether the request is for an AI front door.
     pub front_door: bool,
+    /// The front door's `route` label in the metrics (its path, e.g. `/v1/chat/completions`).
+    pub door_label: &'static str,
+    /// When the first byte of an AI answer's content went to the client, for the time to
+    /// first token.
+    pub first_byte: Option<Instant>,
     /// Model and usage of an AI request, for the access log.
     pub ai: Option<ai::AiRecord>,
     /// Every provider attempt of an AI request, for the access log.
@@ -184,6 +189,8 @@ where
         permit: None,
         dialect: Dialect::OpenAi,
         front_door: false,
+        door_label: "",
+        first_byte: None,
         ai: None,
         attempts: Vec::new(),
         hooked: None,
@@ -204,6 +211,11 @@ where
         Ok(outcome) => outcome,
         Err(Failure::Abort) => Outcome::Close,
         Err(Failure::Respond(err)) => {
+            if let Some(kind) = crate::metrics::LimitKind::of(&err) {
+                crate::metrics::global()
+                    .ai()
+                    .limit_rejected(worker.id, kind);
+            }
             discard_buffered_body(client, &head, &mut ctx);
             let close = err.closes_connection()
                 || !ctx.body_done
@@ -363,6 +375,7 @@ fn route_phase<'s>(
     if !snapshot.catalog.is_empty() {
         if let Some(endpoint) = ai::Endpoint::at(head.path()) {
             ctx.front_door = true;
+            ctx.door_label = endpoint.route_label();
             ai::route(endpoint, head, ctx)?;
             return Ok(Door::Ai(endpoint));
         }
@@ -530,7 +543,9 @@ fn log_phase(
     let route = ctx.route.map(|i| &snapshot.routes[i]);
     match route {
         Some(r) => r.metrics.record(ctx.status, elapsed),
-        None if ctx.front_door => snapshot.ai_metrics.record(ctx.status, elapsed),
+        None if ctx.front_door => {
+            crate::metrics::global().record_door(ctx.door_label, ctx.status, elapsed)
+        }
         None => snapshot.unrouted.record(ctx.status, elapsed),
     }
     if worker.access_log.enabled() {

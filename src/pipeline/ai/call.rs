@@ -11,7 +11,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use super::relay::{relay, Relayed};
 use super::responses::ResponsesDoor;
 use super::stream::{Translation, MAX_EVENT};
-use super::{attempt_log, reply, send_whole, EventStream, RequestCtx};
+use super::{attempt_log, note_first_byte, reply, send_whole, EventStream, RequestCtx};
 use crate::ai::provider_error::{self, ProviderError, MAX_ERROR_BODY};
 use crate::ai::providers::anthropic;
 use crate::ai::providers::{LocalBody, Reply, Whole};
@@ -592,11 +592,13 @@ where
             // Unpaced, the whole answer goes out in one write.
             if !pause.is_zero() {
                 monoio::time::sleep(pause).await;
+                note_first_byte(ctx, &out);
                 stream.send(client, &out).await?;
                 out.clear();
             }
         }
         translation.finish(&mut out);
+        note_first_byte(ctx, &out);
         stream.end(client, head, &out).await
     }
     .await;

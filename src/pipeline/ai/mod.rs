@@ -84,6 +84,19 @@ impl Endpoint {
         }
     }
 
+    /// The `route` label of the door's requests in `credentialflow_requests_total` and
+    /// `credentialflow_request_duration_seconds`: its path, with `{name}` standing for the
+    /// prompt's name so that callers cannot make new series.
+    pub fn route_label(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Messages => "/v1/messages",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Models => "/v1/models",
+            Endpoint::Prompt => "/prompts/{name}",
+        }
+    }
+
     fn method(self) -> &'static str {
         match self {
             Endpoint::Models | Endpoint::Model => "GET",
@@ -625,12 +638,51 @@ fn settle_metered(
         cached_tokens: usage.cached_tokens,
         cost_nano_usd: cost,
     });
+    count_settled(worker, ctx, model, usage, cost);
     ctx.ai = Some(AiRecord {
         model: model.name.clone(),
         prompt,
         usage,
         cost_nano_usd: cost,
     });
+}
+
+/// Counts a settled request in the AI metrics, with what the ledger got: the request by the
+/// model that served it, its tokens and cost, its time to first token and its attempts.
+fn count_settled(
+    worker: &ThreadState,
+    ctx: &RequestCtx,
+    model: &Model,
+    usage: Usage,
+    cost_nano_usd: u64,
+) {
+    let consumer = ctx.consumer.as_ref();
+    let answered = (200..300).contains(&ctx.status);
+    let settled = crate::metrics::Settled {
+        model: &model.name,
+        team: consumer.map_or("", |c| c.team.as_str()),
+        key: consumer.and_then(|c| c.id.as_deref()),
+        status: ctx.status,
+        usage,
+        cost_nano_usd,
+        first_byte: ctx
+            .first_byte
+            .filter(|_| answered)
+            .map(|at| at.saturating_duration_since(ctx.started)),
+        attempts: &ctx.attempts,
+    };
+    let snapshot = worker.snapshot();
+    crate::metrics::global()
+        .ai()
+        .settled(worker.id, &snapshot.ai_series, &settled);
+}
+
+/// Notes that the first bytes of an answer's content, `data`, are going to the client (for
+/// the time to first token).
+fn note_first_byte(ctx: &mut RequestCtx, data: &[u8]) {
+    if !data.is_empty() && ctx.first_byte.is_none() {
+        ctx.first_byte = Some(std::time::Instant::now());
+    }
 }
 
 /// Answers with a complete body made by the gateway.
@@ -675,6 +727,9 @@ where
     finish_head(&mut out, ctx, close, head.version() == Version::Http10);
     out.extend_from_slice(body);
     ctx.status = status;
+    if (200..300).contains(&status) {
+        note_first_byte(ctx, body);
+    }
     let (res, _) = client.write_all(out).await;
     res.map_err(|_| Failure::Abort)?;
     Ok(if close {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::stream::{Translation, MAX_EVENT};
-use super::{EventStream, RequestCtx};
+use super::{note_first_byte, EventStream, RequestCtx};
 use crate::ai::SseParser;
 use crate::http1::BufConn;
 use crate::http1::RequestHead;
@@ -171,6 +171,7 @@ where
             translation.on_event(&event, &mut out);
         }
         if let Some(s) = &stream {
+            note_first_byte(ctx, &out);
             if s.send(client, &out).await.is_err() {
                 stream = None;
                 drain = Drain::begin(snapshot, &ctx.request_id);
@@ -182,6 +183,7 @@ where
         Some(s) if body_complete => {
             out.clear();
             translation.finish(&mut out);
+            note_first_byte(ctx, &out);
             s.end(client, head, &out).await
         }
         // The provider's stream broke off: the client's stream just ends, unfinished, as the

@@ -7,7 +7,16 @@
 //!
 //! Registration (`route`, `counter`) takes a mutex, but it happens at config load, never per
 //! request: the hot path holds an `Arc<RouteMetrics>` or `Arc<AtomicU64>` obtained up front.
+//!
+//! The AI families ([`ai`]) count per worker and are summed at scrape; the `process_*`
+//! families ([`process`]) are read from `/proc/self` at scrape.
 
+mod ai;
+mod process;
+
+pub use ai::{AiMetrics, AiSeries, LimitKind, PerKey, Settled, MAX_KEY_ID_BYTES};
+
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -87,7 +96,12 @@ pub struct Metrics {
     /// The cluster link's status, shown as the `credentialflow_cluster_*` families once fleet
     /// mode is on (its owner is the link; this only reads it).
     cluster: Mutex<Option<Arc<LinkStatus>>>,
+    /// The AI families, counted per worker.
+    ai: AiMetrics,
 }
+
+/// The version `credentialflow_build_info` shows.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// One worker's open-connection gauge, alone on its cache line so that workers bumping their
 /// own gauge do not invalidate each other's lines (false sharing).
@@ -124,7 +138,39 @@ impl Metrics {
             reloads_error: AtomicU64::new(0),
             store_health: Mutex::new(None),
             cluster: Mutex::new(None),
+            ai: AiMetrics::new(),
         }
+    }
+
+    /// The AI families' registry.
+    pub fn ai(&self) -> &AiMetrics {
+        &self.ai
+    }
+
+    /// Records one request answered by the AI front door whose route label is `door` (its
+    /// path, such as `/v1/chat/completions`). The door's [`RouteMetrics`] is looked up in a
+    /// per-thread cache, so the registry's lock is taken once per thread and door, not per
+    /// request.
+    pub fn record_door(&self, door: &'static str, status: u16, latency: Duration) {
+        thread_local! {
+            /// `(registry, door label, its metrics)` seen on this thread; a handful of entries.
+            static DOORS: RefCell<Vec<(usize, &'static str, Arc<RouteMetrics>)>> =
+                const { RefCell::new(Vec::new()) };
+        }
+        let registry = self as *const Metrics as usize;
+        DOORS.with_borrow_mut(|doors| {
+            let known = doors
+                .iter()
+                .find(|(r, label, _)| *r == registry && *label == door);
+            match known {
+                Some((_, _, metrics)) => metrics.record(status, latency),
+                None => {
+                    let metrics = self.route(door);
+                    metrics.record(status, latency);
+                    doors.push((registry, door, metrics));
+                }
+            }
+        });
     }
 
     /// The metrics of the route called `name`, created on first use. The same name always
@@ -166,7 +212,11 @@ impl Metrics {
     ) -> Arc<AtomicU64> {
         assert!(is_valid_metric_name(name), "invalid metric name {name:?}");
         assert!(
-            !BUILT_IN_FAMILIES.contains(&name) && !CLUSTER_FAMILIES.contains(&name),
+            !BUILT_IN_FAMILIES.contains(&name)
+                && !CLUSTER_FAMILIES.contains(&name)
+                && !ai::FAMILIES.contains(&name)
+                && !process::FAMILIES.contains(&name)
+                && name != "credentialflow_build_info",
             "metric name {name:?} is built in"
         );
         let mut counters = self.counters.lock();
@@ -213,6 +263,7 @@ impl Metrics {
             .collect();
         self.open_connections.store(Arc::new(gauges));
         self.workers.store(n, Relaxed);
+        self.ai.set_workers(n);
     }
 
     /// Counts a connection accepted by `worker`. Lock-free. A worker index beyond the count
@@ -340,6 +391,20 @@ impl Metrics {
             family_header(&mut out, counter.name, counter.kind, counter.help);
             let _ = writeln!(out, "{} {}", counter.name, counter.value.load(Relaxed));
         }
+
+        self.ai.render(&mut out, crate::clock::unix_now_ms());
+        family_header(
+            &mut out,
+            "credentialflow_build_info",
+            "gauge",
+            "The gateway's version; always 1.",
+        );
+        let _ = writeln!(
+            out,
+            "credentialflow_build_info{{version=\"{}\"}} 1",
+            escape_label_value(VERSION)
+        );
+        process::render(&mut out);
         out
     }
 }
@@ -794,6 +859,64 @@ mod tests {
         for family in BUILT_IN_FAMILIES {
             assert!(text.contains(&format!("# HELP {family} ")), "{family} HELP");
             assert!(text.contains(&format!("# TYPE {family} ")), "{family} TYPE");
+        }
+    }
+
+    #[test]
+    fn build_info_shows_the_version() {
+        let text = Metrics::new().render();
+        assert!(lines(&text).contains(&"# TYPE credentialflow_build_info gauge"));
+        let line = format!(r#"credentialflow_build_info{{version="{VERSION}"}} 1"#);
+        assert!(lines(&text).contains(&line.as_str()), "{line}");
+    }
+
+    #[test]
+    fn doors_are_counted_under_their_own_route_label() {
+        let metrics = Metrics::new();
+        metrics.record_door("/v1/chat/completions", 200, Duration::from_millis(1));
+        metrics.record_door("/v1/chat/completions", 429, Duration::from_millis(1));
+        metrics.record_door("/v1/messages", 200, Duration::from_millis(1));
+        let text = metrics.render();
+        for line in [
+            r#"credentialflow_requests_total{route="/v1/chat/completions",status="200"} 1"#,
+            r#"credentialflow_requests_total{route="/v1/chat/completions",status="429"} 1"#,
+            r#"credentialflow_requests_total{route="/v1/messages",status="200"} 1"#,
+        ] {
+            assert!(lines(&text).contains(&line), "{line}");
+        }
+        // The per-thread cache keeps registries apart.
+        let other = Metrics::new();
+        other.record_door("/v1/messages", 200, Duration::ZERO);
+        assert!(lines(&metrics.render())
+            .contains(&r#"credentialflow_requests_total{route="/v1/messages",status="200"} 1"#));
+        assert!(!text.contains("(ai)"));
+    }
+
+    #[test]
+    #[should_panic(expected = "is built in")]
+    fn counter_may_not_take_an_ai_family_name() {
+        Metrics::new().counter(
+            "credentialflow_ai_tokens_total",
+            "Clashes with the AI family.",
+        );
+    }
+
+    #[test]
+    fn the_ai_and_process_families_are_in_every_scrape() {
+        let text = Metrics::new().render();
+        for family in [
+            "credentialflow_ai_requests_total",
+            "credentialflow_ai_tokens_total",
+            "credentialflow_ai_cost_usd_total",
+            "credentialflow_ai_time_to_first_token_seconds",
+            "credentialflow_provider_attempts_total",
+            "credentialflow_circuit_open",
+            "credentialflow_limit_rejections_total",
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        ] {
+            assert!(text.contains(&format!("# TYPE {family} ")), "{family}");
         }
     }
 
