@@ -86,13 +86,17 @@ impl Endpoint {
 
     /// The `route` label of the door's requests in `credentialflow_requests_total` and
     /// `credentialflow_request_duration_seconds`: its path, with `{name}` standing for the
-    /// prompt's name so that callers cannot make new series.
+    /// prompt's name and `{id}` for the model's so that callers cannot make new series.
     pub fn route_label(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "/v1/chat/completions",
             Endpoint::Messages => "/v1/messages",
             Endpoint::Embeddings => "/v1/embeddings",
             Endpoint::Models => "/v1/models",
+            Endpoint::Model => "/v1/models/{id}",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::CountTokens => "/v1/messages/count_tokens",
+            Endpoint::Responses => "/v1/responses",
             Endpoint::Prompt => "/prompts/{name}",
         }
     }
