@@ -553,10 +553,10 @@ fn log_phase(
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let consumer = ctx.consumer.as_ref();
-        // A front door is named by its path, as in the metrics.
+        // A front door is named by its label, as in the metrics (the path is logged too).
         let route_name = match route {
             Some(r) => Some(r.name.as_str()),
-            None if ctx.front_door => Some(head.path()),
+            None if ctx.front_door => Some(ctx.door_label),
             None => None,
         };
         let entry = AccessEntry {
