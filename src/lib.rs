@@ -38,6 +38,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http1;
+pub mod identity;
 pub mod limits;
 pub mod logging;
 pub mod lua;
