@@ -20,6 +20,7 @@
 //! - `store`: the embedded SQLite key store in `data_dir`, its pepper, the audit log and the
 //!   usage ledger.
 //! - `error`: every gateway-made error response.
+//! - `identity`: credentials the gateway obtains itself (AWS SigV4 signing, AWS event-stream).
 //! - `serve`, `cli`: the process lifecycle and the command line.
 //! - `lua`: sandboxed Luau hook scripts, one VM per worker.
 //! - `accesslog`, `logging`: the access log writer and the gateway's own log.
@@ -38,6 +39,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http1;
+pub mod identity;
 pub mod limits;
 pub mod logging;
 pub mod lua;
