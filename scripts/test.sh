@@ -42,11 +42,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     done
 fi
 
-# The SDK versions the tests are written against (tests/sdk_clients.rs, PIP_INSTALL), and pyjwt
-# with its RSA backend, the reference JWT library of tests/identity_google.rs. Debian's
-# own python3 refuses to install into the system (PEP 668, "externally managed"): there the
-# install is retried with --break-system-packages, which pip offers for exactly this case.
-sdks=("openai==3.57.0" "anthropic==2.14.0" "pyjwt[crypto]==2.15.1" "cryptography==48.0.0")
+# The SDK versions the tests are written against (tests/sdk_clients.rs, PIP_INSTALL); pyjwt
+# with its RSA backend, the reference JWT library of tests/identity_google.rs; and botocore,
+# the AWS reference the SigV4 and event-stream tests compare with (tests/reference/run.rs).
+# Debian's own python3 refuses to install into the system (PEP 668, "externally managed"):
+# there the install is retried with --break-system-packages, which pip offers for exactly
+# this case.
+sdks=("openai==3.57.0" "anthropic==2.14.0" "pyjwt[crypto]==2.15.1" "cryptography==48.0.0"
+    "botocore==1.43.11")
 if ! python3 -m pip install --quiet --disable-pip-version-check "${sdks[@]}" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${sdks[@]}"
 fi

@@ -20,6 +20,8 @@
 //! - `store`: the embedded SQLite key store in `data_dir`, its pepper, the audit log and the
 //!   usage ledger.
 //! - `error`: every gateway-made error response.
+//! - `identity`: credentials the gateway obtains itself (Google service accounts, AWS SigV4
+//!   signing, the AWS event-stream framing; building blocks, not yet wired in).
 //! - `serve`, `cli`: the process lifecycle and the command line.
 //! - `lua`: sandboxed Luau hook scripts, one VM per worker.
 //! - `accesslog`, `logging`: the access log writer and the gateway's own log.
