@@ -37,6 +37,24 @@ pub struct ResponsesRequest {
     pub chat: Map<String, Value>,
     /// What the Response object repeats of the request.
     pub echo: Echo,
+    /// The client's body as it came, for a provider that has the Responses API.
+    pub native: Map<String, Value>,
+    /// The first built-in tool (`web_search`, ...) the request offers: left out of `chat`,
+    /// since only a provider's own Responses API can run it.
+    pub built_in_tool: Option<String>,
+}
+
+impl ResponsesRequest {
+    /// Why the request cannot be translated to a chat, when it cannot: it offers a built-in
+    /// tool, which only a provider's own Responses API runs.
+    pub fn untranslatable(&self) -> Option<RequestInvalid> {
+        let kind = self.built_in_tool.as_deref()?;
+        Some(RequestInvalid(format!(
+            "the built-in tool '{kind}' is not supported by this gateway for this model; only \
+             tools of type 'function' are (built-in tools reach only models on providers with \
+             responses = \"native\")"
+        )))
+    }
 }
 
 /// Why a Responses request is refused: the message of a 400 `invalid_request_error`.
@@ -135,7 +153,8 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, RequestInvalid> {
         // The usage chunk is what `response.completed` reports.
         chat.insert("stream_options".into(), json!({"include_usage": true}));
     }
-    let has_tools = tools(&body, &mut chat, &mut echo)?;
+    let mut built_in_tool = None;
+    let has_tools = tools(&body, &mut chat, &mut echo, &mut built_in_tool)?;
     tool_choice(&body, &mut chat, &mut echo)?;
     match bool_field(&body, "parallel_tool_calls")? {
         // The chat API takes `parallel_tool_calls` only along with tools.
@@ -196,6 +215,8 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, RequestInvalid> {
     Ok(ResponsesRequest {
         chat,
         echo: Echo(echo),
+        native: body,
+        built_in_tool,
     })
 }
 
@@ -398,12 +419,14 @@ fn unsupported_part(part: &Value, field: &str) -> RequestInvalid {
     }
 }
 
-/// Function tools rewritten as chat tools; any other tool type is refused by name. Returns
-/// whether any tool was given.
+/// Function tools rewritten as chat tools; the first built-in tool (any other type) is named
+/// in `built_in`, and none of them is translated. Returns whether any function tool was
+/// given.
 fn tools(
     body: &Map<String, Value>,
     chat: &mut Map<String, Value>,
     echo: &mut Map<String, Value>,
+    built_in: &mut Option<String>,
 ) -> Result<bool, RequestInvalid> {
     let tools = match given(body, "tools") {
         None => {
@@ -428,10 +451,8 @@ fn tools(
         match tool.get("type").and_then(Value::as_str) {
             Some("function") => {}
             Some(kind) => {
-                return Err(RequestInvalid(format!(
-                    "the built-in tool '{kind}' is not supported by this gateway; only tools \
-                     of type 'function' are"
-                )))
+                built_in.get_or_insert_with(|| kind.to_string());
+                continue;
             }
             None => return Err(invalid("tools[].type", "a string")),
         }
@@ -692,12 +713,22 @@ mod tests {
     }
 
     #[test]
-    fn built_in_tools_are_refused_by_name() {
+    fn built_in_tools_are_kept_out_of_the_chat_and_refuse_its_translation_by_name() {
         for kind in ["web_search", "file_search", "code_interpreter"] {
-            let message = refused(json!({"model": "m", "input": "Hi",
-                                         "tools": [{"type": kind}]}));
+            let body = json!({"model": "m", "input": "Hi", "tools": [
+                {"type": "function", "name": "f"}, {"type": kind}, {"type": "web_search"}]});
+            let request = parse(body.clone()).unwrap();
+            assert_eq!(request.built_in_tool.as_deref(), Some(kind));
+            let message = request.untranslatable().expect("refused in translation").0;
             assert!(message.contains(&format!("'{kind}'")), "{message}");
+            // Only the function tool is translated; the native body keeps them all.
+            assert_eq!(request.chat["tools"].as_array().unwrap().len(), 1);
+            assert_eq!(Value::Object(request.native), body);
         }
+        let plain = parse(json!({"model": "m", "input": "Hi",
+                                 "tools": [{"type": "function", "name": "f"}]}))
+        .unwrap();
+        assert_eq!(plain.untranslatable(), None);
     }
 
     #[test]
