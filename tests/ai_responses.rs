@@ -21,6 +21,7 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use common::fake_openai::StreamEnd;
 use common::keys::{admin, create_key};
 use common::*;
 use serde_json::{json, Value};
@@ -1014,4 +1015,74 @@ fn check_refuses_native_responses_on_a_provider_kind_without_them() {
     );
     write("openai", "sometimes");
     assert!(!check().status.success(), "an unknown value is refused");
+}
+
+#[test]
+fn a_cut_native_stream_is_charged_as_a_cut_chat_stream_is() {
+    const CHAT_MODEL: &str = "gpt-translated";
+    let native = FakeOpenAi::start();
+    let translated = FakeOpenAi::start();
+    // Both providers break their streams off a few events in, before any usage.
+    for fake in [&native, &translated] {
+        fake.set_usage(10, 5, 0);
+        fake.set_reply("one two three four five six seven eight nine ten");
+        fake.set_stream_end(StreamEnd::CutAfter(6));
+    }
+    // The same upstream model, so the same prompt estimate on both.
+    let gw = start_gateway(&format!(
+        "{}{}{}{}",
+        native_provider_toml("native", &native),
+        model_toml(OPENAI_MODEL, "native", OPENAI_UPSTREAM),
+        provider_toml("compatible", "openai", &translated.base_url()),
+        model_toml(CHAT_MODEL, "compatible", OPENAI_UPSTREAM)
+    ));
+    let key = create_key(
+        &gw,
+        &json!({"name": "cut", "models": [OPENAI_MODEL, CHAT_MODEL]}),
+    )
+    .secret;
+    for model in [OPENAI_MODEL, CHAT_MODEL] {
+        let ask = json!({"model": model, "input": "Count to ten.", "stream": true,
+                         "max_output_tokens": 50});
+        let auth = format!("Bearer {key}");
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Connection", "close"),
+            ("Authorization", auth.as_str()),
+        ];
+        let bytes = ask.to_string().into_bytes();
+        let mut client = Client::connect(gw.addr());
+        client.send(&request("POST", "/v1/responses", &headers, &bytes));
+        let head = client.read_head();
+        assert_eq!(head.status, 200, "{model}");
+        let mut reader = client.body_reader(&head);
+        let mut raw = Vec::new();
+        // The gateway ends the client's stream unfinished, as the provider's was.
+        while let Ok(Some(piece)) = client.try_read_body_piece(&mut reader) {
+            raw.extend_from_slice(&piece);
+        }
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.contains("response.created"), "{model}: {text}");
+        assert!(!text.contains("response.completed"), "{model}: {text}");
+    }
+    assert_eq!(bodies(&native.requests(), "/v1/responses").len(), 1);
+    assert_eq!(
+        bodies(&translated.requests(), "/v1/chat/completions").len(),
+        1
+    );
+    // Neither reported usage: each is charged its estimated prompt and the larger of the
+    // reservation and the relayed text, the same on both.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows = (ledger_row(&gw, OPENAI_MODEL), ledger_row(&gw, CHAT_MODEL));
+        if let (Some(native), Some(chat)) = rows {
+            assert_eq!(native, chat, "native and translated cut streams");
+            assert_eq!(native.0, 1);
+            assert!(native.1 > 0, "{native:?}");
+            assert_eq!(native.2, 50, "the completion reservation: {native:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "ledger: {rows:?}");
+        sleep(Duration::from_millis(200));
+    }
 }
