@@ -854,6 +854,16 @@ fn a_fallback_from_a_native_model_to_a_translated_one_translates() {
         1,
         "nothing more reached the fallback"
     );
+
+    // Items only the Responses API takes (a reasoning model's `reasoning` item, carried
+    // over from its last answer) reach a native model as they are.
+    let input = json!([
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA"},
+        {"role": "user", "content": "And now?"}]);
+    let answered = post_responses(&gw, &key, &json!({"model": OPENAI_MODEL, "input": input}));
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    let sent = bodies(&native.requests(), "/v1/responses");
+    assert_eq!(sent.last().unwrap()["input"], input);
 }
 
 #[test]

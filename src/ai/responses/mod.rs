@@ -6,8 +6,9 @@
 //!
 //! Responses are not stored: `previous_response_id`, `conversation` and input items by
 //! reference are refused with a message saying so, and `store: true` is accepted (it is the
-//! API's default) but nothing is kept. Only function tools are translated; built-in tools
-//! (`web_search`, `file_search`, ...) are refused by name unless the request goes to a
+//! API's default) but nothing is kept. Only function tools and message, function call and
+//! function call output items are translated; built-in tools (`web_search`, `file_search`,
+//! ...) and other items (`reasoning`, ...) are refused by name unless the request goes to a
 //! provider that has the Responses API itself ([`passthrough`]), which gets the client's
 //! body with only the model renamed.
 

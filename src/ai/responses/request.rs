@@ -7,6 +7,9 @@
 //! (→ `reasoning_effort`) carry over. A streamed request asks for the usage chunk, which the
 //! Responses stream reports in `response.completed`. `metadata` and `store` are kept for the
 //! Response object only: a chat request with them would store the completion upstream.
+//! Built-in tools and input items of other types have no chat form: they are left out of the
+//! chat and named, so the request goes only to a provider with the Responses API itself
+//! ([`ResponsesRequest::untranslatable`]), which gets the client's body as it came.
 //!
 //! Bounds, on top of the body size and JSON nesting limits every front door has: at most
 //! [`MAX_INPUT_ITEMS`] input items, [`MAX_CONTENT_PARTS`] content parts per item,
@@ -42,12 +45,22 @@ pub struct ResponsesRequest {
     /// The first built-in tool (`web_search`, ...) the request offers: left out of `chat`,
     /// since only a provider's own Responses API can run it.
     pub built_in_tool: Option<String>,
+    /// The type of the first input item with no chat equivalent (`reasoning`,
+    /// `web_search_call`, ...): left out of `chat`, for the same reason.
+    pub native_item: Option<String>,
 }
 
 impl ResponsesRequest {
     /// Why the request cannot be translated to a chat, when it cannot: it offers a built-in
     /// tool, which only a provider's own Responses API runs.
     pub fn untranslatable(&self) -> Option<RequestInvalid> {
+        if let Some(kind) = &self.native_item {
+            return Some(RequestInvalid(format!(
+                "input items of type '{kind}' are not supported for this model; this gateway \
+                 translates messages, function_call and function_call_output items (other \
+                 items reach only models on providers with responses = \"native\")"
+            )));
+        }
         let kind = self.built_in_tool.as_deref()?;
         Some(RequestInvalid(format!(
             "the built-in tool '{kind}' is not supported by this gateway for this model; only \
@@ -118,6 +131,7 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, RequestInvalid> {
         Some(_) => return Err(invalid("model", "a non-empty string")),
     }
     let mut messages = Vec::new();
+    let mut native_item = None;
     match given(&body, "instructions") {
         None => {
             echo.insert("instructions".into(), Value::Null);
@@ -142,7 +156,7 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, RequestInvalid> {
         }
         Some(Value::Array(items)) => {
             for item in items {
-                input_item(item, &mut messages)?;
+                input_item(item, &mut messages, &mut native_item)?;
             }
         }
         Some(_) => return Err(invalid("input", "a string or an array of items")),
@@ -217,6 +231,7 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, RequestInvalid> {
         echo: Echo(echo),
         native: body,
         built_in_tool,
+        native_item,
     })
 }
 
@@ -262,8 +277,13 @@ fn bool_field(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, Re
     }
 }
 
-/// One `input` item appended to the chat `messages`.
-fn input_item(item: &Value, messages: &mut Vec<Value>) -> Result<(), RequestInvalid> {
+/// One `input` item appended to the chat `messages`; the type of the first item with no chat
+/// equivalent is named in `native_item`, and no such item is translated.
+fn input_item(
+    item: &Value,
+    messages: &mut Vec<Value>,
+    native_item: &mut Option<String>,
+) -> Result<(), RequestInvalid> {
     let Value::Object(item) = item else {
         return Err(invalid("input[]", "an object"));
     };
@@ -313,10 +333,10 @@ fn input_item(item: &Value, messages: &mut Vec<Value>) -> Result<(), RequestInva
              store responses; send the items themselves"
                 .into(),
         )),
-        Some(other) => Err(RequestInvalid(format!(
-            "input items of type '{other}' are not supported; this gateway takes messages, \
-             function_call and function_call_output items"
-        ))),
+        Some(other) => {
+            native_item.get_or_insert_with(|| other.to_string());
+            Ok(())
+        }
     }
 }
 
@@ -710,6 +730,27 @@ mod tests {
             refused(json!({"model": "m", "input": "Hi", "conversation": "c"}))
                 .contains("conversation")
         );
+    }
+
+    #[test]
+    fn items_without_a_chat_equivalent_are_kept_for_native_providers_only() {
+        let body = json!({"model": "m", "input": [
+            {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAA"},
+            {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+            {"role": "user", "content": "Hi"}]});
+        let request = parse(body.clone()).unwrap();
+        assert_eq!(request.native_item.as_deref(), Some("reasoning"));
+        let message = request.untranslatable().expect("refused in translation").0;
+        assert!(message.contains("'reasoning'"), "{message}");
+        assert_eq!(
+            request.chat["messages"],
+            json!([{"role": "user", "content": "Hi"}])
+        );
+        assert_eq!(Value::Object(request.native), body);
+        // An item by reference needs stored state: refused wherever the request goes.
+        let message = refused(json!({"model": "m", "input": [
+            {"type": "item_reference", "id": "msg_1"}]}));
+        assert!(message.contains("'item_reference'"), "{message}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! is, but for the client-facing model name ([`crate::ai::responses::ResponsesRelay`]).
 //! An `on_prompt` hook keeps the request on the translation even there: its edits are made
 //! to the chat, which only the translated request carries. A request with built-in tools
-//! cannot be translated, so it reaches native models only.
+//! or input items with no chat equivalent (`reasoning`, `web_search_call`, ...) cannot be
+//! translated, so it reaches native models only.
 
 use serde_json::{Map, Value};
 
@@ -25,7 +26,8 @@ pub(super) struct ResponsesDoor {
     /// The client's body, for providers with the Responses API; `None` once the request
     /// must be translated wherever it goes.
     native: Option<Map<String, Value>>,
-    /// Why the request cannot be translated (it offers a built-in tool), if it cannot.
+    /// Why the request cannot be translated (it offers a built-in tool or carries an item
+    /// only the Responses API takes), if it cannot.
     untranslatable: Option<String>,
 }
 
@@ -35,8 +37,10 @@ pub(super) fn parse(body: &[u8]) -> Result<(Call, ResponsesDoor), GatewayError> 
         responses::parse_request(body).map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
     let untranslatable = request.untranslatable().map(|e| e.0);
     let chat = serde_json::to_vec(&request.chat).expect("JSON maps serialize");
-    let request_chat = openai::parse_chat_request(&chat)
-        .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+    // A chat left empty by items only a native provider takes is refused for those items.
+    let request_chat = openai::parse_chat_request(&chat).map_err(|e| {
+        GatewayError::InvalidRequest(untranslatable.clone().unwrap_or_else(|| e.to_string()))
+    })?;
     let call = Call {
         front: Dialect::OpenAi,
         request: request_chat,
