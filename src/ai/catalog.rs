@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use super::breaker::Breaker;
 use crate::config::{
-    Config, HttpUrl, LiveSecret, MockOptions, ProviderConfig, ProviderKind, SecretWatcher,
+    Config, HttpUrl, LiveSecret, MockOptions, ProviderConfig, ProviderKind, ResponsesApi,
+    SecretWatcher,
 };
 use crate::upstream::{pool_settings, TlsSettings, Upstream};
 
@@ -34,6 +35,9 @@ pub struct Provider {
     pub api_version: String,
     /// The mock's pacing.
     pub mock: MockOptions,
+    /// Whether `POST /v1/responses` is sent to the provider's own Responses API rather than
+    /// translated (`[[provider]] responses`, see [`ProviderConfig::responses_api`]).
+    pub responses_native: bool,
     /// Skips the provider after repeated failures; carried across reloads by provider name
     /// and endpoint (see [`Provider::endpoint`]).
     pub breaker: Arc<Breaker>,
@@ -265,6 +269,7 @@ fn build_provider(
             cfg.api_version.clone()
         },
         mock: cfg.mock.clone(),
+        responses_native: cfg.responses_api() == ResponsesApi::Native,
         breaker: Arc::new(Breaker::default()),
     })
 }
@@ -319,6 +324,7 @@ mod tests {
             mock: Default::default(),
             keepalive: 128,
             keepalive_timeout_ms: 30_000,
+            responses: None,
         }
     }
 

@@ -39,7 +39,8 @@ pub use error::{CheckReport, ConfigError, ConfigErrors, ConfigWarning};
 pub use model::{
     AiConfig, AuthKind, Config, CredentialConfig, JwtConfig, LimitsConfig, LogFormat, LuaConfig,
     MetricsConfig, MockOptions, ModelConfig, PromptConfig, ProviderConfig, ProviderKind,
-    RateLimitConfig, RouteConfig, ServerConfig, TeamConfig, TlsListenConfig, UpstreamConfig,
+    RateLimitConfig, ResponsesApi, RouteConfig, ServerConfig, TeamConfig, TlsListenConfig,
+    UpstreamConfig,
 };
 pub use secret::{LiveSecret, Secret, SecretRef, SecretWatcher};
 pub use store::{StoreBackend, StoreConfig, StoreSettings};

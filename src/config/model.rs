@@ -566,6 +566,46 @@ pub struct ProviderConfig {
     /// How long an idle connection to the provider is kept.
     #[serde(default = "default_keepalive_timeout_ms")]
     pub keepalive_timeout_ms: u64,
+    /// How `POST /v1/responses` reaches the provider; `None` = the default for its kind and
+    /// `base_url` (see [`ProviderConfig::responses_api`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responses: Option<ResponsesApi>,
+}
+
+/// How a provider serves `POST /v1/responses` (`[[provider]] responses`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponsesApi {
+    /// The provider has the Responses API: the request is sent to its `/v1/responses` as it
+    /// is (model replaced), and its answer relayed.
+    Native,
+    /// The request is translated to the provider's chat API, and its answer back.
+    Translate,
+}
+
+/// The host of OpenAI's own API, the one `kind = "openai"` endpoint known to have
+/// `/v1/responses` (OpenAI-compatible servers often lack it).
+pub const OPENAI_API_HOST: &str = "api.openai.com";
+
+impl ProviderConfig {
+    /// How `POST /v1/responses` reaches this provider: `responses` when set, else `native`
+    /// for `kind = "openai"` on OpenAI's own host and `translate` for every other provider.
+    pub fn responses_api(&self) -> ResponsesApi {
+        if let Some(api) = self.responses {
+            return api;
+        }
+        let base_url = match self.base_url.as_str() {
+            "" => self.kind.default_base_url().unwrap_or_default(),
+            url => url,
+        };
+        let on_openai = super::HttpUrl::parse(base_url)
+            .is_ok_and(|url| url.host().eq_ignore_ascii_case(OPENAI_API_HOST));
+        if self.kind == ProviderKind::Openai && on_openai {
+            ResponsesApi::Native
+        } else {
+            ResponsesApi::Translate
+        }
+    }
 }
 
 /// How the in-process mock provider paces its answers.

@@ -9,8 +9,8 @@ use crate::http1::normalize_path;
 use super::address::{parse_listen_addr, Cidr, HostPort};
 use super::cluster::{MAX_SYNC_INTERVAL_MS, MIN_SYNC_INTERVAL_MS};
 use super::model::{
-    AuthKind, Config, JwtConfig, ProviderKind, RouteConfig, ServerConfig, UpstreamConfig,
-    MAX_DRAIN_AFTER_DISCONNECT_MS, MAX_KEEPALIVE, MAX_KEEPALIVE_TIMEOUT_MS,
+    AuthKind, Config, JwtConfig, ProviderKind, ResponsesApi, RouteConfig, ServerConfig,
+    UpstreamConfig, MAX_DRAIN_AFTER_DISCONNECT_MS, MAX_KEEPALIVE, MAX_KEEPALIVE_TIMEOUT_MS,
 };
 use super::redact::{has_userinfo, redact_url, CREDENTIALS_IN_URL};
 use super::secret::SecretRef;
@@ -624,6 +624,15 @@ fn check_providers(config: &Config, findings: &mut Findings) {
                 "no api_key: requests go to the provider without a credential",
             );
         }
+        // Only OpenAI's API has `/v1/responses` in its own format; every other kind is
+        // reached through the translation to its chat API.
+        if provider.responses == Some(ResponsesApi::Native) && provider.kind != ProviderKind::Openai
+        {
+            findings.error(
+                at("responses"),
+                "`native` needs kind = \"openai\" (only OpenAI's API has /v1/responses); use \"translate\"",
+            );
+        }
     }
 }
 
@@ -853,6 +862,7 @@ mod tests {
                 mock: Default::default(),
                 keepalive: 4,
                 keepalive_timeout_ms: 1_000,
+                responses: None,
             }],
             model: vec![ModelConfig {
                 name: "m".into(),
@@ -1320,6 +1330,60 @@ mod tests {
         let findings = validate(&config);
         assert!(findings.errors.is_empty());
         assert_eq!(findings.warnings[0].0, "provider[0].api_key");
+    }
+
+    #[test]
+    fn native_responses_are_refused_on_every_kind_but_openai() {
+        for kind in [
+            ProviderKind::AzureOpenai,
+            ProviderKind::Anthropic,
+            ProviderKind::Gemini,
+            ProviderKind::Mock,
+        ] {
+            let mut config = valid();
+            config.provider[0].kind = kind;
+            config.provider[0].base_url = "https://api.example.com".into();
+            config.provider[0].responses = Some(ResponsesApi::Native);
+            assert_eq!(errors_of(&config), ["provider[0].responses"], "{kind:?}");
+            assert!(all_errors(&config).contains("kind = \"openai\""));
+            config.provider[0].responses = Some(ResponsesApi::Translate);
+            assert!(errors_of(&config).is_empty(), "{kind:?}");
+        }
+        let mut config = valid();
+        config.provider[0].kind = ProviderKind::Openai;
+        config.provider[0].base_url = "http://127.0.0.1:9".into();
+        config.provider[0].responses = Some(ResponsesApi::Native);
+        assert!(errors_of(&config).is_empty());
+    }
+
+    #[test]
+    fn responses_default_to_native_on_openais_own_host_only() {
+        let mut provider = valid().provider.remove(0);
+        provider.kind = ProviderKind::Openai;
+        for (base_url, api) in [
+            ("https://api.openai.com", ResponsesApi::Native),
+            ("https://API.OpenAI.com/", ResponsesApi::Native),
+            ("", ResponsesApi::Native),
+            ("http://127.0.0.1:8000", ResponsesApi::Translate),
+            (
+                "https://api.openai.com.example.net",
+                ResponsesApi::Translate,
+            ),
+            ("https://openrouter.ai/api", ResponsesApi::Translate),
+        ] {
+            provider.base_url = base_url.into();
+            assert_eq!(provider.responses_api(), api, "{base_url}");
+        }
+        provider.base_url = "http://127.0.0.1:8000".into();
+        provider.responses = Some(ResponsesApi::Native);
+        assert_eq!(provider.responses_api(), ResponsesApi::Native);
+        provider.base_url = "https://api.openai.com".into();
+        provider.responses = Some(ResponsesApi::Translate);
+        assert_eq!(provider.responses_api(), ResponsesApi::Translate);
+        // Other kinds translate, whatever their endpoint.
+        provider.responses = None;
+        provider.kind = ProviderKind::AzureOpenai;
+        assert_eq!(provider.responses_api(), ResponsesApi::Translate);
     }
 
     #[test]

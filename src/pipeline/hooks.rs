@@ -185,6 +185,13 @@ fn budget_info(
     })
 }
 
+/// Whether the request's script has an `on_prompt` hook.
+pub(super) fn wants_prompt(snapshot: &Snapshot, ctx: &RequestCtx) -> bool {
+    ctx.hooked
+        .as_deref()
+        .is_some_and(|h| snapshot.scripts.defines(h.script, Hook::Prompt))
+}
+
 /// Whether the request's script has an `on_response` hook.
 pub(super) fn wants_response(snapshot: &Snapshot, ctx: &RequestCtx) -> bool {
     ctx.hooked

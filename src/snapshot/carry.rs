@@ -174,6 +174,7 @@ mod tests {
                     mock: Default::default(),
                     keepalive: 1,
                     keepalive_timeout_ms: 1_000,
+                    responses: None,
                 })
                 .collect(),
             ..Config::default()

@@ -1,8 +1,9 @@
 //! A fake OpenAI API in the test process: std threads on 127.0.0.1:0,
-//! speaking the real wire format of the Chat Completions, legacy Completions and
-//! Embeddings APIs
+//! speaking the real wire format of the Chat Completions, Responses, legacy Completions
+//! and Embeddings APIs
 //! (OpenAI API reference: "The chat completion object", "The chat completion
-//! chunk object", "Completions" (legacy), "Embeddings", "Error codes"), so the gateway's meters see
+//! chunk object", "The response object", "Streaming events" (Responses),
+//! "Completions" (legacy), "Embeddings", "Error codes"), so the gateway's meters see
 //! exactly what a real provider would send.
 //!
 //! Each test sets what the fake reports (usage, reply text, stream pacing,
@@ -308,6 +309,22 @@ impl Snapshot {
                     send_json(conn, 200, &completion, keep_alive, &rate_limit_headers())
                 }
             }
+            ("POST", "/v1/responses") => {
+                let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
+                    let body = error_body(
+                        "invalid_request_error",
+                        "We could not parse the JSON body of your request.",
+                    );
+                    return send_json(conn, 400, &body, keep_alive, &[]);
+                };
+                let id = format!("resp_fake{ordinal}");
+                if body["stream"].as_bool() == Some(true) {
+                    self.stream_response(conn, &id, &body, keep_alive)
+                } else {
+                    let response = self.response(&id, &body, "completed");
+                    send_json(conn, 200, &response, keep_alive, &rate_limit_headers())
+                }
+            }
             ("POST", "/v1/embeddings") => {
                 let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
                     let body = error_body(
@@ -553,6 +570,165 @@ impl Snapshot {
             data.truncate(*after);
             data.push(error.clone());
         }
+        send_event_stream_ending(
+            conn,
+            &data,
+            self.stream_delay,
+            keep_alive,
+            &rate_limit_headers(),
+            self.stream_end,
+        )
+    }
+
+    /// The `usage` object of a Response (OpenAI API reference, "Responses": "The response
+    /// object").
+    fn responses_usage_json(&self) -> Value {
+        let u = self.usage;
+        json!({
+            "input_tokens": u.prompt,
+            "input_tokens_details": { "cached_tokens": u.cached },
+            "output_tokens": u.completion,
+            "output_tokens_details": { "reasoning_tokens": 0 },
+            "total_tokens": u.prompt + u.completion,
+        })
+    }
+
+    /// The one output item of a Response: the reply as a message, or the function call
+    /// when one is set; `done` says whether it is complete (else as first added).
+    fn response_item(&self, id: &str, done: bool) -> Value {
+        let status = if done { "completed" } else { "in_progress" };
+        match &self.tool_call {
+            Some((name, arguments)) => json!({
+                "id": format!("fc_{id}"),
+                "type": "function_call",
+                "status": status,
+                "arguments": if done { arguments.as_str() } else { "" },
+                "call_id": "call_fake0",
+                "name": name,
+            }),
+            None => json!({
+                "id": format!("msg_{id}"),
+                "type": "message",
+                "status": status,
+                "role": "assistant",
+                "content": if done {
+                    json!([{ "type": "output_text", "text": self.reply, "annotations": [],
+                             "logprobs": [] }])
+                } else {
+                    json!([])
+                },
+            }),
+        }
+    }
+
+    /// A Response object (OpenAI API reference, "Responses": "The response object") with
+    /// `status`: the output and usage once it is done, none while `in_progress`. The model
+    /// is the request's with a snapshot date, as OpenAI names the model that served it.
+    fn response(&self, id: &str, request: &Value, status: &str) -> Value {
+        let done = status != "in_progress";
+        let or = |field: &str, default: Value| match &request[field] {
+            Value::Null => default,
+            v => v.clone(),
+        };
+        json!({
+            "id": id,
+            "object": "response",
+            "created_at": unix_now(),
+            "status": status,
+            "background": false,
+            "error": null,
+            "incomplete_details": null,
+            "instructions": or("instructions", Value::Null),
+            "max_output_tokens": or("max_output_tokens", Value::Null),
+            "max_tool_calls": null,
+            "model": format!("{}-2025-04-14", request["model"].as_str().unwrap_or_default()),
+            "output": if done { json!([self.response_item(id, true)]) } else { json!([]) },
+            "parallel_tool_calls": or("parallel_tool_calls", json!(true)),
+            "previous_response_id": null,
+            "reasoning": { "effort": null, "summary": null },
+            "service_tier": "default",
+            "store": or("store", json!(true)),
+            "temperature": or("temperature", json!(1.0)),
+            "text": { "format": { "type": "text" } },
+            "tool_choice": or("tool_choice", json!("auto")),
+            "tools": or("tools", json!([])),
+            "top_p": or("top_p", json!(1.0)),
+            "truncation": "disabled",
+            "usage": if done { self.responses_usage_json() } else { Value::Null },
+            "user": null,
+            "metadata": or("metadata", json!({})),
+        })
+    }
+
+    /// Streams a Response as OpenAI does (OpenAI API reference, "Streaming events"): each
+    /// event named by its `type`, numbered by `sequence_number`, one HTTP chunk per event,
+    /// the usage in `response.completed`.
+    fn stream_response(
+        &self,
+        conn: &mut Conn,
+        id: &str,
+        request: &Value,
+        keep_alive: bool,
+    ) -> bool {
+        let in_progress = self.response(id, request, "in_progress");
+        let item_id = self.response_item(id, false)["id"].clone();
+        let mut events = vec![
+            json!({"type": "response.created", "response": in_progress}),
+            json!({"type": "response.in_progress", "response": in_progress}),
+            json!({"type": "response.output_item.added", "output_index": 0,
+                   "item": self.response_item(id, false)}),
+        ];
+        match &self.tool_call {
+            Some((_, arguments)) => {
+                let chars: Vec<char> = arguments.chars().collect();
+                for piece in chars.chunks(chars.len().div_ceil(3).max(1)) {
+                    let piece: String = piece.iter().collect();
+                    events.push(json!({"type": "response.function_call_arguments.delta",
+                        "item_id": item_id, "output_index": 0, "delta": piece}));
+                }
+                events.push(json!({"type": "response.function_call_arguments.done",
+                    "item_id": item_id, "output_index": 0, "arguments": arguments}));
+            }
+            None => {
+                let part = |text: &str| {
+                    json!({"type": "output_text", "text": text,
+                                               "annotations": [], "logprobs": []})
+                };
+                events.push(
+                    json!({"type": "response.content_part.added", "item_id": item_id,
+                    "output_index": 0, "content_index": 0, "part": part("")}),
+                );
+                for piece in reply_pieces(&self.reply) {
+                    events.push(json!({"type": "response.output_text.delta",
+                        "item_id": item_id, "output_index": 0, "content_index": 0,
+                        "delta": piece, "logprobs": []}));
+                }
+                events.push(
+                    json!({"type": "response.output_text.done", "item_id": item_id,
+                    "output_index": 0, "content_index": 0, "text": self.reply,
+                    "logprobs": []}),
+                );
+                events.push(
+                    json!({"type": "response.content_part.done", "item_id": item_id,
+                    "output_index": 0, "content_index": 0, "part": part(&self.reply)}),
+                );
+            }
+        }
+        events.push(
+            json!({"type": "response.output_item.done", "output_index": 0,
+                           "item": self.response_item(id, true)}),
+        );
+        events.push(json!({"type": "response.completed",
+                           "response": self.response(id, request, "completed")}));
+        let data: Vec<Vec<u8>> = events
+            .into_iter()
+            .enumerate()
+            .map(|(n, mut event)| {
+                event["sequence_number"] = n.into();
+                let kind = event["type"].as_str().unwrap_or_default().to_string();
+                format!("event: {kind}\ndata: {event}\n\n").into_bytes()
+            })
+            .collect();
         send_event_stream_ending(
             conn,
             &data,

@@ -1,7 +1,11 @@
 """OpenAI SDK, Responses API: a function tool called, whole and streamed, then the tool's
-result sent back as a `function_call_output` item with the call's items."""
+result sent back as a `function_call_output` item with the call's items.
+
+`CF_INPUT` replaces the user's question (the mock provider calls a tool only when the
+question names it)."""
 
 import json
+import os
 
 import openai
 
@@ -22,7 +26,12 @@ TOOLS = [
         },
     }
 ]
-INPUT = [{"role": "user", "content": "What is the weather in Paris?"}]
+INPUT = [
+    {
+        "role": "user",
+        "content": os.environ.get("CF_INPUT", "What is the weather in Paris?"),
+    }
+]
 
 
 def calls_of(response):

@@ -226,6 +226,18 @@ pub trait Provider: Send + Sync + fmt::Debug {
         None
     }
 
+    /// The path (under `base_path`) and body of a Responses API call (`POST /v1/responses`,
+    /// the client's checked body, sent as it is with the upstream model name); `None` when
+    /// the provider has no such endpoint and the request is translated to its chat API.
+    fn responses_request(
+        &self,
+        body: &Map<String, Value>,
+        target: &Target<'_>,
+    ) -> Option<(String, Vec<u8>)> {
+        let _ = (body, target);
+        None
+    }
+
     /// A provider's error answer as the gateway's error, `secrets` scrubbed from its message.
     fn error(
         &self,
@@ -405,6 +417,27 @@ mod tests {
             Some("/base/v1beta/models/up-model:batchEmbedContents")
         );
         assert_eq!(path(ProviderKind::Anthropic), None);
+    }
+
+    #[test]
+    fn only_openai_has_a_native_responses_api_which_gets_the_body_with_the_upstream_model() {
+        let body = serde_json::json!({"model": "m", "input": "hi", "store": false,
+            "tools": [{"type": "web_search"}]});
+        let body = body.as_object().unwrap();
+        for kind in ALL {
+            let request = for_kind(kind).responses_request(body, &target());
+            match kind {
+                ProviderKind::Openai => {
+                    let (path, sent) = request.expect("OpenAI has /v1/responses");
+                    assert_eq!(path, "/base/v1/responses");
+                    let sent: Value = serde_json::from_slice(&sent).unwrap();
+                    let mut expected = Value::Object(body.clone());
+                    expected["model"] = "up-model".into();
+                    assert_eq!(sent, expected);
+                }
+                _ => assert!(request.is_none(), "{kind:?}"),
+            }
+        }
     }
 
     #[test]

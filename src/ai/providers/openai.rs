@@ -1,6 +1,8 @@
 //! OpenAI (`kind = "openai"`): the canonical dialect, so requests and answers pass with only
 //! the model replaced. Azure OpenAI and the mock share its bodies and streams.
 
+use serde_json::{Map, Value};
+
 use super::{Call, Provider, Target};
 use crate::ai::{openai, EmbeddingsRequest, RequestError};
 
@@ -37,6 +39,21 @@ impl Provider for OpenAi {
         Some((
             format!("{}/v1/completions", target.base_path),
             openai::upstream_completion_body(request, target.upstream_model),
+        ))
+    }
+
+    fn responses_request(
+        &self,
+        body: &Map<String, Value>,
+        target: &Target<'_>,
+    ) -> Option<(String, Vec<u8>)> {
+        // The client's body as it is: every Responses parameter (built-in tools, `include`,
+        // `reasoning`, ...) reaches the provider; only the model is the provider's name.
+        let mut body = body.clone();
+        body.insert("model".into(), target.upstream_model.into());
+        Some((
+            format!("{}/v1/responses", target.base_path),
+            serde_json::to_vec(&body).expect("JSON maps serialize"),
         ))
     }
 

@@ -6,13 +6,18 @@
 //!
 //! Responses are not stored: `previous_response_id`, `conversation` and input items by
 //! reference are refused with a message saying so, and `store: true` is accepted (it is the
-//! API's default) but nothing is kept. Only function tools are run; built-in tools
-//! (`web_search`, `file_search`, ...) are refused by name.
+//! API's default) but nothing is kept. Only function tools and message, function call and
+//! function call output items are translated; built-in tools (`web_search`, `file_search`,
+//! ...) and other items (`reasoning`, ...) are refused by name unless the request goes to a
+//! provider that has the Responses API itself ([`passthrough`]), which gets the client's
+//! body with only the model renamed.
 
+mod passthrough;
 mod request;
 mod response;
 mod stream;
 
+pub use passthrough::{usage_from_response, ResponsesRelay};
 pub use request::{
     parse_request, RequestInvalid, ResponsesRequest, MAX_CONTENT_PARTS, MAX_INPUT_ITEMS,
     MAX_METADATA_ENTRIES, MAX_TOOLS,

@@ -7,6 +7,9 @@
 //! (→ `reasoning_effort`) carry over. A streamed request asks for the usage chunk, which the
 //! Responses stream reports in `response.completed`. `metadata` and `store` are kept for the
 //! Response object only: a chat request with them would store the completion upstream.
+//! Built-in tools and input items of other types have no chat form: they are left out of the
+//! chat and named, so the request goes only to a provider with the Responses API itself
+//! ([`ResponsesRequest::untranslatable`]), which gets the client's body as it came.
 //!
 //! Bounds, on top of the body size and JSON nesting limits every front door has: at most
 //! [`MAX_INPUT_ITEMS`] input items, [`MAX_CONTENT_PARTS`] content parts per item,
@@ -37,6 +40,34 @@ pub struct ResponsesRequest {
     pub chat: Map<String, Value>,
     /// What the Response object repeats of the request.
     pub echo: Echo,
+    /// The client's body as it came, for a provider that has the Responses API.
+    pub native: Map<String, Value>,
+    /// The first built-in tool (`web_search`, ...) the request offers: left out of `chat`,
+    /// since only a provider's own Responses API can run it.
+    pub built_in_tool: Option<String>,
+    /// The type of the first input item with no chat equivalent (`reasoning`,
+    /// `web_search_call`, ...): left out of `chat`, for the same reason.
+    pub native_item: Option<String>,
+}
+
+impl ResponsesRequest {
+    /// Why the request cannot be translated to a chat, when it cannot: it offers a built-in
+    /// tool, which only a provider's own Responses API runs.
+    pub fn untranslatable(&self) -> Option<RequestInvalid> {
+        if let Some(kind) = &self.native_item {
+            return Some(RequestInvalid(format!(
+                "input items of type '{kind}' are not supported for this model; this gateway \
+                 translates messages, function_call and function_call_output items (other \
+                 items reach only models on providers with responses = \"native\")"
+            )));
+        }
+        let kind = self.built_in_tool.as_deref()?;
+        Some(RequestInvalid(format!(
+            "the built-in tool '{kind}' is not supported by this gateway for this model; only \
+             tools of type 'function' are (built-in tools reach only models on providers with \
+             responses = \"native\")"
+        )))
+    }
 }
 
 /// Why a Responses request is refused: the message of a 400 `invalid_request_error`.
@@ -100,6 +131,7 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, RequestInvalid> {
         Some(_) => return Err(invalid("model", "a non-empty string")),
     }
     let mut messages = Vec::new();
+    let mut native_item = None;
     match given(&body, "instructions") {
         None => {
             echo.insert("instructions".into(), Value::Null);
@@ -124,7 +156,7 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, RequestInvalid> {
         }
         Some(Value::Array(items)) => {
             for item in items {
-                input_item(item, &mut messages)?;
+                input_item(item, &mut messages, &mut native_item)?;
             }
         }
         Some(_) => return Err(invalid("input", "a string or an array of items")),
@@ -135,7 +167,8 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, RequestInvalid> {
         // The usage chunk is what `response.completed` reports.
         chat.insert("stream_options".into(), json!({"include_usage": true}));
     }
-    let has_tools = tools(&body, &mut chat, &mut echo)?;
+    let mut built_in_tool = None;
+    let has_tools = tools(&body, &mut chat, &mut echo, &mut built_in_tool)?;
     tool_choice(&body, &mut chat, &mut echo)?;
     match bool_field(&body, "parallel_tool_calls")? {
         // The chat API takes `parallel_tool_calls` only along with tools.
@@ -196,6 +229,9 @@ pub fn parse_request(body: &[u8]) -> Result<ResponsesRequest, RequestInvalid> {
     Ok(ResponsesRequest {
         chat,
         echo: Echo(echo),
+        native: body,
+        built_in_tool,
+        native_item,
     })
 }
 
@@ -241,8 +277,13 @@ fn bool_field(body: &Map<String, Value>, field: &str) -> Result<Option<bool>, Re
     }
 }
 
-/// One `input` item appended to the chat `messages`.
-fn input_item(item: &Value, messages: &mut Vec<Value>) -> Result<(), RequestInvalid> {
+/// One `input` item appended to the chat `messages`; the type of the first item with no chat
+/// equivalent is named in `native_item`, and no such item is translated.
+fn input_item(
+    item: &Value,
+    messages: &mut Vec<Value>,
+    native_item: &mut Option<String>,
+) -> Result<(), RequestInvalid> {
     let Value::Object(item) = item else {
         return Err(invalid("input[]", "an object"));
     };
@@ -292,10 +333,10 @@ fn input_item(item: &Value, messages: &mut Vec<Value>) -> Result<(), RequestInva
              store responses; send the items themselves"
                 .into(),
         )),
-        Some(other) => Err(RequestInvalid(format!(
-            "input items of type '{other}' are not supported; this gateway takes messages, \
-             function_call and function_call_output items"
-        ))),
+        Some(other) => {
+            native_item.get_or_insert_with(|| other.to_string());
+            Ok(())
+        }
     }
 }
 
@@ -398,12 +439,14 @@ fn unsupported_part(part: &Value, field: &str) -> RequestInvalid {
     }
 }
 
-/// Function tools rewritten as chat tools; any other tool type is refused by name. Returns
-/// whether any tool was given.
+/// Function tools rewritten as chat tools; the first built-in tool (any other type) is named
+/// in `built_in`, and none of them is translated. Returns whether any function tool was
+/// given.
 fn tools(
     body: &Map<String, Value>,
     chat: &mut Map<String, Value>,
     echo: &mut Map<String, Value>,
+    built_in: &mut Option<String>,
 ) -> Result<bool, RequestInvalid> {
     let tools = match given(body, "tools") {
         None => {
@@ -428,10 +471,8 @@ fn tools(
         match tool.get("type").and_then(Value::as_str) {
             Some("function") => {}
             Some(kind) => {
-                return Err(RequestInvalid(format!(
-                    "the built-in tool '{kind}' is not supported by this gateway; only tools \
-                     of type 'function' are"
-                )))
+                built_in.get_or_insert_with(|| kind.to_string());
+                continue;
             }
             None => return Err(invalid("tools[].type", "a string")),
         }
@@ -692,12 +733,43 @@ mod tests {
     }
 
     #[test]
-    fn built_in_tools_are_refused_by_name() {
+    fn items_without_a_chat_equivalent_are_kept_for_native_providers_only() {
+        let body = json!({"model": "m", "input": [
+            {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAA"},
+            {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+            {"role": "user", "content": "Hi"}]});
+        let request = parse(body.clone()).unwrap();
+        assert_eq!(request.native_item.as_deref(), Some("reasoning"));
+        let message = request.untranslatable().expect("refused in translation").0;
+        assert!(message.contains("'reasoning'"), "{message}");
+        assert_eq!(
+            request.chat["messages"],
+            json!([{"role": "user", "content": "Hi"}])
+        );
+        assert_eq!(Value::Object(request.native), body);
+        // An item by reference needs stored state: refused wherever the request goes.
+        let message = refused(json!({"model": "m", "input": [
+            {"type": "item_reference", "id": "msg_1"}]}));
+        assert!(message.contains("'item_reference'"), "{message}");
+    }
+
+    #[test]
+    fn built_in_tools_are_kept_out_of_the_chat_and_refuse_its_translation_by_name() {
         for kind in ["web_search", "file_search", "code_interpreter"] {
-            let message = refused(json!({"model": "m", "input": "Hi",
-                                         "tools": [{"type": kind}]}));
+            let body = json!({"model": "m", "input": "Hi", "tools": [
+                {"type": "function", "name": "f"}, {"type": kind}, {"type": "web_search"}]});
+            let request = parse(body.clone()).unwrap();
+            assert_eq!(request.built_in_tool.as_deref(), Some(kind));
+            let message = request.untranslatable().expect("refused in translation").0;
             assert!(message.contains(&format!("'{kind}'")), "{message}");
+            // Only the function tool is translated; the native body keeps them all.
+            assert_eq!(request.chat["tools"].as_array().unwrap().len(), 1);
+            assert_eq!(Value::Object(request.native), body);
         }
+        let plain = parse(json!({"model": "m", "input": "Hi",
+                                 "tools": [{"type": "function", "name": "f"}]}))
+        .unwrap();
+        assert_eq!(plain.untranslatable(), None);
     }
 
     #[test]

@@ -12,10 +12,11 @@ use super::relay::{relay, Relayed};
 use super::responses::ResponsesDoor;
 use super::stream::{Translation, MAX_EVENT};
 use super::{attempt_log, note_first_byte, reply, send_whole, EventStream, RequestCtx};
+use crate::ai::model_name::rename_body;
 use crate::ai::provider_error::{self, ProviderError, MAX_ERROR_BODY};
 use crate::ai::providers::anthropic;
 use crate::ai::providers::{LocalBody, Reply, Whole};
-use crate::ai::responses::Naming;
+use crate::ai::responses::{self, Naming, ResponsesRelay};
 use crate::ai::TokenCounter;
 use crate::ai::{Model, Provider, SseParser, Usage};
 use crate::error::{Dialect, GatewayError};
@@ -95,7 +96,7 @@ where
             if attempt > 0 {
                 monoio::time::sleep(backoff(attempt, &ctx.request_id)).await;
             }
-            match try_once(worker, snapshot, call, model, provider, ctx).await {
+            match try_once(worker, snapshot, call, model, provider, responses, ctx).await {
                 Attempt::Answer(exchange) => {
                     provider.breaker.record_success();
                     ctx.upstream_began(&exchange);
@@ -185,11 +186,19 @@ async fn try_once(
     call: &Call,
     model: &Model,
     provider: &Provider,
+    responses: Option<&ResponsesDoor>,
     ctx: &mut RequestCtx,
 ) -> Attempt {
     // The access log names the endpoint of the last attempt that got an answer.
     ctx.upstream = None;
     let request_id = ctx.request_id.as_str();
+    let native = native_body(responses, provider);
+    if native.is_none() {
+        // A Responses request only a provider's own Responses API can serve.
+        if let Some(refused) = responses.and_then(ResponsesDoor::translation_refused) {
+            return Attempt::Fail(Miss::Gateway(refused));
+        }
+    }
     if provider.api.is_local() {
         return Attempt::Local;
     }
@@ -198,7 +207,14 @@ async fn try_once(
             "provider has no address",
         )));
     };
-    let (path, body) = match provider_body(snapshot, call, model, provider) {
+    let parts = match native {
+        Some(native) => provider
+            .api
+            .responses_request(native, &provider.target(&model.upstream_model))
+            .ok_or(GatewayError::Upstream("provider has no Responses API")),
+        None => provider_body(snapshot, call, model, provider),
+    };
+    let (path, body) = match parts {
         Ok(parts) => parts,
         Err(e) => return Attempt::Fail(Miss::Gateway(e)),
     };
@@ -261,6 +277,14 @@ pub(super) async fn read_provider_error(
         );
     }
     error
+}
+
+/// The client's Responses body when it goes to `provider`'s own Responses API as it is.
+fn native_body<'a>(
+    responses: Option<&'a ResponsesDoor>,
+    provider: &Provider,
+) -> Option<&'a serde_json::Map<String, serde_json::Value>> {
+    responses?.native_body(provider)
 }
 
 /// `[limits]` with the per-attempt time to the response head.
@@ -385,6 +409,24 @@ where
     let created = crate::clock::unix_now_ms() / 1000;
     let id = format!("chatcmpl-{}", ctx.request_id);
     let silence = snapshot.limits.upstream_timeout;
+    let native = native_body(responses, provider).is_some();
+    if native && (!call.request.stream || !is_event_stream(&exchange)) {
+        // The provider's own Response: relayed with the client-facing model name, metered
+        // from its usage.
+        let body =
+            match exchange::read_response_body(&mut exchange, "POST", MAX_PROVIDER_BODY, silence)
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => return (Err(e.into()), Metered::whole(None)),
+            };
+        let status = exchange.response.status();
+        exchange.finish(worker, upstream, true);
+        let usage = responses::usage_from_response(&body);
+        let body = rename_body(body, &model.name);
+        let r = reply::answer(worker, snapshot, client, head, ctx, status, body).await;
+        return (r, Metered::whole(usage));
+    }
     if !call.request.stream || !is_event_stream(&exchange) {
         let body =
             match exchange::read_response_body(&mut exchange, "POST", MAX_PROVIDER_BODY, silence)
@@ -411,18 +453,24 @@ where
             }
         };
     }
-    let mut translation = Translation::new(
-        provider.api,
-        call.front,
-        &model.name,
-        &id,
-        created,
-        call.request.client_wants_usage,
-        TokenCounter::for_model(&model.upstream_model),
-    )
+    let counter = TokenCounter::for_model(&model.upstream_model);
+    let mut translation = if native {
+        let relay = ResponsesRelay::new(&model.name, counter);
+        Translation::passthrough(Box::new(relay))
+    } else {
+        Translation::new(
+            provider.api,
+            call.front,
+            &model.name,
+            &id,
+            created,
+            call.request.client_wants_usage,
+            counter,
+        )
+    }
     // A provider may echo its key in an error it sends mid-stream.
     .with_secrets(provider_secrets(provider));
-    if let Some(door) = responses {
+    if let (Some(door), false) = (responses, native) {
         translation = translation.with_client_stage(door.stage(&naming(model, ctx, created)));
     }
     let Relayed {

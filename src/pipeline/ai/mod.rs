@@ -214,7 +214,14 @@ pub(super) fn prompt_phase<'s>(
     endpoint: Endpoint,
     body: &[u8],
 ) -> Result<Prompt<'s>, GatewayError> {
-    let (mut call, name, responses) = parse_call(snapshot, head, endpoint, body)?;
+    let (mut call, name, mut responses) = parse_call(snapshot, head, endpoint, body)?;
+    if let Some(door) = responses.as_mut() {
+        // The hook sees (and edits) the Responses request as a chat: only the translated
+        // request carries its edits, so it is translated for every provider.
+        if hooks::wants_prompt(snapshot, ctx) {
+            door.translate_only();
+        }
+    }
     // What `on_prompt` returns is what is forwarded. The body is moved into a JSON value
     // for the hook and back, never copied.
     let chat = Value::Object(std::mem::take(&mut call.request.body));

@@ -75,6 +75,16 @@ impl Translation {
         }
     }
 
+    /// A provider stage that relays the provider's own stream to a client of the same API
+    /// (a native Responses stream), metering it; no client-side stage.
+    pub fn passthrough(stage: Box<dyn ProviderStage>) -> Translation {
+        Translation {
+            provider: stage,
+            client: None,
+            canonical: Vec::new(),
+        }
+    }
+
     /// The same stages, with the values a provider's error message must not carry (the
     /// provider's configured key) scrubbed from every mid-stream error.
     pub fn with_secrets(mut self, secrets: Vec<Arc<Secret>>) -> Translation {
