@@ -24,6 +24,8 @@
 //! - `lua`: sandboxed Luau hook scripts, one VM per worker.
 //! - `accesslog`, `logging`: the access log writer and the gateway's own log.
 //! - `bench`: load-test tools shipped in the product.
+//! - `identity`: credentials the gateway obtains itself (OAuth2, Entra ID) and the blocking
+//!   HTTP client of background threads.
 
 pub mod accesslog;
 pub mod admin;
@@ -38,6 +40,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http1;
+pub mod identity;
 pub mod limits;
 pub mod logging;
 pub mod lua;

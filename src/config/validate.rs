@@ -400,6 +400,16 @@ fn check_credential(upstream: &UpstreamConfig, i: usize, findings: &mut Findings
         return;
     };
     let at = |key: &str| format!("upstream[{i}].credential.{key}");
+    if let Some(oauth2) = &credential.oauth2 {
+        if credential.secret.is_some() || !credential.header.is_empty() {
+            findings.error(
+                format!("upstream[{i}].credential"),
+                "oauth2 takes no header, value or secret: the token goes in Authorization: Bearer",
+            );
+        }
+        check_oauth2(oauth2, &at("oauth2"), findings);
+        return;
+    }
     if findings.required(at("header"), &credential.header) {
         if !is_token(&credential.header) {
             findings.error(
@@ -419,6 +429,41 @@ fn check_credential(upstream: &UpstreamConfig, i: usize, findings: &mut Findings
             "contains a character not allowed in a header value (RFC 9110 §5.5)",
         );
     }
+}
+
+/// An OAuth2 client-credentials source at `at`: a token URL the client can call (no user
+/// info; `https://` unless it is a loopback test endpoint, since the client secret travels to
+/// it) and a client id. Nothing is contacted.
+fn check_oauth2(oauth2: &super::OAuth2Config, at: &str, findings: &mut Findings) {
+    let key = |k: &str| format!("{at}.{k}");
+    if findings.required(key("token_url"), &oauth2.token_url) {
+        match super::HttpUrl::parse(oauth2.token_url.trim()) {
+            Err(e) => findings.error(key("token_url"), e),
+            Ok(url) if !url.tls() && !is_loopback_host(url.host()) => findings.error(
+                key("token_url"),
+                "must be https:// (the client secret is sent to it); http:// only to loopback",
+            ),
+            Ok(_) => {}
+        }
+    }
+    if findings.required(key("client_id"), &oauth2.client_id)
+        && oauth2.client_id.chars().any(char::is_control)
+    {
+        findings.error(key("client_id"), "contains a control character");
+    }
+    for (name, text) in [("scope", &oauth2.scope), ("audience", &oauth2.audience)] {
+        if text.chars().any(char::is_control) {
+            findings.error(key(name), "contains a control character");
+        }
+    }
+}
+
+/// `localhost` or a loopback address.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// RFC 9110 §5.6.2: token = 1*tchar.
@@ -1065,11 +1110,11 @@ mod tests {
 
     fn credential(header: &str, value: &str) -> Option<CredentialConfig> {
         std::env::set_var("CF_VALIDATE_CRED", "token");
-        Some(CredentialConfig {
-            header: header.into(),
-            value: value.into(),
-            secret: SecretRef::Env("CF_VALIDATE_CRED".into()),
-        })
+        Some(CredentialConfig::header(
+            header,
+            value,
+            SecretRef::Env("CF_VALIDATE_CRED".into()),
+        ))
     }
 
     #[test]
