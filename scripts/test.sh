@@ -45,7 +45,9 @@ fi
 # The SDK versions the tests are written against (tests/sdk_clients.rs, PIP_INSTALL). Debian's
 # own python3 refuses to install into the system (PEP 668, "externally managed"): there the
 # install is retried with --break-system-packages, which pip offers for exactly this case.
-sdks=("openai==3.57.0" "anthropic==2.14.0")
+# requests-oauthlib (with its oauthlib) is the reference OAuth2 client the fake token endpoint
+# is checked against (tests/credentials_oauth2.rs, tests/reference/).
+sdks=("openai==3.57.0" "anthropic==2.14.0" "requests-oauthlib==2.0.0" "oauthlib==3.2.2")
 if ! python3 -m pip install --quiet --disable-pip-version-check "${sdks[@]}" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${sdks[@]}"
 fi

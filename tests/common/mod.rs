@@ -10,6 +10,7 @@ pub mod client;
 pub mod cluster;
 pub mod fake_anthropic;
 pub mod fake_gemini;
+pub mod fake_oauth;
 pub mod fake_openai;
 pub mod fake_server;
 pub mod gateway;
