@@ -870,6 +870,19 @@ mod tests {
     }
 
     #[test]
+    fn oauth2_credential_parses_with_its_defaults() {
+        let text = "[[upstream]]\ncredential = { oauth2 = { token_url = \"https://idp/t\", client_id = \"c\", client_secret = \"env:S\" } }";
+        let config: Config = toml::from_str(text).unwrap();
+        let credential = config.upstream[0].credential.as_ref().unwrap();
+        assert!(credential.secret.is_none());
+        let oauth2 = credential.oauth2.as_ref().unwrap();
+        assert_eq!(oauth2.auth_method, OAuth2AuthMethod::Basic);
+        assert_eq!((oauth2.scope.as_str(), oauth2.audience.as_str()), ("", ""));
+        let secrets: Vec<String> = config.secrets().into_iter().map(|(path, _)| path).collect();
+        assert_eq!(secrets, ["upstream[0].credential.oauth2.client_secret"]);
+    }
+
+    #[test]
     fn credential_value_defaults_to_the_bare_secret() {
         let text = "[[upstream]]\ncredential = { header = \"x-key\", secret = \"env:K\" }";
         let config: Config = toml::from_str(text).unwrap();

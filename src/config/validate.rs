@@ -1117,6 +1117,72 @@ mod tests {
         ))
     }
 
+    fn oauth2(token_url: &str, client_id: &str) -> Option<CredentialConfig> {
+        std::env::set_var("CF_VALIDATE_OAUTH", "client-secret");
+        Some(CredentialConfig {
+            header: String::new(),
+            value: "{secret}".into(),
+            secret: None,
+            oauth2: Some(crate::config::OAuth2Config {
+                token_url: token_url.into(),
+                client_id: client_id.into(),
+                client_secret: SecretRef::Env("CF_VALIDATE_OAUTH".into()),
+                scope: "read".into(),
+                audience: String::new(),
+                auth_method: crate::config::OAuth2AuthMethod::Basic,
+            }),
+        })
+    }
+
+    #[test]
+    fn oauth2_credential_with_https_or_loopback_token_url_is_accepted() {
+        let mut config = valid();
+        for url in [
+            "https://idp.example/token",
+            "http://127.0.0.1:9000/token",
+            "http://localhost/t",
+        ] {
+            config.upstream[0].credential = oauth2(url, "gateway");
+            assert!(
+                errors_of(&config).is_empty(),
+                "{url}: {:?}",
+                errors_of(&config)
+            );
+        }
+    }
+
+    #[test]
+    fn oauth2_credential_needs_a_usable_token_url_and_a_client_id() {
+        let mut config = valid();
+        for url in [
+            "",
+            "ftp://idp/token",
+            "http://idp.example/token",
+            "https://u:p@idp/t",
+        ] {
+            config.upstream[0].credential = oauth2(url, "gateway");
+            assert_eq!(
+                errors_of(&config),
+                ["upstream[0].credential.oauth2.token_url"],
+                "{url}"
+            );
+        }
+        config.upstream[0].credential = oauth2("https://idp.example/token", " ");
+        assert_eq!(
+            errors_of(&config),
+            ["upstream[0].credential.oauth2.client_id"]
+        );
+    }
+
+    #[test]
+    fn oauth2_credential_takes_no_static_header() {
+        let mut config = valid();
+        let mut both = oauth2("https://idp.example/token", "gateway").unwrap();
+        both.header = "authorization".into();
+        config.upstream[0].credential = Some(both);
+        assert_eq!(errors_of(&config), ["upstream[0].credential"]);
+    }
+
     #[test]
     fn valid_credential_header_is_accepted() {
         let mut config = valid();
