@@ -42,14 +42,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     done
 fi
 
-# The SDK versions the tests are written against (tests/sdk_clients.rs, PIP_INSTALL); pyjwt
-# with its RSA backend, the reference JWT library of tests/identity_google.rs; and botocore,
-# the AWS reference the SigV4 and event-stream tests compare with (tests/reference/run.rs).
-# Debian's own python3 refuses to install into the system (PEP 668, "externally managed"):
-# there the install is retried with --break-system-packages, which pip offers for exactly
-# this case.
+# The SDK versions the tests are written against (tests/sdk_clients.rs, PIP_INSTALL), and the
+# reference clients the fakes of outside services are checked against (tests/reference/):
+# pyjwt with its RSA backend (tests/identity_google.rs), botocore (the SigV4 and event-stream
+# tests) and requests-oauthlib with its oauthlib (the fake OAuth2 token endpoint,
+# tests/credentials_oauth2.rs). Debian's own python3 refuses to install into the system
+# (PEP 668, "externally managed"): there the install is retried with
+# --break-system-packages, which pip offers for exactly this case.
 sdks=("openai==3.57.0" "anthropic==2.14.0" "pyjwt[crypto]==2.15.1" "cryptography==48.0.0"
-    "botocore==1.43.11")
+    "botocore==1.43.11" "requests-oauthlib==2.0.0" "oauthlib==3.2.2")
 if ! python3 -m pip install --quiet --disable-pip-version-check "${sdks[@]}" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${sdks[@]}"
 fi

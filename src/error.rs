@@ -29,6 +29,9 @@ pub enum GatewayError {
     Upstream(&'static str),
     /// The upstream did not connect or answer within its timeout.
     UpstreamTimeout,
+    /// The upstream takes a credential the gateway obtains itself, and it has no valid one
+    /// (the token endpoint failed and the last token expired).
+    CredentialUnavailable,
     /// A well-framed request whose content is not acceptable (an AI body without `model`,
     /// say); unlike [`GatewayError::BadRequest`] the connection stays usable.
     InvalidRequest(String),
@@ -85,7 +88,7 @@ impl GatewayError {
             GatewayError::HeaderTimeout => 408,
             GatewayError::BodyTooLarge => 413,
             GatewayError::HeadersTooLarge => 431,
-            GatewayError::Upstream(_) => 502,
+            GatewayError::Upstream(_) | GatewayError::CredentialUnavailable => 502,
             GatewayError::UpstreamTimeout => 504,
             GatewayError::InvalidRequest(_) => 400,
             GatewayError::UnknownModel(_) | GatewayError::UnknownPrompt(_) => 404,
@@ -110,7 +113,7 @@ impl GatewayError {
             | GatewayError::UnknownModel(_)
             | GatewayError::UnknownPrompt(_) => "not_found_error",
             GatewayError::HeaderTimeout | GatewayError::UpstreamTimeout => "timeout_error",
-            GatewayError::Upstream(_) => "upstream_error",
+            GatewayError::Upstream(_) | GatewayError::CredentialUnavailable => "upstream_error",
             GatewayError::RateLimited { .. } => "rate_limit_error",
             GatewayError::InsufficientQuota(_) => "insufficient_quota",
             GatewayError::HookFailed => "hook_error",
@@ -137,6 +140,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge => "body_too_large",
             GatewayError::HeadersTooLarge => "headers_too_large",
             GatewayError::Upstream(_) => "upstream_unavailable",
+            GatewayError::CredentialUnavailable => "upstream_credential_unavailable",
             GatewayError::UpstreamTimeout => "upstream_timeout",
             GatewayError::InvalidRequest(_) => "invalid_request",
             GatewayError::UnknownModel(_) => "model_not_found",
@@ -160,6 +164,9 @@ impl GatewayError {
             GatewayError::BodyTooLarge => "request body too large".to_string(),
             GatewayError::HeadersTooLarge => "request headers too large".to_string(),
             GatewayError::Upstream(why) => format!("upstream error: {why}"),
+            GatewayError::CredentialUnavailable => {
+                "the gateway has no valid credential for the upstream".to_string()
+            }
             GatewayError::UpstreamTimeout => "upstream timed out".to_string(),
             GatewayError::InvalidRequest(why) => why.clone(),
             GatewayError::UnknownModel(model) => format!("the model `{model}` does not exist"),
@@ -227,7 +234,7 @@ impl GatewayError {
     /// Anthropic's `error.type` for this error (its API names some types differently).
     fn anthropic_type(&self) -> &'static str {
         match self {
-            GatewayError::Upstream(_) => "api_error",
+            GatewayError::Upstream(_) | GatewayError::CredentialUnavailable => "api_error",
             GatewayError::InsufficientQuota(_) => "rate_limit_error",
             GatewayError::HeaderTimeout | GatewayError::UpstreamTimeout => "timeout_error",
             other => other.error_type(),

@@ -20,8 +20,10 @@
 //! - `store`: the embedded SQLite key store in `data_dir`, its pepper, the audit log and the
 //!   usage ledger.
 //! - `error`: every gateway-made error response.
-//! - `identity`: credentials the gateway obtains itself (Google service accounts, AWS SigV4
-//!   signing, the AWS event-stream framing; building blocks, not yet wired in).
+//! - `identity`: credentials the gateway obtains itself: OAuth2 client credentials for
+//!   upstreams, refreshed on their own threads; Entra ID, Google service accounts, AWS SigV4
+//!   and the AWS event-stream framing as building blocks not yet wired into providers; the
+//!   blocking HTTP client of background threads.
 //! - `serve`, `cli`: the process lifecycle and the command line.
 //! - `lua`: sandboxed Luau hook scripts, one VM per worker.
 //! - `accesslog`, `logging`: the access log writer and the gateway's own log.

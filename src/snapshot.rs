@@ -18,6 +18,7 @@ use crate::ai::Catalog;
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::{CredentialCache, IpRules};
 use crate::config::{self, AuthKind, Config, SecretWatcher};
+use crate::identity::source::SourceTiming;
 use crate::limits::Gcra;
 use crate::limits::{budget_limit, gcra_per_minute, gcra_per_second, Admission, RouteLimiter};
 use crate::limits::{BudgetLimit, BudgetTable};
@@ -122,7 +123,7 @@ pub struct Snapshot {
 /// What a snapshot is built for: both build the same things and refuse the same configs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Purpose {
-    /// To serve: JWKS endpoints are fetched.
+    /// To serve: JWKS endpoints are fetched, credential sources started.
     Serve,
     /// For `credentialflow check`: nothing is fetched, no background work is started.
     Check,
@@ -177,7 +178,12 @@ impl Snapshot {
         let mut errors = Vec::new();
         let mut upstreams = Vec::with_capacity(config.upstream.len());
         for (i, up) in config.upstream.iter().enumerate() {
-            match Upstream::build(up, &config, secrets) {
+            // Checking starts no credential source: `check` contacts nothing.
+            let sources = match purpose {
+                Purpose::Serve => Some(SourceTiming::default()),
+                Purpose::Check => None,
+            };
+            match Upstream::build_with(up, &config, secrets, sources) {
                 Ok(mut u) => {
                     carried.adopt_upstream(&mut u);
                     upstreams.push(Arc::new(u));

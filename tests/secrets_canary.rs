@@ -3,13 +3,16 @@
 //! session of good and bad requests, then grep everything the gateway and its
 //! commands wrote: responses, stdout/stderr, the access log, the audit log and
 //! every other file in `data_dir`, `check`, `/metrics`, `keys list|show`,
-//! `audit`. The upstream credential may appear only in what the upstream got.
+//! `audit`. The upstream credential may appear only in what the upstream got. An upstream
+//! with an OAuth2 credential adds its client secret (which the token endpoint echoes in an
+//! error answer) and every access token it was issued to the canaries.
 
 mod common;
 
 use std::path::Path;
 
 use common::client::contains;
+use common::fake_oauth::{FakeProtected, FakeTokenEndpoint, TokenMode};
 use common::jwt::{b64url, now, sign, token, Signer};
 use common::keys::*;
 use common::*;
@@ -21,6 +24,7 @@ const UPSTREAM_CANARY: &str = "canary-upstream-secret-93be27d4c01f";
 const LITERAL_CANARY: &str = "canary-literal-secret-5a60f2e8d7b1";
 const JWT_HS_CANARY: &str = "canary-jwt-hs-secret-0f4e9b1c7a2d5e8f";
 const UNKNOWN_KEY_CANARY: &str = "cf_canaryUnknownKeyXq7Lp2Vw9Rt4Zk8Mn3Bc6Hd";
+const OAUTH_CLIENT_CANARY: &str = "canary-oauth-client-secret-6c2e91d4b8";
 
 /// The canary config: an upstream with an injected credential, a keyed
 /// route, a JWT route and an `auth = "none"` route, an access log file.
@@ -61,12 +65,32 @@ auth = "none"
     )
 }
 
+/// An upstream `partner` taking OAuth2 tokens from `token_url` and a route `/partner/` to it
+/// without client auth (so only the credential injection keeps client credentials back).
+fn oauth_canary_toml(target: &str, token_url: &str) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "partner"
+targets = ["{target}"]
+credential = {{ oauth2 = {{ token_url = "{token_url}", client_id = "canary-client", client_secret = "env:CF_CANARY_OAUTH", auth_method = "basic" }} }}
+
+[[route]]
+name = "partner"
+path_prefix = "/partner/"
+upstream = "partner"
+auth = "none"
+"#
+    )
+}
+
 /// The environment every process of the session gets.
 fn canary_env() -> Vec<(&'static str, &'static str)> {
     vec![
         ("CF_ADMIN_TOKEN", ADMIN_CANARY),
         ("CF_CANARY_UPSTREAM", UPSTREAM_CANARY),
         ("CF_CANARY_JWT_HS", JWT_HS_CANARY),
+        ("CF_CANARY_OAUTH", OAUTH_CLIENT_CANARY),
         ("CF_LOG", "debug"),
     ]
 }
@@ -151,7 +175,10 @@ on_default_driver! {
 /// The session: plant, exercise, collect, grep.
 fn canary_session(driver: Driver) {
     let upstream = Upstream::replying("backend", Reply::text("upstream-ok"));
-    let cfg = canary_config(&upstream.target(), "env:CF_CANARY_UPSTREAM");
+    let idp = FakeTokenEndpoint::start("canary-client", OAUTH_CLIENT_CANARY, 300);
+    let partner = FakeProtected::start(idp.book());
+    let cfg = canary_config(&upstream.target(), "env:CF_CANARY_UPSTREAM")
+        + &oauth_canary_toml(&partner.target(), &idp.token_url());
     let mut builder = Gateway::builder(&cfg, driver);
     for (k, v) in canary_env() {
         builder = builder.env(k, v);
@@ -285,6 +312,24 @@ fn canary_session(driver: Driver) {
         assert_eq!(r.status, 401);
     }
 
+    // The OAuth2 upstream: a token injected in place of the client's key, then a revoked
+    // token whose forced refresh is refused by a token endpoint that echoes the secret.
+    let r = seen.response(
+        "partner",
+        &get_with(&gw, "/partner/ok", &[("Authorization", &bearer_a)]),
+    );
+    assert_eq!(r.status, 200, "partner: {}", r.text());
+    idp.set_mode(TokenMode::InvalidClient);
+    idp.book().revoke_all();
+    let r = seen.response("partner refused", &get_with(&gw, "/partner/refused", &[]));
+    assert_eq!(
+        r.status,
+        401,
+        "a refused retry relays the 401: {}",
+        r.text()
+    );
+    assert!(idp.request_count() >= 2, "the forced refresh was tried");
+
     // The rest of a key's life, and the admin reads.
     let rotated = admin_as(
         &gw,
@@ -412,6 +457,12 @@ fn canary_session(driver: Driver) {
     ] {
         seen.assert_absent(label, canary.as_bytes());
     }
+    seen.assert_absent("oauth2 client secret", OAUTH_CLIENT_CANARY.as_bytes());
+    let tokens = idp.book().tokens();
+    assert_eq!(tokens.len(), 1, "one token issued");
+    for access_token in &tokens {
+        seen.assert_absent("oauth2 access token", access_token.as_bytes());
+    }
     for (label, jwt) in [
         ("good jwt", &good_jwt),
         ("expired jwt", &expired_jwt),
@@ -457,6 +508,19 @@ fn canary_session(driver: Driver) {
         !contains(&raw, ADMIN_CANARY.as_bytes()),
         "the admin token reached the upstream"
     );
+    // The OAuth2 upstream got the gateway's tokens, never the client's key or the secret.
+    let partner_saw: Vec<String> = partner
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("authorization").map(str::to_string))
+        .collect();
+    assert!(
+        partner_saw
+            .iter()
+            .all(|a| a.starts_with("Bearer fake-access-token-")),
+        "{partner_saw:?}"
+    );
+    assert!(partner_saw.iter().all(|a| !a.contains(&key_a.secret)));
 }
 
 /// `credentialflow check` on `config_toml` with the canary environment.

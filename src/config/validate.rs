@@ -400,6 +400,16 @@ fn check_credential(upstream: &UpstreamConfig, i: usize, findings: &mut Findings
         return;
     };
     let at = |key: &str| format!("upstream[{i}].credential.{key}");
+    if let Some(oauth2) = &credential.oauth2 {
+        if credential.secret.is_some() || !credential.header.is_empty() {
+            findings.error(
+                format!("upstream[{i}].credential"),
+                "oauth2 takes no header, value or secret: the token goes in Authorization: Bearer",
+            );
+        }
+        check_oauth2(oauth2, &at("oauth2"), findings);
+        return;
+    }
     if findings.required(at("header"), &credential.header) {
         if !is_token(&credential.header) {
             findings.error(
@@ -419,6 +429,41 @@ fn check_credential(upstream: &UpstreamConfig, i: usize, findings: &mut Findings
             "contains a character not allowed in a header value (RFC 9110 §5.5)",
         );
     }
+}
+
+/// An OAuth2 client-credentials source at `at`: a token URL the client can call (no user
+/// info; `https://` unless it is a loopback test endpoint, since the client secret travels to
+/// it) and a client id. Nothing is contacted.
+fn check_oauth2(oauth2: &super::OAuth2Config, at: &str, findings: &mut Findings) {
+    let key = |k: &str| format!("{at}.{k}");
+    if findings.required(key("token_url"), &oauth2.token_url) {
+        match super::HttpUrl::parse(oauth2.token_url.trim()) {
+            Err(e) => findings.error(key("token_url"), e),
+            Ok(url) if !url.tls() && !is_loopback_host(url.host()) => findings.error(
+                key("token_url"),
+                "must be https:// (the client secret is sent to it); http:// only to loopback",
+            ),
+            Ok(_) => {}
+        }
+    }
+    if findings.required(key("client_id"), &oauth2.client_id)
+        && oauth2.client_id.chars().any(char::is_control)
+    {
+        findings.error(key("client_id"), "contains a control character");
+    }
+    for (name, text) in [("scope", &oauth2.scope), ("audience", &oauth2.audience)] {
+        if text.chars().any(char::is_control) {
+            findings.error(key(name), "contains a control character");
+        }
+    }
+}
+
+/// `localhost` or a loopback address.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// RFC 9110 §5.6.2: token = 1*tchar.
@@ -1075,11 +1120,77 @@ mod tests {
 
     fn credential(header: &str, value: &str) -> Option<CredentialConfig> {
         std::env::set_var("CF_VALIDATE_CRED", "token");
+        Some(CredentialConfig::header(
+            header,
+            value,
+            SecretRef::Env("CF_VALIDATE_CRED".into()),
+        ))
+    }
+
+    fn oauth2(token_url: &str, client_id: &str) -> Option<CredentialConfig> {
+        std::env::set_var("CF_VALIDATE_OAUTH", "client-secret");
         Some(CredentialConfig {
-            header: header.into(),
-            value: value.into(),
-            secret: SecretRef::Env("CF_VALIDATE_CRED".into()),
+            header: String::new(),
+            value: "{secret}".into(),
+            secret: None,
+            oauth2: Some(crate::config::OAuth2Config {
+                token_url: token_url.into(),
+                client_id: client_id.into(),
+                client_secret: SecretRef::Env("CF_VALIDATE_OAUTH".into()),
+                scope: "read".into(),
+                audience: String::new(),
+                auth_method: crate::config::OAuth2AuthMethod::Basic,
+            }),
         })
+    }
+
+    #[test]
+    fn oauth2_credential_with_https_or_loopback_token_url_is_accepted() {
+        let mut config = valid();
+        for url in [
+            "https://idp.example/token",
+            "http://127.0.0.1:9000/token",
+            "http://localhost/t",
+        ] {
+            config.upstream[0].credential = oauth2(url, "gateway");
+            assert!(
+                errors_of(&config).is_empty(),
+                "{url}: {:?}",
+                errors_of(&config)
+            );
+        }
+    }
+
+    #[test]
+    fn oauth2_credential_needs_a_usable_token_url_and_a_client_id() {
+        let mut config = valid();
+        for url in [
+            "",
+            "ftp://idp/token",
+            "http://idp.example/token",
+            "https://u:p@idp/t",
+        ] {
+            config.upstream[0].credential = oauth2(url, "gateway");
+            assert_eq!(
+                errors_of(&config),
+                ["upstream[0].credential.oauth2.token_url"],
+                "{url}"
+            );
+        }
+        config.upstream[0].credential = oauth2("https://idp.example/token", " ");
+        assert_eq!(
+            errors_of(&config),
+            ["upstream[0].credential.oauth2.client_id"]
+        );
+    }
+
+    #[test]
+    fn oauth2_credential_takes_no_static_header() {
+        let mut config = valid();
+        let mut both = oauth2("https://idp.example/token", "gateway").unwrap();
+        both.header = "authorization".into();
+        config.upstream[0].credential = Some(both);
+        assert_eq!(errors_of(&config), ["upstream[0].credential"]);
     }
 
     #[test]

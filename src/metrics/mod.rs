@@ -12,9 +12,11 @@
 //! families ([`process`]) are read from `/proc/self` at scrape.
 
 mod ai;
+mod credentials;
 mod process;
 
 pub use ai::{AiMetrics, AiSeries, LimitKind, PerKey, Settled, MAX_KEY_ID_BYTES};
+pub use credentials::{CredentialMetrics, CredentialStats};
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -98,6 +100,8 @@ pub struct Metrics {
     cluster: Mutex<Option<Arc<LinkStatus>>>,
     /// The AI families, counted per worker.
     ai: AiMetrics,
+    /// The families of credentials the gateway obtains itself.
+    credentials: CredentialMetrics,
 }
 
 /// The version `credentialflow_build_info` shows.
@@ -139,7 +143,13 @@ impl Metrics {
             store_health: Mutex::new(None),
             cluster: Mutex::new(None),
             ai: AiMetrics::new(),
+            credentials: CredentialMetrics::default(),
         }
+    }
+
+    /// The credential sources' families (`credentialflow_credential_*`).
+    pub fn credentials(&self) -> &CredentialMetrics {
+        &self.credentials
     }
 
     /// The AI families' registry.
@@ -216,6 +226,7 @@ impl Metrics {
                 && !CLUSTER_FAMILIES.contains(&name)
                 && !ai::FAMILIES.contains(&name)
                 && !process::FAMILIES.contains(&name)
+                && !credentials::FAMILIES.contains(&name)
                 && name != "credentialflow_build_info",
             "metric name {name:?} is built in"
         );
@@ -392,6 +403,7 @@ impl Metrics {
             let _ = writeln!(out, "{} {}", counter.name, counter.value.load(Relaxed));
         }
 
+        self.credentials.render(&mut out);
         self.ai.render(&mut out, crate::clock::unix_now_ms());
         family_header(
             &mut out,

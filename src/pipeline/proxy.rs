@@ -16,6 +16,8 @@ use crate::http1::{
     encode_chunk, encode_last_chunk, push_header, BodyFraming, ChunkedDecoder, RequestHead,
     ResponseBody, ResponseHead, StrBuf, Version,
 };
+use crate::identity::oauth2::TokenSource;
+use crate::identity::source::{BearerToken, Current};
 use crate::lua::ResponseInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{Target, Upstream, UpstreamStream};
@@ -67,28 +69,70 @@ where
     ctx.body_done = body.done;
 
     hooks::request(worker, snapshot, ctx)?;
-    let tail = upstream_head_tail(head, ctx, route, upstream);
+    // A token the gateway obtains itself: the one in force now, or no request at all (the
+    // upstream would refuse it, and the client could do nothing about it).
+    let token = match upstream.token_source() {
+        None => None,
+        Some(source) => Some(
+            source
+                .current()
+                .ok_or(GatewayError::CredentialUnavailable)?,
+        ),
+    };
     let path = forwarded_path(head, ctx, route);
     // The whole request can be sent again only if its body is all in `first_body`, and
     // only if repeating it is safe.
     let resendable = body.done && head.is_idempotent();
+    // After a 401 it is sent once more with a fresh token when it is whole at hand and
+    // either safe to repeat or without a body (the upstream refused it unread).
+    let again_after_401 = body.done
+        && (head.is_idempotent()
+            || matches!(head.body(), BodyFraming::None | BodyFraming::Length(0)));
 
-    let mut outgoing = Streamed {
-        method: head.method(),
-        path: &path,
-        tail: &tail,
-        first_body: &first_body,
+    let bearer = token.as_ref().map(|t| t.credential.expose());
+    let tail = upstream_head_tail(head, ctx, route, upstream, bearer);
+    let answered = send_streamed(
+        worker,
+        upstream,
+        limits,
+        head,
+        &path,
+        &tail,
+        &first_body,
         client,
-        body: &mut body,
-        idle: limits.idle_timeout,
+        &mut body,
         resendable,
-        body_sent: false,
-    };
-    let answered = exchange::run(&worker.pool, upstream, limits, &mut outgoing).await;
-    if outgoing.body_sent {
-        ctx.body_done = true;
-    }
+        ctx,
+    )
+    .await;
     let mut exchange = answered?;
+    if exchange.response.status() == 401 {
+        if let (Some(source), Some(used)) = (upstream.token_source(), token.as_ref()) {
+            if !again_after_401 {
+                // Not repeatable: the 401 goes to the client, the next request finds a new token.
+                source.request_refresh();
+            } else if let Some(fresh) = fresher_token(source, used.generation).await {
+                // The refused exchange's connection is dropped, not pooled: its 401 body is unread.
+                drop(exchange);
+                let tail =
+                    upstream_head_tail(head, ctx, route, upstream, Some(fresh.credential.expose()));
+                exchange = send_streamed(
+                    worker,
+                    upstream,
+                    limits,
+                    head,
+                    &path,
+                    &tail,
+                    &first_body,
+                    client,
+                    &mut body,
+                    resendable,
+                    ctx,
+                )
+                .await?;
+            }
+        }
+    }
     ctx.upstream_began(&exchange);
     let response = &exchange.response;
     ctx.stream = response
@@ -170,6 +214,65 @@ where
     } else {
         Outcome::KeepAlive
     })
+}
+
+/// How long a request refused with 401 waits for the token source to fetch a new token
+/// before the 401 is relayed. The worker is not blocked: it serves other connections.
+const FRESH_TOKEN_WAIT: Duration = Duration::from_secs(3);
+
+/// Asks `source` for a new token (rate-limited there) and waits up to [`FRESH_TOKEN_WAIT`]
+/// for one newer than generation `used`; a refresh another request asked for counts too.
+async fn fresher_token(
+    source: &TokenSource,
+    used: u64,
+) -> Option<std::sync::Arc<Current<BearerToken>>> {
+    source.request_refresh();
+    let deadline = std::time::Instant::now() + FRESH_TOKEN_WAIT;
+    loop {
+        if let Some(current) = source.current().filter(|c| c.generation > used) {
+            return Some(current);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One pass of the exchange loop with the rewritten head `tail` and the client's body.
+#[allow(clippy::too_many_arguments)]
+async fn send_streamed<S>(
+    worker: &ThreadState,
+    upstream: &Upstream,
+    limits: &crate::snapshot::RequestBounds,
+    head: &RequestHead,
+    path: &str,
+    tail: &[u8],
+    first_body: &[u8],
+    client: &mut BufConn<S>,
+    body: &mut RequestBody,
+    resendable: bool,
+    ctx: &mut RequestCtx,
+) -> Result<exchange::Exchange, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let mut outgoing = Streamed {
+        method: head.method(),
+        path,
+        tail,
+        first_body,
+        client,
+        body,
+        idle: limits.idle_timeout,
+        resendable,
+        body_sent: false,
+    };
+    let answered = exchange::run(&worker.pool, upstream, limits, &mut outgoing).await;
+    if outgoing.body_sent {
+        ctx.body_done = true;
+    }
+    answered
 }
 
 /// The request body as it is read from the client and re-framed for the upstream.
@@ -511,6 +614,7 @@ fn upstream_head_tail(
     ctx: &RequestCtx,
     route: &Route,
     upstream: &Upstream,
+    bearer: Option<&str>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
     let upgrade = head.is_upgrade();
@@ -567,6 +671,12 @@ fn upstream_head_tail(
     push_header(&mut out, "x-request-id", ctx.request_id.as_bytes());
     if let Some((name, value)) = upstream.credential_header() {
         push_header(&mut out, name, value.as_bytes());
+    }
+    if let Some(token) = bearer {
+        // Checked to be visible ASCII when it was issued (`identity::oauth2`).
+        out.extend_from_slice(b"authorization: Bearer ");
+        out.extend_from_slice(token.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     match head.body() {
         BodyFraming::None => {}

@@ -28,6 +28,8 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
 use crate::config::{Config, SecretWatcher, UpstreamConfig};
+use crate::identity::oauth2::{self, TokenSource};
+use crate::identity::source::SourceTiming;
 
 pub use connect::{acquire, connect, Acquired, ConnectError};
 pub use credential::{InjectedCredential, SECRET_PLACEHOLDER};
@@ -45,7 +47,7 @@ pub struct Upstream {
     pub targets: Vec<Target>,
     /// Client TLS configuration when the upstream speaks TLS.
     pub tls: Option<Arc<ClientConfig>>,
-    credential: Option<InjectedCredential>,
+    credential: Option<UpstreamCredential>,
     /// How each worker's [`Pool`] keeps idle connections to these targets.
     pub pool: PoolSettings,
     /// Round-robin position, shared by all workers.
@@ -80,6 +82,15 @@ impl Target {
     }
 }
 
+/// What an upstream sends as its credential.
+#[derive(Debug)]
+enum UpstreamCredential {
+    /// A header around a static secret.
+    Header(InjectedCredential),
+    /// `Authorization: Bearer` with a token the gateway obtains and refreshes itself.
+    Token(Arc<TokenSource>),
+}
+
 /// TLS settings for [`Upstream::from_parts`].
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
@@ -98,11 +109,24 @@ struct CacheLinePadded<T>(T);
 impl Upstream {
     /// Compiles one `[[upstream]]`: resolves every target (blocking DNS: config load runs off
     /// the data plane), builds its TLS client configuration (with `ca_file` relative to the
-    /// config directory) and registers its credential's secret with `secrets`.
+    /// config directory) and registers its credential's secret with `secrets`. A credential
+    /// the gateway obtains itself is fetched by a running (or newly started) shared source.
     pub fn build(
         cfg: &UpstreamConfig,
         config: &Config,
         secrets: &SecretWatcher,
+    ) -> Result<Upstream, String> {
+        Upstream::build_with(cfg, config, secrets, Some(SourceTiming::default()))
+    }
+
+    /// [`Upstream::build`] with the timing of its credential source; `None` checks the
+    /// source's settings without starting it (for `credentialflow check`: nothing is
+    /// contacted, and such an upstream never has a token).
+    pub fn build_with(
+        cfg: &UpstreamConfig,
+        config: &Config,
+        secrets: &SecretWatcher,
+        sources: Option<SourceTiming>,
     ) -> Result<Upstream, String> {
         let name = &cfg.name;
         let tls = if cfg.tls {
@@ -118,18 +142,34 @@ impl Upstream {
         };
         let credential = match &cfg.credential {
             None => None,
-            Some(c) => {
-                let live = secrets
-                    .watch(&c.secret)
-                    .map_err(|e| format!("upstream {name:?}: credential.secret: {e}"))?;
-                Some(
-                    InjectedCredential::new(&c.header, &c.value, live)
-                        .map_err(|e| format!("upstream {name:?}: {e}"))?,
-                )
-            }
+            Some(c) => match (&c.oauth2, &c.secret) {
+                (Some(settings), _) => {
+                    let source = match sources {
+                        Some(timing) => oauth2::shared_source(name, settings, secrets, timing),
+                        None => oauth2::settings(settings, secrets, &SourceTiming::default())
+                            .map(|_| Arc::new(TokenSource::unstarted())),
+                    }
+                    .map_err(|e| format!("upstream {name:?}: credential.oauth2.{e}"))?;
+                    Some(UpstreamCredential::Token(source))
+                }
+                (None, Some(secret)) => {
+                    let live = secrets
+                        .watch(secret)
+                        .map_err(|e| format!("upstream {name:?}: credential.secret: {e}"))?;
+                    Some(UpstreamCredential::Header(
+                        InjectedCredential::new(&c.header, &c.value, live)
+                            .map_err(|e| format!("upstream {name:?}: {e}"))?,
+                    ))
+                }
+                (None, None) => {
+                    return Err(format!("upstream {name:?}: credential.secret: is required"))
+                }
+            },
         };
-        Ok(Upstream::from_parts(name, &cfg.targets, tls, credential)?
-            .with_pool(pool_settings(cfg.keepalive, cfg.keepalive_timeout_ms)))
+        let mut upstream = Upstream::from_parts(name, &cfg.targets, tls, None)?
+            .with_pool(pool_settings(cfg.keepalive, cfg.keepalive_timeout_ms));
+        upstream.credential = credential;
+        Ok(upstream)
     }
 
     /// This upstream with `pool` as its connection-pool settings.
@@ -180,7 +220,7 @@ impl Upstream {
             name: name.to_string(),
             targets: built,
             tls: tls.map(|t| t.config),
-            credential,
+            credential: credential.map(UpstreamCredential::Header),
             pool: PoolSettings::default(),
             cursor: CacheLinePadded::default(),
         })
@@ -192,13 +232,26 @@ impl Upstream {
         self.credential.is_some()
     }
 
-    /// The injected credential header: its lowercased name and its value with the secret's
-    /// current value. `None` when no credential is configured, or when the secret's current
-    /// value cannot be carried in a header (logged); check [`Upstream::injects_credential`]
-    /// to decide about the client's credential headers.
+    /// The injected static credential header: its lowercased name and its value with the
+    /// secret's current value. `None` when no static credential is configured, or when the
+    /// secret's current value cannot be carried in a header (logged); check
+    /// [`Upstream::injects_credential`] to decide about the client's credential headers, and
+    /// [`Upstream::token_source`] for a token the gateway obtains.
     pub fn credential_header(&self) -> Option<(&str, String)> {
-        let credential = self.credential.as_ref()?;
-        credential.value().map(|value| (credential.header(), value))
+        match self.credential.as_ref()? {
+            UpstreamCredential::Header(credential) => {
+                credential.value().map(|value| (credential.header(), value))
+            }
+            UpstreamCredential::Token(_) => None,
+        }
+    }
+
+    /// The source of the bearer token this upstream is sent, when the gateway obtains it.
+    pub fn token_source(&self) -> Option<&Arc<TokenSource>> {
+        match self.credential.as_ref()? {
+            UpstreamCredential::Token(source) => Some(source),
+            UpstreamCredential::Header(_) => None,
+        }
     }
 }
 
@@ -485,11 +538,11 @@ mod tests {
         let cfg = UpstreamConfig {
             name: "api".to_string(),
             targets: vec!["127.0.0.1:9000".to_string()],
-            credential: Some(CredentialConfig {
-                header: "Authorization".to_string(),
-                value: "Bearer {secret}".to_string(),
-                secret: SecretRef::parse(&format!("file:{}", token.display())).unwrap(),
-            }),
+            credential: Some(CredentialConfig::header(
+                "Authorization",
+                "Bearer {secret}",
+                SecretRef::parse(&format!("file:{}", token.display())).unwrap(),
+            )),
             ..UpstreamConfig::default()
         };
         let watcher = SecretWatcher::with_poll_interval(Duration::from_millis(10));

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod fake_anthropic;
 pub mod fake_gemini;
 pub mod fake_google;
+pub mod fake_oauth;
 pub mod fake_openai;
 pub mod fake_server;
 pub mod gateway;

@@ -7,11 +7,9 @@
 //! into a load generator against the IdP. A failed fetch keeps the last good keys and
 //! retries with backoff.
 //!
-//! The HTTP client is a minimal blocking HTTP/1.1 GET (RFC 9112) over std sockets and the
-//! gateway's own rustls client config: one request per connection, no redirects.
+//! The HTTP client is the background threads' one ([`crate::identity::http`]): one request
+//! per connection, no redirects, bounded in size and time.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +18,7 @@ use arc_swap::{ArcSwap, Guard};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use super::keys::{keys_from_jwks, PublicKey};
-use crate::config::HttpUrl;
-use crate::http1::{ChunkedDecoder, HeadError, ResponseParser};
+use crate::identity::http::{Endpoint, Limits};
 
 /// Timing of a JWKS source. [`JwksTiming::default`] is what the gateway uses; tests shorten it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,8 +51,6 @@ impl Default for JwksTiming {
 
 /// Largest JWKS response accepted; real ones are a few KiB.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
-/// Largest response head accepted.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// The hot-path side of a JWKS endpoint: the current keys and a way to ask for a refresh.
 /// Dropping it stops the fetch thread (at its next wake-up).
@@ -80,13 +75,12 @@ impl JwksSource {
     /// Checks `url`, starts the fetch thread and waits up to `timing.startup_wait` for the
     /// first fetch. Errors are about the URL or the TLS setup, never about the fetch itself.
     pub fn start(url: &str, timing: JwksTiming) -> Result<JwksSource, String> {
-        let (target, tls) = checked_target(url)?;
+        let target = Endpoint::new(url)?;
         let keys = Arc::new(ArcSwap::from_pointee(Vec::new()));
         let (wake, woken) = crossbeam_channel::bounded(1);
         let (first_done, first_seen) = crossbeam_channel::bounded(1);
         let fetcher = Fetcher {
             target,
-            tls,
             timing,
             keys: Arc::clone(&keys),
             woken,
@@ -109,7 +103,7 @@ impl JwksSource {
     /// it never has keys. For `credentialflow check`, which must refuse what `serve` refuses
     /// without reaching out to the network.
     pub fn unstarted(url: &str) -> Result<JwksSource, String> {
-        checked_target(url)?;
+        Endpoint::new(url)?;
         let (wake, _) = crossbeam_channel::bounded(1);
         Ok(JwksSource {
             keys: Arc::new(ArcSwap::from_pointee(Vec::new())),
@@ -148,8 +142,7 @@ impl JwksSource {
 
 /// The thread side: fetches, parses and swaps in key sets.
 struct Fetcher {
-    target: HttpUrl,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    target: Endpoint,
     timing: JwksTiming,
     keys: Arc<ArcSwap<Vec<PublicKey>>>,
     woken: Receiver<()>,
@@ -175,7 +168,7 @@ impl Fetcher {
                         failures = failures.saturating_add(1);
                         log::warn!(
                             "jwks {}: {e}; keeping the last {} key(s)",
-                            self.target,
+                            self.target.url(),
                             self.keys.load().len()
                         );
                         next_due = now + self.backoff(failures);
@@ -207,16 +200,20 @@ impl Fetcher {
 
     /// One fetch; on success the keys are live and the time to the next refresh returned.
     fn fetch_once(&self) -> Result<Duration, String> {
-        let response = http_get(&self.target, self.tls.as_ref(), self.timing.io_timeout)?;
+        let limits = Limits {
+            timeout: self.timing.io_timeout,
+            max_body: MAX_RESPONSE_BYTES,
+        };
+        let response = self.target.get(limits)?;
         if response.status != 200 {
             return Err(format!("HTTP status {}", response.status));
         }
         let (keys, skipped) = keys_from_jwks(&response.body)?;
         for why in &skipped {
-            log::debug!("jwks {}: skipped {why}", self.target);
+            log::debug!("jwks {}: skipped {why}", self.target.url());
         }
         if keys.is_empty() {
-            log::warn!("jwks {}: no usable signing key", self.target);
+            log::warn!("jwks {}: no usable signing key", self.target.url());
         }
         let ttl = response
             .max_age
@@ -224,7 +221,7 @@ impl Fetcher {
             .clamp(self.timing.min_refresh, self.timing.max_ttl);
         log::info!(
             "jwks {}: {} key(s), next refresh in {}s",
-            self.target,
+            self.target.url(),
             keys.len(),
             ttl.as_secs()
         );
@@ -233,249 +230,9 @@ impl Fetcher {
     }
 }
 
-/// `url` parsed, with the TLS client configuration it needs (`None` for `http://`).
-fn checked_target(url: &str) -> Result<(HttpUrl, Option<Arc<rustls::ClientConfig>>), String> {
-    let target = HttpUrl::parse(url)?;
-    let tls = if target.tls() {
-        Some(crate::tls::client_config(None)?)
-    } else {
-        None
-    };
-    Ok((target, tls))
-}
-
-/// What a fetch returns.
-#[derive(Debug)]
-struct HttpResponse {
-    status: u16,
-    max_age: Option<Duration>,
-    body: Vec<u8>,
-}
-
-fn http_get(
-    url: &HttpUrl,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-    timeout: Duration,
-) -> Result<HttpResponse, String> {
-    let tcp = connect(url, timeout)?;
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: credentialflow\r\nConnection: close\r\n\r\n",
-        url.request_target(),
-        url.host_header()
-    );
-    match tls {
-        None => exchange(tcp, request.as_bytes()),
-        Some(config) => {
-            let name = url.server_name()?;
-            let connection = rustls::ClientConnection::new(Arc::clone(config), name)
-                .map_err(|e| format!("TLS: {e}"))?;
-            exchange(
-                rustls::StreamOwned::new(connection, tcp),
-                request.as_bytes(),
-            )
-        }
-    }
-}
-
-fn connect(url: &HttpUrl, timeout: Duration) -> Result<TcpStream, String> {
-    let addrs = (url.host(), url.port())
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", url.host()))?;
-    let mut last_error = format!("{} resolved to no address", url.host());
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(stream) => {
-                stream
-                    .set_read_timeout(Some(timeout))
-                    .and_then(|()| stream.set_write_timeout(Some(timeout)))
-                    .map_err(|e| format!("socket setup: {e}"))?;
-                return Ok(stream);
-            }
-            Err(e) => last_error = format!("cannot connect to {addr}: {e}"),
-        }
-    }
-    Err(last_error)
-}
-
-/// Sends `request` and reads one response, framed by `Content-Length`, chunked coding or
-/// connection close (RFC 9112 §6.3).
-fn exchange(mut stream: impl Read + Write, request: &[u8]) -> Result<HttpResponse, String> {
-    stream
-        .write_all(request)
-        .and_then(|()| stream.flush())
-        .map_err(|e| format!("sending the request: {e}"))?;
-    let mut buf = Vec::with_capacity(8192);
-    // The gateway's own response-head parser, resumed across reads so a trickled head is
-    // scanned once; it bounds the head at MAX_HEAD_BYTES while it is still incomplete.
-    let mut parser = ResponseParser::new();
-    let (head_len, status, framing, max_age) = loop {
-        if read_more(&mut stream, &mut buf)? == 0 {
-            return Err("connection closed before the response head".to_string());
-        }
-        match parser.parse(&buf, MAX_HEAD_BYTES) {
-            Ok(Some((head, len))) => {
-                let (framing, max_age) = read_headers(head.headers())?;
-                break (len, head.status(), framing, max_age);
-            }
-            Ok(None) => {}
-            Err(HeadError::TooLarge) => return Err("response head too large".to_string()),
-            Err(HeadError::Malformed(why) | HeadError::NotImplemented(why)) => {
-                return Err(format!("malformed response head: {why}"))
-            }
-        }
-    };
-    let rest = buf.split_off(head_len);
-    let body = match framing {
-        Framing::Length(len) => read_length(&mut stream, rest, len)?,
-        Framing::Chunked => read_chunked(&mut stream, &rest)?,
-        Framing::Close => read_to_close(&mut stream, rest)?,
-    };
-    Ok(HttpResponse {
-        status,
-        max_age,
-        body,
-    })
-}
-
-fn read_more(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<usize, String> {
-    let mut chunk = [0u8; 8192];
-    let n = stream
-        .read(&mut chunk)
-        .map_err(|e| format!("reading the response: {e}"))?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    Length(usize),
-    Chunked,
-    Close,
-}
-
-fn read_headers<'a>(
-    headers: impl Iterator<Item = (&'a str, &'a [u8])>,
-) -> Result<(Framing, Option<Duration>), String> {
-    let mut framing = Framing::Close;
-    let mut max_age = None;
-    for (name, value) in headers {
-        let value = std::str::from_utf8(value).unwrap_or("").trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            let len = value
-                .parse::<usize>()
-                .map_err(|_| "bad Content-Length".to_string())?;
-            if len > MAX_RESPONSE_BYTES {
-                return Err("JWKS response too large".to_string());
-            }
-            if framing == Framing::Close {
-                framing = Framing::Length(len);
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            // RFC 9112 §6.3: chunked, when last, wins over Content-Length.
-            if value
-                .rsplit(',')
-                .next()
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-            {
-                framing = Framing::Chunked;
-            } else {
-                return Err("unsupported Transfer-Encoding".to_string());
-            }
-        } else if name.eq_ignore_ascii_case("cache-control") {
-            max_age = max_age.or(parse_max_age(value));
-        }
-    }
-    Ok((framing, max_age))
-}
-
-/// `max-age` of a `Cache-Control` value (RFC 9111 §5.2.2.1); `no-store`/`no-cache` give
-/// `None`, which means "use the default period".
-fn parse_max_age(value: &str) -> Option<Duration> {
-    let mut max_age = None;
-    for directive in value.split(',').map(str::trim) {
-        let (name, argument) = directive.split_once('=').unwrap_or((directive, ""));
-        let name = name.trim();
-        if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("no-cache") {
-            return None;
-        }
-        if name.eq_ignore_ascii_case("max-age") {
-            max_age = argument
-                .trim()
-                .trim_matches('"')
-                .parse::<u64>()
-                .ok()
-                .map(Duration::from_secs);
-        }
-    }
-    max_age
-}
-
-fn read_length(stream: &mut impl Read, mut body: Vec<u8>, len: usize) -> Result<Vec<u8>, String> {
-    while body.len() < len {
-        if read_more(stream, &mut body)? == 0 {
-            return Err("connection closed before the end of the body".to_string());
-        }
-    }
-    body.truncate(len);
-    Ok(body)
-}
-
-fn read_chunked(stream: &mut impl Read, first: &[u8]) -> Result<Vec<u8>, String> {
-    let mut decoder = ChunkedDecoder::new();
-    let mut body = Vec::new();
-    let mut input = first.to_vec();
-    loop {
-        decoder
-            .decode(&input, &mut body)
-            .map_err(|e| format!("bad chunked body: {}", e.reason()))?;
-        if decoder.is_done() {
-            return Ok(body);
-        }
-        if decoder.declared_bytes() > MAX_RESPONSE_BYTES as u64 {
-            return Err("JWKS response too large".to_string());
-        }
-        input.clear();
-        if read_more(stream, &mut input)? == 0 {
-            return Err("connection closed before the end of the body".to_string());
-        }
-    }
-}
-
-fn read_to_close(stream: &mut impl Read, mut body: Vec<u8>) -> Result<Vec<u8>, String> {
-    while read_more(stream, &mut body)? > 0 {
-        if body.len() > MAX_RESPONSE_BYTES {
-            return Err("JWKS response too large".to_string());
-        }
-    }
-    Ok(body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Cursor;
-
-    /// A stream that reads from a fixed response and discards writes.
-    struct Canned(Cursor<Vec<u8>>);
-
-    impl Read for Canned {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            self.0.read(buf)
-        }
-    }
-
-    impl Write for Canned {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn exchange_with(response: &str) -> Result<HttpResponse, String> {
-        exchange(Canned(Cursor::new(response.as_bytes().to_vec())), b"GET")
-    }
 
     #[test]
     fn a_refused_url_fails_the_start_before_any_thread() {
@@ -487,56 +244,5 @@ mod tests {
             assert!(JwksSource::unstarted(url).is_err(), "{url}");
         }
         assert!(JwksSource::unstarted("https://idp.example.com/jwks?x=1").is_ok());
-    }
-
-    #[test]
-    fn max_age_is_read_from_cache_control() {
-        assert_eq!(
-            parse_max_age("public, max-age=600"),
-            Some(Duration::from_secs(600))
-        );
-        assert_eq!(parse_max_age("max-age=60, no-cache"), None);
-        assert_eq!(parse_max_age("public"), None);
-    }
-
-    #[test]
-    fn content_length_body_is_read_exactly() {
-        let response = exchange_with(
-            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=42\r\n\r\nhelloEXTRA",
-        )
-        .unwrap();
-        assert_eq!(response.status, 200);
-        assert_eq!(response.body, b"hello");
-        assert_eq!(response.max_age, Some(Duration::from_secs(42)));
-    }
-
-    #[test]
-    fn chunked_body_is_decoded() {
-        let response = exchange_with(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(response.body, b"abcde");
-    }
-
-    #[test]
-    fn close_delimited_body_is_read_to_the_end() {
-        let response = exchange_with("HTTP/1.1 404 Not Found\r\n\r\nnope").unwrap();
-        assert_eq!(
-            (response.status, response.body.as_slice()),
-            (404, &b"nope"[..])
-        );
-    }
-
-    #[test]
-    fn truncated_body_is_an_error() {
-        let err = exchange_with("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort").unwrap_err();
-        assert!(err.contains("before the end"), "{err}");
-    }
-
-    #[test]
-    fn oversized_content_length_is_refused() {
-        let err = exchange_with("HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n").unwrap_err();
-        assert!(err.contains("too large"), "{err}");
     }
 }
