@@ -663,7 +663,21 @@ fn check_providers(config: &Config, findings: &mut Findings) {
             provider.keepalive,
             provider.keepalive_timeout_ms,
         );
-        if provider.api_key.is_none() && provider.kind != ProviderKind::Mock {
+        if provider.entra.is_some() {
+            // Entra ID tokens are Azure's: no other kind would accept them.
+            if provider.kind != ProviderKind::AzureOpenai {
+                findings.error(
+                    at("entra"),
+                    "only kind = \"azure_openai\" takes Entra ID tokens",
+                );
+            }
+            if provider.api_key.is_some() {
+                findings.error(
+                    at("entra"),
+                    "set either api_key or entra, not both (entra replaces the api-key header)",
+                );
+            }
+        } else if provider.api_key.is_none() && provider.kind != ProviderKind::Mock {
             findings.warning(
                 at("api_key"),
                 "no api_key: requests go to the provider without a credential",
@@ -902,6 +916,7 @@ mod tests {
                 kind: ProviderKind::Mock,
                 base_url: "http://mock.invalid".into(),
                 api_key: None,
+                entra: None,
                 ca_file: String::new(),
                 api_version: String::new(),
                 mock: Default::default(),
