@@ -1459,6 +1459,39 @@ mod tests {
     }
 
     #[test]
+    fn entra_is_azure_only_and_replaces_api_key() {
+        let entra = crate::config::EntraConfig {
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            client_id: "app".into(),
+            client_secret: crate::config::SecretRef::Env("AZ_SECRET".into()),
+            authority: String::new(),
+        };
+        let mut config = valid();
+        config.provider[0].kind = ProviderKind::AzureOpenai;
+        config.provider[0].base_url = "https://myres.openai.azure.com".into();
+        config.provider[0].entra = Some(entra);
+        let findings = validate(&config);
+        assert!(findings.errors.is_empty(), "{:?}", findings.errors);
+        assert!(
+            findings.warnings.is_empty(),
+            "entra is a credential: no missing-api_key warning"
+        );
+        config.provider[0].api_key = Some(crate::config::SecretRef::parse("sk-literal").unwrap());
+        assert_eq!(errors_of(&config), ["provider[0].entra"]);
+        assert!(all_errors(&config).contains("not both"));
+        config.provider[0].api_key = None;
+        for kind in [
+            ProviderKind::Openai,
+            ProviderKind::Anthropic,
+            ProviderKind::Gemini,
+        ] {
+            config.provider[0].kind = kind;
+            assert_eq!(errors_of(&config), ["provider[0].entra"], "{kind:?}");
+            assert!(all_errors(&config).contains("azure_openai"));
+        }
+    }
+
+    #[test]
     fn native_responses_are_refused_on_every_kind_but_openai() {
         for kind in [
             ProviderKind::AzureOpenai,
