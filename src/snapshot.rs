@@ -253,7 +253,12 @@ impl Snapshot {
                 errors.push(format!("ai: {e}"));
                 None
             });
-        let catalog = match Catalog::build(&config, secrets) {
+        // As for upstreams: checking starts no token source.
+        let sources = match purpose {
+            Purpose::Serve => Some(SourceTiming::default()),
+            Purpose::Check => None,
+        };
+        let catalog = match Catalog::build_with(&config, secrets, sources) {
             Ok(mut c) => {
                 carried.adopt_catalog(&mut c);
                 c

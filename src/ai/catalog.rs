@@ -12,6 +12,8 @@ use crate::config::{
     Config, HttpUrl, LiveSecret, MockOptions, ProviderConfig, ProviderKind, ResponsesApi,
     SecretWatcher,
 };
+use crate::identity::oauth2::TokenSource;
+use crate::identity::source::SourceTiming;
 use crate::upstream::{pool_settings, TlsSettings, Upstream};
 
 /// One `[[provider]]`, ready to be sent requests.
@@ -31,6 +33,9 @@ pub struct Provider {
     pub base_path: String,
     /// The provider's API key; the caller injects it in the provider's header.
     pub api_key: Option<LiveSecret>,
+    /// The source of the bearer token sent instead of a key (`entra`): read per request,
+    /// asked for a fresh token when the provider answers 401.
+    pub token: Option<Arc<TokenSource>>,
     /// Azure's `api-version`.
     pub api_version: String,
     /// The mock's pacing.
@@ -97,6 +102,16 @@ impl Catalog {
     /// with `secrets` and resolves model references. Returns every error, each prefixed with
     /// its key path (`provider[0].base_url: ...`, `model[2].fallbacks[0]: ...`).
     pub fn build(config: &Config, secrets: &SecretWatcher) -> Result<Catalog, Vec<String>> {
+        Catalog::build_with(config, secrets, Some(SourceTiming::default()))
+    }
+
+    /// [`Catalog::build`] with the timing of the providers' token sources; `None` checks
+    /// their settings without starting them (`credentialflow check` contacts nothing).
+    pub fn build_with(
+        config: &Config,
+        secrets: &SecretWatcher,
+        sources: Option<SourceTiming>,
+    ) -> Result<Catalog, Vec<String>> {
         let mut errors = Vec::new();
         let mut providers = Vec::with_capacity(config.provider.len());
         let mut provider_index = HashMap::new();
@@ -107,7 +122,7 @@ impl Catalog {
                     cfg.name
                 ));
             }
-            match build_provider(i, cfg, config, secrets) {
+            match build_provider(i, cfg, config, secrets, sources) {
                 Ok(provider) => providers.push(provider),
                 Err(mut e) => errors.append(&mut e),
             }
@@ -214,6 +229,7 @@ fn build_provider(
     cfg: &ProviderConfig,
     config: &Config,
     secrets: &SecretWatcher,
+    sources: Option<SourceTiming>,
 ) -> Result<Provider, Vec<String>> {
     let mut errors = Vec::new();
     let base_url = cfg
@@ -233,6 +249,18 @@ fn build_provider(
                 None
             }
         },
+    };
+    let token = match &cfg.entra {
+        None => None,
+        Some(entra) => {
+            match crate::identity::entra::token_source(&cfg.name, entra, secrets, sources) {
+                Ok(source) => Some(source),
+                Err(e) => {
+                    errors.push(format!("provider[{i}].entra.{e}"));
+                    None
+                }
+            }
+        }
     };
     let (upstream, base_path) = match parsed {
         Err(e) => {
@@ -263,6 +291,7 @@ fn build_provider(
         upstream,
         base_path,
         api_key,
+        token,
         api_version: if cfg.api_version.is_empty() {
             super::providers::DEFAULT_API_VERSION.to_string()
         } else {
@@ -319,6 +348,7 @@ mod tests {
             kind,
             base_url: base_url.into(),
             api_key: None,
+            entra: None,
             ca_file: String::new(),
             api_version: String::new(),
             mock: Default::default(),

@@ -429,6 +429,25 @@ pub struct OAuth2Config {
     pub auth_method: OAuth2AuthMethod,
 }
 
+/// `[[provider]] entra = { ... }`: an Entra ID application, whose tokens (client credentials
+/// grant at `{authority}/{tenant_id}/oauth2/v2.0/token`) authenticate an `azure_openai`
+/// provider's requests.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntraConfig {
+    /// The directory (tenant) ID: a GUID or a domain name.
+    #[serde(default)]
+    pub tenant_id: String,
+    /// The application (client) ID.
+    #[serde(default)]
+    pub client_id: String,
+    /// The application's client secret.
+    pub client_secret: SecretRef,
+    /// Where Entra ID lives; `""` = `https://login.microsoftonline.com` (the public cloud).
+    #[serde(default)]
+    pub authority: String,
+}
+
 /// Client authentication at the token endpoint (RFC 6749 §2.3.1).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -639,6 +658,10 @@ pub struct ProviderConfig {
     /// The provider's API key, injected upstream.
     #[serde(default, deserialize_with = "secret::deserialize_optional")]
     pub api_key: Option<SecretRef>,
+    /// `azure_openai` only, instead of `api_key`: the application whose Entra ID tokens
+    /// authenticate the requests (`Authorization: Bearer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra: Option<EntraConfig>,
     /// Extra CA (PEM); `""` = web roots only.
     #[serde(default)]
     pub ca_file: String,

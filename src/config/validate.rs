@@ -663,7 +663,21 @@ fn check_providers(config: &Config, findings: &mut Findings) {
             provider.keepalive,
             provider.keepalive_timeout_ms,
         );
-        if provider.api_key.is_none() && provider.kind != ProviderKind::Mock {
+        if provider.entra.is_some() {
+            // Entra ID tokens are Azure's: no other kind would accept them.
+            if provider.kind != ProviderKind::AzureOpenai {
+                findings.error(
+                    at("entra"),
+                    "only kind = \"azure_openai\" takes Entra ID tokens",
+                );
+            }
+            if provider.api_key.is_some() {
+                findings.error(
+                    at("entra"),
+                    "set either api_key or entra, not both (entra replaces the api-key header)",
+                );
+            }
+        } else if provider.api_key.is_none() && provider.kind != ProviderKind::Mock {
             findings.warning(
                 at("api_key"),
                 "no api_key: requests go to the provider without a credential",
@@ -902,6 +916,7 @@ mod tests {
                 kind: ProviderKind::Mock,
                 base_url: "http://mock.invalid".into(),
                 api_key: None,
+                entra: None,
                 ca_file: String::new(),
                 api_version: String::new(),
                 mock: Default::default(),
@@ -1441,6 +1456,39 @@ mod tests {
         let findings = validate(&config);
         assert!(findings.errors.is_empty());
         assert_eq!(findings.warnings[0].0, "provider[0].api_key");
+    }
+
+    #[test]
+    fn entra_is_azure_only_and_replaces_api_key() {
+        let entra = crate::config::EntraConfig {
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            client_id: "app".into(),
+            client_secret: crate::config::SecretRef::Env("AZ_SECRET".into()),
+            authority: String::new(),
+        };
+        let mut config = valid();
+        config.provider[0].kind = ProviderKind::AzureOpenai;
+        config.provider[0].base_url = "https://myres.openai.azure.com".into();
+        config.provider[0].entra = Some(entra);
+        let findings = validate(&config);
+        assert!(findings.errors.is_empty(), "{:?}", findings.errors);
+        assert!(
+            findings.warnings.is_empty(),
+            "entra is a credential: no missing-api_key warning"
+        );
+        config.provider[0].api_key = Some(crate::config::SecretRef::parse("sk-literal").unwrap());
+        assert_eq!(errors_of(&config), ["provider[0].entra"]);
+        assert!(all_errors(&config).contains("not both"));
+        config.provider[0].api_key = None;
+        for kind in [
+            ProviderKind::Openai,
+            ProviderKind::Anthropic,
+            ProviderKind::Gemini,
+        ] {
+            config.provider[0].kind = kind;
+            assert_eq!(errors_of(&config), ["provider[0].entra"], "{kind:?}");
+            assert!(all_errors(&config).contains("azure_openai"));
+        }
     }
 
     #[test]

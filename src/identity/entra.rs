@@ -4,22 +4,38 @@
 //! `https://cognitiveservices.azure.com/.default`. The secret goes in the body
 //! (`client_secret_post`), as Microsoft documents it.
 
+use std::sync::Arc;
+
 use super::http::Endpoint;
-use crate::config::{OAuth2AuthMethod, OAuth2Config, SecretRef};
+use super::oauth2::{self, TokenSource};
+use super::source::SourceTiming;
+use crate::config::{EntraConfig, OAuth2AuthMethod, OAuth2Config, SecretWatcher};
 
 /// Where Entra ID lives for the public cloud.
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 /// The scope of Azure OpenAI (Cognitive Services) tokens.
 pub const COGNITIVE_SERVICES_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
 
-/// Entra ID application credentials: tenant, client and secret; `authority` empty = the
-/// public cloud's.
-#[derive(Debug, Clone)]
-pub struct EntraSettings {
-    pub tenant_id: String,
-    pub client_id: String,
-    pub client_secret: SecretRef,
-    pub authority: String,
+/// Entra ID application credentials (`[[provider]] entra`).
+pub type EntraSettings = EntraConfig;
+
+/// The token source of an `azure_openai` provider named `name`: with `timing`, the running
+/// one shared by every holder of the same settings (the OAuth2 registry: an upstream with
+/// the same token URL, client and scope uses the same thread and token), started when none
+/// runs; without, the settings are only checked and a source that never has a token is
+/// returned (for `credentialflow check`, which contacts nothing).
+pub fn token_source(
+    name: &str,
+    entra: &EntraSettings,
+    secrets: &SecretWatcher,
+    timing: Option<SourceTiming>,
+) -> Result<Arc<TokenSource>, String> {
+    let cfg = oauth2_settings(entra)?;
+    match timing {
+        Some(timing) => oauth2::shared_source(name, &cfg, secrets, timing),
+        None => oauth2::settings(&cfg, secrets, &SourceTiming::default())
+            .map(|_| Arc::new(TokenSource::unstarted())),
+    }
 }
 
 /// The client-credentials settings an Entra source runs on; checks the tenant (a path
@@ -55,6 +71,7 @@ pub fn oauth2_settings(entra: &EntraSettings) -> Result<OAuth2Config, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SecretRef;
 
     fn entra(tenant: &str, authority: &str) -> EntraSettings {
         EntraSettings {

@@ -4,8 +4,8 @@
 //!
 //! - [`http`]: the blocking HTTP client of background threads (also the JWKS fetcher's).
 //! - [`source`]: a credential kept fresh by its own thread and read lock-free on the hot path.
-//! - [`oauth2`]: OAuth2 client credentials; [`entra`]: the same grant at Entra ID (not yet
-//!   wired into a provider).
+//! - [`oauth2`]: OAuth2 client credentials; [`entra`]: the same grant at Entra ID, for
+//!   `azure_openai` providers.
 //! - [`google`]: Google service accounts, the OAuth 2.0 JWT-bearer grant (RFC 7523): the key
 //!   file, the signed assertion, the token request and the token endpoint's answer.
 //! - [`sigv4`]: AWS Signature Version 4 request signing (Bedrock, STS), with the signing key

@@ -222,7 +222,7 @@ const FRESH_TOKEN_WAIT: Duration = Duration::from_secs(3);
 
 /// Asks `source` for a new token (rate-limited there) and waits up to [`FRESH_TOKEN_WAIT`]
 /// for one newer than generation `used`; a refresh another request asked for counts too.
-async fn fresher_token(
+pub(super) async fn fresher_token(
     source: &TokenSource,
     used: u64,
 ) -> Option<std::sync::Arc<Current<BearerToken>>> {

@@ -169,6 +169,7 @@ mod tests {
                     kind: ProviderKind::Openai,
                     base_url: base_url.to_string(),
                     api_key: None,
+                    entra: None,
                     ca_file: String::new(),
                     api_version: String::new(),
                     mock: Default::default(),

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::fake_oauth::TokenBook;
+
 // The skeleton's pieces, re-exported where the tests have always found them.
 pub use super::fake_server::{
     connection_token, echo_failure_headers, received_key, send_event_stream,
@@ -65,6 +67,8 @@ struct Behaviour {
     failures: VecDeque<Failure>,
     /// Sent in the next streamed answer, then cleared.
     stream_error: Option<MidStreamError>,
+    /// Azure calls need a Bearer token from this book instead of `api-key`.
+    entra: Option<Arc<TokenBook>>,
 }
 /// A running fake OpenAI server; stops accepting and closes its connections
 /// on drop. Dereferences to its [`FakeServer`] for `requests()`,
@@ -100,6 +104,7 @@ impl FakeOpenAi {
             tool_call: None,
             failures: VecDeque::new(),
             stream_error: None,
+            entra: None,
         }));
         let shared = behaviour.clone();
         let server = FakeServer::start_planned(
@@ -131,6 +136,14 @@ impl FakeOpenAi {
             },
         );
         FakeOpenAi { server, behaviour }
+    }
+
+    /// Makes Azure calls authenticate as a resource locked to Entra ID does: with
+    /// `Authorization: Bearer` and a token `book` holds as valid (issued, unexpired, not
+    /// revoked), and no `api-key` header (a key is refused, as on a resource with local
+    /// authentication disabled).
+    pub fn require_entra(&self, book: Arc<TokenBook>) {
+        self.behaviour.lock().unwrap().entra = Some(book);
     }
 
     /// What the next answers report as usage: `prompt` prompt tokens (of
@@ -230,6 +243,7 @@ struct Snapshot {
     tool_call: Option<(String, String)>,
     /// `(events before it, the error event)` that breaks this answer's stream off.
     stream_error: Option<(usize, Vec<u8>)>,
+    entra: Option<Arc<TokenBook>>,
 }
 
 impl Snapshot {
@@ -241,6 +255,7 @@ impl Snapshot {
             stream_end: behaviour.stream_end,
             tool_call: behaviour.tool_call.clone(),
             stream_error: None,
+            entra: behaviour.entra.clone(),
         }
     }
 
@@ -373,7 +388,21 @@ impl Snapshot {
         ordinal: usize,
         keep_alive: bool,
     ) -> bool {
-        if request.header("api-key").is_none_or(str::is_empty) {
+        if let Some(book) = &self.entra {
+            let bearer = request
+                .header("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let valid = bearer.is_some_and(|token| book.is_valid(token));
+            if request.header("api-key").is_some() || !valid {
+                // Azure's answer to a missing, expired or revoked Entra token.
+                let body = azure_error_body(
+                    "401",
+                    "Unauthorized. Access token is missing, invalid, audience is incorrect \
+                     (https://cognitiveservices.azure.com), or have expired.",
+                );
+                return send_json(conn, 401, &body, keep_alive, &[]);
+            }
+        } else if request.header("api-key").is_none_or(str::is_empty) {
             let body = azure_error_body(
                 "401",
                 "Access denied due to invalid subscription key or wrong API endpoint. Make sure \

@@ -191,7 +191,6 @@ async fn try_once(
 ) -> Attempt {
     // The access log names the endpoint of the last attempt that got an answer.
     ctx.upstream = None;
-    let request_id = ctx.request_id.as_str();
     let native = native_body(responses, provider);
     if native.is_none() {
         // A Responses request only a provider's own Responses API can serve.
@@ -219,25 +218,59 @@ async fn try_once(
         Err(e) => return Attempt::Fail(Miss::Gateway(e)),
     };
     let limits = attempt_limits(snapshot);
-    let sent = exchange::send(worker, upstream, &limits, |target| {
-        provider_request(provider, &target.authority, &path, &body, request_id)
-    })
-    .await;
-    let exchange = match sent {
-        Ok(e) => e,
-        Err(e) => return Attempt::Retry(Miss::Gateway(e)),
-    };
-    let status = exchange.response.status();
-    if (200..300).contains(&status) {
-        return Attempt::Answer(exchange);
+    let mut refreshed = false;
+    loop {
+        let used = match token_in_force(provider) {
+            Ok(generation) => generation,
+            Err(e) => return Attempt::Fail(Miss::Gateway(e)),
+        };
+        let sent = exchange::send(worker, upstream, &limits, |target| {
+            provider_request(provider, &target.authority, &path, &body, &ctx.request_id)
+        })
+        .await;
+        let exchange = match sent {
+            Ok(e) => e,
+            Err(e) => return Attempt::Retry(Miss::Gateway(e)),
+        };
+        let status = exchange.response.status();
+        if (200..300).contains(&status) {
+            return Attempt::Answer(exchange);
+        }
+        ctx.upstream_began(&exchange);
+        let error = read_provider_error(worker, upstream, provider, exchange, &limits).await;
+        ctx.upstream_ended();
+        // The provider refused the token (revoked before its expiry, say): nothing has
+        // reached the client, so the call is sent once more with a newer token, without
+        // spending one of the call's retries on a failure a fresh token cures.
+        if let (401, false, Some(source), Some(used)) =
+            (status, refreshed, provider.token.as_deref(), used)
+        {
+            refreshed = true;
+            if crate::pipeline::proxy::fresher_token(source, used)
+                .await
+                .is_some()
+            {
+                continue;
+            }
+        }
+        return if error.worth_retrying() {
+            Attempt::Retry(Miss::Provider(error))
+        } else {
+            Attempt::Fail(Miss::Provider(error))
+        };
     }
-    ctx.upstream_began(&exchange);
-    let error = read_provider_error(worker, upstream, provider, exchange, &limits).await;
-    ctx.upstream_ended();
-    if error.worth_retrying() {
-        Attempt::Retry(Miss::Provider(error))
-    } else {
-        Attempt::Fail(Miss::Provider(error))
+}
+
+/// The generation of the token `provider` is sent with now (`None` when it takes no token),
+/// or 502 `upstream_credential_unavailable` when it takes one and has none: the provider
+/// would refuse the call, and the client could do nothing about it.
+pub(super) fn token_in_force(provider: &Provider) -> Result<Option<u64>, GatewayError> {
+    match &provider.token {
+        None => Ok(None),
+        Some(source) => source
+            .current()
+            .map(|current| Some(current.generation))
+            .ok_or(GatewayError::CredentialUnavailable),
     }
 }
 
@@ -263,18 +296,31 @@ pub(super) async fn read_provider_error(
     // A body too large or cut short leaves bytes on the connection: it is not reused.
     exchange.finish(worker, upstream, body.is_ok());
     let body = body.unwrap_or_default();
-    let key = provider.api_key.as_ref().map(|k| k.current());
-    let secrets: Vec<&str> = key.iter().map(|k| k.expose()).collect();
+    let secrets = provider_secrets(provider);
+    let secrets: Vec<&str> = secrets.iter().map(|k| k.expose()).collect();
     let error = provider
         .api
         .error(status, &body, retry_after.as_deref(), &secrets);
     if error.kind == provider_error::ProviderErrorKind::CredentialRefused {
-        // The provider refused the gateway's own key: a gateway problem, not the client's
-        // (whose virtual key was fine), so not an authentication error toward the client.
+        // The provider refused the gateway's own credential: a gateway problem, not the
+        // client's (whose virtual key was fine), so not an authentication error toward the
+        // client.
+        let what = if provider.token.is_some() {
+            "token"
+        } else {
+            "api_key"
+        };
         log::warn!(
-            "provider {} refused the gateway's api_key ({status})",
+            "provider {} refused the gateway's {what} ({status})",
             provider.name
         );
+        if status == 401 {
+            // Whichever endpoint saw it, the next calls should find a newer token (asking
+            // is rate-limited by the source).
+            if let Some(source) = &provider.token {
+                source.request_refresh();
+            }
+        }
     }
     error
 }
@@ -333,6 +379,13 @@ pub(super) fn provider_request(
     provider
         .api
         .push_headers(key.as_ref().map(|k| k.expose().as_bytes()), &mut out);
+    // A token the gateway obtains (`entra`) replaces the key: `Authorization: Bearer`.
+    // Callers check first that there is one ([`token_in_force`]).
+    if let Some(current) = provider.token.as_ref().and_then(|source| source.current()) {
+        out.extend_from_slice(b"authorization: Bearer ");
+        out.extend_from_slice(current.credential.expose().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     push_header(&mut out, "x-request-id", request_id.as_bytes());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
@@ -495,12 +548,20 @@ where
     (result, metered)
 }
 
-/// The values no provider error may show a client: the provider's key as it is now.
+/// The values no provider error may show a client: the provider's key or token as it is now.
 pub(super) fn provider_secrets(provider: &Provider) -> Vec<std::sync::Arc<crate::config::Secret>> {
+    let token = provider
+        .token
+        .as_ref()
+        .and_then(|source| source.current())
+        .map(|current| {
+            std::sync::Arc::new(crate::config::Secret::new(current.credential.expose()))
+        });
     provider
         .api_key
         .iter()
         .map(|key| arc_swap::Guard::into_inner(key.current()))
+        .chain(token)
         .collect()
 }
 

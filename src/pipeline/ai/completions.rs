@@ -71,6 +71,7 @@ where
         )
         .saturating_mul(request.prompts.len() as u64 * request.choices_per_prompt),
     };
+    call::token_in_force(provider)?;
     let hold = admit(
         worker,
         snapshot,

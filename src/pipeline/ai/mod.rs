@@ -486,6 +486,9 @@ where
             None,
         );
     };
+    if let Err(e) = call::token_in_force(provider) {
+        return (Err(e.into()), None);
+    }
     let sent = exchange::send(worker, upstream, &snapshot.limits, |target| {
         call::provider_request(provider, &target.authority, &path, &body, &ctx.request_id)
     })
