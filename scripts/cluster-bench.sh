@@ -30,18 +30,7 @@ source "$ROOT/scripts/bench/fleet_env.sh"
 start_postgres
 start_redis
 
-CF_PEPPER=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
-export CF_PEPPER
-CF_ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-export CF_ADMIN_TOKEN
-export CF_LOG=warn
-
-# --- upstream ---------------------------------------------------------------------------------
-UP_PORT=$(free_port)
-taskset -c 1 "$CF_BIN" bench-upstream --listen "127.0.0.1:$UP_PORT" --size 128 --workers 1 \
-    >"$WORK/upstream.log" 2>&1 &
-PIDS+=($!)
-wait_port "$UP_PORT"
+start_bench_upstream
 
 # --- gateways ---------------------------------------------------------------------------------
 # config MODE PORT ADMIN_PORT: the same gateway either way; only [cluster] differs.

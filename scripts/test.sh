@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 # - python3 and pip: the SDK tests (tests/sdk_clients.rs) drive the gateway with the official
 #   Python clients;
 # - postgresql: the store tests (tests/store_postgres*.rs, fleet*.rs) start private servers;
-# - redis-server: the cluster tests (tests/cluster_redis.rs) start private servers.
+# - redis-server: the cluster tests (tests/cluster_redis.rs) start private servers;
+# - curl: the README quickstart test (tests/quickstart.rs) runs the README's curl commands;
+# - systemd (for systemd-analyze): tests/systemd_unit.rs verifies the shipped unit.
 # No test uses a system-wide service. The packages start one on install (through systemd or
 # invoke-rc.d), so policy-rc.d forbids that for the install and anything started anyway is
 # stopped afterwards.
@@ -19,6 +21,8 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     missing+=(postgresql)
 fi
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing: ${missing[*]}; install them (apt-get install ${missing[*]}) or run this as root" >&2

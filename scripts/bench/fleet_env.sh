@@ -108,6 +108,21 @@ start_redis() {
     export CF_REDIS_URL="redis+unix://$REDIS_SOCK"
 }
 
+# start_bench_upstream: fresh random secrets for the gateways (CF_PEPPER, CF_ADMIN_TOKEN, exported),
+# quiet gateway logs, and a fixed-response upstream (`bench-upstream --size 128`) on core 1 at
+# 127.0.0.1:$UP_PORT.
+start_bench_upstream() {
+    CF_PEPPER=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+    CF_ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+    export CF_PEPPER CF_ADMIN_TOKEN
+    export CF_LOG=warn
+    UP_PORT=$(free_port)
+    taskset -c 1 "$CF_BIN" bench-upstream --listen "127.0.0.1:$UP_PORT" --size 128 --workers 1 \
+        >"$WORK/upstream.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$UP_PORT"
+}
+
 # cpu_ticks PID: utime + stime of a process (fields 14 and 15 of /proc/PID/stat), in ticks.
 cpu_ticks() {
     local stat
