@@ -37,6 +37,9 @@ pub struct HttpResponse {
     pub status: u16,
     /// `Cache-Control: max-age`, when the response has a usable one.
     pub max_age: Option<Duration>,
+    /// The `Date` header (RFC 9110 §6.6.1) as sent, when there is one of a sane length: the
+    /// server's clock, against which a credential's absolute expiry is measured.
+    pub date: Option<String>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
 }
@@ -109,6 +112,39 @@ impl Endpoint {
         request.push_str("\r\n");
         request.push_str(&body);
         self.send(request.as_bytes(), limits)
+    }
+
+    /// `POST` of `body` with the caller's `headers` (e.g. `Content-Type`, `Accept` and a
+    /// request signature); `Host`, `User-Agent`, `Content-Length` and `Connection` are
+    /// written here. For requests signed over their headers (AWS SigV4), whose `Host` must be
+    /// [`HttpUrl::host_header`]. Header values must already be checked for CR, LF and NUL;
+    /// one that is not is refused. The request bytes are wiped once sent.
+    pub fn post(
+        &self,
+        body: &[u8],
+        headers: &[(&str, &str)],
+        limits: Limits,
+    ) -> Result<HttpResponse, String> {
+        let mut request = Zeroizing::new(format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: credentialflow\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.url.request_target(),
+            self.url.host_header(),
+            body.len()
+        ));
+        for (name, value) in headers {
+            let splits = |text: &str| text.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0));
+            if name.is_empty() || splits(name) || name.contains(':') || splits(value) {
+                return Err(format!("header {name:?} cannot be sent"));
+            }
+            request.push_str(name);
+            request.push_str(": ");
+            request.push_str(value);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        let mut bytes = Zeroizing::new(std::mem::take(&mut *request).into_bytes());
+        bytes.extend_from_slice(body);
+        self.send(&bytes, limits)
     }
 
     fn send(&self, request: &[u8], limits: Limits) -> Result<HttpResponse, String> {
@@ -233,14 +269,15 @@ fn exchange(
     // The gateway's own response-head parser, resumed across reads so a trickled head is
     // scanned once; it bounds the head at MAX_HEAD_BYTES while it is still incomplete.
     let mut parser = ResponseParser::new();
-    let (head_len, status, framing, max_age) = loop {
+    let (head_len, status, framing, max_age, date) = loop {
         if read_more(&mut stream, &mut buf)? == 0 {
             return Err("connection closed before the response head".to_string());
         }
         match parser.parse(&buf, MAX_HEAD_BYTES) {
             Ok(Some((head, len))) => {
                 let (framing, max_age) = read_headers(head.headers(), max_body)?;
-                break (len, head.status(), framing, max_age);
+                let date = date_header(head.headers());
+                break (len, head.status(), framing, max_age, date);
             }
             Ok(None) => {}
             Err(HeadError::TooLarge) => return Err("response head too large".to_string()),
@@ -258,8 +295,19 @@ fn exchange(
     Ok(HttpResponse {
         status,
         max_age,
+        date,
         body,
     })
+}
+
+/// Longest `Date` value kept: an IMF-fixdate is 29 bytes; a longer one is not a date.
+const MAX_DATE_BYTES: usize = 64;
+
+/// The first `Date` header, when it is short UTF-8.
+fn date_header<'a>(mut headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Option<String> {
+    let (_, value) = headers.find(|(name, _)| name.eq_ignore_ascii_case("date"))?;
+    let value = std::str::from_utf8(value).ok()?.trim();
+    (value.len() <= MAX_DATE_BYTES).then(|| value.to_string())
 }
 
 fn read_more(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<usize, String> {
@@ -434,6 +482,40 @@ mod tests {
         assert_eq!(response.status, 200);
         assert_eq!(response.body, b"hello");
         assert_eq!(response.max_age, Some(Duration::from_secs(42)));
+    }
+
+    #[test]
+    fn the_date_header_is_kept_when_it_is_short() {
+        let response = exchange_with(
+            "HTTP/1.1 200 OK\r\nDate: Wed, 10 Jan 2024 10:34:45 GMT\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            response.date.as_deref(),
+            Some("Wed, 10 Jan 2024 10:34:45 GMT")
+        );
+        let long = format!(
+            "HTTP/1.1 200 OK\r\nDate: {}\r\nContent-Length: 0\r\n\r\n",
+            "x".repeat(MAX_DATE_BYTES + 1)
+        );
+        assert_eq!(exchange_with(&long).unwrap().date, None);
+    }
+
+    #[test]
+    fn post_refuses_a_header_that_would_split_the_request() {
+        let endpoint = Endpoint::new("http://127.0.0.1:9/").unwrap();
+        let limits = Limits {
+            timeout: Duration::from_millis(200),
+            max_body: 1024,
+        };
+        for headers in [
+            [("x-evil", "a\r\nHost: elsewhere")],
+            [("x-a\r\nb", "v")],
+            [("x:y", "v")],
+        ] {
+            let err = endpoint.post(b"", &headers, limits).unwrap_err();
+            assert!(err.contains("cannot be sent"), "{err}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!   `azure_openai` providers.
 //! - [`google`]: Google service accounts, the OAuth 2.0 JWT-bearer grant (RFC 7523): the key
 //!   file, the signed assertion, the token request and the token endpoint's answer.
+//! - [`sts`]: AWS STS `AssumeRole`, temporary credentials for SigV4 signing (Bedrock).
 //! - [`sigv4`]: AWS Signature Version 4 request signing (Bedrock, STS), with the signing key
 //!   derived once per day and cached.
 //! - [`eventstream`]: the AWS event-stream binary framing (`application/vnd.amazon.eventstream`)
@@ -24,3 +25,4 @@ pub mod http;
 pub mod oauth2;
 pub mod sigv4;
 pub mod source;
+pub mod sts;
