@@ -266,9 +266,8 @@ fn assume_role(
     }
     let role = field("RoleArn").unwrap_or_default();
     let session = field("RoleSessionName").unwrap_or_default();
-    let duration_ok = field("DurationSeconds").map_or(true, |d| {
-        d.parse::<u32>().is_ok_and(|d| (900..=43200).contains(&d))
-    });
+    let duration_ok = field("DurationSeconds")
+        .is_none_or(|d| d.parse::<u32>().is_ok_and(|d| (900..=43200).contains(&d)));
     if !(2..=64).contains(&session.len()) || !duration_ok {
         return Err(AwsError::new(
             400,
