@@ -15,8 +15,8 @@
 //!   that Bedrock's streaming answers use, decoded incrementally as bytes arrive.
 //!
 //! Static credentials are the upstream's injected header ([`crate::upstream::InjectedCredential`]),
-//! read from a live secret. `google`, `sigv4` and `eventstream` are not wired into a provider
-//! yet: they are the building blocks of the `vertex` and `bedrock` providers and the STS source.
+//! read from a live secret. `google`, `sigv4`, `sts` and `eventstream` are not wired into a
+//! provider yet: they are the building blocks of the `vertex` and `bedrock` providers.
 
 pub mod entra;
 pub mod eventstream;
