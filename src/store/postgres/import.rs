@@ -463,6 +463,7 @@ fn stored_audit(tx: &mut Transaction<'_>, times: &[i64]) -> Result<StoredAudit, 
             key_id: row.try_get(3)?,
             before: record(4)?,
             after: record(5)?,
+            request_id: None,
         };
         let bucket_key = (
             at,
@@ -512,6 +513,7 @@ mod tests {
             key_id: None,
             before: None,
             after: None,
+            request_id: None,
         }
     }
 
