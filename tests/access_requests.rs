@@ -487,7 +487,7 @@ fn the_cli_requests_approves_and_claims() {
     let audit = as_user("bob", &["audit"]);
     audit.assert_ok("audit");
     assert!(
-        audit.stdout.contains(&format!("cli:carol access.approve")),
+        audit.stdout.contains("cli:carol access.approve"),
         "{}",
         audit.stdout
     );

@@ -32,7 +32,7 @@ pub(crate) struct AccessArgs {
 #[derive(Subcommand, Debug)]
 enum AccessCommand {
     /// Ask for a key that expires `--ttl` after approval; prints the claim token once.
-    Request(RequestFlags),
+    Request(Box<RequestFlags>),
     /// List access requests, oldest first (unclaimed approvals past their ttl are expired).
     List {
         /// Only requests in this status.
