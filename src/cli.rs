@@ -1,6 +1,7 @@
 //! The command line (README, "Commands"). Exit codes: 0 ok, 1 bad input, 2 runtime
 //! failure; errors go to stderr as one line.
 
+mod access;
 mod keys;
 mod store;
 mod usage;
@@ -80,6 +81,8 @@ enum Command {
     Keys(Box<keys::KeysArgs>),
     /// Print the audit log of admin actions.
     Audit(keys::AuditArgs),
+    /// Just-in-time access: request, list, approve, deny and claim time-bound keys.
+    Access(Box<access::AccessArgs>),
     /// Spend report from the usage ledger.
     Usage(usage::UsageArgs),
     /// Work on the store as a whole: copy a single host's store into PostgreSQL.
@@ -148,6 +151,7 @@ pub fn main() -> i32 {
         }
         Command::Keys(args) => keys::run_keys(*args),
         Command::Audit(args) => keys::run_audit(args),
+        Command::Access(args) => access::run_access(*args),
         Command::Usage(args) => match keys::store_settings_or_exit(args.config.as_deref()) {
             Ok(settings) => {
                 let code = usage::run_usage(args, &settings);

@@ -29,6 +29,7 @@
 //! - `accesslog`, `logging`: the access log writer and the gateway's own log.
 //! - `bench`: load-test tools shipped in the product.
 
+pub mod access;
 pub mod accesslog;
 pub mod admin;
 pub mod ai;

@@ -264,6 +264,10 @@ fn start(
                 credentials: shared.credentials.clone(),
                 this_node,
                 cluster: cluster_status,
+                access_policies: {
+                    let shared = shared.clone();
+                    Arc::new(move || shared.snapshot().config.access_policy.clone())
+                },
             },
             admin_shutdown.clone(),
         )

@@ -7,6 +7,7 @@
 //! and in total, and idle or slow ones make room for new ones (see [`slots`]); every read has
 //! a deadline and every request a size bound (see [`http::Limits`]).
 
+mod access;
 mod auth;
 mod http;
 mod keys;
@@ -74,6 +75,9 @@ pub struct AdminState {
     /// Redis is unreachable `/healthz` says so (still 200: limits fall back to this node's
     /// share and the node serves).
     pub cluster: Option<Arc<crate::cluster::LinkStatus>>,
+    /// The live config's `[[access_policy]]`, read on each access request (a reload
+    /// changes them).
+    pub access_policies: Arc<dyn Fn() -> Vec<config::AccessPolicyConfig> + Send + Sync>,
 }
 
 /// Serves the admin API on `listener` from a new thread until `shutdown` is set. The thread
@@ -424,6 +428,7 @@ mod tests {
                 Vec::new(),
             )),
             cluster: None,
+            access_policies: Arc::new(Vec::new),
             this_node: Arc::new(|| NodeRecord {
                 node: "edge-test".into(),
                 version: "1.2.3".into(),

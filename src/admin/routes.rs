@@ -6,7 +6,8 @@ use serde_json::json;
 
 use super::auth;
 use super::http::{Request, Response};
-use super::{keys, nodes, usage, AdminState};
+use super::{access, keys, nodes, usage, AdminState};
+use crate::access::flow::{Requester, ADMIN_ACTOR};
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -17,6 +18,9 @@ const JSON: &str = "application/json";
 /// exist.
 pub(crate) fn dispatch(state: &AdminState, request: &Request) -> Response {
     let segments: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
+    if let Some(response) = access::without_admin_token(state, request, &segments) {
+        return response;
+    }
     if segments.first() == Some(&"admin") && !authorized(state, request) {
         return unauthorized();
     }
@@ -37,6 +41,14 @@ pub(crate) fn dispatch(state: &AdminState, request: &Request) -> Response {
         ("POST", ["admin", "keys", id, "rotate"]) => keys::rotate(state, id, request),
         ("GET", ["admin", "usage"]) => usage::usage(state, request),
         ("GET", ["admin", "nodes"]) => nodes::list(state),
+        ("POST", ["admin", "access-requests"]) => {
+            access::create(state, request, &Requester::Operator(ADMIN_ACTOR.into()))
+        }
+        ("GET", ["admin", "access-requests"]) => access::list(state, request),
+        ("POST", ["admin", "access-requests", id, verb @ ("approve" | "deny")]) => {
+            access::decide(state, id, verb, request, ADMIN_ACTOR)
+        }
+        ("POST", ["admin", "access-requests", id, "claim"]) => access::claim(state, id, request),
 
         (_, ["healthz"] | ["metrics"]) => method_not_allowed("GET, HEAD"),
         (_, ["admin", "reload"]) => method_not_allowed("POST"),
@@ -44,6 +56,10 @@ pub(crate) fn dispatch(state: &AdminState, request: &Request) -> Response {
         (_, ["admin", "keys", _]) => method_not_allowed("GET, HEAD, PATCH, DELETE"),
         (_, ["admin", "keys", _, "rotate"]) => method_not_allowed("POST"),
         (_, ["admin", "usage"] | ["admin", "nodes"]) => method_not_allowed("GET, HEAD"),
+        (_, ["admin", "access-requests"]) => method_not_allowed("GET, HEAD, POST"),
+        (_, ["admin", "access-requests", _, "approve" | "deny" | "claim"]) => {
+            method_not_allowed("POST")
+        }
         _ => error(
             404,
             "not_found_error",

@@ -202,6 +202,7 @@ mod tests {
                     Vec::new(),
                 )),
                 cluster: None,
+                access_policies: Arc::new(Vec::new),
                 this_node: Arc::new(|| crate::store::NodeRecord {
                     node: "edge-test".into(),
                     version: "0.0.0".into(),

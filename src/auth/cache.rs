@@ -917,6 +917,34 @@ mod tests {
     }
 
     impl KeyBackend for Notified {
+        fn access_insert(
+            &mut self,
+            request: &crate::access::AccessRequest,
+            actor: &str,
+        ) -> Result<(), StoreError> {
+            self.store.access_insert(request, actor)
+        }
+        fn access_get(
+            &mut self,
+            id: &str,
+        ) -> Result<Option<crate::access::AccessRequest>, StoreError> {
+            self.store.access_get(id)
+        }
+        fn access_list(
+            &mut self,
+            status: Option<crate::access::AccessStatus>,
+        ) -> Result<Vec<crate::access::AccessRequest>, StoreError> {
+            self.store.access_list(status)
+        }
+        fn access_transition(
+            &mut self,
+            from: crate::access::AccessStatus,
+            after: &crate::access::AccessRequest,
+            action: &str,
+            actor: &str,
+        ) -> Result<bool, StoreError> {
+            self.store.access_transition(from, after, action, actor)
+        }
         fn pepper(&self) -> &Pepper {
             self.store.pepper()
         }
@@ -1034,6 +1062,34 @@ mod tests {
     }
 
     impl KeyBackend for Outage {
+        fn access_insert(
+            &mut self,
+            request: &crate::access::AccessRequest,
+            actor: &str,
+        ) -> Result<(), StoreError> {
+            self.store.access_insert(request, actor)
+        }
+        fn access_get(
+            &mut self,
+            id: &str,
+        ) -> Result<Option<crate::access::AccessRequest>, StoreError> {
+            self.store.access_get(id)
+        }
+        fn access_list(
+            &mut self,
+            status: Option<crate::access::AccessStatus>,
+        ) -> Result<Vec<crate::access::AccessRequest>, StoreError> {
+            self.store.access_list(status)
+        }
+        fn access_transition(
+            &mut self,
+            from: crate::access::AccessStatus,
+            after: &crate::access::AccessRequest,
+            action: &str,
+            actor: &str,
+        ) -> Result<bool, StoreError> {
+            self.store.access_transition(from, after, action, actor)
+        }
         fn pepper(&self) -> &Pepper {
             self.store.pepper()
         }

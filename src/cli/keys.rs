@@ -314,11 +314,14 @@ fn run_audit_to(args: AuditArgs, out: &mut dyn Write) -> Result<(), Failure> {
         } else {
             let key = entry.key_id.as_deref().unwrap_or("-");
             let changed = changed_fields(entry.before.as_ref(), entry.after.as_ref());
-            let detail = if changed.is_empty() {
+            let mut detail = if changed.is_empty() {
                 String::new()
             } else {
                 format!(" changed: {}", changed.join(", "))
             };
+            if let Some(request) = &entry.request_id {
+                detail.push_str(&format!(" request: {request}"));
+            }
             format!(
                 "{} {} {} {key}{detail}",
                 entry.time, entry.actor, entry.action

@@ -328,6 +328,7 @@ impl SectionReader<'_> {
             config.lua = v;
         }
         config.team = self.read_array(root, "team");
+        config.access_policy = self.read_array(root, "access_policy");
         if let Some(v) = self.read_table(root, "store") {
             config.store = v;
         }
@@ -530,6 +531,29 @@ mod tests {
         assert_eq!(config.team[0].name, "t");
         assert_eq!(config.team[0].tpm, Some(5));
         assert_eq!(config.team[0].budget_usd, Some(1.5));
+    }
+
+    #[test]
+    fn access_policies_are_read_and_their_unknown_keys_named() {
+        let parsed = parse_text(
+            "[[access_policy]]\nteam = \"ml\"\nmax_ttl = \"8h\"\n\
+             auto_approve = { models = [\"m\"], max_ttl = \"1h\", budget_usd = 5 }\n",
+        );
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let policy = &parsed.config.unwrap().access_policy[0];
+        assert_eq!(
+            (policy.team.as_str(), policy.max_ttl.as_str()),
+            ("ml", "8h")
+        );
+        let auto = policy.auto_approve.as_ref().unwrap();
+        assert_eq!(auto.budget_usd, Some(5.0));
+        assert_eq!(auto.max_ttl.as_deref(), Some("1h"));
+
+        let parsed = parse_text(
+            "[[access_policy]]\nteam = \"ml\"\nmax_ttl = \"8h\"\n\
+             auto_approve = { model = [\"m\"] }\n",
+        );
+        assert_eq!(paths(&parsed), ["access_policy[0].auto_approve.model"]);
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct Config {
     /// `[metrics]`: what `/metrics` shows beyond the default series.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[[access_policy]]`: per-team limits and auto-approval of access requests.
+    #[serde(default)]
+    pub access_policy: Vec<AccessPolicyConfig>,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -64,8 +67,20 @@ pub struct Config {
 
 /// Names of the top-level tables, in file order (used to report unknown top-level keys).
 pub(crate) const SECTIONS: &[&str] = &[
-    "server", "limits", "upstream", "route", "provider", "model", "prompt", "ai", "lua", "team",
-    "store", "cluster", "metrics",
+    "server",
+    "limits",
+    "upstream",
+    "route",
+    "provider",
+    "model",
+    "prompt",
+    "ai",
+    "lua",
+    "team",
+    "store",
+    "cluster",
+    "metrics",
+    "access_policy",
 ];
 
 impl Config {
@@ -571,6 +586,39 @@ pub struct TeamConfig {
     /// `day`, `month` (UTC calendar) or `total` (the default).
     #[serde(default)]
     pub budget_period: Option<String>,
+}
+
+/// `[[access_policy]]`: how a team's access requests are bounded and which of them are
+/// approved at once (README, "Just-in-time access").
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessPolicyConfig {
+    /// The team the policy governs, as in keys' and requests' `team`.
+    #[serde(default)]
+    pub team: String,
+    /// Longest `ttl` a request of this team may ask for (`8h`); longer ones are refused.
+    #[serde(default)]
+    pub max_ttl: String,
+    /// Requests inside this envelope are approved at once, by `policy`.
+    #[serde(default)]
+    pub auto_approve: Option<AutoApproveConfig>,
+}
+
+/// The envelope of `[[access_policy]] auto_approve`: a request is inside it when every
+/// model it asks for matches one of `models`, its ttl is at most `max_ttl` and its
+/// budget at most `budget_usd`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoApproveConfig {
+    /// Model-name globs a request may ask for and still be approved at once.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Longest ttl approved at once (default: the policy's `max_ttl`).
+    #[serde(default)]
+    pub max_ttl: Option<String>,
+    /// Largest `budget_usd` approved at once; a request naming no budget is given this one.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
 }
 
 /// A route's JWT settings.

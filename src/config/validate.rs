@@ -76,6 +76,7 @@ pub(crate) fn validate(config: &Config) -> Findings {
     check_prompts(config, &mut findings);
     check_ai(config, &mut findings);
     check_teams(config, &mut findings);
+    check_access_policies(config, &mut findings);
     check_store(&config.store, &mut findings);
     check_cluster(config, &mut findings);
     check_secrets(config.secrets(), &mut findings);
@@ -231,6 +232,55 @@ fn check_teams(config: &Config, findings: &mut Findings) {
         if let Some(period) = &team.budget_period {
             if !matches!(period.as_str(), "day" | "month" | "total") {
                 findings.error(at("budget_period"), "must be day, month or total");
+            }
+        }
+    }
+}
+
+/// `[[access_policy]]`: one per team, durations that parse, and an `auto_approve` envelope
+/// that fits inside the policy's `max_ttl`.
+fn check_access_policies(config: &Config, findings: &mut Findings) {
+    use crate::clock::parse_duration;
+    let mut teams = HashMap::new();
+    for (i, policy) in config.access_policy.iter().enumerate() {
+        let at = |key: &str| format!("access_policy[{i}].{key}");
+        if findings.required(at("team"), &policy.team) {
+            findings.unique(&mut teams, &policy.team, at("team"), "access policy team");
+        }
+        let max_ttl = if findings.required(at("max_ttl"), &policy.max_ttl) {
+            match parse_duration(&policy.max_ttl) {
+                Ok(ttl) if ttl.is_zero() => {
+                    findings.error(at("max_ttl"), "must be longer than 0s");
+                    None
+                }
+                Ok(ttl) => Some(ttl),
+                Err(e) => {
+                    findings.error(at("max_ttl"), e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let Some(auto) = &policy.auto_approve else {
+            continue;
+        };
+        if auto.models.iter().any(|m| m.trim().is_empty()) {
+            findings.error(at("auto_approve.models"), "entries must not be empty");
+        }
+        if let Some(text) = &auto.max_ttl {
+            match parse_duration(text) {
+                Ok(ttl) if max_ttl.is_some_and(|max| ttl > max) => findings.error(
+                    at("auto_approve.max_ttl"),
+                    format!("must not exceed max_ttl ({})", policy.max_ttl),
+                ),
+                Ok(_) => {}
+                Err(e) => findings.error(at("auto_approve.max_ttl"), e),
+            }
+        }
+        if let Some(usd) = auto.budget_usd {
+            if !usd.is_finite() || usd < 0.0 {
+                findings.error(at("auto_approve.budget_usd"), "must be a number >= 0");
             }
         }
     }
@@ -1668,6 +1718,61 @@ mod tests {
         std::env::set_var("CF_VALIDATE_CRLF", "abc\r\nx-injected: 1");
         config.server.admin_token = Some(SecretRef::Env("CF_VALIDATE_CRLF".into()));
         assert_eq!(errors_of(&config), ["server.admin_token"]);
+    }
+
+    #[test]
+    fn access_policies_name_every_error() {
+        use crate::config::{AccessPolicyConfig, AutoApproveConfig};
+        let mut config = valid();
+        let good = AccessPolicyConfig {
+            team: "ml".into(),
+            max_ttl: "8h".into(),
+            auto_approve: Some(AutoApproveConfig {
+                models: vec!["gpt-4o-mini".into()],
+                max_ttl: Some("1h".into()),
+                budget_usd: Some(5.0),
+            }),
+        };
+        config.access_policy = vec![
+            good.clone(),
+            good,
+            AccessPolicyConfig {
+                team: "web".into(),
+                max_ttl: "forever".into(),
+                auto_approve: Some(AutoApproveConfig {
+                    models: vec![String::new()],
+                    max_ttl: Some("2x".into()),
+                    budget_usd: Some(-1.0),
+                }),
+            },
+            AccessPolicyConfig {
+                team: "ops".into(),
+                max_ttl: "1h".into(),
+                auto_approve: Some(AutoApproveConfig {
+                    max_ttl: Some("2h".into()),
+                    ..AutoApproveConfig::default()
+                }),
+            },
+            AccessPolicyConfig::default(),
+        ];
+        let findings = validate(&config);
+        let paths: Vec<&str> = findings.errors.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "access_policy[1].team",
+                "access_policy[2].max_ttl",
+                "access_policy[2].auto_approve.models",
+                "access_policy[2].auto_approve.max_ttl",
+                "access_policy[2].auto_approve.budget_usd",
+                "access_policy[3].auto_approve.max_ttl",
+                "access_policy[4].team",
+                "access_policy[4].max_ttl",
+            ],
+            "{:?}",
+            findings.errors
+        );
+        assert_eq!(findings.errors[5].1, "must not exceed max_ttl (1h)");
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct AuditEntry {
     pub key_id: Option<String>,
     pub before: Option<KeyRecord>,
     pub after: Option<KeyRecord>,
+    /// The access request an `access.*` entry is about (absent on key entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// Appends one entry for `action` by `actor` (creating the log, mode 0600, if needed).
@@ -51,6 +54,11 @@ pub fn append(
         "before": before,
         "after": after,
     });
+    write_line(data_dir, entry)
+}
+
+/// Appends `entry` as one line, in a single `write`.
+fn write_line(data_dir: &Path, entry: serde_json::Value) -> io::Result<()> {
     let mut line = entry.to_string();
     line.push('\n');
     fs::create_dir_all(data_dir)?;
@@ -60,6 +68,27 @@ pub fn append(
         .mode(0o600)
         .open(data_dir.join(AUDIT_FILE))?;
     file.write_all(line.as_bytes())
+}
+
+/// Appends one entry for a step of access request `request_id` (`access.request`,
+/// `access.approve`, ...) by `actor`; `key_id` is the key the request minted, if any.
+pub fn append_access(
+    data_dir: &Path,
+    actor: &str,
+    action: &str,
+    request_id: &str,
+    key_id: Option<&str>,
+) -> io::Result<()> {
+    let entry = serde_json::json!({
+        "time": rfc3339(unix_now()),
+        "actor": actor,
+        "action": action,
+        "key_id": key_id,
+        "before": null,
+        "after": null,
+        "request_id": request_id,
+    });
+    write_line(data_dir, entry)
 }
 
 /// Every entry in the log, oldest first; a missing log is empty. Lines that do not parse

@@ -18,6 +18,7 @@ use super::keys::{KeyPatch, KeyRecord, KeyStore, NewKey};
 use super::pepper::Pepper;
 use super::postgres::{NodeRecord, PgStore};
 use super::StoreError;
+use crate::access::{AccessRequest, AccessStatus};
 use crate::config::{Config, StoreBackend, StoreConfig, StoreSettings};
 
 /// The key store and audit log, whichever engine holds them.
@@ -80,6 +81,29 @@ pub trait KeyBackend: Send {
 
     /// Every audit entry, oldest first.
     fn read_audit(&mut self) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Stores a new access request (`crate::access`). Audited as `access.request`.
+    fn access_insert(&mut self, request: &AccessRequest, actor: &str) -> Result<(), StoreError>;
+
+    /// The access request with this id, if any.
+    fn access_get(&mut self, id: &str) -> Result<Option<AccessRequest>, StoreError>;
+
+    /// Every access request, or those in `status`, oldest first.
+    fn access_list(
+        &mut self,
+        status: Option<AccessStatus>,
+    ) -> Result<Vec<AccessRequest>, StoreError>;
+
+    /// Writes `after` over its access request if that is still in status `from` and says
+    /// whether it was (a compare-and-set: of two racing steps, one wins). Audited as
+    /// `action` by `actor` when written.
+    fn access_transition(
+        &mut self,
+        from: AccessStatus,
+        after: &AccessRequest,
+        action: &str,
+        actor: &str,
+    ) -> Result<bool, StoreError>;
 
     /// Blocks until the store may have changed or `timeout` has passed, and says whether a
     /// change notification arrived. The watcher calls [`KeyBackend::changes_since`] after
@@ -240,6 +264,31 @@ impl KeyBackend for KeyStore {
 
     fn read_audit(&mut self) -> Result<Vec<AuditEntry>, StoreError> {
         Ok(audit::read(self.data_dir())?)
+    }
+
+    fn access_insert(&mut self, request: &AccessRequest, actor: &str) -> Result<(), StoreError> {
+        KeyStore::access_insert(self, request, actor)
+    }
+
+    fn access_get(&mut self, id: &str) -> Result<Option<AccessRequest>, StoreError> {
+        KeyStore::access_get(self, id)
+    }
+
+    fn access_list(
+        &mut self,
+        status: Option<AccessStatus>,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        KeyStore::access_list(self, status)
+    }
+
+    fn access_transition(
+        &mut self,
+        from: AccessStatus,
+        after: &AccessRequest,
+        action: &str,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        KeyStore::access_transition(self, from, after, action, actor)
     }
 }
 

@@ -331,6 +331,7 @@ impl KeyStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         migrate_to_ms(&mut conn)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::access::SCHEMA)?;
         Ok(KeyStore {
             conn,
             pepper,
@@ -373,6 +374,11 @@ impl KeyStore {
     /// The pepper secrets are hashed under.
     pub fn pepper(&self) -> &Pepper {
         &self.pepper
+    }
+
+    /// The connection, for the other tables of `keys.db` (`store::access`).
+    pub(super) fn connection(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 
     /// The data directory this store lives in.

@@ -19,6 +19,7 @@
 //! Everything here is slow-path work (CLI, admin thread, the cache's refresher thread, the
 //! ledger's writer thread): SQLite is never touched while serving a request.
 
+mod access;
 pub mod audit;
 pub mod backend;
 pub mod health;

@@ -45,6 +45,7 @@ impl Admin {
             usage: Arc::new(crate::admin::UsageReader::new(&config).unwrap()),
             credentials: credentials.clone(),
             cluster: None,
+            access_policies: Arc::new(Vec::new),
             this_node: Arc::new(|| crate::store::NodeRecord {
                 node: "edge-test".into(),
                 version: "0.0.0".into(),

@@ -45,6 +45,23 @@ pub(super) fn insert(
     Ok(())
 }
 
+/// Writes the entry of a step of access request `request_id` in the caller's transaction.
+pub(super) fn insert_access(
+    tx: &mut Transaction<'_>,
+    node: &str,
+    actor: &str,
+    action: &str,
+    request_id: &str,
+    key_id: Option<&str>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit_log (at, node, actor, action, key_id, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&unix_now(), &node, &actor, &action, &key_id, &request_id],
+    )?;
+    Ok(())
+}
+
 impl PgStore {
     /// Appends an entry for an action that is not a key change (`reload`, an access request)
     /// by `actor`.
@@ -72,8 +89,8 @@ impl PgStore {
     /// Every entry, oldest first, in the shape of `store::audit::read`.
     pub fn audit_entries(&self) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = self.client()?.query(
-            "SELECT at, actor, action, key_id, before::TEXT, after::TEXT FROM audit_log \
-             ORDER BY id",
+            "SELECT at, actor, action, key_id, before::TEXT, after::TEXT, request_id \
+             FROM audit_log ORDER BY id",
             &[],
         )?;
         rows.iter()
@@ -98,6 +115,7 @@ impl PgStore {
                     key_id: row.try_get(3)?,
                     before: record(4)?,
                     after: record(5)?,
+                    request_id: row.try_get(6)?,
                 })
             })
             .collect()

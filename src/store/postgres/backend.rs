@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use super::{NodeRecord, PgChangeListener, PgStore};
+use crate::access::{AccessRequest, AccessStatus};
 use crate::store::audit::AuditEntry;
 use crate::store::{KeyBackend, KeyPatch, KeyRecord, NewKey, Pepper, StoreError};
 
@@ -65,6 +66,31 @@ impl KeyBackend for PgStore {
 
     fn read_audit(&mut self) -> Result<Vec<AuditEntry>, StoreError> {
         PgStore::audit_entries(self)
+    }
+
+    fn access_insert(&mut self, request: &AccessRequest, actor: &str) -> Result<(), StoreError> {
+        PgStore::access_insert(self, request, actor)
+    }
+
+    fn access_get(&mut self, id: &str) -> Result<Option<AccessRequest>, StoreError> {
+        PgStore::access_get(self, id)
+    }
+
+    fn access_list(
+        &mut self,
+        status: Option<AccessStatus>,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        PgStore::access_list(self, status)
+    }
+
+    fn access_transition(
+        &mut self,
+        from: AccessStatus,
+        after: &AccessRequest,
+        action: &str,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        PgStore::access_transition(self, from, after, action, actor)
     }
 
     fn notifies(&self) -> bool {

@@ -437,8 +437,8 @@ fn stored_audit(tx: &mut Transaction<'_>, times: &[i64]) -> Result<StoredAudit, 
         return Ok(stored);
     };
     let rows = tx.query(
-        "SELECT at, actor, action, key_id, before::TEXT, after::TEXT FROM audit_log \
-         WHERE at BETWEEN $1 AND $2",
+        "SELECT at, actor, action, key_id, before::TEXT, after::TEXT, request_id \
+         FROM audit_log WHERE at BETWEEN $1 AND $2",
         &[first, last],
     )?;
     for row in rows {
@@ -463,6 +463,7 @@ fn stored_audit(tx: &mut Transaction<'_>, times: &[i64]) -> Result<StoredAudit, 
             key_id: row.try_get(3)?,
             before: record(4)?,
             after: record(5)?,
+            request_id: row.try_get(6)?,
         };
         let bucket_key = (
             at,
@@ -485,8 +486,8 @@ fn insert_audit(
     let before = entry.before.as_ref().map(json);
     let after = entry.after.as_ref().map(json);
     tx.execute(
-        "INSERT INTO audit_log (at, node, actor, action, key_id, before, after) \
-         VALUES ($1, $2, $3, $4, $5, CAST($6::TEXT AS JSONB), CAST($7::TEXT AS JSONB))",
+        "INSERT INTO audit_log (at, node, actor, action, key_id, before, after, request_id) \
+         VALUES ($1, $2, $3, $4, $5, CAST($6::TEXT AS JSONB), CAST($7::TEXT AS JSONB), $8)",
         &[
             &at,
             &node,
@@ -495,6 +496,7 @@ fn insert_audit(
             &entry.key_id,
             &before,
             &after,
+            &entry.request_id,
         ],
     )?;
     Ok(())
@@ -512,6 +514,7 @@ mod tests {
             key_id: None,
             before: None,
             after: None,
+            request_id: None,
         }
     }
 

@@ -92,6 +92,11 @@ UPDATE keys SET expires_at_ms = expires_at_ms * 1000,
     WHERE expires_at_ms IS NOT NULL OR previous_valid_until_ms IS NOT NULL;
 ",
     },
+    Migration {
+        version: 4,
+        name: "access requests",
+        sql: include_str!("0004_access_requests.sql"),
+    },
 ];
 
 /// The schema version this binary writes and understands.

@@ -17,6 +17,7 @@
 //! Like SQLite's, this is slow-path work on the store's own threads: the synchronous client
 //! blocks, and is never used on a worker.
 
+mod access;
 mod audit;
 mod backend;
 pub(crate) mod connect;
