@@ -37,10 +37,10 @@ pub use default::{
 };
 pub use error::{CheckReport, ConfigError, ConfigErrors, ConfigWarning};
 pub use model::{
-    AiConfig, AuthKind, Config, CredentialConfig, EntraConfig, JwtConfig, LimitsConfig, LogFormat,
-    LuaConfig, MetricsConfig, MockOptions, ModelConfig, OAuth2AuthMethod, OAuth2Config,
-    PromptConfig, ProviderConfig, ProviderKind, RateLimitConfig, ResponsesApi, RouteConfig,
-    ServerConfig, TeamConfig, TlsListenConfig, UpstreamConfig,
+    bedrock_base_url, AiConfig, AssumeRoleConfig, AuthKind, Config, CredentialConfig, EntraConfig,
+    JwtConfig, LimitsConfig, LogFormat, LuaConfig, MetricsConfig, MockOptions, ModelConfig,
+    OAuth2AuthMethod, OAuth2Config, PromptConfig, ProviderConfig, ProviderKind, RateLimitConfig,
+    ResponsesApi, RouteConfig, ServerConfig, TeamConfig, TlsListenConfig, UpstreamConfig,
 };
 pub use secret::{LiveSecret, Secret, SecretRef, SecretWatcher};
 pub use store::{StoreBackend, StoreConfig, StoreSettings};
