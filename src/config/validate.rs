@@ -1603,6 +1603,61 @@ mod tests {
     }
 
     #[test]
+    fn bedrock_needs_a_region_and_keys_takes_no_api_key_and_refuses_assume_role_for_now() {
+        let mut config = valid();
+        let provider = &mut config.provider[0];
+        provider.kind = ProviderKind::Bedrock;
+        provider.base_url = String::new();
+        assert_eq!(
+            errors_of(&config),
+            [
+                "provider[0].region",
+                "provider[0].access_key_id",
+                "provider[0].secret_access_key"
+            ]
+        );
+        let provider = &mut config.provider[0];
+        provider.region = "eu-central-1".into();
+        provider.access_key_id = Some(SecretRef::Env("CF_VALIDATE_AWS_ID".into()));
+        provider.secret_access_key = Some(SecretRef::Env("CF_VALIDATE_AWS_SECRET".into()));
+        std::env::set_var("CF_VALIDATE_AWS_ID", "AKIDEXAMPLE");
+        std::env::set_var("CF_VALIDATE_AWS_SECRET", "secret");
+        assert!(errors_of(&config).is_empty(), "{:?}", errors_of(&config));
+        let warnings = validate(&config).warnings;
+        assert!(
+            !warnings.iter().any(|w| w.0.ends_with("api_key")),
+            "SigV4 keys are a credential: {warnings:?}"
+        );
+        config.provider[0].api_key = Some(SecretRef::parse("sk-literal").unwrap());
+        assert_eq!(errors_of(&config), ["provider[0].api_key"]);
+        config.provider[0].api_key = None;
+        config.provider[0].assume_role = Some(crate::config::AssumeRoleConfig {
+            role_arn: "arn:aws:iam::123456789012:role/path/gateway".into(),
+            sts_url: "https://sts.us-east-1.amazonaws.com".into(),
+            session_name: "credentialflow".into(),
+            duration_s: 3600,
+        });
+        assert_eq!(errors_of(&config), ["provider[0].assume_role"]);
+        for (arn, ok) in [
+            ("arn:aws-cn:iam::123456789012:role/r", true),
+            ("arn:aws:iam::123456789012:user/r", false),
+            ("arn:aws:iam::1234:role/r", false),
+            ("arn:aws:s3:::bucket", false),
+            ("arn:aws:iam::123456789012:role/", false),
+        ] {
+            assert_eq!(is_iam_role_arn(arn), ok, "{arn}");
+        }
+        // Another kind takes no AWS keys.
+        config.provider[0].assume_role = None;
+        config.provider[0].kind = ProviderKind::Openai;
+        config.provider[0].base_url = "https://api.openai.com".into();
+        assert_eq!(
+            errors_of(&config),
+            ["provider[0].access_key_id", "provider[0].secret_access_key"]
+        );
+    }
+
+    #[test]
     fn entra_is_azure_only_and_replaces_api_key() {
         let entra = crate::config::EntraConfig {
             tenant_id: "contoso.onmicrosoft.com".into(),
