@@ -8,12 +8,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::breaker::Breaker;
+use super::providers::bedrock::AwsSigning;
 use crate::config::{
     Config, HttpUrl, LiveSecret, MockOptions, ProviderConfig, ProviderKind, ResponsesApi,
     SecretWatcher,
 };
 use crate::identity::oauth2::TokenSource;
-use crate::identity::source::SourceTiming;
+use crate::identity::sigv4::Credentials;
+use crate::identity::source::{CredentialSource, SourceTiming};
 use crate::upstream::{pool_settings, TlsSettings, Upstream};
 
 /// One `[[provider]]`, ready to be sent requests.
@@ -36,6 +38,8 @@ pub struct Provider {
     /// The source of the bearer token sent instead of a key (`entra`): read per request,
     /// asked for a fresh token when the provider answers 401.
     pub token: Option<Arc<TokenSource>>,
+    /// How each request is SigV4-signed (`bedrock`): the credential source and region.
+    pub aws: Option<Arc<AwsSigning>>,
     /// Azure's `api-version`.
     pub api_version: String,
     /// The mock's pacing.
@@ -232,12 +236,15 @@ fn build_provider(
     sources: Option<SourceTiming>,
 ) -> Result<Provider, Vec<String>> {
     let mut errors = Vec::new();
-    let base_url = cfg
-        .base_url
-        .is_empty()
-        .then(|| cfg.kind.default_base_url())
-        .flatten()
-        .unwrap_or(&cfg.base_url);
+    let regional;
+    let base_url = match cfg.kind.default_base_url() {
+        Some(default) if cfg.base_url.is_empty() => default,
+        None if cfg.base_url.is_empty() && cfg.kind == ProviderKind::Bedrock => {
+            regional = crate::config::bedrock_base_url(&cfg.region);
+            &regional
+        }
+        _ => &cfg.base_url,
+    };
     let parsed = parse_base_url(base_url);
     let api = super::providers::for_kind(cfg.kind);
     let api_key = match &cfg.api_key {
@@ -261,6 +268,16 @@ fn build_provider(
                 }
             }
         }
+    };
+    let aws = match cfg.kind {
+        ProviderKind::Bedrock => match aws_signing(cfg, secrets) {
+            Ok(signing) => Some(Arc::new(signing)),
+            Err(e) => {
+                errors.push(format!("provider[{i}].{e}"));
+                None
+            }
+        },
+        _ => None,
     };
     let (upstream, base_path) = match parsed {
         Err(e) => {
@@ -292,6 +309,7 @@ fn build_provider(
         base_path,
         api_key,
         token,
+        aws,
         api_version: if cfg.api_version.is_empty() {
             super::providers::DEFAULT_API_VERSION.to_string()
         } else {
@@ -301,6 +319,35 @@ fn build_provider(
         responses_native: cfg.responses_api() == ResponsesApi::Native,
         breaker: Arc::new(Breaker::default()),
     })
+}
+
+/// The signing of a `bedrock` provider: its static keys as a credential source that never
+/// expires (an STS `AssumeRole` source takes its place when `assume_role` is supported) and
+/// its region. Errors name the key at fault, never a value.
+fn aws_signing(cfg: &ProviderConfig, secrets: &SecretWatcher) -> Result<AwsSigning, String> {
+    if cfg.assume_role.is_some() {
+        return Err("assume_role: assume_role is not supported yet".to_string());
+    }
+    let value = |name: &str, secret: &Option<crate::config::SecretRef>| match secret {
+        None => Ok(None),
+        Some(secret) => secrets
+            .watch(secret)
+            .map(|live| Some(arc_swap::Guard::into_inner(live.current())))
+            .map_err(|e| format!("{name}: {e}")),
+    };
+    let key_id = value("access_key_id", &cfg.access_key_id)?
+        .ok_or("access_key_id: is required for kind = \"bedrock\"")?;
+    let secret = value("secret_access_key", &cfg.secret_access_key)?
+        .ok_or("secret_access_key: is required for kind = \"bedrock\"")?;
+    let credentials = match value("session_token", &cfg.session_token)? {
+        None => Credentials::new(key_id.expose(), secret.expose()),
+        Some(token) => {
+            Credentials::with_session_token(key_id.expose(), secret.expose(), token.expose())
+        }
+    };
+    let source = Arc::new(CredentialSource::fixed(credentials));
+    AwsSigning::new(source, &cfg.region)
+        .map_err(|_| "region: must be an AWS region name such as us-east-1".to_string())
 }
 
 fn build_upstream(
@@ -349,6 +396,11 @@ mod tests {
             base_url: base_url.into(),
             api_key: None,
             entra: None,
+            region: String::new(),
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            assume_role: None,
             ca_file: String::new(),
             api_version: String::new(),
             mock: Default::default(),

@@ -37,11 +37,11 @@ pub use default::{
 };
 pub use error::{CheckReport, ConfigError, ConfigErrors, ConfigWarning};
 pub use model::{
-    AccessPolicyConfig, AiConfig, AuthKind, AutoApproveConfig, Config, CredentialConfig,
-    EntraConfig, JwtConfig, LimitsConfig, LogFormat, LuaConfig, MetricsConfig, MockOptions,
-    ModelConfig, OAuth2AuthMethod, OAuth2Config, PromptConfig, ProviderConfig, ProviderKind,
-    RateLimitConfig, ResponsesApi, RouteConfig, ServerConfig, TeamConfig, TlsListenConfig,
-    UpstreamConfig,
+    bedrock_base_url, AccessPolicyConfig, AiConfig, AssumeRoleConfig, AuthKind, AutoApproveConfig,
+    Config, CredentialConfig, EntraConfig, JwtConfig, LimitsConfig, LogFormat, LuaConfig,
+    MetricsConfig, MockOptions, ModelConfig, OAuth2AuthMethod, OAuth2Config, PromptConfig,
+    ProviderConfig, ProviderKind, RateLimitConfig, ResponsesApi, RouteConfig, ServerConfig,
+    TeamConfig, TlsListenConfig, UpstreamConfig,
 };
 pub use secret::{LiveSecret, Secret, SecretRef, SecretWatcher};
 pub use store::{StoreBackend, StoreConfig, StoreSettings};

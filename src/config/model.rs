@@ -117,8 +117,16 @@ impl Config {
             }
         }
         for (i, provider) in self.provider.iter().enumerate() {
-            if let Some(key) = &provider.api_key {
-                out.push((format!("provider[{i}].api_key"), key));
+            let named = [
+                ("api_key", &provider.api_key),
+                ("access_key_id", &provider.access_key_id),
+                ("secret_access_key", &provider.secret_access_key),
+                ("session_token", &provider.session_token),
+            ];
+            for (name, secret) in named {
+                if let Some(secret) = secret {
+                    out.push((format!("provider[{i}].{name}"), secret));
+                }
             }
         }
         out.extend(self.store.secrets());
@@ -142,7 +150,16 @@ impl Config {
             .route
             .iter_mut()
             .filter_map(|r| r.jwt.hs_secret.as_mut());
-        let providers = self.provider.iter_mut().filter_map(|p| p.api_key.as_mut());
+        let providers = self.provider.iter_mut().flat_map(|p| {
+            [
+                &mut p.api_key,
+                &mut p.access_key_id,
+                &mut p.secret_access_key,
+                &mut p.session_token,
+            ]
+            .into_iter()
+            .filter_map(Option::as_mut)
+        });
         for secret in server.chain(upstreams).chain(routes).chain(providers) {
             secret.anchor(&base_dir);
         }
@@ -159,6 +176,8 @@ impl Config {
             if provider.base_url.is_empty() {
                 if let Some(url) = provider.kind.default_base_url() {
                     provider.base_url = url.to_string();
+                } else if provider.kind == ProviderKind::Bedrock && !provider.region.is_empty() {
+                    provider.base_url = bedrock_base_url(&provider.region);
                 }
             }
         }
@@ -463,6 +482,37 @@ pub struct EntraConfig {
     pub authority: String,
 }
 
+/// `[[provider]] assume_role = { ... }`: an IAM role whose temporary credentials (STS
+/// `AssumeRole`, signed with the provider's own keys) sign a `bedrock` provider's requests.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssumeRoleConfig {
+    /// The role's ARN, `arn:aws:iam::123456789012:role/name`.
+    #[serde(default)]
+    pub role_arn: String,
+    /// Where STS is reached.
+    #[serde(default = "default_sts_url")]
+    pub sts_url: String,
+    /// The `RoleSessionName`, shown in the account's CloudTrail.
+    #[serde(default = "default_role_session_name")]
+    pub session_name: String,
+    /// The lifetime asked for the temporary credentials, 900 to 43200 seconds.
+    #[serde(default = "default_role_duration_s")]
+    pub duration_s: u64,
+}
+
+fn default_sts_url() -> String {
+    "https://sts.amazonaws.com".to_string()
+}
+
+fn default_role_session_name() -> String {
+    "credentialflow".to_string()
+}
+
+fn default_role_duration_s() -> u64 {
+    3600
+}
+
 /// Client authentication at the token endpoint (RFC 6749 §2.3.1).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -674,6 +724,9 @@ pub enum ProviderKind {
     Anthropic,
     /// Google Gemini.
     Gemini,
+    /// Amazon Bedrock's Converse API, SigV4-signed (`base_url` defaults from `region`, see
+    /// [`bedrock_base_url`]).
+    Bedrock,
     /// The in-process mock provider.
     Mock,
 }
@@ -686,9 +739,16 @@ impl ProviderKind {
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
             ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
             ProviderKind::Mock => Some("http://mock.invalid"),
-            ProviderKind::AzureOpenai => None,
+            // Bedrock's endpoint names the region: see [`bedrock_base_url`].
+            ProviderKind::AzureOpenai | ProviderKind::Bedrock => None,
         }
     }
+}
+
+/// Bedrock's public endpoint in `region`, the `base_url` a `kind = "bedrock"` provider gets
+/// when it names none.
+pub fn bedrock_base_url(region: &str) -> String {
+    format!("https://bedrock-runtime.{region}.amazonaws.com")
 }
 
 /// `[[provider]]`.
@@ -710,6 +770,23 @@ pub struct ProviderConfig {
     /// authenticate the requests (`Authorization: Bearer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entra: Option<EntraConfig>,
+    /// The cloud region (`bedrock`: required, e.g. `us-east-1`; it is in every signature).
+    #[serde(default)]
+    pub region: String,
+    /// `bedrock`: the AWS access key id the requests are signed with.
+    #[serde(default, deserialize_with = "secret::deserialize_optional")]
+    pub access_key_id: Option<SecretRef>,
+    /// `bedrock`: the secret access key of `access_key_id`.
+    #[serde(default, deserialize_with = "secret::deserialize_optional")]
+    pub secret_access_key: Option<SecretRef>,
+    /// `bedrock`, optional: the session token of temporary credentials, sent as
+    /// `x-amz-security-token`.
+    #[serde(default, deserialize_with = "secret::deserialize_optional")]
+    pub session_token: Option<SecretRef>,
+    /// `bedrock`, optional: a role assumed with STS `AssumeRole`, whose temporary credentials
+    /// sign the requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assume_role: Option<AssumeRoleConfig>,
     /// Extra CA (PEM); `""` = web roots only.
     #[serde(default)]
     pub ca_file: String,

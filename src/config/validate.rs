@@ -699,10 +699,13 @@ fn check_providers(config: &Config, findings: &mut Findings) {
             findings.unique(&mut providers, &provider.name, at("name"), "provider name");
         }
         if provider.base_url.is_empty() {
-            findings.error(
-                at("base_url"),
-                "is required for kind = \"azure_openai\" (your resource's endpoint)",
-            );
+            // A Bedrock endpoint comes from its region, whose absence is reported below.
+            if provider.kind != ProviderKind::Bedrock {
+                findings.error(
+                    at("base_url"),
+                    "is required for kind = \"azure_openai\" (your resource's endpoint)",
+                );
+            }
         } else {
             check_base_url(findings, at("base_url"), &provider.base_url);
         }
@@ -713,7 +716,10 @@ fn check_providers(config: &Config, findings: &mut Findings) {
             provider.keepalive,
             provider.keepalive_timeout_ms,
         );
-        if provider.entra.is_some() {
+        check_aws_credentials(provider, &at, findings);
+        if provider.kind == ProviderKind::Bedrock {
+            // Checked above: Bedrock takes SigV4 signatures, never a key.
+        } else if provider.entra.is_some() {
             // Entra ID tokens are Azure's: no other kind would accept them.
             if provider.kind != ProviderKind::AzureOpenai {
                 findings.error(
@@ -743,6 +749,139 @@ fn check_providers(config: &Config, findings: &mut Findings) {
             );
         }
     }
+}
+
+/// The AWS settings of `[[provider]]`: on `kind = "bedrock"` a region and a key pair, no
+/// `api_key`, and a well-formed `assume_role`; on any other kind none of them, since only
+/// Bedrock's requests are SigV4-signed.
+fn check_aws_credentials(
+    provider: &crate::config::ProviderConfig,
+    at: &dyn Fn(&str) -> String,
+    findings: &mut Findings,
+) {
+    let aws_fields = [
+        ("access_key_id", provider.access_key_id.is_some()),
+        ("secret_access_key", provider.secret_access_key.is_some()),
+        ("session_token", provider.session_token.is_some()),
+        ("assume_role", provider.assume_role.is_some()),
+    ];
+    if provider.kind != ProviderKind::Bedrock {
+        for (name, set) in aws_fields {
+            if set {
+                findings.error(at(name), "only kind = \"bedrock\" takes AWS credentials");
+            }
+        }
+        return;
+    }
+    if provider.region.is_empty() {
+        findings.error(
+            at("region"),
+            "is required for kind = \"bedrock\" (e.g. us-east-1)",
+        );
+    } else if !is_aws_region(&provider.region) {
+        findings.error(
+            at("region"),
+            "must be an AWS region name such as us-east-1 (lowercase letters, digits, dashes)",
+        );
+    }
+    for (name, set) in &aws_fields[..2] {
+        if !set {
+            findings.error(
+                at(name),
+                "is required for kind = \"bedrock\" (requests are SigV4-signed)",
+            );
+        }
+    }
+    if provider.api_key.is_some() {
+        findings.error(
+            at("api_key"),
+            "kind = \"bedrock\" takes no api_key: requests are signed with access_key_id and secret_access_key",
+        );
+    }
+    if provider.entra.is_some() {
+        findings.error(
+            at("entra"),
+            "only kind = \"azure_openai\" takes Entra ID tokens",
+        );
+    }
+    if let Some(role) = &provider.assume_role {
+        let at_role = |key: &str| at(&format!("assume_role.{key}"));
+        if !is_iam_role_arn(&role.role_arn) {
+            findings.error(
+                at_role("role_arn"),
+                "must be an IAM role ARN, arn:aws:iam::123456789012:role/name",
+            );
+        }
+        if !is_http_url(&role.sts_url) || has_userinfo(&role.sts_url) {
+            findings.error(
+                at_role("sts_url"),
+                format!(
+                    "`{}` must be an http:// or https:// URL",
+                    redact_url(&role.sts_url)
+                ),
+            );
+        }
+        let name_ok = (2..=64).contains(&role.session_name.len())
+            && role
+                .session_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b));
+        if !name_ok {
+            findings.error(
+                at_role("session_name"),
+                "must be 2 to 64 of letters, digits and _+=,.@- (STS RoleSessionName)",
+            );
+        }
+        if !(MIN_ROLE_DURATION_S..=MAX_ROLE_DURATION_S).contains(&role.duration_s) {
+            findings.error(
+                at_role("duration_s"),
+                format!("must be {MIN_ROLE_DURATION_S} to {MAX_ROLE_DURATION_S} seconds (STS DurationSeconds)"),
+            );
+        }
+        // Refused rather than ignored: the requests would be signed with the base keys, not
+        // the role, which is not what the config asks for.
+        findings.error(at("assume_role"), "assume_role is not supported yet");
+    }
+}
+
+/// STS `AssumeRole`'s bounds on `DurationSeconds`.
+const MIN_ROLE_DURATION_S: u64 = 900;
+const MAX_ROLE_DURATION_S: u64 = 43_200;
+
+/// An AWS region name as it stands in endpoints and credential scopes (`us-east-1`,
+/// `us-gov-west-1`): lowercase letters, digits and inner dashes.
+fn is_aws_region(region: &str) -> bool {
+    region.len() <= 32
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !region.starts_with('-')
+        && !region.ends_with('-')
+}
+
+/// `arn:{partition}:iam::{12-digit account}:role/{path/}name` (IAM's "IAM identifiers").
+fn is_iam_role_arn(arn: &str) -> bool {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let name = resource.strip_prefix("role/").unwrap_or_default();
+    partition.starts_with("aws")
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty()
+        && name.len() <= 512
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_+=,.@-".contains(&b))
+        && !name.ends_with('/')
 }
 
 /// A provider endpoint: http(s), and nothing in it that could be a credential. Keys go in
@@ -967,6 +1106,11 @@ mod tests {
                 base_url: "http://mock.invalid".into(),
                 api_key: None,
                 entra: None,
+                region: String::new(),
+                access_key_id: None,
+                secret_access_key: None,
+                session_token: None,
+                assume_role: None,
                 ca_file: String::new(),
                 api_version: String::new(),
                 mock: Default::default(),
@@ -1506,6 +1650,61 @@ mod tests {
         let findings = validate(&config);
         assert!(findings.errors.is_empty());
         assert_eq!(findings.warnings[0].0, "provider[0].api_key");
+    }
+
+    #[test]
+    fn bedrock_needs_a_region_and_keys_takes_no_api_key_and_refuses_assume_role_for_now() {
+        let mut config = valid();
+        let provider = &mut config.provider[0];
+        provider.kind = ProviderKind::Bedrock;
+        provider.base_url = String::new();
+        assert_eq!(
+            errors_of(&config),
+            [
+                "provider[0].region",
+                "provider[0].access_key_id",
+                "provider[0].secret_access_key"
+            ]
+        );
+        let provider = &mut config.provider[0];
+        provider.region = "eu-central-1".into();
+        provider.access_key_id = Some(SecretRef::Env("CF_VALIDATE_AWS_ID".into()));
+        provider.secret_access_key = Some(SecretRef::Env("CF_VALIDATE_AWS_SECRET".into()));
+        std::env::set_var("CF_VALIDATE_AWS_ID", "AKIDEXAMPLE");
+        std::env::set_var("CF_VALIDATE_AWS_SECRET", "secret");
+        assert!(errors_of(&config).is_empty(), "{:?}", errors_of(&config));
+        let warnings = validate(&config).warnings;
+        assert!(
+            !warnings.iter().any(|w| w.0.ends_with("api_key")),
+            "SigV4 keys are a credential: {warnings:?}"
+        );
+        config.provider[0].api_key = Some(SecretRef::parse("sk-literal").unwrap());
+        assert_eq!(errors_of(&config), ["provider[0].api_key"]);
+        config.provider[0].api_key = None;
+        config.provider[0].assume_role = Some(crate::config::AssumeRoleConfig {
+            role_arn: "arn:aws:iam::123456789012:role/path/gateway".into(),
+            sts_url: "https://sts.us-east-1.amazonaws.com".into(),
+            session_name: "credentialflow".into(),
+            duration_s: 3600,
+        });
+        assert_eq!(errors_of(&config), ["provider[0].assume_role"]);
+        for (arn, ok) in [
+            ("arn:aws-cn:iam::123456789012:role/r", true),
+            ("arn:aws:iam::123456789012:user/r", false),
+            ("arn:aws:iam::1234:role/r", false),
+            ("arn:aws:s3:::bucket", false),
+            ("arn:aws:iam::123456789012:role/", false),
+        ] {
+            assert_eq!(is_iam_role_arn(arn), ok, "{arn}");
+        }
+        // Another kind takes no AWS keys.
+        config.provider[0].assume_role = None;
+        config.provider[0].kind = ProviderKind::Openai;
+        config.provider[0].base_url = "https://api.openai.com".into();
+        assert_eq!(
+            errors_of(&config),
+            ["provider[0].access_key_id", "provider[0].secret_access_key"]
+        );
     }
 
     #[test]

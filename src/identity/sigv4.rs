@@ -54,7 +54,9 @@ const RESERVED_HEADERS: [&str; 4] = [
 pub const MAX_SIGNED_HEADERS: usize = 64;
 
 /// AWS credentials: an access key id, its secret and, for temporary credentials (STS), the
-/// session token sent as `x-amz-security-token`.
+/// session token sent as `x-amz-security-token`. Cloned into each [`Signer`] made for them
+/// (the copy is zeroized on drop like the original).
+#[derive(Clone)]
 pub struct Credentials {
     access_key_id: String,
     secret_access_key: Zeroizing<String>,
@@ -91,6 +93,12 @@ impl Credentials {
     /// Whether these are temporary credentials carrying a session token.
     pub fn has_session_token(&self) -> bool {
         self.session_token.is_some()
+    }
+
+    /// The session token, for scrubbing it from anything a provider sends back (it goes on
+    /// the wire, so an upstream could echo it).
+    pub fn session_token(&self) -> Option<&str> {
+        self.session_token.as_deref().map(String::as_str)
     }
 }
 

@@ -195,6 +195,24 @@ impl<T: Send + Sync + 'static> CredentialSource<T> {
         }
     }
 
+    /// A source holding `credential` for good, without a thread: credentials written in the
+    /// configuration (static AWS keys), behind the same interface as fetched ones so that the
+    /// code reading them does not care which it has. It never expires and never refreshes.
+    pub fn fixed(credential: T) -> CredentialSource<T> {
+        let source = CredentialSource::unstarted();
+        // A century: `Instant` has no "never", and adding more could overflow on some clocks.
+        let far = Duration::from_secs(100 * 365 * 24 * 3600);
+        let now = Instant::now();
+        source.current.store(Some(Arc::new(Current {
+            credential,
+            expires_at: now
+                .checked_add(far)
+                .unwrap_or(now + Duration::from_secs(86_400)),
+            generation: 1,
+        })));
+        source
+    }
+
     /// The credential in force, or `None` when there is none or it has expired. One atomic
     /// load and a clock read.
     pub fn current(&self) -> Option<Arc<Current<T>>> {
@@ -507,6 +525,18 @@ mod tests {
             })
             .unwrap();
         assert_eq!(c.current().unwrap().generation, 1);
+    }
+
+    #[test]
+    fn a_fixed_source_always_has_its_one_credential() {
+        let source = CredentialSource::fixed(BearerToken::new("static".into()));
+        for _ in 0..3 {
+            source.request_refresh();
+        }
+        let current = source.current().expect("a fixed credential");
+        assert_eq!(current.credential.expose(), "static");
+        assert_eq!(current.generation, 1, "never refreshed");
+        assert!(current.expires_at > Instant::now() + Duration::from_secs(365 * 24 * 3600));
     }
 
     #[test]

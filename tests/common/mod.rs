@@ -9,6 +9,7 @@ pub mod certs;
 pub mod client;
 pub mod cluster;
 pub mod fake_anthropic;
+pub mod fake_bedrock;
 pub mod fake_gemini;
 pub mod fake_google;
 pub mod fake_oauth;

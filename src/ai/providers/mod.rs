@@ -8,7 +8,7 @@
 //! ([`for_kind`]); each is a unit struct, so the choice costs a `&'static` pointer and no
 //! allocation. Each provider's module holds its implementation and its wire format
 //! (`openai`, whose bodies are the canonical ones; [`azure`]; [`anthropic`];
-//! [`gemini`]; [`mock`]); what several providers or the front doors share stays one level up:
+//! [`gemini`]; [`bedrock`]; [`mock`]); what several providers or the front doors share stays one level up:
 //! the canonical (OpenAI) dialect in [`crate::ai::openai`], [`crate::ai::sse`],
 //! [`crate::ai::provider_error`], [`crate::ai::scrub`], [`crate::ai::tokens`].
 //!
@@ -19,6 +19,8 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
+mod framing;
 pub mod gemini;
 pub mod mock;
 mod openai;
@@ -37,6 +39,8 @@ use stage::OpenAiRelay;
 
 pub use anthropic::Anthropic;
 pub use azure::AzureOpenAi;
+pub use bedrock::Bedrock;
+pub use framing::{is_aws_event_stream, StreamFraming};
 pub use gemini::Gemini;
 pub use mock::Mock;
 pub use openai::OpenAi;
@@ -275,6 +279,7 @@ pub fn for_kind(kind: ProviderKind) -> &'static dyn Provider {
         ProviderKind::AzureOpenai => &AzureOpenAi,
         ProviderKind::Anthropic => &Anthropic,
         ProviderKind::Gemini => &Gemini,
+        ProviderKind::Bedrock => &Bedrock,
         ProviderKind::Mock => &Mock,
     }
 }

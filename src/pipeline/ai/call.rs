@@ -265,6 +265,14 @@ async fn try_once(
 /// or 502 `upstream_credential_unavailable` when it takes one and has none: the provider
 /// would refuse the call, and the client could do nothing about it.
 pub(super) fn token_in_force(provider: &Provider) -> Result<Option<u64>, GatewayError> {
+    if let Some(aws) = &provider.aws {
+        // Signing credentials: there must be some, though a refused signature is not retried
+        // through the token path (Bedrock answers 403, and static keys do not change).
+        return aws
+            .in_force()
+            .map(|_| None)
+            .ok_or(GatewayError::CredentialUnavailable);
+    }
     match &provider.token {
         None => Ok(None),
         Some(source) => source
@@ -307,6 +315,8 @@ pub(super) async fn read_provider_error(
         // client.
         let what = if provider.token.is_some() {
             "token"
+        } else if provider.aws.is_some() {
+            "SigV4 signature"
         } else {
             "api_key"
         };
@@ -387,6 +397,15 @@ pub(super) fn provider_request(
         out.extend_from_slice(b"\r\n");
     }
     push_header(&mut out, "x-request-id", request_id.as_bytes());
+    // A SigV4-signed provider (`bedrock`): signed last, over the path, host and body as sent.
+    if let Some(aws) = &provider.aws {
+        let now = crate::clock::unix_now_ms() / 1000;
+        if let Err(e) = aws.push_headers(authority, path, "application/json", body, now, &mut out) {
+            // Unsigned, the request is refused by the provider, which the client sees as the
+            // provider's credential error; the reason (no secret in it) is logged here.
+            log::warn!("provider {}: cannot sign the request: {e}", provider.name);
+        }
+    }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
@@ -431,11 +450,11 @@ where
     send_whole(client, head, ctx, error.status, headers, body.as_bytes()).await
 }
 
+/// Whether the answer is a stream: server-sent events, or AWS event-stream frames (Bedrock).
 pub(super) fn is_event_stream(exchange: &Exchange) -> bool {
-    exchange
-        .response
-        .header("content-type")
-        .is_some_and(|v| v.starts_with(b"text/event-stream"))
+    let content_type = exchange.response.header("content-type");
+    content_type.is_some_and(|v| v.starts_with(b"text/event-stream"))
+        || crate::ai::providers::is_aws_event_stream(content_type)
 }
 
 /// Relays a provider's successful answer.
@@ -557,11 +576,18 @@ pub(super) fn provider_secrets(provider: &Provider) -> Vec<std::sync::Arc<crate:
         .map(|current| {
             std::sync::Arc::new(crate::config::Secret::new(current.credential.expose()))
         });
+    // The session token of temporary AWS credentials goes on the wire, so it could come back.
+    let session_token = provider
+        .aws
+        .as_ref()
+        .and_then(|aws| aws.session_token())
+        .map(std::sync::Arc::new);
     provider
         .api_key
         .iter()
         .map(|key| arc_swap::Guard::into_inner(key.current()))
         .chain(token)
+        .chain(session_token)
         .collect()
 }
 

@@ -15,7 +15,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent};
 
 use super::stream::{Translation, MAX_EVENT};
 use super::{note_first_byte, EventStream, RequestCtx};
-use crate::ai::SseParser;
+use crate::ai::providers::StreamFraming;
 use crate::http1::BufConn;
 use crate::http1::RequestHead;
 use crate::limits::Metered;
@@ -131,7 +131,9 @@ where
     };
     let silence = snapshot.limits.upstream_timeout;
     let mut decoder = BodyDecoder::new(exchange.response.body("POST"));
-    let mut parser = SseParser::new(MAX_EVENT);
+    // Server-sent events, or binary event-stream frames (Bedrock): each becomes one event.
+    let mut parser =
+        StreamFraming::for_content_type(exchange.response.header("content-type"), MAX_EVENT);
     let mut piece = Vec::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
     let body_complete = loop {
@@ -167,8 +169,20 @@ where
         out.clear();
         // Events go through the translation even while draining: that is where usage and
         // the relayed completion text are read.
-        while let Some(event) = parser.next_event() {
-            translation.on_event(&event, &mut out);
+        let mut broken = false;
+        loop {
+            match parser.next_event() {
+                Ok(Some(event)) => translation.on_event(&event, &mut out),
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!(
+                        "request {}: provider stream unreadable: {e}",
+                        ctx.request_id
+                    );
+                    broken = true;
+                    break;
+                }
+            }
         }
         if let Some(s) = &stream {
             note_first_byte(ctx, &out);
@@ -176,6 +190,9 @@ where
                 stream = None;
                 drain = Drain::begin(snapshot, &ctx.request_id);
             }
+        }
+        if broken {
+            break false;
         }
     };
     let metered = translation.metered(body_complete);
