@@ -36,6 +36,7 @@ pub use default::{
     builtin_default, resolve_default_path, BUILTIN_DEFAULT_TOML, DEFAULT_CONFIG_FILE,
 };
 pub use error::{CheckReport, ConfigError, ConfigErrors, ConfigWarning};
+pub use model::{is_vertex_location, vertex_base_url};
 pub use model::{
     AiConfig, AuthKind, Config, CredentialConfig, EntraConfig, JwtConfig, LimitsConfig, LogFormat,
     LuaConfig, MetricsConfig, MockOptions, ModelConfig, OAuth2AuthMethod, OAuth2Config,

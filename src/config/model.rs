@@ -127,7 +127,12 @@ impl Config {
             .route
             .iter_mut()
             .filter_map(|r| r.jwt.hs_secret.as_mut());
-        let providers = self.provider.iter_mut().filter_map(|p| p.api_key.as_mut());
+        let providers = self.provider.iter_mut().flat_map(|p| {
+            p.api_key
+                .as_mut()
+                .into_iter()
+                .chain(p.service_account.as_mut())
+        });
         for secret in server.chain(upstreams).chain(routes).chain(providers) {
             secret.anchor(&base_dir);
         }
@@ -144,6 +149,8 @@ impl Config {
             if provider.base_url.is_empty() {
                 if let Some(url) = provider.kind.default_base_url() {
                     provider.base_url = url.to_string();
+                } else if provider.kind == ProviderKind::Vertex {
+                    provider.base_url = vertex_base_url(&provider.region).unwrap_or_default();
                 }
             }
         }
@@ -626,6 +633,9 @@ pub enum ProviderKind {
     Anthropic,
     /// Google Gemini.
     Gemini,
+    /// Google Vertex AI: Gemini and Anthropic models of one project and region, authenticated
+    /// with a service account's tokens (base_url derived from `region` when left out).
+    Vertex,
     /// The in-process mock provider.
     Mock,
 }
@@ -638,9 +648,34 @@ impl ProviderKind {
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
             ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
             ProviderKind::Mock => Some("http://mock.invalid"),
-            ProviderKind::AzureOpenai => None,
+            // Azure: the resource's own endpoint; Vertex: derived from the region
+            // ([`vertex_base_url`]).
+            ProviderKind::AzureOpenai | ProviderKind::Vertex => None,
         }
     }
+}
+
+/// The Vertex AI endpoint of `region`: `https://{region}-aiplatform.googleapis.com`, or
+/// `https://aiplatform.googleapis.com` for the `global` location (Vertex AI, "Locations").
+/// `None` for a region that could not be a host label (the config check names it).
+pub fn vertex_base_url(region: &str) -> Option<String> {
+    match region {
+        "global" => Some("https://aiplatform.googleapis.com".to_string()),
+        r if is_vertex_location(r) => Some(format!("https://{r}-aiplatform.googleapis.com")),
+        _ => None,
+    }
+}
+
+/// A Vertex AI location as it goes into a host name and a path segment: lower-case letters,
+/// digits and `-` (`us-east5`, `europe-west4`), at most 63 bytes.
+pub fn is_vertex_location(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 63
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !region.starts_with('-')
+        && !region.ends_with('-')
 }
 
 /// `[[provider]]`.
@@ -662,6 +697,22 @@ pub struct ProviderConfig {
     /// authenticate the requests (`Authorization: Bearer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entra: Option<EntraConfig>,
+    /// `vertex` only: the Google Cloud project whose Vertex AI endpoint is called.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
+    /// `vertex`: the Vertex AI location (`us-east5`, `global`); it also picks the default
+    /// `base_url`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    /// `vertex` only, instead of `api_key`: the service-account key file (`file:sa.json`, or
+    /// `env:NAME` holding the JSON) whose tokens authenticate the requests
+    /// (`Authorization: Bearer`).
+    #[serde(
+        default,
+        deserialize_with = "secret::deserialize_optional",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_account: Option<SecretRef>,
     /// Extra CA (PEM); `""` = web roots only.
     #[serde(default)]
     pub ca_file: String,

@@ -7,19 +7,21 @@
 //! - [`oauth2`]: OAuth2 client credentials; [`entra`]: the same grant at Entra ID, for
 //!   `azure_openai` providers.
 //! - [`google`]: Google service accounts, the OAuth 2.0 JWT-bearer grant (RFC 7523): the key
-//!   file, the signed assertion, the token request and the token endpoint's answer.
+//!   file, the signed assertion, the token request and the token endpoint's answer;
+//!   [`google_source`]: those tokens kept fresh for `vertex` providers.
 //! - [`sigv4`]: AWS Signature Version 4 request signing (Bedrock, STS), with the signing key
 //!   derived once per day and cached.
 //! - [`eventstream`]: the AWS event-stream binary framing (`application/vnd.amazon.eventstream`)
 //!   that Bedrock's streaming answers use, decoded incrementally as bytes arrive.
 //!
 //! Static credentials are the upstream's injected header ([`crate::upstream::InjectedCredential`]),
-//! read from a live secret. `google`, `sigv4` and `eventstream` are not wired into a provider
-//! yet: they are the building blocks of the `vertex` and `bedrock` providers and the STS source.
+//! read from a live secret. `sigv4` and `eventstream` are not wired into a provider yet: they
+//! are the building blocks of the `bedrock` provider and the STS source.
 
 pub mod entra;
 pub mod eventstream;
 pub mod google;
+pub mod google_source;
 pub mod http;
 pub mod oauth2;
 pub mod sigv4;
