@@ -272,7 +272,7 @@ fn build_provider(
     // Vertex AI: the service account's tokens (`entra` and `service_account` are each
     // refused on the other's kind by the config check).
     let token = match (&cfg.service_account, token) {
-        (Some(account), None) => {
+        (Some(account), None) if cfg.kind == ProviderKind::Vertex => {
             match crate::identity::google_source::token_source(&cfg.name, account, sources) {
                 Ok(source) => Some(source),
                 Err(e) => {
