@@ -1067,4 +1067,30 @@ mod tests {
         assert_eq!(config.provider[0].base_url, "https://api.anthropic.com");
         assert_eq!(config.model[0].upstream_model, "m");
     }
+
+    #[test]
+    fn a_vertex_base_url_comes_from_its_region() {
+        assert_eq!(
+            vertex_base_url("us-east5").as_deref(),
+            Some("https://us-east5-aiplatform.googleapis.com")
+        );
+        assert_eq!(
+            vertex_base_url("global").as_deref(),
+            Some("https://aiplatform.googleapis.com")
+        );
+        // A region that would change the host is no region.
+        for region in ["", "us.evil.example/x", "US-EAST5", "-us", "a@b", "x:1"] {
+            assert_eq!(vertex_base_url(region), None, "{region:?}");
+        }
+        let mut config: Config = toml::from_str(
+            "[[provider]]\nname = \"v\"\nkind = \"vertex\"\nregion = \"europe-west4\"\nproject = \"p\"\nservice_account = \"file:sa.json\"\n",
+        )
+        .unwrap();
+        config.fill_derived_defaults();
+        assert_eq!(
+            config.provider[0].base_url,
+            "https://europe-west4-aiplatform.googleapis.com"
+        );
+        assert_eq!(config.provider[0].kind, ProviderKind::Vertex);
+    }
 }
