@@ -63,6 +63,13 @@ impl Provider {
         }
     }
 
+    /// The implementation that serves `upstream_model` on this provider: [`Provider::api`],
+    /// or the one a provider hosting several APIs picks for the model (Vertex AI's
+    /// publishers).
+    pub fn api_for(&self, upstream_model: &str) -> &'static dyn super::providers::Provider {
+        self.api.for_model(upstream_model).unwrap_or(self.api)
+    }
+
     /// Where a call for `upstream_model` goes on this provider.
     pub fn target<'a>(&'a self, upstream_model: &'a str) -> super::providers::Target<'a> {
         super::providers::Target {
@@ -236,15 +243,13 @@ fn build_provider(
     sources: Option<SourceTiming>,
 ) -> Result<Provider, Vec<String>> {
     let mut errors = Vec::new();
-    let regional;
-    let base_url = match cfg.kind.default_base_url() {
-        Some(default) if cfg.base_url.is_empty() => default,
-        None if cfg.base_url.is_empty() && cfg.kind == ProviderKind::Bedrock => {
-            regional = crate::config::bedrock_base_url(&cfg.region);
-            &regional
-        }
-        _ => &cfg.base_url,
+    let derived = match (cfg.base_url.is_empty(), cfg.kind) {
+        (true, ProviderKind::Vertex) => crate::config::vertex_base_url(&cfg.region),
+        (true, ProviderKind::Bedrock) => Some(crate::config::bedrock_base_url(&cfg.region)),
+        (true, kind) => kind.default_base_url().map(str::to_string),
+        (false, _) => None,
     };
+    let base_url = derived.as_deref().unwrap_or(&cfg.base_url);
     let parsed = parse_base_url(base_url);
     let api = super::providers::for_kind(cfg.kind);
     let api_key = match &cfg.api_key {
@@ -279,6 +284,20 @@ fn build_provider(
         },
         _ => None,
     };
+    // Vertex AI: the service account's tokens (`entra` and `service_account` are each
+    // refused on the other's kind by the config check).
+    let token = match (&cfg.service_account, token) {
+        (Some(account), None) if cfg.kind == ProviderKind::Vertex => {
+            match crate::identity::google_source::token_source(&cfg.name, account, sources) {
+                Ok(source) => Some(source),
+                Err(e) => {
+                    errors.push(format!("provider[{i}].service_account: {e}"));
+                    None
+                }
+            }
+        }
+        (_, token) => token,
+    };
     let (upstream, base_path) = match parsed {
         Err(e) => {
             errors.push(format!("provider[{i}].base_url: {e}"));
@@ -288,10 +307,17 @@ fn build_provider(
         Ok(_) if api.is_local() => (None, String::new()),
         Ok(url) => match build_upstream(i, cfg, config, &url) {
             // Provider paths (`/v1/...`) are appended to it: a trailing slash would double.
-            Ok(upstream) => (
-                Some(Arc::new(upstream)),
-                url.path().trim_end_matches('/').to_string(),
-            ),
+            Ok(upstream) => {
+                let mut base_path = url.path().trim_end_matches('/').to_string();
+                if cfg.kind == ProviderKind::Vertex {
+                    // Every Vertex call is under the project's location.
+                    base_path.push_str(&super::providers::vertex::location_path(
+                        &cfg.project,
+                        &cfg.region,
+                    ));
+                }
+                (Some(Arc::new(upstream)), base_path)
+            }
             Err(e) => {
                 errors.push(e);
                 (None, String::new())
@@ -396,7 +422,9 @@ mod tests {
             base_url: base_url.into(),
             api_key: None,
             entra: None,
+            project: String::new(),
             region: String::new(),
+            service_account: None,
             access_key_id: None,
             secret_access_key: None,
             session_token: None,

@@ -43,6 +43,7 @@ pub use model::{
     ProviderConfig, ProviderKind, RateLimitConfig, ResponsesApi, RouteConfig, ServerConfig,
     TeamConfig, TlsListenConfig, UpstreamConfig,
 };
+pub use model::{is_vertex_location, vertex_base_url};
 pub use secret::{LiveSecret, Secret, SecretRef, SecretWatcher};
 pub use store::{StoreBackend, StoreConfig, StoreSettings};
 pub use url::HttpUrl;

@@ -153,6 +153,7 @@ impl Config {
         let providers = self.provider.iter_mut().flat_map(|p| {
             [
                 &mut p.api_key,
+                &mut p.service_account,
                 &mut p.access_key_id,
                 &mut p.secret_access_key,
                 &mut p.session_token,
@@ -178,6 +179,8 @@ impl Config {
                     provider.base_url = url.to_string();
                 } else if provider.kind == ProviderKind::Bedrock && !provider.region.is_empty() {
                     provider.base_url = bedrock_base_url(&provider.region);
+                } else if provider.kind == ProviderKind::Vertex {
+                    provider.base_url = vertex_base_url(&provider.region).unwrap_or_default();
                 }
             }
         }
@@ -727,6 +730,9 @@ pub enum ProviderKind {
     /// Amazon Bedrock's Converse API, SigV4-signed (`base_url` defaults from `region`, see
     /// [`bedrock_base_url`]).
     Bedrock,
+    /// Google Vertex AI: Gemini and Anthropic models of one project and region, authenticated
+    /// with a service account's tokens (base_url derived from `region` when left out).
+    Vertex,
     /// The in-process mock provider.
     Mock,
 }
@@ -739,8 +745,9 @@ impl ProviderKind {
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
             ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
             ProviderKind::Mock => Some("http://mock.invalid"),
-            // Bedrock's endpoint names the region: see [`bedrock_base_url`].
-            ProviderKind::AzureOpenai | ProviderKind::Bedrock => None,
+            // Azure: the resource's own endpoint; Bedrock and Vertex: derived from the region
+            // ([`bedrock_base_url`], [`vertex_base_url`]).
+            ProviderKind::AzureOpenai | ProviderKind::Bedrock | ProviderKind::Vertex => None,
         }
     }
 }
@@ -749,6 +756,29 @@ impl ProviderKind {
 /// when it names none.
 pub fn bedrock_base_url(region: &str) -> String {
     format!("https://bedrock-runtime.{region}.amazonaws.com")
+}
+
+/// The Vertex AI endpoint of `region`: `https://{region}-aiplatform.googleapis.com`, or
+/// `https://aiplatform.googleapis.com` for the `global` location (Vertex AI, "Locations").
+/// `None` for a region that could not be a host label (the config check names it).
+pub fn vertex_base_url(region: &str) -> Option<String> {
+    match region {
+        "global" => Some("https://aiplatform.googleapis.com".to_string()),
+        r if is_vertex_location(r) => Some(format!("https://{r}-aiplatform.googleapis.com")),
+        _ => None,
+    }
+}
+
+/// A Vertex AI location as it goes into a host name and a path segment: lower-case letters,
+/// digits and `-` (`us-east5`, `europe-west4`), at most 63 bytes.
+pub fn is_vertex_location(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 63
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !region.starts_with('-')
+        && !region.ends_with('-')
 }
 
 /// `[[provider]]`.
@@ -770,9 +800,22 @@ pub struct ProviderConfig {
     /// authenticate the requests (`Authorization: Bearer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entra: Option<EntraConfig>,
-    /// The cloud region (`bedrock`: required, e.g. `us-east-1`; it is in every signature).
-    #[serde(default)]
+    /// `vertex` only: the Google Cloud project whose Vertex AI endpoint is called.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
+    /// The cloud region: `vertex`'s location (`us-east5`, `global`); `bedrock`'s AWS region
+    /// (required, e.g. `us-east-1`; it is in every signature). It picks the default `base_url`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub region: String,
+    /// `vertex` only, instead of `api_key`: the service-account key file (`file:sa.json`, or
+    /// `env:NAME` holding the JSON) whose tokens authenticate the requests
+    /// (`Authorization: Bearer`).
+    #[serde(
+        default,
+        deserialize_with = "secret::deserialize_optional",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_account: Option<SecretRef>,
     /// `bedrock`: the AWS access key id the requests are signed with.
     #[serde(default, deserialize_with = "secret::deserialize_optional")]
     pub access_key_id: Option<SecretRef>,
@@ -1140,5 +1183,31 @@ mod tests {
         config.fill_derived_defaults();
         assert_eq!(config.provider[0].base_url, "https://api.anthropic.com");
         assert_eq!(config.model[0].upstream_model, "m");
+    }
+
+    #[test]
+    fn a_vertex_base_url_comes_from_its_region() {
+        assert_eq!(
+            vertex_base_url("us-east5").as_deref(),
+            Some("https://us-east5-aiplatform.googleapis.com")
+        );
+        assert_eq!(
+            vertex_base_url("global").as_deref(),
+            Some("https://aiplatform.googleapis.com")
+        );
+        // A region that would change the host is no region.
+        for region in ["", "us.evil.example/x", "US-EAST5", "-us", "a@b", "x:1"] {
+            assert_eq!(vertex_base_url(region), None, "{region:?}");
+        }
+        let mut config: Config = toml::from_str(
+            "[[provider]]\nname = \"v\"\nkind = \"vertex\"\nregion = \"europe-west4\"\nproject = \"p\"\nservice_account = \"file:sa.json\"\n",
+        )
+        .unwrap();
+        config.fill_derived_defaults();
+        assert_eq!(
+            config.provider[0].base_url,
+            "https://europe-west4-aiplatform.googleapis.com"
+        );
+        assert_eq!(config.provider[0].kind, ProviderKind::Vertex);
     }
 }

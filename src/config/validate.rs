@@ -698,9 +698,24 @@ fn check_providers(config: &Config, findings: &mut Findings) {
         if findings.required(at("name"), &provider.name) {
             findings.unique(&mut providers, &provider.name, at("name"), "provider name");
         }
+        if provider.kind == ProviderKind::Vertex {
+            // Its base_url comes from the region when left out; the region is checked there.
+            check_vertex(provider, &at, findings);
+        } else {
+            if !provider.project.is_empty() {
+                findings.error(at("project"), "only kind = \"vertex\" takes a project");
+            }
+            if provider.service_account.is_some() {
+                findings.error(
+                    at("service_account"),
+                    "only kind = \"vertex\" authenticates with a Google service account",
+                );
+            }
+        }
         if provider.base_url.is_empty() {
-            // A Bedrock endpoint comes from its region, whose absence is reported below.
-            if provider.kind != ProviderKind::Bedrock {
+            // Bedrock and Vertex endpoints come from their region, whose absence is
+            // reported at `region`.
+            if !matches!(provider.kind, ProviderKind::Bedrock | ProviderKind::Vertex) {
                 findings.error(
                     at("base_url"),
                     "is required for kind = \"azure_openai\" (your resource's endpoint)",
@@ -733,7 +748,10 @@ fn check_providers(config: &Config, findings: &mut Findings) {
                     "set either api_key or entra, not both (entra replaces the api-key header)",
                 );
             }
-        } else if provider.api_key.is_none() && provider.kind != ProviderKind::Mock {
+        } else if provider.api_key.is_none()
+            && provider.service_account.is_none()
+            && provider.kind != ProviderKind::Mock
+        {
             findings.warning(
                 at("api_key"),
                 "no api_key: requests go to the provider without a credential",
@@ -882,6 +900,62 @@ fn is_iam_role_arn(arn: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/_+=,.@-".contains(&b))
         && !name.ends_with('/')
+}
+
+/// Longest Vertex AI project id accepted (Google's are at most 30 bytes; domain-scoped ones,
+/// `example.com:my-project`, are longer).
+const MAX_VERTEX_PROJECT_BYTES: usize = 128;
+
+/// `kind = "vertex"`: a project and a region that fit in a path segment (and, for the region,
+/// a host name), and a service account instead of an API key. The service-account file
+/// itself is parsed when the catalog is built (`check` does too), which names its fields.
+fn check_vertex(
+    provider: &super::ProviderConfig,
+    at: &dyn Fn(&str) -> String,
+    findings: &mut Findings,
+) {
+    let project = &provider.project;
+    if findings.required(at("project"), project) {
+        let plain = project.len() <= MAX_VERTEX_PROJECT_BYTES
+            && project
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b));
+        if !plain {
+            findings.error(
+                at("project"),
+                format!(
+                    "must be a Google Cloud project id (lower-case letters, digits, `-`, `.`, `:`; at most {MAX_VERTEX_PROJECT_BYTES} bytes)"
+                ),
+            );
+        }
+    }
+    let region = &provider.region;
+    if findings.required(at("region"), region)
+        && region != "global"
+        && !super::is_vertex_location(region)
+    {
+        findings.error(
+            at("region"),
+            "must be a Vertex AI location such as \"us-east5\" or \"global\" (lower-case letters, digits and `-`)",
+        );
+    }
+    match &provider.service_account {
+        None => findings.error(
+            at("service_account"),
+            "is required for kind = \"vertex\": file:PATH of the service-account JSON key (or env:NAME holding it)",
+        ),
+        Some(reference) if reference.is_literal() => findings.error(
+            at("service_account"),
+            "must be file:PATH (the service-account JSON) or env:NAME holding it, not the key itself",
+        ),
+        Some(_) => {}
+    }
+    if provider.api_key.is_some() {
+        findings.error(
+            at("api_key"),
+            "kind = \"vertex\" takes no api_key: its calls carry the service account's tokens",
+        );
+    }
 }
 
 /// A provider endpoint: http(s), and nothing in it that could be a credential. Keys go in
@@ -1106,7 +1180,9 @@ mod tests {
                 base_url: "http://mock.invalid".into(),
                 api_key: None,
                 entra: None,
+                project: String::new(),
                 region: String::new(),
+                service_account: None,
                 access_key_id: None,
                 secret_access_key: None,
                 session_token: None,

@@ -10,8 +10,8 @@
 //! answer): no I/O but reading the key file, no threads, no clock. The credential source that
 //! fetches and refreshes tokens in the background calls [`ServiceAccount::token_request`],
 //! sends it with its own HTTP client, and hands the answer to [`parse_token_response`].
-//! Nothing wires this module into providers or the config yet; `check` will call
-//! [`check_service_account_file`] for a `vertex` provider's `service_account`.
+//! [`super::google_source`] runs it as a `vertex` provider's token source and checks the
+//! provider's `service_account` the way [`check_service_account_file`] does.
 //!
 //! Secrets: the private key, the assertion (exchangeable for tokens until it expires) and the
 //! access token. None of them has a `Debug` or `Display` that shows it, no error message

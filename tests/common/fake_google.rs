@@ -76,8 +76,9 @@ struct State {
     token_uri: String,
     required_scope: String,
     lifetime_secs: u64,
-    /// Tokens issued, with the unix time they expire.
-    issued: HashMap<String, u64>,
+    /// Tokens issued, with the unix time they expire in milliseconds (seconds would cut a
+    /// 2 s token's life short by up to one second).
+    issued: HashMap<String, u128>,
     /// The `error_description` of every refusal, in order.
     refusals: Vec<String>,
     /// Statuses the next requests are answered with instead (an endpoint that is down).
@@ -176,7 +177,7 @@ impl FakeGoogle {
                     .lock()
                     .unwrap()
                     .issued
-                    .insert(token.clone(), unix_now() + lifetime);
+                    .insert(token.clone(), unix_now_ms() + u128::from(lifetime) * 1000);
                 send_json(
                     conn,
                     200,
@@ -236,7 +237,21 @@ impl FakeGoogle {
         self.state()
             .issued
             .get(token)
-            .is_some_and(|&expires| unix_now() < expires)
+            .is_some_and(|&expires| unix_now_ms() < expires)
+    }
+
+    /// [`FakeGoogle::is_valid_token`] as a function another fake's serving threads can call
+    /// (an API behind this endpoint accepting exactly its tokens).
+    pub fn token_checker(&self) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+        let state = Arc::clone(&self.state);
+        move |token: &str| {
+            state
+                .lock()
+                .unwrap()
+                .issued
+                .get(token)
+                .is_some_and(|&expires| unix_now_ms() < expires)
+        }
     }
 
     /// The `error_description` of every refusal so far, in order.
@@ -383,6 +398,14 @@ pub fn parse_form(body: &[u8]) -> HashMap<String, String> {
             (decode(name), decode(value))
         })
         .collect()
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
 }
 
 /// 16 random bytes as hex: tokens nobody can guess or confuse with another run's.

@@ -8,7 +8,7 @@
 //! ([`for_kind`]); each is a unit struct, so the choice costs a `&'static` pointer and no
 //! allocation. Each provider's module holds its implementation and its wire format
 //! (`openai`, whose bodies are the canonical ones; [`azure`]; [`anthropic`];
-//! [`gemini`]; [`bedrock`]; [`mock`]); what several providers or the front doors share stays one level up:
+//! [`gemini`]; [`vertex`], which reuses the last two; [`bedrock`]; [`mock`]); what several providers or the front doors share stays one level up:
 //! the canonical (OpenAI) dialect in [`crate::ai::openai`], [`crate::ai::sse`],
 //! [`crate::ai::provider_error`], [`crate::ai::scrub`], [`crate::ai::tokens`].
 //!
@@ -26,6 +26,7 @@ pub mod mock;
 mod openai;
 mod segment;
 pub mod stage;
+pub mod vertex;
 
 use std::fmt;
 
@@ -144,6 +145,14 @@ fn canonical_stage(canonical_usage: bool, counter: TokenCounter, model: &str) ->
 }
 
 pub trait Provider: Send + Sync + fmt::Debug {
+    /// The implementation that serves `upstream_model` when it is not this one: a provider
+    /// hosting models of several APIs (Vertex AI: Google's Gemini and Anthropic's Claude)
+    /// answers with the one whose paths, bodies and answers fit the model. `None`: this one.
+    fn for_model(&self, upstream_model: &str) -> Option<&'static dyn Provider> {
+        let _ = upstream_model;
+        None
+    }
+
     /// The path (under `base_path`) and body of a chat call.
     fn chat_request(
         &self,
@@ -280,6 +289,8 @@ pub fn for_kind(kind: ProviderKind) -> &'static dyn Provider {
         ProviderKind::Anthropic => &Anthropic,
         ProviderKind::Gemini => &Gemini,
         ProviderKind::Bedrock => &Bedrock,
+        // Gemini unless the model is Claude ([`Provider::for_model`]).
+        ProviderKind::Vertex => &vertex::VertexGemini,
         ProviderKind::Mock => &Mock,
     }
 }

@@ -361,7 +361,7 @@ fn provider_body(
     provider: &Provider,
 ) -> Result<(String, Vec<u8>), GatewayError> {
     provider
-        .api
+        .api_for(&model.upstream_model)
         .chat_request(
             call,
             &provider.target(&model.upstream_model),
@@ -531,7 +531,7 @@ where
         Translation::passthrough(Box::new(relay))
     } else {
         Translation::new(
-            provider.api,
+            provider.api_for(&model.upstream_model),
             call.front,
             &model.name,
             &id,
@@ -609,7 +609,9 @@ fn translate_whole(
         body,
         usage,
         dialect,
-    } = provider.api.chat_response(body, front, &reply)?;
+    } = provider
+        .api_for(&model.upstream_model)
+        .chat_response(body, front, &reply)?;
     if dialect == front {
         return Ok((body, usage));
     }

@@ -37,8 +37,8 @@ mod stream;
 
 pub use error::{error_from_openai, stream_error};
 pub use request::{
-    parse_count_tokens_request, parse_messages_request, request_from_openai, request_to_openai,
-    MessagesRequest,
+    body_from_openai, parse_count_tokens_request, parse_messages_request, request_from_openai,
+    request_to_openai, MessagesRequest,
 };
 pub use response::{response_from_openai, response_to_openai};
 pub use stream::{StreamFromOpenAi, StreamToOpenAi};

@@ -448,8 +448,19 @@ pub fn request_from_openai(
     upstream_model: &str,
     default_max_tokens: u64,
 ) -> Result<Vec<u8>, RequestError> {
-    let mut out = Map::new();
+    let mut out = body_from_openai(req, default_max_tokens)?;
     out.insert("model".into(), upstream_model.into());
+    Ok(serde_json::to_vec(&Value::Object(out)).expect("serialize JSON value"))
+}
+
+/// The Messages body of [`request_from_openai`] without `model`, for APIs that name the
+/// model in the path and take the body as a map to add their own members (Anthropic on
+/// Vertex AI).
+pub fn body_from_openai(
+    req: &Map<String, Value>,
+    default_max_tokens: u64,
+) -> Result<Map<String, Value>, RequestError> {
+    let mut out = Map::new();
     let max_tokens = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|field| given(req, field).and_then(Value::as_u64))
@@ -530,7 +541,7 @@ pub fn request_from_openai(
         }
         out.insert("tool_choice".into(), choice);
     }
-    Ok(serde_json::to_vec(&Value::Object(out)).expect("serialize JSON value"))
+    Ok(out)
 }
 
 /// Adds one OpenAI message to the system prompt or the turns.
