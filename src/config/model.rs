@@ -57,6 +57,9 @@ pub struct Config {
     /// `[metrics]`: what `/metrics` shows beyond the default series.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[[webhook]]`: signed lifecycle events to receivers.
+    #[serde(default)]
+    pub webhook: Vec<super::webhook::WebhookConfig>,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -65,7 +68,7 @@ pub struct Config {
 /// Names of the top-level tables, in file order (used to report unknown top-level keys).
 pub(crate) const SECTIONS: &[&str] = &[
     "server", "limits", "upstream", "route", "provider", "model", "prompt", "ai", "lua", "team",
-    "store", "cluster", "metrics",
+    "store", "cluster", "metrics", "webhook",
 ];
 
 impl Config {
@@ -108,6 +111,11 @@ impl Config {
         }
         out.extend(self.store.secrets());
         out.extend(self.cluster.secrets());
+        for (i, hook) in self.webhook.iter().enumerate() {
+            if let Some(secret) = &hook.secret {
+                out.push((format!("webhook[{i}].secret"), secret));
+            }
+        }
         out
     }
 
@@ -133,6 +141,9 @@ impl Config {
         }
         self.store.anchor_secrets(&base_dir);
         self.cluster.anchor_secrets(&base_dir);
+        for secret in self.webhook.iter_mut().filter_map(|w| w.secret.as_mut()) {
+            secret.anchor(&base_dir);
+        }
     }
 
     /// Fills defaults that depend on other keys or on the host: a provider's `base_url` from

@@ -1,5 +1,5 @@
 //! A minimal blocking HTTP/1.1 client (RFC 9112) for the gateway's background threads: the
-//! JWKS fetcher and the credential sources. Never used on the data plane.
+//! JWKS fetcher, the credential sources and webhook deliveries. Never used on the data plane.
 //!
 //! One request per connection (`Connection: close`), over std sockets and the gateway's own
 //! rustls client configuration. Redirects are not followed: a 3xx is returned as it is, so a
@@ -109,6 +109,35 @@ impl Endpoint {
         request.push_str("\r\n");
         request.push_str(&body);
         self.send(request.as_bytes(), limits)
+    }
+
+    /// `POST` of a JSON `body` with the extra `headers` (names and values the caller
+    /// built: no CR or LF in them). For webhook deliveries.
+    pub fn post_json(
+        &self,
+        body: &[u8],
+        headers: &[(&str, &str)],
+        limits: Limits,
+    ) -> Result<HttpResponse, String> {
+        let mut request = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: credentialflow\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.url.request_target(),
+            self.url.host_header(),
+            body.len()
+        );
+        for (name, value) in headers {
+            if name.contains(['\r', '\n']) || value.contains(['\r', '\n']) {
+                return Err(format!("header {name:?} has a line break"));
+            }
+            request.push_str(name);
+            request.push_str(": ");
+            request.push_str(value);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send(&bytes, limits)
     }
 
     fn send(&self, request: &[u8], limits: Limits) -> Result<HttpResponse, String> {

@@ -92,6 +92,11 @@ UPDATE keys SET expires_at_ms = expires_at_ms * 1000,
     WHERE expires_at_ms IS NOT NULL OR previous_valid_until_ms IS NOT NULL;
 ",
     },
+    Migration {
+        version: 4,
+        name: "webhook queue",
+        sql: super::webhook_queue::SCHEMA,
+    },
 ];
 
 /// The schema version this binary writes and understands.
