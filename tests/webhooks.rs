@@ -1,13 +1,15 @@
 //! Signed webhooks (issue 18): key lifecycle, `key.expiring` and `budget.threshold` events
 //! POSTed to a local receiver that verifies every signature; retries with backoff, the
 //! give-up audited, a restart that loses nothing, and requests that keep their latency
-//! while the receiver is down.
+//! while the receiver is down; and two gateways sharing PostgreSQL delivering each event once.
 
 mod common;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::keys::*;
+use common::postgres::PgServer;
 use common::webhook_receiver::{Delivery, WebhookReceiver};
 use common::*;
 use serde_json::{json, Value};
@@ -370,5 +372,77 @@ on_default_driver! {
         assert_eq!(events[1].body["budget"]["spent_tokens"], 1500);
         assert_eq!(receiver.deliveries().len(), 2);
         assert_no_secret_in(&events, &[&key]);
+    }
+}
+
+/// The pepper of the fleet test's PostgreSQL store.
+const PEPPER: &str = "3f6a1c0e9b8d7f2a4c5e6b7d8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f70";
+
+on_default_driver! {
+    fn two_nodes_deliver_each_event_once(driver) {
+        let mut pg = PgServer::start();
+        pg.create_database("cf");
+        let url = pg.postgres_url("cf", None);
+        let receiver = WebhookReceiver::start(SECRET);
+        let nodes: Vec<Gateway> = ["edge-a", "edge-b"]
+            .iter()
+            .map(|node| {
+                let rest = format!(
+                    "[store]\nbackend = \"postgres\"\nurl = \"env:CF_STORE_URL\"\n\
+                     pepper = \"env:CF_PEPPER\"\nnode = \"{node}\"\n\n\
+                     [[webhook]]\nurl = \"{}\"\nsecret = \"env:{SECRET_ENV}\"\n\
+                     events = [\"key.created\", \"key.revoked\", \"key.expiring\"]\n\
+                     key_expiring_before = \"1h\"\nbackoff = \"50ms\"\n",
+                    receiver.url()
+                );
+                Gateway::builder(&config_with(1, "", &rest), driver)
+                    .env("CF_STORE_URL", &url)
+                    .env("CF_PEPPER", PEPPER)
+                    .env(SECRET_ENV, SECRET)
+                    .start()
+            })
+            .collect();
+
+        // Writes on both nodes; every one queues an event both delivery threads may claim.
+        let mut keys = Vec::new();
+        for i in 0..10 {
+            let node = &nodes[i % 2];
+            keys.push(create_key(node, &json!({ "name": format!("k{i}") })));
+        }
+        for key in &keys[..4] {
+            revoke_key(&nodes[1], &key.id);
+        }
+        // Both nodes scan for expiring keys; the queue keeps one event.
+        let expiring = create_key(&nodes[0], &json!({ "name": "soon", "expires_in": "30m" }));
+        let expected = 10 + 4 + 1 + 1; // created, revoked, "soon" created and expiring
+        receiver.wait_until(Duration::from_secs(20), "every event", |d| d.len() >= expected);
+        // Both nodes have scanned again by now (each write changes the sequence they watch).
+        create_key(&nodes[1], &json!({ "name": "late" }));
+        receiver.wait_until(Duration::from_secs(20), "the last key.created", |d| {
+            d.len() > expected
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+
+        let deliveries = receiver.accepted();
+        let mut per_event: HashMap<String, usize> = HashMap::new();
+        for delivery in &deliveries {
+            *per_event.entry(delivery.id().to_string()).or_default() += 1;
+        }
+        assert!(per_event.values().all(|&n| n == 1), "an event was delivered twice: {per_event:?}");
+        assert_eq!(deliveries.len(), expected + 1, "{deliveries:#?}");
+        let count = |kind: &str| deliveries.iter().filter(|d| d.event == kind).count();
+        assert_eq!(count("key.created"), 12);
+        assert_eq!(count("key.revoked"), 4);
+        assert_eq!(count("key.expiring"), 1);
+        let expiring_event = deliveries.iter().find(|d| d.event == "key.expiring").unwrap();
+        assert_eq!(expiring_event.body["key"]["id"], expiring.id.as_str());
+        // The nodes' counters add up to one delivery per event: no node sent one twice.
+        let delivered: u64 = nodes
+            .iter()
+            .map(|gw| deliveries_metric(gw, "key.created", "delivered"))
+            .sum();
+        assert_eq!(delivered, 12);
+        drop(nodes);
+        pg.stop();
     }
 }
