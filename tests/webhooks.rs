@@ -4,6 +4,8 @@
 //! while the receiver is down; and two gateways sharing PostgreSQL delivering each event once.
 
 mod common;
+#[path = "reference/run.rs"]
+mod reference;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -445,4 +447,67 @@ on_default_driver! {
         drop(nodes);
         pg.stop();
     }
+}
+
+on_default_driver! {
+    fn the_readme_receiver_accepts_a_real_delivery_and_refuses_forgeries(driver) {
+        let receiver = WebhookReceiver::start(SECRET);
+        let (_upstream, gw) = gateway(&webhook_toml(&receiver.url(), &["key.created"], ""), driver);
+        create_key(&gw, &json!({ "name": "readme" }));
+        receiver.wait_until(DELIVERY_WAIT, "a delivery", |d| !d.is_empty());
+        let delivery = receiver.deliveries().remove(0);
+        let headers: serde_json::Map<String, Value> = delivery
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), Value::from(value.as_str())))
+            .collect();
+        let tampered = delivery.raw.replace("readme", "README");
+        let stale_ts = delivery.body["timestamp"].as_i64().unwrap() - 3600;
+        let mut stale = delivery.body.clone();
+        stale["timestamp"] = json!(stale_ts);
+        let stale_raw = stale.to_string();
+        let mut stale_headers = headers.clone();
+        stale_headers.insert(
+            "x-credentialflow-signature".into(),
+            common::webhook_receiver::signature(SECRET.as_bytes(), stale_raw.as_bytes()).into(),
+        );
+        stale_headers.insert("x-credentialflow-timestamp".into(), stale_ts.to_string().into());
+        let input = json!({
+            "secret": SECRET,
+            "cases": [
+                { "body": delivery.raw, "headers": headers },
+                { "body": tampered, "headers": headers },
+                { "body": stale_raw, "headers": stale_headers },
+            ]
+        });
+        let results = reference::run_reference("webhook_receiver", &[], &input);
+        let results = results["results"].as_array().unwrap();
+        assert_eq!(results[0]["ok"], true, "{results:?}");
+        assert_eq!(results[0]["type"], "key.created");
+        assert_eq!(results[0]["id"], delivery.id());
+        assert_eq!(results[1]["error"], "bad signature", "{results:?}");
+        assert_eq!(results[2]["error"], "stale delivery: a replay?", "{results:?}");
+    }
+}
+
+#[test]
+fn check_names_every_webhook_problem_and_never_shows_the_secret() {
+    let hooks = "\n[[webhook]]\nurl = \"ftp://hooks.example/x\"\nevents = [\"key.created\", \"key.deleted\"]\n\
+                 key_expiring_before = \"tomorrow\"\n\n\
+                 [[webhook]]\nurl = \"https://user:pa55word@hooks.example/x\"\nsecret = \"literal-hook-secret\"\n\
+                 events = [\"budget.threshold\"]\n";
+    let out = check_config(&config(hooks));
+    assert_eq!(out.code, Some(1), "{}", out.output());
+    let text = out.output();
+    for path in [
+        "webhook[0].url",
+        "webhook[0].secret",
+        "webhook[0].events[1]",
+        "webhook[0].key_expiring_before",
+        "webhook[1].url",
+    ] {
+        assert!(text.contains(path), "{path} not named in:\n{text}");
+    }
+    assert!(!text.contains("pa55word"), "{text}");
+    assert!(!text.contains("literal-hook-secret"), "{text}");
 }

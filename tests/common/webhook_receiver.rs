@@ -26,6 +26,8 @@ pub struct Delivery {
     pub event: String,
     /// The status the receiver answered it with.
     pub status: u16,
+    /// The request's header fields, names lower-cased.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Delivery {
@@ -164,6 +166,7 @@ impl WebhookReceiver {
             body,
             event,
             status,
+            headers: request.headers.clone(),
         }
     }
 }
