@@ -386,6 +386,9 @@ on_default_driver! {
         pg.create_database("cf");
         let url = pg.postgres_url("cf", None);
         let receiver = WebhookReceiver::start(SECRET);
+        // A slow receiver keeps each node's claims open long enough for the other node to
+        // try the same rows.
+        receiver.set_delay(Duration::from_millis(100));
         let nodes: Vec<Gateway> = ["edge-a", "edge-b"]
             .iter()
             .map(|node| {

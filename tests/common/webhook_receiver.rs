@@ -44,6 +44,8 @@ pub struct WebhookReceiver {
     statuses: Arc<Mutex<VecDeque<u16>>>,
     /// The status answered to each request, in arrival order.
     answered: Arc<Mutex<Vec<u16>>>,
+    /// How long each answer waits before it is sent.
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl WebhookReceiver {
@@ -51,16 +53,20 @@ impl WebhookReceiver {
     pub fn start(secret: &str) -> WebhookReceiver {
         let statuses: Arc<Mutex<VecDeque<u16>>> = Arc::default();
         let answered: Arc<Mutex<Vec<u16>>> = Arc::default();
+        let delay: Arc<Mutex<Duration>> = Arc::default();
         let server = {
             let statuses = statuses.clone();
             let answered = answered.clone();
+            let delay = delay.clone();
             FakeServer::start_planned(
                 move |_request| {
                     let status = statuses.lock().unwrap().pop_front().unwrap_or(200);
                     answered.lock().unwrap().push(status);
                     status
                 },
-                |conn, _request, status, _ordinal, keep_alive| {
+                move |conn, _request, status, _ordinal, keep_alive| {
+                    let wait = *delay.lock().unwrap();
+                    std::thread::sleep(wait);
                     send_json(conn, status, &json!({}), keep_alive, &[])
                 },
             )
@@ -70,7 +76,13 @@ impl WebhookReceiver {
             secret: secret.to_string(),
             statuses,
             answered,
+            delay,
         }
+    }
+
+    /// Makes every later answer wait `delay` (a slow receiver).
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
     }
 
     /// `http://127.0.0.1:PORT/hooks/credentialflow`.
