@@ -514,3 +514,24 @@ fn check_names_every_webhook_problem_and_never_shows_the_secret() {
     assert!(!text.contains("pa55word"), "{text}");
     assert!(!text.contains("literal-hook-secret"), "{text}");
 }
+
+on_default_driver! {
+    fn an_attempt_is_cut_at_its_timeout_and_retried(driver) {
+        let receiver = WebhookReceiver::start(SECRET);
+        receiver.set_delay(Duration::from_secs(3));
+        let hooks = webhook_toml(&receiver.url(), &["key.created"], "");
+        let hooks = hooks.replace("timeout = \"2s\"", "timeout = \"300ms\"");
+        let (_upstream, gw) = gateway(&hooks, driver);
+        let started = Instant::now();
+        create_key(&gw, &json!({ "name": "slow" }));
+        wait_until(DELIVERY_WAIT, "a timed-out attempt", || {
+            deliveries_metric(&gw, "key.created", "failed") >= 1
+        });
+        // Counted failed well before the receiver would have answered.
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        receiver.set_delay(Duration::ZERO);
+        wait_until(DELIVERY_WAIT, "the retried delivery", || {
+            deliveries_metric(&gw, "key.created", "delivered") == 1
+        });
+    }
+}

@@ -271,11 +271,17 @@ impl Worker {
         };
         let count = claimed.len();
         for queued in claimed {
-            if stop.load(Ordering::SeqCst) {
-                // The lease runs out and the next start (or another node) delivers it.
-                break;
-            }
-            let outcome = self.deliver(&queued);
+            let outcome = if stop.load(Ordering::SeqCst) {
+                // Stopping: hand the rest back at once (no attempt counted) rather than
+                // leave them leased until the lease runs out.
+                WebhookOutcome::Retry {
+                    attempts: queued.attempts,
+                    next_attempt_ms: now_ms,
+                    delivered_to: queued.delivered_to.clone(),
+                }
+            } else {
+                self.deliver(&queued)
+            };
             if let Err(e) = self.backend.finish_webhook(queued.seq, &outcome) {
                 log::warn!(
                     "webhook: recording {} {}: {e}",
