@@ -55,4 +55,5 @@ pub mod snapshot;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+pub mod webhook;
 pub mod worker;

@@ -162,6 +162,15 @@ fn start(
         .map_err(|e| format!("usage ledger in {}: {e}", data_dir.display()))?;
     let budgets = Arc::new(BudgetTable::new());
     resume_budgets(&store_settings, &credentials, &snapshot, &budgets)?;
+    // Settlement reports threshold crossings only when a receiver wants them: otherwise
+    // the request path does not even check.
+    let (crossings_tx, crossings) = mpsc::sync_channel(WEBHOOK_CROSSINGS_CAPACITY);
+    if config.webhook.iter().any(|w| w.wants("budget.threshold")) {
+        budgets.set_threshold_sink(crossings_tx)?;
+    } else {
+        drop(crossings_tx);
+    }
+    let webhooks = crate::webhook::Delivery::start(&store_settings, &config.webhook, crossings)?;
     // Fleet mode: after the store (the budgets it seeds are what the fleet starts from),
     // before the workers (the request path must see the fleet's tables from its first
     // request). A changed [cluster] takes effect only after a restart.
@@ -309,6 +318,8 @@ fn start(
     }
     // Every request has finished: write the last usage records before exiting.
     ledger.stop();
+    // Undelivered events stay queued in the store for the next start.
+    webhooks.stop();
     // Every worker's sender is gone; dropping ours lets the writer finish the queue.
     drop(access_log);
     if let Some(writer) = access_log_writer {
@@ -317,6 +328,10 @@ fn start(
     log::info!("stopped");
     Ok(0)
 }
+
+/// Threshold crossings waiting for the webhook thread; past it a crossing is lost rather
+/// than make a request wait (80 % and 100 % per budget per period, so it is never close).
+const WEBHOOK_CROSSINGS_CAPACITY: usize = 1024;
 
 /// How often a node records itself in the store's node registry (`GET /admin/nodes`).
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);

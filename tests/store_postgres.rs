@@ -587,6 +587,7 @@ fn the_database_holds_neither_secrets_nor_the_pepper() {
         "store_meta",
         "nodes",
         "schema_migrations",
+        "webhook_queue",
     ] {
         for row in client
             .query(&format!("SELECT t::text FROM {table} t"), &[])

@@ -338,6 +338,7 @@ impl SectionReader<'_> {
         if let Some(v) = self.read_table(root, "metrics") {
             config.metrics = v;
         }
+        config.webhook = self.read_array(root, "webhook");
         config
     }
 

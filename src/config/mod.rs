@@ -11,6 +11,7 @@
 //! - [`redact`]: URLs as error messages show them, without user info or query.
 //! - [`cluster`]: `[cluster]`, the fleet's Redis.
 //! - [`store`]: `[store]`, and the store commands' narrow view of a file ([`load_store`]).
+//! - [`webhook`]: `[[webhook]]`, receivers of signed lifecycle events.
 //! - [`default`]: the built-in config used when no file is given.
 //!
 //! The config is read and checked on a slow path (startup, reload, `check`); nothing here
@@ -27,6 +28,7 @@ pub mod secret;
 pub mod store;
 pub mod url;
 mod validate;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +49,7 @@ pub use model::{is_vertex_location, vertex_base_url};
 pub use secret::{LiveSecret, Secret, SecretRef, SecretWatcher};
 pub use store::{StoreBackend, StoreConfig, StoreSettings};
 pub use url::HttpUrl;
+pub use webhook::WebhookConfig;
 
 /// Reads, parses and validates the config file at `path`. Warnings go to the log.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {

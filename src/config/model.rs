@@ -60,6 +60,9 @@ pub struct Config {
     /// `[[access_policy]]`: per-team limits and auto-approval of access requests.
     #[serde(default)]
     pub access_policy: Vec<AccessPolicyConfig>,
+    /// `[[webhook]]`: signed lifecycle events to receivers.
+    #[serde(default)]
+    pub webhook: Vec<super::webhook::WebhookConfig>,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -81,6 +84,7 @@ pub(crate) const SECTIONS: &[&str] = &[
     "cluster",
     "metrics",
     "access_policy",
+    "webhook",
 ];
 
 impl Config {
@@ -131,6 +135,11 @@ impl Config {
         }
         out.extend(self.store.secrets());
         out.extend(self.cluster.secrets());
+        for (i, hook) in self.webhook.iter().enumerate() {
+            if let Some(secret) = &hook.secret {
+                out.push((format!("webhook[{i}].secret"), secret));
+            }
+        }
         out
     }
 
@@ -166,6 +175,9 @@ impl Config {
         }
         self.store.anchor_secrets(&base_dir);
         self.cluster.anchor_secrets(&base_dir);
+        for secret in self.webhook.iter_mut().filter_map(|w| w.secret.as_mut()) {
+            secret.anchor(&base_dir);
+        }
     }
 
     /// Fills defaults that depend on other keys or on the host: a provider's `base_url` from

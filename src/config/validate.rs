@@ -79,6 +79,9 @@ pub(crate) fn validate(config: &Config) -> Findings {
     check_access_policies(config, &mut findings);
     check_store(&config.store, &mut findings);
     check_cluster(config, &mut findings);
+    for (path, message) in super::webhook::check(&config.webhook) {
+        findings.error(path, message);
+    }
     check_secrets(config.secrets(), &mut findings);
     findings
 }

@@ -1,5 +1,5 @@
 //! A minimal blocking HTTP/1.1 client (RFC 9112) for the gateway's background threads: the
-//! JWKS fetcher and the credential sources. Never used on the data plane.
+//! JWKS fetcher, the credential sources and webhook deliveries. Never used on the data plane.
 //!
 //! One request per connection (`Connection: close`), over std sockets and the gateway's own
 //! rustls client configuration. Redirects are not followed: a 3xx is returned as it is, so a
@@ -112,6 +112,20 @@ impl Endpoint {
         request.push_str("\r\n");
         request.push_str(&body);
         self.send(request.as_bytes(), limits)
+    }
+
+    /// `POST` of a JSON `body` with the extra `headers` (names and values the caller
+    /// built: no CR, LF or NUL in them). For webhook deliveries.
+    pub fn post_json(
+        &self,
+        body: &[u8],
+        headers: &[(&str, &str)],
+        limits: Limits,
+    ) -> Result<HttpResponse, String> {
+        let mut all = Vec::with_capacity(headers.len() + 1);
+        all.push(("Content-Type", "application/json"));
+        all.extend_from_slice(headers);
+        self.post(body, &all, limits)
     }
 
     /// `POST` of `body` with the caller's `headers` (e.g. `Content-Type`, `Accept` and a

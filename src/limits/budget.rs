@@ -32,6 +32,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, OnceLock};
 
 use papaya::{HashMap, ResizeMode};
@@ -187,9 +188,46 @@ impl fmt::Display for BudgetExceeded {
 
 impl std::error::Error for BudgetExceeded {}
 
+/// The shares of a limit whose crossing is reported: 80 % (a warning) and 100 %.
+pub const THRESHOLD_PERCENTS: [u8; 2] = [80, 100];
+
+/// A settlement that took a budget's settled spend across one of [`THRESHOLD_PERCENTS`] of
+/// a limit. Spend only grows within a period, so each threshold is crossed at most once
+/// per period on a node; the webhook queue de-duplicates across restarts and nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetCrossing {
+    /// `key:<id>` or `team:<name>`.
+    pub scope: String,
+    /// The budget's period.
+    pub period: Period,
+    /// Start of the period the spend was counted in (ms since the epoch; 0 for total).
+    pub period_start_ms: i64,
+    /// Which limit.
+    pub dimension: BudgetDimension,
+    /// 80 or 100.
+    pub percent: u8,
+    /// Settled spend after the settlement (tokens, or nano-USD).
+    pub spent: u64,
+    /// The limit (tokens, or nano-USD).
+    pub limit: u64,
+}
+
+/// The thresholds crossed by adding `added` to `before` under `limit`.
+fn crossed(limit: u64, before: u64, added: u64) -> impl Iterator<Item = u8> {
+    let after = u128::from(before) + u128::from(added);
+    THRESHOLD_PERCENTS.into_iter().filter(move |&percent| {
+        // spend * 100 >= limit * percent, in integers.
+        let mark = u128::from(limit) * u128::from(percent);
+        added > 0 && u128::from(before) * 100 < mark && after * 100 >= mark
+    })
+}
+
 /// One scope's spend in its current period.
 #[derive(Debug, Default)]
 struct BudgetState {
+    /// The scope this state counts (`key:<id>`, `team:<name>`), to name it in a
+    /// [`BudgetCrossing`].
+    scope: String,
     /// Start (ms since epoch) of the period the counters below belong to.
     period_start_ms: AtomicI64,
     /// Settled tokens plus in-flight reserved tokens: what admission compares to the limit.
@@ -261,8 +299,8 @@ impl BudgetState {
     }
 
     /// Drops a reservation made in period `period_start_ms` and adds `actual` spend to the
-    /// current period.
-    fn settle(&self, period_start_ms: i64, amounts: Amounts, actual: Amounts) {
+    /// current period. Returns the settled spend just before.
+    fn settle(&self, period_start_ms: i64, amounts: Amounts, actual: Amounts) -> Amounts {
         let same_period = self.period_start_ms.load(Ordering::Acquire) == period_start_ms;
         let reserved = if same_period {
             amounts
@@ -272,8 +310,10 @@ impl BudgetState {
         };
         add_signed(&self.committed_tokens, actual.tokens, reserved.tokens);
         add_signed(&self.committed_nano, actual.nano, reserved.nano);
-        add(&self.settled_tokens, actual.tokens);
-        add(&self.settled_nano, actual.nano);
+        Amounts {
+            tokens: add(&self.settled_tokens, actual.tokens),
+            nano: add(&self.settled_nano, actual.nano),
+        }
     }
 }
 
@@ -288,9 +328,12 @@ fn add_signed(counter: &AtomicU64, add: u64, sub: u64) {
     }
 }
 
-fn add(counter: &AtomicU64, amount: u64) {
+/// `counter += amount`; returns the value before.
+fn add(counter: &AtomicU64, amount: u64) -> u64 {
     if amount != 0 {
-        counter.fetch_add(amount, Ordering::AcqRel);
+        counter.fetch_add(amount, Ordering::AcqRel)
+    } else {
+        counter.load(Ordering::Acquire)
     }
 }
 
@@ -360,6 +403,8 @@ pub struct Reservation {
     /// Which dimensions this budget counts (the limited ones).
     counts_tokens: bool,
     counts_nano: bool,
+    /// The limits, for reporting a threshold crossed at settlement.
+    limit: BudgetLimit,
     /// The same reservation on the fleet's share, in cluster mode; dropped with this one.
     fleet: Option<FleetReservation>,
 }
@@ -384,7 +429,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(state) = self.state.take() {
-            state.settle(self.period_start_ms, self.amounts, Amounts::default());
+            let _ = state.settle(self.period_start_ms, self.amounts, Amounts::default());
         }
     }
 }
@@ -398,6 +443,8 @@ pub struct BudgetTable {
     map: HashMap<String, Arc<BudgetState>, FxBuildHasher>,
     /// The fleet's budgets, once cluster mode is on; unset = this node's budgets only.
     fleet: OnceLock<Arc<FleetBudgets>>,
+    /// Where threshold crossings go (the webhook thread), once set.
+    thresholds: OnceLock<SyncSender<BudgetCrossing>>,
 }
 
 impl Default for BudgetTable {
@@ -418,6 +465,7 @@ impl BudgetTable {
                 .resize_mode(ResizeMode::Blocking)
                 .build(),
             fleet: OnceLock::new(),
+            thresholds: OnceLock::new(),
         }
     }
 
@@ -472,6 +520,7 @@ impl BudgetTable {
                 amounts: Amounts::default(),
                 counts_tokens: false,
                 counts_nano: false,
+                limit: *limit,
                 fleet: None,
             });
         }
@@ -526,6 +575,7 @@ impl BudgetTable {
             amounts,
             counts_tokens: limit.tokens.is_some(),
             counts_nano: limit.nano_usd.is_some(),
+            limit: *limit,
             fleet,
         })
     }
@@ -547,15 +597,52 @@ impl BudgetTable {
         let Some(state) = r.state.take() else {
             return;
         };
-        state.roll_to(period_start_ms(r.period, now_ms));
-        state.settle(
-            r.period_start_ms,
-            r.amounts,
-            Amounts {
-                tokens: if r.counts_tokens { actual_tokens } else { 0 },
-                nano: if r.counts_nano { actual_nano_usd } else { 0 },
-            },
-        );
+        let current_start = state.roll_to(period_start_ms(r.period, now_ms));
+        let actual = Amounts {
+            tokens: if r.counts_tokens { actual_tokens } else { 0 },
+            nano: if r.counts_nano { actual_nano_usd } else { 0 },
+        };
+        let before = state.settle(r.period_start_ms, r.amounts, actual);
+        if let Some(sink) = self.thresholds.get() {
+            let dimensions = [
+                (
+                    BudgetDimension::Tokens,
+                    r.limit.tokens,
+                    before.tokens,
+                    actual.tokens,
+                ),
+                (
+                    BudgetDimension::Cost,
+                    r.limit.nano_usd,
+                    before.nano,
+                    actual.nano,
+                ),
+            ];
+            for (dimension, limit, before, added) in dimensions {
+                let Some(limit) = limit else { continue };
+                for percent in crossed(limit, before, added) {
+                    // Never blocks: a full channel loses the report, not the request's time.
+                    let _ = sink.try_send(BudgetCrossing {
+                        scope: state.scope.clone(),
+                        period: r.period,
+                        period_start_ms: current_start,
+                        dimension,
+                        percent,
+                        spent: before.saturating_add(added),
+                        limit,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reports every settlement that takes a budget's spend across 80 % or 100 % of a
+    /// limit to `sink` (the webhook thread), from then on. Called once, at start-up; a
+    /// second call is refused. Unset, settlement reports nothing.
+    pub fn set_threshold_sink(&self, sink: SyncSender<BudgetCrossing>) -> Result<(), String> {
+        self.thresholds
+            .set(sink)
+            .map_err(|_| "the budget threshold sink is already set".to_string())
     }
 
     /// Start-up: sets the settled spend of `scope` for the period containing `now_ms` to
@@ -636,7 +723,12 @@ impl BudgetTable {
         }
         Arc::clone(self.map.get_or_insert_with(
             scope.to_owned(),
-            || Arc::new(BudgetState::default()),
+            || {
+                Arc::new(BudgetState {
+                    scope: scope.to_owned(),
+                    ..BudgetState::default()
+                })
+            },
             &guard,
         ))
     }
@@ -1134,5 +1226,51 @@ mod tests {
         assert_eq!(usd_to_nano(-5.0), 0);
         assert_eq!(usd_to_nano(f64::NAN), 0);
         assert_eq!(nano_to_usd(2_500_000_000), 2.5);
+    }
+
+    #[test]
+    fn settlement_reports_80_and_100_percent_once_each() {
+        let table = BudgetTable::new();
+        let (sink, crossings) = std::sync::mpsc::sync_channel(16);
+        table.set_threshold_sink(sink).unwrap();
+        let limit = BudgetLimit {
+            tokens: Some(100),
+            nano_usd: None,
+            period: Period::Day,
+        };
+        let now = 1_700_000_000_000;
+        let settle = |tokens| {
+            let r = table.try_reserve("key:k", &limit, now, 1, 0).unwrap();
+            table.settle(r, now, tokens, 0);
+        };
+        settle(79);
+        assert!(crossings.try_recv().is_err());
+        settle(1);
+        let first = crossings.try_recv().unwrap();
+        assert_eq!(
+            (first.scope.as_str(), first.percent, first.spent),
+            ("key:k", 80, 80)
+        );
+        assert_eq!(first.period_start_ms, period_start_ms(Period::Day, now));
+        settle(5);
+        assert!(crossings.try_recv().is_err());
+        settle(30);
+        let full = crossings.try_recv().unwrap();
+        assert_eq!(
+            (full.percent, full.limit, full.dimension),
+            (100, 100, BudgetDimension::Tokens)
+        );
+        assert!(crossings.try_recv().is_err());
+    }
+
+    #[test]
+    fn one_settlement_may_cross_both_thresholds() {
+        assert_eq!(crossed(1000, 0, 1000).collect::<Vec<_>>(), [80, 100]);
+        assert_eq!(crossed(1000, 799, 1).collect::<Vec<_>>(), [80]);
+        assert_eq!(crossed(1000, 800, 0).count(), 0);
+        assert_eq!(
+            crossed(u64::MAX, u64::MAX - 1, 1).collect::<Vec<_>>(),
+            [100]
+        );
     }
 }

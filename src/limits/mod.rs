@@ -40,8 +40,8 @@ pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use admission::{Admission, RouteLimiter};
 pub use budget::{
     budget_limit, cost_nano_usd, key_scope, nano_to_usd, period_start_ms, team_scope, usd_to_nano,
-    BudgetDimension, BudgetExceeded, BudgetLimit, BudgetTable, Period, Prices, Reservation,
-    UnknownPeriod,
+    BudgetCrossing, BudgetDimension, BudgetExceeded, BudgetLimit, BudgetTable, Period, Prices,
+    Reservation, UnknownPeriod,
 };
 pub use charge::{charged_usage, completion_reservation, Metered};
 pub use concurrency::{InFlight, Permit};

@@ -14,9 +14,11 @@
 mod ai;
 mod credentials;
 mod process;
+mod webhooks;
 
 pub use ai::{AiMetrics, AiSeries, LimitKind, PerKey, Settled, MAX_KEY_ID_BYTES};
 pub use credentials::{CredentialMetrics, CredentialStats};
+pub use webhooks::WebhookMetrics;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -102,6 +104,8 @@ pub struct Metrics {
     ai: AiMetrics,
     /// The families of credentials the gateway obtains itself.
     credentials: CredentialMetrics,
+    /// `credentialflow_webhook_deliveries_total`.
+    webhooks: WebhookMetrics,
 }
 
 /// The version `credentialflow_build_info` shows.
@@ -144,12 +148,18 @@ impl Metrics {
             cluster: Mutex::new(None),
             ai: AiMetrics::new(),
             credentials: CredentialMetrics::default(),
+            webhooks: WebhookMetrics::default(),
         }
     }
 
     /// The credential sources' families (`credentialflow_credential_*`).
     pub fn credentials(&self) -> &CredentialMetrics {
         &self.credentials
+    }
+
+    /// The webhook delivery family.
+    pub fn webhooks(&self) -> &WebhookMetrics {
+        &self.webhooks
     }
 
     /// The AI families' registry.
@@ -227,6 +237,7 @@ impl Metrics {
                 && !ai::FAMILIES.contains(&name)
                 && !process::FAMILIES.contains(&name)
                 && !credentials::FAMILIES.contains(&name)
+                && !webhooks::FAMILIES.contains(&name)
                 && name != "credentialflow_build_info",
             "metric name {name:?} is built in"
         );
@@ -404,6 +415,7 @@ impl Metrics {
         }
 
         self.credentials.render(&mut out);
+        self.webhooks.render(&mut out);
         self.ai.render(&mut out, crate::clock::unix_now_ms());
         family_header(
             &mut out,

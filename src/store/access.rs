@@ -87,7 +87,7 @@ impl KeyStore {
         actor: &str,
     ) -> Result<bool, StoreError> {
         let tx = self
-            .connection()
+            .connection_mut()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let current: Option<String> = tx
             .prepare_cached("SELECT status FROM access_requests WHERE id = ?1")?

@@ -17,6 +17,7 @@ use super::audit::{self, AuditEntry};
 use super::keys::{KeyPatch, KeyRecord, KeyStore, NewKey};
 use super::pepper::Pepper;
 use super::postgres::{NodeRecord, PgStore};
+use super::webhook_queue::{self, Enqueued, QueuedWebhook, WebhookEvent, WebhookOutcome};
 use super::StoreError;
 use crate::access::{AccessRequest, AccessStatus};
 use crate::config::{Config, StoreBackend, StoreConfig, StoreSettings};
@@ -141,6 +142,43 @@ pub trait KeyBackend: Send {
     fn nodes(&mut self) -> Result<Option<Vec<NodeRecord>>, StoreError> {
         Ok(None)
     }
+
+    /// Queues a webhook event unless one with its `dedup_key` ever was or the queue is full
+    /// (see [`webhook_queue`]). Key writes queue their own events; this is for the rest
+    /// (`crate::webhook::emit`).
+    fn enqueue_webhook(&mut self, event: &WebhookEvent) -> Result<Enqueued, StoreError> {
+        let _ = event;
+        Err(no_webhook_queue())
+    }
+
+    /// Leases up to `limit` queued events due at `now_ms` for `lease_ms`, oldest first; on
+    /// a shared store no two nodes hold the same one.
+    fn claim_webhooks(
+        &mut self,
+        now_ms: i64,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<QueuedWebhook>, StoreError> {
+        let _ = (now_ms, limit, lease_ms);
+        Err(no_webhook_queue())
+    }
+
+    /// Records what became of claimed event `seq`.
+    fn finish_webhook(&mut self, seq: i64, outcome: &WebhookOutcome) -> Result<(), StoreError> {
+        let _ = (seq, outcome);
+        Err(no_webhook_queue())
+    }
+
+    /// Deletes finished events created before `before_ms`.
+    fn prune_webhooks(&mut self, before_ms: i64) -> Result<(), StoreError> {
+        let _ = before_ms;
+        Err(no_webhook_queue())
+    }
+}
+
+/// What a backend without a webhook queue (a test double) answers.
+fn no_webhook_queue() -> StoreError {
+    StoreError::invalid("webhook", "this store has no webhook queue")
 }
 
 /// One opened backend shared by threads that take turns with it: the admin API's connection
@@ -289,6 +327,37 @@ impl KeyBackend for KeyStore {
         actor: &str,
     ) -> Result<bool, StoreError> {
         KeyStore::access_transition(self, from, after, action, actor)
+    }
+
+    fn enqueue_webhook(&mut self, event: &WebhookEvent) -> Result<Enqueued, StoreError> {
+        Ok(webhook_queue::enqueue(
+            self.connection(),
+            event,
+            webhook_queue::MAX_PENDING,
+        )?)
+    }
+
+    fn claim_webhooks(
+        &mut self,
+        now_ms: i64,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<QueuedWebhook>, StoreError> {
+        Ok(webhook_queue::claim(
+            self.connection_mut(),
+            now_ms,
+            limit,
+            lease_ms,
+        )?)
+    }
+
+    fn finish_webhook(&mut self, seq: i64, outcome: &WebhookOutcome) -> Result<(), StoreError> {
+        Ok(webhook_queue::finish(self.connection(), seq, outcome)?)
+    }
+
+    fn prune_webhooks(&mut self, before_ms: i64) -> Result<(), StoreError> {
+        webhook_queue::prune(self.connection(), before_ms)?;
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::ids::{display_prefix, new_secret};
 use super::pepper::Pepper;
 use super::rules::{apply, deadline_after, issue, validate};
-use super::{audit, unix_now, StoreError};
+use super::{audit, unix_now, webhook_queue, StoreError};
 use crate::clock::unix_now_ms;
 
 /// File name of the key database inside the data directory.
@@ -332,6 +332,7 @@ impl KeyStore {
         migrate_to_ms(&mut conn)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::access::SCHEMA)?;
+        conn.execute_batch(webhook_queue::SQLITE_SCHEMA)?;
         Ok(KeyStore {
             conn,
             pepper,
@@ -376,8 +377,14 @@ impl KeyStore {
         &self.pepper
     }
 
-    /// The connection, for the other tables of `keys.db` (`store::access`).
-    pub(super) fn connection(&mut self) -> &mut Connection {
+    /// The SQLite connection, for the tables that share `keys.db` (access requests, the
+    /// webhook queue).
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// [`KeyStore::connection`], for writes that open a transaction.
+    pub(crate) fn connection_mut(&mut self) -> &mut Connection {
         &mut self.conn
     }
 
@@ -397,6 +404,7 @@ impl KeyStore {
         ensure_name_free(&tx, &record.name, None)?;
         record.seq = bump_seq(&tx)?;
         write_row(&tx, &record, true)?;
+        queue_key_event(&tx, "create", &record, actor)?;
         tx.commit()?;
         self.audit(actor, "create", &record.id, None, Some(&record));
         Ok((record, secret.as_str().to_owned()))
@@ -461,6 +469,7 @@ impl KeyStore {
         after.updated_at = now;
         after.seq = bump_seq(&tx)?;
         write_row(&tx, &after, false)?;
+        queue_key_event(&tx, "revoke", &after, actor)?;
         tx.commit()?;
         self.audit(actor, "revoke", id, Some(&before), Some(&after));
         Ok(after)
@@ -495,6 +504,7 @@ impl KeyStore {
         after.updated_at = now;
         after.seq = bump_seq(&tx)?;
         write_row(&tx, &after, false)?;
+        queue_key_event(&tx, "rotate", &after, actor)?;
         tx.commit()?;
         self.audit(actor, "rotate", id, Some(&before), Some(&after));
         Ok((after, secret.as_str().to_owned()))
@@ -532,6 +542,24 @@ impl KeyStore {
             log::error!("audit log write failed for {action} {id}: {e}");
         }
     }
+}
+
+/// Queues the webhook event of a key write in the write's own transaction, so the event
+/// exists exactly when the change does. A full queue drops the event (logged and counted)
+/// rather than refuse the write.
+fn queue_key_event(
+    conn: &Connection,
+    action: &str,
+    record: &KeyRecord,
+    actor: &str,
+) -> Result<(), StoreError> {
+    if let Some(event) = webhook_queue::key_event(action, record, actor) {
+        let queued = webhook_queue::enqueue(conn, &event, webhook_queue::MAX_PENDING)?;
+        crate::metrics::global()
+            .webhooks()
+            .record_enqueue(&event.kind, queued);
+    }
+    Ok(())
 }
 
 fn get_row(conn: &Connection, columns: &str, id: &str) -> rusqlite::Result<Option<KeyRecord>> {

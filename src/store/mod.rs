@@ -12,6 +12,7 @@
 //!   reports read from it.
 //! - [`postgres`]: the same keys, audit log and change sequence in a PostgreSQL database that
 //!   a fleet of gateways shares ([`postgres::PgStore`]).
+//! - [`webhook_queue`]: lifecycle events waiting to be POSTed to `[[webhook]]` receivers.
 //! - [`health`]: whether the store is reachable, for `/healthz`, `/metrics` and the admin API.
 //! - [`ids`]: key ids, key secrets and durations such as `30d`.
 //! - [`ownership`]: files a root-run store command leaves in `data_dir` go to its owner.
@@ -30,6 +31,7 @@ pub mod pepper;
 pub mod postgres;
 mod rules;
 pub mod usage;
+pub mod webhook_queue;
 
 pub use backend::{open, open_shared, settings_of, sqlite_settings, KeyBackend, SharedBackend};
 pub use health::StoreHealth;

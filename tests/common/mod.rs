@@ -24,6 +24,7 @@ pub mod limits;
 pub mod postgres;
 pub mod redis;
 pub mod upstream;
+pub mod webhook_receiver;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

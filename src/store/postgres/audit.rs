@@ -26,6 +26,10 @@ pub(super) fn insert(
     before: Option<&KeyRecord>,
     after: Option<&KeyRecord>,
 ) -> Result<(), StoreError> {
+    // The webhook event of a key write, in the same transaction as its audit entry.
+    if let Some(record) = after {
+        super::webhook_queue::queue_key_event(tx, action, record, actor)?;
+    }
     // The serde form of a record has no hash, sequence or secret in it.
     let before = before.map(|r| serde_json::to_string(r).expect("records serialize"));
     let after = after.map(|r| serde_json::to_string(r).expect("records serialize"));

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::{NodeRecord, PgChangeListener, PgStore};
 use crate::access::{AccessRequest, AccessStatus};
 use crate::store::audit::AuditEntry;
+use crate::store::webhook_queue::{Enqueued, QueuedWebhook, WebhookEvent, WebhookOutcome};
 use crate::store::{KeyBackend, KeyPatch, KeyRecord, NewKey, Pepper, StoreError};
 
 impl KeyBackend for PgStore {
@@ -136,5 +137,26 @@ impl KeyBackend for PgStore {
 
     fn nodes(&mut self) -> Result<Option<Vec<NodeRecord>>, StoreError> {
         PgStore::nodes(self).map(Some)
+    }
+
+    fn enqueue_webhook(&mut self, event: &WebhookEvent) -> Result<Enqueued, StoreError> {
+        PgStore::enqueue_webhook(self, event)
+    }
+
+    fn claim_webhooks(
+        &mut self,
+        now_ms: i64,
+        limit: usize,
+        lease_ms: i64,
+    ) -> Result<Vec<QueuedWebhook>, StoreError> {
+        PgStore::claim_webhooks(self, now_ms, limit, lease_ms)
+    }
+
+    fn finish_webhook(&mut self, seq: i64, outcome: &WebhookOutcome) -> Result<(), StoreError> {
+        PgStore::finish_webhook(self, seq, outcome)
+    }
+
+    fn prune_webhooks(&mut self, before_ms: i64) -> Result<(), StoreError> {
+        PgStore::prune_webhooks(self, before_ms)
     }
 }

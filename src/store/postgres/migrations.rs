@@ -97,6 +97,11 @@ UPDATE keys SET expires_at_ms = expires_at_ms * 1000,
         name: "access requests",
         sql: include_str!("0004_access_requests.sql"),
     },
+    Migration {
+        version: 5,
+        name: "webhook queue",
+        sql: super::webhook_queue::SCHEMA,
+    },
 ];
 
 /// The schema version this binary writes and understands.

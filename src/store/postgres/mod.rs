@@ -29,6 +29,7 @@ pub mod migrations;
 mod nodes;
 mod tls;
 mod verifier;
+mod webhook_queue;
 
 use std::cell::{RefCell, RefMut};
 use std::time::Duration;
