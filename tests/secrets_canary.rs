@@ -6,13 +6,24 @@
 //! `audit`. The upstream credential may appear only in what the upstream got. An upstream
 //! with an OAuth2 credential adds its client secret (which the token endpoint echoes in an
 //! error answer) and every access token it was issued to the canaries.
+//!
+//! The same session covers every identity the gateway obtains for AI providers (issue 16):
+//! an `azure_openai` provider with Entra ID (client secret and tokens), a `vertex` provider
+//! with a Google service account (the key file's private key, the signed assertions and the
+//! access tokens) and `bedrock` providers with static AWS keys and a session token (the
+//! secret key, the session token, a wrong secret and every SigV4 signature). Each answers
+//! plain and streamed calls, then refuses a credential while its token endpoint echoes what
+//! it was sent; none of it may appear anywhere the gateway writes.
 
 mod common;
 
 use std::path::Path;
 
 use common::client::contains;
+use common::fake_bedrock::FakeBedrock;
+use common::fake_google::{parse_form, SERVICE_ACCOUNT_JSON};
 use common::fake_oauth::{FakeProtected, FakeTokenEndpoint, TokenMode};
+use common::fake_vertex::FakeVertex;
 use common::jwt::{b64url, now, sign, token, Signer};
 use common::keys::*;
 use common::*;
@@ -25,6 +36,25 @@ const LITERAL_CANARY: &str = "canary-literal-secret-5a60f2e8d7b1";
 const JWT_HS_CANARY: &str = "canary-jwt-hs-secret-0f4e9b1c7a2d5e8f";
 const UNKNOWN_KEY_CANARY: &str = "cf_canaryUnknownKeyXq7Lp2Vw9Rt4Zk8Mn3Bc6Hd";
 const OAUTH_CLIENT_CANARY: &str = "canary-oauth-client-secret-6c2e91d4b8";
+const ENTRA_CLIENT_CANARY: &str = "canary-entra-client-secret-e47b03c9d2";
+const AWS_KEY_ID: &str = "AKIACANARYKEY0000001";
+const AWS_SECRET_CANARY: &str = "canary-aws-secret/4b1d9e7f2a6c0853QQ";
+const AWS_SESSION_CANARY: &str = "canary-aws-session-token-FwoGZXIv7e3a91";
+const AWS_WRONG_CANARY: &str = "canary-aws-wrong-secret-0c5f28ab97";
+
+/// The Entra application the Azure provider signs in as.
+const ENTRA_TENANT: &str = "canary.onmicrosoft.com";
+const ENTRA_CLIENT_ID: &str = "0b8f3c52-7d1e-4a96-8e20-5f4c3b1a9d77";
+/// Where the fake Vertex serves.
+const VERTEX_PROJECT: &str = "canary-project";
+const VERTEX_REGION: &str = "us-east5";
+/// The front-door model names of the identity session.
+const AZURE_MODEL: &str = "canary-azure";
+const GEMINI_MODEL: &str = "canary-gemini";
+const CLAUDE_MODEL: &str = "canary-claude";
+const BEDROCK_MODEL: &str = "canary-bedrock";
+/// A Bedrock provider whose secret key is wrong: every signature it makes is refused.
+const BEDROCK_STALE_MODEL: &str = "canary-bedrock-stale";
 
 /// The canary config: an upstream with an injected credential, a keyed
 /// route, a JWT route and an `auth = "none"` route, an access log file.
@@ -84,6 +114,82 @@ auth = "none"
     )
 }
 
+/// The AI providers whose credentials the gateway obtains: Entra for Azure at `azure`
+/// (tokens from `authority`), a Google service account (the file `service_account`) for
+/// Vertex at `vertex`, and two Bedrock providers at `bedrock`, one with the right keys and a
+/// session token, one with a wrong secret. No retries of the calls' own, so each refusal
+/// below is one upstream answer.
+fn identities_toml(
+    azure: &str,
+    authority: &str,
+    vertex: &str,
+    service_account: &str,
+    bedrock: &str,
+) -> String {
+    let bedrock_provider = |name: &str, secret_env: &str| {
+        format!(
+            r#"
+[[provider]]
+name = "{name}"
+kind = "bedrock"
+base_url = "{bedrock}"
+region = "{}"
+access_key_id = "env:CF_CANARY_AWS_KEY_ID"
+secret_access_key = "env:{secret_env}"
+session_token = "env:CF_CANARY_AWS_SESSION"
+"#,
+            common::fake_bedrock::REGION
+        )
+    };
+    let model = |name: &str, provider: &str, upstream: &str| {
+        format!(
+            r#"
+[[model]]
+name = "{name}"
+provider = "{provider}"
+upstream_model = "{upstream}"
+input_price_per_mtok = 1.0
+output_price_per_mtok = 2.0
+"#
+        )
+    };
+    format!(
+        r#"
+[ai]
+max_retries = 0
+
+[[provider]]
+name = "azure"
+kind = "azure_openai"
+base_url = "{azure}"
+api_version = "2024-10-21"
+entra = {{ tenant_id = "{ENTRA_TENANT}", client_id = "{ENTRA_CLIENT_ID}", client_secret = "env:CF_CANARY_ENTRA", authority = "{authority}" }}
+
+[[provider]]
+name = "vertex"
+kind = "vertex"
+base_url = "{vertex}"
+project = "{VERTEX_PROJECT}"
+region = "{VERTEX_REGION}"
+service_account = "file:{service_account}"
+"#
+    ) + &bedrock_provider("bedrock", "CF_CANARY_AWS_SECRET")
+        + &bedrock_provider("bedrock-stale", "CF_CANARY_AWS_WRONG")
+        + &model(AZURE_MODEL, "azure", "canary-deployment")
+        + &model(GEMINI_MODEL, "vertex", "gemini-2.5-flash")
+        + &model(CLAUDE_MODEL, "vertex", "claude-sonnet-4@20250514")
+        + &model(
+            BEDROCK_MODEL,
+            "bedrock",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+        )
+        + &model(
+            BEDROCK_STALE_MODEL,
+            "bedrock-stale",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+        )
+}
+
 /// The environment every process of the session gets.
 fn canary_env() -> Vec<(&'static str, &'static str)> {
     vec![
@@ -91,6 +197,11 @@ fn canary_env() -> Vec<(&'static str, &'static str)> {
         ("CF_CANARY_UPSTREAM", UPSTREAM_CANARY),
         ("CF_CANARY_JWT_HS", JWT_HS_CANARY),
         ("CF_CANARY_OAUTH", OAUTH_CLIENT_CANARY),
+        ("CF_CANARY_ENTRA", ENTRA_CLIENT_CANARY),
+        ("CF_CANARY_AWS_KEY_ID", AWS_KEY_ID),
+        ("CF_CANARY_AWS_SECRET", AWS_SECRET_CANARY),
+        ("CF_CANARY_AWS_SESSION", AWS_SESSION_CANARY),
+        ("CF_CANARY_AWS_WRONG", AWS_WRONG_CANARY),
         ("CF_LOG", "debug"),
     ]
 }
@@ -166,6 +277,46 @@ fn get_with(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Response {
     roundtrip(gw.addr(), &request("GET", path, &all, b""))
 }
 
+/// A call of `model` through the chat completions door or the messages door (`messages`),
+/// streamed or not, with the virtual key `bearer`.
+fn ai_call(gw: &Gateway, model: &str, messages: bool, stream: bool, bearer: &str) -> Response {
+    let (path, body) = if messages {
+        (
+            "/v1/messages",
+            json!({ "model": model, "stream": stream, "max_tokens": 64,
+                    "messages": [{ "role": "user", "content": "Say hello." }] }),
+        )
+    } else {
+        (
+            "/v1/chat/completions",
+            json!({ "model": model, "stream": stream,
+                    "messages": [{ "role": "user", "content": "Say hello." }] }),
+        )
+    };
+    let headers = [
+        ("Authorization", bearer),
+        ("Content-Type", "application/json"),
+        ("Connection", "close"),
+    ];
+    roundtrip(
+        gw.addr(),
+        &request("POST", path, &headers, body.to_string().as_bytes()),
+    )
+}
+
+/// The base64 lines of the test service account's private key (a PEM line is long enough
+/// to be unmistakable).
+fn private_key_lines() -> Vec<String> {
+    let account: Value = serde_json::from_str(SERVICE_ACCOUNT_JSON).expect("service account");
+    account["private_key"]
+        .as_str()
+        .expect("private_key")
+        .lines()
+        .filter(|line| line.len() >= 40 && !line.starts_with("-----"))
+        .map(str::to_string)
+        .collect()
+}
+
 on_default_driver! {
     fn canary_secrets_never_appear_outside_the_upstream(driver) {
         canary_session(driver);
@@ -177,8 +328,25 @@ fn canary_session(driver: Driver) {
     let upstream = Upstream::replying("backend", Reply::text("upstream-ok"));
     let idp = FakeTokenEndpoint::start("canary-client", OAUTH_CLIENT_CANARY, 300);
     let partner = FakeProtected::start(idp.book());
+    let entra = FakeTokenEndpoint::start(ENTRA_CLIENT_ID, ENTRA_CLIENT_CANARY, 300);
+    let azure = FakeOpenAi::start();
+    azure.require_entra(entra.book());
+    let vertex = FakeVertex::start(VERTEX_PROJECT, VERTEX_REGION);
+    // The key file is the one place its private key belongs: it lives outside data_dir,
+    // whose every file is swept below.
+    let key_dir = TempDir::new("canary-sa");
+    let service_account = key_dir.file("sa.json");
+    std::fs::write(&service_account, vertex.service_account_json()).expect("write key file");
+    let bedrock = FakeBedrock::start(AWS_KEY_ID, AWS_SECRET_CANARY, Some(AWS_SESSION_CANARY));
     let cfg = canary_config(&upstream.target(), "env:CF_CANARY_UPSTREAM")
-        + &oauth_canary_toml(&partner.target(), &idp.token_url());
+        + &oauth_canary_toml(&partner.target(), &idp.token_url())
+        + &identities_toml(
+            &azure.base_url(),
+            &entra.base_url(),
+            &vertex.base_url(),
+            &service_account,
+            &bedrock.base_url(),
+        );
     let mut builder = Gateway::builder(&cfg, driver);
     for (k, v) in canary_env() {
         builder = builder.env(k, v);
@@ -330,6 +498,76 @@ fn canary_session(driver: Driver) {
     );
     assert!(idp.request_count() >= 2, "the forced refresh was tried");
 
+    // The AI providers' identities: every provider answers plain and streamed calls through
+    // both doors with the credential the gateway obtained for it.
+    let calls = [
+        (AZURE_MODEL, false, false),
+        (AZURE_MODEL, false, true),
+        (GEMINI_MODEL, false, false),
+        (GEMINI_MODEL, true, true),
+        (CLAUDE_MODEL, true, false),
+        (CLAUDE_MODEL, false, true),
+        (BEDROCK_MODEL, false, false),
+        (BEDROCK_MODEL, true, true),
+    ];
+    for (model, messages, stream) in calls {
+        let what = format!("{model} messages={messages} stream={stream}");
+        let r = seen.response(&what, &ai_call(&gw, model, messages, stream, &bearer_a));
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+    }
+    // Entra: a revoked token whose forced refresh meets a rotated secret (the endpoint
+    // echoes the secret it got).
+    entra.set_mode(TokenMode::InvalidClient);
+    entra.book().revoke_all();
+    let r = seen.response(
+        "azure refused",
+        &ai_call(&gw, AZURE_MODEL, false, false, &bearer_a),
+    );
+    assert_ne!(r.status, 200, "azure refused: {}", r.text());
+    assert!(
+        entra.request_count() >= 2,
+        "the forced Entra refresh was tried"
+    );
+    // Vertex: a revoked token whose forced refresh is refused by a token endpoint quoting
+    // the assertion it got (the source's retry after backoff may still save the call), then
+    // a token revoked again within the forced-refresh interval: Vertex's 401 reaches the
+    // client as the gateway's error.
+    vertex.google.refuse_next_echoing(1);
+    vertex.revoke_seen_tokens();
+    seen.response(
+        "vertex refresh refused",
+        &ai_call(&gw, CLAUDE_MODEL, true, false, &bearer_a),
+    );
+    assert!(
+        vertex
+            .google
+            .refusals()
+            .iter()
+            .any(|d| d.starts_with("Invalid JWT Signature: ey")),
+        "the forced Vertex refresh met the echoing refusal: {:?}",
+        vertex.google.refusals()
+    );
+    vertex.revoke_seen_tokens();
+    for messages in [false, true] {
+        let r = seen.response(
+            "vertex refused",
+            &ai_call(&gw, GEMINI_MODEL, messages, false, &bearer_a),
+        );
+        assert_eq!(r.status, 502, "vertex refused: {}", r.text());
+    }
+    // Bedrock: signatures made with a wrong secret, plain and streamed.
+    for stream in [false, true] {
+        let r = seen.response(
+            "bedrock wrong secret",
+            &ai_call(&gw, BEDROCK_STALE_MODEL, false, stream, &bearer_a),
+        );
+        assert_eq!(r.status, 502, "bedrock wrong secret: {}", r.text());
+    }
+    assert!(
+        bedrock.refused() >= 2,
+        "the wrong signatures reached Bedrock"
+    );
+
     // The rest of a key's life, and the admin reads.
     let rotated = admin_as(
         &gw,
@@ -463,6 +701,59 @@ fn canary_session(driver: Driver) {
     for access_token in &tokens {
         seen.assert_absent("oauth2 access token", access_token.as_bytes());
     }
+    // The identities' canaries.
+    for (label, canary) in [
+        ("entra client secret", ENTRA_CLIENT_CANARY),
+        ("aws secret key", AWS_SECRET_CANARY),
+        ("aws session token", AWS_SESSION_CANARY),
+        ("wrong aws secret key", AWS_WRONG_CANARY),
+        ("private key PEM", "-----BEGIN PRIVATE KEY"),
+    ] {
+        seen.assert_absent(label, canary.as_bytes());
+    }
+    let entra_tokens = entra.book().tokens();
+    assert!(!entra_tokens.is_empty(), "Entra issued tokens");
+    for access_token in &entra_tokens {
+        seen.assert_absent("entra access token", access_token.as_bytes());
+    }
+    let mut google_tokens = vertex.google.issued_tokens();
+    google_tokens.extend(vertex.tokens_seen());
+    assert!(!google_tokens.is_empty(), "Google issued tokens");
+    for access_token in &google_tokens {
+        seen.assert_absent("google access token", access_token.as_bytes());
+    }
+    let assertions: Vec<String> = vertex
+        .google
+        .requests()
+        .iter()
+        .filter_map(|r| parse_form(&r.body).get("assertion").cloned())
+        .collect();
+    assert!(assertions.len() >= 2, "{assertions:?}");
+    for assertion in &assertions {
+        // The signature alone is as secret as the whole assertion.
+        let signature = assertion.rsplit('.').next().unwrap();
+        seen.assert_absent("google assertion signature", signature.as_bytes());
+    }
+    let key_lines = private_key_lines();
+    assert!(key_lines.len() > 10, "{key_lines:?}");
+    for line in &key_lines {
+        seen.assert_absent("service-account private key line", line.as_bytes());
+    }
+    let signatures: Vec<String> = bedrock
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            r.header("authorization")?
+                .split("Signature=")
+                .nth(1)
+                .map(String::from)
+        })
+        .collect();
+    assert!(signatures.len() >= 4, "{signatures:?}");
+    for signature in &signatures {
+        seen.assert_absent("sigv4 signature", signature.as_bytes());
+    }
+
     for (label, jwt) in [
         ("good jwt", &good_jwt),
         ("expired jwt", &expired_jwt),
@@ -521,6 +812,36 @@ fn canary_session(driver: Driver) {
         "{partner_saw:?}"
     );
     assert!(partner_saw.iter().all(|a| !a.contains(&key_a.secret)));
+    // Azure got Entra tokens and no key; Vertex got Google tokens; Bedrock got signatures
+    // and the session token, never the secret keys or a client key.
+    for seen_by_azure in azure.requests() {
+        let authorization = seen_by_azure.header("authorization").unwrap_or_default();
+        assert!(
+            entra_tokens
+                .iter()
+                .any(|t| authorization == format!("Bearer {t}")),
+            "{authorization}"
+        );
+        assert_eq!(seen_by_azure.header("api-key"), None);
+    }
+    for seen_by_vertex in vertex.requests() {
+        let authorization = seen_by_vertex.header("authorization").unwrap_or_default();
+        assert!(
+            authorization.starts_with("Bearer ya29.fake-"),
+            "{authorization}"
+        );
+    }
+    for seen_by_bedrock in bedrock.requests() {
+        for (_, value) in &seen_by_bedrock.headers {
+            for secret in [AWS_SECRET_CANARY, AWS_WRONG_CANARY, key_a.secret.as_str()] {
+                assert!(!value.contains(secret), "a secret reached Bedrock: {value}");
+            }
+        }
+        assert_eq!(
+            seen_by_bedrock.header("x-amz-security-token"),
+            Some(AWS_SESSION_CANARY)
+        );
+    }
 }
 
 /// `credentialflow check` on `config_toml` with the canary environment.

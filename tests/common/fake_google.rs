@@ -83,6 +83,8 @@ struct State {
     refusals: Vec<String>,
     /// Statuses the next requests are answered with instead (an endpoint that is down).
     failures: VecDeque<u16>,
+    /// Requests still to be refused with their assertion quoted ([`FakeGoogle::refuse_next_echoing`]).
+    echoing: usize,
 }
 
 /// A running fake token endpoint; stops on drop. Dereferences to its [`FakeServer`] for
@@ -136,12 +138,21 @@ impl FakeGoogle {
             issued: HashMap::new(),
             refusals: Vec::new(),
             failures: VecDeque::new(),
+            echoing: 0,
         }));
         let shared = state.clone();
         let plan = move |request: &RecordedRequest| {
             let mut state = shared.lock().unwrap();
             if let Some(status) = state.failures.pop_front() {
                 return Plan::Fail(status);
+            }
+            if state.echoing > 0 {
+                state.echoing -= 1;
+                let form = parse_form(&request.body);
+                let assertion = form.get("assertion").map(String::as_str).unwrap_or("");
+                let description = format!("Invalid JWT Signature: {assertion}");
+                state.refusals.push(description.clone());
+                return Plan::Refuse(400, "invalid_grant", description);
             }
             match verify(&state, request) {
                 Ok(()) => Plan::Token(state.lifetime_secs),
@@ -220,6 +231,18 @@ impl FakeGoogle {
     /// Answers the next requests with `statuses`, one each, before checking anything.
     pub fn fail_next(&self, statuses: &[u16]) {
         self.state().failures.extend(statuses.iter().copied());
+    }
+
+    /// Refuses the next `n` requests with `invalid_grant`, the description quoting the
+    /// assertion received (as a careless endpoint might), so tests can prove the gateway
+    /// never repeats what a token endpoint says about its request.
+    pub fn refuse_next_echoing(&self, n: usize) {
+        self.state().echoing += n;
+    }
+
+    /// Every access token issued so far.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state().issued.keys().cloned().collect()
     }
 
     /// Requests received so far, good or bad.
