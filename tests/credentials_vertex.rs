@@ -9,9 +9,13 @@
 //! (`anthropic_version: vertex-2023-10-16`, no `model`), every other model to
 //! `publishers/google/...:generateContent` in Gemini's form, from both front doors, plain and
 //! streamed, with usage metered as the fake reports it. The fake Vertex accepts only tokens
-//! the fake Google token endpoint issued (after verifying the assertion's signature).
+//! the fake Google token endpoint issued (after verifying the assertion's signature); the
+//! fake's Claude side is itself checked against the Anthropic SDK's Vertex client
+//! (`tests/reference/anthropic_vertex.py`).
 
 mod common;
+#[path = "reference/run.rs"]
+mod run;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -19,6 +23,7 @@ use std::time::{Duration, Instant};
 use common::fake_google::{parse_form, service_account_json, SERVICE_ACCOUNT_JSON};
 use common::fake_vertex::{FakeVertex, VERTEX_ANTHROPIC_VERSION};
 use common::*;
+use run::run_reference;
 use serde_json::{json, Value};
 
 const PROJECT: &str = "cf-test-project";
@@ -559,4 +564,74 @@ fn check_refuses_vertex_settings_that_cannot_work_without_contacting_anything() 
     }
     assert_eq!(vertex.google.hits(), 0, "check contacts nothing");
     assert_eq!(vertex.request_count(), 0, "check contacts nothing");
+}
+
+/// The fake Vertex's Claude side against the official Anthropic SDK's `AnthropicVertex`
+/// client (python3 with `anthropic` and `pyjwt`, as scripts/test.sh installs them): a token
+/// the script obtains itself from the fake token endpoint, a plain and a streamed message
+/// on the SDK's own paths, and a token the endpoint never issued refused with 401.
+#[test]
+fn the_fake_vertex_answers_the_anthropic_sdks_vertex_client() {
+    let vertex = FakeVertex::start(PROJECT, REGION);
+    vertex.anthropic.set_usage(23, 11, 0);
+    let dir = TempDir::new("vertex-sdk");
+    let sa_path = dir.file("sa.json");
+    std::fs::write(&sa_path, vertex.service_account_json()).unwrap();
+    let out = run_reference(
+        "anthropic_vertex",
+        &[],
+        &json!({
+            "service_account": sa_path, "base_url": vertex.base_url(),
+            "region": REGION, "project": PROJECT, "model": CLAUDE_UPSTREAM,
+        }),
+    );
+    let reply = common::fake_anthropic::DEFAULT_REPLY;
+    for (what, answer) in [("plain", &out["plain"]), ("stream", &out["stream"])] {
+        assert_eq!(answer["text"], reply, "{what}: {out}");
+        assert_eq!(answer["stop_reason"], "end_turn", "{what}: {out}");
+        assert_eq!(answer["input_tokens"], 23, "{what}: {out}");
+        assert_eq!(answer["output_tokens"], 11, "{what}: {out}");
+    }
+    let events = out["stream"]["events"].as_array().unwrap();
+    assert_eq!(events.first(), Some(&json!("message_start")), "{out}");
+    assert_eq!(events.last(), Some(&json!("message_stop")), "{out}");
+    assert!(events.contains(&json!("content_block_delta")), "{out}");
+    assert_eq!(
+        out["wrong_token"],
+        json!({"status": 401, "error": "AuthenticationError"})
+    );
+    // This SDK version's own `anthropic_version` is not the one Google documents for Vertex,
+    // which the fake requires (and the gateway sends).
+    assert_eq!(
+        out["default_version"],
+        json!({"status": 400, "error": "BadRequestError"})
+    );
+    // The SDK reached the fake on Vertex's paths, with the token the script obtained.
+    let location = format!(
+        "/v1/projects/{PROJECT}/locations/{REGION}/publishers/anthropic/models/{CLAUDE_UPSTREAM}"
+    );
+    let targets: Vec<String> = vertex.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(
+        targets,
+        [
+            format!("{location}:rawPredict"),
+            format!("{location}:streamRawPredict"),
+            format!("{location}:rawPredict"),
+            format!("{location}:rawPredict"),
+        ],
+    );
+    assert_eq!(vertex.google.hits(), 1, "{:?}", vertex.google.refusals());
+    assert_eq!(vertex.unauthenticated_count(), 1, "only the wrong token");
+    let requests = vertex.requests();
+    for accepted in [&requests[0], &requests[1]] {
+        assert_eq!(
+            accepted.json()["anthropic_version"],
+            VERTEX_ANTHROPIC_VERSION
+        );
+        assert!(accepted.json().get("model").is_none());
+    }
+    assert!(vertex
+        .tokens_seen()
+        .iter()
+        .all(|t| t.starts_with("ya29.fake-") || t == "ya29.not-a-token-the-endpoint-issued"));
 }
