@@ -506,6 +506,64 @@ fn the_cli_requests_approves_and_claims() {
 }
 
 #[test]
+fn the_cli_judges_its_requests_by_the_access_policy() {
+    let (_upstream, gw) = gateway_with(POLICY);
+    let config = config_path(&gw);
+    let request = |name: &str, models: &str, ttl: &str| {
+        run_cli(
+            &config,
+            gw.dir(),
+            &[
+                "access", "request", "--name", name, "--team", "ml", "--models", models, "--ttl",
+                ttl, "--reason", "notebook", "--json",
+            ],
+            &[("USER", "bob")],
+        )
+    };
+    // Inside the envelope: approved at once by `policy`, its key bounded by the envelope.
+    let inside = request("cli-quick", "gpt-4o-mini", "30m");
+    inside.assert_ok("access request inside the policy");
+    let inside: Value = serde_json::from_str(inside.stdout.trim()).unwrap();
+    assert_eq!(inside["status"], "approved", "{inside}");
+    let key_id = inside["key_id"].as_str().unwrap();
+    let key = admin(&gw, "GET", &format!("/admin/keys/{key_id}"), None).json();
+    assert_eq!(key["budget_usd"], 5.0);
+    let id = inside["id"].as_str().unwrap();
+    assert_eq!(
+        steps_of(&gw, id),
+        pairs(&[
+            ("access.request", "cli:bob"),
+            ("access.auto_approve", "policy"),
+        ])
+    );
+
+    // Outside it but within max_ttl: waits for a person.
+    let longer = request("cli-longer", "gpt-4o-mini", "2h");
+    longer.assert_ok("access request outside the envelope");
+    assert!(
+        longer.stdout.contains("\"status\":\"pending\""),
+        "{}",
+        longer.stdout
+    );
+
+    // Beyond max_ttl: refused with the limit, and nothing stored.
+    let before = admin(&gw, "GET", "/admin/access-requests", None).json();
+    let beyond = request("cli-too-long", "gpt-4o-mini", "9h");
+    assert_eq!(beyond.code, Some(1), "{}", beyond.output());
+    assert!(
+        beyond
+            .stderr
+            .contains("ttl 9h exceeds the max_ttl of 8h for team \"ml\""),
+        "{}",
+        beyond.stderr
+    );
+    assert_eq!(
+        admin(&gw, "GET", "/admin/access-requests", None).json(),
+        before
+    );
+}
+
+#[test]
 fn the_same_steps_on_postgresql() {
     let server = PgServer::start();
     let pepper =

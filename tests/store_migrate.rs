@@ -3,7 +3,8 @@
 //! PostgreSQL (`common::postgres`). Every key arrives field for field and its secret still
 //! authenticates under the fleet's pepper; the usage ledger arrives with the same totals per
 //! key and team; a second run copies nothing; a wrong pepper and a conflicting key are
-//! refused without writing; the URL's password is never printed.
+//! refused without writing; the URL's password is never printed; access requests arrive row
+//! for row and one decided on the fleet since is never overwritten.
 
 mod common;
 
@@ -527,6 +528,104 @@ fn the_url_password_never_appears_in_output() {
         run.output()
     );
     assert!(!run.output().contains("Fl33t"), "{}", run.output());
+}
+
+#[test]
+fn access_requests_are_copied_once_and_one_decided_since_is_a_conflict() {
+    use credentialflow::access::flow::{self, Requester};
+    use credentialflow::access::{AccessStatus, NewAccessRequest};
+
+    let server = PgServer::start();
+    let host = Host::populated();
+    let now = credentialflow::clock::unix_now_ms();
+    let asked = |name: &str| NewAccessRequest {
+        name: name.into(),
+        team: "ml".into(),
+        models: vec!["gpt-4o-mini".into()],
+        ttl: "1h".into(),
+        reason: "migration".into(),
+        ..NewAccessRequest::default()
+    };
+    let bob = Requester::Operator("cli:bob".into());
+    let (approved_id, token, pending_id) = {
+        let mut store = KeyStore::open(host.path()).unwrap();
+        let approved = flow::submit(&mut store, asked("jit-approved"), &bob, &[], now).unwrap();
+        flow::approve(&mut store, &approved.request.id, "cli:carol", None, now).unwrap();
+        let pending = flow::submit(&mut store, asked("jit-pending"), &bob, &[], now).unwrap();
+        let denied = flow::submit(&mut store, asked("jit-denied"), &bob, &[], now).unwrap();
+        flow::deny(&mut store, &denied.request.id, "cli:carol", None, now).unwrap();
+        (
+            approved.request.id,
+            approved.claim_token.expose().to_owned(),
+            pending.request.id,
+        )
+    };
+    let host_requests = KeyStore::open_read_only(host.path())
+        .unwrap()
+        .access_list(None)
+        .unwrap();
+    assert_eq!(host_requests.len(), 3);
+    let fleet = Fleet::new();
+    let url = url_of(&server, None);
+
+    let run = migrate(&fleet, host.path(), &url, &host.pepper_hex());
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains(", 3 access requests (0 already present)"),
+        "{}",
+        run.output()
+    );
+    // Row for row, the claim token's hash included (AccessRequest's equality compares it).
+    let mut pg = open_fleet(&server, &host);
+    assert_eq!(pg.access_list(None).unwrap(), host_requests);
+    let steps: Vec<(String, String)> = pg
+        .audit_entries()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.request_id.as_deref() == Some(approved_id.as_str()))
+        .map(|e| (e.action, e.actor))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("access.request".to_owned(), "cli:bob".to_owned()),
+            ("access.approve".to_owned(), "cli:carol".to_owned()),
+        ]
+    );
+
+    let again = migrate(&fleet, host.path(), &url, &host.pepper_hex());
+    again.assert_code(0);
+    assert!(
+        again
+            .stdout
+            .contains(", 0 access requests (3 already present)"),
+        "{}",
+        again.output()
+    );
+    assert_eq!(pg.access_list(None).unwrap(), host_requests);
+
+    // The fleet decides the pending request; the host's copy is now older, and a run that
+    // would overwrite the decision is refused whole.
+    flow::deny(&mut pg, &pending_id, "cli:dave", None, now).unwrap();
+    let decided = pg.access_list(None).unwrap();
+    let conflict = migrate(&fleet, host.path(), &url, &host.pepper_hex());
+    conflict.assert_code(1);
+    let output = conflict.output();
+    assert!(
+        output.contains(&format!("conflict: access request {pending_id}")),
+        "{output}"
+    );
+    assert!(output.contains("nothing was copied"), "{output}");
+    assert_eq!(pg.access_list(None).unwrap(), decided);
+    let status = pg.access_get(&pending_id).unwrap().unwrap().status;
+    assert_eq!(status, AccessStatus::Denied);
+
+    // The copied approval is claimed on the fleet with the token the host handed out.
+    let (claimed, key, secret) = flow::claim(&mut pg, &approved_id, &token, now).unwrap();
+    assert_eq!(claimed.status, AccessStatus::Claimed);
+    assert_eq!(key.hash, pg.pepper().hash(secret.as_bytes()));
+    assert!(!output.contains(&token), "{output}");
 }
 
 /// `n` metered requests spread over the host's live keys and two teams, with costs and

@@ -11,6 +11,12 @@
 //! | denial | `access.deny` | the approver |
 //! | claim | `access.claim` (+ the key's `rotate`) | the requester |
 //! | expiry of an unclaimed approval | `access.expire` | `system` |
+//! | expiry of a request undecided for [`super::PENDING_TTL`] | `access.expire` | `system` |
+//!
+//! Submit, approval (by a person or a policy) and denial also queue the webhook events
+//! `access.requested`, `access.approved` and `access.denied` once the step is stored, so
+//! every caller (admin API, self-service, policy, CLI) sends them alike; the minted key's
+//! `key.created` is queued by the key store itself.
 //!
 //! Times are passed in (`now_ms`, unix milliseconds) so tests can move them.
 
@@ -23,6 +29,7 @@ use super::{
 };
 use crate::config::AccessPolicyConfig;
 use crate::store::{KeyBackend, KeyRecord, StoreError};
+use crate::webhook::{self, AccessEvent, AccessEventInfo};
 
 /// Who approves a request a policy let through, in the record and the audit log.
 pub const POLICY_ACTOR: &str = "policy";
@@ -142,11 +149,18 @@ pub fn submit(
     if let Verdict::Refused(message) = verdict {
         return Err(AccessError::Policy(message));
     }
-    let pending = store
-        .access_list(Some(AccessStatus::Pending))?
-        .iter()
-        .filter(|r| r.requester == requester.name())
-        .count();
+    // Stale requests expire first: they no longer count against the requester.
+    let mut pending = 0;
+    for request in store.access_list(Some(AccessStatus::Pending))? {
+        if request.requester != requester.name() {
+            continue;
+        }
+        if request.is_stale_at_ms(now_ms) {
+            expire(store, &request, AccessStatus::Pending)?;
+        } else {
+            pending += 1;
+        }
+    }
     if pending >= MAX_PENDING_PER_REQUESTER {
         return Err(AccessError::TooManyPending);
     }
@@ -157,7 +171,7 @@ pub fn submit(
         now_ms.div_euclid(1000),
     );
     store.access_insert(&request, requester.name())?;
-    // Webhook event `access.requested` is emitted here: the request is stored.
+    announce(store, AccessEvent::Requested, &request, requester.name());
     let mut minted = None;
     if let Verdict::AutoApprove { budget_usd } = verdict {
         request.limits.budget_usd = budget_usd;
@@ -190,7 +204,7 @@ pub fn approve(
     now_ms: i64,
 ) -> Result<(AccessRequest, KeyRecord), AccessError> {
     check_note(note.as_deref())?;
-    let request = pending(store, id)?;
+    let request = pending(store, id, now_ms)?;
     if request.requester == approver && approver != ADMIN_ACTOR {
         return Err(AccessError::Forbidden(
             "the requester cannot approve their own request; another approver must".into(),
@@ -208,7 +222,7 @@ pub fn deny(
     now_ms: i64,
 ) -> Result<AccessRequest, AccessError> {
     check_note(note.as_deref())?;
-    let request = pending(store, id)?;
+    let request = pending(store, id, now_ms)?;
     let mut after = request;
     after.status = AccessStatus::Denied;
     after.decided_by = Some(approver.to_owned());
@@ -217,7 +231,7 @@ pub fn deny(
     if !store.access_transition(AccessStatus::Pending, &after, "access.deny", approver)? {
         return Err(decided_meanwhile(store, id));
     }
-    // Webhook event `access.denied` is emitted here: the denial is stored.
+    announce(store, AccessEvent::Denied, &after, approver);
     Ok(after)
 }
 
@@ -239,6 +253,10 @@ pub fn claim(
     }
     // Only the token's holder gets this far: what follows may say what became of it.
     match request.status {
+        AccessStatus::Pending if request.is_stale_at_ms(now_ms) => {
+            expire(store, &request, AccessStatus::Pending)?;
+            return Err(AccessError::Gone("expired"));
+        }
         AccessStatus::Pending => return Err(AccessError::NotApproved),
         AccessStatus::Denied => return Err(AccessError::Gone("denied")),
         AccessStatus::Claimed => return Err(AccessError::Gone("already_claimed")),
@@ -246,7 +264,7 @@ pub fn claim(
         AccessStatus::Approved => {}
     }
     if request.expires_at_ms.is_some_and(|at| at <= now_ms) {
-        expire(store, &request)?;
+        expire(store, &request, AccessStatus::Approved)?;
         return Err(AccessError::Gone("expired"));
     }
     let key_id = request.key_id.clone().ok_or(AccessError::Gone("expired"))?;
@@ -267,7 +285,7 @@ pub fn claim(
 }
 
 /// Every request (or those in `status`), after expiring unclaimed approvals whose key has
-/// expired by `now_ms`.
+/// expired by `now_ms` and requests left undecided for [`super::PENDING_TTL`].
 pub fn list(
     store: &mut dyn KeyBackend,
     status: Option<AccessStatus>,
@@ -277,27 +295,36 @@ pub fn list(
     Ok(store.access_list(status)?)
 }
 
-/// Marks every approved, unclaimed request whose key has expired by `now_ms` as `expired`.
-/// Returns how many it marked.
+/// Marks as `expired` every approved, unclaimed request whose key has expired by `now_ms`,
+/// and every pending one created [`super::PENDING_TTL`] or longer before it. Returns how many it
+/// marked.
 pub fn expire_due(store: &mut dyn KeyBackend, now_ms: i64) -> Result<usize, AccessError> {
     let mut expired = 0;
     for request in store.access_list(Some(AccessStatus::Approved))? {
-        if request.expires_at_ms.is_some_and(|at| at <= now_ms) && expire(store, &request)? {
+        if request.expires_at_ms.is_some_and(|at| at <= now_ms)
+            && expire(store, &request, AccessStatus::Approved)?
+        {
+            expired += 1;
+        }
+    }
+    for request in store.access_list(Some(AccessStatus::Pending))? {
+        if request.is_stale_at_ms(now_ms) && expire(store, &request, AccessStatus::Pending)? {
             expired += 1;
         }
     }
     Ok(expired)
 }
 
-fn expire(store: &mut dyn KeyBackend, request: &AccessRequest) -> Result<bool, AccessError> {
+/// Moves `request` from `from` to `expired`, audited as `system`; false when another step
+/// moved it first.
+fn expire(
+    store: &mut dyn KeyBackend,
+    request: &AccessRequest,
+    from: AccessStatus,
+) -> Result<bool, AccessError> {
     let mut after = request.clone();
     after.status = AccessStatus::Expired;
-    Ok(store.access_transition(
-        AccessStatus::Approved,
-        &after,
-        "access.expire",
-        SYSTEM_ACTOR,
-    )?)
+    Ok(store.access_transition(from, &after, "access.expire", SYSTEM_ACTOR)?)
 }
 
 /// Mints `request`'s key and records the approval by `approver` as `action`. If another
@@ -324,18 +351,57 @@ fn approve_as(
         store.revoke(&key.id, approver)?;
         return Err(decided_meanwhile(store, &after.id));
     }
-    // Webhook event `access.approved` is emitted here: the approval (by a person or by
-    // `policy`) is stored and the key minted.
+    announce(store, AccessEvent::Approved, &after, approver);
     Ok((after, key))
 }
 
-/// The pending request `id`, or why it cannot be decided.
-fn pending(store: &mut dyn KeyBackend, id: &str) -> Result<AccessRequest, AccessError> {
+/// The pending request `id`, or why it cannot be decided (one left undecided for
+/// [`super::PENDING_TTL`] expires here).
+fn pending(
+    store: &mut dyn KeyBackend,
+    id: &str,
+    now_ms: i64,
+) -> Result<AccessRequest, AccessError> {
     let request = store.access_get(id)?.ok_or(AccessError::NotFound)?;
     if request.status != AccessStatus::Pending {
         return Err(AccessError::AlreadyDecided(request.status));
     }
+    if request.is_stale_at_ms(now_ms) {
+        if !expire(store, &request, AccessStatus::Pending)? {
+            return Err(decided_meanwhile(store, id));
+        }
+        return Err(AccessError::AlreadyDecided(AccessStatus::Expired));
+    }
     Ok(request)
+}
+
+/// Queues the webhook event of a step `actor` made on `request`, now stored. The step
+/// stands whatever becomes of its event: a store that cannot queue it is logged, not
+/// reported to the caller as a failed approval.
+fn announce(store: &mut dyn KeyBackend, kind: AccessEvent, request: &AccessRequest, actor: &str) {
+    let event = webhook::access_event(
+        kind,
+        AccessEventInfo {
+            request_id: &request.id,
+            name: &request.name,
+            team: &request.team,
+            actor,
+            requester: &request.requester,
+            status: request.status.as_str(),
+            decided_by: request.decided_by.as_deref(),
+            note: request.note.as_deref(),
+            reason: Some(&request.reason),
+            key_id: request.key_id.as_deref(),
+            expires_at: request.expires_at_ms.map(|ms| ms.div_euclid(1000)),
+        },
+    );
+    if let Err(e) = webhook::emit(store, &event) {
+        log::error!(
+            "webhook event {} for access request {} not queued: {e}",
+            kind.as_str(),
+            request.id
+        );
+    }
 }
 
 /// The error for a request another step decided between our read and our write.

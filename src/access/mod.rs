@@ -36,6 +36,11 @@ pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(90 * 86_
 /// Most requests one requester may have pending at once: a self-service key cannot fill
 /// the store with requests.
 pub const MAX_PENDING_PER_REQUESTER: usize = 20;
+/// How long a request waits for a decision before it expires: a week covers a weekend and
+/// an approver's days off, and a request nobody decided on in that time is stale (its
+/// reason no longer current), so it no longer counts against its requester's pending ones
+/// and can no longer be approved. Expired lazily, whenever requests are listed or decided.
+pub const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 /// Where a request is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +54,8 @@ pub enum AccessStatus {
     Denied,
     /// Its key's secret has been handed out (once).
     Claimed,
-    /// Approved but not claimed before its key expired.
+    /// Approved but not claimed before its key expired, or pending and not decided within
+    /// [`PENDING_TTL`].
     Expired,
 }
 
@@ -305,6 +311,12 @@ impl AccessRequest {
             claim_hash: token.hash(pepper),
         };
         (request, token)
+    }
+
+    /// Whether the request is pending and has waited [`PENDING_TTL`] or longer by `now_ms`.
+    pub fn is_stale_at_ms(&self, now_ms: i64) -> bool {
+        let waited_ms = now_ms.saturating_sub(self.created_at.saturating_mul(1000));
+        self.status == AccessStatus::Pending && waited_ms >= PENDING_TTL.as_millis() as i64
     }
 
     /// The key the request asks for: bounded by it in every field, named after it, expiring

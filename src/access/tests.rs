@@ -350,3 +350,88 @@ fn serde_form_has_no_claim_hash() {
     assert!(!format!("{:?}", submitted.request).contains("claim_hash"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn pending_requests_expire_after_a_week_undecided() {
+    let (mut store, dir) = temp_store();
+    let now = unix_now_ms();
+    let week = PENDING_TTL.as_millis() as i64;
+    let bob = operator("cli:bob");
+    let listed = flow::submit(&mut store, asked(), &bob, &[], now).unwrap();
+    let approved = flow::submit(&mut store, asked(), &bob, &[], now).unwrap();
+    let claimed = flow::submit(&mut store, asked(), &bob, &[], now).unwrap();
+    let decided = flow::submit(&mut store, asked(), &bob, &[], now).unwrap();
+
+    // A second short of a week it is still pending, and may be decided.
+    let almost = now + week - 1_000;
+    assert_eq!(flow::expire_due(&mut store, almost).unwrap(), 0);
+    flow::approve(&mut store, &approved.request.id, "cli:carol", None, almost).unwrap();
+
+    // A week on, the rest are stale: claiming, deciding and listing each expire one.
+    let later = now + week + 1_000;
+    assert!(matches!(
+        flow::claim(
+            &mut store,
+            &claimed.request.id,
+            claimed.claim_token.expose(),
+            later
+        ),
+        Err(AccessError::Gone("expired"))
+    ));
+    assert!(matches!(
+        flow::approve(&mut store, &decided.request.id, "cli:carol", None, later),
+        Err(AccessError::AlreadyDecided(AccessStatus::Expired))
+    ));
+    let pending = flow::list(&mut store, Some(AccessStatus::Pending), later).unwrap();
+    assert!(pending.is_empty(), "{pending:?}");
+    for id in [&claimed.request.id, &decided.request.id, &listed.request.id] {
+        let status = store.access_get(id).unwrap().unwrap().status;
+        assert_eq!(status, AccessStatus::Expired, "{id}");
+    }
+    let expiries: Vec<String> = store
+        .read_audit()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "access.expire" && e.actor == flow::SYSTEM_ACTOR)
+        .filter_map(|e| e.request_id)
+        .collect();
+    // Each expiry is on the record, by `system`.
+    for id in [&claimed.request.id, &decided.request.id, &listed.request.id] {
+        assert!(expiries.contains(id), "{id}: {expiries:?}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn stale_requests_no_longer_count_against_their_requester() {
+    let (mut store, dir) = temp_store();
+    let now = unix_now_ms();
+    let key = Requester::Key {
+        id: "key_bbbbbbbbbbbbbbbbbbbb".into(),
+        team: "ml".into(),
+    };
+    for _ in 0..MAX_PENDING_PER_REQUESTER {
+        flow::submit(&mut store, asked(), &key, &[], now).unwrap();
+    }
+    assert!(matches!(
+        flow::submit(&mut store, asked(), &key, &[], now),
+        Err(AccessError::TooManyPending)
+    ));
+    let later = now + PENDING_TTL.as_millis() as i64;
+    let fresh = flow::submit(&mut store, asked(), &key, &[], later).unwrap();
+    assert_eq!(fresh.request.status, AccessStatus::Pending);
+    let statuses: Vec<AccessStatus> = store
+        .access_list(None)
+        .unwrap()
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == AccessStatus::Expired)
+            .count(),
+        MAX_PENDING_PER_REQUESTER
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,11 +1,13 @@
 //! `credentialflow access request|list|approve|deny|claim`: just-in-time access worked
 //! directly on the store, as `keys` commands are, through the same steps as the admin API
 //! (`crate::access::flow`). The CLI acts as the operator running it (`cli:<user>`), so its
-//! requests may name any team; `[[access_policy]]` is the gateway's and is applied to the
-//! requests the admin API takes (the CLI reads only the store settings of a config).
+//! requests may name any team. Of the config it reads the store settings and
+//! `[[access_policy]]`, nothing else (no secret needs resolving), so a request the CLI takes
+//! is judged by the same policies as one the admin API takes: approved at once inside a
+//! team's `auto_approve` envelope, refused beyond its `max_ttl`.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
@@ -13,6 +15,7 @@ use super::keys::{actor, hand_over_new_files, store_settings_or_exit};
 use crate::access::flow::{self, AccessError, Requester};
 use crate::access::{AccessRequest, AccessStatus, KeyLimits, NewAccessRequest};
 use crate::clock::{calendar, unix_now_ms};
+use crate::config::{self, AccessPolicyConfig};
 use crate::serve::{EXIT_BAD_INPUT, EXIT_RUNTIME};
 use crate::store;
 
@@ -142,6 +145,13 @@ pub(crate) fn run_access(args: AccessArgs) -> i32 {
         Ok(settings) => settings,
         Err(code) => return code,
     };
+    let policies = match access_policies(args.config.as_deref()) {
+        Ok(policies) => policies,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return EXIT_BAD_INPUT;
+        }
+    };
     let result = store::open(&settings)
         .map_err(|e| {
             let code = if e.is_bad_input() {
@@ -153,7 +163,8 @@ pub(crate) fn run_access(args: AccessArgs) -> i32 {
         })
         .and_then(|mut store| {
             let json = args.json;
-            command(&mut *store, args.command, json, &mut io::stdout().lock())
+            let out = &mut io::stdout().lock();
+            command(&mut *store, args.command, &policies, json, out)
         });
     hand_over_new_files(&settings);
     match result {
@@ -165,10 +176,37 @@ pub(crate) fn run_access(args: AccessArgs) -> i32 {
     }
 }
 
-/// One `access` command on an open store.
+/// `[[access_policy]]` of `--config`, or of `./credentialflow.toml` (the file the store
+/// settings came from); none for the built-in default. Only that array is read; a policy
+/// whose durations do not parse refuses its team's requests (see `access::policy`), and
+/// `credentialflow check` names it.
+fn access_policies(config_path: Option<&Path>) -> Result<Vec<AccessPolicyConfig>, String> {
+    /// The one part of a config this command judges requests by; other sections are left
+    /// unread.
+    #[derive(serde::Deserialize)]
+    struct Policies {
+        #[serde(default)]
+        access_policy: Vec<AccessPolicyConfig>,
+    }
+    let Some(path) = config_path
+        .map(Path::to_path_buf)
+        .or_else(config::resolve_default_path)
+    else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    toml::from_str::<Policies>(&text)
+        .map(|p| p.access_policy)
+        // The message alone: the parser's excerpt of the file could quote any line of it.
+        .map_err(|e| format!("{}: access_policy: {}", path.display(), e.message()))
+}
+
+/// One `access` command on an open store; requests are judged by `policies`.
 fn command(
     store: &mut dyn store::KeyBackend,
     command: AccessCommand,
+    policies: &[AccessPolicyConfig],
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), (i32, String)> {
@@ -177,20 +215,27 @@ fn command(
     let text = match command {
         AccessCommand::Request(flags) => {
             let requester = Requester::Operator(actor);
-            let submitted = flow::submit(store, flags.into_request(), &requester, &[], now_ms)
+            let submitted = flow::submit(store, flags.into_request(), &requester, policies, now_ms)
                 .map_err(failure)?;
+            let request = &submitted.request;
             if json {
-                serde_json::json!({
-                    "id": submitted.request.id,
-                    "status": submitted.request.status,
+                let mut answer = serde_json::json!({
+                    "id": request.id,
+                    "status": request.status,
                     "claim_token": submitted.claim_token.expose(),
-                })
-                .to_string()
+                });
+                // As the admin API answers a request a policy approved at once.
+                if request.status == AccessStatus::Approved {
+                    answer["key_id"] = serde_json::json!(request.key_id);
+                    answer["expires_at"] =
+                        serde_json::json!(request.expires_at_ms.map(|ms| ms.div_euclid(1000)));
+                }
+                answer.to_string()
             } else {
                 format!(
                     "id: {}\nstatus: {}\nclaim_token: {}",
-                    submitted.request.id,
-                    submitted.request.status.as_str(),
+                    request.id,
+                    request.status.as_str(),
                     submitted.claim_token.expose()
                 )
             }

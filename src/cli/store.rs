@@ -27,8 +27,8 @@ pub(crate) struct StoreArgs {
 
 #[derive(Subcommand, Debug)]
 enum StoreCommand {
-    /// Copy a single host's keys, audit log and usage ledger into the PostgreSQL store,
-    /// idempotently.
+    /// Copy a single host's keys, access requests, audit log and usage ledger into the
+    /// PostgreSQL store, idempotently.
     Migrate {
         /// Config file whose `[store]` names the PostgreSQL store (`backend = "postgres"`,
         /// `url`, `pepper`, `node`); nothing else in it is read.
@@ -138,7 +138,7 @@ fn migrate(
 
     // Everything about the source is checked before the database is touched: opening the
     // shared store records its pepper verifier on first use.
-    let source = KeyStore::open_read_only(from).map_err(|e| {
+    let mut source = KeyStore::open_read_only(from).map_err(|e| {
         Failure::bad_input(format!(
             "--from-sqlite {}: not a credentialflow data directory ({e})",
             from.display()
@@ -148,6 +148,7 @@ fn migrate(
         return Err(Failure::bad_input(PEPPER_MISMATCH));
     }
     let keys = source.list()?;
+    let requests = source.access_list(None)?;
     let entries = audit::read(from).map_err(runtime)?;
 
     // Read now, so that a ledger that cannot be read stops the run before anything is
@@ -160,14 +161,19 @@ fn migrate(
     })?;
 
     let mut target = PgStore::open(url.expose(), pepper, &store.node)?;
-    let report = target.import(&keys, &entries, actor)?;
+    let report = target.import(&keys, &requests, &entries, actor)?;
     if !report.conflicts.is_empty() {
         for conflict in &report.conflicts {
-            writeln!(out, "conflict: key {}: {}", conflict.id, conflict.reason).map_err(runtime)?;
+            writeln!(
+                out,
+                "conflict: {} {}: {}",
+                conflict.what, conflict.id, conflict.reason
+            )
+            .map_err(runtime)?;
         }
         let ids: Vec<&str> = report.conflicts.iter().map(|c| c.id.as_str()).collect();
         return Err(Failure::bad_input(format!(
-            "{} key(s) conflict with the PostgreSQL store ({}); nothing was copied",
+            "{} record(s) conflict with the PostgreSQL store ({}); nothing was copied",
             ids.len(),
             ids.join(", ")
         )));
@@ -230,17 +236,19 @@ fn same_pepper(a: &Pepper, b: &Pepper) -> bool {
 }
 
 /// `copied N keys (M already present), K audit entries (L already present), U usage
-/// records (V already present)`.
+/// records (V already present), A access requests (B already present)`.
 fn summary(report: &ImportReport, usage: &UsageImport) -> String {
     format!(
         "copied {} keys ({} already present), {} audit entries ({} already present), \
-         {} usage records ({} already present)",
+         {} usage records ({} already present), {} access requests ({} already present)",
         report.keys_copied,
         report.keys_present,
         report.audit_copied,
         report.audit_present,
         usage.copied,
-        usage.present
+        usage.present,
+        report.access_copied,
+        report.access_present
     )
 }
 
@@ -287,6 +295,8 @@ mod tests {
             keys_present: 4,
             audit_copied: 0,
             audit_present: 9,
+            access_copied: 1,
+            access_present: 3,
             conflicts: Vec::new(),
         };
         let usage = UsageImport {
@@ -296,7 +306,7 @@ mod tests {
         assert_eq!(
             summary(&report, &usage),
             "copied 0 keys (4 already present), 0 audit entries (9 already present), \
-             2 usage records (7 already present)"
+             2 usage records (7 already present), 1 access requests (3 already present)"
         );
     }
 

@@ -130,8 +130,14 @@ pub struct AccessEventInfo<'a> {
     pub name: &'a str,
     /// The team asked for.
     pub team: &'a str,
-    /// Who made this step (`admin`, `key:<id>`, `policy:<team>`).
+    /// Who made this step: `admin`, `cli:<user>`, a key's id, or `policy`.
     pub actor: &'a str,
+    /// Who asked: `admin`, `cli:<user>`, or the id of the key that asked for itself.
+    pub requester: &'a str,
+    /// The request's status after this step (`pending`, `approved`, `denied`).
+    pub status: &'a str,
+    /// Who decided (approval, denial).
+    pub decided_by: Option<&'a str>,
     /// The approver's or denier's note, if any.
     pub note: Option<&'a str>,
     /// The requester's reason, if any.
@@ -152,6 +158,9 @@ pub fn access_event(kind: AccessEvent, info: AccessEventInfo<'_>) -> WebhookEven
     request.insert("id".into(), info.request_id.into());
     request.insert("name".into(), info.name.into());
     request.insert("team".into(), info.team.into());
+    request.insert("requester".into(), info.requester.into());
+    request.insert("status".into(), info.status.into());
+    request.insert("decided_by".into(), info.decided_by.into());
     if let Some(reason) = info.reason {
         request.insert("reason".into(), cut(reason).into());
     }

@@ -10,7 +10,8 @@ use super::PgStore;
 use crate::access::{AccessRequest, AccessStatus};
 use crate::store::StoreError;
 
-const COLUMNS: &str = "id, name, team, models, routes, scopes, limits, ttl, reason, requester, \
+pub(super) const COLUMNS: &str =
+    "id, name, team, models, routes, scopes, limits, ttl, reason, requester, \
     status, decided_by, note, created_at, decided_at, claimed_at, expires_at_ms, key_id, \
     claim_hash";
 
@@ -94,7 +95,8 @@ impl PgStore {
     }
 }
 
-fn write(
+/// Inserts `r` (`insert`), or writes over it what a step changes.
+pub(super) fn write(
     client: &mut impl GenericClient,
     r: &AccessRequest,
     insert: bool,
@@ -151,7 +153,7 @@ fn write(
     Ok(())
 }
 
-fn from_row(row: &Row) -> Result<AccessRequest, StoreError> {
+pub(super) fn from_row(row: &Row) -> Result<AccessRequest, StoreError> {
     let text = |i: usize| -> Result<String, StoreError> { Ok(row.try_get(i)?) };
     let column = |i: usize, what: &str| -> Result<String, StoreError> {
         text(i).map_err(|e| -> StoreError {

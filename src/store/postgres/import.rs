@@ -15,6 +15,12 @@
 //! identical entries in one second are both copied). A key id stored with different content
 //! is a conflict: it is never overwritten, and a run with any conflict writes nothing.
 //!
+//! Access requests (`access_requests`) are copied in the same transaction, row for row with
+//! their claim token's hash, so a request approved on the host can be claimed on any node
+//! and one pending there can be decided there. One already stored with the same content is
+//! present; one stored with other content (decided on the fleet since) is a conflict, as a
+//! key is.
+//!
 //! The usage ledger is copied after the keys, in a transaction of its own
 //! ([`PgStore::import_usage`]): every row of the host's ledger with the id
 //! [`crate::store::usage::source`] derives for it, stored once whatever the number of runs
@@ -27,6 +33,7 @@ use ::postgres::types::ToSql;
 use ::postgres::Transaction;
 
 use super::{PgStore, CHANNEL, WRITE_LOCK};
+use crate::access::{self, AccessRequest};
 use crate::clock::calendar::{parse_rfc3339_ms, rfc3339};
 use crate::store::audit::AuditEntry;
 use crate::store::rules::{check_text, validate};
@@ -75,7 +82,12 @@ pub struct ImportReport {
     pub audit_copied: usize,
     /// Audit entries already stored.
     pub audit_present: usize,
-    /// Keys that cannot be copied as they are. When there is any, the run wrote nothing.
+    /// Access requests inserted by this run.
+    pub access_copied: usize,
+    /// Access requests whose id was already stored with the same content.
+    pub access_present: usize,
+    /// Keys and access requests that cannot be copied as they are. When there is any, the
+    /// run wrote nothing.
     pub conflicts: Vec<KeyConflict>,
 }
 
@@ -103,10 +115,12 @@ impl From<::postgres::Error> for UsageImportError {
     }
 }
 
-/// A key the shared store cannot take as it is.
+/// A key (or an access request) the shared store cannot take as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyConflict {
-    /// The key's id.
+    /// What the id names: `key` or `access request`.
+    pub what: &'static str,
+    /// The key's (or request's) id.
     pub id: String,
     /// Why, in words that never quote a hash.
     pub reason: String,
@@ -120,19 +134,24 @@ enum Standing {
 }
 
 impl PgStore {
-    /// Copies `keys` and `audit` (a single host's store, oldest first) into this store as
-    /// they are, in one transaction; `actor` is recorded on the one `migrate` audit entry a
-    /// run that copied anything adds. Records that break this store's rules (bounds, control
-    /// characters, an unreadable time) are refused before anything is written.
+    /// Copies `keys`, `requests` (access requests) and `audit` (a single host's store,
+    /// oldest first) into this store as they are, in one transaction; `actor` is recorded
+    /// on the one `migrate` audit entry a run that copied anything adds. Records that break
+    /// this store's rules (bounds, control characters, an unreadable time) are refused
+    /// before anything is written.
     pub fn import(
         &mut self,
         keys: &[KeyRecord],
+        requests: &[AccessRequest],
         audit: &[AuditEntry],
         actor: &str,
     ) -> Result<ImportReport, StoreError> {
         super::audit::check_actor(actor)?;
         for record in keys {
             check_key(record)?;
+        }
+        for request in requests {
+            check_access_request(request)?;
         }
         let audit_times = audit
             .iter()
@@ -154,7 +173,20 @@ impl PgStore {
                 Standing::Absent => absent.push(record),
                 Standing::Same => report.keys_present += 1,
                 Standing::Conflict(reason) => report.conflicts.push(KeyConflict {
+                    what: "key",
                     id: record.id.clone(),
+                    reason,
+                }),
+            }
+        }
+        let mut absent_requests = Vec::new();
+        for request in requests {
+            match access_standing(&mut tx, request)? {
+                Standing::Absent => absent_requests.push(request),
+                Standing::Same => report.access_present += 1,
+                Standing::Conflict(reason) => report.conflicts.push(KeyConflict {
+                    what: "access request",
+                    id: request.id.clone(),
                     reason,
                 }),
             }
@@ -176,6 +208,10 @@ impl PgStore {
             last_seq = Some(seq);
         }
         report.keys_copied = absent.len();
+        for request in &absent_requests {
+            super::access::write(&mut tx, request, true)?;
+        }
+        report.access_copied = absent_requests.len();
 
         let mut stored = stored_audit(&mut tx, &audit_times)?;
         for (entry, at) in audit.iter().zip(&audit_times) {
@@ -187,7 +223,7 @@ impl PgStore {
             }
         }
 
-        if report.keys_copied + report.audit_copied > 0 {
+        if report.keys_copied + report.access_copied + report.audit_copied > 0 {
             super::audit::insert(&mut tx, &node, actor, MIGRATE_ACTION, None, None, None)?;
         }
         if let Some(seq) = last_seq {
@@ -239,6 +275,88 @@ fn check_key(record: &KeyRecord) -> Result<(), StoreError> {
     }
     check_text("prefix", &record.prefix).map_err(in_key)?;
     validate(record).map_err(in_key)
+}
+
+/// A copied access request holds to the bounds of one made here (`access::NewAccessRequest`
+/// bounds every field a requester sends; ids and actors are the key store's texts).
+fn check_access_request(request: &AccessRequest) -> Result<(), StoreError> {
+    let in_request = |e: access::FieldError| {
+        StoreError::invalid(
+            e.field,
+            format!("{} (access request {})", e.message, request.id),
+        )
+    };
+    check_text("id", &request.id)?;
+    if request.id.is_empty() {
+        return Err(StoreError::invalid(
+            "id",
+            "an access request has an empty id",
+        ));
+    }
+    let texts = [
+        ("name", Some(&request.name)),
+        ("team", Some(&request.team)),
+        ("ttl", Some(&request.ttl)),
+        ("requester", Some(&request.requester)),
+        ("decided_by", request.decided_by.as_ref()),
+        ("key_id", request.key_id.as_ref()),
+    ];
+    for (field, text) in texts {
+        if let Some(text) = text {
+            access::check_text(field, text, access::MAX_TEXT).map_err(in_request)?;
+        }
+    }
+    for (field, text) in [
+        ("reason", Some(&request.reason)),
+        ("note", request.note.as_ref()),
+    ] {
+        if let Some(text) = text {
+            access::check_text(field, text, access::MAX_REASON).map_err(in_request)?;
+        }
+    }
+    for (field, list) in [
+        ("models", &request.models),
+        ("routes", &request.routes),
+        ("scopes", &request.scopes),
+    ] {
+        if list.len() > access::MAX_LIST {
+            return Err(in_request(access::FieldError {
+                field,
+                message: format!("at most {} entries", access::MAX_LIST),
+            }));
+        }
+        for item in list {
+            access::check_text(field, item, access::MAX_TEXT).map_err(in_request)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `request`'s id is free, stored with the same content (its claim hash included),
+/// or stored with other content.
+fn access_standing(
+    tx: &mut Transaction<'_>,
+    request: &AccessRequest,
+) -> Result<Standing, StoreError> {
+    let row = tx.query_opt(
+        &format!(
+            "SELECT {} FROM access_requests WHERE id = $1",
+            super::access::COLUMNS
+        ),
+        &[&request.id],
+    )?;
+    let Some(row) = row else {
+        return Ok(Standing::Absent);
+    };
+    let stored = super::access::from_row(&row)?;
+    Ok(if stored == *request {
+        Standing::Same
+    } else {
+        Standing::Conflict(format!(
+            "stored with other content (status {} here); not overwritten",
+            stored.status.as_str()
+        ))
+    })
 }
 
 /// Checks entry `index` of the host's log and returns its time in unix seconds.
