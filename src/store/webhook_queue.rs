@@ -13,6 +13,8 @@
 //! The queue is bounded: at most [`MAX_PENDING`] rows wait at once; an event past that is
 //! dropped with an error line and the `dropped` metric, never blocking the key write.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
@@ -187,6 +189,24 @@ CREATE TABLE IF NOT EXISTS webhook_queue (
 CREATE INDEX IF NOT EXISTS webhook_queue_due ON webhook_queue (state, next_attempt_ms);
 ";
 
+/// Set when this process queues an event, so its delivery thread starts a turn within
+/// [`QUEUED_POLL`] instead of after its idle wait. Events queued by another process (the
+/// CLI, another node) are found by the thread's regular turns.
+static QUEUED_HERE: AtomicBool = AtomicBool::new(false);
+
+/// How often the idle delivery thread looks at [`QUEUED_HERE`].
+pub const QUEUED_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Notes that this process queued an event (see [`QUEUED_HERE`]).
+pub(crate) fn note_queued() {
+    QUEUED_HERE.store(true, Ordering::Release);
+}
+
+/// Whether this process queued an event since the last call; clears the note.
+pub fn take_queued_here() -> bool {
+    QUEUED_HERE.swap(false, Ordering::AcqRel)
+}
+
 /// Queues `event` unless its `dedup_key` was queued before or `cap` events wait already.
 /// One statement, so the count and the insert agree even with another writer.
 pub(crate) fn enqueue(
@@ -211,6 +231,7 @@ pub(crate) fn enqueue(
         ],
     )?;
     if inserted == 1 {
+        note_queued();
         return Ok(Enqueued::Queued);
     }
     let seen: Option<i64> = conn

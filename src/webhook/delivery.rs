@@ -23,7 +23,9 @@ use super::sign::{signature, target_id};
 use crate::config::{Secret, StoreSettings, WebhookConfig};
 use crate::identity::http::{Endpoint, Limits};
 use crate::limits::BudgetCrossing;
-use crate::store::webhook_queue::{QueuedWebhook, WebhookOutcome, RETAIN_MS};
+use crate::store::webhook_queue::{
+    take_queued_here, QueuedWebhook, WebhookOutcome, QUEUED_POLL, RETAIN_MS,
+};
 use crate::store::{self, KeyBackend};
 
 /// Most events claimed per turn.
@@ -31,6 +33,9 @@ pub const CLAIM_BATCH: usize = 32;
 
 /// How long the thread waits between turns when there is nothing to do.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
+
+/// Turns run [`QUEUED_POLL`] apart after this process queued an event.
+const QUICK_TURNS: u32 = 4;
 
 /// How often the keys are scanned for `key.expiring` when nothing changed.
 const EXPIRY_SCAN_INTERVAL: Duration = Duration::from_secs(60);
@@ -141,22 +146,47 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, stop: &AtomicBool) {
+        // Turns still to run at the quick pace after an event was queued here: a key write
+        // notes its event inside its transaction, so the first turn may come before the
+        // commit and find nothing.
+        let mut quick_turns = 0u32;
         while !stop.load(Ordering::SeqCst) {
             self.take_crossings();
             self.scan_expiring();
             self.prune();
             let delivered = self.deliver_due(stop);
             if delivered == 0 {
-                // Waiting on the channel: a crossing starts the next turn at once.
-                match self.crossings.recv_timeout(IDLE_WAIT) {
-                    Ok(crossing) => self.queue_crossing(&crossing),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    // No sender: the budget table reports nothing (no budget.threshold
-                    // subscriber); sleep instead.
-                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(IDLE_WAIT),
+                quick_turns = quick_turns.saturating_sub(1);
+                if quick_turns == 0 {
+                    quick_turns = self.idle(stop);
+                } else {
+                    std::thread::sleep(QUEUED_POLL);
                 }
             }
         }
+    }
+
+    /// Waits up to [`IDLE_WAIT`] for something to do: a threshold crossing (queued at
+    /// once), or an event queued by this process (seen within [`QUEUED_POLL`]). Returns how
+    /// many quick turns to run next.
+    fn idle(&mut self, stop: &AtomicBool) -> u32 {
+        let until = Instant::now() + IDLE_WAIT;
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            if take_queued_here() {
+                return QUICK_TURNS;
+            }
+            match self.crossings.recv_timeout(QUEUED_POLL) {
+                Ok(crossing) => {
+                    self.queue_crossing(&crossing);
+                    return QUICK_TURNS;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                // No sender: the budget table reports nothing (no budget.threshold
+                // subscriber); sleep instead.
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(QUEUED_POLL),
+            }
+        }
+        0
     }
 
     fn take_crossings(&mut self) {

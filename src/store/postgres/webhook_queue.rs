@@ -64,6 +64,7 @@ pub(super) fn enqueue<C: GenericClient>(
         ],
     )?;
     if inserted == 1 {
+        crate::store::webhook_queue::note_queued();
         return Ok(Enqueued::Queued);
     }
     let seen = client.query_opt(
