@@ -417,6 +417,10 @@ fn check_refuses_bedrock_settings_that_cannot_work_without_contacting_anything()
     assert!(!out.output().contains("literal-bedrock-check-secret"));
     let role = "assume_role = { role_arn = \"arn:aws:iam::123456789012:role/gateway\", sts_url = \"https://sts.amazonaws.com\", session_name = \"cf\", duration_s = 3600 }\n";
     let with_role = good.replace("[[model]]", &format!("{role}\n[[model]]"));
+    // A well-formed role is accepted without STS being asked for anything.
+    let out = check_config(&with_role);
+    assert_eq!(out.code, Some(0), "{}", out.output());
+    assert!(!out.output().contains("literal-bedrock-check-secret"));
     let cases = [
         (
             good.replace(&format!("region = \"{REGION}\"\n"), ""),
@@ -452,11 +456,6 @@ fn check_refuses_bedrock_settings_that_cannot_work_without_contacting_anything()
             "only kind = \"bedrock\"",
         ),
         (
-            with_role.clone(),
-            "provider[0].assume_role",
-            "assume_role is not supported yet",
-        ),
-        (
             with_role.replace(
                 "arn:aws:iam::123456789012:role/gateway",
                 "arn:aws:iam::12345:user/x",
@@ -478,6 +477,22 @@ fn check_refuses_bedrock_settings_that_cannot_work_without_contacting_anything()
             with_role.replace("session_name = \"cf\"", "session_name = \"a b\""),
             "provider[0].assume_role.session_name",
             "RoleSessionName",
+        ),
+        (
+            // A private endpoint is signed for the provider's region, which must be one.
+            with_role
+                .replace("https://sts.amazonaws.com", "https://sts.internal.example")
+                .replace(&format!("region = \"{REGION}\"\n"), ""),
+            "provider[0].assume_role.sts_url",
+            "signing region",
+        ),
+        (
+            with_role.replace(
+                "https://sts.amazonaws.com",
+                "https://sts.amazonaws.com/?Action=GetCallerIdentity",
+            ),
+            "provider[0].assume_role.sts_url",
+            "query",
         ),
     ];
     for (config, path, words) in cases {

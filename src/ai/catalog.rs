@@ -16,6 +16,7 @@ use crate::config::{
 use crate::identity::oauth2::TokenSource;
 use crate::identity::sigv4::Credentials;
 use crate::identity::source::{CredentialSource, SourceTiming};
+use crate::identity::sts;
 use crate::upstream::{pool_settings, TlsSettings, Upstream};
 
 /// One `[[provider]]`, ready to be sent requests.
@@ -275,7 +276,7 @@ fn build_provider(
         }
     };
     let aws = match cfg.kind {
-        ProviderKind::Bedrock => match aws_signing(cfg, secrets) {
+        ProviderKind::Bedrock => match aws_signing(cfg, secrets, sources) {
             Ok(signing) => Some(Arc::new(signing)),
             Err(e) => {
                 errors.push(format!("provider[{i}].{e}"));
@@ -347,13 +348,28 @@ fn build_provider(
     })
 }
 
-/// The signing of a `bedrock` provider: its static keys as a credential source that never
-/// expires (an STS `AssumeRole` source takes its place when `assume_role` is supported) and
-/// its region. Errors name the key at fault, never a value.
-fn aws_signing(cfg: &ProviderConfig, secrets: &SecretWatcher) -> Result<AwsSigning, String> {
-    if cfg.assume_role.is_some() {
-        return Err("assume_role: assume_role is not supported yet".to_string());
-    }
+/// The signing of a `bedrock` provider: its region and a credential source. With
+/// `assume_role`, the temporary credentials of the role, from the STS source shared by every
+/// holder of the same settings (started with `sources`; without, the settings and base keys
+/// are only checked and a source that never has credentials stands in: `credentialflow
+/// check` contacts nothing). Otherwise its static keys, as a source that never expires.
+/// Errors name the key at fault, never a value.
+fn aws_signing(
+    cfg: &ProviderConfig,
+    secrets: &SecretWatcher,
+    sources: Option<SourceTiming>,
+) -> Result<AwsSigning, String> {
+    let source = match &cfg.assume_role {
+        Some(role) => assumed_role_source(cfg, role, secrets, sources)?,
+        None => Arc::new(CredentialSource::fixed(static_keys(cfg, secrets)?)),
+    };
+    AwsSigning::new(source, &cfg.region)
+        .map_err(|_| "region: must be an AWS region name such as us-east-1".to_string())
+}
+
+/// The provider's own keys as written (`access_key_id`, `secret_access_key`, optional
+/// `session_token`).
+fn static_keys(cfg: &ProviderConfig, secrets: &SecretWatcher) -> Result<Credentials, String> {
     let value = |name: &str, secret: &Option<crate::config::SecretRef>| match secret {
         None => Ok(None),
         Some(secret) => secrets
@@ -365,15 +381,47 @@ fn aws_signing(cfg: &ProviderConfig, secrets: &SecretWatcher) -> Result<AwsSigni
         .ok_or("access_key_id: is required for kind = \"bedrock\"")?;
     let secret = value("secret_access_key", &cfg.secret_access_key)?
         .ok_or("secret_access_key: is required for kind = \"bedrock\"")?;
-    let credentials = match value("session_token", &cfg.session_token)? {
+    Ok(match value("session_token", &cfg.session_token)? {
         None => Credentials::new(key_id.expose(), secret.expose()),
         Some(token) => {
             Credentials::with_session_token(key_id.expose(), secret.expose(), token.expose())
         }
+    })
+}
+
+/// The STS `AssumeRole` source of `role`, signed with the provider's keys (which then only
+/// ever sign STS requests). The STS endpoint's signing region, when its host names none (a
+/// private endpoint), is the provider's.
+fn assumed_role_source(
+    cfg: &ProviderConfig,
+    role: &crate::config::AssumeRoleConfig,
+    secrets: &SecretWatcher,
+    sources: Option<SourceTiming>,
+) -> Result<Arc<CredentialSource<Credentials>>, String> {
+    let settings = sts::AssumeRoleSettings {
+        sts_url: role.sts_url.clone(),
+        role_arn: role.role_arn.clone(),
+        session_name: role.session_name.clone(),
+        // Out of u32's range is out of STS's too: `check` refuses it by its range.
+        duration_s: u32::try_from(role.duration_s).unwrap_or(u32::MAX),
+        fallback_region: Some(cfg.region.clone()),
     };
-    let source = Arc::new(CredentialSource::fixed(credentials));
-    AwsSigning::new(source, &cfg.region)
-        .map_err(|_| "region: must be an AWS region name such as us-east-1".to_string())
+    sts::check(&settings).map_err(|e| format!("assume_role.{e}"))?;
+    let required = |name: &str, secret: &Option<crate::config::SecretRef>| {
+        secret
+            .clone()
+            .ok_or_else(|| format!("{name}: is required for kind = \"bedrock\""))
+    };
+    let base = sts::BaseKeys {
+        access_key_id: required("access_key_id", &cfg.access_key_id)?,
+        secret_access_key: required("secret_access_key", &cfg.secret_access_key)?,
+        session_token: cfg.session_token.clone(),
+    };
+    match sources {
+        Some(timing) => sts::shared_source(&cfg.name, &settings, &base, secrets, timing),
+        None => sts::settings(&settings, &base, secrets, &SourceTiming::default())
+            .map(|_| Arc::new(CredentialSource::unstarted())),
+    }
 }
 
 fn build_upstream(

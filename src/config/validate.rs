@@ -827,6 +827,7 @@ fn check_aws_credentials(
     }
     if let Some(role) = &provider.assume_role {
         let at_role = |key: &str| at(&format!("assume_role.{key}"));
+        let before = findings.errors.len();
         if !is_iam_role_arn(&role.role_arn) {
             findings.error(
                 at_role("role_arn"),
@@ -842,26 +843,50 @@ fn check_aws_credentials(
                 ),
             );
         }
-        let name_ok = (2..=64).contains(&role.session_name.len())
-            && role
-                .session_name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b));
+        // Empty is STS's default name, `credentialflow`.
+        let name_ok = role.session_name.is_empty()
+            || (2..=64).contains(&role.session_name.len())
+                && role
+                    .session_name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b));
         if !name_ok {
             findings.error(
                 at_role("session_name"),
                 "must be 2 to 64 of letters, digits and _+=,.@- (STS RoleSessionName)",
             );
         }
-        if !(MIN_ROLE_DURATION_S..=MAX_ROLE_DURATION_S).contains(&role.duration_s) {
+        // 0 is STS's default duration, 3600 seconds.
+        if role.duration_s != 0
+            && !(MIN_ROLE_DURATION_S..=MAX_ROLE_DURATION_S).contains(&role.duration_s)
+        {
             findings.error(
                 at_role("duration_s"),
                 format!("must be {MIN_ROLE_DURATION_S} to {MAX_ROLE_DURATION_S} seconds (STS DurationSeconds)"),
             );
         }
-        // Refused rather than ignored: the requests would be signed with the base keys, not
-        // the role, which is not what the config asks for.
-        findings.error(at("assume_role"), "assume_role is not supported yet");
+        // What the fields above do not cover (a query in sts_url, the signing region of a
+        // host that names none), as the STS source itself checks it; contacts nothing.
+        if findings.errors.len() == before {
+            let settings = crate::identity::sts::AssumeRoleSettings {
+                sts_url: role.sts_url.clone(),
+                role_arn: role.role_arn.clone(),
+                session_name: role.session_name.clone(),
+                duration_s: u32::try_from(role.duration_s).unwrap_or(u32::MAX),
+                fallback_region: Some(provider.region.clone()),
+            };
+            if let Err(e) = crate::identity::sts::check(&settings) {
+                // The source names the setting at fault first (`sts_url: ...`).
+                match e.split_once(": ") {
+                    Some((key, why))
+                        if ["sts_url", "role_arn", "session_name", "duration_s"].contains(&key) =>
+                    {
+                        findings.error(at_role(key), why)
+                    }
+                    _ => findings.error(at("assume_role"), e),
+                }
+            }
+        }
     }
 }
 
@@ -1732,7 +1757,7 @@ mod tests {
     }
 
     #[test]
-    fn bedrock_needs_a_region_and_keys_takes_no_api_key_and_refuses_assume_role_for_now() {
+    fn bedrock_needs_a_region_and_keys_takes_no_api_key_and_a_well_formed_assume_role() {
         let mut config = valid();
         let provider = &mut config.provider[0];
         provider.kind = ProviderKind::Bedrock;
@@ -1766,7 +1791,28 @@ mod tests {
             session_name: "credentialflow".into(),
             duration_s: 3600,
         });
-        assert_eq!(errors_of(&config), ["provider[0].assume_role"]);
+        assert!(errors_of(&config).is_empty(), "{:?}", errors_of(&config));
+        // Empty name and zero duration are STS's defaults.
+        let role = config.provider[0].assume_role.as_mut().unwrap();
+        role.session_name = String::new();
+        role.duration_s = 0;
+        assert!(errors_of(&config).is_empty(), "{:?}", errors_of(&config));
+        // What only the STS source's own check sees: a query in the endpoint; and a private
+        // endpoint is signed for the provider's region, so it needs one.
+        let role = config.provider[0].assume_role.as_mut().unwrap();
+        role.sts_url = "https://sts.amazonaws.com/?Action=GetCallerIdentity".into();
+        assert_eq!(errors_of(&config), ["provider[0].assume_role.sts_url"]);
+        let role = config.provider[0].assume_role.as_mut().unwrap();
+        role.sts_url = "https://vpce-1a2b.sts.vpce.amazonaws.com".into();
+        assert!(errors_of(&config).is_empty(), "{:?}", errors_of(&config));
+        config.provider[0].region = String::new();
+        assert_eq!(
+            errors_of(&config),
+            ["provider[0].region", "provider[0].assume_role.sts_url"]
+        );
+        config.provider[0].region = "eu-central-1".into();
+        config.provider[0].assume_role.as_mut().unwrap().duration_s = 60;
+        assert_eq!(errors_of(&config), ["provider[0].assume_role.duration_s"]);
         for (arn, ok) in [
             ("arn:aws-cn:iam::123456789012:role/r", true),
             ("arn:aws:iam::123456789012:user/r", false),

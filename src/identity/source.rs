@@ -178,7 +178,8 @@ impl<T: Send + Sync + 'static> CredentialSource<T> {
             wake,
             epoch: Instant::now(),
             last_request_ms: AtomicU64::new(0),
-            min_forced_refresh_ms: millis(timing.min_forced_refresh),
+            // Below the sentinel of sources without a thread, whatever the timing says.
+            min_forced_refresh_ms: millis(timing.min_forced_refresh).min(NEVER_REFRESHED - 1),
         })
     }
 
@@ -191,7 +192,7 @@ impl<T: Send + Sync + 'static> CredentialSource<T> {
             wake,
             epoch: Instant::now(),
             last_request_ms: AtomicU64::new(0),
-            min_forced_refresh_ms: u64::MAX,
+            min_forced_refresh_ms: NEVER_REFRESHED,
         }
     }
 
@@ -211,6 +212,13 @@ impl<T: Send + Sync + 'static> CredentialSource<T> {
             generation: 1,
         })));
         source
+    }
+
+    /// Whether a fetch thread stands behind the source, so that [`CredentialSource::request_refresh`]
+    /// can bring a newer credential: false for [`CredentialSource::fixed`] and
+    /// [`CredentialSource::unstarted`], whose callers should not wait for one.
+    pub fn refreshes(&self) -> bool {
+        self.min_forced_refresh_ms != NEVER_REFRESHED
     }
 
     /// The credential in force, or `None` when there is none or it has expired. One atomic
@@ -238,6 +246,9 @@ impl<T: Send + Sync + 'static> CredentialSource<T> {
         }
     }
 }
+
+/// The forced-refresh interval of a source without a thread: no request is ever let through.
+const NEVER_REFRESHED: u64 = u64::MAX;
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -446,6 +457,7 @@ mod tests {
         assert_eq!(current.credential.expose(), "token-1");
         assert_eq!(current.generation, 1);
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        assert!(source.refreshes());
     }
 
     #[test]
@@ -536,6 +548,7 @@ mod tests {
         let current = source.current().expect("a fixed credential");
         assert_eq!(current.credential.expose(), "static");
         assert_eq!(current.generation, 1, "never refreshed");
+        assert!(!source.refreshes());
         assert!(current.expires_at > Instant::now() + Duration::from_secs(365 * 24 * 3600));
     }
 
@@ -544,5 +557,6 @@ mod tests {
         let source = CredentialSource::<BearerToken>::unstarted();
         source.request_refresh();
         assert!(source.current().is_none());
+        assert!(!source.refreshes());
     }
 }

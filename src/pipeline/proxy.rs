@@ -16,8 +16,7 @@ use crate::http1::{
     encode_chunk, encode_last_chunk, push_header, BodyFraming, ChunkedDecoder, RequestHead,
     ResponseBody, ResponseHead, StrBuf, Version,
 };
-use crate::identity::oauth2::TokenSource;
-use crate::identity::source::{BearerToken, Current};
+use crate::identity::source::{CredentialSource, Current};
 use crate::lua::ResponseInfo;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{Target, Upstream, UpstreamStream};
@@ -220,12 +219,13 @@ where
 /// before the 401 is relayed. The worker is not blocked: it serves other connections.
 const FRESH_TOKEN_WAIT: Duration = Duration::from_secs(3);
 
-/// Asks `source` for a new token (rate-limited there) and waits up to [`FRESH_TOKEN_WAIT`]
-/// for one newer than generation `used`; a refresh another request asked for counts too.
-pub(super) async fn fresher_token(
-    source: &TokenSource,
+/// Asks `source` for a new credential (rate-limited there) and waits up to
+/// [`FRESH_TOKEN_WAIT`] for one newer than generation `used`; a refresh another request asked
+/// for counts too. Any kind of credential: bearer tokens, and AWS credentials for SigV4.
+pub(super) async fn fresher_token<T: Send + Sync + 'static>(
+    source: &CredentialSource<T>,
     used: u64,
-) -> Option<std::sync::Arc<Current<BearerToken>>> {
+) -> Option<std::sync::Arc<Current<T>>> {
     source.request_refresh();
     let deadline = std::time::Instant::now() + FRESH_TOKEN_WAIT;
     loop {

@@ -15,6 +15,10 @@
 //!   `tests/bedrock_reference.rs`). A wrong signature, an unknown key, a missing or wrong
 //!   session token, or a clock more than 5 minutes off get 403 with AWS's error shape
 //!   (`x-amzn-ErrorType` and `{"message": ...}`).
+//! - Temporary credentials a fake STS issued are accepted when the fake is given its book
+//!   ([`FakeBedrock::accept_sts`]), as AWS services accept any role session's: while they
+//!   are valid; expired, 403 `ExpiredTokenException`; revoked, 403
+//!   `UnrecognizedClientException`.
 
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
@@ -26,6 +30,7 @@ use serde_json::{json, Value};
 use super::fake_server::{
     connection_token, send_json, status_line, unix_now, Conn, FakeServer, RecordedRequest,
 };
+use super::fake_sts::{Standing, StsBook};
 
 /// The assistant text answered until a test sets its own.
 pub const DEFAULT_REPLY: &str = "Hello from the fake Bedrock server.";
@@ -61,8 +66,10 @@ struct Behaviour {
     tool_use: Option<(String, Value)>,
     /// Frames sent before a `throttlingException` frame ends the next stream.
     exception_after: Option<usize>,
-    /// Signature checks that failed so far.
-    refused: usize,
+    /// Temporary credentials accepted besides `keys`: those a fake STS issued.
+    sts: Option<Arc<StsBook>>,
+    /// The AWS error type of each refused request, in order.
+    refusals: Vec<&'static str>,
 }
 
 /// A running fake Bedrock; stops on drop. Dereferences to its [`FakeServer`].
@@ -85,6 +92,7 @@ struct Planned {
     reply: String,
     tool_use: Option<(String, Value)>,
     exception_after: Option<usize>,
+    sts: Option<Arc<StsBook>>,
 }
 
 impl FakeBedrock {
@@ -105,7 +113,8 @@ impl FakeBedrock {
             reply: DEFAULT_REPLY.to_string(),
             tool_use: None,
             exception_after: None,
-            refused: 0,
+            sts: None,
+            refusals: Vec::new(),
         }));
         let shared = behaviour.clone();
         let plan = move |_: &RecordedRequest| {
@@ -116,6 +125,7 @@ impl FakeBedrock {
                 reply: b.reply.clone(),
                 tool_use: b.tool_use.clone(),
                 exception_after: b.exception_after.take(),
+                sts: b.sts.clone(),
             }
         };
         let counted = behaviour.clone();
@@ -124,8 +134,8 @@ impl FakeBedrock {
                             planned: Planned,
                             _ordinal: usize,
                             keep_alive: bool| {
-            if let Err((kind, message)) = verify(request, &planned.keys) {
-                counted.lock().unwrap().refused += 1;
+            if let Err((kind, message)) = verify(request, &planned.keys, planned.sts.as_deref()) {
+                counted.lock().unwrap().refusals.push(kind);
                 let headers = [(
                     "x-amzn-ErrorType",
                     format!("{kind}:http://internal.amazon.com/coral/com.amazon.coral.service/"),
@@ -170,9 +180,19 @@ impl FakeBedrock {
         self.behaviour().exception_after = Some(frames);
     }
 
-    /// How many requests were refused for their signature.
+    /// How many requests were refused for their signature or credentials.
     pub fn refused(&self) -> usize {
-        self.behaviour().refused
+        self.behaviour().refusals.len()
+    }
+
+    /// The AWS error type of each refused request (`ExpiredTokenException`, ...), in order.
+    pub fn refusals(&self) -> Vec<&'static str> {
+        self.behaviour().refusals.clone()
+    }
+
+    /// Also accepts the temporary credentials `book`'s fake STS issued, while they are valid.
+    pub fn accept_sts(&self, book: Arc<StsBook>) {
+        self.behaviour().sts = Some(book);
     }
 
     /// The `endpoint_url` of clients (botocore's) pointed at the fake.
@@ -224,8 +244,42 @@ fn parse_authorization(value: &str) -> Option<Authorization<'_>> {
     })
 }
 
+/// The key `access_key_id` names: one of the fake's own, or temporary credentials `sts`
+/// issued; the error is AWS's for a key it cannot use.
+fn find_key(
+    access_key_id: &str,
+    keys: &[Key],
+    sts: Option<&StsBook>,
+) -> Result<Key, (&'static str, String)> {
+    let invalid = || {
+        (
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.".to_string(),
+        )
+    };
+    if let Some(key) = keys.iter().find(|k| k.id == access_key_id) {
+        return Ok(key.clone());
+    }
+    match sts.and_then(|book| book.lookup(access_key_id)) {
+        Some((issued, Standing::Valid)) => Ok(Key {
+            id: issued.access_key_id,
+            secret: issued.secret_access_key,
+            session_token: Some(issued.session_token),
+        }),
+        Some((_, Standing::Expired)) => Err((
+            "ExpiredTokenException",
+            "The security token included in the request is expired".to_string(),
+        )),
+        Some((_, Standing::Revoked)) | None => Err(invalid()),
+    }
+}
+
 /// Checks the request's signature as AWS would; the error is AWS's `(ErrorType, message)`.
-fn verify(request: &RecordedRequest, keys: &[Key]) -> Result<(), (&'static str, String)> {
+fn verify(
+    request: &RecordedRequest,
+    keys: &[Key],
+    sts: Option<&StsBook>,
+) -> Result<(), (&'static str, String)> {
     let missing = || {
         (
             "MissingAuthenticationTokenException",
@@ -236,10 +290,7 @@ fn verify(request: &RecordedRequest, keys: &[Key]) -> Result<(), (&'static str, 
         .header("authorization")
         .and_then(parse_authorization)
         .ok_or_else(missing)?;
-    let key = keys.iter().find(|k| k.id == auth.access_key_id).ok_or((
-        "UnrecognizedClientException",
-        "The security token included in the request is invalid.".to_string(),
-    ))?;
+    let key = find_key(auth.access_key_id, keys, sts)?;
     if request.header("x-amz-security-token") != key.session_token.as_deref() {
         return Err((
             "UnrecognizedClientException",

@@ -73,6 +73,18 @@ pub struct IssuedCredentials {
     /// `Expiration` as sent (ISO 8601).
     pub expiration: String,
     expires_at: Instant,
+    revoked: bool,
+}
+
+/// Where a set of issued credentials stands, as an AWS service that receives them sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Issued, not expired, not revoked.
+    Valid,
+    /// Past its `Expiration` (AWS: `ExpiredTokenException`).
+    Expired,
+    /// Revoked before its expiry (AWS then no longer recognises the session token).
+    Revoked,
 }
 
 /// The credentials issued so far, shared with upstream fakes that take them.
@@ -88,15 +100,44 @@ impl StsBook {
             .is_some_and(|c| c.session_token == session_token)
     }
 
-    /// The unexpired credentials of `access_key_id`: an upstream fake verifies a signature
-    /// with their secret.
+    /// The unexpired, unrevoked credentials of `access_key_id`: an upstream fake verifies a
+    /// signature with their secret.
     pub fn valid(&self, access_key_id: &str) -> Option<IssuedCredentials> {
-        self.issued
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|c| c.access_key_id == access_key_id && Instant::now() < c.expires_at)
-            .cloned()
+        self.lookup(access_key_id)
+            .filter(|(_, standing)| *standing == Standing::Valid)
+            .map(|(c, _)| c)
+    }
+
+    /// The credentials issued as `access_key_id` and where they stand; `None` when the fake
+    /// never issued that key.
+    pub fn lookup(&self, access_key_id: &str) -> Option<(IssuedCredentials, Standing)> {
+        let issued = self.issued.lock().unwrap();
+        let c = issued.iter().find(|c| c.access_key_id == access_key_id)?;
+        let standing = if c.revoked {
+            Standing::Revoked
+        } else if Instant::now() >= c.expires_at {
+            Standing::Expired
+        } else {
+            Standing::Valid
+        };
+        Some((c.clone(), standing))
+    }
+
+    /// Makes every set issued so far expire now, earlier than its `Expiration` said (as a
+    /// service whose clock runs ahead sees it).
+    pub fn expire_all(&self) {
+        let now = Instant::now();
+        for c in self.issued.lock().unwrap().iter_mut() {
+            c.expires_at = c.expires_at.min(now);
+        }
+    }
+
+    /// Revokes every set issued so far (before its expiry), as revoking the role's sessions
+    /// does.
+    pub fn revoke_all(&self) {
+        for c in self.issued.lock().unwrap().iter_mut() {
+            c.revoked = true;
+        }
     }
 
     /// Every set issued, oldest first.
@@ -313,6 +354,7 @@ fn assume_role(
         ),
         expiration: expiration.clone(),
         expires_at: Instant::now() + Duration::from_secs(lifetime_s),
+        revoked: false,
     };
     let xml = format!(
         "<AssumeRoleResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n\

@@ -236,20 +236,17 @@ async fn try_once(
         if (200..300).contains(&status) {
             return Attempt::Answer(exchange);
         }
+        let stale = credential_stale(provider, status, &exchange);
         ctx.upstream_began(&exchange);
         let error = read_provider_error(worker, upstream, provider, exchange, &limits).await;
         ctx.upstream_ended();
-        // The provider refused the token (revoked before its expiry, say): nothing has
-        // reached the client, so the call is sent once more with a newer token, without
-        // spending one of the call's retries on a failure a fresh token cures.
-        if let (401, false, Some(source), Some(used)) =
-            (status, refreshed, provider.token.as_deref(), used)
-        {
+        // The provider refused the credential (a token revoked before its expiry, temporary
+        // AWS credentials expired or revoked): nothing has reached the client, so the call
+        // is sent once more with a newer credential, without spending one of the call's
+        // retries on a failure a fresh credential cures.
+        if let (true, false, Some(used)) = (stale, refreshed, used) {
             refreshed = true;
-            if crate::pipeline::proxy::fresher_token(source, used)
-                .await
-                .is_some()
-            {
+            if fresher_credential(provider, used).await {
                 continue;
             }
         }
@@ -261,16 +258,58 @@ async fn try_once(
     }
 }
 
-/// The generation of the token `provider` is sent with now (`None` when it takes no token),
-/// or 502 `upstream_credential_unavailable` when it takes one and has none: the provider
-/// would refuse the call, and the client could do nothing about it.
+/// The AWS error types (`x-amzn-ErrorType`, before its `:`) with which Bedrock refuses
+/// credentials that a newer set from the same source can replace: temporary credentials
+/// past their expiry, or ones it no longer recognises (revoked, say). A bad signature or a
+/// denied permission is not among them: new credentials of the same role would not cure it.
+const STALE_CREDENTIAL_ERRORS: [&[u8]; 2] =
+    [b"ExpiredTokenException", b"UnrecognizedClientException"];
+
+/// Whether `provider`'s error answer says the credential the call went with is stale, so a
+/// refreshed one may succeed: a 401 to a token, or a 403 `ExpiredTokenException` /
+/// `UnrecognizedClientException` to SigV4 credentials from a source that refreshes them
+/// (static keys do not change: there is nothing to wait for).
+fn credential_stale(provider: &Provider, status: u16, exchange: &Exchange) -> bool {
+    if provider.token.is_some() {
+        return status == 401;
+    }
+    let Some(aws) = &provider.aws else {
+        return false;
+    };
+    let error_type = exchange
+        .response
+        .header("x-amzn-errortype")
+        .map(|v| v.split(|&b| b == b':').next().unwrap_or_default());
+    status == 403
+        && aws.source().refreshes()
+        && error_type.is_some_and(|t| STALE_CREDENTIAL_ERRORS.contains(&t))
+}
+
+/// Asks `provider`'s credential source for a credential newer than generation `used` and
+/// waits (briefly, see [`crate::pipeline::proxy::fresher_token`]) for it; whether one came.
+async fn fresher_credential(provider: &Provider, used: u64) -> bool {
+    if let Some(source) = &provider.token {
+        return crate::pipeline::proxy::fresher_token(source, used)
+            .await
+            .is_some();
+    }
+    match &provider.aws {
+        Some(aws) => crate::pipeline::proxy::fresher_token(aws.source(), used)
+            .await
+            .is_some(),
+        None => false,
+    }
+}
+
+/// The generation of the credential `provider` is sent or signed with now (`None` when it
+/// takes none), or 502 `upstream_credential_unavailable` when it takes one and has none: the
+/// provider would refuse the call, and the client could do nothing about it.
 pub(super) fn token_in_force(provider: &Provider) -> Result<Option<u64>, GatewayError> {
     if let Some(aws) = &provider.aws {
-        // Signing credentials: there must be some, though a refused signature is not retried
-        // through the token path (Bedrock answers 403, and static keys do not change).
+        // Signing credentials: static keys (one generation for good) or temporary ones.
         return aws
             .in_force()
-            .map(|_| None)
+            .map(Some)
             .ok_or(GatewayError::CredentialUnavailable);
     }
     match &provider.token {
