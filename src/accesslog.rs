@@ -9,8 +9,8 @@
 //! After writing a line the writer hands it to the [`LiveFeed`] (`GET /admin/live`): a ring
 //! of the last [`LIVE_ENTRIES`] lines that readers poll. The writer never waits for a reader:
 //! if one holds the ring at that moment, the line is left out of the feed (and counted). It
-//! also keeps each AI provider's latency histogram from the lines' `upstream_ms`, for
-//! `GET /admin/providers`.
+//! also keeps each AI provider's latency histogram from the lines' `upstream_ms` (or
+//! `duration_us` for an in-process provider), for `GET /admin/providers`.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -366,6 +366,8 @@ pub fn live() -> &'static LiveFeed {
 struct Timed {
     upstream_ms: Option<u64>,
     #[serde(default)]
+    duration_us: u64,
+    #[serde(default)]
     attempts: Vec<TimedAttempt>,
 }
 
@@ -401,8 +403,14 @@ impl LiveFeed {
         let Ok(timed) = serde_json::from_str::<Timed>(line) else {
             return;
         };
-        let (Some(ms), Some(last)) = (timed.upstream_ms, timed.attempts.last()) else {
+        let Some(last) = timed.attempts.last() else {
             return;
+        };
+        // The provider's own answer time when it is across the network; an in-process
+        // provider (the mock) has none, and the gateway's time for the request stands in.
+        let elapsed = match timed.upstream_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_micros(timed.duration_us),
         };
         let mut latency = self.latency.lock();
         if !latency.contains_key(&last.provider) && latency.len() >= MAX_LATENCY_PROVIDERS {
@@ -411,7 +419,7 @@ impl LiveFeed {
         latency
             .entry(last.provider.clone())
             .or_default()
-            .observe(Duration::from_millis(ms));
+            .observe(elapsed);
     }
 
     /// Lines after sequence number `after` (0: from the oldest kept), at most `max`, oldest
@@ -564,7 +572,17 @@ mod tests {
             r#"{"upstream_ms":40,"attempts":[{"model":"m","provider":"a","outcome":"503"},{"model":"m","provider":"b","outcome":"200"}]}"#.into(),
         );
         feed.offer(r#"{"upstream_ms":7,"status":200}"#.into());
+        feed.offer(
+            r#"{"duration_us":3000,"attempts":[{"model":"m","provider":"mock","outcome":"200"}]}"#
+                .into(),
+        );
         assert!(feed.provider_latency("a").is_none());
+        let mock = feed
+            .provider_latency("mock")
+            .unwrap()
+            .quantile_ms(0.5)
+            .unwrap();
+        assert!(mock > 2.5 && mock <= 5.0, "{mock}");
         let b = feed.provider_latency("b").unwrap();
         assert_eq!(b.count(), 1);
         let p50 = b.quantile_ms(0.5).unwrap();

@@ -190,7 +190,7 @@ fn parameters(query: Option<&str>, now_ms: i64) -> Result<Query, String> {
 }
 
 /// Decodes `%XX` escapes (RFC 3986 §2.1); the result must be UTF-8.
-fn percent_decode(text: &str) -> Result<String, String> {
+pub(super) fn percent_decode(text: &str) -> Result<String, String> {
     let bad = || format!("bad percent-encoding in {text:?}");
     let mut bytes = Vec::with_capacity(text.len());
     let mut rest = text.as_bytes();
