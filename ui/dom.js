@@ -41,7 +41,8 @@ export function table(testid, columns, rows) {
   return el('table', { 'data-testid': testid }, el('thead', {}, head), el('tbody', {}, rows));
 }
 
-export const usd = (n) => '$' + (n < 1 ? n.toFixed(4) : n.toFixed(2));
+// Sub-cent amounts (a few tokens' worth) keep three significant digits instead of rounding to 0.
+export const usd = (n) => '$' + (n === 0 ? '0.00' : n >= 1 ? n.toFixed(2) : n >= 0.01 ? n.toFixed(4) : n.toPrecision(3));
 export const int = (n) => Number(n).toLocaleString('en-US');
 export const time = (ms) => (ms ? new Date(ms).toISOString().replace('T', ' ').slice(0, 19) : '');
 export const pct = (n) => (n * 100).toFixed(1) + '%';

@@ -45,11 +45,13 @@ const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
+const SVG: &str = "image/svg+xml";
 
 /// Every file of the app. `index.html` also answers `/ui/`.
 static ASSETS: &[Asset] = &[
     asset!("index.html", HTML),
     asset!("app.css", CSS),
+    asset!("favicon.svg", SVG),
     asset!("app.js", JS),
     asset!("api.js", JS),
     asset!("dom.js", JS),
