@@ -343,3 +343,82 @@ on_default_driver! {
         assert!(post.header("content-security-policy").is_some());
     }
 }
+
+/// The series on both ledger stores from the same records: 13 keys over three hours, so the
+/// top ten are kept and three are folded into the `null` group; equal spends tie-break by
+/// name. The answers must be identical.
+#[test]
+fn usage_series_agree_on_sqlite_and_postgres() {
+    use credentialflow::store::usage::{
+        Bucket, GroupBy, PgUsage, SqliteUsage, UsageBackend, UsageEvent, UsageRecord,
+    };
+
+    const HOUR: i64 = 3_600_000;
+    let start = 1_764_460_800_000; // midnight UTC
+    let records: Vec<UsageRecord> = (0..39)
+        .map(|i: i64| UsageRecord {
+            id: format!("rec-{i}"),
+            node: "edge-a".into(),
+            event: UsageEvent {
+                ts_ms: start + (i % 3) * HOUR + i * 1_000,
+                request_id: format!("req-{i}"),
+                key_id: Some(format!("key_{:02}", i % 13)),
+                team: if i % 2 == 0 {
+                    "even".into()
+                } else {
+                    "odd".into()
+                },
+                model: Some("gpt-4o".into()),
+                prompt: None,
+                route: Some("ai".into()),
+                status: if i % 5 == 0 { 502 } else { 200 },
+                prompt_tokens: 10,
+                completion_tokens: 2,
+                cached_tokens: 0,
+                // Keys 00..=09 spend more than 10..=12, and 00/01 tie.
+                cost_nano_usd: if i % 13 < 10 {
+                    5_000 - (i % 13).max(1) as u64
+                } else {
+                    10
+                },
+            },
+        })
+        .collect();
+
+    let dir = TempDir::new("series-sqlite");
+    let mut sqlite = SqliteUsage::open(dir.path()).unwrap();
+    sqlite.write_batch(&records).unwrap();
+    let pg_server = common::postgres::PgServer::start();
+    let mut pg = PgUsage::new(&pg_server.url(), "edge-a");
+    pg.write_batch(&records).unwrap();
+
+    for (group_by, bucket) in [
+        (GroupBy::Key, Bucket::Hour),
+        (GroupBy::Team, Bucket::FiveMinutes),
+        (GroupBy::Model, Bucket::Day),
+    ] {
+        let on_sqlite = sqlite.series(group_by, start, bucket).unwrap();
+        let on_pg = pg.series(group_by, start, bucket).unwrap();
+        assert_eq!(on_sqlite, on_pg, "{group_by} by {bucket}");
+        let requests: u64 = on_pg.iter().map(|r| r.requests).sum();
+        assert_eq!(requests, 39);
+        assert!(on_pg.iter().all(|r| r.ts_ms % bucket.millis() == 0));
+    }
+    let by_key = pg.series(GroupBy::Key, start, Bucket::Hour).unwrap();
+    let named: std::collections::BTreeSet<_> =
+        by_key.iter().filter_map(|r| r.group.clone()).collect();
+    assert_eq!(named.len(), 10, "{named:?}");
+    assert!(!named.contains("key_10") && !named.contains("key_12"));
+    let folded: u64 = by_key
+        .iter()
+        .filter(|r| r.group.is_none())
+        .map(|r| r.requests)
+        .sum();
+    assert_eq!(folded, 9, "keys 10..=12, three requests each");
+    let errors: u64 = by_key.iter().map(|r| r.errors).sum();
+    assert_eq!(errors, 8, "every fifth request failed");
+    // The first hour's rows come first, groups in byte order, the folded row last.
+    let first_hour: Vec<_> = by_key.iter().take_while(|r| r.ts_ms == start).collect();
+    assert_eq!(first_hour.last().unwrap().group, None);
+    assert_eq!(first_hour[0].group.as_deref(), Some("key_00"));
+}

@@ -91,9 +91,18 @@ pub struct SeriesRow {
 }
 
 /// The series query; `{column}` comes from [`GroupBy::column`] (a fixed list, never input)
-/// and `{collate}` is PostgreSQL's byte-order collation (empty on SQLite, which orders by
-/// bytes). Parameters: since, bucket width, top groups. The top groups are chosen once over
-/// the range (a non-correlated subquery), by spend then name, as the report orders them.
+/// and `casts` adds PostgreSQL's casts (SUM of BIGINT is NUMERIC there) and byte-order
+/// collation (SQLite orders by bytes already). Parameters: since, bucket width, top groups.
+///
+/// The ordering is on an outer query because PostgreSQL cannot apply a collation to an
+/// output column's alias in the `ORDER BY` of the query that names it.
+///
+/// One pass over the ledger: the range is summed per (bucket, group) first, the top groups
+/// are picked from those sums, and the rest folded into `NULL`. Measured on 1,000,000 rows
+/// from 10,000 keys, this is two to three times faster than picking the top groups with a
+/// subquery over the ledger itself (a second pass, through the key index with a table
+/// lookup per row); a covering index on `(ts_ms, group, ...)` gained nothing over the
+/// existing `usage_by_time`, so none is added (README, "Dashboard").
 pub(super) fn sql(group_by: GroupBy, placeholders: [&str; 3], casts: bool) -> String {
     let column = group_by.column();
     let [since, width, top] = placeholders;
@@ -103,18 +112,22 @@ pub(super) fn sql(group_by: GroupBy, placeholders: [&str; 3], casts: bool) -> St
         ("", "")
     };
     format!(
-        "SELECT bucket, grp, COUNT(*), SUM(failed){sum}, SUM(prompt_tokens){sum}, \
-         SUM(completion_tokens){sum}, SUM(cost_nano_usd){sum} FROM ( \
-           SELECT ts_ms - (ts_ms % {width}) AS bucket, \
-             CASE WHEN {column} IN ( \
-               SELECT {column} FROM usage WHERE ts_ms >= {since} AND {column} IS NOT NULL \
-               GROUP BY {column} ORDER BY SUM(cost_nano_usd) DESC, {column}{collate} ASC \
-               LIMIT {top}) THEN {column} END AS grp, \
-             CASE WHEN status >= 400 THEN 1 ELSE 0 END AS failed, \
-             prompt_tokens, completion_tokens, cost_nano_usd \
+        "WITH summed AS ( \
+           SELECT ts_ms - (ts_ms % {width}) AS bucket, {column} AS grp, COUNT(*) AS requests, \
+             SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS failed, \
+             SUM(prompt_tokens) AS prompt, SUM(completion_tokens) AS completion, \
+             SUM(cost_nano_usd) AS cost \
            FROM usage WHERE ts_ms >= {since} AND {column} IS NOT NULL \
-         ) AS bucketed \
-         GROUP BY bucket, grp ORDER BY bucket ASC, grp{collate} ASC NULLS LAST"
+           GROUP BY bucket, grp), \
+         top AS ( \
+           SELECT grp FROM summed GROUP BY grp \
+           ORDER BY SUM(cost) DESC, grp{collate} ASC LIMIT {top}) \
+         SELECT * FROM ( \
+           SELECT bucket, CASE WHEN grp IN (SELECT grp FROM top) THEN grp END AS shown, \
+             SUM(requests){sum}, SUM(failed){sum}, SUM(prompt){sum}, SUM(completion){sum}, \
+             SUM(cost){sum} \
+           FROM summed GROUP BY bucket, shown) AS series \
+         ORDER BY bucket ASC, shown{collate} ASC NULLS LAST"
     )
 }
 
@@ -152,5 +165,84 @@ mod tests {
         }
         assert!("1m".parse::<Bucket>().is_err());
         assert!("".parse::<Bucket>().is_err());
+    }
+
+    /// The series query's cost on a large ledger: 1,000,000 rows from 10,000 keys over 30
+    /// days. Ignored by default (it writes ~150 MB and takes a while); run it with
+    /// `cargo test --lib series_on_a_million_rows -- --ignored --nocapture` to see the
+    /// figures. It checks the answers' shape, not their timing.
+    #[test]
+    #[ignore]
+    fn series_on_a_million_rows() {
+        use crate::store::usage::{SqliteUsage, UsageBackend, UsageEvent, UsageRecord};
+        use std::time::Instant;
+
+        const ROWS: i64 = 1_000_000;
+        const NOW: i64 = 1_764_460_800_000;
+        const SPAN: i64 = 30 * 86_400_000;
+        let dir = std::env::temp_dir().join(format!(
+            "cf-series-million-{}",
+            crate::store::ids::new_key_id()
+        ));
+        let mut ledger = SqliteUsage::open(&dir).unwrap();
+        let started = Instant::now();
+        let models = ["gpt-4o", "gpt-4o-mini", "claude", "gemini", "mistral"];
+        let mut batch = Vec::with_capacity(10_000);
+        for i in 0..ROWS {
+            // Spread evenly over the span, keys and teams cycling at different rates.
+            batch.push(UsageRecord {
+                id: format!("r{i}"),
+                node: String::new(),
+                event: UsageEvent {
+                    ts_ms: NOW - SPAN + i * (SPAN / ROWS),
+                    request_id: format!("req-{i}"),
+                    key_id: Some(format!("key_{:05}", (i * 7919) % 10_000)),
+                    team: format!("team-{}", i % 20),
+                    model: Some(models[(i % 5) as usize].into()),
+                    prompt: None,
+                    route: Some("ai".into()),
+                    status: if i % 50 == 0 { 500 } else { 200 },
+                    prompt_tokens: 100,
+                    completion_tokens: 20,
+                    cached_tokens: 0,
+                    cost_nano_usd: 1_000 + (i % 97) as u64,
+                },
+            });
+            if batch.len() == 10_000 {
+                ledger.write_batch(&batch).unwrap();
+                batch.clear();
+            }
+        }
+        eprintln!("wrote {ROWS} rows in {:?}", started.elapsed());
+        for (group_by, since, bucket) in [
+            (GroupBy::Model, 3_600_000, Bucket::FiveMinutes),
+            (GroupBy::Model, 86_400_000, Bucket::Hour),
+            (GroupBy::Key, 7 * 86_400_000, Bucket::Hour),
+            (GroupBy::Team, 30 * 86_400_000, Bucket::Day),
+            (GroupBy::Key, 30 * 86_400_000, Bucket::Day),
+        ] {
+            let mut reader = SqliteUsage::new(&dir);
+            let started = Instant::now();
+            let rows = reader.series(group_by, NOW - since, bucket).unwrap();
+            let took = started.elapsed();
+            let buckets = rows
+                .iter()
+                .map(|r| r.ts_ms)
+                .collect::<std::collections::BTreeSet<_>>();
+            let requests: u64 = rows.iter().map(|r| r.requests).sum();
+            eprintln!(
+                "series group_by={group_by} since={}h bucket={bucket}: {} rows, {} buckets, {requests} requests in {took:?}",
+                since / 3_600_000,
+                rows.len(),
+                buckets.len(),
+            );
+            assert!(buckets.len() as i64 <= bucket.buckets_between(NOW - since, NOW));
+            let groups = rows
+                .iter()
+                .map(|r| &r.group)
+                .collect::<std::collections::BTreeSet<_>>();
+            assert!(groups.len() as i64 <= TOP_GROUPS + 1);
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
