@@ -140,3 +140,102 @@ on_default_driver! {
         assert_eq!(approved["note"], "approved from the dashboard");
     }
 }
+
+/// The closing figures of issue 19: the dashboard against 10,000 keys and 1,000,000
+/// ledger rows over 30 days. Ignored by default (filling the store takes minutes); run
+/// with `cargo test --test dashboard_browser scale -- --ignored --nocapture`. It checks
+/// that every view renders, and prints the times.
+#[test]
+#[ignore]
+fn dashboard_at_scale_ten_thousand_keys_a_million_rows() {
+    let driver = Driver::Uring;
+    {
+        use credentialflow::store::usage::{SqliteUsage, UsageBackend, UsageEvent, UsageRecord};
+        use credentialflow::store::NewKey;
+
+        let gw = Gateway::start(&gateway_config(), driver);
+        let data_dir = data_dir(&gw);
+        let started = Instant::now();
+        let store =
+            credentialflow::store::open_shared(&credentialflow::store::sqlite_settings(&data_dir))
+                .unwrap();
+        let mut ids = Vec::with_capacity(10_000);
+        for i in 0..10_000 {
+            let new = NewKey {
+                name: format!("scale-{i:05}"),
+                team: format!("team-{}", i % 20),
+                ..NewKey::default()
+            };
+            let (record, _secret) = store.lock().create(new, "scale-test").unwrap();
+            ids.push(record.id);
+        }
+        eprintln!("10,000 keys in {:?}", started.elapsed());
+        let started = Instant::now();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        const ROWS: i64 = 1_000_000;
+        const SPAN: i64 = 30 * 86_400_000;
+        let models = ["mock-gpt", "mock-claude", "gpt-4o", "claude", "gemini"];
+        let mut ledger = SqliteUsage::open(&data_dir).unwrap();
+        let mut batch = Vec::with_capacity(10_000);
+        for i in 0..ROWS {
+            batch.push(UsageRecord {
+                id: format!("scale-{i}"),
+                node: String::new(),
+                event: UsageEvent {
+                    ts_ms: now - SPAN + i * (SPAN / ROWS),
+                    request_id: format!("scale-{i}"),
+                    key_id: Some(ids[((i * 7919) % 10_000) as usize].clone()),
+                    team: format!("team-{}", i % 20),
+                    model: Some(models[(i % 5) as usize].into()),
+                    prompt: None,
+                    route: Some("/v1/chat/completions".into()),
+                    status: if i % 50 == 0 { 500 } else { 200 },
+                    prompt_tokens: 100,
+                    completion_tokens: 20,
+                    cached_tokens: 0,
+                    cost_nano_usd: 1_000 + (i % 97) as u64,
+                },
+            });
+            if batch.len() == 10_000 {
+                ledger.write_batch(&batch).unwrap();
+                batch.clear();
+            }
+        }
+        drop(ledger);
+        eprintln!("1,000,000 ledger rows in {:?}", started.elapsed());
+        for query in [
+            "group_by=model&since=24h&bucket=1h",
+            "group_by=model&since=30d&bucket=1d",
+            "group_by=key&since=30d&bucket=1d",
+            "group_by=key&since=7d&bucket=1h",
+        ] {
+            let started = Instant::now();
+            let response = admin(&gw, "GET", &format!("/admin/usage?{query}"), None);
+            assert_eq!(response.status, 200);
+            eprintln!(
+                "GET /admin/usage?{query}: {:?} ({} bytes)",
+                started.elapsed(),
+                response.body.len()
+            );
+        }
+        let output = Command::new("node")
+            .arg("perf.mjs")
+            .current_dir(browser_dir())
+            .env("ADMIN_URL", format!("http://{}", gw.admin_addr()))
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .output()
+            .expect("node runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let figures: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        eprintln!("dashboard at scale: {figures}");
+        assert_eq!(figures["keys_total"], "1–50 of 10000");
+    }
+}
