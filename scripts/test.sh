@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 # - postgresql: the store tests (tests/store_postgres*.rs, fleet*.rs) start private servers;
 # - redis-server: the cluster tests (tests/cluster_redis.rs) start private servers;
 # - curl: the README quickstart test (tests/quickstart.rs) runs the README's curl commands;
-# - systemd (for systemd-analyze): tests/systemd_unit.rs verifies the shipped unit.
+# - systemd (for systemd-analyze): tests/systemd_unit.rs verifies the shipped unit;
+# - chromium, nodejs and npm: the dashboard's browser tests (tests/dashboard_browser.rs) drive
+#   Debian's headless Chromium with Playwright from Node.
 # No test uses a system-wide service. The packages start one on install (through systemd or
 # invoke-rc.d), so policy-rc.d forbids that for the install and anything started anyway is
 # stopped afterwards.
@@ -23,6 +25,9 @@ fi
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing: ${missing[*]}; install them (apt-get install ${missing[*]}) or run this as root" >&2
@@ -58,6 +63,10 @@ sdks=("openai==3.57.0" "anthropic==2.14.0" "pyjwt[crypto]==2.15.1" "cryptography
 if ! python3 -m pip install --quiet --disable-pip-version-check "${sdks[@]}" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${sdks[@]}"
 fi
+
+# The browser tests' driver: playwright-core at the version tests/browser/package-lock.json
+# pins (it drives the system's Chromium; it downloads no browser).
+(cd tests/browser && npm ci --no-audit --no-fund --silent)
 
 # Style first: a formatting or lint failure is reported in seconds, not after the suite.
 cargo fmt --check

@@ -5,13 +5,23 @@
 //!
 //! The writer reopens its file by path when asked ([`Writer::reopen`], on `SIGUSR1`), so
 //! logrotate can rename the file and have the next lines start a new one.
+//!
+//! After writing a line the writer hands it to the [`LiveFeed`] (`GET /admin/live`): a ring
+//! of the last [`LIVE_ENTRIES`] lines that readers poll. The writer never waits for a reader:
+//! if one holds the ring at that moment, the line is left out of the feed (and counted). It
+//! also keeps each AI provider's latency histogram from the lines' `upstream_ms` (or
+//! `duration_us` for an in-process provider), for `GET /admin/providers`.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 
@@ -279,6 +289,7 @@ fn write_lines(rx: Receiver<String>, reopen: Receiver<()>, mut out: Output) {
         let w = out.writer();
         let _ = w.write_all(line.as_bytes());
         let _ = w.write_all(b"\n");
+        live().offer(line);
     };
     loop {
         select! {
@@ -303,6 +314,147 @@ fn write_lines(rx: Receiver<String>, reopen: Receiver<()>, mut out: Output) {
                 }
             }
         }
+    }
+}
+
+/// Lines the live feed keeps: a reader that falls further behind skips ahead and is told
+/// how many it missed.
+pub const LIVE_ENTRIES: usize = 256;
+
+/// Longest line the live feed keeps; longer ones (large `on_log` additions) are left out of
+/// it rather than cut into invalid JSON.
+pub const MAX_LIVE_LINE: usize = 16 * 1024;
+
+/// Most providers the latency histograms track (provider names come from the config; a
+/// long run of reloads renaming them cannot grow the table past this).
+const MAX_LATENCY_PROVIDERS: usize = 256;
+
+/// The feed of recent access-log lines behind `GET /admin/live`, and per-provider latency.
+/// Written only by the access-log writer thread; read by admin connection threads.
+#[derive(Default)]
+pub struct LiveFeed {
+    ring: Mutex<Ring>,
+    /// Lines left out of the feed because a reader held the ring.
+    contended: AtomicU64,
+    latency: Mutex<HashMap<String, metrics::Histogram>>,
+}
+
+#[derive(Default)]
+struct Ring {
+    /// Sequence number the next line gets (the first is 1).
+    next: u64,
+    lines: VecDeque<(u64, String)>,
+}
+
+/// Lines a reader gets from [`LiveFeed::since`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LiveLines {
+    /// New lines, oldest first, with their sequence numbers.
+    pub lines: Vec<(u64, String)>,
+    /// Lines after the reader's position that left the ring before it read them.
+    pub missed: u64,
+}
+
+/// The process's live feed.
+pub fn live() -> &'static LiveFeed {
+    static LIVE: OnceLock<LiveFeed> = OnceLock::new();
+    LIVE.get_or_init(LiveFeed::default)
+}
+
+/// The fields of an AI line the latency histograms read.
+#[derive(serde::Deserialize)]
+struct Timed {
+    upstream_ms: Option<u64>,
+    #[serde(default)]
+    duration_us: u64,
+    #[serde(default)]
+    attempts: Vec<TimedAttempt>,
+}
+
+#[derive(serde::Deserialize)]
+struct TimedAttempt {
+    provider: String,
+}
+
+impl LiveFeed {
+    /// Takes one written line. Never waits: a reader holding the ring costs the feed this
+    /// line, not the writer its time.
+    pub fn offer(&self, line: String) {
+        // Only AI lines name attempts; their last attempt is the one `upstream_ms` timed.
+        if line.contains("\"attempts\":[") {
+            self.time_provider(&line);
+        }
+        if line.len() > MAX_LIVE_LINE {
+            return;
+        }
+        let Some(mut ring) = self.ring.try_lock() else {
+            self.contended.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        ring.next += 1;
+        let seq = ring.next;
+        if ring.lines.len() == LIVE_ENTRIES {
+            ring.lines.pop_front();
+        }
+        ring.lines.push_back((seq, line));
+    }
+
+    fn time_provider(&self, line: &str) {
+        let Ok(timed) = serde_json::from_str::<Timed>(line) else {
+            return;
+        };
+        let Some(last) = timed.attempts.last() else {
+            return;
+        };
+        // The provider's own answer time when it is across the network; an in-process
+        // provider (the mock) has none, and the gateway's time for the request stands in.
+        let elapsed = match timed.upstream_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_micros(timed.duration_us),
+        };
+        let mut latency = self.latency.lock();
+        if !latency.contains_key(&last.provider) && latency.len() >= MAX_LATENCY_PROVIDERS {
+            return;
+        }
+        latency
+            .entry(last.provider.clone())
+            .or_default()
+            .observe(elapsed);
+    }
+
+    /// Lines after sequence number `after` (0: from the oldest kept), at most `max`, oldest
+    /// first.
+    pub fn since(&self, after: u64, max: usize) -> LiveLines {
+        let ring = self.ring.lock();
+        let oldest = ring.lines.front().map_or(ring.next + 1, |(seq, _)| *seq);
+        let missed = if after == 0 {
+            0
+        } else {
+            oldest.saturating_sub(after + 1)
+        };
+        let lines = ring
+            .lines
+            .iter()
+            .filter(|(seq, _)| *seq > after)
+            .take(max)
+            .cloned()
+            .collect();
+        LiveLines { lines, missed }
+    }
+
+    /// The sequence number of the newest line (0 before any).
+    pub fn newest(&self) -> u64 {
+        self.ring.lock().next
+    }
+
+    /// Lines left out of the feed because a reader held the ring when they were written.
+    pub fn contended(&self) -> u64 {
+        self.contended.load(Ordering::Relaxed)
+    }
+
+    /// The latency histogram of `provider`'s answers (the final attempt of each request).
+    pub fn provider_latency(&self, provider: &str) -> Option<metrics::Histogram> {
+        self.latency.lock().get(provider).cloned()
     }
 }
 
@@ -381,6 +533,60 @@ mod tests {
         );
         assert!(!dir.exists(), "the reopen must not recreate the directory");
         let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn live_feed_keeps_the_last_lines_and_tells_a_late_reader_what_it_missed() {
+        let feed = LiveFeed::default();
+        assert_eq!(feed.since(0, 10), LiveLines::default());
+        for i in 0..LIVE_ENTRIES + 10 {
+            feed.offer(format!("{{\"n\":{i}}}"));
+        }
+        assert_eq!(feed.newest(), (LIVE_ENTRIES + 10) as u64);
+        let all = feed.since(0, usize::MAX);
+        assert_eq!(all.lines.len(), LIVE_ENTRIES);
+        assert_eq!(all.lines[0], (11, "{\"n\":10}".to_string()));
+        // A reader that had seen line 5 missed 6..=10, which left the ring.
+        let late = feed.since(5, 2);
+        assert_eq!(late.missed, 5);
+        assert_eq!(late.lines.iter().map(|l| l.0).collect::<Vec<_>>(), [11, 12]);
+        let current = feed.since(feed.newest(), 10);
+        assert_eq!(current, LiveLines::default());
+    }
+
+    #[test]
+    fn live_feed_never_waits_for_a_reader_and_drops_oversized_lines() {
+        let feed = LiveFeed::default();
+        let held = feed.ring.lock();
+        feed.offer("{}".into());
+        drop(held);
+        assert_eq!(feed.contended(), 1);
+        feed.offer("x".repeat(MAX_LIVE_LINE + 1));
+        assert_eq!(feed.newest(), 0);
+    }
+
+    #[test]
+    fn live_feed_times_the_provider_of_the_last_attempt() {
+        let feed = LiveFeed::default();
+        feed.offer(
+            r#"{"upstream_ms":40,"attempts":[{"model":"m","provider":"a","outcome":"503"},{"model":"m","provider":"b","outcome":"200"}]}"#.into(),
+        );
+        feed.offer(r#"{"upstream_ms":7,"status":200}"#.into());
+        feed.offer(
+            r#"{"duration_us":3000,"attempts":[{"model":"m","provider":"mock","outcome":"200"}]}"#
+                .into(),
+        );
+        assert!(feed.provider_latency("a").is_none());
+        let mock = feed
+            .provider_latency("mock")
+            .unwrap()
+            .quantile_ms(0.5)
+            .unwrap();
+        assert!(mock > 2.5 && mock <= 5.0, "{mock}");
+        let b = feed.provider_latency("b").unwrap();
+        assert_eq!(b.count(), 1);
+        let p50 = b.quantile_ms(0.5).unwrap();
+        assert!(p50 > 25.0 && p50 <= 50.0, "{p50}");
     }
 
     #[test]

@@ -262,6 +262,24 @@ impl Connection {
         }
     }
 
+    /// Writes bytes as they are: a response whose body is streamed (`/admin/live`) writes
+    /// its own head and then its events through this.
+    pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes)
+    }
+
+    /// Waits up to the poll interval for the client to close: `true` once it has (or the
+    /// socket failed). Whatever the client sends meanwhile is read and dropped; a streamed
+    /// response expects no request.
+    pub fn client_closed(&mut self) -> bool {
+        let mut chunk = [0u8; 512];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !is_retryable(&e),
+        }
+    }
+
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)?;
         self.stream.flush()

@@ -11,9 +11,12 @@ mod access;
 mod auth;
 mod http;
 mod keys;
+mod live;
 mod nodes;
+mod providers;
 mod routes;
 mod slots;
+mod ui;
 mod usage;
 
 pub use auth::constant_time_eq;
@@ -218,6 +221,12 @@ fn serve_connection(
             .header("x-request-id")
             .filter(|id| is_acceptable_request_id(id))
             .map_or_else(new_request_id, str::to_owned);
+        if protected && live::is_live(&request) {
+            // A stream is not a request in progress: it may be closed to make room.
+            slot.release();
+            live::stream(&mut connection, &request_id, shutdown);
+            return;
+        }
         // A panicking handler (say, in the reload callback) must not take the listener down
         // with it, and the client deserves an answer.
         let mut response =

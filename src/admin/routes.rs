@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::auth;
 use super::http::{Request, Response};
-use super::{access, keys, nodes, usage, AdminState};
+use super::{access, keys, nodes, providers, ui, usage, AdminState};
 use crate::access::flow::{Requester, ADMIN_ACTOR};
 
 /// Content type of the Prometheus text exposition format.
@@ -30,17 +30,19 @@ pub(crate) fn dispatch(state: &AdminState, request: &Request) -> Response {
         other => other,
     };
     match (method, segments.as_slice()) {
+        ("GET", ["ui", ..]) => ui::serve(&request.path),
         ("GET", ["healthz"]) => healthz(state),
         ("GET", ["metrics"]) => metrics(),
         ("POST", ["admin", "reload"]) => reload(state),
         ("POST", ["admin", "keys"]) => keys::create(state, request),
-        ("GET", ["admin", "keys"]) => keys::list(state),
+        ("GET", ["admin", "keys"]) => keys::list(state, request),
         ("GET", ["admin", "keys", id]) => keys::show(state, id),
         ("PATCH", ["admin", "keys", id]) => keys::update(state, id, request),
         ("DELETE", ["admin", "keys", id]) => keys::revoke(state, id),
         ("POST", ["admin", "keys", id, "rotate"]) => keys::rotate(state, id, request),
         ("GET", ["admin", "usage"]) => usage::usage(state, request),
         ("GET", ["admin", "nodes"]) => nodes::list(state),
+        ("GET", ["admin", "providers"]) => providers::list(),
         ("POST", ["admin", "access-requests"]) => {
             access::create(state, request, &Requester::Operator(ADMIN_ACTOR.into()))
         }
@@ -50,12 +52,21 @@ pub(crate) fn dispatch(state: &AdminState, request: &Request) -> Response {
         }
         ("POST", ["admin", "access-requests", id, "claim"]) => access::claim(state, id, request),
 
+        (_, ["ui", ..]) => {
+            let mut response = method_not_allowed("GET, HEAD");
+            ui::with_security_headers(&mut response);
+            response
+        }
         (_, ["healthz"] | ["metrics"]) => method_not_allowed("GET, HEAD"),
+        // GET with the token is streamed before routing (`live::stream`).
+        (_, ["admin", "live"]) => method_not_allowed("GET"),
         (_, ["admin", "reload"]) => method_not_allowed("POST"),
         (_, ["admin", "keys"]) => method_not_allowed("GET, HEAD, POST"),
         (_, ["admin", "keys", _]) => method_not_allowed("GET, HEAD, PATCH, DELETE"),
         (_, ["admin", "keys", _, "rotate"]) => method_not_allowed("POST"),
-        (_, ["admin", "usage"] | ["admin", "nodes"]) => method_not_allowed("GET, HEAD"),
+        (_, ["admin", "usage"] | ["admin", "nodes"] | ["admin", "providers"]) => {
+            method_not_allowed("GET, HEAD")
+        }
         (_, ["admin", "access-requests"]) => method_not_allowed("GET, HEAD, POST"),
         (_, ["admin", "access-requests", _, "approve" | "deny" | "claim"]) => {
             method_not_allowed("POST")

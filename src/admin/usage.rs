@@ -6,6 +6,11 @@
 //! need it), so `since=2026-11-30T00:00:00+01:00` and `...%2B01:00` mean the same.
 //! Unknown or repeated parameters are refused, like unknown fields in the keys API.
 //!
+//! With `bucket=5m|1h|1d` the answer is a time series instead (the dashboard's charts):
+//! `[{"ts_ms","group","requests","errors","prompt_tokens","completion_tokens","cost_usd"}]`,
+//! buckets aligned to the epoch, sparse (see [`crate::store::usage::series`]). `since`
+//! then defaults to 24 hours back, and may reach at most [`MAX_BUCKETS`] buckets back.
+//!
 //! The report reads the ledger `[store]` names ([`UsageReader`]): the embedded one in
 //! `data_dir`, or on PostgreSQL the fleet's `usage` table, so any node answers for the
 //! whole fleet.
@@ -17,7 +22,13 @@ use super::http::{Request, Response};
 use super::routes::{error, json_response};
 use super::AdminState;
 use crate::config::{StoreBackend, StoreSettings};
-use crate::store::usage::{self, GroupBy, LedgerError, PgUsage, SqliteUsage, UsageBackend};
+use crate::store::usage::series::MAX_BUCKETS;
+use crate::store::usage::{
+    self, Bucket, GroupBy, LedgerError, PgUsage, SeriesRow, SqliteUsage, UsageBackend,
+};
+
+/// How far back a series reaches when `since` is not given.
+const DEFAULT_SERIES_SINCE_MS: i64 = 24 * 3_600_000;
 
 /// The ledger `GET /admin/usage` reads, shared by the admin connection threads, which take
 /// turns with it. One reader rather than one per request: on PostgreSQL a fresh one would
@@ -60,6 +71,24 @@ impl UsageReader {
         let mut backend = self.backend.lock().unwrap_or_else(|e| e.into_inner());
         backend.report(group_by, since_ms)
     }
+
+    fn series(
+        &self,
+        group_by: GroupBy,
+        since_ms: i64,
+        bucket: Bucket,
+    ) -> Result<Vec<SeriesRow>, LedgerError> {
+        let mut backend = self.backend.lock().unwrap_or_else(|e| e.into_inner());
+        backend.series(group_by, since_ms, bucket)
+    }
+}
+
+/// What `GET /admin/usage` was asked for.
+struct Query {
+    group_by: GroupBy,
+    /// Unix ms; `None` when not given.
+    since_ms: Option<i64>,
+    bucket: Option<Bucket>,
 }
 
 /// `GET /admin/usage`: 200 with the rows, 400 for a bad parameter.
@@ -68,12 +97,35 @@ pub(crate) fn usage(state: &AdminState, request: &Request) -> Response {
 }
 
 fn usage_at(state: &AdminState, request: &Request, now_ms: i64) -> Response {
-    let (group_by, since_ms) = match parameters(request.query.as_deref(), now_ms) {
-        Ok(parameters) => parameters,
-        Err(message) => return error(400, "invalid_request_error", "invalid_parameter", &message),
+    let bad = |message: &str| error(400, "invalid_request_error", "invalid_parameter", message);
+    let query = match parameters(request.query.as_deref(), now_ms) {
+        Ok(query) => query,
+        Err(message) => return bad(&message),
     };
-    match state.usage.report(group_by, since_ms) {
-        Ok(rows) => json_response(200, &serde_json::json!(rows)),
+    let answer = match query.bucket {
+        None => state
+            .usage
+            .report(query.group_by, query.since_ms.unwrap_or(0))
+            .map(|rows| serde_json::json!(rows)),
+        Some(bucket) => {
+            let since_ms = query
+                .since_ms
+                .unwrap_or(now_ms - DEFAULT_SERIES_SINCE_MS)
+                .min(now_ms);
+            if bucket.buckets_between(since_ms, now_ms) > MAX_BUCKETS {
+                return bad(&format!(
+                    "since reaches more than {MAX_BUCKETS} buckets of {bucket} back; \
+                     use a wider bucket or a later since"
+                ));
+            }
+            state
+                .usage
+                .series(query.group_by, since_ms, bucket)
+                .map(|rows| serde_json::json!(rows))
+        }
+    };
+    match answer {
+        Ok(body) => json_response(200, &body),
         Err(LedgerError::Postgres(e)) if e.is_unreachable() => {
             // The text names the failure, never the URL (see `store::postgres`).
             log::warn!("admin: usage report: {e}");
@@ -96,19 +148,21 @@ fn usage_at(state: &AdminState, request: &Request, now_ms: i64) -> Response {
     }
 }
 
-/// `group_by` and `since` (as unix ms) from the query string.
-fn parameters(query: Option<&str>, now_ms: i64) -> Result<(GroupBy, i64), String> {
+/// `group_by`, `since` (as unix ms) and `bucket` from the query string.
+fn parameters(query: Option<&str>, now_ms: i64) -> Result<Query, String> {
     let mut group_by = None;
     let mut since = None;
+    let mut bucket = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = percent_decode(name)?;
         let slot = match name.as_str() {
             "group_by" => &mut group_by,
             "since" => &mut since,
+            "bucket" => &mut bucket,
             _ => {
                 return Err(format!(
-                    "unknown parameter {name:?}; use group_by and since"
+                    "unknown parameter {name:?}; use group_by, since and bucket"
                 ))
             }
         };
@@ -121,14 +175,22 @@ fn parameters(query: Option<&str>, now_ms: i64) -> Result<(GroupBy, i64), String
         None => GroupBy::Key,
     };
     let since_ms = match since {
-        Some(text) => usage::parse_since(&text, now_ms).map_err(|e| format!("since: {e}"))?,
-        None => 0,
+        Some(text) => Some(usage::parse_since(&text, now_ms).map_err(|e| format!("since: {e}"))?),
+        None => None,
     };
-    Ok((group_by, since_ms))
+    let bucket = match bucket {
+        Some(text) => Some(text.parse().map_err(|e| format!("bucket: {e}"))?),
+        None => None,
+    };
+    Ok(Query {
+        group_by,
+        since_ms,
+        bucket,
+    })
 }
 
 /// Decodes `%XX` escapes (RFC 3986 §2.1); the result must be UTF-8.
-fn percent_decode(text: &str) -> Result<String, String> {
+pub(super) fn percent_decode(text: &str) -> Result<String, String> {
     let bad = || format!("bad percent-encoding in {text:?}");
     let mut bytes = Vec::with_capacity(text.len());
     let mut rest = text.as_bytes();
@@ -334,6 +396,42 @@ mod tests {
         let setup = Setup::new();
         assert_bad_parameter(&setup, "group=key", "unknown parameter");
         assert_bad_parameter(&setup, "since=1h&since=2h", "twice");
+    }
+
+    #[test]
+    fn bucket_gives_a_sparse_aligned_series() {
+        let setup = Setup::new();
+        let (status, body) = setup.get(Some("group_by=model&bucket=1h&since=2h"));
+        assert_eq!(status, 200, "{body}");
+        // NOW_MS is midnight: the request an hour back opens the 23:00 bucket, the two in
+        // the last minute are in the 23:00 bucket too (23:59); groups in byte order.
+        let hour = NOW_MS - 3_600_000;
+        assert_eq!(
+            body,
+            json!([
+                {"ts_ms": hour, "group": "claude", "requests": 1, "errors": 0,
+                 "prompt_tokens": 10, "completion_tokens": 3, "cost_usd": 0.001},
+                {"ts_ms": hour, "group": "gpt-4o", "requests": 2, "errors": 0,
+                 "prompt_tokens": 20, "completion_tokens": 6, "cost_usd": 0.0025},
+            ])
+        );
+        let (_, five) = setup.get(Some("group_by=key&bucket=5m&since=2h"));
+        let starts: Vec<i64> = five
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["ts_ms"].as_i64().unwrap())
+            .collect();
+        assert_eq!(starts, [hour, NOW_MS - 300_000]);
+    }
+
+    #[test]
+    fn series_past_the_bucket_bound_is_400() {
+        let setup = Setup::new();
+        assert_bad_parameter(&setup, "bucket=5m&since=30d", "1000 buckets");
+        assert_bad_parameter(&setup, "bucket=1m", "bucket");
+        let (status, _) = setup.get(Some("bucket=1d&since=900d"));
+        assert_eq!(status, 200);
     }
 
     #[test]

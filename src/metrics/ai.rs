@@ -322,6 +322,69 @@ pub struct Settled<'a> {
     pub attempts: &'a [AttemptLog],
 }
 
+/// A latency histogram over the metrics' [`BUCKETS`] (the last slot: above every bound).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// Observations per bucket.
+    pub counts: [u64; BUCKETS.len() + 1],
+}
+
+impl Histogram {
+    /// Counts one observation of `elapsed`.
+    pub fn observe(&mut self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let slot = BUCKETS
+            .iter()
+            .position(|&(bound, _)| nanos <= bound)
+            .unwrap_or(BUCKETS.len());
+        self.counts[slot] += 1;
+    }
+
+    /// Observations counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The `q` quantile (0 < q <= 1) in milliseconds, interpolated linearly inside its
+    /// bucket as Prometheus' `histogram_quantile` does; the open top bucket answers its lower
+    /// bound. `None` without observations.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut below = 0u64;
+        for (slot, &n) in self.counts.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let lower = if slot == 0 { 0 } else { BUCKETS[slot - 1].0 };
+                let Some(&(upper, _)) = BUCKETS.get(slot) else {
+                    return Some(lower as f64 / 1e6);
+                };
+                let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+                return Some((lower as f64 + (upper - lower) as f64 * within) / 1e6);
+            }
+            below += n;
+        }
+        None
+    }
+}
+
+/// One provider's figures, as [`AiMetrics::provider_stats`] reads them.
+#[derive(Debug, Clone)]
+pub struct ProviderStats {
+    /// The provider's name in the config.
+    pub provider: String,
+    /// Attempts on it since start (retries and fallbacks each count).
+    pub attempts: u64,
+    /// Attempts that did not get a 2xx answer (provider errors, timeouts, open circuit).
+    pub failed_attempts: u64,
+    /// Time to first token of successful answers by its models.
+    pub first_token: Histogram,
+    /// Whether its circuit breaker is open now.
+    pub circuit_open: bool,
+}
+
 /// The registry of the AI families; one per [`super::Metrics`].
 pub struct AiMetrics {
     shards: OnceLock<Box<[Shard]>>,
@@ -708,6 +771,77 @@ impl AiMetrics {
         }
     }
 
+    /// Per provider of the serving config: attempts, failed attempts, the time-to-first-token
+    /// histogram of its models and whether its circuit is open, for `GET /admin/providers`.
+    /// Reads the same per-worker counters a scrape sums (the request path is untouched);
+    /// takes the interner's lock once, off the data plane.
+    pub fn provider_stats(&self, now_ms: i64) -> Vec<ProviderStats> {
+        let Some(series) = self.current.load_full() else {
+            return Vec::new();
+        };
+        let interner = self.interner.lock();
+        let mut stats: Vec<ProviderStats> = series
+            .breakers
+            .iter()
+            .map(|(name, breaker)| ProviderStats {
+                provider: name.clone(),
+                attempts: 0,
+                failed_attempts: 0,
+                first_token: Histogram::default(),
+                circuit_open: breaker.is_open(now_ms),
+            })
+            .collect();
+        let index: HashMap<&str, usize> = series
+            .breakers
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.as_str(), i))
+            .collect();
+        // A model's provider is named by its `Series` blocks (a reload may move a model, so
+        // the serving config's catalog decides, through `series.models`' first block).
+        let mut model_provider: HashMap<&str, &str> = HashMap::new();
+        for (key, _) in &interner.blocks {
+            if let BlockKey::Series {
+                model, provider, ..
+            } = key
+            {
+                if series.models.contains_key(model) {
+                    model_provider.insert(model, provider);
+                }
+            }
+        }
+        for (key, base) in &interner.blocks {
+            match key {
+                BlockKey::Attempts { provider } => {
+                    let Some(&i) = index.get(provider.as_str()) else {
+                        continue;
+                    };
+                    for slot in 0..OUTCOME_STATUSES + NAMED_OUTCOMES.len() {
+                        let n = self.sum(base + slot);
+                        stats[i].attempts += n;
+                        // Slots 100..200 are the provider's 2xx statuses.
+                        if !(100..200).contains(&slot) {
+                            stats[i].failed_attempts += n;
+                        }
+                    }
+                }
+                BlockKey::FirstToken { model } => {
+                    let Some(&i) = model_provider
+                        .get(model.as_str())
+                        .and_then(|p| index.get(p))
+                    else {
+                        continue;
+                    };
+                    for slot in 0..=BUCKETS.len() {
+                        stats[i].first_token.counts[slot] += self.sum(base + slot);
+                    }
+                }
+                _ => {}
+            }
+        }
+        stats
+    }
+
     /// `credentialflow_circuit_open{provider}` of the serving config's providers.
     fn render_circuits(&self, out: &mut String, now_ms: i64) {
         family_header(
@@ -910,6 +1044,42 @@ provider = "anthropic"
 
     fn has_line(text: &str, line: &str) -> bool {
         text.lines().any(|l| l == line)
+    }
+
+    #[test]
+    fn provider_stats_count_attempts_failures_and_first_tokens_per_provider() {
+        let ai = AiMetrics::new();
+        ai.set_workers(2);
+        let series = Arc::new(ai.series(&catalog(), ["eng"], None));
+        assert!(ai.provider_stats(0).is_empty(), "no serving config yet");
+        ai.set_current(Arc::clone(&series));
+        let failed_then_ok = [attempt("openai", "503"), attempt("openai", "200")];
+        ai.settled(0, &series, &settled("mini", "eng", &failed_then_ok));
+        let timed_out = [attempt("anthropic", "upstream timed out")];
+        ai.settled(1, &series, &settled("claude", "", &timed_out));
+        let stats = ai.provider_stats(0);
+        let openai = stats.iter().find(|s| s.provider == "openai").unwrap();
+        assert_eq!((openai.attempts, openai.failed_attempts), (2, 1));
+        assert_eq!(openai.first_token.count(), 1);
+        assert!(!openai.circuit_open);
+        let anthropic = stats.iter().find(|s| s.provider == "anthropic").unwrap();
+        assert_eq!((anthropic.attempts, anthropic.failed_attempts), (1, 1));
+        // `settled` counts a first token for the model whatever its attempts say.
+        assert_eq!(anthropic.first_token.count(), 1);
+    }
+
+    #[test]
+    fn histogram_quantiles_interpolate_within_their_bucket() {
+        let mut h = Histogram::default();
+        assert_eq!(h.quantile_ms(0.5), None);
+        for _ in 0..99 {
+            h.observe(Duration::from_millis(3)); // (2.5 ms, 5 ms]
+        }
+        h.observe(Duration::from_secs(60)); // above every bound
+        let p50 = h.quantile_ms(0.5).unwrap();
+        assert!(p50 > 2.5 && p50 <= 5.0, "{p50}");
+        assert_eq!(h.quantile_ms(0.99).unwrap(), 5.0);
+        assert_eq!(h.quantile_ms(1.0).unwrap(), 10_000.0);
     }
 
     #[test]

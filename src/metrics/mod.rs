@@ -16,7 +16,9 @@ mod credentials;
 mod process;
 mod webhooks;
 
-pub use ai::{AiMetrics, AiSeries, LimitKind, PerKey, Settled, MAX_KEY_ID_BYTES};
+pub use ai::{
+    AiMetrics, AiSeries, Histogram, LimitKind, PerKey, ProviderStats, Settled, MAX_KEY_ID_BYTES,
+};
 pub use credentials::{CredentialMetrics, CredentialStats};
 pub use webhooks::WebhookMetrics;
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::report::{count, GroupBy, SpendTotals, UsageRow, NANOS_PER_USD};
+use super::series::{self, Bucket, SeriesRow, TOP_GROUPS};
 use super::{
     node_of, open_for_reading, open_for_writing, LedgerError, PgUsage, UsageRecord, BUSY_TIMEOUT,
 };
@@ -49,6 +50,19 @@ pub trait UsageBackend: Send {
     /// # Errors
     /// If the store cannot be read.
     fn report(&mut self, group_by: GroupBy, since_ms: i64) -> Result<Vec<UsageRow>, LedgerError>;
+
+    /// Usage at or after `since_ms` in `bucket`-wide buckets, by `group_by`: the top groups
+    /// by spend with their own rows, the rest summed into `group: None` (see
+    /// [`super::series`]), ordered by bucket then group.
+    ///
+    /// # Errors
+    /// If the store cannot be read.
+    fn series(
+        &mut self,
+        group_by: GroupBy,
+        since_ms: i64,
+        bucket: Bucket,
+    ) -> Result<Vec<SeriesRow>, LedgerError>;
 
     /// Spend per key or team since `since_ms`, for resuming budgets at start-up. Requests
     /// without a key (or with team `""`) are not counted.
@@ -178,6 +192,33 @@ impl UsageBackend for SqliteUsage {
                 completion_tokens: count(row.get(3)?),
                 cost_usd: count(row.get(4)?) as f64 / NANOS_PER_USD,
             })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn series(
+        &mut self,
+        group_by: GroupBy,
+        since_ms: i64,
+        bucket: Bucket,
+    ) -> Result<Vec<SeriesRow>, LedgerError> {
+        let Some(conn) = open_for_reading(&self.data_dir)? else {
+            return Ok(Vec::new());
+        };
+        let sql = series::sql(group_by, ["?1", "?2", "?3"], false);
+        let mut statement = conn.prepare(&sql)?;
+        let rows = statement.query_map(params![since_ms, bucket.millis(), TOP_GROUPS], |row| {
+            Ok(series::row(
+                row.get(0)?,
+                row.get(1)?,
+                [
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                    row.get(6)?,
+                ],
+            ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

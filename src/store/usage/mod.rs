@@ -12,6 +12,7 @@
 //!   metering through an outage and delivers every record exactly once afterwards.
 //! - [`source`]: a single host's embedded ledger read for `credentialflow store migrate`,
 //!   each row with an id that is the same on every run.
+//! - [`series`]: usage over time in aligned buckets (`GET /admin/usage?bucket=..`).
 //! - [`report`]: spend per key, team or model since a point in time (`credentialflow usage`,
 //!   `GET /admin/usage`), the `--since` / `?since=` argument (`24h` or an RFC 3339
 //!   timestamp), and the totals budgets resume from at start-up.
@@ -25,6 +26,7 @@ pub mod journal;
 pub mod ledger;
 mod pg;
 pub mod report;
+pub mod series;
 pub mod source;
 
 pub use backend::{open_backend, SqliteUsage, TotalsBy, UsageBackend};
@@ -36,6 +38,7 @@ pub use report::{
     parse_since, report, report_for, totals_by_key, totals_by_key_for, totals_by_team,
     totals_by_team_for, GroupBy, SpendTotals, UsageRow,
 };
+pub use series::{Bucket, SeriesRow};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

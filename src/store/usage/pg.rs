@@ -13,6 +13,7 @@ use ::postgres::{Client, GenericClient};
 
 use super::backend::{sql_integer, TotalsBy, UsageBackend};
 use super::report::{count, GroupBy, SpendTotals, UsageRow, NANOS_PER_USD};
+use super::series::{self, Bucket, SeriesRow, TOP_GROUPS};
 use super::{node_of, LedgerError, UsageRecord};
 use crate::config::store::is_node_name;
 use crate::config::StoreSettings;
@@ -195,6 +196,30 @@ impl UsageBackend for PgUsage {
                 prompt_tokens: count(row.get(2)),
                 completion_tokens: count(row.get(3)),
                 cost_usd: count(row.get(4)) as f64 / NANOS_PER_USD,
+            })
+            .collect())
+    }
+
+    fn series(
+        &mut self,
+        group_by: GroupBy,
+        since_ms: i64,
+        bucket: Bucket,
+    ) -> Result<Vec<SeriesRow>, LedgerError> {
+        // The same query as SQLite's, with PostgreSQL's casts (SUM of BIGINT is NUMERIC) and
+        // byte-order collation so both stores order groups alike.
+        let sql = series::sql(group_by, ["$1", "$2", "$3"], true);
+        let width = bucket.millis();
+        let rows =
+            self.with_client(|client| client.query(&sql, &[&since_ms, &width, &TOP_GROUPS]))?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                series::row(
+                    row.get(0),
+                    row.get(1),
+                    [row.get(2), row.get(3), row.get(4), row.get(5), row.get(6)],
+                )
             })
             .collect())
     }

@@ -1,0 +1,424 @@
+//! The admin API the dashboard reads (issue 19, contract "Dashboard"): usage as a time
+//! series, provider stats, the live feed of the access log, paged keys and the embedded UI
+//! with its security headers, against the real gateway on the in-process mock provider.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::gateway::DIR;
+use common::keys::*;
+use common::*;
+use serde_json::{json, Value};
+
+/// A gateway config with the mock provider's two models behind API keys, and `server_extra`
+/// lines in `[server]` (the access log, when a test reads it).
+fn ai_config(server_extra: &str) -> String {
+    config_with(
+        2,
+        server_extra,
+        r#"
+[[provider]]
+name = "mock"
+kind = "mock"
+base_url = "http://mock.invalid"
+
+[[model]]
+name = "mock-gpt"
+provider = "mock"
+input_price_per_mtok = 0.10
+output_price_per_mtok = 0.40
+
+[[model]]
+name = "mock-claude"
+provider = "mock"
+input_price_per_mtok = 0.25
+output_price_per_mtok = 1.25
+
+[ai]
+auth = "api_key"
+"#,
+    )
+}
+
+/// The access log on, in the gateway's directory (the live feed and latency read it).
+fn with_access_log() -> String {
+    ai_config(&format!("access_log = \"{DIR}/access.log\"")).replace("access_log = \"\"\n", "")
+}
+
+/// `POST /v1/chat/completions` for `model` with `key`, and `path_suffix` (a query) appended.
+fn chat(gw: &Gateway, key: &str, model: &str, path_suffix: &str) -> Response {
+    let body = json!({
+        "model": model,
+        "messages": [{ "role": "user", "content": "Hello, dashboard." }],
+    })
+    .to_string();
+    let auth = format!("Bearer {key}");
+    let path = format!("/v1/chat/completions{path_suffix}");
+    roundtrip(
+        gw.addr(),
+        &request(
+            "POST",
+            &path,
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+                ("Connection", "close"),
+            ],
+            body.as_bytes(),
+        ),
+    )
+}
+
+/// Polls `GET path` until `done` holds for its JSON (the ledger is written at least once a
+/// second, and settles trail the client's last byte).
+fn wait_for_json(gw: &Gateway, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let response = admin(gw, "GET", path, None);
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+        let body = response.json();
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{path} never got there: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sum_requests(rows: &Value, group: &str) -> u64 {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["group"] == group)
+        .map(|r| r["requests"].as_u64().unwrap())
+        .sum()
+}
+
+on_default_driver! {
+    fn usage_series_buckets_ai_traffic_by_model_and_key(driver) {
+        let gw = Gateway::start(&ai_config(""), driver);
+        let key = create_key(&gw, &json!({ "name": "series", "team": "research" }));
+        for model in ["mock-gpt", "mock-gpt", "mock-gpt", "mock-claude"] {
+            assert_eq!(chat(&gw, &key.secret, model, "").status, 200);
+        }
+        let path = "/admin/usage?group_by=model&since=1h&bucket=5m";
+        let rows = wait_for_json(&gw, path, |rows| {
+            sum_requests(rows, "mock-gpt") == 3 && sum_requests(rows, "mock-claude") == 1
+        });
+        for row in rows.as_array().unwrap() {
+            let ts = row["ts_ms"].as_i64().unwrap();
+            assert_eq!(ts % 300_000, 0, "bucket starts are aligned: {row}");
+            assert_eq!(row["errors"], 0);
+            assert!(row["prompt_tokens"].as_u64().unwrap() > 0, "{row}");
+            assert!(row["cost_usd"].as_f64().unwrap() > 0.0, "{row}");
+        }
+        let by_key = admin(&gw, "GET", "/admin/usage?group_by=key&bucket=1d", None).json();
+        assert_eq!(sum_requests(&by_key, &key.id), 4, "{by_key}");
+        let by_team = admin(&gw, "GET", "/admin/usage?group_by=team&bucket=1h&since=2h", None);
+        assert_eq!(sum_requests(&by_team.json(), "research"), 4);
+        // The report without a bucket is unchanged.
+        let report = admin(&gw, "GET", "/admin/usage?group_by=model", None).json();
+        assert_eq!(report[0]["group"], "mock-gpt", "{report}");
+        assert!(report[0].get("ts_ms").is_none());
+    }
+}
+
+on_default_driver! {
+    fn usage_series_bounds_are_enforced(driver) {
+        let gw = Gateway::start(&ai_config(""), driver);
+        for (query, mentions) in [
+            ("bucket=5m&since=30d", "1000 buckets"),
+            ("bucket=1m", "bucket"),
+            ("bucket=1h&bucket=1d", "twice"),
+            ("bucket=1h&limit=5", "unknown parameter"),
+        ] {
+            let response = admin(&gw, "GET", &format!("/admin/usage?{query}"), None);
+            response.assert_error(400, "invalid_request_error");
+            assert!(response.text().contains(mentions), "{query}: {}", response.text());
+        }
+        let ok = admin(&gw, "GET", "/admin/usage?bucket=1d&since=365d", None);
+        assert_eq!(ok.status, 200, "{}", ok.text());
+        assert_eq!(ok.json(), json!([]));
+        let anonymous = admin_call(gw.admin_addr(), "GET", "/admin/usage?bucket=1h", None, None);
+        assert_eq!(anonymous.status, 401);
+    }
+}
+
+on_default_driver! {
+    fn providers_report_attempts_first_tokens_latency_and_circuit(driver) {
+        let gw = Gateway::start(&with_access_log(), driver);
+        let key = create_key(&gw, &json!({ "name": "providers" }));
+        for _ in 0..5 {
+            assert_eq!(chat(&gw, &key.secret, "mock-gpt", "").status, 200);
+        }
+        let providers = wait_for_json(&gw, "/admin/providers", |body| {
+            body[0]["requests"].as_u64() == Some(5)
+                && body[0]["latency_ms"]["p50"].is_number()
+        });
+        let mock = &providers[0];
+        assert_eq!(providers.as_array().unwrap().len(), 1, "{providers}");
+        assert_eq!(mock["provider"], "mock");
+        assert_eq!(mock["errors"], 0);
+        assert_eq!(mock["error_rate"], 0.0);
+        assert_eq!(mock["circuit"], "closed");
+        assert!(mock["first_token_ms"]["p50"].as_f64().unwrap() > 0.0, "{mock}");
+        assert!(mock["latency_ms"]["p99"].as_f64().unwrap() >= mock["latency_ms"]["p50"].as_f64().unwrap());
+        let anonymous = admin_call(gw.admin_addr(), "GET", "/admin/providers", None, None);
+        assert_eq!(anonymous.status, 401);
+        assert_eq!(admin(&gw, "POST", "/admin/providers", None).status, 405);
+    }
+}
+
+/// An open `GET /admin/live` stream.
+struct Live {
+    stream: TcpStream,
+    text: String,
+}
+
+impl Live {
+    fn open(admin: SocketAddr, token: &str) -> Live {
+        let mut stream = TcpStream::connect(admin).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let head = format!(
+            "GET /admin/live HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        Live {
+            stream,
+            text: String::new(),
+        }
+    }
+
+    /// Reads until the text holds `needle` (or fails after [`WAIT`]).
+    fn read_until(&mut self, needle: &str) -> &str {
+        let deadline = Instant::now() + WAIT;
+        let mut chunk = [0u8; 8192];
+        while !self.text.contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in:\n{}",
+                self.text
+            );
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("stream closed before {needle:?}:\n{}", self.text),
+                Ok(n) => self.text.push_str(&String::from_utf8_lossy(&chunk[..n])),
+                Err(_) => {}
+            }
+        }
+        &self.text
+    }
+}
+
+on_default_driver! {
+    fn live_feed_streams_access_log_entries_without_secrets(driver) {
+        let gw = Gateway::start(&with_access_log(), driver);
+        let key = create_key(&gw, &json!({ "name": "live" }));
+        let mut live = Live::open(gw.admin_addr(), ADMIN_TOKEN);
+        let head = live.read_until("\r\n\r\n").to_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        // A query string may carry a credential: the feed shows the path without it.
+        let marker = "sk-not-for-the-feed-0123456789";
+        assert_eq!(chat(&gw, &key.secret, "mock-gpt", &format!("?api_key={marker}")).status, 200);
+        let text = live.read_until("\"model\":\"mock-gpt\"").to_owned();
+        let event = text
+            .split("\n\n")
+            .find(|e| e.contains("mock-gpt"))
+            .unwrap();
+        let data: Value = serde_json::from_str(
+            event.lines().find_map(|l| l.strip_prefix("data: ")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(data["path"], "/v1/chat/completions");
+        assert_eq!(data["key_id"], key.id.as_str());
+        assert_eq!(data["status"], 200);
+        assert!(data.get("user_agent").is_none() && data.get("host").is_none(), "{data}");
+        assert!(!text.contains(marker), "the query reached the feed");
+        assert!(!text.contains(&key.secret), "a key secret reached the feed");
+        assert!(!text.contains(ADMIN_TOKEN));
+    }
+}
+
+on_default_driver! {
+    fn live_feed_needs_the_token_and_caps_its_streams(driver) {
+        let gw = Gateway::start(&with_access_log(), driver);
+        let mut refused = Live::open(gw.admin_addr(), "wrong-token");
+        assert!(refused.read_until("\r\n\r\n").starts_with("HTTP/1.1 401"));
+        // Four streams run; the fifth is told to come back later.
+        let mut open: Vec<Live> = (0..4).map(|_| Live::open(gw.admin_addr(), ADMIN_TOKEN)).collect();
+        for live in &mut open {
+            assert!(live.read_until("\r\n\r\n").starts_with("HTTP/1.1 200"));
+        }
+        let mut fifth = Live::open(gw.admin_addr(), ADMIN_TOKEN);
+        assert!(fifth.read_until("\r\n\r\n").starts_with("HTTP/1.1 503"), "{}", fifth.text);
+        // A stream that ends gives its place back.
+        drop(open.pop());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut again = Live::open(gw.admin_addr(), ADMIN_TOKEN);
+            if again.read_until("\r\n\r\n").starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the stream's place was never given back");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Meanwhile the API answers: streams hold no protected slot.
+        assert_eq!(admin(&gw, "GET", "/admin/providers", None).status, 200);
+    }
+}
+
+on_default_driver! {
+    fn keys_are_paged_and_filtered_on_the_server(driver) {
+        let gw = Gateway::start(&ai_config(""), driver);
+        let mut ids = Vec::new();
+        for i in 0..60 {
+            let team = if i % 3 == 0 { "alpha" } else { "beta" };
+            ids.push(create_key(&gw, &json!({ "name": format!("bulk-{i:02}"), "team": team })).id);
+        }
+        let page = admin(&gw, "GET", "/admin/keys?limit=25&offset=50", None);
+        assert_eq!(page.status, 200);
+        assert_eq!(page.header("x-total-count"), Some("60"));
+        let rows = page.json();
+        assert_eq!(rows.as_array().unwrap().len(), 10);
+        for row in rows.as_array().unwrap() {
+            assert!(row.get("key").is_none() && row.get("hash").is_none(), "{row}");
+        }
+        let alpha = admin(&gw, "GET", "/admin/keys?q=ALPHA&limit=500", None);
+        assert_eq!(alpha.header("x-total-count"), Some("20"));
+        assert!(alpha.json().as_array().unwrap().iter().all(|k| k["team"] == "alpha"));
+        let one = admin(&gw, "GET", &format!("/admin/keys?q={}", ids[7]), None).json();
+        assert_eq!(one.as_array().unwrap().len(), 1);
+        assert_eq!(one[0]["name"], "bulk-07");
+        // Without paging parameters the answer is the whole array, as before.
+        let all = admin(&gw, "GET", "/admin/keys", None);
+        assert_eq!(all.json().as_array().unwrap().len(), 60);
+        assert_eq!(all.header("x-total-count"), None);
+        for bad in ["limit=501", "limit=-1", "offset=x", "sort=name"] {
+            let response = admin(&gw, "GET", &format!("/admin/keys?{bad}"), None);
+            response.assert_error(400, "invalid_request_error");
+        }
+        let empty_filter = admin(&gw, "GET", "/admin/keys?q=", None);
+        assert_eq!(empty_filter.header("x-total-count"), Some("60"));
+        let long = format!("/admin/keys?q={}", "a".repeat(257));
+        admin(&gw, "GET", &long, None).assert_error(400, "invalid_request_error");
+    }
+}
+
+on_default_driver! {
+    fn ui_is_served_without_a_token_with_strict_headers(driver) {
+        let gw = Gateway::start(&ai_config(""), driver);
+        let mut total = 0;
+        for (path, content_type) in [
+            ("/ui/", "text/html"),
+            ("/ui/app.js", "text/javascript"),
+            ("/ui/app.css", "text/css"),
+            ("/ui/vendor/uPlot.iife.min.js", "text/javascript"),
+            ("/ui/vendor/uPlot.LICENSE", "text/plain"),
+            ("/ui/missing.js", "application/json"),
+        ] {
+            let response = admin_call(gw.admin_addr(), "GET", path, None, None);
+            let expected = if path == "/ui/missing.js" { 404 } else { 200 };
+            assert_eq!(response.status, expected, "{path}");
+            assert!(response.header("content-type").unwrap().starts_with(content_type), "{path}");
+            let csp = response.header("content-security-policy").unwrap();
+            assert!(csp.starts_with("default-src 'self'"), "{path}: {csp}");
+            assert!(!csp.contains("unsafe-inline"), "{csp}");
+            assert_eq!(response.header("x-frame-options"), Some("DENY"));
+            assert_eq!(response.header("referrer-policy"), Some("no-referrer"));
+            assert_eq!(response.header("x-content-type-options"), Some("nosniff"));
+            total += response.body.len();
+        }
+        let index = admin_call(gw.admin_addr(), "GET", "/ui/", None, None).text();
+        for hook in ["login-token", "login-submit", "nav-keys", "nav-usage", "nav-access"] {
+            assert!(index.contains(&format!("data-testid=\"{hook}\"")), "{hook}");
+        }
+        assert!(total < 300 * 1024, "{total} bytes");
+        let post = admin_call(gw.admin_addr(), "POST", "/ui/", None, None);
+        assert_eq!(post.status, 405);
+        assert!(post.header("content-security-policy").is_some());
+    }
+}
+
+/// The series on both ledger stores from the same records: 13 keys over three hours, so the
+/// top ten are kept and three are folded into the `null` group; equal spends tie-break by
+/// name. The answers must be identical.
+#[test]
+fn usage_series_agree_on_sqlite_and_postgres() {
+    use credentialflow::store::usage::{
+        Bucket, GroupBy, PgUsage, SqliteUsage, UsageBackend, UsageEvent, UsageRecord,
+    };
+
+    const HOUR: i64 = 3_600_000;
+    let start = 1_764_460_800_000; // midnight UTC
+    let records: Vec<UsageRecord> = (0..39)
+        .map(|i: i64| UsageRecord {
+            id: format!("rec-{i}"),
+            node: "edge-a".into(),
+            event: UsageEvent {
+                ts_ms: start + (i % 3) * HOUR + i * 1_000,
+                request_id: format!("req-{i}"),
+                key_id: Some(format!("key_{:02}", i % 13)),
+                team: if i % 2 == 0 {
+                    "even".into()
+                } else {
+                    "odd".into()
+                },
+                model: Some("gpt-4o".into()),
+                prompt: None,
+                route: Some("ai".into()),
+                status: if i % 5 == 0 { 502 } else { 200 },
+                prompt_tokens: 10,
+                completion_tokens: 2,
+                cached_tokens: 0,
+                // Keys 00..=09 spend more than 10..=12, and 00/01 tie.
+                cost_nano_usd: if i % 13 < 10 {
+                    5_000 - (i % 13).max(1) as u64
+                } else {
+                    10
+                },
+            },
+        })
+        .collect();
+
+    let dir = TempDir::new("series-sqlite");
+    let mut sqlite = SqliteUsage::open(dir.path()).unwrap();
+    sqlite.write_batch(&records).unwrap();
+    let pg_server = common::postgres::PgServer::start();
+    let mut pg = PgUsage::new(&pg_server.url(), "edge-a");
+    pg.write_batch(&records).unwrap();
+
+    for (group_by, bucket) in [
+        (GroupBy::Key, Bucket::Hour),
+        (GroupBy::Team, Bucket::FiveMinutes),
+        (GroupBy::Model, Bucket::Day),
+    ] {
+        let on_sqlite = sqlite.series(group_by, start, bucket).unwrap();
+        let on_pg = pg.series(group_by, start, bucket).unwrap();
+        assert_eq!(on_sqlite, on_pg, "{group_by} by {bucket}");
+        let requests: u64 = on_pg.iter().map(|r| r.requests).sum();
+        assert_eq!(requests, 39);
+        assert!(on_pg.iter().all(|r| r.ts_ms % bucket.millis() == 0));
+    }
+    let by_key = pg.series(GroupBy::Key, start, Bucket::Hour).unwrap();
+    let named: std::collections::BTreeSet<_> =
+        by_key.iter().filter_map(|r| r.group.clone()).collect();
+    assert_eq!(named.len(), 10, "{named:?}");
+    assert!(!named.contains("key_10") && !named.contains("key_12"));
+    let folded: u64 = by_key
+        .iter()
+        .filter(|r| r.group.is_none())
+        .map(|r| r.requests)
+        .sum();
+    assert_eq!(folded, 9, "keys 10..=12, three requests each");
+    let errors: u64 = by_key.iter().map(|r| r.errors).sum();
+    assert_eq!(errors, 8, "every fifth request failed");
+    // The first hour's rows come first, groups in byte order, the folded row last.
+    let first_hour: Vec<_> = by_key.iter().take_while(|r| r.ts_ms == start).collect();
+    assert_eq!(first_hour.last().unwrap().group, None);
+    assert_eq!(first_hour[0].group.as_deref(), Some("key_00"));
+}
