@@ -736,8 +736,10 @@ mod tests {
             .call(0, Hook::Access, &mut HookRequest::default())
             .unwrap_err();
         assert_eq!(err.kind, HookErrorKind::Timeout);
+        // Uncut, the search would run for hours; the bound only has to tell the two apart
+        // on a loaded machine, not time the cut.
         assert!(
-            started.elapsed() < Duration::from_millis(200),
+            started.elapsed() < Duration::from_secs(10),
             "{:?}",
             started.elapsed()
         );
