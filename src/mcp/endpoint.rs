@@ -613,14 +613,16 @@ impl CallCtx<'_> {
     ) {
         let took = started.elapsed();
         let server_name = server.map(|s| s.name.as_str());
+        let metrics = crate::metrics::global().mcp();
         if method == "tools/call" {
-            crate::metrics::global()
-                .mcp()
-                .record(server_name, upstream_name, status, took);
+            // A tool its server answered exists: its name may become a label (capped). A
+            // name that was refused or unknown never does.
+            if let (Some(server), "ok") = (server_name, status) {
+                metrics.note_tools(server, std::iter::once(upstream_name));
+            }
+            metrics.record(server_name, upstream_name, status, took);
         } else {
-            crate::metrics::global()
-                .mcp()
-                .record(server_name, "other", status, took);
+            metrics.record(server_name, "other", status, took);
         }
         if self.worker.access_log.enabled() {
             let consumer = ctx.consumer.as_ref();

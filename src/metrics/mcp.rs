@@ -2,7 +2,8 @@
 //! `credentialflow_mcp_call_duration_seconds{server}`.
 //!
 //! Label values are bounded: servers come from the config, outcomes from a fixed set, and
-//! tools only from names the configured servers listed ([`McpMetrics::note_tools`]), at most
+//! tools only from names the configured servers listed or answered a call to
+//! ([`McpMetrics::note_tools`]), at most
 //! [`MAX_TOOL_LABELS`] of them; any other name a client sends is counted as `other`.
 
 use std::collections::{BTreeMap, HashSet};
