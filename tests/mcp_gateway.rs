@@ -136,7 +136,13 @@ struct SdkClient {
 
 impl SdkClient {
     fn open(gw: &Gateway, key: Option<&str>) -> SdkClient {
+        SdkClient::open_with(gw, key, &[])
+    }
+
+    /// [`SdkClient::open`] with extra environment (`CF_MODE=auto`).
+    fn open_with(gw: &Gateway, key: Option<&str>, env: &[(&str, &str)]) -> SdkClient {
         let mut cmd = Command::new("python3");
+        cmd.envs(env.iter().copied());
         cmd.arg(scripts_dir().join("client.py"))
             .env("CF_URL", format!("http://{}/mcp", gw.addr()))
             .stdin(Stdio::piped())
@@ -525,6 +531,16 @@ on_default_driver! {
         assert_eq!(after["texts"], json!(["alpha:b"]), "{after}");
         // Still the one session the client opened.
         assert_eq!(after["sessions"].as_array().unwrap().len(), 1, "{after}");
+    }
+}
+
+on_default_driver! {
+    fn an_sdk_client_in_auto_mode_falls_back_to_initialize(driver) {
+        let s = setup(driver);
+        let key = create_key(&s.gw, &json!({"name": "auto"}));
+        let mut client = SdkClient::open_with(&s.gw, Some(&key.secret), &[("CF_MODE", "auto")]);
+        assert_eq!(client.opened["protocol_version"], "2025-11-25", "{}", client.opened);
+        assert_eq!(client.call("beta__echo", json!({"text": "auto"}))["texts"], json!(["beta:auto"]));
     }
 }
 

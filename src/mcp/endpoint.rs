@@ -175,6 +175,25 @@ where
             .await;
         }
     }
+    // The stateless revision's probe, sent before any session: "method not found" tells a
+    // client in auto mode that this is a handshake-era server, so it falls back to
+    // `initialize`.
+    if let Body::Single(Parsed::Message(m)) = &parsed {
+        if m.method == "server/discover" {
+            let answer =
+                jsonrpc::error(m.id.as_ref(), jsonrpc::METHOD_NOT_FOUND, "method not found");
+            let body = serde_json::to_vec(&answer).unwrap_or_default();
+            return respond(
+                client,
+                head,
+                ctx,
+                200,
+                &[("content-type", "application/json")],
+                Some(&body),
+            )
+            .await;
+        }
+    }
     let Some(session_id) = header_str(head, "mcp-session-id").map(str::to_string) else {
         return respond_error(
             client,

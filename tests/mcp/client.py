@@ -3,7 +3,9 @@
 
     CF_URL=http://127.0.0.1:PORT/mcp CF_KEY=<virtual key> python3 client.py
 
-The session is opened first (one JSON line: the negotiated revision and the session id).
+The session is opened first (one JSON line: the negotiated revision and the session id),
+with `initialize`, or with `CF_MODE=auto` as the SDK's `Client` does by default: a
+`server/discover` probe, then `initialize` when the server is a handshake-era one.
 Then each line read from stdin is one operation, answered by one JSON line on stdout, so a
 test can act between operations (stop a server, reload the gateway):
 
@@ -85,6 +87,12 @@ async def main():
     async with httpx2.AsyncClient(headers=headers, timeout=60, event_hooks={"response": [note_session]}) as http:
         async with streamable_http_client(os.environ["CF_URL"], http_client=http) as (read, write):
             async with ClientSession(read, write) as session:
+                if os.environ.get("CF_MODE") == "auto":
+                    # The SDK's default policy: probe server/discover, fall back to initialize.
+                    from mcp.client._probe import negotiate_auto
+
+                    await negotiate_auto(session)
+                # After a fallback the handshake's result is kept: this sends nothing more.
                 init = await session.initialize()
                 out({"protocol_version": init.protocol_version, "sessions": session_ids,
                      "capabilities": init.capabilities.model_dump(exclude_none=True)})
