@@ -48,6 +48,7 @@ fn free_port() -> u16 {
 /// One `tests/mcp/server.py` process.
 struct McpServer {
     name: String,
+    extra_tools: usize,
     port: u16,
     token: Option<String>,
     seen: PathBuf,
@@ -58,7 +59,13 @@ impl McpServer {
     /// Starts server `name` (requiring `token` when given), recording the credential headers
     /// it receives in `dir`.
     fn start(name: &str, token: Option<&str>, dir: &Path) -> McpServer {
+        McpServer::start_with(name, token, dir, 0)
+    }
+
+    /// [`McpServer::start`] with `extra_tools` more tools (`t0`, `t1`, ...).
+    fn start_with(name: &str, token: Option<&str>, dir: &Path, extra_tools: usize) -> McpServer {
         let mut server = McpServer {
+            extra_tools,
             name: name.to_string(),
             port: free_port(),
             token: token.map(str::to_string),
@@ -80,6 +87,7 @@ impl McpServer {
             .args(["--name", &self.name, "--port", &self.port.to_string()])
             .arg("--seen")
             .arg(&self.seen)
+            .args(["--extra-tools", &self.extra_tools.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -631,6 +639,32 @@ on_default_driver! {
             "params": {"name": "beta__big", "arguments": {"size": 100_000}}});
         let r = post(&s.gw, k, &sid, &fine);
         assert_eq!(r.json()["result"]["content"][0]["text"].as_str().unwrap().len(), 100_000);
+    }
+}
+
+on_default_driver! {
+    fn a_listing_larger_than_the_bound_is_cut_and_paginated(driver) {
+        let dir = TempDir::new("mcp-many");
+        // 1005 numbered tools and the 5 usual ones: more than the 1000 taken per server.
+        let many = McpServer::start_with("many", None, dir.path(), 1005);
+        let rest = format!(
+            "\n[[mcp_server]]\nname = \"many\"\nurl = \"{}\"\n\n[mcp]\nauth = \"api_key\"\n",
+            many.url()
+        );
+        let gw = Gateway::start(&config(&rest), driver);
+        let key = create_key(&gw, &json!({"name": "lister"}));
+        let mut client = SdkClient::open(&gw, Some(&key.secret));
+        let answer = client.op(json!({"op": "list_tools"}));
+        let tools = answer["tools"].as_array().unwrap();
+        assert_eq!(tools.len(), 1000, "cut at the bound");
+        // Two pages of 500, through the gateway's cursor.
+        assert_eq!(answer["pages"], 2, "{}", answer["pages"]);
+        assert!(tools.iter().all(|t| t.as_str().unwrap().starts_with("many__")));
+        // A cursor the gateway did not issue is refused.
+        let (session, _) = initialize(&gw, &key.secret, "2025-11-25");
+        let bad = post(&gw, &key.secret, &[("mcp-session-id", &session)],
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"cursor": "forged"}}));
+        assert_eq!(bad.json()["error"]["code"], -32602, "{}", bad.text());
     }
 }
 

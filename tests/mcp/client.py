@@ -24,6 +24,7 @@ import sys
 import time
 
 import httpx2
+from mcp import types
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -35,8 +36,16 @@ def out(value):
 async def run(session, op):
     kind = op["op"]
     if kind == "list_tools":
-        result = await session.list_tools()
-        return {"tools": [t.name for t in result.tools]}
+        # Every page, following the cursor.
+        names, pages, cursor = [], 0, None
+        while True:
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            result = await session.list_tools(params=params)
+            pages += 1
+            names.extend(t.name for t in result.tools)
+            cursor = result.next_cursor
+            if not cursor or pages > 50:
+                return {"tools": names, "pages": pages}
     if kind == "list_prompts":
         result = await session.list_prompts()
         return {"prompts": [p.name for p in result.prompts]}

@@ -5,7 +5,7 @@ Streamable HTTP) on 127.0.0.1.
 
 Tools: `echo(text)` answers "<name>:<text>"; `add(a, b)`; `slow(steps, delay_ms)` reports
 progress once per step before answering; `big(bytes)` answers a text of that many bytes;
-`secret_tool()` exists so tool globs can hide it. A prompt `greet(who)` and a resource
+`secret_tool()` exists so tool globs can hide it; `--extra-tools N` adds `t0`..`t<N-1>`. A prompt `greet(who)` and a resource
 `note://<name>/hello`. With `--token`, every request must carry `Authorization: Bearer TOKEN`
 (else 401), as a hosted MCP server requires its credential. With `--seen`, the credential
 headers of every request (`authorization`, `x-api-key`) are appended to FILE, one JSON
@@ -25,6 +25,7 @@ parser.add_argument("--name", required=True)
 parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--token")
 parser.add_argument("--seen")
+parser.add_argument("--extra-tools", type=int, default=0)
 args = parser.parse_args()
 
 server = MCPServer(args.name, log_level="WARNING")
@@ -74,6 +75,18 @@ def hello_note() -> str:
     """A static note."""
     return f"note of {args.name}"
 
+
+def numbered(i):
+    def tool() -> str:
+        return f"tool {i}"
+
+    tool.__name__ = f"t{i}"
+    return tool
+
+
+# `--extra-tools N`: tools t0..t(N-1), for listings larger than the gateway takes.
+for i in range(args.extra_tools):
+    server.tool(name=f"t{i}")(numbered(i))
 
 app = server.streamable_http_app()
 
