@@ -663,11 +663,14 @@ impl CallCtx<'_> {
     }
 }
 
+/// Splits a name (or URI) clients sent into the server's prefix and the upstream name.
+type SplitName = fn(&str) -> Option<(&str, &str)>;
+
 /// The owning server of a routed call and the parameters it is sent (the name or URI
 /// without the gateway's prefix).
 fn route<'g>(gateway: &'g McpGateway, m: &Incoming) -> Result<Routed<'g>, &'static str> {
     let mut params = m.params.clone();
-    let (field, split): (&str, fn(&str) -> Option<(&str, &str)>) = match m.method.as_str() {
+    let (field, split): (&str, SplitName) = match m.method.as_str() {
         "resources/read" => ("uri", names::split_resource_uri),
         _ => ("name", names::split),
     };
