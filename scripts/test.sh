@@ -55,11 +55,12 @@ fi
 # reference clients the fakes of outside services are checked against (tests/reference/):
 # pyjwt with its RSA backend (tests/identity_google.rs), botocore (the SigV4 and event-stream
 # tests) and requests-oauthlib with its oauthlib (the fake OAuth2 token endpoint,
-# tests/credentials_oauth2.rs). Debian's own python3 refuses to install into the system
+# tests/credentials_oauth2.rs); mcp, whose servers and client tests/mcp_gateway.rs runs on
+# both sides of the gateway. Debian's own python3 refuses to install into the system
 # (PEP 668, "externally managed"): there the install is retried with
 # --break-system-packages, which pip offers for exactly this case.
 sdks=("openai==3.57.0" "anthropic==2.14.0" "pyjwt[crypto]==2.15.1" "cryptography==48.0.0"
-    "botocore==1.43.11" "requests-oauthlib==2.0.0" "oauthlib==3.2.2")
+    "botocore==1.43.11" "requests-oauthlib==2.0.0" "oauthlib==3.2.2" "mcp==2.3.0")
 if ! python3 -m pip install --quiet --disable-pip-version-check "${sdks[@]}" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${sdks[@]}"
 fi

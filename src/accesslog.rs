@@ -189,6 +189,39 @@ impl AccessEntry<'_> {
     }
 }
 
+/// One JSON-RPC call through the MCP gateway (`tools/call`, `prompts/get`,
+/// `resources/read`), refused ones included: a line of its own beside its HTTP request's.
+/// The arguments are never logged, only their SHA-256 (hex), so equal calls can be matched
+/// without storing what they carried.
+#[derive(serde::Serialize)]
+pub struct McpCallEntry<'a> {
+    /// Always `"mcp_call"`, to tell these lines from request lines.
+    pub kind: &'static str,
+    pub ts_ms: u64,
+    pub request_id: &'a str,
+    /// The JSON-RPC method.
+    pub method: &'a str,
+    /// The `[[mcp_server]]` name (`null` when the name matched no server).
+    pub server: Option<&'a str>,
+    /// The upstream tool, prompt or resource name, as the server knows it.
+    pub tool: &'a str,
+    /// `ok`, `error` (the server's own), `refused`, `rate_limited`, `unavailable`, ...
+    pub status: &'a str,
+    pub duration_us: u64,
+    pub args_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<&'a str>,
+}
+
+impl McpCallEntry<'_> {
+    /// The JSON line, without its newline.
+    pub fn render(&self) -> String {
+        serde_json::to_string(self).expect("access-log entries serialize")
+    }
+}
+
 /// The writer thread's handle, kept by the main thread: asks for reopens (`SIGUSR1`) and
 /// waits for the last lines at shutdown.
 pub struct Writer {

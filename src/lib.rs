@@ -47,6 +47,7 @@ pub mod identity;
 pub mod limits;
 pub mod logging;
 pub mod lua;
+pub mod mcp;
 pub mod metrics;
 pub mod pipeline;
 pub mod router;

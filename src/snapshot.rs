@@ -118,6 +118,8 @@ pub struct Snapshot {
     /// The AI front doors' client-address rules (`[ai]` `allow_ips` / `deny_ips`), checked
     /// before authentication as a route's are (`None` = everyone).
     pub ai_ip_rules: Option<IpRules>,
+    /// The MCP gateway (`[mcp]` and `[[mcp_server]]`), served when a server is configured.
+    pub mcp: Option<Arc<crate::mcp::McpGateway>>,
 }
 
 /// What a snapshot is built for: both build the same things and refuse the same configs.
@@ -268,6 +270,17 @@ impl Snapshot {
                 Catalog::default()
             }
         };
+        let sources = match purpose {
+            Purpose::Serve => Some(SourceTiming::default()),
+            Purpose::Check => None,
+        };
+        let mcp = match crate::mcp::McpGateway::build(&config, secrets, sources) {
+            Ok(gateway) => gateway.map(Arc::new),
+            Err(errs) => {
+                errors.extend(errs);
+                None
+            }
+        };
         let tls = match &config.server.tls {
             Some(t) if !t.listen.is_empty() => {
                 let cert = config.resolve_path(&t.cert);
@@ -326,6 +339,7 @@ impl Snapshot {
             ai_series: Arc::new(ai_series),
             ai_hooks: script_id(&scripts, &config, &config.ai.hooks),
             ai_ip_rules,
+            mcp,
             scripts,
             router,
             routes,

@@ -281,6 +281,14 @@ impl CredentialCache {
         Some(Arc::clone(key))
     }
 
+    /// A 32-byte key for `purpose`, derived from the store's pepper (HMAC-SHA256 of the
+    /// label): the same on every node sharing the store, unknowable without the pepper, and
+    /// unrelated to any key hash (each purpose has its own label).
+    pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
+        self.pepper
+            .hash(format!("credentialflow derived key: {purpose}").as_bytes())
+    }
+
     /// The key with this id, revoked or expired ones included (callers check
     /// [`KeyRecord::is_active`]).
     pub fn by_id(&self, id: &str) -> Option<Arc<KeyRecord>> {

@@ -339,6 +339,10 @@ impl SectionReader<'_> {
             config.metrics = v;
         }
         config.webhook = self.read_array(root, "webhook");
+        config.mcp_server = self.read_array(root, "mcp_server");
+        if let Some(v) = self.read_table(root, "mcp") {
+            config.mcp = v;
+        }
         config
     }
 

@@ -12,6 +12,7 @@
 //! - [`cluster`]: `[cluster]`, the fleet's Redis.
 //! - [`store`]: `[store]`, and the store commands' narrow view of a file ([`load_store`]).
 //! - [`webhook`]: `[[webhook]]`, receivers of signed lifecycle events.
+//! - [`mcp`]: `[[mcp_server]]` and `[mcp]`, the MCP gateway.
 //! - [`default`]: the built-in config used when no file is given.
 //!
 //! The config is read and checked on a slow path (startup, reload, `check`); nothing here
@@ -22,6 +23,7 @@ pub mod cluster;
 mod default;
 mod document;
 mod error;
+pub mod mcp;
 mod model;
 pub mod redact;
 pub mod secret;
@@ -38,6 +40,7 @@ pub use default::{
     builtin_default, resolve_default_path, BUILTIN_DEFAULT_TOML, DEFAULT_CONFIG_FILE,
 };
 pub use error::{CheckReport, ConfigError, ConfigErrors, ConfigWarning};
+pub use mcp::{McpConfig, McpServerConfig};
 pub use model::{
     bedrock_base_url, AccessPolicyConfig, AiConfig, AssumeRoleConfig, AuthKind, AutoApproveConfig,
     Config, CredentialConfig, EntraConfig, JwtConfig, LimitsConfig, LogFormat, LuaConfig,

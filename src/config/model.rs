@@ -63,6 +63,12 @@ pub struct Config {
     /// `[[webhook]]`: signed lifecycle events to receivers.
     #[serde(default)]
     pub webhook: Vec<super::webhook::WebhookConfig>,
+    /// `[[mcp_server]]`: the MCP servers behind the MCP gateway.
+    #[serde(default)]
+    pub mcp_server: Vec<super::mcp::McpServerConfig>,
+    /// `[mcp]`: the MCP gateway's endpoint.
+    #[serde(default)]
+    pub mcp: super::mcp::McpConfig,
     /// Directory of the config file; relative paths in it resolve against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -85,6 +91,8 @@ pub(crate) const SECTIONS: &[&str] = &[
     "metrics",
     "access_policy",
     "webhook",
+    "mcp_server",
+    "mcp",
 ];
 
 impl Config {
@@ -135,6 +143,22 @@ impl Config {
         }
         out.extend(self.store.secrets());
         out.extend(self.cluster.secrets());
+        for (i, server) in self.mcp_server.iter().enumerate() {
+            if let Some(credential) = &server.credential {
+                if let Some(secret) = &credential.secret {
+                    out.push((format!("mcp_server[{i}].credential.secret"), secret));
+                }
+                if let Some(oauth2) = &credential.oauth2 {
+                    out.push((
+                        format!("mcp_server[{i}].credential.oauth2.client_secret"),
+                        &oauth2.client_secret,
+                    ));
+                }
+            }
+        }
+        if let Some(secret) = &self.mcp.jwt.hs_secret {
+            out.push(("mcp.jwt.hs_secret".to_string(), secret));
+        }
         for (i, hook) in self.webhook.iter().enumerate() {
             if let Some(secret) = &hook.secret {
                 out.push((format!("webhook[{i}].secret"), secret));
@@ -176,6 +200,17 @@ impl Config {
         self.store.anchor_secrets(&base_dir);
         self.cluster.anchor_secrets(&base_dir);
         for secret in self.webhook.iter_mut().filter_map(|w| w.secret.as_mut()) {
+            secret.anchor(&base_dir);
+        }
+        let mcp_servers = self
+            .mcp_server
+            .iter_mut()
+            .filter_map(|s| s.credential.as_mut())
+            .flat_map(|c| {
+                let oauth2 = c.oauth2.as_mut().map(|o| &mut o.client_secret);
+                c.secret.as_mut().into_iter().chain(oauth2)
+            });
+        for secret in mcp_servers.chain(self.mcp.jwt.hs_secret.as_mut()) {
             secret.anchor(&base_dir);
         }
     }

@@ -82,6 +82,9 @@ pub(crate) fn validate(config: &Config) -> Findings {
     for (path, message) in super::webhook::check(&config.webhook) {
         findings.error(path, message);
     }
+    for (path, message) in super::mcp::check(&config.mcp_server, &config.mcp, &config.route) {
+        findings.error(path, message);
+    }
     check_secrets(config.secrets(), &mut findings);
     findings
 }

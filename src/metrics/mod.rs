@@ -13,6 +13,7 @@
 
 mod ai;
 mod credentials;
+mod mcp;
 mod process;
 mod webhooks;
 
@@ -20,6 +21,7 @@ pub use ai::{
     AiMetrics, AiSeries, Histogram, LimitKind, PerKey, ProviderStats, Settled, MAX_KEY_ID_BYTES,
 };
 pub use credentials::{CredentialMetrics, CredentialStats};
+pub use mcp::McpMetrics;
 pub use webhooks::WebhookMetrics;
 
 use std::cell::RefCell;
@@ -108,6 +110,8 @@ pub struct Metrics {
     credentials: CredentialMetrics,
     /// `credentialflow_webhook_deliveries_total`.
     webhooks: WebhookMetrics,
+    /// The MCP gateway's call counts and latency.
+    mcp: mcp::McpMetrics,
 }
 
 /// The version `credentialflow_build_info` shows.
@@ -151,6 +155,7 @@ impl Metrics {
             ai: AiMetrics::new(),
             credentials: CredentialMetrics::default(),
             webhooks: WebhookMetrics::default(),
+            mcp: mcp::McpMetrics::default(),
         }
     }
 
@@ -162,6 +167,11 @@ impl Metrics {
     /// The webhook delivery family.
     pub fn webhooks(&self) -> &WebhookMetrics {
         &self.webhooks
+    }
+
+    /// The MCP gateway's families.
+    pub fn mcp(&self) -> &mcp::McpMetrics {
+        &self.mcp
     }
 
     /// The AI families' registry.
@@ -240,6 +250,7 @@ impl Metrics {
                 && !process::FAMILIES.contains(&name)
                 && !credentials::FAMILIES.contains(&name)
                 && !webhooks::FAMILIES.contains(&name)
+                && !mcp::FAMILIES.contains(&name)
                 && name != "credentialflow_build_info",
             "metric name {name:?} is built in"
         );
@@ -418,6 +429,7 @@ impl Metrics {
 
         self.credentials.render(&mut out);
         self.webhooks.render(&mut out);
+        self.mcp.render(&mut out);
         self.ai.render(&mut out, crate::clock::unix_now_ms());
         family_header(
             &mut out,

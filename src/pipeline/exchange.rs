@@ -17,7 +17,7 @@ use crate::snapshot::RequestBounds;
 use crate::upstream::{self, Acquired, ConnectError, Pool, Target, Upstream, UpstreamStream};
 
 /// An upstream response whose head has been read; the body is still on `conn`.
-pub(super) struct Exchange {
+pub(crate) struct Exchange {
     pub conn: BufConn<UpstreamStream>,
     pub response: ResponseHead,
     /// Index of the target that answered, to return the connection to its pool.
@@ -140,7 +140,7 @@ fn connect_failure(e: ConnectError) -> GatewayError {
 
 /// Sends the request that `build` writes whole for a target (its `Host` differs per target)
 /// and reads the response head; see [`run`].
-pub(super) async fn send(
+pub(crate) async fn send(
     worker: &ThreadState,
     upstream: &Upstream,
     limits: &RequestBounds,
@@ -228,7 +228,7 @@ impl Exchange {
 }
 
 /// Decodes a response body as it arrives (Content-Length, chunked or until close).
-pub(super) struct BodyDecoder {
+pub(crate) struct BodyDecoder {
     kind: ResponseBody,
     remaining: u64,
     chunked: ChunkedDecoder,
@@ -274,6 +274,13 @@ impl BodyDecoder {
         }
     }
 
+    /// Decodes what `conn` has buffered without reading more, dropping it; whether the body
+    /// is then complete (the connection may be reused).
+    pub fn take_buffered(&mut self, conn: &mut BufConn<UpstreamStream>) -> bool {
+        let mut rest = Vec::new();
+        self.take(conn, &mut rest).is_ok() && self.finished
+    }
+
     fn take(
         &mut self,
         conn: &mut BufConn<UpstreamStream>,
@@ -307,7 +314,7 @@ impl BodyDecoder {
 }
 
 /// Reads a whole response body of at most `max` bytes.
-pub(super) async fn read_response_body(
+pub(crate) async fn read_response_body(
     exchange: &mut Exchange,
     method: &str,
     max: usize,
@@ -329,7 +336,7 @@ pub(super) async fn read_response_body(
 
 /// Reads the whole request body (at most `max` bytes, else 413), answering
 /// `Expect: 100-continue` first.
-pub(super) async fn read_request_body<S>(
+pub(crate) async fn read_request_body<S>(
     client: &mut BufConn<S>,
     head: &RequestHead,
     max: u64,

@@ -42,7 +42,7 @@ pub(super) fn client_address(
 /// Phase limits: the route's `rate_limit`, the key's `rps`/`rpm`, the team's `rpm` (each also
 /// taken from the fleet's allowance when the cluster is on), then the key's `max_concurrency`
 /// (its slot is held in `ctx.permit` until the request ends).
-pub(super) fn requests<'a>(
+pub(crate) fn requests<'a>(
     worker: &'a ThreadState,
     snapshot: &'a Snapshot,
     route: Option<&'a Route>,

@@ -17,9 +17,9 @@
 //! failure into a response in one place.
 
 mod ai;
-mod exchange;
+pub(crate) mod exchange;
 mod hooks;
-mod limits;
+pub(crate) mod limits;
 mod notify;
 mod proxy;
 mod state;
@@ -266,6 +266,8 @@ where
 enum Door<'s> {
     Route(&'s Route),
     Ai(ai::Endpoint),
+    /// The MCP gateway's endpoint (`[mcp] path`).
+    Mcp(&'s crate::mcp::McpGateway),
 }
 
 impl<'s> Door<'s> {
@@ -274,6 +276,7 @@ impl<'s> Door<'s> {
         match self {
             Door::Route(route) => route.ip_rules.as_ref(),
             Door::Ai(_) => snapshot.ai_ip_rules.as_ref(),
+            Door::Mcp(mcp) => mcp.ip_rules.as_ref(),
         }
     }
 
@@ -282,6 +285,8 @@ impl<'s> Door<'s> {
         match self {
             Door::Route(route) => route.hooks,
             Door::Ai(_) => snapshot.ai_hooks,
+            // `[mcp] hooks` are refused by `check` until the MCP hooks exist.
+            Door::Mcp(_) => None,
         }
     }
 
@@ -290,6 +295,16 @@ impl<'s> Door<'s> {
         match self {
             Door::Route(route) => route.auth,
             Door::Ai(_) => snapshot.config.ai.auth,
+            Door::Mcp(mcp) => mcp.auth,
+        }
+    }
+
+    /// The JWT verifier of an `auth = "jwt"` route or of `[mcp]`.
+    fn jwt(self) -> Option<(&'s str, &'s crate::auth::jwt::JwtVerifier)> {
+        match self {
+            Door::Route(route) => route.jwt.as_deref().map(|v| (route.name.as_str(), v)),
+            Door::Ai(_) => None,
+            Door::Mcp(mcp) => mcp.jwt.as_deref().map(|v| ("mcp", v)),
         }
     }
 
@@ -297,7 +312,7 @@ impl<'s> Door<'s> {
     fn route(self) -> Option<&'s Route> {
         match self {
             Door::Route(route) => Some(route),
-            Door::Ai(_) => None,
+            Door::Ai(_) | Door::Mcp(_) => None,
         }
     }
 }
@@ -318,6 +333,10 @@ where
     access_phase(worker, snapshot, door, head, ctx)?;
     ctx.consumer = auth_phase(worker, snapshot, door, head, ctx)?;
     match door {
+        // Limits apply per tool call, inside the MCP endpoint.
+        Door::Mcp(mcp) => {
+            crate::mcp::endpoint::serve(worker, snapshot, mcp, client, head, ctx).await
+        }
         Door::Route(route) => {
             // Phase limits: route, key and team request rates, then the key's concurrency.
             let _counts = limits::requests(worker, snapshot, Some(route), ctx)?;
@@ -372,6 +391,13 @@ fn route_phase<'s>(
     head: &RequestHead,
     ctx: &mut RequestCtx,
 ) -> Result<Door<'s>, GatewayError> {
+    if let Some(mcp) = snapshot.mcp.as_deref() {
+        if head.path() == mcp.path {
+            ctx.front_door = true;
+            ctx.door_label = "mcp";
+            return Ok(Door::Mcp(mcp));
+        }
+    }
     if !snapshot.catalog.is_empty() {
         if let Some(endpoint) = ai::Endpoint::at(head.path()) {
             ctx.front_door = true;
@@ -446,12 +472,11 @@ fn auth_phase(
             Consumer::from_key(&key)
         }
         AuthKind::Jwt => {
-            // Only routes have JWT settings (`check` refuses `jwt` for `[ai]`).
-            let route = route.ok_or(GatewayError::Unauthorized)?;
-            let verifier = route.jwt.as_ref().ok_or(GatewayError::Unauthorized)?;
+            // Routes and `[mcp]` have JWT settings (`check` refuses `jwt` for `[ai]`).
+            let (name, verifier) = door.jwt().ok_or(GatewayError::Unauthorized)?;
             let token = bearer_token(head).ok_or(GatewayError::Unauthorized)?;
             let claims = verifier.verify(token, now).map_err(|e| {
-                log::debug!("JWT rejected on route {}: {}", route.name, e.reason());
+                log::debug!("JWT rejected on {name}: {}", e.reason());
                 GatewayError::Unauthorized
             })?;
             // A token may name a virtual key whose limits apply; a dead key fails closed.

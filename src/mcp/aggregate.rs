@@ -1,0 +1,245 @@
+//! What the gateway answers itself: `initialize`, and the listings merged from every server
+//! (`tools/list`, `prompts/list`, `resources/list`) with the gateway's own cursor.
+//!
+//! Each listing asks every server in turn (following the server's cursors for at most
+//! [`MAX_PAGES`] pages and [`MAX_ITEMS_PER_SERVER`] items), renames what it lists
+//! ([`super::names`]), and hides tools outside the server's globs. A server that fails is
+//! left out of the listing (logged), so one server down does not break the others. The
+//! merged list is served in pages of [`PAGE_SIZE`]; the gateway's cursor is the offset into
+//! it, so it works on any worker.
+
+use serde_json::{json, Map, Value};
+
+use super::client::{self, CallError};
+use super::names;
+use super::revision::Revision;
+use super::{McpGateway, McpServer};
+use crate::pipeline::ThreadState;
+
+/// Most pages of one server's listing followed.
+pub const MAX_PAGES: usize = 10;
+
+/// Most items taken from one server's listing.
+pub const MAX_ITEMS_PER_SERVER: usize = 1000;
+
+/// Items per page of the gateway's listing.
+pub const PAGE_SIZE: usize = 500;
+
+/// A listing method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    Tools,
+    Prompts,
+    Resources,
+}
+
+impl Listing {
+    /// The listing of `method`, if it is one.
+    pub fn of(method: &str) -> Option<Listing> {
+        match method {
+            "tools/list" => Some(Listing::Tools),
+            "prompts/list" => Some(Listing::Prompts),
+            "resources/list" => Some(Listing::Resources),
+            _ => None,
+        }
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Listing::Tools => "tools/list",
+            Listing::Prompts => "prompts/list",
+            Listing::Resources => "resources/list",
+        }
+    }
+
+    /// The result's array field.
+    fn field(self) -> &'static str {
+        match self {
+            Listing::Tools => "tools",
+            Listing::Prompts => "prompts",
+            Listing::Resources => "resources",
+        }
+    }
+}
+
+/// The `initialize` result: the negotiated revision and the union of what the gateway
+/// aggregates (tools, prompts, resources; lists do not change while a session lasts).
+pub fn initialize_result(revision: Revision) -> Value {
+    json!({
+        "protocolVersion": revision.as_str(),
+        "capabilities": {
+            "tools": {"listChanged": false},
+            "prompts": {"listChanged": false},
+            "resources": {"listChanged": false, "subscribe": false},
+        },
+        "serverInfo": {"name": "credentialflow", "version": env!("CARGO_PKG_VERSION")},
+        "instructions": "Tools, prompts and resources of several MCP servers, named <server>__<name>.",
+    })
+}
+
+/// Why a listing cannot be answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ListError {
+    /// The client's cursor is not one the gateway issued.
+    BadCursor,
+}
+
+/// The page of the merged `listing` at the client's `cursor`.
+pub async fn list(
+    worker: &ThreadState,
+    gateway: &McpGateway,
+    listing: Listing,
+    cursor: Option<&str>,
+) -> Result<Value, ListError> {
+    let offset = match cursor {
+        None => 0,
+        Some(c) => parse_cursor(c).ok_or(ListError::BadCursor)?,
+    };
+    let mut merged = Vec::new();
+    for server in &gateway.servers {
+        match server_items(worker, server, listing).await {
+            Ok(items) => merged.extend(items),
+            Err(e) => log::warn!(
+                "mcp_server {}: left out of {}: {}",
+                server.name,
+                listing.method(),
+                e.reason()
+            ),
+        }
+    }
+    Ok(page(listing, merged, offset))
+}
+
+/// One page of `merged` from `offset`, with the next cursor when more remain.
+pub fn page(listing: Listing, merged: Vec<Value>, offset: usize) -> Value {
+    let total = merged.len();
+    let items: Vec<Value> = merged.into_iter().skip(offset).take(PAGE_SIZE).collect();
+    let mut result = Map::new();
+    result.insert(listing.field().to_string(), Value::Array(items));
+    if offset + PAGE_SIZE < total {
+        result.insert(
+            "nextCursor".into(),
+            Value::String(cursor_at(offset + PAGE_SIZE)),
+        );
+    }
+    Value::Object(result)
+}
+
+fn cursor_at(offset: usize) -> String {
+    format!("gw1.{offset}")
+}
+
+fn parse_cursor(cursor: &str) -> Option<usize> {
+    let offset: usize = cursor.strip_prefix("gw1.")?.parse().ok()?;
+    (offset <= super::config_max_items()).then_some(offset)
+}
+
+/// `server`'s items of `listing`, renamed and filtered.
+async fn server_items(
+    worker: &ThreadState,
+    server: &McpServer,
+    listing: Listing,
+) -> Result<Vec<Value>, CallError> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut params = Map::new();
+        if let Some(c) = cursor.take() {
+            params.insert("cursor".into(), Value::String(c));
+        }
+        let answer = client::request(worker, server, listing.method(), params)
+            .await?
+            .response(worker)
+            .await?;
+        let Some(result) = answer.get("result") else {
+            // The server does not list these (no such capability): nothing to merge.
+            return Ok(items);
+        };
+        let Some(listed) = result.get(listing.field()).and_then(Value::as_array) else {
+            return Err(CallError::Bad("a listing without its array"));
+        };
+        for item in listed {
+            if items.len() >= MAX_ITEMS_PER_SERVER {
+                log::warn!(
+                    "mcp_server {}: {} cut at {MAX_ITEMS_PER_SERVER} items",
+                    server.name,
+                    listing.method()
+                );
+                return Ok(finish(server, listing, items));
+            }
+            if let Some(renamed) = rename(server, listing, item) {
+                items.push(renamed);
+            }
+        }
+        match result.get("nextCursor").and_then(Value::as_str) {
+            Some(next) if !next.is_empty() && next.len() <= 1024 => cursor = Some(next.to_string()),
+            _ => break,
+        }
+    }
+    Ok(finish(server, listing, items))
+}
+
+/// Remembers a server's listed tool names for the metrics' labels.
+fn finish(server: &McpServer, listing: Listing, items: Vec<Value>) -> Vec<Value> {
+    if listing == Listing::Tools {
+        let upstream_names = items.iter().filter_map(|t| {
+            t.get("name")
+                .and_then(Value::as_str)
+                .and_then(names::split)
+                .map(|(_, n)| n)
+        });
+        crate::metrics::global()
+            .mcp()
+            .note_tools(&server.name, upstream_names);
+    }
+    items
+}
+
+/// An item as clients see it: its name prefixed (a resource's URI too), `None` when hidden
+/// (a tool outside the globs) or malformed.
+pub fn rename(server: &McpServer, listing: Listing, item: &Value) -> Option<Value> {
+    let mut item = item.as_object()?.clone();
+    match listing {
+        Listing::Tools | Listing::Prompts => {
+            let name = item.get("name")?.as_str()?.to_string();
+            if listing == Listing::Tools && !server.exposes(&name) {
+                return None;
+            }
+            item.insert(
+                "name".into(),
+                Value::String(names::prefixed(&server.prefix, &name)),
+            );
+        }
+        Listing::Resources => {
+            let uri = item.get("uri")?.as_str()?.to_string();
+            item.insert(
+                "uri".into(),
+                Value::String(names::resource_uri(&server.prefix, &uri)),
+            );
+            if let Some(name) = item.get("name").and_then(Value::as_str) {
+                let shown = names::prefixed(&server.prefix, name);
+                item.insert("name".into(), Value::String(shown));
+            }
+        }
+    }
+    Some(Value::Object(item))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_carry_a_cursor_until_the_end() {
+        let merged: Vec<Value> = (0..PAGE_SIZE + 3).map(|i| json!({"name": i})).collect();
+        let first = page(Listing::Tools, merged.clone(), 0);
+        assert_eq!(first["tools"].as_array().unwrap().len(), PAGE_SIZE);
+        let next = first["nextCursor"].as_str().unwrap();
+        let offset = parse_cursor(next).unwrap();
+        let second = page(Listing::Tools, merged, offset);
+        assert_eq!(second["tools"].as_array().unwrap().len(), 3);
+        assert!(second.get("nextCursor").is_none());
+        assert_eq!(parse_cursor("made-up"), None);
+        assert_eq!(parse_cursor("gw1.99999999999"), None);
+    }
+}

@@ -1,0 +1,866 @@
+//! The endpoint clients talk to: MCP's Streamable HTTP transport at `[mcp] path`, after the
+//! access and auth phases every route has.
+//!
+//! - `POST`: one JSON-RPC message (or, in 2025-03-26, a batch). `Accept` must allow
+//!   `application/json`; an answer is an event stream only when the client also accepts
+//!   `text/event-stream` and the owning server sends notifications (progress) before its
+//!   response. Notifications and client responses alone are answered 202.
+//! - `initialize` is answered by the gateway, which issues the session id ([`session`]);
+//!   every later request must carry it (400 without, 404 when it is not valid for the
+//!   caller) and an `MCP-Protocol-Version` that is the session's, when it sends one.
+//! - `DELETE` ends the session; `GET` (a server-initiated stream) is 405: the gateway has
+//!   nothing to push outside a request.
+//!
+//! Each `tools/call`, `prompts/get` and `resources/read` is one line in the access log and
+//! counted in the metrics, whatever became of it. A `tools/call` is permitted
+//! ([`McpGateway::permits`]) and limited (the key's rates and concurrency) before anything
+//! reaches its server; that is also where call and result hooks will run.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
+use parking_lot::Mutex;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::aggregate::{self, ListError, Listing};
+use super::client::{self, Step};
+use super::jsonrpc::{self, Body, BodyError, Incoming, Parsed};
+use super::revision::Revision;
+use super::session::{self, SessionKeys};
+use super::{names, McpGateway, McpServer};
+use crate::accesslog::McpCallEntry;
+use crate::http1::{BufConn, RequestHead, StrBuf, Version};
+use crate::pipeline::{Failure, Outcome, RequestCtx, ThreadState};
+use crate::snapshot::Snapshot;
+
+/// Largest request body accepted (also within `[limits] max_body_bytes`).
+pub const MAX_REQUEST_BODY: u64 = 1024 * 1024;
+
+/// Most calls in flight remembered for cancellation, process-wide.
+const MAX_IN_FLIGHT: usize = 65_536;
+
+/// The label the session key is derived under (see [`crate::auth::CredentialCache::derived_key`]).
+const SESSION_KEY_PURPOSE: &str = "mcp session id";
+
+/// Serves one request to the MCP endpoint.
+pub(crate) async fn serve<S>(
+    worker: &ThreadState,
+    snapshot: &Snapshot,
+    gateway: &McpGateway,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let keys = SessionKeys::new(worker.shared.credentials.derived_key(SESSION_KEY_PURPOSE));
+    let key_id = ctx.consumer.as_ref().and_then(|c| c.id.clone());
+    let now_ms = crate::clock::unix_now_ms();
+    match head.method() {
+        "POST" => {}
+        "DELETE" => {
+            let session = header_str(head, "mcp-session-id")
+                .and_then(|id| keys.check(id, key_id.as_deref(), now_ms).map(|s| (id, s)));
+            return match session {
+                Some((id, s)) => {
+                    session::end(id, s, now_ms);
+                    respond(client, head, ctx, 200, &[], None).await
+                }
+                None => {
+                    respond_error(
+                        client,
+                        head,
+                        ctx,
+                        404,
+                        None,
+                        jsonrpc::INVALID_REQUEST,
+                        "unknown session",
+                    )
+                    .await
+                }
+            };
+        }
+        _ => {
+            return respond(client, head, ctx, 405, &[("allow", "POST, DELETE")], None).await;
+        }
+    }
+    let accept = header_str(head, "accept")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !(accept.contains("application/json") || accept.contains("*/*")) {
+        return respond_error(
+            client,
+            head,
+            ctx,
+            406,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "Accept must allow application/json (and text/event-stream)",
+        )
+        .await;
+    }
+    let streams_ok = accept.contains("text/event-stream") && head.version() == Version::Http11;
+    let content_type = header_str(head, "content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !content_type.starts_with("application/json") {
+        return respond_error(
+            client,
+            head,
+            ctx,
+            415,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "Content-Type must be application/json",
+        )
+        .await;
+    }
+    let max = MAX_REQUEST_BODY.min(snapshot.limits.max_body_bytes);
+    let body = crate::pipeline::exchange::read_request_body(
+        client,
+        head,
+        max,
+        snapshot.limits.idle_timeout,
+    )
+    .await?;
+    ctx.body_done = true;
+    let parsed = match jsonrpc::parse_body(&body) {
+        Ok(b) => b,
+        Err(BodyError::Parse(why)) => {
+            return respond_error(client, head, ctx, 400, None, jsonrpc::PARSE_ERROR, why).await
+        }
+        Err(BodyError::Batch(why)) => {
+            return respond_error(client, head, ctx, 400, None, jsonrpc::INVALID_REQUEST, why).await
+        }
+    };
+    // `initialize` opens a session: answered by the gateway, which issues the session id.
+    if let Body::Single(Parsed::Message(m)) = &parsed {
+        if m.method == "initialize" {
+            let Some(id) = &m.id else {
+                return respond_error(
+                    client,
+                    head,
+                    ctx,
+                    400,
+                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    "initialize is a request",
+                )
+                .await;
+            };
+            let requested = m
+                .params
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let revision = Revision::negotiate(requested);
+            let session_id = keys.issue(revision, key_id.as_deref(), now_ms);
+            let answer = jsonrpc::result(id, aggregate::initialize_result(revision));
+            let body = serde_json::to_vec(&answer).unwrap_or_default();
+            return respond(
+                client,
+                head,
+                ctx,
+                200,
+                &[
+                    ("mcp-session-id", &session_id),
+                    ("content-type", "application/json"),
+                ],
+                Some(&body),
+            )
+            .await;
+        }
+    }
+    // The stateless revision's probe, sent before any session: "method not found" tells a
+    // client in auto mode that this is a handshake-era server, so it falls back to
+    // `initialize`.
+    if let Body::Single(Parsed::Message(m)) = &parsed {
+        if m.method == "server/discover" {
+            let answer =
+                jsonrpc::error(m.id.as_ref(), jsonrpc::METHOD_NOT_FOUND, "method not found");
+            let body = serde_json::to_vec(&answer).unwrap_or_default();
+            return respond(
+                client,
+                head,
+                ctx,
+                200,
+                &[("content-type", "application/json")],
+                Some(&body),
+            )
+            .await;
+        }
+    }
+    let Some(session_id) = header_str(head, "mcp-session-id").map(str::to_string) else {
+        return respond_error(
+            client,
+            head,
+            ctx,
+            400,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "Mcp-Session-Id is required after initialize",
+        )
+        .await;
+    };
+    let Some(session) = keys.check(&session_id, key_id.as_deref(), now_ms) else {
+        // 404: the client starts a new session with `initialize`.
+        return respond_error(
+            client,
+            head,
+            ctx,
+            404,
+            None,
+            jsonrpc::INVALID_REQUEST,
+            "unknown or expired session",
+        )
+        .await;
+    };
+    if let Some(version) = header_str(head, "mcp-protocol-version") {
+        match Revision::parse(version) {
+            Some(r) if r == session.revision => {}
+            Some(_) => {
+                return respond_error(
+                    client,
+                    head,
+                    ctx,
+                    400,
+                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    "MCP-Protocol-Version is not the session's",
+                )
+                .await
+            }
+            None => {
+                return respond_error(
+                    client,
+                    head,
+                    ctx,
+                    400,
+                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    "unsupported MCP-Protocol-Version",
+                )
+                .await
+            }
+        }
+    }
+    let (messages, single) = match parsed {
+        Body::Single(p) => (vec![p], true),
+        Body::Batch(batch) => {
+            if !session.revision.allows_batches() {
+                return respond_error(
+                    client,
+                    head,
+                    ctx,
+                    400,
+                    None,
+                    jsonrpc::INVALID_REQUEST,
+                    "batches are not part of this protocol revision",
+                )
+                .await;
+            }
+            (batch, false)
+        }
+    };
+    let mut call = CallCtx {
+        worker,
+        snapshot,
+        gateway,
+        session_id: &session_id,
+        out: EventOut {
+            allowed: streams_ok && single,
+            started: false,
+        },
+    };
+    let mut answers = Vec::new();
+    for message in messages {
+        match message {
+            Parsed::Response => {}
+            Parsed::Invalid(id, why) => {
+                answers.push(jsonrpc::error(id.as_ref(), jsonrpc::INVALID_REQUEST, why))
+            }
+            Parsed::Message(m) if m.id.is_none() => call.notification(&m).await,
+            Parsed::Message(m) => {
+                if m.method == "initialize" {
+                    answers.push(jsonrpc::error(
+                        m.id.as_ref(),
+                        jsonrpc::INVALID_REQUEST,
+                        "initialize may not be batched",
+                    ));
+                    continue;
+                }
+                let answer = call.request(client, head, ctx, m).await?;
+                answers.push(answer);
+            }
+        }
+    }
+    if call.out.started {
+        // The stream's last event is the response; then the stream ends.
+        let mut last = Vec::new();
+        for answer in &answers {
+            push_event(&mut last, answer);
+        }
+        last.extend_from_slice(b"0\r\n\r\n");
+        let (res, _) = client.write_all(last).await;
+        res.map_err(|_| Failure::Abort)?;
+        return Ok(if head.keep_alive() {
+            Outcome::KeepAlive
+        } else {
+            Outcome::Close
+        });
+    }
+    if answers.is_empty() {
+        return respond(client, head, ctx, 202, &[], None).await;
+    }
+    let body = if single {
+        serde_json::to_vec(&answers[0])
+    } else {
+        serde_json::to_vec(&answers)
+    }
+    .unwrap_or_default();
+    respond(
+        client,
+        head,
+        ctx,
+        200,
+        &[("content-type", "application/json")],
+        Some(&body),
+    )
+    .await
+}
+
+/// What one POST's calls share.
+struct CallCtx<'a> {
+    worker: &'a ThreadState,
+    snapshot: &'a Snapshot,
+    gateway: &'a McpGateway,
+    session_id: &'a str,
+    out: EventOut,
+}
+
+/// Whether (and since when) the answer is an event stream.
+struct EventOut {
+    /// The client accepts one and sent a single message.
+    allowed: bool,
+    /// The stream's head is sent.
+    started: bool,
+}
+
+/// A call routed to a server: which one, under what upstream name, with what parameters.
+struct Routed<'g> {
+    server: &'g McpServer,
+    /// The name (or URI) the server knows.
+    upstream_name: String,
+    params: Map<String, Value>,
+}
+
+impl CallCtx<'_> {
+    /// A notification: `notifications/cancelled` goes to the server running the request;
+    /// the others concern the gateway's session only.
+    async fn notification(&mut self, m: &Incoming) {
+        if m.method != "notifications/cancelled" {
+            return;
+        }
+        let Some(request_id) = m.params.get("requestId") else {
+            return;
+        };
+        let key = (self.session_id.to_string(), request_id.to_string());
+        let Some(flight) = in_flight().lock().get(&key).cloned() else {
+            return;
+        };
+        let Some(server) = self.gateway.server(&flight.prefix) else {
+            return;
+        };
+        let mut params = json!({"requestId": flight.upstream_id});
+        if let Some(reason) = m.params.get("reason").and_then(Value::as_str) {
+            params["reason"] = Value::String(reason.chars().take(256).collect());
+        }
+        let message =
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params});
+        if let Err(e) = client::notify(
+            self.worker,
+            server,
+            &message,
+            flight.upstream_session.as_deref(),
+            &flight.revision,
+        )
+        .await
+        {
+            log::debug!(
+                "mcp_server {}: cancellation not delivered: {}",
+                server.name,
+                e.reason()
+            );
+        }
+    }
+
+    /// A request: answered by the gateway (listings, ping) or routed to its server.
+    async fn request<S>(
+        &mut self,
+        client: &mut BufConn<S>,
+        head: &RequestHead,
+        ctx: &mut RequestCtx,
+        m: Incoming,
+    ) -> Result<Value, Failure>
+    where
+        S: AsyncReadRent + AsyncWriteRent,
+    {
+        let id = m.id.clone().unwrap_or(Value::Null);
+        if let Some(listing) = Listing::of(&m.method) {
+            let cursor = m.params.get("cursor").and_then(Value::as_str);
+            return Ok(
+                match aggregate::list(self.worker, self.gateway, listing, cursor).await {
+                    Ok(result) => jsonrpc::result(&id, result),
+                    Err(ListError::BadCursor) => {
+                        jsonrpc::error(Some(&id), jsonrpc::INVALID_PARAMS, "invalid cursor")
+                    }
+                },
+            );
+        }
+        match m.method.as_str() {
+            "ping" => Ok(jsonrpc::result(&id, json!({}))),
+            "resources/templates/list" => {
+                Ok(jsonrpc::result(&id, json!({"resourceTemplates": []})))
+            }
+            "tools/call" | "prompts/get" | "resources/read" => {
+                self.routed(client, head, ctx, m).await
+            }
+            _ => Ok(jsonrpc::error(
+                Some(&id),
+                jsonrpc::METHOD_NOT_FOUND,
+                "method not found",
+            )),
+        }
+    }
+
+    /// `tools/call`, `prompts/get` or `resources/read`: permitted, limited, sent to the
+    /// owning server, its answer relayed; logged and counted in every case.
+    async fn routed<S>(
+        &mut self,
+        client: &mut BufConn<S>,
+        head: &RequestHead,
+        ctx: &mut RequestCtx,
+        m: Incoming,
+    ) -> Result<Value, Failure>
+    where
+        S: AsyncReadRent + AsyncWriteRent,
+    {
+        let started = Instant::now();
+        let id = m.id.clone().unwrap_or(Value::Null);
+        let args_hash = match m.method.as_str() {
+            "resources/read" => None,
+            _ => Some(arguments_hash(m.params.get("arguments"))),
+        };
+        let routed = route(self.gateway, &m);
+        let (answer, status) = match routed {
+            Err(why) => (
+                jsonrpc::error(Some(&id), jsonrpc::INVALID_PARAMS, why),
+                "unknown",
+            ),
+            Ok(Routed {
+                server,
+                upstream_name,
+                params,
+            }) => {
+                let (answer, status) =
+                    if m.method == "tools/call" && !self.gateway.permits(server, &upstream_name) {
+                        // Hidden tools look exactly like unknown ones.
+                        (
+                            jsonrpc::error(
+                                Some(&id),
+                                jsonrpc::INVALID_PARAMS,
+                                &format!("unknown tool: {}", shown_name(&m)),
+                            ),
+                            "refused",
+                        )
+                    } else if let Some(refusal) = self.limit(ctx, &m) {
+                        (
+                            jsonrpc::error(Some(&id), jsonrpc::RATE_LIMITED, &refusal),
+                            "rate_limited",
+                        )
+                    } else {
+                        self.forward(client, head, ctx, server, &m, params, &id)
+                            .await?
+                    };
+                ctx.permit = None;
+                self.record(
+                    ctx,
+                    &m.method,
+                    Some(server),
+                    &upstream_name,
+                    status,
+                    started,
+                    args_hash,
+                );
+                return Ok(answer);
+            }
+        };
+        self.record(ctx, &m.method, None, "", status, started, args_hash);
+        Ok(answer)
+    }
+
+    /// The key's rates and concurrency for a `tools/call`; the refusal's message if refused.
+    fn limit(&self, ctx: &mut RequestCtx, m: &Incoming) -> Option<String> {
+        if m.method != "tools/call" {
+            return None;
+        }
+        ctx.permit = None;
+        match crate::pipeline::limits::requests(self.worker, self.snapshot, None, ctx) {
+            Ok(_) => None,
+            Err(e) => Some(e.message()),
+        }
+    }
+
+    /// Sends the call to `server` and relays its answer (notifications as events when the
+    /// client takes a stream).
+    #[allow(clippy::too_many_arguments)]
+    async fn forward<S>(
+        &mut self,
+        client: &mut BufConn<S>,
+        head: &RequestHead,
+        ctx: &mut RequestCtx,
+        server: &McpServer,
+        m: &Incoming,
+        params: Map<String, Value>,
+        id: &Value,
+    ) -> Result<(Value, &'static str), Failure>
+    where
+        S: AsyncReadRent + AsyncWriteRent,
+    {
+        let unavailable = |why: &str| {
+            jsonrpc::error(
+                Some(id),
+                jsonrpc::SERVER_UNAVAILABLE,
+                &format!("MCP server {} is unavailable: {why}", server.name),
+            )
+        };
+        let mut pending = match client::request(self.worker, server, &m.method, params).await {
+            Ok(p) => p,
+            Err(e) => return Ok((unavailable(e.reason()), e.outcome())),
+        };
+        let flight_key = (self.session_id.to_string(), id.to_string());
+        let (upstream_session, revision) = client::current_session(server);
+        remember_flight(
+            flight_key.clone(),
+            Flight {
+                prefix: server.prefix.clone(),
+                upstream_session,
+                revision,
+                upstream_id: pending.id,
+            },
+        );
+        let result = loop {
+            match pending.next().await {
+                Ok(Step::Notification(note)) => {
+                    let relayed = matches!(
+                        note.get("method").and_then(Value::as_str),
+                        Some("notifications/progress" | "notifications/message")
+                    );
+                    if relayed && self.out.allowed {
+                        if let Err(f) = self.event(client, head, ctx, &note).await {
+                            in_flight().lock().remove(&flight_key);
+                            return Err(f);
+                        }
+                    }
+                }
+                Ok(Step::Response(mut answer)) => {
+                    pending.finish(self.worker);
+                    answer["id"] = id.clone();
+                    let status = if answer.get("error").is_some() {
+                        "error"
+                    } else if answer.pointer("/result/isError") == Some(&Value::Bool(true)) {
+                        "tool_error"
+                    } else {
+                        "ok"
+                    };
+                    break (answer, status);
+                }
+                Err(e) => break (unavailable(e.reason()), e.outcome()),
+            }
+        };
+        in_flight().lock().remove(&flight_key);
+        Ok(result)
+    }
+
+    /// Writes one event, sending the stream's head first.
+    async fn event<S>(
+        &mut self,
+        client: &mut BufConn<S>,
+        head: &RequestHead,
+        ctx: &mut RequestCtx,
+        message: &Value,
+    ) -> Result<(), Failure>
+    where
+        S: AsyncReadRent + AsyncWriteRent,
+    {
+        let mut out = Vec::with_capacity(512);
+        if !self.out.started {
+            self.out.started = true;
+            ctx.status = 200;
+            ctx.stream = true;
+            let _ = write!(
+                StrBuf(&mut out),
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\nx-request-id: {}\r\n",
+                ctx.request_id
+            );
+            out.extend_from_slice(&ctx.rate_headers());
+            if !head.keep_alive() {
+                out.extend_from_slice(b"connection: close\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        push_event(&mut out, message);
+        let (res, _) = client.write_all(out).await;
+        res.map_err(|_| Failure::Abort)
+    }
+
+    /// One access-log line and the metrics of a routed call.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        ctx: &RequestCtx,
+        method: &str,
+        server: Option<&McpServer>,
+        upstream_name: &str,
+        status: &'static str,
+        started: Instant,
+        args_hash: Option<String>,
+    ) {
+        let took = started.elapsed();
+        let server_name = server.map(|s| s.name.as_str());
+        let metrics = crate::metrics::global().mcp();
+        if method == "tools/call" {
+            // A tool its server answered exists: its name may become a label (capped). A
+            // name that was refused or unknown never does.
+            if let (Some(server), "ok") = (server_name, status) {
+                metrics.note_tools(server, std::iter::once(upstream_name));
+            }
+            metrics.record(server_name, upstream_name, status, took);
+        } else {
+            metrics.record(server_name, "other", status, took);
+        }
+        if self.worker.access_log.enabled() {
+            let consumer = ctx.consumer.as_ref();
+            let entry = McpCallEntry {
+                kind: "mcp_call",
+                ts_ms: crate::clock::unix_now_ms().max(0) as u64,
+                request_id: &ctx.request_id,
+                method,
+                server: server_name,
+                tool: upstream_name,
+                status,
+                duration_us: took.as_micros() as u64,
+                args_sha256: args_hash,
+                key_id: consumer.and_then(|c| c.id.as_deref()),
+                team: consumer.map(|c| c.team.as_str()).filter(|t| !t.is_empty()),
+            };
+            self.worker.access_log.write(entry.render());
+        }
+    }
+}
+
+/// Splits a name (or URI) clients sent into the server's prefix and the upstream name.
+type SplitName = fn(&str) -> Option<(&str, &str)>;
+
+/// The owning server of a routed call and the parameters it is sent (the name or URI
+/// without the gateway's prefix).
+fn route<'g>(gateway: &'g McpGateway, m: &Incoming) -> Result<Routed<'g>, &'static str> {
+    let mut params = m.params.clone();
+    let (field, split): (&str, SplitName) = match m.method.as_str() {
+        "resources/read" => ("uri", names::split_resource_uri),
+        _ => ("name", names::split),
+    };
+    let Some(shown) = params.get(field).and_then(Value::as_str) else {
+        return Err("params lack their name");
+    };
+    let (prefix, upstream) = split(shown).ok_or(match m.method.as_str() {
+        "tools/call" => "unknown tool",
+        "prompts/get" => "unknown prompt",
+        _ => "unknown resource",
+    })?;
+    let server = gateway.server(prefix).ok_or(match m.method.as_str() {
+        "tools/call" => "unknown tool",
+        "prompts/get" => "unknown prompt",
+        _ => "unknown resource",
+    })?;
+    let upstream = upstream.to_string();
+    params.insert(field.to_string(), Value::String(upstream.clone()));
+    Ok(Routed {
+        server,
+        upstream_name: upstream,
+        params,
+    })
+}
+
+/// The name a client called, for an error message (cut short: it is the client's text).
+fn shown_name(m: &Incoming) -> String {
+    m.params
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .chars()
+        .take(128)
+        .collect()
+}
+
+/// SHA-256 (hex) of the call's arguments as JSON (`{}` when absent): logged instead of them.
+pub fn arguments_hash(arguments: Option<&Value>) -> String {
+    let empty = Value::Object(Map::new());
+    let bytes = serde_json::to_vec(arguments.unwrap_or(&empty)).unwrap_or_default();
+    Sha256::digest(&bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Appends `message` as one chunk holding one `message` event.
+fn push_event(out: &mut Vec<u8>, message: &Value) {
+    let data = serde_json::to_string(message).unwrap_or_default();
+    let event = format!("event: message\ndata: {data}\n\n");
+    let _ = write!(StrBuf(out), "{:x}\r\n", event.len());
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A call in flight, for a cancellation from its client.
+#[derive(Clone, Debug)]
+struct Flight {
+    prefix: String,
+    upstream_session: Option<String>,
+    revision: String,
+    upstream_id: u64,
+}
+
+type FlightKey = (String, String);
+
+fn in_flight() -> &'static Mutex<HashMap<FlightKey, Flight>> {
+    static IN_FLIGHT: std::sync::OnceLock<Mutex<HashMap<FlightKey, Flight>>> =
+        std::sync::OnceLock::new();
+    IN_FLIGHT.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn remember_flight(key: FlightKey, flight: Flight) {
+    let mut map = in_flight().lock();
+    // Bounded: past the cap a call simply cannot be cancelled (it still completes).
+    if map.len() < MAX_IN_FLIGHT {
+        map.insert(key, flight);
+    }
+}
+
+/// A header's value as text, when it is valid UTF-8.
+fn header_str<'h>(head: &'h RequestHead, name: &str) -> Option<&'h str> {
+    head.header(name)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::trim)
+}
+
+/// Answers `status` with a JSON-RPC error body.
+async fn respond_error<S>(
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    status: u16,
+    id: Option<&Value>,
+    code: i64,
+    message: &str,
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    ctx.error = Some("mcp_request_refused");
+    let body = serde_json::to_vec(&jsonrpc::error(id, code, message)).unwrap_or_default();
+    respond(
+        client,
+        head,
+        ctx,
+        status,
+        &[("content-type", "application/json")],
+        Some(&body),
+    )
+    .await
+}
+
+/// Writes a whole response.
+async fn respond<S>(
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let close = !head.keep_alive() || !ctx.body_done;
+    let body = body.unwrap_or(b"");
+    let mut out = Vec::with_capacity(256 + body.len());
+    let _ = write!(
+        StrBuf(&mut out),
+        "HTTP/1.1 {status} {}\r\ncontent-length: {}\r\nx-request-id: {}\r\n",
+        reason(status),
+        body.len(),
+        ctx.request_id
+    );
+    for (name, value) in headers {
+        let _ = write!(StrBuf(&mut out), "{name}: {value}\r\n");
+    }
+    out.extend_from_slice(&ctx.rate_headers());
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    ctx.status = status;
+    let (res, _) = client.write_all(out).await;
+    res.map_err(|_| Failure::Abort)?;
+    Ok(if close {
+        Outcome::Close
+    } else {
+        Outcome::KeepAlive
+    })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        415 => "Unsupported Media Type",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_hashed_not_kept() {
+        let hash = arguments_hash(Some(&json!({"password": "hunter2"})));
+        assert_eq!(hash.len(), 64);
+        assert!(!hash.contains("hunter2"));
+        assert_eq!(hash, arguments_hash(Some(&json!({"password": "hunter2"}))));
+        assert_ne!(hash, arguments_hash(None));
+    }
+
+    #[test]
+    fn events_are_chunks_of_one_message_event() {
+        let mut out = Vec::new();
+        push_event(&mut out, &json!({"a": 1}));
+        let text = String::from_utf8(out).unwrap();
+        let (size, rest) = text.split_once("\r\n").unwrap();
+        let event = "event: message\ndata: {\"a\":1}\n\n";
+        assert_eq!(usize::from_str_radix(size, 16).unwrap(), event.len());
+        assert_eq!(rest, format!("{event}\r\n"));
+    }
+}
