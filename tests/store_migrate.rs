@@ -53,6 +53,7 @@ impl Host {
                     models: vec!["gpt-*".into()],
                     routes: vec!["api".into()],
                     scopes: vec!["chat".into(), "embed".into()],
+                    mcp_tools: vec!["github__search_*".into(), "fs__read_?".into()],
                     rps: Some(2.5),
                     rpm: Some(120),
                     tpm: Some(50_000),
@@ -255,6 +256,117 @@ fn without_seq(records: &[KeyRecord]) -> Vec<KeyRecord> {
             r
         })
         .collect()
+}
+
+/// A host store with a key and two access requests holding MCP tool globs (one approved,
+/// so its minted key holds them too, one pending), or, `before_tools`, the same store as a
+/// binary from before tool permissions left it (no `mcp_tools` columns).
+fn host_with_tools(before_tools: bool) -> (Host, String) {
+    use credentialflow::access::flow::{self, Requester};
+    use credentialflow::access::NewAccessRequest;
+
+    let dir = TempDir::new("migrate-tools");
+    let now = credentialflow::clock::unix_now_ms();
+    let mut store = KeyStore::open(dir.path()).unwrap();
+    let tools = if before_tools {
+        Vec::new()
+    } else {
+        vec!["github__search_*".to_owned(), "fs__read_?".to_owned()]
+    };
+    let (agent, _) = store
+        .create(
+            NewKey {
+                mcp_tools: tools.clone(),
+                ..named("agent")
+            },
+            "admin",
+        )
+        .unwrap();
+    let asked = |name: &str| NewAccessRequest {
+        name: name.into(),
+        mcp_tools: tools.clone(),
+        ttl: "1h".into(),
+        reason: "tools".into(),
+        ..NewAccessRequest::default()
+    };
+    let bob = Requester::Operator("cli:bob".into());
+    let approved = flow::submit(&mut store, asked("jit-agent"), &bob, &[], now).unwrap();
+    flow::approve(&mut store, &approved.request.id, "cli:carol", None, now).unwrap();
+    flow::submit(&mut store, asked("jit-pending"), &bob, &[], now).unwrap();
+    drop(store);
+    if before_tools {
+        rusqlite::Connection::open(dir.path().join("keys.db"))
+            .unwrap()
+            .execute_batch(
+                "ALTER TABLE keys DROP COLUMN mcp_tools;
+                 ALTER TABLE access_requests DROP COLUMN mcp_tools;
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+    }
+    let host = Host {
+        dir,
+        live: Vec::new(),
+        dead: Vec::new(),
+    };
+    (host, agent.id)
+}
+
+/// `store migrate` carries `mcp_tools`: of keys (the one created with them and the one an
+/// approved request minted) and of access requests, field for field; a host store from
+/// before tool permissions is read as it is (without a column to read, every key and
+/// request permits every tool, as it did there) and stays untouched.
+#[test]
+fn mcp_tools_of_keys_and_access_requests_are_carried() {
+    let server = PgServer::start();
+    let (host, agent_id) = host_with_tools(false);
+    let fleet = Fleet::new();
+    let run = migrate(
+        &fleet,
+        host.path(),
+        &url_of(&server, None),
+        &host.pepper_hex(),
+    );
+    run.assert_code(0);
+    let pg = open_fleet(&server, &host);
+    let pg_keys = pg.list().unwrap();
+    assert_eq!(without_seq(&pg_keys), without_seq(&host.keys()));
+    let globs = ["github__search_*", "fs__read_?"];
+    let agent = pg_keys.iter().find(|k| k.id == agent_id).unwrap();
+    assert_eq!(agent.mcp_tools, globs);
+    let minted = pg_keys.iter().find(|k| k.name == "jit-agent").unwrap();
+    assert_eq!(minted.mcp_tools, globs);
+    let mut pg = pg;
+    let requests = pg.access_list(None).unwrap();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests.iter().all(|r| r.mcp_tools == globs),
+        "{requests:?}"
+    );
+
+    let old_server = PgServer::start();
+    let (old_host, old_agent) = host_with_tools(true);
+    let source_files = snapshot(old_host.path());
+    let run = migrate(
+        &Fleet::new(),
+        old_host.path(),
+        &url_of(&old_server, None),
+        &old_host.pepper_hex(),
+    );
+    run.assert_code(0);
+    assert_eq!(
+        snapshot(old_host.path()),
+        source_files,
+        "the host store is untouched"
+    );
+    let mut pg = open_fleet(&old_server, &old_host);
+    let keys = pg.list().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().all(|k| k.mcp_tools.is_empty()));
+    assert!(keys.iter().any(|k| k.id == old_agent));
+    let requests = pg.access_list(None).unwrap();
+    assert_eq!(requests.len(), 2);
+    assert!(requests.iter().all(|r| r.mcp_tools.is_empty()));
 }
 
 /// Hex of a hash, to look for in output.

@@ -116,6 +116,7 @@ both_backends! {
             models: vec!["gpt-*".into()],
             routes: vec!["api".into()],
             scopes: vec!["chat".into(), "embed".into()],
+            mcp_tools: vec!["github__search_*".into()],
             rps: Some(2.5),
             rpm: Some(100),
             tpm: Some(50_000),
@@ -181,6 +182,9 @@ both_backends! {
             (NewKey { expires_in: Some("30x".into()), ..named("x") }, "expires_in"),
             (NewKey { models: vec![String::new()], ..named("x") }, "models"),
             (NewKey { scopes: vec!["s".into(); 257], ..named("x") }, "scopes"),
+            (NewKey { mcp_tools: vec!["t__*".into(); 65], ..named("x") }, "mcp_tools"),
+            (NewKey { mcp_tools: vec!["t".repeat(129)], ..named("x") }, "mcp_tools"),
+            (NewKey { mcp_tools: vec!["fs__read file".into()], ..named("x") }, "mcp_tools"),
         ];
         for (new, expected) in cases {
             match store.create(new, "test") {
@@ -234,6 +238,47 @@ both_backends! {
             Err(StoreError::Invalid { field: "budget_period", .. })
         ));
         assert_eq!(store.get(&before.id).unwrap(), Some(after));
+    }
+
+    fn mcp_tools_round_trip_through_create_update_and_access_requests(fx) {
+        use credentialflow::access::flow::{self, Requester};
+        use credentialflow::access::NewAccessRequest;
+
+        let mut store = fx.open();
+        let new = NewKey { mcp_tools: vec!["github__search_*".into(), "fs__read_?".into()], ..named("agent") };
+        let (created, _) = store.create(new, "test").unwrap();
+        assert_eq!(created.mcp_tools, ["github__search_*", "fs__read_?"]);
+        assert_eq!(store.get(&created.id).unwrap(), Some(created.clone()));
+        let patch = KeyPatch { mcp_tools: Some(vec!["fs__*".into()]), ..KeyPatch::default() };
+        let updated = store.update(&created.id, patch, "test").unwrap();
+        assert_eq!(store.list().unwrap(), vec![updated.clone()]);
+        assert_eq!(store.changes_since(created.seq).unwrap(), vec![updated.clone()]);
+        let audited = fx.audit(&store);
+        let update = audited.iter().find(|e| e.action == "update").unwrap();
+        assert_eq!(update.before.as_ref().unwrap().mcp_tools, ["github__search_*", "fs__read_?"]);
+        assert_eq!(update.after.as_ref().unwrap().mcp_tools, ["fs__*"]);
+
+        // Out of bounds: refused naming the field, nothing written.
+        let long = NewKey { mcp_tools: vec!["t".repeat(129)], ..named("long") };
+        assert!(matches!(store.create(long, "test"), Err(StoreError::Invalid { field: "mcp_tools", .. })));
+        assert_eq!(store.list().unwrap().len(), 1);
+
+        let now = credentialflow::clock::unix_now_ms();
+        let asked = NewAccessRequest {
+            name: "jit-agent".into(),
+            mcp_tools: vec!["fs__read_*".into()],
+            ttl: "1h".into(),
+            reason: "tools".into(),
+            ..NewAccessRequest::default()
+        };
+        let bob = Requester::Operator("cli:bob".into());
+        let submitted = flow::submit(&mut store, asked, &bob, &[], now).unwrap();
+        let id = submitted.request.id;
+        assert_eq!(store.access_get(&id).unwrap().unwrap().mcp_tools, ["fs__read_*"]);
+        let (approved, key) = flow::approve(&mut store, &id, "cli:carol", None, now).unwrap();
+        assert_eq!(approved.mcp_tools, ["fs__read_*"]);
+        assert_eq!(store.get(&key.id).unwrap().unwrap().mcp_tools, ["fs__read_*"]);
+        assert_eq!(store.access_list(None).unwrap(), vec![approved]);
     }
 
     fn unknown_ids_are_not_found(fx) {
@@ -471,6 +516,77 @@ fn the_listener_reports_a_lost_server_as_unreachable() {
     );
     fx.server.start_again();
     assert!(PgStore::open(&fx.server.url(), pepper(), "edge-1").is_ok());
+}
+
+/// Migration 6 on a store of version 5 (made before keys had MCP tool permissions): its keys
+/// and access requests are kept, read back with an empty `mcp_tools` (every tool, as
+/// before), and take tool globs from then on.
+#[test]
+fn migration_6_gives_existing_keys_and_requests_an_empty_tool_list() {
+    use credentialflow::access::flow::{self, Requester};
+    use credentialflow::access::NewAccessRequest;
+
+    let server = PgServer::start();
+    let url = server.url();
+    let (key_id, request_id) = {
+        let mut store = PgStore::open(&url, pepper(), "edge-1").unwrap();
+        let (key, _) = store.create(named("old"), "test").unwrap();
+        let asked = NewAccessRequest {
+            name: "jit".into(),
+            ttl: "1h".into(),
+            reason: "r".into(),
+            ..NewAccessRequest::default()
+        };
+        let bob = Requester::Operator("cli:bob".into());
+        let now = credentialflow::clock::unix_now_ms();
+        let submitted = flow::submit(&mut store, asked, &bob, &[], now).unwrap();
+        (key.id, submitted.request.id)
+    };
+    // Back to version 5, as a binary before this one left the database.
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(
+            "ALTER TABLE keys DROP COLUMN mcp_tools;
+             ALTER TABLE access_requests DROP COLUMN mcp_tools;
+             DELETE FROM schema_migrations WHERE version = 6;",
+        )
+        .unwrap();
+
+    let mut store = PgStore::open(&url, pepper(), "edge-2").unwrap();
+    assert_eq!(SCHEMA_VERSION, 6);
+    assert_eq!(store.schema_version().unwrap(), 6);
+    let row = client
+        .query_one(
+            "SELECT name, applied_by FROM schema_migrations WHERE version = 6",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("key mcp tools".to_owned(), "edge-2".to_owned())
+    );
+    let key = store.get(&key_id).unwrap().unwrap();
+    assert!(key.mcp_tools.is_empty());
+    assert_eq!(key.name, "old");
+    let request = store.access_get(&request_id).unwrap().unwrap();
+    assert!(request.mcp_tools.is_empty());
+
+    let patch = KeyPatch {
+        mcp_tools: Some(vec!["github__*".into()]),
+        ..KeyPatch::default()
+    };
+    store.update(&key_id, patch, "test").unwrap();
+    drop(store);
+    let reopened = PgStore::open(&url, pepper(), "edge-3").unwrap();
+    assert_eq!(
+        reopened.get(&key_id).unwrap().unwrap().mcp_tools,
+        ["github__*"]
+    );
+    let stored: String = client
+        .query_one("SELECT mcp_tools FROM keys WHERE id = $1", &[&key_id])
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, r#"["github__*"]"#);
 }
 
 #[test]

@@ -108,6 +108,9 @@ pub struct NewAccessRequest {
     pub models: Vec<String>,
     pub routes: Vec<String>,
     pub scopes: Vec<String>,
+    /// Globs of the exposed MCP tools the key may use (empty = all), bounded as a key's.
+    /// A request naming any waits for a person: no policy envelope bounds tools.
+    pub mcp_tools: Vec<String>,
     pub limits: KeyLimits,
     /// How long the key lives after approval (`8h`).
     pub ttl: String,
@@ -163,6 +166,8 @@ impl NewAccessRequest {
                 check_text(field, item, MAX_TEXT)?;
             }
         }
+        crate::store::rules::check_mcp_tools(&self.mcp_tools)
+            .map_err(|message| FieldError::new("mcp_tools", message))?;
         let limits = &self.limits;
         for (field, value) in [("rps", limits.rps), ("budget_usd", limits.budget_usd)] {
             if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
@@ -236,6 +241,10 @@ pub struct AccessRequest {
     pub models: Vec<String>,
     pub routes: Vec<String>,
     pub scopes: Vec<String>,
+    /// The MCP tool globs the minted key gets. A request stored before requests had them
+    /// reads as empty (every tool), which is what its key got.
+    #[serde(default)]
+    pub mcp_tools: Vec<String>,
     #[serde(flatten)]
     pub limits: KeyLimits,
     /// The key's lifetime after approval, as asked (`8h`).
@@ -296,6 +305,7 @@ impl AccessRequest {
             models: new.models,
             routes: new.routes,
             scopes: new.scopes,
+            mcp_tools: new.mcp_tools,
             limits: new.limits,
             ttl: new.ttl,
             reason: new.reason,
@@ -330,6 +340,7 @@ impl AccessRequest {
             models: self.models.clone(),
             routes: self.routes.clone(),
             scopes: self.scopes.clone(),
+            mcp_tools: self.mcp_tools.clone(),
             rps: self.limits.rps,
             rpm: self.limits.rpm,
             tpm: self.limits.tpm,

@@ -1,6 +1,10 @@
 //! `[[access_policy]]`: per team, the longest ttl a request may ask for, and the envelope
 //! (models, ttl, budget) inside which a request is approved at once by `policy`.
 //!
+//! The envelope names no MCP tools, so a request that asks for `mcp_tools` is never inside
+//! it: which tools an agent may call is a person's decision. (A request naming none gets a
+//! key with the empty list, as every key had before tool permissions existed.)
+//!
 //! Durations were checked by `credentialflow check` before a config is live; one that does
 //! not parse here anyway (a config built in code) refuses every request of its team rather
 //! than letting any through unbounded.
@@ -70,7 +74,9 @@ pub fn judge(
     };
     // Access to the access workflow itself is always a person's decision.
     let grants_access_scopes = request.scopes.iter().any(|s| s.starts_with("access:"));
-    if models_inside && ttl <= auto_ttl && !grants_access_scopes {
+    // No envelope bounds tools (see the module doc).
+    let names_tools = !request.mcp_tools.is_empty();
+    if models_inside && ttl <= auto_ttl && !grants_access_scopes && !names_tools {
         Verdict::AutoApprove { budget_usd: budget }
     } else {
         Verdict::Pending
@@ -146,6 +152,17 @@ mod tests {
         }
         let (mut r, d) = request(&["gpt-4o-mini"], "30m", None);
         r.scopes = vec!["access:request".into()];
+        assert_eq!(judge(&policies(), &r, d), Verdict::Pending);
+    }
+
+    #[test]
+    fn a_request_naming_mcp_tools_waits_for_a_person() {
+        let (mut r, d) = request(&["gpt-4o-mini"], "30m", None);
+        assert!(matches!(
+            judge(&policies(), &r, d),
+            Verdict::AutoApprove { .. }
+        ));
+        r.mcp_tools = vec!["github__search_*".into()];
         assert_eq!(judge(&policies(), &r, d), Verdict::Pending);
     }
 

@@ -435,3 +435,72 @@ fn stale_requests_no_longer_count_against_their_requester() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A request carrying `mcp_tools` keeps them (stored, listed, read back) and the key it
+/// mints gets exactly them; a policy that would approve the same request without tools
+/// leaves it to a person.
+#[test]
+fn a_request_naming_mcp_tools_mints_a_key_with_them() {
+    let (mut store, dir) = temp_store();
+    let now = unix_now_ms();
+    let policies = vec![crate::config::AccessPolicyConfig {
+        team: "ml".into(),
+        max_ttl: "8h".into(),
+        auto_approve: Some(crate::config::AutoApproveConfig {
+            models: vec!["gpt-4o-mini".into()],
+            max_ttl: Some("2h".into()),
+            budget_usd: Some(5.0),
+        }),
+    }];
+    let without_tools =
+        flow::submit(&mut store, asked(), &operator("cli:bob"), &policies, now).unwrap();
+    assert_eq!(without_tools.request.status, AccessStatus::Approved);
+
+    let with_tools = NewAccessRequest {
+        name: "jit-agent".into(),
+        mcp_tools: vec!["github__search_*".into(), "fs__read_?".into()],
+        ..asked()
+    };
+    let submitted =
+        flow::submit(&mut store, with_tools, &operator("cli:bob"), &policies, now).unwrap();
+    assert_eq!(submitted.request.status, AccessStatus::Pending);
+    assert!(submitted.minted.is_none());
+    let id = submitted.request.id.clone();
+    let stored = store.access_get(&id).unwrap().unwrap();
+    assert_eq!(stored.mcp_tools, ["github__search_*", "fs__read_?"]);
+    let shown = serde_json::to_value(&stored).unwrap();
+    assert_eq!(
+        shown["mcp_tools"],
+        serde_json::json!(["github__search_*", "fs__read_?"])
+    );
+
+    let (_, key) = flow::approve(&mut store, &id, "cli:carol", None, now).unwrap();
+    assert_eq!(key.mcp_tools, ["github__search_*", "fs__read_?"]);
+    assert_eq!(
+        store.get(&key.id).unwrap().unwrap().mcp_tools,
+        key.mcp_tools
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn mcp_tools_of_a_request_are_bounded_naming_the_field() {
+    for globs in [
+        vec!["t__*".to_owned(); 65],
+        vec!["t".repeat(129)],
+        vec![String::new()],
+        vec!["fs__read file".to_owned()],
+    ] {
+        let request = NewAccessRequest {
+            mcp_tools: globs,
+            ..asked()
+        };
+        let err = request.check().unwrap_err();
+        assert_eq!(err.field, "mcp_tools", "{err}");
+    }
+    let at_bounds = NewAccessRequest {
+        mcp_tools: vec!["t".repeat(128); 64],
+        ..asked()
+    };
+    assert!(at_bounds.check().is_ok());
+}

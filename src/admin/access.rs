@@ -100,6 +100,8 @@ struct CreateBody {
     #[serde(default)]
     scopes: Vec<String>,
     #[serde(default)]
+    mcp_tools: Vec<String>,
+    #[serde(default)]
     ttl: String,
     #[serde(default)]
     reason: String,
@@ -135,6 +137,7 @@ pub(crate) fn create(state: &AdminState, request: &Request, requester: &Requeste
         models: body.models,
         routes: body.routes,
         scopes: body.scopes,
+        mcp_tools: body.mcp_tools,
         limits: body.limits,
         ttl: body.ttl,
         reason: body.reason,

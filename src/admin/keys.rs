@@ -281,6 +281,7 @@ const FIELDS: &[&str] = &[
     "models",
     "routes",
     "scopes",
+    "mcp_tools",
     "rps",
     "rpm",
     "tpm",
@@ -322,6 +323,7 @@ fn key_patch(body: &Map<String, Value>) -> Result<KeyPatch, StoreError> {
         models: required(body, "models", strings)?,
         routes: required(body, "routes", strings)?,
         scopes: required(body, "scopes", strings)?,
+        mcp_tools: required(body, "mcp_tools", strings)?,
         rps: nullable(body, "rps", number)?,
         rpm: nullable(body, "rpm", unsigned)?,
         tpm: nullable(body, "tpm", unsigned)?,
@@ -339,7 +341,7 @@ fn key_patch(body: &Map<String, Value>) -> Result<KeyPatch, StoreError> {
 /// What each field must be, for error messages.
 fn expected(field: &str) -> &'static str {
     match field {
-        "models" | "routes" | "scopes" => "must be an array of strings",
+        "models" | "routes" | "scopes" | "mcp_tools" => "must be an array of strings",
         "rps" | "budget_usd" => "must be a number",
         "rpm" | "tpm" | "budget_tokens" | "max_concurrency" => "must be a non-negative integer",
         "metadata" => "must be an object",

@@ -1,4 +1,5 @@
-//! Glob patterns for key allow-lists (`gpt-4o*`, `team-*-api`, `*`).
+//! Glob patterns for key allow-lists (`gpt-4o*`, `team-*-api`, `*`), and for MCP tool
+//! permissions, which also have `?` (`fs__read_?`).
 
 /// True when `text` matches `pattern`, where `*` matches any run of characters (including
 /// none) and every other character matches itself. Comparison is case-sensitive.
@@ -7,8 +8,21 @@
 /// That is linear-time in practice and never recursive, so a hostile pattern such as
 /// `*a*a*a*b` cannot blow up.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let pattern = pattern.as_bytes();
-    let text = text.as_bytes();
+    matches(pattern.as_bytes(), text.as_bytes(), None)
+}
+
+/// [`glob_match`] with `?` as well, matching exactly one byte: the glob of a key's
+/// `mcp_tools`. Tool names are ASCII (letters, digits, `_`, `-`, `.`, `/`), so one byte is
+/// one character of every name a permission can name. Case-sensitive, as MCP tool names are.
+///
+/// Model and route globs keep [`glob_match`], where `?` is an ordinary character, so this
+/// changes nothing a stored key already means.
+pub fn tool_glob_match(pattern: &str, name: &str) -> bool {
+    matches(pattern.as_bytes(), name.as_bytes(), Some(b'?'))
+}
+
+/// The matcher behind both globs; `any_one` is the byte that matches any single byte, if any.
+fn matches(pattern: &[u8], text: &[u8], any_one: Option<u8>) -> bool {
     let (mut p, mut t) = (0, 0);
     // Position of the last `*` seen in the pattern, and where in the text it began matching.
     let mut star: Option<(usize, usize)> = None;
@@ -16,7 +30,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         if p < pattern.len() && pattern[p] == b'*' {
             star = Some((p, t));
             p += 1;
-        } else if p < pattern.len() && pattern[p] == text[t] {
+        } else if p < pattern.len() && (pattern[p] == text[t] || Some(pattern[p]) == any_one) {
             p += 1;
             t += 1;
         } else if let Some((star_p, star_t)) = star {
@@ -32,7 +46,31 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{glob_match, tool_glob_match};
+
+    #[test]
+    fn question_mark_is_literal_in_model_globs() {
+        assert!(!glob_match("gpt-?o", "gpt-4o"));
+        assert!(glob_match("gpt-?o", "gpt-?o"));
+    }
+
+    #[test]
+    fn tool_globs_match_one_byte_with_question_mark() {
+        assert!(tool_glob_match("fs__read_?", "fs__read_a"));
+        assert!(!tool_glob_match("fs__read_?", "fs__read_"));
+        assert!(!tool_glob_match("fs__read_?", "fs__read_ab"));
+        assert!(tool_glob_match("gh__*_?ssue", "gh__create_issue"));
+        assert!(tool_glob_match("?*", "x"));
+        assert!(!tool_glob_match("?*", ""));
+    }
+
+    #[test]
+    fn tool_globs_backtrack_through_question_marks() {
+        // The `*` must give back characters for the `?`s after it.
+        assert!(tool_glob_match("*??b", "aaab"));
+        assert!(tool_glob_match("a*?a*b", "aaaaab"));
+        assert!(!tool_glob_match("*???", "ab"));
+    }
 
     #[test]
     fn literal_pattern_matches_only_itself() {

@@ -7,7 +7,8 @@
 //! - [`Consumer`]: the identity a request runs as once authenticated.
 //! - [`IpRules`], [`key_permits_route`], [`key_permits_model`], [`has_scopes`]: the checks
 //!   that turn into 403 `permission_error`.
-//! - [`glob_match`]: the `*` globs of key route and model lists.
+//! - [`glob_match`]: the `*` globs of key route and model lists; [`tool_glob_match`] adds `?`
+//!   for `mcp_tools`.
 //! - [`jwt`]: JWT verification for `auth = "jwt"` routes, keys from PEM or a JWKS URL.
 
 mod cache;
@@ -23,6 +24,6 @@ pub mod test_support;
 pub use cache::{CredentialCache, POLL_INTERVAL};
 pub use consumer::Consumer;
 pub use credential::presented_key;
-pub use glob::glob_match;
+pub use glob::{glob_match, tool_glob_match};
 pub use ip::IpRules;
 pub use permit::{has_scopes, key_permits_model, key_permits_route};

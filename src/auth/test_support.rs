@@ -14,6 +14,7 @@ pub fn record(id: &str, name: &str) -> KeyRecord {
         models: Vec::new(),
         routes: Vec::new(),
         scopes: Vec::new(),
+        mcp_tools: Vec::new(),
         rps: None,
         rpm: None,
         tpm: None,

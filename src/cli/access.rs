@@ -86,6 +86,10 @@ struct RequestFlags {
     /// Scopes for the key (comma-separated).
     #[arg(long, value_delimiter = ',')]
     scopes: Vec<String>,
+    /// Globs of the MCP tools the key may use, as exposed (`github__search_*`;
+    /// comma-separated; none = all). A request naming any waits for an approver.
+    #[arg(long, value_delimiter = ',')]
+    mcp_tools: Vec<String>,
     /// How long the key lives after approval (`30m`, `8h`; at most `90d`).
     #[arg(long)]
     ttl: String,
@@ -124,6 +128,7 @@ impl RequestFlags {
             models: list(self.models),
             routes: list(self.routes),
             scopes: list(self.scopes),
+            mcp_tools: list(self.mcp_tools),
             limits: KeyLimits {
                 rps: self.rps,
                 rpm: self.rpm,

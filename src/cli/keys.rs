@@ -111,6 +111,10 @@ struct KeyFlags {
     /// Scopes granted to the key.
     #[arg(long, value_delimiter = ',')]
     scopes: Option<Vec<String>>,
+    /// Globs of the MCP tools the key may list and call, as exposed (`github__search_*`,
+    /// `fs__read_?`; empty = all).
+    #[arg(long, value_delimiter = ',')]
+    mcp_tools: Option<Vec<String>>,
     /// Requests per second (`none` removes the limit).
     #[arg(long, value_parser = setting::<f64>)]
     rps: Option<Setting<f64>>,
@@ -163,6 +167,7 @@ impl KeyFlags {
             models: self.models.map(list),
             routes: self.routes.map(list),
             scopes: self.scopes.map(list),
+            mcp_tools: self.mcp_tools.map(list),
             rps: self.rps.map(Setting::into_option),
             rpm: self.rpm.map(Setting::into_option),
             tpm: self.tpm.map(Setting::into_option),

@@ -32,14 +32,21 @@ CREATE TABLE IF NOT EXISTS access_requests (
     claimed_at    INTEGER,
     expires_at_ms INTEGER,
     key_id        TEXT,
-    claim_hash    BLOB NOT NULL
+    claim_hash    BLOB NOT NULL,
+    mcp_tools     TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS access_requests_by_status ON access_requests (status);
 ";
 
-const COLUMNS: &str = "id, name, team, models, routes, scopes, limits, ttl, reason, requester, \
-    status, decided_by, note, created_at, decided_at, claimed_at, expires_at_ms, key_id, \
-    claim_hash";
+pub(super) const COLUMNS: &str = "id, name, team, models, routes, scopes, limits, ttl, reason, \
+    requester, status, decided_by, note, created_at, decided_at, claimed_at, expires_at_ms, \
+    key_id, claim_hash, mcp_tools";
+
+/// [`COLUMNS`] as read from a read-only store made before requests had `mcp_tools`
+/// (`store migrate` reading a host's store): such a request asked for every tool.
+pub(super) const COLUMNS_WITHOUT_MCP_TOOLS: &str = "id, name, team, models, routes, scopes, \
+    limits, ttl, reason, requester, status, decided_by, note, created_at, decided_at, \
+    claimed_at, expires_at_ms, key_id, claim_hash, '[]'";
 
 impl KeyStore {
     /// Stores a new request; audited as `access.request` by `actor`.
@@ -58,7 +65,8 @@ impl KeyStore {
         Ok(self
             .connection()
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM access_requests WHERE id = ?1"
+                "SELECT {} FROM access_requests WHERE id = ?1",
+                self.access_columns()
             ))?
             .query_row([id], from_row)
             .optional()?)
@@ -70,8 +78,9 @@ impl KeyStore {
         status: Option<AccessStatus>,
     ) -> Result<Vec<AccessRequest>, StoreError> {
         let mut statement = self.connection().prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM access_requests WHERE ?1 IS NULL OR status = ?1 \
-             ORDER BY created_at, id"
+            "SELECT {} FROM access_requests WHERE ?1 IS NULL OR status = ?1 \
+             ORDER BY created_at, id",
+            self.access_columns()
         ))?;
         let rows = statement.query_map([status.map(AccessStatus::as_str)], from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -124,7 +133,8 @@ fn write(conn: &Connection, r: &AccessRequest, insert: bool) -> Result<(), Store
     let verb = if insert { "INSERT" } else { "REPLACE" };
     conn.prepare_cached(&format!(
         "{verb} INTO access_requests ({COLUMNS}) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+          ?20)"
     ))?
     .execute(params![
         r.id,
@@ -146,6 +156,7 @@ fn write(conn: &Connection, r: &AccessRequest, insert: bool) -> Result<(), Store
         r.expires_at_ms,
         r.key_id,
         r.claim_hash,
+        json(&r.mcp_tools),
     ])?;
     Ok(())
 }
@@ -178,6 +189,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<AccessRequest> {
         expires_at_ms: row.get(16)?,
         key_id: row.get(17)?,
         claim_hash: row.get(18)?,
+        mcp_tools: json_column(row, 19)?,
     })
 }
 

@@ -133,6 +133,7 @@ mod tests {
             models: vec!["gpt-*".into()],
             routes: Vec::new(),
             scopes: vec!["chat".into()],
+            mcp_tools: Vec::new(),
             rps: Some(5.0),
             rpm: None,
             tpm: None,

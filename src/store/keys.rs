@@ -29,7 +29,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema of a new store. Key expiry and rotation grace are unix milliseconds
 /// (`expires_at_ms`, `previous_valid_until_ms`); a store made before kept them in whole
-/// seconds under other names, and [`MIGRATE_TO_MS`] brings it up to date on open.
+/// seconds under other names, and [`MIGRATE_TO_MS`] brings it up to date on open. A store
+/// made before keys had MCP tool permissions gains `mcp_tools` on open ([`ADD_MCP_TOOLS`]).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
@@ -59,11 +60,26 @@ CREATE TABLE IF NOT EXISTS keys (
     updated_at           INTEGER NOT NULL,
     expires_at_ms        INTEGER,
     revoked_at           INTEGER,
-    seq                  INTEGER NOT NULL
+    seq                  INTEGER NOT NULL,
+    mcp_tools            TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS keys_by_seq ON keys (seq);
-PRAGMA user_version = 2;
 ";
+
+/// Gives a store made before keys had MCP tool permissions its `mcp_tools` columns, on keys
+/// and on access requests: every existing key and request gets the empty list, which
+/// permits every exposed tool, as such a key did before. The default also lets a writer
+/// that does not know the column insert rows. `user_version` 3 marks this schema.
+const ADD_MCP_TOOLS: [(&str, &str); 2] = [
+    (
+        "keys",
+        "ALTER TABLE keys ADD COLUMN mcp_tools TEXT NOT NULL DEFAULT '[]'",
+    ),
+    (
+        "access_requests",
+        "ALTER TABLE access_requests ADD COLUMN mcp_tools TEXT NOT NULL DEFAULT '[]'",
+    ),
+];
 
 /// A store whose expiry and grace are whole seconds (`expires_at`, `previous_valid_until`,
 /// every store made before they were kept to the millisecond) to milliseconds: the columns
@@ -79,16 +95,28 @@ UPDATE keys SET previous_valid_until_ms = previous_valid_until_ms * 1000
 PRAGMA user_version = 2;
 ";
 
+/// The schema version [`KeyStore::open`] brings a store to.
+const USER_VERSION: i32 = 3;
+
 const COLUMNS: &str = "id, name, team, prefix, hash, previous_hash, previous_valid_until_ms, \
     models, routes, scopes, rps, rpm, tpm, max_concurrency, budget_usd, budget_tokens, \
-    budget_period, metadata, created_at, updated_at, expires_at_ms, revoked_at, seq";
+    budget_period, metadata, created_at, updated_at, expires_at_ms, revoked_at, seq, \
+    mcp_tools";
 
-/// [`COLUMNS`] as read from a store still in whole seconds that cannot be migrated because
-/// it is opened read-only ([`KeyStore::open_read_only`]): the same records, converted.
+/// [`COLUMNS`] as read from a store without `mcp_tools` that cannot be migrated because it
+/// is opened read-only ([`KeyStore::open_read_only`]): every key permits every tool, as it
+/// did in that store.
+const COLUMNS_WITHOUT_MCP_TOOLS: &str = "id, name, team, prefix, hash, previous_hash, \
+    previous_valid_until_ms, models, routes, scopes, rps, rpm, tpm, max_concurrency, \
+    budget_usd, budget_tokens, budget_period, metadata, created_at, updated_at, \
+    expires_at_ms, revoked_at, seq, '[]'";
+
+/// [`COLUMNS`] as read from a read-only store still in whole seconds (which predates
+/// `mcp_tools` too): the same records, converted.
 const COLUMNS_IN_SECONDS: &str = "id, name, team, prefix, hash, previous_hash, \
     previous_valid_until * 1000, models, routes, scopes, rps, rpm, tpm, max_concurrency, \
     budget_usd, budget_tokens, budget_period, metadata, created_at, updated_at, \
-    expires_at * 1000, revoked_at, seq";
+    expires_at * 1000, revoked_at, seq, '[]'";
 
 /// One virtual key as stored. Its serde form (admin API, CLI `--json`, audit log) leaves out
 /// the hashes and the sequence, and its `Debug` redacts the hashes; the secret is never part
@@ -106,6 +134,11 @@ pub struct KeyRecord {
     /// Route-name globs the key may use (empty = all).
     pub routes: Vec<String>,
     pub scopes: Vec<String>,
+    /// Globs (`*`, `?`) of the exposed MCP tool names (`<prefix>__<tool>`) the key may list
+    /// and call (empty = every exposed tool). A record written before keys had them (an
+    /// older audit entry) reads as empty, which is what such a key permitted.
+    #[serde(default)]
+    pub mcp_tools: Vec<String>,
     pub rps: Option<f64>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
@@ -183,6 +216,7 @@ impl KeyRecord {
             expires_at_ms: row.get(20)?,
             revoked_at: row.get(21)?,
             seq: row.get(22)?,
+            mcp_tools: json_column(row, 23)?,
         })
     }
 }
@@ -199,6 +233,7 @@ impl std::fmt::Debug for KeyRecord {
             .field("models", &self.models)
             .field("routes", &self.routes)
             .field("scopes", &self.scopes)
+            .field("mcp_tools", &self.mcp_tools)
             .field("rps", &self.rps)
             .field("rpm", &self.rpm)
             .field("tpm", &self.tpm)
@@ -235,6 +270,8 @@ pub struct NewKey {
     pub models: Vec<String>,
     pub routes: Vec<String>,
     pub scopes: Vec<String>,
+    /// Globs of the exposed MCP tools the key may use (empty = all).
+    pub mcp_tools: Vec<String>,
     pub rps: Option<f64>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
@@ -256,6 +293,7 @@ impl NewKey {
             models: patch.models.unwrap_or_default(),
             routes: patch.routes.unwrap_or_default(),
             scopes: patch.scopes.unwrap_or_default(),
+            mcp_tools: patch.mcp_tools.unwrap_or_default(),
             rps: patch.rps.flatten(),
             rpm: patch.rpm.flatten(),
             tpm: patch.tpm.flatten(),
@@ -278,6 +316,8 @@ pub struct KeyPatch {
     pub models: Option<Vec<String>>,
     pub routes: Option<Vec<String>>,
     pub scopes: Option<Vec<String>>,
+    /// Replaces the whole list; an empty list permits every exposed tool.
+    pub mcp_tools: Option<Vec<String>>,
     pub rps: Option<Option<f64>>,
     pub rpm: Option<Option<u64>>,
     pub tpm: Option<Option<u64>>,
@@ -296,9 +336,12 @@ pub struct KeyStore {
     conn: Connection,
     pepper: Pepper,
     data_dir: std::path::PathBuf,
-    /// How rows are read: [`COLUMNS`], or [`COLUMNS_IN_SECONDS`] for a read-only store of
-    /// the older schema.
+    /// How rows are read: [`COLUMNS`], or for a read-only store of an older schema
+    /// [`COLUMNS_WITHOUT_MCP_TOOLS`] or [`COLUMNS_IN_SECONDS`].
     columns: &'static str,
+    /// How access request rows are read: `access::COLUMNS`, or `access::COLUMNS_WITHOUT_MCP_TOOLS`
+    /// for a read-only store made before requests had `mcp_tools`.
+    access_columns: &'static str,
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -332,12 +375,14 @@ impl KeyStore {
         migrate_to_ms(&mut conn)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::access::SCHEMA)?;
+        add_mcp_tools(&mut conn)?;
         conn.execute_batch(webhook_queue::SQLITE_SCHEMA)?;
         Ok(KeyStore {
             conn,
             pepper,
             data_dir: data_dir.to_path_buf(),
             columns: COLUMNS,
+            access_columns: super::access::COLUMNS,
         })
     }
 
@@ -361,14 +406,22 @@ impl KeyStore {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let columns = if in_seconds(&conn)? {
             COLUMNS_IN_SECONDS
+        } else if !has_column(&conn, "keys", "mcp_tools")? {
+            COLUMNS_WITHOUT_MCP_TOOLS
         } else {
             COLUMNS
+        };
+        let access_columns = if has_column(&conn, "access_requests", "mcp_tools")? {
+            super::access::COLUMNS
+        } else {
+            super::access::COLUMNS_WITHOUT_MCP_TOOLS
         };
         Ok(KeyStore {
             conn,
             pepper,
             data_dir: data_dir.to_path_buf(),
             columns,
+            access_columns,
         })
     }
 
@@ -381,6 +434,11 @@ impl KeyStore {
     /// webhook queue).
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The columns access request rows are read with (see `access_columns`).
+    pub(crate) fn access_columns(&self) -> &'static str {
+        self.access_columns
     }
 
     /// [`KeyStore::connection`], for writes that open a transaction.
@@ -599,7 +657,7 @@ fn write_row(conn: &Connection, r: &KeyRecord, insert: bool) -> Result<(), Store
     conn.prepare_cached(&format!(
         "{verb} INTO keys ({COLUMNS}) VALUES \
          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-          ?19, ?20, ?21, ?22, ?23)"
+          ?19, ?20, ?21, ?22, ?23, ?24)"
     ))?
     .execute(params![
         r.id,
@@ -625,17 +683,37 @@ fn write_row(conn: &Connection, r: &KeyRecord, insert: bool) -> Result<(), Store
         r.expires_at_ms,
         r.revoked_at,
         r.seq,
+        json(&r.mcp_tools),
     ])?;
     Ok(())
 }
 
 /// Whether the key table is of the schema that kept expiry and grace in whole seconds.
 fn in_seconds(conn: &Connection) -> rusqlite::Result<bool> {
+    has_column(conn, "keys", "expires_at")
+}
+
+/// Whether `table` has a column named `column` (false when there is no such table).
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
     conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('keys') WHERE name = 'expires_at')",
-        [],
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+        [table, column],
         |row| row.get(0),
     )
+}
+
+/// Runs [`ADD_MCP_TOOLS`] on each table still without `mcp_tools`, in one transaction, and
+/// marks the schema [`USER_VERSION`]. Two processes opening the same store at once add each
+/// column once: the second finds it.
+fn add_mcp_tools(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (table, statement) in ADD_MCP_TOOLS {
+        if !has_column(&tx, table, "mcp_tools")? {
+            tx.execute_batch(statement)?;
+        }
+    }
+    tx.pragma_update(None, "user_version", USER_VERSION)?;
+    tx.commit()
 }
 
 /// Runs [`MIGRATE_TO_MS`] on a store of the older schema, in one transaction; a store

@@ -29,7 +29,7 @@ pub mod keys;
 pub mod ownership;
 pub mod pepper;
 pub mod postgres;
-mod rules;
+pub(crate) mod rules;
 pub mod usage;
 pub mod webhook_queue;
 

@@ -12,6 +12,10 @@ use crate::store::{KeyPatch, KeyRecord, NewKey, Pepper, StoreError};
 /// Longest accepted name, team, glob, scope, actor or node name, in bytes.
 pub(crate) const MAX_TEXT: usize = 256;
 const MAX_LIST: usize = 256;
+/// Most globs in a key's `mcp_tools`.
+pub(crate) const MAX_MCP_TOOLS: usize = 64;
+/// Longest `mcp_tools` glob, in bytes: MCP allows tool names of up to 128 characters.
+pub(crate) const MAX_MCP_TOOL_GLOB: usize = 128;
 const MAX_METADATA_JSON: usize = 16 * 1024;
 
 /// The expiry instant (unix milliseconds) of a key created or re-timed at `now_ms` with
@@ -45,6 +49,7 @@ pub(crate) fn apply(
         models,
         routes,
         scopes,
+        mcp_tools,
         rps,
         rpm,
         tpm,
@@ -65,6 +70,7 @@ pub(crate) fn apply(
     set(&mut record.models, models);
     set(&mut record.routes, routes);
     set(&mut record.scopes, scopes);
+    set(&mut record.mcp_tools, mcp_tools);
     set(&mut record.rps, rps);
     set(&mut record.rpm, rpm);
     set(&mut record.tpm, tpm);
@@ -104,6 +110,7 @@ pub(crate) fn validate(r: &KeyRecord) -> Result<(), StoreError> {
             check_text(field, item)?;
         }
     }
+    check_mcp_tools(&r.mcp_tools).map_err(|message| StoreError::invalid("mcp_tools", message))?;
     for (field, value) in [
         ("rpm", r.rpm),
         ("tpm", r.tpm),
@@ -132,6 +139,36 @@ pub(crate) fn validate(r: &KeyRecord) -> Result<(), StoreError> {
             "metadata",
             format!("at most {MAX_METADATA_JSON} bytes as JSON"),
         ));
+    }
+    Ok(())
+}
+
+/// Bounds a list of MCP tool globs (a key's or an access request's `mcp_tools`): at most
+/// [`MAX_MCP_TOOLS`] entries, each 1 to [`MAX_MCP_TOOL_GLOB`] bytes of the characters MCP
+/// tool names are made of (ASCII letters, digits, `_`, `-`, `.`, `/`) and the wildcards `*`
+/// and `?`. A glob of other characters could never match an exposed name, so it is refused
+/// rather than kept as a permission that silently grants nothing. Returns why not.
+pub(crate) fn check_mcp_tools(globs: &[String]) -> Result<(), String> {
+    if globs.len() > MAX_MCP_TOOLS {
+        return Err(format!("at most {MAX_MCP_TOOLS} entries"));
+    }
+    for glob in globs {
+        if glob.is_empty() {
+            return Err("entries must not be empty".into());
+        }
+        if glob.len() > MAX_MCP_TOOL_GLOB {
+            return Err(format!("entries must be at most {MAX_MCP_TOOL_GLOB} bytes"));
+        }
+        let allowed = |b: u8| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b'*' | b'?')
+        };
+        if !glob.bytes().all(allowed) {
+            return Err(
+                "entries may hold only ASCII letters, digits, '_', '-', '.', '/' and the \
+                 wildcards '*' and '?'"
+                    .into(),
+            );
+        }
     }
     Ok(())
 }
@@ -171,6 +208,7 @@ pub(crate) fn issue(
         models: new.models,
         routes: new.routes,
         scopes: new.scopes,
+        mcp_tools: new.mcp_tools,
         rps: new.rps,
         rpm: new.rpm,
         tpm: new.tpm,

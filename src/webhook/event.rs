@@ -194,6 +194,7 @@ mod tests {
             models: Vec::new(),
             routes: Vec::new(),
             scopes: Vec::new(),
+            mcp_tools: Vec::new(),
             rps: None,
             rpm: None,
             tpm: None,

@@ -454,3 +454,110 @@ fn admin_actions_are_audited_as_admin() {
     let log = std::fs::read_to_string(admin.data_dir.join(audit::AUDIT_FILE)).unwrap();
     assert!(!log.contains(created["key"].as_str().unwrap()));
 }
+
+/// `mcp_tools` through the admin API: set by POST, shown by GET (list and one), replaced by
+/// PATCH and emptied by `[]`; every write in the cache the MCP endpoint asks, and audited.
+#[test]
+fn mcp_tools_round_trip_through_post_get_and_patch() {
+    let admin = Admin::start();
+    let created = admin.create(json!({
+        "name": "agent",
+        "mcp_tools": ["github__search_*", "fs__read_?"]
+    }));
+    let id = created["id"].as_str().unwrap();
+    let held = admin.credentials.by_id(id).unwrap();
+    assert_eq!(held.mcp_tools, ["github__search_*", "fs__read_?"]);
+    let consumer = crate::auth::Consumer::from_key(&held);
+    assert!(consumer.may_call_tool("github__search_code"));
+    assert!(!consumer.may_call_tool("github__create_issue"));
+
+    let listed = admin.call("GET", "/admin/keys", None);
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let listed = listed.json();
+    let keys = listed.as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{listed}");
+    assert_eq!(
+        keys[0]["mcp_tools"],
+        json!(["github__search_*", "fs__read_?"])
+    );
+
+    let patched = admin.call(
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(r#"{"mcp_tools":["fs__*"]}"#),
+    );
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    assert_eq!(patched.json()["mcp_tools"], json!(["fs__*"]));
+    assert_eq!(admin.credentials.by_id(id).unwrap().mcp_tools, ["fs__*"]);
+    let one = admin.call("GET", &format!("/admin/keys/{id}"), None);
+    assert_eq!(one.json()["mcp_tools"], json!(["fs__*"]));
+
+    // A PATCH that does not name the field leaves it alone; `[]` permits every tool again.
+    let other = admin.call("PATCH", &format!("/admin/keys/{id}"), Some(r#"{"rpm":5}"#));
+    assert_eq!(other.json()["mcp_tools"], json!(["fs__*"]));
+    let emptied = admin.call(
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(r#"{"mcp_tools":[]}"#),
+    );
+    assert_eq!(emptied.json()["mcp_tools"], json!([]));
+    assert!(admin.credentials.by_id(id).unwrap().mcp_tools.is_empty());
+
+    let entries = audit::read(&admin.data_dir).unwrap();
+    let update = entries
+        .iter()
+        .find(|e| e.action == "update")
+        .expect("the first PATCH is audited");
+    assert_eq!(
+        update.before.as_ref().unwrap().mcp_tools,
+        ["github__search_*", "fs__read_?"]
+    );
+    assert_eq!(update.after.as_ref().unwrap().mcp_tools, ["fs__*"]);
+}
+
+/// Every bound on `mcp_tools` is a 400 naming the field, on create and on update, and
+/// nothing is written; the refused glob is not echoed.
+#[test]
+fn out_of_bounds_mcp_tools_are_400_naming_the_field() {
+    let admin = Admin::start();
+    let too_many: Vec<String> = (0..65).map(|i| format!("t{i}__*")).collect();
+    let too_long = "a".repeat(129);
+    let bodies = [
+        json!({ "name": "x", "mcp_tools": too_many }),
+        json!({ "name": "x", "mcp_tools": [too_long] }),
+        json!({ "name": "x", "mcp_tools": [""] }),
+        json!({ "name": "x", "mcp_tools": ["fs__read file"] }),
+        json!({ "name": "x", "mcp_tools": ["fs__<script>"] }),
+        json!({ "name": "x", "mcp_tools": ["fs__r\u{e9}ad"] }),
+        json!({ "name": "x", "mcp_tools": "fs__*" }),
+        json!({ "name": "x", "mcp_tools": [1] }),
+    ];
+    for body in &bodies {
+        let reply = admin.call("POST", "/admin/keys", Some(&body.to_string()));
+        assert_eq!(reply.status, 400, "{body}");
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(message.starts_with("mcp_tools: "), "{body}: {message}");
+        assert!(!message.contains("<script>"), "{message}");
+    }
+    assert!(KeyStore::open(&admin.data_dir)
+        .unwrap()
+        .list()
+        .unwrap()
+        .is_empty());
+
+    // At the bounds exactly: accepted.
+    let at_bounds: Vec<String> = (0..64).map(|i| format!("{i:0>128}")).collect();
+    let created = admin.create(json!({ "name": "edge", "mcp_tools": at_bounds }));
+    let id = created["id"].as_str().unwrap();
+    let reply = admin.call(
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(r#"{"mcp_tools":["ok","not ok"]}"#),
+    );
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("mcp_tools"), "{}", reply.body);
+    assert_eq!(admin.credentials.by_id(id).unwrap().mcp_tools.len(), 64);
+}

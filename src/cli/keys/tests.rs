@@ -409,3 +409,94 @@ fn audit_prints_cli_actions_with_the_cli_actor() {
     assert!(first["actor"].as_str().unwrap().starts_with("cli:"));
     assert!(!out.contains(&key));
 }
+
+/// `--mcp-tools` on `keys create` and `keys update`: comma-separated globs stored on the
+/// key, replaced by update, emptied by `--mcp-tools ""`, shown by `show --json`.
+#[test]
+fn mcp_tools_flag_sets_and_replaces_the_tool_globs() {
+    let setup = Setup::new();
+    let (id, _) = setup.create("agent", &["--mcp-tools", "github__search_*,fs__read_?"]);
+    let stored = setup.store().get(&id).unwrap().unwrap();
+    assert_eq!(stored.mcp_tools, ["github__search_*", "fs__read_?"]);
+
+    let (code, out) = setup.run(&[
+        "keys",
+        "update",
+        &id,
+        "--config",
+        setup.config(),
+        "--mcp-tools",
+        "fs__*",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["mcp_tools"], serde_json::json!(["fs__*"]));
+
+    // An update without the flag leaves the list alone.
+    let (code, _) = setup.run(&[
+        "keys",
+        "update",
+        &id,
+        "--config",
+        setup.config(),
+        "--rpm",
+        "5",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        setup.store().get(&id).unwrap().unwrap().mcp_tools,
+        ["fs__*"]
+    );
+
+    let (code, _) = setup.run(&[
+        "keys",
+        "update",
+        &id,
+        "--config",
+        setup.config(),
+        "--mcp-tools",
+        "",
+    ]);
+    assert_eq!(code, 0);
+    assert!(setup
+        .store()
+        .get(&id)
+        .unwrap()
+        .unwrap()
+        .mcp_tools
+        .is_empty());
+}
+
+/// A glob out of bounds exits 1 (bad input) and names the field; nothing is stored.
+#[test]
+fn out_of_bounds_mcp_tools_flag_exits_1_naming_the_field() {
+    let setup = Setup::new();
+    let too_long = "t".repeat(129);
+    for value in ["fs__read file", too_long.as_str(), "a,b,c;d"] {
+        let (code, out) = setup.run(&[
+            "keys",
+            "create",
+            "--config",
+            setup.config(),
+            "--name",
+            "agent",
+            "--mcp-tools",
+            value,
+        ]);
+        assert_eq!(code, crate::serve::EXIT_BAD_INPUT, "{value}: {out}");
+    }
+    assert!(setup.store().list().unwrap().is_empty());
+    let err = setup
+        .store()
+        .create(
+            NewKey {
+                name: "agent".into(),
+                mcp_tools: vec!["x".into(); 65],
+                ..NewKey::default()
+            },
+            "test",
+        )
+        .unwrap_err();
+    assert_eq!(err.to_string(), "mcp_tools: at most 64 entries");
+}

@@ -54,6 +54,7 @@ fn create_stores_every_field() {
         models: vec!["gpt-*".into()],
         routes: vec!["api".into()],
         scopes: vec!["chat".into(), "embed".into()],
+        mcp_tools: vec!["github__search_*".into()],
         rps: Some(2.5),
         rpm: Some(100),
         tpm: Some(50_000),
@@ -70,6 +71,7 @@ fn create_stores_every_field() {
     assert_eq!(stored.models, ["gpt-*"]);
     assert_eq!(stored.routes, ["api"]);
     assert_eq!(stored.scopes, ["chat", "embed"]);
+    assert_eq!(stored.mcp_tools, ["github__search_*"]);
     assert_eq!(stored.rps, Some(2.5));
     assert_eq!(stored.rpm, Some(100));
     assert_eq!(stored.tpm, Some(50_000));
@@ -353,6 +355,7 @@ fn downgrade_to_seconds(dir: &Path) {
          ALTER TABLE keys RENAME COLUMN previous_valid_until_ms TO previous_valid_until;
          UPDATE keys SET expires_at = expires_at / 1000,
              previous_valid_until = previous_valid_until / 1000;
+         ALTER TABLE keys DROP COLUMN mcp_tools;
          PRAGMA user_version = 0;",
     )
     .unwrap();
@@ -395,7 +398,7 @@ fn a_store_in_seconds_is_migrated_to_milliseconds_on_open() {
         .conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, i64::from(USER_VERSION));
     let migrated = store.get(&id).unwrap().unwrap();
     assert_eq!(migrated.expires_at_ms, Some(expires_s * 1000));
     assert_eq!(migrated.previous_valid_until_ms, Some(until_s * 1000));
@@ -633,4 +636,119 @@ fn read_only_open_of_a_directory_without_a_store_creates_nothing() {
     let err = KeyStore::open_read_only(&dir.0).unwrap_err();
     assert!(err.to_string().contains(DB_FILE), "{err}");
     assert_eq!(fs::read_dir(&dir.0).unwrap().count(), 0);
+}
+
+#[test]
+fn mcp_tools_are_stored_updated_and_read_back() {
+    let (_dir, mut store) = open();
+    let new = NewKey {
+        mcp_tools: vec!["github__search_*".into(), "fs__read_?".into()],
+        ..named("agent")
+    };
+    let (created, _) = store.create(new, "test").unwrap();
+    assert_eq!(created.mcp_tools, ["github__search_*", "fs__read_?"]);
+    assert_eq!(store.get(&created.id).unwrap().unwrap(), created);
+
+    let patch = KeyPatch {
+        mcp_tools: Some(vec!["fs__*".into()]),
+        ..KeyPatch::default()
+    };
+    let updated = store.update(&created.id, patch, "test").unwrap();
+    assert_eq!(updated.mcp_tools, ["fs__*"]);
+    assert_eq!(store.changes_since(1).unwrap(), vec![updated.clone()]);
+
+    // Rotation and revocation keep them.
+    let (rotated, _) = store.rotate(&created.id, Duration::ZERO, "test").unwrap();
+    assert_eq!(rotated.mcp_tools, ["fs__*"]);
+    let revoked = store.revoke(&created.id, "test").unwrap();
+    assert_eq!(
+        store.get(&revoked.id).unwrap().unwrap().mcp_tools,
+        ["fs__*"]
+    );
+
+    let refused = store.update(
+        &created.id,
+        KeyPatch {
+            mcp_tools: Some(vec!["fs__read file".into()]),
+            ..KeyPatch::default()
+        },
+        "test",
+    );
+    assert!(matches!(
+        refused,
+        Err(StoreError::Invalid {
+            field: "mcp_tools",
+            ..
+        })
+    ));
+}
+
+/// A store made before keys had tool permissions (no `mcp_tools` on keys or access
+/// requests, `user_version` 2): read-only (as `store migrate` reads it), every key and
+/// request reads as permitting every tool and the file is left alone; opened for writing,
+/// it gains the columns once, keeps its rows, and takes tool globs.
+#[test]
+fn a_store_without_mcp_tools_gains_them_on_open() {
+    let dir = TempDir::new();
+    let (id, request_id) = {
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let (record, _) = store.create(named("old"), "test").unwrap();
+        let asked = crate::access::NewAccessRequest {
+            name: "jit".into(),
+            ttl: "1h".into(),
+            reason: "r".into(),
+            ..Default::default()
+        };
+        let submitted = crate::access::flow::submit(
+            &mut store,
+            asked,
+            &crate::access::flow::Requester::Operator("cli:bob".into()),
+            &[],
+            crate::clock::unix_now_ms(),
+        )
+        .unwrap();
+        (record.id, submitted.request.id)
+    };
+    Connection::open(dir.0.join(DB_FILE))
+        .unwrap()
+        .execute_batch(
+            "ALTER TABLE keys DROP COLUMN mcp_tools;
+             ALTER TABLE access_requests DROP COLUMN mcp_tools;
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+
+    let mut read_only = KeyStore::open_read_only(&dir.0).unwrap();
+    assert!(read_only.get(&id).unwrap().unwrap().mcp_tools.is_empty());
+    assert_eq!(read_only.list().unwrap().len(), 1);
+    let request = read_only.access_get(&request_id).unwrap().unwrap();
+    assert!(request.mcp_tools.is_empty());
+    assert_eq!(read_only.access_list(None).unwrap().len(), 1);
+    assert!(!has_column(&read_only.conn, "keys", "mcp_tools").unwrap());
+    drop(read_only);
+
+    let mut store = KeyStore::open(&dir.0).unwrap();
+    assert!(has_column(&store.conn, "keys", "mcp_tools").unwrap());
+    assert!(has_column(&store.conn, "access_requests", "mcp_tools").unwrap());
+    let version: i32 = store
+        .conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, USER_VERSION);
+    assert!(store.get(&id).unwrap().unwrap().mcp_tools.is_empty());
+    assert!(store
+        .access_get(&request_id)
+        .unwrap()
+        .unwrap()
+        .mcp_tools
+        .is_empty());
+    let patch = KeyPatch {
+        mcp_tools: Some(vec!["fs__*".into()]),
+        ..KeyPatch::default()
+    };
+    store.update(&id, patch, "test").unwrap();
+    drop(store);
+    // A second open adds nothing and keeps what was written.
+    let reopened = KeyStore::open(&dir.0).unwrap();
+    assert_eq!(reopened.get(&id).unwrap().unwrap().mcp_tools, ["fs__*"]);
 }

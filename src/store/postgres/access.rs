@@ -10,10 +10,11 @@ use super::PgStore;
 use crate::access::{AccessRequest, AccessStatus};
 use crate::store::StoreError;
 
+/// `mcp_tools` came with migration 6.
 pub(super) const COLUMNS: &str =
     "id, name, team, models, routes, scopes, limits, ttl, reason, requester, \
     status, decided_by, note, created_at, decided_at, claimed_at, expires_at_ms, key_id, \
-    claim_hash";
+    claim_hash, mcp_tools";
 
 impl PgStore {
     /// Stores a new request; audited as `access.request` by `actor`.
@@ -104,10 +105,11 @@ pub(super) fn write(
     if insert {
         let (models, routes, scopes) = (json(&r.models), json(&r.routes), json(&r.scopes));
         let (limits, hash) = (json(&r.limits), r.claim_hash.to_vec());
+        let mcp_tools = json(&r.mcp_tools);
         client.execute(
             &format!(
                 "INSERT INTO access_requests ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, \
-                 $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+                 $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
             ),
             &[
                 &r.id,
@@ -129,6 +131,7 @@ pub(super) fn write(
                 &r.expires_at_ms,
                 &r.key_id,
                 &hash,
+                &mcp_tools,
             ],
         )?;
     } else {
@@ -198,6 +201,7 @@ pub(super) fn from_row(row: &Row) -> Result<AccessRequest, StoreError> {
             )
             .into()
         })?,
+        mcp_tools: parse_json(&column(19, "mcp_tools")?, "mcp_tools")?,
     })
 }
 

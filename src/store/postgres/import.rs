@@ -43,7 +43,7 @@ use crate::store::{KeyRecord, StoreError};
 
 /// The key columns in the order of [`key_params`]; `seq` is not among them (a copied key
 /// gets a number of this store's sequence, and content comparisons ignore it).
-const KEY_COLUMNS: [&str; 22] = [
+const KEY_COLUMNS: [&str; 23] = [
     "id",
     "name",
     "team",
@@ -66,6 +66,7 @@ const KEY_COLUMNS: [&str; 22] = [
     "updated_at",
     "expires_at_ms",
     "revoked_at",
+    "mcp_tools",
 ];
 
 /// The audit action recorded once for a run that copied anything.
@@ -314,6 +315,12 @@ fn check_access_request(request: &AccessRequest) -> Result<(), StoreError> {
             access::check_text(field, text, access::MAX_REASON).map_err(in_request)?;
         }
     }
+    crate::store::rules::check_mcp_tools(&request.mcp_tools).map_err(|message| {
+        in_request(access::FieldError {
+            field: "mcp_tools",
+            message,
+        })
+    })?;
     for (field, list) in [
         ("models", &request.models),
         ("routes", &request.routes),
@@ -462,6 +469,7 @@ struct KeyParams<'a> {
     max_concurrency: Option<i64>,
     budget_tokens: Option<i64>,
     metadata: String,
+    mcp_tools: String,
 }
 
 fn key_params(record: &KeyRecord) -> KeyParams<'_> {
@@ -479,6 +487,7 @@ fn key_params(record: &KeyRecord) -> KeyParams<'_> {
         max_concurrency: record.max_concurrency.map(i64::from),
         budget_tokens: signed(record.budget_tokens),
         metadata: json(&record.metadata),
+        mcp_tools: json(&record.mcp_tools),
     }
 }
 
@@ -508,6 +517,7 @@ impl KeyParams<'_> {
             &r.updated_at,
             &r.expires_at_ms,
             &r.revoked_at,
+            &self.mcp_tools,
         ]
     }
 }
@@ -700,6 +710,7 @@ mod tests {
             models: Vec::new(),
             routes: Vec::new(),
             scopes: Vec::new(),
+            mcp_tools: Vec::new(),
             rps: None,
             rpm: None,
             tpm: None,

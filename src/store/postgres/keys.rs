@@ -12,10 +12,12 @@ use crate::store::ids::{display_prefix, new_secret};
 use crate::store::rules::{apply, deadline_after, issue, validate};
 use crate::store::{unix_now, KeyPatch, KeyRecord, NewKey, StoreError};
 
-/// Expiry and grace are unix milliseconds (migration 3 converted the seconds before).
+/// Expiry and grace are unix milliseconds (migration 3 converted the seconds before);
+/// `mcp_tools` came with migration 6.
 const COLUMNS: &str = "id, name, team, prefix, hash, previous_hash, previous_valid_until_ms, \
     models, routes, scopes, rps, rpm, tpm, max_concurrency, budget_usd, budget_tokens, \
-    budget_period, metadata, created_at, updated_at, expires_at_ms, revoked_at, seq";
+    budget_period, metadata, created_at, updated_at, expires_at_ms, revoked_at, seq, \
+    mcp_tools";
 
 /// SQLSTATE of a unique violation.
 const UNIQUE_VIOLATION: &str = "23505";
@@ -252,20 +254,21 @@ fn write_row(tx: &mut Transaction<'_>, r: &KeyRecord, insert: bool) -> Result<()
     let statement = if insert {
         format!(
             "INSERT INTO keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-             $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+             $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
         )
     } else {
         "UPDATE keys SET name = $2, team = $3, prefix = $4, hash = $5, previous_hash = $6, \
          previous_valid_until_ms = $7, models = $8, routes = $9, scopes = $10, rps = $11, \
          rpm = $12, tpm = $13, max_concurrency = $14, budget_usd = $15, budget_tokens = $16, \
          budget_period = $17, metadata = $18, created_at = $19, updated_at = $20, \
-         expires_at_ms = $21, revoked_at = $22, seq = $23 WHERE id = $1"
+         expires_at_ms = $21, revoked_at = $22, seq = $23, mcp_tools = $24 WHERE id = $1"
             .to_owned()
     };
     // validate() has bounded every unsigned field to i64::MAX.
     let signed = |v: Option<u64>| v.map(|v| v as i64);
     let previous_hash = r.previous_hash.as_ref().map(|h| &h[..]);
-    let params: [&(dyn ToSql + Sync); 23] = [
+    let mcp_tools = json(&r.mcp_tools);
+    let params: [&(dyn ToSql + Sync); 24] = [
         &r.id,
         &r.name,
         &r.team,
@@ -289,6 +292,7 @@ fn write_row(tx: &mut Transaction<'_>, r: &KeyRecord, insert: bool) -> Result<()
         &r.expires_at_ms,
         &r.revoked_at,
         &(r.seq as i64),
+        &mcp_tools,
     ];
     match tx.execute(&statement, &params) {
         Ok(_) => Ok(()),
@@ -338,6 +342,7 @@ fn from_row(row: &Row) -> Result<KeyRecord, StoreError> {
         expires_at_ms: row.try_get(20)?,
         revoked_at: row.try_get(21)?,
         seq: unsigned(row.try_get(22)?, "seq")?,
+        mcp_tools: json_column(row, 23, "mcp_tools")?,
     })
 }
 

@@ -102,6 +102,16 @@ UPDATE keys SET expires_at_ms = expires_at_ms * 1000,
         name: "webhook queue",
         sql: super::webhook_queue::SCHEMA,
     },
+    // Existing keys and requests get the empty list, which permits every exposed tool, as
+    // they did before; the default also keeps inserts that do not name the column working.
+    Migration {
+        version: 6,
+        name: "key mcp tools",
+        sql: "
+ALTER TABLE keys ADD COLUMN mcp_tools TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE access_requests ADD COLUMN mcp_tools TEXT NOT NULL DEFAULT '[]';
+",
+    },
 ];
 
 /// The schema version this binary writes and understands.
