@@ -1,5 +1,6 @@
 //! AI path benchmarks: server-sent event parsing, per-event stream translation, request
-//! translation between the OpenAI, Anthropic and Gemini formats, and prompt token estimates.
+//! translation between the OpenAI, Anthropic and Gemini formats, and prompt token counts
+//! (the shipped BPE against tiktoken-rs) and estimates.
 //!
 //! Fixtures are what the gateway sees in practice: a ~2 KiB multi-turn chat with a tool
 //! definition and a tool round trip, and one typical mid-stream event per provider (a short
@@ -15,7 +16,7 @@ use credentialflow::ai::openai::{parse_chat_request, upstream_chat_body};
 use credentialflow::ai::providers::{anthropic, gemini};
 use credentialflow::ai::tokens::estimate_chat_prompt_tokens;
 use credentialflow::ai::tokens::warm_up;
-use credentialflow::ai::{ChatStreamRelay, SseEvent, SseParser};
+use credentialflow::ai::{ChatStreamRelay, SseEvent, SseParser, TokenCounter};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::{json, Value};
 
@@ -309,14 +310,60 @@ fn requests(c: &mut Criterion) {
     group.finish();
 }
 
-/// Prompt token estimate of the 2 KiB chat: exact with tiktoken `o200k_base` (gpt-4o) against
-/// the bytes/4 estimate used for models without a shipped tokenizer (claude).
+/// A 1 KiB prompt text: the fixture chat's system and user turns, repeated and cut at a
+/// character boundary.
+fn prompt_1k() -> String {
+    let text = "You are a concise assistant for an internal engineering team. Answer in plain \
+        English, cite the handbook section you rely on, and say so when you are unsure. Our \
+        gateway limits tokens per minute per key. How should it estimate the prompt size \
+        before the provider reports usage, and what happens when the estimate is wrong? ";
+    let mut prompt = text.repeat(1024 / text.len() + 1);
+    let mut cut = 1024;
+    while !prompt.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    prompt.truncate(cut);
+    prompt
+}
+
+/// Prompt token counts: a 1 KiB text with each tokenizer on the same encodings (the shipped
+/// linear-time BPE, `bpe-openai`, against tiktoken-rs, the reference it replaced), after
+/// checking they agree; then the whole estimate of the 2 KiB chat, exact with `o200k_base`
+/// (gpt-4o) and with the bytes/4 estimate used for models without a shipped tokenizer.
 fn token_estimates(c: &mut Criterion) {
     warm_up();
-    let chat: Value = serde_json::from_slice(&openai_chat()).expect("valid JSON");
+    let prompt = prompt_1k();
     let mut group = c.benchmark_group("ai_tokens");
+    group.throughput(Throughput::Bytes(prompt.len() as u64));
+    for (encoding, ours, tiktoken) in [
+        (
+            "o200k",
+            TokenCounter::O200kBase,
+            tiktoken_rs::o200k_base_singleton(),
+        ),
+        (
+            "cl100k",
+            TokenCounter::Cl100kBase,
+            tiktoken_rs::cl100k_base_singleton(),
+        ),
+    ] {
+        assert_eq!(
+            ours.count(&prompt),
+            tiktoken.encode_ordinary(&prompt).len() as u64,
+            "{encoding}: the tokenizers disagree"
+        );
+        group.bench_function(format!("prompt_1k_{encoding}_bpe"), |b| {
+            b.iter(|| black_box(ours.count(black_box(&prompt))))
+        });
+        group.bench_function(format!("prompt_1k_{encoding}_tiktoken"), |b| {
+            b.iter(|| black_box(tiktoken.encode_ordinary(black_box(&prompt)).len()))
+        });
+    }
+
+    let chat: Value = serde_json::from_slice(&openai_chat()).expect("valid JSON");
+    group.throughput(Throughput::Elements(1));
     for (name, model) in [
-        ("chat_2k_tiktoken_o200k", "gpt-4o"),
+        ("chat_2k_o200k", "gpt-4o"),
         ("chat_2k_bytes", "claude-sonnet-4-5"),
     ] {
         group.bench_function(name, |b| {

@@ -16,6 +16,7 @@ use common::fake_openai::StreamEnd;
 use common::gateway::DIR;
 use common::keys::*;
 use common::*;
+use credentialflow::ai::tokens::estimate_chat_prompt_tokens;
 use serde_json::{json, Value};
 
 const OPENAI_KEY: &str = "sk-fake-openai-drain-0123456789";
@@ -379,6 +380,11 @@ on_both_drivers! {
         assert!(charged >= 31, "the relayed tokens, not the 1 reserved: {row}");
         // And no more than the 60 events the provider sent could hold.
         assert!(charged <= 3 * 60, "{row}");
+        // No usage was reported, so the prompt is the gateway's estimate: made at settlement,
+        // since this key has no tokens-per-minute limit or budget that needed it up front.
+        let prompt = json!({ "messages": [{ "role": "user", "content": "Count for me." }] });
+        let estimate = estimate_chat_prompt_tokens("gpt-4o-mini-2024-07-18", &prompt);
+        assert_eq!(row["prompt_tokens"], estimate, "the prompt estimate: {row}");
     }
 }
 

@@ -1,21 +1,27 @@
 //! Prompt token estimates, made before a request goes upstream so that TPM limits and budgets
 //! can admit it; the provider's reported usage corrects the reservation afterwards.
 //!
-//! OpenAI model families are counted exactly with their BPE encodings (tiktoken-rs, encodings
-//! compiled into the binary: nothing is downloaded). Any other model is estimated from its
+//! OpenAI model families are counted exactly with their BPE encodings (`bpe-openai`, GitHub's
+//! linear-time byte-pair encoder from rust-gems, encodings compiled into the binary: nothing is
+//! downloaded). Its counts equal tiktoken's `encode_ordinary` on the same encodings
+//! (`tests/token_counts.rs` checks a corpus and random strings against tiktoken-rs, kept as the
+//! test oracle only), several times faster (`benches/ai.rs`). Any other model is estimated from its
 //! UTF-8 length at 4 bytes per token, the usual ratio of English text under a ~100k-entry
 //! BPE vocabulary (OpenAI's "a token is about 4 characters" rule of thumb). Claude, Gemini and
 //! open models use different tokenizers, so for them this is an estimate whichever way it is
 //! done; the settlement with reported usage makes it exact afterwards.
 //!
-//! The encoders are process-wide singletons (`&'static CoreBPE`, built once on first use) and
-//! encoding takes `&self`: no lock on the encode path (tiktoken-rs keeps one regex clone per
-//! thread-hash slot, so worker threads do not share regex scratch space). Building the o200k
-//! encoder takes a noticeable fraction of a second, so call [`warm_up`] at start-up rather than
-//! on a worker's first request.
+//! The encoders are process-wide singletons (`&'static Tokenizer`, built once on first use)
+//! and counting takes `&self`: no lock of ours on the count path (the pre-tokenizing regex
+//! takes its scratch space from regex-automata's own pool). Loading the o200k encoder takes a noticeable fraction
+//! of a second, so call [`warm_up`] at start-up rather than on a worker's first request.
+//!
+//! Only requests that a tokens-per-minute limit or a budget applies to are estimated before
+//! they are sent (the pipeline's limits phase decides); the others are charged the provider's
+//! reported usage.
 
+use bpe_openai::Tokenizer;
 use serde_json::Value;
-use tiktoken_rs::CoreBPE;
 
 /// Tokens counted for one image part: OpenAI's figure for a low-detail image. High-detail
 /// images cost more (tiles of 170 tokens); the reported usage settles the difference.
@@ -74,15 +80,17 @@ impl TokenCounter {
     /// inject control tokens through message content).
     pub fn count(self, text: &str) -> u64 {
         match self.encoder() {
-            Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+            // The encoding has no special tokens to recognize: `count` is `encode_ordinary`'s
+            // length. OpenAI's encodings do not normalize (NFC is off for them).
+            Some(bpe) => bpe.count(text) as u64,
             None => (text.len() as u64).div_ceil(BYTES_PER_TOKEN),
         }
     }
 
-    fn encoder(self) -> Option<&'static CoreBPE> {
+    fn encoder(self) -> Option<&'static Tokenizer> {
         match self {
-            Self::O200kBase => Some(tiktoken_rs::o200k_base_singleton()),
-            Self::Cl100kBase => Some(tiktoken_rs::cl100k_base_singleton()),
+            Self::O200kBase => Some(bpe_openai::o200k_base()),
+            Self::Cl100kBase => Some(bpe_openai::cl100k_base()),
             Self::Bytes => None,
         }
     }
@@ -90,8 +98,8 @@ impl TokenCounter {
 
 /// Builds the shared encoders now, so no request pays for it. Call once at start-up.
 pub fn warm_up() {
-    let _ = tiktoken_rs::o200k_base_singleton();
-    let _ = tiktoken_rs::cl100k_base_singleton();
+    let _ = bpe_openai::o200k_base();
+    let _ = bpe_openai::cl100k_base();
 }
 
 /// Prompt tokens of an OpenAI chat-completions request body.
@@ -310,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn tiktoken_counts_known_strings_exactly() {
+    fn openai_encodings_count_known_strings_exactly() {
         // "hello world" is two tokens in both encodings; "tiktoken is great!" is 6 in cl100k.
         assert_eq!(text_tokens("gpt-4o", "hello world"), 2);
         assert_eq!(text_tokens("gpt-4", "hello world"), 2);

@@ -48,7 +48,9 @@ pub fn completion_reservation(requested: Option<u64>, default: u64) -> u64 {
 /// The usage a request is charged.
 ///
 /// - `answered`: the client got a successful answer (a 2xx status);
-/// - `prompt_estimate`: the prompt tokens estimated at admission;
+/// - `prompt_estimate`: the prompt tokens estimated at admission, or made now when nothing
+///   needed them at admission (called at most once, and only when no reported prompt count
+///   stands in: counting a prompt is the costly part of admission);
 /// - `completion_reservation`: the completion tokens reserved at admission.
 ///
 /// A complete answer is charged its reported usage; without one, a successful answer costs
@@ -58,7 +60,7 @@ pub fn completion_reservation(requested: Option<u64>, default: u64) -> u64 {
 pub fn charged_usage(
     metered: Metered,
     answered: bool,
-    prompt_estimate: u64,
+    prompt_estimate: impl FnOnce() -> u64,
     completion_reservation: u64,
 ) -> Usage {
     match metered {
@@ -72,7 +74,7 @@ pub fn charged_usage(
         } => {
             if answered {
                 Usage {
-                    prompt_tokens: prompt_estimate,
+                    prompt_tokens: prompt_estimate(),
                     completion_tokens: relayed_tokens,
                     cached_tokens: 0,
                 }
@@ -88,7 +90,7 @@ pub fn charged_usage(
             // A partial report may carry no prompt count yet (newer Anthropic versions send
             // the input counts in `message_delta` only): the estimate stands in.
             let prompt_tokens = match reported.prompt_tokens {
-                0 => prompt_estimate,
+                0 => prompt_estimate(),
                 n => n,
             };
             Usage {
@@ -127,7 +129,7 @@ mod tests {
             reported: Some(usage(12, 40, 4)),
             relayed_tokens: 90,
         };
-        assert_eq!(charged_usage(metered, true, 30, 1024), usage(12, 40, 4));
+        assert_eq!(charged_usage(metered, true, || 30, 1024), usage(12, 40, 4));
     }
 
     #[test]
@@ -136,9 +138,9 @@ mod tests {
             reported: None,
             relayed_tokens: 17,
         };
-        assert_eq!(charged_usage(metered, true, 30, 1024), usage(30, 17, 0));
+        assert_eq!(charged_usage(metered, true, || 30, 1024), usage(30, 17, 0));
         assert_eq!(
-            charged_usage(Metered::whole(None), true, 30, 1024),
+            charged_usage(Metered::whole(None), true, || 30, 1024),
             usage(30, 0, 0)
         );
     }
@@ -146,7 +148,7 @@ mod tests {
     #[test]
     fn failed_request_without_usage_costs_nothing() {
         assert_eq!(
-            charged_usage(Metered::whole(None), false, 30, 1024),
+            charged_usage(Metered::whole(None), false, || 30, 1024),
             usage(0, 0, 0)
         );
     }
@@ -157,7 +159,10 @@ mod tests {
             reported: None,
             relayed_tokens: 95,
         };
-        assert_eq!(charged_usage(metered, true, 30, 1024), usage(30, 1024, 0));
+        assert_eq!(
+            charged_usage(metered, true, || 30, 1024),
+            usage(30, 1024, 0)
+        );
     }
 
     #[test]
@@ -166,7 +171,10 @@ mod tests {
             reported: None,
             relayed_tokens: 5000,
         };
-        assert_eq!(charged_usage(metered, true, 30, 1024), usage(30, 5000, 0));
+        assert_eq!(
+            charged_usage(metered, true, || 30, 1024),
+            usage(30, 5000, 0)
+        );
     }
 
     #[test]
@@ -175,7 +183,7 @@ mod tests {
             reported: None,
             relayed_tokens: 7,
         };
-        let charged = charged_usage(metered, true, 30, 0);
+        let charged = charged_usage(metered, true, || 30, 0);
         assert_eq!(charged.completion_tokens, 7);
     }
 
@@ -186,7 +194,10 @@ mod tests {
             reported: Some(usage(472, 1, 100)),
             relayed_tokens: 12,
         };
-        assert_eq!(charged_usage(metered, true, 30, 256), usage(472, 256, 100));
+        assert_eq!(
+            charged_usage(metered, true, || 30, 256),
+            usage(472, 256, 100)
+        );
     }
 
     #[test]
@@ -195,7 +206,7 @@ mod tests {
             reported: Some(usage(0, 0, 0)),
             relayed_tokens: 3,
         };
-        assert_eq!(charged_usage(metered, true, 30, 64), usage(30, 64, 0));
+        assert_eq!(charged_usage(metered, true, || 30, 64), usage(30, 64, 0));
     }
 
     #[test]
@@ -204,6 +215,32 @@ mod tests {
             reported: Some(usage(20, 2000, 0)),
             relayed_tokens: 1500,
         };
-        assert_eq!(charged_usage(metered, true, 30, 1024), usage(20, 2000, 0));
+        assert_eq!(
+            charged_usage(metered, true, || 30, 1024),
+            usage(20, 2000, 0)
+        );
+    }
+
+    #[test]
+    fn reported_usage_is_charged_without_making_an_estimate() {
+        let reported = Some(usage(12, 40, 4));
+        let no_estimate = || -> u64 { panic!("the estimate is not needed") };
+        let whole = Metered::whole(reported);
+        assert_eq!(
+            charged_usage(whole, true, no_estimate, 32),
+            usage(12, 40, 4)
+        );
+        // A cut stream whose partial report has its prompt count needs no estimate either.
+        let cut = Metered::Cut {
+            reported,
+            relayed_tokens: 3,
+        };
+        assert_eq!(charged_usage(cut, true, no_estimate, 32), usage(12, 40, 4));
+        // Nor does a failed request without a report: it costs nothing.
+        let failed = Metered::whole(None);
+        assert_eq!(
+            charged_usage(failed, false, no_estimate, 32),
+            usage(0, 0, 0)
+        );
     }
 }

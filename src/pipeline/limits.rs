@@ -9,13 +9,14 @@
 
 use super::ThreadState;
 use super::{ConcurrencySlot, RequestCtx};
+use crate::auth::Consumer;
 use crate::cluster::RateKind;
 use crate::error::GatewayError;
 use crate::limits::{
-    budget_limit, gcra_per_minute, gcra_per_second, key_scope, team_scope, Decision, RequestCounts,
-    TokenHold, TokenScope,
+    budget_limit, gcra_per_minute, gcra_per_second, key_scope, team_scope, BudgetLimit, Decision,
+    Gcra, RequestCounts, TokenHold, TokenScope,
 };
-use crate::snapshot::{Route, Snapshot};
+use crate::snapshot::{Route, Snapshot, TeamLimits};
 
 /// Phase access, second half: the route's per-client-address limit. It runs before auth and
 /// counts every request that reaches it (the flood guard), whatever happens to it later.
@@ -167,6 +168,64 @@ pub(super) fn ai_request(
     })
 }
 
+/// The token limits and budgets that apply to a caller: its key's and its team's tokens per
+/// minute and budgets. One reading of the settings serves both admission ([`tokens`]) and the
+/// decision whether a prompt is worth estimating at all ([`TokenLimits::is_empty`]), so the
+/// two cannot disagree.
+#[derive(Debug, Default)]
+pub(super) struct TokenLimits<'a> {
+    /// The key's id, when the caller has a key (its limits are keyed by it).
+    key_id: Option<&'a str>,
+    key_tpm: Option<Gcra>,
+    key_budget: Option<BudgetLimit>,
+    /// The caller's team, when it names one that is configured.
+    team: Option<&'a str>,
+    team_tpm: Option<Gcra>,
+    team_budget: Option<BudgetLimit>,
+}
+
+impl<'a> TokenLimits<'a> {
+    /// What applies to `consumer`, whose team's limits are `team` (`None` when the consumer
+    /// has no team or its team is not configured). Reads settings only: no allocation.
+    pub(super) fn of(consumer: &'a Consumer, team: Option<&'a TeamLimits>) -> TokenLimits<'a> {
+        let mut limits = TokenLimits::default();
+        if let (Some(key), Some(id)) = (&consumer.key, &consumer.id) {
+            limits.key_id = Some(id.as_str());
+            limits.key_tpm = key.tpm.and_then(gcra_per_minute);
+            limits.key_budget = budget_limit(
+                key.budget_usd,
+                key.budget_tokens,
+                key.budget_period.as_deref(),
+            );
+        }
+        if let Some(team) = team.filter(|_| !consumer.team.is_empty()) {
+            limits.team = Some(consumer.team.as_str());
+            limits.team_tpm = team.tpm;
+            limits.team_budget = team.budget;
+        }
+        limits
+    }
+
+    /// What applies to the caller of `ctx`: nothing for an anonymous caller.
+    pub(super) fn of_request(snapshot: &'a Snapshot, ctx: &'a RequestCtx) -> TokenLimits<'a> {
+        match &ctx.consumer {
+            Some(consumer) => TokenLimits::of(consumer, snapshot.teams.get(&consumer.team)),
+            None => TokenLimits::default(),
+        }
+    }
+
+    /// Whether no tokens-per-minute limit and no budget applies. A request of such a caller
+    /// reserves nothing, so its prompt need not be estimated before it is sent: what it is
+    /// charged comes from the provider's reported usage (and only when none is reported is
+    /// the estimate made, at settlement).
+    pub(super) fn is_empty(&self) -> bool {
+        self.key_tpm.is_none()
+            && self.team_tpm.is_none()
+            && self.key_budget.is_none()
+            && self.team_budget.is_none()
+    }
+}
+
 /// Phase limits, AI part: the key's and team's tokens per minute, then their budgets, on the
 /// request's reservation. A refusal gives back whatever this phase had taken.
 fn tokens(
@@ -178,21 +237,23 @@ fn tokens(
     let admission = &worker.shared.admission;
     let now = admission.now();
     let mut hold = TokenHold::new(ask.tokens);
-    let Some(consumer) = ctx.consumer.clone() else {
+    let limits = TokenLimits::of_request(snapshot, ctx);
+    if limits.is_empty() {
         return Ok(hold);
-    };
-    let team = snapshot
-        .teams
-        .get(&consumer.team)
-        .filter(|_| !consumer.team.is_empty());
-    let mut scopes = Vec::new();
-    if let (Some(key), Some(id)) = (&consumer.key, &consumer.id) {
-        if let Some(gcra) = key.tpm.and_then(gcra_per_minute) {
-            scopes.push((TokenScope::Key(id.clone()), gcra, "key token"));
-        }
     }
-    if let Some(gcra) = team.and_then(|t| t.tpm) {
-        scopes.push((TokenScope::Team(consumer.team.clone()), gcra, "team token"));
+    let mut scopes = Vec::new();
+    if let (Some(id), Some(gcra)) = (limits.key_id, limits.key_tpm) {
+        scopes.push((TokenScope::Key(id.to_string()), gcra, "key token"));
+    }
+    if let (Some(team), Some(gcra)) = (limits.team, limits.team_tpm) {
+        scopes.push((TokenScope::Team(team.to_string()), gcra, "team token"));
+    }
+    let mut wanted = Vec::new();
+    if let (Some(id), Some(limit)) = (limits.key_id, limits.key_budget) {
+        wanted.push((key_scope(id), limit, "key"));
+    }
+    if let (Some(team), Some(limit)) = (limits.team, limits.team_budget) {
+        wanted.push((team_scope(team), limit, "team"));
     }
     for (scope, gcra, name) in scopes {
         let d = hold.check_tokens(admission, scope, gcra, now);
@@ -209,19 +270,6 @@ fn tokens(
 
     let now_ms = crate::clock::unix_now_ms();
     let budgets = &worker.shared.budgets;
-    let mut wanted = Vec::new();
-    if let (Some(key), Some(id)) = (&consumer.key, &consumer.id) {
-        if let Some(limit) = budget_limit(
-            key.budget_usd,
-            key.budget_tokens,
-            key.budget_period.as_deref(),
-        ) {
-            wanted.push((key_scope(id), limit, "key"));
-        }
-    }
-    if let Some(limit) = team.and_then(|t| t.budget) {
-        wanted.push((team_scope(&consumer.team), limit, "team"));
-    }
     for (scope, limit, name) in wanted {
         if hold
             .reserve_budget(budgets, &scope, &limit, now_ms, ask.nano_usd)
@@ -251,4 +299,82 @@ pub(super) fn settle_tokens(
         used_tokens,
         used_nano_usd,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::auth::test_support::record;
+    use crate::store::KeyRecord;
+
+    fn keyed(key: KeyRecord) -> Consumer {
+        Consumer::from_key(&Arc::new(key))
+    }
+
+    fn in_team(mut key: KeyRecord, team: &str) -> KeyRecord {
+        key.team = team.to_string();
+        key
+    }
+
+    #[test]
+    fn a_key_without_tpm_or_budget_outside_a_team_reserves_nothing() {
+        let consumer = keyed(record("key_a", "a"));
+        assert!(TokenLimits::of(&consumer, None).is_empty());
+    }
+
+    #[test]
+    fn a_key_with_tpm_or_a_budget_reserves() {
+        let mut tpm = record("key_a", "a");
+        tpm.tpm = Some(10_000);
+        let mut usd = record("key_a", "a");
+        usd.budget_usd = Some(5.0);
+        let mut budget_tokens = record("key_a", "a");
+        budget_tokens.budget_tokens = Some(1_000_000);
+        for key in [tpm, usd, budget_tokens] {
+            let consumer = keyed(key.clone());
+            assert!(!TokenLimits::of(&consumer, None).is_empty(), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn a_zero_tpm_is_no_limit_as_at_admission() {
+        // `gcra_per_minute(0)` is no rate: admission checks nothing, so nothing is reserved.
+        let mut key = record("key_a", "a");
+        key.tpm = Some(0);
+        let consumer = keyed(key);
+        assert!(TokenLimits::of(&consumer, None).is_empty());
+    }
+
+    #[test]
+    fn a_team_tpm_or_budget_applies_to_its_keys() {
+        let consumer = keyed(in_team(record("key_a", "a"), "ml"));
+        let tpm = TeamLimits {
+            tpm: gcra_per_minute(50_000),
+            ..TeamLimits::default()
+        };
+        let budget = TeamLimits {
+            budget: budget_limit(Some(100.0), None, Some("month")),
+            ..TeamLimits::default()
+        };
+        let rpm_only = TeamLimits {
+            rpm: gcra_per_minute(600),
+            ..TeamLimits::default()
+        };
+        assert!(!TokenLimits::of(&consumer, Some(&tpm)).is_empty());
+        assert!(!TokenLimits::of(&consumer, Some(&budget)).is_empty());
+        // A request rate is checked in the request phase: it needs no token estimate.
+        assert!(TokenLimits::of(&consumer, Some(&rpm_only)).is_empty());
+    }
+
+    #[test]
+    fn a_consumer_without_a_team_name_gets_no_team_limits() {
+        let consumer = keyed(record("key_a", "a"));
+        let tpm = TeamLimits {
+            tpm: gcra_per_minute(50_000),
+            ..TeamLimits::default()
+        };
+        assert!(TokenLimits::of(&consumer, Some(&tpm)).is_empty());
+    }
 }

@@ -64,7 +64,7 @@ where
     };
     let counter = TokenCounter::for_model(&model.upstream_model);
     let reserved = Reserved {
-        prompt_tokens: request.prompts.iter().map(|p| counter.count(p)).sum(),
+        prompt_tokens: Some(request.prompts.iter().map(|p| counter.count(p)).sum()),
         completion_tokens: completion_reservation(
             request.max_tokens,
             snapshot.config.ai.default_max_tokens,
@@ -77,7 +77,7 @@ where
         snapshot,
         ctx,
         model,
-        reserved.prompt_tokens,
+        reserved.prompt_tokens.unwrap_or(0),
         reserved.completion_tokens,
     )?;
     let sent = exchange::send(worker, upstream, &snapshot.limits, |target| {
@@ -164,7 +164,7 @@ where
             }
         }
     };
-    settle_metered(worker, ctx, model, hold, metered, reserved, None);
+    settle_metered(worker, ctx, model, hold, metered, reserved, || 0, None);
     result
 }
 

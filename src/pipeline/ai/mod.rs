@@ -238,24 +238,13 @@ pub(super) fn prompt_phase<'s>(
         call.anthropic_body = None;
     }
     let model = pick_model(snapshot, ctx, &call.request.model)?;
-    // Estimated over the body moved into a JSON value and back, not a copy of it.
-    let prompt_tokens = match call.anthropic_body.take() {
-        Some(original) => {
-            let value = Value::Object(original);
-            let n = tokens::estimate_anthropic_prompt_tokens(&model.upstream_model, &value);
-            if let Value::Object(original) = value {
-                call.anthropic_body = Some(original);
-            }
-            n
-        }
-        None => {
-            let value = Value::Object(std::mem::take(&mut call.request.body));
-            let n = tokens::estimate_chat_prompt_tokens(&model.upstream_model, &value);
-            if let Value::Object(body) = value {
-                call.request.body = body;
-            }
-            n
-        }
+    // Only a tokens-per-minute limit or a budget needs the prompt's size before it is sent;
+    // otherwise nothing is reserved and settlement charges the provider's reported usage (the
+    // estimate is made then, only if the provider reported none).
+    let prompt_tokens = if limits::TokenLimits::of_request(snapshot, ctx).is_empty() {
+        None
+    } else {
+        Some(estimate_prompt(&mut call, model))
     };
     let completion_tokens = completion_reservation(
         call.request.max_tokens,
@@ -273,6 +262,30 @@ pub(super) fn prompt_phase<'s>(
     })
 }
 
+/// The estimated prompt tokens of `call` for `model`: of the client's Anthropic body when it
+/// is still what is sent, else of the canonical chat. Counted over the body moved into a JSON
+/// value and back, not a copy of it.
+fn estimate_prompt(call: &mut call::Call, model: &Model) -> u64 {
+    match call.anthropic_body.take() {
+        Some(original) => {
+            let value = Value::Object(original);
+            let n = tokens::estimate_anthropic_prompt_tokens(&model.upstream_model, &value);
+            if let Value::Object(original) = value {
+                call.anthropic_body = Some(original);
+            }
+            n
+        }
+        None => {
+            let value = Value::Object(std::mem::take(&mut call.request.body));
+            let n = tokens::estimate_chat_prompt_tokens(&model.upstream_model, &value);
+            if let Value::Object(body) = value {
+                call.request.body = body;
+            }
+            n
+        }
+    }
+}
+
 /// Phase limits for a chat-like request: see [`admit`].
 pub(super) fn limits_phase(
     worker: &ThreadState,
@@ -286,7 +299,7 @@ pub(super) fn limits_phase(
         snapshot,
         ctx,
         prompt.model,
-        reserved.prompt_tokens,
+        reserved.prompt_tokens.unwrap_or(0),
         reserved.completion_tokens,
     )
 }
@@ -332,14 +345,22 @@ pub(super) fn settle_phase(
     answered: Answered,
 ) -> Result<Outcome, Failure> {
     let served = answered.0;
+    let Prompt {
+        mut call,
+        model,
+        name,
+        reserved,
+        ..
+    } = prompt;
     settle_metered(
         worker,
         ctx,
         served.model,
         hold,
         served.metered,
-        prompt.reserved,
-        prompt.name,
+        reserved,
+        || estimate_prompt(&mut call, model),
+        name,
     );
     served.result
 }
@@ -589,17 +610,19 @@ fn settle(
     prompt: Option<String>,
 ) {
     let reserved = Reserved {
-        prompt_tokens: prompt_estimate,
+        prompt_tokens: Some(prompt_estimate),
         completion_tokens: 0,
     };
     let metered = Metered::whole(usage);
-    settle_metered(worker, ctx, model, hold, metered, reserved, prompt);
+    settle_metered(worker, ctx, model, hold, metered, reserved, || 0, prompt);
 }
 
 /// What a request was admitted with: its estimated prompt and its completion reservation.
 #[derive(Debug, Clone, Copy)]
 struct Reserved {
-    prompt_tokens: u64,
+    /// `None` when nothing needed the estimate at admission (no tokens-per-minute limit and
+    /// no budget applied): settlement makes it only if the provider reports no usage.
+    prompt_tokens: Option<u64>,
     completion_tokens: u64,
 }
 
@@ -608,7 +631,9 @@ struct Reserved {
 /// usage when the answer was complete; without it, a request that got no answer costs
 /// nothing and a complete one its estimated prompt and relayed completion; a stream cut
 /// short (by the provider, or a client that left before the drain could finish it) costs at
-/// least its completion reservation.
+/// least its completion reservation. `estimate_prompt` makes the prompt estimate when it was
+/// not made at admission and the charge needs it.
+#[allow(clippy::too_many_arguments)]
 fn settle_metered(
     worker: &ThreadState,
     ctx: &mut RequestCtx,
@@ -616,13 +641,14 @@ fn settle_metered(
     hold: TokenHold,
     metered: Metered,
     reserved: Reserved,
+    estimate_prompt: impl FnOnce() -> u64,
     prompt: Option<String>,
 ) {
     let answered = (200..300).contains(&ctx.status);
     let usage = charged_usage(
         metered,
         answered,
-        reserved.prompt_tokens,
+        || reserved.prompt_tokens.unwrap_or_else(estimate_prompt),
         reserved.completion_tokens,
     );
     let cost = cost_nano_usd(
