@@ -177,6 +177,38 @@ on_both_drivers! {
 }
 
 on_default_driver! {
+    fn without_a_token_a_model_with_fallbacks_is_served_by_them(driver) {
+        let entra = FakeTokenEndpoint::start(CLIENT_ID, CLIENT_SECRET, 300);
+        entra.set_mode(TokenMode::InvalidClient);
+        let azure = FakeOpenAi::start();
+        azure.require_entra(entra.book());
+        let text = entra_config(&azure.base_url(), &entra.base_url(), "").replace(
+            &format!("upstream_model = \"{DEPLOYMENT}\"\n"),
+            &format!("upstream_model = \"{DEPLOYMENT}\"\nfallbacks = [\"backup\"]\n"),
+        ) + r#"
+[[provider]]
+name = "mock"
+kind = "mock"
+base_url = "http://mock.invalid"
+
+[[model]]
+name = "backup"
+provider = "mock"
+upstream_model = "mock-gpt"
+"#;
+        let gw = Gateway::builder(&text, driver)
+            .env(SECRET_ENV, CLIENT_SECRET)
+            .start();
+        for stream in [false, true] {
+            let response = chat(gw.addr(), stream);
+            assert_eq!(response.status, 200, "{}", response.text());
+        }
+        assert_eq!(azure.request_count(), 0, "nothing sent to Azure without a token");
+        assert!(!gw.stderr().contains(CLIENT_SECRET));
+    }
+}
+
+on_default_driver! {
     fn without_a_token_calls_get_502_upstream_credential_unavailable(driver) {
         let entra = FakeTokenEndpoint::start(CLIENT_ID, CLIENT_SECRET, 300);
         // A rotated secret: the endpoint refuses the client (and echoes the secret it got).

@@ -58,6 +58,9 @@ enum Attempt {
     Retry(Miss),
     /// Final: the request itself is at fault (most 4xx), or it cannot be sent.
     Fail(Miss),
+    /// This provider cannot serve the call now (it has no valid credential): no retry on
+    /// it, but the fallbacks are tried; with none left the miss is the answer.
+    Skip(Miss),
 }
 
 /// Runs `call` on `primary` and, when it keeps failing, on its fallbacks; the answer is
@@ -136,6 +139,13 @@ where
                         .push(attempt_log(model, provider, &miss.describe()));
                     last = miss;
                     last_model = model;
+                }
+                Attempt::Skip(miss) => {
+                    ctx.attempts
+                        .push(attempt_log(model, provider, &miss.describe()));
+                    last = miss;
+                    last_model = model;
+                    break;
                 }
                 Attempt::Fail(miss) => {
                     ctx.attempts
@@ -222,7 +232,8 @@ async fn try_once(
     loop {
         let used = match token_in_force(provider) {
             Ok(generation) => generation,
-            Err(e) => return Attempt::Fail(Miss::Gateway(e)),
+            // Retrying cannot help until the source fetches again; the fallbacks may.
+            Err(e) => return Attempt::Skip(Miss::Gateway(e)),
         };
         let sent = exchange::send(worker, upstream, &limits, |target| {
             provider_request(provider, &target.authority, &path, &body, &ctx.request_id)
