@@ -261,7 +261,12 @@ fn connect(url: &HttpUrl, timeout: Duration) -> Result<TcpStream, String> {
     let mut last_error = format!("{} resolved to no address", url.host());
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(stream) => return Ok(stream),
+            Ok(stream) => {
+                // The request goes in one write; no-delay keeps a peer's answer written in
+                // pieces from waiting on our delayed ACK (~40 ms per exchange).
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
             Err(e) => last_error = format!("cannot connect to {addr}: {e}"),
         }
     }
