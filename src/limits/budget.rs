@@ -621,8 +621,9 @@ impl BudgetTable {
             for (dimension, limit, before, added) in dimensions {
                 let Some(limit) = limit else { continue };
                 for percent in crossed(limit, before, added) {
-                    // Never blocks: a full channel loses the report, not the request's time.
-                    let _ = sink.try_send(BudgetCrossing {
+                    // Never blocks: a full channel loses the report (counted), not the
+                    // request's time.
+                    let sent = sink.try_send(BudgetCrossing {
                         scope: state.scope.clone(),
                         period: r.period,
                         period_start_ms: current_start,
@@ -631,6 +632,11 @@ impl BudgetTable {
                         spent: before.saturating_add(added),
                         limit,
                     });
+                    if sent.is_err() {
+                        crate::metrics::global()
+                            .webhooks()
+                            .record_crossing_dropped();
+                    }
                 }
             }
         }
@@ -1261,6 +1267,30 @@ mod tests {
             (100, 100, BudgetDimension::Tokens)
         );
         assert!(crossings.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_crossing_the_full_channel_cannot_take_is_counted_as_dropped() {
+        let table = BudgetTable::new();
+        // No room at all: every report is refused without blocking the settlement.
+        let (sink, _crossings) = std::sync::mpsc::sync_channel(0);
+        table.set_threshold_sink(sink).unwrap();
+        let limit = BudgetLimit {
+            tokens: Some(100),
+            nano_usd: None,
+            period: Period::Day,
+        };
+        let now = 1_700_000_000_000;
+        let dropped = || {
+            crate::metrics::global()
+                .webhooks()
+                .count("budget.threshold", "dropped")
+        };
+        let before = dropped();
+        let r = table.try_reserve("key:full", &limit, now, 1, 0).unwrap();
+        table.settle(r, now, 100, 0);
+        // Both thresholds crossed at once, both lost (other tests may add their own).
+        assert!(dropped() >= before + 2, "{} -> {}", before, dropped());
     }
 
     #[test]

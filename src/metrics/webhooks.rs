@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -19,6 +20,9 @@ pub(super) const FAMILIES: [&str; 1] = ["credentialflow_webhook_deliveries_total
 #[derive(Debug, Default)]
 pub struct WebhookMetrics {
     counts: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// `budget.threshold` reports lost before reaching the queue (the settlement's channel
+    /// to the delivery thread was full). Counted without a lock: it happens on a worker.
+    crossings_dropped: AtomicU64,
 }
 
 impl WebhookMetrics {
@@ -40,17 +44,40 @@ impl WebhookMetrics {
         }
     }
 
+    /// Counts a `budget.threshold` report a worker could not hand to the delivery thread
+    /// (its channel was full): shown as `dropped`, like an event the queue refused.
+    pub fn record_crossing_dropped(&self) {
+        self.crossings_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The count for `event` and `result` so far.
     pub fn count(&self, event: &str, result: &'static str) -> u64 {
-        self.counts
+        let counted = self
+            .counts
             .lock()
             .get(&(event.to_owned(), result))
             .copied()
-            .unwrap_or(0)
+            .unwrap_or(0);
+        counted + self.lost_crossings(event, result)
+    }
+
+    /// The lock-free part of [`WebhookMetrics::count`].
+    fn lost_crossings(&self, event: &str, result: &str) -> u64 {
+        if event == "budget.threshold" && result == "dropped" {
+            self.crossings_dropped.load(Ordering::Relaxed)
+        } else {
+            0
+        }
     }
 
     pub(super) fn render(&self, out: &mut String) {
-        let counts = self.counts.lock();
+        let mut counts = self.counts.lock().clone();
+        let lost = self.crossings_dropped.load(Ordering::Relaxed);
+        if lost > 0 {
+            *counts
+                .entry(("budget.threshold".to_owned(), "dropped"))
+                .or_insert(0) += lost;
+        }
         if counts.is_empty() {
             return;
         }
@@ -74,6 +101,22 @@ impl WebhookMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crossings_lost_before_the_queue_render_as_dropped_threshold_events() {
+        let metrics = WebhookMetrics::default();
+        metrics.record_crossing_dropped();
+        metrics.record_crossing_dropped();
+        let mut out = String::new();
+        metrics.render(&mut out);
+        assert!(
+            out.contains(
+                "credentialflow_webhook_deliveries_total{event=\"budget.threshold\",result=\"dropped\"} 2"
+            ),
+            "{out}"
+        );
+        assert_eq!(metrics.count("budget.threshold", "dropped"), 2);
+    }
 
     #[test]
     fn outcomes_render_per_event_and_result() {
