@@ -208,14 +208,17 @@ fn an_open_circuit_breaker_stays_open_across_a_reload() {
     assert_eq!(fake.request_count(), 6);
 }
 
-/// A route `/` to `backend` with hooks: `on_access` busy-waits 150 ms.
+/// A route `/` to `backend` with hooks: `on_access` busy-waits 1 s of wall time. The budget
+/// counts CPU time, so on a loaded machine the wait may use far less of it; 1 s is past the
+/// 50 ms budget's wall-clock cap (10 budgets) however little CPU it got, and within 2 s of
+/// CPU however much.
 fn slow_hook_config(dir: &TempDir, target: &str, hook_timeout_ms: u64) -> String {
     let hooks = dir.join("slow.lua");
     write_atomically(
         &hooks,
         b"function on_access(ctx)\n\
           local start = cf.now_ms()\n\
-          while cf.now_ms() - start < 150 do end\n\
+          while cf.now_ms() - start < 1000 do end\n\
           end\n",
     );
     config_with(
