@@ -125,6 +125,9 @@ fn usage_at(state: &AdminState, request: &Request, now_ms: i64) -> Response {
         }
     };
     match answer {
+        Ok(body) if query.group_by == GroupBy::Key => {
+            json_response(200, &with_key_names(state, body))
+        }
         Ok(body) => json_response(200, &body),
         Err(LedgerError::Postgres(e)) if e.is_unreachable() => {
             // The text names the failure, never the URL (see `store::postgres`).
@@ -146,6 +149,23 @@ fn usage_at(state: &AdminState, request: &Request, now_ms: i64) -> Response {
             )
         }
     }
+}
+
+/// Rows grouped by key with each key's `name` beside its id (`null` for the rows of the keys
+/// past the top ones, and for an id the credential cache does not know), so the dashboard
+/// labels keys by the names people gave them. Revoked keys keep their names.
+fn with_key_names(state: &AdminState, mut rows: serde_json::Value) -> serde_json::Value {
+    if let Some(rows) = rows.as_array_mut() {
+        for row in rows.iter_mut().filter_map(|row| row.as_object_mut()) {
+            let name = row
+                .get("group")
+                .and_then(|group| group.as_str())
+                .and_then(|id| state.credentials.by_id(id))
+                .map(|key| key.name.clone());
+            row.insert("name".into(), serde_json::json!(name));
+        }
+    }
+    rows
 }
 
 /// `group_by`, `since` (as unix ms) and `bucket` from the query string.
@@ -432,6 +452,49 @@ mod tests {
         assert_bad_parameter(&setup, "bucket=1m", "bucket");
         let (status, _) = setup.get(Some("bucket=1d&since=900d"));
         assert_eq!(status, 200);
+    }
+
+    #[test]
+    fn rows_grouped_by_key_carry_the_key_name() {
+        let mut setup = Setup::new();
+        let (mut named, _secret) = setup
+            .0
+            .store
+            .lock()
+            .create(
+                crate::store::NewKey {
+                    name: "research-bot".into(),
+                    ..Default::default()
+                },
+                "test",
+            )
+            .unwrap();
+        // The ledger's key is `key_b`; the record is the cache's only source of names.
+        named.id = "key_b".into();
+        let pepper = setup.0.store.lock().pepper().clone();
+        setup.0.credentials = Arc::new(CredentialCache::from_records(pepper, vec![named]));
+
+        for query in ["group_by=key", "group_by=key&bucket=1h&since=2h"] {
+            let (status, body) = setup.get(Some(query));
+            assert_eq!(status, 200, "{query}: {body}");
+            let rows = body.as_array().unwrap();
+            assert!(!rows.is_empty(), "{query}");
+            for row in rows {
+                let expected = match row["group"].as_str() {
+                    Some("key_b") => json!("research-bot"),
+                    _ => Value::Null,
+                };
+                assert_eq!(row["name"], expected, "{query}: {row}");
+            }
+            assert!(rows.iter().any(|r| r["name"] == "research-bot"), "{query}");
+        }
+        // Other groupings are unchanged.
+        let (_, by_team) = setup.get(Some("group_by=team"));
+        assert!(by_team
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("name").is_none()));
     }
 
     #[test]

@@ -102,6 +102,11 @@ UPDATE keys SET expires_at_ms = expires_at_ms * 1000,
         name: "webhook queue",
         sql: super::webhook_queue::SCHEMA,
     },
+    Migration {
+        version: 7,
+        name: "key last used",
+        sql: super::last_used::SCHEMA,
+    },
 ];
 
 /// The schema version this binary writes and understands.
