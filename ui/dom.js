@@ -63,17 +63,25 @@ export function ago(seconds, nowMs = Date.now()) {
  *  Cancel or Escape; the dialog leaves the page either way. */
 export function ask({ title, content = [], confirm, testid, danger = false }) {
   return new Promise((resolve) => {
-    let confirmed = false;
     const box = el('dialog', { class: 'dialog', 'data-testid': `${testid}-dialog` });
-    const form = el('form', { onsubmit: (e) => { e.preventDefault(); confirmed = true; box.close(); } },
+    let done = false;
+    // Leaves the page at once, whichever way it ends (a button, Escape).
+    const finish = (answer) => {
+      if (done) return;
+      done = true;
+      if (box.open) box.close();
+      box.remove();
+      resolve(answer);
+    };
+    const form = el('form', { onsubmit: (e) => { e.preventDefault(); finish(true); } },
       el('h2', {}, title), content,
       el('div', { class: 'dialog-actions' },
         el('button', { type: 'button', class: 'quiet', 'data-testid': `${testid}-cancel`,
-          onclick: () => box.close() }, 'Cancel'),
+          onclick: () => finish(false) }, 'Cancel'),
         el('button', { type: 'submit', class: danger ? 'danger' : undefined,
           'data-testid': `${testid}-confirm` }, confirm)));
     box.append(form);
-    box.addEventListener('close', () => { box.remove(); resolve(confirmed); });
+    box.addEventListener('close', () => finish(false));
     document.body.append(box);
     box.showModal();
   });
