@@ -225,6 +225,8 @@ fn dashboard_at_scale_ten_thousand_keys_a_million_rows() {
             "group_by=model&since=30d&bucket=1d",
             "group_by=key&since=30d&bucket=1d",
             "group_by=key&since=7d&bucket=1h",
+            "group_by=team&since=1h&bucket=5m",
+            "group_by=key&since=30d",
         ] {
             let started = Instant::now();
             let response = admin(&gw, "GET", &format!("/admin/usage?{query}"), None);

@@ -56,7 +56,7 @@ async function refresh() {
   const { since, bucket } = RANGES[state.range];
   const [series, byKey] = await Promise.all([
     get(`/admin/usage?group_by=${state.group}&since=${since}&bucket=${bucket}`),
-    get(`/admin/usage?group_by=key&since=${since}`),
+    get(`/admin/usage?group_by=key&since=${since}&limit=10`),
   ]);
   if (!root) return;
   drawStats(series);

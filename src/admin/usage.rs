@@ -1,5 +1,6 @@
 //! `GET /admin/usage?group_by=key|team|model&since=..`: the spend report from the usage
-//! ledger (README, "Admin API"), the same array `credentialflow usage --json` prints.
+//! ledger (README, "Admin API"), the array `credentialflow usage --json` prints (grouped by
+//! key, each row also has the key's `name`).
 //!
 //! `group_by` defaults to `key`, `since` to all time. Values are percent-decoded
 //! (RFC 3986 §2.1); a `+` stays a `+` (it is only a space in HTML forms, and RFC 3339 offsets
@@ -10,6 +11,10 @@
 //! `[{"ts_ms","group","requests","errors","prompt_tokens","completion_tokens","cost_usd"}]`,
 //! buckets aligned to the epoch, sparse (see [`crate::store::usage::series`]). `since`
 //! then defaults to 24 hours back, and may reach at most [`MAX_BUCKETS`] buckets back.
+//!
+//! `limit=N` (1 to [`MAX_LIMIT`], report only) keeps the N most expensive groups: the
+//! dashboard's top keys need ten rows, not one per key of ten thousand. Rows grouped by key
+//! carry the key's `name`.
 //!
 //! The report reads the ledger `[store]` names ([`UsageReader`]): the embedded one in
 //! `data_dir`, or on PostgreSQL the fleet's `usage` table, so any node answers for the
@@ -26,6 +31,9 @@ use crate::store::usage::series::MAX_BUCKETS;
 use crate::store::usage::{
     self, Bucket, GroupBy, LedgerError, PgUsage, SeriesRow, SqliteUsage, UsageBackend,
 };
+
+/// Largest `limit` of a report.
+pub const MAX_LIMIT: usize = 10_000;
 
 /// How far back a series reaches when `since` is not given.
 const DEFAULT_SERIES_SINCE_MS: i64 = 24 * 3_600_000;
@@ -89,6 +97,8 @@ struct Query {
     /// Unix ms; `None` when not given.
     since_ms: Option<i64>,
     bucket: Option<Bucket>,
+    /// Most report rows answered (`None`: all).
+    limit: Option<usize>,
 }
 
 /// `GET /admin/usage`: 200 with the rows, 400 for a bad parameter.
@@ -106,7 +116,13 @@ fn usage_at(state: &AdminState, request: &Request, now_ms: i64) -> Response {
         None => state
             .usage
             .report(query.group_by, query.since_ms.unwrap_or(0))
-            .map(|rows| serde_json::json!(rows)),
+            .map(|mut rows| {
+                rows.truncate(query.limit.unwrap_or(usize::MAX));
+                serde_json::json!(rows)
+            }),
+        Some(_) if query.limit.is_some() => {
+            return bad("limit applies to a report, not to a series (bucket)");
+        }
         Some(bucket) => {
             let since_ms = query
                 .since_ms
@@ -173,6 +189,7 @@ fn parameters(query: Option<&str>, now_ms: i64) -> Result<Query, String> {
     let mut group_by = None;
     let mut since = None;
     let mut bucket = None;
+    let mut limit = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = percent_decode(name)?;
@@ -180,9 +197,10 @@ fn parameters(query: Option<&str>, now_ms: i64) -> Result<Query, String> {
             "group_by" => &mut group_by,
             "since" => &mut since,
             "bucket" => &mut bucket,
+            "limit" => &mut limit,
             _ => {
                 return Err(format!(
-                    "unknown parameter {name:?}; use group_by, since and bucket"
+                    "unknown parameter {name:?}; use group_by, since, bucket and limit"
                 ))
             }
         };
@@ -202,10 +220,20 @@ fn parameters(query: Option<&str>, now_ms: i64) -> Result<Query, String> {
         Some(text) => Some(text.parse().map_err(|e| format!("bucket: {e}"))?),
         None => None,
     };
+    let limit = match limit {
+        Some(text) => Some(
+            text.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| format!("limit: expected a whole number from 1 to {MAX_LIMIT}"))?,
+        ),
+        None => None,
+    };
     Ok(Query {
         group_by,
         since_ms,
         bucket,
+        limit,
     })
 }
 
@@ -334,10 +362,11 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(
             body,
+            // `name` is `null`: these ids are in the ledger but not in the key store.
             json!([
-                {"group": "key_a", "requests": 1, "prompt_tokens": 10,
+                {"group": "key_a", "name": null, "requests": 1, "prompt_tokens": 10,
                  "completion_tokens": 3, "cost_usd": 0.002},
-                {"group": "key_b", "requests": 2, "prompt_tokens": 20,
+                {"group": "key_b", "name": null, "requests": 2, "prompt_tokens": 20,
                  "completion_tokens": 6, "cost_usd": 0.0015},
             ])
         );
@@ -495,6 +524,28 @@ mod tests {
             .unwrap()
             .iter()
             .all(|r| r.get("name").is_none()));
+    }
+
+    #[test]
+    fn limit_keeps_the_most_expensive_groups_and_is_bounded() {
+        let setup = Setup::new();
+        let (status, all) = setup.get(Some("group_by=key"));
+        assert_eq!(status, 200);
+        assert_eq!(groups(&all), ["key_a", "key_b"]);
+        let (status, top) = setup.get(Some("group_by=key&limit=1"));
+        assert_eq!(status, 200);
+        assert_eq!(groups(&top), ["key_a"]);
+        assert_eq!(top[0], all[0]);
+        for bad in [
+            "limit=0",
+            "limit=10001",
+            "limit=x",
+            "limit=",
+            "limit=1&limit=2",
+        ] {
+            assert_bad_parameter(&setup, &format!("group_by=key&{bad}"), "limit");
+        }
+        assert_bad_parameter(&setup, "bucket=1h&limit=5", "limit");
     }
 
     #[test]

@@ -107,6 +107,11 @@ UPDATE keys SET expires_at_ms = expires_at_ms * 1000,
         name: "key last used",
         sql: super::last_used::SCHEMA,
     },
+    Migration {
+        version: 8,
+        name: "usage rollups",
+        sql: crate::store::usage::ROLLUP_MIGRATION,
+    },
 ];
 
 /// The schema version this binary writes and understands.
