@@ -47,6 +47,10 @@ pub struct UsageReader {
     /// `server.data_dir` (the embedded ledger's directory, or the journal's on PostgreSQL).
     data_dir: PathBuf,
     backend: Mutex<Box<dyn UsageBackend>>,
+    /// Whether the ledger is SQLite's, whose reads each open their own connection: those
+    /// run side by side (the overview's series and top keys at once) instead of queueing
+    /// behind the lock that PostgreSQL's one client needs.
+    embedded: bool,
 }
 
 impl UsageReader {
@@ -62,6 +66,7 @@ impl UsageReader {
         Ok(UsageReader {
             data_dir: settings.data_dir.clone(),
             backend: Mutex::new(backend),
+            embedded: settings.store.backend == StoreBackend::Sqlite,
         })
     }
 
@@ -75,6 +80,9 @@ impl UsageReader {
         group_by: GroupBy,
         since_ms: i64,
     ) -> Result<Vec<usage::UsageRow>, LedgerError> {
+        if self.embedded {
+            return SqliteUsage::new(&self.data_dir).report(group_by, since_ms);
+        }
         // A panic while reporting leaves nothing half-written: the backend is still usable.
         let mut backend = self.backend.lock().unwrap_or_else(|e| e.into_inner());
         backend.report(group_by, since_ms)
@@ -86,6 +94,9 @@ impl UsageReader {
         since_ms: i64,
         bucket: Bucket,
     ) -> Result<Vec<SeriesRow>, LedgerError> {
+        if self.embedded {
+            return SqliteUsage::new(&self.data_dir).series(group_by, since_ms, bucket);
+        }
         let mut backend = self.backend.lock().unwrap_or_else(|e| e.into_inner());
         backend.series(group_by, since_ms, bucket)
     }
