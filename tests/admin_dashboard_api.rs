@@ -133,7 +133,10 @@ on_default_driver! {
             ("bucket=5m&since=30d", "1000 buckets"),
             ("bucket=1m", "bucket"),
             ("bucket=1h&bucket=1d", "twice"),
-            ("bucket=1h&limit=5", "unknown parameter"),
+            ("bucket=1h&limit=5", "limit applies to a report"),
+            ("limit=0", "limit"),
+            ("limit=10001", "limit"),
+            ("bucket=1h&top=5", "unknown parameter"),
         ] {
             let response = admin(&gw, "GET", &format!("/admin/usage?{query}"), None);
             response.assert_error(400, "invalid_request_error");
@@ -176,6 +179,9 @@ on_default_driver! {
 struct Live {
     stream: TcpStream,
     text: String,
+    /// How far `text` was searched by the last [`Live::read_until`], so a long stream is not
+    /// searched from the start on every read.
+    searched: usize,
 }
 
 impl Live {
@@ -191,14 +197,24 @@ impl Live {
         Live {
             stream,
             text: String::new(),
+            searched: 0,
         }
     }
 
     /// Reads until the text holds `needle` (or fails after [`WAIT`]).
     fn read_until(&mut self, needle: &str) -> &str {
         let deadline = Instant::now() + WAIT;
-        let mut chunk = [0u8; 8192];
-        while !self.text.contains(needle) {
+        let mut chunk = [0u8; 65536];
+        loop {
+            // The needle may straddle the boundary of what was searched before.
+            let mut from = self.searched.saturating_sub(needle.len());
+            while !self.text.is_char_boundary(from) {
+                from -= 1;
+            }
+            if self.text[from..].contains(needle) {
+                break;
+            }
+            self.searched = self.text.len();
             assert!(
                 Instant::now() < deadline,
                 "no {needle:?} in:\n{}",
@@ -421,4 +437,371 @@ fn usage_series_agree_on_sqlite_and_postgres() {
     let first_hour: Vec<_> = by_key.iter().take_while(|r| r.ts_ms == start).collect();
     assert_eq!(first_hour.last().unwrap().group, None);
     assert_eq!(first_hour[0].group.as_deref(), Some("key_00"));
+}
+
+/// Now in unix seconds.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `last_used_at` of the key `id` as `GET /admin/keys/{id}` shows it.
+fn last_used(gw: &Gateway, id: &str) -> Value {
+    let response = admin(gw, "GET", &format!("/admin/keys/{id}"), None);
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["last_used_at"].clone()
+}
+
+on_default_driver! {
+    fn key_last_use_moves_with_a_request_and_survives_a_restart(driver) {
+        let mut gw = Gateway::start(&ai_config(""), driver);
+        let used = create_key(&gw, &json!({ "name": "used" }));
+        let idle = create_key(&gw, &json!({ "name": "idle" }));
+        assert_eq!(last_used(&gw, &used.id), Value::Null);
+
+        let before = now_secs();
+        assert_eq!(chat(&gw, &used.secret, "mock-gpt", "").status, 200);
+        // At once on this node (from the credential cache), in the single key and the list.
+        let at = last_used(&gw, &used.id).as_i64().expect("a request sets last_used_at");
+        assert!((before..=now_secs()).contains(&at), "{at} not in {before}..");
+        let page = admin(&gw, "GET", "/admin/keys?limit=10&q=used", None).json();
+        assert_eq!(page[0]["id"], used.id.as_str());
+        assert_eq!(page[0]["last_used_at"], at);
+        assert_eq!(last_used(&gw, &idle.id), Value::Null);
+        assert_eq!(
+            admin(&gw, "GET", "/admin/keys", None).json().as_array().unwrap().len(),
+            2
+        );
+
+        // The key watcher writes it to the store within a few seconds.
+        let db = gw.dir().join("data").join("keys.db");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let stored: Option<i64> = conn
+                .query_row(
+                    "SELECT last_used_at FROM key_last_used WHERE key_id = ?1",
+                    [&used.id],
+                    |row| row.get(0),
+                )
+                .ok();
+            if stored == Some(at) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "last use never reached the store: {stored:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+
+        // A new process over the same data directory shows it, and only for the used key.
+        gw.stop();
+        let data_dir = gw.dir().join("data");
+        let same_store = ai_config("").replace(
+            &format!("{DIR}/data"),
+            &data_dir.to_string_lossy(),
+        );
+        let again = Gateway::start(&same_store, driver);
+        assert_eq!(last_used(&again, &used.id), at);
+        assert_eq!(last_used(&again, &idle.id), Value::Null);
+    }
+}
+
+/// A `GET /admin/live` client that sends its request and never reads, with a receive buffer
+/// as small as the kernel allows, so the gateway's writes to it block soon.
+fn stalled_live(admin_addr: SocketAddr) -> socket2::Socket {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    socket.connect(&admin_addr.into()).unwrap();
+    let head = format!(
+        "GET /admin/live HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    );
+    let mut writer: &Socket = &socket;
+    writer.write_all(head.as_bytes()).unwrap();
+    socket
+}
+
+on_default_driver! {
+    fn live_client_that_stops_reading_is_dropped_while_the_others_keep_receiving(driver) {
+        let gw = Gateway::start(&with_access_log(), driver);
+        let stalled = stalled_live(gw.admin_addr());
+        let mut reader = Live::open(gw.admin_addr(), ADMIN_TOKEN);
+        assert!(reader.read_until("\r\n\r\n").starts_with("HTTP/1.1 200"));
+
+        // Long paths make long events (about 12 KB each, under the feed's 16 KB cut): 800 of
+        // them are about twice what the largest send buffer the kernel autotunes to (4 MB)
+        // and the stalled client's receive buffer hold, so the stream's writes to it block.
+        let padding = "p".repeat(12_000);
+        let started = Instant::now();
+        for i in 0..800 {
+            let path = format!("/nowhere/{i}/{padding}");
+            let response = roundtrip(gw.addr(), &request("GET", &path, &[("Connection", "close")], b""));
+            assert_eq!(response.status, 404);
+        }
+        let sent_in = started.elapsed();
+        // The access log's writer never waited for the stalled stream: the reading client has
+        // every entry, the last one within moments of the request.
+        reader.read_until("/nowhere/799/");
+        let streamed_in = started.elapsed();
+        assert!(
+            streamed_in < sent_in + Duration::from_secs(2),
+            "requests took {sent_in:?}, the feed {streamed_in:?}"
+        );
+
+        // Within the admin listener's write timeout (10 s, for the whole of a write, however
+        // the client trickles) the stalled stream is dropped: its place is free, so three
+        // more streams run beside the reader (four at most). Its last write began before the
+        // traffic ended; three seconds of slack for a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(13);
+        let mut extra: Vec<Live> = Vec::new();
+        while extra.len() < 3 {
+            let mut live = Live::open(gw.admin_addr(), ADMIN_TOKEN);
+            if live.read_until("\r\n\r\n").starts_with("HTTP/1.1 200") {
+                extra.push(live);
+            } else {
+                assert!(Instant::now() < deadline, "the stalled stream was never dropped");
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+        // The stalled client finds its connection closed once it drains what was buffered.
+        stalled
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut drained = 0usize;
+        let mut chunk = [0u8; 65536];
+        let closed = loop {
+            match (&stalled).read(&mut chunk) {
+                Ok(0) => break true,
+                Ok(n) => drained += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "the stalled stream is still open after {drained} bytes");
+        // And the reader still receives new entries after all this.
+        let response = roundtrip(gw.addr(), &request("GET", "/nowhere/after", &[("Connection", "close")], b""));
+        assert_eq!(response.status, 404);
+        reader.read_until("/nowhere/after");
+    }
+}
+
+/// Keys' last use on PostgreSQL, written by two nodes: a time only ever moves forward, so a
+/// node's late write of an older time does not move it back.
+#[test]
+fn key_last_use_is_max_merged_across_nodes_on_postgres() {
+    use credentialflow::store::pepper::Pepper;
+    use credentialflow::store::postgres::PgStore;
+    use credentialflow::store::KeyBackend;
+
+    let server = common::postgres::PgServer::start();
+    let pepper = Pepper::from_hex(&"ab".repeat(32)).unwrap();
+    let mut edge_a = PgStore::open(&server.url(), pepper.clone(), "edge-a").unwrap();
+    let mut edge_b = PgStore::open(&server.url(), pepper, "edge-b").unwrap();
+    assert!(KeyBackend::last_used(&mut edge_a).unwrap().is_empty());
+
+    KeyBackend::record_last_used(
+        &mut edge_a,
+        &[("key_x".into(), 2_000), ("key_y".into(), 10)],
+    )
+    .unwrap();
+    KeyBackend::record_last_used(
+        &mut edge_b,
+        &[("key_x".into(), 1_500), ("key_y".into(), 20)],
+    )
+    .unwrap();
+    for store in [&mut edge_a, &mut edge_b] {
+        let used = KeyBackend::last_used(store).unwrap();
+        assert_eq!(
+            used.get("key_x"),
+            Some(&2_000),
+            "an older write moved it back"
+        );
+        assert_eq!(used.get("key_y"), Some(&20));
+        assert_eq!(used.len(), 2);
+    }
+    // More rows than one statement writes.
+    let many: Vec<(String, i64)> = (0..2_500).map(|i| (format!("key_{i:05}"), i)).collect();
+    KeyBackend::record_last_used(&mut edge_b, &many).unwrap();
+    let used = KeyBackend::last_used(&mut edge_a).unwrap();
+    assert_eq!(used.len(), 2_502);
+    assert_eq!(used.get("key_02499"), Some(&2_499));
+}
+
+/// Usage records for the rollup tests: 900 requests over four days from 14 keys (so the top
+/// ten fold the rest), some without a key or a model, a team `""`, every seventh failed.
+fn spread_records(start: i64) -> Vec<credentialflow::store::usage::UsageRecord> {
+    use credentialflow::store::usage::{UsageEvent, UsageRecord};
+    (0..900_i64)
+        .map(|i| UsageRecord {
+            id: format!("rec-{i}"),
+            node: "edge-a".into(),
+            event: UsageEvent {
+                ts_ms: start + i * 383_333,
+                request_id: format!("req-{i}"),
+                key_id: (i % 23 != 0).then(|| format!("key_{:02}", i % 14)),
+                team: ["research", "ops", ""][(i % 3) as usize].into(),
+                model: (i % 11 != 0).then(|| ["gpt-4o", "claude"][(i % 2) as usize].into()),
+                prompt: None,
+                route: Some("ai".into()),
+                status: if i % 7 == 0 { 502 } else { 200 },
+                prompt_tokens: 10 + (i % 5) as u64,
+                completion_tokens: (i % 9) as u64,
+                cached_tokens: 0,
+                cost_nano_usd: 1_000 + (i * 37 % 1_000) as u64,
+            },
+        })
+        .collect()
+}
+
+/// The series the ledger's rows give, summed here rather than by a store: the top ten
+/// groups by spend (ties by name, in bytes) with their own rows, the rest folded into `None`.
+fn series_from_rows(
+    records: &[credentialflow::store::usage::UsageRecord],
+    group_by: credentialflow::store::usage::GroupBy,
+    since_ms: i64,
+    bucket: credentialflow::store::usage::Bucket,
+) -> Vec<credentialflow::store::usage::SeriesRow> {
+    use credentialflow::store::usage::{GroupBy, SeriesRow};
+    use std::collections::{BTreeMap, HashMap};
+    // bucket -> group -> [requests, errors, prompt, completion, cost]
+    let mut sums: BTreeMap<i64, BTreeMap<String, [u64; 5]>> = BTreeMap::new();
+    let mut spend: HashMap<String, u64> = HashMap::new();
+    for r in records.iter().filter(|r| r.event.ts_ms >= since_ms) {
+        let e = &r.event;
+        let group = match group_by {
+            GroupBy::Key => e.key_id.clone(),
+            GroupBy::Team => Some(e.team.clone()),
+            GroupBy::Model => e.model.clone(),
+        };
+        let Some(group) = group else { continue };
+        let at = bucket.start_of(e.ts_ms);
+        let s = sums
+            .entry(at)
+            .or_default()
+            .entry(group.clone())
+            .or_default();
+        let add = [
+            1,
+            u64::from(e.status >= 400),
+            e.prompt_tokens,
+            e.completion_tokens,
+            e.cost_nano_usd,
+        ];
+        for (total, n) in s.iter_mut().zip(add) {
+            *total += n;
+        }
+        *spend.entry(group).or_default() += e.cost_nano_usd;
+    }
+    let mut ranked: Vec<(String, u64)> = spend.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let top: Vec<String> = ranked.into_iter().take(10).map(|(g, _)| g).collect();
+    let mut rows = Vec::new();
+    for (at, groups) in sums {
+        let mut shown: BTreeMap<Option<String>, [u64; 5]> = BTreeMap::new();
+        for (group, s) in groups {
+            let key = top.contains(&group).then_some(group);
+            let t = shown.entry(key).or_default();
+            for (total, n) in t.iter_mut().zip(s) {
+                *total += n;
+            }
+        }
+        // Named groups in byte order, the folded one last.
+        let (named, folded): (Vec<_>, Vec<_>) = shown.into_iter().partition(|(g, _)| g.is_some());
+        for (group, [requests, errors, prompt, completion, cost]) in named.into_iter().chain(folded)
+        {
+            rows.push(SeriesRow {
+                ts_ms: at,
+                group,
+                requests,
+                errors,
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                cost_usd: cost as f64 / 1e9,
+            });
+        }
+    }
+    rows
+}
+
+/// Series and reports answered from the hourly and daily rollups equal the sums of the
+/// ledger's rows, on SQLite and on PostgreSQL, for starts on and off the hour and the day;
+/// a batch delivered twice to PostgreSQL is counted once in the rollups as in the rows.
+#[test]
+fn usage_rollups_answer_as_the_rows_do_on_sqlite_and_postgres() {
+    use credentialflow::store::usage::{Bucket, GroupBy, PgUsage, SqliteUsage, UsageBackend};
+
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 24 * HOUR;
+    let start = 1_764_460_800_000 + 5 * HOUR + 4_321;
+    let records = spread_records(start);
+
+    let dir = TempDir::new("rollup-sqlite");
+    let mut sqlite = SqliteUsage::open(dir.path()).unwrap();
+    let pg_server = common::postgres::PgServer::start();
+    let mut pg = PgUsage::new(&pg_server.url(), "edge-a");
+    for batch in records.chunks(64) {
+        sqlite.write_batch(batch).unwrap();
+        pg.write_batch(batch).unwrap();
+    }
+    // Redelivered from the journal: stored once.
+    pg.write_batch(&records[100..200]).unwrap();
+
+    for since in [
+        0,
+        start,
+        start + 1,
+        start + 7 * HOUR + 99,
+        start + DAY + 13,
+        start + 2 * DAY,
+    ] {
+        for group_by in [GroupBy::Key, GroupBy::Team, GroupBy::Model] {
+            for bucket in [Bucket::FiveMinutes, Bucket::Hour, Bucket::Day] {
+                let expected = series_from_rows(&records, group_by, since, bucket);
+                assert!(!expected.is_empty());
+                let what = format!("{group_by} by {bucket} since {since}");
+                assert_eq!(
+                    sqlite.series(group_by, since, bucket).unwrap(),
+                    expected,
+                    "SQLite {what}"
+                );
+                assert_eq!(
+                    pg.series(group_by, since, bucket).unwrap(),
+                    expected,
+                    "PostgreSQL {what}"
+                );
+            }
+            // A report is the series of one bucket: every group, most expensive first.
+            let on_sqlite = sqlite.report(group_by, since).unwrap();
+            assert_eq!(
+                pg.report(group_by, since).unwrap(),
+                on_sqlite,
+                "report by {group_by}"
+            );
+            let mut sums: std::collections::HashMap<String, (u64, u64)> = Default::default();
+            for r in records.iter().filter(|r| r.event.ts_ms >= since) {
+                let group = match group_by {
+                    GroupBy::Key => r.event.key_id.clone(),
+                    GroupBy::Team => Some(r.event.team.clone()),
+                    GroupBy::Model => r.event.model.clone(),
+                };
+                if let Some(group) = group {
+                    let s = sums.entry(group).or_default();
+                    s.0 += 1;
+                    s.1 += r.event.cost_nano_usd;
+                }
+            }
+            let mut ranked: Vec<(String, (u64, u64))> = sums.into_iter().collect();
+            ranked.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then(a.0.cmp(&b.0)));
+            let from_rows: Vec<(String, u64, f64)> = ranked
+                .into_iter()
+                .map(|(group, (requests, cost))| (group, requests, cost as f64 / 1e9))
+                .collect();
+            let answered: Vec<(String, u64, f64)> = on_sqlite
+                .iter()
+                .map(|r| (r.group.clone(), r.requests, r.cost_usd))
+                .collect();
+            assert_eq!(answered, from_rows, "report by {group_by} since {since}");
+        }
+    }
 }

@@ -85,10 +85,14 @@ on_default_driver! {
         let gw = Gateway::start(&gateway_config(), driver);
         let research = create_key(&gw, &json!({ "name": "research-bot", "team": "research", "budget_usd": 25 }));
         let ops = create_key(&gw, &json!({ "name": "ops-runner", "team": "ops", "rpm": 600 }));
+        let etl = create_key(&gw, &json!({ "name": "batch-etl", "team": "data" }));
+        // The scripted mix: three keys of three teams on two models, unevenly.
         for (key, model, n) in [
             (&research.secret, "mock-gpt", 6),
             (&research.secret, "mock-claude", 3),
             (&ops.secret, "mock-gpt", 2),
+            (&etl.secret, "mock-claude", 8),
+            (&etl.secret, "mock-gpt", 1),
         ] {
             for _ in 0..n {
                 assert_eq!(chat(&gw, key, model), 200);
@@ -128,7 +132,17 @@ on_default_driver! {
             .unwrap_or_else(|e| panic!("no summary line ({e}):\n{stdout}"));
         eprintln!("dashboard browser run: {summary}");
         assert!(summary["revoke_to_401_ms"].as_u64().unwrap() < 1000, "{summary}");
-        for view in ["login-refused", "overview", "keys", "access", "providers", "live"] {
+        for view in [
+            "login-refused",
+            "overview",
+            "overview-by-key",
+            "keys",
+            "rotate-dialog",
+            "revoke-dialog",
+            "access",
+            "providers",
+            "live",
+        ] {
             let png = shots.join(format!("{view}.png"));
             let bytes = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
             assert!(bytes > 1000, "{} missing or empty", png.display());
@@ -211,6 +225,8 @@ fn dashboard_at_scale_ten_thousand_keys_a_million_rows() {
             "group_by=model&since=30d&bucket=1d",
             "group_by=key&since=30d&bucket=1d",
             "group_by=key&since=7d&bucket=1h",
+            "group_by=team&since=1h&bucket=5m",
+            "group_by=key&since=30d",
         ] {
             let started = Instant::now();
             let response = admin(&gw, "GET", &format!("/admin/usage?{query}"), None);

@@ -1,9 +1,10 @@
-// Keys: a server-side paged, filtered list (fast at 10,000 keys), create with the secret
-// shown once, rotate with a grace period, revoke after a confirmation, edit limits and
-// budgets. A secret is only ever in the page's DOM until dismissed: never in storage.
+// Keys: a server-side paged, filtered list (fast at 10,000 keys) with each key's last use,
+// create with the secret shown once, rotate with a grace period and revoke after a
+// confirmation (both in in-page dialogs), edit limits and budgets. A secret is only ever in
+// the page's DOM until dismissed: never in storage.
 
 import { api } from './api.js';
-import { el, replace, table, time, usd } from './dom.js';
+import { ago, ask, el, replace, table, time, usd } from './dom.js';
 
 const PAGE = 50;
 let root = null;
@@ -66,7 +67,7 @@ async function load() {
   if (!root) return;
   const total = Number(headers.get('x-total-count') ?? data.length);
   replace(parts.list, table('keys-table',
-    ['Name', 'Id', 'Team', 'Prefix', 'Limits', 'Created', 'Status', ''],
+    ['Name', 'Id', 'Team', 'Prefix', 'Limits', 'Created', 'Last used', 'Status', ''],
     data.map(row)));
   replace(parts.pager,
     el('span', { class: 'muted' }, total === 0 ? 'No keys' :
@@ -106,21 +107,35 @@ function row(k) {
   const tr = el('tr', { 'data-key-id': k.id },
     el('td', {}, k.name), el('td', { class: 'mono' }, k.id), el('td', {}, k.team || '—'),
     el('td', { class: 'mono' }, k.prefix), el('td', {}, limits(k)),
-    el('td', {}, time(k.created_at * 1000)), el('td', {}, status(k)), actions);
+    el('td', {}, time(k.created_at * 1000)),
+    el('td', { 'data-testid': `key-last-used-${k.id}`, title: k.last_used_at ? time(k.last_used_at * 1000) : undefined },
+      ago(k.last_used_at)),
+    el('td', {}, status(k)), actions);
   return tr;
 }
 
 async function revoke(k) {
-  if (!confirm(`Revoke key ${k.name} (${k.id})? Requests with it fail within a second.`)) return;
+  const confirmed = await ask({
+    title: `Revoke ${k.name}?`, testid: 'key-revoke', confirm: 'Revoke', danger: true,
+    content: [el('p', {}, 'Requests with key ', el('span', { class: 'mono' }, k.id),
+      ' fail within a second. This cannot be undone.')],
+  });
+  if (!confirmed) return;
   try { await api('DELETE', `/admin/keys/${encodeURIComponent(k.id)}`); await load(); }
   catch (e) { parts.showError(e.message); }
 }
 
 async function rotate(k) {
-  const grace = prompt(`Rotate ${k.name}: how long may the old secret keep working? (e.g. 1h, 0s)`, '1h');
-  if (grace === null) return;
+  const grace = el('input', { 'data-testid': 'key-rotate-grace', value: '1h', required: true,
+    title: 'a duration such as 1h, 30m or 0s' });
+  const confirmed = await ask({
+    title: `Rotate ${k.name}`, testid: 'key-rotate', confirm: 'Rotate',
+    content: [el('p', {}, 'A new secret is issued for the same key and shown once.'),
+      el('label', { class: 'field' }, 'How long may the old secret keep working? (0s: stop it now)', grace)],
+  });
+  if (!confirmed) return;
   try {
-    const { data } = await api('POST', `/admin/keys/${encodeURIComponent(k.id)}/rotate`, { grace: grace.trim() || '0s' });
+    const { data } = await api('POST', `/admin/keys/${encodeURIComponent(k.id)}/rotate`, { grace: grace.value.trim() || '0s' });
     showSecret(`New secret for ${k.name}`, data.key);
   } catch (e) { parts.showError(e.message); }
 }
@@ -145,5 +160,5 @@ function edit(k, tr) {
   field('budget_period', k.budget_period, 'period (1d, 30d)'),
   el('button', { type: 'submit' }, 'Save'),
   el('button', { type: 'button', class: 'quiet', onclick: () => load() }, 'Cancel'));
-  replace(tr, el('td', { colspan: 8 }, el('strong', {}, k.name), form));
+  replace(tr, el('td', { colspan: 9 }, el('strong', {}, k.name), form));
 }

@@ -1,5 +1,6 @@
 // Overview: requests, tokens and cost over time by model, team or key (uPlot), totals, the
-// error rate and the keys that spend the most.
+// error rate and the keys that spend the most. Keys are shown by name (the API sends each
+// key row's `name` beside its id), the id kept as secondary text.
 
 import { get } from './api.js';
 import { el, replace, table, usd, int, pct } from './dom.js';
@@ -55,7 +56,7 @@ async function refresh() {
   const { since, bucket } = RANGES[state.range];
   const [series, byKey] = await Promise.all([
     get(`/admin/usage?group_by=${state.group}&since=${since}&bucket=${bucket}`),
-    get(`/admin/usage?group_by=key&since=${since}`),
+    get(`/admin/usage?group_by=key&since=${since}&limit=10`),
   ]);
   if (!root) return;
   drawStats(series);
@@ -88,6 +89,7 @@ function drawChart(rows, bucket, since) {
   for (let t = first; t <= now; t += width) xs.push(t);
   const index = new Map(xs.map((t, i) => [t, i]));
   const groups = [...new Set(rows.map((r) => r.group ?? 'other'))];
+  const labels = new Map(rows.map((r) => [r.group ?? 'other', r.name ?? r.group ?? 'other']));
   const ys = groups.map(() => xs.map(() => 0));
   const value = METRICS[state.metric];
   for (const r of rows) {
@@ -106,7 +108,7 @@ function drawChart(rows, bucket, since) {
     height: 280,
     scales: { x: { time: true } },
     series: [{}, ...groups.map((g, i) => ({
-      label: g, stroke: COLORS[i % COLORS.length], width: 2, points: { show: false },
+      label: labels.get(g), stroke: COLORS[i % COLORS.length], width: 2, points: { show: false },
     }))],
     axes: [{}, { size: 60 }],
   };
@@ -121,7 +123,8 @@ function drawTop(rows) {
     top.length === 0 ? el('p', { class: 'muted' }, 'No spend in this range.') :
       table('top-keys', ['Key', { label: 'Requests', num: true }, { label: 'Tokens', num: true },
         { label: 'Cost', num: true }], top.map((r) => el('tr', {},
-        el('td', { class: 'mono' }, r.group),
+        el('td', { title: r.group, 'data-testid': `top-key-${r.group}` },
+          r.name ?? r.group, r.name ? el('div', { class: 'mono muted' }, r.group) : null),
         el('td', { class: 'num' }, int(r.requests)),
         el('td', { class: 'num' }, int(r.prompt_tokens + r.completion_tokens)),
         el('td', { class: 'num' }, usd(r.cost_usd))))));

@@ -264,8 +264,40 @@ impl Connection {
 
     /// Writes bytes as they are: a response whose body is streamed (`/admin/live`) writes
     /// its own head and then its events through this.
+    ///
+    /// All of `bytes` must go within the write timeout in total, not per system call: the
+    /// socket's timeout restarts whenever a call makes any progress, and a client that
+    /// stopped reading still lets a few bytes through now and then (the kernel grows the
+    /// send buffer on each window probe), which kept a stalled stream alive for many
+    /// timeouts. Fails with `TimedOut` past it.
     pub fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.write_all(bytes)
+        let Some(timeout) = self.stream.write_timeout()? else {
+            return self.write_all(bytes);
+        };
+        let deadline = Instant::now() + timeout;
+        let mut rest = bytes;
+        let written = loop {
+            if rest.is_empty() {
+                break Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client read too slowly",
+                ));
+            }
+            // The remaining time, so no single call can outlast the deadline.
+            self.stream.set_write_timeout(Some(left))?;
+            match self.stream.write(rest) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.stream.set_write_timeout(Some(timeout))?;
+        written
     }
 
     /// Waits up to the poll interval for the client to close: `true` once it has (or the

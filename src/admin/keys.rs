@@ -50,12 +50,25 @@ pub(crate) fn list(state: &AdminState, request: &Request) -> Response {
         Ok(page) => page,
         Err(message) => return error(400, "invalid_request_error", "invalid_parameter", &message),
     };
-    let records = match state.store.lock().list() {
-        Ok(records) => records,
-        Err(e) => return store_error(state, &e),
+    let (records, stored_use) = {
+        let mut store = state.store.lock();
+        match store
+            .list()
+            .and_then(|records| Ok((records, store.last_used()?)))
+        {
+            Ok(read) => read,
+            Err(e) => return store_error(state, &e),
+        }
+    };
+    let listed = |records: &[&KeyRecord]| -> Value {
+        let shown: Vec<Value> = records
+            .iter()
+            .map(|r| Value::Object(with_last_used(state, r, stored_use.get(&r.id).copied())))
+            .collect();
+        Value::Array(shown)
     };
     let Some(page) = page else {
-        return json_response(200, &json!(records));
+        return json_response(200, &listed(&records.iter().collect::<Vec<_>>()));
     };
     let needle = page.filter.to_ascii_lowercase();
     let mut matching: Vec<&KeyRecord> = records
@@ -74,7 +87,7 @@ pub(crate) fn list(state: &AdminState, request: &Request) -> Response {
         .skip(page.offset)
         .take(page.limit)
         .collect();
-    let mut response = json_response(200, &json!(shown));
+    let mut response = json_response(200, &listed(&shown));
     response.headers.push(("x-total-count", total.to_string()));
     response
 }
@@ -123,9 +136,18 @@ fn page_query(query: Option<&str>) -> Result<Option<Page>, String> {
 
 /// `GET /admin/keys/{id}`.
 pub(crate) fn show(state: &AdminState, id: &str) -> Response {
-    match state.store.lock().get(id) {
-        Ok(Some(record)) => json_response(200, &json!(record)),
-        Ok(None) => store_error(state, &StoreError::NotFound(id.to_owned())),
+    let read = {
+        let mut store = state.store.lock();
+        store
+            .get(id)
+            .and_then(|record| Ok((record, store.last_used()?.remove(id))))
+    };
+    match read {
+        Ok((Some(record), stored_use)) => json_response(
+            200,
+            &Value::Object(with_last_used(state, &record, stored_use)),
+        ),
+        Ok((None, _)) => store_error(state, &StoreError::NotFound(id.to_owned())),
         Err(e) => store_error(state, &e),
     }
 }
@@ -190,6 +212,20 @@ pub(crate) fn revoke(state: &AdminState, id: &str) -> Response {
 /// changes nothing.
 fn in_force(state: &AdminState, record: &KeyRecord) {
     state.credentials.apply_change(record.clone());
+}
+
+/// A key's JSON with `last_used_at`: when it last authenticated, in unix seconds (`null`:
+/// never), the later of the store's record (every node's, written every few seconds) and
+/// this node's memory (this very second).
+fn with_last_used(
+    state: &AdminState,
+    record: &KeyRecord,
+    stored: Option<i64>,
+) -> Map<String, Value> {
+    let mut body = record_json(record);
+    let here = state.credentials.last_used(&record.id);
+    body.insert("last_used_at".into(), json!(stored.max(here)));
+    body
 }
 
 fn record_json(record: &KeyRecord) -> Map<String, Value> {

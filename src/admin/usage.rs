@@ -1,5 +1,6 @@
 //! `GET /admin/usage?group_by=key|team|model&since=..`: the spend report from the usage
-//! ledger (README, "Admin API"), the same array `credentialflow usage --json` prints.
+//! ledger (README, "Admin API"), the array `credentialflow usage --json` prints (grouped by
+//! key, each row also has the key's `name`).
 //!
 //! `group_by` defaults to `key`, `since` to all time. Values are percent-decoded
 //! (RFC 3986 §2.1); a `+` stays a `+` (it is only a space in HTML forms, and RFC 3339 offsets
@@ -10,6 +11,10 @@
 //! `[{"ts_ms","group","requests","errors","prompt_tokens","completion_tokens","cost_usd"}]`,
 //! buckets aligned to the epoch, sparse (see [`crate::store::usage::series`]). `since`
 //! then defaults to 24 hours back, and may reach at most [`MAX_BUCKETS`] buckets back.
+//!
+//! `limit=N` (1 to [`MAX_LIMIT`], report only) keeps the N most expensive groups: the
+//! dashboard's top keys need ten rows, not one per key of ten thousand. Rows grouped by key
+//! carry the key's `name`.
 //!
 //! The report reads the ledger `[store]` names ([`UsageReader`]): the embedded one in
 //! `data_dir`, or on PostgreSQL the fleet's `usage` table, so any node answers for the
@@ -27,6 +32,9 @@ use crate::store::usage::{
     self, Bucket, GroupBy, LedgerError, PgUsage, SeriesRow, SqliteUsage, UsageBackend,
 };
 
+/// Largest `limit` of a report.
+pub const MAX_LIMIT: usize = 10_000;
+
 /// How far back a series reaches when `since` is not given.
 const DEFAULT_SERIES_SINCE_MS: i64 = 24 * 3_600_000;
 
@@ -39,6 +47,10 @@ pub struct UsageReader {
     /// `server.data_dir` (the embedded ledger's directory, or the journal's on PostgreSQL).
     data_dir: PathBuf,
     backend: Mutex<Box<dyn UsageBackend>>,
+    /// Whether the ledger is SQLite's, whose reads each open their own connection: those
+    /// run side by side (the overview's series and top keys at once) instead of queueing
+    /// behind the lock that PostgreSQL's one client needs.
+    embedded: bool,
 }
 
 impl UsageReader {
@@ -54,6 +66,7 @@ impl UsageReader {
         Ok(UsageReader {
             data_dir: settings.data_dir.clone(),
             backend: Mutex::new(backend),
+            embedded: settings.store.backend == StoreBackend::Sqlite,
         })
     }
 
@@ -67,6 +80,9 @@ impl UsageReader {
         group_by: GroupBy,
         since_ms: i64,
     ) -> Result<Vec<usage::UsageRow>, LedgerError> {
+        if self.embedded {
+            return SqliteUsage::new(&self.data_dir).report(group_by, since_ms);
+        }
         // A panic while reporting leaves nothing half-written: the backend is still usable.
         let mut backend = self.backend.lock().unwrap_or_else(|e| e.into_inner());
         backend.report(group_by, since_ms)
@@ -78,6 +94,9 @@ impl UsageReader {
         since_ms: i64,
         bucket: Bucket,
     ) -> Result<Vec<SeriesRow>, LedgerError> {
+        if self.embedded {
+            return SqliteUsage::new(&self.data_dir).series(group_by, since_ms, bucket);
+        }
         let mut backend = self.backend.lock().unwrap_or_else(|e| e.into_inner());
         backend.series(group_by, since_ms, bucket)
     }
@@ -89,6 +108,8 @@ struct Query {
     /// Unix ms; `None` when not given.
     since_ms: Option<i64>,
     bucket: Option<Bucket>,
+    /// Most report rows answered (`None`: all).
+    limit: Option<usize>,
 }
 
 /// `GET /admin/usage`: 200 with the rows, 400 for a bad parameter.
@@ -106,7 +127,13 @@ fn usage_at(state: &AdminState, request: &Request, now_ms: i64) -> Response {
         None => state
             .usage
             .report(query.group_by, query.since_ms.unwrap_or(0))
-            .map(|rows| serde_json::json!(rows)),
+            .map(|mut rows| {
+                rows.truncate(query.limit.unwrap_or(usize::MAX));
+                serde_json::json!(rows)
+            }),
+        Some(_) if query.limit.is_some() => {
+            return bad("limit applies to a report, not to a series (bucket)");
+        }
         Some(bucket) => {
             let since_ms = query
                 .since_ms
@@ -125,6 +152,9 @@ fn usage_at(state: &AdminState, request: &Request, now_ms: i64) -> Response {
         }
     };
     match answer {
+        Ok(body) if query.group_by == GroupBy::Key => {
+            json_response(200, &with_key_names(state, body))
+        }
         Ok(body) => json_response(200, &body),
         Err(LedgerError::Postgres(e)) if e.is_unreachable() => {
             // The text names the failure, never the URL (see `store::postgres`).
@@ -148,11 +178,29 @@ fn usage_at(state: &AdminState, request: &Request, now_ms: i64) -> Response {
     }
 }
 
+/// Rows grouped by key with each key's `name` beside its id (`null` for the rows of the keys
+/// past the top ones, and for an id the credential cache does not know), so the dashboard
+/// labels keys by the names people gave them. Revoked keys keep their names.
+fn with_key_names(state: &AdminState, mut rows: serde_json::Value) -> serde_json::Value {
+    if let Some(rows) = rows.as_array_mut() {
+        for row in rows.iter_mut().filter_map(|row| row.as_object_mut()) {
+            let name = row
+                .get("group")
+                .and_then(|group| group.as_str())
+                .and_then(|id| state.credentials.by_id(id))
+                .map(|key| key.name.clone());
+            row.insert("name".into(), serde_json::json!(name));
+        }
+    }
+    rows
+}
+
 /// `group_by`, `since` (as unix ms) and `bucket` from the query string.
 fn parameters(query: Option<&str>, now_ms: i64) -> Result<Query, String> {
     let mut group_by = None;
     let mut since = None;
     let mut bucket = None;
+    let mut limit = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = percent_decode(name)?;
@@ -160,9 +208,10 @@ fn parameters(query: Option<&str>, now_ms: i64) -> Result<Query, String> {
             "group_by" => &mut group_by,
             "since" => &mut since,
             "bucket" => &mut bucket,
+            "limit" => &mut limit,
             _ => {
                 return Err(format!(
-                    "unknown parameter {name:?}; use group_by, since and bucket"
+                    "unknown parameter {name:?}; use group_by, since, bucket and limit"
                 ))
             }
         };
@@ -182,10 +231,20 @@ fn parameters(query: Option<&str>, now_ms: i64) -> Result<Query, String> {
         Some(text) => Some(text.parse().map_err(|e| format!("bucket: {e}"))?),
         None => None,
     };
+    let limit = match limit {
+        Some(text) => Some(
+            text.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| format!("limit: expected a whole number from 1 to {MAX_LIMIT}"))?,
+        ),
+        None => None,
+    };
     Ok(Query {
         group_by,
         since_ms,
         bucket,
+        limit,
     })
 }
 
@@ -314,10 +373,11 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(
             body,
+            // `name` is `null`: these ids are in the ledger but not in the key store.
             json!([
-                {"group": "key_a", "requests": 1, "prompt_tokens": 10,
+                {"group": "key_a", "name": null, "requests": 1, "prompt_tokens": 10,
                  "completion_tokens": 3, "cost_usd": 0.002},
-                {"group": "key_b", "requests": 2, "prompt_tokens": 20,
+                {"group": "key_b", "name": null, "requests": 2, "prompt_tokens": 20,
                  "completion_tokens": 6, "cost_usd": 0.0015},
             ])
         );
@@ -432,6 +492,71 @@ mod tests {
         assert_bad_parameter(&setup, "bucket=1m", "bucket");
         let (status, _) = setup.get(Some("bucket=1d&since=900d"));
         assert_eq!(status, 200);
+    }
+
+    #[test]
+    fn rows_grouped_by_key_carry_the_key_name() {
+        let mut setup = Setup::new();
+        let (mut named, _secret) = setup
+            .0
+            .store
+            .lock()
+            .create(
+                crate::store::NewKey {
+                    name: "research-bot".into(),
+                    ..Default::default()
+                },
+                "test",
+            )
+            .unwrap();
+        // The ledger's key is `key_b`; the record is the cache's only source of names.
+        named.id = "key_b".into();
+        let pepper = setup.0.store.lock().pepper().clone();
+        setup.0.credentials = Arc::new(CredentialCache::from_records(pepper, vec![named]));
+
+        for query in ["group_by=key", "group_by=key&bucket=1h&since=2h"] {
+            let (status, body) = setup.get(Some(query));
+            assert_eq!(status, 200, "{query}: {body}");
+            let rows = body.as_array().unwrap();
+            assert!(!rows.is_empty(), "{query}");
+            for row in rows {
+                let expected = match row["group"].as_str() {
+                    Some("key_b") => json!("research-bot"),
+                    _ => Value::Null,
+                };
+                assert_eq!(row["name"], expected, "{query}: {row}");
+            }
+            assert!(rows.iter().any(|r| r["name"] == "research-bot"), "{query}");
+        }
+        // Other groupings are unchanged.
+        let (_, by_team) = setup.get(Some("group_by=team"));
+        assert!(by_team
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("name").is_none()));
+    }
+
+    #[test]
+    fn limit_keeps_the_most_expensive_groups_and_is_bounded() {
+        let setup = Setup::new();
+        let (status, all) = setup.get(Some("group_by=key"));
+        assert_eq!(status, 200);
+        assert_eq!(groups(&all), ["key_a", "key_b"]);
+        let (status, top) = setup.get(Some("group_by=key&limit=1"));
+        assert_eq!(status, 200);
+        assert_eq!(groups(&top), ["key_a"]);
+        assert_eq!(top[0], all[0]);
+        for bad in [
+            "limit=0",
+            "limit=10001",
+            "limit=x",
+            "limit=",
+            "limit=1&limit=2",
+        ] {
+            assert_bad_parameter(&setup, &format!("group_by=key&{bad}"), "limit");
+        }
+        assert_bad_parameter(&setup, "bucket=1h&limit=5", "limit");
     }
 
     #[test]

@@ -29,13 +29,17 @@
 //! store sequence is newer than the one the cache holds for that key: a duplicate is a no-op
 //! and an older read never replaces a newer record. Expiry needs no writer:
 //! [`KeyRecord::is_active`] is checked against the request's clock.
+//!
+//! When each key was last used is kept beside it in memory ([`LastUsed`]: one relaxed load
+//! per request, a store only when the second changed) and written to the store by the
+//! watcher every [`LAST_USED_INTERVAL`], one write per key used rather than one per request.
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use subtle::{Choice, ConstantTimeEq};
@@ -57,6 +61,10 @@ pub const SAFETY_NET_INTERVAL: Duration = Duration::from_secs(1);
 pub const RETRY_MIN: Duration = Duration::from_millis(100);
 /// The longest wait between retries of an unreachable store.
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How often the watcher writes keys' last use to the store: the most a restart (or a crash)
+/// can lose of it, and the longest another node's admin API shows it late.
+pub const LAST_USED_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Every key the gateway issues starts with this.
 const KEY_PREFIX: &[u8] = b"cf_";
@@ -147,6 +155,34 @@ macro_rules! record_field_key {
 record_field_key!(IdKey, id);
 record_field_key!(NameKey, name);
 
+/// When a key last authenticated, in unix seconds (0: not since the cache was loaded), and
+/// what of it the store already has. Shared by every version of a key's record, so a
+/// rotation or an edit keeps it.
+#[derive(Default)]
+struct LastUsed {
+    /// Written by workers: relaxed, since only "about when" matters and a store that loses a
+    /// race to a neighbouring second is harmless.
+    seen: AtomicI64,
+    /// The value last written to the store; only the watcher writes it.
+    stored: AtomicI64,
+}
+
+impl LastUsed {
+    /// Notes a use at `second`: one load, and a store only on the first use of a second.
+    #[inline]
+    fn touch(&self, second: i64) {
+        if self.seen.load(Ordering::Relaxed) < second {
+            self.seen.store(second, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the secret-hash index holds: the key and its last-use cell.
+struct HashEntry {
+    key: Arc<KeyRecord>,
+    used: Arc<LastUsed>,
+}
+
 /// A rotated key's previous hash, indexed until its grace period ends.
 struct Grace {
     /// Unix milliseconds, like the record's `previous_valid_until_ms`.
@@ -169,9 +205,9 @@ pub struct CredentialCache {
     pepper: Pepper,
     /// HMAC of the current secret, and of the previous one while its grace lasts -> key.
     /// Revoked keys are not in this index.
-    by_hash: papaya::HashMap<SecretHash, Arc<KeyRecord>, BuildPassThroughHasher>,
-    /// Every key, revoked ones included (the record is the map's key; the value is unused).
-    by_id: papaya::HashMap<IdKey, ()>,
+    by_hash: papaya::HashMap<SecretHash, HashEntry, BuildPassThroughHasher>,
+    /// Every key, revoked ones included (the record is the map's key), with its last use.
+    by_id: papaya::HashMap<IdKey, Arc<LastUsed>>,
     /// Keys that are not revoked, by name (the store keeps names unique among them).
     by_name: papaya::HashMap<NameKey, ()>,
     /// Held for the whole of one change: applying a record reads the entry it replaces and
@@ -216,6 +252,7 @@ impl CredentialCache {
             last_seq,
             retry: None,
             reconcile: false,
+            last_used_written: Instant::now(),
         };
         thread::Builder::new()
             .name("cf-key-watcher".into())
@@ -257,14 +294,16 @@ impl CredentialCache {
     ///
     /// Anything that does not look like a gateway key (`cf_` prefix, plausible length) is
     /// refused before hashing; otherwise the cost is one HMAC-SHA256, one hash-map probe and
-    /// a constant-time compare, with no allocation, so a flood of unknown keys is cheap.
+    /// a constant-time compare, with no allocation, so a flood of unknown keys is cheap. A
+    /// success notes the key's last use ([`CredentialCache::last_used`]).
     pub fn authenticate_at_ms(&self, presented: &[u8], now_ms: i64) -> Option<Arc<KeyRecord>> {
         if !is_plausible_key(presented) {
             return None;
         }
         let computed = self.pepper.hash(presented);
         let index = self.by_hash.pin();
-        let key = index.get(&SecretHash(computed))?;
+        let entry = index.get(&SecretHash(computed))?;
+        let key = &entry.key;
         // The probe compared the hash with `==`; the compare that decides is constant-time, so
         // response timing says nothing about how much of a guess was right.
         let current = key.hash.ct_eq(&computed);
@@ -278,6 +317,7 @@ impl CredentialCache {
         if !bool::from(current | previous) || !key.is_active_at_ms(now_ms) {
             return None;
         }
+        entry.used.touch(now_ms.div_euclid(1000));
         Some(Arc::clone(key))
     }
 
@@ -289,13 +329,49 @@ impl CredentialCache {
             .hash(format!("credentialflow derived key: {purpose}").as_bytes())
     }
 
+    /// When the key with this id last authenticated on this node since the cache was
+    /// loaded, in unix seconds (`None`: not since). The store's `last_used_at` has it across
+    /// restarts and nodes, up to [`LAST_USED_INTERVAL`] late.
+    pub fn last_used(&self, id: &str) -> Option<i64> {
+        let seen = self.by_id.pin().get(id)?.seen.load(Ordering::Relaxed);
+        (seen > 0).then_some(seen)
+    }
+
+    /// Writes to `store` the last use of every key used since the previous write, one row
+    /// per key however many requests it served, and returns how many were written. On an
+    /// error nothing is marked written, so the next call tries them again.
+    pub fn write_last_used(&self, store: &mut dyn KeyBackend) -> Result<usize, store::StoreError> {
+        let pending: Vec<(Arc<LastUsed>, String, i64)> = self
+            .by_id
+            .pin()
+            .iter()
+            .filter_map(|(key, used)| {
+                let seen = used.seen.load(Ordering::Relaxed);
+                (seen > used.stored.load(Ordering::Relaxed))
+                    .then(|| (Arc::clone(used), key.0.id.clone(), seen))
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<(String, i64)> = pending
+            .iter()
+            .map(|(_, id, seen)| (id.clone(), *seen))
+            .collect();
+        store.record_last_used(&rows)?;
+        for (used, _, seen) in &pending {
+            used.stored.store(*seen, Ordering::Relaxed);
+        }
+        Ok(rows.len())
+    }
+
     /// The key with this id, revoked or expired ones included (callers check
     /// [`KeyRecord::is_active`]).
     pub fn by_id(&self, id: &str) -> Option<Arc<KeyRecord>> {
         self.by_id
             .pin()
             .get_key_value(id)
-            .map(|(key, ())| Arc::clone(&key.0))
+            .map(|(key, _)| Arc::clone(&key.0))
     }
 
     /// The non-revoked key with this name (for Lua's `ctx:set_consumer`). Callers check
@@ -357,7 +433,7 @@ impl CredentialCache {
             .into_iter()
             .flatten()
         {
-            let _ = hashes.remove_if(&SecretHash(hash), |_, key| key.id == id);
+            let _ = hashes.remove_if(&SecretHash(hash), |_, entry| entry.key.id == id);
         }
         let _ = self
             .by_name
@@ -389,20 +465,30 @@ impl CredentialCache {
     /// reader never sees a live key missing. The caller holds the writer lock.
     fn apply(&self, writer: &mut Writer, record: KeyRecord, now: i64) -> bool {
         let ids = self.by_id.pin();
-        let old = ids
+        let held = ids
             .get_key_value(record.id.as_str())
-            .map(|(key, ())| Arc::clone(&key.0));
-        if old.as_ref().is_some_and(|old| old.seq >= record.seq) {
+            .map(|(key, used)| (Arc::clone(&key.0), Arc::clone(used)));
+        if held.as_ref().is_some_and(|(old, _)| old.seq >= record.seq) {
             return false;
         }
+        let (old, used) = match held {
+            Some((old, used)) => (Some(old), used),
+            None => (None, Arc::default()),
+        };
         let record = Arc::new(record);
         let id = record.id.as_str();
-        ids.insert(IdKey(Arc::clone(&record)), ());
+        ids.insert(IdKey(Arc::clone(&record)), Arc::clone(&used));
 
         let live = live_hashes(&record, now);
         let hashes = self.by_hash.pin();
         for hash in live.iter().flatten() {
-            hashes.insert(SecretHash(*hash), Arc::clone(&record));
+            hashes.insert(
+                SecretHash(*hash),
+                HashEntry {
+                    key: Arc::clone(&record),
+                    used: Arc::clone(&used),
+                },
+            );
         }
         if let (Some(previous), Some(valid_until)) = (live[1], record.previous_valid_until_ms) {
             writer.graces.push(Grace {
@@ -414,7 +500,7 @@ impl CredentialCache {
         if let Some(old) = &old {
             for stale in [Some(old.hash), old.previous_hash].into_iter().flatten() {
                 if !live.contains(&Some(stale)) {
-                    let _ = hashes.remove_if(&SecretHash(stale), |_, key| key.id == id);
+                    let _ = hashes.remove_if(&SecretHash(stale), |_, entry| entry.key.id == id);
                 }
             }
         }
@@ -445,8 +531,8 @@ impl CredentialCache {
                 return true;
             }
             // Only if the entry still belongs to that key as a previous secret.
-            let _ = hashes.remove_if(&SecretHash(grace.hash), |_, key| {
-                key.id == grace.key_id && key.hash != grace.hash
+            let _ = hashes.remove_if(&SecretHash(grace.hash), |_, entry| {
+                entry.key.id == grace.key_id && entry.key.hash != grace.hash
             });
             false
         });
@@ -489,6 +575,8 @@ struct Watcher {
     /// Whether the next successful read must be a full reload (after a failure: what was
     /// missed cannot be known).
     reconcile: bool,
+    /// When keys' last use was last written ([`LAST_USED_INTERVAL`]).
+    last_used_written: Instant,
 }
 
 impl Watcher {
@@ -524,6 +612,14 @@ impl Watcher {
             Err(e) => self.failed(cache, &e),
         }
         cache.expire_graces(now);
+        if self.retry.is_none() && self.last_used_written.elapsed() >= LAST_USED_INTERVAL {
+            self.last_used_written = Instant::now();
+            // Kept in memory on failure and tried again next time; the outage itself is
+            // reported by the change feed's reads.
+            if let Err(e) = cache.write_last_used(self.store.as_mut()) {
+                log::debug!("cannot write keys' last use: {e}");
+            }
+        }
     }
 
     /// Applies the rows changed since the last one seen. Rows the admin API already applied
@@ -658,6 +754,49 @@ mod tests {
             .expect("hit");
         assert_eq!(found.id, record.id);
         assert_eq!(found.name, "alice");
+    }
+
+    #[test]
+    fn last_use_is_written_once_per_key_and_second_not_once_per_request() {
+        let dir = TempDir::new("last-used");
+        let mut store = KeyStore::open(&dir.0).unwrap();
+        let (used, secret) = store.create(new_key("used"), "test").unwrap();
+        let (idle, _) = store.create(new_key("idle"), "test").unwrap();
+        let cache = CredentialCache::from_records(store.pepper().clone(), store.list().unwrap());
+        let second: i64 = 1_800_000_000;
+        assert_eq!(cache.last_used(&used.id), None);
+
+        // A thousand requests within one second.
+        for ms in 0..1000 {
+            assert!(cache
+                .authenticate_at_ms(secret.as_bytes(), second * 1000 + ms)
+                .is_some());
+        }
+        assert_eq!(cache.last_used(&used.id), Some(second));
+        assert_eq!(cache.last_used(&idle.id), None);
+
+        // SQLite counts every row a connection inserts or changes: one write for the key.
+        let writes_before = store.connection().total_changes();
+        assert_eq!(cache.write_last_used(&mut store).unwrap(), 1);
+        assert_eq!(store.connection().total_changes() - writes_before, 1);
+        // Nothing used since: nothing written.
+        assert_eq!(cache.write_last_used(&mut store).unwrap(), 0);
+        assert_eq!(store.connection().total_changes() - writes_before, 1);
+        assert_eq!(store.last_used().unwrap().get(&used.id), Some(&second));
+
+        // A rotation keeps the key's last use; a later second is written once more.
+        let (rotated, new_secret) = store.rotate(&used.id, Duration::ZERO, "test").unwrap();
+        assert!(cache.apply_change(rotated));
+        assert_eq!(cache.last_used(&used.id), Some(second));
+        assert!(cache
+            .authenticate_at_ms(new_secret.as_bytes(), (second + 7) * 1000)
+            .is_some());
+        assert_eq!(cache.write_last_used(&mut store).unwrap(), 1);
+        assert_eq!(
+            store.last_used().unwrap().get(&used.id),
+            Some(&(second + 7))
+        );
+        assert_eq!(store.last_used().unwrap().get(&idle.id), None);
     }
 
     #[test]
@@ -907,6 +1046,7 @@ mod tests {
             last_seq: 0,
             retry: None,
             reconcile: false,
+            last_used_written: Instant::now(),
         };
         watcher.tick(&cache, unix_now_ms());
         assert_eq!(watcher.last_seq, revoked.seq);
@@ -1199,6 +1339,7 @@ mod tests {
             last_seq: 3,
             retry: None,
             reconcile: false,
+            last_used_written: Instant::now(),
         };
         let now = unix_now_ms();
 

@@ -7,6 +7,7 @@
 //! CLI, the signal handler and the credential cache's watcher hold a `Box<dyn KeyBackend>`
 //! and never name the concrete store.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,6 +142,22 @@ pub trait KeyBackend: Send {
     /// whose only node is the caller.
     fn nodes(&mut self) -> Result<Option<Vec<NodeRecord>>, StoreError> {
         Ok(None)
+    }
+
+    /// Records when keys were last used (`(id, unix seconds)` pairs). A key's time only ever
+    /// moves forward (the larger of the stored and the given one), so nodes writing the same
+    /// store in any order never move it back. Not a key change: no sequence bump, no audit
+    /// entry, no notification. A store that keeps no last use (a test double) records
+    /// nothing.
+    fn record_last_used(&mut self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        let _ = used;
+        Ok(())
+    }
+
+    /// When each key was last used as recorded, in unix seconds, by id; keys never used are
+    /// absent.
+    fn last_used(&mut self) -> Result<HashMap<String, i64>, StoreError> {
+        Ok(HashMap::new())
     }
 
     /// Queues a webhook event unless one with its `dedup_key` ever was or the queue is full
@@ -327,6 +344,14 @@ impl KeyBackend for KeyStore {
         actor: &str,
     ) -> Result<bool, StoreError> {
         KeyStore::access_transition(self, from, after, action, actor)
+    }
+
+    fn record_last_used(&mut self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        KeyStore::record_last_used(self, used)
+    }
+
+    fn last_used(&mut self) -> Result<HashMap<String, i64>, StoreError> {
+        KeyStore::last_used(self)
     }
 
     fn enqueue_webhook(&mut self, event: &WebhookEvent) -> Result<Enqueued, StoreError> {

@@ -377,6 +377,7 @@ impl KeyStore {
         conn.execute_batch(super::access::SCHEMA)?;
         add_mcp_tools(&mut conn)?;
         conn.execute_batch(webhook_queue::SQLITE_SCHEMA)?;
+        conn.execute_batch(last_used::SCHEMA)?;
         Ok(KeyStore {
             conn,
             pepper,
@@ -751,6 +752,8 @@ mod unix_seconds {
 fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("lists and maps of JSON values serialize")
 }
+
+mod last_used;
 
 #[cfg(test)]
 mod tests;

@@ -77,6 +77,9 @@ try {
   }
 
   const { page, seen } = await watchedPage(context);
+  // The dashboard asks in its own dialogs; a browser prompt or confirm is a failure.
+  const nativeDialogs = [];
+  page.on('dialog', (dialog) => { nativeDialogs.push(dialog.message()); dialog.dismiss(); });
   await page.goto(`${ADMIN}/ui/`);
 
   // Sign in; the overview draws the usage chart from the AI traffic the test sent.
@@ -89,11 +92,23 @@ try {
   assert.ok(groups >= 2, `the chart has a series per model (${groups})`);
   assert.ok(await page.locator('.u-legend').count() > 0, 'uPlot drew its legend');
   assert.equal(await page.evaluate(() => localStorage.length), 0);
+  // Top keys by spend are named, the id kept beside the name.
+  const topKey = page.locator(`${testid('top-keys')} td[title^="key_"]`, { hasText: API_KEY_NAME });
+  await topKey.first().waitFor();
+  assert.match(await topKey.first().getAttribute('title'), /^key_/);
   await page.screenshot({ path: join(SHOTS, 'overview.png'), fullPage: true });
 
-  // Keys: the API-made key is listed.
+  // Grouped by key, the chart's series are labelled with key names.
+  await page.selectOption(testid('overview-group'), 'key');
+  await page.waitForSelector(`.u-legend >> text=${API_KEY_NAME}`);
+  await page.screenshot({ path: join(SHOTS, 'overview-by-key.png'), fullPage: true });
+
+  // Keys: the API-made key is listed, with its last use (the test's traffic, moments ago).
   await page.click(testid('nav-keys'));
   await page.waitForSelector(`${testid('keys-table')} >> text=${API_KEY_NAME}`);
+  const apiRow = page.locator(`${testid('keys-table')} tr`, { hasText: API_KEY_NAME });
+  const apiId = await apiRow.getAttribute('data-key-id');
+  assert.match(await page.textContent(testid(`key-last-used-${apiId}`)), /s ago|min ago/);
 
   // Create in the UI; the secret is shown once and works on the data plane.
   await page.fill(testid('key-create-name'), 'made-in-the-browser');
@@ -109,13 +124,42 @@ try {
   const id = await row.getAttribute('data-key-id');
   await page.screenshot({ path: join(SHOTS, 'keys.png'), fullPage: true });
 
+  // Rotate in the page's dialog with no grace: the new secret works, the old one stops.
+  await page.click(testid(`key-rotate-${id}`));
+  await page.waitForSelector(testid('key-rotate-dialog'));
+  await page.fill(testid('key-rotate-grace'), '0s');
+  await page.screenshot({ path: join(SHOTS, 'rotate-dialog.png') });
+  await page.click(testid('key-rotate-confirm'));
+  await page.waitForSelector(testid('key-secret'));
+  const rotated = (await page.textContent(testid('key-secret'))).trim();
+  assert.notEqual(rotated, secret, 'rotation shows a new secret');
+  assert.equal(await page.locator(testid('key-rotate-dialog')).count(), 0, 'the dialog closed');
+  assert.equal(await chat(rotated), 200, 'the rotated secret is accepted');
+  const rotatedAt = Date.now();
+  while ((await chat(secret)) !== 401) {
+    assert.ok(Date.now() - rotatedAt < 1000, 'the old secret still works a second after a rotation without grace');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  await page.click(testid('key-secret-dismiss'));
+
+  // Revoke: cancelling the dialog changes nothing.
+  let deletes = 0;
+  page.on('request', (r) => { if (r.method() === 'DELETE') deletes += 1; });
+  await page.click(testid(`key-revoke-${id}`));
+  await page.waitForSelector(testid('key-revoke-dialog'));
+  await page.screenshot({ path: join(SHOTS, 'revoke-dialog.png') });
+  await page.click(testid('key-revoke-cancel'));
+  assert.equal(await page.locator(testid('key-revoke-dialog')).count(), 0, 'the dialog closed');
+  assert.equal(deletes, 0, 'a cancelled revoke sent a DELETE');
+  assert.equal(await chat(rotated), 200, 'a cancelled revoke stopped the key');
+
   // Revoke, confirmed; the data plane refuses the secret within a second.
-  page.once('dialog', (dialog) => dialog.accept());
   const revoked = page.waitForResponse((r) => r.request().method() === 'DELETE' && r.url().endsWith(`/admin/keys/${id}`));
   await page.click(testid(`key-revoke-${id}`));
+  await page.click(testid('key-revoke-confirm'));
   assert.equal((await revoked).status(), 204);
   const since = Date.now();
-  while ((await chat(secret)) !== 401) {
+  while ((await chat(rotated)) !== 401) {
     assert.ok(Date.now() - since < 1000, 'still accepted a second after the revoke');
     await new Promise((r) => setTimeout(r, 25));
   }
@@ -148,6 +192,7 @@ try {
   await page.click(testid('nav-usage'));
   await page.waitForSelector(`${testid('usage-chart')}[data-drawn="true"] canvas`);
 
+  assert.deepEqual(nativeDialogs, [], 'the browser\'s own prompt/confirm was used');
   assert.deepEqual(seen.errors, [], 'console errors');
   const outside = seen.urls.filter((u) => !u.startsWith(ADMIN + '/'));
   assert.deepEqual(outside, [], 'requests that left the gateway');

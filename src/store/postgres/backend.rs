@@ -139,6 +139,14 @@ impl KeyBackend for PgStore {
         PgStore::nodes(self).map(Some)
     }
 
+    fn record_last_used(&mut self, used: &[(String, i64)]) -> Result<(), StoreError> {
+        PgStore::record_last_used(self, used)
+    }
+
+    fn last_used(&mut self) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        PgStore::last_used(self)
+    }
+
     fn enqueue_webhook(&mut self, event: &WebhookEvent) -> Result<Enqueued, StoreError> {
         PgStore::enqueue_webhook(self, event)
     }

@@ -112,6 +112,16 @@ ALTER TABLE keys ADD COLUMN mcp_tools TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE access_requests ADD COLUMN mcp_tools TEXT NOT NULL DEFAULT '[]';
 ",
     },
+    Migration {
+        version: 7,
+        name: "key last used",
+        sql: super::last_used::SCHEMA,
+    },
+    Migration {
+        version: 8,
+        name: "usage rollups",
+        sql: crate::store::usage::ROLLUP_MIGRATION,
+    },
 ];
 
 /// The schema version this binary writes and understands.

@@ -24,6 +24,7 @@ pub(crate) mod connect;
 mod error;
 pub mod import;
 mod keys;
+mod last_used;
 mod listener;
 pub mod migrations;
 mod nodes;

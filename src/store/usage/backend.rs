@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use super::report::{count, GroupBy, SpendTotals, UsageRow, NANOS_PER_USD};
+use super::rollup::{self, Span};
 use super::series::{self, Bucket, SeriesRow, TOP_GROUPS};
 use super::{
     node_of, open_for_reading, open_for_writing, LedgerError, PgUsage, UsageRecord, BUSY_TIMEOUT,
@@ -168,6 +169,7 @@ impl UsageBackend for SqliteUsage {
                 ])?;
             }
         }
+        rollup::add_sqlite(&tx, records)?;
         Ok(tx.commit()?)
     }
 
@@ -175,25 +177,8 @@ impl UsageBackend for SqliteUsage {
         let Some(conn) = open_for_reading(&self.data_dir)? else {
             return Ok(Vec::new());
         };
-        let column = group_by.column();
-        // `column` comes from a fixed list, never from input.
-        let sql = format!(
-            "SELECT {column}, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), \
-             SUM(cost_nano_usd) AS cost \
-             FROM usage WHERE ts_ms >= ?1 AND {column} IS NOT NULL \
-             GROUP BY {column} ORDER BY cost DESC, {column} ASC"
-        );
-        let mut statement = conn.prepare(&sql)?;
-        let rows = statement.query_map([since_ms], |row| {
-            Ok(UsageRow {
-                group: row.get(0)?,
-                requests: count(row.get(1)?),
-                prompt_tokens: count(row.get(2)?),
-                completion_tokens: count(row.get(3)?),
-                cost_usd: count(row.get(4)?) as f64 / NANOS_PER_USD,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let span = Span::new(since_ms, None, rollup::has_table(&conn)?);
+        Ok(sqlite_report(&conn, group_by, span)?)
     }
 
     fn series(
@@ -205,22 +190,8 @@ impl UsageBackend for SqliteUsage {
         let Some(conn) = open_for_reading(&self.data_dir)? else {
             return Ok(Vec::new());
         };
-        let sql = series::sql(group_by, ["?1", "?2", "?3"], false);
-        let mut statement = conn.prepare(&sql)?;
-        let rows = statement.query_map(params![since_ms, bucket.millis(), TOP_GROUPS], |row| {
-            Ok(series::row(
-                row.get(0)?,
-                row.get(1)?,
-                [
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                    row.get(5)?,
-                    row.get(6)?,
-                ],
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let span = Span::new(since_ms, Some(bucket), rollup::has_table(&conn)?);
+        Ok(sqlite_series(&conn, group_by, span, bucket)?)
     }
 
     fn totals(
@@ -247,6 +218,71 @@ impl UsageBackend for SqliteUsage {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// The report over `span`'s sources (see [`rollup::Span`]).
+pub(super) fn sqlite_report(
+    conn: &Connection,
+    group_by: GroupBy,
+    span: Span,
+) -> rusqlite::Result<Vec<UsageRow>> {
+    let sql = series::report_sql(group_by, ["?1", "?2", "?3"], span, false);
+    let mut statement = conn.prepare(&sql)?;
+    let all = [span.since, span.hour_from, span.day_from];
+    // Rows only: the query names `since` alone.
+    let used = if span.reads_rollups() {
+        &all[..]
+    } else {
+        &all[..1]
+    };
+    let rows = statement.query_map(rusqlite::params_from_iter(used), |row| {
+        Ok(UsageRow {
+            group: row.get(0)?,
+            requests: count(row.get(1)?),
+            prompt_tokens: count(row.get(2)?),
+            completion_tokens: count(row.get(3)?),
+            cost_usd: count(row.get(4)?) as f64 / NANOS_PER_USD,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The series over `span`'s sources (see [`rollup::Span`]).
+pub(super) fn sqlite_series(
+    conn: &Connection,
+    group_by: GroupBy,
+    span: Span,
+    bucket: Bucket,
+) -> rusqlite::Result<Vec<SeriesRow>> {
+    let sql = series::sql(group_by, ["?1", "?2", "?3", "?4", "?5"], span, false);
+    let mut statement = conn.prepare(&sql)?;
+    let all = [
+        span.since,
+        bucket.millis(),
+        TOP_GROUPS,
+        span.hour_from,
+        span.day_from,
+    ];
+    // Rows only: the query names since, width and top alone.
+    let used = if span.reads_rollups() {
+        &all[..]
+    } else {
+        &all[..3]
+    };
+    let rows = statement.query_map(rusqlite::params_from_iter(used), |row| {
+        Ok(series::row(
+            row.get(0)?,
+            row.get(1)?,
+            [
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+                row.get(6)?,
+            ],
+        ))
+    })?;
+    rows.collect()
 }
 
 /// SQLite and PostgreSQL integers are signed 64-bit; a count past that (never seen in

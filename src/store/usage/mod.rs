@@ -26,6 +26,7 @@ pub mod journal;
 pub mod ledger;
 mod pg;
 pub mod report;
+mod rollup;
 pub mod series;
 pub mod source;
 
@@ -38,6 +39,7 @@ pub use report::{
     parse_since, report, report_for, totals_by_key, totals_by_key_for, totals_by_team,
     totals_by_team_for, GroupBy, SpendTotals, UsageRow,
 };
+pub(crate) use rollup::PG_MIGRATION as ROLLUP_MIGRATION;
 pub use series::{Bucket, SeriesRow};
 
 use std::fmt;
@@ -205,7 +207,7 @@ fn open_for_writing(data_dir: &Path) -> Result<Connection, LedgerError> {
     std::fs::create_dir_all(data_dir)?;
     let path = db_path(data_dir);
     let is_new = !path.exists();
-    let conn = Connection::open(&path)?;
+    let mut conn = Connection::open(&path)?;
     if is_new {
         // Who spent what is nobody else's business; SQLite gives the -wal and -shm files the
         // database file's permissions.
@@ -216,6 +218,7 @@ fn open_for_writing(data_dir: &Path) -> Result<Connection, LedgerError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
+    rollup::create_sqlite(&mut conn)?;
     Ok(conn)
 }
 

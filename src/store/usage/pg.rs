@@ -9,23 +9,17 @@
 
 use std::collections::HashMap;
 
+use ::postgres::types::ToSql;
 use ::postgres::{Client, GenericClient};
 
 use super::backend::{sql_integer, TotalsBy, UsageBackend};
 use super::report::{count, GroupBy, SpendTotals, UsageRow, NANOS_PER_USD};
+use super::rollup::{self, Span};
 use super::series::{self, Bucket, SeriesRow, TOP_GROUPS};
 use super::{node_of, LedgerError, UsageRecord};
 use crate::config::store::is_node_name;
 use crate::config::StoreSettings;
 use crate::store::postgres::{connect, migrations};
-
-const INSERT: &str = "INSERT INTO usage (record_id, node, ts_ms, request_id, key_id, team, \
-    model, prompt, route, status, prompt_tokens, completion_tokens, cached_tokens, \
-    cost_nano_usd) \
-    SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
-    $6::text[], $7::text[], $8::text[], $9::text[], $10::int[], $11::bigint[], $12::bigint[], \
-    $13::bigint[], $14::bigint[]) \
-    ON CONFLICT (record_id) DO NOTHING";
 
 /// The ledger in the fleet's PostgreSQL database. Used by one thread at a time.
 pub struct PgUsage {
@@ -113,7 +107,8 @@ impl PgUsage {
 }
 
 /// Inserts `records` in one statement (atomic on its own), skipping those whose id is
-/// already stored; returns how many were inserted. Used by the writer's deliveries and by
+/// already stored, and adds the inserted ones to the hourly and daily rollups
+/// ([`rollup::PG_INSERT`]); returns how many were inserted. Used by the writer's deliveries and by
 /// `store migrate`'s ledger copy, inside its transaction.
 pub(crate) fn insert_records(
     client: &mut impl GenericClient,
@@ -145,8 +140,8 @@ pub(crate) fn insert_records(
     let completion_tokens = number(|r| r.event.completion_tokens);
     let cached_tokens = number(|r| r.event.cached_tokens);
     let costs = number(|r| r.event.cost_nano_usd);
-    client.execute(
-        INSERT,
+    let inserted = client.query_one(
+        rollup::PG_INSERT,
         &[
             &ids,
             &nodes,
@@ -163,7 +158,8 @@ pub(crate) fn insert_records(
             &cached_tokens,
             &costs,
         ],
-    )
+    )?;
+    Ok(u64::try_from(inserted.get::<_, i64>(0)).unwrap_or(0))
 }
 
 impl UsageBackend for PgUsage {
@@ -176,18 +172,19 @@ impl UsageBackend for PgUsage {
     }
 
     fn report(&mut self, group_by: GroupBy, since_ms: i64) -> Result<Vec<UsageRow>, LedgerError> {
-        let column = group_by.column();
-        // `column` comes from a fixed list, never from input. SUM of BIGINT is NUMERIC in
-        // PostgreSQL, cast back (a sum past 2^63 fails rather than wraps). Groups of equal
-        // cost are ordered by bytes (COLLATE "C"), as SQLite orders them, whatever the
-        // database's locale.
-        let sql = format!(
-            "SELECT {column}, COUNT(*), SUM(prompt_tokens)::BIGINT, \
-             SUM(completion_tokens)::BIGINT, SUM(cost_nano_usd)::BIGINT AS cost \
-             FROM usage WHERE ts_ms >= $1 AND {column} IS NOT NULL \
-             GROUP BY {column} ORDER BY cost DESC, {column} COLLATE \"C\" ASC"
-        );
-        let rows = self.with_client(|client| client.query(&sql, &[&since_ms]))?;
+        // SUM of BIGINT is NUMERIC in PostgreSQL, cast back (a sum past 2^63 fails rather
+        // than wraps). Groups of equal cost are ordered by bytes (COLLATE "C"), as SQLite
+        // orders them, whatever the database's locale. The schema always has the rollups.
+        let span = Span::new(since_ms, None, true);
+        let sql = series::report_sql(group_by, ["$1", "$2", "$3"], span, true);
+        let all = [span.since, span.hour_from, span.day_from];
+        let used = if span.reads_rollups() {
+            &all[..]
+        } else {
+            &all[..1]
+        };
+        let parameters: Vec<&(dyn ToSql + Sync)> = used.iter().map(|p| p as _).collect();
+        let rows = self.with_client(|client| client.query(&sql, &parameters))?;
         Ok(rows
             .iter()
             .map(|row| UsageRow {
@@ -208,10 +205,23 @@ impl UsageBackend for PgUsage {
     ) -> Result<Vec<SeriesRow>, LedgerError> {
         // The same query as SQLite's, with PostgreSQL's casts (SUM of BIGINT is NUMERIC) and
         // byte-order collation so both stores order groups alike.
-        let sql = series::sql(group_by, ["$1", "$2", "$3"], true);
-        let width = bucket.millis();
-        let rows =
-            self.with_client(|client| client.query(&sql, &[&since_ms, &width, &TOP_GROUPS]))?;
+        let span = Span::new(since_ms, Some(bucket), true);
+        let sql = series::sql(group_by, ["$1", "$2", "$3", "$4", "$5"], span, true);
+        let all = [
+            span.since,
+            bucket.millis(),
+            TOP_GROUPS,
+            span.hour_from,
+            span.day_from,
+        ];
+        // Five-minute buckets read rows only: the query names since, width and top alone.
+        let used = if span.reads_rollups() {
+            &all[..]
+        } else {
+            &all[..3]
+        };
+        let parameters: Vec<&(dyn ToSql + Sync)> = used.iter().map(|p| p as _).collect();
+        let rows = self.with_client(|client| client.query(&sql, &parameters))?;
         Ok(rows
             .iter()
             .map(|row| {
