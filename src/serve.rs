@@ -318,6 +318,11 @@ fn start(
     }
     // Every request has finished: write the last usage records before exiting.
     ledger.stop();
+    // And the keys' last uses of the final interval, which the watcher writes every few
+    // seconds.
+    if let Err(e) = shared.credentials.write_last_used(&mut **store.lock()) {
+        log::warn!("cannot write keys' last use at stop: {e}");
+    }
     // Undelivered events stay queued in the store for the next start.
     webhooks.stop();
     // Every worker's sender is gone; dropping ours lets the writer finish the queue.
