@@ -321,6 +321,9 @@ fn share_start(keys: usize, threads: usize, index: usize) -> usize {
     keys * index / threads.max(1)
 }
 
+/// One connection's requests, one at a time. Per request it reads the clock once (the end
+/// of one response is the start of the next request in closed loop) and re-arms one timer
+/// kept for the connection's life instead of creating a timeout each time.
 async fn connection_loop(
     mut conn: Connection,
     local: Rc<Local>,
@@ -328,8 +331,10 @@ async fn connection_loop(
     window: Window,
 ) {
     let opts = &shared.opts;
+    let deadline = monoio::time::sleep(opts.timeout);
+    let mut deadline = std::pin::pin!(deadline);
+    let mut now = Instant::now();
     loop {
-        let now = Instant::now();
         if window.ended(now) {
             break;
         }
@@ -347,32 +352,43 @@ async fn connection_loop(
         if recorded && !shared.budget.take() {
             break;
         }
-        if start > now {
+        let sent = if start > now {
             monoio::time::sleep_until(start.into()).await;
-        }
+            Instant::now()
+        } else {
+            now
+        };
         let index = local.rotation.borrow_mut().next_index();
         let request = &opts.encoded[index];
-        let exchange = conn.exchange(&shared.settings, request, opts.head_request, opts.stream);
-        let outcome = match monoio::time::timeout(opts.timeout, exchange).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                conn.close();
-                Err(Failure {
-                    kind: ErrorKind::Timeout,
-                    message: format!("no complete response within {:?}", opts.timeout),
-                })
-            }
+        deadline.as_mut().reset((sent + opts.timeout).into());
+        let exchange = conn.exchange(
+            &shared.settings,
+            index,
+            request,
+            opts.head_request,
+            opts.stream,
+        );
+        let outcome = monoio::select! {
+            outcome = exchange => Some(outcome),
+            _ = deadline.as_mut() => None,
         };
-        let done = Instant::now();
+        let outcome = outcome.unwrap_or_else(|| {
+            conn.close();
+            Err(Failure {
+                kind: ErrorKind::Timeout,
+                message: format!("no complete response within {:?}", opts.timeout),
+            })
+        });
+        now = Instant::now();
         local.completed.set(local.completed.get() + 1);
         if recorded {
             local
                 .stats
                 .borrow_mut()
-                .record(&outcome, done.saturating_duration_since(start), |t| {
+                .record(&outcome, now.saturating_duration_since(start), |t| {
                     t.saturating_duration_since(start)
                 });
-            local.last_done.set(Some(done));
+            local.last_done.set(Some(now));
         }
     }
 }
