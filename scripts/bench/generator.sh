@@ -7,7 +7,8 @@
 #
 # Usage: scripts/bench/generator.sh [BIN] [ROUNDS] [SECONDS] [CONNECTIONS]
 #   BIN defaults to target/release/credentialflow; 3 rounds of 5 s at 16 connections.
-#   GEN_CPU / NGINX_CPU choose the cores (default 0 and 1).
+#   GEN_CPU / NGINX_CPU choose the cores (default 0 and 1). OTHER_BIN, when set, is a second
+#   credentialflow binary (say, a build from before a change) run in the same rounds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -63,7 +64,7 @@ wrk_run() {
 }
 bench_run() {
   /usr/bin/time -f "%U %S" -o "$DIR/time" taskset -c "$GEN_CPU" \
-    "$BIN" bench "$URL" -t 1 -c "$CONNS" -d "${RUN_SECONDS}s" --json >"$DIR/bench.json"
+    "${1:-$BIN}" bench "$URL" -t 1 -c "$CONNS" -d "${RUN_SECONDS}s" --json >"$DIR/bench.json"
   python3 - "$DIR/bench.json" "$DIR/time" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -87,5 +88,9 @@ for round in $(seq "$ROUNDS"); do
   b=$(bench_run)
   # shellcheck disable=SC2086
   echo "round $round: wrk $(per_request $w) | bench $(per_request $b) | bench/wrk $(ratio "$b" "$w")"
+  if [ -n "${OTHER_BIN:-}" ]; then
+    o=$(bench_run "$OTHER_BIN")
+    echo "         $OTHER_BIN: $(per_request $o) | vs wrk $(ratio "$o" "$w")"
+  fi
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
