@@ -469,3 +469,13 @@ fn a_hostile_chunked_body_is_a_protocol_error() {
         "{s}"
     );
 }
+
+#[test]
+fn the_timeout_is_per_request_not_per_connection() {
+    // Ten 50 ms answers in a row on one connection take 500 ms, far past the 200 ms timeout:
+    // only a request that alone outlasts it may time out.
+    let upstream = BenchUpstream::start(&["--delay-ms", "50"]);
+    let s = bench_ok(&[&upstream.url(), "-n", "10", "-c", "1", "--timeout", "200ms"]);
+    assert_eq!(s["status"]["200"], 10, "{s}");
+    assert_eq!(s["errors_total"], 0, "{s}");
+}
