@@ -6,7 +6,7 @@
 #   --quick        1 run per figure, 3 s runs (default: the median of 3 runs of 8 s each)
 #   --no-install   do not install missing peers (default: install them when run as root)
 #   --no-build     use target/release/credentialflow as it is
-#   matrix.py options, passed through: --runs N --duration S --scenarios 1,2,..,7,tuning
+#   matrix.py options, passed through: --runs N --duration S --scenarios 1,2,..,7,gen,tuning
 #     --modes pinned,unpinned --systems nginx,haproxy,ours-uring,ours-epoll --idle N --keep --out F
 #
 # Installs, when missing and run as root: nginx, libnginx-mod-http-lua, haproxy, wrk (Debian) and

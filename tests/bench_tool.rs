@@ -361,3 +361,121 @@ fn text_summary_names_the_figures() {
         assert!(run.stdout.contains(word), "no {word:?} in:\n{}", run.stdout);
     }
 }
+
+/// A blocking server on `127.0.0.1:0`: every connection gets its own thread, which reads
+/// request heads and, for each one, writes what `reply` returns for it (`None`: stay silent
+/// and keep the connection open). Returns the URL.
+fn scripted_server(reply: fn() -> Option<Vec<u8>>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                    if !head.ends_with(b"\r\n\r\n") {
+                        continue;
+                    }
+                    head.clear();
+                    match reply() {
+                        Some(bytes) => {
+                            if conn.write_all(&bytes).is_err() {
+                                return;
+                            }
+                        }
+                        // Hold the connection without answering until the client leaves.
+                        None => {
+                            let _ = conn.read(&mut byte);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn non_2xx_responses_are_counted_by_status_and_are_not_errors() {
+    let url = scripted_server(|| {
+        Some(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy".to_vec())
+    });
+    let s = bench_ok(&[&url, "-n", "50", "-c", "2"]);
+    assert_eq!(s["status"]["503"], 50, "{s}");
+    assert_eq!(
+        (s["responses"].clone(), s["errors_total"].clone()),
+        (50.into(), 0.into()),
+        "{s}"
+    );
+    assert_eq!(s["body_bytes"], 50 * 4, "{s}");
+}
+
+#[test]
+fn a_silent_server_times_out_every_request_and_exits_2() {
+    let url = scripted_server(|| None);
+    let run = bench(&[&url, "-n", "3", "-c", "1", "--timeout", "200ms", "--json"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let s = run.json();
+    assert_eq!(s["errors"]["timeout"], 3, "{s}");
+    assert_eq!(s["requests"], 3, "{s}");
+    assert!(
+        s["first_error"].as_str().unwrap().starts_with("timeout:"),
+        "{s}"
+    );
+}
+
+#[test]
+fn an_endless_response_head_is_a_protocol_error_not_a_growing_buffer() {
+    // 1 MiB of one header line: the client gives up at its 64 KiB bound on a head.
+    let url = scripted_server(|| {
+        let mut reply = b"HTTP/1.1 200 OK\r\nx-pad: ".to_vec();
+        reply.resize(1 << 20, b'a');
+        Some(reply)
+    });
+    let run = bench(&[&url, "-n", "4", "-c", "1", "--json"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let s = run.json();
+    assert_eq!(s["errors"]["protocol"], 4, "{s}");
+    assert!(
+        s["first_error"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 64 KiB"),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_hostile_chunked_body_is_a_protocol_error() {
+    let url = scripted_server(|| {
+        Some(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffffff\r\n".to_vec(),
+        )
+    });
+    let run = bench(&[&url, "-n", "2", "-c", "1", "--json"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let s = run.json();
+    assert_eq!(s["errors"]["protocol"], 2, "{s}");
+    assert!(
+        s["first_error"]
+            .as_str()
+            .unwrap()
+            .contains("chunk size overflows"),
+        "{s}"
+    );
+}
+
+#[test]
+fn the_timeout_is_per_request_not_per_connection() {
+    // Ten 50 ms answers in a row on one connection take 500 ms, far past the 200 ms timeout:
+    // only a request that alone outlasts it may time out.
+    let upstream = BenchUpstream::start(&["--delay-ms", "50"]);
+    let s = bench_ok(&[&upstream.url(), "-n", "10", "-c", "1", "--timeout", "200ms"]);
+    assert_eq!(s["status"]["200"], 10, "{s}");
+    assert_eq!(s["errors_total"], 0, "{s}");
+}

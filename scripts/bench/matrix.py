@@ -1141,6 +1141,90 @@ def open_loop(env, modes, systems, tables):
     tables.append(t)
 
 
+def scenario_generator(env, tables):
+    """The load generators themselves: `wrk -t1` and `credentialflow bench -t 1` against one
+    nginx `return 200` (issue 21), taking turns on the generator core, nginx alone on the other."""
+    if not env.have["nginx"]:
+        LOG.skip("load generators", "nginx is not installed")
+        return
+    t = Table(
+        "Load generators: wrk and `credentialflow bench` against nginx `return 200`",
+        ["generator", "req/s", "p50 ms", "p99 ms", "generator CPU µs/req", "errors", "req/s vs wrk",
+         "CPU/req vs wrk"],
+        "1 thread, 16 connections, latency recorded; nginx (1 worker, empty 200) on core 0, the "
+        "generators on core 1, alternating runs, the median of --runs. A generator slower than "
+        "wrk here measures itself, not the system under test; when nginx's core is the limit, "
+        "the generators' CPU per request is the figure that separates them.",
+    )
+    port = free_port()
+    conf = env.work / "gen-nginx.conf"
+    conf.write_text(fill("nginx/return200.conf", DIR=env.work, PORT=port))
+    nginx = Proc(f"gen-nginx-{port}", ["nginx", "-c", str(conf), "-p", str(env.work)], env.work,
+                 cpus="0", env=env.env())
+    wait_port(port)
+    url = f"http://127.0.0.1:{port}/"
+    gen = launch_prefix("1")
+
+    def wrk_run(duration):
+        argv = gen + ["wrk", "-t1", "-c16", f"-d{duration}s", "--latency", url]
+        LOG.command(argv)
+        cpu0 = children_cpu_s()
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+        cpu = children_cpu_s() - cpu0
+        rps = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+        total = re.search(r"(\d+) requests in", out.stdout)
+        if not (rps and total):
+            print(f"    wrk failed: {out.stdout[-300:]} {out.stderr[-300:]}", flush=True)
+            return None
+
+        def pct(q):
+            m = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", out.stdout, re.M)
+            scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+            return float(m.group(1)) * scale[m.group(2)] if m else None
+
+        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                           out.stdout)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+        return {"rps": float(rps.group(1)), "p50": pct(50), "p99": pct(99),
+                "cpu_us": cpu * 1e6 / max(1, int(total.group(1))),
+                "errors": (sum(map(int, errors.groups())) if errors else 0)
+                + (int(non2xx.group(1)) if non2xx else 0)}
+
+    def bench_run(duration):
+        argv = gen + [env.bin, "bench", url, "-t", "1", "-c", "16", "-d", f"{duration}s", "--json"]
+        LOG.command(argv)
+        cpu0 = children_cpu_s()
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+        cpu = children_cpu_s() - cpu0
+        try:
+            j = json.loads(out.stdout)
+        except json.JSONDecodeError:
+            print(f"    bench failed: {out.stderr[-300:]}", flush=True)
+            return None
+        ok = sum(n for code, n in j["status"].items() if code.startswith("2"))
+        return {"rps": j["rps"], "p50": j["latency_ms"]["p50"], "p99": j["latency_ms"]["p99"],
+                "cpu_us": cpu * 1e6 / max(1, j["requests"]),
+                "errors": j["errors_total"] + (j["responses"] - ok)}
+
+    try:
+        wrk_run(env.args.warmup)
+        bench_run(env.args.warmup)
+        runs = {"wrk": [], "credentialflow bench": []}
+        for _ in range(env.args.runs):
+            runs["wrk"].append(wrk_run(env.args.duration))
+            runs["credentialflow bench"].append(bench_run(env.args.duration))
+    finally:
+        nginx.stop()
+    results = {name: median_of(r) for name, r in runs.items()}
+    base = results["wrk"]
+    for name, r in results.items():
+        if r:
+            t.add([name, fmt(r["rps"]), fmt(r["p50"], 3), fmt(r["p99"], 3), fmt(r["cpu_us"], 2),
+                   fmt(r["errors"]), f"{r['rps'] / base['rps']:.2f}×" if base else "-",
+                   f"{r['cpu_us'] / base['cpu_us']:.2f}×" if base else "-"])
+    tables.append(t)
+
+
 def sysctl(name, value=None):
     path = Path("/proc/sys") / name.replace(".", "/")
     if value is None:
@@ -1339,7 +1423,7 @@ def main():
     ap.add_argument("--duration", type=int, default=8, help="seconds per run")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--idle", type=int, default=10000, help="connections in scenario 5")
-    ap.add_argument("--scenarios", default="1,open,2,3,4,5,6,7,tuning,micro")
+    ap.add_argument("--scenarios", default="1,open,2,3,4,5,6,7,gen,tuning,micro")
     ap.add_argument("--micro-run", action="store_true",
                     help="micro: run every `cargo bench --bench B` first (default: report the "
                     "results already in target/criterion)")
@@ -1373,7 +1457,7 @@ def main():
     print(f"work dir {env.work}; tools: {env.have}", flush=True)
     for k, v in machine_facts(env).items():
         print(f"{k}: {v}", flush=True)
-    if load_runs:
+    if want - {"micro", "gen"}:  # the generators' scenario loads nginx directly: no keys
         env.create_keys()
     modes = [Mode(m) for m in args.modes.split(",")]
     ours = ["ours-uring", "ours-epoll"]
@@ -1401,6 +1485,7 @@ def main():
         ("5", lambda: scenario_idle(env, modes, systems, tables, args.idle)),
         ("6", lambda: scenario_body(env, modes, systems, tables)),
         ("7", lambda: scenario_litellm(env, modes, tables)),
+        ("gen", lambda: scenario_generator(env, tables)),
         ("tuning", lambda: tuning_backlog(env, modes, [s for s in systems
                                                        if s in ("nginx", "ours-uring")], tables)),
         ("micro", lambda: scenario_micro(env, tables)),

@@ -15,13 +15,11 @@ use monoio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 
+use super::framing::{self, BodyFraming, ChunkedBody};
 use crate::ai::sse::{SseError, SseParser};
-use crate::http1::{ChunkedDecoder, ResponseBody, ResponseParser};
 use crate::upstream::{TlsConn, UpstreamStream};
 
-/// The longest response head we accept.
-const MAX_HEAD: usize = 64 * 1024;
-/// Free space kept in the read buffer before each read.
+/// The read buffer's size, and what it grows by while a long head arrives.
 const READ_CHUNK: usize = 16 * 1024;
 /// The largest server-sent event counted: the gateway's own bound on a relayed event, so a
 /// stream it relays is never refused here, and a runaway one cannot grow the client's memory.
@@ -122,20 +120,26 @@ pub struct Response {
 
 /// One client connection, opened on first use and reopened after any failure or a response
 /// that ends the connection.
+///
+/// Nothing is allocated per request: the request bytes stay in `out` while the same request
+/// is sent again (a new one is copied in only when `--keys` rotates it), responses are read
+/// into `buf`, which keeps its capacity, and [`framing`](super::framing) finds each
+/// response's end in place.
 #[derive(Default)]
 pub struct Connection {
     stream: Option<UpstreamStream>,
+    /// Bytes read and not yet consumed: at most a partial head between reads.
     buf: Vec<u8>,
+    /// The request last written, and which one it is.
     out: Vec<u8>,
-    scratch: Vec<u8>,
-    parser: ResponseParser,
+    out_id: Option<usize>,
 }
 
 impl Connection {
     /// A connection not yet opened.
     pub fn new() -> Connection {
         Connection {
-            buf: Vec::with_capacity(READ_CHUNK * 2),
+            buf: Vec::with_capacity(READ_CHUNK),
             ..Connection::default()
         }
     }
@@ -144,7 +148,6 @@ impl Connection {
     pub fn close(&mut self) {
         self.stream = None;
         self.buf.clear();
-        self.parser.reset();
     }
 
     /// Opens the connection unless it is open.
@@ -152,34 +155,35 @@ impl Connection {
         if self.stream.is_none() {
             self.stream = Some(connect(settings).await?);
             self.buf.clear();
-            self.parser.reset();
         }
         Ok(())
     }
 
-    /// Sends `request` and reads the whole response. `head_request` says the method was
-    /// HEAD (its response has no body); `count_events` feeds the body to an SSE event
-    /// counter. On failure the connection is closed.
+    /// Sends `request` and reads the whole response. `request_id` names the request among
+    /// the run's encoded ones, so the same request is not copied again; `head_request` says
+    /// the method was HEAD (its response has no body); `count_events` feeds the body to an
+    /// SSE event counter. On failure the connection is closed.
     pub async fn exchange(
         &mut self,
         settings: &ConnectSettings,
+        request_id: usize,
         request: &[u8],
         head_request: bool,
         count_events: bool,
     ) -> Result<Response, Failure> {
         self.ensure_open(settings).await?;
         let result = self
-            .send_and_read(request, head_request, count_events)
+            .send_and_read(request_id, request, head_request, count_events)
             .await;
-        match &result {
-            Ok(_) => {}
-            Err(_) => self.close(),
+        if result.is_err() {
+            self.close();
         }
         result
     }
 
     async fn send_and_read(
         &mut self,
+        request_id: usize,
         request: &[u8],
         head_request: bool,
         count_events: bool,
@@ -187,10 +191,12 @@ impl Connection {
         let Some(stream) = self.stream.as_mut() else {
             return Err(Failure::new(ErrorKind::Connect, "not connected"));
         };
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        out.extend_from_slice(request);
-        let (written, out) = stream.write_all(out).await;
+        if self.out_id != Some(request_id) {
+            self.out.clear();
+            self.out.extend_from_slice(request);
+            self.out_id = Some(request_id);
+        }
+        let (written, out) = stream.write_all(std::mem::take(&mut self.out)).await;
         self.out = out;
         written.map_err(|e| Failure::new(ErrorKind::Write, e))?;
 
@@ -204,11 +210,10 @@ impl Connection {
         };
         // The head; interim 1xx heads are read past (RFC 9110 section 15.2).
         let head = loop {
-            match self.parser.parse(&self.buf, MAX_HEAD) {
+            match framing::parse_head(&self.buf, head_request) {
                 Ok(Some((head, len))) => {
-                    self.parser.reset();
-                    self.buf.drain(..len);
-                    match head.status() {
+                    self.consume(len);
+                    match head.status {
                         101 => {
                             return Err(Failure::new(
                                 ErrorKind::Protocol,
@@ -220,7 +225,7 @@ impl Connection {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => return Err(Failure::new(ErrorKind::Protocol, e.reason())),
+                Err(e) => return Err(Failure::new(ErrorKind::Protocol, e)),
             }
             if self.read_more(&mut response).await? == 0 {
                 return Err(Failure::new(
@@ -229,17 +234,16 @@ impl Connection {
                 ));
             }
         };
-        response.status = head.status();
+        response.status = head.status;
 
         let mut counter = count_events.then(|| SseParser::new(MAX_EVENT_BYTES));
-        let framing = head.body(if head_request { "HEAD" } else { "GET" });
-        match framing {
-            ResponseBody::None => {}
-            ResponseBody::Length(mut remaining) => loop {
+        match head.body {
+            BodyFraming::None => {}
+            BodyFraming::Length(mut remaining) => loop {
                 let take =
                     usize::try_from(remaining).map_or(self.buf.len(), |r| r.min(self.buf.len()));
                 observe_body(&self.buf[..take], &mut response, &mut counter)?;
-                self.buf.drain(..take);
+                self.consume(take);
                 remaining -= take as u64;
                 if remaining == 0 {
                     break;
@@ -248,16 +252,20 @@ impl Connection {
                     return Err(Failure::new(ErrorKind::Read, "connection closed mid-body"));
                 }
             },
-            ResponseBody::Chunked => {
-                let mut decoder = ChunkedDecoder::new();
+            BodyFraming::Chunked => {
+                let mut body = ChunkedBody::new();
                 loop {
-                    let decoded = decoder
-                        .decode(&self.buf, &mut self.scratch)
+                    let mut seen = Ok(());
+                    let (consumed, done) = body
+                        .advance(&self.buf, |data| {
+                            if seen.is_ok() {
+                                seen = observe_body(data, &mut response, &mut counter);
+                            }
+                        })
                         .map_err(|e| Failure::new(ErrorKind::Protocol, e))?;
-                    observe_body(&self.scratch, &mut response, &mut counter)?;
-                    self.scratch.clear();
-                    self.buf.drain(..decoded.consumed);
-                    if decoded.done {
+                    seen?;
+                    self.consume(consumed);
+                    if done {
                         break;
                     }
                     if self.read_more(&mut response).await? == 0 {
@@ -268,7 +276,7 @@ impl Connection {
                     }
                 }
             }
-            ResponseBody::UntilClose => loop {
+            BodyFraming::UntilClose => loop {
                 observe_body(&self.buf, &mut response, &mut counter)?;
                 self.buf.clear();
                 if self.read_more(&mut response).await? == 0 {
@@ -278,20 +286,31 @@ impl Connection {
         }
         // Anything past the response is unsolicited (we never pipeline): the framing can no
         // longer be trusted, so the connection is not reused.
-        if !head.keep_alive() || framing == ResponseBody::UntilClose || !self.buf.is_empty() {
+        if !head.keep_alive || !self.buf.is_empty() {
             self.close();
         }
         Ok(response)
     }
 
-    /// Reads once into the buffer; returns the count (0 at end of stream).
+    /// Drops the first `len` bytes of the buffer: usually all of it, which costs nothing.
+    fn consume(&mut self, len: usize) {
+        if len == self.buf.len() {
+            self.buf.clear();
+        } else {
+            self.buf.drain(..len);
+        }
+    }
+
+    /// Reads once into the buffer; returns the count (0 at end of stream). The buffer grows
+    /// only while a head is incomplete, and never far past [`framing::MAX_HEAD`], which the
+    /// head parser refuses.
     async fn read_more(&mut self, response: &mut Response) -> Result<usize, Failure> {
         let Some(stream) = self.stream.as_mut() else {
             return Err(Failure::new(ErrorKind::Read, "not connected"));
         };
         let mut buf = std::mem::take(&mut self.buf);
         let len = buf.len();
-        if buf.capacity() - len < READ_CHUNK {
+        if buf.capacity() == len {
             buf.reserve(READ_CHUNK);
         }
         let (result, slice) = stream.read(buf.slice_mut(len..)).await;
@@ -436,7 +455,10 @@ mod tests {
         block_on(async {
             let mut conn = Connection::new();
             for _ in 0..2 {
-                let r = conn.exchange(&settings, GET, false, false).await.unwrap();
+                let r = conn
+                    .exchange(&settings, 0, GET, false, false)
+                    .await
+                    .unwrap();
                 assert_eq!((r.status, r.body_bytes), (200, 5));
                 assert_eq!(r.bytes_read, reply.len() as u64);
             }
@@ -453,7 +475,10 @@ mod tests {
         block_on(async {
             let mut conn = Connection::new();
             for _ in 0..2 {
-                let r = conn.exchange(&settings, GET, false, false).await.unwrap();
+                let r = conn
+                    .exchange(&settings, 0, GET, false, false)
+                    .await
+                    .unwrap();
                 assert_eq!(r.body_bytes, 7);
             }
         });
@@ -468,7 +493,10 @@ mod tests {
         block_on(async {
             let mut conn = Connection::new();
             for _ in 0..2 {
-                let r = conn.exchange(&settings, GET, false, false).await.unwrap();
+                let r = conn
+                    .exchange(&settings, 0, GET, false, false)
+                    .await
+                    .unwrap();
                 assert_eq!(r.body_bytes, 13);
             }
         });
@@ -482,8 +510,12 @@ mod tests {
             scripted_server(vec![Step::Reply(reply), Step::Reply(reply)]);
         block_on(async {
             let mut conn = Connection::new();
-            conn.exchange(&settings, GET, false, false).await.unwrap();
-            conn.exchange(&settings, GET, false, false).await.unwrap();
+            conn.exchange(&settings, 0, GET, false, false)
+                .await
+                .unwrap();
+            conn.exchange(&settings, 0, GET, false, false)
+                .await
+                .unwrap();
         });
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -495,7 +527,9 @@ mod tests {
         let (settings, _accepted, _server) = scripted_server(vec![Step::Reply(reply)]);
         let r = block_on(async {
             let mut conn = Connection::new();
-            conn.exchange(&settings, GET, false, false).await.unwrap()
+            conn.exchange(&settings, 0, GET, false, false)
+                .await
+                .unwrap()
         });
         assert_eq!(r.status, 201);
     }
@@ -506,7 +540,7 @@ mod tests {
         let (settings, _accepted, _server) = scripted_server(vec![Step::Reply(reply)]);
         let r = block_on(async {
             let mut conn = Connection::new();
-            conn.exchange(&settings, b"HEAD / HTTP/1.1\r\n\r\n", true, false)
+            conn.exchange(&settings, 0, b"HEAD / HTTP/1.1\r\n\r\n", true, false)
                 .await
                 .unwrap()
         });
@@ -519,7 +553,7 @@ mod tests {
         let (settings, _accepted, _server) = scripted_server(vec![Step::Reply(reply)]);
         let err = block_on(async {
             let mut conn = Connection::new();
-            conn.exchange(&settings, GET, false, false)
+            conn.exchange(&settings, 0, GET, false, false)
                 .await
                 .unwrap_err()
         });
@@ -532,7 +566,7 @@ mod tests {
         let (settings, _accepted, _server) = scripted_server(vec![Step::ReplyAndClose(reply)]);
         let err = block_on(async {
             let mut conn = Connection::new();
-            conn.exchange(&settings, GET, false, false)
+            conn.exchange(&settings, 0, GET, false, false)
                 .await
                 .unwrap_err()
         });
@@ -552,7 +586,7 @@ mod tests {
         };
         let err = block_on(async {
             let mut conn = Connection::new();
-            conn.exchange(&settings, GET, false, false)
+            conn.exchange(&settings, 0, GET, false, false)
                 .await
                 .unwrap_err()
         });
@@ -594,7 +628,7 @@ mod tests {
         let (settings, _accepted, _server) = scripted_server(vec![Step::Reply(reply)]);
         let r = block_on(async {
             let mut conn = Connection::new();
-            conn.exchange(&settings, GET, false, true).await.unwrap()
+            conn.exchange(&settings, 0, GET, false, true).await.unwrap()
         });
         assert_eq!(r.events, 2);
         let (first, last) = (r.first_event.unwrap(), r.last_event.unwrap());

@@ -27,6 +27,7 @@
 
 mod args;
 mod client;
+mod framing;
 mod report;
 mod request;
 mod runner;

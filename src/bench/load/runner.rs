@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 
-use super::client::{ConnectSettings, Connection, ErrorKind, Failure};
+use super::client::{ConnectSettings, Connection, ErrorKind, Failure, Response};
 use super::report::{progress_line, RunInfo, Summary};
 use super::request::KeyRotation;
 use super::stats::Stats;
@@ -234,9 +234,16 @@ fn run_thread(
     connections: usize,
     shared: Arc<Shared>,
 ) -> Result<ThreadResult, String> {
-    let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+    let tuned = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
+        .uring_builder(ring_setup())
         .build();
+    // A kernel without those set-up flags refuses the ring: then the default one, or epoll.
+    let runtime = tuned.or_else(|_| {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+    });
     match runtime {
         Ok(mut rt) => Ok(rt.block_on(load_thread(index, threads, connections, shared))),
         Err(e) => {
@@ -245,6 +252,20 @@ fn run_thread(
             Err(format!("cannot build a runtime: {e}"))
         }
     }
+}
+
+/// The io_uring set-up of a load thread. Completions of a thread's own sockets arrive from
+/// the network softirq, and by default each one interrupts the thread to run its task work;
+/// with `COOP_TASKRUN` the kernel runs that work at the thread's next `io_uring_enter` (the
+/// thread enters at least once per batch anyway), and `SINGLE_ISSUER` (one thread submits,
+/// as here) lets the kernel skip the ring's submission lock.
+fn ring_setup() -> io_uring::Builder {
+    let mut builder = io_uring::IoUring::builder();
+    builder
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .setup_single_issuer();
+    builder
 }
 
 async fn load_thread(
@@ -321,59 +342,153 @@ fn share_start(keys: usize, threads: usize, index: usize) -> usize {
     keys * index / threads.max(1)
 }
 
+/// One connection's requests, one at a time, with `--timeout` kept by a watchdog rather
+/// than a timer per request: each request only notes its deadline, and the watchdog, which
+/// sleeps until the noted deadline and wakes at most once per `--timeout`, drops the
+/// requests' future when a request is still unanswered at its deadline. The connection is
+/// closed, the request counted as a timeout, and the requests go on. The clock is read once
+/// per request: the end of one response is the start of the next in closed loop.
 async fn connection_loop(
     mut conn: Connection,
     local: Rc<Local>,
     shared: Arc<Shared>,
     window: Window,
 ) {
+    let timeout = shared.opts.timeout;
+    let state = LoopState {
+        now: Cell::new(Instant::now()),
+        in_flight: Cell::new(None),
+    };
+    loop {
+        let finished = {
+            let requests = send_requests(&mut conn, &local, &shared, window, &state);
+            // Fixed order: the requests first (the watchdog rarely has anything to say), and
+            // no random number drawn on every wake.
+            monoio::select! {
+                biased;
+                () = requests => true,
+                () = watchdog(&state, timeout) => false,
+            }
+        };
+        if finished {
+            break;
+        }
+        conn.close();
+        let now = Instant::now();
+        state.now.set(now);
+        if let Some(request) = state.in_flight.take() {
+            let outcome = Err(Failure {
+                kind: ErrorKind::Timeout,
+                message: format!("no complete response within {timeout:?}"),
+            });
+            local.finish(&request, &outcome, now);
+        }
+    }
+}
+
+/// What a connection's requests share with its watchdog.
+struct LoopState {
+    /// The last reading of the clock.
+    now: Cell<Instant>,
+    /// The request awaiting its response.
+    in_flight: Cell<Option<InFlight>>,
+}
+
+/// A request sent and not yet answered.
+#[derive(Clone, Copy)]
+struct InFlight {
+    /// Its (intended) start, which its latency counts from.
+    start: Instant,
+    /// When it times out.
+    deadline: Instant,
+    /// It falls after the warm-up.
+    recorded: bool,
+}
+
+impl Local {
+    /// Counts a request that ended at `done`, and records it unless in the warm-up.
+    fn finish(&self, request: &InFlight, outcome: &Result<Response, Failure>, done: Instant) {
+        self.completed.set(self.completed.get() + 1);
+        if request.recorded {
+            let start = request.start;
+            self.stats
+                .borrow_mut()
+                .record(outcome, done.saturating_duration_since(start), |t| {
+                    t.saturating_duration_since(start)
+                });
+            self.last_done.set(Some(done));
+        }
+    }
+}
+
+/// Sends requests on `conn` until the window closes or the budget is spent.
+async fn send_requests(
+    conn: &mut Connection,
+    local: &Local,
+    shared: &Shared,
+    window: Window,
+    state: &LoopState,
+) {
     let opts = &shared.opts;
     loop {
-        let now = Instant::now();
+        let now = state.now.get();
         if window.ended(now) {
-            break;
+            return;
         }
         let start = match &local.schedule {
             None => now,
             Some(schedule) => {
                 let intended = schedule.claim();
                 if window.ended(intended) {
-                    break;
+                    return;
                 }
                 intended
             }
         };
         let recorded = start >= window.warm_end;
         if recorded && !shared.budget.take() {
-            break;
+            return;
         }
-        if start > now {
+        let sent = if start > now {
             monoio::time::sleep_until(start.into()).await;
-        }
-        let index = local.rotation.borrow_mut().next_index();
-        let request = &opts.encoded[index];
-        let exchange = conn.exchange(&shared.settings, request, opts.head_request, opts.stream);
-        let outcome = match monoio::time::timeout(opts.timeout, exchange).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                conn.close();
-                Err(Failure {
-                    kind: ErrorKind::Timeout,
-                    message: format!("no complete response within {:?}", opts.timeout),
-                })
-            }
+            Instant::now()
+        } else {
+            now
         };
+        let request = InFlight {
+            start,
+            deadline: sent + opts.timeout,
+            recorded,
+        };
+        state.in_flight.set(Some(request));
+        let index = local.rotation.borrow_mut().next_index();
+        let outcome = conn
+            .exchange(
+                &shared.settings,
+                index,
+                &opts.encoded[index],
+                opts.head_request,
+                opts.stream,
+            )
+            .await;
+        state.in_flight.set(None);
         let done = Instant::now();
-        local.completed.set(local.completed.get() + 1);
-        if recorded {
-            local
-                .stats
-                .borrow_mut()
-                .record(&outcome, done.saturating_duration_since(start), |t| {
-                    t.saturating_duration_since(start)
-                });
-            local.last_done.set(Some(done));
-        }
+        state.now.set(done);
+        local.finish(&request, &outcome, done);
+    }
+}
+
+/// Returns once the request in flight is past its deadline; sleeps until the deadline it
+/// saw, then looks again (by then the deadline has usually moved on with later requests).
+async fn watchdog(state: &LoopState, timeout: Duration) {
+    loop {
+        let wake = match state.in_flight.get() {
+            Some(request) if Instant::now() >= request.deadline => return,
+            Some(request) => request.deadline,
+            // Between requests (an open-loop wait): look again a timeout later.
+            None => Instant::now() + timeout,
+        };
+        monoio::time::sleep_until(wake.into()).await;
     }
 }
 
