@@ -81,6 +81,8 @@ struct UpstreamSession {
     id: Option<String>,
     /// The revision the server settled on.
     revision: String,
+    /// The `capabilities` the server reported at `initialize`.
+    capabilities: Value,
 }
 
 thread_local! {
@@ -228,7 +230,18 @@ pub async fn request(
     method: &str,
     params: Map<String, Value>,
 ) -> Result<Pending, CallError> {
-    let deadline = Instant::now() + server.timeout;
+    request_within(worker, server, method, params, server.timeout).await
+}
+
+/// [`request`] with the whole answer due within `wait` (at most the server's `timeout_ms`).
+pub async fn request_within(
+    worker: &ThreadState,
+    server: &McpServer,
+    method: &str,
+    params: Map<String, Value>,
+    wait: Duration,
+) -> Result<Pending, CallError> {
+    let deadline = Instant::now() + server.timeout.min(wait);
     let mut reopened = false;
     loop {
         let session = match session_of(server) {
@@ -284,6 +297,7 @@ pub async fn notify(
     let session = UpstreamSession {
         id: session_id.map(str::to_string),
         revision: revision.to_string(),
+        capabilities: Value::Null,
     };
     let deadline = Instant::now() + server.timeout.min(Duration::from_secs(10));
     match send(worker, server, message, Some(&session), deadline).await {
@@ -291,6 +305,22 @@ pub async fn notify(
         Err(Sent::Status(_)) => Err(CallError::Bad("the server refused the notification")),
         Err(Sent::Failed(e)) => Err(e),
     }
+}
+
+/// The `capabilities` `server` reported when this worker's session with it opened (the
+/// session is opened first when there is none), waiting at most `wait`.
+pub async fn capabilities(
+    worker: &ThreadState,
+    server: &McpServer,
+    wait: Duration,
+) -> Result<Value, CallError> {
+    if let Some(session) = session_of(server) {
+        return Ok(session.capabilities);
+    }
+    let deadline = Instant::now() + server.timeout.min(wait);
+    open_session(worker, server, deadline)
+        .await
+        .map(|s| s.capabilities)
 }
 
 /// This worker's session id and revision with `server`, for a cancellation sent later.
@@ -336,9 +366,14 @@ async fn open_session(
             "the server's initialize answer has no protocolVersion",
         ))?
         .to_string();
+    let capabilities = answer
+        .pointer("/result/capabilities")
+        .cloned()
+        .unwrap_or(Value::Null);
     let session = UpstreamSession {
         id: session_id,
         revision,
+        capabilities,
     };
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     match send(worker, server, &initialized, Some(&session), deadline).await {

@@ -14,7 +14,8 @@
 //! Each `tools/call`, `prompts/get` and `resources/read` is one line in the access log and
 //! counted in the metrics, whatever became of it. A `tools/call` is permitted
 //! ([`McpGateway::permits`]) and limited (the key's rates and concurrency) before anything
-//! reaches its server; that is also where call and result hooks will run.
+//! reaches its server; then `on_tool_call` may deny it or rewrite its arguments, and
+//! `on_tool_result` may change its result before the client sees it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -159,7 +160,8 @@ where
                 .unwrap_or("");
             let revision = Revision::negotiate(requested);
             let session_id = keys.issue(revision, key_id.as_deref(), now_ms);
-            let answer = jsonrpc::result(id, aggregate::initialize_result(revision));
+            let result = aggregate::initialize_result(worker, gateway, revision).await;
+            let answer = jsonrpc::result(id, result);
             let body = serde_json::to_vec(&answer).unwrap_or_default();
             return respond(
                 client,
@@ -482,6 +484,9 @@ impl CallCtx<'_> {
                             jsonrpc::error(Some(&id), jsonrpc::RATE_LIMITED, &refusal),
                             "rate_limited",
                         )
+                    } else if m.method == "tools/call" {
+                        self.hooked_call(client, head, ctx, server, &upstream_name, &m, params, &id)
+                            .await?
                     } else {
                         self.forward(client, head, ctx, server, &m, params, &id)
                             .await?
@@ -501,6 +506,83 @@ impl CallCtx<'_> {
         };
         self.record(ctx, &m.method, None, "", status, started, args_hash);
         Ok(answer)
+    }
+
+    /// A permitted, limited `tools/call` through the endpoint's hooks: `on_tool_call` may
+    /// deny it or rewrite its arguments before it is forwarded, `on_tool_result` may change
+    /// its result before the client sees it. A hook that fails fails this call alone (a
+    /// JSON-RPC error; the details go to the gateway's log), so a redaction that could not
+    /// run never lets the unredacted result through.
+    #[allow(clippy::too_many_arguments)]
+    async fn hooked_call<S>(
+        &mut self,
+        client: &mut BufConn<S>,
+        head: &RequestHead,
+        ctx: &mut RequestCtx,
+        server: &McpServer,
+        upstream_name: &str,
+        m: &Incoming,
+        mut params: Map<String, Value>,
+        id: &Value,
+    ) -> Result<(Value, &'static str), Failure>
+    where
+        S: AsyncReadRent + AsyncWriteRent,
+    {
+        let hook_failed = || {
+            (
+                jsonrpc::error(
+                    Some(id),
+                    jsonrpc::INTERNAL_ERROR,
+                    "hook_error: the gateway's tool hook failed",
+                ),
+                "hook_error",
+            )
+        };
+        let call = json!({
+            "server": server.name,
+            "tool": upstream_name,
+            "name": shown_name(m),
+            "arguments": params.get("arguments").cloned().unwrap_or_else(|| json!({})),
+        });
+        match crate::pipeline::hooks::tool_call(self.worker, self.snapshot, ctx, &call) {
+            Ok(None) => {}
+            Ok(Some(verdict)) => {
+                if let Some(message) = verdict.denied {
+                    let message = if message.is_empty() {
+                        "denied by the gateway's policy".to_string()
+                    } else {
+                        message
+                    };
+                    return Ok((
+                        jsonrpc::error(Some(id), jsonrpc::DENIED, &message),
+                        "denied",
+                    ));
+                }
+                match verdict.arguments {
+                    Some(arguments) => params.insert("arguments".into(), arguments),
+                    None => params.remove("arguments"),
+                };
+            }
+            Err(_) => return Ok(hook_failed()),
+        }
+        let (mut answer, status) = self
+            .forward(client, head, ctx, server, m, params, id)
+            .await?;
+        if let Some(result) = answer.get("result") {
+            let call = json!({"server": server.name, "tool": upstream_name, "name": shown_name(m)});
+            match crate::pipeline::hooks::tool_result(
+                self.worker,
+                self.snapshot,
+                ctx,
+                &call,
+                result,
+            ) {
+                Ok(None) => {}
+                Ok(Some(shown)) => answer["result"] = shown,
+                Err(_) => return Ok(hook_failed()),
+            }
+        }
+        Ok((answer, status))
     }
 
     /// The key's rates and concurrency for a `tools/call`; the refusal's message if refused.

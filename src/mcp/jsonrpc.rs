@@ -29,6 +29,8 @@ pub const INTERNAL_ERROR: i64 = -32603;
 pub const SERVER_UNAVAILABLE: i64 = -32001;
 /// A limit refused the call.
 pub const RATE_LIMITED: i64 = -32029;
+/// The gateway's `on_tool_call` hook denied the call.
+pub const DENIED: i64 = -32003;
 
 /// One message a client sent.
 #[derive(Debug, Clone, PartialEq)]
