@@ -377,27 +377,8 @@ impl CallCtx<'_> {
         let Some(server) = self.gateway.server(&flight.prefix) else {
             return;
         };
-        let mut params = json!({"requestId": flight.upstream_id});
-        if let Some(reason) = m.params.get("reason").and_then(Value::as_str) {
-            params["reason"] = Value::String(reason.chars().take(256).collect());
-        }
-        let message =
-            json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params});
-        if let Err(e) = client::notify(
-            self.worker,
-            server,
-            &message,
-            flight.upstream_session.as_deref(),
-            &flight.revision,
-        )
-        .await
-        {
-            log::debug!(
-                "mcp_server {}: cancellation not delivered: {}",
-                server.name,
-                e.reason()
-            );
-        }
+        let reason = m.params.get("reason").and_then(Value::as_str);
+        cancel_upstream(self.worker, server, &flight, reason).await;
     }
 
     /// A request: answered by the gateway (listings, ping) or routed to its server.
@@ -644,7 +625,12 @@ impl CallCtx<'_> {
                     );
                     if relayed && self.out.allowed {
                         if let Err(f) = self.event(client, head, ctx, &note).await {
-                            in_flight().lock().remove(&flight_key);
+                            // The client is gone: the server need not finish the call.
+                            let flight = in_flight().lock().remove(&flight_key);
+                            if let Some(flight) = flight {
+                                let reason = Some("the client disconnected");
+                                cancel_upstream(self.worker, server, &flight, reason).await;
+                            }
                             return Err(f);
                         }
                     }
@@ -808,6 +794,36 @@ fn push_event(out: &mut Vec<u8>, message: &Value) {
     let _ = write!(StrBuf(out), "{:x}\r\n", event.len());
     out.extend_from_slice(event.as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+/// Sends `notifications/cancelled` for `flight` to `server`, in the upstream session the
+/// call runs in; a failure is only logged (the call then runs to its end on the server).
+async fn cancel_upstream(
+    worker: &ThreadState,
+    server: &McpServer,
+    flight: &Flight,
+    reason: Option<&str>,
+) {
+    let mut params = json!({"requestId": flight.upstream_id});
+    if let Some(reason) = reason {
+        params["reason"] = Value::String(reason.chars().take(256).collect());
+    }
+    let message = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params});
+    if let Err(e) = client::notify(
+        worker,
+        server,
+        &message,
+        flight.upstream_session.as_deref(),
+        &flight.revision,
+    )
+    .await
+    {
+        log::debug!(
+            "mcp_server {}: cancellation not delivered: {}",
+            server.name,
+            e.reason()
+        );
+    }
 }
 
 /// A call in flight, for a cancellation from its client.

@@ -9,7 +9,8 @@ progress once per step before answering; `big(bytes)` answers a text of that man
 `note://<name>/hello`. With `--token`, every request must carry `Authorization: Bearer TOKEN`
 (else 401), as a hosted MCP server requires its credential. With `--seen`, the credential
 headers of every request (`authorization`, `x-api-key`) are appended to FILE, one JSON
-object a line, so a test can see what the gateway sent.
+object a line, so a test can see what the gateway sent; a cancelled `slow` call is recorded
+in `<FILE>.cancelled`.
 """
 
 import argparse
@@ -45,10 +46,18 @@ def add(a: int, b: int) -> int:
 
 @server.tool()
 async def slow(steps: int, delay_ms: int, ctx: Context) -> str:
-    """Reports progress once per step, then answers."""
-    for i in range(steps):
-        await ctx.report_progress(i + 1, steps, f"step {i + 1}")
-        await asyncio.sleep(delay_ms / 1000)
+    """Reports progress once per step, then answers. With `--seen`, a cancellation of the
+    call (the SDK cancels the handler on `notifications/cancelled`) is recorded in
+    `<seen>.cancelled`, one JSON line per cancelled call."""
+    try:
+        for i in range(steps):
+            await ctx.report_progress(i + 1, steps, f"step {i + 1}")
+            await asyncio.sleep(delay_ms / 1000)
+    except asyncio.CancelledError:
+        if args.seen:
+            with open(args.seen + ".cancelled", "a") as f:
+                f.write(json.dumps({"cancelled": "slow", "after_steps": i}) + "\n")
+        raise
     return f"{args.name}:done after {steps}"
 
 
