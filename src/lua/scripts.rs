@@ -55,9 +55,9 @@ struct Source {
 
 impl ScriptSet {
     /// Reads, compiles and checks every script the config references (`route[i].hooks`,
-    /// `ai.hooks`, `mcp.hooks`; a file named twice is loaded once) and the modules they `require`. The
-    /// check runs each script's top level in a VM with the config's `[lua]` limits, so a
-    /// script that fails there is refused too. Every error is returned, each as
+    /// `ai.hooks`, `mcp.hooks`; a file named twice is loaded once) and the modules they
+    /// `require`. The check runs each script's top level in a VM with the config's `[lua]`
+    /// limits, so a script that fails there is refused too. Every error is returned, each as
     /// `"route[1].hooks: scripts/auth.lua:12: <message>"`.
     pub fn load(config: &Config) -> Result<ScriptSet, Vec<String>> {
         let mut sources = Vec::new();
