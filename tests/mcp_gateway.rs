@@ -569,13 +569,77 @@ on_default_driver! {
     }
 }
 
-on_default_driver! {
-    fn an_sdk_client_in_auto_mode_falls_back_to_initialize(driver) {
+on_both_drivers! {
+    fn an_sdk_client_in_its_default_mode_speaks_the_stateless_revision(driver) {
         let s = setup(driver);
         let key = create_key(&s.gw, &json!({"name": "auto"}));
         let mut client = SdkClient::open_with(&s.gw, Some(&key.secret), &[("CF_MODE", "auto")]);
-        assert_eq!(client.opened["protocol_version"], "2025-11-25", "{}", client.opened);
+        assert_eq!(client.opened["protocol_version"], "2026-07-28", "{}", client.opened);
+        // The capabilities come from server/discover: the union of the servers'.
+        let capabilities = &client.opened["capabilities"];
+        assert!(capabilities.get("tools").is_some() && capabilities.get("prompts").is_some(), "{capabilities}");
+        let tools = client.tools();
+        assert!(tools.contains(&"alpha__echo".to_string()) && tools.contains(&"beta__add".to_string()), "{tools:?}");
         assert_eq!(client.call("beta__echo", json!({"text": "auto"}))["texts"], json!(["beta:auto"]));
+        // Progress still streams, and hidden tools are still refused.
+        let slow = client.call("alpha__slow", json!({"steps": 2, "delay_ms": 200}));
+        assert_eq!(slow["texts"], json!(["alpha:done after 2"]), "{slow}");
+        assert_eq!(slow["progress"].as_array().unwrap().len(), 2, "{slow}");
+        assert_eq!(client.call("alpha__secret_tool", json!({}))["error"], "MCPError");
+        // No session was ever issued.
+        assert_eq!(client.call("beta__echo", json!({"text": "x"}))["sessions"], json!([]));
+    }
+}
+
+on_default_driver! {
+    fn sdk_clients_pinned_to_the_older_revisions_get_them(driver) {
+        let s = setup(driver);
+        let key = create_key(&s.gw, &json!({"name": "pinned"}));
+        for revision in ["2025-11-25", "2025-06-18"] {
+            let mut client = SdkClient::open_with(&s.gw, Some(&key.secret), &[("CF_PIN", revision)]);
+            assert_eq!(client.opened["protocol_version"], revision, "{}", client.opened);
+            let answer = client.call("beta__echo", json!({"text": revision}));
+            assert_eq!(answer["texts"], json!([format!("beta:{revision}")]), "{answer}");
+            assert_eq!(answer["sessions"].as_array().unwrap().len(), 1, "{answer}");
+        }
+    }
+}
+
+on_default_driver! {
+    fn the_stateless_envelope_is_checked(driver) {
+        let s = setup(driver);
+        let key = create_key(&s.gw, &json!({"name": "raw"}));
+        let k = key.secret.as_str();
+        let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}});
+        let modern = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call")];
+        let call = |meta: &Value| json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+            "params": {"name": "beta__add", "arguments": {"a": 2, "b": 3}, "_meta": meta}});
+        // A complete envelope: answered without any session.
+        let ok = post(&s.gw, k, &modern, &call(&meta));
+        assert_eq!(ok.status, 200, "{}", ok.text());
+        assert_eq!(ok.json()["result"]["content"][0]["text"], "5", "{}", ok.text());
+        assert_eq!(ok.json()["result"]["resultType"], "complete");
+        assert!(ok.header("mcp-session-id").is_none());
+        // Missing capabilities, a header that disagrees, a revision not served.
+        let r = post(&s.gw, k, &modern, &call(&json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"})));
+        assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (400, Some(-32602)), "{}", r.text());
+        let r = post(&s.gw, k, &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")], &call(&meta));
+        assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (400, Some(-32020)), "{}", r.text());
+        let mut future = meta.clone();
+        future["io.modelcontextprotocol/protocolVersion"] = json!("2099-01-01");
+        let r = post(&s.gw, k, &[("mcp-protocol-version", "2099-01-01"), ("mcp-method", "tools/call")], &call(&future));
+        assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (400, Some(-32022)), "{}", r.text());
+        assert_eq!(r.json()["error"]["data"]["supported"],
+            json!(["2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"]));
+        // server/discover; an unknown method is 404; a notification is acknowledged.
+        let discover = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}});
+        let r = post(&s.gw, k, &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "server/discover")], &discover);
+        assert_eq!(r.json()["result"]["supportedVersions"][3], "2026-07-28", "{}", r.text());
+        let nope = json!({"jsonrpc": "2.0", "id": 2, "method": "nope/nope", "params": {"_meta": meta}});
+        assert_eq!(post(&s.gw, k, &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "nope/nope")], &nope).status, 404);
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}});
+        assert_eq!(post(&s.gw, k, &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "notifications/cancelled")], &note).status, 202);
     }
 }
 

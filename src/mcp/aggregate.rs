@@ -73,6 +73,34 @@ pub async fn initialize_result(
     gateway: &McpGateway,
     revision: Revision,
 ) -> Value {
+    json!({
+        "protocolVersion": revision.as_str(),
+        "capabilities": capabilities(worker, gateway).await,
+        "serverInfo": server_info(),
+        "instructions": INSTRUCTIONS,
+    })
+}
+
+/// The `server/discover` result of the stateless revision: every revision served, the same
+/// capabilities as `initialize`, the gateway named in `_meta`.
+pub async fn discover_result(worker: &ThreadState, gateway: &McpGateway) -> Value {
+    json!({
+        "supportedVersions": super::revision::all_names(),
+        "capabilities": capabilities(worker, gateway).await,
+        "instructions": INSTRUCTIONS,
+        "_meta": {super::revision::SERVER_INFO_META_KEY: server_info()},
+    })
+}
+
+const INSTRUCTIONS: &str =
+    "Tools, prompts and resources of several MCP servers, named <server>__<name>.";
+
+fn server_info() -> Value {
+    json!({"name": "credentialflow", "version": env!("CARGO_PKG_VERSION")})
+}
+
+/// The union of the servers' capabilities ([`union_capabilities`]), each asked at once.
+async fn capabilities(worker: &ThreadState, gateway: &McpGateway) -> Value {
     let asks = gateway
         .servers
         .iter()
@@ -93,12 +121,7 @@ pub async fn initialize_result(
             }
         }
     }
-    json!({
-        "protocolVersion": revision.as_str(),
-        "capabilities": union_capabilities(&reports),
-        "serverInfo": {"name": "credentialflow", "version": env!("CARGO_PKG_VERSION")},
-        "instructions": "Tools, prompts and resources of several MCP servers, named <server>__<name>.",
-    })
+    union_capabilities(&reports)
 }
 
 /// The capabilities the gateway offers for servers that reported `reports` (`None`: a server

@@ -5,6 +5,9 @@
 //!   `application/json`; an answer is an event stream only when the client also accepts
 //!   `text/event-stream` and the owning server sends notifications (progress) before its
 //!   response. Notifications and client responses alone are answered 202.
+//! - The stateless revision ([`STATELESS`]): each POST is one request with its envelope
+//!   (`params._meta`, `MCP-Protocol-Version`, `Mcp-Method`), no session; `server/discover`
+//!   is answered by the gateway.
 //! - `initialize` is answered by the gateway, which issues the session id ([`session`]);
 //!   every later request must carry it (400 without, 404 when it is not valid for the
 //!   caller) and an `MCP-Protocol-Version` that is the session's, when it sends one.
@@ -29,7 +32,9 @@ use sha2::{Digest, Sha256};
 use super::aggregate::{self, ListError, Listing};
 use super::client::{self, Step};
 use super::jsonrpc::{self, Body, BodyError, Incoming, Parsed};
-use super::revision::Revision;
+use super::revision::{
+    Revision, CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY, STATELESS,
+};
 use super::session::{self, SessionKeys};
 use super::{names, McpGateway, McpServer};
 use crate::accesslog::McpCallEntry;
@@ -138,6 +143,12 @@ where
             return respond_error(client, head, ctx, 400, None, jsonrpc::INVALID_REQUEST, why).await
         }
     };
+    if is_stateless(head, &parsed) {
+        return serve_stateless(
+            worker, snapshot, gateway, client, head, ctx, parsed, streams_ok,
+        )
+        .await;
+    }
     // `initialize` opens a session: answered by the gateway, which issues the session id.
     if let Body::Single(Parsed::Message(m)) = &parsed {
         if m.method == "initialize" {
@@ -172,25 +183,6 @@ where
                     ("mcp-session-id", &session_id),
                     ("content-type", "application/json"),
                 ],
-                Some(&body),
-            )
-            .await;
-        }
-    }
-    // The stateless revision's probe, sent before any session: "method not found" tells a
-    // client in auto mode that this is a handshake-era server, so it falls back to
-    // `initialize`.
-    if let Body::Single(Parsed::Message(m)) = &parsed {
-        if m.method == "server/discover" {
-            let answer =
-                jsonrpc::error(m.id.as_ref(), jsonrpc::METHOD_NOT_FOUND, "method not found");
-            let body = serde_json::to_vec(&answer).unwrap_or_default();
-            return respond(
-                client,
-                head,
-                ctx,
-                200,
-                &[("content-type", "application/json")],
                 Some(&body),
             )
             .await;
@@ -333,6 +325,222 @@ where
         Some(&body),
     )
     .await
+}
+
+/// Whether a POST is of the stateless revision: its `MCP-Protocol-Version` says so, or,
+/// without a handshake revision's header or a session, its envelope names a revision.
+fn is_stateless(head: &RequestHead, parsed: &Body) -> bool {
+    if let Some(version) = header_str(head, "mcp-protocol-version") {
+        if version == STATELESS {
+            return true;
+        }
+        if Revision::parse(version).is_some() {
+            return false;
+        }
+    }
+    if head.header("mcp-session-id").is_some() {
+        return false;
+    }
+    match parsed {
+        Body::Single(Parsed::Message(m)) => {
+            m.method != "initialize"
+                && m.params
+                    .get("_meta")
+                    .and_then(|meta| meta.get(PROTOCOL_VERSION_META_KEY))
+                    .is_some()
+        }
+        _ => false,
+    }
+}
+
+/// Why a stateless request's envelope is refused: the error's code, message and data.
+type EnvelopeError = (i64, &'static str, Option<Value>);
+
+/// Checks the envelope of a stateless request: `params._meta` names the revision and the
+/// client's capabilities, `MCP-Protocol-Version` and `Mcp-Method` repeat what the body says,
+/// and the revision is one served. (`Mcp-Name` is not compared: requests are routed by the
+/// body, never by that header.)
+fn check_envelope(head: &RequestHead, m: &Incoming) -> Result<(), EnvelopeError> {
+    let meta = m.params.get("_meta").and_then(Value::as_object);
+    let version = meta.and_then(|meta| meta.get(PROTOCOL_VERSION_META_KEY));
+    let has_capabilities = meta.is_some_and(|meta| meta.contains_key(CLIENT_CAPABILITIES_META_KEY));
+    let (Some(version), true) = (version, has_capabilities) else {
+        return Err((
+            jsonrpc::INVALID_PARAMS,
+            "params._meta must carry the protocol version and the client capabilities",
+            None,
+        ));
+    };
+    if header_str(head, "mcp-protocol-version") != version.as_str() {
+        return Err((
+            jsonrpc::HEADER_MISMATCH,
+            "MCP-Protocol-Version does not match the request's protocol version",
+            None,
+        ));
+    }
+    if header_str(head, "mcp-method") != Some(m.method.as_str()) {
+        return Err((
+            jsonrpc::HEADER_MISMATCH,
+            "Mcp-Method does not match the request's method",
+            None,
+        ));
+    }
+    match version.as_str() {
+        Some(STATELESS) => Ok(()),
+        Some(requested) => Err((
+            jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
+            "unsupported protocol version",
+            Some(json!({
+                "supported": super::revision::all_names(),
+                "requested": requested.chars().take(64).collect::<String>(),
+            })),
+        )),
+        None => Err((
+            jsonrpc::INVALID_PARAMS,
+            "the protocol version must be a string",
+            None,
+        )),
+    }
+}
+
+/// A POST of the stateless revision: one request answered on its own (no session; a
+/// notification is acknowledged and dropped, since cancelling is closing the response).
+#[allow(clippy::too_many_arguments)]
+async fn serve_stateless<S>(
+    worker: &ThreadState,
+    snapshot: &Snapshot,
+    gateway: &McpGateway,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    parsed: Body,
+    streams_ok: bool,
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let m = match parsed {
+        Body::Batch(_) => {
+            return respond_error(
+                client,
+                head,
+                ctx,
+                400,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "batches are not part of this protocol revision",
+            )
+            .await
+        }
+        Body::Single(Parsed::Response) => return respond(client, head, ctx, 202, &[], None).await,
+        Body::Single(Parsed::Invalid(id, why)) => {
+            return respond_error(
+                client,
+                head,
+                ctx,
+                400,
+                id.as_ref(),
+                jsonrpc::INVALID_REQUEST,
+                why,
+            )
+            .await
+        }
+        Body::Single(Parsed::Message(m)) => m,
+    };
+    let Some(id) = m.id.clone() else {
+        return respond(client, head, ctx, 202, &[], None).await;
+    };
+    if let Err((code, message, data)) = check_envelope(head, &m) {
+        let mut answer = jsonrpc::error(Some(&id), code, message);
+        if let Some(data) = data {
+            answer["error"]["data"] = data;
+        }
+        ctx.error = Some("mcp_request_refused");
+        let body = serde_json::to_vec(&answer).unwrap_or_default();
+        let status = jsonrpc::stateless_status(code);
+        let headers = [("content-type", "application/json")];
+        return respond(client, head, ctx, status, &headers, Some(&body)).await;
+    }
+    let answer = match m.method.as_str() {
+        "server/discover" => {
+            let mut result = aggregate::discover_result(worker, gateway).await;
+            if let Some(result) = result.as_object_mut() {
+                stamp_stateless_result(result, true);
+            }
+            jsonrpc::result(&id, result)
+        }
+        "initialize" => jsonrpc::error(
+            Some(&id),
+            jsonrpc::METHOD_NOT_FOUND,
+            "initialize is not part of this protocol revision",
+        ),
+        _ => {
+            // No session: the request's own id keys it for the time it runs.
+            let flight_scope = format!("stateless.{}", ctx.request_id);
+            let mut call = CallCtx {
+                worker,
+                snapshot,
+                gateway,
+                session_id: &flight_scope,
+                out: EventOut {
+                    allowed: streams_ok,
+                    started: false,
+                },
+            };
+            let cacheable = is_cacheable(&m.method);
+            let mut answer = call.request(client, head, ctx, m).await?;
+            if let Some(result) = answer.get_mut("result").and_then(Value::as_object_mut) {
+                stamp_stateless_result(result, cacheable);
+            }
+            if call.out.started {
+                let mut last = Vec::new();
+                push_event(&mut last, &answer);
+                last.extend_from_slice(b"0\r\n\r\n");
+                let (res, _) = client.write_all(last).await;
+                res.map_err(|_| Failure::Abort)?;
+                return Ok(if head.keep_alive() {
+                    Outcome::KeepAlive
+                } else {
+                    Outcome::Close
+                });
+            }
+            answer
+        }
+    };
+    let status = answer
+        .pointer("/error/code")
+        .and_then(Value::as_i64)
+        .map_or(200, jsonrpc::stateless_status);
+    let body = serde_json::to_vec(&answer).unwrap_or_default();
+    let headers = [("content-type", "application/json")];
+    respond(client, head, ctx, status, &headers, Some(&body)).await
+}
+
+/// Whether `method`'s result carries caching directives in the stateless revision.
+fn is_cacheable(method: &str) -> bool {
+    matches!(
+        method,
+        "server/discover"
+            | "tools/list"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+    )
+}
+
+/// What the stateless revision requires of a result: `resultType`, and for the cacheable
+/// ones `ttlMs` and `cacheScope`. The gateway's answers depend on the caller's key, so they
+/// are never for shared caches, and are stale at once (servers' own hints are not relayed:
+/// they speak a handshake revision to the gateway).
+fn stamp_stateless_result(result: &mut Map<String, Value>, cacheable: bool) {
+    result
+        .entry("resultType")
+        .or_insert_with(|| Value::String("complete".into()));
+    if cacheable {
+        result.insert("ttlMs".into(), Value::from(0));
+        result.insert("cacheScope".into(), Value::String("private".into()));
+    }
 }
 
 /// What one POST's calls share.
