@@ -141,13 +141,13 @@ impl McpGateway {
             ip_rules,
             servers,
             hooks: None,
-            authorization_servers: if mcp.authorization_servers.is_empty() {
-                // Only an issuer that is a URL can be named as a server to discover.
-                crate::config::mcp::is_metadata_url(&mcp.jwt.issuer)
-                    .then(|| vec![mcp.jwt.issuer.clone()])
-                    .unwrap_or_default()
-            } else {
+            authorization_servers: if !mcp.authorization_servers.is_empty() {
                 mcp.authorization_servers.clone()
+            } else if crate::config::mcp::is_metadata_url(&mcp.jwt.issuer) {
+                // Only an issuer that is a URL can be named as a server to discover.
+                vec![mcp.jwt.issuer.clone()]
+            } else {
+                Vec::new()
             },
             resource: mcp.resource.clone(),
         }))
