@@ -505,10 +505,15 @@ on_default_driver! {
         assert_eq!(third["error"], "MCPError", "{third}");
         assert!(third["message"].as_str().unwrap().contains("rate"), "{third}");
         assert_eq!(s.beta.seen().len(), before, "a limited call reached the server");
-        let limited: Vec<Value> = mcp_calls(&s.gw)
-            .into_iter()
-            .filter(|l| l["status"] == "rate_limited")
-            .collect();
+        let limited = || -> Vec<Value> {
+            mcp_calls(&s.gw)
+                .into_iter()
+                .filter(|l| l["status"] == "rate_limited")
+                .collect()
+        };
+        // The access log is written by its own thread: wait for the line.
+        wait_until(Duration::from_secs(5), || !limited().is_empty());
+        let limited = limited();
         assert_eq!(limited.len(), 1, "{limited:?}");
         assert_eq!(limited[0]["key_id"], json!(key.id));
     }
@@ -819,6 +824,8 @@ on_default_driver! {
         // The hook's own error text goes to the gateway's log, never to the client.
         assert!(s.gw.stderr().contains("on_tool_call failed"), "{}", s.gw.stderr());
 
+        // The access log is written by its own thread: wait for every line.
+        wait_until(Duration::from_secs(5), || mcp_calls(&s.gw).len() >= 7);
         let statuses: Vec<Value> = mcp_calls(&s.gw).into_iter().map(|l| l["status"].clone()).collect();
         assert_eq!(
             statuses,
@@ -840,6 +847,7 @@ end
         let key = create_key(&s.gw, &json!({"name": "ada"}));
         let mut client = SdkClient::open(&s.gw, Some("agent:ada"));
         assert_eq!(client.call("beta__echo", json!({"text": "hi"}))["texts"], json!(["beta:hi"]));
+        wait_until(Duration::from_secs(5), || !mcp_calls(&s.gw).is_empty());
         let calls = mcp_calls(&s.gw);
         assert_eq!(calls[0]["key_id"], json!(key.id), "{calls:?}");
         let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});

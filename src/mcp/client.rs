@@ -74,6 +74,13 @@ impl CallError {
     }
 }
 
+/// Longest wait for an event stream's end after its response (see
+/// [`Pending::finish_after_end`]); past it the connection is closed rather than reused.
+pub const END_WAIT: Duration = Duration::from_millis(20);
+
+/// Most bytes read after a response while waiting for its stream's end.
+const MAX_TRAILING_BYTES: usize = 64 * 1024;
+
 /// One worker's session with one server.
 #[derive(Debug, Clone)]
 struct UpstreamSession {
@@ -207,6 +214,37 @@ impl Pending {
                 return Ok(v);
             }
         }
+    }
+
+    /// Waits a little ([`END_WAIT`]) for the end of an event stream whose response arrived,
+    /// then returns the connection to the pool when the stream ended, else closes it. A
+    /// server writes the stream's end just after the response, often in a write of its own,
+    /// so [`Pending::finish`] alone would close most connections; call this once the
+    /// client has its answer.
+    pub async fn finish_after_end(self, worker: &ThreadState) {
+        let Source::Events(stream) = self.source else {
+            return;
+        };
+        let mut stream = *stream;
+        let until = Instant::now() + END_WAIT;
+        let mut trailing = 0;
+        let done = loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || trailing > MAX_TRAILING_BYTES {
+                break false;
+            }
+            let mut chunk = Vec::new();
+            match stream
+                .decoder
+                .next(&mut stream.exchange.conn, &mut chunk, left)
+                .await
+            {
+                Ok(false) => break true,
+                Ok(true) => trailing += chunk.len(),
+                Err(_) => break false,
+            }
+        };
+        stream.exchange.finish(worker, &stream.upstream, done);
     }
 
     /// Returns the connection to the pool when the answer ended cleanly (an event stream

@@ -269,6 +269,7 @@ where
             allowed: streams_ok && single,
             started: false,
         },
+        finishing: Vec::new(),
     };
     let mut answers = Vec::new();
     for message in messages {
@@ -301,6 +302,7 @@ where
         last.extend_from_slice(b"0\r\n\r\n");
         let (res, _) = client.write_all(last).await;
         res.map_err(|_| Failure::Abort)?;
+        call.finish_upstreams().await;
         return Ok(if head.keep_alive() {
             Outcome::KeepAlive
         } else {
@@ -316,7 +318,7 @@ where
         serde_json::to_vec(&answers)
     }
     .unwrap_or_default();
-    respond(
+    let outcome = respond(
         client,
         head,
         ctx,
@@ -324,7 +326,9 @@ where
         &[("content-type", "application/json")],
         Some(&body),
     )
-    .await
+    .await;
+    call.finish_upstreams().await;
+    outcome
 }
 
 /// Whether a POST is of the stateless revision: its `MCP-Protocol-Version` says so, or,
@@ -461,6 +465,7 @@ where
         let headers = [("content-type", "application/json")];
         return respond(client, head, ctx, status, &headers, Some(&body)).await;
     }
+    let mut finishing = Vec::new();
     let answer = match m.method.as_str() {
         "server/discover" => {
             let mut result = aggregate::discover_result(worker, gateway).await;
@@ -486,6 +491,7 @@ where
                     allowed: streams_ok,
                     started: false,
                 },
+                finishing: Vec::new(),
             };
             let cacheable = is_cacheable(&m.method);
             let mut answer = call.request(client, head, ctx, m).await?;
@@ -498,12 +504,14 @@ where
                 last.extend_from_slice(b"0\r\n\r\n");
                 let (res, _) = client.write_all(last).await;
                 res.map_err(|_| Failure::Abort)?;
+                call.finish_upstreams().await;
                 return Ok(if head.keep_alive() {
                     Outcome::KeepAlive
                 } else {
                     Outcome::Close
                 });
             }
+            finishing = std::mem::take(&mut call.finishing);
             answer
         }
     };
@@ -513,7 +521,11 @@ where
         .map_or(200, jsonrpc::stateless_status);
     let body = serde_json::to_vec(&answer).unwrap_or_default();
     let headers = [("content-type", "application/json")];
-    respond(client, head, ctx, status, &headers, Some(&body)).await
+    let outcome = respond(client, head, ctx, status, &headers, Some(&body)).await;
+    for pending in finishing {
+        pending.finish_after_end(worker).await;
+    }
+    outcome
 }
 
 /// Whether `method`'s result carries caching directives in the stateless revision.
@@ -550,6 +562,18 @@ struct CallCtx<'a> {
     gateway: &'a McpGateway,
     session_id: &'a str,
     out: EventOut,
+    /// Answered upstream requests whose event streams may still be ending.
+    finishing: Vec<client::Pending>,
+}
+
+impl CallCtx<'_> {
+    /// Lets each answered upstream stream end, so its connection can be reused; after the
+    /// client's answer is written.
+    async fn finish_upstreams(&mut self) {
+        for pending in std::mem::take(&mut self.finishing) {
+            pending.finish_after_end(self.worker).await;
+        }
+    }
 }
 
 /// Whether (and since when) the answer is an event stream.
@@ -844,7 +868,8 @@ impl CallCtx<'_> {
                     }
                 }
                 Ok(Step::Response(mut answer)) => {
-                    pending.finish(self.worker);
+                    // Its stream's end is awaited once the client has the answer.
+                    self.finishing.push(pending);
                     answer["id"] = id.clone();
                     let status = if answer.get("error").is_some() {
                         "error"
