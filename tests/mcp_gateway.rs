@@ -887,6 +887,28 @@ on_default_driver! {
     }
 }
 
+on_default_driver! {
+    fn the_sdk_clients_auth_discovery_finds_the_metadata_from_the_challenge(driver) {
+        let mcp = "auth = \"api_key\"\nauthorization_servers = [\"https://auth.example.com/tenant\"]\n";
+        let s = setup_with(driver, mcp, None, &[]);
+        let url = format!("http://{}/mcp", s.gw.addr());
+        let output = Command::new("python3")
+            .arg(scripts_dir().join("discover.py"))
+            .env("CF_URL", &url)
+            .output()
+            .expect("python3");
+        let line = String::from_utf8_lossy(&output.stdout);
+        let found: Value = serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("{line} {}: {e}", String::from_utf8_lossy(&output.stderr)));
+        assert_eq!(found["status"], 401, "{found}");
+        // Found at the URL the challenge named, and valid for the SDK's model.
+        let expected_from = format!("http://{}/.well-known/oauth-protected-resource/mcp", s.gw.addr());
+        assert_eq!(found["from"], json!(expected_from), "{found}");
+        assert_eq!(found["metadata"]["resource"], json!(url), "{found}");
+        assert_eq!(found["metadata"]["authorization_servers"], json!(["https://auth.example.com/tenant"]), "{found}");
+    }
+}
+
 /// The HS256 secret of the JWT tests (32 bytes: RFC 7518's minimum for HS256).
 const MCP_JWT_HS: &str = "mcp-jwt-test-secret-0123456789ab";
 
