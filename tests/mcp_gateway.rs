@@ -50,6 +50,7 @@ fn free_port() -> u16 {
 struct McpServer {
     name: String,
     extra_tools: usize,
+    slow_list_ms: u64,
     port: u16,
     token: Option<String>,
     seen: PathBuf,
@@ -67,6 +68,7 @@ impl McpServer {
     fn start_with(name: &str, token: Option<&str>, dir: &Path, extra_tools: usize) -> McpServer {
         let mut server = McpServer {
             extra_tools,
+            slow_list_ms: 0,
             name: name.to_string(),
             port: free_port(),
             token: token.map(str::to_string),
@@ -89,6 +91,7 @@ impl McpServer {
             .arg("--seen")
             .arg(&self.seen)
             .args(["--extra-tools", &self.extra_tools.to_string()])
+            .args(["--slow-list-ms", &self.slow_list_ms.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -1018,6 +1021,37 @@ on_default_driver! {
         for c in s.beta.cancelled() {
             assert!(c["after_steps"].as_u64().unwrap() < 40, "{c}");
         }
+    }
+}
+
+on_default_driver! {
+    fn a_slow_server_is_left_out_of_a_listing_after_the_listing_wait(driver) {
+        let dir = TempDir::new("mcp-slow-list");
+        let fast = McpServer::start("fast", None, dir.path());
+        let mut slow = McpServer::start("slow", None, dir.path());
+        // Its tools/list answers after 8 s, within its 60 s timeout_ms but past the 5 s a
+        // listing waits for one server.
+        slow.slow_list_ms = 8000;
+        slow.stop();
+        slow.restart();
+        let rest = format!(
+            "\n[[mcp_server]]\nname = \"slow\"\nurl = \"{}\"\n\n[[mcp_server]]\nname = \"fast\"\nurl = \"{}\"\n\n[mcp]\nauth = \"api_key\"\n",
+            slow.url(),
+            fast.url()
+        );
+        let gw = Gateway::start(&config(&rest), driver);
+        let key = create_key(&gw, &json!({"name": "lister"}));
+        let mut client = SdkClient::open(&gw, Some(&key.secret));
+        let started = std::time::Instant::now();
+        let tools = client.tools();
+        let took = started.elapsed();
+        // The fast server's tools, without the slow one's, after about the listing wait (the
+        // servers are asked at once, so the slow one, listed first, does not delay them).
+        assert!(tools.contains(&"fast__echo".to_string()), "{tools:?}");
+        assert!(tools.iter().all(|t| !t.starts_with("slow__")), "{tools:?}");
+        assert!(took < Duration::from_millis(7500), "the listing took {took:?}");
+        // Its tools can still be called.
+        assert_eq!(client.call("slow__echo", json!({"text": "x"}))["texts"], json!(["slow:x"]));
     }
 }
 

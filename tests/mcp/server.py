@@ -5,7 +5,8 @@ Streamable HTTP) on 127.0.0.1.
 
 Tools: `echo(text)` answers "<name>:<text>"; `add(a, b)`; `slow(steps, delay_ms)` reports
 progress once per step before answering; `big(bytes)` answers a text of that many bytes;
-`secret_tool()` exists so tool globs can hide it; `--extra-tools N` adds `t0`..`t<N-1>`. A prompt `greet(who)` and a resource
+`secret_tool()` exists so tool globs can hide it; `--extra-tools N` adds `t0`..`t<N-1>`;
+`--slow-list-ms N` answers `tools/list` N ms late. A prompt `greet(who)` and a resource
 `note://<name>/hello`. With `--token`, every request must carry `Authorization: Bearer TOKEN`
 (else 401), as a hosted MCP server requires its credential. With `--seen`, the credential
 headers of every request (`authorization`, `x-api-key`) are appended to FILE, one JSON
@@ -27,6 +28,7 @@ parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--token")
 parser.add_argument("--seen")
 parser.add_argument("--extra-tools", type=int, default=0)
+parser.add_argument("--slow-list-ms", type=int, default=0)
 args = parser.parse_args()
 
 server = MCPServer(args.name, log_level="WARNING")
@@ -110,6 +112,26 @@ async def guarded(scope, receive, send):
                 f.write(json.dumps(seen) + "\n")
         if args.token and headers.get("authorization") != f"Bearer {args.token}":
             await PlainTextResponse("missing or wrong token", status_code=401)(scope, receive, send)
+            return
+        if args.slow_list_ms and scope["method"] == "POST":
+            # Reads the whole body to see the method, then replays it to the app.
+            body, more = b"", True
+            while more:
+                message = await receive()
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+            if b'"tools/list"' in body:
+                await asyncio.sleep(args.slow_list_ms / 1000)
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if replayed:
+                    return await receive()
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await app(scope, replay, send)
             return
     await app(scope, receive, send)
 
