@@ -275,7 +275,10 @@ impl Snapshot {
             Purpose::Check => None,
         };
         let mcp = match crate::mcp::McpGateway::build(&config, secrets, sources) {
-            Ok(gateway) => gateway.map(Arc::new),
+            Ok(gateway) => gateway.map(|mut gateway| {
+                gateway.hooks = script_id(&scripts, &config, &config.mcp.hooks);
+                Arc::new(gateway)
+            }),
             Err(errs) => {
                 errors.extend(errs);
                 None

@@ -17,6 +17,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
+use common::client::TEST_HOST;
 use common::gateway::DIR;
 use common::keys::create_key;
 use common::*;
@@ -49,6 +50,7 @@ fn free_port() -> u16 {
 struct McpServer {
     name: String,
     extra_tools: usize,
+    slow_list_ms: u64,
     port: u16,
     token: Option<String>,
     seen: PathBuf,
@@ -66,6 +68,7 @@ impl McpServer {
     fn start_with(name: &str, token: Option<&str>, dir: &Path, extra_tools: usize) -> McpServer {
         let mut server = McpServer {
             extra_tools,
+            slow_list_ms: 0,
             name: name.to_string(),
             port: free_port(),
             token: token.map(str::to_string),
@@ -88,6 +91,7 @@ impl McpServer {
             .arg("--seen")
             .arg(&self.seen)
             .args(["--extra-tools", &self.extra_tools.to_string()])
+            .args(["--slow-list-ms", &self.slow_list_ms.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -115,6 +119,17 @@ impl McpServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The `slow` calls the server saw cancelled.
+    fn cancelled(&self) -> Vec<Value> {
+        let mut path = self.seen.clone().into_os_string();
+        path.push(".cancelled");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     /// Every credential header set the server received, one JSON object per request.
@@ -258,13 +273,28 @@ fn gateway_config(rest: &str) -> String {
 const ALPHA_TOOLS: &str = r#"["echo", "add", "slow", "big"]"#;
 
 fn setup(driver: Driver) -> Setup {
+    setup_with(driver, "auth = \"api_key\"\n", None, &[])
+}
+
+/// [`setup`] with `mcp` in place of `[mcp]`'s `auth = "api_key"` line, `script` (when given)
+/// written beside the servers' records as `[mcp] hooks`, and `env` for the gateway.
+fn setup_with(driver: Driver, mcp: &str, script: Option<&str>, env: &[(&str, &str)]) -> Setup {
     let dir = TempDir::new("mcp");
     let alpha = McpServer::start("alpha", Some(ALPHA_TOKEN), dir.path());
     let beta = McpServer::start("beta", None, dir.path());
-    let config = gateway_config(&mcp_toml(&alpha, &beta, ALPHA_TOOLS));
-    let gw = Gateway::builder(&config, driver)
-        .env("ALPHA_TOKEN", ALPHA_TOKEN)
-        .start();
+    let mut mcp = mcp.to_string();
+    if let Some(source) = script {
+        let path = dir.path().join("mcp.lua");
+        std::fs::write(&path, source).unwrap();
+        mcp += &format!("hooks = \"{}\"\n", path.display());
+    }
+    let toml = mcp_toml(&alpha, &beta, ALPHA_TOOLS).replace("auth = \"api_key\"\n", &mcp);
+    let mut builder =
+        Gateway::builder(&gateway_config(&toml), driver).env("ALPHA_TOKEN", ALPHA_TOKEN);
+    for (name, value) in env {
+        builder = builder.env(name, value);
+    }
+    let gw = builder.start();
     Setup {
         alpha,
         beta,
@@ -478,10 +508,15 @@ on_default_driver! {
         assert_eq!(third["error"], "MCPError", "{third}");
         assert!(third["message"].as_str().unwrap().contains("rate"), "{third}");
         assert_eq!(s.beta.seen().len(), before, "a limited call reached the server");
-        let limited: Vec<Value> = mcp_calls(&s.gw)
-            .into_iter()
-            .filter(|l| l["status"] == "rate_limited")
-            .collect();
+        let limited = || -> Vec<Value> {
+            mcp_calls(&s.gw)
+                .into_iter()
+                .filter(|l| l["status"] == "rate_limited")
+                .collect()
+        };
+        // The access log is written by its own thread: wait for the line.
+        wait_until(Duration::from_secs(5), || !limited().is_empty());
+        let limited = limited();
         assert_eq!(limited.len(), 1, "{limited:?}");
         assert_eq!(limited[0]["key_id"], json!(key.id));
     }
@@ -542,13 +577,77 @@ on_default_driver! {
     }
 }
 
-on_default_driver! {
-    fn an_sdk_client_in_auto_mode_falls_back_to_initialize(driver) {
+on_both_drivers! {
+    fn an_sdk_client_in_its_default_mode_speaks_the_stateless_revision(driver) {
         let s = setup(driver);
         let key = create_key(&s.gw, &json!({"name": "auto"}));
         let mut client = SdkClient::open_with(&s.gw, Some(&key.secret), &[("CF_MODE", "auto")]);
-        assert_eq!(client.opened["protocol_version"], "2025-11-25", "{}", client.opened);
+        assert_eq!(client.opened["protocol_version"], "2026-07-28", "{}", client.opened);
+        // The capabilities come from server/discover: the union of the servers'.
+        let capabilities = &client.opened["capabilities"];
+        assert!(capabilities.get("tools").is_some() && capabilities.get("prompts").is_some(), "{capabilities}");
+        let tools = client.tools();
+        assert!(tools.contains(&"alpha__echo".to_string()) && tools.contains(&"beta__add".to_string()), "{tools:?}");
         assert_eq!(client.call("beta__echo", json!({"text": "auto"}))["texts"], json!(["beta:auto"]));
+        // Progress still streams, and hidden tools are still refused.
+        let slow = client.call("alpha__slow", json!({"steps": 2, "delay_ms": 200}));
+        assert_eq!(slow["texts"], json!(["alpha:done after 2"]), "{slow}");
+        assert_eq!(slow["progress"].as_array().unwrap().len(), 2, "{slow}");
+        assert_eq!(client.call("alpha__secret_tool", json!({}))["error"], "MCPError");
+        // No session was ever issued.
+        assert_eq!(client.call("beta__echo", json!({"text": "x"}))["sessions"], json!([]));
+    }
+}
+
+on_default_driver! {
+    fn sdk_clients_pinned_to_the_older_revisions_get_them(driver) {
+        let s = setup(driver);
+        let key = create_key(&s.gw, &json!({"name": "pinned"}));
+        for revision in ["2025-11-25", "2025-06-18"] {
+            let mut client = SdkClient::open_with(&s.gw, Some(&key.secret), &[("CF_PIN", revision)]);
+            assert_eq!(client.opened["protocol_version"], revision, "{}", client.opened);
+            let answer = client.call("beta__echo", json!({"text": revision}));
+            assert_eq!(answer["texts"], json!([format!("beta:{revision}")]), "{answer}");
+            assert_eq!(answer["sessions"].as_array().unwrap().len(), 1, "{answer}");
+        }
+    }
+}
+
+on_default_driver! {
+    fn the_stateless_envelope_is_checked(driver) {
+        let s = setup(driver);
+        let key = create_key(&s.gw, &json!({"name": "raw"}));
+        let k = key.secret.as_str();
+        let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}});
+        let modern = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call")];
+        let call = |meta: &Value| json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+            "params": {"name": "beta__add", "arguments": {"a": 2, "b": 3}, "_meta": meta}});
+        // A complete envelope: answered without any session.
+        let ok = post(&s.gw, k, &modern, &call(&meta));
+        assert_eq!(ok.status, 200, "{}", ok.text());
+        assert_eq!(ok.json()["result"]["content"][0]["text"], "5", "{}", ok.text());
+        assert_eq!(ok.json()["result"]["resultType"], "complete");
+        assert!(ok.header("mcp-session-id").is_none());
+        // Missing capabilities, a header that disagrees, a revision not served.
+        let r = post(&s.gw, k, &modern, &call(&json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"})));
+        assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (400, Some(-32602)), "{}", r.text());
+        let r = post(&s.gw, k, &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")], &call(&meta));
+        assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (400, Some(-32020)), "{}", r.text());
+        let mut future = meta.clone();
+        future["io.modelcontextprotocol/protocolVersion"] = json!("2099-01-01");
+        let r = post(&s.gw, k, &[("mcp-protocol-version", "2099-01-01"), ("mcp-method", "tools/call")], &call(&future));
+        assert_eq!((r.status, r.json()["error"]["code"].as_i64()), (400, Some(-32022)), "{}", r.text());
+        assert_eq!(r.json()["error"]["data"]["supported"],
+            json!(["2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"]));
+        // server/discover; an unknown method is 404; a notification is acknowledged.
+        let discover = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}});
+        let r = post(&s.gw, k, &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "server/discover")], &discover);
+        assert_eq!(r.json()["result"]["supportedVersions"][3], "2026-07-28", "{}", r.text());
+        let nope = json!({"jsonrpc": "2.0", "id": 2, "method": "nope/nope", "params": {"_meta": meta}});
+        assert_eq!(post(&s.gw, k, &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "nope/nope")], &nope).status, 404);
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}});
+        assert_eq!(post(&s.gw, k, &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "notifications/cancelled")], &note).status, 202);
     }
 }
 
@@ -665,6 +764,294 @@ on_default_driver! {
         let bad = post(&gw, &key.secret, &[("mcp-session-id", &session)],
             &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"cursor": "forged"}}));
         assert_eq!(bad.json()["error"]["code"], -32602, "{}", bad.text());
+    }
+}
+
+/// The endpoint's tool hooks: a denial, a rewrite, a redaction, a hook error and a hook past
+/// its time budget, each on its own call.
+const TOOL_HOOKS: &str = r#"
+local function redact(s) return (s:gsub("secret%-%w+", "[redacted]")) end
+
+function on_tool_call(ctx, call)
+  if call.tool == "add" then
+    call:deny("adding is not allowed for " .. ctx.consumer.name)
+    return
+  end
+  local text = call.arguments.text
+  if text == "rewrite-me" then call.arguments.text = "rewritten by the gateway" end
+  if text == "boom" then error("a bug in the hook") end
+  if text == "spin" then while true do end end
+end
+
+function on_tool_result(ctx, result, call)
+  for _, c in ipairs(result.content or {}) do
+    if c.type == "text" then c.text = redact(c.text) end
+  end
+  local structured = result.structuredContent
+  if structured and type(structured.result) == "string" then
+    structured.result = redact(structured.result)
+  end
+end
+"#;
+
+on_default_driver! {
+    fn tool_hooks_deny_rewrite_and_redact_and_a_failing_hook_fails_its_call_alone(driver) {
+        let s = setup_with(driver, "auth = \"api_key\"\n", Some(TOOL_HOOKS), &[]);
+        let key = create_key(&s.gw, &json!({"name": "agent"}));
+        let mut client = SdkClient::open(&s.gw, Some(&key.secret));
+
+        // Denied: a JSON-RPC error with the hook's message, and the server never asked.
+        let before = s.alpha.seen().len();
+        let denied = client.call("alpha__add", json!({"a": 1, "b": 2}));
+        assert_eq!(denied["error"], "MCPError", "{denied}");
+        assert!(denied["message"].as_str().unwrap().contains("adding is not allowed for agent"), "{denied}");
+        assert_eq!(s.alpha.seen().len(), before, "a denied call reached the server");
+
+        // Rewritten: the server echoes what it received, which is the hook's version.
+        let rewritten = client.call("alpha__echo", json!({"text": "rewrite-me"}));
+        assert_eq!(rewritten["texts"], json!(["alpha:rewritten by the gateway"]), "{rewritten}");
+
+        // Redacted: the server answered the secret, the client sees the redaction.
+        let redacted = client.call("beta__echo", json!({"text": "secret-abc123"}));
+        assert_eq!(redacted["texts"], json!(["beta:[redacted]"]), "{redacted}");
+        assert!(!redacted.to_string().contains("abc123"), "{redacted}");
+
+        // A hook that raises, and one past its time budget, fail that call only.
+        for text in ["boom", "spin"] {
+            let failed = client.call("alpha__echo", json!({"text": text}));
+            assert_eq!(failed["error"], "MCPError", "{text}: {failed}");
+            assert!(failed["message"].as_str().unwrap().contains("hook_error"), "{failed}");
+            let after = client.call("alpha__echo", json!({"text": "after"}));
+            assert_eq!(after["texts"], json!(["alpha:after"]), "after {text}: {after}");
+        }
+        // The hook's own error text goes to the gateway's log, never to the client.
+        assert!(s.gw.stderr().contains("on_tool_call failed"), "{}", s.gw.stderr());
+
+        // The access log is written by its own thread: wait for every line.
+        wait_until(Duration::from_secs(5), || mcp_calls(&s.gw).len() >= 7);
+        let statuses: Vec<Value> = mcp_calls(&s.gw).into_iter().map(|l| l["status"].clone()).collect();
+        assert_eq!(
+            statuses,
+            json!(["denied", "ok", "ok", "hook_error", "ok", "hook_error", "ok"]).as_array().unwrap().clone(),
+        );
+    }
+}
+
+on_default_driver! {
+    fn lua_auth_lets_on_access_name_the_consumer(driver) {
+        let script = r#"
+function on_access(ctx)
+  local name = (ctx:header("authorization") or ""):match("^Bearer agent:(%w+)$")
+  if name == "blocked" then ctx:deny(403, "this agent is blocked") return end
+  if name then ctx:set_consumer(name) end
+end
+"#;
+        let s = setup_with(driver, "auth = \"lua\"\n", Some(script), &[]);
+        let key = create_key(&s.gw, &json!({"name": "ada"}));
+        let mut client = SdkClient::open(&s.gw, Some("agent:ada"));
+        assert_eq!(client.call("beta__echo", json!({"text": "hi"}))["texts"], json!(["beta:hi"]));
+        wait_until(Duration::from_secs(5), || !mcp_calls(&s.gw).is_empty());
+        let calls = mcp_calls(&s.gw);
+        assert_eq!(calls[0]["key_id"], json!(key.id), "{calls:?}");
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
+        let status = |bearer: &str| post(&s.gw, bearer, &[], &init).status;
+        assert_eq!(status("agent:blocked"), 403);
+        assert_eq!(status("agent:nobody"), 401, "a name that is no key fails closed");
+        assert_eq!(status("no-agent"), 401);
+    }
+}
+
+on_default_driver! {
+    fn the_protected_resource_metadata_and_the_challenge_point_to_each_other(driver) {
+        let s = setup(driver);
+        // Without `[mcp] resource`, the resource is this request's Host and the endpoint path.
+        let resource = format!("http://{TEST_HOST}/mcp");
+        let metadata_url = format!("http://{TEST_HOST}/.well-known/oauth-protected-resource/mcp");
+        for path in ["/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp"] {
+            let r = http_get(s.gw.addr(), path);
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            let doc = r.json();
+            assert_eq!(doc["resource"], json!(resource), "{doc}");
+            assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+            assert_eq!(doc["authorization_servers"], json!([]));
+        }
+        assert_eq!(http_get(s.gw.addr(), "/.well-known/oauth-protected-resource/other").status, 404);
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}});
+        let refused = roundtrip(s.gw.addr(), &request("POST", "/mcp",
+            &[("accept", "application/json"), ("content-type", "application/json")],
+            init.to_string().as_bytes()));
+        assert_eq!(refused.status, 401);
+        assert_eq!(
+            refused.header("www-authenticate"),
+            Some(format!("Bearer resource_metadata=\"{metadata_url}\"").as_str())
+        );
+        // Nothing reached a server.
+        assert!(s.alpha.seen().is_empty() && s.beta.seen().is_empty());
+    }
+}
+
+on_default_driver! {
+    fn the_sdk_clients_auth_discovery_finds_the_metadata_from_the_challenge(driver) {
+        let mcp = "auth = \"api_key\"\nauthorization_servers = [\"https://auth.example.com/tenant\"]\n";
+        let s = setup_with(driver, mcp, None, &[]);
+        let url = format!("http://{}/mcp", s.gw.addr());
+        let output = Command::new("python3")
+            .arg(scripts_dir().join("discover.py"))
+            .env("CF_URL", &url)
+            .output()
+            .expect("python3");
+        let line = String::from_utf8_lossy(&output.stdout);
+        let found: Value = serde_json::from_str(line.trim())
+            .unwrap_or_else(|e| panic!("{line} {}: {e}", String::from_utf8_lossy(&output.stderr)));
+        assert_eq!(found["status"], 401, "{found}");
+        // Found at the URL the challenge named, and valid for the SDK's model.
+        let expected_from = format!("http://{}/.well-known/oauth-protected-resource/mcp", s.gw.addr());
+        assert_eq!(found["from"], json!(expected_from), "{found}");
+        assert_eq!(found["metadata"]["resource"], json!(url), "{found}");
+        assert_eq!(found["metadata"]["authorization_servers"], json!(["https://auth.example.com/tenant"]), "{found}");
+    }
+}
+
+/// The HS256 secret of the JWT tests (32 bytes: RFC 7518's minimum for HS256).
+const MCP_JWT_HS: &str = "mcp-jwt-test-secret-0123456789ab";
+
+on_default_driver! {
+    fn jwt_auth_takes_tokens_for_this_resource_and_virtual_keys(driver) {
+        let mcp = "auth = \"jwt\"\nresource = \"https://mcp.example.com/mcp\"\n\
+            authorization_servers = [\"https://auth.example.com\"]\n\
+            jwt = { hs_secret = \"env:MCP_JWT_HS\", issuer = \"https://auth.example.com\" }\n";
+        let s = setup_with(driver, mcp, None, &[("MCP_JWT_HS", MCP_JWT_HS)]);
+        // The configured resource and authorization server, at the path-suffixed URL too.
+        let doc = http_get(s.gw.addr(), "/.well-known/oauth-protected-resource/mcp").json();
+        assert_eq!(doc["resource"], "https://mcp.example.com/mcp", "{doc}");
+        assert_eq!(doc["authorization_servers"], json!(["https://auth.example.com"]));
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+        let anonymous = roundtrip(s.gw.addr(), &request("POST", "/mcp",
+            &[("accept", "application/json"), ("content-type", "application/json")],
+            init.to_string().as_bytes()));
+        assert_eq!(anonymous.status, 401);
+        assert_eq!(
+            anonymous.header("www-authenticate"),
+            Some("Bearer resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\"")
+        );
+
+        let signer = jwt::Signer::hs256(MCP_JWT_HS.as_bytes());
+        let claims = |aud: &str| json!({"sub": "robot", "iss": "https://auth.example.com", "aud": aud,
+            "iat": jwt::now(), "exp": jwt::now() + 600});
+        let good = jwt::token(&signer, &claims("https://mcp.example.com/mcp"));
+        let wrong = jwt::token(&signer, &claims("https://other.example.com/mcp"));
+        assert_eq!(post(&s.gw, &wrong, &[], &init).status, 401, "a token for another resource");
+        assert_eq!(post(&s.gw, &good, &[], &init).status, 200);
+        // A virtual key is a Bearer credential here too.
+        let key = create_key(&s.gw, &json!({"name": "agent"}));
+        assert_eq!(post(&s.gw, &key.secret, &[], &init).status, 200);
+
+        // The SDK's client with the token: listing and a call through `auth = "jwt"`.
+        let mut client = SdkClient::open(&s.gw, Some(&good));
+        assert!(client.tools().contains(&"alpha__echo".to_string()));
+        assert_eq!(client.call("alpha__echo", json!({"text": "jwt"}))["texts"], json!(["alpha:jwt"]));
+        let refused = SdkClient::open(&s.gw, Some(&wrong));
+        assert!(refused.opened.get("error").is_some(), "{}", refused.opened);
+    }
+}
+
+/// Reads from `stream` until `needle` has arrived (or the read times out).
+fn read_until(stream: &mut TcpStream, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        match std::io::Read::read(stream, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Starts `tools/call beta__slow` (50 steps of 100 ms, progress requested) on a raw
+/// connection and returns it once the first progress event arrived.
+fn start_slow_call(s: &Setup, key: &str, session: &str, id: u64) -> TcpStream {
+    let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+        "name": "beta__slow", "arguments": {"steps": 50, "delay_ms": 100},
+        "_meta": {"progressToken": format!("p{id}")}}});
+    let auth = format!("Bearer {key}");
+    let raw = request(
+        "POST",
+        "/mcp",
+        &[
+            ("authorization", &auth),
+            ("accept", "application/json, text/event-stream"),
+            ("content-type", "application/json"),
+            ("mcp-session-id", session),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+        call.to_string().as_bytes(),
+    );
+    let mut stream = TcpStream::connect(s.gw.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(&raw).unwrap();
+    let first = read_until(&mut stream, "notifications/progress");
+    assert!(first.contains("text/event-stream"), "{first}");
+    stream
+}
+
+on_default_driver! {
+    fn a_cancellation_reaches_the_server_and_so_does_a_client_gone_mid_call(driver) {
+        let s = setup(driver);
+        let key = create_key(&s.gw, &json!({"name": "canceller"}));
+        let (session, _) = initialize(&s.gw, &key.secret, "2025-11-25");
+
+        // The client's notifications/cancelled goes to the server running the call.
+        let _running = start_slow_call(&s, &key.secret, &session, 7);
+        let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+            "params": {"requestId": 7, "reason": "changed my mind"}});
+        assert_eq!(post(&s.gw, &key.secret, &[("mcp-session-id", &session)], &cancel).status, 202);
+        assert!(wait_until(Duration::from_secs(10), || s.beta.cancelled().len() == 1),
+            "the server never saw the cancellation: {:?}", s.beta.cancelled());
+
+        // A client that goes away mid-call: the gateway cancels the call upstream.
+        let gone = start_slow_call(&s, &key.secret, &session, 8);
+        drop(gone);
+        assert!(wait_until(Duration::from_secs(10), || s.beta.cancelled().len() == 2),
+            "the server never saw the disconnect as a cancellation: {:?}", s.beta.cancelled());
+        // Each cancelled call stopped early.
+        for c in s.beta.cancelled() {
+            assert!(c["after_steps"].as_u64().unwrap() < 40, "{c}");
+        }
+    }
+}
+
+on_default_driver! {
+    fn a_slow_server_is_left_out_of_a_listing_after_the_listing_wait(driver) {
+        let dir = TempDir::new("mcp-slow-list");
+        let fast = McpServer::start("fast", None, dir.path());
+        let mut slow = McpServer::start("slow", None, dir.path());
+        // Its tools/list answers after 8 s, within its 60 s timeout_ms but past the 5 s a
+        // listing waits for one server.
+        slow.slow_list_ms = 8000;
+        slow.stop();
+        slow.restart();
+        let rest = format!(
+            "\n[[mcp_server]]\nname = \"slow\"\nurl = \"{}\"\n\n[[mcp_server]]\nname = \"fast\"\nurl = \"{}\"\n\n[mcp]\nauth = \"api_key\"\n",
+            slow.url(),
+            fast.url()
+        );
+        let gw = Gateway::start(&config(&rest), driver);
+        let key = create_key(&gw, &json!({"name": "lister"}));
+        let mut client = SdkClient::open(&gw, Some(&key.secret));
+        let started = std::time::Instant::now();
+        let tools = client.tools();
+        let took = started.elapsed();
+        // The fast server's tools, without the slow one's, after about the listing wait (the
+        // servers are asked at once, so the slow one, listed first, does not delay them).
+        assert!(tools.contains(&"fast__echo".to_string()), "{tools:?}");
+        assert!(tools.iter().all(|t| !t.starts_with("slow__")), "{tools:?}");
+        assert!(took < Duration::from_millis(7500), "the listing took {took:?}");
+        // Its tools can still be called.
+        assert_eq!(client.call("slow__echo", json!({"text": "x"}))["texts"], json!(["slow:x"]));
     }
 }
 

@@ -77,17 +77,25 @@ pub struct McpConfig {
     /// The one endpoint clients connect to.
     #[serde(default = "default_path")]
     pub path: String,
-    /// How clients authenticate: `none`, `api_key` or `jwt` (`lua` needs `hooks`, which this
-    /// version does not run yet).
+    /// How clients authenticate: `none`, `api_key`, `jwt` or `lua` (an `on_access` hook in
+    /// `hooks` names the consumer).
     #[serde(default = "default_auth")]
     pub auth: AuthKind,
     /// Token settings for `auth = "jwt"`, as a route's.
     #[serde(default)]
     pub jwt: JwtConfig,
-    /// A Lua script (`on_access`, `on_tool_call`, `on_tool_result`): not run by this version,
-    /// so `check` refuses it rather than silently ignoring a policy.
+    /// A Lua script with any of `on_access`, `on_tool_call` and `on_tool_result`.
     #[serde(default)]
     pub hooks: String,
+    /// The authorization servers named in the protected-resource metadata (RFC 9728
+    /// `authorization_servers`); empty = `jwt.issuer` when set.
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    /// This endpoint's URL as clients reach it, the metadata's `resource` and, when
+    /// `jwt.audience` is empty, the audience tokens must carry; `""` = derived per request
+    /// from its `Host` and `path` (no audience check then unless `jwt.audience` is set).
+    #[serde(default)]
+    pub resource: String,
     /// Client addresses allowed; empty = all.
     #[serde(default)]
     pub allow_ips: Vec<String>,
@@ -111,6 +119,8 @@ impl Default for McpConfig {
             auth: default_auth(),
             jwt: JwtConfig::default(),
             hooks: String::new(),
+            authorization_servers: Vec::new(),
+            resource: String::new(),
             allow_ips: Vec::new(),
             deny_ips: Vec::new(),
         }
@@ -254,22 +264,61 @@ fn check_endpoint(mcp: &McpConfig, routes: &[RouteConfig], errors: &mut Vec<(Str
         }
     }
     match mcp.auth {
-        AuthKind::Lua => errors.push((
+        AuthKind::Lua if mcp.hooks.is_empty() => errors.push((
             "mcp.auth".into(),
-            "\"lua\" needs MCP hooks, which this version does not run yet; use api_key, jwt or none".into(),
+            "auth = \"lua\" needs a hooks script whose on_access names the consumer".into(),
         )),
-        AuthKind::Jwt if mcp.jwt.jwks_url.is_empty() && mcp.jwt.public_key.is_empty() && mcp.jwt.hs_secret.is_none() => errors.push((
-            "mcp.jwt".into(),
-            "auth = \"jwt\" needs jwks_url, public_key or hs_secret".into(),
-        )),
+        AuthKind::Jwt
+            if mcp.jwt.jwks_url.is_empty()
+                && mcp.jwt.public_key.is_empty()
+                && mcp.jwt.hs_secret.is_none() =>
+        {
+            errors.push((
+                "mcp.jwt".into(),
+                "auth = \"jwt\" needs jwks_url, public_key or hs_secret".into(),
+            ))
+        }
         _ => {}
     }
-    if !mcp.hooks.is_empty() {
+    if mcp.authorization_servers.len() > MAX_AUTHORIZATION_SERVERS {
         errors.push((
-            "mcp.hooks".into(),
-            "MCP hooks (on_access, on_tool_call, on_tool_result) are not supported yet by this version; remove the setting".into(),
+            "mcp.authorization_servers".into(),
+            format!("at most {MAX_AUTHORIZATION_SERVERS} entries"),
         ));
     }
+    for (i, url) in mcp.authorization_servers.iter().enumerate() {
+        if !is_metadata_url(url) {
+            errors.push((
+                format!("mcp.authorization_servers[{i}]"),
+                format!("not an http(s) URL of at most {MAX_METADATA_URL_LEN} bytes without spaces or quotes"),
+            ));
+        }
+    }
+    if !mcp.resource.is_empty() && !is_metadata_url(&mcp.resource) {
+        errors.push((
+            "mcp.resource".into(),
+            format!("not an http(s) URL of at most {MAX_METADATA_URL_LEN} bytes without spaces or quotes"),
+        ));
+    }
+}
+
+/// Most `authorization_servers` listed in the metadata.
+pub const MAX_AUTHORIZATION_SERVERS: usize = 16;
+
+/// Longest URL in the metadata: `resource` also goes into a `WWW-Authenticate` header.
+pub const MAX_METADATA_URL_LEN: usize = 2048;
+
+/// Whether `url` may be written into the metadata and a challenge header as it is: an
+/// `http(s)://` URL with no byte that would need escaping in a quoted string.
+pub fn is_metadata_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    url.len() <= MAX_METADATA_URL_LEN
+        && rest.is_some_and(|r| !r.is_empty())
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
 }
 
 #[cfg(test)]
@@ -359,14 +408,43 @@ mod tests {
     }
 
     #[test]
-    fn hooks_and_lua_auth_are_refused_as_not_supported_yet() {
-        let mcp = McpConfig {
-            hooks: "mcp.lua".into(),
+    fn lua_auth_needs_hooks() {
+        let without = McpConfig {
             auth: AuthKind::Lua,
             ..Default::default()
         };
-        let errors = check(&[], &mcp, &[]);
-        assert_eq!(paths(&errors), ["mcp.auth", "mcp.hooks"]);
+        assert_eq!(paths(&check(&[], &without, &[])), ["mcp.auth"]);
+        let with = McpConfig {
+            hooks: "mcp.lua".into(),
+            ..without
+        };
+        assert!(check(&[], &with, &[]).is_empty());
+    }
+
+    #[test]
+    fn metadata_urls_are_checked() {
+        let mcp = McpConfig {
+            authorization_servers: vec![
+                "https://auth.example.com".into(),
+                "ftp://x".into(),
+                "https://a\"b".into(),
+            ],
+            resource: "https://gw.example.com/mcp x".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            paths(&check(&[], &mcp, &[])),
+            [
+                "mcp.authorization_servers[1]",
+                "mcp.authorization_servers[2]",
+                "mcp.resource"
+            ]
+        );
+        assert!(!is_metadata_url(&format!(
+            "https://{}",
+            "a".repeat(MAX_METADATA_URL_LEN)
+        )));
+        assert!(is_metadata_url("http://127.0.0.1:8080/mcp"));
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub use caps::{MAX_BUILT_BYTES, MAX_PACK_FORMAT_BYTES, MAX_SORT_ELEMENTS, MAX_TA
 pub use ctx::{BudgetInfo, ConsumerInfo, HookRequest, ResponseInfo};
 pub use error::{HookError, HookErrorKind};
 pub use redact::{Redactor, REDACTED};
-pub use runtime::LuaRuntime;
+pub use runtime::{LuaRuntime, ToolCallVerdict, MAX_DENY_MESSAGE_CHARS};
 pub use scripts::{ScriptId, ScriptSet};
 
 /// The global functions a script may define, one per pipeline phase (README, "Lua hooks").
@@ -55,16 +55,24 @@ pub enum Hook {
     Response,
     /// `on_log(ctx, entry)`: after the response; may add fields to the access-log entry.
     Log,
+    /// `on_tool_call(ctx, call)`: an MCP `tools/call`, permitted and limited, before it
+    /// reaches its server; may deny it or rewrite `call.arguments`.
+    ToolCall,
+    /// `on_tool_result(ctx, result, call)`: a tool's result, before the client sees it; may
+    /// change it in place or return a replacement.
+    ToolResult,
 }
 
 impl Hook {
     /// Every hook, in pipeline order.
-    pub const ALL: [Hook; 5] = [
+    pub const ALL: [Hook; 7] = [
         Hook::Access,
         Hook::Request,
         Hook::Prompt,
         Hook::Response,
         Hook::Log,
+        Hook::ToolCall,
+        Hook::ToolResult,
     ];
 
     /// The name of the global function a script defines for this hook (`"on_access"`, ...).
@@ -75,6 +83,8 @@ impl Hook {
             Hook::Prompt => "on_prompt",
             Hook::Response => "on_response",
             Hook::Log => "on_log",
+            Hook::ToolCall => "on_tool_call",
+            Hook::ToolResult => "on_tool_result",
         }
     }
 
@@ -182,7 +192,9 @@ mod tests {
                 "on_request",
                 "on_prompt",
                 "on_response",
-                "on_log"
+                "on_log",
+                "on_tool_call",
+                "on_tool_result"
             ]
         );
         assert!(Hook::ALL.iter().enumerate().all(|(i, h)| h.index() == i));

@@ -17,6 +17,18 @@ use super::scripts::{ScriptId, ScriptSet};
 use super::vm::Vm;
 use super::{Hook, LuaLimits};
 
+/// Longest denial message of `on_tool_call` kept (in characters); the rest is cut.
+pub const MAX_DENY_MESSAGE_CHARS: usize = 512;
+
+/// What `on_tool_call` decided about one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCallVerdict {
+    /// The denial message, when the hook denied the call.
+    pub denied: Option<String>,
+    /// The arguments the server gets (`None` = none were given and the hook set none).
+    pub arguments: Option<Json>,
+}
+
 /// Counters of failed hook calls, one per kind.
 struct ErrorCounters {
     error: Arc<AtomicU64>,
@@ -137,8 +149,15 @@ impl LuaRuntime {
                 .call_prompt(id, req, &Json::Object(Default::default()))
                 .map(drop),
             Hook::Response => self.call_response(id, req, &mut ResponseInfo::default()),
+            Hook::ToolCall => self
+                .call_tool(id, req, &Json::Object(Default::default()))
+                .map(drop),
+            Hook::ToolResult => {
+                let empty = Json::Object(Default::default());
+                self.call_tool_result(id, req, &empty, &empty).map(drop)
+            }
             Hook::Access | Hook::Request => {
-                let result = self.vm()?.call(id, hook, req, None, None);
+                let result = self.vm()?.call(id, hook, req, None, Vec::new());
                 self.finish(result).map(drop)
             }
         }
@@ -161,7 +180,7 @@ impl LuaRuntime {
         let arg = json_to_lua(vm.lua(), chat).map_err(|e| vm.error(&name, &e));
         let result = arg.and_then(|arg| {
             let vm = self.vm.as_mut().expect("built above");
-            match vm.call(id, Hook::Prompt, req, None, Some(arg))? {
+            match vm.call(id, Hook::Prompt, req, None, vec![arg])? {
                 Value::Nil => Ok(None),
                 v @ Value::Table(_) => lua_to_json(vm.lua(), v)
                     .map(Some)
@@ -192,8 +211,168 @@ impl LuaRuntime {
         }
         let vm = self.vm()?;
         let arg = vm.resp_value();
-        let result = vm.call(id, Hook::Response, req, Some(resp), Some(arg));
+        let result = vm.call(id, Hook::Response, req, Some(resp), vec![arg]);
         self.finish(result).map(drop)
+    }
+
+    /// Calls `on_tool_call(ctx, call)` with `call` (`{server, tool, name, arguments}`) as a
+    /// Lua table that also has `call:deny(msg)`. The hook denies by calling it or by returning
+    /// a string; otherwise `call.arguments` as the hook left them are what the server gets.
+    pub fn call_tool(
+        &mut self,
+        id: ScriptId,
+        req: &mut HookRequest,
+        call: &Json,
+    ) -> Result<ToolCallVerdict, HookError> {
+        let unchanged = ToolCallVerdict {
+            denied: None,
+            arguments: call.get("arguments").cloned(),
+        };
+        if !self.scripts.defines(id, Hook::ToolCall) {
+            return Ok(unchanged);
+        }
+        let name = script_name(&self.scripts, id);
+        let vm = self.vm()?;
+        let lua_err = |vm: &Vm, e: mlua::Error| vm.error(&name, &e);
+        let table = match json_to_lua(vm.lua(), call) {
+            Ok(Value::Table(t)) => t,
+            Ok(_) => return Ok(unchanged),
+            Err(e) => return Err(lua_err(vm, e)),
+        };
+        // `call:deny(msg)` records the denial on the Rust side, where the hook cannot undo it
+        // by editing the table afterwards.
+        let denied: Rc<RefCell<Option<String>>> = Rc::default();
+        let sink = Rc::clone(&denied);
+        let deny = vm
+            .lua()
+            .create_function(move |_, (_this, msg): (Value, Option<String>)| {
+                *sink.borrow_mut() = Some(msg.unwrap_or_default());
+                Ok(())
+            })
+            .and_then(|f| table.raw_set("deny", f));
+        if let Err(e) = deny {
+            return Err(lua_err(vm, e));
+        }
+        let result = vm
+            .call(
+                id,
+                Hook::ToolCall,
+                req,
+                None,
+                vec![Value::Table(table.clone())],
+            )
+            .and_then(|returned| {
+                let vm = self.vm.as_ref().expect("built above");
+                let mut verdict = ToolCallVerdict {
+                    denied: denied.borrow_mut().take(),
+                    arguments: None,
+                };
+                match returned {
+                    Value::Nil => {}
+                    Value::String(s) => verdict.denied = Some(s.to_string_lossy()),
+                    other => {
+                        return Err(HookError::new(
+                            &name,
+                            HookErrorKind::Error,
+                            format!(
+                                "on_tool_call must return nil or a denial message, not {}",
+                                other.type_name()
+                            ),
+                        ))
+                    }
+                }
+                if let Some(message) = &mut verdict.denied {
+                    if let Some((cut, _)) = message.char_indices().nth(MAX_DENY_MESSAGE_CHARS) {
+                        message.truncate(cut);
+                    }
+                    return Ok(verdict);
+                }
+                let arguments = table
+                    .raw_get::<Value>("arguments")
+                    .map_err(|e| lua_err(vm, e))?;
+                verdict.arguments = match arguments {
+                    Value::Nil => None,
+                    v @ Value::Table(_) => match lua_to_json(vm.lua(), v) {
+                        Ok(Json::Object(map)) => Some(Json::Object(map)),
+                        // An empty Lua table reads as an empty array: no arguments.
+                        Ok(Json::Array(a)) if a.is_empty() => {
+                            Some(Json::Object(Default::default()))
+                        }
+                        Ok(_) => {
+                            return Err(HookError::new(
+                                &name,
+                                HookErrorKind::Error,
+                                "call.arguments must be a table with string keys",
+                            ))
+                        }
+                        Err(e) => return Err(lua_err(vm, e)),
+                    },
+                    other => {
+                        return Err(HookError::new(
+                            &name,
+                            HookErrorKind::Error,
+                            format!("call.arguments must be a table, not {}", other.type_name()),
+                        ))
+                    }
+                };
+                Ok(verdict)
+            });
+        self.finish(result)
+    }
+
+    /// Calls `on_tool_result(ctx, result, call)` with the tool's `result` (the JSON-RPC result:
+    /// `content`, `isError`, `structuredContent`) and `call` (`{server, tool, name}`) as Lua
+    /// tables. Returns the result the client gets: the table the hook returned, else `result`
+    /// as the hook left it.
+    pub fn call_tool_result(
+        &mut self,
+        id: ScriptId,
+        req: &mut HookRequest,
+        call: &Json,
+        result: &Json,
+    ) -> Result<Json, HookError> {
+        if !self.scripts.defines(id, Hook::ToolResult) {
+            return Ok(result.clone());
+        }
+        let name = script_name(&self.scripts, id);
+        let vm = self.vm()?;
+        let args = json_to_lua(vm.lua(), result)
+            .and_then(|r| Ok((r, json_to_lua(vm.lua(), call)?)))
+            .map_err(|e| vm.error(&name, &e));
+        let outcome = args.and_then(|(result_value, call_value)| {
+            let vm = self.vm.as_mut().expect("built above");
+            let returned = vm.call(
+                id,
+                Hook::ToolResult,
+                req,
+                None,
+                vec![result_value.clone(), call_value],
+            )?;
+            let shown = match returned {
+                Value::Nil => result_value,
+                v @ Value::Table(_) => v,
+                other => {
+                    return Err(HookError::new(
+                        &name,
+                        HookErrorKind::Error,
+                        format!(
+                            "on_tool_result must return a table or nil, not {}",
+                            other.type_name()
+                        ),
+                    ))
+                }
+            };
+            match lua_to_json(vm.lua(), shown) {
+                Ok(Json::Object(map)) => Ok(Json::Object(map)),
+                Ok(_) => Err(HookError::new(
+                    &name,
+                    HookErrorKind::Error,
+                    "a tool result must be a table with string keys",
+                )),
+                Err(e) => Err(vm.error(&name, &e)),
+            }
+        });
+        self.finish(outcome)
     }
 
     /// Frees the per-request `ctx.vars` table. Call once the request's last hook has run.
@@ -219,7 +398,7 @@ impl LuaRuntime {
             .create_table()
             .map_err(|e| vm.error(&name, &e))
             .and_then(|entry| {
-                vm.call(id, Hook::Log, req, None, Some(Value::Table(entry.clone())))?;
+                vm.call(id, Hook::Log, req, None, vec![Value::Table(entry.clone())])?;
                 let fields =
                     lua_to_json(vm.lua(), Value::Table(entry)).map_err(|e| vm.error(&name, &e))?;
                 let mut fields = fields;
@@ -290,6 +469,103 @@ mod tests {
 
     use super::*;
     use crate::lua::test_support::{load, runtime, runtime_with, test_limits};
+
+    fn tool_call() -> Json {
+        json!({"server": "fs", "tool": "read", "name": "fs__read", "arguments": {"path": "/etc/passwd"}})
+    }
+
+    #[test]
+    fn on_tool_call_denies_by_method_or_by_returning_a_message() {
+        let mut rt = runtime(
+            "function on_tool_call(ctx, call)
+               if call.tool == 'read' then call:deny('no reading ' .. call.arguments.path) end
+             end",
+        );
+        let verdict = rt
+            .call_tool(0, &mut HookRequest::default(), &tool_call())
+            .unwrap();
+        assert_eq!(verdict.denied.as_deref(), Some("no reading /etc/passwd"));
+
+        let mut rt = runtime("function on_tool_call(ctx, call) return 'not today' end");
+        let verdict = rt
+            .call_tool(0, &mut HookRequest::default(), &tool_call())
+            .unwrap();
+        assert_eq!(verdict.denied.as_deref(), Some("not today"));
+
+        let mut rt = runtime(&format!(
+            "function on_tool_call(ctx, call) return string.rep('x', {}) end",
+            MAX_DENY_MESSAGE_CHARS * 2
+        ));
+        let verdict = rt
+            .call_tool(0, &mut HookRequest::default(), &tool_call())
+            .unwrap();
+        assert_eq!(verdict.denied.unwrap().len(), MAX_DENY_MESSAGE_CHARS);
+    }
+
+    #[test]
+    fn on_tool_call_rewrites_the_arguments_the_server_gets() {
+        let mut rt = runtime(
+            "function on_tool_call(ctx, call)
+               call.arguments.path = '/srv/' .. call.arguments.path:gsub('^/+', '')
+               call.arguments.by = ctx.consumer and ctx.consumer.name or 'anonymous'
+             end",
+        );
+        let verdict = rt
+            .call_tool(0, &mut HookRequest::default(), &tool_call())
+            .unwrap();
+        assert_eq!(verdict.denied, None);
+        assert_eq!(
+            verdict.arguments,
+            Some(json!({"path": "/srv/etc/passwd", "by": "anonymous"}))
+        );
+        // Emptied arguments stay an object, never an array.
+        let mut rt = runtime("function on_tool_call(ctx, call) call.arguments = {} end");
+        let verdict = rt
+            .call_tool(0, &mut HookRequest::default(), &tool_call())
+            .unwrap();
+        assert_eq!(verdict.arguments, Some(json!({})));
+        let mut rt = runtime("function on_tool_call(ctx, call) call.arguments = 'x' end");
+        assert!(rt
+            .call_tool(0, &mut HookRequest::default(), &tool_call())
+            .is_err());
+    }
+
+    #[test]
+    fn on_tool_result_changes_or_replaces_the_result() {
+        let result =
+            json!({"content": [{"type": "text", "text": "token=abc123"}], "isError": false});
+        let call = json!({"server": "fs", "tool": "read", "name": "fs__read"});
+        let mut rt = runtime(
+            "function on_tool_result(ctx, result, call)
+               for _, c in ipairs(result.content) do
+                 c.text = c.text:gsub('token=%w+', 'token=[redacted]') .. ' via ' .. call.name
+               end
+             end",
+        );
+        let shown = rt
+            .call_tool_result(0, &mut HookRequest::default(), &call, &result)
+            .unwrap();
+        assert_eq!(
+            shown,
+            json!({"content": [{"type": "text", "text": "token=[redacted] via fs__read"}], "isError": false})
+        );
+        let mut rt = runtime(
+            "function on_tool_result(ctx, result)
+               return {content = {{type = 'text', text = 'withheld'}}, isError = true}
+             end",
+        );
+        let shown = rt
+            .call_tool_result(0, &mut HookRequest::default(), &call, &result)
+            .unwrap();
+        assert_eq!(
+            shown,
+            json!({"content": [{"type": "text", "text": "withheld"}], "isError": true})
+        );
+        let mut rt = runtime("function on_tool_result(ctx, result) return 42 end");
+        assert!(rt
+            .call_tool_result(0, &mut HookRequest::default(), &call, &result)
+            .is_err());
+    }
 
     #[test]
     fn vars_are_shared_by_the_hooks_of_one_request_and_fresh_for_the_next() {

@@ -25,7 +25,7 @@ pub(crate) struct Script {
     /// The scripts folder: the script's directory, where `require` looks.
     pub(crate) root: PathBuf,
     pub(crate) bytecode: Vec<u8>,
-    hooks: [bool; 5],
+    hooks: [bool; Hook::ALL.len()],
 }
 
 /// A module some script `require`s.
@@ -55,9 +55,9 @@ struct Source {
 
 impl ScriptSet {
     /// Reads, compiles and checks every script the config references (`route[i].hooks`,
-    /// `ai.hooks`; a file named twice is loaded once) and the modules they `require`. The
-    /// check runs each script's top level in a VM with the config's `[lua]` limits, so a
-    /// script that fails there is refused too. Every error is returned, each as
+    /// `ai.hooks`, `mcp.hooks`; a file named twice is loaded once) and the modules they
+    /// `require`. The check runs each script's top level in a VM with the config's `[lua]`
+    /// limits, so a script that fails there is refused too. Every error is returned, each as
     /// `"route[1].hooks: scripts/auth.lua:12: <message>"`.
     pub fn load(config: &Config) -> Result<ScriptSet, Vec<String>> {
         let mut sources = Vec::new();
@@ -75,6 +75,13 @@ impl ScriptSet {
                 key: "ai.hooks".into(),
                 name: config.ai.hooks.clone(),
                 path: config.resolve_path(&config.ai.hooks),
+            });
+        }
+        if !config.mcp.hooks.is_empty() {
+            sources.push(Source {
+                key: "mcp.hooks".into(),
+                name: config.mcp.hooks.clone(),
+                path: config.resolve_path(&config.mcp.hooks),
             });
         }
         Self::load_sources(sources, LuaLimits::from_config(&config.lua))
@@ -211,7 +218,7 @@ impl ScriptSet {
             name: source.name.clone(),
             root,
             bytecode,
-            hooks: [false; 5],
+            hooks: [false; Hook::ALL.len()],
         });
         Ok(())
     }

@@ -286,7 +286,7 @@ unsafe extern "C-unwind" fn interrupt_gate(state: *mut ffi::lua_State, gc: c_int
 /// A script's hook functions inside one VM.
 struct LoadedScript {
     name: Rc<str>,
-    hooks: [Option<Function>; 5],
+    hooks: [Option<Function>; Hook::ALL.len()],
 }
 
 /// One VM with a [`ScriptSet`] loaded. Dropped and rebuilt after a timeout or memory error.
@@ -429,7 +429,7 @@ impl Vm {
             run_chunk(&self.lua, &script.name, &script.bytecode, require)
         });
         let (env, _) = self.settle(&name, result, cut)?;
-        let mut hooks: [Option<Function>; 5] = Default::default();
+        let mut hooks: [Option<Function>; Hook::ALL.len()] = Default::default();
         for hook in Hook::ALL {
             match env.raw_get::<Value>(hook.function_name()) {
                 Ok(Value::Nil) => {}
@@ -446,8 +446,8 @@ impl Vm {
         Ok(LoadedScript { name, hooks })
     }
 
-    /// Calls `hook` of script `id` with `ctx` (backed by `req`) and `second` (the chat table,
-    /// `resp` or the log entry). `resp_data` backs the `resp` userdata for `on_response`.
+    /// Calls `hook` of script `id` with `ctx` (backed by `req`) and `args` after it (the chat
+    /// table, `resp`, the log entry, a tool call or a tool result and its call). `resp_data` backs the `resp` userdata for `on_response`.
     /// Returns the hook's first return value; a script without the hook returns `nil`.
     pub(crate) fn call(
         &mut self,
@@ -455,7 +455,7 @@ impl Vm {
         hook: Hook,
         req: &mut HookRequest,
         resp_data: Option<&mut ResponseInfo>,
-        second: Option<Value>,
+        args: Vec<Value>,
     ) -> Result<Value, HookError> {
         let script = match self.scripts.get(id) {
             Some(Ok(s)) => s,
@@ -478,10 +478,8 @@ impl Vm {
         if let Some(r) = resp_data.as_deref_mut() {
             std::mem::swap(&mut *self.resp_slot.borrow_mut(), r);
         }
-        let (result, cut) = self.timed(&name, || match second {
-            Some(arg) => function.call::<Value>((&self.ctx, arg)),
-            None => function.call::<Value>(&self.ctx),
-        });
+        let args: mlua::Variadic<Value> = args.into_iter().collect();
+        let (result, cut) = self.timed(&name, || function.call::<Value>((&self.ctx, args)));
         std::mem::swap(&mut *self.ctx_slot.borrow_mut(), req);
         if let Some(r) = resp_data {
             std::mem::swap(&mut *self.resp_slot.borrow_mut(), r);

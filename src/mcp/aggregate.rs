@@ -1,12 +1,14 @@
 //! What the gateway answers itself: `initialize`, and the listings merged from every server
 //! (`tools/list`, `prompts/list`, `resources/list`) with the gateway's own cursor.
 //!
-//! Each listing asks every server in turn (following the server's cursors for at most
-//! [`MAX_PAGES`] pages and [`MAX_ITEMS_PER_SERVER`] items), renames what it lists
+//! Each listing asks every server at once (following the server's cursors for at most
+//! [`MAX_PAGES`] pages and [`MAX_ITEMS_PER_SERVER`] items, within [`LISTING_WAIT`]), renames what it lists
 //! ([`super::names`]), and hides tools outside the server's globs. A server that fails is
 //! left out of the listing (logged), so one server down does not break the others. The
 //! merged list is served in pages of [`PAGE_SIZE`]; the gateway's cursor is the offset into
 //! it, so it works on any worker.
+
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
@@ -62,20 +64,98 @@ impl Listing {
     }
 }
 
-/// The `initialize` result: the negotiated revision and the union of what the gateway
-/// aggregates (tools, prompts, resources; lists do not change while a session lasts).
-pub fn initialize_result(revision: Revision) -> Value {
+/// The `initialize` result: the negotiated revision and the union of the capabilities the
+/// servers report, among those the gateway aggregates (tools, prompts, resources). Each
+/// server's capabilities come from this worker's session with it (opened now when there is
+/// none, within [`LISTING_WAIT`], every server at once).
+pub async fn initialize_result(
+    worker: &ThreadState,
+    gateway: &McpGateway,
+    revision: Revision,
+) -> Value {
     json!({
         "protocolVersion": revision.as_str(),
-        "capabilities": {
-            "tools": {"listChanged": false},
-            "prompts": {"listChanged": false},
-            "resources": {"listChanged": false, "subscribe": false},
-        },
-        "serverInfo": {"name": "credentialflow", "version": env!("CARGO_PKG_VERSION")},
-        "instructions": "Tools, prompts and resources of several MCP servers, named <server>__<name>.",
+        "capabilities": capabilities(worker, gateway).await,
+        "serverInfo": server_info(),
+        "instructions": INSTRUCTIONS,
     })
 }
+
+/// The `server/discover` result of the stateless revision: every revision served, the same
+/// capabilities as `initialize`, the gateway named in `_meta`.
+pub async fn discover_result(worker: &ThreadState, gateway: &McpGateway) -> Value {
+    json!({
+        "supportedVersions": super::revision::all_names(),
+        "capabilities": capabilities(worker, gateway).await,
+        "instructions": INSTRUCTIONS,
+        "_meta": {super::revision::SERVER_INFO_META_KEY: server_info()},
+    })
+}
+
+const INSTRUCTIONS: &str =
+    "Tools, prompts and resources of several MCP servers, named <server>__<name>.";
+
+fn server_info() -> Value {
+    json!({"name": "credentialflow", "version": env!("CARGO_PKG_VERSION")})
+}
+
+/// The union of the servers' capabilities ([`union_capabilities`]), each asked at once.
+async fn capabilities(worker: &ThreadState, gateway: &McpGateway) -> Value {
+    let asks = gateway
+        .servers
+        .iter()
+        .map(|server| client::capabilities(worker, server, LISTING_WAIT))
+        .collect();
+    let answers = super::join_all(asks).await;
+    let mut reports = Vec::with_capacity(answers.len());
+    for (server, answer) in gateway.servers.iter().zip(answers) {
+        match answer {
+            Ok(capabilities) => reports.push(Some(capabilities)),
+            Err(e) => {
+                log::warn!(
+                    "mcp_server {}: capabilities unknown at initialize: {}",
+                    server.name,
+                    e.reason()
+                );
+                reports.push(None);
+            }
+        }
+    }
+    union_capabilities(&reports)
+}
+
+/// The capabilities the gateway offers for servers that reported `reports` (`None`: a server
+/// that could not be asked). A server not asked counts as offering everything the gateway
+/// aggregates, so a server down at `initialize` does not hide its tools for the whole
+/// session. Lists never announce changes: the gateway does not relay `list_changed`.
+pub fn union_capabilities(reports: &[Option<Value>]) -> Value {
+    let offers = |listing: Listing| {
+        reports.iter().any(|r| match r {
+            Some(capabilities) => capabilities
+                .get(listing.field())
+                .is_some_and(Value::is_object),
+            None => true,
+        })
+    };
+    let mut capabilities = Map::new();
+    if offers(Listing::Tools) {
+        capabilities.insert("tools".into(), json!({"listChanged": false}));
+    }
+    if offers(Listing::Prompts) {
+        capabilities.insert("prompts".into(), json!({"listChanged": false}));
+    }
+    if offers(Listing::Resources) {
+        capabilities.insert(
+            "resources".into(),
+            json!({"listChanged": false, "subscribe": false}),
+        );
+    }
+    Value::Object(capabilities)
+}
+
+/// Longest wait for one server's part of a listing (or its capabilities): a slow server is
+/// left out of that listing after this, rather than holding it for its whole `timeout_ms`.
+pub const LISTING_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a listing cannot be answered.
 #[derive(Debug, PartialEq, Eq)]
@@ -95,9 +175,17 @@ pub async fn list(
         None => 0,
         Some(c) => parse_cursor(c).ok_or(ListError::BadCursor)?,
     };
+    // Every server at once: the listing takes as long as its slowest server, at most
+    // [`LISTING_WAIT`].
+    let asks = gateway
+        .servers
+        .iter()
+        .map(|server| server_items(worker, server, listing))
+        .collect();
+    let answers = super::join_all(asks).await;
     let mut merged = Vec::new();
-    for server in &gateway.servers {
-        match server_items(worker, server, listing).await {
+    for (server, answer) in gateway.servers.iter().zip(answers) {
+        match answer {
             Ok(items) => merged.extend(items),
             Err(e) => log::warn!(
                 "mcp_server {}: left out of {}: {}",
@@ -142,12 +230,17 @@ async fn server_items(
 ) -> Result<Vec<Value>, CallError> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
+    let deadline = Instant::now() + LISTING_WAIT;
     for _ in 0..MAX_PAGES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(CallError::Unavailable("the listing took too long"));
+        }
         let mut params = Map::new();
         if let Some(c) = cursor.take() {
             params.insert("cursor".into(), Value::String(c));
         }
-        let answer = client::request(worker, server, listing.method(), params)
+        let answer = client::request_within(worker, server, listing.method(), params, left)
             .await?
             .response(worker)
             .await?;
@@ -241,5 +334,24 @@ mod tests {
         assert!(second.get("nextCursor").is_none());
         assert_eq!(parse_cursor("made-up"), None);
         assert_eq!(parse_cursor("gw1.99999999999"), None);
+    }
+
+    #[test]
+    fn capabilities_are_the_union_of_the_servers_reports() {
+        let tools_only = json!({"tools": {"listChanged": true}});
+        let prompts_only = json!({"prompts": {}, "logging": {}});
+        let union = union_capabilities(&[Some(tools_only.clone()), Some(prompts_only)]);
+        assert_eq!(
+            union,
+            json!({"tools": {"listChanged": false}, "prompts": {"listChanged": false}})
+        );
+        assert_eq!(
+            union_capabilities(&[Some(tools_only.clone())]),
+            json!({"tools": {"listChanged": false}})
+        );
+        // A server that could not be asked may offer anything.
+        let unknown = union_capabilities(&[Some(tools_only), None]);
+        assert!(unknown.get("resources").is_some() && unknown.get("prompts").is_some());
+        assert_eq!(union_capabilities(&[]), json!({}));
     }
 }

@@ -74,6 +74,13 @@ impl CallError {
     }
 }
 
+/// Longest wait for an event stream's end after its response (see
+/// [`Pending::finish_after_end`]); past it the connection is closed rather than reused.
+pub const END_WAIT: Duration = Duration::from_millis(20);
+
+/// Most bytes read after a response while waiting for its stream's end.
+const MAX_TRAILING_BYTES: usize = 64 * 1024;
+
 /// One worker's session with one server.
 #[derive(Debug, Clone)]
 struct UpstreamSession {
@@ -81,6 +88,8 @@ struct UpstreamSession {
     id: Option<String>,
     /// The revision the server settled on.
     revision: String,
+    /// The `capabilities` the server reported at `initialize`.
+    capabilities: Value,
 }
 
 thread_local! {
@@ -207,6 +216,37 @@ impl Pending {
         }
     }
 
+    /// Waits a little ([`END_WAIT`]) for the end of an event stream whose response arrived,
+    /// then returns the connection to the pool when the stream ended, else closes it. A
+    /// server writes the stream's end just after the response, often in a write of its own,
+    /// so [`Pending::finish`] alone would close most connections; call this once the
+    /// client has its answer.
+    pub async fn finish_after_end(self, worker: &ThreadState) {
+        let Source::Events(stream) = self.source else {
+            return;
+        };
+        let mut stream = *stream;
+        let until = Instant::now() + END_WAIT;
+        let mut trailing = 0;
+        let done = loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || trailing > MAX_TRAILING_BYTES {
+                break false;
+            }
+            let mut chunk = Vec::new();
+            match stream
+                .decoder
+                .next(&mut stream.exchange.conn, &mut chunk, left)
+                .await
+            {
+                Ok(false) => break true,
+                Ok(true) => trailing += chunk.len(),
+                Err(_) => break false,
+            }
+        };
+        stream.exchange.finish(worker, &stream.upstream, done);
+    }
+
     /// Returns the connection to the pool when the answer ended cleanly (an event stream
     /// still open is closed: its server may still write to it).
     pub fn finish(self, worker: &ThreadState) {
@@ -228,7 +268,18 @@ pub async fn request(
     method: &str,
     params: Map<String, Value>,
 ) -> Result<Pending, CallError> {
-    let deadline = Instant::now() + server.timeout;
+    request_within(worker, server, method, params, server.timeout).await
+}
+
+/// [`request`] with the whole answer due within `wait` (at most the server's `timeout_ms`).
+pub async fn request_within(
+    worker: &ThreadState,
+    server: &McpServer,
+    method: &str,
+    params: Map<String, Value>,
+    wait: Duration,
+) -> Result<Pending, CallError> {
+    let deadline = Instant::now() + server.timeout.min(wait);
     let mut reopened = false;
     loop {
         let session = match session_of(server) {
@@ -284,6 +335,7 @@ pub async fn notify(
     let session = UpstreamSession {
         id: session_id.map(str::to_string),
         revision: revision.to_string(),
+        capabilities: Value::Null,
     };
     let deadline = Instant::now() + server.timeout.min(Duration::from_secs(10));
     match send(worker, server, message, Some(&session), deadline).await {
@@ -291,6 +343,22 @@ pub async fn notify(
         Err(Sent::Status(_)) => Err(CallError::Bad("the server refused the notification")),
         Err(Sent::Failed(e)) => Err(e),
     }
+}
+
+/// The `capabilities` `server` reported when this worker's session with it opened (the
+/// session is opened first when there is none), waiting at most `wait`.
+pub async fn capabilities(
+    worker: &ThreadState,
+    server: &McpServer,
+    wait: Duration,
+) -> Result<Value, CallError> {
+    if let Some(session) = session_of(server) {
+        return Ok(session.capabilities);
+    }
+    let deadline = Instant::now() + server.timeout.min(wait);
+    open_session(worker, server, deadline)
+        .await
+        .map(|s| s.capabilities)
 }
 
 /// This worker's session id and revision with `server`, for a cancellation sent later.
@@ -336,9 +404,14 @@ async fn open_session(
             "the server's initialize answer has no protocolVersion",
         ))?
         .to_string();
+    let capabilities = answer
+        .pointer("/result/capabilities")
+        .cloned()
+        .unwrap_or(Value::Null);
     let session = UpstreamSession {
         id: session_id,
         revision,
+        capabilities,
     };
     let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
     match send(worker, server, &initialized, Some(&session), deadline).await {

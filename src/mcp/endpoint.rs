@@ -5,6 +5,9 @@
 //!   `application/json`; an answer is an event stream only when the client also accepts
 //!   `text/event-stream` and the owning server sends notifications (progress) before its
 //!   response. Notifications and client responses alone are answered 202.
+//! - The stateless revision ([`STATELESS`]): each POST is one request with its envelope
+//!   (`params._meta`, `MCP-Protocol-Version`, `Mcp-Method`), no session; `server/discover`
+//!   is answered by the gateway.
 //! - `initialize` is answered by the gateway, which issues the session id ([`session`]);
 //!   every later request must carry it (400 without, 404 when it is not valid for the
 //!   caller) and an `MCP-Protocol-Version` that is the session's, when it sends one.
@@ -14,7 +17,8 @@
 //! Each `tools/call`, `prompts/get` and `resources/read` is one line in the access log and
 //! counted in the metrics, whatever became of it. A `tools/call` is permitted
 //! ([`McpGateway::permits`]) and limited (the key's rates and concurrency) before anything
-//! reaches its server; that is also where call and result hooks will run.
+//! reaches its server; then `on_tool_call` may deny it or rewrite its arguments, and
+//! `on_tool_result` may change its result before the client sees it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -28,7 +32,9 @@ use sha2::{Digest, Sha256};
 use super::aggregate::{self, ListError, Listing};
 use super::client::{self, Step};
 use super::jsonrpc::{self, Body, BodyError, Incoming, Parsed};
-use super::revision::Revision;
+use super::revision::{
+    Revision, CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY, STATELESS,
+};
 use super::session::{self, SessionKeys};
 use super::{names, McpGateway, McpServer};
 use crate::accesslog::McpCallEntry;
@@ -137,6 +143,12 @@ where
             return respond_error(client, head, ctx, 400, None, jsonrpc::INVALID_REQUEST, why).await
         }
     };
+    if is_stateless(head, &parsed) {
+        return serve_stateless(
+            worker, snapshot, gateway, client, head, ctx, parsed, streams_ok,
+        )
+        .await;
+    }
     // `initialize` opens a session: answered by the gateway, which issues the session id.
     if let Body::Single(Parsed::Message(m)) = &parsed {
         if m.method == "initialize" {
@@ -159,7 +171,8 @@ where
                 .unwrap_or("");
             let revision = Revision::negotiate(requested);
             let session_id = keys.issue(revision, key_id.as_deref(), now_ms);
-            let answer = jsonrpc::result(id, aggregate::initialize_result(revision));
+            let result = aggregate::initialize_result(worker, gateway, revision).await;
+            let answer = jsonrpc::result(id, result);
             let body = serde_json::to_vec(&answer).unwrap_or_default();
             return respond(
                 client,
@@ -170,25 +183,6 @@ where
                     ("mcp-session-id", &session_id),
                     ("content-type", "application/json"),
                 ],
-                Some(&body),
-            )
-            .await;
-        }
-    }
-    // The stateless revision's probe, sent before any session: "method not found" tells a
-    // client in auto mode that this is a handshake-era server, so it falls back to
-    // `initialize`.
-    if let Body::Single(Parsed::Message(m)) = &parsed {
-        if m.method == "server/discover" {
-            let answer =
-                jsonrpc::error(m.id.as_ref(), jsonrpc::METHOD_NOT_FOUND, "method not found");
-            let body = serde_json::to_vec(&answer).unwrap_or_default();
-            return respond(
-                client,
-                head,
-                ctx,
-                200,
-                &[("content-type", "application/json")],
                 Some(&body),
             )
             .await;
@@ -275,6 +269,7 @@ where
             allowed: streams_ok && single,
             started: false,
         },
+        finishing: Vec::new(),
     };
     let mut answers = Vec::new();
     for message in messages {
@@ -307,6 +302,7 @@ where
         last.extend_from_slice(b"0\r\n\r\n");
         let (res, _) = client.write_all(last).await;
         res.map_err(|_| Failure::Abort)?;
+        call.finish_upstreams().await;
         return Ok(if head.keep_alive() {
             Outcome::KeepAlive
         } else {
@@ -322,7 +318,7 @@ where
         serde_json::to_vec(&answers)
     }
     .unwrap_or_default();
-    respond(
+    let outcome = respond(
         client,
         head,
         ctx,
@@ -330,7 +326,233 @@ where
         &[("content-type", "application/json")],
         Some(&body),
     )
-    .await
+    .await;
+    call.finish_upstreams().await;
+    outcome
+}
+
+/// Whether a POST is of the stateless revision: its `MCP-Protocol-Version` says so, or,
+/// without a handshake revision's header or a session, its envelope names a revision.
+fn is_stateless(head: &RequestHead, parsed: &Body) -> bool {
+    if let Some(version) = header_str(head, "mcp-protocol-version") {
+        if version == STATELESS {
+            return true;
+        }
+        if Revision::parse(version).is_some() {
+            return false;
+        }
+    }
+    if head.header("mcp-session-id").is_some() {
+        return false;
+    }
+    match parsed {
+        Body::Single(Parsed::Message(m)) => {
+            m.method != "initialize"
+                && m.params
+                    .get("_meta")
+                    .and_then(|meta| meta.get(PROTOCOL_VERSION_META_KEY))
+                    .is_some()
+        }
+        _ => false,
+    }
+}
+
+/// Why a stateless request's envelope is refused: the error's code, message and data.
+type EnvelopeError = (i64, &'static str, Option<Value>);
+
+/// Checks the envelope of a stateless request: `params._meta` names the revision and the
+/// client's capabilities, `MCP-Protocol-Version` and `Mcp-Method` repeat what the body says,
+/// and the revision is one served. (`Mcp-Name` is not compared: requests are routed by the
+/// body, never by that header.)
+fn check_envelope(head: &RequestHead, m: &Incoming) -> Result<(), EnvelopeError> {
+    let meta = m.params.get("_meta").and_then(Value::as_object);
+    let version = meta.and_then(|meta| meta.get(PROTOCOL_VERSION_META_KEY));
+    let has_capabilities = meta.is_some_and(|meta| meta.contains_key(CLIENT_CAPABILITIES_META_KEY));
+    let (Some(version), true) = (version, has_capabilities) else {
+        return Err((
+            jsonrpc::INVALID_PARAMS,
+            "params._meta must carry the protocol version and the client capabilities",
+            None,
+        ));
+    };
+    if header_str(head, "mcp-protocol-version") != version.as_str() {
+        return Err((
+            jsonrpc::HEADER_MISMATCH,
+            "MCP-Protocol-Version does not match the request's protocol version",
+            None,
+        ));
+    }
+    if header_str(head, "mcp-method") != Some(m.method.as_str()) {
+        return Err((
+            jsonrpc::HEADER_MISMATCH,
+            "Mcp-Method does not match the request's method",
+            None,
+        ));
+    }
+    match version.as_str() {
+        Some(STATELESS) => Ok(()),
+        Some(requested) => Err((
+            jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
+            "unsupported protocol version",
+            Some(json!({
+                "supported": super::revision::all_names(),
+                "requested": requested.chars().take(64).collect::<String>(),
+            })),
+        )),
+        None => Err((
+            jsonrpc::INVALID_PARAMS,
+            "the protocol version must be a string",
+            None,
+        )),
+    }
+}
+
+/// A POST of the stateless revision: one request answered on its own (no session; a
+/// notification is acknowledged and dropped, since cancelling is closing the response).
+#[allow(clippy::too_many_arguments)]
+async fn serve_stateless<S>(
+    worker: &ThreadState,
+    snapshot: &Snapshot,
+    gateway: &McpGateway,
+    client: &mut BufConn<S>,
+    head: &RequestHead,
+    ctx: &mut RequestCtx,
+    parsed: Body,
+    streams_ok: bool,
+) -> Result<Outcome, Failure>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+{
+    let m = match parsed {
+        Body::Batch(_) => {
+            return respond_error(
+                client,
+                head,
+                ctx,
+                400,
+                None,
+                jsonrpc::INVALID_REQUEST,
+                "batches are not part of this protocol revision",
+            )
+            .await
+        }
+        Body::Single(Parsed::Response) => return respond(client, head, ctx, 202, &[], None).await,
+        Body::Single(Parsed::Invalid(id, why)) => {
+            return respond_error(
+                client,
+                head,
+                ctx,
+                400,
+                id.as_ref(),
+                jsonrpc::INVALID_REQUEST,
+                why,
+            )
+            .await
+        }
+        Body::Single(Parsed::Message(m)) => m,
+    };
+    let Some(id) = m.id.clone() else {
+        return respond(client, head, ctx, 202, &[], None).await;
+    };
+    if let Err((code, message, data)) = check_envelope(head, &m) {
+        let mut answer = jsonrpc::error(Some(&id), code, message);
+        if let Some(data) = data {
+            answer["error"]["data"] = data;
+        }
+        ctx.error = Some("mcp_request_refused");
+        let body = serde_json::to_vec(&answer).unwrap_or_default();
+        let status = jsonrpc::stateless_status(code);
+        let headers = [("content-type", "application/json")];
+        return respond(client, head, ctx, status, &headers, Some(&body)).await;
+    }
+    let mut finishing = Vec::new();
+    let answer = match m.method.as_str() {
+        "server/discover" => {
+            let mut result = aggregate::discover_result(worker, gateway).await;
+            if let Some(result) = result.as_object_mut() {
+                stamp_stateless_result(result, true);
+            }
+            jsonrpc::result(&id, result)
+        }
+        "initialize" => jsonrpc::error(
+            Some(&id),
+            jsonrpc::METHOD_NOT_FOUND,
+            "initialize is not part of this protocol revision",
+        ),
+        _ => {
+            // No session: the request's own id keys it for the time it runs.
+            let flight_scope = format!("stateless.{}", ctx.request_id);
+            let mut call = CallCtx {
+                worker,
+                snapshot,
+                gateway,
+                session_id: &flight_scope,
+                out: EventOut {
+                    allowed: streams_ok,
+                    started: false,
+                },
+                finishing: Vec::new(),
+            };
+            let cacheable = is_cacheable(&m.method);
+            let mut answer = call.request(client, head, ctx, m).await?;
+            if let Some(result) = answer.get_mut("result").and_then(Value::as_object_mut) {
+                stamp_stateless_result(result, cacheable);
+            }
+            if call.out.started {
+                let mut last = Vec::new();
+                push_event(&mut last, &answer);
+                last.extend_from_slice(b"0\r\n\r\n");
+                let (res, _) = client.write_all(last).await;
+                res.map_err(|_| Failure::Abort)?;
+                call.finish_upstreams().await;
+                return Ok(if head.keep_alive() {
+                    Outcome::KeepAlive
+                } else {
+                    Outcome::Close
+                });
+            }
+            finishing = std::mem::take(&mut call.finishing);
+            answer
+        }
+    };
+    let status = answer
+        .pointer("/error/code")
+        .and_then(Value::as_i64)
+        .map_or(200, jsonrpc::stateless_status);
+    let body = serde_json::to_vec(&answer).unwrap_or_default();
+    let headers = [("content-type", "application/json")];
+    let outcome = respond(client, head, ctx, status, &headers, Some(&body)).await;
+    for pending in finishing {
+        pending.finish_after_end(worker).await;
+    }
+    outcome
+}
+
+/// Whether `method`'s result carries caching directives in the stateless revision.
+fn is_cacheable(method: &str) -> bool {
+    matches!(
+        method,
+        "server/discover"
+            | "tools/list"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+    )
+}
+
+/// What the stateless revision requires of a result: `resultType`, and for the cacheable
+/// ones `ttlMs` and `cacheScope`. The gateway's answers depend on the caller's key, so they
+/// are never for shared caches, and are stale at once (servers' own hints are not relayed:
+/// they speak a handshake revision to the gateway).
+fn stamp_stateless_result(result: &mut Map<String, Value>, cacheable: bool) {
+    result
+        .entry("resultType")
+        .or_insert_with(|| Value::String("complete".into()));
+    if cacheable {
+        result.insert("ttlMs".into(), Value::from(0));
+        result.insert("cacheScope".into(), Value::String("private".into()));
+    }
 }
 
 /// What one POST's calls share.
@@ -340,6 +562,18 @@ struct CallCtx<'a> {
     gateway: &'a McpGateway,
     session_id: &'a str,
     out: EventOut,
+    /// Answered upstream requests whose event streams may still be ending.
+    finishing: Vec<client::Pending>,
+}
+
+impl CallCtx<'_> {
+    /// Lets each answered upstream stream end, so its connection can be reused; after the
+    /// client's answer is written.
+    async fn finish_upstreams(&mut self) {
+        for pending in std::mem::take(&mut self.finishing) {
+            pending.finish_after_end(self.worker).await;
+        }
+    }
 }
 
 /// Whether (and since when) the answer is an event stream.
@@ -375,27 +609,8 @@ impl CallCtx<'_> {
         let Some(server) = self.gateway.server(&flight.prefix) else {
             return;
         };
-        let mut params = json!({"requestId": flight.upstream_id});
-        if let Some(reason) = m.params.get("reason").and_then(Value::as_str) {
-            params["reason"] = Value::String(reason.chars().take(256).collect());
-        }
-        let message =
-            json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params});
-        if let Err(e) = client::notify(
-            self.worker,
-            server,
-            &message,
-            flight.upstream_session.as_deref(),
-            &flight.revision,
-        )
-        .await
-        {
-            log::debug!(
-                "mcp_server {}: cancellation not delivered: {}",
-                server.name,
-                e.reason()
-            );
-        }
+        let reason = m.params.get("reason").and_then(Value::as_str);
+        cancel_upstream(self.worker, server, &flight, reason).await;
     }
 
     /// A request: answered by the gateway (listings, ping) or routed to its server.
@@ -482,6 +697,9 @@ impl CallCtx<'_> {
                             jsonrpc::error(Some(&id), jsonrpc::RATE_LIMITED, &refusal),
                             "rate_limited",
                         )
+                    } else if m.method == "tools/call" {
+                        self.hooked_call(client, head, ctx, server, &upstream_name, &m, params, &id)
+                            .await?
                     } else {
                         self.forward(client, head, ctx, server, &m, params, &id)
                             .await?
@@ -501,6 +719,83 @@ impl CallCtx<'_> {
         };
         self.record(ctx, &m.method, None, "", status, started, args_hash);
         Ok(answer)
+    }
+
+    /// A permitted, limited `tools/call` through the endpoint's hooks: `on_tool_call` may
+    /// deny it or rewrite its arguments before it is forwarded, `on_tool_result` may change
+    /// its result before the client sees it. A hook that fails fails this call alone (a
+    /// JSON-RPC error; the details go to the gateway's log), so a redaction that could not
+    /// run never lets the unredacted result through.
+    #[allow(clippy::too_many_arguments)]
+    async fn hooked_call<S>(
+        &mut self,
+        client: &mut BufConn<S>,
+        head: &RequestHead,
+        ctx: &mut RequestCtx,
+        server: &McpServer,
+        upstream_name: &str,
+        m: &Incoming,
+        mut params: Map<String, Value>,
+        id: &Value,
+    ) -> Result<(Value, &'static str), Failure>
+    where
+        S: AsyncReadRent + AsyncWriteRent,
+    {
+        let hook_failed = || {
+            (
+                jsonrpc::error(
+                    Some(id),
+                    jsonrpc::INTERNAL_ERROR,
+                    "hook_error: the gateway's tool hook failed",
+                ),
+                "hook_error",
+            )
+        };
+        let call = json!({
+            "server": server.name,
+            "tool": upstream_name,
+            "name": shown_name(m),
+            "arguments": params.get("arguments").cloned().unwrap_or_else(|| json!({})),
+        });
+        match crate::pipeline::hooks::tool_call(self.worker, self.snapshot, ctx, &call) {
+            Ok(None) => {}
+            Ok(Some(verdict)) => {
+                if let Some(message) = verdict.denied {
+                    let message = if message.is_empty() {
+                        "denied by the gateway's policy".to_string()
+                    } else {
+                        message
+                    };
+                    return Ok((
+                        jsonrpc::error(Some(id), jsonrpc::DENIED, &message),
+                        "denied",
+                    ));
+                }
+                match verdict.arguments {
+                    Some(arguments) => params.insert("arguments".into(), arguments),
+                    None => params.remove("arguments"),
+                };
+            }
+            Err(_) => return Ok(hook_failed()),
+        }
+        let (mut answer, status) = self
+            .forward(client, head, ctx, server, m, params, id)
+            .await?;
+        if let Some(result) = answer.get("result") {
+            let call = json!({"server": server.name, "tool": upstream_name, "name": shown_name(m)});
+            match crate::pipeline::hooks::tool_result(
+                self.worker,
+                self.snapshot,
+                ctx,
+                &call,
+                result,
+            ) {
+                Ok(None) => {}
+                Ok(Some(shown)) => answer["result"] = shown,
+                Err(_) => return Ok(hook_failed()),
+            }
+        }
+        Ok((answer, status))
     }
 
     /// The key's rates and concurrency for a `tools/call`; the refusal's message if refused.
@@ -562,13 +857,19 @@ impl CallCtx<'_> {
                     );
                     if relayed && self.out.allowed {
                         if let Err(f) = self.event(client, head, ctx, &note).await {
-                            in_flight().lock().remove(&flight_key);
+                            // The client is gone: the server need not finish the call.
+                            let flight = in_flight().lock().remove(&flight_key);
+                            if let Some(flight) = flight {
+                                let reason = Some("the client disconnected");
+                                cancel_upstream(self.worker, server, &flight, reason).await;
+                            }
                             return Err(f);
                         }
                     }
                 }
                 Ok(Step::Response(mut answer)) => {
-                    pending.finish(self.worker);
+                    // Its stream's end is awaited once the client has the answer.
+                    self.finishing.push(pending);
                     answer["id"] = id.clone();
                     let status = if answer.get("error").is_some() {
                         "error"
@@ -726,6 +1027,36 @@ fn push_event(out: &mut Vec<u8>, message: &Value) {
     let _ = write!(StrBuf(out), "{:x}\r\n", event.len());
     out.extend_from_slice(event.as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+/// Sends `notifications/cancelled` for `flight` to `server`, in the upstream session the
+/// call runs in; a failure is only logged (the call then runs to its end on the server).
+async fn cancel_upstream(
+    worker: &ThreadState,
+    server: &McpServer,
+    flight: &Flight,
+    reason: Option<&str>,
+) {
+    let mut params = json!({"requestId": flight.upstream_id});
+    if let Some(reason) = reason {
+        params["reason"] = Value::String(reason.chars().take(256).collect());
+    }
+    let message = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params});
+    if let Err(e) = client::notify(
+        worker,
+        server,
+        &message,
+        flight.upstream_session.as_deref(),
+        &flight.revision,
+    )
+    .await
+    {
+        log::debug!(
+            "mcp_server {}: cancellation not delivered: {}",
+            server.name,
+            e.reason()
+        );
+    }
 }
 
 /// A call in flight, for a cancellation from its client.

@@ -29,6 +29,26 @@ pub const INTERNAL_ERROR: i64 = -32603;
 pub const SERVER_UNAVAILABLE: i64 = -32001;
 /// A limit refused the call.
 pub const RATE_LIMITED: i64 = -32029;
+/// The gateway's `on_tool_call` hook denied the call.
+pub const DENIED: i64 = -32003;
+/// A stateless request's headers disagree with its envelope.
+pub const HEADER_MISMATCH: i64 = -32020;
+/// A stateless request names a revision the gateway does not serve (`data.supported`).
+pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+
+/// The HTTP status of a stateless-revision answer carrying the error `code` (the revision
+/// maps request errors to 400 and an unknown method to 404; anything else is 200).
+pub fn stateless_status(code: i64) -> u16 {
+    match code {
+        PARSE_ERROR
+        | INVALID_REQUEST
+        | INVALID_PARAMS
+        | HEADER_MISMATCH
+        | UNSUPPORTED_PROTOCOL_VERSION => 400,
+        METHOD_NOT_FOUND => 404,
+        _ => 200,
+    }
+}
 
 /// One message a client sent.
 #[derive(Debug, Clone, PartialEq)]

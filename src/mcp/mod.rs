@@ -10,10 +10,12 @@
 //!
 //! A call is permitted or refused for a consumer in one place ([`McpGateway::permits`], the
 //! server's `tools` globs today; per-key tool lists slot in there), and
-//! [`endpoint`]'s `tools_call` is where call and result hooks would run, between the
-//! permission and the upstream request.
+//! [`endpoint`]'s `routed` runs the call and result hooks (`on_tool_call`,
+//! `on_tool_result`) between the permission and the upstream request, and after the answer.
+//! [`authz`] serves the protected-resource metadata (RFC 9728) and the 401 challenge.
 
 pub mod aggregate;
+pub mod authz;
 pub mod client;
 pub mod endpoint;
 pub mod jsonrpc;
@@ -21,7 +23,10 @@ pub mod names;
 pub mod revision;
 pub mod session;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use crate::auth::jwt::JwtVerifier;
@@ -70,6 +75,12 @@ pub struct McpGateway {
     pub ip_rules: Option<IpRules>,
     /// The servers, in config order (listings merge in this order).
     pub servers: Vec<McpServer>,
+    /// The script of `[mcp] hooks` (set by the snapshot, which owns the scripts).
+    pub hooks: Option<crate::lua::ScriptId>,
+    /// `[mcp] authorization_servers`, else `jwt.issuer` when set: the metadata's list.
+    pub authorization_servers: Vec<String>,
+    /// `[mcp] resource` (`""` = derived per request).
+    pub resource: String,
 }
 
 impl McpGateway {
@@ -99,11 +110,16 @@ impl McpGateway {
                 None
             }
         };
+        // Tokens are for this resource: its URL is the audience unless one is configured.
+        let mut jwt_config = mcp.jwt.clone();
+        if jwt_config.audience.is_empty() {
+            jwt_config.audience = mcp.resource.clone();
+        }
         let jwt = match mcp.auth {
             AuthKind::Jwt => {
                 let verifier = match sources {
-                    Some(_) => JwtVerifier::new(&mcp.jwt, config, secrets),
-                    None => JwtVerifier::without_fetching(&mcp.jwt, config, secrets),
+                    Some(_) => JwtVerifier::new(&jwt_config, config, secrets),
+                    None => JwtVerifier::without_fetching(&jwt_config, config, secrets),
                 };
                 match verifier {
                     Ok(v) => Some(v),
@@ -124,6 +140,16 @@ impl McpGateway {
             jwt,
             ip_rules,
             servers,
+            hooks: None,
+            authorization_servers: if !mcp.authorization_servers.is_empty() {
+                mcp.authorization_servers.clone()
+            } else if crate::config::mcp::is_metadata_url(&mcp.jwt.issuer) {
+                // Only an issuer that is a URL can be named as a server to discover.
+                vec![mcp.jwt.issuer.clone()]
+            } else {
+                Vec::new()
+            },
+            resource: mcp.resource.clone(),
         }))
     }
 
@@ -169,6 +195,31 @@ fn build_server(
         timeout: Duration::from_millis(cfg.timeout_ms),
         session_key: format!("{}\n{}", cfg.name, cfg.url),
     })
+}
+
+/// Runs `futures` concurrently on this worker (no task is spawned: they borrow the request)
+/// and returns their outputs in order, once all are done.
+pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// The largest offset a listing cursor may name: every server's items at most.

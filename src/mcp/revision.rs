@@ -1,10 +1,29 @@
-//! The MCP protocol revisions the endpoint speaks, all reached through the `initialize`
-//! handshake: 2025-11-25 (the newest handshake revision), 2025-06-18 and 2025-03-26. The
-//! stateless 2026-07-28 revision (no `initialize`, a per-request envelope, `server/discover`)
-//! is not served yet: `server/discover` is answered "method not found", which is how
-//! clients in auto mode recognise a handshake-era server and fall back to `initialize`.
+//! The MCP protocol revisions the endpoint speaks: the stateless 2026-07-28 ([`STATELESS`]:
+//! no `initialize` and no session, every request carries its revision in `params._meta` and
+//! `MCP-Protocol-Version`, `server/discover` describes the gateway), and the two handshake
+//! revisions before it, 2025-11-25 and 2025-06-18, reached through `initialize`. 2025-03-26
+//! is kept too: it differs only by batches, which the endpoint already bounds.
 
-/// A protocol revision the gateway negotiates.
+/// The stateless revision: no handshake, no session, a per-request envelope.
+pub const STATELESS: &str = "2026-07-28";
+
+/// Where a stateless request's `params._meta` names its revision.
+pub const PROTOCOL_VERSION_META_KEY: &str = "io.modelcontextprotocol/protocolVersion";
+
+/// Where a stateless request's `params._meta` carries the client's capabilities.
+pub const CLIENT_CAPABILITIES_META_KEY: &str = "io.modelcontextprotocol/clientCapabilities";
+
+/// Where a `server/discover` result's `_meta` names the server.
+pub const SERVER_INFO_META_KEY: &str = "io.modelcontextprotocol/serverInfo";
+
+/// Every revision served, oldest first, as `server/discover` and a -32022 error list them.
+pub fn all_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = SUPPORTED.iter().rev().map(|r| r.as_str()).collect();
+    names.push(STATELESS);
+    names
+}
+
+/// A handshake protocol revision the gateway negotiates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revision {
     /// Allows JSON-RPC batches; no `MCP-Protocol-Version` header yet.
@@ -70,5 +89,11 @@ mod tests {
         assert_eq!(Revision::negotiate("2026-07-28"), Revision::V2025_11_25);
         assert!(Revision::V2025_03_26.allows_batches());
         assert!(!Revision::V2025_11_25.allows_batches());
+        assert_eq!(
+            all_names(),
+            ["2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"]
+        );
+        // The stateless revision is never reached through `initialize`.
+        assert_eq!(Revision::parse(STATELESS), None);
     }
 }

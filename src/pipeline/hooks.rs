@@ -13,6 +13,7 @@ use crate::http1::RequestHead;
 use crate::limits::{budget_limit, key_scope, nano_to_usd, team_scope};
 use crate::lua::{
     BudgetInfo, Hook, HookError, HookRequest, LuaRuntime, Redactor, ResponseInfo, ScriptId,
+    ToolCallVerdict,
 };
 use crate::snapshot::Snapshot;
 
@@ -237,4 +238,49 @@ pub(super) fn log(
     let mut fields = std::mem::take(&mut hooked.req.log_fields);
     fields.retain(|name, _| !crate::accesslog::OWN_FIELDS.contains(&name.as_str()));
     fields
+}
+
+/// An MCP `tools/call`, permitted and limited: `on_tool_call` may deny it or rewrite its
+/// arguments. `None` when the endpoint's script has no such hook (nothing to apply).
+pub(crate) fn tool_call(
+    worker: &ThreadState,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    call: &Value,
+) -> Result<Option<ToolCallVerdict>, GatewayError> {
+    let consumer = ctx.consumer.as_ref().map(Into::into);
+    let Some(hooked) = ctx.hooked.as_deref_mut() else {
+        return Ok(None);
+    };
+    if !snapshot.scripts.defines(hooked.script, Hook::ToolCall) {
+        return Ok(None);
+    }
+    hooked.req.consumer = consumer;
+    let mut lua = worker.lua.borrow_mut();
+    sync(&mut lua, snapshot);
+    lua.call_tool(hooked.script, &mut hooked.req, call)
+        .map(Some)
+        .map_err(|e| failed(e, Hook::ToolCall))
+}
+
+/// A tool's result before the client sees it: `on_tool_result` may change or replace it.
+/// `None` when the endpoint's script has no such hook.
+pub(crate) fn tool_result(
+    worker: &ThreadState,
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    call: &Value,
+    result: &Value,
+) -> Result<Option<Value>, GatewayError> {
+    let Some(hooked) = ctx.hooked.as_deref_mut() else {
+        return Ok(None);
+    };
+    if !snapshot.scripts.defines(hooked.script, Hook::ToolResult) {
+        return Ok(None);
+    }
+    let mut lua = worker.lua.borrow_mut();
+    sync(&mut lua, snapshot);
+    lua.call_tool_result(hooked.script, &mut hooked.req, call, result)
+        .map(Some)
+        .map_err(|e| failed(e, Hook::ToolResult))
 }

@@ -18,7 +18,7 @@
 
 mod ai;
 pub(crate) mod exchange;
-mod hooks;
+pub(crate) mod hooks;
 pub(crate) mod limits;
 mod notify;
 mod proxy;
@@ -114,6 +114,8 @@ pub struct RequestCtx {
     pub stream: bool,
     /// The upstream or provider endpoint of the last attempt that got an answer.
     pub upstream: Option<UpstreamUse>,
+    /// The `WWW-Authenticate` value sent with a 401 (the MCP endpoint's challenge).
+    pub challenge: Option<String>,
 }
 
 /// Which upstream endpoint answered a request and for how long, for the access log.
@@ -197,6 +199,7 @@ where
         error: None,
         stream: false,
         upstream: None,
+        challenge: None,
     };
     // The head is consumed already: what is consumed from here on is the body.
     let (consumed_before, written_before) = (client.bytes_consumed(), client.bytes_written());
@@ -224,7 +227,10 @@ where
             ctx.status = err.status();
             ctx.error = Some(err.code());
             let mut out = Vec::with_capacity(256);
-            let extra = ctx.rate_headers();
+            let mut extra = ctx.rate_headers();
+            if let (401, Some(challenge)) = (err.status(), &ctx.challenge) {
+                extra.extend_from_slice(format!("www-authenticate: {challenge}\r\n").as_bytes());
+            }
             err.write_response_with(&ctx.request_id, close, ctx.dialect, &extra, &mut out);
             let (res, _) = client.write_all(out).await;
             if close || res.is_err() {
@@ -268,6 +274,8 @@ enum Door<'s> {
     Ai(ai::Endpoint),
     /// The MCP gateway's endpoint (`[mcp] path`).
     Mcp(&'s crate::mcp::McpGateway),
+    /// The MCP endpoint's protected-resource metadata (RFC 9728): public, no hooks nor auth.
+    McpMetadata(&'s crate::mcp::McpGateway),
 }
 
 impl<'s> Door<'s> {
@@ -276,7 +284,7 @@ impl<'s> Door<'s> {
         match self {
             Door::Route(route) => route.ip_rules.as_ref(),
             Door::Ai(_) => snapshot.ai_ip_rules.as_ref(),
-            Door::Mcp(mcp) => mcp.ip_rules.as_ref(),
+            Door::Mcp(mcp) | Door::McpMetadata(mcp) => mcp.ip_rules.as_ref(),
         }
     }
 
@@ -285,8 +293,8 @@ impl<'s> Door<'s> {
         match self {
             Door::Route(route) => route.hooks,
             Door::Ai(_) => snapshot.ai_hooks,
-            // `[mcp] hooks` are refused by `check` until the MCP hooks exist.
-            Door::Mcp(_) => None,
+            Door::Mcp(mcp) => mcp.hooks,
+            Door::McpMetadata(_) => None,
         }
     }
 
@@ -296,6 +304,7 @@ impl<'s> Door<'s> {
             Door::Route(route) => route.auth,
             Door::Ai(_) => snapshot.config.ai.auth,
             Door::Mcp(mcp) => mcp.auth,
+            Door::McpMetadata(_) => AuthKind::None,
         }
     }
 
@@ -305,6 +314,7 @@ impl<'s> Door<'s> {
             Door::Route(route) => route.jwt.as_deref().map(|v| (route.name.as_str(), v)),
             Door::Ai(_) => None,
             Door::Mcp(mcp) => mcp.jwt.as_deref().map(|v| ("mcp", v)),
+            Door::McpMetadata(_) => None,
         }
     }
 
@@ -312,7 +322,7 @@ impl<'s> Door<'s> {
     fn route(self) -> Option<&'s Route> {
         match self {
             Door::Route(route) => Some(route),
-            Door::Ai(_) | Door::Mcp(_) => None,
+            Door::Ai(_) | Door::Mcp(_) | Door::McpMetadata(_) => None,
         }
     }
 }
@@ -331,12 +341,22 @@ where
 {
     let door = route_phase(snapshot, head, ctx)?;
     access_phase(worker, snapshot, door, head, ctx)?;
-    ctx.consumer = auth_phase(worker, snapshot, door, head, ctx)?;
+    ctx.consumer = match auth_phase(worker, snapshot, door, head, ctx) {
+        Err(GatewayError::Unauthorized) => {
+            // MCP clients learn from the challenge where to get a token (RFC 9728).
+            if let Door::Mcp(mcp) = door {
+                ctx.challenge = Some(crate::mcp::authz::challenge(mcp, head, ctx.https));
+            }
+            return Err(Failure::Respond(GatewayError::Unauthorized));
+        }
+        other => other?,
+    };
     match door {
         // Limits apply per tool call, inside the MCP endpoint.
         Door::Mcp(mcp) => {
             crate::mcp::endpoint::serve(worker, snapshot, mcp, client, head, ctx).await
         }
+        Door::McpMetadata(mcp) => crate::mcp::authz::serve(mcp, client, head, ctx).await,
         Door::Route(route) => {
             // Phase limits: route, key and team request rates, then the key's concurrency.
             let _counts = limits::requests(worker, snapshot, Some(route), ctx)?;
@@ -396,6 +416,11 @@ fn route_phase<'s>(
             ctx.front_door = true;
             ctx.door_label = "mcp";
             return Ok(Door::Mcp(mcp));
+        }
+        if crate::mcp::authz::is_metadata_path(mcp, head.path()) {
+            ctx.front_door = true;
+            ctx.door_label = "mcp_metadata";
+            return Ok(Door::McpMetadata(mcp));
         }
     }
     if !snapshot.catalog.is_empty() {
@@ -471,34 +496,10 @@ fn auth_phase(
             }
             Consumer::from_key(&key)
         }
-        AuthKind::Jwt => {
-            // Routes and `[mcp]` have JWT settings (`check` refuses `jwt` for `[ai]`).
-            let (name, verifier) = door.jwt().ok_or(GatewayError::Unauthorized)?;
-            let token = bearer_token(head).ok_or(GatewayError::Unauthorized)?;
-            let claims = verifier.verify(token, now).map_err(|e| {
-                log::debug!("JWT rejected on {name}: {}", e.reason());
-                GatewayError::Unauthorized
-            })?;
-            // A token may name a virtual key whose limits apply; a dead key fails closed.
-            let key = match &claims.key_id {
-                Some(id) => {
-                    let key = worker.shared.credentials.by_id(id);
-                    match key {
-                        Some(k) if k.is_active_at_ms(now_ms) => Some(k),
-                        _ => return Err(GatewayError::Unauthorized),
-                    }
-                }
-                None => None,
-            };
-            Consumer {
-                id: claims.key_id,
-                name: claims.subject,
-                team: claims.team,
-                scopes: claims.scopes,
-                metadata: Default::default(),
-                key,
-            }
-        }
+        AuthKind::Jwt => match mcp_virtual_key(worker, door, head, now_ms) {
+            Some(key) => Consumer::from_key(&key),
+            None => jwt_consumer(worker, door, head, now, now_ms)?,
+        },
         // Its `on_access` hook did not name a consumer: fail closed.
         AuthKind::Lua => return Err(GatewayError::Unauthorized),
     };
@@ -507,6 +508,56 @@ fn auth_phase(
         return Err(GatewayError::Forbidden("scope"));
     }
     Ok(Some(consumer))
+}
+
+/// The MCP endpoint takes a virtual key as its Bearer token under `auth = "jwt"` too (the
+/// contract's "virtual keys and JWTs are both accepted"); `None` elsewhere or without one.
+fn mcp_virtual_key(
+    worker: &ThreadState,
+    door: Door,
+    head: &RequestHead,
+    now_ms: i64,
+) -> Option<Arc<KeyRecord>> {
+    match door {
+        Door::Mcp(_) => api_key(worker, head, now_ms).ok(),
+        _ => None,
+    }
+}
+
+/// The consumer a valid JWT names, for `auth = "jwt"`.
+fn jwt_consumer(
+    worker: &ThreadState,
+    door: Door,
+    head: &RequestHead,
+    now: i64,
+    now_ms: i64,
+) -> Result<Consumer, GatewayError> {
+    // Routes and `[mcp]` have JWT settings (`check` refuses `jwt` for `[ai]`).
+    let (name, verifier) = door.jwt().ok_or(GatewayError::Unauthorized)?;
+    let token = bearer_token(head).ok_or(GatewayError::Unauthorized)?;
+    let claims = verifier.verify(token, now).map_err(|e| {
+        log::debug!("JWT rejected on {name}: {}", e.reason());
+        GatewayError::Unauthorized
+    })?;
+    // A token may name a virtual key whose limits apply; a dead key fails closed.
+    let key = match &claims.key_id {
+        Some(id) => {
+            let key = worker.shared.credentials.by_id(id);
+            match key {
+                Some(k) if k.is_active_at_ms(now_ms) => Some(k),
+                _ => return Err(GatewayError::Unauthorized),
+            }
+        }
+        None => None,
+    };
+    Ok(Consumer {
+        id: claims.key_id,
+        name: claims.subject,
+        team: claims.team,
+        scopes: claims.scopes,
+        metadata: Default::default(),
+        key,
+    })
 }
 
 /// The route checks for a consumer named by a hook: the key's routes and the route's scopes.

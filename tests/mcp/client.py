@@ -4,8 +4,10 @@
     CF_URL=http://127.0.0.1:PORT/mcp CF_KEY=<virtual key> python3 client.py
 
 The session is opened first (one JSON line: the negotiated revision and the session id),
-with `initialize`, or with `CF_MODE=auto` as the SDK's `Client` does by default: a
-`server/discover` probe, then `initialize` when the server is a handshake-era one.
+with `initialize` (offering `CF_PIN` instead of the SDK's newest handshake revision when
+set), or with `CF_MODE=auto` as the SDK's `Client` does by default: a `server/discover`
+probe at the stateless revision (2026-07-28), adopted when the server answers it, else
+`initialize`.
 Then each line read from stdin is one operation, answered by one JSON line on stdout, so a
 test can act between operations (stop a server, reload the gateway):
 
@@ -96,15 +98,25 @@ async def main():
     async with httpx2.AsyncClient(headers=headers, timeout=60, event_hooks={"response": [note_session]}) as http:
         async with streamable_http_client(os.environ["CF_URL"], http_client=http) as (read, write):
             async with ClientSession(read, write) as session:
+                if os.environ.get("CF_PIN"):
+                    # Pins the handshake to an older revision: `initialize` offers the
+                    # module's newest handshake revision, read when it is sent.
+                    import mcp.client.session as client_session
+
+                    client_session.LATEST_HANDSHAKE_VERSION = os.environ["CF_PIN"]
                 if os.environ.get("CF_MODE") == "auto":
-                    # The SDK's default policy: probe server/discover, fall back to initialize.
+                    # The SDK's default policy: probe server/discover at the stateless
+                    # revision and adopt it, or fall back to initialize.
                     from mcp.client._probe import negotiate_auto
 
                     await negotiate_auto(session)
-                # After a fallback the handshake's result is kept: this sends nothing more.
-                init = await session.initialize()
-                out({"protocol_version": init.protocol_version, "sessions": session_ids,
-                     "capabilities": init.capabilities.model_dump(exclude_none=True)})
+                if session.discover_result is not None:
+                    capabilities = session.discover_result.capabilities
+                else:
+                    # After a fallback the handshake's result is kept: this sends nothing more.
+                    capabilities = (await session.initialize()).capabilities
+                out({"protocol_version": session.protocol_version, "sessions": session_ids,
+                     "capabilities": capabilities.model_dump(exclude_none=True)})
                 loop = asyncio.get_running_loop()
                 while True:
                     line = await loop.run_in_executor(None, sys.stdin.readline)

@@ -5,11 +5,13 @@ Streamable HTTP) on 127.0.0.1.
 
 Tools: `echo(text)` answers "<name>:<text>"; `add(a, b)`; `slow(steps, delay_ms)` reports
 progress once per step before answering; `big(bytes)` answers a text of that many bytes;
-`secret_tool()` exists so tool globs can hide it; `--extra-tools N` adds `t0`..`t<N-1>`. A prompt `greet(who)` and a resource
+`secret_tool()` exists so tool globs can hide it; `--extra-tools N` adds `t0`..`t<N-1>`;
+`--slow-list-ms N` answers `tools/list` N ms late. A prompt `greet(who)` and a resource
 `note://<name>/hello`. With `--token`, every request must carry `Authorization: Bearer TOKEN`
 (else 401), as a hosted MCP server requires its credential. With `--seen`, the credential
 headers of every request (`authorization`, `x-api-key`) are appended to FILE, one JSON
-object a line, so a test can see what the gateway sent.
+object a line, so a test can see what the gateway sent; a cancelled `slow` call is recorded
+in `<FILE>.cancelled`.
 """
 
 import argparse
@@ -26,6 +28,7 @@ parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--token")
 parser.add_argument("--seen")
 parser.add_argument("--extra-tools", type=int, default=0)
+parser.add_argument("--slow-list-ms", type=int, default=0)
 args = parser.parse_args()
 
 server = MCPServer(args.name, log_level="WARNING")
@@ -45,10 +48,18 @@ def add(a: int, b: int) -> int:
 
 @server.tool()
 async def slow(steps: int, delay_ms: int, ctx: Context) -> str:
-    """Reports progress once per step, then answers."""
-    for i in range(steps):
-        await ctx.report_progress(i + 1, steps, f"step {i + 1}")
-        await asyncio.sleep(delay_ms / 1000)
+    """Reports progress once per step, then answers. With `--seen`, a cancellation of the
+    call (the SDK cancels the handler on `notifications/cancelled`) is recorded in
+    `<seen>.cancelled`, one JSON line per cancelled call."""
+    try:
+        for i in range(steps):
+            await ctx.report_progress(i + 1, steps, f"step {i + 1}")
+            await asyncio.sleep(delay_ms / 1000)
+    except asyncio.CancelledError:
+        if args.seen:
+            with open(args.seen + ".cancelled", "a") as f:
+                f.write(json.dumps({"cancelled": "slow", "after_steps": i}) + "\n")
+        raise
     return f"{args.name}:done after {steps}"
 
 
@@ -101,6 +112,26 @@ async def guarded(scope, receive, send):
                 f.write(json.dumps(seen) + "\n")
         if args.token and headers.get("authorization") != f"Bearer {args.token}":
             await PlainTextResponse("missing or wrong token", status_code=401)(scope, receive, send)
+            return
+        if args.slow_list_ms and scope["method"] == "POST":
+            # Reads the whole body to see the method, then replays it to the app.
+            body, more = b"", True
+            while more:
+                message = await receive()
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+            if b'"tools/list"' in body:
+                await asyncio.sleep(args.slow_list_ms / 1000)
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if replayed:
+                    return await receive()
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await app(scope, replay, send)
             return
     await app(scope, receive, send)
 
