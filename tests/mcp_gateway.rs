@@ -493,6 +493,44 @@ on_default_driver! {
 }
 
 on_default_driver! {
+    fn a_key_limited_to_some_tools_sees_only_those_and_is_refused_the_rest(driver) {
+        let s = setup(driver);
+        let key = create_key(
+            &s.gw,
+            &json!({"name": "narrow", "mcp_tools": ["alpha__ec?o", "beta__*"]}),
+        );
+        let mut client = SdkClient::open(&s.gw, Some(&key.secret));
+        let mut tools = client.tools();
+        tools.sort();
+        assert!(tools.contains(&"alpha__echo".to_string()), "{tools:?}");
+        assert!(tools.iter().all(|t| t == "alpha__echo" || t.starts_with("beta__")), "{tools:?}");
+        assert!(!tools.contains(&"alpha__add".to_string()), "{tools:?}");
+
+        // Allowed calls go through; the others are refused as unknown and never reach the
+        // server, and the refusal is logged.
+        let echo = client.call("alpha__echo", json!({"text": "ok"}));
+        assert_eq!(echo["texts"], json!(["alpha:ok"]), "{echo}");
+        let before = s.alpha.seen().len();
+        let refused = client.call("alpha__add", json!({"a": 1, "b": 2}));
+        assert_eq!(refused["error"], "MCPError", "{refused}");
+        assert_eq!(s.alpha.seen().len(), before, "a tool outside the key's mcp_tools reached the server");
+        let refusals = || -> Vec<Value> {
+            mcp_calls(&s.gw)
+                .into_iter()
+                .filter(|l| l["status"] == "refused" && l["tool"] == "add")
+                .collect()
+        };
+        wait_until(Duration::from_secs(5), || !refusals().is_empty());
+        assert_eq!(refusals()[0]["key_id"], json!(key.id));
+
+        // A key without mcp_tools may use every exposed tool.
+        let open = create_key(&s.gw, &json!({"name": "open"}));
+        let mut all = SdkClient::open(&s.gw, Some(&open.secret));
+        assert!(all.tools().contains(&"alpha__add".to_string()));
+    }
+}
+
+on_default_driver! {
     fn the_keys_rate_limit_applies_to_tool_calls(driver) {
         let s = setup(driver);
         let key = create_key(&s.gw, &json!({"name": "slowpoke", "rpm": 2}));

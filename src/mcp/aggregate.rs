@@ -16,6 +16,7 @@ use super::client::{self, CallError};
 use super::names;
 use super::revision::Revision;
 use super::{McpGateway, McpServer};
+use crate::auth::Consumer;
 use crate::pipeline::ThreadState;
 
 /// Most pages of one server's listing followed.
@@ -164,12 +165,14 @@ pub enum ListError {
     BadCursor,
 }
 
-/// The page of the merged `listing` at the client's `cursor`.
+/// The page of the merged `listing` at the client's `cursor`; tools the `consumer` may not
+/// call (its key's `mcp_tools`) are left out, so they look like tools that do not exist.
 pub async fn list(
     worker: &ThreadState,
     gateway: &McpGateway,
     listing: Listing,
     cursor: Option<&str>,
+    consumer: Option<&Consumer>,
 ) -> Result<Value, ListError> {
     let offset = match cursor {
         None => 0,
@@ -194,6 +197,12 @@ pub async fn list(
                 e.reason()
             ),
         }
+    }
+    if listing == Listing::Tools {
+        merged.retain(|tool| {
+            let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
+            consumer.is_none_or(|c| c.may_call_tool(name))
+        });
     }
     Ok(page(listing, merged, offset))
 }

@@ -628,7 +628,15 @@ impl CallCtx<'_> {
         if let Some(listing) = Listing::of(&m.method) {
             let cursor = m.params.get("cursor").and_then(Value::as_str);
             return Ok(
-                match aggregate::list(self.worker, self.gateway, listing, cursor).await {
+                match aggregate::list(
+                    self.worker,
+                    self.gateway,
+                    listing,
+                    cursor,
+                    ctx.consumer.as_ref(),
+                )
+                .await
+                {
                     Ok(result) => jsonrpc::result(&id, result),
                     Err(ListError::BadCursor) => {
                         jsonrpc::error(Some(&id), jsonrpc::INVALID_PARAMS, "invalid cursor")
@@ -681,29 +689,32 @@ impl CallCtx<'_> {
                 upstream_name,
                 params,
             }) => {
-                let (answer, status) =
-                    if m.method == "tools/call" && !self.gateway.permits(server, &upstream_name) {
-                        // Hidden tools look exactly like unknown ones.
-                        (
-                            jsonrpc::error(
-                                Some(&id),
-                                jsonrpc::INVALID_PARAMS,
-                                &format!("unknown tool: {}", shown_name(&m)),
-                            ),
-                            "refused",
-                        )
-                    } else if let Some(refusal) = self.limit(ctx, &m) {
-                        (
-                            jsonrpc::error(Some(&id), jsonrpc::RATE_LIMITED, &refusal),
-                            "rate_limited",
-                        )
-                    } else if m.method == "tools/call" {
-                        self.hooked_call(client, head, ctx, server, &upstream_name, &m, params, &id)
-                            .await?
-                    } else {
-                        self.forward(client, head, ctx, server, &m, params, &id)
-                            .await?
-                    };
+                let (answer, status) = if m.method == "tools/call"
+                    && !self
+                        .gateway
+                        .permits(ctx.consumer.as_ref(), server, &upstream_name)
+                {
+                    // Hidden tools look exactly like unknown ones.
+                    (
+                        jsonrpc::error(
+                            Some(&id),
+                            jsonrpc::INVALID_PARAMS,
+                            &format!("unknown tool: {}", shown_name(&m)),
+                        ),
+                        "refused",
+                    )
+                } else if let Some(refusal) = self.limit(ctx, &m) {
+                    (
+                        jsonrpc::error(Some(&id), jsonrpc::RATE_LIMITED, &refusal),
+                        "rate_limited",
+                    )
+                } else if m.method == "tools/call" {
+                    self.hooked_call(client, head, ctx, server, &upstream_name, &m, params, &id)
+                        .await?
+                } else {
+                    self.forward(client, head, ctx, server, &m, params, &id)
+                        .await?
+                };
                 ctx.permit = None;
                 self.record(
                     ctx,

@@ -30,7 +30,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use crate::auth::jwt::JwtVerifier;
-use crate::auth::{glob_match, IpRules};
+use crate::auth::{glob_match, Consumer, IpRules};
 use crate::config::mcp::{McpConfig, McpServerConfig};
 use crate::config::{AuthKind, Config, HttpUrl, SecretWatcher, UpstreamConfig};
 use crate::identity::source::SourceTiming;
@@ -158,10 +158,13 @@ impl McpGateway {
         self.servers.iter().find(|s| s.prefix == prefix)
     }
 
-    /// Whether a consumer may call `tool` of `server`: the one place a call is permitted or
-    /// refused before anything reaches the server. Today the server's `tools` globs decide.
-    pub fn permits(&self, server: &McpServer, tool: &str) -> bool {
+    /// Whether `consumer` may call `tool` of `server`: the one place a call is permitted or
+    /// refused before anything reaches the server. The server's `tools` globs say which of
+    /// its tools are exposed at all; the consumer's key's `mcp_tools` globs, matched against
+    /// the exposed name (`<prefix>__<tool>`), which of those it may use.
+    pub fn permits(&self, consumer: Option<&Consumer>, server: &McpServer, tool: &str) -> bool {
         server.exposes(tool)
+            && consumer.is_none_or(|c| c.may_call_tool(&names::prefixed(&server.prefix, tool)))
     }
 }
 
