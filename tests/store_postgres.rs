@@ -542,19 +542,22 @@ fn migration_6_gives_existing_keys_and_requests_an_empty_tool_list() {
         let submitted = flow::submit(&mut store, asked, &bob, &[], now).unwrap();
         (key.id, submitted.request.id)
     };
-    // Back to version 5, as a binary before this one left the database.
+    // Back to version 5, as a binary before this one left the database (with the later
+    // migrations 7 and 8 undone as well).
     let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     client
         .batch_execute(
             "ALTER TABLE keys DROP COLUMN mcp_tools;
              ALTER TABLE access_requests DROP COLUMN mcp_tools;
-             DELETE FROM schema_migrations WHERE version = 6;",
+             DROP TABLE key_last_used;
+             DROP TABLE usage_rollup;
+             DELETE FROM schema_migrations WHERE version >= 6;",
         )
         .unwrap();
 
     let mut store = PgStore::open(&url, pepper(), "edge-2").unwrap();
-    assert_eq!(SCHEMA_VERSION, 6);
-    assert_eq!(store.schema_version().unwrap(), 6);
+    // Migrations 7 and 8 (after 6) were undone too, so all three run again.
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     let row = client
         .query_one(
             "SELECT name, applied_by FROM schema_migrations WHERE version = 6",
