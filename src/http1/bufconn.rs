@@ -8,7 +8,9 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+};
 
 /// Smallest free space worth handing to a read.
 const MIN_READ: usize = 4096;
@@ -73,21 +75,57 @@ impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
         let len = buf.len();
         let (res, slice) = self.io.read(buf.slice_mut(len..)).await;
         self.buf = slice.into_inner();
-        if matches!(res, Ok(n) if n > 0)
+        self.grow_after(&res);
+        res
+    }
+
+    /// Wraps `io` with `buf` (cleared) as its read buffer, e.g. one from a pool.
+    pub fn with_buffer(io: S, mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        BufConn {
+            io,
+            buf,
+            start: 0,
+            consumed: 0,
+            written: 0,
+        }
+    }
+
+    /// Takes the read buffer out, empty, when nothing is buffered, leaving the connection with
+    /// none (no allocation) until [`put_buffer`](Self::put_buffer) or the next read gives it
+    /// one. `None` while unconsumed bytes remain.
+    pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
+        if self.start != self.buf.len() {
+            return None;
+        }
+        self.start = 0;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        Some(buf)
+    }
+
+    /// Gives a connection that holds no buffer (see [`take_buffer`](Self::take_buffer)) `buf`
+    /// to read into. A connection that still has one keeps it, and `buf` is dropped.
+    pub fn put_buffer(&mut self, mut buf: Vec<u8>) {
+        if self.buf.capacity() == 0 {
+            buf.clear();
+            self.buf = buf;
+            self.start = 0;
+        }
+    }
+
+    /// Capacity of the read buffer held now (0 when it was taken out).
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Doubles a buffer that a read filled, for the next read, up to `GROWN_READ_LIMIT`.
+    fn grow_after(&mut self, res: &io::Result<usize>) {
+        if matches!(res, Ok(n) if *n > 0)
             && self.buf.len() == self.buf.capacity()
             && self.buf.capacity() < GROWN_READ_LIMIT
         {
             self.buf.reserve(self.buf.capacity());
-        }
-        res
-    }
-
-    /// Gives back a buffer that grew past `capacity` (a long head, a body read through it)
-    /// when nothing is buffered, so an idle connection holds only `capacity` bytes.
-    pub fn shrink_to(&mut self, capacity: usize) {
-        if self.start == self.buf.len() && self.buf.capacity() > capacity {
-            self.buf = Vec::with_capacity(capacity);
-            self.start = 0;
         }
     }
 
@@ -144,5 +182,21 @@ impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
         if self.buf.capacity() - self.buf.len() < MIN_READ {
             self.buf.reserve(self.buf.capacity().max(MIN_READ));
         }
+    }
+}
+
+impl<S: AsyncReadRent + AsyncWriteRent + CancelableAsyncReadRent> BufConn<S> {
+    /// [`fill`](Self::fill) that `cancel` can stop. Unlike dropping a read in flight, a
+    /// cancelled read still completes here and hands the buffer back, with any bytes that
+    /// arrived before the cancel took effect (then it returns their count, not an error);
+    /// a read that the cancel did stop returns an error (`ECANCELED`).
+    pub async fn fill_cancelable(&mut self, cancel: CancelHandle) -> io::Result<usize> {
+        self.make_room();
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let (res, slice) = self.io.cancelable_read(buf.slice_mut(len..), cancel).await;
+        self.buf = slice.into_inner();
+        self.grow_after(&res);
+        res
     }
 }

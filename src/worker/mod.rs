@@ -5,6 +5,7 @@
 //! builds the pipeline's per-thread [`ThreadState`] and hands it to each request. The
 //! pipeline never imports this module back.
 
+mod buffers;
 mod conn;
 
 use std::cell::Cell;
@@ -63,6 +64,8 @@ pub(crate) struct Worker {
     pub(crate) state: ThreadState,
     slot_freed: LocalNotify,
     open_connections: Cell<usize>,
+    /// Client read buffers, lent to connections only while bytes arrive.
+    read_buffers: buffers::BufferPool,
 }
 
 /// Runs one worker thread until shutdown has drained its connections.
@@ -137,6 +140,7 @@ pub async fn serve(
         state: ThreadState::new(id, shared.clone(), access_log),
         slot_freed: LocalNotify::default(),
         open_connections: Cell::new(0),
+        read_buffers: buffers::BufferPool::new(conn::READ_BUFFER, conn::POOLED_READ_BUFFERS),
     });
     shared.worker_serving();
     on_serving();
