@@ -5,9 +5,10 @@
 # Usage: scripts/bench-matrix.sh [--quick] [--no-install] [--no-build] [matrix.py options]
 #   --quick        1 run per figure, 3 s runs (default: the median of 3 runs of 8 s each)
 #   --no-install   do not install missing peers (default: install them when run as root)
-#   --no-build     use target/release/credentialflow as it is
+#   --no-build     use the release build ($CARGO_TARGET_DIR or target/) as it is
 #   matrix.py options, passed through: --runs N --duration S --scenarios 1,2,..,7,gen,tuning
 #     --modes pinned,unpinned --systems nginx,haproxy,ours-uring,ours-epoll --idle N --keep --out F
+#     --plain-sizes 128,4096 --plain-conns 64,1000 (scenario 1's cases) --bin PATH
 #
 # Installs, when missing and run as root: nginx, libnginx-mod-http-lua, haproxy, wrk (Debian) and
 # LiteLLM's proxy (pip, into a venv at /opt/cf-bench/litellm). Anything it cannot install is
@@ -23,7 +24,7 @@ for arg in "$@"; do
   case "$arg" in
     --no-install) INSTALL=0 ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) PASS+=("$arg") ;;
   esac
 done
@@ -72,6 +73,14 @@ echo "ulimit -n $(ulimit -n), net.core.somaxconn $(cat /proc/sys/net/core/somaxc
 if [ "$BUILD" = 1 ]; then
   cargo build --release --quiet
 fi
-[ -x target/release/credentialflow ] || { echo "target/release/credentialflow is missing" >&2; exit 1; }
+# The binary under test: --bin when given, else the release build (in CARGO_TARGET_DIR if set).
+BIN="${CARGO_TARGET_DIR:-target}/release/credentialflow"
+for ((i = 0; i < ${#PASS[@]}; i++)); do
+  case "${PASS[$i]}" in
+    --bin) BIN="${PASS[$((i + 1))]:-}" ;;
+    --bin=*) BIN="${PASS[$i]#--bin=}" ;;
+  esac
+done
+[ -x "$BIN" ] || { echo "$BIN is missing" >&2; exit 1; }
 
-CF_MATRIX_INVOCATION="scripts/bench-matrix.sh $*" exec python3 scripts/bench/matrix.py "${PASS[@]}"
+CF_MATRIX_INVOCATION="scripts/bench-matrix.sh $*" exec python3 scripts/bench/matrix.py --bin "$BIN" "${PASS[@]}"

@@ -313,6 +313,8 @@ class Env:
     def create_keys(self):
         """KEY_COUNT virtual keys in the shared data dir; nginx and HAProxy get the same list."""
         cfg = self.work / "keys.toml"
+        # `keys create` works on an existing store folder only (serve creates it, and has not run)
+        self.data_dir.mkdir(exist_ok=True)
         cfg.write_text(
             f'[server]\nlisten = ["127.0.0.1:0"]\nadmin_listen = "127.0.0.1:0"\n'
             f'data_dir = "{self.data_dir}"\naccess_log = ""\n'
@@ -739,8 +741,10 @@ def probe(sut, path="/", headers=None, method="GET", body=None, want=200):
 def scenario_plain(env, modes, systems, tables):
     t = Table("1. Plain proxy, keep-alive", THROUGHPUT_COLUMNS,
               "wrk, GET through each proxy to `credentialflow bench-upstream` (fixed body).")
+    sizes = [int(v) for v in env.args.plain_sizes.split(",")]
+    conn_counts = [int(v) for v in env.args.plain_conns.split(",")]
     for mode in modes:
-        for size in (128, 4096):
+        for size in sizes:
             up, up_port = start_upstream(env, mode, "fixed", size)
             results = {}
             for system in systems:
@@ -753,13 +757,13 @@ def scenario_plain(env, modes, systems, tables):
                     sut.stop()
                     continue
                 script = wrk_script(env, "plain")
-                for conns in (64, 1000):
+                for conns in conn_counts:
                     r = measure(env, mode, sut, f"http://127.0.0.1:{sut.port}/plain/x", conns, script)
                     if r:
                         results[(conns, system)] = r
                         env.max_rps[(mode.name, size, conns, system)] = r["rps"]
                 sut.stop()
-            for conns in (64, 1000):
+            for conns in conn_counts:
                 base = results.get((conns, "nginx"), {}).get("rps")
                 for system in systems:
                     if (conns, system) in results:
@@ -1430,6 +1434,10 @@ def main():
     ap.add_argument("--open-rate", type=int, default=5000,
                     help="offered rate of the open-loop table when scenario 1 did not run")
     ap.add_argument("--modes", default="pinned,unpinned")
+    ap.add_argument("--plain-sizes", default="128,4096",
+                    help="scenario 1's response sizes in bytes (an A/B run may want only 128)")
+    ap.add_argument("--plain-conns", default="64,1000",
+                    help="scenario 1's connection counts")
     ap.add_argument("--litellm", default="/opt/cf-bench/litellm/bin/litellm")
     ap.add_argument("--systems", default="nginx,haproxy,ours-uring,ours-epoll",
                     help="systems under test (LiteLLM joins scenario 7 when installed)")

@@ -7,6 +7,7 @@
 
 mod buffers;
 mod conn;
+pub mod ring;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -89,17 +90,38 @@ pub fn run(
 }
 
 /// Runs `work` to completion on a new monoio runtime with `driver` on this thread.
+///
+/// An io_uring runtime gets [`ring::ring_setup`]'s flags, or the kernel's default ring where
+/// the kernel refuses them; hosts without io_uring at all were given the epoll driver when
+/// the driver was picked.
 pub fn block_on<F: Future>(driver: Driver, work: impl FnOnce() -> F) -> io::Result<F::Output> {
     match driver {
-        Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(4096)
-            .enable_timer()
-            .build()
-            .map(|mut rt| rt.block_on(work())),
+        Driver::Uring => {
+            let (mut rt, setup) = ring::build_with_fallback(uring_runtime)?;
+            match setup {
+                ring::RingSetup::Tuned => log::debug!("io_uring runtime: {}", setup.describe()),
+                ring::RingSetup::Default(_) => log::info!("io_uring runtime: {}", setup.describe()),
+            }
+            Ok(rt.block_on(work()))
+        }
         Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
             .build()
             .map(|mut rt| rt.block_on(work())),
+    }
+}
+
+/// A worker's io_uring runtime: 4096 entries, timers, and `urb` as its ring set-up
+/// (`None`: monoio's default).
+pub(crate) fn uring_runtime(
+    urb: Option<io_uring::Builder>,
+) -> io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+    let builder = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(4096)
+        .enable_timer();
+    match urb {
+        Some(urb) => builder.uring_builder(urb).build(),
+        None => builder.build(),
     }
 }
 

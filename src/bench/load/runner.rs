@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 
+use crate::worker::ring::build_with_fallback;
+
 use super::client::{ConnectSettings, Connection, ErrorKind, Failure, Response};
 use super::report::{progress_line, RunInfo, Summary};
 use super::request::KeyRotation;
@@ -234,38 +236,23 @@ fn run_thread(
     connections: usize,
     shared: Arc<Shared>,
 ) -> Result<ThreadResult, String> {
-    let tuned = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .uring_builder(ring_setup())
-        .build();
-    // A kernel without those set-up flags refuses the ring: then the default one, or epoll.
-    let runtime = tuned.or_else(|_| {
-        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-            .enable_timer()
-            .build()
+    // A kernel without the tuned ring's flags refuses them: then the default ring, or epoll
+    // where io_uring is unavailable (the fusion driver's own fallback).
+    let runtime = build_with_fallback(|urb| {
+        let builder = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer();
+        match urb {
+            Some(urb) => builder.uring_builder(urb).build(),
+            None => builder.build(),
+        }
     });
     match runtime {
-        Ok(mut rt) => Ok(rt.block_on(load_thread(index, threads, connections, shared))),
+        Ok((mut rt, _)) => Ok(rt.block_on(load_thread(index, threads, connections, shared))),
         Err(e) => {
             // Release the other threads waiting at the start line.
             shared.barrier.wait();
             Err(format!("cannot build a runtime: {e}"))
         }
     }
-}
-
-/// The io_uring set-up of a load thread. Completions of a thread's own sockets arrive from
-/// the network softirq, and by default each one interrupts the thread to run its task work;
-/// with `COOP_TASKRUN` the kernel runs that work at the thread's next `io_uring_enter` (the
-/// thread enters at least once per batch anyway), and `SINGLE_ISSUER` (one thread submits,
-/// as here) lets the kernel skip the ring's submission lock.
-fn ring_setup() -> io_uring::Builder {
-    let mut builder = io_uring::IoUring::builder();
-    builder
-        .setup_coop_taskrun()
-        .setup_taskrun_flag()
-        .setup_single_issuer();
-    builder
 }
 
 async fn load_thread(
