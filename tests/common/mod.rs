@@ -16,6 +16,7 @@ pub mod fake_oauth;
 pub mod fake_openai;
 pub mod fake_server;
 pub mod fake_sts;
+pub mod fake_tools;
 pub mod fake_vertex;
 pub mod gateway;
 pub mod jwt;
